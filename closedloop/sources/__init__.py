@@ -1,0 +1,1 @@
+"""EMG sources: the simulated patient, BrainFlow boards, LSL streams and XDF replay."""

@@ -1,0 +1,94 @@
+"""The one interface every EMG source implements.
+
+A source delivers :class:`Chunk` objects: samples with their stream timestamps (and,
+when the source has one, its own sample counter, which lets a test or the recorder
+prove that nothing was dropped or reordered). Sources never process the signal.
+
+Contract
+--------
+* ``open()`` connects (and fills :attr:`Source.info`); errors say what to check.
+* ``read(timeout)`` returns the next chunk, or ``None`` if nothing arrived within
+  ``timeout`` seconds (the loop's watchdog decides what a stall means). It raises
+  :class:`~closedloop.errors.DeviceLostError` when the device or stream is gone.
+* Chunks own their arrays (copies), so a consumer may keep them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from closedloop.device import Device
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What a source delivers.
+
+    Parameters
+    ----------
+    name : str
+        Human-readable name (board name, LSL stream name, file name).
+    fs : float
+        Nominal sampling rate in Hz.
+    channels : tuple of str
+        EMG channel labels, in column order.
+    units : str
+        Units of the samples (``"V"``, ``"uV"``, ``"mV"``, ``"counts"``...).
+    kind : str
+        Source kind: ``sim``, ``brainflow``, ``lsl``, ``replay``.
+    """
+
+    name: str
+    fs: float
+    channels: tuple[str, ...]
+    units: str = "V"
+    kind: str = "sim"
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Samples and their stream timestamps.
+
+    Attributes
+    ----------
+    samples : ndarray, shape (n, n_channels), float64
+    timestamps : ndarray, shape (n,), float64, stream time in seconds
+    counter : ndarray, shape (n,), int64, or None
+        The source's own running sample number, when it has one.
+    arrival_wall : float
+        ``time.perf_counter()`` when the chunk was received (latency measurement only).
+    """
+
+    samples: np.ndarray
+    timestamps: np.ndarray
+    counter: np.ndarray | None = None
+    arrival_wall: float = float("nan")
+
+    @property
+    def n(self) -> int:
+        return int(self.samples.shape[0])
+
+
+class Source(Device):
+    """Base class of all EMG sources."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._info: SourceInfo | None = None
+
+    @property
+    def info(self) -> SourceInfo:
+        """What this source delivers; available after :meth:`open`."""
+        if self._info is None:
+            raise RuntimeError(f"{type(self).__name__}: open() the source before asking for info")
+        return self._info
+
+    def read(self, timeout: float) -> Chunk | None:
+        """Next chunk, or None when nothing arrived within ``timeout`` seconds."""
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Stimulation: commands, protocols, the safety guard and stimulator drivers."""

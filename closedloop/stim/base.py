@@ -1,0 +1,78 @@
+"""The stimulator interface every driver implements (sim, rehastim2, lsl).
+
+A driver is a device edge: it owns its threads and its link, and it translates device
+and library errors into :class:`~closedloop.errors.StimulatorError` (the device refused
+or reported a fault) or :class:`~closedloop.errors.DeviceLostError` (no answer, link
+gone). It never decides anything about safety: every command it receives has already
+passed the one safety guard.
+
+Contract
+--------
+* ``apply(commands)`` sets the listed channels; others keep their level.
+* ``stop_all()`` switches every channel off. It is safe to call at any time, more than
+  once, after an error and on a closed driver; it tries everything it can and only
+  then raises, if the device could not be told.
+* ``close()`` always calls ``stop_all()`` first.
+* ``check()`` raises, in the caller's thread, any error a driver thread saw (for
+  example an unsolicited StimulationError when the emergency switch is pressed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from closedloop.device import Device
+from closedloop.stim.commands import StimCommand
+
+
+@dataclass(frozen=True)
+class ChannelOutput:
+    """What one stimulator channel is currently set to."""
+
+    current_ma: float = 0.0
+    pulse_width_us: float = 0.0
+    frequency_hz: float = 0.0
+
+    @property
+    def is_on(self) -> bool:
+        return self.current_ma > 0.0
+
+
+class Stimulator(Device):
+    """Base class of all stimulator drivers."""
+
+    #: Number of output channels (1-based channel numbers 1..n_channels).
+    n_channels: int = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._outputs: dict[int, ChannelOutput] = {}
+
+    @property
+    def outputs(self) -> dict[int, ChannelOutput]:
+        """A copy of the levels the device was last told, by channel number."""
+        return dict(self._outputs)
+
+    @property
+    def any_on(self) -> bool:
+        """True if any channel was last told to output current."""
+        return any(o.is_on for o in self._outputs.values())
+
+    def apply(self, commands: Sequence[StimCommand]) -> None:
+        """Set the listed channels. Raises StimulatorError or DeviceLostError."""
+        raise NotImplementedError
+
+    def stop_all(self) -> None:
+        """Switch every channel off now (see the module docstring)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise any error a driver thread has seen since the last call."""
+
+    def close(self) -> None:
+        try:
+            if self.is_open:
+                self.stop_all()
+        finally:
+            super().close()
