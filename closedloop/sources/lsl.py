@@ -1,0 +1,312 @@
+"""EMG from a Lab Streaming Layer stream (any amplifier application that has an outlet).
+
+The stream is resolved by exactly one property (``name``, ``type`` or ``source_id``).
+Channel labels, units and the nominal rate come from the stream itself
+(``desc/channels/channel/label`` and ``unit``, ``nominal_srate``). A channel labelled
+``counter`` (the self-checking sample counter closedloop's own outlets and the
+simulator add) is not EMG: it becomes :attr:`Chunk.counter`.
+
+Timestamps and processing flags
+-------------------------------
+The inlet is opened with ``proc_none``: liblsl hands over the timestamps exactly as the
+sender stamped them. liblsl's dejitter is not used because it fits a line through the
+timestamps by sample count, which smears a real gap (lost samples) into the
+neighbouring timestamps so :mod:`closedloop.sources.checks` could no longer see it, and
+the jitter it removes does not affect decisions (they run on sample counts). liblsl's
+``proc_clocksync`` is not used either: it adds a correction that is re-estimated every
+few seconds, so timestamps would step by its noise.
+
+Instead the clock offset to the sender (``time_correction()``) is measured once at
+:meth:`LslSource.open` and added to every timestamp as a constant,
+:attr:`LslSource.clock_offset`. Stream time is then in this machine's LSL clock (so the
+streams closedloop re-publishes line up with everything else LabRecorder records),
+monotonic whenever the sender's is, and identical in a replay, which reads back the
+corrected timestamps closedloop recorded. Drift between two machines' clocks over one
+session is not corrected (usually well below a millisecond per minute); it only shifts
+alignment with other streams, never a decision.
+
+Lost streams
+------------
+The inlet is created with ``recover=False``, so a vanished outlet raises liblsl's
+``LostError`` at once; :meth:`LslSource.read` turns it, and silence longer than
+``lost_after`` seconds, into :class:`~closedloop.errors.DeviceLostError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pylsl
+from pylsl.util import LostError
+from pylsl.util import TimeoutError as LslTimeoutError
+
+from closedloop.errors import ConfigError, DeviceLostError
+from closedloop.sources.base import Chunk, Source, SourceInfo
+
+#: Label of the channel that carries a sample counter instead of EMG.
+COUNTER_LABEL = "counter"
+
+_PROPS = ("name", "type", "source_id")
+
+
+def describe_stream(info: pylsl.StreamInfo) -> str:
+    """One line naming a stream: name, type, source_id, channels, rate, host."""
+    rate = info.nominal_srate()
+    rate_s = f"{rate:g} Hz" if rate > 0 else "irregular"
+    return (
+        f"name={info.name()!r} type={info.type()!r} source_id={info.source_id()!r} "
+        f"channels={info.channel_count()} rate={rate_s} host={info.hostname()!r}"
+    )
+
+
+def list_streams(wait: float = 1.0) -> list[str]:
+    """Describe every LSL stream visible within ``wait`` seconds."""
+    return [describe_stream(i) for i in pylsl.resolve_streams(wait)]
+
+
+def _channel_field(info: pylsl.StreamInfo, field: str) -> list[str]:
+    """``desc/channels/channel/<field>`` of every channel ('' where missing)."""
+    out: list[str] = []
+    ch = info.desc().child("channels").child("channel")
+    while not ch.empty():
+        out.append(ch.child_value(field))
+        ch = ch.next_sibling("channel")
+    return out
+
+
+class LslSource(Source):
+    """EMG from an LSL stream resolved by one property.
+
+    Parameters
+    ----------
+    name, type, source_id : str, optional
+        Exactly one of them selects the stream.
+    resolve_timeout : float
+        Seconds to wait for the stream to appear.
+    channels : sequence of str, optional
+        Labels of the channels to use (default: every channel but ``counter``).
+    lost_after : float or None
+        Seconds without a sample after which the stream counts as lost (None: only
+        liblsl's own detection).
+    max_chunk : int
+        Most samples returned by one :meth:`read`.
+    max_buflen : int
+        Seconds liblsl buffers on this side before dropping the oldest samples.
+
+    Raises
+    ------
+    ConfigError
+        Not exactly one property given.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        type: str | None = None,  # noqa: A002 - LSL's own property name
+        source_id: str | None = None,
+        *,
+        resolve_timeout: float = 5.0,
+        channels: Sequence[str] | None = None,
+        lost_after: float | None = 10.0,
+        max_chunk: int = 4096,
+        max_buflen: int = 60,
+    ) -> None:
+        super().__init__()
+        given = {k: v for k, v in (("name", name), ("type", type), ("source_id", source_id)) if v}
+        if len(given) != 1:
+            raise ConfigError(
+                "LslSource: give exactly one of name=, type=, source_id= to select the "
+                f"stream (got {given or 'none'})"
+            )
+        ((self.prop, self.value),) = given.items()
+        self.resolve_timeout = float(resolve_timeout)
+        self.channels_wanted = None if channels is None else [str(c) for c in channels]
+        self.lost_after = lost_after
+        self.max_chunk = int(max_chunk)
+        self.max_buflen = int(max_buflen)
+        self.clock_offset = 0.0
+        self.stream_xml = ""
+        self._inlet: pylsl.StreamInlet | None = None
+        self._cols: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._counter_col: int | None = None
+        self._last_sample_wall = 0.0
+
+    @property
+    def selector(self) -> str:
+        """``prop=value`` as given."""
+        return f"{self.prop}={self.value}"
+
+    def open(self) -> None:
+        """Resolve the stream, read its description and subscribe. Idempotent.
+
+        Raises
+        ------
+        DeviceLostError
+            No stream matched within ``resolve_timeout``; the message lists the streams
+            that were found.
+        ConfigError
+            Several streams matched, or the stream is unusable (irregular rate, string
+            format, unknown channel labels, mixed units).
+        """
+        if self.is_open:
+            return
+        found = pylsl.resolve_byprop(self.prop, self.value, 1, self.resolve_timeout)
+        if not found:
+            others = list_streams(1.0)
+            listing = "\n  ".join(others) if others else "(no LSL stream at all)"
+            raise DeviceLostError(
+                f"no LSL stream with {self.selector} within {self.resolve_timeout:g} s. "
+                f"Streams visible now:\n  {listing}\nCheck the amplifier application is "
+                "streaming, the spelling (case matters) and that both machines are on the "
+                "same network"
+            )
+        if len(found) > 1:
+            found = pylsl.resolve_byprop(self.prop, self.value, len(found) + 1, 0.5)
+            listing = "\n  ".join(describe_stream(i) for i in found)
+            raise ConfigError(
+                f"{len(found)} LSL streams match {self.selector}:\n  {listing}\nselect one by "
+                "source_id"
+            )
+        inlet = pylsl.StreamInlet(
+            found[0],
+            max_buflen=self.max_buflen,
+            recover=False,
+            processing_flags=pylsl.proc_none,
+        )
+        try:
+            info = inlet.info(timeout=self.resolve_timeout)
+            self._configure(info)
+            inlet.open_stream(timeout=self.resolve_timeout)
+            try:
+                self.clock_offset = float(inlet.time_correction(timeout=self.resolve_timeout))
+            except LslTimeoutError:
+                raise DeviceLostError(
+                    f"LSL stream {self.selector}: no clock-offset answer within "
+                    f"{self.resolve_timeout:g} s; check the network between the machines"
+                ) from None
+        except (LostError, LslTimeoutError) as exc:
+            raise DeviceLostError(
+                f"LSL stream {self.selector} vanished while connecting ({exc}); is the sender "
+                "still running?"
+            ) from None
+        self._inlet = inlet
+        self._last_sample_wall = time.perf_counter()
+        super().open()
+
+    def _configure(self, info: pylsl.StreamInfo) -> None:
+        name = info.name()
+        fs = info.nominal_srate()
+        if fs <= 0:
+            raise ConfigError(
+                f"LSL stream {name!r} has an irregular rate; EMG needs a stream with a "
+                "nominal sampling rate"
+            )
+        if info.channel_format() in (pylsl.cf_string, pylsl.cf_undefined):
+            raise ConfigError(f"LSL stream {name!r} carries strings, not samples")
+        n = info.channel_count()
+        labels = _channel_field(info, "label")
+        units = _channel_field(info, "unit")
+        types = _channel_field(info, "type")
+        if len(labels) != n or not all(labels):
+            labels = [f"EMG{k + 1}" for k in range(n)]
+        units += [""] * (n - len(units))
+        types += [""] * (n - len(types))
+        counter_col = None
+        for k, (lab, typ) in enumerate(zip(labels, types, strict=False)):
+            if lab.lower() == COUNTER_LABEL or typ.lower() == COUNTER_LABEL:
+                counter_col = k
+                break
+        if self.channels_wanted is not None:
+            missing = [c for c in self.channels_wanted if c not in labels]
+            if missing:
+                raise ConfigError(
+                    f"LSL stream {name!r} has no channel(s) {missing}; its channels are {labels}"
+                )
+            cols = [labels.index(c) for c in self.channels_wanted]
+        else:
+            cols = [k for k in range(n) if k != counter_col]
+        if not cols:
+            raise ConfigError(f"LSL stream {name!r} has no EMG channel besides its counter")
+        used_units = {units[k] for k in cols}
+        if len(used_units) > 1:
+            raise ConfigError(
+                f"LSL stream {name!r}: the selected channels have different units "
+                f"{sorted(used_units)}; select channels with one unit"
+            )
+        unit = used_units.pop() or "unknown"
+        self._cols = np.asarray(cols, dtype=np.int64)
+        self._counter_col = counter_col
+        self.stream_xml = info.as_xml()
+        self._info = SourceInfo(
+            name=name,
+            fs=float(fs),
+            channels=tuple(labels[k] for k in cols),
+            units=unit,
+            kind="lsl",
+        )
+
+    def close(self) -> None:
+        """Drop the subscription. Idempotent."""
+        inlet, self._inlet = self._inlet, None
+        if inlet is not None:
+            try:
+                inlet.close_stream()
+            except Exception:  # noqa: BLE001 - closing must not fail
+                pass
+            del inlet
+        super().close()
+
+    def latest_time_correction(self, timeout: float = 1.0) -> float:
+        """liblsl's current clock-offset estimate (for monitoring drift; not applied)."""
+        if self._inlet is None:
+            raise DeviceLostError(f"LSL stream {self.selector}: not open")
+        try:
+            return float(self._inlet.time_correction(timeout=timeout))
+        except (LostError, LslTimeoutError) as exc:
+            raise DeviceLostError(f"LSL stream {self.selector}: {exc}") from None
+
+    def read(self, timeout: float) -> Chunk | None:
+        """Next chunk (up to ``max_chunk`` samples), or None after ``timeout`` seconds.
+
+        Waits inside liblsl (no polling) for the first sample, then takes whatever else
+        is already there.
+
+        Raises
+        ------
+        DeviceLostError
+            The outlet disappeared, or sent nothing for ``lost_after`` seconds.
+        """
+        inlet = self._inlet
+        if inlet is None or not self.is_open:
+            raise DeviceLostError(f"LSL stream {self.selector}: read() before open()")
+        try:
+            data, ts = inlet.pull_chunk(
+                timeout=max(0.0, timeout),
+                max_samples=self.max_chunk,
+                min_samples=1,
+                as_numpy=True,
+            )
+        except LostError:
+            raise DeviceLostError(
+                f"LSL stream {self.selector} was lost (the sender closed or crashed); "
+                "restart the amplifier application"
+            ) from None
+        now = time.perf_counter()
+        if ts is None or len(ts) == 0:
+            silent = now - self._last_sample_wall
+            if self.lost_after is not None and silent > self.lost_after:
+                raise DeviceLostError(
+                    f"LSL stream {self.selector}: no sample for {silent:.1f} s (lost_after = "
+                    f"{self.lost_after:g} s); check the sender and the network"
+                )
+            return None
+        self._last_sample_wall = now
+        data = np.asarray(data)
+        samples = np.ascontiguousarray(data[:, self._cols], dtype=np.float64)
+        timestamps = np.asarray(ts, dtype=np.float64) + self.clock_offset
+        counter = None
+        if self._counter_col is not None:
+            counter = np.rint(data[:, self._counter_col]).astype(np.int64)
+        return Chunk(samples=samples, timestamps=timestamps, counter=counter, arrival_wall=now)
