@@ -1,0 +1,7 @@
+"""Files, LSL outlets and XDF recording: where a session's data leaves the process.
+
+* :mod:`closedloop.io.outlets`: :class:`SessionOutlets`, the LSL streams of one session.
+* :mod:`closedloop.io.recorder`: :class:`XdfRecorder` (LabRecorderCLI) and
+  :func:`verify_recording`.
+* :mod:`closedloop.io.xdf`: :func:`load_session`, reading recordings back.
+"""

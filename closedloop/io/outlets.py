@@ -1,0 +1,538 @@
+"""The LSL streams of one session, and the JSON format of closedloop's marker streams.
+
+:class:`SessionOutlets` publishes everything a session decides, so LabRecorder (or any
+LSL tool) can record it next to the EMG it was decided from. All streams of a session
+share one stream-time domain: each sample, event and command is stamped with the stream
+time of the EMG sample it belongs to (never the wall clock).
+
+Streams (``S`` is the session name, ``U`` a fresh uuid per session)
+------------------------------------------------------------------
+==================  ==============  ========================================================
+name                type            content
+==================  ==============  ========================================================
+``S-EMG``           ``EMG``         the input EMG (double64, nominal rate), one channel per
+                                    muscle plus a last channel ``counter``
+``S-Envelope``      ``Envelope``    the envelope per muscle plus ``counter`` (optional)
+``S-Thresholds``    ``Thresholds``  irregular: ``<m>_on``, ``<m>_off`` per muscle, ``sample``
+                                    (index they were in force at), ``counter`` (optional)
+``S-Events``        ``Markers``     detector events, JSON
+``S-Stim``          ``Markers``     stimulation commands, JSON of every StimCommand field
+``S-Markers``       ``Markers``     trial and cue markers, JSON
+``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata
+==================  ==============  ========================================================
+
+Every stream's ``source_id`` is ``closedloop.U.<role>``, unique per session;
+:meth:`SessionOutlets.recorder_predicates` gives them to the recorder. Every stream's
+``desc`` has ``<closedloop>`` with ``session``, ``session_uid``, ``role`` and
+``version``; numeric streams list their channels (``label``, ``type``, ``unit``) in
+``desc/channels``.
+
+Proving that nothing was lost
+-----------------------------
+The ``counter`` channel of the EMG and envelope streams is the 0-based index of the
+sample in the pipeline (the same index as :attr:`Event.sample`), stored as double64 so
+it is exact up to 2**53. A recording holds every sample iff that channel runs 0, 1, 2,
+... without a gap or repeat, and events and commands can be matched to the samples they
+name. Every JSON marker carries ``seq``, its 0-based number within its stream, for the
+same proof. :func:`closedloop.io.recorder.verify_recording` checks both.
+
+Session info and late recorders
+-------------------------------
+A marker pushed before LabRecorder subscribed is lost, so the config text and metadata
+are put where a recorder cannot miss them: in the ``S-Session`` stream's header
+(``desc/closedloop/config`` and ``desc/closedloop/metadata``), which LabRecorder writes
+into the file whenever it subscribes. :meth:`SessionOutlets.announce` also pushes them
+as a marker; call it after the recorder has started (``XdfRecorder.start`` returns once
+every stream is being collected), and again whenever a recorder joins later.
+
+Timestamps 0.0 and -1.0
+-----------------------
+liblsl replaces a timestamp of exactly 0.0 by "now" and treats -1.0 as "deduce from the
+previous sample", and XDF cannot store 0.0 at all. Those two exact values are pushed as
+the adjacent double (``np.nextafter``) and mapped back by :func:`restore_timestamps`,
+so stream times such as ``sample / fs`` starting at 0 survive the round trip exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pylsl
+
+import closedloop
+from closedloop.core.events import Block, Event
+from closedloop.errors import InputError
+from closedloop.sources.base import Chunk, SourceInfo
+from closedloop.stim.commands import StimCommand
+
+ROLE_EMG = "emg"
+ROLE_ENVELOPE = "envelope"
+ROLE_THRESHOLDS = "thresholds"
+ROLE_EVENTS = "events"
+ROLE_STIM = "stim"
+ROLE_MARKERS = "markers"
+ROLE_SESSION = "session"
+
+#: Stream-name suffix and LSL type of each role.
+STREAMS: dict[str, tuple[str, str]] = {
+    ROLE_EMG: ("EMG", "EMG"),
+    ROLE_ENVELOPE: ("Envelope", "Envelope"),
+    ROLE_THRESHOLDS: ("Thresholds", "Thresholds"),
+    ROLE_EVENTS: ("Events", "Markers"),
+    ROLE_STIM: ("Stim", "Markers"),
+    ROLE_MARKERS: ("Markers", "Markers"),
+    ROLE_SESSION: ("Session", "SessionInfo"),
+}
+COUNTER_LABEL = "counter"
+MARKER_FORMAT = "closedloop-json-1"
+
+_ZERO_SUB = float(np.nextafter(0.0, 1.0))
+_MINUS_ONE_SUB = float(np.nextafter(-1.0, -2.0))
+
+
+# -- timestamps ---------------------------------------------------------------------------
+def safe_timestamps(ts: np.ndarray) -> np.ndarray:
+    """Timestamps liblsl and XDF keep as given (see the module docstring)."""
+    ts = np.array(ts, dtype=np.float64, copy=True)
+    ts[ts == 0.0] = _ZERO_SUB
+    ts[ts == -1.0] = _MINUS_ONE_SUB
+    return ts
+
+
+def restore_timestamps(ts: np.ndarray) -> np.ndarray:
+    """Undo :func:`safe_timestamps` on timestamps read back from a recording."""
+    ts = np.array(ts, dtype=np.float64, copy=True)
+    ts[ts == _ZERO_SUB] = 0.0
+    ts[ts == _MINUS_ONE_SUB] = -1.0
+    return ts
+
+
+def _safe_time(t: float) -> float:
+    t = float(t)
+    return _ZERO_SUB if t == 0.0 else _MINUS_ONE_SUB if t == -1.0 else t
+
+
+# -- JSON markers ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Marker:
+    """A trial or cue marker.
+
+    Parameters
+    ----------
+    label : str
+        What happened (``"trial_start"``, ``"cue"``, ``"rest"``...).
+    time : float
+        Stream time (seconds) of the sample it belongs to.
+    sample : int or None
+        Index of that sample, when known.
+    fields : mapping
+        Any further JSON-serialisable details (trial number, target muscle...).
+    """
+
+    label: str
+    time: float
+    sample: int | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _finite_or_none(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return json.dumps({k: _finite_or_none(v) for k, v in obj.items()}, allow_nan=False)
+
+
+def _float(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def encode_event(event: Event, seq: int) -> str:
+    """JSON of a detector event (non-finite numbers become null)."""
+    return _dumps({"seq": seq, **dataclasses.asdict(event)})
+
+
+def decode_event(text: str) -> tuple[int, Event]:
+    """``(seq, Event)`` from :func:`encode_event` output."""
+    d = json.loads(text)
+    return int(d["seq"]), Event(
+        sample=int(d["sample"]),
+        time=_float(d["time"]),
+        channel=str(d["channel"]),
+        kind=str(d["kind"]),
+        envelope=_float(d.get("envelope")),
+        threshold=_float(d.get("threshold")),
+    )
+
+
+def encode_command(command: StimCommand, seq: int) -> str:
+    """JSON of every StimCommand field (latency stamps included; NaN becomes null)."""
+    return _dumps({"seq": seq, **dataclasses.asdict(command)})
+
+
+def decode_command(text: str) -> tuple[int, StimCommand]:
+    """``(seq, StimCommand)`` from :func:`encode_command` output."""
+    d = json.loads(text)
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(StimCommand):
+        v = d.get(f.name)
+        if f.name in ("muscle", "phase"):
+            kw[f.name] = str(v)
+        elif f.name in ("channel", "sample"):
+            kw[f.name] = int(v)
+        else:
+            kw[f.name] = _float(v)
+    return int(d["seq"]), StimCommand(**kw)
+
+
+def encode_marker(marker: Marker, seq: int) -> str:
+    """JSON of a trial/cue marker."""
+    return json.dumps(
+        {
+            "seq": seq,
+            "label": marker.label,
+            "time": _finite_or_none(float(marker.time)),
+            "sample": marker.sample,
+            "fields": dict(marker.fields),
+        },
+        allow_nan=False,
+    )
+
+
+def decode_marker(text: str) -> tuple[int, Marker]:
+    """``(seq, Marker)`` from :func:`encode_marker` output."""
+    d = json.loads(text)
+    sample = d.get("sample")
+    return int(d["seq"]), Marker(
+        label=str(d["label"]),
+        time=_float(d.get("time")),
+        sample=None if sample is None else int(sample),
+        fields=dict(d.get("fields") or {}),
+    )
+
+
+# -- outlets ----------------------------------------------------------------------------------
+def _add_channels(desc: pylsl.XMLElement, rows: Iterable[tuple[str, str, str]]) -> None:
+    chans = desc.append_child("channels")
+    for label, typ, unit in rows:
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("type", typ)
+        ch.append_child_value("unit", unit)
+
+
+class SessionOutlets:
+    """The LSL outlets of one session (see the module docstring for the layout).
+
+    Parameters
+    ----------
+    session_name : str
+        Prefix of every stream name (e.g. ``"P07-S3"``).
+    source_info : SourceInfo
+        What the EMG source delivers (channel labels, units, nominal rate).
+    with_envelope : bool
+        Also create the envelope and threshold streams.
+    config_text : str
+        The session's full config (TOML text), stored in the session stream.
+    metadata : mapping of str to str, optional
+        Further session metadata (patient code, operator, protocol...).
+    session_uid : str, optional
+        Unique id of the session (default: a fresh uuid4 hex).
+
+    Notes
+    -----
+    Outlets exist from construction until :meth:`close`. Pushes are cheap and do not
+    block (liblsl buffers); call them from the loop thread.
+    """
+
+    def __init__(
+        self,
+        session_name: str,
+        source_info: SourceInfo,
+        *,
+        with_envelope: bool = True,
+        config_text: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        session_uid: str | None = None,
+    ) -> None:
+        if not session_name or any(c in session_name for c in "'\"<>&"):
+            raise InputError(
+                f"session name {session_name!r} must be non-empty and free of quotes and <>&"
+            )
+        self.session_name = session_name
+        self.source_info = source_info
+        self.session_uid = session_uid or uuid.uuid4().hex
+        self.config_text = config_text
+        self.metadata: dict[str, Any] = {
+            "session": session_name,
+            "session_uid": self.session_uid,
+            "closedloop_version": closedloop.__version__,
+            "source_name": source_info.name,
+            "source_kind": source_info.kind,
+            "fs": source_info.fs,
+            "channels": list(source_info.channels),
+            "units": source_info.units,
+            **dict(metadata or {}),
+        }
+        self.names: dict[str, str] = {}
+        self.source_ids: dict[str, str] = {}
+        self._outlets: dict[str, pylsl.StreamOutlet] = {}
+        self._pushed: dict[str, int] = {}
+        self._next_index: dict[str, int] = {ROLE_EMG: 0, ROLE_ENVELOPE: 0}
+        labels = list(source_info.channels)
+        unit = source_info.units
+        fs = float(source_info.fs)
+        self._create(
+            ROLE_EMG,
+            len(labels) + 1,
+            fs,
+            pylsl.cf_double64,
+            channels=[(lab, "EMG", unit) for lab in labels]
+            + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
+        )
+        if with_envelope:
+            self._create(
+                ROLE_ENVELOPE,
+                len(labels) + 1,
+                fs,
+                pylsl.cf_double64,
+                channels=[(lab, "Envelope", unit) for lab in labels]
+                + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
+            )
+            self._create(
+                ROLE_THRESHOLDS,
+                2 * len(labels) + 2,
+                pylsl.IRREGULAR_RATE,
+                pylsl.cf_double64,
+                channels=[(f"{lab}_on", "Threshold", unit) for lab in labels]
+                + [(f"{lab}_off", "Threshold", unit) for lab in labels]
+                + [("sample", "sample", "samples"), (COUNTER_LABEL, COUNTER_LABEL, "samples")],
+            )
+        for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS):
+            self._create(role, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string)
+        self._create(ROLE_SESSION, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string, session=True)
+        self._closed = False
+
+    def _create(
+        self,
+        role: str,
+        n_channels: int,
+        rate: float,
+        fmt: int,
+        *,
+        channels: Sequence[tuple[str, str, str]] | None = None,
+        session: bool = False,
+    ) -> None:
+        suffix, typ = STREAMS[role]
+        name = f"{self.session_name}-{suffix}"
+        sid = f"closedloop.{self.session_uid}.{role}"
+        info = pylsl.StreamInfo(name, typ, n_channels, rate, fmt, sid)
+        desc = info.desc()
+        if channels is not None:
+            _add_channels(desc, channels)
+        acq = desc.append_child("acquisition")
+        acq.append_child_value("manufacturer", "closedloop")
+        acq.append_child_value("source", self.source_info.name)
+        acq.append_child_value("source_kind", self.source_info.kind)
+        cl = desc.append_child("closedloop")
+        cl.append_child_value("version", closedloop.__version__)
+        cl.append_child_value("session", self.session_name)
+        cl.append_child_value("session_uid", self.session_uid)
+        cl.append_child_value("role", role)
+        if fmt == pylsl.cf_string:
+            cl.append_child_value("format", MARKER_FORMAT)
+        if session:
+            cl.append_child_value("config", self.config_text)
+            cl.append_child_value("metadata", json.dumps(self.metadata, default=str))
+        self._outlets[role] = pylsl.StreamOutlet(info)
+        self.names[role] = name
+        self.source_ids[role] = sid
+        self._pushed[role] = 0
+
+    # -- introspection ----------------------------------------------------------------------
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Roles of the streams this session publishes."""
+        return tuple(self._outlets)
+
+    def recorder_predicates(self) -> list[dict[str, str]]:
+        """One ``{"source_id": ...}`` per stream, for :class:`XdfRecorder`."""
+        return [{"source_id": sid} for sid in self.source_ids.values()]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Samples pushed so far, by stream name (``expected_counts`` for verification)."""
+        return {self.names[r]: n for r, n in self._pushed.items()}
+
+    def wait_for_consumers(self, timeout: float) -> bool:
+        """Wait until every outlet has a consumer (e.g. LabRecorder); False on timeout."""
+        deadline = time.perf_counter() + timeout
+        for outlet in self._outlets.values():
+            if not outlet.wait_for_consumers(max(0.0, deadline - time.perf_counter())):
+                return False
+        return True
+
+    # -- pushes -------------------------------------------------------------------------------
+    def _outlet(self, role: str) -> pylsl.StreamOutlet:
+        if self._closed:
+            raise RuntimeError(f"SessionOutlets {self.session_name!r}: push after close()")
+        try:
+            return self._outlets[role]
+        except KeyError:
+            raise RuntimeError(
+                f"SessionOutlets {self.session_name!r} has no {role} stream "
+                "(created with with_envelope=False?)"
+            ) from None
+
+    def _push_indexed(
+        self, role: str, values: np.ndarray, timestamps: np.ndarray, start: int | None
+    ) -> None:
+        nch = self.source_info.n_channels
+        values = np.asarray(values, dtype=np.float64)
+        ts = np.asarray(timestamps, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != nch or ts.shape != (values.shape[0],):
+            raise InputError(
+                f"{self.names.get(role, role)}: expected samples of shape (n, {nch}) and n "
+                f"timestamps, got {values.shape} and {ts.shape}"
+            )
+        n = values.shape[0]
+        if n == 0:
+            return
+        first = self._next_index[role] if start is None else int(start)
+        data = np.empty((n, nch + 1))
+        data[:, :nch] = values
+        data[:, nch] = first + np.arange(n)
+        self._outlet(role).push_chunk(data, safe_timestamps(ts).tolist())
+        self._next_index[role] = first + n
+        self._pushed[role] += n
+
+    def push_emg(
+        self, samples: np.ndarray, timestamps: np.ndarray, *, start: int | None = None
+    ) -> None:
+        """Push EMG samples with their stream timestamps.
+
+        Parameters
+        ----------
+        samples : ndarray, shape (n, n_channels)
+        timestamps : ndarray, shape (n,)
+            Stream time of each sample.
+        start : int, optional
+            Pipeline index of the first sample (default: continue after the last push).
+            It becomes the ``counter`` channel.
+        """
+        self._push_indexed(ROLE_EMG, samples, timestamps, start)
+
+    def push_chunk(self, chunk: Chunk, *, start: int | None = None) -> None:
+        """Push a source chunk (its samples and timestamps) to the EMG stream."""
+        self.push_emg(chunk.samples, chunk.timestamps, start=start)
+
+    def push_envelope(
+        self,
+        envelope: np.ndarray,
+        timestamps: np.ndarray,
+        *,
+        start: int | None = None,
+        on_threshold: np.ndarray | None = None,
+        off_threshold: np.ndarray | None = None,
+    ) -> None:
+        """Push envelope samples; with thresholds, also one thresholds sample.
+
+        The thresholds are those in force at the last sample, stamped with its time.
+        """
+        first = self._next_index[ROLE_ENVELOPE] if start is None else int(start)
+        self._push_indexed(ROLE_ENVELOPE, envelope, timestamps, start)
+        n = int(np.asarray(timestamps).shape[0])
+        if n and on_threshold is not None and off_threshold is not None:
+            nch = self.source_info.n_channels
+            on = np.asarray(on_threshold, dtype=np.float64).reshape(nch)
+            off = np.asarray(off_threshold, dtype=np.float64).reshape(nch)
+            row = np.concatenate([on, off, [first + n - 1, self._pushed[ROLE_THRESHOLDS]]])
+            t_last = _safe_time(float(np.asarray(timestamps)[-1]))
+            self._outlet(ROLE_THRESHOLDS).push_sample(row.tolist(), t_last)
+            self._pushed[ROLE_THRESHOLDS] += 1
+
+    def push_block(self, block: Block) -> None:
+        """Push a signal-core block: envelope, thresholds and events."""
+        self.push_envelope(
+            block.envelope,
+            block.timestamps,
+            start=block.start,
+            on_threshold=block.on_threshold,
+            off_threshold=block.off_threshold,
+        )
+        self.push_events(block.events)
+
+    def _push_strings(self, role: str, texts: list[str], times: list[float]) -> None:
+        if not texts:
+            return
+        self._outlet(role).push_chunk([[t] for t in texts], [_safe_time(t) for t in times])
+        self._pushed[role] += len(texts)
+
+    def push_events(self, events: Sequence[Event]) -> None:
+        """Push detector events, each stamped with its deciding sample's stream time."""
+        base = self._pushed[ROLE_EVENTS]
+        self._push_strings(
+            ROLE_EVENTS,
+            [encode_event(e, base + k) for k, e in enumerate(events)],
+            [e.time for e in events],
+        )
+
+    def push_commands(self, commands: Sequence[StimCommand]) -> None:
+        """Push stimulation commands, each stamped with its ``stream_time``."""
+        base = self._pushed[ROLE_STIM]
+        self._push_strings(
+            ROLE_STIM,
+            [encode_command(c, base + k) for k, c in enumerate(commands)],
+            [c.stream_time for c in commands],
+        )
+
+    def push_marker(
+        self, label: str, time: float, *, sample: int | None = None, **fields: Any
+    ) -> None:
+        """Push a trial or cue marker stamped with ``time`` (stream time)."""
+        marker = Marker(label=label, time=float(time), sample=sample, fields=fields)
+        self._push_strings(
+            ROLE_MARKERS, [encode_marker(marker, self._pushed[ROLE_MARKERS])], [time]
+        )
+
+    def announce(self, time: float | None = None) -> None:
+        """Push the config text and metadata as a marker (call after the recorder started).
+
+        Parameters
+        ----------
+        time : float, optional
+            Stream time to stamp it with (default: ``pylsl.local_clock()``).
+        """
+        t = pylsl.local_clock() if time is None else float(time)
+        text = json.dumps(
+            {
+                "seq": self._pushed[ROLE_SESSION],
+                "config": self.config_text,
+                "metadata": self.metadata,
+            },
+            default=str,
+        )
+        self._push_strings(ROLE_SESSION, [text], [t])
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Destroy the outlets (recorders see the streams end). Idempotent."""
+        self._closed = True
+        outlets, self._outlets = self._outlets, {}
+        outlets.clear()
+
+    def __enter__(self) -> SessionOutlets:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
