@@ -1,0 +1,1 @@
+"""Simulation: the simulated patient (EMG with scripted voluntary attempts)."""
