@@ -394,16 +394,19 @@ class BrainFlowSource(Source):
             self._file_samples = self._check_playback_file()
         self._stop.clear()
         shim = BoardShim(self.board_id.value, self._input)
+        where = self._name
+        if self.params:
+            where += " (" + ", ".join(f"{k}={v!r}" for k, v in self.params.items()) + ")"
         try:
             shim.prepare_session()
         except BrainFlowError as exc:
-            raise _translate(exc, "prepare_session", self._name) from None
+            raise _translate(exc, "prepare_session", where) from None
         try:
             buffer = max(1000, int(self.buffer_seconds * self.fs))
             shim.start_stream(buffer)
         except BrainFlowError as exc:
             _release(shim)
-            raise _translate(exc, "start_stream", self._name) from None
+            raise _translate(exc, "start_stream", where) from None
         self._shim = shim
         self._info = SourceInfo(
             name=self._name, fs=self.fs, channels=self._labels, units="uV", kind="brainflow"

@@ -491,9 +491,10 @@ class InputMonitor:
             prev = np.empty(n)
             prev[0] = last_raw[c]
             prev[1:] = x[:-1]
-            rep = x == prev  # NaN never repeats
-            seq_max = np.fmax.accumulate(np.concatenate(([self._run_max[c]], x)))[1:]
-            seq_min = np.fmin.accumulate(np.concatenate(([self._run_min[c]], x)))[1:]
+            rep = (x == prev) & fin  # non-finite values are reported above, not here
+            xf = np.where(fin, x, np.nan)  # extremes ignore NaN and inf
+            seq_max = np.fmax.accumulate(np.concatenate(([self._run_max[c]], xf)))[1:]
+            seq_min = np.fmin.accumulate(np.concatenate(([self._run_min[c]], xf)))[1:]
             at_rail = ((x == seq_max) | (x == seq_min)) & (seq_max > seq_min)
             sat_cond = rep & at_rail
             flat_cond = rep & ~at_rail

@@ -1,0 +1,251 @@
+"""InputMonitor: every issue kind, cleaning, and chunk invariance (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from closedloop.errors import InputError
+from closedloop.sources.base import Chunk, SourceInfo
+from closedloop.sources.checks import InputIssue, InputMonitor, IssueKind
+
+FS = 1000.0
+INFO = SourceInfo("amp", FS, ("biceps", "triceps"), "uV", "sim")
+
+
+def noise(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 10.0, size=(n, 2))
+
+
+def times(n: int, t0: float = 100.0, fs: float = FS) -> np.ndarray:
+    return t0 + np.arange(n) / fs
+
+
+def run(chunk: Chunk, **kw: float) -> tuple[list[InputIssue], object]:
+    m = InputMonitor(INFO, **kw)
+    r = m.check(chunk)
+    return list(r.issues), r
+
+
+def kinds(issues: list[InputIssue]) -> list[tuple[str, str | None, int]]:
+    return [(i.kind.value, i.channel, i.sample) for i in issues]
+
+
+def test_clean_signal_has_no_issues() -> None:
+    n = 12000
+    issues, r = run(Chunk(noise(n), times(n), np.arange(n)))
+    assert issues == []
+    assert not r.bad.any()
+    np.testing.assert_array_equal(r.chunk.samples, noise(n))
+
+
+def test_wrong_channel_count_is_unusable() -> None:
+    m = InputMonitor(INFO)
+    with pytest.raises(InputError, match="3 channels but the source announced 2"):
+        m.check(Chunk(np.zeros((5, 3)), times(5)))
+    with pytest.raises(InputError, match="timestamps"):
+        m.check(Chunk(np.zeros((5, 2)), times(4)))
+    with pytest.raises(InputError, match="counter"):
+        m.check(Chunk(np.zeros((5, 2)), times(5), np.arange(4)))
+
+
+def test_nan_is_held_flagged_and_recovers() -> None:
+    n = 1000
+    x = noise(n)
+    x[100:103, 0] = np.nan
+    x[200, 1] = np.inf
+    issues, r = run(Chunk(x, times(n)), recover_seconds=0.05)
+    assert kinds(issues) == [
+        ("nonfinite", "biceps", 100),
+        ("recovered", "biceps", 152),
+        ("nonfinite", "triceps", 200),
+        ("recovered", "triceps", 250),
+    ]
+    assert "biceps" in issues[0].message and "cable" in issues[0].message
+    np.testing.assert_array_equal(r.chunk.samples[100:103, 0], x[99, 0])
+    assert r.chunk.samples[200, 1] == x[199, 1]
+    assert np.isfinite(r.chunk.samples).all()
+    assert r.bad[100:152, 0].all() and not r.bad[152:, 0].any() and not r.bad[:100, 0].any()
+
+
+def test_nan_zero_mode() -> None:
+    x = noise(50)
+    x[10, 0] = np.nan
+    _, r = run(Chunk(x, times(50)), nonfinite="zero")
+    assert r.chunk.samples[10, 0] == 0.0
+
+
+def test_duplicates_are_dropped() -> None:
+    n = 300
+    x, ts, c = noise(n), times(n), np.arange(n)
+    keep = np.r_[np.arange(0, 51), [50, 50], np.arange(51, n)]
+    issues, r = run(Chunk(x[keep], ts[keep], c[keep]))
+    assert kinds(issues) == [("duplicate", None, 50)]
+    assert "counter 50" in issues[0].message
+    np.testing.assert_array_equal(r.chunk.counter, c)
+    np.testing.assert_array_equal(r.chunk.samples, x)
+    # without a counter: same timestamp and same values
+    issues, r = run(Chunk(x[keep], ts[keep]))
+    assert kinds(issues) == [("duplicate", None, 50)]
+    assert r.chunk.n == n
+
+
+def test_gap_from_counter_and_from_timestamps() -> None:
+    n = 400
+    keep = np.r_[np.arange(0, 100), np.arange(110, n)]
+    issues, _ = run(Chunk(noise(n)[keep], times(n)[keep], np.arange(n)[keep]))
+    assert kinds(issues) == [("gap", None, 100)]
+    assert "10 sample(s) lost" in issues[0].message and "99 to 110" in issues[0].message
+    issues, _ = run(Chunk(noise(n)[keep], times(n)[keep]))
+    assert kinds(issues) == [("gap", None, 100)]
+    assert "~10 sample(s)" in issues[0].message
+    # jitter below the tolerance is not a gap
+    ts = times(n) + np.random.default_rng(1).uniform(-0.4e-3, 0.4e-3, n)
+    issues, _ = run(Chunk(noise(n), ts))
+    assert issues == []
+
+
+def test_non_monotonic_timestamps_and_counter() -> None:
+    n = 100
+    ts = times(n)
+    ts[40] = ts[38]
+    issues, r = run(Chunk(noise(n), ts))
+    assert ("non_monotonic", None, 40) in kinds(issues)
+    assert r.chunk.n == n  # kept
+    c = np.arange(n)
+    c[60:] -= 30
+    issues, _ = run(Chunk(noise(n), times(n), c))
+    assert kinds(issues) == [("non_monotonic", None, 60)]
+    assert "went back from 59 to 30" in issues[0].message
+
+
+def test_nonfinite_timestamp_replaced() -> None:
+    ts = times(20)
+    ts[5] = np.nan
+    issues, r = run(Chunk(noise(20), ts))
+    assert kinds(issues) == [("bad_timestamp", None, 5)]
+    assert r.chunk.timestamps[5] == pytest.approx(ts[4] + 1 / FS)
+
+
+def test_rate_far_from_nominal() -> None:
+    n = 12000
+    ts = 5.0 + np.arange(n) / (FS * 0.97)  # 3 % slow
+    issues, _ = run(Chunk(noise(n), ts))
+    assert kinds(issues) == [("rate", None, 5000)]
+    assert "3.0 % below" in issues[0].message
+    ts = 5.0 + np.arange(n) / (FS * 0.99)  # 1 %: tolerated
+    assert run(Chunk(noise(n), ts))[0] == []
+
+
+def test_flat_and_saturated_channels() -> None:
+    n = 3000
+    x = noise(n)
+    x[1000:1700, 1] = 3.25  # flat at an ordinary value for 0.7 s
+    x[2000:2100, 0] = 500.0  # pinned at a new maximum for 0.1 s
+    issues, r = run(Chunk(x, times(n)))
+    assert kinds(issues) == [
+        ("flat", "triceps", 1499),
+        ("recovered", "triceps", 1700),
+        ("saturated", "biceps", 2049),
+        ("recovered", "biceps", 2100),
+    ]
+    assert "electrode contact" in issues[0].message
+    assert "largest value seen (500 uV)" in issues[2].message
+    assert r.bad[1499:1700, 1].all() and not r.bad[1700:, 1].any()
+    assert r.bad[2049:2100, 0].all()
+
+
+def test_a_ramp_is_not_saturation() -> None:
+    x = np.repeat(np.linspace(0, 100, 500)[:, None], 2, axis=1)
+    assert run(Chunk(x, times(500)))[0] == []
+
+
+def test_repeating_issues_are_folded() -> None:
+    n = 3000
+    keep = np.setdiff1d(np.arange(n), np.arange(100, 2000, 10))
+    issues, _ = run(Chunk(noise(n)[keep], times(n)[keep], keep), report_holdoff_seconds=1.0)
+    gaps = [i for i in issues if i.kind is IssueKind.GAP]
+    assert [g.sample for g in gaps] == [100, 1108]  # output indices (1 lost per 10)
+    assert "not listed singly" in gaps[1].message
+
+
+# -- chunk invariance -----------------------------------------------------------------------
+def _troubled_stream() -> Chunk:
+    n = 9000
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.0, 5.0, size=(n, 2))
+    x[300:305, 0] = np.nan
+    x[310, 0] = np.inf
+    x[1000:1600, 1] = -2.0
+    x[2500:2600, 0] = 99.0
+    x[4000:4003, 1] = np.nan
+    ts = 10.0 + np.arange(n) / FS
+    ts[5000:] += 0.02
+    ts[6000] = ts[5998]
+    ts[7000:] = 10.0 + (7000 + np.arange(n - 7000) / 0.9) / FS  # rate drop
+    counter = np.arange(n)
+    order = np.r_[np.arange(0, 3000), [2999, 2999], np.arange(3000, 3500), np.arange(3520, n)]
+    return Chunk(x[order], ts[order], counter[order])
+
+
+WHOLE = _troubled_stream()
+
+
+def _feed(chunk: Chunk, cuts: list[int]) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    m = InputMonitor(INFO)
+    issues, clean, bad, ts = [], [], [], []
+    bounds = [0, *sorted(set(cuts)), chunk.n]
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        r = m.check(
+            Chunk(chunk.samples[a:b], chunk.timestamps[a:b], chunk.counter[a:b])  # type: ignore[index]
+        )
+        issues += r.issues
+        clean.append(r.chunk.samples)
+        bad.append(r.bad)
+        ts.append(r.chunk.timestamps)
+    return issues, np.concatenate(clean), np.concatenate(bad), np.concatenate(ts)
+
+
+REFERENCE = _feed(WHOLE, [])
+
+
+def test_reference_finds_every_planted_issue() -> None:
+    found = {i.kind for i in REFERENCE[0]}
+    assert found >= {
+        IssueKind.NONFINITE,
+        IssueKind.FLAT,
+        IssueKind.SATURATED,
+        IssueKind.DUPLICATE,
+        IssueKind.GAP,
+        IssueKind.NON_MONOTONIC,
+        IssueKind.RATE,
+        IssueKind.RECOVERED,
+    }
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=WHOLE.n - 1), max_size=60))
+def test_random_chunkings_give_identical_results(cuts: list[int]) -> None:
+    issues, clean, bad, ts = _feed(WHOLE, cuts)
+    assert issues == REFERENCE[0]
+    np.testing.assert_array_equal(clean, REFERENCE[1])
+    np.testing.assert_array_equal(bad, REFERENCE[2])
+    np.testing.assert_array_equal(ts, REFERENCE[3])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=WHOLE.n - 1), max_size=40))
+def test_chunk_invariant_without_counter(cuts: list[int]) -> None:
+    no_counter = Chunk(WHOLE.samples, WHOLE.timestamps, None)
+
+    def feed(c: list[int]) -> list:
+        m = InputMonitor(INFO)
+        out = []
+        bounds = [0, *sorted(set(c)), no_counter.n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            out += m.check(Chunk(no_counter.samples[a:b], no_counter.timestamps[a:b])).issues
+        return out
+
+    assert feed(cuts) == feed([])
