@@ -1,0 +1,1 @@
+"""Device emulators for tests: real protocols on real (pseudo-terminal) ports, no hardware."""
