@@ -1,0 +1,593 @@
+"""The RehaStim2 driver against the strict emulator on a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import serial
+
+from closedloop.errors import ConfigError, DeviceError, DeviceLostError, StimulatorError
+from closedloop.stim import sciencemode2 as sm
+from closedloop.stim.base import ChannelOutput
+from closedloop.stim.commands import StimCommand
+from closedloop.stim.rehastim2 import RehaStim2
+from tests.emulators.rehastim2 import RehaStim2Emulator
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a POSIX pty")
+
+#: Generous for a loaded test machine; the timing tests set the device's 0.1 s themselves.
+RESPONSE_TIMEOUT = 0.5
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cmd(channel: int, current: float, pw: float = 200.0, hz: float = 50.0) -> StimCommand:
+    return StimCommand("m", channel, current, pw, hz, sample=0, stream_time=0.0, phase="test")
+
+
+def stimulating(emu: RehaStim2Emulator) -> list[str]:
+    """Commands other than Watchdog, by name, in the order the emulator received them."""
+    return [r.name for r in emu.received if r.cmd != sm.Command.WATCHDOG]
+
+
+def wait_for_fault(driver: RehaStim2, exc_type: type[Exception], timeout: float) -> Exception:
+    """Poll ``check()`` until it raises ``exc_type`` (fails the test after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            driver.check()
+        except exc_type as exc:
+            return exc
+        time.sleep(0.01)
+    pytest.fail(f"check() raised no {exc_type.__name__} within {timeout} s")
+
+
+@pytest.fixture
+def emulator() -> Iterator[RehaStim2Emulator]:
+    emu = RehaStim2Emulator(init_interval_s=0.1)  # the device's 0.5 s: see the handshake test
+    emu.start()
+    yield emu
+    emu.stop()
+    assert emu.error is None
+    assert emu.violations == []
+    assert all(r.canonical for r in emu.received), "driver escaped more than F0, 0F, 81"
+
+
+@pytest.fixture
+def make_driver(emulator: RehaStim2Emulator) -> Iterator[Callable[..., RehaStim2]]:
+    drivers: list[RehaStim2] = []
+
+    def make(**kwargs: object) -> RehaStim2:
+        args = {"channels": (1, 2), "response_timeout": RESPONSE_TIMEOUT, **kwargs}
+        driver = RehaStim2(emulator.path, **args)
+        drivers.append(driver)
+        driver.open()
+        return driver
+
+    yield make
+    for driver in drivers:
+        try:
+            driver.close()
+        except DeviceError:
+            pass  # tests that break the link check close() themselves
+
+
+@pytest.fixture
+def driver(make_driver: Callable[..., RehaStim2]) -> RehaStim2:
+    return make_driver()
+
+
+# --- connection ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_handshake_with_the_device_init_interval():
+    with RehaStim2Emulator() as emu:  # Init every 0.5 s, as the device
+        with RehaStim2(emu.path, response_timeout=RESPONSE_TIMEOUT) as driver:
+            assert emu.connected and driver.device_version == 1
+            assert emu.inits_sent <= 3
+        assert emu.running_channels == {}
+        assert emu.violations == []
+
+
+@pytest.mark.timeout(10)
+def test_handshake_line_settings_and_mode_check(driver, emulator):
+    assert driver.is_open and emulator.connected
+    assert driver.device_version == 1
+    settings = emulator.line_settings()
+    assert settings["baudrate"] == settings["ispeed"] == 460800
+    assert not settings["two_stop_bits"] and not settings["rtscts"] and not settings["xonxoff"]
+    first = emulator.received[0]
+    assert first.cmd == sm.Command.INIT_ACK and first.note == "connected"
+    assert stimulating(emulator)[1:] == ["GetStimulationMode"]
+    assert driver.get_stimulation_mode() is sm.StimulationMode.START
+    assert driver.outputs == {1: ChannelOutput(), 2: ChannelOutput()}
+
+
+@pytest.mark.timeout(10)
+def test_no_device_raises_device_lost_with_a_helpful_message():
+    master, slave = os.openpty()  # a port where nothing ever sends Init
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    driver = RehaStim2(path, init_timeout=0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeviceLostError) as info:
+            driver.open()
+        elapsed = time.monotonic() - t0
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert 0.5 <= elapsed < 1.5
+    message = str(info.value)
+    assert path in message and "switched on" in message and "cable" in message
+    assert not driver.is_open
+    driver.close()  # safe after a failed open
+    driver.stop_all()
+
+
+@pytest.mark.timeout(10)
+def test_missing_port_raises_device_lost():
+    with pytest.raises(DeviceLostError, match="port name"):
+        RehaStim2("/dev/does-not-exist-rehastim2").open()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"channels": ()},
+        {"channels": (0,)},
+        {"channels": (1, 1)},
+        {"channels": (9,)},
+        {"keepalive_s": 1.2},
+        {"keepalive_s": 0.0},
+        {"response_timeout": -1.0},
+        {"init_timeout": float("nan")},
+    ],
+)
+def test_bad_constructor_arguments_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        RehaStim2("/dev/null", **kwargs)
+
+
+# --- stimulation -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_init_start_update_stop_sequence(driver, emulator):
+    driver.apply([cmd(1, 20.0, 200.0, 50.0)])
+    assert emulator.mode is sm.StimulationMode.STARTED
+    assert emulator.main_interval_ms == 20.0
+    channels = emulator.channels
+    assert (channels[1].current_ma, channels[1].pulse_width_us, channels[1].running) == (
+        20,
+        200,
+        True,
+    )
+    assert channels[2].current_ma == 0 and not channels[2].running
+    init = emulator.commands(sm.Command.INIT_CHANNEL_LIST_MODE)[-1]
+    assert init.data == bytes((0, 0b11, 0, 13, 0, 38, 0))  # both configured channels, 8 ms IPI
+    assert driver.outputs[1] == ChannelOutput(20.0, 200.0, 50.0)
+    assert driver.any_on
+
+    driver.apply([cmd(1, 25.0, 250.0), cmd(2, 10.0, 300.0)])  # update: no re-init
+    running = emulator.running_channels
+    assert {ch: (s.current_ma, s.pulse_width_us) for ch, s in running.items()} == {
+        1: (25, 250),
+        2: (10, 300),
+    }
+    driver.apply([cmd(1, 0.0)])  # one channel off: an update with 0 mA
+    assert set(emulator.running_channels) == {2}
+    assert emulator.channels[1].current_ma == 0
+    assert not driver.outputs[1].is_on and driver.outputs[2].is_on
+
+    driver.apply([cmd(2, 0.0)])  # everything off: Stop
+    assert emulator.mode is sm.StimulationMode.START and emulator.running_channels == {}
+    assert not driver.any_on
+    assert stimulating(emulator)[1:] == [
+        "GetStimulationMode",
+        "InitChannelListMode",
+        "StartChannelListMode",
+        "StartChannelListMode",
+        "StartChannelListMode",
+        "StopChannelListMode",
+    ]
+    assert all(r.result == 0 for r in emulator.received if r.answer)
+
+
+@pytest.mark.timeout(10)
+def test_repeated_identical_levels_send_nothing_new(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    sent = [p for p in driver.sent_packets if p.cmd != sm.Command.WATCHDOG]
+    driver.apply([cmd(1, 20.0)])
+    driver.apply([cmd(2, 0.0)])
+    assert [p for p in driver.sent_packets if p.cmd != sm.Command.WATCHDOG] == sent
+    walls = [p.wall for p in sent]
+    assert walls == sorted(walls) and len(set(walls)) == len(walls)
+
+
+@pytest.mark.timeout(10)
+def test_levels_are_rounded_down_and_period_up(driver, emulator):
+    driver.apply([cmd(1, 12.7, 250.9, 30.0)])
+    state = emulator.channels[1]
+    assert (state.current_ma, state.pulse_width_us) == (12, 250)
+    assert emulator.main_interval_ms == 33.5
+    assert driver.outputs[1] == ChannelOutput(12.0, 250.0, 1000.0 / 33.5)
+    driver.apply([cmd(1, 0.6, 250.0, 30.0)])  # rounds to 0 mA: off, and stops
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_frequency_change_stops_reinitialises_and_restarts(driver, emulator):
+    driver.apply([cmd(1, 20.0, 200.0, 50.0)])
+    before = len(stimulating(emulator))
+    driver.apply([cmd(2, 15.0, 300.0, 40.0)])
+    assert stimulating(emulator)[before:] == [
+        "StopChannelListMode",
+        "InitChannelListMode",
+        "StartChannelListMode",
+    ]
+    assert emulator.main_interval_ms == 25.0
+    assert set(emulator.running_channels) == {1, 2}
+    assert driver.outputs[1] == ChannelOutput(20.0, 200.0, 40.0)  # follows the new frequency
+    assert driver.outputs[2] == ChannelOutput(15.0, 300.0, 40.0)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("commands", "match"),
+    [
+        ([cmd(1, 10.0, 19.0)], "pulse width 19 us"),
+        ([cmd(1, 10.0, 501.0)], "pulse width 501 us"),
+        ([cmd(1, 131.0)], "131 mA"),
+        ([cmd(1, float("nan"))], "invalid"),
+        ([cmd(1, 10.0, hz=200.0)], "frequency 200 Hz"),
+        ([cmd(3, 10.0)], "channel 3"),
+        ([cmd(1, 10.0, hz=50.0), cmd(2, 10.0, hz=40.0)], "one frequency"),
+    ],
+)
+def test_values_the_device_would_refuse_raise_before_sending(driver, commands, match):
+    sent = len([p for p in driver.sent_packets if p.cmd != sm.Command.WATCHDOG])
+    with pytest.raises(StimulatorError, match=match):
+        driver.apply(commands)
+    assert len([p for p in driver.sent_packets if p.cmd != sm.Command.WATCHDOG]) == sent
+    assert not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_keepalive_keeps_the_device_watchdog_from_firing(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    fired = emulator.wait_until(
+        lambda e: e.watchdog_expiries > 0 or not e.running_channels, timeout=2.5
+    )
+    assert not fired
+    driver.check()
+    times = [r.t for r in emulator.received]
+    assert len(emulator.commands(sm.Command.WATCHDOG)) >= 4
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 0.75
+    assert emulator.running_channels.keys() == {1}
+
+
+@pytest.mark.timeout(10)
+def test_device_reset_mid_session_is_device_lost():
+    # the emulated device's watchdog (0.3 s) is shorter than the driver's keep-alive (0.5 s)
+    with RehaStim2Emulator(watchdog_s=0.3) as emu:
+        driver = RehaStim2(emu.path, response_timeout=RESPONSE_TIMEOUT)
+        driver.open()
+        driver.apply([cmd(1, 20.0)])
+        assert emu.wait_until(lambda e: e.watchdog_expiries == 1, timeout=2.0)
+        assert emu.running_channels == {}
+        exc = wait_for_fault(driver, DeviceLostError, timeout=2.0)
+        assert "Init again" in str(exc)
+        assert not driver.any_on
+        with pytest.raises(DeviceLostError, match="refuses to stimulate"):
+            driver.apply([cmd(1, 20.0)])
+        with pytest.raises(DeviceLostError):
+            driver.close()  # the reset device ignores Stop until a new handshake
+        assert not driver.is_open
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("inject", "match"),
+    [
+        ("press_emergency_switch", "error -1: emergency switch"),
+        ("electrode_error", "error -2: electrode error"),
+        ("module_error", "error -3: stimulation module error"),
+    ],
+)
+def test_stimulation_error_is_raised_and_outputs_marked_off(driver, emulator, inject, match):
+    driver.apply([cmd(1, 20.0), cmd(2, 10.0)])
+    getattr(emulator, inject)()
+    assert emulator.running_channels == {}
+    exc = wait_for_fault(driver, StimulatorError, timeout=2.0)
+    assert isinstance(exc, StimulatorError) and not isinstance(exc, DeviceLostError)
+    assert match in str(exc)
+    assert not driver.any_on
+    driver.check()  # reported once
+    with pytest.raises(StimulatorError, match=match):
+        driver.apply([cmd(1, 20.0)])  # refuses to stimulate after a stimulation error
+    stops = len(emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE))
+    driver.stop_all()  # still sends Stop, and it is confirmed
+    assert len(emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE)) == stops + 1
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("result", "command", "match"),
+    [
+        (-2, "InitChannelListMode", r"refused InitChannelListMode .*-2, parameter error"),
+        (-8, "StartChannelListMode", r"refused StartChannelListMode .*-8, busy"),
+    ],
+)
+def test_negative_ack_raises_stimulator_error(driver, emulator, result, command, match):
+    if command == "StartChannelListMode":
+        driver.apply([cmd(2, 5.0)])  # running: the next level change is only a Start
+    emulator.answer_with(result)
+    levels = driver.outputs
+    with pytest.raises(StimulatorError, match=match):
+        driver.apply([cmd(1, 30.0)])
+    assert driver.outputs == levels  # the device refused: nothing changed
+    refused = [r for r in emulator.received if r.result == result]
+    assert [r.name for r in refused] == [command]
+    driver.check()  # a refusal is raised to the caller, not stored
+    driver.apply([cmd(1, 30.0)])  # and the next command works
+    assert emulator.channels[1].current_ma == 30
+
+
+@pytest.mark.timeout(10)
+def test_unknown_command_answer_is_a_stored_fault(driver, emulator):
+    driver._send(lambda n: sm.Packet(n, 99))  # the driver never sends this by itself
+    exc = wait_for_fault(driver, StimulatorError, timeout=2.0)
+    assert "command 99" in str(exc) and "UnknownCommand" in str(exc)
+    with pytest.raises(StimulatorError, match="command 99"):
+        driver.apply([cmd(1, 5.0)])
+
+
+@pytest.mark.timeout(10)
+def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator):
+    driver = make_driver(response_timeout=0.1)
+    driver.apply([cmd(1, 20.0)])
+    emulator.go_silent()
+    t0 = time.monotonic()
+    with pytest.raises(DeviceLostError, match="did not answer StartChannelListMode"):
+        driver.apply([cmd(1, 25.0)])
+    assert 0.1 <= time.monotonic() - t0 < 0.5
+    with pytest.raises(DeviceLostError, match="refuses to stimulate"):
+        driver.apply([cmd(1, 25.0)])
+    t0 = time.monotonic()
+    with pytest.raises(DeviceLostError, match="did not answer StopChannelListMode"):
+        driver.stop_all()
+    assert time.monotonic() - t0 < 0.5
+    assert not driver.any_on
+    with pytest.raises(DeviceLostError):
+        driver.close()
+    assert not driver.is_open
+    driver.close()  # twice is fine
+    stop = emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE)
+    assert len(stop) == 2 and all(r.note == "ignored: silent" for r in stop)
+
+
+@pytest.mark.timeout(10)
+def test_vanishing_port_is_device_lost(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    emulator.vanish()
+    exc = wait_for_fault(driver, DeviceLostError, timeout=2.0)
+    assert "is gone" in str(exc)
+    assert not driver.any_on
+    with pytest.raises(DeviceLostError):
+        driver.apply([cmd(1, 20.0)])
+    t0 = time.monotonic()
+    with pytest.raises(DeviceLostError, match="cannot write"):
+        driver.stop_all()
+    assert time.monotonic() - t0 < 0.5
+    with pytest.raises(DeviceLostError):
+        driver.close()
+    assert not driver.is_open
+
+
+@pytest.mark.timeout(10)
+def test_close_leaves_every_channel_off(driver, emulator):
+    driver.apply([cmd(1, 20.0), cmd(2, 30.0)])
+    assert set(emulator.running_channels) == {1, 2}
+    driver.close()
+    assert emulator.running_channels == {} and emulator.mode is sm.StimulationMode.START
+    assert stimulating(emulator)[-1] == "StopChannelListMode"
+    assert not driver.is_open and not driver.any_on
+    driver.close()
+    driver.stop_all()  # safe on a closed driver
+    with pytest.raises(StimulatorError, match="not open"):
+        driver.apply([cmd(1, 5.0)])
+
+
+@pytest.mark.timeout(10)
+def test_reopen_after_close_does_a_new_handshake(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    driver.close()
+    assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, timeout=3.0)
+    driver.open()  # the device reset after its watchdog and sends Init again
+    driver.apply([cmd(2, 10.0)])
+    assert set(emulator.running_channels) == {2}
+
+
+@pytest.mark.timeout(20)
+def test_atexit_stops_stimulation_left_on(emulator):
+    script = textwrap.dedent(
+        f"""
+        from closedloop.stim.commands import StimCommand
+        from closedloop.stim.rehastim2 import RehaStim2
+        driver = RehaStim2({emulator.path!r}, response_timeout=1.0)
+        driver.open()
+        driver.apply([StimCommand("m", 1, 20.0, 200.0, 50.0, 0, 0.0, "test")])
+        print("stimulating", flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=15
+    )
+    assert done.returncode == 0, done.stderr
+    assert "stimulating" in done.stdout
+    assert stimulating(emulator)[-2:] == ["StartChannelListMode", "StopChannelListMode"]
+    assert emulator.running_channels == {}
+
+
+# --- the emulator itself (strictness the driver tests rely on) -----------------------------------
+
+
+class RawClient:
+    """A bare serial client that sends exactly the bytes a test gives it."""
+
+    def __init__(self, path: str) -> None:
+        self.ser = serial.Serial(path, 460800, timeout=0.05)
+        self.decoder = sm.Decoder()
+        self.items: list[sm.Packet | sm.FrameError] = []
+
+    def next_packet(self, timeout: float = 2.0) -> sm.Packet:
+        deadline = time.monotonic() + timeout
+        while not self.items and time.monotonic() < deadline:
+            self.items += self.decoder.feed(self.ser.read(self.ser.in_waiting or 1))
+        assert self.items, "no packet from the emulator"
+        item = self.items.pop(0)
+        assert isinstance(item, sm.Packet), item
+        return item
+
+    def send(self, wire: bytes) -> None:
+        self.ser.write(wire)
+
+    def connect(self) -> None:
+        init = self.next_packet()
+        assert init.cmd == sm.Command.INIT
+        self.send(sm.init_ack(init.pkt_no).encode())
+
+    def close(self) -> None:
+        self.ser.close()
+
+
+@pytest.fixture
+def raw() -> Iterator[tuple[RehaStim2Emulator, RawClient]]:
+    with RehaStim2Emulator(init_interval_s=0.1) as emu:
+        client = RawClient(emu.path)
+        yield emu, client
+        client.close()
+        assert emu.error is None
+
+
+@pytest.mark.timeout(10)
+def test_emulator_repeats_init_and_ignores_commands_until_a_valid_init_ack(raw):
+    emu, client = raw
+    first = client.next_packet()
+    client.send(sm.init_ack((first.pkt_no + 100) % 256).encode())  # wrong echo
+    client.send(sm.get_stimulation_mode(0).encode())
+    second = client.next_packet()
+    assert second.cmd == sm.Command.INIT and second.pkt_no == (first.pkt_no + 1) % 256
+    assert not emu.connected
+    client.send(sm.init_ack(second.pkt_no).encode())
+    assert emu.wait_until(lambda e: e.connected, timeout=1.0)
+    assert [r.note.split(":")[0] for r in emu.received] == ["ignored", "ignored", "connected"]
+
+
+@pytest.mark.timeout(10)
+def test_emulator_is_strict_about_modes_ranges_and_framing(raw):
+    emu, client = raw
+    client.connect()
+
+    def ask(packet: sm.Packet) -> sm.Packet:
+        client.send(packet.encode())
+        return client.next_packet()
+
+    def result(packet: sm.Packet) -> int:
+        return sm.to_int8(ask(packet).data[0])
+
+    start = sm.start_channel_list_mode
+    assert result(start(0, {1: sm.ChannelPulse(10, 200)})) == -3  # before init
+    # PSM's 2 ms inter-pulse interval (coded 1)
+    assert result(sm.Packet(1, 30, bytes((0, 1, 0, 1, 0, 38, 0)))) == -2
+    assert result(sm.Packet(2, 30, bytes((0, 1, 0, 13, 0, 38)))) == -2  # 6 bytes
+    assert result(sm.init_channel_list_mode(3, (1, 2), 20.0)) == 0
+    assert result(sm.init_channel_list_mode(4, (1, 2), 20.0)) == -3  # already initialised
+    assert result(start(5, {1: sm.ChannelPulse(10, 200)})) == -2  # 2 channels need 8 bytes
+    assert result(sm.Packet(6, 32, bytes((0, 0, 200, 131, 0, 0, 200, 0)))) == -2  # 131 mA
+    assert result(sm.Packet(7, 32, bytes((0, 2, 0, 10, 0, 0, 200, 0)))) == -2  # 512 us
+    assert result(start(8, {1: sm.ChannelPulse(10, 200), 2: sm.ChannelPulse(0, 20)})) == 0
+    assert emu.running_channels.keys() == {1}
+    triplet = {1: sm.ChannelPulse(10, 200, sm.PulseMode.TRIPLET), 2: sm.ChannelPulse(0, 20)}
+    assert result(start(9, triplet)) == -2  # 3 x 8 ms does not fit in 20 ms
+    assert result(sm.Packet(10, 36, bytes((0, 1, 44, 10)))) == -3  # single pulse while started
+    ack = ask(sm.get_stimulation_mode(11))
+    assert (ack.cmd, ack.data) == (sm.Command.GET_STIMULATION_MODE_ACK, bytes((0, 2)))
+    # pyScienceMode's GetStimulationMode: XORed command byte without escape
+    unknown = ask(sm.Packet(12, 0x5F))
+    assert (unknown.cmd, unknown.pkt_no, unknown.data) == (sm.Command.UNKNOWN_COMMAND, 12, b"\x5f")
+    wire = bytearray(sm.stop_channel_list_mode(13).encode())
+    wire[2] ^= 0x01  # bad CRC: the command's Ack with -1, command not executed
+    client.send(bytes(wire))
+    nack = client.next_packet()
+    assert (nack.cmd, nack.pkt_no, nack.data) == (35, 13, b"\xff")
+    assert emu.running_channels.keys() == {1}
+    assert result(sm.stop_channel_list_mode(13)) == 0
+    assert emu.running_channels == {} and emu.mode is sm.StimulationMode.START
+    assert result(sm.stop_channel_list_mode(14)) == 0  # Stop is accepted in start mode
+    assert emu.violations == []
+    client.send(sm.watchdog(20).encode())  # skips 15..19
+    assert emu.wait_until(lambda e: e.violations, timeout=1.0)
+    assert "packet number 20, expected 15" in emu.violations[0]
+
+
+@pytest.mark.timeout(10)
+def test_emulator_watchdog_stops_stimulation_and_resends_init(raw):
+    emu, client = raw
+    client.connect()
+    client.send(sm.init_channel_list_mode(0, (1,), 20.0).encode())
+    client.send(sm.start_channel_list_mode(1, {1: sm.ChannelPulse(10, 200)}).encode())
+    assert client.next_packet().data == b"\x00" and client.next_packet().data == b"\x00"
+    assert emu.running_channels.keys() == {1}
+    t0 = time.monotonic()
+    init = client.next_packet(timeout=3.0)  # nothing sent: the device resets after 1.2 s
+    assert init.cmd == sm.Command.INIT
+    assert 1.1 <= time.monotonic() - t0 < 2.0
+    assert emu.watchdog_expiries == 1 and emu.running_channels == {} and not emu.connected
+
+
+@pytest.mark.timeout(15)
+def test_emulator_runs_as_a_script_with_a_state_file(tmp_path):
+    state = tmp_path / "state.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.emulators.rehastim2", "--state", str(state)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        path = proc.stdout.readline().strip()
+        assert path.startswith("/dev/")
+        with RehaStim2(path, response_timeout=RESPONSE_TIMEOUT) as driver:
+            driver.apply([cmd(1, 20.0)])
+            proc.stdin.write("emergency\n")
+            proc.stdin.flush()
+            wait_for_fault(driver, StimulatorError, timeout=3.0)
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    import json
+
+    snapshot = json.loads(state.read_text())
+    assert snapshot["path"] == path and snapshot["any_running"] is False
+    names = [r["name"] for r in snapshot["received"] if r["name"] != "Watchdog"]
+    assert names[-3:] == ["InitChannelListMode", "StartChannelListMode", "StopChannelListMode"]
+    assert any("emergency switch" in e for e in snapshot["events"])
+    assert snapshot["violations"] == []
