@@ -393,20 +393,21 @@ class BrainFlowSource(Source):
         if self.board_id == BoardIds.PLAYBACK_FILE_BOARD:
             self._file_samples = self._check_playback_file()
         self._stop.clear()
-        shim = BoardShim(self.board_id.value, self._input)
         where = self._name
         if self.params:
             where += " (" + ", ".join(f"{k}={v!r}" for k, v in self.params.items()) + ")"
+        shim = BoardShim(self.board_id.value, self._input)
+        error: Exception | None = None
         try:
             shim.prepare_session()
+            shim.start_stream(max(1000, int(self.buffer_seconds * self.fs)))
         except BrainFlowError as exc:
-            raise _translate(exc, "prepare_session", where) from None
-        try:
-            buffer = max(1000, int(self.buffer_seconds * self.fs))
-            shim.start_stream(buffer)
-        except BrainFlowError as exc:
+            step = "prepare_session" if not shim.is_prepared() else "start_stream"
+            error = _translate(exc, step, where)
             _release(shim)
-            raise _translate(exc, "start_stream", where) from None
+        if error is not None:
+            del shim  # no BoardShim.__del__ at interpreter exit through the traceback
+            raise error
         self._shim = shim
         self._info = SourceInfo(
             name=self._name, fs=self.fs, channels=self._labels, units="uV", kind="brainflow"

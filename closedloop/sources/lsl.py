@@ -162,8 +162,9 @@ class LslSource(Source):
                 "streaming, the spelling (case matters) and that both machines are on the "
                 "same network"
             )
+        # liblsl returns as soon as one stream answered: look again briefly for others
+        found = pylsl.resolve_byprop(self.prop, self.value, 2, 0.5) or found
         if len(found) > 1:
-            found = pylsl.resolve_byprop(self.prop, self.value, len(found) + 1, 0.5)
             listing = "\n  ".join(describe_stream(i) for i in found)
             raise ConfigError(
                 f"{len(found)} LSL streams match {self.selector}:\n  {listing}\nselect one by "

@@ -1,0 +1,196 @@
+"""LslSource against real LSL outlets on this machine (loopback)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pylsl
+import pytest
+
+from closedloop.errors import ConfigError, DeviceLostError
+from closedloop.sources.checks import InputMonitor
+from closedloop.sources.lsl import LslSource
+
+FS = 1000.0
+LABELS = ("biceps", "triceps")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_outlet(
+    name: str,
+    *,
+    labels: tuple[str, ...] = (*LABELS, "counter"),
+    units: tuple[str, ...] = ("microvolts", "microvolts", "samples"),
+    rate: float = FS,
+    stype: str = "EMG",
+) -> pylsl.StreamOutlet:
+    info = pylsl.StreamInfo(name, stype, len(labels), rate, pylsl.cf_double64, name + "-sid")
+    chans = info.desc().append_child("channels")
+    for lab, unit in zip(labels, units, strict=True):
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", lab)
+        ch.append_child_value("unit", unit)
+        ch.append_child_value("type", "counter" if lab == "counter" else "EMG")
+    return pylsl.StreamOutlet(info)
+
+
+def expected_block(start: int, n: int) -> np.ndarray:
+    k = np.arange(start, start + n, dtype=np.float64)
+    return np.column_stack([np.sin(k / 7.0) * 50.0, k * 0.5, k])
+
+
+class Sender(threading.Thread):
+    """Pushes ``n_total`` samples (two EMG channels and a counter) at 4x real time."""
+
+    def __init__(self, outlet: pylsl.StreamOutlet, n_total: int, chunk: int = 16) -> None:
+        super().__init__(daemon=True)
+        self.outlet = outlet
+        self.n_total = n_total
+        self.chunk = chunk
+        self.stop = threading.Event()
+        self.t0 = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            if not self.outlet.wait_for_consumers(5.0):
+                raise TimeoutError("no consumer")
+            self.t0 = pylsl.local_clock()
+            start = time.perf_counter()
+            sent = 0
+            while sent < self.n_total and not self.stop.is_set():
+                due = min(self.n_total, int((time.perf_counter() - start) * FS * 4))
+                while sent < due:
+                    n = min(self.chunk, due - sent)
+                    ts = self.t0 + np.arange(sent, sent + n) / FS
+                    self.outlet.push_chunk(expected_block(sent, n), ts.tolist())
+                    sent += n
+                self.stop.wait(0.005)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+def read_until(src: LslSource, n: int, limit: float = 10.0) -> list:
+    chunks, got = [], 0
+    deadline = time.perf_counter() + limit
+    while got < n and time.perf_counter() < deadline:
+        c = src.read(0.2)
+        if c is not None:
+            chunks.append(c)
+            got += c.n
+    return chunks
+
+
+def test_every_sample_arrives_in_order_with_labels_rate_units() -> None:
+    name = unique("emg")
+    outlet = make_outlet(name)
+    sender = Sender(outlet, 1500)
+    src = LslSource(name=name, resolve_timeout=5.0)
+    with src:
+        info = src.info
+        assert info.name == name and info.fs == FS and info.kind == "lsl"
+        assert info.channels == LABELS  # the counter channel is not EMG
+        assert info.units == "microvolts"
+        sender.start()
+        chunks = read_until(src, 1500)
+    sender.join(5.0)
+    assert sender.error is None
+    samples = np.concatenate([c.samples for c in chunks])
+    counter = np.concatenate([c.counter for c in chunks])
+    ts = np.concatenate([c.timestamps for c in chunks])
+    np.testing.assert_array_equal(counter, np.arange(1500))
+    np.testing.assert_array_equal(samples, expected_block(0, 1500)[:, :2])
+    # raw sender timestamps plus one constant clock offset (measured once at open)
+    sent = sender.t0 + np.arange(1500) / FS
+    np.testing.assert_allclose(ts - src.clock_offset, sent, rtol=0, atol=1e-9)
+    assert abs(src.clock_offset) < 0.01  # same machine
+    monitor = InputMonitor(src.info)
+    issues = [i for c in chunks for i in monitor.check(c).issues]
+    assert [i for i in issues if i.kind.value != "rate"] == []
+
+
+def test_channel_selection() -> None:
+    name = unique("emg")
+    outlet = make_outlet(name)
+    sender = Sender(outlet, 200)
+    with LslSource(name=name, channels=["triceps"]) as src:
+        assert src.info.channels == ("triceps",)
+        sender.start()
+        chunks = read_until(src, 200)
+    samples = np.concatenate([c.samples for c in chunks])
+    np.testing.assert_array_equal(samples[:, 0], expected_block(0, 200)[:, 1])
+    with pytest.raises(ConfigError, match="no channel\\(s\\) \\['deltoid'\\].*biceps"):
+        LslSource(name=name, channels=["deltoid"], resolve_timeout=2.0).open()
+    del outlet
+
+
+def test_resolve_failure_lists_the_streams_found() -> None:
+    other = unique("other")
+    outlet = make_outlet(other)
+    missing = unique("missing")
+    src = LslSource(name=missing, resolve_timeout=0.3)
+    with pytest.raises(DeviceLostError) as err:
+        src.open()
+    msg = str(err.value)
+    assert f"no LSL stream with name={missing}" in msg
+    assert f"name={other!r} type='EMG' source_id={other + '-sid'!r} channels=3 rate=1000 Hz" in msg
+    del outlet
+
+
+def test_ambiguous_and_unusable_streams() -> None:
+    name = unique("twin")
+    a = make_outlet(name)
+    b = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EMG", 1, FS, pylsl.cf_float32, "other-sid"))
+    with pytest.raises(
+        ConfigError, match="(?s)2 LSL streams match name=.*other-sid.*select one by source_id"
+    ):
+        LslSource(name=name, resolve_timeout=2.0).open()
+    del a, b
+    irregular = unique("markers")
+    m = make_outlet(irregular, rate=pylsl.IRREGULAR_RATE)
+    with pytest.raises(ConfigError, match="irregular rate"):
+        LslSource(name=irregular, resolve_timeout=2.0).open()
+    mixed = unique("mixed")
+    x = make_outlet(mixed, units=("uV", "mV", "samples"))
+    with pytest.raises(ConfigError, match="different units"):
+        LslSource(name=mixed, resolve_timeout=2.0).open()
+    del m, x
+    with pytest.raises(ConfigError, match="exactly one of name=, type=, source_id="):
+        LslSource(name="a", type="EMG")
+
+
+def test_lost_stream_raises_device_lost() -> None:
+    name = unique("emg")
+    outlet = make_outlet(name)
+    sender = Sender(outlet, 100)
+    src = LslSource(source_id=name + "-sid", resolve_timeout=5.0)
+    src.open()
+    sender.start()
+    assert len(read_until(src, 100)) > 0
+    sender.join(5.0)
+    sender.outlet = None  # type: ignore[assignment]
+    del outlet  # the sender application goes away
+    with pytest.raises(DeviceLostError, match="was lost"):
+        deadline = time.perf_counter() + 5.0
+        while time.perf_counter() < deadline:
+            src.read(0.1)
+    src.close()
+
+
+def test_silent_stream_counts_as_lost() -> None:
+    name = unique("emg")
+    outlet = make_outlet(name)
+    src = LslSource(name=name, resolve_timeout=5.0, lost_after=0.4)
+    with src:
+        assert src.read(0.1) is None
+        with pytest.raises(DeviceLostError, match="no sample for .*lost_after = 0.4"):
+            deadline = time.perf_counter() + 3.0
+            while time.perf_counter() < deadline:
+                src.read(0.1)
+    del outlet
