@@ -96,8 +96,6 @@ except ImportError:  # Windows
 logger = logging.getLogger(__name__)
 
 BAUDRATE = 460800
-#: The device resets after this long without a valid packet (DOC2 WatchdogTimeout).
-DEVICE_WATCHDOG_S = 1.2
 #: How long the link thread blocks in one read; bounds how fast it notices a stop request.
 READ_POLL_S = 0.05
 #: Tolerance when rounding a level down to the device's integer steps (10.0000001 -> 10).

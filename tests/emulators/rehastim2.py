@@ -585,6 +585,7 @@ class RehaStim2Emulator:
     def _send_unsolicited(self, cmd: int, data: bytes) -> int:
         pkt_no, self._dev_pkt = self._dev_pkt, (self._dev_pkt + 1) & 0xFF
         self._send(sm.Packet(pkt_no, cmd, data))
+        self._dirty = True
         return pkt_no
 
     def _send(self, packet: sm.Packet) -> None:

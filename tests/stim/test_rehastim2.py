@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -583,8 +584,6 @@ def test_emulator_runs_as_a_script_with_a_state_file(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
-    import json
-
     snapshot = json.loads(state.read_text())
     assert snapshot["path"] == path and snapshot["any_running"] is False
     names = [r["name"] for r in snapshot["received"] if r["name"] != "Watchdog"]
