@@ -33,6 +33,9 @@ IDLE = 0
 ACTIVE = 1
 
 
+_any = np.logical_or.reduce
+
+
 def _first_run(b: np.ndarray, run0: int, need: int) -> tuple[int, int]:
     """First index where a run of True in ``b`` reaches ``need`` (counting ``run0`` True
     samples before index 0), or -1; and the run length at the last sample."""
@@ -105,8 +108,8 @@ class OnsetDetector:
         self._runs_pending = False
         self._any_suspended = False
         self._live_col = np.ones((n, 1), dtype=bool)
-        self._on_col = self.on_threshold[:, None].copy()
-        self._off_col = self.off_threshold[:, None].copy()
+        self._on_col = self.on_threshold[:, None]  # views: follow threshold updates
+        self._off_col = self.off_threshold[:, None]
         self._block_buf = np.empty((n, self.block))
         self._block_fill = 0
         self._block_busy = np.zeros(n, dtype=bool)
@@ -119,6 +122,8 @@ class OnsetDetector:
         self._floor_var = np.zeros(n)
         self._alpha_up = min(1.0, self.block / (settings.history_s * self.fs))
         self._alpha_down = min(1.0, 4.0 * self._alpha_up)
+        self._tracking = np.zeros(n, dtype=bool)  # adaptive channels whose floor is seeded
+        self._all_seeded = not self.adaptive.any()
 
     # ------------------------------------------------------------------------------------
     @property
@@ -188,25 +193,24 @@ class OnsetDetector:
     def _segment(self, env, a, b, start, above, events, timestamps) -> None:
         """Samples ``a:b`` of the chunk, all inside one block (thresholds constant)."""
         seg = env[:, a:b]
-        ab = seg > self._on_col
+        ab = np.greater(seg, self._on_col, out=above[:, a:b])
         if self._any_suspended:
             ab &= self._live_col
-        above[:, a:b] = ab
-        any_above = ab.any(axis=1)
+        any_above = _any(ab, axis=1)
         if self._n_active == 0:
             if not any_above.any():
                 if self._runs_pending:
-                    self.run[:] = 0
+                    self.run.fill(0)
                     self._runs_pending = False
                 return
             busy = any_above
         else:
-            self._block_busy |= self.state == ACTIVE
-            below_any = (seg < self._off_col).any(axis=1)
-            busy = np.where(self.state == ACTIVE, below_any, any_above)
+            active = self.state == ACTIVE
+            self._block_busy |= active
+            below_any = _any(np.less(seg, self._off_col), axis=1)
+            busy = np.where(active, below_any, any_above)
         self._block_busy |= any_above
-        # channels where nothing can change just reset their run
-        self.run[~busy] = 0
+        self.run[~busy] = 0  # channels where nothing can change just reset their run
         for c in np.flatnonzero(busy):
             self._channel(int(c), seg[c], ab[c], start + a, a, events, timestamps)
         self._n_active = int(np.count_nonzero(self.state == ACTIVE))
@@ -265,43 +269,45 @@ class OnsetDetector:
         busy = self._block_busy
         self._block_fill = 0
         if block_index < self.warmup_blocks:
-            busy[:] = False
+            busy.fill(False)
             return
-        take = self.adaptive & ~busy & ~self.suspended
-        busy[:] = False
+        take = self.adaptive & ~busy
+        if self._any_suspended:
+            take &= ~self.suspended
+        busy.fill(False)
         if not take.any():
             return
         buf = self._block_buf
-        m = buf.sum(axis=1) * self._inv_block
-        v = np.maximum((buf * buf).sum(axis=1) * self._inv_block - m * m, 0.0)
+        m = np.add.reduce(buf, axis=1) * self._inv_block
+        v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
+        np.maximum(v, 0.0, out=v)
         count = self._hist_count
-        seeding = take & (count < self.min_blocks)
-        if seeding.any():
-            self._seed_m[seeding] += m[seeding]
-            self._seed_m2[seeding] += m[seeding] * m[seeding]
-            self._seed_v[seeding] += v[seeding]
-        tracking = take & (count >= self.min_blocks)
-        count[take] += 1
-        if tracking.any():
-            mean, var = self._floor_mean, self._floor_var
-            alpha = np.where(m < mean, self._alpha_down, self._alpha_up)
-            alpha = np.where(tracking, alpha, 0.0)
-            dev = m - mean
-            mean += alpha * dev
-            var += alpha * (v + dev * dev - var)
-        seeded = seeding & (count >= self.min_blocks)
-        if seeded.any():
-            k = self.min_blocks
-            sm = self._seed_m[seeded] / k
-            self._floor_mean[seeded] = sm
-            self._floor_var[seeded] = self._seed_v[seeded] / k + np.maximum(
-                self._seed_m2[seeded] / k - sm * sm, 0.0
-            )
-        changed = tracking | seeded
-        sd = np.sqrt(self._floor_var[changed])
-        mean = self._floor_mean[changed]
-        on = mean + self.settings.k_on * sd
-        self.on_threshold[changed] = on
-        self.off_threshold[changed] = mean + self.settings.off_fraction * (on - mean)
-        self._on_col = self.on_threshold[:, None].copy()
-        self._off_col = self.off_threshold[:, None].copy()
+        if not self._all_seeded:
+            seeding = take & (count < self.min_blocks)
+            self._seed_m += np.where(seeding, m, 0.0)
+            self._seed_m2 += np.where(seeding, m * m, 0.0)
+            self._seed_v += np.where(seeding, v, 0.0)
+            count += take
+            seeded = seeding & (count >= self.min_blocks)
+            if seeded.any():
+                k = self.min_blocks
+                sm = self._seed_m / k
+                var = self._seed_v / k + np.maximum(self._seed_m2 / k - sm * sm, 0.0)
+                np.copyto(self._floor_mean, sm, where=seeded)
+                np.copyto(self._floor_var, var, where=seeded)
+                self._tracking |= seeded
+                self._all_seeded = bool(self._tracking[self.adaptive].all())
+            take = take & ~seeding
+        else:
+            count += take
+        # asymmetric exponential tracking (alpha 0 for channels not taking this block)
+        mean, var = self._floor_mean, self._floor_var
+        dev = m - mean
+        alpha = np.where(dev < 0.0, self._alpha_down, self._alpha_up)
+        alpha *= take & self._tracking
+        mean += alpha * dev
+        var += alpha * (v + dev * dev - var)
+        on = mean + self.settings.k_on * np.sqrt(var)
+        off = mean + self.settings.off_fraction * (on - mean)
+        np.copyto(self.on_threshold, on, where=self._tracking)
+        np.copyto(self.off_threshold, off, where=self._tracking)

@@ -101,7 +101,7 @@ class DetectorSettings:
     off_fraction: float = 0.5
     mvc_fraction: float | None = None
     min_on_ms: float = 3.0
-    min_off_ms: float = 60.0
+    min_off_ms: float = 100.0
     refractory_ms: float = 200.0
     baseline: str = "adaptive"
     block_ms: float = 50.0

@@ -1,0 +1,66 @@
+"""The ``closedloop`` command: one subcommand per task.
+
+Each subcommand lives in its own module with a ``main(args) -> int``; this file only
+declares the arguments. Errors of the closedloop family are printed as one clear line
+(what happened, what to check) with a non-zero exit code; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from closedloop.errors import ClosedLoopError
+
+#: exit codes
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="closedloop",
+        description="EMG-triggered electrical stimulation for stroke rehabilitation.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("detect", help="run the onset detector offline over a file")
+    d.add_argument("input", help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)")
+    d.add_argument("--config", help="TOML config (default: default settings on every channel)")
+    d.add_argument("--out", required=True, help="events CSV to write (sample,time_s,channel,kind)")
+    d.add_argument("--fs", type=float, help="sampling rate of a text/CSV input, Hz")
+    d.add_argument("--columns", help="text input: comma-separated 0-based columns to use")
+    d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
+    d.set_defaults(module="closedloop.detect")
+
+    b = sub.add_parser("bench", help="measure the signal core's speed (or --latency end to end)")
+    b.add_argument("--channels", type=int, default=8)
+    b.add_argument("--fs", type=float, default=2000.0)
+    b.add_argument("--minutes", type=float, default=10.0)
+    b.add_argument("--large", type=int, default=10000, help="large chunk size, samples")
+    b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
+    b.add_argument("--seconds", type=float, default=60.0, help="--latency: how long to stream")
+    b.add_argument("--json", action="store_true", help="last line: one JSON object")
+    b.set_defaults(module="closedloop.bench")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args.module)
+    try:
+        return int(module.main(args) or 0)
+    except ClosedLoopError as exc:
+        print(f"closedloop {args.command}: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_ERROR)
+    except KeyboardInterrupt:
+        print(f"closedloop {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

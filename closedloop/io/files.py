@@ -1,0 +1,168 @@
+"""Reading EMG from files for offline use (``closedloop detect``, evaluation).
+
+Formats:
+
+* ``.npz`` with ``emg`` (n_samples x n_channels), ``fs`` and optional ``channels``;
+* BrainFlow files (``DataFilter.write_file`` output) with ``board=``: the EMG rows and
+  the sampling rate come from BrainFlow's description of that board;
+* plain text / CSV (one or more numeric columns, comma, tab or space separated) with
+  ``fs`` given. Leading lines that are not numbers are skipped (``#`` headers such as
+  OpenSignals', or a line of column names, which then names the channels). ``columns``
+  picks columns (0-based); otherwise every column except one named ``time`` or
+  ``class`` is a channel.
+
+Every problem is an :class:`~closedloop.errors.InputError` that says what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.errors import InputError
+
+_SPLIT = re.compile(r"[,\t; ]+")
+_NON_CHANNEL = {"time", "time_s", "t", "timestamp", "class", "label", "labels"}
+
+
+@dataclass(frozen=True)
+class EmgData:
+    """EMG samples (n, n_channels) with their rate and channel names."""
+
+    samples: np.ndarray
+    fs: float
+    channels: tuple[str, ...]
+    source: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[0] / self.fs
+
+
+def _is_number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def _check(samples: np.ndarray, path: str) -> None:
+    if samples.ndim != 2 or samples.shape[0] < 2 or samples.shape[1] < 1:
+        raise InputError(f"{path}: expected samples x channels, got shape {samples.shape}")
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise InputError(
+            f"{path}: {int(bad.sum())} value(s) are NaN or infinite (first at sample {r}, "
+            f"column {c}); fix or cut the file before detection"
+        )
+
+
+def load_npz(path: str | Path) -> EmgData:
+    p = str(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if "emg" not in z or "fs" not in z:
+                raise InputError(f"{p}: an .npz input needs arrays 'emg' and 'fs'; it has {sorted(z.files)}")
+            emg = np.asarray(z["emg"], dtype=np.float64)
+            fs = float(z["fs"])
+            chans = [str(c) for c in z["channels"]] if "channels" in z else None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{p}: cannot read as .npz ({exc})") from None
+    if emg.ndim == 1:
+        emg = emg[:, None]
+    if chans is None:
+        chans = [f"ch{i}" for i in range(emg.shape[1])]
+    if len(chans) != emg.shape[1]:
+        raise InputError(f"{p}: {len(chans)} channel names for {emg.shape[1]} columns")
+    _check(emg, p)
+    return EmgData(emg, fs, tuple(chans), p)
+
+
+def load_text(path: str | Path, fs: float, columns: list[int] | None = None) -> EmgData:
+    p = str(path)
+    names: list[str] | None = None
+    rows: list[list[float]] = []
+    try:
+        with open(p, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                toks = [t for t in _SPLIT.split(line) if t]
+                if line.startswith("#") or not all(_is_number(t) for t in toks):
+                    if rows:
+                        raise InputError(f"{p}:{lineno}: not a row of numbers: {line[:60]!r}")
+                    if not line.startswith("#"):
+                        names = toks
+                    continue
+                rows.append([float(t) for t in toks])
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc})") from None
+    if not rows:
+        raise InputError(f"{p}: no numeric rows found")
+    width = len(rows[0])
+    bad = next((i for i, r in enumerate(rows) if len(r) != width), None)
+    if bad is not None:
+        raise InputError(f"{p}: row {bad} has {len(rows[bad])} values, the first row has {width}")
+    data = np.asarray(rows)
+    if names is not None and len(names) != width:
+        names = None
+    if columns is None:
+        columns = [i for i in range(width) if not (names and names[i].lower() in _NON_CHANNEL)]
+    for c in columns:
+        if not 0 <= c < width:
+            raise InputError(f"{p}: column {c} does not exist; the file has columns 0..{width - 1}")
+    chans = [names[c] if names else f"ch{c}" for c in columns]
+    samples = np.ascontiguousarray(data[:, columns])
+    _check(samples, p)
+    return EmgData(samples, float(fs), tuple(chans), p)
+
+
+def load_brainflow(path: str | Path, board: str | int) -> EmgData:
+    """A BrainFlow ``DataFilter.write_file`` file of the given board."""
+    from brainflow.board_shim import BoardIds, BoardShim
+    from brainflow.data_filter import DataFilter
+
+    p = str(path)
+    try:
+        board_id = int(board) if str(board).lstrip("-").isdigit() else BoardIds[
+            str(board).upper() + ("" if str(board).upper().endswith("_BOARD") else "_BOARD")
+        ].value
+    except KeyError:
+        raise InputError(f"unknown BrainFlow board {board!r}; use a BoardIds name such as 'synthetic' or 'cyton'") from None
+    try:
+        data = DataFilter.read_file(p)
+    except Exception as exc:  # brainflow raises its own BrainFlowError
+        raise InputError(f"{p}: BrainFlow could not read the file ({exc})") from None
+    emg_rows = BoardShim.get_emg_channels(board_id)
+    fs = float(BoardShim.get_sampling_rate(board_id))
+    if data.shape[0] <= max(emg_rows):
+        raise InputError(f"{p}: {data.shape[0]} rows, but board {board} has EMG rows up to {max(emg_rows)}")
+    samples = np.ascontiguousarray(data[emg_rows].T)
+    _check(samples, p)
+    return EmgData(samples, fs, tuple(f"EMG{i + 1}" for i in range(len(emg_rows))), p)
+
+
+def load_emg(
+    path: str | Path,
+    *,
+    fs: float | None = None,
+    columns: list[int] | None = None,
+    board: str | None = None,
+) -> EmgData:
+    """Load EMG from any supported file (see the module docstring)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.suffix.lower() == ".npz":
+        return load_npz(p)
+    if board is not None:
+        return load_brainflow(p, board)
+    if fs is None:
+        raise InputError(f"{p}: a text/CSV input needs its sampling rate: give --fs HZ")
+    return load_text(p, fs, columns)
