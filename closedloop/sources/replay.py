@@ -1,0 +1,171 @@
+"""Replay a recorded session's EMG through the same pipeline, sample for sample.
+
+:class:`ReplaySource` reads an XDF recording with
+:func:`closedloop.io.xdf.load_session` and delivers its EMG as chunks carrying the
+recorded timestamps and counter, unchanged, so the signal core, protocol and guard see
+exactly what they saw live (their decisions do not depend on chunk sizes).
+
+Pacing
+------
+``speed="fast"`` delivers every chunk at once (no waiting). ``"realtime"`` (or a number
+``x``, meaning ``x`` times real time) paces against the clock: chunk ``k`` becomes due
+when ``(k + 1) * chunk_size / (fs * x)`` seconds have passed since the first
+:meth:`ReplaySource.read`, counted from that fixed start, never by adding up sleeps, so
+no drift builds up; a consumer that fell behind gets the due chunks without waiting.
+The wall clock only paces delivery; it never changes a sample or a timestamp.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from closedloop.errors import ConfigError
+from closedloop.io.xdf import Session, load_session
+from closedloop.sources.base import Chunk, Source
+
+
+def parse_speed(speed: str | float) -> float:
+    """``"fast"`` -> inf, ``"realtime"`` -> 1.0, a positive number -> itself.
+
+    Raises
+    ------
+    ConfigError
+        Anything else.
+    """
+    if isinstance(speed, str):
+        text = speed.strip().lower()
+        if text == "fast":
+            return math.inf
+        if text == "realtime":
+            return 1.0
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+    else:
+        value = float(speed)
+    if not (value > 0) or math.isnan(value):
+        raise ConfigError(
+            f"replay speed {speed!r} is not allowed; expected 'fast', 'realtime' or a "
+            "positive number (times real time)"
+        )
+    return value
+
+
+class ReplaySource(Source):
+    """EMG from a recording, delivered chunk by chunk.
+
+    Parameters
+    ----------
+    path : str or Path
+        XDF recording (closedloop's own, or another tool's with an EMG stream).
+    stream : str, optional
+        Name (or type) of the EMG stream; see :func:`load_session`.
+    speed : {"fast", "realtime"} or float
+        Pacing (see the module docstring).
+    chunk_size : int, optional
+        Samples per chunk (default: 20 ms worth, at least 1).
+    session : Session, optional
+        An already loaded session (then ``path`` only names it).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        stream: str | None = None,
+        speed: str | float = "fast",
+        chunk_size: int | None = None,
+        session: Session | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.stream = stream
+        self.speed = parse_speed(speed)
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise ConfigError(f"replay chunk_size = {chunk_size!r}; expected an integer >= 1")
+        self._chunk_size_arg = None if chunk_size is None else int(chunk_size)
+        self.session: Session | None = session
+        self.chunk_size = 1
+        self._pos = 0
+        self._t_start: float | None = None
+        self._stop = threading.Event()
+
+    def open(self) -> None:
+        """Load the recording. Idempotent.
+
+        Raises
+        ------
+        InputError
+            Missing or unreadable file, no or ambiguous EMG stream.
+        """
+        if self.is_open:
+            return
+        if self.session is None:
+            self.session = load_session(self.path, emg_stream=self.stream)
+        s = self.session
+        if not (s.fs > 0):
+            raise ConfigError(
+                f"{self.path.name}: stream {s.name!r} has no nominal rate; it cannot be "
+                "replayed as EMG"
+            )
+        self.chunk_size = self._chunk_size_arg or max(1, round(0.02 * s.fs))
+        self._info = s.source_info
+        self._pos = 0
+        self._t_start = None
+        self._stop.clear()
+        super().open()
+
+    def close(self) -> None:
+        """Stop delivering (wakes a waiting :meth:`read`). Idempotent."""
+        self._stop.set()
+        super().close()
+
+    @property
+    def exhausted(self) -> bool:
+        """True once every recorded sample has been delivered."""
+        return self.session is not None and self._pos >= self.session.n
+
+    @property
+    def position(self) -> int:
+        """Index of the next sample to deliver."""
+        return self._pos
+
+    def read(self, timeout: float) -> Chunk | None:
+        """Next chunk, or None if none is due within ``timeout`` or the file is done.
+
+        At the end of the recording it waits ``timeout`` (interruptibly) and returns
+        None; check :attr:`exhausted`.
+        """
+        if not self.is_open or self.session is None:
+            raise RuntimeError(f"ReplaySource {self.path.name}: open() it before read()")
+        s = self.session
+        if self.exhausted:
+            self._stop.wait(max(0.0, timeout))
+            return None
+        stop = min(self._pos + self.chunk_size, s.n)
+        if math.isfinite(self.speed):
+            now = time.perf_counter()
+            if self._t_start is None:
+                self._t_start = now
+            due = self._t_start + stop / (s.fs * self.speed)
+            wait = due - now
+            if wait > 0:
+                if wait > timeout:
+                    self._stop.wait(max(0.0, timeout))
+                    return None
+                if self._stop.wait(wait):
+                    return None
+        start, self._pos = self._pos, stop
+        counter = None if s.counter is None else s.counter[start:stop].copy()
+        return Chunk(
+            samples=np.array(s.samples[start:stop], copy=True),
+            timestamps=np.array(s.timestamps[start:stop], copy=True),
+            counter=counter,
+            arrival_wall=time.perf_counter(),
+        )
