@@ -69,7 +69,7 @@ import pylsl
 
 import closedloop
 from closedloop.core.events import Block, Event
-from closedloop.errors import InputError
+from closedloop.errors import ConfigError, InputError
 from closedloop.sources.base import Chunk, SourceInfo
 from closedloop.stim.commands import StimCommand
 
@@ -249,10 +249,18 @@ class SessionOutlets:
     session_uid : str, optional
         Unique id of the session (default: a fresh uuid4 hex).
 
+    Raises
+    ------
+    ConfigError
+        A session name that is empty or has quotes or ``<>&`` (it goes into XPath
+        predicates and XML).
+
     Notes
     -----
-    Outlets exist from construction until :meth:`close`. Pushes are cheap and do not
-    block (liblsl buffers); call them from the loop thread.
+    Pushing samples of the wrong shape raises :class:`~closedloop.errors.InputError`;
+    pushing after :meth:`close` or to a stream that was not created raises
+    ``RuntimeError``. Outlets exist from construction until :meth:`close`. Pushes are
+    cheap and do not block (liblsl buffers); call them from the loop thread.
     """
 
     def __init__(
@@ -266,7 +274,7 @@ class SessionOutlets:
         session_uid: str | None = None,
     ) -> None:
         if not session_name or any(c in session_name for c in "'\"<>&"):
-            raise InputError(
+            raise ConfigError(
                 f"session name {session_name!r} must be non-empty and free of quotes and <>&"
             )
         self.session_name = session_name

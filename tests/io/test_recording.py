@@ -283,3 +283,20 @@ def test_check_sequence() -> None:
     assert c.missing_ranges == ((3, 3), (6, 7))
     assert not c.ok and "3 missing (3..3, 6..7)" in c.describe()
     assert check_sequence("s", np.arange(5), 5).ok
+
+
+def test_outlet_misuse_is_reported() -> None:
+    with pytest.raises(ConfigError, match="session name"):
+        SessionOutlets("it's", INFO)
+    out = SessionOutlets(unique("M"), INFO, with_envelope=False)
+    assert set(out.roles) == {"emg", "events", "stim", "markers", "session"}
+    assert len({p["source_id"] for p in out.recorder_predicates()}) == 5
+    with pytest.raises(InputError, match="shape \\(n, 2\\)"):
+        out.push_emg(np.zeros((4, 3)), np.arange(4.0))
+    with pytest.raises(InputError, match="n timestamps"):
+        out.push_emg(np.zeros((4, 2)), np.arange(3.0))
+    with pytest.raises(RuntimeError, match="no envelope stream"):
+        out.push_envelope(np.zeros((4, 2)), np.arange(4.0))
+    out.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        out.push_emg(np.zeros((1, 2)), np.zeros(1))
