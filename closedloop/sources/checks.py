@@ -111,6 +111,12 @@ class CheckedChunk:
         """Number of cleaned samples."""
         return self.chunk.n
 
+    def suspended(self, channels: tuple[str, ...]) -> tuple[str, ...]:
+        """Labels of the channels that are bad at the chunk's last sample."""
+        if self.bad.shape[0] == 0:
+            return ()
+        return tuple(c for c, b in zip(channels, self.bad[-1], strict=True) if b)
+
 
 def _run_lengths(cond: np.ndarray, carry: int) -> np.ndarray:
     """Length of the run of True values ending at each index (0 where False).

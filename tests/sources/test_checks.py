@@ -154,6 +154,9 @@ def test_flat_and_saturated_channels() -> None:
     assert "electrode contact" in issues[0].message
     assert "largest value seen (500 uV)" in issues[2].message
     assert r.bad[1499:1700, 1].all() and not r.bad[1700:, 1].any()
+    m = InputMonitor(INFO)
+    assert m.check(Chunk(x[:1600], times(1600))).suspended(INFO.channels) == ("triceps",)
+    assert m.check(Chunk(x[1600:], times(n)[1600:])).suspended(INFO.channels) == ()
     assert r.bad[2049:2100, 0].all()
 
 
