@@ -45,6 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
     b.set_defaults(module="closedloop.bench")
+    r = sub.add_parser("run", help="run a closed-loop session (default: simulated patient and stimulator)")
+    r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
+    r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
+    r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none")
+    r.add_argument("--record", help="record the session to this XDF file (LabRecorder)")
+    r.add_argument("--duration", type=float, help="stop after this many seconds of samples")
+    r.add_argument("--seed", type=int, help="seed of the simulated patient")
+    r.add_argument("--no-gui", action="store_true", help="no live view: one-line status instead")
+    r.add_argument("--no-outlets", action="store_true", help="do not publish LSL streams")
+    r.add_argument("--quiet", action="store_true", help="no live status line")
+    r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
+    r.set_defaults(module="closedloop.run")
     return p
 
 

@@ -229,16 +229,25 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
             )
     protocol = safety = None
     if top.has("protocol"):
-        from closedloop.stim.settings import ProtocolSettings, SafetySettings, validate_stimulation
+        from closedloop.stim.settings import (
+            MuscleStim,
+            ProtocolSettings,
+            SafetySettings,
+            validate_stimulation,
+        )
 
         protocol = ProtocolSettings.from_table(top.table("protocol"), names)
         safety = SafetySettings.from_table(top.table("safety", {}))
-        validate_stimulation(
-            {m.name: (m.stim, m.limits) for m in muscles if m.stim is not None},
-            protocol,
-            safety,
-            source=source,
-        )
+        stimulated = {
+            m.name: MuscleStim(m.name, m.stim, m.limits, m.antagonist)
+            for m in muscles
+            if m.stim is not None
+        }
+        try:
+            validate_stimulation(stimulated, protocol, safety)
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
     elif top.has("safety"):
         raise ConfigError(f"{source}: [safety] is given but there is no [protocol]")
     top.finish()

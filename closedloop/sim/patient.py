@@ -159,6 +159,8 @@ class SimulatedPatient:
         self.fs = float(settings.fs)
         self.muscles = tuple(settings.muscles)
         self.script = sorted(script, key=lambda a: a.onset_s)
+        self._onsets = np.array([a.onset_s for a in self.script])
+        self._max_dur = max((a.duration_s for a in self.script), default=0.0)
         for a in self.script:
             if a.muscle not in self.muscles:
                 raise ValueError(f"attempt muscle {a.muscle!r} is not one of {self.muscles}")
@@ -215,10 +217,9 @@ class SimulatedPatient:
         shaped, self._zi = signal.sosfilt(self._shape_sos, raw, axis=0, zi=self._zi)
         shaped *= self._shape_gain * self._emg_rms
         act = np.zeros((GEN_BLOCK, n_ch))
-        t_end = t[-1]
-        for a in self.script:
-            if a.onset_s > t_end:
-                break
+        lo = int(np.searchsorted(self._onsets, t[0] - self._max_dur))
+        hi = int(np.searchsorted(self._onsets, t[-1], side="right"))
+        for a in self.script[lo:hi]:
             if a.onset_s + a.duration_s < t[0]:
                 continue
             prof = _activation(t, a)

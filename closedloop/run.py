@@ -1,0 +1,148 @@
+"""``closedloop run``: a live session, from the command line.
+
+Builds the source and stimulator from the config (or ``--source`` / ``--stimulator``),
+optionally publishes LSL outlets and records to XDF, installs the Ctrl-C and SIGTERM
+handlers, runs :func:`closedloop.runtime.loop.run_loop` and prints the summary. The
+exit code says how the session ended (see :mod:`closedloop.runtime.loop`).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import uuid
+
+import numpy as np
+
+from closedloop.config import load_config
+from closedloop.runtime.devices import make_source, make_stimulator
+from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
+
+
+def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
+    """The end-of-session summary a clinician reads."""
+    lines = [f"session ended: {out.message} (exit code {out.exit_code})",
+             f"  duration        : {out.seconds:.1f} s ({out.samples} samples)"]
+    lines.append("  onsets          : " + ", ".join(f"{m} {n}" for m, n in out.onsets.items()))
+    if out.trials:
+        t = out.trials
+        lines.append(f"  triggers/trials : {t['trials']} trials, {t['hits']} hits, "
+                     f"{t['misses']} misses, {t['gated']} gated by co-contraction")
+    if out.stim_seconds:
+        lines.append("  stimulation     : " + ", ".join(
+            f"{m} {s:.1f} s" for m, s in out.stim_seconds.items()))
+    if out.arrival_to_command_ms:
+        a = np.asarray(out.arrival_to_command_ms)
+        lines.append(f"  arrival->command: p50 {np.percentile(a, 50):.3f} ms, "
+                     f"p99 {np.percentile(a, 99):.3f} ms ({a.size} commands)")
+    lines.append(f"  samples lost    : {out.samples_lost}")
+    if out.violations:
+        lines.append(f"  safety          : {len(out.violations)} intervention(s); last: {out.violations[-1]}")
+    if out.issues:
+        lines.append(f"  input warnings  : {len(out.issues)}; last: {out.issues[-1]}")
+    lines.append("  all channels off: " + ("yes" if out.all_off else "NOT CONFIRMED"))
+    if recorded:
+        lines.append(f"  recording       : {recorded}")
+    return lines
+
+
+def main(args) -> int:
+    config = load_config(args.config)
+    stimulator = make_stimulator(config, args.stimulator)
+    source = make_source(config, args.source, seed=args.seed, stimulator=stimulator)
+    stop = StopRequest()
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: stop.set("interrupt")),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.set("sigterm")),
+    }
+    outlets = recorder = None
+    recorded = None
+    try:
+        if stimulator is not None:
+            stimulator.open()
+            if hasattr(stimulator, "_clock") and getattr(stimulator, "_clock") is None \
+                    and hasattr(source, "now"):
+                stimulator._clock = source.now  # sim: pulses start at the next sample
+        source.open()
+        session_name = f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}"
+        if args.record or not args.no_outlets:
+            from closedloop.io.outlets import SessionOutlets
+
+            outlets = SessionOutlets(
+                session_name, _muscle_info(config, source.info), config_text=config.text,
+                metadata={"config": config.path, "source": source.info.name,
+                          "stimulator": type(stimulator).__name__ if stimulator else "none",
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+            )
+        if args.record:
+            from closedloop.io.recorder import XdfRecorder
+
+            recorder = XdfRecorder(args.record, outlets.recorder_predicates(), overwrite=True)
+            recorder.start()
+            outlets.announce()
+        status = None if args.quiet else _printer()
+        print(f"closedloop run: {config.name} on {source.info.name} "
+              f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
+              f"{type(stimulator).__name__ if stimulator else 'none'}; Ctrl-C stops",
+              file=sys.stderr)
+        out = run_loop(
+            config, source, stimulator,
+            options=LoopOptions(duration_s=args.duration,
+                                watchdog_s=config.session.watchdog_ms / 1000.0),
+            stop=stop, outlets=outlets, recorder=recorder, status=status,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stimulator is not None:
+            stimulator.close()
+        source.close()
+    if recorder is not None:
+        try:
+            recorder.stop()
+            recorded = str(args.record)
+            counts = outlets.counts()
+            from closedloop.io.recorder import verify_recording
+
+            report = verify_recording(args.record, {outlets.names["emg"]: counts["emg"]})
+            recorded += f" - {report.summary()}"
+            if not report.ok:
+                out.reason, out.message = "error", f"recording incomplete: {report.summary()}"
+        except Exception as exc:  # noqa: BLE001
+            recorded = f"{args.record} - recorder failed: {exc}"
+            if out.exit_code == 0:
+                out.reason, out.message = "error", f"recording failed: {exc}"
+    if outlets is not None:
+        outlets.close()
+    if not args.quiet:
+        print(file=sys.stderr)
+    for line in summary_lines(out, recorded=recorded):
+        print(line)
+    if args.json:
+        print(json.dumps({
+            "reason": out.reason, "exit_code": out.exit_code, "samples": out.samples,
+            "samples_lost": out.samples_lost, "onsets": out.onsets, "trials": out.trials,
+            "stim_seconds": out.stim_seconds, "all_off": out.all_off,
+            "commands": len(out.commands), "violations": len(out.violations),
+        }))
+    return out.exit_code
+
+
+def _muscle_info(config, info):
+    from dataclasses import replace
+
+    return replace(info, channels=config.muscle_names)
+
+
+def _printer():
+    tty = sys.stderr.isatty()
+
+    def status(line: str) -> None:
+        if tty and not line.startswith(("input:", "safety:")):
+            print("\r" + line[:160].ljust(160), end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return status

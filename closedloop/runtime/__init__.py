@@ -1,0 +1,1 @@
+"""The runtime: building devices from specs, and the closed loop that wires them."""

@@ -1,0 +1,111 @@
+"""Build the session's devices from the config and the command line's specs.
+
+Source specs are parsed by :mod:`closedloop.sources.spec`; stimulator specs here:
+``sim``, ``rehastim2:PORT``, ``lsl[:NAME]``, ``none`` (detection only).
+"""
+
+from __future__ import annotations
+
+from closedloop.config import Config
+from closedloop.errors import ConfigError
+from closedloop.sim.patient import PatientSettings
+from closedloop.sources.base import Source, SourceInfo
+from closedloop.stim.base import Stimulator
+from closedloop.stim.settings import MuscleStim
+
+STIMULATOR_FORMS = "sim, rehastim2:PORT (e.g. rehastim2:/dev/ttyUSB0), lsl[:STREAM_NAME], none"
+
+
+def stimulated_muscles(config: Config) -> dict[str, MuscleStim]:
+    """The config's muscles that have stimulation settings."""
+    return {
+        m.name: MuscleStim(m.name, m.stim, m.limits, m.antagonist)
+        for m in config.muscles
+        if m.stim is not None
+    }
+
+
+def patient_settings(config: Config) -> PatientSettings:
+    """The simulated patient the config describes (one channel per muscle)."""
+    ant = {m.name: m.antagonist for m in config.muscles if m.antagonist}
+    return PatientSettings(
+        fs=config.session.fs,
+        muscles=config.muscle_names,
+        antagonists=ant,
+        snr_db=config.sim.snr_db,
+        cocontraction=config.sim.cocontraction,
+        mains_hz=config.filters.notch_hz or 50.0,
+    )
+
+
+def make_source(config: Config, spec: str | None, *, seed: int | None = None,
+                realtime: bool = True, stimulator: Stimulator | None = None) -> Source:
+    """The source for ``spec`` (default: the config's ``session.source``)."""
+    from closedloop.sources.sim import SimSource
+    from closedloop.sources.spec import open_source
+    from closedloop.stim.sim import SimStimulator
+
+    spec = spec or config.session.source
+
+    def sim_factory(params: dict[str, str]) -> Source:
+        if params:
+            raise ConfigError(f"source spec {spec!r}: the sim source takes no options")
+        chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
+        stim = stimulator if isinstance(stimulator, SimStimulator) and config.sim.artifacts else None
+        chans = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
+        return SimSource(
+            patient_settings(config),
+            seed=config.sim.seed if seed is None else seed,
+            realtime=realtime,
+            chunk_size=chunk,
+            stimulator=stim,
+            stim_channels=chans,
+            gap_s=config.sim.gap_s,
+            attempt_s=config.sim.attempt_s,
+        )
+
+    return open_source(spec, sim_factory=sim_factory)
+
+
+def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
+    """The stimulator for ``spec`` (default: the config's ``session.stimulator``)."""
+    spec = (spec or config.session.stimulator).strip()
+    if spec == "none" or not config.stimulates:
+        return None
+    kind, _, arg = spec.partition(":")
+    channels = tuple(sorted(m.stim.channel for m in config.muscles if m.stim is not None))
+    if kind == "sim" and not arg:
+        from closedloop.stim.sim import SimStimulator
+
+        return SimStimulator()
+    if kind == "rehastim2" and arg:
+        from closedloop.stim.rehastim2 import RehaStim2
+
+        return RehaStim2(arg, channels=channels)
+    if kind == "lsl":
+        from closedloop.stim.lsl import LslStimulator
+
+        return LslStimulator(arg or "closedloop-stim")
+    raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: {STIMULATOR_FORMS}")
+
+
+def channel_columns(config: Config, info: SourceInfo) -> list[int]:
+    """Source columns of the config's muscles, in muscle order."""
+    cols = []
+    for m in config.muscles:
+        if isinstance(m.channel, int):
+            if m.channel >= info.n_channels:
+                raise ConfigError(
+                    f"{config.path}: muscle {m.name!r} uses channel {m.channel}, but the "
+                    f"source {info.name!r} has {info.n_channels} channels"
+                )
+            cols.append(m.channel)
+        elif m.channel in info.channels:
+            cols.append(info.channels.index(m.channel))
+        else:
+            raise ConfigError(
+                f"{config.path}: muscle {m.name!r} uses channel {m.channel!r}, which the "
+                f"source {info.name!r} does not have (its channels: "
+                f"{', '.join(info.channels)}); set channel to one of those or a 0-based index"
+            )
+    return cols
