@@ -57,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live status line")
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
     r.set_defaults(module="closedloop.run")
+    rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
+    rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")
+    rp.add_argument("--config", help="config to use (default: the one stored in the recording)")
+    rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
+    rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
+    rp.add_argument("--check", action="store_true",
+                    help="compare derived events and commands with the recorded ones; exit 8 on a difference")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(module="closedloop.replay")
     return p
 
 

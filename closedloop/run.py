@@ -103,7 +103,7 @@ def main(args) -> int:
         try:
             recorder.stop()
             recorded = str(args.record)
-            counts = outlets.counts()
+            counts = outlets.counts
             from closedloop.io.recorder import verify_recording
 
             report = verify_recording(args.record, {outlets.names["emg"]: counts["emg"]})

@@ -80,6 +80,7 @@ class Outcome:
     samples: int = 0
     seconds: float = 0.0
     onsets: dict[str, int] = field(default_factory=dict)
+    events: list = field(default_factory=list)
     commands: list[StimCommand] = field(default_factory=list)
     stim_seconds: dict[str, float] = field(default_factory=dict)
     trials: dict[str, int] = field(default_factory=dict)
@@ -227,6 +228,7 @@ def run_loop(
             if ended:
                 block.events[:0] = ended
             last_time = float(block.timestamps[-1])
+            out.events.extend(block.events)
             for e in block.events:
                 if e.kind == "onset":
                     out.onsets[e.channel] += 1
