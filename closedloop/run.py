@@ -103,10 +103,9 @@ def main(args) -> int:
         try:
             recorder.stop()
             recorded = str(args.record)
-            counts = outlets.counts
             from closedloop.io.recorder import verify_recording
 
-            report = verify_recording(args.record, {outlets.names["emg"]: counts["emg"]})
+            report = verify_recording(args.record, outlets.counts)
             recorded += f" - {report.summary()}"
             if not report.ok:
                 out.reason, out.message = "error", f"recording incomplete: {report.summary()}"
