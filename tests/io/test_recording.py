@@ -266,7 +266,7 @@ def test_recorder_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="missing or not executable"):
         XdfRecorder(tmp_path / "x.xdf", ["name='x'"], cli_path=tmp_path / "LabRecorderCLI")
     missing = unique("nostream")
-    rec = XdfRecorder(tmp_path / "y.xdf", [{"name": missing}])
+    rec = XdfRecorder(tmp_path / "y.xdf", [{"name": missing}], start_timeout=3.0)
     with pytest.raises(DeviceLostError, match=f"no LSL stream matches .*{missing}.*visible now"):
         rec.start()
     assert not rec.alive
