@@ -9,3 +9,47 @@
 
 Only :mod:`buffers` and :mod:`control` import without Qt.
 """
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_PINNED = False
+
+
+def qt_workarounds() -> bool:
+    """Work around a reference-count bug of some PySide6 wheels on CPython < 3.12.
+
+    PySide6 6.12's ``abi3`` wheels drop one reference to ``None`` (and sometimes to
+    ``True``/``False``) on many calls, e.g. every ``QObject.setObjectName`` and
+    ``QGraphicsItem.setVisible``: built for Python >= 3.12, where those objects are
+    immortal, they skip the increment that Python 3.11 needs. A live view makes
+    thousands of such calls per second, so on 3.11 the interpreter soon aborts with
+    "Fatal Python error: none_dealloc". When a probe shows the leak, this function
+    gives the three singletons 2**40 extra references (what 3.12 does by making them
+    immortal). No-op on 3.12+ or when the probe shows no leak; safe to call repeatedly.
+
+    Returns
+    -------
+    bool
+        True when the leak was found and the singletons are pinned.
+    """
+    global _PINNED
+    if _PINNED:
+        return True
+    if sys.version_info >= (3, 12) or sys.implementation.name != "cpython":
+        return False
+    from PySide6 import QtCore
+
+    probe = QtCore.QObject()
+    before = sys.getrefcount(None)
+    for _ in range(64):
+        probe.setObjectName("closedloop-probe")
+    if sys.getrefcount(None) >= before - 32:
+        return False
+    for obj in (None, True, False):
+        # ob_refcnt is the first field of every CPython object
+        ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40
+    _PINNED = True
+    return True

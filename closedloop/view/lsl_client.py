@@ -1,0 +1,503 @@
+"""A running session, seen through its LSL streams, in a background thread.
+
+:class:`SessionClient` finds a session's streams (published by
+:class:`closedloop.io.outlets.SessionOutlets`), subscribes to them and fills the view's
+buffers. It only *reads* LSL: whatever happens here (a slow screen, a crash of the view)
+cannot stall or break the session's loop, which never waits for its consumers.
+
+Finding the session
+-------------------
+Every stream of a session has ``source_id = closedloop.<uid>.<role>``. The client looks
+for EMG streams with a ``closedloop.`` source id (and, given a session name, named
+``<name>-EMG``); the ``<uid>`` of the newest one then selects every other stream of the
+same session exactly, by source id. Without a name, exactly one session must be on the
+network: with several, the client waits and says which ones it sees (a STOP must never
+go to the wrong session). When the session's streams end the client says so and looks
+for the session again (a restarted session with the same name is picked up).
+
+Threading
+---------
+One daemon thread resolves, pulls with zero timeouts and sleeps ``poll_s`` between
+rounds (every wait has a timeout; :meth:`SessionClient.close` ends it). Data are copied
+into the buffers under a lock; :meth:`SessionClient.snapshot` copies them out under the
+same lock, so the window never sees a half-written chunk and never holds the lock while
+drawing.
+
+What is derived here (not in the GUI thread)
+---------------------------------------------
+* the **filtered EMG**, with the session's own filter settings (read from the config in
+  the ``<session>-Session`` stream header; defaults when there is none);
+* the **stimulation bands** from the stimulation commands;
+* the **trial panel** state from the trial markers (labels ``cue``, ``hit``, ``miss``,
+  ``trigger``, ``done``... with ``trial`` and ``muscle`` fields);
+* the **channel quality** from the raw EMG, and from ``input_issue`` markers (fields
+  ``kind``: ``flat``/``saturated``/``mains``, ``channel``, ``message``), which a session
+  may publish on its markers stream from its input monitor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pylsl
+
+from closedloop.config import Config, loads_config
+from closedloop.core.events import Event
+from closedloop.core.filters import FilterBank
+from closedloop.core.settings import FilterSettings
+from closedloop.errors import ClosedLoopError
+from closedloop.io import outlets as lo
+from closedloop.view.buffers import (
+    NO_DATA,
+    ChannelQuality,
+    QualityTracker,
+    RingBuffer,
+    StimBand,
+    StimTrack,
+    TimedLog,
+    TrialState,
+    TrialTracker,
+)
+
+log = logging.getLogger(__name__)
+
+RESOLVING, CONNECTED, LOST, CLOSED = "resolving", "connected", "lost", "closed"
+
+
+@dataclass
+class Snapshot:
+    """Copies of everything the window draws, taken at one instant.
+
+    Times are the session's stream times; ``now`` is the newest EMG timestamp.
+    """
+
+    status: str = RESOLVING
+    message: str = ""
+    session: str | None = None
+    session_uid: str | None = None
+    channels: tuple[str, ...] = ()
+    fs: float = math.nan
+    units: str = ""
+    now: float = math.nan
+    emg_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    emg: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    env_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    env: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    thr_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    thr_on: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    thr_off: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    events: list[Event] = field(default_factory=list)
+    bands: list[StimBand] = field(default_factory=list)
+    stim_now: dict[str, float] = field(default_factory=dict)
+    trial: TrialState = field(default_factory=TrialState)
+    quality: dict[str, ChannelQuality] = field(default_factory=dict)
+    markers: list[tuple[float, str]] = field(default_factory=list)
+    samples: int = 0
+    config: Config | None = None
+
+
+def _xml_text(elem: pylsl.XMLElement, path: tuple[str, ...]) -> str:
+    for name in path:
+        elem = elem.child(name)
+        if elem.empty():
+            return ""
+    return elem.child_value()
+
+
+def _labels(info: pylsl.StreamInfo) -> list[str]:
+    out = []
+    ch = info.desc().child("channels").child("channel")
+    while not ch.empty():
+        out.append(ch.child_value("label"))
+        ch = ch.next_sibling("channel")
+    return out
+
+
+def _units(info: pylsl.StreamInfo) -> str:
+    ch = info.desc().child("channels").child("channel")
+    return "" if ch.empty() else ch.child_value("unit")
+
+
+def _uid(source_id: str) -> str:
+    parts = source_id.split(".")
+    return parts[1] if len(parts) >= 3 else ""
+
+
+def emg_predicate(session_name: str | None) -> str:
+    """XPath predicate for the EMG streams of closedloop sessions (of one name, if given)."""
+    pred = "starts-with(source_id,'closedloop.') and type='EMG'"
+    if session_name is not None:
+        if not session_name or any(c in session_name for c in "'\"<>&"):
+            raise ValueError(f"session name {session_name!r} is not a valid session name")
+        pred += f" and name='{session_name}-{lo.STREAMS[lo.ROLE_EMG][0]}'"
+    return pred
+
+
+class SessionClient:
+    """Subscribes to one session's streams in a background thread (see module docstring).
+
+    Parameters
+    ----------
+    session_name : str or None
+        The session to show (the ``S`` of its stream names); None: the only one there.
+    window_s : float
+        Seconds of signal kept for display.
+    poll_s : float
+        Pause between two pulls of every stream.
+    quality_every_s : float
+        How often channel quality is recomputed (over the last second of raw EMG).
+    clock : callable
+        Monotonic clock in seconds (injected for tests).
+    """
+
+    def __init__(
+        self,
+        session_name: str | None = None,
+        *,
+        window_s: float = 10.0,
+        poll_s: float = 0.01,
+        quality_every_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.requested = session_name
+        self._pred = emg_predicate(session_name)
+        self.window_s = float(window_s)
+        self.poll_s = float(poll_s)
+        self.quality_every_s = float(quality_every_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._snap = Snapshot(session=session_name, message="looking for the session...")
+        self._inlets: dict[str, pylsl.StreamInlet] = {}
+        self._emg: RingBuffer | None = None  # filtered EMG (None until subscribed)
+        self._quality: dict[str, ChannelQuality] = {}
+        self._dead: set[str] = set()  # uids of sessions whose streams ended
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> SessionClient:
+        """Start the background thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="closedloop-view-lsl", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread (waits up to 3 s) and drop the inlets. Idempotent."""
+        self._stop.set()
+        t = self._thread
+        if t is not None and t.is_alive() and t is not threading.current_thread():
+            t.join(timeout=3.0)
+        with self._lock:
+            self._snap.status = CLOSED
+
+    def __enter__(self) -> SessionClient:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until the session's streams are subscribed; False on timeout."""
+        return self._connected.wait(timeout)
+
+    @property
+    def session_name(self) -> str | None:
+        """Name of the session shown (once found)."""
+        with self._lock:
+            return self._snap.session
+
+    # -- what the window calls ----------------------------------------------------------------
+    def snapshot(self, window_s: float | None = None) -> Snapshot:
+        """Copies of the last ``window_s`` (default: the client's window) of everything."""
+        w = self.window_s if window_s is None else float(window_s)
+        with self._lock:
+            s = self._snap
+            now = self._emg.last_time if self._has_data() else math.nan
+            t_from = now - w if math.isfinite(now) else -math.inf
+            out = Snapshot(
+                status=s.status, message=s.message, session=s.session,
+                session_uid=s.session_uid, channels=s.channels, fs=s.fs, units=s.units,
+                now=now, config=s.config, samples=self._emg.total if self._has_data() else 0,
+                quality=dict(self._quality),
+            )
+            if not self._has_data():
+                return out
+            out.emg_t, out.emg = self._emg.since(t_from)
+            if self._env is not None:
+                out.env_t, out.env = self._env.since(t_from)
+            if self._thr is not None and len(self._thr):
+                # keep the thresholds in force at the window's start too
+                t, x = self._thr.latest()
+                k = max(0, int(np.searchsorted(t, t_from)) - 1)
+                n = len(s.channels)
+                out.thr_t, out.thr_on, out.thr_off = t[k:], x[k:, :n], x[k:, n:]
+            out.events = [e for _, e in self._events.since(t_from)]
+            out.bands = self._stim.bands(t_from)
+            out.stim_now = dict(self._stim.current)
+            out.trial = self._trials.snapshot()
+            out.markers = self._markers.since(t_from)
+            return out
+
+    # -- background thread ----------------------------------------------------------------------
+    def _has_data(self) -> bool:
+        return self._emg is not None
+
+    def _set(self, **kw: object) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                setattr(self._snap, k, v)
+
+    def _error(self, msg: str) -> None:
+        if len(self.errors) < 100:
+            self.errors.append(msg)
+        log.warning(msg)
+
+    def _run(self) -> None:
+        resolver = pylsl.ContinuousResolver(pred=self._pred, forget_after=2.0)
+        try:
+            while not self._stop.is_set():
+                try:
+                    uid = self._find(resolver)
+                    if uid is None:
+                        self._stop.wait(0.2)
+                        continue
+                    self._subscribe(uid)
+                    self._pump()
+                except Exception as exc:  # noqa: BLE001 - shown in the window, then retried
+                    self._error(f"view: {exc!r}")
+                    self._set(status=LOST, message=f"error reading the session: {exc}")
+                    self._connected.clear()
+                    self._stop.wait(1.0)
+                finally:
+                    self._inlets.clear()
+        finally:
+            del resolver
+
+    def _find(self, resolver: pylsl.ContinuousResolver) -> str | None:
+        """The uid of the session to show, or None (and a message) when there is none yet."""
+        infos = [
+            i for i in resolver.results()
+            if _uid(i.source_id()) and _uid(i.source_id()) not in self._dead
+        ]
+        if not infos:
+            who = f"session {self.requested!r}" if self.requested else "a closedloop session"
+            with self._lock:
+                if self._snap.status != LOST:
+                    self._snap.message = f"waiting for {who} on the network..."
+            return None
+        names = sorted({i.name()[: -len("-EMG")] for i in infos})
+        if self.requested is None and len(names) > 1:
+            self._set(
+                message=f"several sessions on the network ({', '.join(names)}): "
+                "start the view with --session NAME"
+            )
+            return None
+        newest = max(infos, key=lambda i: i.created_at())
+        return _uid(newest.source_id())
+
+    def _resolve_role(self, uid: str, role: str, timeout: float) -> pylsl.StreamInfo | None:
+        found = pylsl.resolve_bypred(f"source_id='closedloop.{uid}.{role}'", 1, timeout)
+        return found[0] if found else None
+
+    def _subscribe(self, uid: str) -> None:
+        emg_info = self._resolve_role(uid, lo.ROLE_EMG, 2.0)
+        if emg_info is None:
+            raise ClosedLoopError(f"the EMG stream of session {uid} disappeared")
+        inlets: dict[str, pylsl.StreamInlet] = {}
+        for role in lo.STREAMS:
+            info = emg_info if role == lo.ROLE_EMG else self._resolve_role(uid, role, 0.5)
+            if info is None:
+                continue
+            # buffer: 30 s of a regular stream, 3000 samples of a marker stream
+            inlet = pylsl.StreamInlet(info, max_buflen=30, recover=False)
+            inlet.open_stream(timeout=2.0)
+            inlets[role] = inlet
+        full = inlets[lo.ROLE_EMG].info(timeout=2.0)
+        labels = _labels(full)
+        counter_col = labels.index(lo.COUNTER_LABEL) if lo.COUNTER_LABEL in labels else None
+        channels = tuple(lab for k, lab in enumerate(labels) if k != counter_col)
+        if not channels:
+            channels = tuple(f"ch{k + 1}" for k in range(full.channel_count()))
+        name = _xml_text(full.desc(), ("closedloop", "session")) or full.name()[:-4]
+        fs = float(full.nominal_srate())
+        config = None
+        if lo.ROLE_SESSION in inlets:
+            text = _xml_text(inlets[lo.ROLE_SESSION].info(timeout=2.0).desc(),
+                             ("closedloop", "config"))
+            if text.strip():
+                try:
+                    config = loads_config(text, source=f"{name} session config")
+                except ClosedLoopError as exc:
+                    self._error(f"view: cannot read the session's config ({exc})")
+        self._setup(uid, name, channels, counter_col, fs, _units(full), config, inlets)
+
+    def _setup(
+        self, uid: str, name: str, channels: tuple[str, ...], counter_col: int | None,
+        fs: float, units: str, config: Config | None, inlets: dict[str, pylsl.StreamInlet],
+    ) -> None:
+        n = len(channels)
+        cap = max(16, int(math.ceil((self.window_s + 2.0) * fs)))
+        filters = config.filters if config is not None else FilterSettings()
+        try:
+            bank: FilterBank | None = FilterBank(filters, fs, n)
+        except ValueError as exc:
+            self._error(f"view: showing raw EMG, the filter does not fit ({exc})")
+            bank = None
+        trials = TrialTracker()
+        if config is not None and config.protocol is not None:
+            p = config.protocol
+            if p.kind == "cued_trials":
+                trials = TrialTracker(
+                    p.trials.n_trials, p.trials.response_window_s,
+                    p.trials.work_s + p.trials.rest_s,
+                )
+        with self._lock:
+            self._inlets = inlets
+            self._counter_col = counter_col
+            self._bank = bank
+            self._raw = RingBuffer(n, max(16, int(math.ceil(1.0 * fs))))
+            self._emg = RingBuffer(n, cap)
+            self._env = RingBuffer(n, cap) if lo.ROLE_ENVELOPE in inlets else None
+            self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
+            self._events = TimedLog(2000)
+            self._markers = TimedLog(500)
+            self._stim = StimTrack(keep_s=self.window_s + 5.0)
+            self._trials = trials
+            self._qual = QualityTracker(
+                channels, fs, mains_hz=filters.notch_hz if filters.notch_hz > 0 else 50.0
+            )
+            self._quality = {ch: ChannelQuality(NO_DATA, "waiting for EMG") for ch in channels}
+            s = self._snap
+            s.status, s.session, s.session_uid = CONNECTED, name, uid
+            s.channels, s.fs, s.units, s.config = channels, fs, units, config
+            s.message = f"connected to {name}"
+        self._connected.set()
+
+    def _pump(self) -> None:
+        """Pull every stream until the session ends or :meth:`close`."""
+        next_quality = 0.0
+        while not self._stop.is_set():
+            try:
+                got = self._pull_all()
+            except pylsl.util.LostError:
+                self._lost()
+                return
+            now = self._clock()
+            if now >= next_quality:
+                next_quality = now + self.quality_every_s
+                with self._lock:
+                    _, raw = self._raw.latest()
+                    t_now = self._emg.last_time
+                q = self._qual.assess(raw, t_now)
+                with self._lock:
+                    self._quality = q
+            if not got:
+                self._stop.wait(self.poll_s)
+
+    def _lost(self) -> None:
+        with self._lock:
+            if self._snap.session_uid:
+                self._dead.add(self._snap.session_uid)
+            t = self._emg.last_time
+            self._stim.stop_all(t if math.isfinite(t) else 0.0)
+            self._snap.status = LOST
+            self._snap.message = (
+                f"the session {self._snap.session!r} ended or its streams were lost; "
+                "waiting for it to come back"
+            )
+        self._connected.clear()
+
+    def _pull_all(self) -> bool:
+        inlets = self._inlets
+        got = False
+        emg = inlets[lo.ROLE_EMG]
+        x, ts = emg.pull_chunk(timeout=0.0, max_samples=8192, as_numpy=True)
+        if len(ts):
+            got = True
+            x = np.asarray(x, dtype=np.float64)
+            ts = lo.restore_timestamps(np.asarray(ts))
+            if self._counter_col is not None:
+                x = np.delete(x, self._counter_col, axis=1)
+            raw = np.ascontiguousarray(x)
+            if self._bank is not None:
+                filt = self._bank.process_inplace(np.array(raw.T, order="C")).T
+            else:
+                filt = raw
+            with self._lock:
+                self._raw.extend(ts, raw)
+                self._emg.extend(ts, filt)
+        if lo.ROLE_ENVELOPE in inlets:
+            x, ts = inlets[lo.ROLE_ENVELOPE].pull_chunk(
+                timeout=0.0, max_samples=8192, as_numpy=True
+            )
+            if len(ts):
+                got = True
+                x = np.asarray(x, dtype=np.float64)
+                if self._counter_col is not None:
+                    x = np.delete(x, x.shape[1] - 1, axis=1)
+                with self._lock:
+                    self._env.extend(lo.restore_timestamps(np.asarray(ts)), x)
+        if lo.ROLE_THRESHOLDS in inlets:
+            x, ts = inlets[lo.ROLE_THRESHOLDS].pull_chunk(
+                timeout=0.0, max_samples=1024, as_numpy=True
+            )
+            if len(ts):
+                got = True
+                n2 = self._thr.n_channels
+                with self._lock:
+                    self._thr.extend(
+                        lo.restore_timestamps(np.asarray(ts)), np.asarray(x)[:, :n2]
+                    )
+        for role, handle in (
+            (lo.ROLE_EVENTS, self._on_event),
+            (lo.ROLE_STIM, self._on_command),
+            (lo.ROLE_MARKERS, self._on_marker),
+        ):
+            if role not in inlets:
+                continue
+            texts, _ = inlets[role].pull_chunk(timeout=0.0, max_samples=1024)
+            if texts:
+                got = True
+                with self._lock:
+                    for row in texts:
+                        try:
+                            handle(str(row[0]))
+                        except (ValueError, KeyError, TypeError) as exc:
+                            self._error(f"view: unreadable {role} marker {row[0]!r}: {exc}")
+        if lo.ROLE_SESSION in inlets:
+            with contextlib.suppress(Exception):
+                inlets[lo.ROLE_SESSION].pull_chunk(timeout=0.0)
+        return got
+
+    # marker handlers run with the lock held
+    def _on_event(self, text: str) -> None:
+        _, ev = lo.decode_event(text)
+        self._events.add(ev.time, ev)
+
+    def _on_command(self, text: str) -> None:
+        _, cmd = lo.decode_command(text)
+        self._stim.add(cmd.muscle, cmd.stream_time, cmd.current_ma)
+
+    def _on_marker(self, text: str) -> None:
+        _, m = lo.decode_marker(text)
+        self._markers.add(m.time, m.label)
+        if m.label == "input_issue":
+            ch = m.fields.get("channel")
+            self._qual.report(
+                None if ch is None else str(ch), str(m.fields.get("kind", "")), m.time,
+                str(m.fields.get("message", "")),
+            )
+        else:
+            self._trials.add(m.label, m.time, m.fields)
