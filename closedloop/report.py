@@ -31,7 +31,9 @@ so it builds without a display and opens anywhere without other files) has:
   triggered it). A straight line fitted over the attempts (its change from the first to
   the last attempt, in % of its value at the first) is a fatigue or progress signal,
   not a diagnosis.
-* **Warnings**: the warning markers the session recorded, stop commands, samples
+* **Warnings**: the warning markers the session recorded, stop commands that switched
+  a channel off while it was on (guard limits, safety stops; the off-for-everything at
+  the end of a session is not one), channels whose last command leaves them on, samples
   missing from the counter, a truncated file, and the input checks
   (:class:`~closedloop.sources.checks.InputMonitor`: flat, saturated, non-finite
   channels, gaps) re-run over the recorded EMG.
@@ -214,21 +216,44 @@ def _marker_sample(session: Any, m: Any) -> int:
     return _first_sample(session) + min(k, max(_n(session) - 1, 0))
 
 
+def _start(c: Any) -> int:
+    """The sample from which a command's output runs: its ``effective_sample`` when the
+    live loop recorded one, else the sample that decided it."""
+    eff = getattr(c, "effective_sample", -1)
+    return int(eff) if eff is not None and eff >= 0 else int(c.sample)
+
+
 def _stim_intervals(session: Any) -> dict[tuple[str, int], list[tuple[int, int, Any]]]:
     """Per (muscle, channel): [start, end) pipeline-sample intervals with their command."""
     end = _first_sample(session) + _n(session)
     by_ch: dict[tuple[str, int], list[Any]] = {}
-    for c in sorted(session.commands, key=lambda c: c.sample):
+    for c in sorted(session.commands, key=_start):
         by_ch.setdefault((c.muscle, c.channel), []).append(c)
     out = {}
     for key, cmds in by_ch.items():
         spans = []
         for i, c in enumerate(cmds):
-            stop = cmds[i + 1].sample if i + 1 < len(cmds) else end
-            if stop > c.sample:
-                spans.append((c.sample, stop, c))
+            stop = _start(cmds[i + 1]) if i + 1 < len(cmds) else end
+            if stop > _start(c):
+                spans.append((_start(c), stop, c))
         out[key] = spans
     return out
+
+
+def _stops(session: Any) -> tuple[list[Any], list[Any]]:
+    """Stop commands that switched a channel off while it was on (guard limits, safety
+    stops), and the channels whose last command leaves them on (``(muscle, channel,
+    command)``). The off-for-every-channel at the end of a session is not a warning."""
+    level: dict[tuple[str, int], Any] = {}
+    forced = []
+    for c in sorted(session.commands, key=lambda c: c.sample):
+        key = (c.muscle, c.channel)
+        prev = level.get(key)
+        if c.phase == "stop" and prev is not None and prev.current_ma > 0:
+            forced.append(c)
+        level[key] = c
+    left_on = [(k[0], k[1], c) for k, c in sorted(level.items()) if c.current_ma > 0]
+    return forced, left_on
 
 
 def _stim_stats(session: Any, intervals) -> list[_StimStats]:
@@ -533,6 +558,10 @@ def report_html(session: Any) -> str:
         ["samples", counter_text],
         ["file state", state],
     ]
+    if session.commands:
+        left = _stops(session)[1]
+        facts.append(["stimulation at the end", "every channel off" if not left else
+                      "LEFT ON: " + ", ".join(f"{m} (channel {ch})" for m, ch, _ in left)])
     for k in ("patient", "operator", "session", "closedloop_version"):
         if k in meta:
             facts.append([k, str(meta[k])])
@@ -664,10 +693,15 @@ def report_html(session: Any) -> str:
             t = (_marker_sample(session, m) - first) / fs
             warnings.append([m.label, f"{t:.2f}", _marker_sample(session, m),
                              "; ".join(x for x in (msg, rest) if x)])
-    for c in cmds:
-        if c.phase == "stop":
-            warnings.append(["stop command", f"{(c.sample - first) / fs:.2f}", c.sample,
-                             f"{c.muscle} (channel {c.channel}) switched off by a stop"])
+    forced, left_on = _stops(session)
+    for c in forced:
+        warnings.append(["stop command", f"{(c.sample - first) / fs:.2f}", c.sample,
+                         f"{c.muscle} (channel {c.channel}) was on and was switched off by a "
+                         "stop (a guard limit or a safety stop)"])
+    for muscle, channel, c in left_on:
+        warnings.append(["left on", f"{(c.sample - first) / fs:.2f}", c.sample,
+                         f"the last recorded command leaves {muscle} (channel {channel}) at "
+                         f"{c.current_ma:g} mA: the recording ends before an off"])
     issues = _input_issues(session)
     warnings.extend(issues)
     warn_html = '<h2 id="warnings">Warnings</h2>'

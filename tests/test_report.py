@@ -6,6 +6,7 @@ import base64
 import io
 import re
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,11 @@ def _session(tmp_path: Path) -> Session:
         wall = 100.0 + e.sample / FS
         on = StimCommand("triceps", 2, 10.0, 300.0, 35.0, e.sample, e.time, "plateau",
                          arrival_wall=wall, handed_wall=wall + 0.0004 + 0.0001 * trial)
-        off = on.off()
-        off = StimCommand(**{**off.__dict__, "sample": e.sample + int(FS),
-                             "stream_time": e.time + 1.0, "arrival_wall": np.nan,
-                             "handed_wall": np.nan})
+        # 1 s of stimulation; the last one is cut short after 0.5 s by a safety stop
+        dur = 0.5 if trial == 3 else 1.0
+        off = replace(on, current_ma=0.0, sample=e.sample + int(dur * FS),
+                      stream_time=e.time + dur, phase="stop" if trial == 3 else "off",
+                      arrival_wall=np.nan, handed_wall=np.nan)
         commands += [on, off]
         markers.append(Marker("cue", e.time - 0.5, e.sample - 500, {"trial": trial}))
         markers.append(Marker("hit", e.time, e.sample, {"trial": trial, "muscle": "triceps"}))
@@ -73,7 +75,8 @@ def _session(tmp_path: Path) -> Session:
     markers.append(Marker("miss", T0 + 58.0, 58000, {"trial": trial, "muscle": "triceps"}))
     markers.append(Marker("electrode_warning", T0 + 20.0, None,
                           {"message": "biceps impedance high", "channel": "EMG1"}))
-    commands.append(StimCommand("triceps", 2, 0.0, 300.0, 35.0, 59000, T0 + 59.0, "stop"))
+    # the end of the session: every channel off (not a warning)
+    commands.append(StimCommand("triceps", 2, 0.0, 300.0, 35.0, 59999, T0 + 59.999, "stop"))
     markers.sort(key=lambda m: m.time)
     return Session(
         path=tmp_path / "session.xdf", name="P01-EMG", fs=FS, channels=("EMG1", "EMG2"),
@@ -85,10 +88,13 @@ def _session(tmp_path: Path) -> Session:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("report")
-    session = _session(tmp)
-    out = report.build_report(session, tmp / "report.html")
+def session(tmp_path_factory) -> Session:
+    return _session(tmp_path_factory.mktemp("report"))
+
+
+@pytest.fixture(scope="module")
+def built(session, tmp_path_factory):
+    out = report.build_report(session, tmp_path_factory.mktemp("built") / "report.html")
     return session, out.read_text(encoding="utf-8")
 
 
@@ -132,9 +138,10 @@ def test_trials_latency_stimulation_and_truth(built):
                      r"<td>0.55</td>", page)
     # triggered at the onset sample itself: 0 ms from onset to command
     assert re.search(r"onset decision -&gt; command \(samples\)</td><td>4</td><td>0</td>", page)
-    # 4 stimulations of 1 s at 10 mA, 300 us, 35 Hz: 3 uC per phase, 140 pulses, 0.42 mC
-    assert re.search(r"<td>triceps</td><td>2</td><td>4</td><td>4</td><td>140</td><td>10</td>"
-                     r"<td>3</td><td>0.42</td>", page)
+    # 3 x 1 s + 0.5 s at 10 mA, 300 us, 35 Hz: 3 uC per phase, 122.5 pulses, 0.3675 mC
+    assert re.search(r"<td>triceps</td><td>2</td><td>4</td><td>3.5</td><td>122</td><td>10</td>"
+                     r"<td>3</td><td>0.367</td>", page)
+    assert "<td>stimulation at the end</td><td>every channel off</td>" in page
 
 
 def test_amplitude_trend_shows_the_tiring_biceps(built):
@@ -147,8 +154,9 @@ def test_amplitude_trend_shows_the_tiring_biceps(built):
     # the RMS follows the scripted levels (1.0 down to 0.5)
     assert biceps[-1] < 0.7 * biceps[0]
     assert np.all(np.diff(biceps) < 0.05 * biceps[0])
-    # the stimulated triceps attempts are measured before the onset (stimulation after it)
-    assert all(pre for *_, pre in amps["triceps"])
+    # stimulated triceps attempts are measured in the 50 ms before the onset; the last
+    # stimulation was stopped after 0.5 s, so that attempt's unstimulated rest is used
+    assert [pre for *_, pre in amps["triceps"]] == [True, True, True, False]
     m = re.search(r"<td>biceps</td><td>6</td><td>0</td><td>[^<]+</td><td>[^<]+</td>"
                   r"<td>([-+][0-9]+) % from first to last</td>", page)
     assert m and -70 < int(m.group(1)) < -30  # scripted: 1.0 -> 0.5
@@ -158,7 +166,17 @@ def test_warnings(built):
     _, page = built
     warnings = page[page.index('<h2 id="warnings">') :]
     assert "electrode_warning" in warnings and "biceps impedance high; channel=EMG1" in warnings
-    assert "stop command" in warnings and "triceps (channel 2) switched off by a stop" in warnings
+    assert warnings.count("stop command") == 1  # the end-of-session off is not one
+    assert "triceps (channel 2) was on and was switched off by a stop" in warnings
+    assert "left on" not in warnings
+
+
+def test_a_recording_that_ends_with_stimulation_on_is_flagged(session, tmp_path):
+    on = next(c for c in session.commands if c.current_ma > 0)
+    s2 = replace(session, commands=[on], markers=[])
+    page = report.build_report(s2, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "LEFT ON: triceps (channel 2)" in page
+    assert "leaves triceps (channel 2) at 10 mA" in page
 
 
 def test_figures_are_real_images(built):
@@ -188,22 +206,20 @@ def test_report_without_stimulation_trials_or_config(tmp_path):
     assert len(_pngs(page)) == 2  # envelopes and amplitude
 
 
-def test_input_problems_and_missing_samples_are_warnings(tmp_path):
-    session = _session(tmp_path)
+def test_input_problems_and_missing_samples_are_warnings(session, tmp_path):
     x = session.samples.copy()
     x[30000:31000, 0] = 0.0  # a flat second on EMG1
     keep = np.r_[0:40000, 40100:60000]  # 100 samples lost
-    s2 = Session(**{**session.__dict__, "samples": x[keep], "timestamps": session.timestamps[keep],
-                    "counter": session.counter[keep], "commands": [], "markers": []})
+    s2 = replace(session, samples=x[keep], timestamps=session.timestamps[keep],
+                 counter=session.counter[keep], commands=[], markers=[])
     page = report.build_report(s2, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "100 sample(s) missing in 1 place(s)" in page
     assert "input: flat" in page and "input: gap" in page
 
 
-def test_main_loads_the_recording(monkeypatch, tmp_path):
+def test_main_loads_the_recording(session, monkeypatch, tmp_path):
     from closedloop.io import xdf
 
-    session = _session(tmp_path)
     monkeypatch.setattr(xdf, "load_session", lambda path: session)
     out = tmp_path / "out.html"
     assert report.main(Namespace(input=str(tmp_path / "session.xdf"), out=str(out))) == 0
