@@ -84,6 +84,11 @@ class InputIssue:
     message: str
 
 
+def _issue_order(issue: InputIssue) -> tuple[int, int, str]:
+    """Sort key of the issues of one chunk: sample, then kind, then channel."""
+    return (issue.sample, _KIND_ORDER[issue.kind], issue.channel or "")
+
+
 @dataclass(frozen=True)
 class CheckedChunk:
     """The monitor's output for one chunk.
@@ -165,6 +170,10 @@ class InputMonitor:
         Relative deviation from the nominal rate that is reported (0.02 = 2 %).
     report_holdoff_seconds : float
         Repeating stream-wide issues are reported at most this often (in samples).
+    fast_path : bool
+        Check chunks that are plainly clean (see :meth:`_check_clean`) with a few
+        whole-chunk operations instead of the exact per-channel path. The result is
+        identical either way; False forces the exact path (tests, benchmarks).
 
     Raises
     ------
@@ -186,6 +195,7 @@ class InputMonitor:
         rate_check_seconds: float = 1.0,
         rate_tolerance: float = 0.02,
         report_holdoff_seconds: float = 1.0,
+        fast_path: bool = True,
     ) -> None:
         if nonfinite not in ("hold", "zero"):
             raise ValueError(f"nonfinite={nonfinite!r}: expected 'hold' or 'zero'")
@@ -207,6 +217,10 @@ class InputMonitor:
         self._rate_window = self._rate_step * n_steps
         self._rate_tol = rate_tolerance
         self._holdoff = max(1, round(report_holdoff_seconds * fs))
+        self._fast_path = fast_path
+        # a flat or saturated run this long or longer needs the exact path
+        self._run_limit = min(self._flat_n, self._sat_n) - 1
+        self._idx = np.zeros((0, 1), dtype=np.int64)  # column of 0..n-1, grown on demand
         self.reset()
 
     # -- state ---------------------------------------------------------------------------
@@ -219,12 +233,13 @@ class InputMonitor:
         self._last_raw = np.full(nch, np.nan)  # last kept raw sample (NaN = unknown)
         self._last_clean = np.zeros(nch)
         self._finite_run = np.full(nch, 1 << 60, dtype=np.int64)
-        self._nonfinite_active = np.zeros(nch, dtype=bool)
         self._nonfinite_start = np.zeros(nch, dtype=np.int64)
-        self._flat_run = np.zeros(nch, dtype=np.int64)
-        self._flat_active = np.zeros(nch, dtype=bool)
-        self._sat_run = np.zeros(nch, dtype=np.int64)
-        self._sat_active = np.zeros(nch, dtype=bool)
+        # Rows of shared blocks, so that the fast path tests or clears them in one call;
+        # update them in place (element or slice assignment), never rebind them.
+        self._active = np.zeros((3, nch), dtype=bool)
+        self._nonfinite_active, self._flat_active, self._sat_active = self._active
+        self._runs = np.zeros((2, nch), dtype=np.int64)
+        self._flat_run, self._sat_run = self._runs
         self._run_max = np.full(nch, np.nan)
         self._run_min = np.full(nch, np.nan)
         self._checkpoints: dict[int, float] = {}
@@ -251,6 +266,10 @@ class InputMonitor:
         issues: list[InputIssue] = []
         if samples.shape[0] == 0:
             return CheckedChunk(chunk, (), np.zeros((0, self._nch), dtype=bool), self._n_out)
+        if self._fast_path:
+            fast = self._check_clean(samples, ts, counter, chunk.arrival_wall)
+            if fast is not None:
+                return fast
 
         ts, bad_ts = self._fix_timestamps(ts)
         samples, ts, counter, keep = self._drop_duplicates(samples, ts, counter, issues)
@@ -277,9 +296,119 @@ class InputMonitor:
             self._n_out += n
         else:
             clean, bad = samples, np.zeros((0, self._nch), dtype=bool)
-        issues.sort(key=lambda i: (i.sample, _KIND_ORDER[i.kind], i.channel or ""))
+        issues.sort(key=_issue_order)
         out = Chunk(samples=clean, timestamps=ts, counter=counter, arrival_wall=chunk.arrival_wall)
         return CheckedChunk(out, tuple(issues), bad, start)
+
+    # -- fast path -------------------------------------------------------------------------
+    def _check_clean(
+        self, x: np.ndarray, ts: np.ndarray, counter: np.ndarray | None, arrival_wall: float
+    ) -> CheckedChunk | None:
+        """Check a plainly clean chunk with whole-chunk operations, or return None.
+
+        The chunk is taken only when the exact path would provably report nothing but
+        the rate check and mark nothing bad:
+
+        * the previous timestamp is known (and the previous counter value, with a counter);
+        * every timestamp step, from the previous chunk's last sample on, is finite and
+          > 0, and without a counter at most the gap threshold: no non-finite timestamp,
+          duplicate, gap or non-monotonic time;
+        * with a counter, it goes up by exactly 1 per sample from the previous value: no
+          duplicate, gap or non-monotonic counter;
+        * every value is finite and no channel is bad now (NaN/inf not yet recovered,
+          flat, saturated);
+        * no run of repeated values (the run carried over from the previous chunk
+          included) reaches the flat or the saturation length in this chunk.
+
+        The state is then updated to exactly what the exact path leaves. Nothing is
+        changed before the decision, so None leaves the chunk wholly to the exact path.
+        """
+        n, nch = x.shape
+        last_ts = self._last_ts
+        if last_ts is None:
+            return None
+        # -- timestamps and counter --------------------------------------------------------
+        # Strictly increasing from a finite previous one to a finite last one means all
+        # finite (comparisons with NaN are False), and for finite numbers a - b > 0 is
+        # a > b. Compare before subtracting: inf - inf would warn.
+        t_end = float(ts[-1])
+        if not (float(ts[0]) > last_ts and t_end < math.inf):
+            return None
+        if np.count_nonzero(ts[1:] > ts[:-1]) != n - 1:
+            return None
+        if counter is None:  # gap: the same float steps as the exact path
+            if not float(ts[0]) - last_ts <= self._gap_dt:
+                return None
+            if n > 1 and not np.maximum.reduce(ts[1:] - ts[:-1]) <= self._gap_dt:
+                return None
+        else:
+            last_c = self._last_counter
+            if last_c is None:
+                return None
+            c0 = int(counter[0])
+            # strictly increasing and spanning n - 1: consecutive
+            if c0 != last_c + 1 or int(counter[-1]) - c0 != n - 1:
+                return None
+            if np.count_nonzero(counter[1:] > counter[:-1]) != n - 1:
+                return None
+        # -- values ---------------------------------------------------------------------
+        if np.count_nonzero(self._active) or np.count_nonzero(np.isfinite(x)) != x.size:
+            return None
+        tail = None
+        rep_in = x[1:] == x[:-1]  # value equal to the one before
+        rep_0 = x[0] == self._last_raw
+        if np.count_nonzero(rep_in) or np.count_nonzero(rep_0):
+            rep = np.concatenate((rep_0[None], rep_in))
+            # A flat or saturated run is a run of repeats, so the run of repeats bounds
+            # it; the run carried in is at most flat_run + sat_run (one of them is 0).
+            carry = np.add.reduce(self._runs, axis=0)
+            idx = self._index_column(n)
+            last_break = np.where(rep, -1, idx)  # index of the latest non-repeat so far
+            if not np.count_nonzero(carry + n >= self._run_limit):
+                last_break = np.maximum.reduce(last_break, axis=0)
+            else:
+                np.maximum.accumulate(last_break, axis=0, out=last_break)
+                runs = idx - last_break + np.where(last_break == -1, carry, 0)
+                if np.maximum.reduce(runs, axis=None) >= self._run_limit:
+                    return None
+                last_break = last_break[-1]
+            tail = (n - 1) - last_break  # trailing repeats per channel (n: all of them)
+        # -- commit: the state the exact path would leave -------------------------------
+        start = self._n_out
+        np.fmax(self._run_max, np.maximum.reduce(x, axis=0), out=self._run_max)
+        np.fmin(self._run_min, np.minimum.reduce(x, axis=0), out=self._run_min)
+        if tail is None:
+            self._runs.fill(0)
+        else:
+            # Within a run of repeats the running extremes do not move, so the whole
+            # trailing run is flat, or saturated, like its last sample.
+            last = x[-1]
+            rail = ((last == self._run_max) | (last == self._run_min)) & (
+                self._run_max > self._run_min
+            )
+            tail += np.where(tail == n, np.where(rail, self._sat_run, self._flat_run), 0)
+            self._sat_run[...] = np.where(rail, tail, 0)
+            self._flat_run[...] = np.where(rail, 0, tail)
+        np.add(self._finite_run, n, out=self._finite_run)
+        np.minimum(self._finite_run, 1 << 60, out=self._finite_run)
+        self._last_clean[...] = x[-1]
+        self._last_raw[...] = x[-1]
+        issues: list[InputIssue] = []
+        if -(-start // self._rate_step) * self._rate_step < start + n:  # a rate checkpoint
+            self._check_rate(ts, start, issues)
+            issues.sort(key=_issue_order)
+        self._last_ts = t_end
+        if counter is not None:
+            self._last_counter = int(counter[-1])
+        self._n_out += n
+        out = Chunk(samples=x, timestamps=ts, counter=counter, arrival_wall=arrival_wall)
+        return CheckedChunk(out, tuple(issues), np.zeros((n, nch), dtype=bool), start)
+
+    def _index_column(self, n: int) -> np.ndarray:
+        """0..n-1 as an (n, 1) int64 column (kept between calls, grown when needed)."""
+        if self._idx.shape[0] < n:
+            self._idx = np.arange(max(n, 2 * self._idx.shape[0]), dtype=np.int64)[:, None]
+        return self._idx[:n]
 
     # -- steps -----------------------------------------------------------------------------
     def _validate(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -252,3 +252,170 @@ def test_chunk_invariant_without_counter(cuts: list[int]) -> None:
         return out
 
     assert feed(cuts) == feed([])
+
+
+# -- fast path: identical to the exact path ----------------------------------------------------
+def _agree(a: object, b: object) -> None:
+    """Two CheckedChunk are identical: issues, bad mask, cleaned chunk, start."""
+    assert a.issues == b.issues  # type: ignore[attr-defined]
+    assert a.start == b.start  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(a.bad, b.bad)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(a.chunk.samples, b.chunk.samples)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(a.chunk.timestamps, b.chunk.timestamps)  # type: ignore[attr-defined]
+    ca, cb = a.chunk.counter, b.chunk.counter  # type: ignore[attr-defined]
+    assert (ca is None) == (cb is None)
+    if ca is not None:
+        np.testing.assert_array_equal(ca, cb)
+
+
+def _same_state(fast: InputMonitor, exact: InputMonitor) -> None:
+    """The fast monitor is left in exactly the state the exact path leaves."""
+    for key, want in vars(exact).items():
+        if key in ("_fast_path", "_idx"):
+            continue
+        got = vars(fast)[key]
+        if isinstance(want, np.ndarray):
+            np.testing.assert_array_equal(got, want, err_msg=key)
+        else:
+            assert got == want, key
+
+
+@st.composite
+def troubled_streams(draw: st.DrawFn) -> tuple[Chunk, list[int], set[int], dict]:
+    """A short stream with random trouble planted, a random chunking, random settings."""
+    n = draw(st.integers(20, 400))
+    nch = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    quantum = draw(st.sampled_from([0.0, 0.0, 1.0, 4.0, 20.0]))  # coarse: many repeats
+    x = rng.normal(0.0, 5.0, size=(n, nch))
+    if quantum:
+        x = np.round(x / quantum) * quantum
+    ts = 50.0 + np.arange(n) / FS
+    counter = np.arange(n, dtype=np.int64)
+    events = st.tuples(
+        st.sampled_from(
+            ["nan", "flat", "sat", "gap", "dup", "jump", "badts", "back", "swap", "rate"]
+        ),
+        st.integers(0, n - 1),
+        st.integers(1, 60),
+        st.integers(0, nch - 1),
+    )
+    order = np.arange(n)
+    edges = []  # cutting right at a planted problem is the hard case for a chunked check
+    for kind, p, length, c in draw(st.lists(events, max_size=6)):
+        end = min(n, p + length)
+        edges += [p, end]
+        if kind == "nan":
+            x[p:end, c] = rng.choice([np.nan, np.inf, -np.inf])
+        elif kind == "flat":
+            x[p:end, c] = x[p, c]
+        elif kind == "sat":  # pinned at the extreme so far, or at a new one
+            seen = x[: p + 1, c][np.isfinite(x[: p + 1, c])]
+            x[p:end, c] = rng.choice([seen.max(), seen.min(), 99.0] if seen.size else [99.0])
+        elif kind == "gap":
+            order = order[(order < p) | (order >= p + min(length, 5))]
+        elif kind == "dup":
+            order = np.insert(order, int(np.searchsorted(order, p)), p)
+        elif kind == "jump":
+            ts[p:] += rng.choice([-3.0, -1.0, 0.0, 2.5, 10.0]) / FS
+        elif kind == "badts":
+            ts[p] = rng.choice([np.nan, np.inf])
+        elif kind == "back":
+            counter[p:] -= length
+        elif kind == "swap":  # counter out of order, timestamps in order
+            counter[[p, max(0, p - 1)]] = counter[[max(0, p - 1), p]]
+        else:
+            ts[p:] = ts[p] + (np.arange(n - p) / FS) * rng.choice([0.9, 1.1])
+    with_counter = draw(st.sampled_from(["yes", "no", "some chunks"]))
+    stream = Chunk(x[order], ts[order], None if with_counter == "no" else counter[order])
+    cuts = draw(st.lists(st.integers(1, max(1, stream.n - 1)), max_size=30))
+    cuts += draw(st.lists(st.sampled_from(edges), max_size=len(edges))) if edges else []
+    bounds = [0, *sorted({c for c in cuts if 0 < c < stream.n}), stream.n]
+    no_counter = set()  # starts of the chunks that come without their counter
+    if with_counter == "some chunks":  # the monitor takes that too
+        no_counter = {a for a in bounds[:-1] if draw(st.booleans())}
+    settings_ = {
+        "nonfinite": draw(st.sampled_from(["hold", "zero"])),
+        "flat_seconds": draw(st.sampled_from([0.003, 0.012, 0.03, 0.5])),
+        "saturation_seconds": draw(st.sampled_from([0.002, 0.008, 0.05])),
+        "recover_seconds": draw(st.sampled_from([0.001, 0.005, 0.1])),
+        "rate_window_seconds": 0.2,
+        "rate_check_seconds": 0.05,
+        "report_holdoff_seconds": draw(st.sampled_from([0.001, 0.02, 1.0])),
+    }
+    return stream, bounds, no_counter, settings_
+
+
+@settings(max_examples=300, deadline=None)
+@given(troubled_streams())
+def test_fast_path_agrees_with_the_exact_path(
+    case: tuple[Chunk, list[int], set[int], dict],
+) -> None:
+    stream, bounds, no_counter, kw = case
+    info = SourceInfo("amp", FS, ("a", "b", "c")[: stream.samples.shape[1]], "uV", "sim")
+    fast = InputMonitor(info, **kw)
+    exact = InputMonitor(info, fast_path=False, **kw)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        counter = None if stream.counter is None or a in no_counter else stream.counter[a:b]
+        chunk = Chunk(stream.samples[a:b], stream.timestamps[a:b], counter)
+        _agree(fast.check(chunk), exact.check(chunk))
+        _same_state(fast, exact)
+
+
+def _clean_chunks(n_chunks: int, size: int, nch: int, quantum: float, counter: bool) -> list:
+    rng = np.random.default_rng(3)
+    n = n_chunks * size
+    x = rng.normal(0.0, 5.0, size=(n, nch))
+    if quantum:
+        x = np.round(x / quantum) * quantum
+    ts, c = times(n), np.arange(n)
+    return [
+        Chunk(x[a : a + size], ts[a : a + size], c[a : a + size] if counter else None)
+        for a in range(0, n, size)
+    ]
+
+
+@pytest.mark.parametrize("counter", [True, False])
+@pytest.mark.parametrize(("size", "quantum"), [(20, 0.0), (20, 1.0), (1, 1.0), (400, 1.0)])
+def test_clean_chunks_never_reach_the_exact_path(
+    monkeypatch: pytest.MonkeyPatch, counter: bool, size: int, quantum: float
+) -> None:
+    """After the first chunk, clean chunks (repeated values included) take the fast path."""
+    chunks = _clean_chunks(40, size, 2, quantum, counter)
+    m, ref = InputMonitor(INFO), InputMonitor(INFO, fast_path=False)
+    _agree(m.check(chunks[0]), ref.check(chunks[0]))  # no previous sample: exact path
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the exact path was used")
+
+    for step in ("_fix_timestamps", "_drop_duplicates", "_check_order", "_check_values"):
+        monkeypatch.setattr(m, step, refuse)
+    for chunk in chunks[1:]:
+        r = m.check(chunk)
+        assert r.issues == () and not r.bad.any()
+        _agree(r, ref.check(chunk))
+    _same_state(m, ref)
+
+
+def test_repeats_up_to_the_flat_length_stay_on_the_fast_path() -> None:
+    """A run of repeats carried over chunks is counted exactly, then taken over by the
+    exact path once it may reach the flat length."""
+    n = 200
+    x = noise(n)
+    x[30:130, 1] = 1.5  # flat: the 99th repeat (flat length 100) is sample 129
+    x[150:175, 0] = 500.0  # pinned at a new maximum: the 24th repeat is sample 174
+    chunks = [Chunk(x[a : a + 10], times(n)[a : a + 10]) for a in range(0, n, 10)]
+    fast = InputMonitor(INFO, flat_seconds=0.1, saturation_seconds=0.025)
+    exact = InputMonitor(INFO, flat_seconds=0.1, saturation_seconds=0.025, fast_path=False)
+    issues = []
+    for chunk in chunks:
+        r = fast.check(chunk)
+        _agree(r, exact.check(chunk))
+        _same_state(fast, exact)
+        issues += r.issues
+    assert kinds(issues) == [
+        ("flat", "triceps", 129),
+        ("recovered", "triceps", 130),
+        ("saturated", "biceps", 174),
+        ("recovered", "biceps", 175),
+    ]
