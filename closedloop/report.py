@@ -240,20 +240,22 @@ def _stim_intervals(session: Any) -> dict[tuple[str, int], list[tuple[int, int, 
     return out
 
 
-def _stops(session: Any) -> tuple[list[Any], list[Any]]:
-    """Stop commands that switched a channel off while it was on (guard limits, safety
-    stops), and the channels whose last command leaves them on (``(muscle, channel,
-    command)``). The off-for-every-channel at the end of a session is not a warning."""
+def _stops(session: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """Stop commands that switched a channel off while it was on before the session's
+    end (guard limits, safety stops); those of the final all-off that switched a running
+    channel off (the session ended during stimulation); and the channels whose last
+    command leaves them on (``(muscle, channel, command)``)."""
+    last = _first_sample(session) + _n(session) - 1
     level: dict[tuple[str, int], Any] = {}
-    forced = []
+    forced, at_end = [], []
     for c in sorted(session.commands, key=lambda c: c.sample):
         key = (c.muscle, c.channel)
         prev = level.get(key)
         if c.phase == "stop" and prev is not None and prev.current_ma > 0:
-            forced.append(c)
+            (at_end if c.sample >= last - 1 else forced).append(c)
         level[key] = c
     left_on = [(k[0], k[1], c) for k, c in sorted(level.items()) if c.current_ma > 0]
-    return forced, left_on
+    return forced, at_end, left_on
 
 
 def _stim_stats(session: Any, intervals) -> list[_StimStats]:
@@ -309,6 +311,8 @@ def _img(b64: str, alt: str) -> str:
 
 
 def _envelope_figure(session, rc: _Recompute, intervals, recorded: list[Event]) -> str:
+    """Envelope per muscle. The vertical scale is set by the envelope outside stimulation
+    (artefacts are orders of magnitude larger than voluntary EMG and are clipped)."""
     fs = session.fs
     first = _first_sample(session)
     k = len(rc.muscles)
@@ -316,6 +320,14 @@ def _envelope_figure(session, rc: _Recompute, intervals, recorded: list[Event]) 
     axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
     n_bins = rc.env_max.shape[0]
     t = (np.arange(n_bins) * rc.bin_size + rc.bin_size / 2) / fs
+    stim_bins = np.zeros(n_bins, dtype=bool)
+    blank = int(round(_BLANK_AFTER_S * fs))
+    for spans in intervals.values():
+        for a, b, c in spans:
+            if c.current_ma > 0:
+                lo = max(0, (a - first) // rc.bin_size)
+                stim_bins[lo : (b - first + blank) // rc.bin_size + 1] = True
+    clipped = False
     for i, (ax, m) in enumerate(zip(axes, rc.muscles, strict=True)):
         ax.fill_between(t, rc.env_min[:, i], rc.env_max[:, i], color="0.3", lw=0.5,
                         label="envelope")
@@ -329,17 +341,23 @@ def _envelope_figure(session, rc: _Recompute, intervals, recorded: list[Event]) 
                 if c.current_ma > 0:
                     ax.axvspan((a - first) / fs, (b - first) / fs, color="tab:blue", alpha=0.15,
                                lw=0)
+        env = rc.env_max[:, i]
+        quiet = env[~stim_bins & np.isfinite(env)]
+        if not quiet.size:
+            quiet = env[np.isfinite(env)]
+        thr = rc.on_thr[:, i][np.isfinite(rc.on_thr[:, i])]
+        top = max(float(quiet.max()) if quiet.size else 0.0,
+                  float(thr.max()) * 1.5 if thr.size else 0.0) or 1.0
+        clipped |= bool(np.nanmax(env, initial=0.0) > top * 1.1)
         ons = [(e.sample - first) / fs for e in recorded if e.channel == m.name and e.kind == ONSET]
-        top = np.nanmax(rc.env_max[:, i]) if n_bins else 1.0
         if ons:
-            ax.plot(ons, np.full(len(ons), top * 1.02), "v", color="tab:green", ms=5,
+            ax.plot(ons, np.full(len(ons), top * 1.05), "v", color="tab:green", ms=5,
                     label="recorded onsets")
+        ax.set_ylim(0, top * 1.12)
         ax.set_ylabel(f"{m.name}\n({m.label})" if m.label != m.name else m.name)
-        finite = rc.env_max[:, i][np.isfinite(rc.env_max[:, i])]
-        if finite.size:
-            ax.set_ylim(0, max(float(np.percentile(finite, 99.5)) * 1.3, top * 0.2, 1e-12) * 1.05)
     axes[0].legend(loc="upper right", fontsize=7, ncol=4)
-    axes[-1].set_xlabel("time since the first recorded sample (s); blue: stimulation on")
+    axes[-1].set_xlabel("time since the first recorded sample (s); blue: stimulation on"
+                        + ("; stimulation artefacts clipped" if clipped else ""))
     return _png(fig)
 
 
@@ -559,9 +577,13 @@ def report_html(session: Any) -> str:
         ["file state", state],
     ]
     if session.commands:
-        left = _stops(session)[1]
-        facts.append(["stimulation at the end", "every channel off" if not left else
-                      "LEFT ON: " + ", ".join(f"{m} (channel {ch})" for m, ch, _ in left)])
+        _, at_end, left = _stops(session)
+        end_text = "every channel off" if not left else "LEFT ON: " + ", ".join(
+            f"{m} (channel {ch})" for m, ch, _ in left)
+        if at_end:
+            end_text += "; the session ended during stimulation of " + ", ".join(
+                f"{c.muscle} (channel {c.channel})" for c in at_end)
+        facts.append(["stimulation at the end", end_text])
     for k in ("patient", "operator", "session", "closedloop_version"):
         if k in meta:
             facts.append([k, str(meta[k])])
@@ -693,7 +715,7 @@ def report_html(session: Any) -> str:
             t = (_marker_sample(session, m) - first) / fs
             warnings.append([m.label, f"{t:.2f}", _marker_sample(session, m),
                              "; ".join(x for x in (msg, rest) if x)])
-    forced, left_on = _stops(session)
+    forced, _, left_on = _stops(session)
     for c in forced:
         warnings.append(["stop command", f"{(c.sample - first) / fs:.2f}", c.sample,
                          f"{c.muscle} (channel {c.channel}) was on and was switched off by a "

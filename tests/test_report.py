@@ -224,3 +224,13 @@ def test_main_loads_the_recording(session, monkeypatch, tmp_path):
     out = tmp_path / "out.html"
     assert report.main(Namespace(input=str(tmp_path / "session.xdf"), out=str(out))) == 0
     assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 5
+
+
+def test_the_final_all_off_during_stimulation_is_a_fact_not_a_warning(session, tmp_path):
+    on = next(c for c in session.commands if c.current_ma > 0)
+    end = replace(on, current_ma=0.0, sample=session.n - 1, phase="stop")
+    page = report.build_report(replace(session, commands=[on, end], markers=[]),
+                               tmp_path / "r.html").read_text(encoding="utf-8")
+    assert ("every channel off; the session ended during stimulation of triceps (channel 2)"
+            in page)
+    assert "<td>stop command</td>" not in page
