@@ -79,7 +79,7 @@ class Schedule:
     discard_s: float = 0.5
     top_s: float = 1.0
     min_mvc_sd: float = 5.0
-    max_rest_cv: float = 1.0
+    max_rest_cv: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.rest_s > self.discard_s + 0.5):
