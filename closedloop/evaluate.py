@@ -732,8 +732,9 @@ def format_table(rows: Sequence[Row]) -> str:
                 f"{r.n_detected:6d} {r.minutes:6.2f}"
             )
         lines.append("")
-    lines.append("sens = hits / ref; false = onsets matching no reference; latency in ms = "
-                 "(decision sample - reference sample) / fs; '-' = not scored")
+    lines.append("sens = hits / ref; false = onsets matching no reference (fused onsets for "
+                 "'any channel' references); latency in ms = (decision sample - reference "
+                 "sample) / fs; onsets = all onsets on all channels; '-' = not scored")
     lines.extend(f"  {k}: {v}" for k, v in notes.items())
     return "\n".join(lines)
 
