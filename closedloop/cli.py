@@ -66,6 +66,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="compare derived events and commands with the recorded ones; exit 8 on a difference")
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(module="closedloop.replay")
+    ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
+    ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")
+    ev.add_argument("--detector", action="append", dest="detectors",
+                    help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)")
+    ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel)")
+    ev.add_argument("--fs", type=float, help="sampling rate of text inputs")
+    ev.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--simulate", help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
+    ev.add_argument("--minutes", type=float, default=5.0)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(module="closedloop.evaluate")
+
+    rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
+    rep.add_argument("input", metavar="FILE.xdf")
+    rep.add_argument("--out", help="HTML file (default: FILE.html)")
+    rep.set_defaults(module="closedloop.report")
     return p
 
 
