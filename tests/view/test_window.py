@@ -1,0 +1,204 @@
+"""The live window, offscreen, against LSL streams shaped like a running session's.
+
+A :class:`~closedloop.view.app.DemoSession` publishes through the real
+:class:`~closedloop.io.outlets.SessionOutlets` from a feeder thread (simulated EMG, the
+pipeline's envelope/thresholds/events, stimulation commands, trial markers).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from closedloop.view.app import DemoSession
+from closedloop.view.control import ControlInlet, ControlOutlet, decode_command
+from closedloop.view.lsl_client import CONNECTED, LOST, SessionClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def demo():
+    d = DemoSession(unique("viewtest"), n_channels=3, response_window_s=1.5).start()
+    yield d
+    d.close()
+
+
+def wait_for(cond, timeout: float, qtbot=None) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        if qtbot is not None:
+            qtbot.wait(50)
+        else:
+            time.sleep(0.05)
+    return cond()
+
+
+def test_client_sees_every_stream(demo):
+    with SessionClient(demo.session_name, window_s=5.0) as client:
+        assert client.wait_connected(10.0)
+        assert wait_for(lambda: client.snapshot().trial.hits + client.snapshot().trial.misses
+                        >= 1, 15.0)
+        s = client.snapshot()
+    assert s.status == CONNECTED and s.session == demo.session_name
+    assert s.channels == demo.muscles and s.fs == demo.fs
+    assert s.emg.shape[1] == 3 and s.env.shape[1] == 3 and s.emg.shape[0] > 1000
+    assert np.all(np.diff(s.emg_t) > 0)
+    assert s.thr_on.shape[1] == 3 and np.isfinite(s.thr_on[-1]).all()
+    assert s.config is not None and s.trial.n_trials == demo.n_trials
+    assert s.trial.trial >= 0
+    assert set(s.quality) == set(demo.muscles)
+    assert all(q.status == "ok" for q in s.quality.values()), s.quality
+
+
+def test_window_draws_moves_and_stop_reaches_the_loop(qtbot, demo, tmp_path):
+    from closedloop.view.window import SessionWindow
+
+    stops = []
+    client = SessionClient(demo.session_name, window_s=5.0)
+    win = SessionWindow(client, on_stop=lambda: stops.append(time.monotonic()))
+    qtbot.addWidget(win)
+    win.show()
+    loop_side = ControlInlet(demo.session_name)  # what the session's loop owns
+    try:
+        assert client.wait_connected(10.0)
+        assert wait_for(lambda: len(win.rows) == 3 and win.curve_data(0)["emg"][0].size > 100,
+                        10.0, qtbot)
+        first = win.curve_data(0)
+        ticks = win.ticks
+        assert wait_for(lambda: win.ticks >= ticks + 3, 5.0, qtbot)
+        second = win.curve_data(0)
+        # the traces moved: new samples arrived and were drawn
+        assert first["emg"][1].shape != second["emg"][1].shape or not np.array_equal(
+            first["emg"][1], second["emg"][1]
+        )
+        assert not np.array_equal(first["env"][1], second["env"][1])
+        # thresholds appear once the adaptive baseline has warmed up
+        assert wait_for(lambda: np.isfinite(win.curve_data(0)["on"][1]).any(), 10.0, qtbot)
+        assert np.isfinite(win.curve_data(0)["off"][1]).any()
+        # every channel's lane is drawn
+        for k in range(3):
+            assert np.isfinite(win.curve_data(k)["emg"][1]).sum() > 100
+        assert win.cue_label.text() and "trial" in win.trial_label.text()
+
+        assert loop_side.wait_connected(10.0)
+        assert wait_for(lambda: win.control.has_listener(), 5.0, qtbot)
+        assert "listening" in win.link_label.text()
+        qtbot.mouseClick(win.stop_button, __import__("PySide6").QtCore.Qt.MouseButton.LeftButton)
+        assert len(stops) == 1  # in-process callback ran at once
+        got: list[str] = []
+        assert wait_for(lambda: bool(got.extend(loop_side.poll()) or got), 3.0, qtbot)
+        assert got[0] == "stop"
+        assert "STOP pressed" in win.statusBar().currentMessage()
+        # the demo session's own control inlet stopped its stimulation too
+        assert wait_for(lambda: demo.stim_stopped.is_set(), 5.0, qtbot)
+        png = win.save_png(tmp_path / "w.png")
+        assert png.stat().st_size > 10_000
+    finally:
+        loop_side.close()
+        win.close()
+
+
+def test_stop_with_nothing_connected_says_so(qtbot):
+    from closedloop.view.window import SessionWindow
+
+    client = SessionClient(unique("nobody"), window_s=5.0)
+    win = SessionWindow(client, control=None)
+    qtbot.addWidget(win)
+    win.press_stop()
+    assert "nothing received the stop" in win.statusBar().currentMessage()
+    assert "stimulator" in win.statusBar().currentMessage()
+    win.close()
+
+
+def test_failing_on_stop_is_shown_and_lsl_stop_still_sent(qtbot):
+    from closedloop.view.window import SessionWindow
+
+    name = unique("failstop")
+
+    def broken():
+        raise RuntimeError("loop gone")
+
+    with ControlInlet(name) as inlet:
+        client = SessionClient(name, window_s=5.0)
+        win = SessionWindow(client, on_stop=broken)  # control created from the name
+        qtbot.addWidget(win)
+        assert inlet.wait_connected(10.0)
+        assert wait_for(lambda: win.control.has_listener(), 5.0, qtbot)
+        win.press_stop()
+        msg = win.statusBar().currentMessage()
+        assert "FAILED: loop gone" in msg and f"stop sent to {name}" in msg
+        got: list[str] = []
+        assert wait_for(lambda: bool(got.extend(inlet.poll()) or got), 3.0, qtbot)
+        assert "stop" in got
+        win.close()
+
+
+def test_control_decoding_and_repeats():
+    assert decode_command('{"seq": 0, "command": "stop"}') == "stop"
+    assert decode_command(" STOP ") == "stop"
+    assert decode_command('{"command": "start"}') is None
+    assert decode_command("{not json") is None
+    name = unique("repeat")
+    with ControlInlet(name) as inlet, ControlOutlet(name, repeat_s=1.0,
+                                                     repeat_every_s=0.1) as out:
+        assert inlet.wait_connected(10.0)
+        assert wait_for(out.has_listener, 5.0)
+        t0 = time.monotonic()
+        out.stop()
+        for k in range(1, 20):
+            out.tick(t0 + 0.05 * k)
+        assert out.sent >= 8
+        got: list[str] = []
+        assert wait_for(lambda: len(got.extend(inlet.poll()) or got) >= out.sent, 3.0)
+        assert set(got) == {"stop"}
+        t = time.perf_counter()
+        inlet.poll()
+        assert time.perf_counter() - t < 0.01  # never blocks the loop
+
+
+def test_client_reports_a_lost_session(demo):
+    with SessionClient(demo.session_name, window_s=5.0) as client:
+        assert client.wait_connected(10.0)
+        demo.close()
+        assert wait_for(lambda: client.snapshot().status == LOST, 10.0)
+        assert "ended" in client.snapshot().message
+
+
+def test_view_app_writes_a_screenshot_in_a_subprocess(demo, tmp_path):
+    shot = tmp_path / "view.png"
+    code = (
+        "import sys; from closedloop.view.app import run_view; "
+        f"sys.exit(run_view({demo.session_name!r}, screenshot={str(shot)!r}, "
+        "screenshot_after_s=2.0, window_s=5.0))"
+    )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.is_file()
+    from PySide6 import QtGui
+
+    img = QtGui.QImage(str(shot))
+    assert img.width() >= 800 and img.height() >= 500
+    # non-blank: many distinct colours (traces, STOP button, text)
+    step = 7
+    colours = {img.pixel(x, y) for x in range(0, img.width(), step)
+               for y in range(0, img.height(), step)}
+    assert len(colours) > 20
