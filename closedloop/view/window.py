@@ -428,7 +428,12 @@ class SessionWindow(QtWidgets.QMainWindow):
         self.hits_label.setText(f"hits {tr.hits}")
         self.misses_label.setText(f"misses {tr.misses}")
         left = tr.time_left(snap.now) if math.isfinite(snap.now) else None
-        self.time_label.setText("time left -" if left is None else f"time left {left:.1f} s")
+        if left is None:
+            self.time_label.setText("time left -")
+        elif left >= 60.0:
+            self.time_label.setText(f"time left {int(left // 60)}:{int(left % 60):02d} min")
+        else:
+            self.time_label.setText(f"time left {left:.1f} s")
         if not self._stop_message and math.isfinite(self.fps):
             self.statusBar().showMessage(f"{snap.samples} samples, {self.fps:.0f} frames/s")
 
