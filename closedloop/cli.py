@@ -83,6 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("input", metavar="FILE.xdf")
     rep.add_argument("--out", help="HTML file (default: FILE.html)")
     rep.set_defaults(module="closedloop.report")
+    v = sub.add_parser("view", help="live view of a running session (subscribes to its LSL streams)")
+    v.add_argument("--session", help="session name (default: the first one found)")
+    v.add_argument("--screenshot", help="save the window to this PNG after a few seconds")
+    v.add_argument("--duration", type=float, help="close after this many seconds")
+    v.add_argument("--demo", type=int, help="start a simulated session with N muscles and view it")
+    v.set_defaults(module="closedloop.view.app")
+
+    c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
+    c.add_argument("--config", required=True)
+    c.add_argument("--source", help="source spec (default: the config's)")
+    c.add_argument("--out", required=True, help="patient config TOML to write")
+    c.add_argument("--rest-s", type=float, default=5.0)
+    c.add_argument("--mvc-reps", type=int, default=3)
+    c.add_argument("--mvc-s", type=float, default=3.0)
+    c.add_argument("--no-gui", action="store_true")
+    c.add_argument("--yes", action="store_true", help="confirm the stimulation limits without asking")
+    c.set_defaults(module="closedloop.calibrate")
     return p
 
 
