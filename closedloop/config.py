@@ -16,6 +16,7 @@ Layout::
     [filters]   bandpass_hz, order, notch_hz, notch_harmonics, notch_q
     [envelope]  kind, window_ms, cutoff_hz
     [detector]  k_on, off_fraction, mvc_fraction, min_on_ms, min_off_ms, ...
+    [artifacts] blank_ms, comb, comb_pulses (stimulation artifacts); hum_db, ... (mains hum)
     [[muscles]] name, channel, antagonist, placement, picture,
                 [muscles.stim], [muscles.limits], [muscles.calibration]
     [protocol]  kind, agonist, antagonist, ...        (stimulation configs)
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from closedloop.core.blanking import ArtifactSettings
 from closedloop.core.settings import (
     Calibration,
     DetectorSettings,
@@ -119,6 +121,7 @@ class Config:
     filters: FilterSettings = field(default_factory=FilterSettings)
     envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    artifacts: ArtifactSettings = field(default_factory=ArtifactSettings)
     muscles: tuple[MuscleConfig, ...] = ()
     protocol: Any = None  # closedloop.stim.settings.ProtocolSettings
     safety: Any = None  # closedloop.stim.settings.SafetySettings
@@ -204,6 +207,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
     filters = FilterSettings.from_table(top.table("filters", {}))
     envelope = EnvelopeSettings.from_table(top.table("envelope", {}))
     detector = DetectorSettings.from_table(top.table("detector", {}))
+    artifacts = ArtifactSettings.from_table(top.table("artifacts", {}))
     mtables = top.tables("muscles")
     if not mtables:
         raise ConfigError(f"{source}: muscles is empty; add at least one [[muscles]] table")
@@ -261,6 +265,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
         filters=filters,
         envelope=envelope,
         detector=detector,
+        artifacts=artifacts,
         muscles=muscles,
         protocol=protocol,
         safety=safety,

@@ -2,7 +2,10 @@
 
 ``Pipeline.process(samples, timestamps)`` is what every caller uses: the live loop, the
 offline ``detect`` command, replay and the evaluation tools, so they all make the same
-decisions from the same samples.
+decisions from the same samples. With an :class:`~closedloop.core.blanking.ArtifactRemover`
+(the live loop and replay, which know the stimulation), stimulation pulses are blanked
+in the raw samples before the filters and the pulse-locked residual is cancelled after
+them.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import signal
 
+from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.detector import OnsetDetector
 from closedloop.core.envelope import Envelope
 from closedloop.core.events import Block
@@ -36,6 +41,9 @@ class Pipeline:
         Defaults apply when omitted.
     calibrations : sequence of Calibration or None, optional
         Per-channel calibrations (fixed thresholds for those channels).
+    artifacts : ArtifactRemover, optional
+        Stimulation-artifact removal around the filters (its schedule is fed by the
+        caller, :meth:`ArtifactRemover.command`).
     """
 
     def __init__(
@@ -46,6 +54,7 @@ class Pipeline:
         envelope: EnvelopeSettings | None = None,
         detector: DetectorSettings | None = None,
         calibrations: Sequence[Calibration | None] | None = None,
+        artifacts: ArtifactRemover | None = None,
     ) -> None:
         self.fs = float(fs)
         self.channels = tuple(channels)
@@ -56,6 +65,19 @@ class Pipeline:
         self.filters = FilterBank(self.filter_settings, self.fs, n)
         self.envelope = Envelope(self.envelope_settings, self.fs, n)
         self.detector = OnsetDetector(self.detector_settings, self.fs, self.channels, calibrations)
+        self.artifacts = artifacts
+
+    def restart_channel(self, channel: int, level: float) -> None:
+        """Restart one channel's filters as if its input had always been ``level``.
+
+        For a channel that comes back after a flat, saturated or humming stretch: the
+        step from that stretch back to EMG would otherwise ring in the band-pass and
+        the mains notch (whose ring lasts ~Q / (pi f0), 0.2 s at Q 30) like a burst of
+        activity. Called between chunks, at a sample the caller chose on the sample
+        clock, it keeps the pipeline chunk-invariant.
+        """
+        sos = self.filters._filter
+        sos.zi[channel] = signal.sosfilt_zi(sos.sos) * float(level)
 
     @property
     def position(self) -> int:
@@ -77,7 +99,11 @@ class Pipeline:
         if timestamps is None:
             timestamps = (start + np.arange(n)) / self.fs
         x = np.array(samples.T, dtype=np.float64, order="C")  # channel-major working copy
+        if self.artifacts is not None:
+            self.artifacts.blank_inplace(x, start)
         filtered = self.filters.process_inplace(x)
+        if self.artifacts is not None:
+            self.artifacts.comb_inplace(filtered, start)
         env = self.envelope.process_inplace(filtered)
         above, events = self.detector.process(env, timestamps)
         return Block(

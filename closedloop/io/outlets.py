@@ -190,6 +190,8 @@ def decode_command(text: str) -> tuple[int, StimCommand]:
             kw[f.name] = str(v)
         elif f.name in ("channel", "sample"):
             kw[f.name] = int(v)
+        elif f.name == "effective_sample":  # absent in recordings made before it existed
+            kw[f.name] = -1 if v is None else int(v)
         else:
             kw[f.name] = _float(v)
     return int(d["seq"]), StimCommand(**kw)

@@ -34,6 +34,11 @@ class StimCommand:
         Wall-clock (``time.perf_counter``) times at which the causing sample arrived and
         at which the command was handed to the driver; NaN when not measured (replay).
         Used only to measure latency, never to decide anything.
+    effective_sample : int
+        The sample from which the output is taken to run (the live loop: the first
+        sample after the block in which the command was decided, where the simulated
+        stimulator starts its pulses); artifact blanking uses it, and a replay reuses the
+        recorded value. -1 when not set (commands not yet handed over, old recordings).
     """
 
     muscle: str
@@ -46,6 +51,7 @@ class StimCommand:
     phase: str
     arrival_wall: float = math.nan
     handed_wall: float = math.nan
+    effective_sample: int = -1
 
     @property
     def is_on(self) -> bool:
@@ -62,7 +68,8 @@ class StimCommand:
         return replace(self, current_ma=0.0, phase=phase)
 
     def decision_key(self) -> tuple:
-        """The fields that replay compares (everything but wall-clock latency stamps)."""
+        """The fields that replay compares (not the wall-clock latency stamps, nor the
+        effective sample, which a replay takes from the recording)."""
         return (
             self.muscle,
             self.channel,

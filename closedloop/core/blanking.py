@@ -1,0 +1,310 @@
+"""Stimulation artifacts out of the EMG: blank every pulse, then cancel what is left.
+
+Electrical stimulation puts a large artifact on every EMG channel at each pulse (the
+stimulated muscle's own channel most, the others by cross-talk) and an M-wave on the
+stimulated muscle's channel for ~10 ms after it. Left in, they would trigger the
+detector on every channel and hide the patient's own (voluntary) EMG. Two stages, both
+causal, pure and chunk-invariant to the bit:
+
+1. **Blanking** (raw samples, before filtering): from each pulse, ``blank_ms`` of samples
+   on every channel are replaced by the channel's level just before the pulse
+   (sample-and-hold) with the mains hum carried on through the stretch (see
+   :meth:`ArtifactRemover.blank_inplace`), so the band-pass never sees the artifact or
+   the M-wave, and the end of the stretch leaves no step to ring on.
+2. **Comb** (filtered samples, while a channel's muscle is stimulated): what remains
+   locked to the pulses (M-wave tail, the filter's response to the held stretch) is
+   estimated as a template, one value per sample offset after a pulse, averaged over
+   recent pulses (exponential average with weight ``1 / comb_pulses``), and subtracted.
+   Voluntary EMG is not locked to the pulses, so it stays; subtracting the averaged
+   template adds the template's own noise (a power factor ``2 / (2 - a)`` for weight
+   ``a``), which the output is scaled down by, so voluntary EMG keeps its level.
+
+Pulse times come from the commands that passed the safety guard, on the sample clock:
+a command takes effect at its **effective sample** (see
+:attr:`closedloop.stim.commands.StimCommand.effective_sample`; the live loop uses the
+first sample after the block in which it was decided, which is where the simulated
+stimulator starts its pulses) and a channel that is on pulses at
+``anchor + k * fs / frequency`` (k = 0, 1, ...) until a command switches it off, with the
+anchor rules of :class:`~closedloop.stim.sim.SimStimulator`: switching on sets the anchor
+to the effective sample, a change of level keeps it, a change of frequency moves it to
+the first pulse of the old grid at or after the change. A pulse at fractional position
+``p`` is blanked from sample ``floor(p)`` for ``blank_ms`` plus one sample (so the
+artifact, which the amplifier smears over two samples, is covered whichever way ``p``
+rounds). A command must be given before any sample at or after its effective sample is
+processed. With a real stimulator the device's own pulse clock decides the exact pulse
+times, which the commands only approximate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from closedloop.validate import Table
+
+
+@dataclass(frozen=True)
+class ArtifactSettings:
+    """``[artifacts]``: stimulation-artifact removal and the mains-hum check.
+
+    Attributes
+    ----------
+    blank_ms : float
+        Samples blanked after every pulse (0 disables blanking and the comb).
+    comb : bool
+        Cancel the residual pulse-locked component on a stimulated muscle's channel.
+    comb_pulses : int
+        Averaging length of the comb's template, in pulses.
+    hum_db : float
+        A channel whose mains-band power exceeds the rest of its EMG band by more than
+        this many dB (over a block of ``hum_block_ms``) is hum-dominated: its detector is
+        suspended. 0 disables the check. 30 dB (the hum carries 99.9 % of the band's
+        power) is far above a usable recording (the simulated patient's default hum is
+        ~10 dB above its noise at rest) and far below a loose electrode (40-60 dB).
+    hum_block_ms : float
+        Length of the blocks the hum check judges (rounded to whole mains periods).
+    hum_recover_s : float
+        A hum-dominated channel resumes after this long of blocks below the limit.
+    """
+
+    blank_ms: float = 15.0
+    comb: bool = True
+    comb_pulses: int = 8
+    hum_db: float = 30.0
+    hum_block_ms: float = 200.0
+    hum_recover_s: float = 1.0
+
+    @classmethod
+    def from_table(cls, t: Table) -> ArtifactSettings:
+        out = cls(
+            blank_ms=t.float("blank_ms", cls.blank_ms, lo=0.0, hi=50.0),
+            comb=t.bool("comb", cls.comb),
+            comb_pulses=t.int("comb_pulses", cls.comb_pulses, lo=1, hi=1000),
+            hum_db=t.float("hum_db", cls.hum_db, lo=0.0, hi=80.0),
+            hum_block_ms=t.float("hum_block_ms", cls.hum_block_ms, lo=50.0, hi=2000.0),
+            hum_recover_s=t.float("hum_recover_s", cls.hum_recover_s, lo=0.0, hi=60.0),
+        )
+        t.finish()
+        return out
+
+
+@dataclass
+class PulseTrain:
+    """One stimulator channel's pulses at one frequency, in samples.
+
+    Pulses at ``anchor + k * period`` for integer k, from sample ``start`` (inclusive)
+    to ``end`` (exclusive; ``inf`` while the channel is on).
+    """
+
+    channel: int
+    column: int  # pipeline column of the stimulated muscle (-1: not an EMG channel)
+    start: int
+    anchor: float
+    period: float
+    end: float = math.inf
+    template: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def k_range(self, lo: float, hi: float) -> range:
+        """Indices k of the pulses with ``lo <= floor(anchor + k * period) < hi``."""
+        lo, hi = max(lo, self.start), min(hi, self.end)
+        if not lo < hi:
+            return range(0)
+        return range(self._first_at(lo), self._first_at(hi))
+
+    def _first_at(self, t: float) -> int:
+        """The first k >= 0 with ``pulse(k) >= t`` (pulse() is non-decreasing in k)."""
+        k = max(0, math.ceil((t - self.anchor) / self.period) - 1)
+        while self.pulse(k) < t:
+            k += 1
+        while k > 0 and self.pulse(k - 1) >= t:
+            k -= 1
+        return k
+
+    def pulse(self, k: int) -> int:
+        """First sample blanked for pulse ``k`` (the same formula at every call)."""
+        return math.floor(self.anchor + k * self.period)
+
+
+#: Weight of one mains period in the hum average of the blanking stage.
+_HUM_WEIGHT = 1.0 / 16.0
+#: The fill joins the mean of this long of samples before a blanked stretch, s.
+_OFFSET_S = 0.005
+
+
+def mains_period(fs: float, mains_hz: float) -> int:
+    """Samples in the shortest whole number of mains cycles (up to 10) that is a whole
+    number of samples to within 1 %; 0 without a mains frequency.
+
+    50 Hz at 2000 Hz: 40 (one cycle); 60 Hz at 2000 Hz: 100 (three cycles).
+    """
+    if not mains_hz > 0:
+        return 0
+    for cycles in range(1, 11):
+        m = cycles * fs / mains_hz
+        if abs(m - round(m)) < 0.01:
+            return int(round(m))
+    return int(round(fs / mains_hz))
+
+
+class ArtifactRemover:
+    """Blanking and comb for the pipeline's channels; see the module docstring.
+
+    Parameters
+    ----------
+    settings : ArtifactSettings
+    fs : float
+        Sampling rate, Hz.
+    channels : sequence of str
+        The pipeline's channel (muscle) names, in column order.
+    mains_hz : float
+        Mains frequency whose hum the blanking carries on (0: plain sample-and-hold).
+    """
+
+    def __init__(self, settings: ArtifactSettings, fs: float, channels: Sequence[str],
+                 mains_hz: float = 0.0) -> None:
+        self.settings = settings
+        self.fs = float(fs)
+        self.channels = tuple(channels)
+        self.mains_period = mains_period(self.fs, mains_hz)
+        self.enabled = settings.blank_ms > 0
+        self.width = int(math.ceil(settings.blank_ms * self.fs / 1000.0 - 1e-9)) + 1
+        self._alpha = 1.0 / settings.comb_pulses
+        self._gain = math.sqrt((2.0 - self._alpha) / 2.0)
+        self._trains: list[PulseTrain] = []
+        self._open: dict[int, PulseTrain] = {}
+        nch = len(self.channels)
+        self._hum = np.zeros((nch, max(self.mains_period, 1)))  # raw signal by mains phase
+        self._resid = np.zeros((nch, max(1, round(_OFFSET_S * self.fs))))  # x - template
+        self._offset = np.zeros(nch)  # fill = hum template + offset
+        self._started = False
+        self._last_blanked = False
+        self._latest = 0  # latest effective sample seen (commands must come in order)
+
+    # -- the schedule -----------------------------------------------------------------------
+    def command(self, muscle: str, channel: int, on: bool, frequency_hz: float,
+                effective_sample: int) -> None:
+        """A stimulator channel changes at ``effective_sample`` (see the module docstring).
+
+        Raises
+        ------
+        ValueError
+            If effective samples go back in time.
+        """
+        if not self.enabled:
+            return
+        e = int(effective_sample)
+        if e < self._latest:
+            raise ValueError(f"artifact schedule: effective sample {e} is before {self._latest}")
+        self._latest = e
+        old = self._open.get(channel)
+        on = on and frequency_hz > 0
+        period = self.fs / frequency_hz if on else 0.0
+        if old is not None and on and old.period == period:
+            return  # a new level on the same pulse grid
+        anchor = float(e)
+        if old is not None:
+            old.end = e
+            del self._open[channel]
+            if on:  # new frequency: first pulse of the old grid at or after the change
+                anchor = old.anchor + math.ceil((e - old.anchor) / old.period - 1e-9) * old.period
+        if on:
+            col = self.channels.index(muscle) if muscle in self.channels else -1
+            train = PulseTrain(channel, col, e, anchor, period,
+                               template=np.zeros(int(math.ceil(period)) + 2))
+            self._trains.append(train)
+            self._open[channel] = train
+
+    def pulses(self, start: int, stop: int) -> list[int]:
+        """First blanked sample of every pulse with one in ``[start, stop)``, sorted."""
+        out = []
+        for tr in self._trains:
+            out += [tr.pulse(k) for k in tr.k_range(start, stop)]
+        return sorted(out)
+
+    def blank_mask(self, start: int, n: int) -> np.ndarray:
+        """Samples ``start .. start + n - 1`` that are blanked (a pure query)."""
+        mask = np.zeros(n, dtype=bool)
+        if not self._trains or n == 0:
+            return mask
+        for p in self.pulses(start - self.width + 1, start + n):
+            mask[max(p - start, 0) : max(p + self.width - start, 0)] = True
+        return mask
+
+    # -- the two stages ---------------------------------------------------------------------
+    def blank_inplace(self, x: np.ndarray, start: int) -> np.ndarray:
+        """Stage 1 on raw ``x`` (n_channels, n), in place: fill every blanked stretch.
+
+        A blanked sample is held at the level just before its stretch (sample-and-hold,
+        the level being the mean over the last 5 ms, so one sample's noise does not
+        offset the whole stretch), with the mains hum carried on: the hum is read from
+        a per-phase average of the raw signal over past mains periods (exponential,
+        weight 1/16, updated only from samples that are not blanked). Plain hold would
+        freeze the hum for the whole stretch and leave a step at its end, which the
+        band-pass turns into a transient at every pulse. Without a mains frequency the
+        level is held as it is.
+        """
+        n = x.shape[1]
+        if n == 0 or not self.enabled:
+            return x
+        self._forget(start)
+        if not self._started:
+            self._hum[:] = x[:, :1]
+            self._started = True
+        mask = self.blank_mask(start, n)
+        p = self._hum.shape[1]
+        cuts = set(range(-(-start // p) * p - start, n, p))  # mains-period boundaries
+        if mask.any():
+            cuts |= {int(i) for i in np.flatnonzero(mask[1:] != mask[:-1]) + 1}
+        bounds = sorted({0, n, *(c for c in cuts if 0 < c < n)})
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # in order, as one pass
+            ph0 = (start + a) % p
+            phase = slice(ph0, ph0 + b - a)  # a piece never crosses a period boundary
+            if mask[a]:
+                if not self._last_blanked:  # a stretch starts: join the samples before it
+                    self._offset = self._resid.mean(axis=1)
+                x[:, a:b] = self._hum[:, phase] + self._offset[:, None]
+            else:
+                d = x[:, a:b] - self._hum[:, phase]
+                if self.mains_period:
+                    self._hum[:, phase] += _HUM_WEIGHT * d
+                k = self._resid.shape[1]
+                self._resid = np.concatenate((self._resid, d), axis=1)[:, -k:]
+            self._last_blanked = bool(mask[a])
+        return x
+
+    def comb_inplace(self, y: np.ndarray, start: int) -> np.ndarray:
+        """Stage 2 on filtered ``y`` (n_channels, n), in place, on stimulated channels."""
+        if not (self.enabled and self.settings.comb) or y.shape[1] == 0:
+            return y
+        stop = start + y.shape[1]
+        a, g = self._alpha, self._gain
+        for tr in self._trains:
+            if tr.column < 0:
+                continue
+            row = y[tr.column]
+            # every pulse whose period (to the next pulse) overlaps the chunk
+            for k in tr.k_range(start - tr.period - 1, stop):
+                p0 = tr.pulse(k)
+                p1 = tr.pulse(k + 1)
+                lo, hi = max(p0, start), min(p1, stop)
+                if lo >= hi:
+                    continue
+                d0, d1 = lo - p0, hi - p0
+                seg = row[lo - start : hi - start]
+                tmpl = tr.template[d0:d1]
+                resid = seg - tmpl
+                tmpl += a * resid
+                seg[:] = g * resid
+        return y
+
+    def _forget(self, position: int) -> None:
+        """Drop trains whose last pulse and comb period end before ``position``."""
+        keep = [t for t in self._trains if t.end + t.period + self.width + 2 > position]
+        if len(keep) != len(self._trains):
+            self._trains = keep
+
+
+__all__ = ["ArtifactRemover", "ArtifactSettings", "PulseTrain"]
