@@ -7,16 +7,27 @@ compares the events and stimulation commands it derives with the ones the record
 holds and exits non-zero at the first difference, which it prints. A recording replayed
 with its own config (the default: the config stored in the file) must match exactly,
 whatever the chunk sizes, because every stage decides on the sample clock.
+
+Stimulation artifacts are blanked from the sample at which each command took effect
+live, which depends on the live chunking; the recording holds it
+(:attr:`~closedloop.stim.commands.StimCommand.effective_sample`), so a replay takes it
+from there and cuts its chunks at those samples (no sample at or after one is processed
+before the command is known, as live). A recording made before effective samples were
+recorded was made without blanking, and is replayed without it.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
+
+import numpy as np
 
 from closedloop.config import default_config, load_config, loads_config
 from closedloop.errors import ConfigError, InputError
 from closedloop.runtime.loop import LoopOptions, run_loop
+from closedloop.sources.base import Chunk, Source
 
 EXIT_MISMATCH = 8
 
@@ -29,7 +40,7 @@ def first_difference(recorded: list, derived: list, key, what: str) -> str | Non
     """A sentence describing the first difference between two sequences, or None."""
     a = [key(x) for x in recorded]
     b = [key(x) for x in derived]
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return f"{what} #{i} differs: recorded {x}, replay {y}"
     if len(a) != len(b):
@@ -56,7 +67,13 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     else:
         config = default_config(session.channels)
     stim = SimStimulator() if config.stimulates else None
-    source = ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session)
+    live = [c for c in session.commands if c.effective_sample >= 0]
+    if session.commands and not live:  # recorded before blanking existed
+        config = replace(config, artifacts=replace(config.artifacts, blank_ms=0.0))
+    source = SplitSource(
+        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session),
+        sorted({c.effective_sample for c in live}),
+    )
     with source:
         if stim is not None:
             stim.open()
@@ -66,12 +83,83 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
                 def status(_line: str) -> None:
                     progress(source.position, session.n)
             out = run_loop(config, source, stim,
-                           options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05, status_every_s=0.25),
-                           status=status)
+                           options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05,
+                                               status_every_s=0.25),
+                           status=status, effective_sample=RecordedEffect(live))
         finally:
             if stim is not None:
                 stim.close()
     return session, config, out
+
+
+class RecordedEffect:
+    """Where each replayed command takes effect: where the recorded one did.
+
+    Called in command order with each derived command; while the derived commands match
+    the recorded ones (by :meth:`~closedloop.stim.commands.StimCommand.decision_key`)
+    it returns the recorded effective sample, after a mismatch (which ``--check``
+    reports) the end of the chunk, as live.
+    """
+
+    def __init__(self, recorded) -> None:
+        self._recorded = list(recorded)
+        self._next = 0
+
+    def __call__(self, command, chunk_stop: int) -> int:
+        i = self._next
+        if i < len(self._recorded) and self._recorded[i].decision_key() == command.decision_key():
+            self._next += 1
+            return max(self._recorded[i].effective_sample, chunk_stop)
+        self._next = len(self._recorded)  # out of step: stop matching
+        return chunk_stop
+
+
+class SplitSource(Source):
+    """A source whose chunks are also cut at the given sample indices (0-based, counted
+    from its first sample); everything else is the wrapped source's."""
+
+    def __init__(self, source: Source, cuts) -> None:
+        super().__init__()
+        self.source = source
+        self._cuts = np.asarray(sorted(cuts), dtype=np.int64)
+        self._pending: Chunk | None = None
+        self._position = 0
+
+    @property
+    def info(self):
+        return self.source.info
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pending is None and bool(getattr(self.source, "exhausted", False))
+
+    def open(self) -> None:
+        self.source.open()
+        super().open()
+
+    def close(self) -> None:
+        self.source.close()
+        super().close()
+
+    def read(self, timeout: float) -> Chunk | None:
+        chunk, self._pending = self._pending, None
+        if chunk is None:
+            chunk = self.source.read(timeout)
+            if chunk is None:
+                return None
+        start = self._position
+        inside = self._cuts[(self._cuts > start) & (self._cuts < start + chunk.n)]
+        if inside.size:
+            k = int(inside[0] - start)
+            self._pending = _part(chunk, k, chunk.n)
+            chunk = _part(chunk, 0, k)
+        self._position += chunk.n
+        return chunk
+
+
+def _part(chunk: Chunk, a: int, b: int) -> Chunk:
+    return Chunk(chunk.samples[a:b], chunk.timestamps[a:b],
+                 None if chunk.counter is None else chunk.counter[a:b], chunk.arrival_wall)
 
 
 def check(session, out) -> str | None:
@@ -84,7 +172,8 @@ def check(session, out) -> str | None:
 
 def _bar(done: int, total: int) -> None:
     frac = done / total if total else 1.0
-    print(f"\rreplay [{'#' * int(40 * frac):<40}] {100 * frac:5.1f}%", end="", file=sys.stderr, flush=True)
+    print(f"\rreplay [{'#' * int(40 * frac):<40}] {100 * frac:5.1f}%", end="", file=sys.stderr,
+          flush=True)
 
 
 def main(args) -> int:
@@ -108,7 +197,8 @@ def main(args) -> int:
               f"{config.name!r}: {n_on} onsets, {len(out.commands)} commands")
         if args.check:
             if not session.events and not session.commands and config.stimulates:
-                raise InputError(f"{path}: the recording holds no events or commands to check against")
+                raise InputError(
+                    f"{path}: the recording holds no events or commands to check against")
             diff = check(session, out)
             if diff:
                 print(f"{path}: CHECK FAILED: {diff}")
@@ -119,4 +209,5 @@ def main(args) -> int:
     return rc
 
 
-__all__ = ["check", "first_difference", "replay_file", "main", "ConfigError"]
+__all__ = ["RecordedEffect", "SplitSource", "check", "first_difference", "replay_file", "main",
+           "ConfigError"]

@@ -51,7 +51,8 @@ def make_source(config: Config, spec: str | None, *, seed: int | None = None,
         if params:
             raise ConfigError(f"source spec {spec!r}: the sim source takes no options")
         chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
-        stim = stimulator if isinstance(stimulator, SimStimulator) and config.sim.artifacts else None
+        with_artifacts = isinstance(stimulator, SimStimulator) and config.sim.artifacts
+        stim = stimulator if with_artifacts else None
         chans = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
         return SimSource(
             patient_settings(config),

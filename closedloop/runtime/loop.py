@@ -3,11 +3,14 @@
 Read :func:`run_loop` top to bottom; it is the whole product in one function:
 
 1. read a chunk from the source (short timeout, so a stop request is seen at once);
-2. check it (NaN, gaps, flat or saturated channels...): bad channels are suspended;
-3. run the signal core -> envelopes and onset/offset events (sample clock);
+2. check it (NaN, gaps, flat or saturated channels, mains hum): unusable channels are
+   suspended from the exact sample the checks decided (:mod:`~closedloop.runtime.inputs`);
+3. run the signal core -> envelopes and onset/offset events (sample clock), with every
+   stimulation pulse blanked and its residual cancelled (:mod:`closedloop.core.blanking`);
 4. the protocol turns events into the stimulation it wants;
 5. the safety guard lets through only what is within every limit (it can only lower or
-   stop); the stimulator gets exactly that, stamped with wall times for latency;
+   stop); the stimulator gets exactly that, stamped with wall times for latency and
+   with the sample at which it takes effect (the first sample after this chunk);
 6. publish everything (LSL outlets, which LabRecorder records);
 7. stop when the duration (in samples) is reached, the source ends, or a stop is
    requested (Ctrl-C, SIGTERM, the STOP button).
@@ -16,127 +19,44 @@ Every way out goes through one ``finally``: all channels off, the guard told, th
 off-commands published. Decisions use only the samples and their timestamps; the wall
 clock is read for latency stamps, for the stall watchdog and for the status line.
 
-Exit codes (see :class:`Outcome`): 0 a normal end (duration reached, recording ended),
-1 an unexpected error, 2 a bad config, 3 stopped by the clinician (STOP), 4 the source
-stalled, 5 a device was lost or refused, 6 a safety stop, 7 unusable input,
-130 Ctrl-C, 143 SIGTERM.
+Exit codes (see :class:`~closedloop.runtime.outcome.Outcome`): 0 a normal end (duration
+reached, recording ended), 1 an unexpected error, 2 a bad config, 3 stopped by the
+clinician (STOP), 4 the source stalled, 5 a device was lost or refused (the emergency
+switch included), 6 a safety stop, 7 unusable input, 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-
-import numpy as np
+from dataclasses import asdict, replace
 
 from closedloop.config import Config
+from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.filters import effective_band
+from closedloop.core.mains import HumCheck
 from closedloop.core.pipeline import Pipeline
-from closedloop.errors import (
-    ConfigError,
-    DeviceError,
-    InputError,
-    SafetyError,
-    StallError,
-)
+from closedloop.errors import SafetyError, StallError
 from closedloop.runtime.devices import channel_columns, stimulated_muscles
+from closedloop.runtime.inputs import InputStage
+from closedloop.runtime.outcome import (
+    EXIT_CODES,
+    MESSAGES,
+    LoopOptions,
+    Outcome,
+    StopRequest,
+    classify,
+    stim_seconds,
+)
+from closedloop.runtime.status import status_line
+from closedloop.runtime.watchdog import Watchdog
 from closedloop.sources.base import Source
-from closedloop.sources.checks import InputMonitor
 from closedloop.stim.base import Stimulator
 from closedloop.stim.commands import StimCommand
 
-EXIT_CODES = {
-    "duration": 0, "ended": 0, "error": 1, "config": 2, "stop_button": 3, "stall": 4,
-    "device": 5, "safety": 6, "input": 7, "interrupt": 130, "sigterm": 143,
-}
-
-
-class StopRequest:
-    """A thread-safe request to end the loop, with the reason (``interrupt``...)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.reason = ""
-        self.wall = math.nan
-
-    def set(self, reason: str) -> None:
-        if not self._event.is_set():
-            self.reason = reason
-            self.wall = time.perf_counter()
-            self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
-@dataclass
-class Outcome:
-    """How a session ended, and what it did."""
-
-    reason: str = ""
-    message: str = ""
-    samples: int = 0
-    seconds: float = 0.0
-    onsets: dict[str, int] = field(default_factory=dict)
-    events: list = field(default_factory=list)
-    commands: list[StimCommand] = field(default_factory=list)
-    stim_seconds: dict[str, float] = field(default_factory=dict)
-    trials: dict[str, int] = field(default_factory=dict)
-    issues: list[str] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
-    samples_lost: int = 0
-    arrival_to_command_ms: list[float] = field(default_factory=list)
-    all_off: bool = True
-    off_wall: float = math.nan  # perf_counter when stop_all() returned
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES.get(self.reason, 1)
-
-
-@dataclass
-class LoopOptions:
-    """Run-time options of :func:`run_loop`."""
-
-    duration_s: float | None = None
-    watchdog_s: float = 0.1
-    read_timeout_s: float = 0.005
-    status_every_s: float = 0.5
-
-
-class Watchdog:
-    """Backstop thread: if the loop stops checking in (stuck in a device call), switch
-    every channel off from here and request a stop. The loop's own stall check handles
-    a source that returns no data; this one handles a loop that does not return."""
-
-    def __init__(self, limit_s: float, on_trip: Callable[[], None]) -> None:
-        self.limit_s = limit_s
-        self._on_trip = on_trip
-        self._last = time.perf_counter()
-        self._done = threading.Event()
-        self.tripped = False
-        self._thread = threading.Thread(target=self._run, name="closedloop-watchdog", daemon=True)
-
-    def start(self) -> None:
-        self._last = time.perf_counter()
-        self._thread.start()
-
-    def feed(self) -> None:
-        self._last = time.perf_counter()
-
-    def stop(self) -> None:
-        self._done.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=1.0)
-
-    def _run(self) -> None:
-        while not self._done.wait(self.limit_s / 4):
-            if time.perf_counter() - self._last > self.limit_s:
-                self.tripped = True
-                self._on_trip()
-                return
+#: ``effective_sample(command, chunk_stop) -> sample``: where a command takes effect.
+EffectiveSample = Callable[[StimCommand, int], int]
 
 
 def run_loop(
@@ -151,19 +71,20 @@ def run_loop(
     control: Callable[[], list[str]] | None = None,
     status: Callable[[str], None] | None = None,
     protocol_factory=None,
+    effective_sample: EffectiveSample | None = None,
 ) -> Outcome:
-    """Run one session on an opened source and stimulator; see the module docstring."""
+    """Run one session on an opened source and stimulator; see the module docstring.
+
+    ``effective_sample`` overrides where commands take effect (replay passes the
+    recorded samples); by default a command takes effect at the end of its chunk.
+    """
     opts = options or LoopOptions()
     stop = stop or StopRequest()
     out = Outcome()
     info = source.info
     fs = info.fs
-    cols = channel_columns(config, info)
     names = config.muscle_names
-    pipeline = Pipeline(fs, names, config.filters, config.envelope, config.detector,
-                        config.calibrations())
-    monitor = InputMonitor(info)
-    protocol = guard = None
+    protocol = guard = remover = None
     if stimulator is not None and config.stimulates:
         from closedloop.stim.guard import SafetyGuard
         from closedloop.stim.protocol import make_protocol
@@ -171,10 +92,17 @@ def run_loop(
         muscles = stimulated_muscles(config)
         protocol = (protocol_factory or make_protocol)(config.protocol, muscles, fs)
         guard = SafetyGuard.from_muscles(muscles, config.safety, fs, protocol=config.protocol)
+        remover = ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz)
+    pipeline = Pipeline(fs, names, config.filters, config.envelope, config.detector,
+                        config.calibrations(), artifacts=remover)
+    hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,
+                   effective_band(config.filters, fs))
+    inputs = InputStage(info, channel_columns(config, info), names, hum, remover)
+    effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
+    end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
     out.onsets = {m: 0 for m in names}
-    suspended = np.zeros(len(names), dtype=bool)
-    last_data = time.perf_counter()
-    last_status = 0.0
+    started = time.perf_counter()
+    last_data = last_status = -math.inf
     last_counter: int | None = None
     last_time = math.nan
     watchdog = Watchdog(max(2 * opts.watchdog_s, 0.25), lambda: _emergency_off(stimulator, stop))
@@ -182,12 +110,12 @@ def run_loop(
     try:
         while True:
             # 1. read (short timeout: stop requests and stalls are seen at once)
-            if stop.is_set():
-                out.reason = stop.reason
-                break
             for word in control() if control else ():
                 if word == "stop":
                     stop.set("stop_button")
+            if stop.is_set():
+                out.reason = stop.reason
+                break
             chunk = source.read(opts.read_timeout_s)
             now = time.perf_counter()
             watchdog.feed()
@@ -195,12 +123,7 @@ def run_loop(
                 if getattr(source, "exhausted", False):
                     out.reason = "ended"
                     break
-                if now - last_data > opts.watchdog_s:
-                    raise StallError(
-                        f"no EMG from {info.name!r} for {1000 * (now - last_data):.0f} ms "
-                        f"(watchdog {1000 * opts.watchdog_s:.0f} ms): check the amplifier, "
-                        "its cable or the LSL stream"
-                    )
+                _check_stall(now, last_data, started, opts, info.name)
                 continue
             last_data = now
             if chunk.counter is not None and chunk.n:
@@ -208,106 +131,112 @@ def run_loop(
                     out.samples_lost += int(chunk.counter[0] - last_counter - 1)
                 last_counter = int(chunk.counter[-1])
 
-            # 2. check the input; suspend channels that are unusable
-            checked = monitor.check(chunk)
-            for issue in checked.issues:
-                out.issues.append(issue.message)
+            # 2. check the input: segments inside which no channel changes usability
+            segments = inputs.feed(chunk, until=end)
+            for message in inputs.pop_messages():
+                out.issues.append(message)
                 if status:
-                    status(f"input: {issue.message}")
-            if checked.n == 0:
-                continue
-            bad = checked.bad[:, cols].any(axis=0)
-            ended = []  # a suspended channel that was active ends with an offset
-            for c in np.flatnonzero(bad != suspended):
-                t0 = float(checked.chunk.timestamps[0])
-                ended += pipeline.detector.suspend(int(c), bool(bad[c]), pipeline.position, t0)
-                suspended[c] = bad[c]
+                    status(f"input: {message}")
+            chunk_stop = inputs.position
+            block = None
+            for seg in segments:
+                ended = _suspend_and_resume(pipeline, seg)
 
-            # 3. the signal core
-            block = pipeline.process(checked.chunk.samples[:, cols], checked.chunk.timestamps)
-            if ended:
-                block.events[:0] = ended
-            last_time = float(block.timestamps[-1])
-            out.events.extend(block.events)
-            for e in block.events:
-                if e.kind == "onset":
-                    out.onsets[e.channel] += 1
+                # 3. the signal core
+                block = pipeline.process(seg.samples, seg.timestamps)
+                block.events[:0] = ended  # a channel suspended while active: its offset
+                last_time = float(block.timestamps[-1])
+                out.events.extend(block.events)
+                for e in block.events:
+                    out.onsets[e.channel] += e.kind == "onset"
 
-            # 4-5. protocol -> guard -> stimulator
-            safe: list[StimCommand] = []
-            if protocol is not None:
-                wanted = protocol.step(block)
-                safe = guard.filter(wanted, block=block)
-                for v in guard.pop_violations():
-                    out.violations.append(v.message)
-                    if status:
-                        status(f"safety: {v.message}")
-                if safe:
-                    handed = time.perf_counter()
-                    safe = [replace(c, arrival_wall=chunk.arrival_wall, handed_wall=handed)
-                            for c in safe]
-                    stimulator.apply(safe)
-                    out.commands.extend(safe)
-                    out.arrival_to_command_ms.extend(
-                        1000 * (handed - chunk.arrival_wall) for c in safe if c.is_on
-                    )
-                stimulator.check()
-                if guard.must_stop:
-                    raise SafetyError(guard.stop_violation.message)
-
-            # 6. publish
-            if outlets is not None:
-                outlets.push_chunk(checked.chunk, start=block.start)
-                outlets.push_block(block)
-                if safe:
-                    outlets.push_commands(safe)
+                # 4-5. protocol -> guard -> stimulator (and the blanking schedule)
+                safe: list[StimCommand] = []
                 if protocol is not None:
-                    for te in protocol.pop_trial_events():
+                    safe = guard.filter(protocol.step(block), block=block)
+                    for v in guard.pop_violations():
+                        out.violations.append(v.message)
+                        if status:
+                            status(f"safety: {v.message}")
+                    if safe:
+                        handed = time.perf_counter()
+                        safe = [replace(c, arrival_wall=chunk.arrival_wall, handed_wall=handed,
+                                        effective_sample=effective(c, chunk_stop)) for c in safe]
+                        for c in safe:
+                            remover.command(c.muscle, c.channel, c.is_on, c.frequency_hz,
+                                            c.effective_sample)
+                        stimulator.apply(safe)
+                        out.commands.extend(safe)
+                        out.arrival_to_command_ms += [1000 * (handed - chunk.arrival_wall)
+                                                      for c in safe if c.is_on]
+
+                # 6. publish
+                if outlets is not None:
+                    outlets.push_emg(seg.samples, seg.timestamps, start=seg.start)
+                    outlets.push_block(block)
+                    outlets.push_commands(safe)
+                    for te in protocol.pop_trial_events() if protocol is not None else ():
                         outlets.push_marker(te.kind, te.time, **_fields(te))
+                if guard is not None and guard.must_stop:
+                    raise SafetyError(guard.stop_violation.message)
+            if stimulator is not None:
+                stimulator.check()
             if recorder is not None:
                 recorder.check()
-            if status and now - last_status >= opts.status_every_s:
+            if status and block is not None and now - last_status >= opts.status_every_s:
                 last_status = now
-                status(_status_line(block, fs, stimulator, protocol, suspended))
+                status(status_line(block, fs, stimulator, protocol, inputs.why))
 
             # 7. duration on the sample clock
-            if opts.duration_s is not None and block.stop >= opts.duration_s * fs:
+            if end is not None and pipeline.position >= end:
                 out.reason = "duration"
                 break
-    except KeyboardInterrupt:
-        out.reason, out.message = "interrupt", "interrupted (Ctrl-C)"
-    except StallError as exc:
-        out.reason, out.message = "stall", str(exc)
-    except SafetyError as exc:
-        out.reason, out.message = "safety", f"safety stop: {exc}"
-    except DeviceError as exc:
-        out.reason, out.message = "device", f"{type(exc).__name__}: {exc}"
-    except InputError as exc:
-        out.reason, out.message = "input", f"unusable input: {exc}"
-    except ConfigError as exc:
-        out.reason, out.message = "config", str(exc)
-    except Exception as exc:  # noqa: BLE001 - every error must end with stimulation off
-        out.reason, out.message = "error", f"unexpected {type(exc).__name__}: {exc}"
-        out.error = exc  # type: ignore[attr-defined]
+    except (Exception, KeyboardInterrupt) as exc:  # every error ends with stimulation off
+        out.reason, out.message = classify(exc)
+        out.error = exc if out.reason == "error" else None
     finally:
         watchdog.stop()
         _all_off(out, stimulator, guard, pipeline.position, last_time, outlets)
-        if watchdog.tripped and out.reason in ("", "interrupt"):
+        out.stop_wall = stop.wall
+        if watchdog.tripped and out.reason in ("", "interrupt", "stall"):
             out.reason = "stall"
-            out.message = out.message or "the loop stopped responding; watchdog switched stimulation off"
-    if not out.message:
-        out.message = {
-            "duration": "duration reached", "ended": "recording ended",
-            "stop_button": "stopped with the STOP button", "interrupt": "interrupted (Ctrl-C)",
-            "sigterm": "terminated (SIGTERM)",
-        }.get(out.reason, out.reason)
+            out.message = out.message or ("the loop stopped responding; the watchdog switched "
+                                          "stimulation off")
+    out.message = out.message or MESSAGES.get(out.reason, out.reason)
     out.samples = pipeline.position
     out.seconds = pipeline.position / fs
     if protocol is not None:
         c = protocol.counts
         out.trials = {"trials": c.trials, "hits": c.hits, "misses": c.misses, "gated": c.gated}
-    out.stim_seconds = _stim_seconds(out.commands, fs, pipeline.position)
+    out.stim_seconds = stim_seconds(out.commands, fs, pipeline.position)
     return out
+
+
+def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
+    """Switch the detectors the input checks decided at the segment's first sample;
+    return the offsets of channels suspended while active."""
+    ended = []
+    for c, suspend in seg.changes:
+        ended += pipeline.detector.suspend(c, suspend, seg.start, float(seg.timestamps[0]))
+    for c in seg.restarts:  # good data again: restart the filters, no ringing from the step
+        pipeline.restart_channel(c, seg.samples[0, c])
+    return ended
+
+
+def _check_stall(now: float, last_data: float, started: float, opts: LoopOptions,
+                 name: str) -> None:
+    """Raise StallError when the source has been silent for longer than the watchdog."""
+    if last_data == -math.inf:  # nothing yet: the stream may take a moment to start
+        if now - started > max(opts.watchdog_s, opts.startup_s):
+            raise StallError(
+                f"no EMG from {name!r} within {max(opts.watchdog_s, opts.startup_s):g} s of "
+                "the start: check that the amplifier is streaming"
+            )
+    elif now - last_data > opts.watchdog_s:
+        raise StallError(
+            f"no EMG from {name!r} for {1000 * (now - last_data):.0f} ms (watchdog "
+            f"{1000 * opts.watchdog_s:.0f} ms): check the amplifier, its cable or the LSL stream"
+        )
 
 
 def _emergency_off(stimulator: Stimulator | None, stop: StopRequest) -> None:
@@ -329,8 +258,8 @@ def _all_off(out: Outcome, stimulator, guard, position: int, last_time: float, o
         out.off_wall = time.perf_counter()
     except Exception as exc:  # noqa: BLE001
         out.all_off = False
-        out.message += f"; could NOT confirm all channels off ({type(exc).__name__}: {exc}) - " \
-                       "switch the stimulator off by hand"
+        out.message += (f"; could NOT confirm all channels off ({type(exc).__name__}: {exc}) - "
+                        "switch the stimulator off by hand")
         if out.reason in ("", "duration", "ended"):
             out.reason = "device"
     if guard is not None:
@@ -344,44 +273,10 @@ def _all_off(out: Outcome, stimulator, guard, position: int, last_time: float, o
 
 
 def _fields(te) -> dict:
-    from dataclasses import asdict
-
     d = asdict(te)
     d.pop("kind", None)
     d.pop("time", None)
     return d
 
 
-def _stim_seconds(commands: list[StimCommand], fs: float, end: int) -> dict[str, float]:
-    """Seconds each muscle was stimulated, from the commands on the sample clock."""
-    on_since: dict[str, int] = {}
-    total: dict[str, float] = {}
-    for c in commands:
-        total.setdefault(c.muscle, 0.0)
-        if c.is_on and c.muscle not in on_since:
-            on_since[c.muscle] = c.sample
-        elif not c.is_on and c.muscle in on_since:
-            total[c.muscle] += (c.sample - on_since.pop(c.muscle)) / fs
-    for m, s in on_since.items():
-        total[m] += (end - s) / fs
-    return total
-
-
-def _status_line(block, fs, stimulator, protocol, suspended) -> str:
-    """One line: time, per-channel envelope/threshold, stimulation, trials."""
-    parts = [f"t={block.stop / fs:7.1f}s"]
-    for c, name in enumerate(block.channels):
-        env = float(block.envelope[-1, c])
-        thr = float(block.on_threshold[c])
-        flag = " SUSPENDED" if suspended[c] else ("" if math.isfinite(thr) else " (learning rest)")
-        parts.append(f"{name} {env:.3g}/{thr:.3g}{flag}")
-    if stimulator is not None:
-        on = [f"ch{ch} {o.current_ma:.0f}mA" for ch, o in sorted(stimulator.outputs.items()) if o.is_on]
-        parts.append("stim " + (", ".join(on) if on else "off"))
-    if protocol is not None:
-        c = protocol.counts
-        parts.append(f"trials {c.trials} hits {c.hits} misses {c.misses}")
-    return " | ".join(parts)
-
-
-__all__ = ["EXIT_CODES", "LoopOptions", "Outcome", "StopRequest", "Watchdog", "run_loop"]
+__all__ = ["EXIT_CODES", "EffectiveSample", "LoopOptions", "Outcome", "StopRequest", "run_loop"]

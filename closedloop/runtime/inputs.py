@@ -1,0 +1,177 @@
+"""The loop's front end: check each chunk and say, to the sample, which channels to trust.
+
+:class:`InputStage` runs the input monitor (:mod:`closedloop.sources.checks`: NaN, gaps,
+flat or saturated channels) and the mains-hum check (:mod:`closedloop.core.mains`) on
+every chunk, takes the config's muscle columns, and cuts the chunk into
+:class:`Segment` s inside which no channel's usability changes. At the start of each
+segment it lists the detectors to suspend or resume, so the loop switches them at the
+exact sample the checks decided: the same samples in any chunking give the same
+events (the checks and the core are chunk-invariant, and so is where they meet).
+
+A channel is suspended while a check finds it bad and for ``settle_s`` after (the loop
+restarts the channel's filters at the first good sample, so the step back to EMG does
+not ring, and the settling time lets the envelope and the notch forget the bad
+stretch), and at the start of the session until every check has judged it once (so the
+detector never learns its rest level from a channel that is bad from the start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.mains import HumCheck
+from closedloop.sources.base import Chunk, SourceInfo
+from closedloop.sources.checks import InputMonitor
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive cleaned samples of the muscles' channels, usability constant.
+
+    Attributes
+    ----------
+    start : int
+        Absolute index of the first sample (the pipeline's sample clock).
+    samples : ndarray, shape (n, n_muscles)
+    timestamps : ndarray, shape (n,)
+    changes : tuple of (int, bool)
+        ``(column, suspended)``: detectors to suspend or resume from ``start`` on.
+    restarts : tuple of int
+        Columns whose bad data (flat, saturated, NaN, hum) ended just before ``start``:
+        their filters should restart there.
+    """
+
+    start: int
+    samples: np.ndarray
+    timestamps: np.ndarray
+    changes: tuple[tuple[int, bool], ...] = ()
+    restarts: tuple[int, ...] = ()
+
+    @property
+    def stop(self) -> int:
+        return self.start + int(self.samples.shape[0])
+
+
+class InputStage:
+    """Input monitor + hum check -> segments (see the module docstring).
+
+    Parameters
+    ----------
+    info : SourceInfo
+    columns : sequence of int
+        Source column of each muscle, in muscle order.
+    names : sequence of str
+        Muscle names (for messages).
+    hum : HumCheck
+    artifacts : ArtifactRemover, optional
+        Its blanking schedule tells the hum check which blocks hold stimulation.
+    settle_s : float
+        A channel resumes only after this long of usable samples.
+    flat_s : float
+        The input monitor's flat time; with one hum block, how long every channel is
+        held at the start.
+    """
+
+    def __init__(self, info: SourceInfo, columns: Sequence[int], names: Sequence[str],
+                 hum: HumCheck, artifacts: ArtifactRemover | None = None,
+                 settle_s: float = 0.5, flat_s: float = 0.5) -> None:
+        self.monitor = InputMonitor(info, flat_seconds=flat_s)
+        self.columns = list(columns)
+        self.names = tuple(names)
+        self.hum = hum
+        self.artifacts = artifacts
+        n = len(self.names)
+        self.settle = max(0, round(settle_s * info.fs))
+        startup = max(round(flat_s * info.fs), hum.block if hum.enabled else 0)
+        self._usable_run = np.full(n, self.settle - startup, dtype=np.int64)
+        self._dirty = np.zeros(n, dtype=bool)  # bad data at the last sample given out
+        #: Per muscle: suspended at the last sample given out.
+        self.suspended = np.zeros(n, dtype=bool)
+        #: Per muscle: why it is suspended at the last sample (``"signal"``: the input
+        #: monitor's flat/saturated/NaN, ``"hum"``, ``"settling"`` after either or at
+        #: the start), or "".
+        self.why = [""] * n
+        self.position = 0  # absolute index of the next cleaned sample
+        self._messages: list[str] = []
+
+    def pop_messages(self) -> list[str]:
+        """What the checks found since the last call (each names channel and sample)."""
+        out, self._messages = self._messages, []
+        return out
+
+    def feed(self, chunk: Chunk, until: int | None = None) -> list[Segment]:
+        """Check one chunk; return its segments (none when every sample was dropped),
+        cut at sample ``until`` when given (the end of the session).
+
+        Raises
+        ------
+        InputError
+            The chunk is unusable (wrong channel count...).
+        """
+        checked = self.monitor.check(chunk)
+        self._messages += [issue.message for issue in checked.issues]
+        n = checked.n
+        if n == 0:
+            return []
+        start = checked.start
+        raw = checked.chunk.samples[:, self.columns]
+        ts = checked.chunk.timestamps
+        bad = checked.bad[:, self.columns]
+        skip = self.artifacts.blank_mask(start, n) if self.artifacts is not None else None
+        hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
+        for sample, c, on, db in self.hum.pop_changes():
+            name = self.names[c]
+            self._messages.append(
+                f"channel {name}: mains hum {db:.0f} dB above the rest of its EMG band at "
+                f"sample {sample}; detector suspended. Check the electrode contact, the "
+                "reference electrode and mains cables near the patient" if on else
+                f"channel {name}: mains hum down to {db:.0f} dB at sample {sample}; "
+                "detector resumed"
+            )
+        dirty = bad | hum
+        self.position = start + n
+        settled = bool((self._usable_run >= self.settle).all())
+        if settled and not (dirty.any() or self.suspended.any() or self._dirty.any()):
+            # the common case, all good: one segment (the usable runs only grow)
+            self._usable_run += n
+            return _cut([Segment(start, raw, ts)], until)
+        # unusable while bad, and until ``settle`` usable samples followed (carried over)
+        idx = np.arange(1, n + 1)[:, None]
+        last_bad = np.maximum.accumulate(np.where(dirty, idx, 0), axis=0)
+        run = np.where(last_bad > 0, idx - last_bad, idx + self._usable_run[None, :])
+        self._usable_run = run[-1].copy()
+        unusable = dirty | (run < self.settle)
+        rows = np.vstack((np.hstack((self.suspended, self._dirty))[None, :],
+                          np.hstack((unusable, dirty))))
+        cuts = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1))
+        bounds = [0, *[int(i) for i in cuts if i > 0], n]
+        segments = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            now = unusable[a]
+            changes = tuple((int(c), bool(now[c])) for c in np.flatnonzero(now != self.suspended))
+            restarts = tuple(int(c) for c in np.flatnonzero(self._dirty & ~dirty[a]))
+            self.suspended, self._dirty = now.copy(), dirty[b - 1].copy()
+            segments.append(Segment(start + a, raw[a:b], ts[a:b], changes, restarts))
+        self.why = [("hum" if h else "signal" if b else "settling") if u else ""
+                    for b, h, u in zip(bad[-1], hum[-1], unusable[-1], strict=True)]
+        return _cut(segments, until)
+
+
+def _cut(segments: list[Segment], until: int | None) -> list[Segment]:
+    """The segments up to sample ``until`` (exclusive)."""
+    if until is None or segments[-1].stop <= until:
+        return segments
+    out = [s for s in segments if s.stop <= until]
+    last = next((s for s in segments if s.start < until < s.stop), None)
+    if last is not None:
+        k = until - last.start
+        out.append(Segment(last.start, last.samples[:k], last.timestamps[:k], last.changes,
+                           last.restarts))
+    return out
+
+
+__all__ = ["InputStage", "Segment"]

@@ -1,0 +1,148 @@
+"""What a session run returns, and how it is asked to stop.
+
+:class:`StopRequest` is set from outside the loop (a signal handler, the STOP button,
+the watchdog thread); :class:`Outcome` says how the session ended and what it did; the
+exit code follows from :attr:`Outcome.reason` alone (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from closedloop.stim.commands import StimCommand
+
+#: Exit code of every way a session can end.
+EXIT_CODES = {
+    "duration": 0, "ended": 0, "error": 1, "config": 2, "stop_button": 3, "stall": 4,
+    "device": 5, "safety": 6, "input": 7, "interrupt": 130, "sigterm": 143,
+}
+
+#: The summary's sentence for the reasons that carry no message of their own.
+MESSAGES = {
+    "duration": "duration reached", "ended": "recording ended",
+    "stop_button": "stopped with the STOP button", "interrupt": "interrupted (Ctrl-C)",
+    "sigterm": "terminated (SIGTERM)",
+}
+
+
+class StopRequest:
+    """A thread-safe request to end the loop, with the reason (``interrupt``...).
+
+    The first request wins; :attr:`wall` is the ``time.perf_counter()`` at which it was
+    made (to measure how fast stimulation stopped).
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self.reason = ""
+        self.wall = math.nan
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self.reason = reason
+                self.wall = time.perf_counter()
+                self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class LoopOptions:
+    """Run-time options of :func:`~closedloop.runtime.loop.run_loop`.
+
+    Attributes
+    ----------
+    duration_s : float or None
+        Stop after this many seconds of samples (sample clock).
+    watchdog_s : float
+        The source stalls when no sample arrives for this long (wall clock).
+    startup_s : float
+        Before the first sample, the stall limit is at least this long (a stream may
+        take a moment to start flowing).
+    read_timeout_s : float
+        Longest wait in one ``source.read``: bounds how fast a stop request is seen.
+    status_every_s : float
+        Interval of the status line (wall clock).
+    """
+
+    duration_s: float | None = None
+    watchdog_s: float = 0.1
+    startup_s: float = 2.0
+    read_timeout_s: float = 0.005
+    status_every_s: float = 0.5
+
+
+@dataclass
+class Outcome:
+    """How a session ended, and what it did."""
+
+    reason: str = ""
+    message: str = ""
+    samples: int = 0
+    seconds: float = 0.0
+    onsets: dict[str, int] = field(default_factory=dict)
+    events: list = field(default_factory=list)
+    commands: list[StimCommand] = field(default_factory=list)
+    stim_seconds: dict[str, float] = field(default_factory=dict)
+    trials: dict[str, int] = field(default_factory=dict)
+    issues: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    samples_lost: int = 0
+    arrival_to_command_ms: list[float] = field(default_factory=list)
+    all_off: bool = True
+    stop_wall: float = math.nan  # perf_counter of the stop request (signal, button)
+    off_wall: float = math.nan  # perf_counter when stop_all() returned
+    error: BaseException | None = None  # the unexpected exception (reason "error")
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.reason, 1)
+
+    @property
+    def stop_to_off_ms(self) -> float:
+        """From the stop request to all channels off, ms (NaN without a request)."""
+        return 1000.0 * (self.off_wall - self.stop_wall)
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """``(reason, message)`` for an exception that ended a session (see EXIT_CODES)."""
+    from closedloop.errors import ConfigError, DeviceError, InputError, SafetyError, StallError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupt", MESSAGES["interrupt"]
+    if isinstance(exc, StallError):
+        return "stall", str(exc)
+    if isinstance(exc, SafetyError):
+        return "safety", f"safety stop: {exc}"
+    if isinstance(exc, DeviceError):
+        return "device", f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, InputError):
+        return "input", f"unusable input: {exc}"
+    if isinstance(exc, ConfigError):
+        return "config", str(exc)
+    return "error", f"unexpected {type(exc).__name__}: {exc}"
+
+
+def stim_seconds(commands: list[StimCommand], fs: float, end: int) -> dict[str, float]:
+    """Seconds each muscle was stimulated, from the commands on the sample clock."""
+    on_since: dict[str, int] = {}
+    total: dict[str, float] = {}
+    for c in commands:
+        total.setdefault(c.muscle, 0.0)
+        if c.is_on and c.muscle not in on_since:
+            on_since[c.muscle] = c.sample
+        elif not c.is_on and c.muscle in on_since:
+            total[c.muscle] += (c.sample - on_since.pop(c.muscle)) / fs
+    for m, s in on_since.items():
+        total[m] += (end - s) / fs
+    return total
+
+
+__all__ = ["EXIT_CODES", "MESSAGES", "LoopOptions", "Outcome", "StopRequest", "classify",
+           "stim_seconds"]

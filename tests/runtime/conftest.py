@@ -1,0 +1,95 @@
+"""Shared parts of the runtime tests: the simulated patient and stimulator wired as
+``closedloop run`` wires them (pulses start at the next sample), fast, not real time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from closedloop.config import Config, load_config
+from closedloop.runtime.devices import patient_settings
+from closedloop.sim.patient import Attempt
+from closedloop.sources.base import Chunk, Source, SourceInfo
+from closedloop.sources.sim import SimSource
+from closedloop.stim.sim import SimStimulator
+from tests.conftest import CONFIGS
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return load_config(CONFIGS / "biceps_triceps.toml")
+
+
+def sim_session(config: Config, script: Sequence[Attempt] | None = None, *, chunk: int = 20,
+                artifacts: bool = True, settings=None) -> tuple[SimSource, SimStimulator]:
+    """An opened SimSource (not real time) and SimStimulator whose pulses it adds."""
+    holder: dict[str, SimSource] = {}
+    stim = SimStimulator(clock=lambda: holder["src"].now())
+    chans = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
+    src = SimSource(settings or patient_settings(config), script, realtime=False,
+                    chunk_size=chunk, stimulator=stim if artifacts else None,
+                    stim_channels=chans)
+    holder["src"] = src
+    src.open()
+    stim.open()
+    return src, stim
+
+
+def assert_all_off(stim: SimStimulator) -> None:
+    """Every channel the stimulator ever drove is off, and no pulse follows."""
+    assert not stim.any_on
+    last: dict[int, float] = {}
+    for a in stim.log:
+        last[a.command.channel] = a.command.current_ma
+    assert last and all(v == 0.0 for v in last.values()), last
+    end = max(a.stream_time for a in stim.log)
+    assert stim.pulses(end, end + 3600.0).size == 0
+
+
+class ArraySource(Source):
+    """Samples from an array, in the given chunk sizes (cycled); timestamps i / fs."""
+
+    def __init__(self, x: np.ndarray, fs: float, channels: Sequence[str],
+                 sizes: Sequence[int] = (20,)) -> None:
+        super().__init__()
+        self.x, self.fs, self.sizes = x, fs, list(sizes)
+        self._info = SourceInfo("array", fs, tuple(channels))
+        self._pos = self._k = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pos >= self.x.shape[0]
+
+    def read(self, timeout: float) -> Chunk | None:
+        if self.exhausted:
+            return None
+        n = self.sizes[self._k % len(self.sizes)]
+        a, b = self._pos, min(self._pos + n, self.x.shape[0])
+        self._pos, self._k = b, self._k + 1
+        idx = np.arange(a, b)
+        return Chunk(self.x[a:b].copy(), idx / self.fs, idx, 0.0)
+
+
+class Capture:
+    """Stands in for :class:`~closedloop.io.outlets.SessionOutlets`: keeps what the loop
+    publishes (the tests that need LSL and LabRecorder use the real ones)."""
+
+    def __init__(self) -> None:
+        self.emg: list[np.ndarray] = []
+        self.envelope: list[np.ndarray] = []
+        self.commands: list = []
+        self.markers: list = []
+
+    def push_emg(self, samples, timestamps, *, start=None) -> None:
+        self.emg.append(np.array(samples, copy=True))
+
+    def push_block(self, block) -> None:
+        self.envelope.append(block.envelope.copy())
+
+    def push_commands(self, commands) -> None:
+        self.commands += list(commands)
+
+    def push_marker(self, kind, time, **fields) -> None:
+        self.markers.append((kind, time, fields))

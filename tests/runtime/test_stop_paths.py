@@ -1,0 +1,189 @@
+"""Every way out of :func:`run_loop` ends with all channels off and the right exit code.
+
+The loop runs on the simulated patient and stimulator (not in real time); each stop
+happens while stimulation is on. ``tests/test_run_cli.py`` does the same through
+``closedloop run`` with signals, LSL streams and the RehaStim2 emulator.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from closedloop.errors import DeviceLostError, StimulatorError
+from closedloop.runtime.loop import LoopOptions, StopRequest, run_loop
+from closedloop.sim.patient import Attempt
+from closedloop.sources.base import Chunk, Source
+from closedloop.stim.protocol import make_protocol
+from tests.runtime.conftest import assert_all_off, sim_session
+
+#: The biceps tries at 1.0 s: stimulation is on from ~1.03 s to ~5 s.
+SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
+FAST = LoopOptions(duration_s=8.0, watchdog_s=2.0)
+
+
+def when_stimulating(stim, action):
+    """A control callback that runs ``action`` once, as soon as a channel is on."""
+    done = []
+
+    def control() -> list[str]:
+        if stim.any_on and not done:
+            done.append(True)
+            return action() or []
+        return []
+
+    return control
+
+
+def test_duration_reached_exit_0(config):
+    src, stim = sim_session(config, SCRIPT)
+    out = run_loop(config, src, stim, options=LoopOptions(duration_s=2.0))
+    assert (out.reason, out.exit_code) == ("duration", 0)
+    assert out.samples == 4000  # exactly the duration, on the sample clock
+    assert out.trials["trials"] == 1 and stim.commands[0].is_on  # it was stimulating
+    assert_all_off(stim)
+    assert out.all_off and out.message == "duration reached"
+
+
+def test_stop_button_exit_3(config):
+    src, stim = sim_session(config, SCRIPT)
+    out = run_loop(config, src, stim, options=FAST,
+                   control=when_stimulating(stim, lambda: ["stop"]))
+    assert (out.reason, out.exit_code) == ("stop_button", 3)
+    assert out.samples < 3 * 2000
+    assert_all_off(stim)
+
+
+@pytest.mark.parametrize(("reason", "code"), [("interrupt", 130), ("sigterm", 143)])
+def test_stop_request_from_another_thread(config, reason, code):
+    src, stim = sim_session(config, SCRIPT)
+    stop = StopRequest()
+
+    def request():
+        threading.Thread(target=stop.set, args=(reason,)).start()
+
+    out = run_loop(config, src, stim, options=FAST, stop=stop,
+                   control=when_stimulating(stim, request))
+    assert (out.reason, out.exit_code) == (reason, code)
+    assert_all_off(stim)
+    assert np.isfinite(out.stop_to_off_ms) and out.stop_to_off_ms >= 0
+    print(f"stop request -> all off: {out.stop_to_off_ms:.2f} ms")
+
+
+class Failing(Source):
+    """Wraps a source; from ``fail_at`` reads on, raises ``exc`` (None: returns nothing,
+    a stalled stream)."""
+
+    def __init__(self, inner: Source, fail_at: int, exc: BaseException | None) -> None:
+        super().__init__()
+        self.inner, self.fail_at, self.exc, self.reads = inner, fail_at, exc, 0
+        self._info = inner.info
+
+    def read(self, timeout: float) -> Chunk | None:
+        self.reads += 1
+        if self.reads >= self.fail_at:
+            if self.exc is None:
+                time.sleep(timeout)
+                return None
+            raise self.exc
+        return self.inner.read(timeout)
+
+
+@pytest.mark.parametrize(("exc", "reason", "code", "words"), [
+    (RuntimeError("amplifier driver bug"), "error", 1, "unexpected RuntimeError"),
+    (DeviceLostError("EMG stream lost"), "device", 5, "EMG stream lost"),
+    (None, "stall", 4, "check the amplifier"),
+])
+def test_source_failures_while_stimulating(config, exc, reason, code, words):
+    src, stim = sim_session(config, SCRIPT)
+    failing = Failing(src, fail_at=120, exc=exc)  # 120 chunks of 10 ms: at 1.2 s
+    out = run_loop(config, failing, stim, options=replace(FAST, watchdog_s=0.1))
+    assert (out.reason, out.exit_code) == (reason, code)
+    assert words in out.message
+    assert 1.1 * 2000 < out.samples < 1.3 * 2000
+    assert stim.commands[0].is_on  # stimulation was on when it failed
+    assert_all_off(stim)
+    if exc is not None and code == 1:
+        assert out.error is exc
+
+
+@pytest.mark.parametrize(("exc", "reason", "code"), [
+    (RuntimeError("driver bug"), "error", 1),
+    (DeviceLostError("no answer from the stimulator"), "device", 5),
+    (StimulatorError("stimulation error -1: emergency switch pressed"), "device", 5),
+])
+def test_stimulator_failures_while_stimulating(config, exc, reason, code):
+    src, stim = sim_session(config, SCRIPT)
+    out = run_loop(config, src, stim, options=FAST,
+                   control=when_stimulating(stim, lambda: stim.fail_next(exc, on="check")))
+    assert (out.reason, out.exit_code) == (reason, code)
+    assert str(exc) in out.message
+    assert_all_off(stim)
+
+
+def test_stimulator_that_cannot_be_switched_off_is_reported(config):
+    src, stim = sim_session(config, SCRIPT)
+
+    def fail_twice():
+        stim.fail_next(DeviceLostError("port gone"), on="check")
+        stim.fail_next(DeviceLostError("port gone"), on="stop_all")
+
+    out = run_loop(config, src, stim, options=FAST, control=when_stimulating(stim, fail_twice))
+    assert out.exit_code == 5 and not out.all_off
+    assert "could NOT confirm all channels off" in out.message
+
+
+def test_safety_violation_stops_with_exit_6(config):
+    limit = config.muscle("biceps").limits.max_current_ma
+
+    def greedy(settings, muscles, fs):
+        proto = make_protocol(settings, muscles, fs)
+        step = proto.step
+        proto.step = lambda block: [replace(c, current_ma=limit + 10.0) if c.is_on else c
+                                    for c in step(block)]
+        return proto
+
+    src, stim = sim_session(config, SCRIPT)
+    out = run_loop(config, src, stim, options=FAST, protocol_factory=greedy)
+    assert (out.reason, out.exit_code) == ("safety", 6)
+    assert "safety stop" in out.message and out.violations
+    assert all(c.current_ma <= limit for c in stim.commands)  # the device never got it
+    assert not stim.any_on
+
+
+def test_unusable_input_exit_7(config):
+    src, stim = sim_session(config, SCRIPT)
+
+    class WrongShape(Failing):
+        def read(self, timeout):
+            chunk = self.inner.read(timeout)
+            self.reads += 1
+            if self.reads >= self.fail_at:  # a channel disappears mid-session
+                return Chunk(chunk.samples[:, :1], chunk.timestamps, chunk.counter)
+            return chunk
+
+    out = run_loop(config, WrongShape(src, 120, None), stim, options=FAST)
+    assert (out.reason, out.exit_code) == ("input", 7)
+    assert_all_off(stim)
+
+
+def test_stuck_stimulator_call_trips_the_watchdog(config):
+    src, stim = sim_session(config, SCRIPT)
+    apply = stim.apply
+    stuck = []
+
+    def slow_apply(commands):
+        if not stuck and stim.any_on:  # the second command hangs in the "driver" for 1 s
+            stuck.append(True)
+            time.sleep(1.0)
+        apply(commands)
+
+    stim.apply = slow_apply
+    out = run_loop(config, src, stim, options=replace(FAST, watchdog_s=0.1))
+    assert (out.reason, out.exit_code) == ("stall", 4)
+    assert "watchdog" in out.message
+    assert_all_off(stim)
