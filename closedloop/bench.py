@@ -79,6 +79,10 @@ def run_bench(
 
 
 def main(args) -> int:
+    if getattr(args, "latency", False):
+        from closedloop.latency import main as latency_main
+
+        return latency_main(args)
     r = run_bench(channels=args.channels, fs=args.fs, minutes=args.minutes, large=args.large)
     print(f"closedloop bench: {r['channels']} ch at {r['fs']:g} Hz, {r['minutes']:g} min of simulated EMG")
     print(f"  throughput, 20-sample chunks : {r['realtime_x_chunk20']:8.1f} x real time")
