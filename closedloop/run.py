@@ -9,6 +9,7 @@ exit code says how the session ended (see :mod:`closedloop.runtime.loop`).
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -17,8 +18,10 @@ import uuid
 import numpy as np
 
 from closedloop.config import load_config
+from closedloop.errors import ClosedLoopError
 from closedloop.runtime.devices import make_source, make_stimulator
 from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
+from closedloop.runtime.outcome import classify
 
 
 def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
@@ -37,9 +40,12 @@ def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
         a = np.asarray(out.arrival_to_command_ms)
         lines.append(f"  arrival->command: p50 {np.percentile(a, 50):.3f} ms, "
                      f"p99 {np.percentile(a, 99):.3f} ms ({a.size} commands)")
+    if math.isfinite(out.stop_to_off_ms):
+        lines.append(f"  stop -> all off : {out.stop_to_off_ms:.1f} ms")
     lines.append(f"  samples lost    : {out.samples_lost}")
     if out.violations:
-        lines.append(f"  safety          : {len(out.violations)} intervention(s); last: {out.violations[-1]}")
+        lines.append(f"  safety          : {len(out.violations)} intervention(s); "
+                     f"last: {out.violations[-1]}")
     if out.issues:
         lines.append(f"  input warnings  : {len(out.issues)}; last: {out.issues[-1]}")
     lines.append("  all channels off: " + ("yes" if out.all_off else "NOT CONFIRMED"))
@@ -49,72 +55,30 @@ def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
 
 
 def main(args) -> int:
-    config = load_config(args.config)
-    stimulator = make_stimulator(config, args.stimulator)
-    source = make_source(config, args.source, seed=args.seed, stimulator=stimulator)
     stop = StopRequest()
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: stop.set("interrupt")),
         signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.set("sigterm")),
     }
-    outlets = recorder = None
-    recorded = None
+    session = _Session()
     try:
-        if stimulator is not None:
-            stimulator.open()
-            if hasattr(stimulator, "_clock") and getattr(stimulator, "_clock") is None \
-                    and hasattr(source, "now"):
-                stimulator._clock = source.now  # sim: pulses start at the next sample
-        source.open()
-        session_name = f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}"
-        if args.record or not args.no_outlets:
-            from closedloop.io.outlets import SessionOutlets
-
-            outlets = SessionOutlets(
-                session_name, _muscle_info(config, source.info), config_text=config.text,
-                metadata={"config": config.path, "source": source.info.name,
-                          "stimulator": type(stimulator).__name__ if stimulator else "none",
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-            )
-        if args.record:
-            from closedloop.io.recorder import XdfRecorder
-
-            recorder = XdfRecorder(args.record, outlets.recorder_predicates(), overwrite=True)
-            recorder.start()
-            outlets.announce()
-        status = None if args.quiet else _printer()
-        print(f"closedloop run: {config.name} on {source.info.name} "
-              f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
-              f"{type(stimulator).__name__ if stimulator else 'none'}; Ctrl-C stops",
-              file=sys.stderr)
-        out = run_loop(
-            config, source, stimulator,
-            options=LoopOptions(duration_s=args.duration,
-                                watchdog_s=config.session.watchdog_ms / 1000.0),
-            stop=stop, outlets=outlets, recorder=recorder, status=status,
-        )
+        out = session.run(args, stop)
+    except ClosedLoopError as exc:  # before the loop started (the loop reports its own)
+        out = Outcome()
+        out.reason, out.message = classify(exc)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if stimulator is not None:
-            stimulator.close()
-        source.close()
-    if recorder is not None:
-        try:
-            recorder.stop()
-            recorded = str(args.record)
-            from closedloop.io.recorder import verify_recording
-
-            report = verify_recording(args.record, outlets.counts)
-            recorded += f" - {report.summary()}"
-            if not report.ok:
-                out.reason, out.message = "error", f"recording incomplete: {report.summary()}"
-        except Exception as exc:  # noqa: BLE001
-            recorded = f"{args.record} - recorder failed: {exc}"
-            if out.exit_code == 0:
-                out.reason, out.message = "error", f"recording failed: {exc}"
-    if outlets is not None:
-        outlets.close()
+        closing = session.close()
+    if closing:
+        out.all_off = False
+        out.message += f"; closing the stimulator failed ({closing}) - switch it off by hand"
+        if out.exit_code == 0:
+            out.reason = "device"
+    stim = session.stimulator
+    # what the driver last told the device, after the loop's and close()'s stop_all
+    on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
+    recorded = session.finish_recording(out, args.record)
     if not args.quiet:
         print(file=sys.stderr)
     for line in summary_lines(out, recorded=recorded):
@@ -125,8 +89,88 @@ def main(args) -> int:
             "samples_lost": out.samples_lost, "onsets": out.onsets, "trials": out.trials,
             "stim_seconds": out.stim_seconds, "all_off": out.all_off,
             "commands": len(out.commands), "violations": len(out.violations),
+            "stop_to_off_ms": out.stop_to_off_ms if math.isfinite(out.stop_to_off_ms) else None,
+            "channels_on_at_end": on_at_end, "message": out.message,
         }))
     return out.exit_code
+
+
+class _Session:
+    """The devices, outlets and recorder of one ``closedloop run``."""
+
+    def __init__(self) -> None:
+        self.stimulator = self.source = self.outlets = self.recorder = None
+
+    def run(self, args, stop: StopRequest) -> Outcome:
+        config = load_config(args.config)
+        self.stimulator = stimulator = make_stimulator(config, args.stimulator)
+        self.source = source = make_source(config, args.source, seed=args.seed,
+                                           stimulator=stimulator)
+        if stimulator is not None:
+            stimulator.open()
+            if getattr(stimulator, "_clock", False) is None and hasattr(source, "now"):
+                stimulator._clock = source.now  # sim: pulses start at the next sample
+        source.open()
+        if args.record or not args.no_outlets:
+            from closedloop.io.outlets import SessionOutlets
+
+            self.outlets = SessionOutlets(
+                f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}",
+                _muscle_info(config, source.info), config_text=config.text,
+                metadata={"config": config.path, "source": source.info.name,
+                          "stimulator": type(stimulator).__name__ if stimulator else "none",
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+            )
+        if args.record:
+            from closedloop.io.recorder import XdfRecorder
+
+            self.recorder = XdfRecorder(args.record, self.outlets.recorder_predicates(),
+                                        overwrite=True)
+            self.recorder.start()
+            self.outlets.announce()
+        print(f"closedloop run: {config.name} on {source.info.name} "
+              f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
+              f"{type(stimulator).__name__ if stimulator else 'none'}; Ctrl-C stops",
+              file=sys.stderr)
+        return run_loop(
+            config, source, stimulator,
+            options=LoopOptions(duration_s=args.duration,
+                                watchdog_s=config.session.watchdog_ms / 1000.0),
+            stop=stop, outlets=self.outlets, recorder=self.recorder,
+            status=None if args.quiet else _printer(),
+        )
+
+    def close(self) -> str:
+        """Close the stimulator (which switches it off) and the source; what failed."""
+        failed = ""
+        try:
+            if self.stimulator is not None:
+                self.stimulator.close()
+        except Exception as exc:  # noqa: BLE001 - reported, and the source still closes
+            failed = f"{type(exc).__name__}: {exc}"
+        if self.source is not None:
+            self.source.close()
+        return failed
+
+    def finish_recording(self, out: Outcome, path) -> str | None:
+        """Stop the recorder, prove every sample is in the file; close the outlets."""
+        recorded = None
+        if self.recorder is not None:
+            try:
+                self.recorder.stop()
+                from closedloop.io.recorder import verify_recording
+
+                report = verify_recording(path, self.outlets.counts)
+                recorded = f"{path} - {report.summary()}"
+                if not report.ok and out.exit_code == 0:
+                    out.reason, out.message = "error", f"recording incomplete: {report.summary()}"
+            except Exception as exc:  # noqa: BLE001
+                recorded = f"{path} - recorder failed: {exc}"
+                if out.exit_code == 0:
+                    out.reason, out.message = "error", f"recording failed: {exc}"
+        if self.outlets is not None:
+            self.outlets.close()
+        return recorded
 
 
 def _muscle_info(config, info):
