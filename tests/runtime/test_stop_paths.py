@@ -137,13 +137,18 @@ def test_stimulator_that_cannot_be_switched_off_is_reported(config):
     assert "could NOT confirm all channels off" in out.message
 
 
-def test_safety_violation_stops_with_exit_6(config):
-    limit = config.muscle("biceps").limits.max_current_ma
+@pytest.mark.parametrize(("field", "excess"), [
+    ("pulse_width_us", lambda limits: 1.1 * limits.max_pulse_width_us),  # just above
+    ("current_ma", lambda limits: limits.max_current_ma + 10.0),
+])
+def test_safety_violation_stops_with_exit_6(config, field, excess):
+    limits = config.muscle("biceps").limits
+    value = excess(limits)
 
-    def greedy(settings, muscles, fs):
+    def greedy(settings, muscles, fs):  # a protocol that asks for more than the limit
         proto = make_protocol(settings, muscles, fs)
         step = proto.step
-        proto.step = lambda block: [replace(c, current_ma=limit + 10.0) if c.is_on else c
+        proto.step = lambda block: [replace(c, **{field: value}) if c.is_on else c
                                     for c in step(block)]
         return proto
 
@@ -151,7 +156,9 @@ def test_safety_violation_stops_with_exit_6(config):
     out = run_loop(config, src, stim, options=FAST, protocol_factory=greedy)
     assert (out.reason, out.exit_code) == ("safety", 6)
     assert "safety stop" in out.message and out.violations
-    assert all(c.current_ma <= limit for c in stim.commands)  # the device never got it
+    assert out.trials["trials"] == 1  # it stopped at the first trigger
+    limit = {"pulse_width_us": limits.max_pulse_width_us, "current_ma": limits.max_current_ma}
+    assert all(getattr(c, field) <= limit[field] for c in stim.commands)  # never sent
     assert not stim.any_on
 
 
