@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("detect", help="run the onset detector offline over a file")
-    d.add_argument("input", help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)")
+    d.add_argument(
+        "input", help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)"
+    )
     d.add_argument("--config", help="TOML config (default: default settings on every channel)")
     d.add_argument("--out", required=True, help="events CSV to write (sample,time_s,channel,kind)")
     d.add_argument("--fs", type=float, help="sampling rate of a text/CSV input, Hz")
@@ -45,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
     b.set_defaults(module="closedloop.bench")
-    r = sub.add_parser("run", help="run a closed-loop session (default: simulated patient and stimulator)")
+    r = sub.add_parser(
+        "run", help="run a closed-loop session (default: simulated patient and stimulator)"
+    )
     r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
     r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
     r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none")
@@ -53,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, help="stop after this many seconds of samples")
     r.add_argument("--seed", type=int, help="seed of the simulated patient")
     r.add_argument("--no-gui", action="store_true", help="no live view: one-line status instead")
+    r.add_argument(
+        "--confirm-checklist",
+        action="store_true",
+        help="the pre-stimulation safety checklist was checked (scripted use)",
+    )
     r.add_argument("--no-outlets", action="store_true", help="do not publish LSL streams")
     r.add_argument("--quiet", action="store_true", help="no live status line")
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
@@ -62,14 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", help="config to use (default: the one stored in the recording)")
     rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
     rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
-    rp.add_argument("--check", action="store_true",
-                    help="compare derived events and commands with the recorded ones; exit 8 on a difference")
+    rp.add_argument(
+        "--check",
+        action="store_true",
+        help="compare derived events and commands with the recorded ones; exit 8 on a difference",
+    )
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(module="closedloop.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
     ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")
-    ev.add_argument("--detector", action="append", dest="detectors",
-                    help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)")
+    ev.add_argument(
+        "--detector",
+        action="append",
+        dest="detectors",
+        help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)",
+    )
     ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel)")
     ev.add_argument("--fs", type=float, help="sampling rate of text inputs")
     ev.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
@@ -83,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("input", metavar="FILE.xdf")
     rep.add_argument("--out", help="HTML file (default: FILE.html)")
     rep.set_defaults(module="closedloop.report")
-    v = sub.add_parser("view", help="live view of a running session (subscribes to its LSL streams)")
+    v = sub.add_parser(
+        "view", help="live view of a running session (subscribes to its LSL streams)"
+    )
     v.add_argument("--session", help="session name (default: the first one found)")
     v.add_argument("--screenshot", help="save the window to this PNG after a few seconds")
     v.add_argument("--duration", type=float, help="close after this many seconds")
@@ -98,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mvc-reps", type=int, default=3)
     c.add_argument("--mvc-s", type=float, default=3.0)
     c.add_argument("--no-gui", action="store_true")
-    c.add_argument("--yes", action="store_true", help="confirm the stimulation limits without asking")
+    c.add_argument(
+        "--yes", action="store_true", help="confirm the stimulation limits without asking"
+    )
     c.set_defaults(module="closedloop.calibrate")
     return p
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -38,16 +39,17 @@ def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
             f"{m} {s:.1f} s" for m, s in out.stim_seconds.items()))
     if out.arrival_to_command_ms:
         a = np.asarray(out.arrival_to_command_ms)
+        last = "" if a.size == out.n_commands else " (the last ones)"
         lines.append(f"  arrival->command: p50 {np.percentile(a, 50):.3f} ms, "
-                     f"p99 {np.percentile(a, 99):.3f} ms ({a.size} commands)")
+                     f"p99 {np.percentile(a, 99):.3f} ms ({a.size} commands{last})")
     if math.isfinite(out.stop_to_off_ms):
         lines.append(f"  stop -> all off : {out.stop_to_off_ms:.1f} ms")
     lines.append(f"  samples lost    : {out.samples_lost}")
     if out.violations:
-        lines.append(f"  safety          : {len(out.violations)} intervention(s); "
+        lines.append(f"  safety          : {out.n_violations} intervention(s); "
                      f"last: {out.violations[-1]}")
     if out.issues:
-        lines.append(f"  input warnings  : {len(out.issues)}; last: {out.issues[-1]}")
+        lines.append(f"  input warnings  : {out.n_issues}; last: {out.issues[-1]}")
     lines.append("  all channels off: " + ("yes" if out.all_off else "NOT CONFIRMED"))
     if recorded:
         lines.append(f"  recording       : {recorded}")
@@ -88,7 +90,7 @@ def main(args) -> int:
             "reason": out.reason, "exit_code": out.exit_code, "samples": out.samples,
             "samples_lost": out.samples_lost, "onsets": out.onsets, "trials": out.trials,
             "stim_seconds": out.stim_seconds, "all_off": out.all_off,
-            "commands": len(out.commands), "violations": len(out.violations),
+            "commands": out.n_commands, "violations": out.n_violations,
             "stop_to_off_ms": out.stop_to_off_ms if math.isfinite(out.stop_to_off_ms) else None,
             "channels_on_at_end": on_at_end, "message": out.message,
         }))
@@ -100,6 +102,7 @@ class _Session:
 
     def __init__(self) -> None:
         self.stimulator = self.source = self.outlets = self.recorder = None
+        self.control = self.view = None
 
     def run(self, args, stop: StopRequest) -> Outcome:
         config = load_config(args.config)
@@ -110,17 +113,25 @@ class _Session:
             stimulator.open()
             if getattr(stimulator, "_clock", False) is None and hasattr(source, "now"):
                 stimulator._clock = source.now  # sim: pulses start at the next sample
+        checklist = _checklist(args, stimulator)
         source.open()
-        if args.record or not args.no_outlets:
+        name = f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}"
+        gui = not args.no_gui
+        if args.record or not args.no_outlets or gui:
             from closedloop.io.outlets import SessionOutlets
 
             self.outlets = SessionOutlets(
-                f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}",
-                _muscle_info(config, source.info), config_text=config.text,
+                name, _muscle_info(config, source.info), config_text=config.text,
                 metadata={"config": config.path, "source": source.info.name,
                           "stimulator": type(stimulator).__name__ if stimulator else "none",
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "checklist": checklist},
             )
+            from closedloop.view.control import ControlInlet
+
+            self.control = ControlInlet(name)
+        if gui:
+            self.view = _open_view(name)
         if args.record:
             from closedloop.io.recorder import XdfRecorder
 
@@ -130,14 +141,15 @@ class _Session:
             self.outlets.announce()
         print(f"closedloop run: {config.name} on {source.info.name} "
               f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
-              f"{type(stimulator).__name__ if stimulator else 'none'}; Ctrl-C stops",
-              file=sys.stderr)
+              f"{type(stimulator).__name__ if stimulator else 'none'}; session {name}; "
+              "Ctrl-C or STOP stops", file=sys.stderr, flush=True)
         return run_loop(
             config, source, stimulator,
             options=LoopOptions(duration_s=args.duration,
                                 watchdog_s=config.session.watchdog_ms / 1000.0),
             stop=stop, outlets=self.outlets, recorder=self.recorder,
             status=None if args.quiet else _printer(),
+            control=self.control.poll if self.control is not None else None,
         )
 
     def close(self) -> str:
@@ -150,6 +162,14 @@ class _Session:
             failed = f"{type(exc).__name__}: {exc}"
         if self.source is not None:
             self.source.close()
+        if self.control is not None:
+            self.control.close()
+        if self.view is not None and self.view.poll() is None:
+            self.view.terminate()
+            try:
+                self.view.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.view.kill()
         return failed
 
     def finish_recording(self, out: Outcome, path) -> str | None:
@@ -171,6 +191,45 @@ class _Session:
         if self.outlets is not None:
             self.outlets.close()
         return recorded
+
+
+def _checklist(args, stimulator) -> dict:
+    """The pre-stimulation safety checklist, as recorded in the session metadata.
+
+    Required before a real stimulator is used: asked on the terminal, or confirmed with
+    ``--confirm-checklist`` for scripted use. A session without a stimulator, or with the
+    simulated one (no patient attached), records why it was not asked.
+    """
+    from closedloop.checklist import ask_checklist, confirmed_by_flag
+    from closedloop.errors import SafetyError
+    from closedloop.stim.sim import SimStimulator
+
+    if stimulator is None:
+        return {"required": False, "why": "no stimulator"}
+    if isinstance(stimulator, SimStimulator):
+        return {"required": False, "why": "simulated stimulator"}
+    if args.confirm_checklist:
+        return confirmed_by_flag().to_dict()
+    if not sys.stdin.isatty():
+        raise SafetyError(
+            "the safety checklist must be confirmed before stimulating a patient: run "
+            "closedloop run in a terminal to answer it, or pass --confirm-checklist once "
+            "it has been checked"
+        )
+    return ask_checklist().to_dict()
+
+
+def _open_view(session_name: str):
+    """Start ``closedloop view`` for this session in its own process (it reads the
+    session's LSL streams, so it can never stall or crash the loop), or None."""
+    import os
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            or os.environ.get("QT_QPA_PLATFORM")):
+        print("closedloop run: no display; running without the live view "
+              "(use --no-gui to silence this)", file=sys.stderr)
+        return None
+    return subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--session", session_name])
 
 
 def _muscle_info(config, info):

@@ -38,14 +38,19 @@ class Run:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "closedloop", "run", "--config", CONFIG, "--no-gui", *args],
-            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.stderr: list[str] = []
         self.stdout: list[str] = []
         self._lines: queue.Queue[str] = queue.Queue()
-        self._readers = [threading.Thread(target=self._read, args=(f, sink), daemon=True)
-                         for f, sink in ((self.proc.stderr, self.stderr),
-                                         (self.proc.stdout, self.stdout))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(f, sink), daemon=True)
+            for f, sink in ((self.proc.stderr, self.stderr), (self.proc.stdout, self.stdout))
+        ]
         for t in self._readers:
             t.start()
 
@@ -96,7 +101,11 @@ class Emulator:
         self.state_path = tmp_path / "rehastim2.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.emulators.rehastim2", "--state", str(self.state_path)],
-            cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.pty = self.proc.stdout.readline().strip()
         assert self.pty.startswith("/dev/"), self.pty
@@ -145,8 +154,9 @@ def emulator(tmp_path):
 @pytest.fixture
 def streamer():
     """Simulated EMG over LSL from another process: a biceps attempt every 3 s."""
-    with Streamer(f"closedloop-test-{uuid.uuid4().hex[:8]}", "--seconds", "120",
-                  "--every", "3") as s:
+    with Streamer(
+        f"closedloop-test-{uuid.uuid4().hex[:8]}", "--seconds", "120", "--every", "3"
+    ) as s:
         yield s
 
 
@@ -156,7 +166,8 @@ def stimulating(state: dict) -> bool:
 
 def all_off(state: dict) -> bool:
     return not state["any_running"] and all(
-        ch["current_ma"] == 0 and not ch["running"] for ch in state["channels"].values())
+        ch["current_ma"] == 0 and not ch["running"] for ch in state["channels"].values()
+    )
 
 
 # -- normal end, signals, bad config ---------------------------------------------------------------
@@ -181,7 +192,14 @@ def test_sigterm_exit_143_all_off():
 
 
 def test_ctrl_c_exit_130_and_the_device_is_off(emulator):
-    run = Run("--stimulator", f"rehastim2:{emulator.pty}", "--no-outlets", "--json", "--quiet")
+    run = Run(
+        "--stimulator",
+        f"rehastim2:{emulator.pty}",
+        "--confirm-checklist",
+        "--no-outlets",
+        "--json",
+        "--quiet",
+    )
     try:
         emulator.wait(stimulating)
         run.proc.send_signal(signal.SIGINT)
@@ -192,16 +210,23 @@ def test_ctrl_c_exit_130_and_the_device_is_off(emulator):
     assert summary["all_off"] and summary["channels_on_at_end"] == []
     assert all_off(emulator.wait(all_off, timeout=5))
     assert "stop -> all off" in out
-    print(f"\nCtrl-C -> all off (RehaStim2 emulator, StopChannelListMode acknowledged): "
-          f"{summary['stop_to_off_ms']:.2f} ms")
+    print(
+        f"\nCtrl-C -> all off (RehaStim2 emulator, StopChannelListMode acknowledged): "
+        f"{summary['stop_to_off_ms']:.2f} ms"
+    )
 
 
 def test_bad_config_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(Path(CONFIG).read_text().replace("k_on = 6.0", "k_on = -1.0"))
-    proc = subprocess.run([sys.executable, "-m", "closedloop", "run", "--config", str(bad),
-                           "--json"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "closedloop", "run", "--config", str(bad), "--json"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "detector.k_on = -1.0" in proc.stdout
 
@@ -234,13 +259,23 @@ def test_source_lost_ends_non_zero(streamer):
 
 
 # -- the stimulator --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("fault", "words"), [
-    ("emergency", "emergency"),
-    ("vanish", "RehaStim2"),
-    ("silent", "did not answer"),
-])
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        ("emergency", "emergency"),
+        ("vanish", "RehaStim2"),
+        ("silent", "did not answer"),
+    ],
+)
 def test_stimulator_lost_or_emergency_exit_5(emulator, fault, words):
-    run = Run("--stimulator", f"rehastim2:{emulator.pty}", "--no-outlets", "--json", "--quiet")
+    run = Run(
+        "--stimulator",
+        f"rehastim2:{emulator.pty}",
+        "--confirm-checklist",
+        "--no-outlets",
+        "--json",
+        "--quiet",
+    )
     try:
         emulator.wait(stimulating)
         emulator.send(fault)
@@ -281,9 +316,19 @@ def check_recording(path: Path, streamer: Streamer) -> None:
 @pytest.mark.slow
 def test_lsl_stream_to_rehastim2_recorded(tmp_path, streamer, emulator):
     xdf = tmp_path / "session.xdf"
-    run = Run("--source", f"lsl:name={streamer.name}", "--stimulator",
-              f"rehastim2:{emulator.pty}", "--record", str(xdf), "--duration", "12",
-              "--json", "--quiet")
+    run = Run(
+        "--source",
+        f"lsl:name={streamer.name}",
+        "--stimulator",
+        f"rehastim2:{emulator.pty}",
+        "--confirm-checklist",
+        "--record",
+        str(xdf),
+        "--duration",
+        "12",
+        "--json",
+        "--quiet",
+    )
     try:
         emulator.wait(stimulating, timeout=40)  # the device stimulated
         code, summary, out = run.finish()
@@ -298,14 +343,29 @@ def test_lsl_stream_to_rehastim2_recorded(tmp_path, streamer, emulator):
 @pytest.mark.slow
 def test_lsl_stream_to_sim_recorded_and_replayed(tmp_path, streamer):
     xdf = tmp_path / "session.xdf"
-    run = Run("--source", f"lsl:name={streamer.name}", "--stimulator", "sim",
-              "--record", str(xdf), "--duration", "12", "--json", "--quiet")
+    run = Run(
+        "--source",
+        f"lsl:name={streamer.name}",
+        "--stimulator",
+        "sim",
+        "--record",
+        str(xdf),
+        "--duration",
+        "12",
+        "--json",
+        "--quiet",
+    )
     code, summary, out = run.finish()
     assert code == 0, out
     assert summary["all_off"] and summary["channels_on_at_end"] == []
     check_recording(xdf, streamer)
-    replay = subprocess.run([sys.executable, "-m", "closedloop", "replay", str(xdf), "--check",
-                             "--quiet"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=120)
+    replay = subprocess.run(
+        [sys.executable, "-m", "closedloop", "replay", str(xdf), "--check", "--quiet"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "check passed" in replay.stdout
