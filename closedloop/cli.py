@@ -66,6 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no live status line")
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
     r.set_defaults(module="closedloop.run")
+    st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
+    st.add_argument("--config", required=True)
+    st.add_argument(
+        "--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] (default: the config's)"
+    )
+    st.add_argument("--muscle", required=True)
+    st.add_argument("--current", type=float, required=True, help="mA")
+    st.add_argument("--pulse-width", type=float, help="us (default: the muscle's)")
+    st.add_argument("--frequency", type=float, help="Hz (default: the muscle's)")
+    st.add_argument("--duration", type=float, default=2.0, help="hold at full current, s")
+    st.add_argument("--confirm-checklist", action="store_true")
+    st.set_defaults(module="closedloop.stimtest_command")
+
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
     rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")
     rp.add_argument("--config", help="config to use (default: the one stored in the recording)")
