@@ -57,7 +57,8 @@ def main(args) -> int:
             args.duration,
         )
     print(
-        f"stim-test {summary.muscle} (channel {summary.channel}): peak {summary.peak_current_ma:g} mA "
+        f"stim-test {summary.muscle} (channel {summary.channel}): "
+        f"peak {summary.peak_current_ma:g} mA "
         f"at {summary.pulse_width_us:g} us, {summary.frequency_hz:g} Hz; {summary.n_commands} "
         f"commands; {'completed' if summary.completed else 'NOT completed'}; all channels off"
     )
