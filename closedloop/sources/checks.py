@@ -28,8 +28,11 @@ What it finds
 Every issue names the channel, the sample index (0-based, counted on the cleaned output,
 so it matches :attr:`closedloop.core.events.Event.sample`) and what to check.
 Issues that can repeat quickly (gaps, duplicates, non-monotonic or non-finite
-timestamps) are reported at most once per ``report_holdoff_seconds`` of samples; the
-next report says how many were folded into it.
+timestamps) are reported at most once per ``report_holdoff_seconds`` of samples: the
+ones that come sooner are folded into one summary, given at the sample where the
+hold-off ends (it repeats the latest of them, so it says what to check, and how many
+there were), or by :meth:`InputMonitor.flush` when the stream ends first. A folded
+issue is never left unsaid.
 """
 
 from __future__ import annotations
@@ -104,12 +107,17 @@ class CheckedChunk:
         saturated). A detector should be suspended on those samples.
     start : int
         Absolute 0-based index of the chunk's first cleaned sample.
+    breaks : tuple of int
+        Absolute indices of the samples that do not continue the sample before them:
+        samples were lost just before (a gap), or the counter went back (a restart or
+        a retransmission). The signal jumps there on every channel.
     """
 
     chunk: Chunk
     issues: tuple[InputIssue, ...]
     bad: np.ndarray
     start: int
+    breaks: tuple[int, ...] = ()
 
     @property
     def n(self) -> int:
@@ -246,6 +254,7 @@ class InputMonitor:
         self._rate_active = False
         self._last_report: dict[IssueKind, int] = {}
         self._suppressed: dict[IssueKind, int] = {}
+        self._folded: dict[IssueKind, tuple[int, str]] = {}  # latest folded (sample, message)
 
     @property
     def samples_out(self) -> int:
@@ -286,10 +295,12 @@ class InputMonitor:
                     "previous one + 1/fs; check the source's clock",
                 )
         n = samples.shape[0]
+        breaks: list[int] = []
         if n:
-            self._check_order(ts, counter, start, issues)
+            breaks = self._check_order(ts, counter, start, issues)
             clean, bad = self._check_values(samples, start, issues)
             self._check_rate(ts, start, issues)
+            self._flush_folded(issues, start + n)
             self._last_ts = float(ts[-1])
             if counter is not None:
                 self._last_counter = int(counter[-1])
@@ -298,7 +309,7 @@ class InputMonitor:
             clean, bad = samples, np.zeros((0, self._nch), dtype=bool)
         issues.sort(key=_issue_order)
         out = Chunk(samples=clean, timestamps=ts, counter=counter, arrival_wall=chunk.arrival_wall)
-        return CheckedChunk(out, tuple(issues), bad, start)
+        return CheckedChunk(out, tuple(issues), bad, start, tuple(breaks))
 
     # -- fast path -------------------------------------------------------------------------
     def _check_clean(
@@ -325,7 +336,7 @@ class InputMonitor:
         """
         n, nch = x.shape
         last_ts = self._last_ts
-        if last_ts is None:
+        if last_ts is None or self._suppressed:  # folded issues: the exact path says them
             return None
         # -- timestamps and counter --------------------------------------------------------
         # Strictly increasing from a finite previous one to a finite last one means all
@@ -445,15 +456,39 @@ class InputMonitor:
 
     def _report(self, issues: list[InputIssue], kind: IssueKind, sample: int, message: str) -> None:
         """Report a repeating stream-wide issue, folding repeats within the hold-off."""
+        self._flush_folded(issues, sample + 1, kind)
         last = self._last_report.get(kind)
         if last is not None and sample - last < self._holdoff:
             self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            self._folded[kind] = (sample, message)
             return
-        folded = self._suppressed.pop(kind, 0)
-        if folded:
-            message += f" ({folded} more like this since sample {last} not listed singly)"
         self._last_report[kind] = sample
         issues.append(InputIssue(kind, None, sample, message))
+
+    def _flush_folded(self, issues: list[InputIssue], end: int,
+                      only: IssueKind | None = None) -> None:
+        """Summarise the folded issues whose hold-off ends before sample ``end``, at the
+        sample where it ends (so the summary does not depend on the chunking)."""
+        for kind in [k for k in self._suppressed if only is None or k is only]:
+            due = self._last_report[kind] + self._holdoff
+            if due < end:
+                self._summary(issues, kind, due)
+
+    def _summary(self, issues: list[InputIssue], kind: IssueKind, at: int) -> None:
+        count = self._suppressed.pop(kind)
+        last = self._last_report[kind]
+        sample, message = self._folded.pop(kind)
+        self._last_report[kind] = at
+        issues.append(InputIssue(kind, None, at, (
+            f"{message} ({count} like this from sample {last + 1} to {sample}, not listed "
+            "singly)")))
+
+    def flush(self) -> list[InputIssue]:
+        """The folded issues not yet summarised (call at the end of the stream)."""
+        issues: list[InputIssue] = []
+        for kind in list(self._suppressed):
+            self._summary(issues, kind, max(self._n_out - 1, self._last_report[kind]))
+        return issues
 
     def _fix_timestamps(self, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Replace non-finite timestamps by the previous one + 1/fs; return the mask."""
@@ -508,8 +543,10 @@ class InputMonitor:
 
     def _check_order(
         self, ts: np.ndarray, counter: np.ndarray | None, start: int, issues: list[InputIssue]
-    ) -> None:
+    ) -> list[int]:
+        """Report gaps and order problems; return the breaks (see CheckedChunk.breaks)."""
         name = self.info.name
+        breaks: list[int] = []
         fs = self._fs
         prev_ts = np.empty_like(ts)
         prev_ts[1:] = ts[:-1]
@@ -522,6 +559,7 @@ class InputMonitor:
             dc = counter - prev_c
             for i in np.flatnonzero(dc != 1):
                 k = start + int(i)
+                breaks.append(k)
                 a, b = int(prev_c[i]), int(counter[i])
                 if dc[i] > 1:
                     self._report(
@@ -543,6 +581,7 @@ class InputMonitor:
         else:
             for i in np.flatnonzero(dt > self._gap_dt):
                 k = start + int(i)
+                breaks.append(k)
                 missing = max(1, round(float(dt[i]) * fs) - 1)
                 self._report(
                     issues,
@@ -561,6 +600,7 @@ class InputMonitor:
                 f"{name}: timestamp at sample {k} is {-dt[i] * 1e3:.3f} ms before (or equal "
                 "to) the previous one; check the source's clock and its timestamping",
             )
+        return breaks
 
     def _check_values(
         self, samples: np.ndarray, start: int, issues: list[InputIssue]

@@ -170,8 +170,29 @@ def test_repeating_issues_are_folded() -> None:
     keep = np.setdiff1d(np.arange(n), np.arange(100, 2000, 10))
     issues, _ = run(Chunk(noise(n)[keep], times(n)[keep], keep), report_holdoff_seconds=1.0)
     gaps = [i for i in issues if i.kind is IssueKind.GAP]
-    assert [g.sample for g in gaps] == [100, 1108]  # output indices (1 lost per 10)
-    assert "not listed singly" in gaps[1].message
+    # output indices (1 lost per 10): the first, then a summary each time the hold-off ends
+    assert [g.sample for g in gaps] == [100, 1100, 2100]
+    assert "(111 like this from sample 101 to 1099, not listed singly)" in gaps[1].message
+    assert "check the device link" in gaps[1].message  # the latest one, said in full
+    assert "(78 like this from sample 1101 to 1801, not listed singly)" in gaps[2].message
+
+
+def test_a_folded_issue_is_never_left_unsaid() -> None:
+    """An issue within the hold-off of another of its kind is said when the hold-off
+    ends, even if nothing like it follows; at the end of the stream, by flush()."""
+    n = 3000
+    ts = times(n)
+    ts[1500:] -= 0.05  # the clock jumps back 50 ms, 0.6 s after another jump back
+    ts[900:] -= 0.01
+    issues, _ = run(Chunk(noise(n), ts), report_holdoff_seconds=1.0)
+    back = [i for i in issues if i.kind is IssueKind.NON_MONOTONIC]
+    assert [i.sample for i in back] == [900, 1900]
+    assert "49.000 ms before" in back[1].message and "check the source's clock" in back[1].message
+    m = InputMonitor(INFO, report_holdoff_seconds=1.0)
+    m.check(Chunk(noise(1600), ts[:1600]))  # the stream ends before the hold-off does
+    (said,) = m.flush()
+    assert said.sample == 1599 and "49.000 ms before" in said.message
+    assert m.flush() == []
 
 
 # -- chunk invariance -----------------------------------------------------------------------
