@@ -236,7 +236,8 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
         stim = SimStimulator()
         with source, stim:
             offset = _clock_offset()
-            out = run_loop(config, source, stim, options=LoopOptions(duration_s=seconds))
+            out = run_loop(config, source, stim,
+                           options=LoopOptions(duration_s=seconds, history=None))
     if out.exit_code != 0:
         raise RuntimeError(f"the benchmark session ended early: {out.message}")
     fs = source.info.fs

@@ -84,7 +84,7 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
                     progress(source.position, session.n)
             out = run_loop(config, source, stim,
                            options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05,
-                                               status_every_s=0.25),
+                                               status_every_s=0.25, history=None),
                            status=status, effective_sample=RecordedEffect(live))
         finally:
             if stim is not None:

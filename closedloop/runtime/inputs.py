@@ -13,6 +13,10 @@ restarts the channel's filters at the first good sample, so the step back to EMG
 not ring, and the settling time lets the envelope and the notch forget the bad
 stretch), and at the start of the session until every check has judged it once (so the
 detector never learns its rest level from a channel that is bad from the start).
+Where the stream breaks (samples lost, or the counter going back: the monitor's
+``breaks``) every channel is treated as bad at that sample: the jump in the signal (and
+in the mains hum's phase) would otherwise ring through the filters and look like an
+onset.
 """
 
 from __future__ import annotations
@@ -103,6 +107,12 @@ class InputStage:
         out, self._messages = self._messages, []
         return out
 
+    def finish(self) -> list[str]:
+        """At the end of the session: what the checks found and had not said yet (the
+        issues folded into a summary that was still due)."""
+        self._messages += [issue.message for issue in self.monitor.flush()]
+        return self.pop_messages()
+
     def feed(self, chunk: Chunk, until: int | None = None) -> list[Segment]:
         """Check one chunk; return its segments (none when every sample was dropped),
         cut at sample ``until`` when given (the end of the session).
@@ -133,6 +143,8 @@ class InputStage:
                 "detector resumed"
             )
         dirty = bad | hum
+        for k in checked.breaks:  # the signal jumps: restart and settle every channel
+            dirty[k - start, :] = True
         self.position = start + n
         settled = bool((self._usable_run >= self.settle).all())
         if settled and not (dirty.any() or self.suspended.any() or self._dirty.any()):

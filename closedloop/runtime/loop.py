@@ -45,9 +45,10 @@ from closedloop.runtime.outcome import (
     MESSAGES,
     LoopOptions,
     Outcome,
+    StimTally,
     StopRequest,
     classify,
-    stim_seconds,
+    keep_last,
 )
 from closedloop.runtime.status import status_line
 from closedloop.runtime.watchdog import Watchdog
@@ -101,6 +102,8 @@ def run_loop(
     effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
     end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
     out.onsets = {m: 0 for m in names}
+    keep = opts.history
+    tally = StimTally(fs)
     started = time.perf_counter()
     last_data = last_status = -math.inf
     last_counter: int | None = None
@@ -135,8 +138,10 @@ def run_loop(
             segments = inputs.feed(chunk, until=end)
             for message in inputs.pop_messages():
                 out.issues.append(message)
+                out.n_issues += 1
                 if status:
                     status(f"input: {message}")
+            keep_last(out.issues, keep)
             chunk_stop = inputs.position
             block = None
             for seg in segments:
@@ -147,6 +152,8 @@ def run_loop(
                 block.events[:0] = ended  # a channel suspended while active: its offset
                 last_time = float(block.timestamps[-1])
                 out.events.extend(block.events)
+                out.n_events += len(block.events)
+                keep_last(out.events, keep)
                 for e in block.events:
                     out.onsets[e.channel] += e.kind == "onset"
 
@@ -156,8 +163,10 @@ def run_loop(
                     safe = guard.filter(protocol.step(block), block=block)
                     for v in guard.pop_violations():
                         out.violations.append(v.message)
+                        out.n_violations += 1
                         if status:
                             status(f"safety: {v.message}")
+                    keep_last(out.violations, keep)
                     if safe:
                         handed = time.perf_counter()
                         safe = [replace(c, arrival_wall=chunk.arrival_wall, handed_wall=handed,
@@ -166,9 +175,10 @@ def run_loop(
                             remover.command(c.muscle, c.channel, c.is_on, c.frequency_hz,
                                             c.effective_sample)
                         stimulator.apply(safe)
-                        out.commands.extend(safe)
+                        _record(out, tally, safe, keep)
                         out.arrival_to_command_ms += [1000 * (handed - chunk.arrival_wall)
                                                       for c in safe if c.is_on]
+                        keep_last(out.arrival_to_command_ms, keep)
 
                 # 6. publish
                 if outlets is not None:
@@ -196,7 +206,12 @@ def run_loop(
         out.error = exc if out.reason == "error" else None
     finally:
         watchdog.stop()
-        _all_off(out, stimulator, guard, pipeline.position, last_time, outlets)
+        _all_off(out, tally, stimulator, guard, pipeline.position, last_time, outlets)
+        for message in inputs.finish():  # nothing the checks found goes unsaid
+            out.issues.append(message)
+            out.n_issues += 1
+            if status:
+                status(f"input: {message}")
         out.stop_wall = stop.wall
         if watchdog.tripped and out.reason in ("", "interrupt", "stall"):
             out.reason = "stall"
@@ -208,8 +223,20 @@ def run_loop(
     if protocol is not None:
         c = protocol.counts
         out.trials = {"trials": c.trials, "hits": c.hits, "misses": c.misses, "gated": c.gated}
-    out.stim_seconds = stim_seconds(out.commands, fs, pipeline.position)
+    out.stim_seconds = tally.seconds(pipeline.position)
+    if keep is not None:
+        for items in (out.events, out.commands, out.arrival_to_command_ms, out.issues,
+                      out.violations):
+            del items[: max(0, len(items) - keep)]
     return out
+
+
+def _record(out: Outcome, tally: StimTally, commands: list[StimCommand], keep: int | None) -> None:
+    """Count the commands sent, add them to the dose tally and the (bounded) history."""
+    out.commands.extend(commands)
+    out.n_commands += len(commands)
+    tally.add(commands)
+    keep_last(out.commands, keep)
 
 
 def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
@@ -249,7 +276,8 @@ def _emergency_off(stimulator: Stimulator | None, stop: StopRequest) -> None:
             pass
 
 
-def _all_off(out: Outcome, stimulator, guard, position: int, last_time: float, outlets) -> None:
+def _all_off(out: Outcome, tally: StimTally, stimulator, guard, position: int, last_time: float,
+             outlets) -> None:
     """Every exit: switch all channels off, tell the guard, publish the offs."""
     if stimulator is None:
         return
@@ -264,7 +292,7 @@ def _all_off(out: Outcome, stimulator, guard, position: int, last_time: float, o
             out.reason = "device"
     if guard is not None:
         offs = guard.all_off(max(position - 1, 0), last_time)
-        out.commands.extend(offs)
+        _record(out, tally, offs, None)
         if outlets is not None:
             try:
                 outlets.push_commands(offs)

@@ -69,6 +69,12 @@ class LoopOptions:
         Longest wait in one ``source.read``: bounds how fast a stop request is seen.
     status_every_s : float
         Interval of the status line (wall clock).
+    history : int or None
+        How many of the latest events, commands and latency figures the
+        :class:`Outcome` keeps (None: all of them, as a replay needs to compare them).
+        The counts, the onsets and the stimulation seconds cover the whole session
+        either way; the recording holds every event and command. A bound keeps a long
+        session's memory flat.
     """
 
     duration_s: float | None = None
@@ -76,11 +82,18 @@ class LoopOptions:
     startup_s: float = 2.0
     read_timeout_s: float = 0.005
     status_every_s: float = 0.5
+    history: int | None = 10_000
 
 
 @dataclass
 class Outcome:
-    """How a session ended, and what it did."""
+    """How a session ended, and what it did.
+
+    ``events``, ``commands``, ``arrival_to_command_ms``, ``issues`` and ``violations``
+    hold the latest :attr:`LoopOptions.history` items (all of them when it is None);
+    ``n_events``, ``n_commands``, ``n_issues`` and ``n_violations`` count the whole
+    session.
+    """
 
     reason: str = ""
     message: str = ""
@@ -95,6 +108,10 @@ class Outcome:
     violations: list[str] = field(default_factory=list)
     samples_lost: int = 0
     arrival_to_command_ms: list[float] = field(default_factory=list)
+    n_events: int = 0
+    n_commands: int = 0
+    n_issues: int = 0
+    n_violations: int = 0
     all_off: bool = True
     stop_wall: float = math.nan  # perf_counter of the stop request (signal, button)
     off_wall: float = math.nan  # perf_counter when stop_all() returned
@@ -129,20 +146,43 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "error", f"unexpected {type(exc).__name__}: {exc}"
 
 
+class StimTally:
+    """Seconds each muscle was stimulated, summed command by command on the sample
+    clock (constant memory, so a bounded command history does not lose the dose)."""
+
+    def __init__(self, fs: float) -> None:
+        self.fs = float(fs)
+        self._on_since: dict[str, int] = {}
+        self._total: dict[str, float] = {}
+
+    def add(self, commands) -> None:
+        for c in commands:
+            self._total.setdefault(c.muscle, 0.0)
+            if c.is_on and c.muscle not in self._on_since:
+                self._on_since[c.muscle] = c.sample
+            elif not c.is_on and c.muscle in self._on_since:
+                self._total[c.muscle] += (c.sample - self._on_since.pop(c.muscle)) / self.fs
+
+    def seconds(self, end: int) -> dict[str, float]:
+        """Totals, a channel still on counted up to sample ``end``."""
+        total = dict(self._total)
+        for m, s in self._on_since.items():
+            total[m] += (end - s) / self.fs
+        return total
+
+
 def stim_seconds(commands: list[StimCommand], fs: float, end: int) -> dict[str, float]:
     """Seconds each muscle was stimulated, from the commands on the sample clock."""
-    on_since: dict[str, int] = {}
-    total: dict[str, float] = {}
-    for c in commands:
-        total.setdefault(c.muscle, 0.0)
-        if c.is_on and c.muscle not in on_since:
-            on_since[c.muscle] = c.sample
-        elif not c.is_on and c.muscle in on_since:
-            total[c.muscle] += (c.sample - on_since.pop(c.muscle)) / fs
-    for m, s in on_since.items():
-        total[m] += (end - s) / fs
-    return total
+    tally = StimTally(fs)
+    tally.add(commands)
+    return tally.seconds(end)
 
 
-__all__ = ["EXIT_CODES", "MESSAGES", "LoopOptions", "Outcome", "StopRequest", "classify",
-           "stim_seconds"]
+def keep_last(items: list, n: int | None) -> None:
+    """Trim ``items`` in place to its last ``n`` (amortised: only once it holds 2n)."""
+    if n is not None and len(items) >= 2 * max(n, 1):
+        del items[: len(items) - n]
+
+
+__all__ = ["EXIT_CODES", "MESSAGES", "LoopOptions", "Outcome", "StimTally", "StopRequest",
+           "classify", "keep_last", "stim_seconds"]
