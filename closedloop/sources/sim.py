@@ -113,6 +113,11 @@ class SimSource(Source):
 
     def _pulses(self, t_start: float, t_end: float) -> list[Pulse]:
         rec = self.stimulator.pulses(self.t0 + t_start, self.t0 + t_end)
+        # the patient asks in increasing time: trains that ended before this window are
+        # never asked for again, and keeping them would make every read slower
+        forget = getattr(self.stimulator, "forget_before", None)
+        if forget is not None:
+            forget(self.t0 + t_start)
         return [
             Pulse(float(r["time"]) - self.t0, self.stim_channels.get(int(r["channel"]), ""),
                   float(r["current_ma"]), float(r["pulse_width_us"]))
