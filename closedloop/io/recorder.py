@@ -56,6 +56,7 @@ from closedloop.io.xdf import counter_column, marker_texts, read_xdf, stream_nam
 
 _FOUND = re.compile(r"^Found (?P<name>.*)@(?P<host>\S*) matching '(?P<pred>.*)'$")
 _STARTED = re.compile(r"^Started data collection for stream (?P<name>.*)\.$")
+_STARTED_PHRASE = "Started data collection for stream"
 _NO_MATCH = re.compile(r'^"(?P<pred>.*)" matched no stream')
 
 
@@ -300,6 +301,10 @@ class XdfRecorder:
                     if m := _FOUND.match(ln):
                         found.setdefault(m.group("pred"), []).append(m.group("name"))
                 started = {m.group("name") for ln in lines if (m := _STARTED.match(ln))}
+                # its stream threads print at once, so two such lines can come out
+                # interleaved ("Started ... stream Started ... stream A." then "B."):
+                # count the phrase as well
+                phrases = sum(ln.count(_STARTED_PHRASE) for ln in lines)
                 announced = any(ln.startswith("Starting the recording") for ln in lines)
                 if announced:
                     multi = {p: n for p, n in found.items() if len(n) > 1}
@@ -310,7 +315,7 @@ class XdfRecorder:
                             "one stream: select by source_id"
                         )
                     names = {n[0] for n in found.values()}
-                    if names and names <= started:
+                    if names and (names <= started or phrases >= len(names)):
                         self.streams = {p: n[0] for p, n in found.items()}
                         return
                 if self._eof or self._proc is None or self._proc.poll() is not None:

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,30 @@ def test_full_disk_stops_the_session_before_anything_is_lost(small_disk):
     np.testing.assert_array_equal(s.counter, np.arange(s.n))
     assert len(s.commands) == summary["commands"]
     assert_recording_ends_off(s)
+
+
+def test_interleaved_labrecorder_output_still_starts(tmp_path):
+    """LabRecorderCLI's stream threads print at once: two 'Started data collection'
+    lines can come out mixed into one (seen in this suite). The start must not wait
+    for its timeout then."""
+    fake = tmp_path / "LabRecorderCLI-interleaved"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "preds = sys.argv[2:]\n"
+        "for i, p in enumerate(preds):\n"
+        "    print(f\"Found S{i}@host matching '{p}'\")\n"
+        "print('Starting the recording, press Enter to quit')\n"
+        "print('Started data collection for stream Started data collection for stream S0.')\n"
+        "print('S1.')\n"
+        "sys.stdout.flush()\n"
+        "sys.stdin.readline()\n")
+    fake.chmod(0o755)
+    from closedloop.io.recorder import XdfRecorder
+
+    rec = XdfRecorder(tmp_path / "x.xdf", ["name='a'", "name='b'"], cli_path=fake,
+                      start_timeout=5.0, drain_seconds=0.0)
+    t0 = time.monotonic()
+    rec.start()
+    assert time.monotonic() - t0 < 3.0 and rec.streams == {"name='a'": "S0", "name='b'": "S1"}
+    rec.stop()
