@@ -27,6 +27,7 @@ switch included), 6 a safety stop, 7 unusable input, 130 Ctrl-C, 143 SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -159,34 +160,39 @@ def run_loop(
 
                 # 4-5. protocol -> guard -> stimulator (and the blanking schedule)
                 safe: list[StimCommand] = []
-                if protocol is not None:
-                    safe = guard.filter(protocol.step(block), block=block)
-                    for v in guard.pop_violations():
-                        out.violations.append(v.message)
-                        out.n_violations += 1
-                        if status:
-                            status(f"safety: {v.message}")
-                    keep_last(out.violations, keep)
-                    if safe:
-                        handed = time.perf_counter()
-                        safe = [replace(c, arrival_wall=chunk.arrival_wall, handed_wall=handed,
-                                        effective_sample=effective(c, chunk_stop)) for c in safe]
-                        for c in safe:
-                            remover.command(c.muscle, c.channel, c.is_on, c.frequency_hz,
-                                            c.effective_sample)
-                        stimulator.apply(safe)
-                        _record(out, tally, safe, keep)
-                        out.arrival_to_command_ms += [1000 * (handed - chunk.arrival_wall)
-                                                      for c in safe if c.is_on]
-                        keep_last(out.arrival_to_command_ms, keep)
+                try:
+                    if protocol is not None:
+                        safe = guard.filter(protocol.step(block), block=block)
+                        for v in guard.pop_violations():
+                            out.violations.append(v.message)
+                            out.n_violations += 1
+                            if status:
+                                status(f"safety: {v.message}")
+                        keep_last(out.violations, keep)
+                        if safe:
+                            handed = time.perf_counter()
+                            safe = [replace(c, arrival_wall=chunk.arrival_wall,
+                                            handed_wall=handed,
+                                            effective_sample=effective(c, chunk_stop))
+                                    for c in safe]
+                            for c in safe:
+                                remover.command(c.muscle, c.channel, c.is_on, c.frequency_hz,
+                                                c.effective_sample)
+                            _record(out, tally, safe, keep)  # handed over, even if it fails
+                            stimulator.apply(safe)
+                            out.arrival_to_command_ms += [1000 * (handed - chunk.arrival_wall)
+                                                          for c in safe if c.is_on]
+                            keep_last(out.arrival_to_command_ms, keep)
+                except BaseException:
+                    # the device failed: what was decided up to here is still recorded
+                    if outlets is not None:
+                        with contextlib.suppress(Exception):
+                            _publish(outlets, seg, block, safe, protocol)
+                    raise
 
                 # 6. publish
                 if outlets is not None:
-                    outlets.push_emg(seg.samples, seg.timestamps, start=seg.start)
-                    outlets.push_block(block)
-                    outlets.push_commands(safe)
-                    for te in protocol.pop_trial_events() if protocol is not None else ():
-                        outlets.push_marker(te.kind, te.time, **_fields(te))
+                    _publish(outlets, seg, block, safe, protocol)
                 if guard is not None and guard.must_stop:
                     raise SafetyError(guard.stop_violation.message)
             if stimulator is not None:
@@ -237,6 +243,16 @@ def _record(out: Outcome, tally: StimTally, commands: list[StimCommand], keep: i
     out.n_commands += len(commands)
     tally.add(commands)
     keep_last(out.commands, keep)
+
+
+def _publish(outlets, seg, block, commands: list[StimCommand], protocol) -> None:
+    """Push one segment's samples, its block (envelope, thresholds, events), the
+    commands handed to the stimulator and the protocol's trial markers."""
+    outlets.push_emg(seg.samples, seg.timestamps, start=seg.start)
+    outlets.push_block(block)
+    outlets.push_commands(commands)
+    for te in protocol.pop_trial_events() if protocol is not None else ():
+        outlets.push_marker(te.kind, te.time, **_fields(te))
 
 
 def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
