@@ -1,0 +1,83 @@
+"""The stimulator fails while stimulating: it stops answering, answers with an error,
+reports a stimulation error (electrode), or its port vanishes (USB cable pulled).
+
+The loop runs the simulated patient (not paced) against the strict RehaStim2 emulator on
+a pty, recorded. Every fault ends the session with exit 5 and a message naming the
+device and what it did; the driver holds every channel off; where the device can still
+hear, the stop is confirmed by it, and where it cannot, the clinician is told to switch
+it off by hand (the device's own 1.2 s watchdog stops it once the keep-alives stop).
+The recording holds every command up to the fault and the final offs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from closedloop.runtime.loop import LoopOptions
+from closedloop.sim.patient import Attempt
+from closedloop.stim.rehastim2 import RehaStim2
+from tests.emulators.rehastim2 import RehaStim2Emulator
+from tests.faults.conftest import assert_recording_ends_off, run_recorded
+from tests.runtime.conftest import sim_session
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a POSIX pty")
+
+SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
+
+
+@pytest.fixture
+def emulator():
+    emu = RehaStim2Emulator(init_interval_s=0.1)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.mark.parametrize(("fault", "words", "confirmed"), [
+    ("go_silent", "did not answer", False),
+    ("answer_error", "refused StartChannelListMode", True),
+    ("electrode_error", "error -2: electrode error", True),
+    ("vanish", "is gone", False),
+])
+def test_stimulator_fault_while_stimulating(tmp_path, config, emulator, fault, words, confirmed):
+    src, _ = sim_session(config, SCRIPT, artifacts=False)
+    driver = RehaStim2(emulator.path, channels=(1, 2), response_timeout=0.3)
+    driver.open()
+    injected = []
+
+    def control() -> list[str]:
+        if driver.any_on and not injected:
+            injected.append(True)
+            if fault == "answer_error":
+                emulator.answer_with(-2)  # the next command is refused: parameter error
+            else:
+                getattr(emulator, fault)()
+        return []
+
+    try:
+        rec = run_recorded(tmp_path, config, src, driver, control=control,
+                           options=LoopOptions(duration_s=8.0, watchdog_s=2.0))
+    finally:
+        closing = None
+        try:
+            driver.close()
+        except Exception as exc:  # noqa: BLE001 - a lost device cannot be closed cleanly
+            closing = exc
+    out = rec.out
+    assert (out.reason, out.exit_code) == ("device", 5), out.message
+    assert words in out.message
+    assert out.seconds < 3.0  # ended at the fault, not at the duration
+    assert not driver.any_on  # the driver holds every channel off
+    assert out.all_off == confirmed
+    if confirmed:  # the device heard the stop: nothing runs
+        assert emulator.wait_until(lambda e: not e.running_channels, 2.0)
+        assert closing is None
+    else:
+        assert "could NOT confirm all channels off" in out.message
+        assert "switch the stimulator off by hand" in out.message
+    assert rec.report.ok, rec.report.summary()  # every sample, event and command
+    s = rec.session()
+    assert s.n == out.samples and any(c.is_on for c in s.commands)
+    assert_recording_ends_off(s)
