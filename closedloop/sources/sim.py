@@ -132,12 +132,13 @@ class SimSource(Source):
         if self.realtime:
             due_wall = self._wall0 + (i0 + self.chunk_size) / fs
             wait = due_wall - time.perf_counter()
-            if wait > timeout:
-                self._wake.wait(timeout)
-                return None
             if wait > 0:
-                self._wake.wait(wait)
+                self._wake.wait(min(wait, timeout))
             if not self.is_open:
+                return None
+            # a chunk that fell due while this thread was not running (a loaded machine)
+            # is delivered now: a late wake-up is not a stalled device
+            if time.perf_counter() < due_wall:
                 return None
         x = self._patient.read(self.chunk_size)
         idx = np.arange(i0, i0 + self.chunk_size, dtype=np.int64)

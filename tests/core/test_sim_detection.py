@@ -69,3 +69,28 @@ def test_patient_is_deterministic_and_read_size_independent():
     b = np.vstack([p.read(n) for n in [1, 999, 7, 5000, 13, 23980]])
     assert np.array_equal(a, b)
     assert not np.array_equal(a, SimulatedPatient(ps, script, seed=5).read(30000))
+
+
+def test_sim_source_delivers_a_chunk_that_fell_due_during_a_late_wakeup(monkeypatch):
+    """A thread woken late (machine loaded) must get the due chunk, not None: otherwise
+    the loop's watchdog sees a stall that the device never had."""
+    import time as _time
+
+    from closedloop.sources.sim import SimSource
+
+    src = SimSource(PatientSettings(fs=1000.0), realtime=True, chunk_size=10)
+    src.open()
+    try:
+        assert src.read(0.5) is not None  # first chunk, due after 10 ms
+        real_wait = src._wake.wait
+
+        def late_wait(t):  # the OS runs us again 200 ms later than asked
+            real_wait(t)
+            _time.sleep(0.2)
+            return False
+
+        monkeypatch.setattr(src._wake, "wait", late_wait)
+        chunk = src.read(0.005)  # next chunk due in ~10 ms > timeout 5 ms
+        assert chunk is not None and chunk.counter[0] == 10
+    finally:
+        src.close()
