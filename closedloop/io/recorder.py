@@ -330,6 +330,8 @@ class XdfRecorder:
                 self._cond.wait(min(remaining, 0.5))
         # the process ended (or a predicate matched nothing)
         rc = self._proc.wait(timeout=5.0) if self._proc is not None else None
+        if self._reader is not None:  # read what it printed to the end before judging
+            self._reader.join(timeout=2.0)
         missing = [m.group("pred") for ln in self.output if (m := _NO_MATCH.match(ln))]
         if missing:
             raise _NoMatchError(missing)
