@@ -169,7 +169,7 @@ def test_late_data_within_the_watchdog_is_not_a_fault(config, pusher):
     stim.open()
     out = run_loop(config, src, stim, control=at_seconds(src, pusher, 1.5,
                                                          lambda: pusher.hold(0.15)),
-                   options=LoopOptions(duration_s=3.0, watchdog_s=0.4))
+                   options=LoopOptions(duration_s=3.0, watchdog_s=0.6))
     src.close()
     assert (out.reason, out.exit_code) == ("duration", 0), out.message
     assert out.samples_lost == 0 and out.issues == []  # late, not lost

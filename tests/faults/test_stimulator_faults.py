@@ -1,7 +1,7 @@
 """The stimulator fails while stimulating: it stops answering, answers with an error,
 reports a stimulation error (electrode), or its port vanishes (USB cable pulled).
 
-The loop runs the simulated patient (not paced) against the strict RehaStim2 emulator on
+The loop runs the simulated patient (in real time) against the strict RehaStim2 emulator on
 a pty, recorded. Every fault ends the session with exit 5 and a message naming the
 device and what it did; the driver holds every channel off; where the device can still
 hear, the stop is confirmed by it, and where it cannot, the clinician is told to switch
@@ -43,6 +43,7 @@ def emulator():
 ])
 def test_stimulator_fault_while_stimulating(tmp_path, config, emulator, fault, words, confirmed):
     src, _ = sim_session(config, SCRIPT, artifacts=False)
+    src.realtime = True  # device faults happen in wall time: let stream time keep pace
     driver = RehaStim2(emulator.path, channels=(1, 2), response_timeout=0.3)
     driver.open()
     injected = []
