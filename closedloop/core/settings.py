@@ -104,7 +104,7 @@ class DetectorSettings:
     min_off_ms: float = 100.0
     refractory_ms: float = 200.0
     baseline: str = "adaptive"
-    block_ms: float = 50.0
+    block_ms: float = 100.0
     history_s: float = 10.0
     warmup_ms: float = 100.0
     min_rest_ms: float = 200.0
