@@ -12,8 +12,8 @@ The rules, for each channel independently:
   MVC above rest) from an explicit calibration, or from the adaptive noise-floor
   tracker: envelope statistics per block of ``block`` samples (blocks are aligned to
   absolute sample indices, never to chunks), used only for blocks in which the channel
-  was idle (see :meth:`OnsetDetector._end_block`). Thresholds change only at block boundaries, so they do not depend
-  on how the stream was chunked. Until enough rest was seen, the channel cannot trigger.
+  was idle (see :meth:`OnsetDetector._end_block`). Thresholds change only at block
+  boundaries, so they do not depend on how the stream was chunked. Until enough rest was seen, the channel cannot trigger.
 
 Speed: the common case (idle and nothing above threshold, or active and nothing below)
 is a handful of vectorised operations over all channels; the per-channel state machine
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from closedloop.core.events import OFFSET, ONSET, Event
+from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 from closedloop.core.settings import Calibration, DetectorSettings
 
 IDLE = 0
@@ -138,14 +138,19 @@ class OnsetDetector:
         return self.state == ACTIVE
 
     def suspend(self, channel: int, suspended: bool, sample: int, time: float) -> list[Event]:
-        """Suspend (or resume) a channel's detection. Suspending an active channel ends
-        its activation at once with an offset event (threshold NaN)."""
+        """Suspend (or resume) a channel's detection.
+
+        Suspending emits a ``suspend`` event (so a protocol can abort stimulation that a
+        bad signal may have triggered), preceded by an offset (threshold NaN) when the
+        channel was active."""
         events: list[Event] = []
         if suspended and self.state[channel] == ACTIVE:
             self.state[channel] = IDLE
             self.run[channel] = 0
             self.refr_until[channel] = sample + 1 + self.n_refr
             events.append(Event(sample, time, self.channels[channel], OFFSET))
+        if suspended and not self.suspended[channel]:
+            events.append(Event(sample, time, self.channels[channel], SUSPEND))
         self.suspended[channel] = suspended
         self._any_suspended = bool(self.suspended.any())
         self._live_col = ~self.suspended[:, None]

@@ -8,6 +8,8 @@ import numpy as np
 
 ONSET = "onset"
 OFFSET = "offset"
+#: A channel's detector was suspended (bad input): nothing it saw may drive stimulation.
+SUSPEND = "suspend"
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ class Event:
     channel : str
         Channel (muscle) name.
     kind : str
-        ``"onset"`` or ``"offset"``.
+        ``"onset"``, ``"offset"``, or ``"suspend"`` (the channel's input went bad and its
+        detector was suspended at this sample).
     envelope : float
         Envelope value at the deciding sample.
     threshold : float

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from closedloop.core.events import OFFSET, ONSET, Block, Event
+from closedloop.core.events import OFFSET, ONSET, SUSPEND, Block, Event
 from closedloop.errors import ConfigError, InputError
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.settings import MuscleStim, ProtocolSettings
@@ -56,8 +56,8 @@ from closedloop.stim.settings import MuscleStim, ProtocolSettings
 _NEVER = 2**62
 
 #: TrialEvent kinds.
-CUE, HIT, MISS, TRIGGER, GATED, IGNORED, EARLY_STOP, DONE = (
-    "cue", "hit", "miss", "trigger", "gated", "ignored", "early_stop", "done"
+CUE, HIT, MISS, TRIGGER, GATED, IGNORED, EARLY_STOP, DONE, ABORTED = (
+    "cue", "hit", "miss", "trigger", "gated", "ignored", "early_stop", "done", "aborted"
 )
 
 
@@ -73,7 +73,8 @@ class TrialEvent:
         onset triggered stimulation, assist and reciprocal), ``gated`` (an onset
         rejected by the co-contraction gate), ``ignored`` (an onset during stimulation,
         rest, or outside a response window), ``early_stop`` (agonist offset ramped the
-        stimulation down early), ``done`` (all cued trials are over).
+        stimulation down early), ``done`` (all cued trials are over), ``aborted`` (the
+        agonist's input went bad: everything switched off at once, nothing more planned).
     sample : int
         Sample at which it was decided.
     time : float
@@ -214,7 +215,8 @@ class Protocol:
             self._first = block.start
             self._begin(block.start)
         events = sorted(
-            (e for e in block.events if e.channel == self.agonist and e.kind in (ONSET, OFFSET)),
+            (e for e in block.events
+             if e.channel == self.agonist and e.kind in (ONSET, OFFSET, SUSPEND)),
             key=lambda e: e.sample,
         )
         for e in events:
@@ -379,6 +381,20 @@ class Protocol:
                 self._push(t, muscle, level, phase)
         self._log(EARLY_STOP, s)
 
+    def _abort(self, s: int) -> None:
+        """The agonist's signal went bad: whatever it triggered may be an artifact of the
+        fault, so every channel that is on goes off at ``s`` and nothing more is planned
+        (no ramp: the trigger itself is in doubt)."""
+        if not self._plan and not any(level > 0 for level in self._level.values()):
+            return
+        self._plan = []
+        on = [m for m, level in self._level.items() if level > 0]
+        for muscle in on:
+            self._push(s, muscle, 0.0, "off")
+        if not on and self._train:
+            self._train_done(s)
+        self._log(ABORTED, s)
+
     def _run_item(self, out: list[StimCommand]) -> None:
         s, _, _, muscle, level, phase = heapq.heappop(self._plan)
         s = self._at(s)
@@ -395,7 +411,9 @@ class Protocol:
             self._train_done(s)
 
     def _event(self, e: Event) -> None:
-        if e.kind == ONSET:
+        if e.kind == SUSPEND:
+            self._abort(e.sample)
+        elif e.kind == ONSET:
             self._on_onset(e)
         elif (
             self.settings.end_on_offset

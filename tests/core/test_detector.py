@@ -74,7 +74,7 @@ def test_suspended_channel_cannot_trigger_and_ends_activation():
     _, ev = _run(det, [4] * 5)
     assert ev == [(0, "onset")]
     off = det.suspend(0, True, sample=5, time=0.005)
-    assert [(e.sample, e.kind) for e in off] == [(5, "offset")]
+    assert [(e.sample, e.kind) for e in off] == [(5, "offset"), (5, "suspend")]
     _, ev = _run(det, [4] * 50)
     assert ev == []
 

@@ -155,11 +155,40 @@ def test_replay_reproduces_the_faulty_session(session):
     assert check(recorded, out) is None
 
 
+def test_a_channel_pinned_at_its_rail_stops_what_it_triggered_at_once(config):
+    """What the fix guarantees today: whatever the rail step triggered is switched off at
+    the sample the channel is suspended, and never gets beyond the first ramp steps."""
+    src, stim = sim_session(config, [Attempt("triceps", 9.0, 1.0)], chunk=CHUNK)
+
+    def pinned(chunk):
+        x = chunk.samples.copy()
+        x[:, 0] = 5e-3
+        return [replaced(chunk, x)]
+
+    faulty = FaultySource(src, {k: pinned for k in range(at(6.0), at(6.5))})
+    out = run_loop(config, faulty, stim, options=LoopOptions(duration_s=8.0, watchdog_s=2.0))
+    assert out.exit_code == 0 and out.all_off
+    assert_all_off(stim)
+    fault = at(6.0) * CHUNK
+    suspend = [e.sample for e in out.events
+               if e.kind == "suspend" and e.channel == "biceps" and e.sample >= fault]
+    assert suspend, "the pinned channel was never suspended"
+    s0 = suspend[0]
+    on = [c for c in out.commands if c.is_on and c.muscle == "biceps"]
+    assert on, "the rail step is expected to trigger before saturation is recognised"
+    assert all(c.sample < s0 for c in on)  # nothing switched on from the suspension on
+    offs = [c for c in out.commands if c.muscle == "biceps" and not c.is_on and c.sample >= s0]
+    assert offs and offs[0].sample == s0  # off at once, not ramped
+    limits = config.muscle("biceps").limits
+    assert max(c.current_ma for c in on) <= 2 * limits.max_step_ma
+    assert s0 - on[0].sample <= int(0.1 * FS)  # exposure bounded by the saturation check
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "known limitation: the step onto the rail looks like activity for the few ms before "
     "the input monitor recognises saturation (0.05 s of a pinned value); the onset "
-    "starts a train, which the protocol does not abort when its trigger channel is "
-    "suspended"))
+    "starts a train, which the protocol aborts when the channel is suspended (see the "
+    "test above: at most ~50 ms at the first ramp step), but not before"))
 def test_a_channel_pinned_at_its_rail_does_not_stimulate(config):
     src, stim = sim_session(config, [Attempt("triceps", 9.0, 1.0)], chunk=CHUNK)
 
