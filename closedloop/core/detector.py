@@ -185,10 +185,13 @@ class OnsetDetector:
         while a < n:
             b = min(n, a + self.block - self._block_fill)
             self._segment(env, a, b, start, above, events, timestamps)
-            self._block_buf[:, self._block_fill : self._block_fill + (b - a)] = env[:, a:b]
-            self._block_fill += b - a
-            if self._block_fill == self.block:
-                self._end_block(start + b)
+            if self._block_fill == 0 and b - a == self.block:
+                self._end_block(start + b, env[:, a:b])  # a whole block: no copy needed
+            else:
+                self._block_buf[:, self._block_fill : self._block_fill + (b - a)] = env[:, a:b]
+                self._block_fill += b - a
+                if self._block_fill == self.block:
+                    self._end_block(start + b, self._block_buf)
             a = b
         self.position = start + n
         if len(events) > 1:
@@ -261,7 +264,7 @@ class OnsetDetector:
         t = float(timestamps[local]) if timestamps is not None else sample / self.fs
         events.append(Event(int(sample), t, self.channels[c], kind, float(value), float(thr)))
 
-    def _end_block(self, block_end: int) -> None:
+    def _end_block(self, block_end: int, buf: np.ndarray) -> None:
         """A block of samples is complete: update the adaptive noise floor.
 
         Only blocks in which a channel was idle (never above its on-threshold, never
@@ -283,7 +286,6 @@ class OnsetDetector:
         busy.fill(False)
         if not take.any():
             return
-        buf = self._block_buf
         m = np.add.reduce(buf, axis=1) * self._inv_block
         v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
         np.maximum(v, 0.0, out=v)
