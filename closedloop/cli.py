@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         help="compare derived events and commands with the recorded ones; exit 8 on a difference",
     )
     rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--jobs", type=int, help="worker processes for many files (default: all cores)")
     rp.set_defaults(module="closedloop.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
     ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")

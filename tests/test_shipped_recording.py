@@ -19,3 +19,26 @@ def test_replay_check_fails_with_another_config(tmp_path, capsys):
     changed.write_text(cfg.replace("k_on = 6.0", "k_on = 3.0"))
     assert main(["replay", str(REC), "--check", "--quiet", "--config", str(changed)]) == 8
     assert "CHECK FAILED" in capsys.readouterr().out
+
+
+def test_many_files_replay_in_parallel_with_the_same_verdicts(tmp_path, capsys):
+    import shutil
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"copy{i}.xdf")
+        shutil.copy(REC, files[-1])
+    argv = ["replay", *map(str, files), "--check", "--quiet"]
+    assert main([*argv, "--jobs", "2"]) == 0
+    parallel = capsys.readouterr().out.splitlines()
+    assert main([*argv, "--jobs", "1"]) == 0
+    serial = capsys.readouterr().out.splitlines()
+    strip = [ln.split(" replayed in ")[0] if " replayed in " in ln else ln for ln in serial]
+    assert [ln.split(" replayed in ")[0] if " replayed in " in ln else ln
+            for ln in parallel] == strip  # same files, same order, same verdicts
+    assert sum("check passed" in ln for ln in parallel) == 3
+    # one bad file among good ones: the batch fails, the others still pass
+    (tmp_path / "bad.xdf").write_bytes(b"not an xdf file")
+    assert main(["replay", str(files[0]), str(tmp_path / "bad.xdf"), "--check", "--quiet"]) != 0
+    out = capsys.readouterr().out
+    assert "check passed" in out and "bad.xdf" in out
