@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=float, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
+    b.add_argument("--outlets", action="store_true", help="--latency: publish the LSL outlets")
+    b.add_argument("--with-view", action="store_true",
+                   help="--latency: also attach a live view (implies --outlets)")
     b.set_defaults(module="closedloop.bench")
     r = sub.add_parser(
         "run", help="run a closed-loop session (default: simulated patient and stimulator)"

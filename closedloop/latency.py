@@ -220,8 +220,14 @@ def _pct(x) -> dict[str, float]:
 
 
 def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 10.0,
-                chunk_ms: float = 5.0, seed: int = 0) -> dict:
-    """Run the benchmark (see the module docstring); return the figures."""
+                chunk_ms: float = 5.0, seed: int = 0, outlets: bool = False,
+                view: bool = False) -> dict:
+    """Run the benchmark (see the module docstring); return the figures.
+
+    ``outlets`` publishes the session's LSL streams as ``closedloop run`` does; ``view``
+    also attaches a live view (``closedloop view``, its own process, offscreen when
+    there is no display), to measure whether watching a session slows the loop.
+    """
     from closedloop.config import loads_config
     from closedloop.runtime.loop import LoopOptions, run_loop
     from closedloop.sources.lsl import LslSource
@@ -234,10 +240,38 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
                   "--seed", str(seed)) as streamer:
         source = LslSource(name=name, resolve_timeout=10.0)
         stim = SimStimulator()
+        session_outlets = viewer = None
         with source, stim:
+            if outlets or view:
+                from dataclasses import replace as _replace
+
+                from closedloop.io.outlets import SessionOutlets
+
+                session_outlets = SessionOutlets(
+                    f"{name}-session", _replace(source.info, channels=config.muscle_names),
+                    config_text=BENCH_CONFIG)
+            if view:
+                import os
+                import subprocess
+                import sys
+
+                env = dict(os.environ)
+                if not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
+                    env["QT_QPA_PLATFORM"] = "offscreen"
+                viewer = subprocess.Popen(
+                    [sys.executable, "-m", "closedloop", "view", "--session", f"{name}-session",
+                     "--duration", f"{seconds + 10:g}"],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             offset = _clock_offset()
-            out = run_loop(config, source, stim,
-                           options=LoopOptions(duration_s=seconds, history=None))
+            try:
+                out = run_loop(config, source, stim, outlets=session_outlets,
+                               options=LoopOptions(duration_s=seconds, history=None))
+            finally:
+                if viewer is not None:
+                    viewer.terminate()
+                    viewer.wait(timeout=10)
+                if session_outlets is not None:
+                    session_outlets.close()
     if out.exit_code != 0:
         raise RuntimeError(f"the benchmark session ended early: {out.message}")
     fs = source.info.fs
@@ -277,10 +311,13 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
 
 def main(args) -> int:
     """``closedloop bench --latency [--seconds S] [--json]``."""
-    r = run_latency(args.seconds)
+    view = bool(getattr(args, "with_view", False))
+    r = run_latency(args.seconds, outlets=bool(getattr(args, "outlets", False)) or view, view=view)
+    r["outlets"], r["view"] = bool(getattr(args, "outlets", False)) or view, view
     print(f"closedloop bench --latency: {r['seconds']:g} s of simulated EMG at {r['fs']:g} Hz, "
           f"{r['snr_db']:g} dB, over LSL on loopback in {r['chunk_ms']:g} ms chunks; "
-          "sim stimulator")
+          "sim stimulator" + ("; LSL outlets on" if r["outlets"] else "")
+          + ("; live view attached" if r["view"] else ""))
     print(f"  arrival -> command (processing): p50 {r['arrival_to_command_p50_ms']:.3f} ms, "
           f"p95 {r['arrival_to_command_p95_ms']:.3f} ms, "
           f"p99 {r['arrival_to_command_p99_ms']:.3f} ms ({r['commands']} commands)")
