@@ -174,23 +174,7 @@ class Recording:
 
 def _columns(config: Config, info: SourceInfo) -> list[int]:
     """Source columns of the config's muscles (by label or 0-based index)."""
-    cols = []
-    for m in config.muscles:
-        if isinstance(m.channel, int):
-            if m.channel >= info.n_channels:
-                raise ConfigError(
-                    f"{config.path}: muscle {m.name!r} uses channel {m.channel}, but the "
-                    f"source {info.name!r} has {info.n_channels} channels"
-                )
-            cols.append(m.channel)
-        elif m.channel in info.channels:
-            cols.append(info.channels.index(m.channel))
-        else:
-            raise ConfigError(
-                f"{config.path}: muscle {m.name!r} uses channel {m.channel!r}, which the "
-                f"source {info.name!r} does not have (its channels: {', '.join(info.channels)})"
-            )
-    return cols
+    return config.columns(info.channels, f"the source {info.name}")
 
 
 class Recorder:

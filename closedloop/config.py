@@ -143,6 +143,28 @@ class Config:
         """True when the config defines a stimulation protocol."""
         return self.protocol is not None
 
+    def columns(self, labels: tuple[str, ...] | list[str], source_name: str) -> list[int]:
+        """Columns of a source with channel ``labels`` that feed the config's muscles, in
+        muscle order (each muscle's ``channel`` is a label or a 0-based index)."""
+        cols = []
+        for m in self.muscles:
+            if isinstance(m.channel, int):
+                if m.channel >= len(labels):
+                    raise ConfigError(
+                        f"{self.path}: muscle {m.name!r} uses channel {m.channel}, but "
+                        f"{source_name!r} has {len(labels)} channels"
+                    )
+                cols.append(m.channel)
+            elif m.channel in labels:
+                cols.append(list(labels).index(m.channel))
+            else:
+                raise ConfigError(
+                    f"{self.path}: muscle {m.name!r} uses channel {m.channel!r}, which "
+                    f"{source_name!r} does not have (its channels: {', '.join(labels)}); set "
+                    "channel to one of those labels or to a 0-based index"
+                )
+        return cols
+
     def calibrations(self) -> list[Calibration | None]:
         return [m.calibration for m in self.muscles]
 
@@ -223,7 +245,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
                 f"expected one of {', '.join(names)}"
             )
         if m.antagonist == m.name:
-            raise ConfigError(f"{where}.antagonist = {m.antagonist!r}: a muscle cannot be its own antagonist")
+            raise ConfigError(
+                f"{where}.antagonist = {m.antagonist!r}: a muscle cannot be its own antagonist"
+            )
     if detector.baseline == "calibrated":
         missing = [m.name for m in muscles if m.calibration is None]
         if missing:

@@ -14,29 +14,12 @@ from pathlib import Path
 from closedloop.config import Config, default_config, load_config
 from closedloop.core.events import Event
 from closedloop.core.pipeline import Pipeline
-from closedloop.errors import ConfigError
 from closedloop.io.files import EmgData, load_emg
 
 
 def select_channels(data: EmgData, config: Config) -> EmgData:
     """Pick and order the config's muscles' channels (by label or 0-based index)."""
-    cols = []
-    for m in config.muscles:
-        if isinstance(m.channel, int):
-            if m.channel >= data.samples.shape[1]:
-                raise ConfigError(
-                    f"{config.path}: muscle {m.name!r} uses channel {m.channel}, but "
-                    f"{data.source} has {data.samples.shape[1]} channels"
-                )
-            cols.append(m.channel)
-        elif m.channel in data.channels:
-            cols.append(data.channels.index(m.channel))
-        else:
-            raise ConfigError(
-                f"{config.path}: muscle {m.name!r} uses channel {m.channel!r}, which is not "
-                f"in {data.source} (its channels: {', '.join(data.channels)}); set "
-                "channel to one of those labels or to a 0-based index"
-            )
+    cols = config.columns(data.channels, data.source)
     return EmgData(data.samples[:, cols], data.fs, config.muscle_names, data.source)
 
 

@@ -19,8 +19,21 @@ def _events(path):
 
 def test_header_and_bmc_bursts_match_reference(shared_data, tmp_path):
     out = tmp_path / "ev.csv"
-    assert main(["detect", str(shared_data / "bmc_emg.csv"), "--fs", "1000", "--columns", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                str(shared_data / "bmc_emg.csv"),
+                "--fs",
+                "1000",
+                "--columns",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with open(out) as f:
         assert f.readline().strip() == "sample,time_s,channel,kind"
     rows = _events(out)
@@ -28,7 +41,7 @@ def test_header_and_bmc_bursts_match_reference(shared_data, tmp_path):
     ref_on = [a for a, _ in ref["bmc_emg.csv"]["BMC_notebook_recipe"]["onset_offset_samples"]]
     onsets = [int(r["sample"]) for r in rows if r["kind"] == "onset"]
     assert len(onsets) == len(ref_on) == 3
-    for got, want in zip(onsets, ref_on):
+    for got, want in zip(onsets, ref_on, strict=True):
         # a causal detector decides after the offline reference marks the onset
         assert -5 <= got - want <= 50
     assert all(r["kind"] in ("onset", "offset") for r in rows)
@@ -37,14 +50,20 @@ def test_header_and_bmc_bursts_match_reference(shared_data, tmp_path):
 
 def test_biosppy_clear_bursts(shared_data, tmp_path):
     out = tmp_path / "ev.csv"
-    assert main(["detect", str(shared_data / "biosppy_emg_1.txt"), "--fs", "1000", "--out", str(out)]) == 0
+    assert (
+        main(["detect", str(shared_data / "biosppy_emg_1.txt"), "--fs", "1000", "--out", str(out)])
+        == 0
+    )
     onsets = [int(r["sample"]) for r in _events(out) if r["kind"] == "onset"]
     assert len(onsets) >= 5
 
 
 def test_biosppy_low_snr_activity_found_in_its_window(shared_data, tmp_path):
     out = tmp_path / "ev.csv"
-    assert main(["detect", str(shared_data / "biosppy_emg.txt"), "--fs", "1000", "--out", str(out)]) == 0
+    assert (
+        main(["detect", str(shared_data / "biosppy_emg.txt"), "--fs", "1000", "--out", str(out)])
+        == 0
+    )
     onsets = np.array([int(r["sample"]) for r in _events(out) if r["kind"] == "onset"]) / 1000.0
     inside = ((onsets >= 35) & (onsets <= 58)).sum()
     assert inside >= 5
@@ -71,8 +90,16 @@ def test_uci_lower_limb_hamstrings_active_before_knee_flexion(shared_data, tmp_p
 
 def test_uci_gestures_multichannel_text_with_header(shared_data, tmp_path):
     out = tmp_path / "ev.csv"
-    rc = main(["detect", str(shared_data / "uci_gestures_s10_1_raw_data_11-08_21.03.16.txt"),
-               "--fs", "1000", "--out", str(out)])
+    rc = main(
+        [
+            "detect",
+            str(shared_data / "uci_gestures_s10_1_raw_data_11-08_21.03.16.txt"),
+            "--fs",
+            "1000",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     rows = _events(out)
     assert {r["channel"] for r in rows} <= {f"channel{i}" for i in range(1, 9)}
@@ -86,8 +113,12 @@ def test_npz_input_and_console_script(tmp_path):
     pat = SimulatedPatient(ps, [Attempt("b", 2.0, 1.0)], seed=1)
     np.savez(tmp_path / "x.npz", emg=pat.read(5000), fs=1000.0, channels=np.array(["a", "b"]))
     out = tmp_path / "ev.csv"
-    r = subprocess.run([sys.executable, "-m", "closedloop", "detect", str(tmp_path / "x.npz"),
-                        "--out", str(out)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "closedloop", "detect", str(tmp_path / "x.npz"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     rows = _events(out)
     assert [(r["channel"], r["kind"]) for r in rows] == [("b", "onset"), ("b", "offset")]
@@ -101,3 +132,23 @@ def test_bad_input_gets_a_clear_message(tmp_path, capsys):
     assert "NaN" in capsys.readouterr().err
     assert main(["detect", str(bad), "--out", str(tmp_path / "o.csv")]) == 1
     assert "--fs" in capsys.readouterr().err
+
+
+def test_config_channels_are_mapped_by_label_or_index_with_clear_errors(tmp_path, capsys):
+    from closedloop.sim.patient import Attempt, PatientSettings, SimulatedPatient
+
+    ps = PatientSettings(fs=1000.0, muscles=("a", "b"))
+    x = SimulatedPatient(ps, [Attempt("b", 2.0, 1.0)], seed=1).read(5000)
+    np.savez(tmp_path / "x.npz", emg=x, fs=1000.0, channels=np.array(["EMG1", "EMG2"]))
+    cfg = tmp_path / "c.toml"
+    out = tmp_path / "ev.csv"
+    cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = 1\n')  # by 0-based index
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), "--out", str(out)]) == 0
+    assert [r["channel"] for r in _events(out)][:1] == ["triceps"]
+    cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = "EMG7"\n')
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "EMG7" in err and "EMG1, EMG2" in err and "c.toml" in err
+    cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = 5\n')
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), "--out", str(out)]) == 1
+    assert "has 2 channels" in capsys.readouterr().err

@@ -92,21 +92,4 @@ def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
 
 def channel_columns(config: Config, info: SourceInfo) -> list[int]:
     """Source columns of the config's muscles, in muscle order."""
-    cols = []
-    for m in config.muscles:
-        if isinstance(m.channel, int):
-            if m.channel >= info.n_channels:
-                raise ConfigError(
-                    f"{config.path}: muscle {m.name!r} uses channel {m.channel}, but the "
-                    f"source {info.name!r} has {info.n_channels} channels"
-                )
-            cols.append(m.channel)
-        elif m.channel in info.channels:
-            cols.append(info.channels.index(m.channel))
-        else:
-            raise ConfigError(
-                f"{config.path}: muscle {m.name!r} uses channel {m.channel!r}, which the "
-                f"source {info.name!r} does not have (its channels: "
-                f"{', '.join(info.channels)}); set channel to one of those or a 0-based index"
-            )
-    return cols
+    return config.columns(info.channels, f"the source {info.name}")
