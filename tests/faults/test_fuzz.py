@@ -33,10 +33,10 @@ from closedloop.errors import ConfigError
 from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
-from closedloop.sources.base import Chunk, Source, SourceInfo
 from closedloop.stim import ceilings
 from closedloop.stim.sim import SimStimulator
 from tests.conftest import CONFIGS
+from tests.helpers import ArraySource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -176,28 +176,6 @@ FS = 2000.0
 SECONDS = 6.0
 
 
-class StreamSource(Source):
-    """Given samples, timestamps and counter, delivered in the given chunk sizes."""
-
-    def __init__(self, x, ts, counter, names, sizes) -> None:
-        super().__init__()
-        self.x, self.ts, self.counter, self.sizes = x, ts, counter, list(sizes)
-        self._info = SourceInfo("fuzz", FS, tuple(names))
-        self._pos = self._k = 0
-
-    @property
-    def exhausted(self) -> bool:
-        return self._pos >= self.x.shape[0]
-
-    def read(self, timeout: float) -> Chunk | None:
-        if self.exhausted:
-            return None
-        a = self._pos
-        b = min(a + self.sizes[self._k % len(self.sizes)], self.x.shape[0])
-        self._pos, self._k = b, self._k + 1
-        return Chunk(self.x[a:b].copy(), self.ts[a:b].copy(), self.counter[a:b].copy(), 0.0)
-
-
 @st.composite
 def emg_streams(draw, config):
     n = int(SECONDS * FS)
@@ -290,7 +268,8 @@ def test_random_streams_never_drive_the_stimulator_outside_its_limits(config, da
     x, ts, counter, sizes = data.draw(emg_streams(config))
     stim = SimStimulator()
     stim.open()
-    src = StreamSource(x, ts, counter, config.muscle_names, sizes)
+    src = ArraySource(x, FS, config.muscle_names, sizes, timestamps=ts, counter=counter,
+                      name="fuzz")
     src.open()
     out = run_loop(config, src, stim, options=LoopOptions(watchdog_s=5.0))
     assert out.exit_code in (0, 6), out.message  # the guard may stop a session; never more

@@ -11,10 +11,10 @@ import pytest
 from closedloop.config import Config, load_config
 from closedloop.runtime.devices import patient_settings
 from closedloop.sim.patient import Attempt
-from closedloop.sources.base import Chunk, Source, SourceInfo
 from closedloop.sources.sim import SimSource
 from closedloop.stim.sim import SimStimulator
 from tests.conftest import CONFIGS
+from tests.helpers import ArraySource  # noqa: F401 - re-exported for the runtime tests
 
 
 @pytest.fixture(scope="session")
@@ -46,30 +46,6 @@ def assert_all_off(stim: SimStimulator) -> None:
     assert last and all(v == 0.0 for v in last.values()), last
     end = max(a.stream_time for a in stim.log)
     assert stim.pulses(end, end + 3600.0).size == 0
-
-
-class ArraySource(Source):
-    """Samples from an array, in the given chunk sizes (cycled); timestamps i / fs."""
-
-    def __init__(self, x: np.ndarray, fs: float, channels: Sequence[str],
-                 sizes: Sequence[int] = (20,)) -> None:
-        super().__init__()
-        self.x, self.fs, self.sizes = x, fs, list(sizes)
-        self._info = SourceInfo("array", fs, tuple(channels))
-        self._pos = self._k = 0
-
-    @property
-    def exhausted(self) -> bool:
-        return self._pos >= self.x.shape[0]
-
-    def read(self, timeout: float) -> Chunk | None:
-        if self.exhausted:
-            return None
-        n = self.sizes[self._k % len(self.sizes)]
-        a, b = self._pos, min(self._pos + n, self.x.shape[0])
-        self._pos, self._k = b, self._k + 1
-        idx = np.arange(a, b)
-        return Chunk(self.x[a:b].copy(), idx / self.fs, idx, 0.0)
 
 
 class Capture:
