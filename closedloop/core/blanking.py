@@ -233,6 +233,17 @@ class ArtifactRemover:
             mask[max(p - start, 0) : max(p + self.width - start, 0)] = True
         return mask
 
+    def stimulating(self, start: int, n: int) -> np.ndarray:
+        """Samples ``start .. start + n - 1`` from a train's start to ``blank_ms`` after
+        its end: where stimulation artifacts can be, wherever its pulses really fall
+        (a pure query)."""
+        mask = np.zeros(n, dtype=bool)
+        for tr in self._trains:
+            a, b = tr.start - start, tr.end + self.width - start
+            if a < n and b > 0:
+                mask[max(a, 0) : int(min(b, n))] = True
+        return mask
+
     # -- the two stages ---------------------------------------------------------------------
     def blank_inplace(self, x: np.ndarray, start: int) -> np.ndarray:
         """Stage 1 on raw ``x`` (n_channels, n), in place: fill every blanked stretch.

@@ -1,8 +1,9 @@
 """The loop's front end: check each chunk and say, to the sample, which channels to trust.
 
 :class:`InputStage` runs the input monitor (:mod:`closedloop.sources.checks`: NaN, gaps,
-flat or saturated channels) and the mains-hum check (:mod:`closedloop.core.mains`) on
-every chunk, takes the config's muscle columns, and cuts the chunk into
+flat or saturated channels), the held-value check (:mod:`closedloop.sources.held`: a
+channel pinned or frozen, within a few samples, exempt while stimulation runs) and the
+mains-hum check (:mod:`closedloop.core.mains`) on every chunk, takes the config's muscle columns, and cuts the chunk into
 :class:`Segment` s inside which no channel's usability changes. At the start of each
 segment it lists the detectors to suspend or resume, so the loop switches them at the
 exact sample the checks decided: the same samples in any chunking give the same
@@ -30,6 +31,7 @@ from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.mains import HumCheck
 from closedloop.sources.base import Chunk, SourceInfo
 from closedloop.sources.checks import InputMonitor
+from closedloop.sources.held import HeldValueCheck
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class InputStage:
         self.monitor = InputMonitor(info, flat_seconds=flat_s)
         self.columns = list(columns)
         self.names = tuple(names)
+        self.held = HeldValueCheck(info.fs, self.names, info.units)
         self.hum = hum
         self.artifacts = artifacts
         n = len(self.names)
@@ -131,7 +134,13 @@ class InputStage:
         raw = checked.chunk.samples[:, self.columns]
         ts = checked.chunk.timestamps
         bad = checked.bad[:, self.columns]
-        skip = self.artifacts.blank_mask(start, n) if self.artifacts is not None else None
+        skip = stimulating = None
+        if self.artifacts is not None:
+            skip = self.artifacts.blank_mask(start, n)
+            stimulating = self.artifacts.stimulating(start, n)[:, None]
+        held, issues = self.held.check(raw, bad if stimulating is None else bad | stimulating)
+        self._messages += [issue.message for issue in issues]
+        bad = bad | held
         hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
         for sample, c, on, db in self.hum.pop_changes():
             name = self.names[c]

@@ -58,6 +58,7 @@ class IssueKind(str, Enum):
     RATE = "rate"
     FLAT = "flat"
     SATURATED = "saturated"
+    HELD = "held"
     RECOVERED = "recovered"
 
 

@@ -71,18 +71,14 @@ def test_flat_and_saturated_channels_are_suspended_without_false_triggers(config
     assert "triceps: flat" in kinds and "triceps: pinned at the largest" in kinds
     assert any("triceps" in ln and "SUSPENDED (flat, saturated or NaN" in ln for ln in lines)
     assert any("triceps" in ln and "SUSPENDED (signal back, settling)" in ln for ln in lines)
-    # Entering a bad stretch can look like activity before the monitor recognises it
-    # (flat after 0.5 s, saturated after 0.05 s): such an activation ends at the latest
-    # at the sample the channel is suspended. While suspended, and when the channel
+    # Entering a bad stretch (the freeze, the rail) is recognised by the held-value
+    # check within 4 samples, before it can look like activity; the monitor says flat
+    # after 0.5 s and saturated after 0.05 s. While suspended, and when the channel
     # comes back, nothing triggers; the real attempt at 9 s does.
+    assert "triceps: the same value" in kinds
     tri = [e for e in out.events if e.channel == "triceps" and e.kind != "suspend"]
-    assert [e.kind for e in tri] == ["onset", "offset"] * (len(tri) // 2)
-    *early, last = list(zip(tri[::2], tri[1::2], strict=True))
-    assert last[0].sample / FS == pytest.approx(9.0, abs=0.1)
-    for on, off in early:
-        window = (3.0, 3.5) if on.sample < 5 * FS else (6.0, 6.05)
-        assert window[0] <= on.sample / FS < window[1]
-        assert off.sample / FS <= window[1]
+    assert [(e.kind, round(e.sample / FS, 1)) for e in tri][:1] == [("onset", 9.0)]
+    assert [e.kind for e in tri] == ["onset", "offset"]
 
 
 @pytest.mark.parametrize("sizes", [(7, 13, 400), (2000,)])
