@@ -10,14 +10,17 @@ Streams (``S`` is the session name, ``U`` a fresh uuid per session)
 ==================  ==============  ========================================================
 name                type            content
 ==================  ==============  ========================================================
-``S-EMG``           ``EMG``         the input EMG (double64, nominal rate), one channel per
-                                    muscle plus a last channel ``counter``
+``S-EMG``           ``EMG``         the input EMG as received (NaN/inf included; double64,
+                                    nominal rate), one channel per muscle plus a last
+                                    channel ``counter``
 ``S-Envelope``      ``Envelope``    the envelope per muscle plus ``counter`` (optional)
 ``S-Thresholds``    ``Thresholds``  irregular: ``<m>_on``, ``<m>_off`` per muscle, ``sample``
                                     (index they were in force at), ``counter`` (optional)
 ``S-Events``        ``Markers``     detector events, JSON
 ``S-Stim``          ``Markers``     stimulation commands, JSON of every StimCommand field
-``S-Markers``       ``Markers``     trial and cue markers, JSON
+``S-Markers``       ``Markers``     trial and cue markers, JSON; and ``source_counter``
+                                    markers: the source's own counter where it does not
+                                    continue (see :meth:`SessionOutlets.push_emg`)
 ``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata
 ==================  ==============  ========================================================
 
@@ -92,6 +95,8 @@ STREAMS: dict[str, tuple[str, str]] = {
     ROLE_SESSION: ("Session", "SessionInfo"),
 }
 COUNTER_LABEL = "counter"
+#: Label of the markers that record the source's own counter where it does not continue.
+SOURCE_COUNTER = "source_counter"
 MARKER_FORMAT = "closedloop-json-1"
 
 _ZERO_SUB = float(np.nextafter(0.0, 1.0))
@@ -299,6 +304,7 @@ class SessionOutlets:
         self._outlets: dict[str, pylsl.StreamOutlet] = {}
         self._pushed: dict[str, int] = {}
         self._next_index: dict[str, int] = {ROLE_EMG: 0, ROLE_ENVELOPE: 0}
+        self._last_source_counter: int | None | str = "unset"
         labels = list(source_info.channels)
         unit = source_info.units
         fs = float(source_info.fs)
@@ -427,7 +433,8 @@ class SessionOutlets:
         self._pushed[role] += n
 
     def push_emg(
-        self, samples: np.ndarray, timestamps: np.ndarray, *, start: int | None = None
+        self, samples: np.ndarray, timestamps: np.ndarray, *, start: int | None = None,
+        source_counter: np.ndarray | None | bool = False,
     ) -> None:
         """Push EMG samples with their stream timestamps.
 
@@ -439,8 +446,38 @@ class SessionOutlets:
         start : int, optional
             Pipeline index of the first sample (default: continue after the last push).
             It becomes the ``counter`` channel.
+        source_counter : ndarray of int, shape (n,), or None, optional
+            The source's own counter for these samples (None: the source gave none).
+            Where it does not continue the last one (the first sample, samples lost,
+            the counter going back, a counter appearing or disappearing), a
+            ``source_counter`` marker records its value at that sample, so a replay can
+            give its input checks the counter the live session's saw. Not given
+            (False): nothing is recorded about it.
         """
+        first = self._next_index[ROLE_EMG] if start is None else int(start)
         self._push_indexed(ROLE_EMG, samples, timestamps, start)
+        if source_counter is not False:
+            self._mark_counter(source_counter, np.asarray(timestamps, dtype=np.float64), first)
+
+    def _mark_counter(self, counter: np.ndarray | None, ts: np.ndarray, first: int) -> None:
+        """``source_counter`` markers where the source's counter does not continue."""
+        n = ts.shape[0]
+        last = self._last_source_counter  # "unset" before the first sample
+        if n == 0:
+            return
+        if counter is None:
+            if last is not None:  # no counter from the start, or from here on
+                self.push_marker(SOURCE_COUNTER, float(ts[0]), sample=first, counter=None)
+            self._last_source_counter = None
+            return
+        c = np.asarray(counter, dtype=np.int64)
+        jumps = np.flatnonzero(c[1:] != c[:-1] + 1) + 1
+        if not (isinstance(last, int) and int(c[0]) == last + 1):
+            jumps = np.concatenate(([0], jumps))
+        for i in jumps:
+            self.push_marker(SOURCE_COUNTER, float(ts[i]), sample=first + int(i),
+                             counter=int(c[i]))
+        self._last_source_counter = int(c[-1])
 
     def push_chunk(self, chunk: Chunk, *, start: int | None = None) -> None:
         """Push a source chunk (its samples and timestamps) to the EMG stream."""

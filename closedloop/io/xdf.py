@@ -44,6 +44,7 @@ from closedloop.io.outlets import (
     ROLE_MARKERS,
     ROLE_SESSION,
     ROLE_STIM,
+    SOURCE_COUNTER,
     Marker,
     decode_command,
     decode_event,
@@ -51,6 +52,7 @@ from closedloop.io.outlets import (
     restore_timestamps,
 )
 from closedloop.sources.base import SourceInfo
+from closedloop.sources.checks import hold_nonfinite
 from closedloop.stim.commands import StimCommand
 
 _MAGIC = b"XDF:"
@@ -318,6 +320,8 @@ class Session:
         EMG channel labels, in column order.
     units : str
     samples : ndarray, shape (n, n_channels), float64
+        What the detectors saw: NaN/inf values held at the channel's last finite value
+        (as the input monitor does).
     timestamps : ndarray, shape (n,), float64
         Stream times exactly as recorded.
     counter : ndarray of int64, shape (n,), or None
@@ -337,6 +341,14 @@ class Session:
         Every stream has its footer (the recorder closed the file properly).
     truncated : bool
         The file was cut short and repaired on reading.
+    raw : ndarray or None
+        The samples as recorded, NaN/inf included, when there are any (else None:
+        they equal ``samples``). A replay feeds these, so its input checks see what the
+        live session's saw.
+    source_counter : ndarray of float64, shape (n,), or None
+        The source's own sample counter (NaN where the source gave none), rebuilt from
+        the ``source_counter`` markers; None for recordings without them (older ones,
+        other tools').
     """
 
     path: Path
@@ -355,6 +367,13 @@ class Session:
     stream_names: tuple[str, ...] = ()
     complete: bool = True
     truncated: bool = False
+    raw: np.ndarray | None = None
+    source_counter: np.ndarray | None = None
+
+    @property
+    def received(self) -> np.ndarray:
+        """The samples as recorded, NaN/inf included."""
+        return self.samples if self.raw is None else self.raw
 
     @property
     def n(self) -> int:
@@ -482,21 +501,43 @@ def load_session(
                 metadata = json.loads(meta_text)
             except ValueError:
                 metadata = {"unreadable": meta_text}
+    raw = np.ascontiguousarray(data[:, cols])
+    samples = hold_nonfinite(raw)
+    markers = _decode_all(own.get(ROLE_MARKERS), decode_marker, "trial", p)
+    source_counter = _source_counter([m for m in markers if m.label == SOURCE_COUNTER],
+                                     counter, ts.shape[0])
     return Session(
         path=p,
         name=stream_name(emg),
         fs=float(_first(emg["info"], "nominal_srate", 0.0)),
         channels=tuple(labels[k] for k in cols),
         units=unit or "unknown",
-        samples=np.ascontiguousarray(data[:, cols]),
+        samples=samples,
         timestamps=ts,
         counter=counter,
         events=_decode_all(own.get(ROLE_EVENTS), decode_event, "event", p),
         commands=_decode_all(own.get(ROLE_STIM), decode_command, "stimulation", p),
-        markers=_decode_all(own.get(ROLE_MARKERS), decode_marker, "trial", p),
+        markers=[m for m in markers if m.label != SOURCE_COUNTER],
         config_text=config_text,
         metadata=metadata,
         stream_names=tuple(stream_name(s) for s in xdf.streams),
         complete=xdf.complete,
         truncated=xdf.truncated,
+        raw=None if samples is raw else raw,
+        source_counter=source_counter,
     )
+
+
+def _source_counter(marks: list[Marker], counter: np.ndarray | None, n: int
+                    ) -> np.ndarray | None:
+    """The source's counter per sample from its ``source_counter`` markers (each gives
+    its value at a sample where it did not continue), or None without markers."""
+    if not marks:
+        return None
+    out = np.full(n, np.nan)
+    index = np.arange(n) if counter is None else counter  # pipeline sample of each row
+    for m in sorted((m for m in marks if m.sample is not None), key=lambda m: m.sample):
+        k = int(np.searchsorted(index, m.sample))  # the first row at or after it
+        value = m.fields.get("counter")
+        out[k:] = np.nan if value is None else float(value) + (index[k:] - m.sample)
+    return out

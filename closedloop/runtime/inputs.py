@@ -23,7 +23,7 @@ onset.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class Segment:
     restarts : tuple of int
         Columns whose bad data (flat, saturated, NaN, hum) ended just before ``start``:
         their filters should restart there.
+    raw : ndarray or None
+        The samples as received, NaN/inf included, where they differ from ``samples``.
+    counter : ndarray of int or None
+        The source's own counter of these samples (None: it gave none).
     """
 
     start: int
@@ -56,10 +60,17 @@ class Segment:
     timestamps: np.ndarray
     changes: tuple[tuple[int, bool], ...] = ()
     restarts: tuple[int, ...] = ()
+    raw: np.ndarray | None = None
+    counter: np.ndarray | None = None
 
     @property
     def stop(self) -> int:
         return self.start + int(self.samples.shape[0])
+
+    @property
+    def received(self) -> np.ndarray:
+        """The samples as received (what a recording keeps, so a replay sees them too)."""
+        return self.samples if self.raw is None else self.raw
 
 
 class InputStage:
@@ -132,7 +143,9 @@ class InputStage:
             return []
         start = checked.start
         raw = checked.chunk.samples[:, self.columns]
+        received = None if checked.received is None else checked.received[:, self.columns]
         ts = checked.chunk.timestamps
+        counter = checked.chunk.counter
         bad = checked.bad[:, self.columns]
         skip = stimulating = None
         if self.artifacts is not None:
@@ -159,7 +172,7 @@ class InputStage:
         if settled and not (dirty.any() or self.suspended.any() or self._dirty.any()):
             # the common case, all good: one segment (the usable runs only grow)
             self._usable_run += n
-            return _cut([Segment(start, raw, ts)], until)
+            return _cut([Segment(start, raw, ts, raw=received, counter=counter)], until)
         # unusable while bad, and until ``settle`` usable samples followed (carried over)
         idx = np.arange(1, n + 1)[:, None]
         last_bad = np.maximum.accumulate(np.where(dirty, idx, 0), axis=0)
@@ -176,7 +189,9 @@ class InputStage:
             changes = tuple((int(c), bool(now[c])) for c in np.flatnonzero(now != self.suspended))
             restarts = tuple(int(c) for c in np.flatnonzero(self._dirty & ~dirty[a]))
             self.suspended, self._dirty = now.copy(), dirty[b - 1].copy()
-            segments.append(Segment(start + a, raw[a:b], ts[a:b], changes, restarts))
+            segments.append(Segment(start + a, raw[a:b], ts[a:b], changes, restarts,
+                                    None if received is None else received[a:b],
+                                    None if counter is None else counter[a:b]))
         self.why = [("hum" if h else "signal" if b else "settling") if u else ""
                     for b, h, u in zip(bad[-1], hum[-1], unusable[-1], strict=True)]
         return _cut(segments, until)
@@ -190,8 +205,9 @@ def _cut(segments: list[Segment], until: int | None) -> list[Segment]:
     last = next((s for s in segments if s.start < until < s.stop), None)
     if last is not None:
         k = until - last.start
-        out.append(Segment(last.start, last.samples[:k], last.timestamps[:k], last.changes,
-                           last.restarts))
+        out.append(replace(last, samples=last.samples[:k], timestamps=last.timestamps[:k],
+                           raw=None if last.raw is None else last.raw[:k],
+                           counter=None if last.counter is None else last.counter[:k]))
     return out
 
 

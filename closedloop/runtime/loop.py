@@ -248,7 +248,8 @@ def _record(out: Outcome, tally: StimTally, commands: list[StimCommand], keep: i
 def _publish(outlets, seg, block, commands: list[StimCommand], protocol) -> None:
     """Push one segment's samples, its block (envelope, thresholds, events), the
     commands handed to the stimulator and the protocol's trial markers."""
-    outlets.push_emg(seg.samples, seg.timestamps, start=seg.start)
+    outlets.push_emg(seg.received, seg.timestamps, start=seg.start,  # NaN/inf as they came
+                     source_counter=seg.counter)
     outlets.push_block(block)
     outlets.push_commands(commands)
     for te in protocol.pop_trial_events() if protocol is not None else ():

@@ -112,6 +112,10 @@ class CheckedChunk:
         Absolute indices of the samples that do not continue the sample before them:
         samples were lost just before (a gap), or the counter went back (a restart or
         a retransmission). The signal jumps there on every channel.
+    received : ndarray or None
+        The kept samples as they came, NaN/inf included, when some were replaced (else
+        None: they equal ``chunk.samples``). A recording keeps these, so that a replay
+        sees the same input.
     """
 
     chunk: Chunk
@@ -119,6 +123,7 @@ class CheckedChunk:
     bad: np.ndarray
     start: int
     breaks: tuple[int, ...] = ()
+    received: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -130,6 +135,22 @@ class CheckedChunk:
         if self.bad.shape[0] == 0:
             return ()
         return tuple(c for c, b in zip(channels, self.bad[-1], strict=True) if b)
+
+
+def hold_nonfinite(x: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
+    """``x`` (n, n_channels) with every NaN/inf replaced by its channel's last finite
+    value (``last`` before the first one, default 0), as the monitor cleans them.
+
+    Returns ``x`` itself when every value is finite, else a new array.
+    """
+    fin = np.isfinite(x)
+    if fin.all():
+        return x
+    n, nch = x.shape
+    idx = np.maximum.accumulate(np.where(fin, np.arange(n)[:, None], -1), axis=0)
+    held = np.take_along_axis(x, np.maximum(idx, 0), axis=0)
+    before = np.zeros(nch) if last is None else np.asarray(last, dtype=np.float64)
+    return np.where(idx >= 0, held, before)
 
 
 def _run_lengths(cond: np.ndarray, carry: int) -> np.ndarray:
@@ -310,7 +331,8 @@ class InputMonitor:
             clean, bad = samples, np.zeros((0, self._nch), dtype=bool)
         issues.sort(key=_issue_order)
         out = Chunk(samples=clean, timestamps=ts, counter=counter, arrival_wall=chunk.arrival_wall)
-        return CheckedChunk(out, tuple(issues), bad, start, tuple(breaks))
+        received = samples if clean is not samples and not np.isfinite(samples).all() else None
+        return CheckedChunk(out, tuple(issues), bad, start, tuple(breaks), received)
 
     # -- fast path -------------------------------------------------------------------------
     def _check_clean(
@@ -655,9 +677,7 @@ class InputMonitor:
                 bad[:, c] |= active
                 if not fin.all():
                     if self._hold:
-                        idx = np.maximum.accumulate(np.where(fin, np.arange(n), -1))
-                        held = np.where(idx >= 0, x[np.maximum(idx, 0)], self._last_clean[c])
-                        clean[:, c] = held
+                        clean[:, c] = hold_nonfinite(x[:, None], self._last_clean[c : c + 1])[:, 0]
                     else:
                         clean[~fin, c] = 0.0
             else:

@@ -162,10 +162,21 @@ class ReplaySource(Source):
                 if self._stop.wait(wait):
                     return None
         start, self._pos = self._pos, stop
-        counter = None if s.counter is None else s.counter[start:stop].copy()
+        counter = _counter(s, start, stop)
         return Chunk(
-            samples=np.array(s.samples[start:stop], copy=True),
+            samples=np.array(s.received[start:stop], copy=True),  # NaN/inf as recorded
             timestamps=np.array(s.timestamps[start:stop], copy=True),
             counter=counter,
             arrival_wall=time.perf_counter(),
         )
+
+
+def _counter(session, start: int, stop: int) -> np.ndarray | None:
+    """The counter the live session's source gave for these samples (so the input checks
+    see the same gaps and restarts), or the recorded sample counter for recordings that
+    do not say (None where the source gave none)."""
+    if session.source_counter is None:
+        return None if session.counter is None else session.counter[start:stop].copy()
+    c = session.source_counter[start:stop]
+    return None if np.isnan(c).any() else c.astype(np.int64)
+

@@ -54,6 +54,7 @@ from closedloop.core.filters import FilterBank
 from closedloop.core.settings import FilterSettings
 from closedloop.errors import ClosedLoopError
 from closedloop.io import outlets as lo
+from closedloop.sources.checks import hold_nonfinite
 from closedloop.view.buffers import (
     NO_DATA,
     ChannelQuality,
@@ -368,6 +369,7 @@ class SessionClient:
             self._counter_col = counter_col
             self._bank = bank
             self._raw = RingBuffer(n, max(16, int(math.ceil(1.0 * fs))))
+            self._last_finite = np.zeros(n)  # NaN/inf are drawn held at the last finite
             self._emg = RingBuffer(n, cap)
             self._env = RingBuffer(n, cap) if lo.ROLE_ENVELOPE in inlets else None
             self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
@@ -430,11 +432,13 @@ class SessionClient:
             ts = lo.restore_timestamps(np.asarray(ts))
             if self._counter_col is not None:
                 x = np.delete(x, self._counter_col, axis=1)
-            raw = np.ascontiguousarray(x)
+            raw = np.ascontiguousarray(x)  # NaN/inf as the session received them
+            shown = hold_nonfinite(raw, self._last_finite)  # the filter must not see them
+            self._last_finite = shown[-1].copy()
             if self._bank is not None:
-                filt = self._bank.process_inplace(np.array(raw.T, order="C")).T
+                filt = self._bank.process_inplace(np.array(shown.T, order="C")).T
             else:
-                filt = raw
+                filt = shown
             with self._lock:
                 self._raw.extend(ts, raw)
                 self._emg.extend(ts, filt)

@@ -136,16 +136,23 @@ def test_the_recording_holds_every_sample_event_and_command(session):
     assert s.n == out.samples
     np.testing.assert_array_equal(s.counter, np.arange(out.samples))
     assert np.isfinite(s.samples).all()  # what the detectors saw: NaN/inf held
+    # ... and what the amplifier sent: the NaN and inf bursts, exactly where they were
+    bad = ~np.isfinite(s.raw)
+    assert np.flatnonzero(bad[:, 0]).tolist() == list(range(16000, 16100))
+    assert np.flatnonzero(bad[:, 1]).tolist() == list(range(17005, 17020))
+    assert np.isposinf(s.raw[17005:17020, 1]).all()
+    np.testing.assert_array_equal(s.raw[~bad], s.samples[~bad])
+    # the source's own counter: 20 lost at pipeline sample 18000, a chunk sent twice
+    source = np.arange(s.n, dtype=np.float64)
+    source[18000:19000] += 20  # after the loss, before the repeated chunk
+    np.testing.assert_array_equal(s.source_counter, source)
+    assert not [m for m in s.markers if m.label == "source_counter"]  # not trial markers
     assert [(e.sample, e.channel, e.kind) for e in s.events] == \
         [(e.sample, e.channel, e.kind) for e in out.events]
     assert [c.decision_key() for c in s.commands] == [c.decision_key() for c in out.commands]
     assert_recording_ends_off(s)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: the recording keeps the cleaned samples (NaN/inf held at the last "
-    "finite value), so a replay cannot see the NaN burst, does not suspend the channel "
-    "and its detector learns a slightly different rest level"))
 def test_replay_reproduces_the_faulty_session(session):
     rec, _ = session
     recorded, _, out = replay_file(str(rec.path))
@@ -234,3 +241,35 @@ def test_stimulation_that_pins_the_amplifier_is_not_a_held_channel(config):
         [c.decision_key() for c in clean.commands]
     assert blocked.stim_seconds == clean.stim_seconds
     assert sum(blocked.stim_seconds.values()) > 0.5
+
+
+def test_replay_reproduces_a_session_whose_source_has_no_counter(tmp_path, config):
+    """Without a counter the live checks find gaps and jumps from the timestamps alone;
+    the recording says so (a ``source_counter`` marker with no value), and the replay
+    gives its checks no counter either: the same breaks, the same decisions."""
+    from closedloop.sources.base import Chunk
+
+    src, stim = sim_session(config, [Attempt("biceps", 1.5, 1.0, 1.0, 0.04),
+                                     Attempt("biceps", 5.0, 0.8, 1.0, 0.04)], chunk=CHUNK)
+
+    def bare(c, shift=0.0, nan=False):
+        x = c.samples.copy()
+        if nan:
+            x[:, 0] = np.nan
+        return [Chunk(x, c.timestamps + shift, None, c.arrival_wall)]
+
+    faults = {k: bare for k in range(at(7.0))}
+    faults[at(3.0)] = lambda c: []  # lost: the timestamps jump by 10 ms
+    faults[at(3.5)] = lambda c: bare(c, -0.05)  # stamped 50 ms in the past
+    faults[at(4.0)] = lambda c: bare(c, nan=True)
+    rec = run_recorded(tmp_path, config, FaultySource(src, faults), stim,
+                       options=LoopOptions(duration_s=6.0, watchdog_s=2.0, history=None))
+    assert rec.out.exit_code == 0 and rec.report.ok
+    s = rec.session()
+    assert s.source_counter is not None and np.isnan(s.source_counter).all()
+    assert any("timestamps jump by" in m for m in rec.out.issues)
+    recorded, _, out = replay_file(str(rec.path))
+    assert check(recorded, out) is None
+    onsets = [e.sample / FS for e in out.events if e.kind == "onset"]
+    assert onsets == pytest.approx([1.5, 5.0], abs=0.1)  # the attempts, nothing else
+    assert [s / FS for s in on_samples(out.commands)] == pytest.approx([1.5], abs=0.1)

@@ -58,7 +58,7 @@ class Capture:
         self.commands: list = []
         self.markers: list = []
 
-    def push_emg(self, samples, timestamps, *, start=None) -> None:
+    def push_emg(self, samples, timestamps, *, start=None, source_counter=False) -> None:
         self.emg.append(np.array(samples, copy=True))
 
     def push_block(self, block) -> None:

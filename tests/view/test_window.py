@@ -202,3 +202,32 @@ def test_view_app_writes_a_screenshot_in_a_subprocess(demo, tmp_path):
     colours = {img.pixel(x, y) for x in range(0, img.width(), step)
                for y in range(0, img.height(), step)}
     assert len(colours) > 20
+
+
+def test_nan_in_the_emg_stream_is_flagged_and_does_not_stick_in_the_trace():
+    """The session records EMG as received, NaN included: the view flags the channel
+    and draws the trace held over the NaN, and its filter is not left NaN for good."""
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.sources.base import SourceInfo
+
+    fs = 1000.0
+    info = SourceInfo("amp", fs, ("biceps", "triceps"), "V", "sim")
+    x = np.random.default_rng(0).normal(0.0, 1e-5, size=(4000, 2))
+    x[1000:1050, 0] = np.nan
+    with SessionOutlets(unique("nanview"), info, with_envelope=False) as out, \
+            SessionClient(out.session_name, window_s=5.0) as client:
+        assert client.wait_connected(10.0)
+        t0 = time.monotonic()
+        for a in range(0, 1500, 50):
+            out.push_emg(x[a : a + 50], t0 + np.arange(a, a + 50) / fs, start=a)
+        assert wait_for(lambda: client.snapshot().samples >= 1500
+                        and client.snapshot().quality["biceps"].status == "flat", 10.0)
+        s = client.snapshot()
+        assert "non-finite" in s.quality["biceps"].detail
+        assert s.quality["triceps"].status == "ok"
+        for a in range(1500, 4000, 50):
+            out.push_emg(x[a : a + 50], t0 + np.arange(a, a + 50) / fs, start=a)
+        assert wait_for(lambda: client.snapshot().samples >= 4000
+                        and client.snapshot().quality["biceps"].status == "ok", 10.0)
+        s = client.snapshot()
+    assert np.isfinite(s.emg).all() and np.ptp(s.emg[-500:, 0]) > 0
