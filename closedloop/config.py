@@ -125,6 +125,9 @@ class Config:
     muscles: tuple[MuscleConfig, ...] = ()
     protocol: Any = None  # closedloop.stim.settings.ProtocolSettings
     safety: Any = None  # closedloop.stim.settings.SafetySettings
+    #: Every setting as it was resolved (defaults filled in), in the TOML's structure:
+    #: ``parse_config(resolved)`` gives the same settings whatever the defaults are then.
+    resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def muscle_names(self) -> tuple[str, ...]:
@@ -293,6 +296,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
         muscles=muscles,
         protocol=protocol,
         safety=safety,
+        resolved=top.resolved(),
     )
 
 

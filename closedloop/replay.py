@@ -5,7 +5,8 @@ The recorded EMG (with its recorded timestamps) goes through the same
 safety guard, with the simulated stimulator standing in for the device. ``--check``
 compares the events and stimulation commands it derives with the ones the recording
 holds and exits non-zero at the first difference, which it prints. A recording replayed
-with its own config (the default: the config stored in the file) must match exactly,
+with its own config (the default: the config stored in the file, every setting as the
+session resolved it, so a default changed since changes nothing) must match exactly,
 whatever the chunk sizes, because every stage decides on the sample clock.
 
 Stimulation artifacts are blanked from the sample at which each command took effect
@@ -25,7 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from closedloop.config import default_config, load_config, loads_config
+from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.errors import ClosedLoopError, ConfigError
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sources.base import Chunk, Source
@@ -63,6 +64,11 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     session = load_session(path, emg_stream=stream)
     if config_path:
         config = load_config(config_path)
+    elif isinstance(session.metadata.get("resolved_config"), dict):
+        # every setting as the session ran it, defaults included: a default changed
+        # since does not change what the replay decides
+        config = parse_config(session.metadata["resolved_config"],
+                              source=f"{path} (recorded config)", text=session.config_text or "")
     elif session.config_text:
         config = loads_config(session.config_text, source=f"{path} (recorded config)")
     else:

@@ -125,7 +125,8 @@ class _Session:
                 metadata={"config": config.path, "source": source.info.name,
                           "stimulator": type(stimulator).__name__ if stimulator else "none",
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                          "checklist": checklist},
+                          "checklist": checklist,
+                          "resolved_config": config.resolved},
             )
             from closedloop.view.control import ControlInlet
 

@@ -4,7 +4,10 @@ Every settings dataclass in closedloop is read through a :class:`Table`, which:
 
 * knows where it came from (file and dotted key path) so every error can say so;
 * checks type and range of each value it hands out;
-* refuses unknown keys when :meth:`Table.finish` is called (typos are errors).
+* refuses unknown keys when :meth:`Table.finish` is called (typos are errors);
+* remembers every value it handed out, defaults included (:meth:`Table.resolved`), so a
+  recording can keep the settings a session really ran with: a replay built from them
+  decides the same even after a default changed.
 
 Example
 -------
@@ -35,6 +38,7 @@ class Table:
         self.source = source
         self.path = path
         self._used: set[str] = set()
+        self._given: dict[str, Any] = {}  # every value handed out (sub-tables as Tables)
 
     # -- naming ----------------------------------------------------------------------
     def where(self, key: str | None = None) -> str:
@@ -53,10 +57,25 @@ class Table:
     def _get(self, key: str, default: Any) -> Any:
         self._used.add(key)
         if key in self.data:
-            return self.data[key]
-        if default is _MISSING:
+            value = self.data[key]
+        elif default is _MISSING:
             raise ConfigError(f"{self.where(key)} is missing; it is required")
-        return default
+        else:
+            value = default
+        self._given[key] = value
+        return value
+
+    def resolved(self) -> dict[str, Any]:
+        """Every key read so far with the value it resolved to (defaults filled in),
+        sub-tables likewise: reading this dict again gives the same settings."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, Table):
+                return v.resolved()
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            return v
+
+        return {k: plain(v) for k, v in self._given.items()}
 
     def float(
         self,
@@ -134,7 +153,9 @@ class Table:
         value = self._get(key, default)
         if not isinstance(value, Mapping):
             raise self.error(key, value, "a table ([section])")
-        return Table(value, source=self.source, path=".".join(p for p in (self.path, key) if p))
+        child = Table(value, source=self.source, path=".".join(p for p in (self.path, key) if p))
+        self._given[key] = child
+        return child
 
     def tables(self, key: str, default: Any = _MISSING) -> list[Table]:
         """An array of tables (``[[key]]``)."""
@@ -142,7 +163,9 @@ class Table:
         if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
             raise self.error(key, value, "an array of tables ([[section]])")
         base = ".".join(p for p in (self.path, key) if p)
-        return [Table(v, source=self.source, path=f"{base}[{i}]") for i, v in enumerate(value)]
+        children = [Table(v, source=self.source, path=f"{base}[{i}]") for i, v in enumerate(value)]
+        self._given[key] = children
+        return children
 
     def raw(self, key: str, default: Any = _MISSING) -> Any:
         """The value unchecked (the caller checks it and uses :meth:`error`)."""

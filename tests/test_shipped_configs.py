@@ -34,3 +34,27 @@ def test_config_runs_a_closed_loop(path):
     assert sum(out.onsets.values()) >= 3
     assert any(c.is_on for c in out.commands), "the protocol never stimulated"
     assert out.n_violations == 0, out.violations[:3]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_resolved_settings_give_the_same_config_whatever_the_defaults(path, monkeypatch):
+    """``Config.resolved`` holds every setting (defaults filled in) in the TOML's shape:
+    through JSON (as a recording stores it) it parses back to the same config, even
+    after the defaults it filled in changed."""
+    import dataclasses
+    import json
+
+    from closedloop.config import parse_config
+    from closedloop.core.blanking import ArtifactSettings
+    from closedloop.core.settings import DetectorSettings, EnvelopeSettings
+
+    config = load_config(path)
+    resolved = json.loads(json.dumps(config.resolved))
+    for cls in (DetectorSettings, EnvelopeSettings, ArtifactSettings):
+        for f in dataclasses.fields(cls):
+            if isinstance(f.default, float):
+                monkeypatch.setattr(cls, f.name, f.default * 1.5 + 1.0)
+    assert load_config(path) != config  # the text alone now reads differently
+    again = parse_config(resolved, source="recorded", text=config.text)
+    assert dataclasses.replace(again, path=config.path) == config
+    assert again.resolved == resolved

@@ -42,3 +42,22 @@ def test_many_files_replay_in_parallel_with_the_same_verdicts(tmp_path, capsys):
     assert main(["replay", str(files[0]), str(tmp_path / "bad.xdf"), "--check", "--quiet"]) != 0
     out = capsys.readouterr().out
     assert "check passed" in out and "bad.xdf" in out
+
+
+def test_the_recording_keeps_every_resolved_setting(monkeypatch, capsys):
+    """The file holds the settings as the session resolved them, defaults included: a
+    default changed since (here the noise-floor tracker's block and history, which the
+    config file does not set) does not change what the replay decides; the config text
+    alone would."""
+    from closedloop.core.settings import DetectorSettings
+    from closedloop.io.xdf import load_session
+
+    session = load_session(REC)
+    resolved = session.metadata["resolved_config"]["detector"]
+    assert "block_ms" not in session.config_text and "history_s" not in session.config_text
+    assert (resolved["block_ms"], resolved["history_s"]) == \
+        (DetectorSettings.block_ms, DetectorSettings.history_s)
+    monkeypatch.setattr(DetectorSettings, "block_ms", 40.0)
+    monkeypatch.setattr(DetectorSettings, "history_s", 1.0)
+    assert main(["replay", str(REC), "--check", "--quiet"]) == 0
+    assert "check passed" in capsys.readouterr().out
