@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -54,6 +55,9 @@ from closedloop.stim.commands import StimCommand
 from closedloop.stim.settings import MuscleStim, ProtocolSettings
 
 _NEVER = 2**62
+#: Trial events a protocol keeps for :attr:`trial_events` (an hour-long session must
+#: not grow without bound; the loop publishes every event as it comes).
+EVENT_HISTORY = 1000
 
 #: TrialEvent kinds.
 CUE, HIT, MISS, TRIGGER, GATED, IGNORED, EARLY_STOP, DONE, ABORTED = (
@@ -152,8 +156,8 @@ class Protocol:
         self._first: int | None = None
         self._block: Block | None = None
         self._trues: np.ndarray | None = None
-        self._events: list[TrialEvent] = []
-        self._popped = 0
+        self._events: deque[TrialEvent] = deque(maxlen=EVENT_HISTORY)
+        self._pending: list[TrialEvent] = []
         self._counts = {"trials": 0, "hits": 0, "misses": 0, "gated": 0, "ignored": 0}
         for name in settings.stimulated:
             self._check_train(name)
@@ -180,13 +184,12 @@ class Protocol:
 
     @property
     def trial_events(self) -> tuple[TrialEvent, ...]:
-        """Every trial event so far, in order."""
+        """The trial events so far (the last :data:`EVENT_HISTORY`), in order."""
         return tuple(self._events)
 
     def pop_trial_events(self) -> list[TrialEvent]:
         """Trial events since the last call."""
-        out = self._events[self._popped:]
-        self._popped = len(self._events)
+        out, self._pending = self._pending, []
         return out
 
     def train_samples(self, muscle: str) -> int:
@@ -302,7 +305,9 @@ class Protocol:
 
     def _log(self, kind: str, sample: int, trial: int = -1) -> None:
         sample = self._at(sample)
-        self._events.append(TrialEvent(kind, sample, self._time(sample), trial, self.agonist))
+        event = TrialEvent(kind, sample, self._time(sample), trial, self.agonist)
+        self._events.append(event)
+        self._pending.append(event)
         if kind == GATED:
             self._counts["gated"] += 1
         elif kind == IGNORED:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,6 +87,9 @@ class SimStimulator(Stimulator):
         Wall time for the log (default ``time.perf_counter``); never used to decide.
     n_channels : int
         Number of output channels (1..n_channels).
+    log_limit : int or None
+        :attr:`log` keeps the last this many applied commands (None: all), so an
+        hour-long simulated session does not grow; the session's recording keeps all.
     """
 
     def __init__(
@@ -94,12 +98,13 @@ class SimStimulator(Stimulator):
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.perf_counter,
         n_channels: int = 8,
+        log_limit: int | None = 1000,
     ) -> None:
         super().__init__()
         self.n_channels = n_channels
         self._clock = clock
         self._wall = wall_clock
-        self._log: list[AppliedCommand] = []
+        self._log: deque[AppliedCommand] = deque(maxlen=log_limit)
         self._segments: list[_Segment] = []
         self._open_seg: dict[int, _Segment] = {}
         self._muscle: dict[int, str] = {}
@@ -124,7 +129,8 @@ class SimStimulator(Stimulator):
     # -- what was applied -------------------------------------------------------------------
     @property
     def log(self) -> tuple[AppliedCommand, ...]:
-        """Every command applied (and every ``stop_all``), in order."""
+        """The commands applied (and every ``stop_all``), in order: the last
+        ``log_limit`` of them."""
         return tuple(self._log)
 
     @property

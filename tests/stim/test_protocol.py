@@ -113,6 +113,18 @@ def test_assist_ignores_onsets_during_stimulation_and_rest():
     assert p.pop_trial_events()[0].kind == "trigger" and p.pop_trial_events() == []
 
 
+def test_the_trial_event_history_is_bounded_and_nothing_is_lost_to_pop(monkeypatch):
+    import closedloop.stim.protocol as protocol
+
+    monkeypatch.setattr(protocol, "EVENT_HISTORY", 2)
+    p = make_protocol(settings(), MUSCLES, FS)
+    rec = Recording(12000, [(1000, ONSET), (2000, ONSET), (6899, ONSET), (6900, ONSET)])
+    rec.run(p, 10000)
+    assert [e.kind for e in p.trial_events] == ["ignored", "trigger"]  # the last two
+    assert [e.kind for e in p.pop_trial_events()] == ["trigger", "ignored", "ignored",
+                                                      "trigger"]
+
+
 def test_ramp_steps_respect_max_step_even_if_ramp_is_short():
     m = dict(MUSCLES)
     m["biceps"] = MuscleStim("biceps", StimParams(1, 20.0, ramp_up_s=0.0, ramp_down_s=0.0,

@@ -161,3 +161,14 @@ def test_zero_frequency_or_forgotten_segments_give_no_pulses(stim):
     assert stim.pulses(0.0, 10.0).size == 10
     stim.forget_before(2.0)
     assert stim.pulses(0.0, 10.0).size == 0
+
+
+def test_the_log_keeps_the_last_commands_only():
+    """An hour of simulated stimulation must not grow memory: the log is bounded."""
+    s = SimStimulator(log_limit=5)
+    s.open()
+    for k in range(12):
+        s.apply([StimCommand("biceps", 1, float(k % 3), 200.0, 35.0, k, k * 0.1, "plateau")])
+    s.stop_all()
+    assert len(s.log) == 5 and s.log[-1].command.phase == "stop"
+    assert [a.command.sample for a in s.log[:4]] == [8, 9, 10, 11]
