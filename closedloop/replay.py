@@ -73,7 +73,11 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
         config = loads_config(session.config_text, source=f"{path} (recorded config)")
     else:
         config = default_config(session.channels)
-    stim = SimStimulator() if config.stimulates else None
+    # the recorded device's pulse rates (a RehaStim2 runs 35 Hz at 34.48 Hz), so that
+    # blanking follows the same pulses as live
+    rates = {c.frequency_hz: c.delivered_hz for c in session.commands
+             if np.isfinite(c.delivered_hz)}
+    stim = SimStimulator(rates=rates) if config.stimulates else None
     live = [c for c in session.commands if c.effective_sample >= 0]
     if session.commands and not live:  # recorded before blanking existed
         config = replace(config, artifacts=replace(config.artifacts, blank_ms=0.0))

@@ -173,10 +173,11 @@ def run_loop(
                             handed = time.perf_counter()
                             safe = [replace(c, arrival_wall=chunk.arrival_wall,
                                             handed_wall=handed,
-                                            effective_sample=effective(c, chunk_stop))
+                                            effective_sample=effective(c, chunk_stop),
+                                            delivered_hz=stimulator.delivered_hz(c.frequency_hz))
                                     for c in safe]
-                            for c in safe:
-                                remover.command(c.muscle, c.channel, c.is_on, c.frequency_hz,
+                            for c in safe:  # blank where the device's pulses really fall
+                                remover.command(c.muscle, c.channel, c.is_on, c.pulse_rate_hz,
                                                 c.effective_sample)
                             _record(out, tally, safe, keep)  # handed over, even if it fails
                             stimulator.apply(safe)

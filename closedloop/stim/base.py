@@ -70,6 +70,11 @@ class Stimulator(Device):
     def check(self) -> None:
         """Raise any error a driver thread has seen since the last call."""
 
+    def delivered_hz(self, frequency_hz: float) -> float:
+        """The pulse rate this device really runs at when asked for ``frequency_hz``
+        (a driver whose timer has coarse steps says so here; the default: exactly)."""
+        return frequency_hz
+
     def close(self) -> None:
         try:
             if self.is_open:

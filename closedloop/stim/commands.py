@@ -39,6 +39,11 @@ class StimCommand:
         sample after the block in which the command was decided, where the simulated
         stimulator starts its pulses); artifact blanking uses it, and a replay reuses the
         recorded value. -1 when not set (commands not yet handed over, old recordings).
+    delivered_hz : float
+        The pulse rate the stimulator really runs at for ``frequency_hz`` (its timer's
+        steps: the RehaStim2 rounds the period up to 0.5 ms, so 35 Hz runs at 34.48 Hz),
+        set when the command is handed over; NaN when not set (the commanded rate).
+        Artifact blanking follows it, so its windows stay on the real pulses.
     """
 
     muscle: str
@@ -52,6 +57,12 @@ class StimCommand:
     arrival_wall: float = math.nan
     handed_wall: float = math.nan
     effective_sample: int = -1
+    delivered_hz: float = math.nan
+
+    @property
+    def pulse_rate_hz(self) -> float:
+        """The rate the pulses really come at: :attr:`delivered_hz`, else the commanded."""
+        return self.delivered_hz if math.isfinite(self.delivered_hz) else self.frequency_hz
 
     @property
     def is_on(self) -> bool:
@@ -69,7 +80,8 @@ class StimCommand:
 
     def decision_key(self) -> tuple:
         """The fields that replay compares (not the wall-clock latency stamps, nor the
-        effective sample, which a replay takes from the recording)."""
+        effective sample and the delivered rate, which a replay takes from the
+        recording)."""
         return (
             self.muscle,
             self.channel,

@@ -453,6 +453,15 @@ class RehaStim2(Stimulator):
         if error is not None:
             raise error
 
+    def delivered_hz(self, frequency_hz: float) -> float:
+        """The rate the device runs at: the period rounded up to its 0.5 ms step
+        (35 Hz -> 29 ms -> 34.48 Hz). A rate it cannot run is returned as asked
+        (:meth:`apply` refuses it)."""
+        try:
+            return 1000.0 / sm.main_interval_for_frequency(frequency_hz)
+        except StimulatorError:
+            return frequency_hz
+
     def check(self) -> None:
         """Raise the next fault the link thread has seen and not yet reported."""
         with self._state_lock:

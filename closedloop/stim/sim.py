@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +90,9 @@ class SimStimulator(Stimulator):
     log_limit : int or None
         :attr:`log` keeps the last this many applied commands (None: all), so an
         hour-long simulated session does not grow; the session's recording keeps all.
+    rates : mapping of float to float, optional
+        Pulse rate delivered for a commanded frequency, to play a device whose timer
+        has coarse steps (a replay gives the recorded device's); others run exactly.
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class SimStimulator(Stimulator):
         wall_clock: Callable[[], float] = time.perf_counter,
         n_channels: int = 8,
         log_limit: int | None = 1000,
+        rates: Mapping[float, float] | None = None,
     ) -> None:
         super().__init__()
+        self._rates = dict(rates or {})
         self.n_channels = n_channels
         self._clock = clock
         self._wall = wall_clock
@@ -198,7 +203,8 @@ class SimStimulator(Stimulator):
             t = now if now is not None else c.stream_time
             self._log.append(AppliedCommand(c, t, c.handed_wall if math.isfinite(
                 c.handed_wall) else wall))
-            self._set(c.channel, t, c.current_ma, c.pulse_width_us, c.frequency_hz)
+            self._set(c.channel, t, c.current_ma, c.pulse_width_us,
+                      self.delivered_hz(c.frequency_hz))
             self._muscle[c.channel] = c.muscle
 
     def stop_all(self) -> None:
@@ -218,6 +224,9 @@ class SimStimulator(Stimulator):
 
     def check(self) -> None:
         self._maybe_fail("check")
+
+    def delivered_hz(self, frequency_hz: float) -> float:
+        return self._rates.get(frequency_hz, frequency_hz)
 
     def _set(self, ch: int, t: float, current: float, pw: float, f: float) -> None:
         if math.isfinite(t):

@@ -23,10 +23,12 @@ def config() -> Config:
 
 
 def sim_session(config: Config, script: Sequence[Attempt] | None = None, *, chunk: int = 20,
-                artifacts: bool = True, settings=None) -> tuple[SimSource, SimStimulator]:
-    """An opened SimSource (not real time) and SimStimulator whose pulses it adds."""
+                artifacts: bool = True, settings=None, rates=None,
+                ) -> tuple[SimSource, SimStimulator]:
+    """An opened SimSource (not real time) and SimStimulator whose pulses it adds
+    (``rates``: the stimulator's delivered pulse rates, see SimStimulator)."""
     holder: dict[str, SimSource] = {}
-    stim = SimStimulator(clock=lambda: holder["src"].now())
+    stim = SimStimulator(clock=lambda: holder["src"].now(), rates=rates)
     chans = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
     src = SimSource(settings or patient_settings(config), script, realtime=False,
                     chunk_size=chunk, stimulator=stim if artifacts else None,

@@ -27,15 +27,16 @@ def live(config):
     return out, cap
 
 
-def replay(config, cap, sizes, *, recorded=True):
+def replay(config, cap, sizes, *, recorded=True, rates=True):
     """Replay the captured EMG as ``closedloop replay`` does (``recorded=False``: as if
-    the recording held no effective samples)."""
+    the recording held no effective samples; ``rates=False``: no delivered rates)."""
     x = np.vstack(cap.emg)
     rec = [c for c in cap.commands if c.effective_sample >= 0] if recorded else []
     src = SplitSource(ArraySource(x, FS, config.muscle_names, sizes),
                       sorted({c.effective_sample for c in rec}))
     again = Capture()
-    stim = SimStimulator()
+    stim = SimStimulator(rates={c.frequency_hz: c.delivered_hz for c in cap.commands
+                                if np.isfinite(c.delivered_hz)} if rates else None)
     with src, stim:
         out = run_loop(config, src, stim, outlets=again,
                        effective_sample=RecordedEffect(rec) if recorded else None,
@@ -68,3 +69,42 @@ def test_without_them_the_blanking_would_differ(config, live):
     _, cap = live
     _, again = replay(config, cap, (333,), recorded=False)  # take effect at chunk ends
     assert not np.array_equal(np.vstack(again.envelope), np.vstack(cap.envelope))
+
+
+# -- a device whose timer has coarse steps ---------------------------------------------------
+COARSE = {35.0: 1000.0 / 29.0}  # a RehaStim2 runs 35 Hz with a 29 ms period (34.48 Hz)
+
+
+@pytest.fixture(scope="module")
+def coarse(config):
+    """One long biceps train (4 s, ~140 pulses) from a device 1.5 % slower than asked:
+    pulses blanked at the commanded rate would drift out of their windows within 1 s."""
+    src, stim = sim_session(config, [Attempt("biceps", 1.0, 1.0, 1.0, 0.04)], chunk=20,
+                            rates=COARSE)
+    cap = Capture()
+    out = run_loop(config, src, stim, outlets=cap, options=LoopOptions(duration_s=6.5))
+    return out, cap, stim
+
+
+def test_commands_say_the_rate_the_device_delivers(coarse):
+    _, cap, stim = coarse
+    on = [c for c in cap.commands if c.is_on]
+    assert len(on) >= 15 and all(c.delivered_hz == pytest.approx(1000.0 / 29.0) for c in on)
+    assert all(c.pulse_rate_hz == c.delivered_hz and c.frequency_hz == 35.0 for c in on)
+
+
+def test_blanking_stays_on_the_delivered_pulses(coarse):
+    """Every pulse of the whole train is blanked: the stimulated biceps shows one onset
+    and one offset (the patient's), the triceps (cross-talk) nothing."""
+    out, _, _ = coarse
+    assert [(e.channel, e.kind) for e in out.events if e.kind != "suspend"] == [
+        ("biceps", "onset"), ("biceps", "offset")]
+
+
+def test_replay_uses_the_recorded_rates(config, coarse):
+    out, cap, _ = coarse
+    r_out, again = replay(config, cap, (333,))
+    assert [c.decision_key() for c in r_out.commands] == [c.decision_key() for c in out.commands]
+    np.testing.assert_array_equal(np.vstack(again.envelope), np.vstack(cap.envelope))
+    _, without = replay(config, cap, (333,), rates=False)
+    assert not np.array_equal(np.vstack(without.envelope), np.vstack(cap.envelope))

@@ -221,6 +221,10 @@ def test_levels_are_rounded_down_and_period_up(driver, emulator):
     assert (state.current_ma, state.pulse_width_us) == (12, 250)
     assert emulator.main_interval_ms == 33.5
     assert driver.outputs[1] == ChannelOutput(12.0, 250.0, 1000.0 / 33.5)
+    # what the loop records and blanks by: the rate the emulated device runs at
+    assert driver.delivered_hz(30.0) == 1000.0 / emulator.main_interval_ms
+    assert driver.delivered_hz(35.0) == 1000.0 / 29.0 and driver.delivered_hz(50.0) == 50.0
+    assert driver.delivered_hz(500.0) == 500.0  # out of range: apply() refuses it
     driver.apply([cmd(1, 0.6, 250.0, 30.0)])  # rounds to 0 mA: off, and stops
     assert emulator.running_channels == {} and not driver.any_on
 

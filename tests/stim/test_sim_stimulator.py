@@ -172,3 +172,14 @@ def test_the_log_keeps_the_last_commands_only():
     s.stop_all()
     assert len(s.log) == 5 and s.log[-1].command.phase == "stop"
     assert [a.command.sample for a in s.log[:4]] == [8, 9, 10, 11]
+
+
+def test_a_coarse_timer_delivers_its_own_rate():
+    """``rates`` plays a device whose period has steps: 35 Hz asked, 29 ms delivered."""
+    s = SimStimulator(rates={35.0: 1000.0 / 29.0})
+    s.open()
+    assert s.delivered_hz(35.0) == pytest.approx(34.4827586) and s.delivered_hz(50.0) == 50.0
+    s.apply([StimCommand("biceps", 1, 10.0, 200.0, 35.0, 0, 0.0, "plateau")])
+    times = s.pulses(0.0, 1.0)["time"]
+    np.testing.assert_allclose(np.diff(times), 0.029)
+    assert s.outputs[1].frequency_hz == pytest.approx(1000.0 / 29.0)
