@@ -29,6 +29,11 @@ How it works
   acknowledgement to the command waiting for it (matched by packet number and command),
   and sends a Watchdog whenever ``keepalive_s`` passes with nothing sent (the device
   stops and resets after 1200 ms without a valid packet).
+* While a channel is on, a probe thread asks GetStimulationMode whenever ``probe_s``
+  passes without an acknowledgement (a plateau sends no commands for seconds; the
+  Watchdog has no answer), never while a command is outstanding: a device gone silent,
+  or no longer in the started mode, is reported by :meth:`RehaStim2.check` within
+  ``probe_s + response_timeout``.
 * Every command waits for its acknowledgement for ``response_timeout`` and checks its
   result: no answer -> :class:`~closedloop.errors.DeviceLostError`, a non-zero result ->
   :class:`~closedloop.errors.StimulatorError` naming the command and what the code means.
@@ -137,6 +142,12 @@ class RehaStim2(Stimulator):
     keepalive_s : float
         Send a Watchdog whenever this many seconds pass with nothing sent; at most 1.0 s
         (the device resets after 1.2 s without a valid packet).
+    probe_s : float
+        While a channel is on, ask the device for its stimulation mode whenever this
+        long passes without an acknowledgement (a long plateau sends no commands): a
+        device that stopped answering, or stopped stimulating on its own, is reported by
+        :meth:`check` within ``probe_s + response_timeout`` instead of at the next
+        command. 0 disables it.
     init_timeout : float
         Seconds :meth:`open` waits for the device's Init packet (sent every 0.5 s).
     write_timeout : float
@@ -159,6 +170,7 @@ class RehaStim2(Stimulator):
         channels: Sequence[int] = (1, 2),
         response_timeout: float = 0.1,
         keepalive_s: float = 0.5,
+        probe_s: float = 0.5,
         init_timeout: float = 2.0,
         write_timeout: float = 0.5,
         history: int = 4096,
@@ -184,10 +196,13 @@ class RehaStim2(Stimulator):
                 raise ConfigError(f"rehastim2 {name}={value!r}: must be in ({low:g}, {high:g}] s")
         if history < 0:
             raise ConfigError(f"rehastim2 history={history!r}: must be >= 0")
+        if not (math.isfinite(probe_s) and 0.0 <= probe_s <= 10.0):
+            raise ConfigError(f"rehastim2 probe_s={probe_s!r}: must be in [0, 10] s (0: off)")
         self.port = port
         self.channels: tuple[int, ...] = tuple(sorted(chans))
         self.response_timeout = float(response_timeout)
         self.keepalive_s = float(keepalive_s)
+        self.probe_s = float(probe_s)
         self.init_timeout = float(init_timeout)
         self.write_timeout = float(write_timeout)
         #: Protocol version the device announced in its Init (None before open()).
@@ -196,6 +211,8 @@ class RehaStim2(Stimulator):
         self._serial: serial.Serial | None = None
         self._decoder = sm.Decoder()
         self._thread: threading.Thread | None = None
+        self._prober: threading.Thread | None = None
+        self._last_ack = 0.0  # monotonic time of the last acknowledgement
         self._stop_event = threading.Event()
         self._write_lock = threading.Lock()  # packet counter, write, last-sent time
         self._txn_lock = threading.Lock()  # one command outstanding at a time
@@ -243,6 +260,11 @@ class RehaStim2(Stimulator):
                 target=self._run_link, name=f"rehastim2-link {self.port}", daemon=True
             )
             self._thread.start()
+            if self.probe_s > 0:
+                self._prober = threading.Thread(
+                    target=self._run_probe, name=f"rehastim2-probe {self.port}", daemon=True
+                )
+                self._prober.start()
             atexit.register(self._atexit_hook)
             super().open()
             with self._txn_lock:
@@ -310,6 +332,9 @@ class RehaStim2(Stimulator):
             thread.join(timeout=READ_POLL_S * 20)
             if thread.is_alive():
                 logger.error("RehaStim2 link thread did not stop within 1 s; closing the port")
+        prober, self._prober = self._prober, None
+        if prober is not None and prober is not threading.current_thread():
+            prober.join(timeout=self.response_timeout + 1.0)
         ser, self._serial = self._serial, None
         if ser is not None:
             try:
@@ -601,6 +626,31 @@ class RehaStim2(Stimulator):
             )
             raise
 
+    def _run_probe(self) -> None:
+        """While stimulating, ask GetStimulationMode when nothing was acknowledged for
+        ``probe_s`` (never while a command is outstanding: the device would answer
+        busy). A silent device, or one that stopped stimulating, becomes a fault."""
+        while not self._stop_event.wait(min(self.probe_s, 0.1)):
+            with self._state_lock:
+                due = (self._fault is None and any(o.is_on for o in self._outputs.values())
+                       and time.monotonic() - self._last_ack >= self.probe_s)
+            if not due or not self._txn_lock.acquire(blocking=False):
+                continue
+            try:
+                with self._state_lock:  # a command may have switched everything off
+                    if not any(o.is_on for o in self._outputs.values()):
+                        continue
+                mode = self._get_stimulation_mode()
+                if mode != sm.StimulationMode.STARTED:
+                    self._record_fault(StimulatorError(
+                        f"the RehaStim2 on {self.port} reports mode {mode.name.lower()} "
+                        "while channels should be stimulating: it stopped on its own"),
+                        outputs_off=True)
+            except (DeviceLostError, StimulatorError) as exc:
+                self._record_fault(exc, outputs_off=False)  # for check(); apply() refuses
+            finally:
+                self._txn_lock.release()
+
     def _dispatch(self, item: sm.Packet | sm.FrameError) -> None:
         if isinstance(item, sm.FrameError):
             self._record_fault(
@@ -638,6 +688,7 @@ class RehaStim2(Stimulator):
                 if item.cmd == pending.ack_cmd:
                     pending.reply = item
                     pending.done.set()
+                    self._last_ack = time.monotonic()
                     return
         if item.cmd == sm.Command.UNKNOWN_COMMAND:
             echoed = item.data[0] if item.data else -1

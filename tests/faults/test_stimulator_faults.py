@@ -11,6 +11,7 @@ The recording holds every command up to the fault and the final offs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -82,3 +83,33 @@ def test_stimulator_fault_while_stimulating(tmp_path, config, emulator, fault, w
     s = rec.session()
     assert s.n == out.samples and any(c.is_on for c in s.commands)
     assert_recording_ends_off(s)
+
+
+def test_a_device_gone_silent_during_the_plateau_is_found_by_the_probe(tmp_path, config,
+                                                                       emulator):
+    """The plateau (3 s) sends no command; the driver's mode probe finds the silent device
+    within probe_s + response_timeout, long before the ramp-down would have."""
+    src, _ = sim_session(config, SCRIPT, artifacts=False)
+    src.realtime = True
+    driver = RehaStim2(emulator.path, channels=(1, 2), response_timeout=0.3, probe_s=0.5)
+    driver.open()
+    silent_at: list[float] = []
+
+    def control() -> list[str]:
+        if not silent_at and driver.outputs[1].current_ma >= 20.0:  # the plateau level
+            silent_at.append(src.now())
+            emulator.go_silent()
+        return []
+
+    try:
+        rec = run_recorded(tmp_path, config, src, driver, control=control,
+                           options=LoopOptions(duration_s=8.0, watchdog_s=2.0))
+    finally:
+        with contextlib.suppress(Exception):  # a lost device cannot be closed cleanly
+            driver.close()
+    out = rec.out
+    assert (out.reason, out.exit_code) == ("device", 5), out.message
+    assert "did not answer GetStimulationMode" in out.message
+    assert silent_at and out.seconds - (silent_at[0] - src.t0) < 0.5 + 0.3 + 0.4
+    assert "could NOT confirm all channels off" in out.message
+    assert rec.report.ok, rec.report.summary()

@@ -275,7 +275,10 @@ def test_keepalive_keeps_the_device_watchdog_from_firing(driver, emulator):
     assert not fired
     driver.check()
     times = [r.t for r in emulator.received]
-    assert len(emulator.commands(sm.Command.WATCHDOG)) >= 4
+    # Watchdogs, and while stimulating the mode probes: both are valid packets
+    alive = emulator.commands(sm.Command.WATCHDOG) + emulator.commands(
+        sm.Command.GET_STIMULATION_MODE)
+    assert len(alive) >= 5
     assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 0.75
     assert emulator.running_channels.keys() == {1}
 
@@ -594,3 +597,34 @@ def test_emulator_runs_as_a_script_with_a_state_file(tmp_path):
     assert names[-3:] == ["InitChannelListMode", "StartChannelListMode", "StopChannelListMode"]
     assert any("emergency switch" in e for e in snapshot["events"])
     assert snapshot["violations"] == []
+
+
+@pytest.mark.timeout(10)
+def test_a_long_plateau_is_probed_and_a_silent_device_found_without_a_command(make_driver,
+                                                                             emulator):
+    """A plateau sends no command for seconds: the driver asks GetStimulationMode after
+    probe_s without an acknowledgement, so a device gone silent is reported by check()
+    within probe_s + response_timeout, not at the next command."""
+    driver = make_driver(response_timeout=0.1, probe_s=0.3)
+    driver.apply([cmd(1, 20.0)])
+    assert emulator.wait_until(
+        lambda e: len(e.commands(sm.Command.GET_STIMULATION_MODE)) >= 3, 3.0)  # open + 2
+    driver.check()  # a healthy device: nothing to report
+    emulator.go_silent()
+    t0 = time.monotonic()
+    exc = wait_for_fault(driver, DeviceLostError, timeout=2.0)
+    assert "did not answer GetStimulationMode" in str(exc)
+    assert time.monotonic() - t0 < 0.3 + 0.1 + 0.3  # probe_s + response_timeout + slack
+    with pytest.raises(DeviceLostError, match="refuses to stimulate"):
+        driver.apply([cmd(1, 25.0)])
+
+
+@pytest.mark.timeout(10)
+def test_no_probe_while_nothing_stimulates(make_driver, emulator):
+    driver = make_driver(probe_s=0.2)
+    driver.apply([cmd(1, 20.0)])
+    driver.apply([cmd(1, 0.0)])
+    n = len(emulator.commands(sm.Command.GET_STIMULATION_MODE))
+    time.sleep(0.8)
+    assert len(emulator.commands(sm.Command.GET_STIMULATION_MODE)) == n
+    driver.check()
