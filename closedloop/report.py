@@ -746,7 +746,18 @@ def report_html(session: Any) -> str:
 
 
 def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
-    """The input checks re-run over the recorded EMG (all but 'recovered' notes)."""
+    """What the live input checks said (the recording's ``input`` markers), or for a
+    recording without them the input checks re-run over the recorded EMG (all but
+    'recovered' notes)."""
+    said = [m for m in getattr(session, "markers", ()) if m.label == "input"]
+    if said:
+        first = _first_sample(session)
+        rows = [["input", f"{(_marker_sample(session, m) - first) / session.fs:.2f}",
+                 _marker_sample(session, m), str(m.fields.get("message", ""))]
+                for m in said[:limit]]
+        if len(said) > limit:
+            rows.append(["input", "-", "-", f"... and {len(said) - limit} more input issues"])
+        return rows
     from closedloop.sources.base import Chunk, SourceInfo
     from closedloop.sources.checks import InputMonitor
 

@@ -35,6 +35,16 @@ from closedloop.sources.held import HeldValueCheck
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the input checks said: the message, and the sample (and its stream
+    time) it concerns, so a recording can keep it where it happened."""
+
+    sample: int
+    time: float
+    message: str
+
+
+@dataclass(frozen=True)
 class Segment:
     """Consecutive cleaned samples of the muscles' channels, usability constant.
 
@@ -114,18 +124,28 @@ class InputStage:
         #: the start), or "".
         self.why = [""] * n
         self.position = 0  # absolute index of the next cleaned sample
-        self._messages: list[str] = []
+        self._fs = float(info.fs)
+        self._clock = (0, np.zeros(1))  # first sample of the last chunk, its timestamps
+        self._notices: list[Notice] = []
 
-    def pop_messages(self) -> list[str]:
+    def pop_notices(self) -> list[Notice]:
         """What the checks found since the last call (each names channel and sample)."""
-        out, self._messages = self._messages, []
+        out, self._notices = self._notices, []
         return out
 
-    def finish(self) -> list[str]:
+    def finish(self) -> list[Notice]:
         """At the end of the session: what the checks found and had not said yet (the
         issues folded into a summary that was still due)."""
-        self._messages += [issue.message for issue in self.monitor.flush()]
-        return self.pop_messages()
+        self._say((issue.sample, issue.message) for issue in self.monitor.flush())
+        return self.pop_notices()
+
+    def _say(self, found) -> None:
+        """Keep ``(sample, message)`` pairs as notices, with the sample's stream time
+        (counted on at the nominal rate for a sample outside the last chunk)."""
+        k0, ts = self._clock
+        for k, message in found:
+            i = min(max(k - k0, 0), ts.shape[0] - 1)
+            self._notices.append(Notice(k, float(ts[i]) + (k - k0 - i) / self._fs, message))
 
     def feed(self, chunk: Chunk, until: int | None = None) -> list[Segment]:
         """Check one chunk; return its segments (none when every sample was dropped),
@@ -137,8 +157,10 @@ class InputStage:
             The chunk is unusable (wrong channel count...).
         """
         checked = self.monitor.check(chunk)
-        self._messages += [issue.message for issue in checked.issues]
         n = checked.n
+        if n:
+            self._clock = (checked.start, checked.chunk.timestamps)
+        self._say((issue.sample, issue.message) for issue in checked.issues)
         if n == 0:
             return []
         start = checked.start
@@ -152,18 +174,15 @@ class InputStage:
             skip = self.artifacts.blank_mask(start, n)
             stimulating = self.artifacts.stimulating(start, n)[:, None]
         held, issues = self.held.check(raw, bad if stimulating is None else bad | stimulating)
-        self._messages += [issue.message for issue in issues]
+        self._say((issue.sample, issue.message) for issue in issues)
         bad = bad | held
         hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
-        for sample, c, on, db in self.hum.pop_changes():
-            name = self.names[c]
-            self._messages.append(
-                f"channel {name}: mains hum {db:.0f} dB above the rest of its EMG band at "
-                f"sample {sample}; detector suspended. Check the electrode contact, the "
-                "reference electrode and mains cables near the patient" if on else
-                f"channel {name}: mains hum down to {db:.0f} dB at sample {sample}; "
-                "detector resumed"
-            )
+        self._say((sample, (
+            f"channel {self.names[c]}: mains hum {db:.0f} dB above the rest of its EMG band "
+            f"at sample {sample}; detector suspended. Check the electrode contact, the "
+            "reference electrode and mains cables near the patient" if on else
+            f"channel {self.names[c]}: mains hum down to {db:.0f} dB at sample {sample}; "
+            "detector resumed")) for sample, c, on, db in self.hum.pop_changes())
         dirty = bad | hum
         for k in checked.breaks:  # the signal jumps: restart and settle every channel
             dirty[k - start, :] = True
@@ -211,4 +230,4 @@ def _cut(segments: list[Segment], until: int | None) -> list[Segment]:
     return out
 
 
-__all__ = ["InputStage", "Segment"]
+__all__ = ["InputStage", "Notice", "Segment"]

@@ -137,11 +137,7 @@ def run_loop(
 
             # 2. check the input: segments inside which no channel changes usability
             segments = inputs.feed(chunk, until=end)
-            for message in inputs.pop_messages():
-                out.issues.append(message)
-                out.n_issues += 1
-                if status:
-                    status(f"input: {message}")
+            _tell(out, inputs.pop_notices(), status, outlets)
             keep_last(out.issues, keep)
             chunk_stop = inputs.position
             block = None
@@ -214,11 +210,7 @@ def run_loop(
     finally:
         watchdog.stop()
         _all_off(out, tally, stimulator, guard, pipeline.position, last_time, outlets)
-        for message in inputs.finish():  # nothing the checks found goes unsaid
-            out.issues.append(message)
-            out.n_issues += 1
-            if status:
-                status(f"input: {message}")
+        _tell(out, inputs.finish(), status, outlets)  # nothing the checks found goes unsaid
         out.stop_wall = stop.wall
         if watchdog.tripped and out.reason in ("", "interrupt", "stall"):
             out.reason = "stall"
@@ -236,6 +228,20 @@ def run_loop(
                       out.violations):
             del items[: max(0, len(items) - keep)]
     return out
+
+
+def _tell(out: Outcome, notices, status, outlets) -> None:
+    """What the input checks said: to the summary, the status line and the recording
+    (an ``input`` marker at the sample it concerns)."""
+    for notice in notices:
+        out.issues.append(notice.message)
+        out.n_issues += 1
+        if status:
+            status(f"input: {notice.message}")
+        if outlets is not None:
+            with contextlib.suppress(Exception):  # a failing outlet must not stop the loop
+                outlets.push_marker("input", notice.time, sample=notice.sample,
+                                    message=notice.message)
 
 
 def _record(out: Outcome, tally: StimTally, commands: list[StimCommand], keep: int | None) -> None:

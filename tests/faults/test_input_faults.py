@@ -147,6 +147,13 @@ def test_the_recording_holds_every_sample_event_and_command(session):
     source[18000:19000] += 20  # after the loss, before the repeated chunk
     np.testing.assert_array_equal(s.source_counter, source)
     assert not [m for m in s.markers if m.label == "source_counter"]  # not trial markers
+    # what the input checks said, each at the sample it concerns
+    said = [m for m in s.markers if m.label == "input"]
+    assert [m.fields["message"] for m in said] == out.issues
+    nan = next(m for m in said if "NaN/inf from sample 16000" in m.fields["message"])
+    assert nan.sample == 16000 and nan.time == s.timestamps[16000]
+    inf = next(m for m in said if "NaN/inf from sample 17005" in m.fields["message"])
+    assert inf.sample == 17005 and inf.time == s.timestamps[17005]  # inside its chunk
     assert [(e.sample, e.channel, e.kind) for e in s.events] == \
         [(e.sample, e.channel, e.kind) for e in out.events]
     assert [c.decision_key() for c in s.commands] == [c.decision_key() for c in out.commands]
@@ -273,3 +280,12 @@ def test_replay_reproduces_a_session_whose_source_has_no_counter(tmp_path, confi
     onsets = [e.sample / FS for e in out.events if e.kind == "onset"]
     assert onsets == pytest.approx([1.5, 5.0], abs=0.1)  # the attempts, nothing else
     assert [s / FS for s in on_samples(out.commands)] == pytest.approx([1.5], abs=0.1)
+
+
+def test_the_report_lists_what_the_live_checks_said(session):
+    from closedloop.report import report_html
+
+    page = report_html(session[0].session())
+    for words in ("channel biceps: NaN/inf from sample 16000", "counter went back from 19019",
+                  "channel triceps: flat (identical values)", "effective rate 21"):
+        assert words in page, words
