@@ -38,7 +38,8 @@ def run_bench(
     x = SimulatedPatient(ps, script, seed=seed).read(int(dur * fs))
 
     # bare band-pass, public scipy, 20-sample chunks, state carried
-    sos = signal.butter(4, effective_band(FilterSettings(), fs), btype="bandpass", fs=fs, output="sos")
+    sos = signal.butter(4, effective_band(FilterSettings(), fs), btype="bandpass", fs=fs,
+                        output="sos")
     zi = np.zeros((sos.shape[0], 2, channels))
     t0 = time.perf_counter()
     for c in _chunks(x, small):
@@ -84,11 +85,14 @@ def main(args) -> int:
 
         return latency_main(args)
     r = run_bench(channels=args.channels, fs=args.fs, minutes=args.minutes, large=args.large)
-    print(f"closedloop bench: {r['channels']} ch at {r['fs']:g} Hz, {r['minutes']:g} min of simulated EMG")
+    print(f"closedloop bench: {r['channels']} ch at {r['fs']:g} Hz, {r['minutes']:g} min of "
+          "simulated EMG")
     print(f"  throughput, 20-sample chunks : {r['realtime_x_chunk20']:8.1f} x real time")
     print(f"  throughput, {args.large}-sample chunks: {r['realtime_x_large']:8.1f} x real time")
-    print(f"  per 20-sample chunk          : p50 {r['chunk20_p50_us']:.1f} us, p99 {r['chunk20_p99_us']:.1f} us")
-    print(f"  bare scipy sosfilt band-pass : {r['bare_sosfilt_chunk20_us']:.1f} us per 20-sample chunk")
+    print(f"  per 20-sample chunk          : p50 {r['chunk20_p50_us']:.1f} us, "
+          f"p99 {r['chunk20_p99_us']:.1f} us")
+    print(f"  bare scipy sosfilt band-pass : {r['bare_sosfilt_chunk20_us']:.1f} us per "
+          "20-sample chunk")
     print(f"  full pipeline / bare sosfilt : {r['ratio_to_sosfilt']:.2f}")
     print(f"  onset+offset events          : {r['events']} (identical for both chunk sizes)")
     if args.json:

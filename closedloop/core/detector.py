@@ -13,7 +13,8 @@ The rules, for each channel independently:
   tracker: envelope statistics per block of ``block`` samples (blocks are aligned to
   absolute sample indices, never to chunks), used only for blocks in which the channel
   was idle (see :meth:`OnsetDetector._end_block`). Thresholds change only at block
-  boundaries, so they do not depend on how the stream was chunked. Until enough rest was seen, the channel cannot trigger.
+  boundaries, so they do not depend on how the stream was chunked. Until enough rest was
+  seen, the channel cannot trigger.
 
 Speed: the common case (idle and nothing above threshold, or active and nothing below)
 is a handful of vectorised operations over all channels; the per-channel state machine

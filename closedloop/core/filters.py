@@ -2,10 +2,11 @@
 
 All sections (band-pass and every notch) form one second-order-section cascade run by a
 single call per chunk (see :mod:`closedloop.core.sos`), because per-call overhead, not
-arithmetic, dominates at 20-sample chunks. Arrays are channel-major (n_channels, n). The state ``zi`` is carried from chunk to
-chunk, so filtering in chunks of any size is bit-identical to one pass over the whole
-signal (the same recurrence in the same order). The state starts at the steady state
-for the first sample, so a DC offset (e.g. raw ADC counts) causes no start-up transient.
+arithmetic, dominates at 20-sample chunks. Arrays are channel-major (n_channels, n). The
+state ``zi`` is carried from chunk to chunk, so filtering in chunks of any size is
+bit-identical to one pass over the whole signal (the same recurrence in the same order).
+The state starts at the steady state for the first sample, so a DC offset (e.g. raw ADC
+counts) causes no start-up transient.
 """
 
 from __future__ import annotations

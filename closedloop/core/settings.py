@@ -125,7 +125,8 @@ class DetectorSettings:
             min_rest_ms=t.float("min_rest_ms", cls.min_rest_ms, lo=10.0, hi=60000.0),
         )
         if out.history_s * 1000.0 < out.min_rest_ms:
-            raise t.error("history_s", out.history_s, f">= min_rest_ms / 1000 = {out.min_rest_ms / 1000:g}")
+            raise t.error("history_s", out.history_s,
+                          f">= min_rest_ms / 1000 = {out.min_rest_ms / 1000:g}")
         t.finish()
         return out
 

@@ -67,7 +67,8 @@ def load_npz(path: str | Path) -> EmgData:
     try:
         with np.load(p, allow_pickle=False) as z:
             if "emg" not in z or "fs" not in z:
-                raise InputError(f"{p}: an .npz input needs arrays 'emg' and 'fs'; it has {sorted(z.files)}")
+                raise InputError(f"{p}: an .npz input needs arrays 'emg' and 'fs'; it has "
+                                 f"{sorted(z.files)}")
             emg = np.asarray(z["emg"], dtype=np.float64)
             fs = float(z["fs"])
             chans = [str(c) for c in z["channels"]] if "channels" in z else None
@@ -134,7 +135,8 @@ def load_brainflow(path: str | Path, board: str | int) -> EmgData:
             str(board).upper() + ("" if str(board).upper().endswith("_BOARD") else "_BOARD")
         ].value
     except KeyError:
-        raise InputError(f"unknown BrainFlow board {board!r}; use a BoardIds name such as 'synthetic' or 'cyton'") from None
+        raise InputError(f"unknown BrainFlow board {board!r}; use a BoardIds name such as "
+                         "'synthetic' or 'cyton'") from None
     try:
         data = DataFilter.read_file(p)
     except Exception as exc:  # brainflow raises its own BrainFlowError
@@ -142,7 +144,8 @@ def load_brainflow(path: str | Path, board: str | int) -> EmgData:
     emg_rows = BoardShim.get_emg_channels(board_id)
     fs = float(BoardShim.get_sampling_rate(board_id))
     if data.shape[0] <= max(emg_rows):
-        raise InputError(f"{p}: {data.shape[0]} rows, but board {board} has EMG rows up to {max(emg_rows)}")
+        raise InputError(f"{p}: {data.shape[0]} rows, but board {board} has EMG rows up to "
+                         f"{max(emg_rows)}")
     samples = np.ascontiguousarray(data[emg_rows].T)
     _check(samples, p)
     return EmgData(samples, fs, tuple(f"EMG{i + 1}" for i in range(len(emg_rows))), p)

@@ -3,11 +3,12 @@
 :class:`InputStage` runs the input monitor (:mod:`closedloop.sources.checks`: NaN, gaps,
 flat or saturated channels), the held-value check (:mod:`closedloop.sources.held`: a
 channel pinned or frozen, within a few samples, exempt while stimulation runs) and the
-mains-hum check (:mod:`closedloop.core.mains`) on every chunk, takes the config's muscle columns, and cuts the chunk into
-:class:`Segment` s inside which no channel's usability changes. At the start of each
-segment it lists the detectors to suspend or resume, so the loop switches them at the
-exact sample the checks decided: the same samples in any chunking give the same
-events (the checks and the core are chunk-invariant, and so is where they meet).
+mains-hum check (:mod:`closedloop.core.mains`) on every chunk, takes the config's muscle
+columns, and cuts the chunk into :class:`Segment` s inside which no channel's usability
+changes. At the start of each segment it lists the detectors to suspend or resume, so
+the loop switches them at the exact sample the checks decided: the same samples in any
+chunking give the same events (the checks and the core are chunk-invariant, and so is
+where they meet).
 
 A channel is suspended while a check finds it bad and for ``settle_s`` after (the loop
 restarts the channel's filters at the first good sample, so the step back to EMG does
