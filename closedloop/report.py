@@ -746,13 +746,14 @@ def report_html(session: Any) -> str:
 
 
 def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
-    """What the live input checks said (the recording's ``input`` markers), or for a
+    """What the live input checks said (the recording's ``input_issue`` markers), or for a
     recording without them the input checks re-run over the recorded EMG (all but
     'recovered' notes)."""
-    said = [m for m in getattr(session, "markers", ()) if m.label == "input"]
+    said = [m for m in getattr(session, "markers", ()) if m.label == "input_issue"]
     if said:
         first = _first_sample(session)
-        rows = [["input", f"{(_marker_sample(session, m) - first) / session.fs:.2f}",
+        rows = [[f"input: {m.fields.get('kind', '')}",
+                 f"{(_marker_sample(session, m) - first) / session.fs:.2f}",
                  _marker_sample(session, m), str(m.fields.get("message", ""))]
                 for m in said[:limit]]
         if len(said) > limit:

@@ -18,9 +18,9 @@ name                type            content
                                     (index they were in force at), ``counter`` (optional)
 ``S-Events``        ``Markers``     detector events, JSON
 ``S-Stim``          ``Markers``     stimulation commands, JSON of every StimCommand field
-``S-Markers``       ``Markers``     trial and cue markers, JSON; ``input`` markers: what
-                                    the input checks said (``message``), at the sample it
-                                    concerns; ``source_counter`` markers: the source's
+``S-Markers``       ``Markers``     trial and cue markers, JSON; ``input_issue`` markers:
+                                    what the input checks said (``kind``, ``channel``,
+                                    ``message``), at the sample it concerns; ``source_counter`` markers: the source's
                                     own counter where it does not continue (see
                                     :meth:`SessionOutlets.push_emg`)
 ``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata

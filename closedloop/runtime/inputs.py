@@ -31,18 +31,25 @@ import numpy as np
 from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.mains import HumCheck
 from closedloop.sources.base import Chunk, SourceInfo
-from closedloop.sources.checks import InputMonitor
+from closedloop.sources.checks import InputIssue, InputMonitor, IssueKind
 from closedloop.sources.held import HeldValueCheck
 
 
 @dataclass(frozen=True)
 class Notice:
     """Something the input checks said: the message, and the sample (and its stream
-    time) it concerns, so a recording can keep it where it happened."""
+    time) it concerns, so a recording can keep it where it happened.
+
+    ``kind`` is the :class:`~closedloop.sources.checks.IssueKind` value (``"flat"``,
+    ``"saturated"``, ``"held"``, ``"nonfinite"``, ``"gap"``, ... ``"recovered"``) or
+    ``"mains"``; ``channel`` the channel it is about (None: the whole stream).
+    """
 
     sample: int
     time: float
     message: str
+    kind: str = ""
+    channel: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,16 +144,18 @@ class InputStage:
     def finish(self) -> list[Notice]:
         """At the end of the session: what the checks found and had not said yet (the
         issues folded into a summary that was still due)."""
-        self._say((issue.sample, issue.message) for issue in self.monitor.flush())
+        self._say(self.monitor.flush())
         return self.pop_notices()
 
-    def _say(self, found) -> None:
-        """Keep ``(sample, message)`` pairs as notices, with the sample's stream time
-        (counted on at the nominal rate for a sample outside the last chunk)."""
+    def _say(self, issues) -> None:
+        """Keep input issues as notices, with the stream time of their sample (counted
+        on at the nominal rate for a sample outside the last chunk)."""
         k0, ts = self._clock
-        for k, message in found:
+        for issue in issues:
+            k = issue.sample
             i = min(max(k - k0, 0), ts.shape[0] - 1)
-            self._notices.append(Notice(k, float(ts[i]) + (k - k0 - i) / self._fs, message))
+            self._notices.append(Notice(k, float(ts[i]) + (k - k0 - i) / self._fs,
+                                        issue.message, str(issue.kind.value), issue.channel))
 
     def feed(self, chunk: Chunk, until: int | None = None) -> list[Segment]:
         """Check one chunk; return its segments (none when every sample was dropped),
@@ -161,7 +170,7 @@ class InputStage:
         n = checked.n
         if n:
             self._clock = (checked.start, checked.chunk.timestamps)
-        self._say((issue.sample, issue.message) for issue in checked.issues)
+        self._say(checked.issues)
         if n == 0:
             return []
         start = checked.start
@@ -175,10 +184,10 @@ class InputStage:
             skip = self.artifacts.blank_mask(start, n)
             stimulating = self.artifacts.stimulating(start, n)[:, None]
         held, issues = self.held.check(raw, bad if stimulating is None else bad | stimulating)
-        self._say((issue.sample, issue.message) for issue in issues)
+        self._say(issues)
         bad = bad | held
         hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
-        self._say((sample, (
+        self._say(InputIssue(IssueKind.MAINS if on else IssueKind.RECOVERED, self.names[c], sample, (
             f"channel {self.names[c]}: mains hum {db:.0f} dB above the rest of its EMG band "
             f"at sample {sample}; detector suspended. Check the electrode contact, the "
             "reference electrode and mains cables near the patient" if on else

@@ -232,7 +232,7 @@ def run_loop(
 
 def _tell(out: Outcome, notices, status, outlets) -> None:
     """What the input checks said: to the summary, the status line and the recording
-    (an ``input`` marker at the sample it concerns)."""
+    and live view (an ``input_issue`` marker at the sample it concerns)."""
     for notice in notices:
         out.issues.append(notice.message)
         out.n_issues += 1
@@ -240,7 +240,8 @@ def _tell(out: Outcome, notices, status, outlets) -> None:
             status(f"input: {notice.message}")
         if outlets is not None:
             with contextlib.suppress(Exception):  # a failing outlet must not stop the loop
-                outlets.push_marker("input", notice.time, sample=notice.sample,
+                outlets.push_marker("input_issue", notice.time, sample=notice.sample,
+                                    kind=notice.kind, channel=notice.channel,
                                     message=notice.message)
 
 

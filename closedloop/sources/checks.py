@@ -59,6 +59,7 @@ class IssueKind(str, Enum):
     FLAT = "flat"
     SATURATED = "saturated"
     HELD = "held"
+    MAINS = "mains"  # the mains-hum check's (closedloop.core.mains)
     RECOVERED = "recovered"
 
 

@@ -380,7 +380,8 @@ class QualityTracker:
       electrode contact (the notch filter hides it from the detector, not from the skin).
 
     Issues the session reports (marker ``input_issue`` with ``kind`` and ``channel``)
-    are shown for ``report_hold_s`` of stream time even when the local checks pass.
+    are shown for ``report_hold_s`` of stream time even when the local checks pass, and
+    instead of the local finding when that is no worse.
     """
 
     def __init__(
@@ -403,7 +404,8 @@ class QualityTracker:
 
     def report(self, channel: str | None, kind: str, time: float, message: str = "") -> None:
         """An issue the session reported; ``channel=None`` applies it to every channel."""
-        kind = {"saturation": SATURATED}.get(kind, kind)
+        # a held (pinned or frozen) or non-finite channel shows as "no signal change"
+        kind = {"saturation": SATURATED, "held": FLAT, "nonfinite": FLAT}.get(kind, kind)
         if kind not in (FLAT, SATURATED, MAINS):
             return
         for ch in self.channels if channel is None else (channel,):
@@ -446,7 +448,9 @@ class QualityTracker:
             if not (now - t <= self.report_hold_s):
                 del self._reported[ch]
                 continue
-            if SEVERITY.index(kind) < SEVERITY.index(local[ch].status):
+            # as bad or worse than the view's own check: the session's message, which
+            # names the sample and what to check
+            if SEVERITY.index(kind) <= SEVERITY.index(local[ch].status):
                 local[ch] = ChannelQuality(kind, msg)
         return local
 

@@ -148,10 +148,11 @@ def test_the_recording_holds_every_sample_event_and_command(session):
     np.testing.assert_array_equal(s.source_counter, source)
     assert not [m for m in s.markers if m.label == "source_counter"]  # not trial markers
     # what the input checks said, each at the sample it concerns
-    said = [m for m in s.markers if m.label == "input"]
+    said = [m for m in s.markers if m.label == "input_issue"]
     assert [m.fields["message"] for m in said] == out.issues
     nan = next(m for m in said if "NaN/inf from sample 16000" in m.fields["message"])
     assert nan.sample == 16000 and nan.time == s.timestamps[16000]
+    assert (nan.fields["kind"], nan.fields["channel"]) == ("nonfinite", "biceps")
     inf = next(m for m in said if "NaN/inf from sample 17005" in m.fields["message"])
     assert inf.sample == 17005 and inf.time == s.timestamps[17005]  # inside its chunk
     assert [(e.sample, e.channel, e.kind) for e in s.events] == \

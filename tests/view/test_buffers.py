@@ -153,3 +153,14 @@ def test_quality_reported_issues_hold_for_a_while():
     assert r["a"].status == SATURATED and r["a"].detail == "amplifier at rail"
     assert r["b"].status == OK
     assert q.assess(x, now=104.5)["a"].status == OK
+
+
+def test_held_and_nonfinite_reports_show_as_no_signal_change():
+    """The session's held-value and NaN checks report kinds ``held`` and ``nonfinite``."""
+    q = QualityTracker(("a", "b", "c"), FS)
+    x = np.column_stack([emg(4000), emg(4000, 3), emg(4000, 4)])
+    q.report("a", "held", time=10.0, message="channel a: the same value ...")
+    q.report("b", "nonfinite", time=10.0)
+    r = q.assess(x, now=10.5)
+    assert (r["a"].status, r["b"].status, r["c"].status) == (FLAT, FLAT, OK)
+    assert r["a"].detail.startswith("channel a: the same value")

@@ -231,3 +231,48 @@ def test_nan_in_the_emg_stream_is_flagged_and_does_not_stick_in_the_trace():
                         and client.snapshot().quality["biceps"].status == "ok", 10.0)
         s = client.snapshot()
     assert np.isfinite(s.emg).all() and np.ptp(s.emg[-500:, 0]) > 0
+
+
+def test_the_view_flags_a_channel_the_session_suspended():
+    """The loop publishes what its input checks say (``input_issue`` markers); the view
+    shows the pinned biceps flagged with the session's own message while it lasts."""
+    import threading
+    from dataclasses import replace
+
+    from closedloop.config import load_config
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.runtime.loop import LoopOptions, run_loop
+    from tests.faults.conftest import FaultySource, replaced
+    from tests.runtime.conftest import sim_session
+
+    config = load_config(ROOT / "configs" / "biceps_triceps.toml")
+    src, stim = sim_session(config, [], chunk=20)
+    src.realtime = True
+
+    def pinned(chunk):
+        x = chunk.samples.copy()
+        x[:, 0] = 5e-3
+        return [replaced(chunk, x)]
+
+    faulty = FaultySource(src, {k: pinned for k in range(400, 1000)})  # from 4 s (connected)
+    outlets = SessionOutlets(unique("flagview"), replace(src.info, channels=config.muscle_names),
+                             config_text=config.text)
+    done = threading.Event()
+    loop = threading.Thread(target=lambda: (run_loop(
+        config, faulty, stim, outlets=outlets,
+        options=LoopOptions(duration_s=7.0, watchdog_s=2.0)), done.set()))
+    loop.start()
+    try:
+        with SessionClient(outlets.session_name, window_s=5.0) as client:
+            assert client.wait_connected(3.5)  # before the fault: markers are not replayed
+            # the session's words (held at 4.0015 s, then saturated at 4.05 s), not the
+            # view's own "no signal change"
+            flagged = wait_for(lambda: client.snapshot().quality["biceps"].detail.startswith(
+                "channel biceps: "), 8.0)
+            q = client.snapshot().quality
+    finally:
+        loop.join(15.0)
+        outlets.close()
+    assert done.is_set() and flagged, q
+    assert q["biceps"].status in ("flat", "saturated")
+    assert q["triceps"].status not in ("flat", "saturated")
