@@ -20,8 +20,9 @@ name                type            content
 ``S-Stim``          ``Markers``     stimulation commands, JSON of every StimCommand field
 ``S-Markers``       ``Markers``     trial and cue markers, JSON; ``input_issue`` markers:
                                     what the input checks said (``kind``, ``channel``,
-                                    ``message``), at the sample it concerns; ``source_counter`` markers: the source's
-                                    own counter where it does not continue (see
+                                    ``message``), at the sample it concerns;
+                                    ``source_counter`` markers: the source's own
+                                    counter where it does not continue (see
                                     :meth:`SessionOutlets.push_emg`)
 ``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata
 ==================  ==============  ========================================================

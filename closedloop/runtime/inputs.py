@@ -157,6 +157,18 @@ class InputStage:
             self._notices.append(Notice(k, float(ts[i]) + (k - k0 - i) / self._fs,
                                         issue.message, str(issue.kind.value), issue.channel))
 
+    def _hum_issue(self, sample: int, c: int, on: bool, db: float) -> InputIssue:
+        """The mains-hum check's change of column ``c`` as an input issue."""
+        name = self.names[c]
+        if on:
+            return InputIssue(IssueKind.MAINS, name, sample, (
+                f"channel {name}: mains hum {db:.0f} dB above the rest of its EMG band at "
+                f"sample {sample}; detector suspended. Check the electrode contact, the "
+                "reference electrode and mains cables near the patient"))
+        return InputIssue(IssueKind.RECOVERED, name, sample, (
+            f"channel {name}: mains hum down to {db:.0f} dB at sample {sample}; detector "
+            "resumed"))
+
     def feed(self, chunk: Chunk, until: int | None = None) -> list[Segment]:
         """Check one chunk; return its segments (none when every sample was dropped),
         cut at sample ``until`` when given (the end of the session).
@@ -187,12 +199,7 @@ class InputStage:
         self._say(issues)
         bad = bad | held
         hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
-        self._say(InputIssue(IssueKind.MAINS if on else IssueKind.RECOVERED, self.names[c], sample, (
-            f"channel {self.names[c]}: mains hum {db:.0f} dB above the rest of its EMG band "
-            f"at sample {sample}; detector suspended. Check the electrode contact, the "
-            "reference electrode and mains cables near the patient" if on else
-            f"channel {self.names[c]}: mains hum down to {db:.0f} dB at sample {sample}; "
-            "detector resumed")) for sample, c, on, db in self.hum.pop_changes())
+        self._say(self._hum_issue(*change) for change in self.hum.pop_changes())
         dirty = bad | hum
         for k in checked.breaks:  # the signal jumps: restart and settle every channel
             dirty[k - start, :] = True
