@@ -2,7 +2,7 @@
 
 Layers, bottom to top (lower layers never import higher ones):
 
-* ``closedloop.errors``, ``closedloop.validate``: the exception family and TOML checking.
+* ``closedloop.errors``, ``closedloop.config.table``: the exception family and TOML checking.
 * ``closedloop.core``: the pure signal core (filters, envelopes, detectors), numpy in/out.
 * ``closedloop.stim``: protocols and the safety guard (pure), stimulator drivers (edge).
 * ``closedloop.sim``: the simulated patient.

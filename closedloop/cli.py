@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--fs", type=float, help="sampling rate of a text/CSV input, Hz")
     d.add_argument("--columns", help="text input: comma-separated 0-based columns to use")
     d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
-    d.set_defaults(module="closedloop.detect")
+    d.set_defaults(module="closedloop.analysis.detect")
 
     b = sub.add_parser("bench", help="measure the signal core's speed (or --latency end to end)")
     b.add_argument("--channels", type=int, default=8)
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--outlets", action="store_true", help="--latency: publish the LSL outlets")
     b.add_argument("--with-view", action="store_true",
                    help="--latency: also attach a live view (implies --outlets)")
-    b.set_defaults(module="closedloop.bench")
+    b.set_defaults(module="closedloop.analysis.bench")
     r = sub.add_parser(
         "run", help="run a closed-loop session (default: simulated patient and stimulator)"
     )
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-outlets", action="store_true", help="do not publish LSL streams")
     r.add_argument("--quiet", action="store_true", help="no live status line")
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
-    r.set_defaults(module="closedloop.run")
+    r.set_defaults(module="closedloop.commands.run")
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
     st.add_argument("--config", required=True)
     st.add_argument(
@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--frequency", type=float, help="Hz (default: the muscle's)")
     st.add_argument("--duration", type=float, default=2.0, help="hold at full current, s")
     st.add_argument("--confirm-checklist", action="store_true")
-    st.set_defaults(module="closedloop.stimtest_command")
+    st.set_defaults(module="closedloop.commands.stim_test")
 
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
     rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")
@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--quiet", action="store_true")
     rp.add_argument("--jobs", type=int, help="worker processes for many files (default: all cores)")
-    rp.set_defaults(module="closedloop.replay")
+    rp.set_defaults(module="closedloop.runtime.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
     ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")
     ev.add_argument(
@@ -110,12 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--simulate", help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
     ev.add_argument("--minutes", type=float, default=5.0)
     ev.add_argument("--seed", type=int, default=0)
-    ev.set_defaults(module="closedloop.evaluate")
+    ev.set_defaults(module="closedloop.analysis.evaluate")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
     rep.add_argument("input", metavar="FILE.xdf")
     rep.add_argument("--out", help="HTML file (default: FILE.html)")
-    rep.set_defaults(module="closedloop.report")
+    rep.set_defaults(module="closedloop.analysis.report")
     v = sub.add_parser(
         "view", help="live view of a running session (subscribes to its LSL streams)"
     )
@@ -136,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--yes", action="store_true", help="confirm the stimulation limits without asking"
     )
-    c.set_defaults(module="closedloop.calibrate")
+    c.set_defaults(module="closedloop.analysis.calibrate")
     return p
 
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from closedloop.sources.base import Chunk, Source, SourceInfo
+from closedloop.core.stream import Chunk, SourceInfo
+from closedloop.sources.base import Source
 
 
 class ArraySource(Source):

@@ -1,4 +1,4 @@
-"""Time :meth:`closedloop.sources.checks.InputMonitor.check` per chunk.
+"""Time :meth:`closedloop.core.checks.InputMonitor.check` per chunk.
 
 Feeds a continuous, clean stream (noise, a running counter, exact timestamps) chunk by
 chunk and prints the per-chunk time (min, p50, p99, mean) of the exact path (what the
@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from closedloop.sources import checks
-from closedloop.sources.base import Chunk, SourceInfo
-from closedloop.sources.checks import InputMonitor
+from closedloop.core import checks
+from closedloop.core.checks import InputMonitor
+from closedloop.core.stream import Chunk, SourceInfo
 
 FS = 2000.0
 

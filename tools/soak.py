@@ -44,13 +44,14 @@ import numpy as np
 import psutil
 
 from closedloop.config import load_config
+from closedloop.core.stream import Chunk
 from closedloop.io.outlets import SessionOutlets
 from closedloop.io.recorder import XdfRecorder, verify_recording
 from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
-from closedloop.sources.base import Chunk, Source
+from closedloop.sources.base import Source
 from closedloop.sources.sim import SimSource
-from closedloop.stim.sim import SimStimulator
+from closedloop.stim.drivers.sim import SimStimulator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "biceps_triceps.toml"

@@ -25,7 +25,7 @@ a command takes effect at its **effective sample** (see
 first sample after the block in which it was decided, which is where the simulated
 stimulator starts its pulses) and a channel that is on pulses at
 ``anchor + k * fs / frequency`` (k = 0, 1, ...) until a command switches it off, with the
-anchor rules of :class:`~closedloop.stim.sim.SimStimulator`: switching on sets the anchor
+anchor rules of :class:`~closedloop.stim.drivers.sim.SimStimulator`: switching on sets the anchor
 to the effective sample, a change of level keeps it, a change of frequency moves it to
 the first pulse of the old grid at or after the change. A pulse at fractional position
 ``p`` is blanked from sample ``floor(p)`` for ``blank_ms`` plus one sample (so the
@@ -43,52 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from closedloop.validate import Table
-
-
-@dataclass(frozen=True)
-class ArtifactSettings:
-    """``[artifacts]``: stimulation-artifact removal and the mains-hum check.
-
-    Attributes
-    ----------
-    blank_ms : float
-        Samples blanked after every pulse (0 disables blanking and the comb).
-    comb : bool
-        Cancel the residual pulse-locked component on a stimulated muscle's channel.
-    comb_pulses : int
-        Averaging length of the comb's template, in pulses.
-    hum_db : float
-        A channel whose mains-band power exceeds the rest of its EMG band by more than
-        this many dB (over a block of ``hum_block_ms``) is hum-dominated: its detector is
-        suspended. 0 disables the check. 30 dB (the hum carries 99.9 % of the band's
-        power) is far above a usable recording (the simulated patient's default hum is
-        ~10 dB above its noise at rest) and far below a loose electrode (40-60 dB).
-    hum_block_ms : float
-        Length of the blocks the hum check judges (rounded to whole mains periods).
-    hum_recover_s : float
-        A hum-dominated channel resumes after this long of blocks below the limit.
-    """
-
-    blank_ms: float = 15.0
-    comb: bool = True
-    comb_pulses: int = 8
-    hum_db: float = 30.0
-    hum_block_ms: float = 200.0
-    hum_recover_s: float = 1.0
-
-    @classmethod
-    def from_table(cls, t: Table) -> ArtifactSettings:
-        out = cls(
-            blank_ms=t.float("blank_ms", cls.blank_ms, lo=0.0, hi=50.0),
-            comb=t.bool("comb", cls.comb),
-            comb_pulses=t.int("comb_pulses", cls.comb_pulses, lo=1, hi=1000),
-            hum_db=t.float("hum_db", cls.hum_db, lo=0.0, hi=80.0),
-            hum_block_ms=t.float("hum_block_ms", cls.hum_block_ms, lo=50.0, hi=2000.0),
-            hum_recover_s=t.float("hum_recover_s", cls.hum_recover_s, lo=0.0, hi=60.0),
-        )
-        t.finish()
-        return out
+from closedloop.config.signal import ArtifactSettings
 
 
 @dataclass

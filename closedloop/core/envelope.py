@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from closedloop.core.settings import EnvelopeSettings
+from closedloop.config.signal import EnvelopeSettings
 from closedloop.core.sos import SosFilter
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from closedloop.core.settings import FilterSettings
+from closedloop.config.signal import FilterSettings
 from closedloop.core.sos import SosFilter
 
 #: The upper band edge is capped at this fraction of Nyquist.

@@ -15,17 +15,17 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import signal
 
-from closedloop.core.blanking import ArtifactRemover
-from closedloop.core.detector import OnsetDetector
-from closedloop.core.envelope import Envelope
-from closedloop.core.events import Block
-from closedloop.core.filters import FilterBank
-from closedloop.core.settings import (
+from closedloop.config.signal import (
     Calibration,
     DetectorSettings,
     EnvelopeSettings,
     FilterSettings,
 )
+from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.envelope import Envelope
+from closedloop.core.events import Block
+from closedloop.core.filters import FilterBank
+from closedloop.core.onset import OnsetDetector
 
 
 class Pipeline:

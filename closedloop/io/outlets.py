@@ -75,8 +75,8 @@ import pylsl
 
 import closedloop
 from closedloop.core.events import Block, Event
+from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, InputError
-from closedloop.sources.base import Chunk, SourceInfo
 from closedloop.stim.commands import StimCommand
 
 ROLE_EMG = "emg"

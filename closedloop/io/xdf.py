@@ -35,7 +35,9 @@ from xml.etree import ElementTree
 import numpy as np
 import pyxdf
 
+from closedloop.core.checks import hold_nonfinite
 from closedloop.core.events import Event
+from closedloop.core.stream import SourceInfo
 from closedloop.errors import InputError
 from closedloop.io.outlets import (
     COUNTER_LABEL,
@@ -51,8 +53,6 @@ from closedloop.io.outlets import (
     decode_marker,
     restore_timestamps,
 )
-from closedloop.sources.base import SourceInfo
-from closedloop.sources.checks import hold_nonfinite
 from closedloop.stim.commands import StimCommand
 
 _MAGIC = b"XDF:"

@@ -7,11 +7,12 @@ Source specs are parsed by :mod:`closedloop.sources.spec`; stimulator specs here
 from __future__ import annotations
 
 from closedloop.config import Config
+from closedloop.config.stimulation import MuscleStim
+from closedloop.core.stream import SourceInfo
 from closedloop.errors import ConfigError
 from closedloop.sim.patient import PatientSettings
-from closedloop.sources.base import Source, SourceInfo
+from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
-from closedloop.stim.settings import MuscleStim
 
 STIMULATOR_FORMS = "sim, rehastim2:PORT (e.g. rehastim2:/dev/ttyUSB0), lsl[:STREAM_NAME], none"
 
@@ -43,7 +44,7 @@ def make_source(config: Config, spec: str | None, *, seed: int | None = None,
     """The source for ``spec`` (default: the config's ``session.source``)."""
     from closedloop.sources.sim import SimSource
     from closedloop.sources.spec import open_source
-    from closedloop.stim.sim import SimStimulator
+    from closedloop.stim.drivers.sim import SimStimulator
 
     spec = spec or config.session.source
 
@@ -76,15 +77,15 @@ def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
     kind, _, arg = spec.partition(":")
     channels = tuple(sorted(m.stim.channel for m in config.muscles if m.stim is not None))
     if kind == "sim" and not arg:
-        from closedloop.stim.sim import SimStimulator
+        from closedloop.stim.drivers.sim import SimStimulator
 
         return SimStimulator()
     if kind == "rehastim2" and arg:
-        from closedloop.stim.rehastim2 import RehaStim2
+        from closedloop.stim.drivers.rehastim2 import RehaStim2
 
         return RehaStim2(arg, channels=channels)
     if kind == "lsl":
-        from closedloop.stim.lsl import LslStimulator
+        from closedloop.stim.drivers.lsl import LslStimulator
 
         return LslStimulator(arg or "closedloop-stim")
     raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: {STIMULATOR_FORMS}")

@@ -1,7 +1,7 @@
 """The loop's front end: check each chunk and say, to the sample, which channels to trust.
 
-:class:`InputStage` runs the input monitor (:mod:`closedloop.sources.checks`: NaN, gaps,
-flat or saturated channels), the held-value check (:mod:`closedloop.sources.held`: a
+:class:`InputStage` runs the input monitor (:mod:`closedloop.core.checks`: NaN, gaps,
+flat or saturated channels), the held-value check (:mod:`closedloop.core.held`: a
 channel pinned or frozen, within a few samples, exempt while stimulation runs) and the
 mains-hum check (:mod:`closedloop.core.mains`) on every chunk, takes the config's muscle
 columns, and cuts the chunk into :class:`Segment` s inside which no channel's usability
@@ -29,10 +29,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.checks import InputIssue, InputMonitor, IssueKind
+from closedloop.core.held import HeldValueCheck
 from closedloop.core.mains import HumCheck
-from closedloop.sources.base import Chunk, SourceInfo
-from closedloop.sources.checks import InputIssue, InputMonitor, IssueKind
-from closedloop.sources.held import HeldValueCheck
+from closedloop.core.stream import Chunk, SourceInfo
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Notice:
     """Something the input checks said: the message, and the sample (and its stream
     time) it concerns, so a recording can keep it where it happened.
 
-    ``kind`` is the :class:`~closedloop.sources.checks.IssueKind` value (``"flat"``,
+    ``kind`` is the :class:`~closedloop.core.checks.IssueKind` value (``"flat"``,
     ``"saturated"``, ``"held"``, ``"nonfinite"``, ``"gap"``, ... ``"recovered"``) or
     ``"mains"``; ``channel`` the channel it is about (None: the whole stream).
     """

@@ -15,64 +15,8 @@ Contract
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
+from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.device import Device
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """What a source delivers.
-
-    Parameters
-    ----------
-    name : str
-        Human-readable name (board name, LSL stream name, file name).
-    fs : float
-        Nominal sampling rate in Hz.
-    channels : tuple of str
-        EMG channel labels, in column order.
-    units : str
-        Units of the samples (``"V"``, ``"uV"``, ``"mV"``, ``"counts"``...).
-    kind : str
-        Source kind: ``sim``, ``brainflow``, ``lsl``, ``replay``.
-    """
-
-    name: str
-    fs: float
-    channels: tuple[str, ...]
-    units: str = "V"
-    kind: str = "sim"
-
-    @property
-    def n_channels(self) -> int:
-        return len(self.channels)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """Samples and their stream timestamps.
-
-    Attributes
-    ----------
-    samples : ndarray, shape (n, n_channels), float64
-    timestamps : ndarray, shape (n,), float64, stream time in seconds
-    counter : ndarray, shape (n,), int64, or None
-        The source's own running sample number, when it has one.
-    arrival_wall : float
-        ``time.perf_counter()`` when the chunk was received (latency measurement only).
-    """
-
-    samples: np.ndarray
-    timestamps: np.ndarray
-    counter: np.ndarray | None = None
-    arrival_wall: float = float("nan")
-
-    @property
-    def n(self) -> int:
-        return int(self.samples.shape[0])
 
 
 class Source(Device):

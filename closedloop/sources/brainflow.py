@@ -30,7 +30,7 @@ Counter
 The package-number row (where the board has one) wraps around (0..255 on the Cyton and
 the synthetic board). It is unwrapped modulo ``counter_modulus`` into
 :attr:`Chunk.counter`, which then counts packets since the start: a jump means lost
-samples, a repeat a duplicate (see :mod:`closedloop.sources.checks`). Boards whose
+samples, a repeat a duplicate (see :mod:`closedloop.core.checks`). Boards whose
 package numbers do not step by one per sample (e.g. the Ganglion's compressed packets)
 should pass ``counter_modulus=None``.
 """
@@ -48,8 +48,9 @@ import pylsl
 from brainflow.board_shim import BoardIds, BoardShim, BrainFlowInputParams, IpProtocolTypes
 from brainflow.exit_codes import BrainFlowError, BrainFlowExitCodes
 
+from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, DeviceLostError, InputError
-from closedloop.sources.base import Chunk, Source, SourceInfo
+from closedloop.sources.base import Source
 
 #: Short names accepted besides every ``BoardIds`` member name.
 BOARD_ALIASES: dict[str, BoardIds] = {

@@ -11,7 +11,7 @@ Timestamps and processing flags
 The inlet is opened with ``proc_none``: liblsl hands over the timestamps exactly as the
 sender stamped them. liblsl's dejitter is not used because it fits a line through the
 timestamps by sample count, which smears a real gap (lost samples) into the
-neighbouring timestamps so :mod:`closedloop.sources.checks` could no longer see it, and
+neighbouring timestamps so :mod:`closedloop.core.checks` could no longer see it, and
 the jitter it removes does not affect decisions (they run on sample counts). liblsl's
 ``proc_clocksync`` is not used either: it adds a correction that is re-estimated every
 few seconds, so timestamps would step by its noise.
@@ -42,8 +42,9 @@ import pylsl
 from pylsl.util import LostError
 from pylsl.util import TimeoutError as LslTimeoutError
 
+from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, DeviceLostError
-from closedloop.sources.base import Chunk, Source, SourceInfo
+from closedloop.sources.base import Source
 
 #: Label of the channel that carries a sample counter instead of EMG.
 COUNTER_LABEL = "counter"

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from closedloop.core.stream import Chunk
 from closedloop.errors import ConfigError
 from closedloop.io.xdf import Session, load_session
-from closedloop.sources.base import Chunk, Source
+from closedloop.sources.base import Source
 
 
 def parse_speed(speed: str | float) -> float:

@@ -6,7 +6,7 @@ sample ``i`` has timestamp ``t0 + i / fs`` exactly. ``realtime=True`` paces deli
 against the wall clock (chunks due since the start, never summed sleeps, so no drift
 builds up); ``realtime=False`` delivers as fast as the consumer reads.
 
-With a :class:`~closedloop.stim.sim.SimStimulator` attached, every pulse it delivers adds
+With a :class:`~closedloop.stim.drivers.sim.SimStimulator` attached, every pulse it delivers adds
 an artifact and an M-wave to the stimulated muscle's channel (closing the loop in
 simulation). The sample counter is the sample index.
 """
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.sim.patient import Attempt, PatientSettings, Pulse, SimulatedPatient, random_script
-from closedloop.sources.base import Chunk, Source, SourceInfo
+from closedloop.sources.base import Source
 
 
 def _lsl_clock() -> float:

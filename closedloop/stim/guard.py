@@ -78,11 +78,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
+from closedloop.config import ceilings
+from closedloop.config.stimulation import (
+    ChannelLimits,
+    MuscleStim,
+    ProtocolSettings,
+    SafetySettings,
+)
 from closedloop.core.events import Block
 from closedloop.errors import ConfigError, SafetyError
-from closedloop.stim import ceilings
 from closedloop.stim.commands import StimCommand
-from closedloop.stim.settings import ChannelLimits, MuscleStim, ProtocolSettings, SafetySettings
 
 #: Increases this small above the allowed step are float noise: clipped, not reported.
 _STEP_EPS_MA = 1e-9

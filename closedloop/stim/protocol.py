@@ -49,10 +49,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from closedloop.config.stimulation import MuscleStim, ProtocolSettings
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Block, Event
 from closedloop.errors import ConfigError, InputError
 from closedloop.stim.commands import StimCommand
-from closedloop.stim.settings import MuscleStim, ProtocolSettings
 
 _NEVER = 2**62
 #: Trial events a protocol keeps for :attr:`trial_events` (an hour-long session must

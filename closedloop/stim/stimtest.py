@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from closedloop.config import ceilings
+from closedloop.config.stimulation import ChannelLimits
 from closedloop.errors import ConfigError, SafetyError
-from closedloop.stim import ceilings
 from closedloop.stim.base import Stimulator
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.guard import SafetyGuard, Violation
-from closedloop.stim.settings import ChannelLimits
 
 
 @dataclass(frozen=True)

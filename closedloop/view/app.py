@@ -25,9 +25,9 @@ import numpy as np
 
 from closedloop.core.events import ONSET
 from closedloop.core.pipeline import Pipeline
+from closedloop.core.stream import SourceInfo
 from closedloop.errors import ClosedLoopError, InputError
 from closedloop.sim.patient import Attempt, PatientSettings, SimulatedPatient
-from closedloop.sources.base import SourceInfo
 from closedloop.stim.commands import StimCommand
 
 DEMO_MUSCLES = (
@@ -130,7 +130,7 @@ class DemoSession:
             self.session_name, info, config_text=self.config_text,
             metadata={"demo": True},
         )
-        from closedloop.view.control import ControlInlet
+        from closedloop.runtime.control import ControlInlet
 
         self.control = ControlInlet(self.session_name)
         self._thread = threading.Thread(target=self._run, name="closedloop-demo", daemon=True)

@@ -1,6 +1,6 @@
 """The calibration as a Qt dialog: cues on screen, results, and the patient config.
 
-The same logic as the terminal (:mod:`closedloop.calibrate`): the schedule, the
+The same logic as the terminal (:mod:`closedloop.analysis.calibrate`): the schedule, the
 acquisition (in a worker thread: the dialog stays responsive and Cancel works), the
 analysis and the verified patient config. The dialog shows each muscle's
 electrode-placement note, asks the clinician to confirm the stimulation limits before
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PySide6 import QtCore, QtWidgets
 
-from closedloop.calibrate import (
+from closedloop.analysis.calibrate import (
     CONTRACT,
     PREPARE,
     REST,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6 import QtCore, QtWidgets
 
-from closedloop.checklist import DIALOG, QUESTIONS, ChecklistAnswers, answers_from
+from closedloop.runtime.checklist import DIALOG, QUESTIONS, ChecklistAnswers, answers_from
 from closedloop.view import qt_workarounds
 
 qt_workarounds()

@@ -49,12 +49,12 @@ import numpy as np
 import pylsl
 
 from closedloop.config import Config, loads_config
+from closedloop.config.signal import FilterSettings
+from closedloop.core.checks import hold_nonfinite
 from closedloop.core.events import Event
 from closedloop.core.filters import FilterBank
-from closedloop.core.settings import FilterSettings
 from closedloop.errors import ClosedLoopError
 from closedloop.io import outlets as lo
-from closedloop.sources.checks import hold_nonfinite
 from closedloop.view.buffers import (
     NO_DATA,
     ChannelQuality,

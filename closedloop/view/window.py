@@ -16,7 +16,7 @@ STOP
 ----
 Pressing STOP (or Escape) first calls the in-process ``on_stop`` callback when the
 window was opened by ``closedloop run``, then publishes ``stop`` on the session's
-control stream (:class:`~closedloop.view.control.ControlOutlet`), repeated for two
+control stream (:class:`~closedloop.runtime.control.ControlOutlet`), repeated for two
 seconds in case the loop was still connecting. The status line says whether a session
 loop is listening to that stream; if none is, the clinician is told to use the
 stimulator's own stop.
@@ -35,6 +35,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from closedloop.core.events import ONSET
+from closedloop.runtime.control import ControlOutlet
 from closedloop.view import qt_workarounds
 from closedloop.view.buffers import (
     FLAT,
@@ -45,7 +46,6 @@ from closedloop.view.buffers import (
     peak_downsample,
     step_xy,
 )
-from closedloop.view.control import ControlOutlet
 from closedloop.view.lsl_client import CONNECTED, SessionClient, Snapshot
 
 log = logging.getLogger(__name__)

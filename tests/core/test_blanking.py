@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from closedloop.config.table import Table
 from closedloop.core.blanking import ArtifactRemover, ArtifactSettings, mains_period
 from closedloop.core.pipeline import Pipeline
 from closedloop.errors import ConfigError
 from closedloop.sim.patient import Attempt, PatientSettings, Pulse, SimulatedPatient
 from closedloop.stim.commands import StimCommand
-from closedloop.stim.sim import SimStimulator
-from closedloop.validate import Table
+from closedloop.stim.drivers.sim import SimStimulator
 
 FS = 2000.0
 MUSCLES = ("biceps", "triceps")

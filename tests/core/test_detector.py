@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closedloop.core.detector import OnsetDetector
+from closedloop.config.signal import Calibration, DetectorSettings
+from closedloop.core.onset import OnsetDetector
 from closedloop.core.pipeline import Pipeline
-from closedloop.core.settings import Calibration, DetectorSettings
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
 
 FS = 1000.0

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from closedloop.config.signal import EnvelopeSettings
 from closedloop.core.envelope import Envelope
-from closedloop.core.settings import EnvelopeSettings
 
 
 def test_rms_matches_direct_moving_rms():

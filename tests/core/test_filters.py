@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
+from closedloop.config.signal import FilterSettings
 from closedloop.core.filters import FilterBank, design_sos, effective_band
-from closedloop.core.settings import FilterSettings
 
 
 def _response(sos, fs, freqs):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from closedloop.analysis.scoring import score_onsets
 from closedloop.core.pipeline import Pipeline
-from closedloop.scoring import score_onsets
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
 
 FS = 2000.0

@@ -54,7 +54,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from closedloop.stim import sciencemode2 as sm
+from closedloop.stim.drivers import sciencemode2 as sm
 
 INIT_INTERVAL_S = 0.5
 WATCHDOG_S = 1.2

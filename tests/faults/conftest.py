@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from closedloop.core.stream import Chunk
 from closedloop.errors import DeviceLostError
 from closedloop.io.outlets import SessionOutlets
 from closedloop.io.recorder import RecordingReport, XdfRecorder, verify_recording
 from closedloop.io.xdf import Session, load_session
 from closedloop.runtime.loop import run_loop
 from closedloop.runtime.outcome import Outcome
-from closedloop.sources.base import Chunk, Source
+from closedloop.sources.base import Source
 from tests.runtime.conftest import config  # noqa: F401 - the shipped biceps/triceps config
 
 #: ``fault(chunk) -> chunks to deliver instead`` (none: the chunk is dropped).

@@ -28,13 +28,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from closedloop.config import load_config, parse_config
+from closedloop.config import ceilings, load_config, parse_config
 from closedloop.errors import ConfigError
 from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
-from closedloop.stim import ceilings
-from closedloop.stim.sim import SimStimulator
+from closedloop.stim.drivers.sim import SimStimulator
 from tests.conftest import CONFIGS
 from tests.helpers import ArraySource
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from closedloop.replay import check, replay_file
 from closedloop.runtime.loop import LoopOptions, run_loop
+from closedloop.runtime.replay import check, replay_file
 from closedloop.sim.patient import Attempt
 from tests.faults.conftest import (
     FaultySource,
@@ -255,7 +255,7 @@ def test_replay_reproduces_a_session_whose_source_has_no_counter(tmp_path, confi
     """Without a counter the live checks find gaps and jumps from the timestamps alone;
     the recording says so (a ``source_counter`` marker with no value), and the replay
     gives its checks no counter either: the same breaks, the same decisions."""
-    from closedloop.sources.base import Chunk
+    from closedloop.core.stream import Chunk
 
     src, stim = sim_session(config, [Attempt("biceps", 1.5, 1.0, 1.0, 0.04),
                                      Attempt("biceps", 5.0, 0.8, 1.0, 0.04)], chunk=CHUNK)
@@ -284,7 +284,7 @@ def test_replay_reproduces_a_session_whose_source_has_no_counter(tmp_path, confi
 
 
 def test_the_report_lists_what_the_live_checks_said(session):
-    from closedloop.report import report_html
+    from closedloop.analysis.report import report_html
 
     page = report_html(session[0].session())
     for words in ("channel biceps: NaN/inf from sample 16000", "counter went back from 19019",

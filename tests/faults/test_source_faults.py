@@ -27,7 +27,7 @@ from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
 from closedloop.sources.lsl import LslSource
-from closedloop.stim.sim import SimStimulator
+from closedloop.stim.drivers.sim import SimStimulator
 from tests.faults.conftest import assert_recording_ends_off, run_recorded
 
 FS = 2000.0

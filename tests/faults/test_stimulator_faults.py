@@ -18,7 +18,7 @@ import pytest
 
 from closedloop.runtime.loop import LoopOptions
 from closedloop.sim.patient import Attempt
-from closedloop.stim.rehastim2 import RehaStim2
+from closedloop.stim.drivers.rehastim2 import RehaStim2
 from tests.emulators.rehastim2 import RehaStim2Emulator
 from tests.faults.conftest import assert_recording_ends_off, run_recorded
 from tests.runtime.conftest import sim_session

@@ -17,11 +17,11 @@ import pytest
 import pyxdf
 
 from closedloop.core.events import Block, Event
+from closedloop.core.stream import SourceInfo
 from closedloop.errors import ConfigError, DeviceLostError, InputError
 from closedloop.io.outlets import SessionOutlets
 from closedloop.io.recorder import XdfRecorder, check_sequence, verify_recording
 from closedloop.io.xdf import load_session, read_xdf
-from closedloop.sources.base import SourceInfo
 from closedloop.stim.commands import StimCommand
 
 FS = 500.0

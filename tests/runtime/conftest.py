@@ -12,7 +12,7 @@ from closedloop.config import Config, load_config
 from closedloop.runtime.devices import patient_settings
 from closedloop.sim.patient import Attempt
 from closedloop.sources.sim import SimSource
-from closedloop.stim.sim import SimStimulator
+from closedloop.stim.drivers.sim import SimStimulator
 from tests.conftest import CONFIGS
 from tests.helpers import ArraySource  # noqa: F401 - re-exported for the runtime tests
 

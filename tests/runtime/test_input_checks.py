@@ -13,7 +13,7 @@ import pytest
 from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
-from closedloop.stim.sim import SimStimulator
+from closedloop.stim.drivers.sim import SimStimulator
 from tests.runtime.conftest import ArraySource
 
 FS = 2000.0

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from closedloop.replay import RecordedEffect, SplitSource
 from closedloop.runtime.loop import LoopOptions, run_loop
+from closedloop.runtime.replay import RecordedEffect, SplitSource
 from closedloop.sim.patient import Attempt
-from closedloop.stim.sim import SimStimulator
+from closedloop.stim.drivers.sim import SimStimulator
 from tests.runtime.conftest import ArraySource, Capture, sim_session
 
 FS = 2000.0

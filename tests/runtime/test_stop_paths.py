@@ -1,7 +1,7 @@
 """Every way out of :func:`run_loop` ends with all channels off and the right exit code.
 
 The loop runs on the simulated patient and stimulator (not in real time); each stop
-happens while stimulation is on. ``tests/test_run_cli.py`` does the same through
+happens while stimulation is on. ``tests/e2e/test_run_cli.py`` does the same through
 ``closedloop run`` with signals, LSL streams and the RehaStim2 emulator.
 """
 
@@ -14,10 +14,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from closedloop.core.stream import Chunk
 from closedloop.errors import DeviceLostError, StimulatorError
 from closedloop.runtime.loop import LoopOptions, StopRequest, run_loop
 from closedloop.sim.patient import Attempt
-from closedloop.sources.base import Chunk, Source
+from closedloop.sources.base import Source
 from closedloop.stim.protocol import make_protocol
 from tests.runtime.conftest import assert_all_off, sim_session
 

@@ -10,9 +10,9 @@ import pytest
 from brainflow.board_shim import BoardIds, BoardShim, BrainFlowInputParams
 from brainflow.data_filter import DataFilter
 
+from closedloop.core.checks import InputMonitor
 from closedloop.errors import ConfigError, DeviceLostError
 from closedloop.sources.brainflow import BrainFlowSource, make_input_params, resolve_board
-from closedloop.sources.checks import InputMonitor
 
 SYNTH = BoardIds.SYNTHETIC_BOARD.value
 

@@ -10,8 +10,8 @@ import numpy as np
 import pylsl
 import pytest
 
+from closedloop.core.checks import InputMonitor
 from closedloop.errors import ConfigError, DeviceLostError
-from closedloop.sources.checks import InputMonitor
 from closedloop.sources.lsl import LslSource
 
 FS = 1000.0

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from closedloop.core.checks import InputMonitor
+from closedloop.core.stream import Chunk
 from closedloop.errors import ConfigError, InputError
 from closedloop.io.outlets import SessionOutlets
 from closedloop.io.recorder import XdfRecorder, verify_recording
-from closedloop.sources.base import Chunk
 from closedloop.sources.brainflow import BrainFlowSource
-from closedloop.sources.checks import InputMonitor
 from closedloop.sources.replay import ReplaySource, parse_speed
 
 

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from closedloop.config import ceilings
+from closedloop.config.stimulation import ChannelLimits, MuscleStim, SafetySettings, StimParams
+from closedloop.config.table import Table
 from closedloop.core.events import Block
 from closedloop.errors import ConfigError, SafetyError
-from closedloop.stim import ceilings
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.guard import GuardChannel, Rule, SafetyGuard, Severity
-from closedloop.stim.settings import ChannelLimits, MuscleStim, SafetySettings, StimParams
-from closedloop.validate import Table
 
 FS = 1000.0
 LIM = ChannelLimits(max_current_ma=40.0, max_pulse_width_us=400.0, max_frequency_hz=50.0,
@@ -341,7 +341,7 @@ def test_pop_violations_drains():
 
 
 def test_from_muscles_builds_interlock_from_protocol_pair():
-    from closedloop.stim.settings import ProtocolSettings
+    from closedloop.config.stimulation import ProtocolSettings
 
     m = {"biceps": MuscleStim("biceps", StimParams(1, 10.0), LIM),
          "triceps": MuscleStim("triceps", StimParams(2, 10.0), LIM)}

@@ -11,7 +11,7 @@ import pytest
 
 from closedloop.errors import StimulatorError
 from closedloop.stim.commands import StimCommand
-from closedloop.stim.lsl import FIELDS, LslStimulator
+from closedloop.stim.drivers.lsl import FIELDS, LslStimulator
 
 
 def cmd(t: float, current: float, channel: int = 1, muscle: str = "biceps",

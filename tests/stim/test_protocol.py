@@ -9,6 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from closedloop.config.stimulation import (
+    ChannelLimits,
+    MuscleStim,
+    ProtocolSettings,
+    ReciprocalSettings,
+    SafetySettings,
+    StimParams,
+    TrialSettings,
+    validate_stimulation,
+)
 from closedloop.core.events import OFFSET, ONSET, Block, Event
 from closedloop.errors import ConfigError, InputError
 from closedloop.stim.guard import SafetyGuard
@@ -18,16 +28,6 @@ from closedloop.stim.protocol import (
     TrialCounts,
     TriggeredAssist,
     make_protocol,
-)
-from closedloop.stim.settings import (
-    ChannelLimits,
-    MuscleStim,
-    ProtocolSettings,
-    ReciprocalSettings,
-    SafetySettings,
-    StimParams,
-    TrialSettings,
-    validate_stimulation,
 )
 
 FS = 1000.0

@@ -16,10 +16,10 @@ import pytest
 import serial
 
 from closedloop.errors import ConfigError, DeviceError, DeviceLostError, StimulatorError
-from closedloop.stim import sciencemode2 as sm
 from closedloop.stim.base import ChannelOutput
 from closedloop.stim.commands import StimCommand
-from closedloop.stim.rehastim2 import RehaStim2
+from closedloop.stim.drivers import sciencemode2 as sm
+from closedloop.stim.drivers.rehastim2 import RehaStim2
 from tests.emulators.rehastim2 import RehaStim2Emulator
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a POSIX pty")
@@ -433,7 +433,7 @@ def test_atexit_stops_stimulation_left_on(emulator):
     script = textwrap.dedent(
         f"""
         from closedloop.stim.commands import StimCommand
-        from closedloop.stim.rehastim2 import RehaStim2
+        from closedloop.stim.drivers.rehastim2 import RehaStim2
         driver = RehaStim2({emulator.path!r}, response_timeout=1.0)
         driver.open()
         driver.apply([StimCommand("m", 1, 20.0, 200.0, 50.0, 0, 0.0, "test")])

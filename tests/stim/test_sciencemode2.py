@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from closedloop.errors import StimulatorError
-from closedloop.stim import sciencemode2 as sm
+from closedloop.stim.drivers import sciencemode2 as sm
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 VECTORS_FILE = SHARED / "protocols" / "sciencemode2_vectors.json"

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from closedloop.errors import ConfigError
-from closedloop.stim import ceilings
-from closedloop.stim.settings import (
+from closedloop.config import ceilings
+from closedloop.config.stimulation import (
     ChannelLimits,
     MuscleStim,
     ProtocolSettings,
@@ -19,7 +18,8 @@ from closedloop.stim.settings import (
     min_ramp_s,
     validate_stimulation,
 )
-from closedloop.validate import Table
+from closedloop.config.table import Table
+from closedloop.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

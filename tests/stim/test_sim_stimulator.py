@@ -8,7 +8,7 @@ import pytest
 from closedloop.errors import DeviceLostError, StimulatorError
 from closedloop.stim.base import ChannelOutput
 from closedloop.stim.commands import StimCommand
-from closedloop.stim.sim import PULSE_DTYPE, SimStimulator
+from closedloop.stim.drivers.sim import PULSE_DTYPE, SimStimulator
 
 
 def cmd(t: float, current: float, f: float = 50.0, channel: int = 1, pw: float = 250.0,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from closedloop.config.stimulation import ChannelLimits, SafetySettings
 from closedloop.errors import ConfigError, DeviceLostError, SafetyError
+from closedloop.stim.drivers.sim import SimStimulator
 from closedloop.stim.guard import GuardChannel, SafetyGuard
-from closedloop.stim.settings import ChannelLimits, SafetySettings
-from closedloop.stim.sim import SimStimulator
 from closedloop.stim.stimtest import run_stim_test
 
 FS = 1000.0

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from closedloop.runtime.control import ControlInlet, ControlOutlet, decode_command
 from closedloop.view.app import DemoSession
-from closedloop.view.control import ControlInlet, ControlOutlet, decode_command
 from closedloop.view.lsl_client import CONNECTED, LOST, SessionClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,8 +207,8 @@ def test_view_app_writes_a_screenshot_in_a_subprocess(demo, tmp_path):
 def test_nan_in_the_emg_stream_is_flagged_and_does_not_stick_in_the_trace():
     """The session records EMG as received, NaN included: the view flags the channel
     and draws the trace held over the NaN, and its filter is not left NaN for good."""
+    from closedloop.core.stream import SourceInfo
     from closedloop.io.outlets import SessionOutlets
-    from closedloop.sources.base import SourceInfo
 
     fs = 1000.0
     info = SourceInfo("amp", fs, ("biceps", "triceps"), "V", "sim")

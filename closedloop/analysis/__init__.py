@@ -1,0 +1,2 @@
+"""Analysis of sessions and recordings: calibration, evaluation, report, scoring,
+benchmarks."""

@@ -1,0 +1,793 @@
+"""``closedloop calibrate``: rest and maximal contractions per muscle -> a patient config.
+
+The clinician's first step with every patient. The session is a fixed schedule of
+steps (:func:`build_steps`): all muscles at rest for ``rest_s``, then for each muscle
+``mvc_reps`` times: get ready (``prepare_s``), contract as hard as possible (``mvc_s``),
+relax (``relax_s``). Cues and the electrode-placement note of each muscle are shown on
+screen (:mod:`closedloop.view.calibration`) or printed on the terminal (``--no-gui``).
+
+Every chunk goes through the input monitor and the same
+:class:`~closedloop.core.pipeline.Pipeline` filters and envelope as the live loop, so
+the calibration is in the envelope units the detector will compare against. Then, per
+muscle (:func:`analyse`):
+
+* rest: mean and SD of the envelope over the rest step, after discarding its first
+  ``discard_s`` (filter settling, the patient finding rest);
+* MVC of one repetition: the highest mean of the envelope over any ``top_s`` window
+  inside the contraction step; the MVC is the mean over the repetitions that showed a
+  contraction.
+
+A muscle's calibration is refused, with the reason, when the channel was flat,
+saturated or non-finite (input monitor), the rest was too noisy (SD/mean above
+``max_rest_cv``) or not finite, no repetition rose above rest mean + ``min_mvc_sd`` SD
+("no contraction seen"), the MVC is not above rest, or the resulting on-threshold is not
+below the MVC (the detector could never fire). Nothing is written unless every muscle
+is accepted.
+
+The patient config (:func:`patient_config_text`) is the original config text with
+``detector.baseline = "calibrated"`` and a ``[muscles.calibration]`` table in every
+muscle, plus a header of TOML comments (when, source, schedule, results and the
+clinician's confirmation of the stimulation limits; comments because the loader refuses
+unknown keys). It is re-loaded with :func:`~closedloop.config.loads_config` and compared
+before it is written.
+
+The simulated patient follows the cues: with ``--source sim`` the
+:class:`~closedloop.sources.sim.SimSource` gets a script built from the schedule
+(:func:`simulated_script`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from closedloop.config import Config, load_config, loads_config
+from closedloop.config.signal import Calibration
+from closedloop.core.pipeline import Pipeline
+from closedloop.core.stream import Chunk, SourceInfo
+from closedloop.errors import ConfigError, InputError
+from closedloop.sim.patient import Attempt
+from closedloop.sources.base import Source
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REST, PREPARE, CONTRACT, RELAX = "rest", "prepare", "contract", "relax"
+
+
+# -- the schedule ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """Timing of a calibration and the acceptance rules (see the module docstring)."""
+
+    rest_s: float = 5.0
+    mvc_reps: int = 3
+    mvc_s: float = 3.0
+    prepare_s: float = 2.0
+    relax_s: float = 5.0
+    discard_s: float = 0.5
+    top_s: float = 1.0
+    min_mvc_sd: float = 5.0
+    max_rest_cv: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (self.rest_s > self.discard_s + 0.5):
+            raise InputError(f"rest_s = {self.rest_s} s must exceed {self.discard_s + 0.5} s")
+        if not 1 <= self.mvc_reps <= 10:
+            raise InputError(f"mvc_reps = {self.mvc_reps} must be 1..10")
+        if not self.mvc_s >= self.top_s:
+            raise InputError(f"mvc_s = {self.mvc_s} s must be >= top_s = {self.top_s} s")
+        if self.prepare_s < 0 or self.relax_s < 0:
+            raise InputError("prepare_s and relax_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the schedule: what the patient should do from ``start_s`` on."""
+
+    kind: str
+    start_s: float
+    duration_s: float
+    muscle: str | None = None
+    rep: int = 0
+    text: str = ""
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+
+def build_steps(schedule: Schedule, muscles: Sequence[str]) -> list[Step]:
+    """The calibration's steps, in order (times from the first sample)."""
+    steps = [Step(REST, 0.0, schedule.rest_s, None, 0,
+                  "REST: relax every muscle completely, do not move")]
+    t = schedule.rest_s
+    n = schedule.mvc_reps
+    for m in muscles:
+        for r in range(1, n + 1):
+            if schedule.prepare_s > 0:
+                steps.append(Step(PREPARE, t, schedule.prepare_s, m, r,
+                                  f"{m} {r}/{n}: get ready to contract {m}"))
+                t += schedule.prepare_s
+            steps.append(Step(CONTRACT, t, schedule.mvc_s, m, r,
+                              f"{m} {r}/{n}: GO! contract {m} as hard as you can"))
+            t += schedule.mvc_s
+            if schedule.relax_s > 0:
+                steps.append(Step(RELAX, t, schedule.relax_s, m, r, f"{m} {r}/{n}: relax"))
+                t += schedule.relax_s
+    return steps
+
+
+def total_s(steps: Sequence[Step]) -> float:
+    """Duration of the whole calibration."""
+    return max(s.end_s for s in steps)
+
+
+def simulated_script(
+    steps: Sequence[Step],
+    *,
+    level: float = 1.0,
+    reaction_s: float = 0.3,
+    release_s: float = 0.2,
+    ramp_s: float = 0.1,
+) -> list[Attempt]:
+    """A simulated patient who follows the cues: one attempt per contraction step.
+
+    The patient starts ``reaction_s`` after GO and lets go ``release_s`` before the
+    step ends (so the ramp down stays inside the step).
+    """
+    out = []
+    for s in steps:
+        if s.kind == CONTRACT and s.muscle is not None:
+            dur = s.duration_s - reaction_s - release_s
+            if dur > 2 * ramp_s:
+                out.append(Attempt(s.muscle, s.start_s + reaction_s, dur, level, ramp_s))
+    return out
+
+
+# -- acquisition -------------------------------------------------------------------------------
+@dataclass
+class Recording:
+    """What the calibration measured: envelope per muscle, and the input issues."""
+
+    fs: float
+    muscles: tuple[str, ...]
+    envelope: np.ndarray  # (n, n_muscles)
+    issues: dict[str, list[str]] = field(default_factory=dict)
+    units: str = ""
+
+    @property
+    def n(self) -> int:
+        return int(self.envelope.shape[0])
+
+
+def _columns(config: Config, info: SourceInfo) -> list[int]:
+    """Source columns of the config's muscles (by label or 0-based index)."""
+    return config.columns(info.channels, f"the source {info.name}")
+
+
+class Recorder:
+    """Feeds source chunks through the input monitor and the pipeline; keeps the envelope.
+
+    Parameters
+    ----------
+    config : Config
+        Filters and envelope settings, and the muscles (their channels).
+    info : SourceInfo
+        The opened source's description.
+    n_samples : int
+        Samples to record (the schedule's length); later samples are ignored.
+    """
+
+    def __init__(self, config: Config, info: SourceInfo, n_samples: int) -> None:
+        from closedloop.core.checks import InputMonitor
+
+        self.config = config
+        self.info = info
+        self.cols = _columns(config, info)
+        self.muscles = config.muscle_names
+        self.monitor = InputMonitor(info)
+        detector = replace(config.detector, baseline="adaptive")
+        self.pipeline = Pipeline(info.fs, self.muscles, config.filters, config.envelope, detector)
+        self.n_samples = int(n_samples)
+        self.envelope = np.zeros((self.n_samples, len(self.muscles)))
+        self.position = 0
+        self.issues: dict[str, list[str]] = {m: [] for m in self.muscles}
+        self.latest = np.zeros(len(self.muscles))  # last envelope values (for a live bar)
+
+    @property
+    def done(self) -> bool:
+        return self.position >= self.n_samples
+
+    def feed(self, chunk: Chunk) -> None:
+        checked = self.monitor.check(chunk)
+        by_label = {self.info.channels[c]: m for c, m in zip(self.cols, self.muscles, strict=True)}
+        for issue in checked.issues:
+            if issue.kind.value in ("flat", "saturated", "nonfinite"):
+                targets = [by_label[issue.channel]] if issue.channel in by_label else []
+                for m in targets:
+                    self.issues[m].append(f"{issue.kind.value}: {issue.message}")
+        x = checked.chunk.samples[:, self.cols]
+        if x.shape[0] == 0 or self.done:
+            return
+        block = self.pipeline.process(x, checked.chunk.timestamps)
+        k = min(block.n, self.n_samples - self.position)
+        self.envelope[self.position : self.position + k] = block.envelope[:k]
+        self.position += k
+        if block.n:
+            self.latest = block.envelope[-1].copy()
+
+    def recording(self) -> Recording:
+        return Recording(
+            self.info.fs, self.muscles, self.envelope[: self.position].copy(),
+            {m: list(v) for m, v in self.issues.items()}, self.info.units,
+        )
+
+
+def acquire(
+    source: Source,
+    config: Config,
+    steps: Sequence[Step],
+    *,
+    on_step: Callable[[Step], object] | None = None,
+    on_progress: Callable[[float, Recorder], object] | None = None,
+    cancel: threading.Event | None = None,
+    stall_s: float = 5.0,
+) -> Recording:
+    """Record the whole schedule from an opened ``source``.
+
+    ``on_step(step)`` is called when the source's data reach each step (the cue);
+    ``on_progress(t, recorder)`` after every chunk (``t`` = seconds recorded).
+
+    Raises
+    ------
+    InputError
+        The source delivered nothing for ``stall_s``, or the calibration was cancelled.
+    """
+    info = source.info
+    n = int(math.ceil(total_s(steps) * info.fs))
+    rec = Recorder(config, info, n)
+    pending = list(steps)
+    last_data = time.monotonic()
+    while not rec.done:
+        if cancel is not None and cancel.is_set():
+            raise InputError("calibration cancelled")
+        t = rec.position / info.fs
+        while pending and pending[0].start_s <= t:
+            step = pending.pop(0)
+            if on_step is not None:
+                on_step(step)
+        chunk = source.read(timeout=0.2)
+        if chunk is None:
+            if time.monotonic() - last_data > stall_s:
+                raise InputError(
+                    f"the EMG source {info.name!r} delivered no data for {stall_s:g} s; "
+                    "check the amplifier or stream"
+                )
+            continue
+        last_data = time.monotonic()
+        rec.feed(chunk)
+        if on_progress is not None:
+            on_progress(rec.position / info.fs, rec)
+    return rec.recording()
+
+
+# -- analysis ---------------------------------------------------------------------------------
+@dataclass
+class MuscleResult:
+    """One muscle's calibration, or why it was refused (``reasons`` non-empty)."""
+
+    muscle: str
+    rest_mean: float = math.nan
+    rest_sd: float = math.nan
+    mvc: float = math.nan
+    reps: list[float] = field(default_factory=list)
+    on_threshold: float = math.nan
+    off_threshold: float = math.nan
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+    @property
+    def calibration(self) -> Calibration | None:
+        if not self.ok:
+            return None
+        return Calibration(rest_mean=self.rest_mean, rest_sd=self.rest_sd, mvc=self.mvc)
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"{self.muscle}: REFUSED - " + "; ".join(self.reasons)
+        reps = ", ".join(f"{r:.4g}" for r in self.reps)
+        return (
+            f"{self.muscle}: rest {self.rest_mean:.4g} +- {self.rest_sd:.4g}, MVC "
+            f"{self.mvc:.4g} (reps {reps}), on/off thresholds {self.on_threshold:.4g}/"
+            f"{self.off_threshold:.4g} ({100 * self.on_fraction:.0f}% of MVC above rest)"
+        )
+
+    @property
+    def on_fraction(self) -> float:
+        """Where the on-threshold sits between rest (0) and MVC (1)."""
+        span = self.mvc - self.rest_mean
+        return (self.on_threshold - self.rest_mean) / span if span > 0 else math.nan
+
+
+@dataclass
+class Result:
+    """Every muscle's result."""
+
+    muscles: list[MuscleResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(m.ok for m in self.muscles)
+
+    def calibrations(self) -> dict[str, Calibration]:
+        return {m.muscle: m.calibration for m in self.muscles if m.calibration is not None}
+
+    def reasons(self) -> list[str]:
+        return [m.summary() for m in self.muscles if not m.ok]
+
+
+def _best_window_mean(x: np.ndarray, n: int) -> float:
+    """Highest mean of ``x`` over any ``n`` consecutive samples."""
+    if x.size == 0:
+        return math.nan
+    n = max(1, min(n, x.size))
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    return float(np.max((c[n:] - c[:-n]) / n))
+
+
+def analyse(
+    rec: Recording, steps: Sequence[Step], config: Config, schedule: Schedule
+) -> Result:
+    """Per-muscle calibration from a recording (see the module docstring for the rules)."""
+    fs = rec.fs
+    out = []
+    rest = next(s for s in steps if s.kind == REST)
+    i0 = int(round((rest.start_s + schedule.discard_s) * fs))
+    i1 = min(int(round(rest.end_s * fs)), rec.n)
+    for k, m in enumerate(rec.muscles):
+        r = MuscleResult(m)
+        out.append(r)
+        for issue in dict.fromkeys(rec.issues.get(m, [])):
+            r.reasons.append(f"input problem during calibration ({issue})")
+        env = rec.envelope[:, k]
+        seg = env[i0:i1]
+        if seg.size < 2:
+            r.reasons.append("the rest segment was not recorded")
+            continue
+        r.rest_mean = float(np.mean(seg))
+        r.rest_sd = float(np.std(seg, ddof=1))
+        if not (math.isfinite(r.rest_mean) and math.isfinite(r.rest_sd)):
+            r.reasons.append("rest envelope is not finite (NaN/inf): check the amplifier")
+            continue
+        if r.rest_sd <= 0.0:
+            r.reasons.append("rest envelope does not vary at all: flat channel, check the lead")
+            continue
+        cv = r.rest_sd / r.rest_mean if r.rest_mean > 0 else math.inf
+        if cv > schedule.max_rest_cv:
+            r.reasons.append(
+                f"too noisy at rest (SD/mean = {cv:.2f} > {schedule.max_rest_cv:g}): the "
+                "patient moved, or an electrode is loose; repeat the rest"
+            )
+        floor = r.rest_mean + schedule.min_mvc_sd * r.rest_sd
+        n_top = int(round(schedule.top_s * fs))
+        for s in steps:
+            if s.kind != CONTRACT or s.muscle != m:
+                continue
+            a, b = int(round(s.start_s * fs)), min(int(round(s.end_s * fs)), rec.n)
+            v = _best_window_mean(env[a:b], n_top)
+            if math.isfinite(v) and v >= floor:
+                r.reps.append(v)
+            else:
+                r.warnings.append(
+                    f"repetition {s.rep}: no contraction seen ({v:.4g} < rest mean + "
+                    f"{schedule.min_mvc_sd:g} SD = {floor:.4g})"
+                )
+        if not r.reps:
+            r.reasons.append(
+                f"no contraction seen: no repetition rose above rest mean + "
+                f"{schedule.min_mvc_sd:g} SD ({floor:.4g}); check the electrodes over {m} "
+                "and that the patient contracted on GO"
+            )
+            continue
+        r.mvc = float(np.mean(r.reps))
+        if not r.mvc > r.rest_mean:
+            r.reasons.append(f"MVC {r.mvc:.4g} is not above the rest level {r.rest_mean:.4g}")
+            continue
+        cal = Calibration(r.rest_mean, r.rest_sd, r.mvc)
+        r.on_threshold, r.off_threshold = cal.thresholds(config.detector)
+        if not r.on_threshold < r.mvc:
+            r.reasons.append(
+                f"the on-threshold {r.on_threshold:.4g} would not be below the MVC "
+                f"{r.mvc:.4g}: the detector could never fire; lower detector.k_on or "
+                "mvc_fraction"
+            )
+    return Result(out)
+
+
+# -- the patient config -----------------------------------------------------------------------
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s\"'-]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _fmt_float(x: float) -> str:
+    r = repr(float(x))
+    return r if ("." in r or "e" in r or "inf" in r or "nan" in r) else r + ".0"
+
+
+def _fmt(v: Any) -> str:
+    """A TOML value (the scalar and array types a closedloop config uses)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"cannot write the non-finite number {v!r}")
+        return _fmt_float(v)
+    if isinstance(v, str):
+        esc = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\t", "\\t").replace("\r", "\\r"))
+        return f'"{esc}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    raise ValueError(f"cannot write {type(v).__name__} values to TOML")
+
+
+def _key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _fmt(k)
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """TOML text of nested tables, arrays of tables and scalar/array values."""
+    lines: list[str] = []
+
+    def table(d: dict[str, Any], path: list[str]) -> None:
+        scalars = {k: v for k, v in d.items() if not _is_table(v) and not _is_aot(v)}
+        for k, v in scalars.items():
+            lines.append(f"{_key(k)} = {_fmt(v)}")
+        for k, v in d.items():
+            if _is_table(v):
+                lines.append("")
+                lines.append("[" + ".".join(_key(p) for p in [*path, k]) + "]")
+                table(v, [*path, k])
+            elif _is_aot(v):
+                for item in v:
+                    lines.append("")
+                    lines.append("[[" + ".".join(_key(p) for p in [*path, k]) + "]]")
+                    table(item, [*path, k])
+
+    table(data, [])
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _cal_table(c: Calibration) -> dict[str, float]:
+    out = {"rest_mean": float(c.rest_mean), "rest_sd": float(c.rest_sd)}
+    if c.mvc is not None:
+        out["mvc"] = float(c.mvc)
+    return out
+
+
+def _expected_data(text: str, cals: dict[str, Calibration]) -> dict[str, Any]:
+    data = tomllib.loads(text)
+    data.setdefault("detector", {})["baseline"] = "calibrated"
+    for m in data.get("muscles", []):
+        m["calibration"] = _cal_table(cals[m["name"]])
+    return data
+
+
+def _splice(text: str, cals: dict[str, Calibration], names: list[str]) -> str | None:
+    """The original text with the calibration spliced in (None when it cannot be done).
+
+    Removes existing ``[muscles.calibration]`` tables and ``baseline`` keys of
+    ``[detector]``, adds ``baseline = "calibrated"`` under ``[detector]`` (or a new
+    ``[detector]`` table at the end) and a ``[muscles.calibration]`` table at the end
+    of every ``[[muscles]]`` entry. The caller verifies the result by parsing it.
+    """
+    if '"""' in text or "'''" in text:
+        return None  # multi-line strings could hold lines that look like headers
+    lines = text.splitlines()
+    headers = []  # (line index, path, is_array)
+    for i, line in enumerate(lines):
+        mt = _HEADER.match(line)
+        if mt:
+            headers.append((i, mt.group(2).replace(" ", ""), mt.group(1) == "[["))
+    bounds = [h[0] for h in headers] + [len(lines)]
+    drop: set[int] = set()
+    detector_line = None
+    muscle_ends: list[int] = []
+    for j, (i, path, is_array) in enumerate(headers):
+        end = bounds[j + 1]
+        if path == "muscles.calibration" and not is_array:
+            drop.update(range(i, end))
+        if path == "detector" and not is_array:
+            detector_line = i
+            for n in range(i + 1, end):
+                if re.match(r"^\s*baseline\s*=", lines[n]):
+                    drop.add(n)
+        if path == "muscles" and is_array:
+            # the entry runs until the next header that is not a muscles.* sub-table
+            stop = len(lines)
+            for i2, path2, arr2 in headers[j + 1 :]:
+                if not path2.startswith("muscles.") or (path2 == "muscles" and arr2):
+                    stop = i2
+                    break
+            muscle_ends.append(stop)
+    if len(muscle_ends) != len(names):
+        return None
+    inserts: dict[int, list[str]] = {}
+    for name, stop in zip(names, muscle_ends, strict=True):
+        c = _cal_table(cals[name])
+        inserts.setdefault(stop, []).extend(
+            ["[muscles.calibration]", *[f"{k} = {_fmt(v)}" for k, v in c.items()], ""]
+        )
+    out: list[str] = []
+    for i, line in enumerate(lines + [""]):
+        if i in inserts:
+            while out and out[-1].strip() == "":
+                out.pop()
+            out.append("")
+            out.extend(inserts[i])
+        if i == len(lines):
+            break
+        if i in drop:
+            continue
+        out.append(line)
+        if i == detector_line:
+            out.append('baseline = "calibrated"')
+    if detector_line is None:
+        out.extend(["", "[detector]", 'baseline = "calibrated"'])
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def limits_lines(config: Config) -> list[str]:
+    """The stimulation settings and limits the clinician must confirm, one per muscle."""
+    out = []
+    for m in config.muscles:
+        if m.stim is None:
+            continue
+        s, lim = m.stim, m.limits
+        out.append(
+            f"{m.name}: channel {s.channel}, {s.current_ma:g} mA (limit {lim.max_current_ma:g} "
+            f"mA), {s.pulse_width_us:g} us (limit {lim.max_pulse_width_us:g}), "
+            f"{s.frequency_hz:g} Hz (limit {lim.max_frequency_hz:g}), on {s.on_time_s:g} s "
+            f"(limit {lim.max_on_time_s:g} s)"
+        )
+    return out
+
+
+def patient_config_text(
+    config: Config,
+    result: Result,
+    *,
+    confirmation: str,
+    source: str = "",
+    schedule: Schedule | None = None,
+    when: str | None = None,
+) -> str:
+    """The patient config: the original text plus the calibration, verified.
+
+    Raises
+    ------
+    ConfigError
+        A muscle's calibration was refused, or the written text would not load back
+        to the same calibration (a bug: nothing is written then).
+    """
+    if not result.ok:
+        raise ConfigError("calibration refused: " + " | ".join(result.reasons()))
+    cals = result.calibrations()
+    names = list(config.muscle_names)
+    original = config.text or ""
+    if not original.strip():
+        raise ConfigError(f"{config.path}: the config text is empty; load it from a file")
+    expected = _expected_data(original, cals)
+    body = _splice(original, cals, names)
+    if body is None or _safe_loads(body) != expected:
+        body = dumps_toml(expected)
+    when = when or time.strftime("%Y-%m-%d %H:%M:%S %z")
+    head = [
+        "# closedloop patient config: written by `closedloop calibrate`",
+        f"# calibrated: {when}",
+        f"# from config: {config.path}",
+    ]
+    if source:
+        head.append(f"# EMG source: {source}")
+    if schedule is not None:
+        head.append(
+            f"# schedule: rest {schedule.rest_s:g} s (first {schedule.discard_s:g} s discarded), "
+            f"{schedule.mvc_reps} x {schedule.mvc_s:g} s MVC per muscle, best "
+            f"{schedule.top_s:g} s of each"
+        )
+    for m in result.muscles:
+        head.append(f"# {m.summary()}")
+        head.extend(f"#   warning: {w}" for w in m.warnings)
+    head.append(f"# stimulation limits: {confirmation}")
+    head.extend(f"#   {line}" for line in limits_lines(config))
+    text = "\n".join(_comment_safe(h) for h in head) + "\n\n" + body
+    check = loads_config(text, source="<patient config>")
+    got = {m.name: m.calibration for m in check.muscles}
+    if check.detector.baseline != "calibrated" or got != cals:
+        raise ConfigError("internal error: the patient config does not load back as written")
+    return text
+
+
+def _safe_loads(text: str) -> dict[str, Any] | None:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _comment_safe(line: str) -> str:
+    return line.replace("\n", " ").replace("\r", " ")
+
+
+def write_patient_config(path: str | Path, text: str) -> Path:
+    """Write atomically (temporary file, then rename)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+    return p
+
+
+# -- sources ----------------------------------------------------------------------------------
+def make_source(config: Config, spec: str | None, steps: Sequence[Step], *,
+                realtime: bool = True, script: Sequence[Attempt] | None = None) -> Source:
+    """The EMG source: a spec, or (``sim`` / none with a sim config) the simulated patient
+    following the calibration cues."""
+    from closedloop.sources.spec import open_source
+
+    spec = spec or config.session.source
+
+    def sim_factory(params: dict[str, str]) -> Source:
+        from closedloop.sim.patient import PatientSettings
+        from closedloop.sources.sim import SimSource
+
+        s = config.sim
+        ps = PatientSettings(
+            fs=config.session.fs,
+            muscles=config.muscle_names,
+            antagonists={m.name: m.antagonist for m in config.muscles if m.antagonist},
+            snr_db=float(params.get("snr_db", s.snr_db)),
+            cocontraction=s.cocontraction,
+            mains_hz=config.filters.notch_hz or 50.0,
+        )
+        chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
+        return SimSource(
+            ps, simulated_script(steps) if script is None else list(script),
+            seed=int(params.get("seed", s.seed)),
+            realtime=realtime, chunk_size=chunk,
+        )
+
+    return open_source(spec, sim_factory=sim_factory)
+
+
+# -- terminal UI ----------------------------------------------------------------------------
+def confirm_limits(config: Config, *, yes: bool, input: Callable[[str], str] = input,
+                   output: Callable[[str], object] = print) -> str:
+    """Ask the clinician to confirm the stimulation limits; returns what is recorded.
+
+    Raises
+    ------
+    InputError
+        Not confirmed.
+    """
+    lines = limits_lines(config)
+    if not lines:
+        return "none: this config does not stimulate"
+    output("Stimulation settings and limits of this config:")
+    for line in lines:
+        output(f"  {line}")
+    if yes:
+        return "confirmed with --yes"
+    try:
+        answer = input("Are these stimulation limits right for this patient? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise InputError(
+            "the stimulation limits were not confirmed; nothing was written (answer y, "
+            "or pass --yes)"
+        )
+    return "confirmed at the terminal"
+
+
+def run_terminal(
+    config: Config,
+    source: Source,
+    schedule: Schedule,
+    *,
+    output: Callable[[str], object] = print,
+) -> tuple[Result, list[Step]]:
+    """Guide the calibration on the terminal; returns the result and the steps."""
+    steps = build_steps(schedule, config.muscle_names)
+    shown: set[str] = set()
+
+    def on_step(step: Step) -> None:
+        if step.muscle and step.muscle not in shown:
+            shown.add(step.muscle)
+            m = config.muscle(step.muscle)
+            output(f"--- {m.name}: electrodes: {m.placement or '(no placement note)'}"
+                   + (f" [picture: {m.picture}]" if m.picture else ""))
+        output(f"[{step.start_s:6.1f} s] {step.text} ({step.duration_s:g} s)")
+
+    output(f"Calibration of {', '.join(config.muscle_names)}: "
+           f"{total_s(steps):.0f} s. Follow the cues.")
+    with source:
+        rec = acquire(source, config, steps, on_step=on_step)
+    result = analyse(rec, steps, config, schedule)
+    for m in result.muscles:
+        output(m.summary())
+        for w in m.warnings:
+            output(f"  warning: {w}")
+    return result, steps
+
+
+def schedule_from_args(args) -> Schedule:
+    return Schedule(
+        rest_s=float(getattr(args, "rest_s", 5.0)),
+        mvc_reps=int(getattr(args, "mvc_reps", 3)),
+        mvc_s=float(getattr(args, "mvc_s", 3.0)),
+    )
+
+
+def main(args) -> int:
+    """``closedloop calibrate --config C [--source SPEC] --out PATIENT.toml [--rest-s 5]
+    [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
+
+    ``args`` attributes: ``config``, ``source`` (None: the config's session source),
+    ``out``, ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
+    Exit code 0 when the patient config was written, 1 when refused.
+    """
+    config = load_config(args.config)
+    schedule = schedule_from_args(args)
+    steps = build_steps(schedule, config.muscle_names)
+    source_spec = getattr(args, "source", None) or config.session.source
+    out = Path(args.out)
+    if not getattr(args, "no_gui", False):
+        from closedloop.view.app import _app
+        from closedloop.view.calibration import CalibrationDialog
+
+        app = _app()
+        dlg = CalibrationDialog(config, source_spec, out, schedule=schedule,
+                                yes=bool(getattr(args, "yes", False)))
+        dlg.show()
+        app.exec()
+        return 0 if dlg.written is not None else 1
+    confirmation = confirm_limits(config, yes=bool(getattr(args, "yes", False)))
+    source = make_source(config, source_spec, steps)
+    result, steps = run_terminal(config, source, schedule)
+    if not result.ok:
+        print("closedloop calibrate: calibration refused, nothing written:", file=sys.stderr)
+        for line in result.reasons():
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    text = patient_config_text(config, result, confirmation=confirmation,
+                               source=source_spec, schedule=schedule)
+    write_patient_config(out, text)
+    print(f"closedloop calibrate: wrote {out} (detector.baseline = \"calibrated\")")
+    return 0

@@ -1,0 +1,773 @@
+"""``closedloop evaluate``: detectors against reference onsets, as a table.
+
+Runs one or more detector configurations over recordings that come with reference
+onsets and prints, per recording and overall: sensitivity, false detections per minute
+and decision latency (median and 90th percentile). Every detector is causal and fed the
+samples in chunks exactly as a live session would be (chunking changes nothing), so the
+latency is the delay of the decision, counted in samples: detection sample minus
+reference sample, divided by the rate. No wall clock is involved.
+
+Matching (:func:`closedloop.analysis.scoring.score_onsets`): a detected onset on the reference's
+channel within ``[ref - early_s, ref + late_s]`` is a hit (each reference and each
+detection used at most once); other detected onsets are false detections. Defaults:
+``early_s = 0.1``, ``late_s = 0.5``.
+
+Inputs and where their references come from
+--------------------------------------------
+* **Simulated recordings** (``.npz``): ``emg`` (n x channels), ``fs``, ``channels``,
+  ``truth_samples`` (int, onset sample of every scripted attempt) and
+  ``truth_channels`` (its muscle), written by :func:`write_sim_recording`; or made on
+  the fly with ``--simulate 20,10,0,-3 --minutes 5 --seed 0`` (every SNR uses the same
+  script and noise seed, so SNR is the only difference between rows).
+* **Any EMG file** ``closedloop detect`` reads (``.npz``, text/CSV with ``--fs``) with a
+  **labels CSV** (``--labels``): a header line, then one reference onset per row, with
+  columns ``sample,channel`` (0-based sample index from the first sample of the file)
+  or ``time_s,channel`` (seconds from the first sample; converted with the file's
+  rate), and optionally ``file`` (the input's file name; rows for other files are
+  skipped, so one labels file can serve many inputs). ``channel`` is a channel name of
+  the file, or ``*`` for "any channel": the onsets of all channels are fused (the first
+  onset of a cluster, later onsets within ``fuse_gap_s`` = 1 s dropped) before scoring.
+* **closedloop XDF recordings** (``.xdf``, read with
+  :func:`closedloop.io.xdf.load_session`): references are the trial markers labelled
+  ``truth`` (fields ``muscle`` or ``channel``; ``sample`` from the marker, else from its
+  time), which a simulated session records for each scripted attempt; or a labels CSV.
+  The pseudo-detector ``recorded`` scores the events the live session decided.
+* **The shared real recordings** (give the data folder, the one holding
+  ``reference_outputs.json``, as an input). See :func:`shared_recordings`. They are
+  reported in their own groups, never pooled with simulated data:
+
+  - ``bmc_emg.csv``: the BMC notebook recipe's onsets (an offline, zero-phase method,
+    not ground truth; other tools disagree with it by 30-45 ms);
+  - ``uci_lowerlimb_5Npie.txt`` / ``_5Nsen.txt``: movement onsets from the knee-angle
+    channel (independent of the EMG; see :func:`movement_onsets`), scored against the
+    fused onsets of the agonists (hamstrings BF+ST for standing knee flexion,
+    quadriceps RF+VM for seated knee extension). EMG onset precedes movement by tens of
+    milliseconds (electromechanical delay), so the window is ``early_s = 0.5``,
+    ``late_s = 0.2`` and the latency is **relative to movement onset** (negative = the
+    decision came before the movement). Not 1.5 s early: the movements repeat every
+    ~3 s and the return movement's burst lies 1-1.5 s before the next movement, so a
+    1.5 s window would credit it as a hit. A "false" detection here is an agonist onset
+    not followed by a movement, which includes real bursts during the return phase;
+  - ``biosppy_emg.txt``: no onset reference; the documented weak activity (38-58 s) is
+    excluded (35-60 s) and everything else is rest, so only false detections per
+    minute of rest are scored;
+  - ``biosppy_emg_1.txt``: no reference at all: detections are counted, not scored.
+
+  The gestures file is left out: its labels follow the protocol cue, not the
+  physiological onset, and new values arrive at only ~110 Hz.
+
+The pseudo-detector ``reference`` returns the reference onsets themselves (sensitivity 1,
+latency 0): a check of the labels and the matching, not of a detector.
+
+Batch use: ``jobs`` worker processes (default: every core) each load a recording and run
+one detector on it; the table does not depend on ``jobs``.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from closedloop.analysis.scoring import Score, merge_scores, score_onsets
+from closedloop.core.detectors import DETECTOR_NAMES, ThresholdDetector, make_detector
+from closedloop.core.events import ONSET, Event
+from closedloop.errors import ConfigError, InputError
+
+#: Channel name of a reference meaning "any channel" (onsets of all channels fused).
+ANY = "*"
+#: Pseudo-detectors: the references themselves; the events recorded in an XDF session.
+PSEUDO = ("reference", "recorded")
+
+SIM_FS = 2000.0
+SIM_MUSCLES = ("biceps", "triceps")
+
+
+# -- recordings ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recording:
+    """EMG with its reference onsets and how to score against them.
+
+    Attributes
+    ----------
+    name : str
+    samples : ndarray, shape (n, n_channels)
+    fs : float
+    channels : tuple of str
+    reference : tuple of (int, str), or None
+        Reference onsets ``(sample, channel)``; channel ``ANY`` = any channel. ``()``
+        means the recording is all rest (every detection is false); None means there is
+        no reference (detections are only counted).
+    early_s, late_s : float
+        Matching window around each reference.
+    fuse : tuple of str
+        Channels whose onsets are fused for ``ANY`` references (default: all).
+    fuse_gap_s : float
+        Fused onsets closer than this to the previous kept one are dropped.
+    exclude : tuple of (int, int)
+        Sample ranges ``[a, b)`` left out of the scoring (detections there are neither
+        hits nor false, and their time does not count towards the minutes).
+    group : str
+        Recordings of one group are pooled into an overall row per detector.
+    recorded : tuple of Event
+        Events a live session recorded (XDF), for the ``recorded`` pseudo-detector.
+    note : str
+        Where the reference comes from, for the table's notes.
+    """
+
+    name: str
+    samples: np.ndarray
+    fs: float
+    channels: tuple[str, ...]
+    reference: tuple[tuple[int, str], ...] | None
+    early_s: float = 0.1
+    late_s: float = 0.5
+    fuse: tuple[str, ...] = ()
+    fuse_gap_s: float = 1.0
+    exclude: tuple[tuple[int, int], ...] = ()
+    group: str = "files"
+    recorded: tuple[Event, ...] = ()
+    note: str = ""
+
+    @property
+    def n(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n / self.fs
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    """A simulated recording made on the fly (in the worker that uses it)."""
+
+    snr_db: float
+    minutes: float = 5.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """A recording file, with an optional labels CSV and rate (text inputs)."""
+
+    path: str
+    fs: float | None = None
+    labels: str | None = None
+
+
+@dataclass(frozen=True)
+class SharedSpec:
+    """One of the shared real recordings (see :func:`shared_recordings`)."""
+
+    data_dir: str
+    name: str
+
+
+def simulated_recording(
+    snr_db: float, minutes: float = 5.0, seed: int = 0, *, fs: float = SIM_FS,
+    muscles: Sequence[str] = SIM_MUSCLES, **patient: Any,
+) -> Recording:
+    """A simulated patient recording with its ground truth (attempt onsets).
+
+    The script (``random_script`` over ``muscles``, first attempt at 2 s) and the noise
+    depend on ``seed`` only, so recordings at different SNRs differ in SNR alone.
+    ``patient`` overrides further :class:`~closedloop.sim.patient.PatientSettings`.
+    """
+    from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
+
+    ps = PatientSettings(fs=fs, muscles=tuple(muscles), snr_db=float(snr_db), **patient)
+    dur = float(minutes) * 60.0
+    script = random_script(ps.muscles, dur, np.random.default_rng([int(seed), 1]))
+    pat = SimulatedPatient(ps, script, seed=int(seed))
+    x = pat.read(int(round(dur * fs)))
+    return Recording(
+        name=f"sim_{snr_db:g}dB_s{seed}",
+        samples=x,
+        fs=float(fs),
+        channels=ps.muscles,
+        reference=tuple(pat.true_onsets()),
+        group="simulated",
+        note="ground truth: scripted attempt onsets (start of the activation ramp)",
+    )
+
+
+def write_sim_recording(
+    path: str | Path, snr_db: float, minutes: float = 5.0, seed: int = 0, *,
+    fs: float = SIM_FS, muscles: Sequence[str] = SIM_MUSCLES, **patient: Any,
+) -> Path:
+    """Write a simulated recording with its truth as ``.npz`` (module docstring).
+
+    Arrays: ``emg`` (n, n_channels) float64 volts, ``fs``, ``channels``,
+    ``truth_samples`` (int64), ``truth_channels`` (str), plus ``snr_db`` and ``seed``.
+    """
+    rec = simulated_recording(snr_db, minutes, seed, fs=fs, muscles=muscles, **patient)
+    p = Path(path)
+    ref = rec.reference or ()
+    np.savez_compressed(
+        p,
+        emg=rec.samples,
+        fs=np.float64(rec.fs),
+        channels=np.array(rec.channels),
+        truth_samples=np.array([s for s, _ in ref], dtype=np.int64),
+        truth_channels=np.array([c for _, c in ref], dtype=str),
+        snr_db=np.float64(snr_db),
+        seed=np.int64(seed),
+    )
+    return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
+
+
+def read_labels(
+    path: str | Path, *, fs: float, channels: Sequence[str], file: str | None = None
+) -> tuple[tuple[int, str], ...]:
+    """Reference onsets from a labels CSV (format in the module docstring)."""
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read the labels file ({exc})") from None
+    if "channel" not in header or not ({"sample", "time_s"} & set(header)):
+        raise InputError(
+            f"{p}: a labels CSV needs a header with 'sample,channel' or 'time_s,channel' "
+            f"(and optionally 'file'); it has {header}"
+        )
+    out = []
+    for i, row in enumerate(rows, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        if file is not None and row.get("file") and Path(row["file"]).name != Path(file).name:
+            continue
+        ch = row["channel"]
+        if ch != ANY and ch not in channels:
+            raise InputError(
+                f"{p}:{i}: channel {ch!r} is not in the recording (its channels: "
+                f"{', '.join(channels)}; use {ANY!r} for any channel)"
+            )
+        try:
+            s = int(row["sample"]) if row.get("sample") else int(round(float(row["time_s"]) * fs))
+        except (KeyError, ValueError):
+            raise InputError(f"{p}:{i}: not a sample index or time in seconds: {row}") from None
+        out.append((s, ch))
+    return tuple(sorted(out))
+
+
+def _xdf_recording(path: Path) -> Recording:
+    from closedloop.io.xdf import load_session
+
+    s = load_session(path)
+    first = int(s.counter[0]) if s.counter is not None and len(s.counter) else 0
+    ref = []
+    for m in s.markers:
+        if m.label != "truth":
+            continue
+        ch = str(m.fields.get("muscle", m.fields.get("channel", ANY)))
+        if m.sample is not None:
+            k = int(m.sample) - first
+        else:
+            k = int(np.searchsorted(s.timestamps, m.time))
+        ref.append((k, ch if ch in s.channels else ANY))
+    recorded = tuple(
+        Event(e.sample - first, e.time, e.channel, e.kind, e.envelope, e.threshold)
+        for e in s.events
+    )
+    return Recording(
+        name=path.name, samples=s.samples, fs=s.fs, channels=s.channels,
+        reference=tuple(sorted(ref)) if ref else None, recorded=recorded,
+        note="references: 'truth' markers" if ref else "no 'truth' markers",
+    )
+
+
+def load_recording(
+    path: str | Path, *, fs: float | None = None, labels: str | Path | None = None
+) -> Recording:
+    """A recording file with its references (module docstring)."""
+    from closedloop.io.files import load_emg
+
+    p = Path(path)
+    if p.suffix.lower() == ".xdf":
+        rec = _xdf_recording(p)
+    else:
+        data = load_emg(p, fs=fs)
+        ref = None
+        note = "no reference"
+        if p.suffix.lower() == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                if "truth_samples" in z and "truth_channels" in z:
+                    ref = tuple(sorted(
+                        (int(s), str(c))
+                        for s, c in zip(z["truth_samples"], z["truth_channels"], strict=True)
+                    ))
+                    note = "ground truth stored with the simulated recording"
+        rec = Recording(p.name, data.samples, data.fs, data.channels, ref, note=note)
+    if labels is not None:
+        ref = read_labels(labels, fs=rec.fs, channels=rec.channels, file=p.name)
+        note = f"labels: {Path(labels).name}"
+        rec = Recording(**{**_fields(rec), "reference": ref, "note": note})
+    return rec
+
+
+def _fields(rec: Recording) -> dict[str, Any]:
+    return {f: getattr(rec, f) for f in rec.__dataclass_fields__}
+
+
+# -- the shared real recordings ------------------------------------------------------------
+def movement_onsets(
+    angle: np.ndarray, fs: float, direction: int, *, frac: float = 0.1
+) -> list[int]:
+    """Movement onsets from a joint-angle trace (offline: this is a reference).
+
+    A movement is a crossing, in ``direction`` (+1: the angle increases), of half the
+    largest excursion from the rest angle (median of the first 0.5 s); its onset is the
+    last sample before that crossing where the angular velocity (smoothed over 40 ms)
+    was below ``frac`` of the movement's peak velocity (within 0.5 s after the crossing).
+    """
+    a = np.asarray(angle, dtype=np.float64)
+    v = direction * np.gradient(a) * fs
+    w = int(0.04 * fs) | 1
+    v = np.convolve(v, np.ones(w) / w, mode="same")
+    dev = direction * (a - np.median(a[: int(0.5 * fs)]))
+    above = dev > 0.5 * np.max(dev)
+    out = []
+    for u in np.flatnonzero(above[1:] & ~above[:-1]) + 1:
+        peak = v[u : u + int(0.5 * fs)].max()
+        slow = np.flatnonzero(v[:u] < frac * peak)
+        out.append(int(slow[-1]) + 1 if slow.size else 0)
+    return out
+
+
+#: The shared recordings evaluated, in table order.
+SHARED_NAMES = (
+    "bmc_emg.csv",
+    "uci_lowerlimb_5Npie.txt",
+    "uci_lowerlimb_5Nsen.txt",
+    "biosppy_emg.txt",
+    "biosppy_emg_1.txt",
+)
+
+
+def shared_recording(data_dir: str | Path, name: str) -> Recording:
+    """One shared real recording with its reference (see the module docstring)."""
+    from closedloop.io.files import load_text
+
+    d = Path(data_dir)
+    p = d / name
+    if not p.is_file():
+        raise InputError(f"{p}: missing; the shared recordings are described in {d / 'README.md'}")
+    if name == "bmc_emg.csv":
+        ref = json.loads((d / "reference_outputs.json").read_text(encoding="utf-8"))
+        pairs = ref["bmc_emg.csv"]["BMC_notebook_recipe"]["onset_offset_samples"]
+        data = load_text(p, 1000.0, columns=[1])
+        return Recording(
+            name, data.samples, 1000.0, ("emg",), tuple((int(a), "emg") for a, _ in pairs),
+            group="real: offline onsets (BMC recipe)",
+            note="reference: BMC notebook recipe onsets (offline, zero-phase)",
+        )
+    if name.startswith("uci_lowerlimb_"):
+        x = np.loadtxt(p, skiprows=7)
+        flexion = "5Npie" in name  # standing knee flexion; else seated knee extension
+        moves = movement_onsets(x[:, 4], 1000.0, +1 if flexion else -1)
+        agonists = ("BF", "ST") if flexion else ("RF", "VM")
+        return Recording(
+            name, np.ascontiguousarray(x[:, :4]), 1000.0, ("RF", "BF", "VM", "ST"),
+            tuple((k, ANY) for k in moves), early_s=0.5, late_s=0.2, fuse=agonists,
+            group="real: movement onsets (knee angle)",
+            note=f"reference: knee-angle movement onsets; {'+'.join(agonists)} onsets fused; "
+                 "latency relative to movement",
+        )
+    if name in ("biosppy_emg.txt", "biosppy_emg_1.txt"):
+        data = load_text(p, 1000.0)
+        if name == "biosppy_emg.txt":
+            return Recording(
+                name, data.samples, 1000.0, ("emg",), (), exclude=((35000, 60000),),
+                group="real: rest only",
+                note="no onsets; 35-60 s (documented weak activity) excluded, the rest is rest",
+            )
+        return Recording(name, data.samples, 1000.0, ("emg",), None, group="real: unscored",
+                         note="no reference: detections counted only")
+    raise InputError(
+        f"{name}: not one of the shared recordings evaluated ({', '.join(SHARED_NAMES)})"
+    )
+
+
+def shared_recordings(data_dir: str | Path) -> list[Recording]:
+    """Every shared real recording that has a usable reference (module docstring)."""
+    return [shared_recording(data_dir, n) for n in SHARED_NAMES]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(spec: SimSpec | FileSpec | SharedSpec) -> Recording:
+    if isinstance(spec, SimSpec):
+        return simulated_recording(spec.snr_db, spec.minutes, spec.seed)
+    if isinstance(spec, SharedSpec):
+        return shared_recording(spec.data_dir, spec.name)
+    return load_recording(spec.path, fs=spec.fs, labels=spec.labels)
+
+
+def _load(spec: Recording | SimSpec | FileSpec | SharedSpec) -> Recording:
+    return spec if isinstance(spec, Recording) else _load_cached(spec)
+
+
+# -- detector specs ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector configuration: a name and parameters, or a TOML config.
+
+    ``label`` is how it appears in the table (the spec text, or the config's name).
+    """
+
+    label: str
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    config_path: str | None = None
+
+
+def _value(text: str) -> Any:
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    if "/" in t:
+        return [float(v) for v in t.split("/")]
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    return t
+
+
+def parse_detector_spec(text: str | DetectorSpec) -> DetectorSpec:
+    """``name``, ``name:key=value,key=value`` or a ``.toml`` config path.
+
+    Values are numbers, ``true``/``false``, text, or lists with ``/`` (``bandpass_hz=
+    30/450``). Names: ``threshold``, ``double_threshold``, ``tkeo``, and the
+    pseudo-detectors ``reference`` and ``recorded``.
+    """
+    if isinstance(text, DetectorSpec):
+        return text
+    s = str(text).strip()
+    if s.lower().endswith(".toml"):
+        from closedloop.config import load_config
+
+        cfg = load_config(s)  # validates now, in the parent process
+        return DetectorSpec(label=cfg.name, name="threshold", config_path=s)
+    name, _, rest = s.partition(":")
+    name = name.strip()
+    if name not in DETECTOR_NAMES + PSEUDO:
+        raise ConfigError(
+            f"detector spec {s!r}: unknown detector {name!r}; choose one of "
+            f"{', '.join(DETECTOR_NAMES + PSEUDO)}, or give a .toml config"
+        )
+    params = []
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"detector spec {s!r}: {item!r} is not key=value")
+        params.append((key.strip(), _value(val)))
+    spec = DetectorSpec(label=s, name=name, params=tuple(params))
+    if name not in PSEUDO:
+        make_detector(name, 1000.0, ["check"], **dict(spec.params))  # fail early on bad params
+    return spec
+
+
+def _config_detector(spec: DetectorSpec, rec: Recording) -> tuple[Any, list[int]]:
+    from closedloop.config import load_config
+
+    cfg = load_config(spec.config_path)
+    cols = []
+    for m in cfg.muscles:
+        if isinstance(m.channel, int) and m.channel < len(rec.channels):
+            cols.append(m.channel)
+        elif m.channel in rec.channels:
+            cols.append(rec.channels.index(m.channel))
+        elif m.name in rec.channels:
+            cols.append(rec.channels.index(m.name))
+        else:
+            raise ConfigError(
+                f"{cfg.path}: muscle {m.name!r} (channel {m.channel!r}) is not in "
+                f"{rec.name} (its channels: {', '.join(rec.channels)})"
+            )
+    det = ThresholdDetector(
+        rec.fs, [rec.channels[c] for c in cols], filters=cfg.filters, envelope=cfg.envelope,
+        detector=cfg.detector, calibrations=cfg.calibrations(),
+    )
+    return det, cols
+
+
+def run_detector(spec: DetectorSpec, rec: Recording, *, chunk_s: float = 1.0) -> list[Event]:
+    """All events of one detector configuration over a recording, fed in chunks."""
+    if spec.name == "reference":
+        return [Event(s, s / rec.fs, ch, ONSET) for s, ch in (rec.reference or ())]
+    if spec.name == "recorded":
+        return list(rec.recorded)
+    if spec.config_path is not None:
+        det, cols = _config_detector(spec, rec)
+    else:
+        det, cols = make_detector(spec.name, rec.fs, rec.channels, **dict(spec.params)), None
+    x = rec.samples if cols is None else rec.samples[:, cols]
+    step = max(1, int(round(chunk_s * rec.fs)))
+    events: list[Event] = []
+    for i in range(0, x.shape[0], step):
+        events.extend(det.process(x[i : i + step]))
+    return events
+
+
+# -- scoring -------------------------------------------------------------------------------
+def fuse_onsets(
+    events: Iterable[Event], channels: Sequence[str], fs: float, gap_s: float
+) -> list[Event]:
+    """Onsets on ``channels`` as one stream on channel ``ANY``: the first onset of each
+    cluster; onsets within ``gap_s`` after the last kept one are dropped (causal)."""
+    keep: list[Event] = []
+    gap = int(round(gap_s * fs))
+    last = None
+    for e in sorted((e for e in events if e.kind == ONSET and e.channel in channels),
+                    key=lambda e: e.sample):
+        if last is None or e.sample - last > gap:
+            keep.append(Event(e.sample, e.time, ANY, ONSET, e.envelope, e.threshold))
+            last = e.sample
+    return keep
+
+
+def score_recording(rec: Recording, events: Iterable[Event]) -> Score | None:
+    """Score ``events`` against the recording's reference; None if it has none."""
+    events = [e for e in events if e.kind == ONSET]
+    if rec.reference is None:
+        return None
+
+    def inside(s: int) -> bool:
+        return any(a <= s < b for a, b in rec.exclude)
+
+    refs = [(s, ch) for s, ch in rec.reference if not inside(s)]
+    dets = [e for e in events if not inside(e.sample)]
+    if any(ch == ANY for _, ch in refs):
+        # "any channel" references: the fused onsets of the fused channels, plus the
+        # channels that have references of their own; other channels are not scored
+        fused_chs = rec.fuse or rec.channels
+        own = {ch for _, ch in refs if ch != ANY}
+        dets = (
+            [e for e in dets if e.channel == ANY]
+            + fuse_onsets(dets, fused_chs, rec.fs, rec.fuse_gap_s)
+            + [e for e in dets if e.channel in own]
+        )
+    excluded = sum(max(0, min(b, rec.n) - max(a, 0)) for a, b in rec.exclude)
+    return score_onsets(refs, dets, rec.fs, (rec.n - excluded) / rec.fs,
+                        early_s=rec.early_s, late_s=rec.late_s)
+
+
+# -- the table -----------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One line of the table (a recording, or ``overall`` for a group)."""
+
+    recording: str
+    detector: str
+    group: str
+    n_reference: int | None
+    hits: int | None
+    sensitivity: float | None
+    false_detections: int | None
+    false_per_min: float | None
+    latency_median_ms: float | None
+    latency_p90_ms: float | None
+    n_detected: int
+    minutes: float
+    note: str = ""
+    score: Score | None = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("score")
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in d.items()}
+
+
+def _row(recording: str, detector: str, group: str, score: Score | None, n_detected: int,
+         minutes: float, note: str = "") -> Row:
+    if score is None:
+        return Row(recording, detector, group, None, None, None, None, None, None, None,
+                   n_detected, minutes, note, None)
+    sens = score.sensitivity if score.n_reference else None
+    return Row(
+        recording, detector, group, score.n_reference, score.hits, sens,
+        score.false_detections, score.false_per_min,
+        score.latency_percentile(50) * 1000.0 if score.latencies_s else None,
+        score.latency_percentile(90) * 1000.0 if score.latencies_s else None,
+        n_detected, minutes, note, score,
+    )
+
+
+def _task(rec_spec, det_spec: DetectorSpec, chunk_s: float) -> tuple[Row, str]:
+    rec = _load(rec_spec)
+    events = run_detector(det_spec, rec, chunk_s=chunk_s)
+    n_on = sum(e.kind == ONSET for e in events)
+    score = score_recording(rec, events)
+    return _row(rec.name, det_spec.label, rec.group, score, n_on, rec.duration_s / 60.0,
+                rec.note), rec.name
+
+
+def _as_spec(item, *, fs: float | None, labels: str | None) -> list:
+    if isinstance(item, (Recording, SimSpec, FileSpec, SharedSpec)):
+        return [item]
+    p = Path(item)
+    if p.is_dir():
+        if not (p / "reference_outputs.json").is_file():
+            raise InputError(
+                f"{p}: a folder input must be the shared data folder (with "
+                "reference_outputs.json)"
+            )
+        return [SharedSpec(str(p), n) for n in SHARED_NAMES]
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    return [FileSpec(str(p), fs, None if labels is None else str(labels))]
+
+
+def evaluate(
+    recordings: Iterable[Any],
+    detector_specs: Iterable[str | DetectorSpec],
+    *,
+    labels: str | Path | None = None,
+    jobs: int | None = None,
+    fs: float | None = None,
+    chunk_s: float = 1.0,
+) -> list[Row]:
+    """Run every detector configuration over every recording and score it.
+
+    Parameters
+    ----------
+    recordings : iterable
+        File paths (``.npz``, ``.xdf``, text/CSV with ``fs``), the shared data folder,
+        :class:`Recording` objects, or :class:`SimSpec` / :class:`FileSpec` /
+        :class:`SharedSpec` descriptions (loaded in the worker).
+    detector_specs : iterable of str or DetectorSpec
+        See :func:`parse_detector_spec`.
+    labels : path, optional
+        Labels CSV for the file inputs (module docstring).
+    jobs : int, optional
+        Worker processes (default ``os.cpu_count()``); 1 runs in this process.
+    fs : float, optional
+        Sampling rate of text inputs.
+    chunk_s : float
+        Chunk length fed to the detectors (the results do not depend on it).
+
+    Returns
+    -------
+    list of Row
+        Per recording and detector (recordings in input order, detectors in spec order
+        within each), then one ``overall`` row per group and detector.
+    """
+    specs = [parse_detector_spec(d) for d in detector_specs]
+    if not specs:
+        raise ConfigError("no detector given; e.g. threshold, double_threshold, tkeo")
+    recs = [s for item in recordings for s in _as_spec(item, fs=fs, labels=labels)]
+    if not recs:
+        raise InputError("no recordings given")
+    tasks = [(r, d) for r in recs for d in specs]
+    jobs = (os.cpu_count() or 1) if jobs is None else max(1, int(jobs))
+    if jobs == 1 or len(tasks) == 1:
+        results = [_task(r, d, chunk_s) for r, d in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            futures = [pool.submit(_task, r, d, chunk_s) for r, d in tasks]
+            results = [f.result() for f in futures]
+    rows = [row for row, _ in results]
+    return rows + overall_rows(rows, [d.label for d in specs])
+
+
+def overall_rows(rows: Sequence[Row], detectors: Sequence[str]) -> list[Row]:
+    """One pooled row per (group, detector) over the scored recordings."""
+    out = []
+    groups = list(dict.fromkeys(r.group for r in rows))
+    for g in groups:
+        for d in detectors:
+            sel = [r for r in rows if r.group == g and r.detector == d]
+            scored = [r.score for r in sel if r.score is not None]
+            out.append(_row(
+                "overall", d, g, merge_scores(scored) if scored else None,
+                sum(r.n_detected for r in sel), sum(r.minutes for r in sel),
+                f"{len(sel)} recording(s)",
+            ))
+    return out
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, spec)
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The table as text, one block per group, with notes."""
+    wr = max([9] + [len(r.recording) for r in rows])
+    wd = max([8] + [len(r.detector) for r in rows])
+    head = (f"{'recording':{wr}s} {'detector':{wd}s} {'ref':>4s} {'hits':>4s} {'sens':>6s} "
+            f"{'false':>5s} {'false/min':>9s} {'lat med':>8s} {'lat p90':>8s} {'onsets':>6s} "
+            f"{'min':>6s}")
+    lines = []
+    notes: dict[str, str] = {}
+    for g in dict.fromkeys(r.group for r in rows):
+        lines.append(f"== {g} ==")
+        lines.append(head)
+        for r in rows:
+            if r.group != g:
+                continue
+            if r.recording != "overall" and r.note:
+                notes.setdefault(r.recording, r.note)
+            lines.append(
+                f"{r.recording:{wr}s} {r.detector:{wd}s} {_fmt(r.n_reference, 'd'):>4s} "
+                f"{_fmt(r.hits, 'd'):>4s} {_fmt(r.sensitivity, '.3f'):>6s} "
+                f"{_fmt(r.false_detections, 'd'):>5s} {_fmt(r.false_per_min, '.2f'):>9s} "
+                f"{_fmt(r.latency_median_ms, '.1f'):>8s} {_fmt(r.latency_p90_ms, '.1f'):>8s} "
+                f"{r.n_detected:6d} {r.minutes:6.2f}"
+            )
+        lines.append("")
+    lines.append("sens = hits / ref; false = onsets matching no reference (fused onsets for "
+                 "'any channel' references); latency in ms = (decision sample - reference "
+                 "sample) / fs; onsets = all onsets on all channels; '-' = not scored")
+    lines.extend(f"  {k}: {v}" for k, v in notes.items())
+    return "\n".join(lines)
+
+
+def _floats(v: Any) -> list[float]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [float(t) for t in v.split(",") if t.strip()]
+    if isinstance(v, (int, float)):
+        return [float(v)]
+    out: list[float] = []
+    for item in v:
+        out.extend(_floats(item))
+    return out
+
+
+def main(args) -> int:
+    """``closedloop evaluate``. Fields of ``args``: ``inputs`` (paths), ``detectors``
+    (specs; default threshold, double_threshold, tkeo), ``labels``, ``fs``, ``jobs``,
+    ``json``, ``simulate`` (SNRs in dB, "20,10,0,-3" or a list), ``minutes``, ``seed``."""
+    inputs: list[Any] = list(getattr(args, "inputs", None) or [])
+    minutes = float(getattr(args, "minutes", None) or 5.0)
+    seed = int(getattr(args, "seed", None) or 0)
+    inputs += [SimSpec(snr, minutes, seed) for snr in _floats(getattr(args, "simulate", None))]
+    if not inputs:
+        raise InputError("nothing to evaluate: give recordings, the shared data folder, "
+                         "or --simulate SNR[,SNR...]")
+    detectors = list(getattr(args, "detectors", None) or DETECTOR_NAMES)
+    rows = evaluate(inputs, detectors, labels=getattr(args, "labels", None),
+                    jobs=getattr(args, "jobs", None), fs=getattr(args, "fs", None))
+    print(format_table(rows))
+    if getattr(args, "json", False):
+        print(json.dumps({"rows": [r.as_dict() for r in rows]}))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,2 @@
+"""The ``closedloop`` subcommands: thin modules that parse, call the library and
+print."""

@@ -1,0 +1,251 @@
+"""``closedloop run``: a live session, from the command line.
+
+Builds the source and stimulator from the config (or ``--source`` / ``--stimulator``),
+optionally publishes LSL outlets and records to XDF, installs the Ctrl-C and SIGTERM
+handlers, runs :func:`closedloop.runtime.loop.run_loop` and prints the summary. The
+exit code says how the session ended (see :mod:`closedloop.runtime.loop`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+
+from closedloop.config import load_config
+from closedloop.errors import ClosedLoopError
+from closedloop.runtime.devices import make_source, make_stimulator
+from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
+from closedloop.runtime.outcome import classify
+
+
+def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
+    """The end-of-session summary a clinician reads."""
+    lines = [f"session ended: {out.message} (exit code {out.exit_code})",
+             f"  duration        : {out.seconds:.1f} s ({out.samples} samples)"]
+    lines.append("  onsets          : " + ", ".join(f"{m} {n}" for m, n in out.onsets.items()))
+    if out.trials:
+        t = out.trials
+        lines.append(f"  triggers/trials : {t['trials']} trials, {t['hits']} hits, "
+                     f"{t['misses']} misses, {t['gated']} gated by co-contraction")
+    if out.stim_seconds:
+        lines.append("  stimulation     : " + ", ".join(
+            f"{m} {s:.1f} s" for m, s in out.stim_seconds.items()))
+    if out.arrival_to_command_ms:
+        a = np.asarray(out.arrival_to_command_ms)
+        last = "" if a.size == out.n_commands else " (the last ones)"
+        lines.append(f"  arrival->command: p50 {np.percentile(a, 50):.3f} ms, "
+                     f"p99 {np.percentile(a, 99):.3f} ms ({a.size} commands{last})")
+    if math.isfinite(out.stop_to_off_ms):
+        lines.append(f"  stop -> all off : {out.stop_to_off_ms:.1f} ms")
+    lines.append(f"  samples lost    : {out.samples_lost}")
+    if out.violations:
+        lines.append(f"  safety          : {out.n_violations} intervention(s); "
+                     f"last: {out.violations[-1]}")
+    if out.issues:
+        lines.append(f"  input warnings  : {out.n_issues}; last: {out.issues[-1]}")
+    lines.append("  all channels off: " + ("yes" if out.all_off else "NOT CONFIRMED"))
+    if recorded:
+        lines.append(f"  recording       : {recorded}")
+    return lines
+
+
+def main(args) -> int:
+    stop = StopRequest()
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: stop.set("interrupt")),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.set("sigterm")),
+    }
+    session = _Session()
+    try:
+        out = session.run(args, stop)
+    except ClosedLoopError as exc:  # before the loop started (the loop reports its own)
+        out = Outcome()
+        out.reason, out.message = classify(exc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        closing = session.close()
+    if closing:
+        out.all_off = False
+        out.message += f"; closing the stimulator failed ({closing}) - switch it off by hand"
+        if out.exit_code == 0:
+            out.reason = "device"
+    stim = session.stimulator
+    # what the driver last told the device, after the loop's and close()'s stop_all
+    on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
+    recorded = session.finish_recording(out, args.record)
+    if not args.quiet:
+        print(file=sys.stderr)
+    for line in summary_lines(out, recorded=recorded):
+        print(line)
+    if args.json:
+        print(json.dumps({
+            "reason": out.reason, "exit_code": out.exit_code, "samples": out.samples,
+            "samples_lost": out.samples_lost, "onsets": out.onsets, "trials": out.trials,
+            "stim_seconds": out.stim_seconds, "all_off": out.all_off,
+            "commands": out.n_commands, "violations": out.n_violations,
+            "stop_to_off_ms": out.stop_to_off_ms if math.isfinite(out.stop_to_off_ms) else None,
+            "channels_on_at_end": on_at_end, "message": out.message,
+        }))
+    return out.exit_code
+
+
+class _Session:
+    """The devices, outlets and recorder of one ``closedloop run``."""
+
+    def __init__(self) -> None:
+        self.stimulator = self.source = self.outlets = self.recorder = None
+        self.control = self.view = None
+
+    def run(self, args, stop: StopRequest) -> Outcome:
+        config = load_config(args.config)
+        self.stimulator = stimulator = make_stimulator(config, args.stimulator)
+        self.source = source = make_source(config, args.source, seed=args.seed,
+                                           stimulator=stimulator)
+        if stimulator is not None:
+            stimulator.open()
+            if getattr(stimulator, "_clock", False) is None and hasattr(source, "now"):
+                stimulator._clock = source.now  # sim: pulses start at the next sample
+        checklist = _checklist(args, stimulator)
+        source.open()
+        name = f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}"
+        gui = not args.no_gui
+        if args.record or not args.no_outlets or gui:
+            from closedloop.io.outlets import SessionOutlets
+
+            self.outlets = SessionOutlets(
+                name, _muscle_info(config, source.info), config_text=config.text,
+                metadata={"config": config.path, "source": source.info.name,
+                          "stimulator": type(stimulator).__name__ if stimulator else "none",
+                          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "checklist": checklist,
+                          "resolved_config": config.resolved},
+            )
+            from closedloop.runtime.control import ControlInlet
+
+            self.control = ControlInlet(name)
+        if gui:
+            self.view = _open_view(name)
+        if args.record:
+            from closedloop.io.recorder import XdfRecorder
+
+            self.recorder = XdfRecorder(args.record, self.outlets.recorder_predicates(),
+                                        overwrite=True)
+            self.recorder.start()
+            self.outlets.announce()
+        print(f"closedloop run: {config.name} on {source.info.name} "
+              f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
+              f"{type(stimulator).__name__ if stimulator else 'none'}; session {name}; "
+              "Ctrl-C or STOP stops", file=sys.stderr, flush=True)
+        return run_loop(
+            config, source, stimulator,
+            options=LoopOptions(duration_s=args.duration,
+                                watchdog_s=config.session.watchdog_ms / 1000.0),
+            stop=stop, outlets=self.outlets, recorder=self.recorder,
+            status=None if args.quiet else _printer(),
+            control=self.control.poll if self.control is not None else None,
+        )
+
+    def close(self) -> str:
+        """Close the stimulator (which switches it off) and the source; what failed."""
+        failed = ""
+        try:
+            if self.stimulator is not None:
+                self.stimulator.close()
+        except Exception as exc:  # noqa: BLE001 - reported, and the source still closes
+            failed = f"{type(exc).__name__}: {exc}"
+        if self.source is not None:
+            self.source.close()
+        if self.control is not None:
+            self.control.close()
+        if self.view is not None and self.view.poll() is None:
+            self.view.terminate()
+            try:
+                self.view.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.view.kill()
+        return failed
+
+    def finish_recording(self, out: Outcome, path) -> str | None:
+        """Stop the recorder, prove every sample is in the file; close the outlets."""
+        recorded = None
+        if self.recorder is not None:
+            try:
+                self.recorder.stop()
+                from closedloop.io.recorder import verify_recording
+
+                report = verify_recording(path, self.outlets.counts)
+                recorded = f"{path} - {report.summary()}"
+                if not report.ok and out.exit_code == 0:
+                    out.reason, out.message = "error", f"recording incomplete: {report.summary()}"
+            except Exception as exc:  # noqa: BLE001
+                recorded = f"{path} - recorder failed: {exc}"
+                if out.exit_code == 0:
+                    out.reason, out.message = "error", f"recording failed: {exc}"
+        if self.outlets is not None:
+            self.outlets.close()
+        return recorded
+
+
+def _checklist(args, stimulator) -> dict:
+    """The pre-stimulation safety checklist, as recorded in the session metadata.
+
+    Required before a real stimulator is used: asked on the terminal, or confirmed with
+    ``--confirm-checklist`` for scripted use. A session without a stimulator, or with the
+    simulated one (no patient attached), records why it was not asked.
+    """
+    from closedloop.errors import SafetyError
+    from closedloop.runtime.checklist import ask_checklist, confirmed_by_flag
+    from closedloop.stim.drivers.sim import SimStimulator
+
+    if stimulator is None:
+        return {"required": False, "why": "no stimulator"}
+    if isinstance(stimulator, SimStimulator):
+        return {"required": False, "why": "simulated stimulator"}
+    if args.confirm_checklist:
+        return confirmed_by_flag().to_dict()
+    if not sys.stdin.isatty():
+        raise SafetyError(
+            "the safety checklist must be confirmed before stimulating a patient: run "
+            "closedloop run in a terminal to answer it, or pass --confirm-checklist once "
+            "it has been checked"
+        )
+    return ask_checklist().to_dict()
+
+
+def _open_view(session_name: str):
+    """Start ``closedloop view`` for this session in its own process (it reads the
+    session's LSL streams, so it can never stall or crash the loop), or None."""
+    import os
+
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+            or os.environ.get("QT_QPA_PLATFORM")):
+        print("closedloop run: no display; running without the live view "
+              "(use --no-gui to silence this)", file=sys.stderr)
+        return None
+    return subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--session", session_name])
+
+
+def _muscle_info(config, info):
+    from dataclasses import replace
+
+    return replace(info, channels=config.muscle_names)
+
+
+def _printer():
+    tty = sys.stderr.isatty()
+
+    def status(line: str) -> None:
+        if tty and not line.startswith(("input:", "safety:")):
+            print("\r" + line[:160].ljust(160), end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return status

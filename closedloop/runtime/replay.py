@@ -1,0 +1,246 @@
+"""``closedloop replay``: a recording through the exact live pipeline, no hardware.
+
+The recorded EMG (with its recorded timestamps) goes through the same
+:func:`~closedloop.runtime.loop.run_loop` as a live session: signal core, protocol and
+safety guard, with the simulated stimulator standing in for the device. ``--check``
+compares the events and stimulation commands it derives with the ones the recording
+holds and exits non-zero at the first difference, which it prints. A recording replayed
+with its own config (the default: the config stored in the file, every setting as the
+session resolved it, so a default changed since changes nothing) must match exactly,
+whatever the chunk sizes, because every stage decides on the sample clock.
+
+Stimulation artifacts are blanked from the sample at which each command took effect
+live, which depends on the live chunking; the recording holds it
+(:attr:`~closedloop.stim.commands.StimCommand.effective_sample`), so a replay takes it
+from there and cuts its chunks at those samples (no sample at or after one is processed
+before the command is known, as live). A recording made before effective samples were
+recorded was made without blanking, and is replayed without it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from closedloop.config import default_config, load_config, loads_config, parse_config
+from closedloop.core.stream import Chunk
+from closedloop.errors import ClosedLoopError, ConfigError
+from closedloop.runtime.loop import LoopOptions, run_loop
+from closedloop.sources.base import Source
+
+EXIT_MISMATCH = 8
+
+
+def _event_key(e) -> tuple:
+    return (e.sample, e.channel, e.kind)
+
+
+def first_difference(recorded: list, derived: list, key, what: str) -> str | None:
+    """A sentence describing the first difference between two sequences, or None."""
+    a = [key(x) for x in recorded]
+    b = [key(x) for x in derived]
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"{what} #{i} differs: recorded {x}, replay {y}"
+    if len(a) != len(b):
+        i = min(len(a), len(b))
+        extra = ("recorded", a[i]) if len(a) > len(b) else ("replay", b[i])
+        return (f"{what}: recorded {len(a)}, replay {len(b)}; first unmatched #{i} only in "
+                f"the {extra[0]}: {extra[1]}")
+    return None
+
+
+def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast",
+                stream: str | None = None, chunk_size: int | None = None,
+                progress=None):
+    """Replay one file; returns (session, config, outcome)."""
+    from closedloop.io.xdf import load_session
+    from closedloop.sources.replay import ReplaySource
+    from closedloop.stim.drivers.sim import SimStimulator
+
+    session = load_session(path, emg_stream=stream)
+    if config_path:
+        config = load_config(config_path)
+    elif isinstance(session.metadata.get("resolved_config"), dict):
+        # every setting as the session ran it, defaults included: a default changed
+        # since does not change what the replay decides
+        config = parse_config(session.metadata["resolved_config"],
+                              source=f"{path} (recorded config)", text=session.config_text or "")
+    elif session.config_text:
+        config = loads_config(session.config_text, source=f"{path} (recorded config)")
+    else:
+        config = default_config(session.channels)
+    # the recorded device's pulse rates (a RehaStim2 runs 35 Hz at 34.48 Hz), so that
+    # blanking follows the same pulses as live
+    rates = {c.frequency_hz: c.delivered_hz for c in session.commands
+             if np.isfinite(c.delivered_hz)}
+    stim = SimStimulator(rates=rates) if config.stimulates else None
+    live = [c for c in session.commands if c.effective_sample >= 0]
+    if session.commands and not live:  # recorded before blanking existed
+        config = replace(config, artifacts=replace(config.artifacts, blank_ms=0.0))
+    source = SplitSource(
+        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session),
+        sorted({c.effective_sample for c in live}),
+    )
+    with source:
+        if stim is not None:
+            stim.open()
+        try:
+            status = None
+            if progress is not None:
+                def status(_line: str) -> None:
+                    progress(source.position, session.n)
+            out = run_loop(config, source, stim,
+                           options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05,
+                                               status_every_s=0.25, history=None),
+                           status=status, effective_sample=RecordedEffect(live))
+        finally:
+            if stim is not None:
+                stim.close()
+    return session, config, out
+
+
+class RecordedEffect:
+    """Where each replayed command takes effect: where the recorded one did.
+
+    Called in command order with each derived command; while the derived commands match
+    the recorded ones (by :meth:`~closedloop.stim.commands.StimCommand.decision_key`)
+    it returns the recorded effective sample, after a mismatch (which ``--check``
+    reports) the end of the chunk, as live.
+    """
+
+    def __init__(self, recorded) -> None:
+        self._recorded = list(recorded)
+        self._next = 0
+
+    def __call__(self, command, chunk_stop: int) -> int:
+        i = self._next
+        if i < len(self._recorded) and self._recorded[i].decision_key() == command.decision_key():
+            self._next += 1
+            return max(self._recorded[i].effective_sample, chunk_stop)
+        self._next = len(self._recorded)  # out of step: stop matching
+        return chunk_stop
+
+
+class SplitSource(Source):
+    """A source whose chunks are also cut at the given sample indices (0-based, counted
+    from its first sample); everything else is the wrapped source's."""
+
+    def __init__(self, source: Source, cuts) -> None:
+        super().__init__()
+        self.source = source
+        self._cuts = np.asarray(sorted(cuts), dtype=np.int64)
+        self._pending: Chunk | None = None
+        self._position = 0
+
+    @property
+    def info(self):
+        return self.source.info
+
+    @property
+    def exhausted(self) -> bool:
+        return self._pending is None and bool(getattr(self.source, "exhausted", False))
+
+    def open(self) -> None:
+        self.source.open()
+        super().open()
+
+    def close(self) -> None:
+        self.source.close()
+        super().close()
+
+    def read(self, timeout: float) -> Chunk | None:
+        chunk, self._pending = self._pending, None
+        if chunk is None:
+            chunk = self.source.read(timeout)
+            if chunk is None:
+                return None
+        start = self._position
+        inside = self._cuts[(self._cuts > start) & (self._cuts < start + chunk.n)]
+        if inside.size:
+            k = int(inside[0] - start)
+            self._pending = _part(chunk, k, chunk.n)
+            chunk = _part(chunk, 0, k)
+        self._position += chunk.n
+        return chunk
+
+
+def _part(chunk: Chunk, a: int, b: int) -> Chunk:
+    return Chunk(chunk.samples[a:b], chunk.timestamps[a:b],
+                 None if chunk.counter is None else chunk.counter[a:b], chunk.arrival_wall)
+
+
+def check(session, out) -> str | None:
+    """First difference in events, then in commands; None when identical."""
+    diff = first_difference(session.events, out.events, _event_key, "event")
+    if diff:
+        return diff
+    return first_difference(session.commands, out.commands, lambda c: c.decision_key(), "command")
+
+
+def _bar(done: int, total: int) -> None:
+    frac = done / total if total else 1.0
+    print(f"\rreplay [{'#' * int(40 * frac):<40}] {100 * frac:5.1f}%", end="", file=sys.stderr,
+          flush=True)
+
+
+def replay_one(path: str, config_path: str | None, speed: str, stream: str | None,
+               do_check: bool, progress: bool) -> tuple[int, list[str]]:
+    """Replay (and check) one file; returns its exit code and the lines to print.
+
+    A top-level function so that many files can be replayed in worker processes.
+    """
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    try:
+        session, config, out = replay_file(path, config_path=config_path, speed=speed,
+                                           stream=stream, progress=_bar if progress else None)
+    except ClosedLoopError as exc:
+        return 1, [f"{path}: {exc}"]
+    wall = time.perf_counter() - t0
+    if progress:
+        print(file=sys.stderr)
+    if out.reason not in ("ended", "duration"):
+        return max(out.exit_code, 1), [f"{path}: replay stopped early: {out.message}"]
+    n_on = sum(e.kind == "onset" for e in out.events)
+    lines.append(f"{path}: {session.n} samples ({session.n / session.fs:.1f} s) replayed in "
+                 f"{wall:.2f} s ({session.n / session.fs / wall:.0f}x real time) with config "
+                 f"{config.name!r}: {n_on} onsets, {len(out.commands)} commands")
+    if not do_check:
+        return 0, lines
+    if not session.events and not session.commands and config.stimulates:
+        return 1, lines + [f"{path}: the recording holds no events or commands to check against"]
+    diff = check(session, out)
+    if diff:
+        return EXIT_MISMATCH, lines + [f"{path}: CHECK FAILED: {diff}"]
+    return 0, lines + [f"{path}: check passed: {len(out.events)} events and "
+                       f"{len(out.commands)} commands identical to the recording"]
+
+
+def main(args) -> int:
+    """Replay every input; several files run in parallel on all cores (``--jobs``)."""
+    inputs = list(args.inputs)
+    jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
+    common = (args.config, args.speed, args.stream, bool(args.check))
+    if len(inputs) == 1 or jobs == 1:
+        results = [replay_one(p, *common, len(inputs) == 1 and not args.quiet) for p in inputs]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(inputs))) as pool:
+            results = list(pool.map(replay_one, inputs, *[[c] * len(inputs) for c in common],
+                                    [False] * len(inputs)))
+    rc = 0
+    for code, lines in results:  # in input order, whatever finished first
+        for line in lines:
+            print(line)
+        rc = max(rc, code)
+    return rc
+
+
+__all__ = ["RecordedEffect", "SplitSource", "check", "first_difference", "replay_file", "main",
+           "ConfigError"]

@@ -1,0 +1,1 @@
+"""Stimulator drivers: the simulated stimulator, LSL markers, RehaStim2."""

@@ -1,0 +1,247 @@
+"""``closedloop evaluate``: figures that match a known truth, labels, batch runs, real data."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from closedloop.analysis import evaluate as ev
+from closedloop.analysis.evaluate import (
+    ANY,
+    Recording,
+    SimSpec,
+    evaluate,
+    load_recording,
+    movement_onsets,
+    parse_detector_spec,
+    score_recording,
+    write_sim_recording,
+)
+from closedloop.core.events import OFFSET, ONSET, Event
+from closedloop.errors import ConfigError, InputError
+
+FS = 2000.0
+
+
+@pytest.fixture(scope="module")
+def sim_files(tmp_path_factory) -> dict[float, Path]:
+    d = tmp_path_factory.mktemp("sim")
+    return {snr: write_sim_recording(d / f"sim_{snr:g}.npz", snr, minutes=2.0, seed=3)
+            for snr in (20.0, 10.0)}
+
+
+def _by(rows, recording, detector):
+    (row,) = [r for r in rows if r.recording == recording and r.detector == detector]
+    return row
+
+
+def test_sim_file_round_trip_keeps_the_truth(sim_files):
+    rec = load_recording(sim_files[20.0])
+    with np.load(sim_files[20.0]) as z:
+        assert sorted(z.files) == sorted(["emg", "fs", "channels", "truth_samples",
+                                          "truth_channels", "snr_db", "seed"])
+        assert rec.samples.shape == z["emg"].shape == (int(120 * FS), 2)
+    assert rec.fs == FS and rec.channels == ("biceps", "triceps")
+    assert len(rec.reference) >= 10
+    assert all(ch in rec.channels for _, ch in rec.reference)
+    # the truth is the simulated patient's: attempt ramps start at the reference samples
+    assert rec.reference == ev.simulated_recording(20.0, 2.0, 3).reference
+
+
+def test_truth_as_detector_gives_sensitivity_one_and_latency_zero(sim_files):
+    rows = evaluate([sim_files[10.0]], ["reference"], jobs=1)
+    row = _by(rows, sim_files[10.0].name, "reference")
+    assert row.sensitivity == 1.0 and row.hits == row.n_reference >= 10
+    assert row.false_detections == 0 and row.false_per_min == 0.0
+    assert row.latency_median_ms == 0.0 and row.latency_p90_ms == 0.0
+
+
+def test_threshold_at_20db_finds_nearly_everything(sim_files):
+    rows = evaluate([sim_files[20.0]], ["threshold"], jobs=1)
+    row = _by(rows, sim_files[20.0].name, "threshold")
+    print(ev.format_table(rows))
+    assert row.sensitivity >= 0.98
+    assert row.false_per_min <= 0.5
+    assert 0.0 < row.latency_median_ms <= row.latency_p90_ms < 100.0
+    overall = _by(rows, "overall", "threshold")
+    assert (overall.hits, overall.n_reference) == (row.hits, row.n_reference)
+
+
+def test_scoring_figures_on_a_known_case():
+    fs = 1000.0
+    rec = Recording("known", np.zeros((60000, 2)), fs, ("a", "b"),
+                    ((1000, "a"), (5000, "b"), (9000, "a"), (30000, "a")),
+                    exclude=((20000, 40000),))
+    events = [
+        Event(1020, 1.02, "a", ONSET), Event(1500, 1.5, "a", OFFSET),  # hit, 20 ms
+        Event(5040, 5.04, "b", ONSET),  # hit, 40 ms
+        Event(9000, 9.0, "b", ONSET),  # wrong channel: false, and a miss on "a"
+        Event(15000, 15.0, "a", ONSET),  # false
+        Event(30100, 30.1, "a", ONSET),  # excluded window: neither hit nor false
+    ]
+    s = score_recording(rec, events)
+    assert (s.n_reference, s.hits, s.false_detections) == (3, 2, 2)
+    assert s.latencies_s == pytest.approx((0.020, 0.040))
+    assert s.duration_s == 40.0  # 60 s minus the 20 s excluded
+    assert s.false_per_min == pytest.approx(3.0)
+    # no reference at all: not scored
+    assert score_recording(Recording("n", np.zeros((10, 1)), fs, ("a",), None), events) is None
+
+
+def test_any_channel_references_fuse_the_chosen_channels():
+    fs = 1000.0
+    rec = Recording("fused", np.zeros((20000, 3)), fs, ("x", "y", "z"),
+                    ((2000, ANY), (10000, ANY)), early_s=0.5, late_s=0.2, fuse=("x", "y"))
+    events = [
+        Event(1900, 1.9, "y", ONSET),  # first onset of the cluster: hit, -100 ms
+        Event(1950, 1.95, "x", ONSET),  # same cluster: dropped
+        Event(9000, 9.0, "z", ONSET),  # not a fused channel: not scored
+        Event(15000, 15.0, "x", ONSET),  # fused, no movement: false
+    ]
+    s = score_recording(rec, events)
+    assert (s.n_reference, s.hits, s.false_detections) == (2, 1, 1)
+    assert s.latencies_s == pytest.approx((-0.1,))
+
+
+def test_csv_labels_give_the_same_figures_as_the_stored_truth(tmp_path):
+    npz = write_sim_recording(tmp_path / "short.npz", 20.0, minutes=0.5, seed=8)
+    rec = load_recording(npz)
+    assert len(rec.reference) >= 2
+    txt = tmp_path / "emg.csv"
+    np.savetxt(txt, rec.samples, delimiter=",", header="biceps,triceps", comments="")
+    by_sample = tmp_path / "labels_sample.csv"
+    by_sample.write_text("sample,channel\n" + "".join(f"{s},{c}\n" for s, c in rec.reference))
+    by_time = tmp_path / "labels_time.csv"
+    lines = [f"{s / FS:.4f},{c},emg.csv\n" for s, c in rec.reference]
+    lines.append("1.0,biceps,other_file.csv\n")  # another input's label: skipped
+    by_time.write_text("time_s,channel,file\n" + "".join(lines))
+    truth = _by(evaluate([npz], ["threshold"], jobs=1), npz.name, "threshold")
+    assert truth.sensitivity == 1.0
+    for labels in (by_sample, by_time):
+        got = _by(evaluate([txt], ["threshold"], labels=labels, fs=FS, jobs=1), "emg.csv",
+                  "threshold")
+        assert got.n_reference == truth.n_reference
+        assert (got.hits, got.false_detections) == (truth.hits, truth.false_detections)
+        assert got.latency_median_ms == pytest.approx(truth.latency_median_ms)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sample,channel\n100,deltoid\n")
+    with pytest.raises(InputError, match="deltoid"):
+        evaluate([txt], ["threshold"], labels=bad, fs=FS, jobs=1)
+    bad.write_text("onset,muscle\n100,biceps\n")
+    with pytest.raises(InputError, match="header"):
+        evaluate([txt], ["threshold"], labels=bad, fs=FS, jobs=1)
+
+
+def test_parallel_jobs_give_the_same_table(sim_files):
+    inputs = [sim_files[20.0], sim_files[10.0], SimSpec(0.0, minutes=1.0, seed=1)]
+    specs = ["threshold", "double_threshold", "tkeo:k_on=8"]
+    one = [r.as_dict() for r in evaluate(inputs, specs, jobs=1)]
+    two = [r.as_dict() for r in evaluate(inputs, specs, jobs=2)]
+    assert one == two
+    assert len(one) == 3 * 3 + 2 * 3  # rows, then overall per group (files, simulated)
+    assert [r["detector"] for r in one[:3]] == specs
+
+
+def test_detector_specs(tmp_path):
+    s = parse_detector_spec("threshold:k_on=5,bandpass_hz=30/300,min_on_ms=10")
+    assert s.name == "threshold" and s.label == "threshold:k_on=5,bandpass_hz=30/300,min_on_ms=10"
+    assert dict(s.params) == {"k_on": 5, "bandpass_hz": [30.0, 300.0], "min_on_ms": 10}
+    assert dict(parse_detector_spec("double_threshold:whiten=false").params) == {"whiten": False}
+    with pytest.raises(ConfigError, match="unknown detector 'bogus'"):
+        parse_detector_spec("bogus")
+    with pytest.raises(ConfigError, match="unknown parameter 'k'"):
+        parse_detector_spec("tkeo:k=3")
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_detector_spec("tkeo:k_on")
+    cfg = tmp_path / "arm.toml"
+    cfg.write_text('name = "arm"\n[detector]\nk_on = 5.0\n'
+                   '[[muscles]]\nname = "biceps"\n[[muscles]]\nname = "triceps"\n')
+    spec = parse_detector_spec(str(cfg))
+    assert (spec.label, spec.name) == ("arm", "threshold")
+    rec = ev.simulated_recording(10.0, 1.0, 2)
+    from_config = ev.run_detector(spec, rec)
+    assert from_config == ev.run_detector(parse_detector_spec("threshold:k_on=5.0"), rec)
+    assert from_config != ev.run_detector(parse_detector_spec("threshold"), rec)
+
+
+def test_main_prints_the_table_and_a_json_last_line(capsys):
+    args = Namespace(inputs=[], detectors=["threshold", "reference"], labels=None, fs=None,
+                     jobs=1, json=True, simulate="20,-3", minutes=1.0, seed=4)
+    assert ev.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "== simulated =="
+    assert any(line.startswith("sim_-3dB_s4") for line in out)
+    rows = json.loads(out[-1])["rows"]
+    ref = [r for r in rows if r["detector"] == "reference" and r["recording"] != "overall"]
+    assert [r["sensitivity"] for r in ref] == [1.0, 1.0]
+    assert all(r["latency_median_ms"] == 0.0 for r in ref)
+    with pytest.raises(InputError, match="nothing to evaluate"):
+        ev.main(Namespace(inputs=[], detectors=None, labels=None, fs=None, jobs=1, json=False,
+                          simulate=None, minutes=None, seed=None))
+
+
+def test_movement_onsets_on_a_synthetic_knee_angle():
+    fs = 1000.0
+    t = np.arange(int(10 * fs)) / fs
+    angle = np.full(t.size, 5.0)
+    starts = [1.0, 4.0, 7.0]
+    for s in starts:  # 1 s flexion by 90 degrees (cosine ramp), 0.5 s hold, 1 s back
+        up = (t >= s) & (t < s + 1)
+        angle[up] = 5 + 45 * (1 - np.cos(np.pi * (t[up] - s)))
+        angle[(t >= s + 1) & (t < s + 1.5)] = 95
+        down = (t >= s + 1.5) & (t < s + 2.5)
+        angle[down] = 5 + 45 * (1 + np.cos(np.pi * (t[down] - s - 1.5)))
+    got = movement_onsets(angle, fs, +1)
+    assert len(got) == 3
+    for g, s in zip(got, starts, strict=True):
+        assert 0 <= g - s * fs <= 150  # at 10 % of peak velocity, after the true start
+    assert movement_onsets(-angle, fs, -1) == got
+
+
+def test_xdf_truth_markers_and_recorded_events(monkeypatch, tmp_path):
+    from closedloop.io import xdf
+    from closedloop.io.outlets import Marker
+
+    rec = ev.simulated_recording(20.0, 1.0, 5)
+    first = 1000  # the recording started at pipeline sample 1000
+    t0 = 50.0
+    ts = t0 + (first + np.arange(rec.n)) / FS
+    markers = [Marker("truth", float(ts[s]), first + s, {"muscle": ch}) for s, ch in rec.reference]
+    markers.append(Marker("cue", float(ts[10]), first + 10, {}))
+    recorded = [Event(first + s + 30, float(ts[s + 30]), ch, ONSET) for s, ch in rec.reference]
+    session = xdf.Session(
+        path=tmp_path / "s.xdf", name="S-EMG", fs=FS, channels=rec.channels, units="V",
+        samples=rec.samples, timestamps=ts, counter=first + np.arange(rec.n),
+        events=recorded, markers=markers,
+    )
+    monkeypatch.setattr(xdf, "load_session", lambda path: session)
+    path = tmp_path / "s.xdf"
+    path.write_bytes(b"XDF:")
+    got = load_recording(path)
+    assert got.reference == rec.reference
+    rows = evaluate([got], ["recorded", "reference"], jobs=1)
+    row = _by(rows, "s.xdf", "recorded")
+    assert row.sensitivity == 1.0 and row.latency_median_ms == pytest.approx(15.0)
+
+
+def test_shared_real_recordings(shared_data):
+    rows = evaluate([shared_data], ["threshold", "reference"], jobs=1)
+    print(ev.format_table(rows))
+    bmc = _by(rows, "bmc_emg.csv", "threshold")
+    assert bmc.sensitivity == 1.0 and bmc.false_detections == 0
+    assert 0.0 <= bmc.latency_median_ms <= 50.0  # causal: at or after the offline onset
+    for name in ("uci_lowerlimb_5Npie.txt", "uci_lowerlimb_5Nsen.txt"):
+        assert _by(rows, name, "reference").n_reference >= 4
+        assert _by(rows, name, "threshold").sensitivity >= 0.75
+    # the seated extension: quadriceps decided before the knee moves
+    assert _by(rows, "uci_lowerlimb_5Nsen.txt", "threshold").latency_median_ms < 0
+    rest = _by(rows, "biosppy_emg.txt", "threshold")
+    assert rest.n_reference == 0 and rest.sensitivity is None and rest.false_detections >= 0
+    assert _by(rows, "biosppy_emg_1.txt", "threshold").false_detections is None
+    assert {r.group for r in rows} == {
+        "real: offline onsets (BMC recipe)", "real: movement onsets (knee angle)",
+        "real: rest only", "real: unscored"}
