@@ -8,6 +8,13 @@ second per stage, so this module calls scipy's compiled kernel
 channel-major contiguous arrays, and falls back to the public function if a future scipy
 moves the kernel. Both run the same recurrence, so results are identical either way and
 identical across chunkings (the state ``zi`` carries over exactly).
+
+The kernel is private, so it is trusted only after a self-check at import: a random
+signal filtered by it in three chunks must equal :func:`scipy.signal.sosfilt` over the
+whole signal, bit for bit (state included). If a scipy release changes the kernel's
+signature or meaning, the check fails and the public function is used instead; the
+scipy range in ``pyproject.toml`` is pinned to the releases where the kernel was
+checked.
 """
 
 from __future__ import annotations
@@ -16,9 +23,40 @@ import numpy as np
 from scipy import signal
 
 try:  # scipy's compiled kernel: _sosfilt(sos, x, zi) filters x (n_sig, n) in place
-    from scipy.signal._sosfilt import _sosfilt as _kernel
+    from scipy.signal._sosfilt import _sosfilt as _private_kernel
 except ImportError:  # pragma: no cover - depends on the scipy version
-    _kernel = None
+    _private_kernel = None
+
+
+def kernel_agrees(kernel) -> bool:
+    """True when ``kernel`` filters like public ``sosfilt``, state carried across chunks.
+
+    Three channels of a fixed pseudo-random signal, from a random state, through a
+    4th-order band-pass in chunks of 1, 7 and the rest; output and final state must be
+    identical to one public :func:`scipy.signal.sosfilt` call.
+    """
+    if kernel is None:
+        return False
+    try:
+        rng = np.random.default_rng(12345)
+        x = rng.standard_normal((3, 64))
+        sos = signal.butter(4, [20, 450], "bandpass", fs=2000, output="sos")
+        zi0 = rng.standard_normal((sos.shape[0], 3, 2))
+        want, zf = signal.sosfilt(sos, x, axis=-1, zi=zi0)
+        got = np.ascontiguousarray(x.copy())
+        zi = np.ascontiguousarray(np.moveaxis(zi0, 1, 0).copy())
+        for a, b in ((0, 1), (1, 8), (8, 64)):
+            part = np.ascontiguousarray(got[:, a:b])
+            kernel(np.ascontiguousarray(sos), part, zi)
+            got[:, a:b] = part
+        return bool(np.array_equal(got, want)
+                    and np.array_equal(zi, np.moveaxis(zf, 1, 0)))
+    except Exception:  # noqa: BLE001 - any misbehaviour means: do not use it
+        return False
+
+
+#: The compiled kernel when it passed :func:`kernel_agrees` at import, else None.
+_kernel = _private_kernel if kernel_agrees(_private_kernel) else None
 
 
 class SosFilter:

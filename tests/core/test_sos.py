@@ -1,0 +1,49 @@
+"""The private scipy kernel is used only when it filters exactly like public sosfilt."""
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from closedloop.core import sos
+
+
+def test_the_installed_kernel_passes_its_self_check():
+    # on the pinned scipy range the compiled kernel is there and agrees
+    assert sos._private_kernel is not None
+    assert sos.kernel_agrees(sos._private_kernel)
+    assert sos._kernel is sos._private_kernel
+
+
+@pytest.mark.parametrize("broken", [
+    None,
+    lambda s, x, zi: None,  # does nothing
+    lambda s, x, zi: x.__setitem__(Ellipsis, 0.0),  # wrong output
+    lambda s, x, zi: (_ for _ in ()).throw(TypeError("new signature")),
+])
+def test_a_kernel_that_disagrees_is_refused(broken):
+    assert not sos.kernel_agrees(broken)
+
+
+def test_a_kernel_that_forgets_its_state_is_refused():
+    def stateless(s, x, zi):
+        y = signal.sosfilt(s, x, axis=-1)
+        x[...] = y
+
+    assert not sos.kernel_agrees(stateless)
+
+
+def test_fallback_filters_identically(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 500))
+    coeffs = signal.butter(4, [20, 450], "bandpass", fs=2000, output="sos")
+    fast = sos.SosFilter(coeffs, 2)
+    a = np.ascontiguousarray(x.copy())
+    fast.process_inplace(a)
+    monkeypatch.setattr(sos, "_kernel", None)  # as when the self-check failed
+    slow = sos.SosFilter(coeffs, 2)
+    b = np.ascontiguousarray(x.copy())
+    slow.process_inplace(b[:, :7])
+    rest = np.ascontiguousarray(b[:, 7:])
+    slow.process_inplace(rest)
+    b[:, 7:] = rest
+    np.testing.assert_array_equal(a, b)
