@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
 
 from closedloop.config import load_config
 from closedloop.errors import ClosedLoopError
+from closedloop.identity import SessionId
 from closedloop.runtime.devices import make_source, make_stimulator
 from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
 from closedloop.runtime.outcome import classify
@@ -106,7 +106,8 @@ class _Session:
 
     def run(self, args, stop: StopRequest) -> Outcome:
         config = load_config(args.config)
-        self.stimulator = stimulator = make_stimulator(config, args.stimulator)
+        ident = SessionId.new(config.name)  # in every stream and stimulation message
+        self.stimulator = stimulator = make_stimulator(config, args.stimulator, session=ident)
         self.source = source = make_source(config, args.source, seed=args.seed,
                                            stimulator=stimulator)
         if stimulator is not None:
@@ -115,7 +116,7 @@ class _Session:
                 stimulator._clock = source.now  # sim: pulses start at the next sample
         checklist = _checklist(args, stimulator)
         source.open()
-        name = f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}"
+        name = ident.name
         gui = not args.no_gui
         if args.record or not args.no_outlets or gui:
             from closedloop.io.outlets import SessionOutlets
@@ -127,6 +128,7 @@ class _Session:
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "checklist": checklist,
                           "resolved_config": config.resolved},
+                session_uid=ident.uid,
             )
             from closedloop.view.control import ControlInlet
 

@@ -1,13 +1,15 @@
 """Build the session's devices from the config and the command line's specs.
 
 Source specs are parsed by :mod:`closedloop.sources.spec`; stimulator specs here:
-``sim``, ``rehastim2:PORT``, ``lsl[:NAME]``, ``none`` (detection only).
+``sim``, ``rehastim2:PORT``, ``lsl[:NAME]``, ``none`` (detection only). The LSL
+stimulator's stream is ``<NAME>-<session uid>`` (NAME defaults to ``closedloop-stim``).
 """
 
 from __future__ import annotations
 
 from closedloop.config import Config
 from closedloop.errors import ConfigError
+from closedloop.identity import SessionId
 from closedloop.sim.patient import PatientSettings
 from closedloop.sources.base import Source, SourceInfo
 from closedloop.stim.base import Stimulator
@@ -68,8 +70,12 @@ def make_source(config: Config, spec: str | None, *, seed: int | None = None,
     return open_source(spec, sim_factory=sim_factory)
 
 
-def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
-    """The stimulator for ``spec`` (default: the config's ``session.stimulator``)."""
+def make_stimulator(config: Config, spec: str | None, *,
+                    session: SessionId | None = None) -> Stimulator | None:
+    """The stimulator for ``spec`` (default: the config's ``session.stimulator``).
+
+    ``session`` is the identity an LSL stimulator publishes under (default: a fresh one).
+    """
     spec = (spec or config.session.stimulator).strip()
     if spec == "none" or not config.stimulates:
         return None
@@ -86,7 +92,7 @@ def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
     if kind == "lsl":
         from closedloop.stim.lsl import LslStimulator
 
-        return LslStimulator(arg or "closedloop-stim")
+        return LslStimulator(session or SessionId.new(config.name), arg or "closedloop-stim")
     raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: {STIMULATOR_FORMS}")
 
 
