@@ -8,7 +8,7 @@ stimulator's stream is ``<NAME>-<session uid>`` (NAME defaults to ``closedloop-s
 from __future__ import annotations
 
 from closedloop.config import Config
-from closedloop.errors import ConfigError
+from closedloop.errors import ConfigError, SafetyError
 from closedloop.identity import SessionId
 from closedloop.sim.patient import PatientSettings
 from closedloop.sources.base import Source, SourceInfo
@@ -94,6 +94,33 @@ def make_stimulator(config: Config, spec: str | None, *,
 
         return LslStimulator(session or SessionId.new(config.name), arg or "closedloop-stim")
     raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: {STIMULATOR_FORMS}")
+
+
+def check_input(source: Source, stimulator: Stimulator | None) -> str | None:
+    """Refuse to stimulate from another closedloop session's re-published stream.
+
+    Such a stream is only ever opened on purpose (``lsl:source_id=...``; ``name=`` and
+    ``type=`` never select one). Reading it for detection is allowed, with the warning
+    returned; stimulating from it is not: the EMG would be another session's copy, not
+    this patient's amplifier, and nothing arriving over the network may start
+    stimulation.
+
+    Raises
+    ------
+    SafetyError
+        The source is a closedloop session's stream and the session would stimulate.
+    """
+    session = getattr(source, "closedloop_session", None)
+    if session is None:
+        return None
+    what = f"the EMG stream {source.info.name!r} is re-published by closedloop session {session}"
+    if stimulator is not None:
+        raise SafetyError(
+            f"{what}, not an amplifier: closedloop never stimulates from another session's "
+            "stream. Select the amplifier's own stream, or run with --stimulator none for "
+            "detection only"
+        )
+    return f"{what}; detection only (no stimulator)"
 
 
 def channel_columns(config: Config, info: SourceInfo) -> list[int]:
