@@ -1,13 +1,21 @@
-"""``--stimulator lsl`` sessions and ``closedloop stim-receiver`` as real processes.
+"""The network edges of ``closedloop run``, with real processes on LSL loopback.
 
-Sessions are ``closedloop run`` on the simulated patient with the LSL stimulator (the
-installed ``closedloop`` script, output to pipes); the receiver is the installed
-``closedloop stim-receiver --json``. Two sessions side by side: what a receiver of the
+Sessions are ``closedloop run`` on the simulated patient (the installed ``closedloop``
+script, output to pipes); the receiver is the installed ``closedloop stim-receiver
+--json``.
+
+Network identity (``--stimulator lsl``). Two sessions side by side: what a receiver of the
 first gets never comes from the second, also after the first ended (the bug: a fixed
 source_id let liblsl's recovery move a receiver of session A onto session B). A session
 killed with SIGKILL, or frozen with SIGSTOP (its socket stays open; only the missing
 heartbeat tells), makes the receiver switch everything off within 250 ms; the times
 are measured on this machine's monotonic clock, which the receiver's lines carry.
+
+Own streams are never inputs: another session's re-published EMG is not taken by
+``lsl:name=``, and taken by ``lsl:source_id=`` only for detection, never to stimulate.
+
+Who pressed STOP: a STOP from a control stream of this test process stops the session,
+and the summary line, the JSON summary and the recording name its sender.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -25,6 +34,8 @@ import time
 import pylsl
 import pytest
 
+from closedloop.io.xdf import load_session
+from closedloop.view.control import ControlOutlet
 from tests.conftest import CONFIGS, ROOT
 
 CLOSEDLOOP = shutil.which("closedloop")
@@ -74,10 +85,10 @@ class Proc:
         self.proc.wait(timeout=10)
 
 
-def session(duration: float) -> tuple[Proc, str]:
-    """A ``closedloop run --stimulator lsl`` session and the name it announced."""
-    run = Proc("run", "--config", CONFIG, "--stimulator", "lsl", "--no-gui",
-               "--confirm-checklist", "--quiet", "--json", "--duration", f"{duration:g}")
+def session(duration: float, *args: str, stimulator: str = "lsl") -> tuple[Proc, str]:
+    """A ``closedloop run`` session (LSL stimulator by default) and the name it announced."""
+    run = Proc("run", "--config", CONFIG, "--stimulator", stimulator, "--no-gui",
+               "--confirm-checklist", "--quiet", "--json", "--duration", f"{duration:g}", *args)
     name = run.next_line(run.err, r"session (closedloop-\S+);").group(1)
     return run, name
 
@@ -201,3 +212,67 @@ def test_sigkill_or_sigstop_of_a_session_switches_the_receiver_off_within_250_ms
     # reaped) may add to that
     assert kill_to_off < OFF_WITHIN_S + (t_dead - t_kill)
     assert stop_to_off < OFF_WITHIN_S
+
+
+# -- own streams are never inputs --------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_another_sessions_emg_is_never_an_input_to_stimulate_from():
+    other, name = session(120, stimulator="sim")
+    uid = name.rsplit("-", 1)[1]
+    runs = []
+    try:
+        by_name = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--duration", "2",
+                       "--source", f"lsl:name={name}-EMG?resolve_timeout=2")
+        by_id = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--duration", "2",
+                     "--source", f"lsl:source_id=closedloop.{uid}.emg")
+        detect_only = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--duration",
+                           "2", "--stimulator", "none", "--no-outlets",
+                           "--source", f"lsl:source_id=closedloop.{uid}.emg")
+        runs = [by_name, by_id, detect_only]
+        codes = [p.proc.wait(timeout=120) for p in runs]
+    finally:
+        for p in (other, *runs):
+            p.stop()
+    assert codes == [5, 6, 0], [("".join(p.lines), "".join(p.errors)) for p in runs]
+    said = "".join(by_name.lines + by_name.errors)
+    assert "closedloop sessions' own re-published streams" in said and f"{name}-EMG" in said
+    said = "".join(by_id.lines + by_id.errors)
+    assert f"re-published by closedloop session {name}" in said
+    assert "closedloop never stimulates from another session's stream" in said
+    said = "".join(detect_only.errors)
+    assert f"re-published by closedloop session {name}; detection only" in said
+
+
+# -- who pressed STOP --------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+def test_a_stop_from_the_network_says_who_sent_it(tmp_path):
+    path = tmp_path / "stopped.xdf"
+    run, name = session(120, "--record", str(path), stimulator="sim")
+    try:
+        with ControlOutlet(name, origin="bench-operator@test") as ctl:
+            deadline = time.monotonic() + 30
+            while not ctl.has_listener() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ctl.has_listener(), "the session does not listen to the STOP stream"
+            time.sleep(1.0)
+            ctl.stop()
+            while run.proc.poll() is None and time.monotonic() < deadline + 30:
+                ctl.tick()
+                time.sleep(0.05)
+            uid = ctl.uid
+        assert run.proc.wait(timeout=60) == 3, "".join(run.errors)
+    finally:
+        run.stop()
+    time.sleep(0.2)  # the reader threads take the last lines
+    host = socket.gethostname()
+    sender = {"host": host, "source_id": ctl.source_id, "uid": uid, "name": f"{name}-Control",
+              "origin": "bench-operator@test"}
+    said = f"stopped with STOP from bench-operator@test on host {host}"
+    assert run.lines[0].startswith(f"session ended: {said}"), run.lines[0]
+    assert f"source_id {ctl.source_id}, stream uid {uid} (exit code 3)" in run.lines[0]
+    summary = json.loads(run.lines[-1])
+    assert summary["stopped_by"] == {**sender, "address": summary["stopped_by"]["address"]}
+    assert summary["message"].startswith(said) and summary["all_off"] is True
+    recorded = [m for m in load_session(path).markers if m.label == "stop_request"]
+    assert len(recorded) == 1
+    assert {k: recorded[0].fields[k] for k in sender} == sender
