@@ -116,6 +116,7 @@ class ReceiverRule:
     in_step: set[int] = field(default_factory=set)  # channels the session has had off
     last_seq: int | None = None
     off: Action | None = None  # set once, when everything was switched off
+    last_beat: float = field(init=False)  # wall time of the last heartbeat
 
     def __post_init__(self) -> None:
         self.last_beat = self.now
