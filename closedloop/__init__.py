@@ -2,7 +2,8 @@
 
 Layers, bottom to top (lower layers never import higher ones):
 
-* ``closedloop.errors``, ``closedloop.config.table``: the exception family and TOML checking.
+* ``closedloop.errors``, ``closedloop.config.table``: the exception family and TOML checking;
+  ``closedloop.identity``: a session's id on the network.
 * ``closedloop.core``: the pure signal core (filters, envelopes, detectors), numpy in/out.
 * ``closedloop.stim``: protocols and the safety guard (pure), stimulator drivers (edge).
 * ``closedloop.sim``: the simulated patient.

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
     r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
-    r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none")
+    r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none (lsl: "
+                   "follow it with closedloop stim-receiver)")
     r.add_argument("--record", help="record the session to this XDF file (LabRecorder)")
     r.add_argument("--duration", type=float, help="stop after this many seconds of samples")
     r.add_argument("--seed", type=int, help="seed of the simulated patient")
@@ -81,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--duration", type=float, default=2.0, help="hold at full current, s")
     st.add_argument("--confirm-checklist", action="store_true")
     st.set_defaults(module="closedloop.commands.stim_test")
+    sr = sub.add_parser(
+        "stim-receiver",
+        help="reference receiver of --stimulator lsl: prints what it would apply, "
+        "switches off when the session's heartbeats stop",
+    )
+    sr.add_argument("--session", help="session name or uid to lock onto (as closedloop run "
+                    "printed it; default: the only stimulator stream visible)")
+    sr.add_argument("--timeout-ms", type=float, default=150.0,
+                    help="switch off after this long without a heartbeat (default 150)")
+    sr.add_argument("--wait", type=float, default=30.0,
+                    help="seconds to wait for the stream to appear (default 30)")
+    sr.add_argument("--json", action="store_true", help="one JSON object per line")
+    sr.set_defaults(module="closedloop.commands.stim_receiver")
 
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
     rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")

@@ -14,13 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
+from dataclasses import asdict
 
 import numpy as np
 
 from closedloop.config import load_config
 from closedloop.errors import ClosedLoopError
-from closedloop.runtime.devices import make_source, make_stimulator
+from closedloop.identity import SessionId
+from closedloop.runtime.devices import check_input, make_source, make_stimulator
 from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
 from closedloop.runtime.outcome import classify
 
@@ -93,6 +94,7 @@ def main(args) -> int:
             "commands": out.n_commands, "violations": out.n_violations,
             "stop_to_off_ms": out.stop_to_off_ms if math.isfinite(out.stop_to_off_ms) else None,
             "channels_on_at_end": on_at_end, "message": out.message,
+            "stopped_by": asdict(out.stopped_by) if out.stopped_by is not None else None,
         }))
     return out.exit_code
 
@@ -106,7 +108,8 @@ class _Session:
 
     def run(self, args, stop: StopRequest) -> Outcome:
         config = load_config(args.config)
-        self.stimulator = stimulator = make_stimulator(config, args.stimulator)
+        ident = SessionId.new(config.name)  # in every stream and stimulation message
+        self.stimulator = stimulator = make_stimulator(config, args.stimulator, session=ident)
         self.source = source = make_source(config, args.source, seed=args.seed,
                                            stimulator=stimulator)
         if stimulator is not None:
@@ -115,7 +118,10 @@ class _Session:
                 stimulator._clock = source.now  # sim: pulses start at the next sample
         checklist = _checklist(args, stimulator)
         source.open()
-        name = f"closedloop-{config.name}-{uuid.uuid4().hex[:6]}"
+        note = check_input(source, stimulator)
+        if note:
+            print(f"closedloop run: {note}", file=sys.stderr, flush=True)
+        name = ident.name
         gui = not args.no_gui
         if args.record or not args.no_outlets or gui:
             from closedloop.io.outlets import SessionOutlets
@@ -127,6 +133,7 @@ class _Session:
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "checklist": checklist,
                           "resolved_config": config.resolved},
+                session_uid=ident.uid,
             )
             from closedloop.runtime.control import ControlInlet
 

@@ -33,6 +33,10 @@ def main(args) -> int:
     pw = args.pulse_width if args.pulse_width is not None else m.stim.pulse_width_us
     freq = args.frequency if args.frequency is not None else m.stim.frequency_hz
     stimulator = make_stimulator(config, args.stimulator)
+    session = getattr(stimulator, "session", None)  # a stimulator that publishes (lsl)
+    if session is not None:
+        print(f"stim-test: session {session.name} (follow it with closedloop stim-receiver "
+              f"--session {session.name})", file=sys.stderr, flush=True)
     if not isinstance(stimulator, SimStimulator):
         from closedloop.runtime.checklist import ask_checklist
 

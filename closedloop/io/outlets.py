@@ -18,6 +18,7 @@ name                type            content
                                     (index they were in force at), ``counter`` (optional)
 ``S-Events``        ``Markers``     detector events, JSON
 ``S-Stim``          ``Markers``     stimulation commands, JSON of every StimCommand field
+                                    and the ``session`` uid
 ``S-Markers``       ``Markers``     trial and cue markers, JSON; ``input_issue`` markers:
                                     what the input checks said (``kind``, ``channel``,
                                     ``message``), at the sample it concerns;
@@ -183,9 +184,11 @@ def decode_event(text: str) -> tuple[int, Event]:
     )
 
 
-def encode_command(command: StimCommand, seq: int) -> str:
-    """JSON of every StimCommand field (latency stamps included; NaN becomes null)."""
-    return _dumps({"seq": seq, **dataclasses.asdict(command)})
+def encode_command(command: StimCommand, seq: int, session: str | None = None) -> str:
+    """JSON of every StimCommand field (latency stamps included; NaN becomes null),
+    with ``seq`` and, when given, the ``session`` uid."""
+    head: dict[str, Any] = {"seq": seq} if session is None else {"session": session, "seq": seq}
+    return _dumps({**head, **dataclasses.asdict(command)})
 
 
 def decode_command(text: str) -> tuple[int, StimCommand]:
@@ -542,7 +545,7 @@ class SessionOutlets:
         base = self._pushed[ROLE_STIM]
         self._push_strings(
             ROLE_STIM,
-            [encode_command(c, base + k) for k, c in enumerate(commands)],
+            [encode_command(c, base + k, self.session_uid) for k, c in enumerate(commands)],
             [c.stream_time for c in commands],
         )
 

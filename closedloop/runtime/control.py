@@ -10,7 +10,14 @@ A view publishes a one-channel string marker stream::
 
 Each marker is JSON ``{"seq": n, "command": "stop", "origin": "...", "wall": ...}``
 stamped with ``pylsl.local_clock()``; a plain ``"stop"`` string is accepted too. The
-only command today is :data:`STOP`.
+only command today is :data:`STOP`: a control stream can only stop a session, never
+start or raise stimulation.
+
+Any host on the network may stop a session (a STOP must never be lost to a firewall
+rule or a view on another machine); so every command comes with its
+:class:`ControlSender`, the identity of the stream that carried it (host name,
+``source_id``, the stream's uid, the sender's address when liblsl reports one, and the
+``origin`` the sender wrote), which the session reports and records.
 
 The session's loop owns a :class:`ControlInlet` and calls :meth:`ControlInlet.poll`
 once per chunk. ``poll`` never touches liblsl: a background thread finds every control
@@ -28,6 +35,8 @@ view an ``on_stop`` callback, which does not depend on LSL at all.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -35,6 +44,7 @@ import socket
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 
 import pylsl
 
@@ -83,6 +93,52 @@ def decode_command(text: str) -> str | None:
     return cmd if cmd in COMMANDS else None
 
 
+@dataclasses.dataclass(frozen=True)
+class ControlSender:
+    """Who sent a control command: the control stream's identity (from its StreamInfo)
+    and the ``origin`` it wrote into the message (self-declared)."""
+
+    host: str
+    source_id: str
+    uid: str
+    name: str
+    origin: str = ""
+    address: str = ""
+
+    @classmethod
+    def of(cls, info: pylsl.StreamInfo, origin: str = "") -> ControlSender:
+        """The sender of commands read from the stream ``info`` describes."""
+        address = ""
+        with contextlib.suppress(ET.ParseError):
+            root = ET.fromstring(info.as_xml())
+            address = (root.findtext("v4address") or root.findtext("v6address") or "").strip()
+        return cls(info.hostname(), info.source_id(), info.uid(), info.name(), origin, address)
+
+    def describe(self) -> str:
+        """One phrase for the session summary."""
+        at = f" ({self.address})" if self.address else ""
+        who = f"{self.origin} " if self.origin else ""
+        return (f"{who}on host {self.host}{at}, control stream source_id {self.source_id}, "
+                f"stream uid {self.uid}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlCommand:
+    """One command from a control stream, and who sent it."""
+
+    command: str
+    sender: ControlSender
+
+
+def decode_origin(text: str) -> str:
+    """The ``origin`` a JSON control marker declares ('' when none)."""
+    try:
+        origin = json.loads(text).get("origin", "")
+    except (ValueError, AttributeError):
+        return ""
+    return origin if isinstance(origin, str) else ""
+
+
 class ControlOutlet:
     """A view's control stream for one session (see the module docstring).
 
@@ -121,6 +177,8 @@ class ControlOutlet:
         cl.append_child_value("format", CONTROL_FORMAT)
         self.source_id = sid
         self._outlet: pylsl.StreamOutlet | None = pylsl.StreamOutlet(info)
+        #: The stream's uid (liblsl's, unique per outlet): the session reports it.
+        self.uid = self._outlet.get_info().uid()
         self._seq = 0
         self._repeat_until = 0.0
         self._next_repeat = 0.0
@@ -180,7 +238,8 @@ class ControlInlet:
     Notes
     -----
     The thread starts in the constructor; call :meth:`close` (or use ``with``) to end
-    it. :meth:`poll` returns the commands received since the last call, oldest first.
+    it. :meth:`poll` returns the commands received since the last call, oldest first,
+    each with its sender.
     """
 
     def __init__(
@@ -190,7 +249,7 @@ class ControlInlet:
         self._pred = control_predicate(session_name)
         self.rescan_s = float(rescan_s)
         self.poll_wait_s = float(poll_wait_s)
-        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[ControlCommand] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._lock = threading.Lock()
@@ -202,9 +261,9 @@ class ControlInlet:
         self._thread.start()
 
     # -- what the loop calls ------------------------------------------------------------------
-    def poll(self) -> list[str]:
-        """Commands received since the last call (e.g. ``["stop"]``); never blocks."""
-        out: list[str] = []
+    def poll(self) -> list[ControlCommand]:
+        """Commands received since the last call, with their senders; never blocks."""
+        out: list[ControlCommand] = []
         while True:
             try:
                 out.append(self._queue.get_nowait())
@@ -245,7 +304,8 @@ class ControlInlet:
             self.errors.append(msg)
         log.warning(msg)
 
-    def _scan(self, resolver: pylsl.ContinuousResolver, inlets: dict, gone: set) -> None:
+    def _scan(self, resolver: pylsl.ContinuousResolver, inlets: dict, gone: set,
+              senders: dict) -> None:
         found = {info.source_id(): info for info in resolver.results()}
         gone &= set(found)  # the resolver forgets closed streams after a while
         for sid, info in found.items():
@@ -261,12 +321,13 @@ class ControlInlet:
                 self._error(f"cannot subscribe to {sid}", exc)
                 continue
             inlets[sid] = inlet
+            senders[sid] = ControlSender.of(info)
         with self._lock:
             self._n_inlets = len(inlets)
         if inlets:
             self._connected.set()
 
-    def _pull(self, inlets: dict, gone: set) -> bool:
+    def _pull(self, inlets: dict, gone: set, senders: dict) -> bool:
         got = False
         for sid, inlet in list(inlets.items()):
             try:
@@ -280,14 +341,17 @@ class ControlInlet:
                 del inlets[sid]
                 continue
             for row in texts:
-                cmd = decode_command(str(row[0]))
+                text = str(row[0])
+                cmd = decode_command(text)
                 if cmd is not None:
-                    self._queue.put(cmd)
+                    sender = dataclasses.replace(senders[sid], origin=decode_origin(text))
+                    self._queue.put(ControlCommand(cmd, sender))
                     got = True
         return got
 
     def _run(self) -> None:
         inlets: dict[str, pylsl.StreamInlet] = {}
+        senders: dict[str, ControlSender] = {}
         gone: set[str] = set()
         resolver = pylsl.ContinuousResolver(pred=self._pred, forget_after=5.0)
         next_scan = 0.0
@@ -297,8 +361,8 @@ class ControlInlet:
                     now = time.monotonic()
                     if now >= next_scan:
                         next_scan = now + self.rescan_s
-                        self._scan(resolver, inlets, gone)
-                    if not self._pull(inlets, gone):
+                        self._scan(resolver, inlets, gone, senders)
+                    if not self._pull(inlets, gone, senders):
                         self._stop.wait(self.poll_wait_s)
                 except Exception as exc:  # noqa: BLE001 - keep listening for STOP
                     self._error("unexpected error", exc)

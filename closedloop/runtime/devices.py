@@ -1,7 +1,8 @@
 """Build the session's devices from the config and the command line's specs.
 
 Source specs are parsed by :mod:`closedloop.sources.spec`; stimulator specs here:
-``sim``, ``rehastim2:PORT``, ``lsl[:NAME]``, ``none`` (detection only).
+``sim``, ``rehastim2:PORT``, ``lsl[:NAME]``, ``none`` (detection only). The LSL
+stimulator's stream is ``<NAME>-<session uid>`` (NAME defaults to ``closedloop-stim``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from closedloop.config import Config
 from closedloop.config.stimulation import MuscleStim
 from closedloop.core.stream import SourceInfo
-from closedloop.errors import ConfigError
+from closedloop.errors import ConfigError, SafetyError
+from closedloop.identity import SessionId
 from closedloop.sim.patient import PatientSettings
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
@@ -69,8 +71,12 @@ def make_source(config: Config, spec: str | None, *, seed: int | None = None,
     return open_source(spec, sim_factory=sim_factory)
 
 
-def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
-    """The stimulator for ``spec`` (default: the config's ``session.stimulator``)."""
+def make_stimulator(config: Config, spec: str | None, *,
+                    session: SessionId | None = None) -> Stimulator | None:
+    """The stimulator for ``spec`` (default: the config's ``session.stimulator``).
+
+    ``session`` is the identity an LSL stimulator publishes under (default: a fresh one).
+    """
     spec = (spec or config.session.stimulator).strip()
     if spec == "none" or not config.stimulates:
         return None
@@ -87,8 +93,35 @@ def make_stimulator(config: Config, spec: str | None) -> Stimulator | None:
     if kind == "lsl":
         from closedloop.stim.drivers.lsl import LslStimulator
 
-        return LslStimulator(arg or "closedloop-stim")
+        return LslStimulator(session or SessionId.new(config.name), arg or "closedloop-stim")
     raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: {STIMULATOR_FORMS}")
+
+
+def check_input(source: Source, stimulator: Stimulator | None) -> str | None:
+    """Refuse to stimulate from another closedloop session's re-published stream.
+
+    Such a stream is only ever opened on purpose (``lsl:source_id=...``; ``name=`` and
+    ``type=`` never select one). Reading it for detection is allowed, with the warning
+    returned; stimulating from it is not: the EMG would be another session's copy, not
+    this patient's amplifier, and nothing arriving over the network may start
+    stimulation.
+
+    Raises
+    ------
+    SafetyError
+        The source is a closedloop session's stream and the session would stimulate.
+    """
+    session = getattr(source, "closedloop_session", None)
+    if session is None:
+        return None
+    what = f"the EMG stream {source.info.name!r} is re-published by closedloop session {session}"
+    if stimulator is not None:
+        raise SafetyError(
+            f"{what}, not an amplifier: closedloop never stimulates from another session's "
+            "stream. Select the amplifier's own stream, or run with --stimulator none for "
+            "detection only"
+        )
+    return f"{what}; detection only (no stimulator)"
 
 
 def channel_columns(config: Config, info: SourceInfo) -> list[int]:

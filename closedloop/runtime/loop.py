@@ -70,12 +70,18 @@ def run_loop(
     stop: StopRequest | None = None,
     outlets=None,
     recorder=None,
-    control: Callable[[], list[str]] | None = None,
+    control: Callable[[], list] | None = None,
     status: Callable[[str], None] | None = None,
     protocol_factory=None,
     effective_sample: EffectiveSample | None = None,
 ) -> Outcome:
     """Run one session on an opened source and stimulator; see the module docstring.
+
+    ``control`` returns the commands received since the last call, each with
+    ``command`` (only ``"stop"`` is acted on: the network can stop a session, never
+    start or raise stimulation) and ``sender`` (a dataclass with a ``describe()``, e.g.
+    :class:`~closedloop.runtime.control.ControlSender`), which the outcome, the summary and
+    the recording keep.
 
     ``effective_sample`` overrides where commands take effect (replay passes the
     recorded samples); by default a command takes effect at the end of its chunk.
@@ -114,9 +120,10 @@ def run_loop(
     try:
         while True:
             # 1. read (short timeout: stop requests and stalls are seen at once)
-            for word in control() if control else ():
-                if word == "stop":
+            for cmd in control() if control else ():
+                if cmd.command == "stop" and not stop.is_set():
                     stop.set("stop_button")
+                    _stopped_by(out, cmd.sender, outlets, pipeline.position, last_time)
             if stop.is_set():
                 out.reason = stop.reason
                 break
@@ -273,6 +280,16 @@ def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
     for c in seg.restarts:  # good data again: restart the filters, no ringing from the step
         pipeline.restart_channel(c, seg.samples[0, c])
     return ended
+
+
+def _stopped_by(out: Outcome, sender, outlets, position: int, last_time: float) -> None:
+    """Keep who sent the STOP: in the outcome (summary, JSON) and the recording."""
+    out.stopped_by = sender
+    out.message = f"stopped with STOP from {sender.describe()}"
+    if outlets is not None:
+        with contextlib.suppress(Exception):  # publishing must not delay the stop
+            outlets.push_marker("stop_request", last_time if math.isfinite(last_time) else 0.0,
+                                sample=max(position - 1, 0), **asdict(sender))
 
 
 def _check_stall(now: float, last_data: float, started: float, opts: LoopOptions,

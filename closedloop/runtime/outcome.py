@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from closedloop.stim.commands import StimCommand
 
@@ -117,6 +118,7 @@ class Outcome:
     stop_wall: float = math.nan  # perf_counter of the stop request (signal, button)
     off_wall: float = math.nan  # perf_counter when stop_all() returned
     error: BaseException | None = None  # the unexpected exception (reason "error")
+    stopped_by: Any = None  # who sent the STOP (a ControlSender), reason "stop_button"
 
     @property
     def exit_code(self) -> int:

@@ -1,6 +1,15 @@
 """EMG from a Lab Streaming Layer stream (any amplifier application that has an outlet).
 
 The stream is resolved by exactly one property (``name``, ``type`` or ``source_id``).
+
+closedloop's own streams (every stream whose description has ``<closedloop>``: a
+session's re-published EMG, envelope, markers...) are never selected by ``name=`` or
+``type=``: ``--source lsl:type=EMG`` must find the patient's amplifier, not another
+session's copy of some EMG. When several other streams match, :meth:`LslSource.open`
+refuses and lists them, each with the spec that selects it alone. A ``source_id=`` is a
+deliberate choice of one stream and may name a closedloop stream;
+:attr:`LslSource.closedloop_session` then says whose, and ``closedloop run`` refuses to
+stimulate from it (detection only; see :func:`closedloop.runtime.devices.check_input`).
 Channel labels, units and the nominal rate come from the stream itself
 (``desc/channels/channel/label`` and ``unit``, ``nominal_srate``). A channel labelled
 ``counter`` (the self-checking sample counter closedloop's own outlets and the
@@ -34,6 +43,7 @@ The inlet is created with ``recover=False``, so a vanished outlet raises liblsl'
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Sequence
 
@@ -44,6 +54,7 @@ from pylsl.util import TimeoutError as LslTimeoutError
 
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, DeviceLostError
+from closedloop.identity import OWN_STREAM_XPATH, xpath_literal
 from closedloop.sources.base import Source
 
 #: Label of the channel that carries a sample counter instead of EMG.
@@ -60,6 +71,16 @@ def describe_stream(info: pylsl.StreamInfo) -> str:
         f"name={info.name()!r} type={info.type()!r} source_id={info.source_id()!r} "
         f"channels={info.channel_count()} rate={rate_s} host={info.hostname()!r}"
     )
+
+
+def _choice(info: pylsl.StreamInfo, among: list[pylsl.StreamInfo]) -> str | None:
+    """The source spec that selects ``info`` alone among ``among`` (shell-quoted), or None."""
+    for prop, value in (("source_id", info.source_id()), ("name", info.name())):
+        same = [i for i in among if (i.source_id() if prop == "source_id" else i.name()) == value]
+        if value and len(same) == 1:
+            encoded = value.replace("%", "%25").replace("?", "%3F").replace("&", "%26")
+            return shlex.quote(f"lsl:{prop}={encoded}")
+    return None
 
 
 def list_streams(wait: float = 1.0) -> list[str]:
@@ -129,6 +150,9 @@ class LslSource(Source):
         self.max_buflen = int(max_buflen)
         self.clock_offset = 0.0
         self.stream_xml = ""
+        #: The closedloop session whose re-published stream this is (only ever by a
+        #: deliberate source_id=), else None.
+        self.closedloop_session: str | None = None
         self._inlet: pylsl.StreamInlet | None = None
         self._cols: np.ndarray = np.zeros(0, dtype=np.int64)
         self._counter_col: int | None = None
@@ -153,24 +177,17 @@ class LslSource(Source):
         """
         if self.is_open:
             return
-        found = pylsl.resolve_byprop(self.prop, self.value, 1, self.resolve_timeout)
+        match = f"{self.prop}={xpath_literal(self.value)}"
+        # a source_id names one stream deliberately; name= and type= never pick one of
+        # closedloop's own streams (a session's re-published EMG is not an amplifier)
+        pred = match if self.prop == "source_id" else f"{match} and not({OWN_STREAM_XPATH})"
+        found = pylsl.resolve_bypred(pred, 1, self.resolve_timeout)
         if not found:
-            others = list_streams(1.0)
-            listing = "\n  ".join(others) if others else "(no LSL stream at all)"
-            raise DeviceLostError(
-                f"no LSL stream with {self.selector} within {self.resolve_timeout:g} s. "
-                f"Streams visible now:\n  {listing}\nCheck the amplifier application is "
-                "streaming, the spelling (case matters) and that both machines are on the "
-                "same network"
-            )
-        # liblsl returns as soon as one stream answered: look again briefly for others
-        found = pylsl.resolve_byprop(self.prop, self.value, 2, 0.5) or found
+            raise DeviceLostError(self._not_found(match))
+        # liblsl returns as soon as one stream answered: look again briefly for the others
+        found = pylsl.resolve_bypred(pred, 1000, 0.5) or found
         if len(found) > 1:
-            listing = "\n  ".join(describe_stream(i) for i in found)
-            raise ConfigError(
-                f"{len(found)} LSL streams match {self.selector}:\n  {listing}\nselect one by "
-                "source_id"
-            )
+            raise ConfigError(self._ambiguous(found))
         inlet = pylsl.StreamInlet(
             found[0],
             max_buflen=self.max_buflen,
@@ -197,7 +214,41 @@ class LslSource(Source):
         self._last_sample_wall = time.perf_counter()
         super().open()
 
+    def _not_found(self, match: str) -> str:
+        """Why nothing matched: the streams visible, and closedloop's own that matched."""
+        others = list_streams(1.0)
+        listing = "\n  ".join(others) if others else "(no LSL stream at all)"
+        msg = f"no LSL stream with {self.selector} within {self.resolve_timeout:g} s. "
+        own = [] if self.prop == "source_id" else pylsl.resolve_bypred(
+            f"{match} and {OWN_STREAM_XPATH}", 1000, 0.5)
+        if own:
+            msg += (
+                f"{len(own)} stream(s) with {self.selector} are closedloop sessions' own "
+                "re-published streams, which name= and type= never select (a session "
+                "would stimulate from another session's EMG):\n  "
+                + "\n  ".join(describe_stream(i) for i in own) + "\n"
+            )
+        return (msg + f"Streams visible now:\n  {listing}\nCheck the amplifier application "
+                "is streaming, the spelling (case matters) and that both machines are on "
+                "the same network")
+
+    def _ambiguous(self, found: list[pylsl.StreamInfo]) -> str:
+        """The refusal when several streams match: each, and what to type to take it."""
+        lines = []
+        for info in found:
+            choice = _choice(info, found)
+            how = (f"--source {choice}" if choice else
+                   "cannot be told apart from another (same name and source_id): stop one")
+            lines.append(f"{describe_stream(info)}\n      -> {how}")
+        return (f"{len(found)} LSL streams match {self.selector}"
+                + (" (closedloop's own streams left out)" if self.prop != "source_id" else "")
+                + ":\n  " + "\n  ".join(lines)
+                + "\nclosedloop will not guess which one is the patient's amplifier: choose "
+                "one as shown")
+
     def _configure(self, info: pylsl.StreamInfo) -> None:
+        session = info.desc().child("closedloop").child_value("session")
+        self.closedloop_session = session or None
         name = info.name()
         fs = info.nominal_srate()
         if fs <= 0:

@@ -12,6 +12,7 @@ stand-in written for display, not the protocol of :mod:`closedloop.stim.protocol
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -202,10 +203,11 @@ class DemoSession:
                     break
             # what the loop does once per chunk: poll the control streams (never blocks)
             for cmd in self.control.poll():
-                if cmd == "stop":
+                if cmd.command == "stop":
                     self.stops_received += 1
                     if not self.stim_stopped.is_set():
-                        out.push_marker("stop", t0 + i / self.fs, sample=i, origin="control")
+                        out.push_marker("stop", t0 + i / self.fs, sample=i,
+                                        **dataclasses.asdict(cmd.sender))
                     self.stop_stimulation()
             x = patient.read(self.chunk)
             idx = np.arange(i, i + self.chunk)

@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -65,7 +66,8 @@ def test_stop_from_the_view_control_stream_ends_the_session_all_off():
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 3, out
-    assert "STOP button" in out
+    assert f"stopped with STOP from view@{socket.gethostname()} on host" in out
+    assert f"control stream source_id {ctl.source_id}, stream uid {ctl.uid}" in out
     assert '"all_off": true' in out
 
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
 from closedloop.core.stream import Chunk
 from closedloop.errors import DeviceLostError, StimulatorError
+from closedloop.runtime.control import ControlCommand, ControlSender
 from closedloop.runtime.loop import LoopOptions, StopRequest, run_loop
 from closedloop.sim.patient import Attempt
 from closedloop.sources.base import Source
 from closedloop.stim.protocol import make_protocol
-from tests.runtime.conftest import assert_all_off, sim_session
+from tests.runtime.conftest import Capture, assert_all_off, sim_session
 
 #: The biceps tries at 1.0 s: stimulation is on from ~1.03 s to ~5 s.
 SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
@@ -50,13 +51,24 @@ def test_duration_reached_exit_0(config):
     assert out.all_off and out.message == "duration reached"
 
 
-def test_stop_button_exit_3(config):
+def test_stop_button_exit_3_says_who_sent_it(config):
     src, stim = sim_session(config, SCRIPT)
-    out = run_loop(config, src, stim, options=FAST,
-                   control=when_stimulating(stim, lambda: ["stop"]))
+    sender = ControlSender("ward-pc", "closedloop-control.abc", "uid-1", "S-Control",
+                           origin="view@ward-pc")
+    other = ControlSender("other-pc", "closedloop-control.def", "uid-2", "S-Control")
+    outlets = Capture()
+    out = run_loop(config, src, stim, options=FAST, outlets=outlets,
+                   control=when_stimulating(stim, lambda: [ControlCommand("stop", sender),
+                                                           ControlCommand("stop", other)]))
     assert (out.reason, out.exit_code) == ("stop_button", 3)
     assert out.samples < 3 * 2000
     assert_all_off(stim)
+    assert out.stopped_by == sender  # the first STOP stopped it
+    assert out.message == ("stopped with STOP from view@ward-pc on host ward-pc, control "
+                           "stream source_id closedloop-control.abc, stream uid uid-1")
+    ((kind, t, fields),) = [m for m in outlets.markers if m[0] == "stop_request"]
+    assert fields["sample"] < out.samples and t > 1.0
+    assert {k: v for k, v in fields.items() if k != "sample"} == asdict(sender)
 
 
 @pytest.mark.parametrize(("reason", "code"), [("interrupt", 130), ("sigterm", 143)])

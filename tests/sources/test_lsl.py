@@ -11,8 +11,12 @@ import pylsl
 import pytest
 
 from closedloop.core.checks import InputMonitor
-from closedloop.errors import ConfigError, DeviceLostError
+from closedloop.core.stream import SourceInfo
+from closedloop.errors import ConfigError, DeviceLostError, SafetyError
+from closedloop.io.outlets import SessionOutlets
+from closedloop.runtime.devices import check_input
 from closedloop.sources.lsl import LslSource
+from closedloop.stim.drivers.sim import SimStimulator
 
 FS = 1000.0
 LABELS = ("biceps", "triceps")
@@ -29,8 +33,15 @@ def make_outlet(
     units: tuple[str, ...] = ("microvolts", "microvolts", "samples"),
     rate: float = FS,
     stype: str = "EMG",
+    source_id: str | None = None,
+    closedloop_session: str | None = None,
 ) -> pylsl.StreamOutlet:
-    info = pylsl.StreamInfo(name, stype, len(labels), rate, pylsl.cf_double64, name + "-sid")
+    sid = name + "-sid" if source_id is None else source_id
+    info = pylsl.StreamInfo(name, stype, len(labels), rate, pylsl.cf_double64, sid)
+    if closedloop_session is not None:  # as closedloop's own outlets describe themselves
+        cl = info.desc().append_child("closedloop")
+        cl.append_child_value("session", closedloop_session)
+        cl.append_child_value("role", "emg")
     chans = info.desc().append_child("channels")
     for lab, unit in zip(labels, units, strict=True):
         ch = chans.append_child("channel")
@@ -147,7 +158,7 @@ def test_ambiguous_and_unusable_streams() -> None:
     a = make_outlet(name)
     b = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EMG", 1, FS, pylsl.cf_float32, "other-sid"))
     with pytest.raises(
-        ConfigError, match="(?s)2 LSL streams match name=.*other-sid.*select one by source_id"
+        ConfigError, match="(?s)2 LSL streams match name=.*other-sid.*choose one as shown"
     ):
         LslSource(name=name, resolve_timeout=2.0).open()
     del a, b
@@ -193,3 +204,82 @@ def test_silent_stream_counts_as_lost() -> None:
             while time.perf_counter() < deadline:
                 src.read(0.1)
     del outlet
+
+
+# -- closedloop's own streams are never inputs -------------------------------------------------
+def session_outlets(name: str) -> SessionOutlets:
+    """A session's real outlets (its re-published EMG is ``<name>-EMG``)."""
+    return SessionOutlets(name, SourceInfo("amp", FS, LABELS, "microvolts", "lsl"),
+                          with_envelope=False)
+
+
+def test_a_sessions_re_published_emg_is_never_chosen_by_name() -> None:
+    name = unique("closedloop-other")
+    outlets = session_outlets(name)
+    try:
+        with pytest.raises(DeviceLostError) as err:
+            LslSource(name=f"{name}-EMG", resolve_timeout=1.0).open()
+        msg = str(err.value)
+        assert "closedloop sessions' own re-published streams" in msg
+        assert f"name='{name}-EMG'" in msg and "never select" in msg
+        # an amplifier of the same name is the one taken, without ambiguity
+        amp = make_outlet(f"{name}-EMG", source_id=unique("amp-sid"))
+        with LslSource(name=f"{name}-EMG", resolve_timeout=5.0) as src:
+            assert src.closedloop_session is None
+            assert src.stream_xml.count("<closedloop>") == 0
+        del amp
+    finally:
+        outlets.close()
+
+
+def test_a_closedloop_stream_is_never_chosen_by_type() -> None:
+    stype = unique("EMG")  # a type no other test on the network uses
+    own = make_outlet(unique("copy"), stype=stype, closedloop_session="closedloop-x-1")
+    amp_name = unique("amp")
+    amp = make_outlet(amp_name, stype=stype)
+    with LslSource(type=stype, resolve_timeout=5.0) as src:
+        assert src.info.name == amp_name
+    del amp
+    with pytest.raises(DeviceLostError, match=r"1 stream\(s\) with type=.* closedloop"):
+        LslSource(type=stype, resolve_timeout=0.5).open()
+    del own
+
+
+def test_source_id_of_a_closedloop_stream_is_deliberate_and_never_stimulates() -> None:
+    name = unique("closedloop-other")
+    outlets = session_outlets(name)
+    try:
+        src = LslSource(source_id=outlets.source_ids["emg"], resolve_timeout=5.0)
+        with src:
+            assert src.closedloop_session == name
+            assert src.info.channels == LABELS
+            with pytest.raises(SafetyError, match=f"re-published by closedloop session {name}"):
+                check_input(src, SimStimulator())
+            assert "detection only" in check_input(src, None)
+    finally:
+        outlets.close()
+
+
+def test_several_amplifiers_are_refused_and_listed_with_what_to_type() -> None:
+    stype = unique("EMG")
+    a, b, c = unique("ampA"), unique("ampB"), unique("ampC")
+    shared = unique("shared-sid")
+    outs = [make_outlet(a, stype=stype, source_id="weird?&%sid-" + a),
+            make_outlet(b, stype=stype, source_id=shared),
+            make_outlet(c, stype=stype, source_id=shared),
+            make_outlet(unique("own"), stype=stype, closedloop_session="closedloop-x-2")]
+    with pytest.raises(ConfigError) as err:
+        LslSource(type=stype, resolve_timeout=5.0).open()
+    msg = str(err.value)
+    assert f"3 LSL streams match type={stype} (closedloop's own streams left out)" in msg
+    for n in (a, b, c):  # name, host, source_id, channels, rate
+        assert f"name={n!r} type={stype!r} source_id=" in msg
+    assert "channels=3 rate=1000 Hz host=" in msg
+    # what to type: the source_id where it is unique (encoded), else the name
+    assert f"-> --source lsl:source_id=weird%3F%26%25sid-{a}\n" in msg
+    assert f"-> --source lsl:name={b}" in msg and f"-> --source lsl:name={c}" in msg
+    assert "closedloop-x-2" not in msg and "own-" not in msg
+    # and what it says to type works
+    with LslSource(source_id="weird?&%sid-" + a, resolve_timeout=5.0) as src:
+        assert src.info.name == a
+    del outs

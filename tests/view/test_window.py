@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import socket
 import subprocess
 import sys
 import time
@@ -102,9 +103,10 @@ def test_window_draws_moves_and_stop_reaches_the_loop(qtbot, demo, tmp_path):
         assert "listening" in win.link_label.text()
         qtbot.mouseClick(win.stop_button, __import__("PySide6").QtCore.Qt.MouseButton.LeftButton)
         assert len(stops) == 1  # in-process callback ran at once
-        got: list[str] = []
+        got: list = []
         assert wait_for(lambda: bool(got.extend(loop_side.poll()) or got), 3.0, qtbot)
-        assert got[0] == "stop"
+        assert got[0].command == "stop"
+        assert got[0].sender.source_id == win.control.source_id
         assert "STOP pressed" in win.statusBar().currentMessage()
         # the demo session's own control inlet stopped its stimulation too
         assert wait_for(lambda: demo.stim_stopped.is_set(), 5.0, qtbot)
@@ -144,9 +146,9 @@ def test_failing_on_stop_is_shown_and_lsl_stop_still_sent(qtbot):
         win.press_stop()
         msg = win.statusBar().currentMessage()
         assert "FAILED: loop gone" in msg and f"stop sent to {name}" in msg
-        got: list[str] = []
+        got: list = []
         assert wait_for(lambda: bool(got.extend(inlet.poll()) or got), 3.0, qtbot)
-        assert "stop" in got
+        assert "stop" in {c.command for c in got}
         win.close()
 
 
@@ -165,9 +167,15 @@ def test_control_decoding_and_repeats():
         for k in range(1, 20):
             out.tick(t0 + 0.05 * k)
         assert out.sent >= 8
-        got: list[str] = []
+        got: list = []
         assert wait_for(lambda: len(got.extend(inlet.poll()) or got) >= out.sent, 3.0)
-        assert set(got) == {"stop"}
+        assert {c.command for c in got} == {"stop"}
+        # who sent it: the control stream's identity, and the origin it wrote
+        sender = got[0].sender
+        assert sender.source_id == out.source_id and sender.name == f"{name}-Control"
+        assert sender.host == socket.gethostname() and len(sender.uid) >= 32
+        assert sender.origin == out.origin == f"view@{socket.gethostname()}"
+        assert {c.sender for c in got} == {sender}
         t = time.perf_counter()
         inlet.poll()
         assert time.perf_counter() - t < 0.01  # never blocks the loop
