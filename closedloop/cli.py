@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
     r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
-    r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none")
+    r.add_argument("--stimulator", help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] | none")
     r.add_argument("--record", help="record the session to this XDF file (LabRecorder)")
     r.add_argument("--duration", type=float, help="stop after this many seconds of samples")
     r.add_argument("--seed", type=int, help="seed of the simulated patient")
@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
     st.add_argument("--config", required=True)
     st.add_argument(
-        "--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] (default: the config's)"
+        "--stimulator",
+        help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] (default: the config's)"
     )
     st.add_argument("--muscle", required=True)
     st.add_argument("--current", type=float, required=True, help="mA")

@@ -661,9 +661,15 @@ class P24(Stimulator):
             self._commit(new)
 
     async def _stop(self) -> None:
+        """Ml_stop, unless the device is known to be stopped (its last Ml_stop was
+        acknowledged and nothing was started or went wrong since)."""
         assert self._op_lock is not None
         async with self._op_lock:
-            await self._ml_stop()
+            with self._state_lock:
+                known_idle = not self._mid and self._fault is None and not any(
+                    p is not None for p in self._pulses.values())
+            if not known_idle:
+                await self._ml_stop()
 
     async def _ml_stop(self) -> None:
         """Ml_stop; "not initialised" (7) also means nothing runs."""

@@ -438,7 +438,8 @@ def test_a_vanished_usb_device_is_found_at_once(driver, emulator):
     exc = wait_for_fault(driver, DeviceLostError, timeout=2.0)
     found_s = time.monotonic() - t0
     assert "is gone" in str(exc) and "powered by its USB cable" in str(exc)
-    assert found_s < 0.1  # the read fails at once: no waiting for a timeout
+    # the read fails at once: within the loop's watchdog time (0.25 s), not a timeout later
+    assert found_s < 0.25
     print(f"\nvanished P24 found after {found_s * 1000:.1f} ms")
     assert not driver.any_on
     with pytest.raises(DeviceLostError):
