@@ -777,6 +777,7 @@ class P24(Stimulator):
             try:
                 sent = self._write(frame)
             except DeviceLostError as exc:
+                self._pending = None  # raised here: the future must not carry it too
                 if record:
                     self._record_fault(exc, outputs_off=True, report=False)
                 raise
@@ -795,6 +796,10 @@ class P24(Stimulator):
                 raise exc from None
         finally:
             self._pending = None
+            if not pending.future.done():
+                pending.future.cancel()
+            elif not pending.future.cancelled():
+                pending.future.exception()  # seen (asyncio would log it from this thread)
         with self._state_lock:
             self._latencies.append((name, 1000.0 * (answer.wall - sent)))
         return answer
