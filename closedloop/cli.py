@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
     c.add_argument("--config", required=True)
     c.add_argument("--source", help="source spec (default: the config's)")
+    c.add_argument("--stimulator",
+                   help="the patient's stimulator (sim | rehastim2:PORT | p24:PORT | lsl[:NAME]"
+                        " | none): checked against the program, written to the patient config")
     c.add_argument("--out", required=True, help="patient config TOML to write")
     c.add_argument("--rest-s", type=float, default=5.0)
     c.add_argument("--mvc-reps", type=int, default=3)
