@@ -136,7 +136,9 @@ class P24Error(StimulatorError):
     ----------
     code : int
         The ScienceMode4 result code (10 electrode error, 7 not initialised, ...; see
-        :data:`closedloop.stim.sciencemode4.RESULTS`).
+        :data:`closedloop.stim.sciencemode4.RESULTS`); 0 for a state the device reported
+        without an error code (a channel it stopped on its own), -1 for an unknown
+        channel state.
     command : str
         The command it answered (``"Ml_update"``), or ``"Ml_get_current_data"`` for a
         channel error found by the keep-alive.
@@ -332,6 +334,7 @@ class P24(Stimulator):
         self._op_lock: asyncio.Lock | None = None  # one operation at a time (loop thread)
         self._keepalive: asyncio.Task | None = None
         self._reader_fd: int | None = None
+        self._poller: asyncio.Task | None = None
         self._factory = self._lib.PacketFactory()
         self._numbers = self._lib.PacketNumberGenerator()
         self._rx = bytearray()
@@ -839,9 +842,12 @@ class P24(Stimulator):
             loop.add_reader(fd, self._on_readable)
             self._reader_fd = fd
         else:  # no selectable handle (Windows): poll the port
-            loop.create_task(self._poll_port())
+            self._poller = loop.create_task(self._poll_port())
 
     def _stop_reading(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         if self._reader_fd is not None and self._loop is not None:
             self._loop.remove_reader(self._reader_fd)
             self._reader_fd = None
