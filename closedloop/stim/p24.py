@@ -91,6 +91,13 @@ Where science-mode-4 (0.0.23) falls short, and what this driver does instead
   update): the driver uses pyserial itself and treats a failed read as a lost device.
 * Importing the library logs its version to stderr through its own console handler:
   the driver filters its records below WARNING.
+* What the library validates: a point's current (-150..150 mA, where the P24 delivers at
+  most 130) and duration (0..4095 us), at most 16 points, a ramp of 0..15, a period of
+  0..131068 ms (then wrapped, above). Not whether a pulse fits its period, nor the total
+  pulse time of all channels: :mod:`closedloop.stim.sciencemode4` checks those.
+* Its ``NullConnection`` answers nothing (every command would wait out the 5 s), so the
+  tests use a strict emulator of the device on a pseudo-terminal instead
+  (``tests/emulators/p24.py``).
 """
 
 from __future__ import annotations
