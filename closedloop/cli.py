@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
     r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
-    r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none (lsl: "
-                   "follow it with closedloop stim-receiver)")
+    r.add_argument("--stimulator", help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] | none "
+                   "(lsl: follow it with closedloop stim-receiver)")
     r.add_argument("--record", help="record the session to this XDF file (LabRecorder)")
     r.add_argument("--duration", type=float, help="stop after this many seconds of samples")
     r.add_argument("--seed", type=int, help="seed of the simulated patient")
@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
     st.add_argument("--config", required=True)
     st.add_argument(
-        "--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] (default: the config's)"
+        "--stimulator",
+        help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] (default: the config's)"
     )
     st.add_argument("--muscle", required=True)
     st.add_argument("--current", type=float, required=True, help="mA")
@@ -142,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
     c.add_argument("--config", required=True)
     c.add_argument("--source", help="source spec (default: the config's)")
+    c.add_argument("--stimulator",
+                   help="the patient's stimulator (sim | rehastim2:PORT | p24:PORT | lsl[:NAME]"
+                        " | none): checked against the program, written to the patient config")
     c.add_argument("--out", required=True, help="patient config TOML to write")
     c.add_argument("--rest-s", type=float, default=5.0)
     c.add_argument("--mvc-reps", type=int, default=3)

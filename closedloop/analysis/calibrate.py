@@ -491,21 +491,27 @@ def _cal_table(c: Calibration) -> dict[str, float]:
     return out
 
 
-def _expected_data(text: str, cals: dict[str, Calibration]) -> dict[str, Any]:
+def _expected_data(text: str, cals: dict[str, Calibration],
+                   stimulator: str | None = None) -> dict[str, Any]:
     data = tomllib.loads(text)
     data.setdefault("detector", {})["baseline"] = "calibrated"
+    if stimulator is not None:
+        data.setdefault("session", {})["stimulator"] = stimulator
     for m in data.get("muscles", []):
         m["calibration"] = _cal_table(cals[m["name"]])
     return data
 
 
-def _splice(text: str, cals: dict[str, Calibration], names: list[str]) -> str | None:
+def _splice(text: str, cals: dict[str, Calibration], names: list[str],
+            stimulator: str | None = None) -> str | None:
     """The original text with the calibration spliced in (None when it cannot be done).
 
     Removes existing ``[muscles.calibration]`` tables and ``baseline`` keys of
     ``[detector]``, adds ``baseline = "calibrated"`` under ``[detector]`` (or a new
     ``[detector]`` table at the end) and a ``[muscles.calibration]`` table at the end
-    of every ``[[muscles]]`` entry. The caller verifies the result by parsing it.
+    of every ``[[muscles]]`` entry; with ``stimulator``, sets ``stimulator`` under
+    ``[session]`` (or adds a ``[session]`` table). The caller verifies the result by
+    parsing it.
     """
     if '"""' in text or "'''" in text:
         return None  # multi-line strings could hold lines that look like headers
@@ -517,12 +523,17 @@ def _splice(text: str, cals: dict[str, Calibration], names: list[str]) -> str | 
             headers.append((i, mt.group(2).replace(" ", ""), mt.group(1) == "[["))
     bounds = [h[0] for h in headers] + [len(lines)]
     drop: set[int] = set()
-    detector_line = None
+    detector_line = session_line = None
     muscle_ends: list[int] = []
     for j, (i, path, is_array) in enumerate(headers):
         end = bounds[j + 1]
         if path == "muscles.calibration" and not is_array:
             drop.update(range(i, end))
+        if path == "session" and not is_array and stimulator is not None:
+            session_line = i
+            for n in range(i + 1, end):
+                if re.match(r"^\s*stimulator\s*=", lines[n]):
+                    drop.add(n)
         if path == "detector" and not is_array:
             detector_line = i
             for n in range(i + 1, end):
@@ -558,8 +569,12 @@ def _splice(text: str, cals: dict[str, Calibration], names: list[str]) -> str | 
         out.append(line)
         if i == detector_line:
             out.append('baseline = "calibrated"')
+        if i == session_line:
+            out.append(f"stimulator = {_fmt(stimulator)}")
     if detector_line is None:
         out.extend(["", "[detector]", 'baseline = "calibrated"'])
+    if stimulator is not None and session_line is None:
+        out.extend(["", "[session]", f"stimulator = {_fmt(stimulator)}"])
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -587,8 +602,12 @@ def patient_config_text(
     source: str = "",
     schedule: Schedule | None = None,
     when: str | None = None,
+    stimulator: str | None = None,
 ) -> str:
     """The patient config: the original text plus the calibration, verified.
+
+    ``stimulator``: the stimulator spec the patient is treated with (``p24:/dev/ttyACM0``),
+    written as ``[session] stimulator`` so ``closedloop run`` uses it.
 
     Raises
     ------
@@ -603,8 +622,8 @@ def patient_config_text(
     original = config.text or ""
     if not original.strip():
         raise ConfigError(f"{config.path}: the config text is empty; load it from a file")
-    expected = _expected_data(original, cals)
-    body = _splice(original, cals, names)
+    expected = _expected_data(original, cals, stimulator)
+    body = _splice(original, cals, names, stimulator)
     if body is None or _safe_loads(body) != expected:
         body = dumps_toml(expected)
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -629,7 +648,8 @@ def patient_config_text(
     text = "\n".join(_comment_safe(h) for h in head) + "\n\n" + body
     check = loads_config(text, source="<patient config>")
     got = {m.name: m.calibration for m in check.muscles}
-    if check.detector.baseline != "calibrated" or got != cals:
+    if check.detector.baseline != "calibrated" or got != cals or (
+            stimulator is not None and check.session.stimulator != stimulator):
         raise ConfigError("internal error: the patient config does not load back as written")
     return text
 
@@ -756,11 +776,13 @@ def schedule_from_args(args) -> Schedule:
 
 
 def main(args) -> int:
-    """``closedloop calibrate --config C [--source SPEC] --out PATIENT.toml [--rest-s 5]
-    [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
+    """``closedloop calibrate --config C [--source SPEC] [--stimulator SPEC] --out
+    PATIENT.toml [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
 
     ``args`` attributes: ``config``, ``source`` (None: the config's session source),
-    ``out``, ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
+    ``stimulator`` (None: keep the config's; else checked against the program before the
+    calibration starts and written to the patient config), ``out``, ``rest_s``,
+    ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
     Exit code 0 when the patient config was written, 1 when refused.
     """
     config = load_config(args.config)
@@ -768,13 +790,19 @@ def main(args) -> int:
     steps = build_steps(schedule, config.muscle_names)
     source_spec = getattr(args, "source", None) or config.session.source
     out = Path(args.out)
+    stimulator = getattr(args, "stimulator", None)
+    if stimulator:  # before the patient starts: can this stimulator run the program?
+        from closedloop.runtime.devices import make_stimulator
+
+        make_stimulator(config, stimulator)  # checks the spec; opens nothing
     if not getattr(args, "no_gui", False):
         from closedloop.view.app import _app
         from closedloop.view.calibration import CalibrationDialog
 
         app = _app()
         dlg = CalibrationDialog(config, source_spec, out, schedule=schedule,
-                                yes=bool(getattr(args, "yes", False)))
+                                yes=bool(getattr(args, "yes", False)),
+                                stimulator=stimulator or None)
         dlg.show()
         app.exec()
         return 0 if dlg.written is not None else 1
@@ -787,7 +815,8 @@ def main(args) -> int:
             print(f"  {line}", file=sys.stderr)
         return 1
     text = patient_config_text(config, result, confirmation=confirmation,
-                               source=source_spec, schedule=schedule)
+                               source=source_spec, schedule=schedule,
+                               stimulator=stimulator or None)
     write_patient_config(out, text)
     print(f"closedloop calibrate: wrote {out} (detector.baseline = \"calibrated\")")
     return 0

@@ -1,8 +1,12 @@
 """Build the session's devices from the config and the command line's specs.
 
 Source specs are parsed by :mod:`closedloop.sources.spec`; stimulator specs here:
-``sim``, ``rehastim2:PORT``, ``lsl[:NAME]``, ``none`` (detection only). The LSL
-stimulator's stream is ``<NAME>-<session uid>`` (NAME defaults to ``closedloop-stim``).
+``sim``, ``rehastim2:PORT``, ``p24:PORT``, ``lsl[:NAME]``, ``none`` (detection only).
+The LSL stimulator's stream is ``<NAME>-<session uid>`` (NAME defaults to
+``closedloop-stim``). :func:`make_stimulator` is the one place a stimulator is chosen
+(until the driver registry): a new driver is one more branch there, and its class says
+what it can do (``per_channel_frequency``), which is checked against the config's
+program here, before any port is opened.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from closedloop.sim.patient import PatientSettings
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
 
-STIMULATOR_FORMS = "sim, rehastim2:PORT (e.g. rehastim2:/dev/ttyUSB0), lsl[:STREAM_NAME], none"
+STIMULATOR_FORMS = ("sim, rehastim2:PORT (e.g. rehastim2:/dev/ttyUSB0), p24:PORT (e.g. "
+                    "p24:/dev/ttyACM0), lsl[:STREAM_NAME], none")
 
 
 def stimulated_muscles(config: Config) -> dict[str, MuscleStim]:
@@ -89,7 +94,12 @@ def make_stimulator(config: Config, spec: str | None, *,
     if kind == "rehastim2" and arg:
         from closedloop.stim.drivers.rehastim2 import RehaStim2
 
+        check_frequencies(config, "the RehaStim2", RehaStim2.per_channel_frequency)
         return RehaStim2(arg, channels=channels)
+    if kind == "p24" and arg:
+        from closedloop.stim.drivers.p24 import P24
+
+        return P24(arg, channels=channels)
     if kind == "lsl":
         from closedloop.stim.drivers.lsl import LslStimulator
 
@@ -122,6 +132,29 @@ def check_input(source: Source, stimulator: Stimulator | None) -> str | None:
             "detection only"
         )
     return f"{what}; detection only (no stimulator)"
+
+
+def check_frequencies(config: Config, device: str, per_channel_frequency: bool) -> None:
+    """Refuse a program whose muscles pulse at different frequencies on a stimulator that
+    runs all its channels at one (it would run them at one rate, or keep re-timing).
+
+    Raises
+    ------
+    ConfigError
+        Naming the muscles, their frequencies and what to do.
+    """
+    if per_channel_frequency or not config.stimulates:
+        return
+    freqs = {m.name: m.stim.frequency_hz for m in config.muscles
+             if m.stim is not None and m.name in config.protocol.stimulated}
+    if len(set(freqs.values())) > 1:
+        asked = ", ".join(f"{name} {hz:g} Hz" for name, hz in freqs.items())
+        raise ConfigError(
+            f"{config.path}: this program stimulates its muscles at different frequencies "
+            f"({asked}), but {device} runs all channels at one frequency. Use a stimulator "
+            "with a frequency per channel (--stimulator p24:PORT), or give these muscles "
+            "the same frequency_hz"
+        )
 
 
 def channel_columns(config: Config, info: SourceInfo) -> list[int]:

@@ -44,6 +44,10 @@ class Stimulator(Device):
 
     #: Number of output channels (1-based channel numbers 1..n_channels).
     n_channels: int = 8
+    #: True if each channel can pulse at its own frequency at the same time (P24, sim);
+    #: False for a device with one timer for all channels (RehaStim2), which cannot run a
+    #: program that gives its muscles different frequencies.
+    per_channel_frequency: bool = True
 
     def __init__(self) -> None:
         super().__init__()

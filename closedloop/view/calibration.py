@@ -59,6 +59,8 @@ class CalibrationDialog(QtWidgets.QDialog):
         The stimulation limits were confirmed already (``--yes``).
     realtime : bool
         Simulated source only: pace it in real time (False runs as fast as possible).
+    stimulator : str, optional
+        The patient's stimulator spec, written as ``[session] stimulator``.
     """
 
     def __init__(
@@ -70,10 +72,12 @@ class CalibrationDialog(QtWidgets.QDialog):
         schedule: Schedule | None = None,
         yes: bool = False,
         realtime: bool = True,
+        stimulator: str | None = None,
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.config = config
+        self.stimulator = stimulator
         self.source_spec = source_spec
         self.out_path = Path(out_path)
         self.schedule = schedule or Schedule()
@@ -259,6 +263,7 @@ class CalibrationDialog(QtWidgets.QDialog):
                 text = patient_config_text(
                     self.config, result, confirmation=confirmation,
                     source=self.source_spec, schedule=self.schedule,
+                    stimulator=self.stimulator,
                 )
                 self.written = write_patient_config(self.out_path, text)
                 rows.append(f"<p><b>Written: {html.escape(str(self.written))}</b></p>")

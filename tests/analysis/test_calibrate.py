@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -15,6 +16,7 @@ from closedloop.config import load_config, loads_config
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, InputError
 from closedloop.sources.base import Source
+from tests.conftest import CONFIGS
 
 CONFIG = """\
 # a clinician's comment that must survive
@@ -260,3 +262,29 @@ def test_dialog_on_the_simulated_patient(qtbot, config_path, tmp_path):
     assert dlg.error is None and dlg.written == out
     assert load_config(out).detector.baseline == "calibrated"
     assert "confirmed in the calibration dialog" in out.read_text()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="science-mode-4 needs Python 3.11")
+def test_calibrate_for_a_p24_writes_it_into_the_patient_config(tmp_path, monkeypatch):
+    """``calibrate --stimulator p24:PORT``: the program is checked against the stimulator
+    before the patient starts (nothing is opened), and the patient config names it, so
+    ``closedloop run --config patient.toml`` drives that P24."""
+    real = cal.make_source
+    monkeypatch.setattr(cal, "make_source",
+                        lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
+    out = tmp_path / "p.toml"
+    two_rates = CONFIGS / "programs" / "reciprocal_two_rates.toml"
+    args = argparse.Namespace(config=str(two_rates), source="sim", out=str(out), rest_s=3.0,
+                              mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True,
+                              stimulator="p24:/dev/ttyACM7")
+    assert cal.main(args) == 0
+    patient = load_config(out)
+    assert patient.session.stimulator == "p24:/dev/ttyACM7"
+    assert patient.detector.baseline == "calibrated"
+    assert out.read_text().count("stimulator = ") == 1  # replaced, not added twice
+    # the same program on a RehaStim2: refused before anything is recorded or written
+    args.stimulator, args.out = "rehastim2:/dev/ttyUSB0", str(tmp_path / "no.toml")
+    monkeypatch.setattr(cal, "run_terminal", lambda *a, **k: pytest.fail("calibrated"))
+    with pytest.raises(ConfigError, match="runs all channels at one frequency"):
+        cal.main(args)
+    assert not (tmp_path / "no.toml").exists()

@@ -162,6 +162,7 @@ class RehaStim2(Stimulator):
     """
 
     n_channels = sm.N_CHANNELS
+    per_channel_frequency = False  # one main interval for the whole channel list
 
     def __init__(
         self,
