@@ -41,6 +41,9 @@ def main(args) -> int:
     pw = args.pulse_width if args.pulse_width is not None else m.stim.pulse_width_us
     freq = args.frequency if args.frequency is not None else m.stim.frequency_hz
     stimulator = make_stimulator(config, args.stimulator)
+    if stimulator is None:
+        raise ConfigError("stim-test needs a stimulator: use --stimulator sim, "
+                          "rehastim2:PORT or lsl[:NAME]")
     if not isinstance(stimulator, SimStimulator):
         from closedloop.checklist import ask_checklist
 

@@ -40,6 +40,7 @@ def test_sim_test_train_completes_and_ends_off(capsys):
         (["--current", "10", "--pulse-width", "450"], "400"),
         (["--current", "10", "--frequency", "80"], "50"),
         (["--muscle", "deltoid", "--current", "5"], "deltoid"),
+        (["--current", "5", "--stimulator", "none"], "stim-test needs a stimulator"),
     ],
 )
 def test_beyond_the_limits_is_refused_before_anything_is_sent(extra, why, capsys):
