@@ -156,10 +156,10 @@ def handed_sequence(commands) -> list:
     return seq
 
 
-def test_a_few_busy_answers_do_not_end_the_session(tmp_path, config, emulator):
-    """Busy (-8) means "still processing, not executed": the driver sends the command
-    again, the session goes on to its end, and the device executes every level the loop
-    decided, in order, exactly once."""
+def run_busy(tmp_path, config, emulator: RehaStim2Emulator, busy: int | None,
+             duration_s: float):
+    """Run the recorded loop on the emulator; once stimulating, the next ``busy``
+    commands (None: all, until cleared) are answered busy."""
     src, _ = sim_session(config, SCRIPT, artifacts=False)
     src.realtime = True
     driver = RehaStim2(emulator.path, channels=(1, 2), response_timeout=0.3)
@@ -169,14 +169,22 @@ def test_a_few_busy_answers_do_not_end_the_session(tmp_path, config, emulator):
     def control() -> list[str]:
         if driver.any_on and not injected:
             injected.append(True)
-            emulator.answer_busy(3)  # the next three commands: busy
+            emulator.answer_busy(busy)
         return []
 
     try:
-        rec = run_recorded(tmp_path, config, src, driver, control=control,
-                           options=LoopOptions(duration_s=6.0, watchdog_s=2.0, history=None))
+        return run_recorded(tmp_path, config, src, driver, control=control,
+                            options=LoopOptions(duration_s=duration_s, watchdog_s=2.0,
+                                                history=None))
     finally:
         driver.close()
+
+
+def test_a_few_busy_answers_do_not_end_the_session(tmp_path, config, emulator):
+    """Busy (-8) means "still processing, not executed": the driver sends the command
+    again, the session goes on to its end, and the device executes every level the loop
+    decided, in order, exactly once."""
+    rec = run_busy(tmp_path, config, emulator, 3, duration_s=6.0)
     out = rec.out
     assert (out.reason, out.exit_code) == ("duration", 0), out.message
     assert emulator.busy_answers == 3 and emulator.violations == []
@@ -187,23 +195,7 @@ def test_a_few_busy_answers_do_not_end_the_session(tmp_path, config, emulator):
 
 
 def test_a_device_that_stays_busy_ends_the_session_all_off(tmp_path, config, emulator):
-    src, _ = sim_session(config, SCRIPT, artifacts=False)
-    src.realtime = True
-    driver = RehaStim2(emulator.path, channels=(1, 2), response_timeout=0.3)
-    driver.open()
-    injected = []
-
-    def control() -> list[str]:
-        if driver.any_on and not injected:
-            injected.append(True)
-            emulator.answer_busy(None)  # busy until cleared
-        return []
-
-    try:
-        rec = run_recorded(tmp_path, config, src, driver, control=control,
-                           options=LoopOptions(duration_s=8.0, watchdog_s=2.0))
-    finally:
-        driver.close()
+    rec = run_busy(tmp_path, config, emulator, None, duration_s=8.0)
     out = rec.out
     assert (out.reason, out.exit_code) == ("device", 5), out.message
     assert "answered busy (-8)" in out.message
