@@ -586,8 +586,12 @@ class RehaStim2(Stimulator):
             if result != sm.RESULT_BUSY:
                 meaning = ("empty Ack" if result is None
                            else f"{result}, {sm.result_meaning(result)}")
+                with self._state_lock:  # e.g. -3 because an electrode error stopped it
+                    fault = self._fault
+                cause = f", after it reported: {fault}" if fault is not None else ""
                 raise StimulatorError(
-                    f"RehaStim2 refused {packet.name} (packet {packet.pkt_no}): result {meaning}"
+                    f"RehaStim2 refused {packet.name} (packet {packet.pkt_no}): result "
+                    f"{meaning}{cause}"
                 )
             busy += 1
             left = started + self.busy_timeout - time.monotonic()

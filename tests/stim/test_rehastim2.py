@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -328,6 +329,20 @@ def test_stimulation_error_is_raised_and_outputs_marked_off(driver, emulator, in
     stops = len(emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE))
     driver.stop_all()  # still sends Stop, and it is confirmed
     assert len(emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE)) == stops + 1
+
+
+@pytest.mark.timeout(10)
+def test_a_refusal_after_a_stimulation_error_names_the_error(driver, emulator):
+    """A command in flight when the electrode error comes is refused -3 (the device went
+    back to start mode): the message names the electrode error, the cause, too."""
+    driver.apply([cmd(1, 20.0)])
+    emulator.electrode_error()
+    wait_for_fault(driver, StimulatorError, timeout=2.0)
+    pulses = {1: sm.ChannelPulse(25, 200), 2: sm.ChannelPulse(0, 200)}
+    with driver._txn_lock, pytest.raises(  # as an apply() that was already past its check
+            StimulatorError, match=r"refused StartChannelListMode .*-3, wrong mode.*after it "
+            r"reported: .*error -2: electrode error"):
+        driver._transact(functools.partial(sm.start_channel_list_mode, pulses=pulses))
 
 
 @pytest.mark.timeout(10)
