@@ -1,16 +1,20 @@
 """``closedloop run``: a live session, from the command line.
 
 Builds the source and stimulator from the config (or ``--source`` / ``--stimulator``),
-optionally publishes LSL outlets and records to XDF, installs the Ctrl-C and SIGTERM
-handlers, runs :func:`closedloop.runtime.loop.run_loop` and prints the summary. The
-exit code says how the session ended (see :mod:`closedloop.runtime.loop`).
+optionally publishes LSL outlets and records to XDF, runs
+:func:`closedloop.runtime.loop.run_loop` and prints the summary. The whole command runs
+inside :func:`~closedloop.runtime.signals.stop_on_signals`: SIGINT (Ctrl-C), SIGTERM,
+SIGHUP (the terminal closed) and SIGQUIT stop the session like the STOP button, and
+cannot interrupt the closing of the devices, the recording or the summary (which is
+printed with :func:`~closedloop.runtime.signals.say`, so a terminal that is gone does
+not turn the stop into an error). The exit code says how the session ended (see
+:mod:`closedloop.runtime.loop`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +28,7 @@ from closedloop.identity import SessionId
 from closedloop.runtime.devices import check_input, make_source, make_stimulator
 from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
 from closedloop.runtime.outcome import classify
+from closedloop.runtime.signals import say, stop_on_signals
 
 
 def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
@@ -58,11 +63,11 @@ def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
 
 
 def main(args) -> int:
-    stop = StopRequest()
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: stop.set("interrupt")),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: stop.set("sigterm")),
-    }
+    with stop_on_signals() as stop:  # until the summary is out: see the module docstring
+        return _main(args, stop)
+
+
+def _main(args, stop: StopRequest) -> int:
     session = _Session()
     try:
         out = session.run(args, stop)
@@ -70,8 +75,6 @@ def main(args) -> int:
         out = Outcome()
         out.reason, out.message = classify(exc)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         closing = session.close()
     if closing:
         out.all_off = False
@@ -83,11 +86,11 @@ def main(args) -> int:
     on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
     recorded = session.finish_recording(out, args.record)
     if not args.quiet:
-        print(file=sys.stderr)
+        say(file=sys.stderr)
     for line in summary_lines(out, recorded=recorded):
-        print(line)
+        say(line)
     if args.json:
-        print(json.dumps({
+        say(json.dumps({
             "reason": out.reason, "exit_code": out.exit_code, "samples": out.samples,
             "samples_lost": out.samples_lost, "onsets": out.onsets, "trials": out.trials,
             "stim_seconds": out.stim_seconds, "all_off": out.all_off,
@@ -147,10 +150,10 @@ class _Session:
                                         overwrite=True)
             self.recorder.start()
             self.outlets.announce()
-        print(f"closedloop run: {config.name} on {source.info.name} "
-              f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
-              f"{type(stimulator).__name__ if stimulator else 'none'}; session {name}; "
-              "Ctrl-C or STOP stops", file=sys.stderr, flush=True)
+        say(f"closedloop run: {config.name} on {source.info.name} "
+            f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
+            f"{type(stimulator).__name__ if stimulator else 'none'}; session {name}; "
+            "Ctrl-C or STOP stops", file=sys.stderr)
         return run_loop(
             config, source, stimulator,
             options=LoopOptions(duration_s=args.duration,
@@ -234,8 +237,8 @@ def _open_view(session_name: str):
 
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
             or os.environ.get("QT_QPA_PLATFORM")):
-        print("closedloop run: no display; running without the live view "
-              "(use --no-gui to silence this)", file=sys.stderr)
+        say("closedloop run: no display; running without the live view "
+            "(use --no-gui to silence this)", file=sys.stderr)
         return None
     return subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--session", session_name])
 
@@ -251,8 +254,8 @@ def _printer():
 
     def status(line: str) -> None:
         if tty and not line.startswith(("input:", "safety:")):
-            print("\r" + line[:160].ljust(160), end="", file=sys.stderr, flush=True)
+            say("\r" + line[:160].ljust(160), end="", file=sys.stderr)
         else:
-            print(line, file=sys.stderr, flush=True)
+            say(line, file=sys.stderr)
 
     return status

@@ -280,6 +280,10 @@ class XdfRecorder:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # its own session: Ctrl-C, Ctrl-\ and a closed terminal signal the whole
+            # foreground process group; the session stops on them and then finishes the
+            # file itself (stop()), which a LabRecorderCLI killed by them could not
+            start_new_session=True,
         )
         self._reader = threading.Thread(
             target=self._read_output,

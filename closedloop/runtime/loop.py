@@ -13,7 +13,8 @@ Read :func:`run_loop` top to bottom; it is the whole product in one function:
    with the sample at which it takes effect (the first sample after this chunk);
 6. publish everything (LSL outlets, which LabRecorder records);
 7. stop when the duration (in samples) is reached, the source ends, or a stop is
-   requested (Ctrl-C, SIGTERM, the STOP button).
+   requested (SIGINT/Ctrl-C, SIGTERM, SIGHUP, SIGQUIT: :mod:`~closedloop.runtime.signals`;
+   the STOP button).
 
 Every way out goes through one ``finally``: all channels off, the guard told, the
 off-commands published. Decisions use only the samples and their timestamps; the wall
@@ -22,7 +23,8 @@ clock is read for latency stamps, for the stall watchdog and for the status line
 Exit codes (see :class:`~closedloop.runtime.outcome.Outcome`): 0 a normal end (duration
 reached, recording ended), 1 an unexpected error, 2 a bad config, 3 stopped by the
 clinician (STOP), 4 the source stalled, 5 a device was lost or refused (the emergency
-switch included), 6 a safety stop, 7 unusable input, 130 Ctrl-C, 143 SIGTERM.
+switch included), 6 a safety stop, 7 unusable input, 129 SIGHUP (the terminal closed),
+130 Ctrl-C, 131 SIGQUIT, 143 SIGTERM.
 """
 
 from __future__ import annotations

@@ -15,42 +15,76 @@ from typing import Any
 
 from closedloop.stim.commands import StimCommand
 
-#: Exit code of every way a session can end.
+#: Exit code of every way a session can end (a signal: 128 + its number, as a shell
+#: reports it).
 EXIT_CODES = {
     "duration": 0, "ended": 0, "error": 1, "config": 2, "stop_button": 3, "stall": 4,
-    "device": 5, "safety": 6, "input": 7, "interrupt": 130, "sigterm": 143,
+    "device": 5, "safety": 6, "input": 7, "sighup": 129, "interrupt": 130, "sigquit": 131,
+    "sigterm": 143,
 }
 
 #: The summary's sentence for the reasons that carry no message of their own.
 MESSAGES = {
     "duration": "duration reached", "ended": "recording ended",
     "stop_button": "stopped with the STOP button", "interrupt": "interrupted (Ctrl-C)",
-    "sigterm": "terminated (SIGTERM)",
+    "sigterm": "terminated (SIGTERM)", "sighup": "hung up (SIGHUP: the terminal was closed)",
+    "sigquit": "quit (SIGQUIT, Ctrl-\\)",
 }
+
+#: How often :meth:`StopRequest.wait` looks for a request made by a signal handler.
+SIGNAL_POLL_S = 0.01
 
 
 class StopRequest:
     """A thread-safe request to end the loop, with the reason (``interrupt``...).
 
     The first request wins; :attr:`wall` is the ``time.perf_counter()`` at which it was
-    made (to measure how fast stimulation stopped).
+    made (to measure how fast stimulation stopped). Requests are appended to a list (one
+    atomic step) rather than guarded by a lock, so a signal handler can make one: it runs
+    in the main thread between two bytecodes, possibly while that thread holds any lock.
     """
 
+    _MAX_REQUESTS = 16  # the first one counts; a bound against a held-down Ctrl-C
+
     def __init__(self) -> None:
+        self._requests: list[tuple[str, float]] = []
         self._event = threading.Event()
-        self._lock = threading.Lock()
-        self.reason = ""
-        self.wall = math.nan
+
+    @property
+    def reason(self) -> str:
+        """The first request's reason ("" before any)."""
+        requests = self._requests
+        return requests[0][0] if requests else ""
+
+    @property
+    def wall(self) -> float:
+        """``time.perf_counter()`` of the first request (NaN before any)."""
+        requests = self._requests
+        return requests[0][1] if requests else math.nan
 
     def set(self, reason: str) -> None:
-        with self._lock:
-            if not self._event.is_set():
-                self.reason = reason
-                self.wall = time.perf_counter()
-                self._event.set()
+        """Request the stop from any thread (from a signal handler: :meth:`set_from_signal`)."""
+        self.set_from_signal(reason)
+        self._event.set()
+
+    def set_from_signal(self, reason: str) -> None:
+        """Request the stop without taking a lock: safe in a signal handler.
+        :meth:`wait` sees it within :data:`SIGNAL_POLL_S`."""
+        if len(self._requests) < self._MAX_REQUESTS:
+            self._requests.append((reason, time.perf_counter()))
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return bool(self._requests)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a request; True when one was made."""
+        deadline = time.monotonic() + timeout
+        while not self._requests:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._event.wait(min(left, SIGNAL_POLL_S))
+        return True
 
 
 @dataclass
@@ -187,5 +221,5 @@ def keep_last(items: list, n: int | None) -> None:
         del items[: len(items) - n]
 
 
-__all__ = ["EXIT_CODES", "MESSAGES", "LoopOptions", "Outcome", "StimTally", "StopRequest",
-           "classify", "keep_last", "stim_seconds"]
+__all__ = ["EXIT_CODES", "MESSAGES", "SIGNAL_POLL_S", "LoopOptions", "Outcome", "StimTally",
+           "StopRequest", "classify", "keep_last", "stim_seconds"]

@@ -3,8 +3,9 @@
 :func:`run_stim_test` checks every requested value against the channel's limits
 *before* anything is sent, then ramps the current up in steps no larger than
 ``max_step_ma``, holds it for ``duration_s``, ramps it down, and always ends with every
-channel off (``try/finally``: on error, on a guard stop, on Ctrl-C). Every command
-still passes the safety guard.
+channel off (``try/finally``: on error, on a guard stop, on a stop request such as a
+signal, which it waits on between commands). Every command still passes the safety
+guard.
 
 Timing: commands are placed on a virtual sample clock (the guard's, starting at its
 next free sample, or later if the channel still needs rest) and sent when their time
@@ -18,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from closedloop.config import ceilings
 from closedloop.config.stimulation import ChannelLimits
@@ -25,6 +27,18 @@ from closedloop.errors import ConfigError, SafetyError
 from closedloop.stim.base import Stimulator
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.guard import SafetyGuard, Violation
+
+
+class StopSignal(Protocol):
+    """What :func:`run_stim_test` needs of a stop request
+    (:class:`closedloop.runtime.outcome.StopRequest` is one)."""
+
+    @property
+    def reason(self) -> str: ...
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,10 @@ class StimTestSummary:
         Every intervention of the guard during the test.
     start_sample, end_sample : int
         Virtual sample clock span of the test.
+    stopped : str
+        The stop request's reason when one ended the test early ("" otherwise).
+    off_wall : float
+        ``time.perf_counter()`` when the final all-off was confirmed by the driver.
     """
 
     muscle: str
@@ -61,6 +79,8 @@ class StimTestSummary:
     violations: tuple[Violation, ...]
     start_sample: int
     end_sample: int
+    stopped: str = ""
+    off_wall: float = math.nan
 
 
 def _check(
@@ -126,6 +146,7 @@ def run_stim_test(
     step_s: float = 0.05,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    stop: StopSignal | None = None,
 ) -> StimTestSummary:
     """Send a guarded ramp-hold-ramp test train on one channel; always end all-off.
 
@@ -149,6 +170,10 @@ def run_stim_test(
     sleep, clock : callable
         Injected for tests (inject both): ``sleep(seconds)`` and a monotonic ``clock()``
         in seconds; commands are stamped with ``clock()`` as their stream time.
+    stop : StopSignal, optional
+        A stop request (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT): the test waits on it instead
+        of sleeping, and once it is set sends nothing more but the all-off
+        (``completed`` False, ``stopped`` its reason).
 
     Returns
     -------
@@ -179,12 +204,13 @@ def run_stim_test(
     sent = 0
     last = first
     completed = False
+    stopped = ""
+    off_wall = math.nan
     try:
         for sample, level in plan:
-            due = t0 + (sample - first) / fs
-            wait = due - clock()
-            if wait > 0:
-                sleep(wait)
+            if _pause(t0 + (sample - first) / fs - clock(), sleep, stop):
+                stopped = stop.reason or "stop"
+                break
             cmd = StimCommand(muscle=muscle, channel=stim_channel, current_ma=level,
                               pulse_width_us=pulse_width_us, frequency_hz=frequency_hz,
                               sample=sample, stream_time=clock(), phase="test")
@@ -199,10 +225,11 @@ def run_stim_test(
             if guard.must_stop:
                 raise SafetyError(f"stim test stopped by the safety guard: "
                                   f"{guard.stop_violation.message}")
-        completed = True
+        completed = not stopped
     finally:
         try:
             stimulator.stop_all()
+            off_wall = time.perf_counter()
         finally:
             guard.all_off(last, clock())
             violations.extend(guard.pop_violations())
@@ -211,4 +238,14 @@ def run_stim_test(
         pulse_width_us=pulse_width_us, frequency_hz=frequency_hz, duration_s=duration_s,
         peak_current_ma=peak, n_commands=sent, completed=completed,
         violations=tuple(violations), start_sample=start, end_sample=last,
+        stopped=stopped, off_wall=off_wall,
     )
+
+
+def _pause(seconds: float, sleep: Callable[[float], None], stop: StopSignal | None) -> bool:
+    """Wait ``seconds`` (if positive); True when a stop was requested (then at once)."""
+    if stop is None:
+        if seconds > 0:
+            sleep(seconds)
+        return False
+    return stop.wait(seconds) if seconds > 0 else stop.is_set()

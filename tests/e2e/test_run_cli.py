@@ -275,6 +275,7 @@ def test_source_lost_ends_non_zero(streamer):
     ("fault", "words"),
     [
         ("emergency", "emergency"),
+        ("busy always", "answered busy (-8)"),
         ("vanish", "RehaStim2"),
         ("silent", "did not answer"),
     ],
@@ -297,7 +298,7 @@ def test_stimulator_lost_or_emergency_exit_5(emulator, fault, words):
     assert code == 5 and summary["reason"] == "device"
     assert words in summary["message"]
     assert summary["channels_on_at_end"] == []  # the driver holds every channel off
-    if fault == "emergency":  # the device stopped itself and the stop was confirmed
+    if fault in ("emergency", "busy always"):  # the device confirmed the stop
         assert summary["all_off"]
         assert all_off(emulator.wait(all_off, timeout=5))
     else:  # a device that is gone or hung cannot confirm: the clinician is told

@@ -1,5 +1,6 @@
 """``closedloop stim-test`` end to end: sim, and a RehaStim2 emulator on a real pty."""
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -39,6 +40,7 @@ def test_sim_test_train_completes_and_ends_off(capsys):
         (["--current", "10", "--pulse-width", "450"], "400"),
         (["--current", "10", "--frequency", "80"], "50"),
         (["--muscle", "deltoid", "--current", "5"], "deltoid"),
+        (["--current", "5", "--stimulator", "none"], "stim-test needs a stimulator"),
     ],
 )
 def test_beyond_the_limits_is_refused_before_anything_is_sent(extra, why, capsys):
@@ -95,3 +97,48 @@ def test_real_stimulator_needs_the_checklist(capsys):
         assert not [r for r in emu.received if r.name == "StartChannelListMode"]
     finally:
         emu.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("when", "busy", "code"), [
+    ("opening", 3, 0), ("stimulating", 3, 0), ("stimulating", None, 5),
+])
+def test_a_busy_device_is_retried_and_one_that_stays_busy_ends_all_off(when, busy, code,
+                                                                        capsys):
+    """Three busy answers: sent again, the test train completes. Busy for good while
+    stimulating: exit 5 (a device fault), a message saying what to do, all channels off."""
+    emu = RehaStim2Emulator(init_interval_s=0.1)
+    emu.start()
+    injector = None
+    try:
+        if when == "opening":
+            emu.answer_busy(busy)  # the first commands: the mode check after the handshake
+        else:
+            def inject() -> None:
+                if emu.wait_until(lambda e: bool(e.running_channels), 20.0):
+                    emu.answer_busy(busy)
+
+            injector = threading.Thread(target=inject, daemon=True)
+            injector.start()
+        rc = stimtest_main(
+            _args(stimulator=f"rehastim2:{emu.path}", current=8.0, confirm_checklist=True)
+        )
+        captured = capsys.readouterr()
+        assert rc == code, captured.out + captured.err
+        if busy is None:
+            assert "answered busy (-8) to StartChannelListMode" in captured.err
+            assert "switch the stimulator off and on" in captured.err
+            assert "all channels off" in captured.out and "NOT CONFIRMED" not in captured.out
+            assert emu.watchdog_expiries == 0  # the stop came from stim-test
+        else:
+            assert "completed; all channels off" in captured.out
+            assert emu.busy_answers == busy
+            executed = [r.data[3] for r in emu.received
+                        if r.name == "StartChannelListMode" and r.result == 0]
+            assert executed == [2, 4, 6, 8, 6, 4, 2]  # every step once, in order
+        assert not emu.running_channels
+        assert emu.violations == []
+    finally:
+        emu.stop()
+        if injector is not None:
+            injector.join(timeout=5)

@@ -10,8 +10,8 @@ script for end-to-end tests::
 The script prints the pty path (e.g. ``/dev/pts/7``) as its first line on stdout, rewrites
 ``--state`` (JSON, see :meth:`RehaStim2Emulator.snapshot`) whenever its state changes,
 and takes fault injections as lines on stdin (``emergency``, ``electrode``, ``module``,
-``silent``, ``vanish``, ``answer -2``, ``quit``). It stops on ``quit``, SIGTERM or
-SIGINT; end of stdin does not stop it.
+``silent``, ``vanish``, ``answer -2``, ``busy 3``, ``busy always``, ``busy 0``,
+``quit``). It stops on ``quit``, SIGTERM or SIGINT; end of stdin does not stop it.
 
 What it does, as the device would
 ---------------------------------
@@ -33,8 +33,14 @@ The device's reaction to these is not specified, so they are recorded, not answe
 mod 256, Watchdogs with data, InitAcks in mid-session; each :class:`Received` record says
 whether its stuffing was the canonical one (only F0, 0F, 81 escaped).
 
+Busy (-8) is injected with :meth:`~RehaStim2Emulator.answer_busy`: the device is "still
+processing the previous command", so it answers -8 and does not execute the command, on
+the commands whose Ack the specification lists -8 for (GetStimulationMode,
+InitChannelListMode, StartChannelListMode, SinglePulse; never StopChannelListMode, whose
+Ack is 0 or -1 only).
+
 Not emulated: MOTOmed commands (they get UnknownCommand, a real device would answer
-them), the busy result -8 (use :meth:`~RehaStim2Emulator.answer_with`), pulse timing.
+them), pulse timing.
 Its range checks are written from the specification, independently of the driver's.
 """
 
@@ -60,6 +66,12 @@ INIT_INTERVAL_S = 0.5
 WATCHDOG_S = 1.2
 _POLL_S = 0.02
 _STATE_WRITE_INTERVAL_S = 0.1
+_BUSY = -8
+#: Commands whose Ack may carry busy (-8) in the specification (DOC2 sections 3.6, 4.3).
+_CAN_BE_BUSY = frozenset({
+    sm.Command.GET_STIMULATION_MODE, sm.Command.INIT_CHANNEL_LIST_MODE,
+    sm.Command.START_CHANNEL_LIST_MODE, sm.Command.SINGLE_PULSE,
+})
 _BAUD_OF = {
     getattr(termios, f"B{b}"): b
     for b in (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
@@ -157,6 +169,7 @@ class RehaStim2Emulator:
         self._expected_pkt: int | None = None
         # fault injection
         self._forced_result: int | None = None
+        self._busy_left: int | None = 0  # busy answers still to give (None: until cleared)
         self._silent = False
         self._vanish_requested = False
         # records for tests
@@ -314,6 +327,8 @@ class RehaStim2Emulator:
                 "watchdog_expiries": self._watchdog_expiries,
                 "inits_sent": self._inits_sent,
                 "silent": self._silent,
+                "busy_answers": sum(r.result == _BUSY for r in self._received),
+                "t0_monotonic": self._t0,
                 "vanished": self._vanished.is_set(),
                 "error": None if self._error is None else repr(self._error),
             }
@@ -342,6 +357,21 @@ class RehaStim2Emulator:
         """Answer the next command that has an Ack with ``result`` (not executed if != 0)."""
         with self._lock:
             self._forced_result = result
+
+    def answer_busy(self, n: int | None) -> None:
+        """Answer the next ``n`` commands that can be busy with -8 (not executed);
+        ``None``: every one until ``answer_busy(0)``. StopChannelListMode is never busy
+        (its Ack is 0 or -1 only, DOC2 section 4.3)."""
+        with self._changed:
+            self._busy_left = n
+            self._event("busy: every command answers -8 until cleared" if n is None
+                        else f"busy: the next {n} command(s) answer -8")
+
+    @property
+    def busy_answers(self) -> int:
+        """How many commands were answered busy (-8)."""
+        with self._lock:
+            return sum(r.result == _BUSY for r in self._received)
 
     def vanish(self, timeout: float = 2.0) -> None:
         """Close the pty (as if the USB cable were pulled); the driver's port fails."""
@@ -490,6 +520,10 @@ class RehaStim2Emulator:
         try:
             if forced:
                 raise _RefusedError(forced, f"forced result {forced}")
+            if cmd in _CAN_BE_BUSY and self._busy_left != 0:
+                if self._busy_left is not None:
+                    self._busy_left -= 1
+                raise _RefusedError(_BUSY, "busy (injected): still processing")
             extra = handler(record.data)
             result = 0
         except _RefusedError as refusal:
@@ -653,11 +687,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if word == "answer" and rest:
                 emulator.answer_with(int(rest[0]))
+            elif word == "busy" and rest:
+                emulator.answer_busy(None if rest[0] == "always" else int(rest[0]))
             elif word in actions:
                 actions[word]()
             elif word:
                 print(
-                    f"unknown control {word!r}; use one of {sorted(actions)}, answer N, quit",
+                    f"unknown control {word!r}; use one of {sorted(actions)}, answer N, "
+                    "busy N|always, quit",
                     file=sys.stderr,
                 )
         while True:  # stdin closed: run until a signal

@@ -12,12 +12,15 @@ The recording holds every command up to the fault and the final offs.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 import os
 
 import pytest
 
 from closedloop.runtime.loop import LoopOptions
 from closedloop.sim.patient import Attempt
+from closedloop.stim.drivers import sciencemode2 as sm
 from closedloop.stim.drivers.rehastim2 import RehaStim2
 from tests.emulators.rehastim2 import RehaStim2Emulator
 from tests.faults.conftest import assert_recording_ends_off, run_recorded
@@ -113,3 +116,92 @@ def test_a_device_gone_silent_during_the_plateau_is_found_by_the_probe(tmp_path,
     assert silent_at and out.seconds - (silent_at[0] - src.t0) < 0.5 + 0.3 + 0.4
     assert "could NOT confirm all channels off" in out.message
     assert rec.report.ok, rec.report.summary()
+
+
+def device_sequence(emulator: RehaStim2Emulator) -> list:
+    """What the device executed, in order: the levels of channels 1 and 2 of every
+    StartChannelListMode it accepted, "stop" for every accepted StopChannelListMode
+    (repeats folded, trailing stops dropped)."""
+    seq: list = []
+    for r in emulator.received:
+        if r.result != 0:
+            continue
+        if r.cmd == sm.Command.START_CHANNEL_LIST_MODE:
+            seq.append((r.data[3], r.data[7]))  # mode, pw, pw, current per channel
+        elif r.cmd == sm.Command.STOP_CHANNEL_LIST_MODE and seq and seq[-1] != "stop":
+            seq.append("stop")
+    while seq and seq[-1] == "stop":
+        seq.pop()
+    return seq
+
+
+def handed_sequence(commands) -> list:
+    """The same, from the commands the loop handed to the driver (one apply() per
+    handed_wall): the driver sends a Start when the levels change and something is on,
+    a Stop when all is off."""
+    levels = {1: 0, 2: 0}
+    seq: list = []
+    handed = [c for c in commands if math.isfinite(c.handed_wall)]
+    for _, group in itertools.groupby(handed, key=lambda c: c.handed_wall):
+        for c in group:
+            levels[c.channel] = math.floor(c.current_ma + 1e-6)
+        state = (levels[1], levels[2])
+        if any(state):
+            if not seq or seq[-1] != state:
+                seq.append(state)
+        elif seq and seq[-1] != "stop":
+            seq.append("stop")
+    while seq and seq[-1] == "stop":
+        seq.pop()
+    return seq
+
+
+def run_busy(tmp_path, config, emulator: RehaStim2Emulator, busy: int | None,
+             duration_s: float):
+    """Run the recorded loop on the emulator; once stimulating, the next ``busy``
+    commands (None: all, until cleared) are answered busy."""
+    src, _ = sim_session(config, SCRIPT, artifacts=False)
+    src.realtime = True
+    driver = RehaStim2(emulator.path, channels=(1, 2), response_timeout=0.3)
+    driver.open()
+    injected = []
+
+    def control() -> list[str]:
+        if driver.any_on and not injected:
+            injected.append(True)
+            emulator.answer_busy(busy)
+        return []
+
+    try:
+        return run_recorded(tmp_path, config, src, driver, control=control,
+                            options=LoopOptions(duration_s=duration_s, watchdog_s=2.0,
+                                                history=None))
+    finally:
+        driver.close()
+
+
+def test_a_few_busy_answers_do_not_end_the_session(tmp_path, config, emulator):
+    """Busy (-8) means "still processing, not executed": the driver sends the command
+    again, the session goes on to its end, and the device executes every level the loop
+    decided, in order, exactly once."""
+    rec = run_busy(tmp_path, config, emulator, 3, duration_s=6.0)
+    out = rec.out
+    assert (out.reason, out.exit_code) == ("duration", 0), out.message
+    assert emulator.busy_answers == 3 and emulator.violations == []
+    assert out.all_off and emulator.running_channels == {}
+    sequence = device_sequence(emulator)
+    assert len(sequence) >= 10 and sequence == handed_sequence(out.commands)
+    assert rec.report.ok, rec.report.summary()
+
+
+def test_a_device_that_stays_busy_ends_the_session_all_off(tmp_path, config, emulator):
+    rec = run_busy(tmp_path, config, emulator, None, duration_s=8.0)
+    out = rec.out
+    assert (out.reason, out.exit_code) == ("device", 5), out.message
+    assert "answered busy (-8)" in out.message
+    assert "switch the stimulator off and on" in out.message
+    assert out.seconds < 3.0
+    assert out.all_off  # StopChannelListMode is never busy: the device confirmed the stop
+    assert emulator.running_channels == {} and emulator.watchdog_expiries == 0
+    assert rec.report.ok, rec.report.summary()
+    assert_recording_ends_off(rec.session())

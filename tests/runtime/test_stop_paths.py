@@ -7,6 +7,8 @@ happens while stimulation is on. ``tests/e2e/test_run_cli.py`` does the same thr
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from dataclasses import asdict, replace
@@ -18,6 +20,8 @@ from closedloop.core.stream import Chunk
 from closedloop.errors import DeviceLostError, StimulatorError
 from closedloop.runtime.control import ControlCommand, ControlSender
 from closedloop.runtime.loop import LoopOptions, StopRequest, run_loop
+from closedloop.runtime.outcome import MESSAGES, SIGNAL_POLL_S
+from closedloop.runtime.signals import say, stop_on_signals
 from closedloop.sim.patient import Attempt
 from closedloop.sources.base import Source
 from closedloop.stim.protocol import make_protocol
@@ -85,6 +89,69 @@ def test_stop_request_from_another_thread(config, reason, code):
     assert_all_off(stim)
     assert np.isfinite(out.stop_to_off_ms) and out.stop_to_off_ms >= 0
     print(f"stop request -> all off: {out.stop_to_off_ms:.2f} ms")
+
+
+STOP_SIGNALS = [
+    (signal.SIGINT, "interrupt", 130),
+    (signal.SIGTERM, "sigterm", 143),
+    pytest.param(getattr(signal, "SIGHUP", None), "sighup", 129, marks=pytest.mark.skipif(
+        not hasattr(signal, "SIGHUP"), reason="POSIX signal")),
+    pytest.param(getattr(signal, "SIGQUIT", None), "sigquit", 131, marks=pytest.mark.skipif(
+        not hasattr(signal, "SIGQUIT"), reason="POSIX signal")),
+]
+
+
+@pytest.mark.parametrize(("sig", "reason", "code"), STOP_SIGNALS)
+def test_each_stop_signal_ends_the_loop_all_off_with_its_exit_code(config, sig, reason, code):
+    """The shared mechanism every stimulating command uses: a real signal to this
+    process while stimulating; its handlers are in place only inside the block."""
+    src, stim = sim_session(config, SCRIPT)
+    before = signal.getsignal(sig)
+    with stop_on_signals() as stop:
+        assert signal.getsignal(sig) is not before
+        out = run_loop(config, src, stim, options=FAST, stop=stop,
+                       control=when_stimulating(stim, lambda: os.kill(os.getpid(), sig)))
+    assert signal.getsignal(sig) is before  # restored
+    assert (out.reason, out.exit_code) == (reason, code)
+    assert out.message == MESSAGES[reason]
+    assert out.samples < 3 * 2000  # at once, not at the duration
+    assert_all_off(stim)
+    assert np.isfinite(out.stop_to_off_ms)
+
+
+def test_a_signal_wakes_a_stop_request_wait():
+    """stim-test waits on the request between commands: a signal (which may not take a
+    lock) is seen within SIGNAL_POLL_S, a request from another thread at once."""
+    with stop_on_signals() as stop:
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        t0 = time.monotonic()
+        assert stop.wait(5.0)
+        waited = time.monotonic() - t0
+    assert stop.reason == "sigterm" and 0.04 < waited < 0.05 + SIGNAL_POLL_S + 0.5
+    other = StopRequest()
+    threading.Timer(0.05, other.set, ("stop_button",)).start()
+    assert other.wait(5.0) and other.reason == "stop_button"
+    assert not StopRequest().wait(0.02)
+
+
+def test_the_first_stop_request_wins():
+    stop = StopRequest()
+    stop.set_from_signal("sighup")
+    stop.set("stop_button")
+    assert stop.reason == "sighup" and stop.is_set() and np.isfinite(stop.wall)
+
+
+def test_say_survives_an_output_that_is_gone():
+    """After SIGHUP the terminal is gone (EIO); a pipe's reader may be gone (EPIPE):
+    the summary must not fail the command or the interpreter's final flush."""
+    r, w = os.pipe()
+    os.close(r)
+    stream = os.fdopen(w, "w")
+    try:
+        assert say("session ended: ...", file=stream) is False  # EPIPE, not raised
+        assert say("  all channels off: yes", file=stream)  # now to the null device
+    finally:
+        stream.close()  # flushes: must not raise either
 
 
 class Failing(Source):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -331,11 +332,25 @@ def test_stimulation_error_is_raised_and_outputs_marked_off(driver, emulator, in
 
 
 @pytest.mark.timeout(10)
+def test_a_refusal_after_a_stimulation_error_names_the_error(driver, emulator):
+    """A command in flight when the electrode error comes is refused -3 (the device went
+    back to start mode): the message names the electrode error, the cause, too."""
+    driver.apply([cmd(1, 20.0)])
+    emulator.electrode_error()
+    wait_for_fault(driver, StimulatorError, timeout=2.0)
+    pulses = {1: sm.ChannelPulse(25, 200), 2: sm.ChannelPulse(0, 200)}
+    with driver._txn_lock, pytest.raises(  # as an apply() that was already past its check
+            StimulatorError, match=r"refused StartChannelListMode .*-3, wrong mode.*after it "
+            r"reported: .*error -2: electrode error"):
+        driver._transact(functools.partial(sm.start_channel_list_mode, pulses=pulses))
+
+
+@pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     ("result", "command", "match"),
     [
         (-2, "InitChannelListMode", r"refused InitChannelListMode .*-2, parameter error"),
-        (-8, "StartChannelListMode", r"refused StartChannelListMode .*-8, busy"),
+        (-3, "StartChannelListMode", r"refused StartChannelListMode .*-3, wrong mode"),
     ],
 )
 def test_negative_ack_raises_stimulator_error(driver, emulator, result, command, match):
@@ -351,6 +366,96 @@ def test_negative_ack_raises_stimulator_error(driver, emulator, result, command,
     driver.check()  # a refusal is raised to the caller, not stored
     driver.apply([cmd(1, 30.0)])  # and the next command works
     assert emulator.channels[1].current_ma == 30
+
+
+# --- busy (-8): the device is still processing; not a refusal -----------------------------------
+
+
+def results(emu: RehaStim2Emulator, command: int) -> list[int | None]:
+    return [r.result for r in emu.commands(command)]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("k", [1, 3])
+def test_busy_answers_are_sent_again_and_each_command_executed_once_in_order(driver, emulator,
+                                                                            k):
+    driver.apply([cmd(1, 5.0)])
+    for level in (10.0, 15.0, 20.0):
+        emulator.answer_busy(k)
+        driver.apply([cmd(1, level)])  # returns normally: busy is not a refusal
+        assert emulator.channels[1].current_ma == level
+    starts = emulator.commands(sm.Command.START_CHANNEL_LIST_MODE)
+    assert [r.result for r in starts] == [0] + ([-8] * k + [0]) * 3
+    assert [r.data[3] for r in starts if r.result == 0] == [5, 10, 15, 20]  # in order, once
+    numbers = [r.pkt_no for r in starts[1:]]  # every send is a new packet
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert driver.outputs[1].current_ma == 20.0
+    driver.check()  # nothing stored: the session goes on
+
+
+@pytest.mark.timeout(10)
+def test_busy_on_init_probe_and_stop_is_sent_again_too(make_driver, emulator):
+    driver = make_driver(probe_s=0.2)
+    emulator.answer_busy(2)
+    driver.apply([cmd(1, 20.0)])
+    assert results(emulator, sm.Command.INIT_CHANNEL_LIST_MODE) == [-8, -8, 0]
+    assert emulator.running_channels.keys() == {1}
+    probes = len(emulator.commands(sm.Command.GET_STIMULATION_MODE))
+    emulator.answer_busy(2)  # the plateau's mode probe meets a busy device
+    assert emulator.wait_until(
+        lambda e: len(e.commands(sm.Command.GET_STIMULATION_MODE)) >= probes + 4, 3.0)
+    assert results(emulator, sm.Command.GET_STIMULATION_MODE)[probes:probes + 3] == [-8, -8, 0]
+    driver.check()  # no fault: a busy device is not a lost one
+    emulator.answer_with(-8)  # the spec lists only 0/-1 for Stop; the driver retries anyway
+    driver.stop_all()
+    assert results(emulator, sm.Command.STOP_CHANNEL_LIST_MODE) == [-8, 0]
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_device_that_stays_busy_is_given_up_after_busy_timeout(make_driver, emulator):
+    driver = make_driver(busy_timeout=0.2)
+    driver.apply([cmd(1, 20.0)])
+    emulator.answer_busy(None)  # busy until cleared
+    t0 = time.monotonic()
+    with pytest.raises(StimulatorError, match=r"busy \(-8\) to StartChannelListMode (\d+) "
+                       r"times.*switch the stimulator off and on") as info:
+        driver.apply([cmd(1, 25.0)])
+    elapsed = time.monotonic() - t0
+    assert 0.2 <= elapsed < 0.2 + RESPONSE_TIMEOUT
+    sends = emulator.commands(sm.Command.START_CHANNEL_LIST_MODE)[1:]
+    assert 4 <= len(sends) <= 12 and all(r.result == -8 for r in sends)  # paced, not flooded
+    assert f"{len(sends)} times" in str(info.value)
+    assert emulator.channels[1].current_ma == 20 and driver.outputs[1].current_ma == 20.0
+    driver.stop_all()  # StopChannelListMode is never busy: the device confirms all off
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+# --- the port is exclusive -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_a_port_in_use_is_refused_before_anything_is_sent(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    before = emulator.received
+    second = RehaStim2(emulator.path, channels=(1, 2), response_timeout=RESPONSE_TIMEOUT)
+    t0 = time.monotonic()
+    with pytest.raises(DeviceError, match=f"port {emulator.path} is in use by another "
+                       r"program \(another closedloop session.*nothing was sent"):
+        second.open()
+    assert time.monotonic() - t0 < 0.5  # refused at once, not after a handshake timeout
+    assert not second.is_open
+    second.close()  # nothing to stop: sends nothing
+    time.sleep(0.3)
+    assert emulator.received[:len(before)] == before
+    assert all(r.cmd == sm.Command.WATCHDOG for r in emulator.received[len(before):])
+    driver.apply([cmd(1, 25.0)])  # the first session goes on: its Acks were not taken
+    assert emulator.channels[1].current_ma == 25
+    driver.check()
+    driver.close()
+    assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, 3.0)  # device resets
+    with RehaStim2(emulator.path, response_timeout=RESPONSE_TIMEOUT) as third:  # free again
+        assert third.is_open
 
 
 @pytest.mark.timeout(10)

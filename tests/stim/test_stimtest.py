@@ -160,3 +160,40 @@ def test_second_test_waits_for_the_channel_rest():
     assert summary.start_sample == 4400
     first_on = next(a.stream_time for a in stim.log[11:] if a.command.current_ma > 0)
     assert first_on - before == pytest.approx(3.0 - 0.001)
+
+
+class FakeStop:
+    """A stop request made ``at`` a time of the fake clock (as a signal would be)."""
+
+    def __init__(self, t: FakeTime, at: float, reason: str = "sigterm") -> None:
+        self.t, self.at, self._reason, self.reason = t, at, reason, ""
+
+    def is_set(self) -> bool:
+        if self.t.now >= self.at:
+            self.reason = self._reason
+        return bool(self.reason)
+
+    def wait(self, timeout: float) -> bool:
+        self.t.now = min(self.t.now + timeout, max(self.t.now, self.at))
+        return self.is_set()
+
+
+def test_a_stop_request_during_the_hold_ends_the_test_at_once_all_off():
+    guard, stim, t = setup()
+    stop = FakeStop(t, at=t.now + 0.2 + 0.5)  # half-way through the 1 s hold
+    summary = run(guard, stim, t, current=10.0, duration=1.0, stop=stop)
+    levels = [a.command.current_ma for a in stim.log if a.command.phase == "test"]
+    assert levels == [2.0, 4.0, 6.0, 8.0, 10.0]  # no ramp-down: off at once
+    assert t.now == pytest.approx(stop.at)  # it waited on the request, not the full hold
+    assert not summary.completed and summary.stopped == "sigterm"
+    assert summary.n_commands == 5 and math.isfinite(summary.off_wall)
+    assert not stim.any_on and stim.log[-1].command.phase == "stop"
+    assert guard.level("biceps") == 0.0
+
+
+def test_a_stop_requested_before_the_first_command_sends_nothing_but_the_off():
+    guard, stim, t = setup()
+    summary = run(guard, stim, t, stop=FakeStop(t, at=t.now, reason="sighup"))
+    assert summary.stopped == "sighup" and summary.n_commands == 0
+    assert stim.log == () and not stim.any_on  # nothing was ever on
+    assert math.isfinite(summary.off_wall)  # stop_all() was called all the same

@@ -22,7 +22,12 @@ How it works
 * :meth:`RehaStim2.open` opens the port once with every setting (460800 baud, 8E1, no
   flow control, a short read timeout; re-applying settings later fails on a Linux pty,
   and a pty that was opened before refuses even parity: it is then opened 8N1, the only
-  line a pty has),
+  line a pty has) and **exclusively** (pyserial's ``exclusive=True``: an advisory
+  ``flock`` on POSIX, which works on a pty too; Windows opens COM ports exclusively
+  anyway). A port another closedloop session holds is refused with
+  :class:`~closedloop.errors.DeviceError` before a byte is read or sent, so the session
+  that has it goes on undisturbed (two sessions on one port would take each other's
+  acknowledgements),
   waits for the device's Init (it repeats it every 500 ms), answers InitAck echoing its
   packet number, starts the link thread and confirms the link with GetStimulationMode.
 * The link thread reads and decodes everything the device sends, hands each
@@ -37,6 +42,13 @@ How it works
 * Every command waits for its acknowledgement for ``response_timeout`` and checks its
   result: no answer -> :class:`~closedloop.errors.DeviceLostError`, a non-zero result ->
   :class:`~closedloop.errors.StimulatorError` naming the command and what the code means.
+* Busy (-8) is not a refusal: the device "is still processing the previous command" and
+  did not execute this one (DOC2 section 5.2: wait, then send again). The command is sent
+  again, as a new packet (the packet number goes on by one), after 5, 10, 20, 40, 50 ...
+  ms, for up to ``busy_timeout`` (0.2 s: twice the device's longest response time, inside
+  the loop's backstop watchdog and the device's own 1.2 s). Each command is therefore
+  executed exactly once, in order. A device still busy after that raises
+  :class:`~closedloop.errors.StimulatorError` saying so and what to do.
 * Stimulation runs in the channel list mode, which has one main frequency for all
   channels. :meth:`RehaStim2.apply` initialises it lazily (InitChannelListMode with every
   configured channel) when something is first switched on, then sends
@@ -86,7 +98,7 @@ from dataclasses import dataclass
 
 import serial
 
-from closedloop.errors import ConfigError, DeviceLostError, StimulatorError
+from closedloop.errors import ConfigError, DeviceError, DeviceLostError, StimulatorError
 from closedloop.stim.base import ChannelOutput, Stimulator
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.drivers import sciencemode2 as sm
@@ -101,8 +113,14 @@ except ImportError:  # Windows
 logger = logging.getLogger(__name__)
 
 BAUDRATE = 460800
+#: First pause before a command answered busy (-8) is sent again; it doubles up to the next.
+BUSY_FIRST_RETRY_S = 0.005
+#: Longest pause between two sends of a command answered busy.
+BUSY_MAX_RETRY_S = 0.05
 #: How long the link thread blocks in one read; bounds how fast it notices a stop request.
 READ_POLL_S = 0.05
+#: errno of a port another process holds: flock (pyserial's exclusive), TIOCEXCL.
+_PORT_BUSY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
 #: Tolerance when rounding a level down to the device's integer steps (10.0000001 -> 10).
 _ROUND_TOL = 1e-6
 
@@ -148,6 +166,9 @@ class RehaStim2(Stimulator):
         device that stopped answering, or stopped stimulating on its own, is reported by
         :meth:`check` within ``probe_s + response_timeout`` instead of at the next
         command. 0 disables it.
+    busy_timeout : float
+        How long a command the device answers busy (-8) is sent again before the driver
+        gives up (StimulatorError); at most 1.0 s, inside the device's 1.2 s watchdog.
     init_timeout : float
         Seconds :meth:`open` waits for the device's Init packet (sent every 0.5 s).
     write_timeout : float
@@ -172,6 +193,7 @@ class RehaStim2(Stimulator):
         response_timeout: float = 0.1,
         keepalive_s: float = 0.5,
         probe_s: float = 0.5,
+        busy_timeout: float = 0.2,
         init_timeout: float = 2.0,
         write_timeout: float = 0.5,
         history: int = 4096,
@@ -190,6 +212,7 @@ class RehaStim2(Stimulator):
         for name, value, low, high in (
             ("response_timeout", response_timeout, 0.0, 10.0),
             ("keepalive_s", keepalive_s, 0.0, 1.0),
+            ("busy_timeout", busy_timeout, 0.0, 1.0),
             ("init_timeout", init_timeout, 0.0, 60.0),
             ("write_timeout", write_timeout, 0.0, 10.0),
         ):
@@ -204,6 +227,7 @@ class RehaStim2(Stimulator):
         self.response_timeout = float(response_timeout)
         self.keepalive_s = float(keepalive_s)
         self.probe_s = float(probe_s)
+        self.busy_timeout = float(busy_timeout)
         self.init_timeout = float(init_timeout)
         self.write_timeout = float(write_timeout)
         #: Protocol version the device announced in its Init (None before open()).
@@ -237,6 +261,9 @@ class RehaStim2(Stimulator):
 
         Raises
         ------
+        DeviceError
+            If another program (another closedloop session) has the port open; nothing
+            was read from or sent to it.
         DeviceLostError
             If the port cannot be opened, or no Init arrives within ``init_timeout``, or
             the device does not answer GetStimulationMode after the handshake.
@@ -249,6 +276,13 @@ class RehaStim2(Stimulator):
         try:
             self._serial = self._open_port()
         except (OSError, ValueError, _TERMIOS_ERROR) as exc:  # SerialException is an OSError
+            if isinstance(exc, OSError) and exc.errno in _PORT_BUSY:
+                raise DeviceError(
+                    f"the RehaStim2 port {self.port} is in use by another program (another "
+                    "closedloop session, or a terminal or vendor program); nothing was sent "
+                    "to the stimulator. End that session or program (on Linux `fuser -v "
+                    f"{self.port}` shows which process has it), then start again."
+                ) from exc
             raise DeviceLostError(
                 f"cannot open the RehaStim2 serial port {self.port!r}: {exc}. Check that "
                 "the stimulator's USB cable is plugged in, the port name is right "
@@ -278,9 +312,11 @@ class RehaStim2(Stimulator):
             raise
 
     def _open_port(self) -> serial.Serial:
-        """Open the port with every setting at once (460800 8E1, no flow control)."""
+        """Open the port exclusively with every setting at once (460800 8E1, no flow
+        control); a port another process holds fails with EWOULDBLOCK (flock)."""
         settings = {
             "port": self.port,
+            "exclusive": True,
             "baudrate": BAUDRATE,
             "bytesize": serial.EIGHTBITS,
             "stopbits": serial.STOPBITS_ONE,
@@ -533,9 +569,49 @@ class RehaStim2(Stimulator):
     def _transact(self, build: Callable[[int], sm.Packet]) -> sm.Packet:
         """Send one command and return its Ack; the caller holds ``_txn_lock``.
 
+        A busy answer (-8: not executed, the device is still processing) sends the
+        command again as a new packet, after a pause that doubles from
+        :data:`BUSY_FIRST_RETRY_S` to :data:`BUSY_MAX_RETRY_S`, until ``busy_timeout``.
+
         Raises DeviceLostError when no Ack comes within ``response_timeout`` (the link is
-        then considered lost) and StimulatorError when the Ack's result is not 0.
+        then considered lost) and StimulatorError when the Ack's result is not 0 (busy:
+        still busy after ``busy_timeout``).
         """
+        started = time.monotonic()
+        pause, busy = BUSY_FIRST_RETRY_S, 0
+        while True:
+            packet, reply = self._exchange(build)
+            result = sm.to_int8(reply.data[0]) if reply.data else None
+            if result == 0:
+                return reply
+            if result != sm.RESULT_BUSY:
+                meaning = ("empty Ack" if result is None
+                           else f"{result}, {sm.result_meaning(result)}")
+                with self._state_lock:  # e.g. -3 because an electrode error stopped it
+                    fault = self._fault
+                cause = f", after it reported: {fault}" if fault is not None else ""
+                raise StimulatorError(
+                    f"RehaStim2 refused {packet.name} (packet {packet.pkt_no}): result "
+                    f"{meaning}{cause}"
+                )
+            busy += 1
+            left = started + self.busy_timeout - time.monotonic()
+            if left <= 0:
+                raise StimulatorError(
+                    f"the RehaStim2 on {self.port} answered busy (-8) to {packet.name} {busy} "
+                    f"times over {1000 * (time.monotonic() - started):.0f} ms: it is still "
+                    "processing an earlier command and takes no new one. The session stops "
+                    "stimulation; switch the stimulator off and on before the next session, "
+                    "and have it serviced if this happens again."
+                )
+            logger.info("RehaStim2 on %s busy on %s (%d); sending it again in %.0f ms",
+                        self.port, packet.name, busy, 1000 * min(pause, left))
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, BUSY_MAX_RETRY_S)
+
+    def _exchange(self, build: Callable[[int], sm.Packet]) -> tuple[sm.Packet, sm.Packet]:
+        """Send one packet made by ``build(pkt_no)``; return it and its Ack, whatever
+        the result. Raises DeviceLostError when no Ack comes within ``response_timeout``."""
         done = threading.Event()
         with self._write_lock:
             packet = build(self._pkt_no)
@@ -565,13 +641,7 @@ class RehaStim2(Stimulator):
             )
             self._record_fault(exc, outputs_off=False, report=False)
             raise exc
-        result = sm.to_int8(pending.reply.data[0]) if pending.reply.data else None
-        if result != 0:
-            meaning = "empty Ack" if result is None else f"{result}, {sm.result_meaning(result)}"
-            raise StimulatorError(
-                f"RehaStim2 refused {packet.name} (packet {packet.pkt_no}): result {meaning}"
-            )
-        return pending.reply
+        return packet, pending.reply
 
     def _write(self, frame: bytes, pkt_no: int, cmd: int) -> None:
         with self._write_lock:

@@ -112,6 +112,10 @@ class PulseMode(enum.IntEnum):
     TRIPLET = 2
 
 
+#: Ack result "busy": the device is still processing the previous command and did not
+#: execute this one; the host waits and sends it again (DOC2 section 5.2).
+RESULT_BUSY = -8
+
 #: Meaning of the int8 result in an acknowledgement (DOC2 sections 5.1-5.2).
 RESULT_MEANINGS: dict[int, str] = {
     0: "ok",

@@ -1,0 +1,258 @@
+"""Every way a terminal session can end stops stimulation, and the port is exclusive.
+
+Each command that can stimulate (``closedloop run``, ``closedloop stim-test``; ``calibrate``
+never drives a stimulator) runs as a real process in its own process group and drives the
+strict RehaStim2 emulator (``python -m tests.emulators.rehastim2``) over a pseudo-terminal,
+as it would a RehaStim2 on ``/dev/ttyUSB0``. While the emulator reports a channel on, the
+process group gets SIGINT, SIGTERM, SIGHUP or SIGQUIT, as a terminal sends them (Ctrl-C,
+Ctrl-\\ and a closed window reach the whole foreground job). Each must end with the
+device's channels switched off *by the command* (a StopChannelListMode the device
+acknowledged, before its own 1.2 s watchdog could have done it), the summary printed,
+the signal's exit code (128 + its number) and, for ``run --record``, a complete
+recording. Closing the terminal itself (the pty the command runs on) is tested too: the
+command gets SIGHUP and every later write to its terminal fails with EIO.
+
+The signal -> all-off times printed here are measurements (device side: the signal sent
+to the Stop the emulator executed), not assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from closedloop.io.xdf import load_session
+from tests.conftest import CONFIGS, ROOT
+from tests.e2e.test_run_cli import Emulator, all_off, stimulating
+from tests.faults.conftest import assert_recording_ends_off
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "openpty") or not hasattr(signal, "SIGHUP"),
+                                reason="needs POSIX signals and a pty")
+
+CONFIG = str(CONFIGS / "biceps_triceps.toml")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+#: (signal, exit code, reason in the JSON summary, words of the summary's first line)
+SIGNALS = [
+    pytest.param(signal.SIGINT, 130, "interrupt", "interrupted (Ctrl-C)", id="SIGINT"),
+    pytest.param(signal.SIGTERM, 143, "sigterm", "terminated (SIGTERM)", id="SIGTERM"),
+    pytest.param(signal.SIGHUP, 129, "sighup", "hung up (SIGHUP: the terminal was closed)",
+                 id="SIGHUP"),
+    pytest.param(signal.SIGQUIT, 131, "sigquit", "quit (SIGQUIT, Ctrl-\\)", id="SIGQUIT"),
+]
+
+
+class Command:
+    """``closedloop ARGS`` as a process group of its own (a terminal's foreground job);
+    stdout and stderr are collected."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "closedloop", *args], cwd=ROOT, env=ENV,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=sink.extend, args=(stream,), daemon=True)
+                         for stream, sink in ((self.proc.stdout, self.out),
+                                              (self.proc.stderr, self.err))]
+        for t in self._readers:
+            t.start()
+
+    def signal(self, sig: int) -> float:
+        """Send ``sig`` to the whole process group; the monotonic time it was sent."""
+        sent = time.monotonic()
+        os.killpg(self.proc.pid, sig)
+        return sent
+
+    def finish(self, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Exit code, stdout, stderr."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"closedloop did not end:\n{''.join(self.err)}") from None
+        for t in self._readers:
+            t.join(timeout=5)
+        return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    emu = Emulator(tmp_path)
+    yield emu
+    emu.close()
+
+
+def rehastim2(emulator: Emulator) -> list[str]:
+    return ["--stimulator", f"rehastim2:{emulator.pty}", "--confirm-checklist"]
+
+
+def run_args(emulator: Emulator, *extra: str) -> list[str]:
+    return ["run", "--config", CONFIG, "--no-gui", *rehastim2(emulator), *extra]
+
+
+def stim_test_args(emulator: Emulator, current: float = 30.0, hold: float = 5.0) -> list[str]:
+    return ["stim-test", "--config", CONFIG, "--muscle", "biceps", "--current", f"{current:g}",
+            "--duration", f"{hold:g}", *rehastim2(emulator)]
+
+
+def switched_off_by_the_command(emulator: Emulator, sent: float) -> float:
+    """Assert that after ``sent`` (monotonic) the device executed a StopChannelListMode
+    from the command and was all off before its own watchdog fired; return the time
+    from ``sent`` to that Stop, in seconds."""
+    state = emulator.wait(all_off, timeout=5)
+    t0 = state["t0_monotonic"]
+    stops = [t0 + r["t"] for r in state["received"]
+             if r["name"] == "StopChannelListMode" and r["result"] == 0 and t0 + r["t"] >= sent]
+    assert stops, f"no StopChannelListMode after the signal; events: {state['events']}"
+    expiries = [t0 + float(e.split()[0]) for e in state["events"] if "watchdog expired" in e]
+    assert all(t > stops[0] for t in expiries), "the device's watchdog stopped it, not closedloop"
+    assert state["violations"] == []
+    return stops[0] - sent
+
+
+# -- every signal on every command that can stimulate ----------------------------------------------
+@pytest.mark.parametrize(("sig", "code", "reason", "words"), SIGNALS)
+def test_run_stops_on_the_signal_all_off_summary_and_recording(tmp_path, emulator, sig, code,
+                                                               reason, words):
+    xdf = tmp_path / "session.xdf"
+    run = Command(*run_args(emulator, "--record", str(xdf), "--json"))  # status lines too
+    try:
+        emulator.wait(stimulating)
+        sent = run.signal(sig)
+        rc, out, err = run.finish()
+    finally:
+        run.kill()
+    assert rc == code, out + err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["reason"] == reason and summary["exit_code"] == code
+    assert summary["all_off"] and summary["channels_on_at_end"] == []
+    assert f"session ended: {words} (exit code {code})" in out
+    assert "all channels off: yes" in out and "stop -> all off" in out
+    device_s = switched_off_by_the_command(emulator, sent)
+    # the recording was closed: LabRecorderCLI, which has its own session, finished it
+    assert f"recording       : {xdf} - recording session.xdf: complete" in out, out
+    session = load_session(xdf)
+    assert session.complete and not session.truncated
+    assert any(c.is_on for c in session.commands)
+    assert_recording_ends_off(session)
+    print(f"\nrun, {signal.Signals(sig).name} -> all off: {summary['stop_to_off_ms']:.1f} ms "
+          f"from the handler to the acknowledged Stop; {1000 * device_s:.1f} ms from the "
+          "signal to the Stop executed by the emulated device")
+
+
+@pytest.mark.parametrize(("sig", "code", "reason", "words"), SIGNALS)
+def test_stim_test_stops_on_the_signal_all_off_and_summary(emulator, sig, code, reason, words):
+    test = Command(*stim_test_args(emulator, current=30.0, hold=5.0))
+    try:
+        emulator.wait(lambda s: s["channels"]["1"]["current_ma"] >= 30 and stimulating(s))
+        sent = test.signal(sig)
+        rc, out, err = test.finish()
+    finally:
+        test.kill()
+    assert rc == code, out + err
+    assert "stim-test biceps (channel 1): peak 30 mA" in out
+    assert f"NOT completed ({words}); all channels off\n" in out
+    assert "stop -> all off:" in out
+    device_s = switched_off_by_the_command(emulator, sent)
+    stop_ms = float(out.split("stop -> all off:")[1].split("ms")[0])
+    print(f"\nstim-test, {signal.Signals(sig).name} -> all off: {stop_ms:.1f} ms from the "
+          f"handler to the acknowledged Stop; {1000 * device_s:.1f} ms from the signal to "
+          "the Stop executed by the emulated device")
+
+
+#: Run by the test as the child on a new pty: make the pty its controlling terminal (as a
+#: terminal window does for its shell), then become ``python -m closedloop ...``.
+_ON_A_TERMINAL = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                  "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
+def test_closing_the_terminal_stops_run_and_finishes_the_recording(tmp_path, emulator):
+    """The terminal window is closed: the kernel hangs up the pty, sends SIGHUP, and every
+    later write to the terminal (status lines, the summary) fails with EIO."""
+    xdf = tmp_path / "session.xdf"
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop",
+         *run_args(emulator, "--record", str(xdf))],  # status lines on the terminal
+        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    shown: list[bytes] = []
+    closing = threading.Event()
+
+    def terminal() -> None:  # the window shows what is written to it
+        while not closing.is_set():
+            if select.select([master], [], [], 0.05)[0]:
+                try:
+                    shown.append(os.read(master, 4096))
+                except OSError:
+                    return
+
+    reader = threading.Thread(target=terminal, daemon=True)
+    reader.start()
+    try:
+        emulator.wait(stimulating)
+        closing.set()
+        reader.join(timeout=5)
+        sent = time.monotonic()
+        os.close(master)  # the window closes
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert b"closedloop run:" in b"".join(shown)  # it was writing to this terminal
+    assert rc == 129
+    device_s = switched_off_by_the_command(emulator, sent)
+    session = load_session(xdf)
+    assert session.complete and not session.truncated
+    assert any(c.is_on for c in session.commands)
+    assert_recording_ends_off(session)
+    print(f"\nterminal closed -> all off: {1000 * device_s:.1f} ms from the hang-up to the "
+          "Stop executed by the emulated device")
+
+
+# -- the port is exclusive -------------------------------------------------------------------------
+@pytest.mark.parametrize(("first", "second"), [("run", "stim-test"), ("stim-test", "run"),
+                                               ("run", "run")])
+def test_a_second_session_on_the_port_is_refused_and_the_first_goes_on(emulator, first,
+                                                                       second):
+    def args(which: str) -> list[str]:
+        if which == "run":
+            return run_args(emulator, "--no-outlets", "--quiet", "--duration", "10", "--json")
+        return stim_test_args(emulator, current=20.0, hold=6.0)
+
+    one = Command(*args(first))
+    try:
+        emulator.wait(stimulating)
+        two = Command(*args(second))
+        rc2, out2, err2 = two.finish(timeout=30)
+        still, alive = emulator.state(), one.proc.poll() is None
+        rc1, out1, err1 = one.finish()
+    finally:
+        one.kill()
+    assert rc2 == 5, out2 + err2
+    assert f"the RehaStim2 port {emulator.pty} is in use by another program" in err2 + out2
+    assert "nothing was sent" in err2 + out2
+    assert alive  # refused while the first session ran
+    if first == "stim-test":  # 7 s of train: the refusal came in the middle of it
+        assert still["any_running"]
+    assert rc1 == 0, out1 + err1  # it ended normally: none of its Acks was taken
+    assert "all channels off" in out1
+    state = emulator.wait(all_off, timeout=5)
+    assert state["violations"] == []  # packet numbers ran on: only one session sent
+    assert sum(r["name"] == "InitAck" for r in state["received"]) == 1
