@@ -336,7 +336,8 @@ class Session:
     units : str
     samples : ndarray, shape (n, n_channels), float64
         What the detectors saw: NaN/inf values held at the channel's last finite value
-        (as the input monitor does).
+        (as the input monitor does). Possibly a view of the recorded rows (counter
+        column left out), not C-contiguous.
     timestamps : ndarray, shape (n,), float64
         Stream times exactly as recorded.
     counter : ndarray of int64, shape (n,), or None
@@ -620,7 +621,9 @@ def load_session(
                 metadata = json.loads(meta_text)
             except ValueError:
                 metadata = {"unreadable": meta_text}
-    raw = np.ascontiguousarray(data[:, cols])
+    # a view where the counter is the first or last column (no copy of a long recording)
+    raw = (data if ccol is None else data[:, :-1] if ccol == nch_total - 1
+           else data[:, 1:] if ccol == 0 else data[:, cols])
     samples = hold_nonfinite(raw)
     markers = items(ROLE_MARKERS)
     events, commands = items(ROLE_EVENTS), items(ROLE_STIM)

@@ -551,104 +551,96 @@ def _starts(s: StreamLayout, buf: Any, first: int, end: int, n: int, *,
     return out, p
 
 
-def _guess(flag: np.ndarray, j: np.ndarray, period: np.ndarray, sparse_ts: np.ndarray
-           ) -> np.ndarray:
-    """Guessed timestamp byte counts (0 or 8) of the samples ``j`` places after a sample
-    whose actual count is ``flag``: the rarer kind every ``period`` samples (period 1:
-    all the same), the actual one first."""
-    rare = np.where(sparse_ts, 8, 0)
-    common = 8 - rare
-    starts_rare = flag == rare
-    at_rare = np.where(starts_rare, j % period == 0, j % period == period - 1)
-    out = np.where(at_rare & (period > 1), rare, common)
-    return np.where(period == 1, flag, out)
+#: Chunks with more samples than this are walked one at a time, not in lanes.
+_LANE_MAX = 200_000
 
 
 def _numeric_positions(s: StreamLayout, u8: np.ndarray, buf: Any
-                       ) -> tuple[np.ndarray, list[tuple[int, _BadError]]]:
-    """Byte offsets of every sample of a numeric stream, and the chunks that fail.
+                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, _BadError]]]:
+    """Byte offset and timestamp byte count of every sample of a numeric stream, and the
+    chunks that fail.
 
-    Every sample starts with its timestamp byte count (0 or 8), so a sample's offset
-    depends on all before it in the chunk. The counts follow patterns (all 8, all 0, or
-    LabRecorder's: a 0 now and then, alternating while timestamps are exactly regular),
-    so for all chunks at once the counts are guessed from each chunk's share of
-    timestamps, the implied offsets computed, and the actual bytes read there: each
-    chunk's samples up to its first wrong guess are right, the next round guesses on from
-    there. Chunks still unsettled after a few rounds are walked one sample at a time.
+    Every sample starts with its timestamp byte count (0 or 8), so within a chunk a
+    sample's offset depends on all before it. A chunk's length says how many samples
+    carry a timestamp: all or none give the offsets at once. Other chunks (LabRecorder
+    leaves a timestamp out when it equals the previous one plus the sampling interval)
+    are walked sample by sample, but all chunks together: one numpy step per sample
+    index reads the count of every chunk still going and advances it. Then every count
+    must be 0 or 8, and the counts of a chunk must add up to its length.
     """
     rec = 1 + s.nch * np.dtype(DTYPES[s.fmt]).itemsize
     chunks = np.asarray([c[1:] for c in s.chunks], dtype=np.int64).reshape(-1, 3)
     first, end, n = chunks[:, 0], chunks[:, 1], chunks[:, 2]
     total = int(n.sum())
-    out = np.empty(total, dtype=np.int64)
-    base = np.cumsum(n) - n  # index of each chunk's first sample in ``out``
+    pos = np.empty(total, dtype=np.int64)
+    flags = np.empty(total, dtype=np.uint8)
+    base = np.cumsum(n) - n  # index of each chunk's first sample in ``pos``
     k = (end - first - n * rec) // 8  # samples with a timestamp, per chunk
-    sparse_ts = 2 * k < n
-    rare = np.where(sparse_ts, k, n - k)
-    period = np.where(rare > 0, np.maximum(1, np.rint(n / np.maximum(rare, 1))), 1)
-    period = period.astype(np.int64)
-    done = np.zeros(n.size, dtype=np.int64)
-    p = first.copy()
-    bad: list[tuple[int, _BadError]] = []
-    active = np.flatnonzero(n > 0)
-    for _ in range(24):
-        if active.size == 0:
-            break
-        inside = p[active] < end[active]
-        flag = np.where(inside, u8[np.minimum(p[active], u8.size - 1)], 0).astype(np.int64)
-        good = inside & ((flag == 0) | (flag == 8))
-        for c in active[~good]:
-            bad.append((int(c), _BadError(int(p[c]), _flag_message(s, u8, int(done[c]),
-                                                                   int(p[c]), int(end[c])))))
-        active, flag = active[good], flag[good]
-        if active.size == 0:
-            break
-        rem = n[active] - done[active]
-        cid = np.repeat(np.arange(active.size), rem)
-        j = np.arange(int(rem.sum()), dtype=np.int64) - np.repeat(np.cumsum(rem) - rem, rem)
-        hyp = _guess(flag[cid], j, period[active][cid], sparse_ts[active][cid])
-        size = rec + hyp
-        csum = np.cumsum(size)
-        seg0 = np.cumsum(rem) - rem
-        pos = p[active][cid] + csum - size - (csum[seg0] - size[seg0])[cid]
-        stop = end[active][cid]
-        ok = (pos + size <= stop) & (u8[np.minimum(pos, stop - 1)] == hyp)
-        miss = np.flatnonzero(~ok)
-        upto = rem.copy()  # per active chunk: how many guesses hold
-        if miss.size:
-            which, at = np.unique(cid[miss], return_index=True)
-            upto[which] = j[miss[at]]
-        keep = j < upto[cid]
-        out[(base[active] + done[active])[cid][keep] + j[keep]] = pos[keep]
-        last = np.cumsum(rem) - 1  # each chunk's last guess (valid when all held)
-        nxt = np.where(upto == rem, pos[last] + size[last],
-                       pos[np.minimum(seg0 + upto, pos.size - 1)])
-        stuck = upto == 0  # the sample at p does not fit in the chunk
-        for c in active[stuck]:
-            bad.append((int(c), _BadError(int(p[c]), f"a chunk of {s.name!r} holds "
-                                          f"{int(done[c])} whole samples where it declares "
-                                          f"{int(n[c])} (at byte {int(p[c])})")))
-        done[active] += upto
-        p[active] = nxt
-        finished = (done[active] == n[active]) & ~stuck
-        for c in active[finished & (p[active] != end[active])]:
-            bad.append((int(c), _BadError(int(p[c]), f"a chunk of {s.name!r} has "
-                                          f"{int(end[c] - p[c])} bytes left after its "
-                                          f"{int(n[c])} samples (at byte {int(p[c])})")))
-        active = active[~finished & ~stuck]
-    for c in active:  # irregular patterns: walk the rest
+    stride = np.where(k == n, rec + 8, rec)
+    regular = np.flatnonzero(((k == n) | (k == 0)) & (n > 0))
+    if regular.size:
+        nr = n[regular]
+        j = np.arange(int(nr.sum()), dtype=np.int64) - np.repeat(np.cumsum(nr) - nr, nr)
+        at = np.repeat(base[regular], nr) + j
+        pos[at] = np.repeat(first[regular], nr) + j * np.repeat(stride[regular], nr)
+        flags[at] = u8.take(pos[at], mode="clip")
+    mixed = np.flatnonzero((k != n) & (k != 0) & (n > 0))
+    cap = min(_LANE_MAX, 4 * int(np.median(n[mixed])) + 16) if mixed.size else 0
+    long = mixed[n[mixed] > cap]  # a few long chunks would make lanes wasteful: walk them
+    mixed = mixed[n[mixed] <= cap]
+    if mixed.size:
+        order = mixed[np.argsort(-n[mixed], kind="stable")]  # longest first
+        lane_n = n[order]
+        steps = np.zeros((int(lane_n[0]), order.size), dtype=np.uint8)
+        p = first[order].copy()
+        m = order.size
+        for i in range(steps.shape[0]):  # step i: sample i of every chunk that has one
+            while lane_n[m - 1] <= i:
+                m -= 1
+            q = p[:m]
+            f = u8.take(q, mode="clip")
+            steps[i, :m] = f
+            q += rec + f
+        lane_flags = np.ascontiguousarray(steps.T)  # (chunks, samples): in sample order
+        del steps
+        lane_pos = np.cumsum(lane_flags, axis=1, dtype=np.int64)
+        lane_pos -= lane_flags  # timestamp bytes before each sample of its chunk
+        lane_pos += np.arange(lane_pos.shape[1], dtype=np.int64) * rec
+        lane_pos += first[order][:, None]
+        for row, c in enumerate(order.tolist()):
+            a, b = base[c], base[c] + n[c]
+            pos[a:b] = lane_pos[row, :n[c]]
+            flags[a:b] = lane_flags[row, :n[c]]
+        del lane_pos, lane_flags
+    bad: dict[int, _BadError] = {}
+    for c in long:
         try:
-            rest, _ = _starts(s, buf, int(p[c]), int(end[c]), int(n[c] - done[c]))
+            pos[base[c]:base[c] + n[c]], _ = _starts(s, buf, int(first[c]), int(end[c]),
+                                                     int(n[c]))
+            flags[base[c]:base[c] + n[c]] = u8[pos[base[c]:base[c] + n[c]]]
         except _BadError as exc:
-            bad.append((int(c), exc))
-            continue
-        out[base[c] + done[c]:base[c] + n[c]] = rest
+            bad[int(c)] = exc
+    # every count must be 0 or 8 and a chunk's counts add up to its length
+    filled = np.flatnonzero(n > 0)
+    sums = np.zeros(n.size, dtype=np.int64)
+    if total:
+        sums[filled] = np.add.reduceat(flags, base[filled], dtype=np.int64)
+    wrong = np.flatnonzero(flags & 0xF7)
+    owners = np.searchsorted(base, wrong, side="right") - 1
+    for c, i in zip(*np.unique(owners, return_index=True), strict=True):
+        i = int(wrong[i])  # the chunk's first sample with a wrong count
+        bad.setdefault(int(c), _BadError(int(pos[i]), _flag_message(
+            s, u8, int(i - base[c]), int(pos[i]), int(end[c]))))
+    for c in np.flatnonzero(sums != 8 * k):
+        bad.setdefault(int(c), _BadError(int(first[c]), f"the timestamp byte counts of a "
+                                         f"chunk of {s.name!r} do not add up to its length "
+                                         "(the chunk's bytes changed)"))
     if bad:
-        drop = np.zeros(total, dtype=bool)
-        for c, _ in bad:
-            drop[base[c]:base[c] + n[c]] = True
-        out = out[~drop]
-    return out, bad
+        keep = np.ones(total, dtype=bool)
+        for c in bad:
+            keep[base[c]:base[c] + n[c]] = False
+        pos, flags = pos[keep], flags[keep]
+    return pos, flags, sorted(bad.items())
 
 
 def _flag_message(s: StreamLayout, u8: np.ndarray, i: int, p: int, end: int) -> str:
@@ -746,12 +738,11 @@ def _read_numeric(lay: XdfLayout, s: StreamLayout, u8: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dtype = np.dtype(DTYPES[s.fmt])
     nbytes = s.nch * dtype.itemsize
-    pos, bad = _numeric_positions(s, u8, lay._buf)
+    pos, flags, bad = _numeric_positions(s, u8, lay._buf)
     for c, exc in bad:
         coff, _, end, _ = s.chunks[c]
         lay.damage.append(Damage(CORRUPT, coff, f"samples chunk at byte {coff}: "
                                                 f"{exc.message}", end, (s.sid,)))
-    flags = u8[pos]
     stamped = flags != 0
     ts = np.empty(pos.size, dtype=np.float64)
     ts[stamped] = _gather(u8, pos[stamped] + 1, 8).view("<f8").ravel()
@@ -761,7 +752,11 @@ def _read_numeric(lay: XdfLayout, s: StreamLayout, u8: np.ndarray
         lay.damage.append(Damage(CORRUPT, int(pos[k]), f"sample {k} of {s.name!r} at byte "
                                  f"{int(pos[k])} has the timestamp {ts[k]!r}", sids=(s.sid,)))
     _deduce(ts, stamped, 1.0 / s.srate if s.srate > 0 else 0.0)
-    raw = _gather(u8, pos + 1 + flags, nbytes)
+    pos += 1  # where the values start: after the count and the timestamp
+    pos += flags
+    raw = _gather(u8, pos, nbytes)
+    pos -= flags
+    pos -= 1
     values = raw.view(dtype).reshape(pos.size, s.nch).astype(_NATIVE[s.fmt], copy=False)
     if pos.size == 0:
         values = np.zeros((0, s.nch))  # what pyxdf returns for an empty numeric stream

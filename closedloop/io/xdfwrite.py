@@ -233,3 +233,102 @@ def _scatter(buf: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
                                               strides=(1, 1))
     windows.view(np.dtype((np.void, nb)))[offsets, 0] = \
         np.ascontiguousarray(rows).view(np.dtype((np.void, nb)))[:, 0]
+
+
+def synthetic_session(path: str | Path, *, minutes: float = 1.0, channels: int = 2,
+                      fs: float = 2000.0, seed: int = 0, t0: float = 11022.053450355,
+                      fmt: str = "double64") -> dict[str, int]:
+    """Write a recording laid out as closedloop's sessions are (LabRecorder's chunking).
+
+    Streams, as :class:`~closedloop.io.outlets.SessionOutlets` publishes them: EMG
+    (``channels`` plus ``counter``, at ``fs``, stream times ``t0 + k / fs``), envelope,
+    thresholds (one row per 20 ms block), events, stimulation commands and trial markers
+    (JSON with ``seq``) and the session stream (config and metadata in its header). The
+    signal is noise with a burst every 5 s; events, commands and markers mark the bursts
+    but are not what the detector would decide (this file is for speed and structure,
+    not for ``replay --check``).
+
+    Returns
+    -------
+    dict of str to int
+        Samples (or markers) per stream name.
+    """
+    rng = np.random.default_rng(seed)
+    uid = f"synthetic{seed}"
+    labels = [f"m{c + 1}" for c in range(channels)]
+    name = "synthetic"
+
+    def desc(role: str, chans: list[str] | None = None, extra: str = "") -> str:
+        d = channels_desc(chans, role, "uV") if chans else ""
+        return (f"{d}<closedloop><version>0</version><session>{name}</session>"
+                f"<session_uid>{uid}</session_uid><role>{role}</role>{extra}</closedloop>")
+
+    meta = escape(f'{{"session": "{name}", "session_uid": "{uid}"}}')
+    specs = [
+        (1, "EMG", "EMG", channels + 1, fs, fmt, desc("emg", [*labels, "counter"])),
+        (2, "Envelope", "Envelope", channels + 1, fs, fmt,
+         desc("envelope", [*labels, "counter"])),
+        (3, "Thresholds", "Thresholds", 2 * channels + 2, 0.0, "double64",
+         desc("thresholds", [f"{m}_{k}" for k in ("on", "off") for m in labels]
+              + ["sample", "counter"])),
+        (4, "Events", "Markers", 1, 0.0, "string", desc("events")),
+        (5, "Stim", "Markers", 1, 0.0, "string", desc("stim")),
+        (6, "Markers", "Markers", 1, 0.0, "string", desc("markers")),
+        (7, "Session", "SessionInfo", 1, 0.0, "string",
+         desc("session", extra=f"<config>[session]\nname = \"{name}\"\n</config>"
+                               f"<metadata>{meta}</metadata>")),
+    ]
+    n_total = int(round(minutes * 60 * fs))
+    per_pull = int(round(0.5 * fs))
+    block = max(1, int(round(0.02 * fs)))
+    seq = {4: 0, 5: 0, 6: 0}
+    with XdfWriter(path) as w:
+        for sid, suffix, typ, nch, rate, f, d in specs:
+            w.add_stream(sid, stream_header_xml(f"{name}-{suffix}", typ, nch, rate, f,
+                                                f"closedloop.{uid}.{suffix.lower()}", d))
+        for pull, a in enumerate(range(0, n_total, per_pull)):  # LabRecorder pulls every 0.5 s
+            b = min(n_total, a + per_pull)
+            k = np.arange(a, b)
+            ts = t0 + k / fs
+            burst = (k / fs) % 5.0 < 1.0
+            emg = rng.normal(0.0, 5.0, (k.size, channels)) * np.where(burst, 20.0, 1.0)[:, None]
+            w.samples(1, np.column_stack([emg, k]), ts)
+            w.samples(2, np.column_stack([np.abs(emg), k]), ts)
+            starts = np.arange(a - a % block + block - 1, b, block)
+            thr = np.column_stack([np.full((starts.size, 2 * channels), 3.0), starts, starts])
+            w.samples(3, thr, t0 + starts / fs)
+            onsets = k[(k % int(5 * fs)) == 0]
+            for sid, encode in ((4, _event), (5, _command), (6, _marker)):
+                texts = [[encode(int(o), t0 + o / fs, labels[0], seq[sid] + i)]
+                         for i, o in enumerate(onsets)]
+                seq[sid] += len(texts)
+                w.samples(sid, texts, t0 + onsets / fs)
+            if pull % 10 == 9:
+                for sid, *_ in specs:
+                    w.clock_offset(sid, t0 + b / fs, -2e-5)
+            if pull % 20 == 19:
+                w.boundary()
+        w.samples(7, [['{"seq": 0, "label": "session"}']], [t0])
+        counts = {f"{name}-{suffix}": w._streams[sid].count for sid, suffix, *_ in specs}
+    return counts
+
+
+def _event(sample: int, time: float, channel: str, seq: int) -> str:
+    from closedloop.core.events import Event
+    from closedloop.io.outlets import encode_event
+
+    return encode_event(Event(sample, time, channel, "onset", 100.0, 30.0), seq)
+
+
+def _command(sample: int, time: float, channel: str, seq: int) -> str:
+    from closedloop.io.outlets import encode_command
+    from closedloop.stim.commands import StimCommand
+
+    return encode_command(StimCommand(channel, 1, 10.0, 300.0, 35.0, sample, time, "plateau",
+                                      effective_sample=sample), seq)
+
+
+def _marker(sample: int, time: float, channel: str, seq: int) -> str:
+    from closedloop.io.outlets import Marker, encode_marker
+
+    return encode_marker(Marker("cue", time, sample, {"trial": seq, "muscle": channel}), seq)
