@@ -80,6 +80,7 @@ class _Stream:
     last: float = 0.0  # LabRecorder's last_timestamp
     count: int = 0
     offsets: list[tuple[float, float]] = field(default_factory=list)
+    omit: str = "labrecorder"
 
 
 def omitted(ts: np.ndarray, interval: float, last: float) -> tuple[np.ndarray, float]:
@@ -137,8 +138,15 @@ class XdfWriter:
         self._f.write(_varlen(len(head) + len(content)) + head)
         self._f.write(content)
 
-    def add_stream(self, sid: int, header_xml: str) -> None:
-        """Write a stream header (see :func:`stream_header_xml`)."""
+    def add_stream(self, sid: int, header_xml: str, *, omit: str = "labrecorder") -> None:
+        """Write a stream header (see :func:`stream_header_xml`).
+
+        ``omit`` says which timestamps are left out: ``"labrecorder"`` as LabRecorder
+        does (module docstring), ``"deducible"`` every one that equals the previous
+        plus the interval, ``"none"`` none (each sample carries its timestamp).
+        """
+        if omit not in ("labrecorder", "deducible", "none"):
+            raise ValueError(f"omit={omit!r}")
         from xml.etree import ElementTree
 
         root = ElementTree.fromstring(header_xml)
@@ -146,7 +154,7 @@ class XdfWriter:
         if fmt not in DTYPES or sid in self._streams:
             raise ValueError(f"stream {sid}: format {fmt!r} or a repeated id")
         self._streams[sid] = _Stream(sid, fmt, int(root.findtext("channel_count", "0")),
-                                     float(root.findtext("nominal_srate", "0")))
+                                     float(root.findtext("nominal_srate", "0")), omit=omit)
         self._chunk(TAG_STREAMHEADER, header_xml.encode("utf-8"), sid)
 
     def samples(self, sid: int, values: np.ndarray | Sequence[Sequence[str]],
@@ -166,7 +174,13 @@ class XdfWriter:
             if ts.size == 0:
                 return
         interval = 1.0 / s.srate if s.srate else 0.0
-        skip, s.last = omitted(ts, interval, s.last)
+        if s.omit == "labrecorder":
+            skip, s.last = omitted(ts, interval, s.last)
+        elif s.omit == "deducible" and interval > 0:
+            skip = np.concatenate(([s.last], ts[:-1])) + interval == ts
+            s.last = float(ts[-1])
+        else:
+            skip, s.last = np.zeros(ts.size, dtype=bool), float(ts[-1])
         self._samples(s, values, ts, skip | (ts == 0.0))
         s.count += ts.size
 
