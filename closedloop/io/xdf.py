@@ -42,7 +42,7 @@ import numpy as np
 import pyxdf
 
 from closedloop.core.events import Event
-from closedloop.errors import InputError
+from closedloop.errors import InputError, RecordingDamagedError
 from closedloop.io import xdfreader
 from closedloop.io.outlets import (
     COUNTER_LABEL,
@@ -354,8 +354,10 @@ class Session:
     stream_names : tuple of str
         Every stream in the file.
     complete : bool
-        Every stream has its footer, nothing is damaged and closedloop's counters run
-        without a break (the recorder closed the file properly).
+        Every stream has its footer, the file's chunk structure is intact, the samples
+        of the streams loaded (EMG and markers; not the envelope and thresholds, which
+        :func:`closedloop.io.recorder.verify_recording` checks) decode, and closedloop's
+        counters run without a break.
     truncated : bool
         The recorder did not finish the file (it was cut short or lacks footers).
     raw : ndarray or None
@@ -537,6 +539,9 @@ def load_session(
 
     Raises
     ------
+    RecordingDamagedError
+        The file is damaged so that no EMG stream can be read (the message says what
+        is damaged).
     InputError
         Missing or unreadable file, not an XDF file, no or several candidate EMG streams
         (the message lists every stream).
@@ -545,7 +550,17 @@ def load_session(
     try:
         heads = [{"info": s.info, "n_samples": s.n_samples, "sid": sid}
                  for sid, s in lay.streams.items()]
-        emg_head = _pick_emg(heads, emg_stream, lay.path)
+        try:
+            emg_head = _pick_emg(heads, emg_stream, lay.path)
+        except InputError as exc:
+            if not lay.damage:
+                raise
+            corrupt = any(d.kind == CORRUPT for d in lay.damage)
+            lines = "\n  - ".join(describe_damage(lay.damage, lay.size))
+            raise RecordingDamagedError(
+                f"{lay.path.name}: the recording is "
+                f"{'CORRUPT' if corrupt else 'TRUNCATED'} and what can be read of it has "
+                f"no usable EMG stream:\n  - {lines}\n{exc}") from None
         own_heads = _session_streams(heads, emg_head)
     except BaseException:
         lay.close()
