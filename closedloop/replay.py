@@ -100,7 +100,8 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     if session.commands and not live:  # recorded before blanking existed
         config = replace(config, artifacts=replace(config.artifacts, blank_ms=0.0))
     source = SplitSource(
-        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session),
+        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session,
+                     partial=partial),
         sorted({c.effective_sample for c in live}),
     )
     with source:

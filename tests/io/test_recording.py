@@ -303,3 +303,10 @@ def test_outlet_misuse_is_reported() -> None:
     out.close()
     with pytest.raises(RuntimeError, match="after close"):
         out.push_emg(np.zeros((1, 2)), np.zeros(1))
+
+
+def test_closedloops_reader_equals_pyxdf(recorded: Recorded) -> None:
+    """On this LabRecorderCLI recording, read_xdf gives pyxdf's streams bit for bit."""
+    from tests.io.test_xdf_reader import assert_same, pyxdf_load
+
+    assert_same(read_xdf(recorded.path).streams, pyxdf_load(recorded.path))

@@ -246,6 +246,20 @@ def test_replay_refuses_a_damaged_recording_and_replays_its_intact_part(tmp_path
     assert main(["replay", str(flipped), "--check", "--quiet", "--partial"]) == 0
 
 
+def test_a_damaged_recording_is_no_source_for_a_session(tmp_path) -> None:
+    """``run --source replay:FILE`` must not stimulate from a recording cut short."""
+    from closedloop.sources.replay import ReplaySource
+
+    cut = tmp_path / "crashed.xdf"
+    cut.write_bytes(SHIPPED.read_bytes()[:1_000_000])
+    with pytest.raises(RecordingDamagedError, match="(?s)TRUNCATED.*--partial"):
+        ReplaySource(cut).open()
+    src = ReplaySource(cut, partial=True)
+    src.open()
+    assert src.session is not None and 0 < src.session.n < 40_000
+    src.close()
+
+
 def test_report_and_evaluate_say_the_file_is_damaged(tmp_path, capsys) -> None:
     cut = tmp_path / "crashed.xdf"
     cut.write_bytes(SHIPPED.read_bytes()[:1_200_000])
