@@ -65,9 +65,6 @@ from closedloop.sources.base import SourceInfo
 from closedloop.sources.checks import hold_nonfinite
 from closedloop.stim.commands import StimCommand
 
-__all__ = ["CORRUPT", "TRUNCATED", "Damage", "Session", "XdfFile", "load_session",
-           "read_xdf"]
-
 
 # -- reading ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -466,31 +463,32 @@ def _session_streams(streams: Sequence[dict], emg: dict) -> dict[str, dict]:
 _NOT_LOADED = (ROLE_ENVELOPE, ROLE_THRESHOLDS)
 
 
-def _decode_prefix(stream: dict | None, pos: np.ndarray | None, decode: Any, what: str,
-                   sid: int | None, damage: list[Damage]) -> tuple[list, int]:
-    """Decode a marker stream's markers in file order, up to the first that cannot be
-    read or whose ``seq`` does not continue the one before (damage, added to
-    ``damage``); returns the decoded items (sorted by seq) and how many there are."""
-    if stream is None or pos is None:
-        return [], 0
+def _decode_prefix(stream: dict | None, upto: int, positions: Mapping[int, np.ndarray],
+                   decode: Any, what: str, damage: list[Damage]) -> list:
+    """Decode the first ``upto`` markers of a marker stream, in file order, up to the
+    first that cannot be read or whose ``seq`` does not continue the one before (that
+    is damage, added to ``damage``); returns the markers, sorted by seq."""
+    if stream is None:
+        return []
+    sid = int(stream["info"]["stream_id"])
+    pos = positions[sid]
     items: list[tuple[int, Any]] = []
-    for i, text in enumerate(marker_texts(stream)):
+    for i, text in enumerate(marker_texts(stream)[:upto]):
         try:
             seq, item = decode(text)
         except (ValueError, KeyError, TypeError) as exc:
             damage.append(Damage(CORRUPT, int(pos[i]), f"{what} marker #{i} at byte "
                                  f"{int(pos[i])} is unreadable ({exc}): {text[:60]!r}",
-                                 sids=(sid,) if sid is not None else None))
+                                 sids=(sid,)))
             break
         if items and seq != items[-1][0] + 1:
             damage.append(Damage(CORRUPT, int(pos[i]), f"{what} marker #{i} at byte "
                                  f"{int(pos[i])} has seq {seq} after {items[-1][0]}: markers "
-                                 "are missing or their bytes changed",
-                                 sids=(sid,) if sid is not None else None))
+                                 "are missing or their bytes changed", sids=(sid,)))
             break
         items.append((seq, item))
-    items.sort(key=lambda it: it[0])
-    return [it[1] for it in items], len(items)
+    # (a gap-free run in file order: sorted by seq it is still the file order)
+    return [it[1] for it in sorted(items, key=lambda it: it[0])]
 
 
 def _check_counter(col: np.ndarray, pos: np.ndarray, name: str, sid: int,
@@ -548,113 +546,68 @@ def load_session(
     """
     lay = _scan(path)
     try:
-        heads = [{"info": s.info, "n_samples": s.n_samples, "sid": sid}
-                 for sid, s in lay.streams.items()]
-        try:
-            emg_head = _pick_emg(heads, emg_stream, lay.path)
-        except InputError as exc:
-            if not lay.damage:
-                raise
-            corrupt = any(d.kind == CORRUPT for d in lay.damage)
-            lines = "\n  - ".join(describe_damage(lay.damage, lay.size))
-            raise RecordingDamagedError(
-                f"{lay.path.name}: the recording is "
-                f"{'CORRUPT' if corrupt else 'TRUNCATED'} and what can be read of it has "
-                f"no usable EMG stream:\n  - {lines}\n{exc}") from None
-        own_heads = _session_streams(heads, emg_head)
+        emg_head, own_heads = _choose_streams(lay, emg_stream)
     except BaseException:
         lay.close()
         raise
     wanted = {emg_head["sid"]} | {h["sid"] for role, h in own_heads.items()
                                   if role not in _NOT_LOADED}
     xdf = _read_layout(lay, wanted, False, synchronize_clocks)
-    p = xdf.path
     by_sid = {int(st["info"]["stream_id"]): st for st in xdf.streams}
-    emg = by_sid[emg_head["sid"]]
+    emg_sid = emg_head["sid"]
+    emg = by_sid[emg_sid]
     own = {role: by_sid[h["sid"]] for role, h in own_heads.items() if h["sid"] in by_sid}
-    pos = {sid: xdf.positions.get(sid) for sid in by_sid}
+    pos = xdf.positions
+
+    def before(st: dict | None, at: int) -> int:
+        """Samples of a stream before byte ``at``."""
+        return 0 if st is None else int(np.searchsorted(pos[st["info"]["stream_id"]], at))
+
+    # what lies before the first damage that concerns these streams, closedloop's
+    # counters there included
     damage = list(xdf.damage)
     cut = xdf.intact_for(by_sid)
-
-    def before(sid: int, at: int) -> int:
-        return int(np.searchsorted(pos[sid], at))  # samples of the stream before byte at
-
-    emg_sid = emg_head["sid"]
-    data_all = np.asarray(emg["time_series"], dtype=np.float64)
     nch_total = int(_first(emg["info"], "channel_count", 0))
-    data_all = data_all.reshape(-1, nch_total)
+    data = np.asarray(emg["time_series"], dtype=np.float64).reshape(-1, nch_total)
     ccol = counter_column(emg)
     if own and ccol is not None:
-        k = before(emg_sid, cut)
-        _check_counter(data_all[:k, ccol], pos[emg_sid], stream_name(emg), emg_sid, damage)
-    decoded = {}
-    for role, decode, what in ((ROLE_EVENTS, decode_event, "event"),
-                               (ROLE_STIM, decode_command, "stimulation"),
-                               (ROLE_MARKERS, decode_marker, "trial")):
-        st = own.get(role)
-        sid = None if st is None else int(st["info"]["stream_id"])
-        if st is not None:
-            st = {**st, "time_series": st["time_series"][:before(sid, cut)]}
-        decoded[role] = (_decode_prefix(st, None if sid is None else pos[sid], decode, what,
-                                        sid, damage), sid)
+        _check_counter(data[:before(emg, cut), ccol], pos[emg_sid], stream_name(emg), emg_sid,
+                       damage)
+    decoded = {role: _decode_prefix(own.get(role), before(own.get(role), cut), pos,
+                                    decode, what, damage)
+               for role, decode, what in ((ROLE_EVENTS, decode_event, "event"),
+                                          (ROLE_STIM, decode_command, "stimulation"),
+                                          (ROLE_MARKERS, decode_marker, "trial"))}
     cut = min([cut] + [d.offset for d in damage if d.concerns(by_sid)])
     damage.sort(key=lambda d: d.offset)
+    events, commands, markers = (decoded[role][:before(own.get(role), cut)]
+                                 for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS))
 
-    def items(role: str) -> list:
-        (found, _), sid = decoded[role]
-        if sid is None:
-            return []
-        keep = before(sid, cut)
-        if keep >= len(found):
-            return found
-        # the markers before the cut, in stream order (they were decoded in stream
-        # order and sorted by seq; a prefix of a gap-free run is the smallest seqs)
-        return found[:keep]
-
-    n = before(emg_sid, cut)
-    data = data_all[:n]
-    ts = np.asarray(emg["time_stamps"], dtype=np.float64)
-    ts_all = restore_timestamps(ts) if own else ts
+    n = before(emg, cut)
+    data = data[:n]
+    ts_all = np.asarray(emg["time_stamps"], dtype=np.float64)
+    if own:
+        ts_all = restore_timestamps(ts_all)
     ts = ts_all[:n]
-    labels = channel_fields(emg, "label")
-    units = channel_fields(emg, "unit")
+    labels, units = channel_fields(emg, "label"), channel_fields(emg, "unit")
     if len(labels) != nch_total or not all(labels):
         labels = [f"EMG{k + 1}" for k in range(nch_total)]
     units += [""] * (nch_total - len(units))
     cols = [k for k in range(nch_total) if k != ccol]
     counter = None if ccol is None else np.rint(data[:, ccol]).astype(np.int64)
     unit_set = {units[k] for k in cols}
-    unit = unit_set.pop() if len(unit_set) == 1 else "mixed"
-    config_text = None
-    metadata: dict[str, Any] = {}
-    sess = own_heads.get(ROLE_SESSION)
-    if sess is not None:
-        config_text = closedloop_field(sess, "config") or ""
-        meta_text = closedloop_field(sess, "metadata")
-        if meta_text:
-            try:
-                metadata = json.loads(meta_text)
-            except ValueError:
-                metadata = {"unreadable": meta_text}
     # a view where the counter is the first or last column (no copy of a long recording)
     raw = (data if ccol is None else data[:, :-1] if ccol == nch_total - 1
            else data[:, 1:] if ccol == 0 else data[:, cols])
     samples = hold_nonfinite(raw)
-    markers = items(ROLE_MARKERS)
-    events, commands = items(ROLE_EVENTS), items(ROLE_STIM)
-    source_counter = _source_counter([m for m in markers if m.label == SOURCE_COUNTER],
-                                     counter, ts.shape[0])
     fs = float(_first(emg["info"], "nominal_srate", 0.0))
-    report = ""
-    if damage:
-        report = _damage_report(xdf, damage, cut, stream_name(emg), fs, ts_all,
-                                pos[emg_sid], n, len(events), len(commands), len(markers))
+    config_text, metadata = _session_info(own_heads.get(ROLE_SESSION))
     return Session(
-        path=p,
+        path=xdf.path,
         name=stream_name(emg),
         fs=fs,
         channels=tuple(labels[k] for k in cols),
-        units=unit or "unknown",
+        units=(unit_set.pop() if len(unit_set) == 1 else "mixed") or "unknown",
         samples=samples,
         timestamps=ts,
         counter=counter,
@@ -667,10 +620,46 @@ def load_session(
         complete=not damage,
         truncated=any(d.kind == TRUNCATED for d in damage),
         raw=None if samples is raw else raw,
-        source_counter=source_counter,
+        source_counter=_source_counter([m for m in markers if m.label == SOURCE_COUNTER],
+                                       counter, n),
         damage=tuple(damage),
-        damage_report=report,
+        damage_report=_damage_report(xdf, damage, cut, stream_name(emg), fs, ts_all,
+                                     pos[emg_sid], n, len(events), len(commands),
+                                     len(markers)) if damage else "",
     )
+
+
+def _choose_streams(lay: XdfLayout, emg_stream: str | None) -> tuple[dict, dict[str, dict]]:
+    """The EMG stream's header and its session's streams' headers (by role), from the
+    headers alone (``{"info", "n_samples", "sid"}`` dicts)."""
+    heads = [{"info": s.info, "n_samples": s.n_samples, "sid": sid}
+             for sid, s in lay.streams.items()]
+    try:
+        emg_head = _pick_emg(heads, emg_stream, lay.path)
+    except InputError as exc:
+        if not lay.damage:
+            raise
+        corrupt = any(d.kind == CORRUPT for d in lay.damage)
+        lines = "\n  - ".join(describe_damage(lay.damage, lay.size))
+        raise RecordingDamagedError(
+            f"{lay.path.name}: the recording is {'CORRUPT' if corrupt else 'TRUNCATED'} "
+            f"and what can be read of it has no usable EMG stream:\n  - {lines}\n{exc}"
+        ) from None
+    return emg_head, _session_streams(heads, emg_head)
+
+
+def _session_info(head: dict | None) -> tuple[str | None, dict[str, Any]]:
+    """Config text and metadata from the session stream's header."""
+    if head is None:
+        return None, {}
+    metadata: dict[str, Any] = {}
+    meta_text = closedloop_field(head, "metadata")
+    if meta_text:
+        try:
+            metadata = json.loads(meta_text)
+        except ValueError:
+            metadata = {"unreadable": meta_text}
+    return closedloop_field(head, "config") or "", metadata
 
 
 def describe_damage(damage: Sequence[Damage], size: int, limit: int = 8) -> list[str]:
