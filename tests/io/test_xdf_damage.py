@@ -218,6 +218,24 @@ def test_damage_elsewhere_keeps_the_session(original, tmp_path) -> None:
     assert not report.ok and "CORRUPT" in report.summary() and "Envelope" in report.summary()
 
 
+def test_clock_sync_through_pyxdf_keeps_the_same_intact_part(original, tmp_path) -> None:
+    """With synchronize_clocks, pyxdf reads the intact part (a cut chunk's complete
+    samples rebuilt as a chunk): the same samples, events and commands."""
+    data, where, _, _ = original
+    path = tmp_path / "f.xdf"
+    rng = random.Random(5)
+    for i in range(12):
+        if i % 2:
+            path.write_bytes(data[:rng.randrange(50_000, len(data))])
+        else:
+            flip(data, rng.choice(where["length"] + where["sample count"]), 3, path)
+        a = load_session(path)
+        b = load_session(path, synchronize_clocks=True)
+        assert a.n == b.n and np.array_equal(a.received, b.received, equal_nan=True)
+        assert (len(a.events), len(a.commands)) == (len(b.events), len(b.commands))
+        assert a.damage == b.damage
+
+
 # -- the commands ----------------------------------------------------------------------------
 def closedloop(*args: str) -> subprocess.CompletedProcess:
     """The installed ``closedloop`` command, output to a pipe."""
