@@ -26,14 +26,15 @@ part of its samples and looks whole. Here:
   it is; reading goes on after the next boundary chunk (or footer), so what follows is
   still counted.
 * :func:`read` loads only the requested streams. The byte offset of every sample is
-  found with numpy (a chunk's timestamp bytes follow simple patterns: all present, all
-  absent, or alternating, which LabRecorder writes; each guess is checked against the
-  actual bytes and corrected where it fails), then values and timestamps are gathered
-  in one vectorised step per stream, and omitted timestamps are deduced with the same
-  floating-point operations as pyxdf (``previous + 1 / srate``, in order), so the result
-  is bit for bit what ``pyxdf.load_xdf(..., synchronize_clocks=False,
-  dejitter_timestamps=False)`` returns for an intact file. String streams (markers) are
-  parsed sample by sample.
+  found with numpy: a chunk whose length says all or none of its samples carry a
+  timestamp has them at fixed strides; the others (LabRecorder leaves out a timestamp
+  that equals the previous one plus the sampling interval) are walked sample by sample,
+  but all chunks of the stream at once, one numpy step per sample index. Values and
+  timestamps are then gathered in one vectorised step per stream, and left-out
+  timestamps are deduced with the same floating-point operations as pyxdf (``previous +
+  1 / srate``, one after the other), so the result is bit for bit what
+  ``pyxdf.load_xdf(..., synchronize_clocks=False, dejitter_timestamps=False)`` returns
+  for an intact file. String streams (markers) are parsed sample by sample.
 
 XDF has no checksums: a flipped bit inside a sample value, a timestamp or an XML text
 field that keeps the structure valid cannot be seen here (closedloop's per-stream
