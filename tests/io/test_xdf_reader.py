@@ -75,6 +75,16 @@ def test_the_shipped_recording(tmp_path: Path) -> None:
                                            dejitter_timestamps=True))
 
 
+def test_a_gzipped_recording(tmp_path: Path) -> None:
+    """``.xdfz`` (gzip), which pyxdf reads too."""
+    import gzip
+
+    path = tmp_path / "session.xdfz"
+    path.write_bytes(gzip.compress(SHIPPED.read_bytes()))
+    assert_same(read_xdf(path).streams, pyxdf_load(path))
+    assert load_session(path).complete
+
+
 FORMATS = ("double64", "float32", "int64", "int32", "int16", "int8", "string")
 
 
