@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compare derived events and commands with the recorded ones; exit 8 on a difference",
     )
+    rp.add_argument(
+        "--partial",
+        action="store_true",
+        help="replay the intact part of a cut-short or corrupt recording (without it such a "
+        "recording is refused with exit 9)",
+    )
     rp.add_argument("--quiet", action="store_true")
     rp.add_argument("--jobs", type=int, help="worker processes for many files (default: all cores)")
     rp.set_defaults(module="closedloop.runtime.replay")

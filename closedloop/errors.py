@@ -20,6 +20,13 @@ class InputError(ClosedLoopError):
     """Input data is unusable (bad file, wrong shape, NaN, wrong channel count...)."""
 
 
+class RecordingDamagedError(InputError):
+    """A recording is cut short or corrupt; the message says what is damaged and what is
+    intact. Commands exit with :attr:`exit_code` (9) for it."""
+
+    exit_code = 9
+
+
 class DeviceError(ClosedLoopError):
     """A device (EMG source or stimulator) reported an error or misbehaved."""
 

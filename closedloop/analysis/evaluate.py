@@ -264,7 +264,7 @@ def read_labels(
 
 
 def _xdf_recording(path: Path) -> Recording:
-    from closedloop.io.xdf import load_session
+    from closedloop.io.xdf import describe_damage, load_session
 
     s = load_session(path)
     first = int(s.counter[0]) if s.counter is not None and len(s.counter) else 0
@@ -282,10 +282,14 @@ def _xdf_recording(path: Path) -> Recording:
         Event(e.sample - first, e.time, e.channel, e.kind, e.envelope, e.threshold)
         for e in s.events
     )
+    note = "references: 'truth' markers" if ref else "no 'truth' markers"
+    if s.damage:  # scored on what is intact, and said so
+        note = (f"{s.state.upper()} recording, scored on its intact part only "
+                f"({s.n} samples; {describe_damage(s.damage, s.path.stat().st_size, 1)[0]}); "
+                + note)
     return Recording(
         name=path.name, samples=s.samples, fs=s.fs, channels=s.channels,
-        reference=tuple(sorted(ref)) if ref else None, recorded=recorded,
-        note="references: 'truth' markers" if ref else "no 'truth' markers",
+        reference=tuple(sorted(ref)) if ref else None, recorded=recorded, note=note,
     )
 
 

@@ -552,7 +552,10 @@ def report_html(session: Any) -> str:
             warnings.append(["recording", "-", "-", f"sample counter: {counter_text}"])
     else:
         counter_text = "no sample counter recorded"
-    if getattr(session, "truncated", False):
+    damage_report = str(getattr(session, "damage_report", "") or "")
+    for line in damage_report.splitlines()[1:]:
+        warnings.append(["recording", "-", "-", line.strip().lstrip("- ")])
+    if getattr(session, "truncated", False) and not damage_report:
         warnings.append(["recording", "-", "-", "the file was cut short and repaired on reading"])
     source = meta.get("source_kind") or (cfg.session.source if cfg is not None else "-")
     source_name = meta.get("source_name", getattr(session, "name", ""))
@@ -561,6 +564,9 @@ def report_html(session: Any) -> str:
     state = "complete" if getattr(session, "complete", True) else "incomplete (no footers)"
     if getattr(session, "truncated", False):
         state += "; truncated"
+    if damage_report:
+        state = (f"{str(getattr(session, 'state', 'damaged')).upper()}: this report covers "
+                 "the intact part only (see the warnings)")
     n_on = sum(e.kind == ONSET for e in recorded)
     facts = [
         ["config", described],
@@ -588,6 +594,9 @@ def report_html(session: Any) -> str:
         if k in meta:
             facts.append([k, str(meta[k])])
     parts.append('<h2 id="facts">Session facts</h2>' + _table(["", ""], facts))
+    if damage_report:
+        parts.append('<p class="warn">' + "<br>".join(
+            html.escape(line) for line in damage_report.splitlines()) + "</p>")
     if cfg_note:
         parts.append(f'<p class="warn">{html.escape(cfg_note)}</p>')
 
@@ -804,5 +813,8 @@ def main(args) -> int:
     session = load_session(args.input)
     out = getattr(args, "out", None) or Path(args.input).with_suffix(".html")
     path = build_report(session, out)
+    if session.damage:  # a crashed session is worth a report, but it must say so
+        print(f"{args.input}: WARNING: {session.damage_report}\nThe report covers the "
+              "intact part only.", file=sys.stderr)
     print(f"{args.input}: report written to {path}", file=sys.stderr)
     return 0

@@ -52,7 +52,14 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ConfigError, DeviceLostError, InputError
-from closedloop.io.xdf import counter_column, marker_texts, read_xdf, stream_name
+from closedloop.io.xdf import (
+    Damage,
+    counter_column,
+    describe_damage,
+    marker_texts,
+    read_xdf,
+    stream_name,
+)
 
 _FOUND = re.compile(r"^Found (?P<name>.*)@(?P<host>\S*) matching '(?P<pred>.*)'$")
 _STARTED = re.compile(r"^Started data collection for stream (?P<name>.*)\.$")
@@ -560,9 +567,14 @@ class RecordingReport:
     missing_streams : tuple of str
         Expected streams absent from the file.
     complete : bool
-        Every stream has its footer (LabRecorderCLI finished the file).
+        Every stream has its footer and the file's structure is intact (LabRecorderCLI
+        finished the file and nothing changed it since).
     truncated : bool
-        The file was cut short and had to be repaired to be read.
+        LabRecorderCLI did not finish the file (it ends inside a chunk or lacks footers).
+    damage : tuple of Damage
+        Where the file is cut short or broken (see :mod:`closedloop.io.xdfreader`).
+    size : int
+        Bytes in the file.
     """
 
     path: Path
@@ -570,19 +582,28 @@ class RecordingReport:
     missing_streams: tuple[str, ...]
     complete: bool
     truncated: bool
+    damage: tuple[Damage, ...] = ()
+    size: int = 0
 
     @property
     def ok(self) -> bool:
-        """Every expected stream is there with every sample, once, in order."""
-        return not self.missing_streams and all(c.ok for c in self.streams.values())
+        """Every expected stream is there with every sample, once, in order, in a file
+        without damage."""
+        return (not self.missing_streams and not self.damage
+                and all(c.ok for c in self.streams.values()))
 
     def summary(self) -> str:
         """A multi-line description."""
-        lines = [f"recording {self.path.name}: {'complete' if self.ok else 'INCOMPLETE'}"]
-        if self.truncated:
-            lines.append("  file was cut short (no footer) and repaired for reading")
-        elif not self.complete:
-            lines.append("  some streams have no footer")
+        if self.ok:
+            state = "complete"
+        elif any(d.kind == "corrupt" for d in self.damage):
+            state = "CORRUPT (the file is damaged; what is intact is listed below)"
+        elif self.truncated:
+            state = "TRUNCATED (cut short; what is intact is listed below)"
+        else:
+            state = "INCOMPLETE"
+        lines = [f"recording {self.path.name}: {state}"]
+        lines += [f"  {line}" for line in describe_damage(self.damage, self.size)]
         for name in self.missing_streams:
             lines.append(f"  {name}: stream missing from the file")
         lines += [f"  {c.describe()}" for c in self.streams.values()]
@@ -602,7 +623,9 @@ def _sequence(stream: dict) -> np.ndarray | None:
             try:
                 seqs.append(int(json.loads(text)["seq"]))
             except (ValueError, KeyError, TypeError):
-                return None
+                seqs.append(-1)  # unreadable: counted as unexpected
+        if seqs and all(q == -1 for q in seqs):
+            return None  # not closedloop's JSON markers: only the count can be checked
         return np.asarray(seqs, dtype=np.int64)
     col = counter_column(stream)
     if col is None:
@@ -610,7 +633,11 @@ def _sequence(stream: dict) -> np.ndarray | None:
     data = np.asarray(stream["time_series"], dtype=np.float64)
     if data.ndim != 2 or data.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.rint(data[:, col]).astype(np.int64)
+    values = data[:, col]
+    # the counter is stored exactly: a value that is not a whole number (a changed bit,
+    # NaN) is no sequence number and counts as unexpected
+    exact = np.isfinite(values) & (values == np.rint(values)) & (np.abs(values) < 2**62)
+    return np.where(exact, values, -1.0).astype(np.int64)
 
 
 def check_sequence(name: str, seq: np.ndarray, expected: int) -> StreamCheck:
@@ -655,6 +682,8 @@ def verify_recording(path: str | Path, expected_counts: Mapping[str, int]) -> Re
     Returns
     -------
     RecordingReport
+        Damage to the file's structure (see :func:`closedloop.io.xdf.read_xdf`) makes it
+        not ``ok`` whatever the counters say; what is readable is still checked.
     """
     xdf = read_xdf(path)
     by_name: dict[str, list[dict]] = {}
@@ -686,4 +715,6 @@ def verify_recording(path: str | Path, expected_counts: Mapping[str, int]) -> Re
         missing_streams=tuple(missing),
         complete=xdf.complete,
         truncated=xdf.truncated,
+        damage=xdf.damage,
+        size=xdf.size,
     )

@@ -2,21 +2,28 @@
 
 Two layers:
 
-* :func:`read_xdf` loads any XDF file with pyxdf, tolerating a file cut short (a
-  recorder killed mid-write, a full disk). pyxdf copes with a cut inside a sample
-  chunk, but raises on a cut inside a stream header (XML ``ParseError``), a clock-offset
-  chunk or a chunk's tag (``struct.error``), and when the cut falls inside the last
-  sample's values it silently returns that sample filled from the previous one. So the
-  file's chunk structure is walked first; if the last chunk is incomplete, the complete
-  samples of a cut sample chunk are salvaged and everything after them is dropped before
-  pyxdf sees the bytes. Timestamps are left exactly as recorded by default
-  (``dejitter_timestamps=False``, ``synchronize_clocks=False``): pyxdf's clock sync
-  would add LabRecorder's measured clock offsets (tens of microseconds of noise on one
-  machine) and its dejitter would replace them by a linear fit.
+* :func:`read_xdf` loads an XDF file with :mod:`closedloop.io.xdfreader`, which checks
+  the file's chunk structure as it goes and decodes numeric samples with numpy (tens of
+  times faster than pyxdf, and bit for bit the same samples and timestamps). Damage is
+  reported, never hidden: :attr:`XdfFile.damage` lists each place where the file is cut
+  short (``truncated``: the recorder was killed, the disk filled up) or broken
+  (``corrupt``: bytes changed or lost), and what lies after a damaged place is still
+  read from the next boundary chunk on. A file cut inside a sample chunk keeps that
+  chunk's complete samples. Timestamps are left exactly as recorded by default
+  (``dejitter_timestamps=False``, ``synchronize_clocks=False``): pyxdf's clock sync would
+  add LabRecorder's measured clock offsets (tens of microseconds of noise on one
+  machine) and its dejitter would replace them by a linear fit. Asking for either hands
+  the intact part of the file to pyxdf, which does them well.
 * :func:`load_session` returns a :class:`Session`: the EMG (samples, timestamps,
   counter, labels, rate), detector events, stimulation commands, trial markers and the
   config text of a closedloop recording, or the EMG stream picked by name or type from
-  another tool's recording.
+  another tool's recording. It loads only those streams (not the envelope and
+  thresholds). On a damaged file it keeps what lies before the first damage (a prefix
+  of every stream, the same for all), also checking closedloop's own counters there
+  (the EMG ``counter`` channel, each marker's ``seq``: a value that does not continue
+  is damage too), and says in :attr:`Session.damage_report` what is intact and what is
+  not; it never raises for damage, so a crashed session stays readable. Callers that
+  act on a recording (``replay``, ``report``, ``evaluate``) tell the user.
 """
 
 from __future__ import annotations
@@ -26,11 +33,10 @@ import json
 import logging
 import struct
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import numpy as np
 import pyxdf
@@ -38,14 +44,17 @@ import pyxdf
 from closedloop.core.checks import hold_nonfinite
 from closedloop.core.events import Event
 from closedloop.core.stream import SourceInfo
-from closedloop.errors import InputError
+from closedloop.errors import InputError, RecordingDamagedError
+from closedloop.io import xdfreader
 from closedloop.io.outlets import (
     COUNTER_LABEL,
     ROLE_EMG,
+    ROLE_ENVELOPE,
     ROLE_EVENTS,
     ROLE_MARKERS,
     ROLE_SESSION,
     ROLE_STIM,
+    ROLE_THRESHOLDS,
     SOURCE_COUNTER,
     Marker,
     decode_command,
@@ -53,16 +62,11 @@ from closedloop.io.outlets import (
     decode_marker,
     restore_timestamps,
 )
+from closedloop.io.xdfreader import CORRUPT, TRUNCATED, Damage, StreamLayout, XdfLayout
 from closedloop.stim.commands import StimCommand
 
-_MAGIC = b"XDF:"
-_TAG_STREAMHEADER = 2
-_TAG_SAMPLES = 3
-_TAG_FOOTER = 6
-_ITEMSIZE = {"double64": 8, "float32": 4, "int64": 8, "int32": 4, "int16": 2, "int8": 1}
 
-
-# -- tolerant reading ------------------------------------------------------------------------
+# -- reading ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class XdfFile:
     """An XDF file as loaded by :func:`read_xdf`.
@@ -71,39 +75,71 @@ class XdfFile:
     ----------
     path : Path
     streams : list of dict
-        pyxdf's stream dicts (``info``, ``time_series``, ``time_stamps``, ``footer``...).
+        The loaded streams as pyxdf returns them (``info``, ``time_series``,
+        ``time_stamps``, ``footer`` when there is one, ``clock_times``...), in file order.
     header : dict or None
-        pyxdf's file header.
-    truncated : bool
-        The file ended inside a chunk (the recorder did not finish it).
-    bytes_dropped : int
-        Bytes of the incomplete last chunk that could not be used.
-    salvaged_samples : int
-        Complete samples recovered from that chunk.
+        The file header (as pyxdf returns it).
+    damage : tuple of Damage
+        Every place where the file is cut short or broken, by byte offset.
+    size : int
+        Bytes in the file.
+    positions : dict of int to ndarray
+        Per stream id (``info["stream_id"]``), the byte offset of each sample.
+    layouts : dict of int to StreamLayout
+        Every stream in the file, loaded or not (header, footer, chunks).
     """
 
     path: Path
     streams: list[dict[str, Any]]
     header: dict[str, Any] | None
-    truncated: bool = False
-    bytes_dropped: int = 0
-    salvaged_samples: int = 0
+    damage: tuple[Damage, ...] = ()
+    size: int = 0
+    positions: dict[int, np.ndarray] = field(default_factory=dict)
+    layouts: dict[int, StreamLayout] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        """True when every stream has its footer (the recorder closed the file)."""
-        return bool(self.streams) and all("footer" in s for s in self.streams)
+        """Every stream has its footer and nothing is damaged."""
+        return bool(self.layouts) and not self.damage
+
+    @property
+    def truncated(self) -> bool:
+        """The recorder did not finish the file (it ends inside a chunk or lacks footers)."""
+        return any(d.kind == TRUNCATED for d in self.damage)
+
+    @property
+    def corrupt(self) -> bool:
+        """The structure is broken inside the file."""
+        return any(d.kind == CORRUPT for d in self.damage)
+
+    @property
+    def state(self) -> str:
+        """``complete``, ``truncated`` or ``corrupt`` (which wins over truncated)."""
+        return CORRUPT if self.corrupt else TRUNCATED if self.truncated else "complete"
+
+    @property
+    def intact_until(self) -> int:
+        """Byte offset of the first damage (the file size when there is none)."""
+        return min((d.offset for d in self.damage), default=self.size)
+
+    def intact_for(self, sids: Iterable[int]) -> int:
+        """Byte offset of the first damage that may concern these streams' samples."""
+        sids = set(sids)
+        return min((d.offset for d in self.damage if d.concerns(sids)), default=self.size)
 
 
-def _varlen(buf: bytes | memoryview, pos: int) -> tuple[int, int] | None:
-    """Decode an XDF variable-length integer at ``pos``: (value, new pos) or None."""
-    if pos >= len(buf):
-        return None
-    nbytes = buf[pos]
-    if nbytes not in (1, 4, 8) or pos + 1 + nbytes > len(buf):
-        return None
-    fmt = {1: "<B", 4: "<I", 8: "<Q"}[nbytes]
-    return struct.unpack_from(fmt, buf, pos + 1)[0], pos + 1 + nbytes
+def _scan(path: str | Path) -> XdfLayout:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"recording {str(p)!r} does not exist")
+    if p.is_dir():
+        raise InputError(f"recording {str(p)!r} is a directory; give an .xdf file")
+    try:
+        return xdfreader.scan(p)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"recording {str(p)!r} cannot be read ({exc})") from None
 
 
 def _enc_varlen(value: int) -> bytes:
@@ -114,78 +150,23 @@ def _enc_varlen(value: int) -> bytes:
     return struct.pack("<BQ", 8, value)
 
 
-def _complete_samples(body: memoryview, fmt: str, nch: int) -> tuple[int, int]:
-    """Count complete samples at the start of a (cut) sample-chunk body.
-
-    ``body`` starts at the samples (after the sample count). Returns (count, bytes).
-    """
-    pos, k = 0, 0
-    size = _ITEMSIZE.get(fmt)
-    while pos < len(body):
-        ts_len = body[pos]
-        if ts_len not in (0, 8):
-            break
-        p = pos + 1 + ts_len
-        if size is not None:
-            p += nch * size
-            if p > len(body):
-                break
-        else:  # strings: one varlen length + bytes per channel
-            ok = True
-            for _ in range(nch):
-                v = _varlen(body, p)
-                if v is None or v[1] + v[0] > len(body):
-                    ok = False
-                    break
-                p = v[1] + v[0]
-            if not ok:
-                break
-        pos, k = p, k + 1
-    return k, pos
-
-
-def _repair(data: bytes) -> tuple[bytes, bool, int, int]:
-    """Cut ``data`` after its last complete chunk, salvaging a cut sample chunk.
-
-    Returns (bytes, truncated, bytes_dropped, salvaged_samples).
-    """
-    view = memoryview(data)
-    pos = len(_MAGIC)
-    formats: dict[int, tuple[str, int]] = {}
-    while pos < len(data):
-        v = _varlen(view, pos)
-        if v is None:
-            break
-        length, body = v
-        end = body + length
-        tag = struct.unpack_from("<H", view, body)[0] if body + 2 <= len(data) else None
-        if end > len(data) or tag is None:
-            # the last chunk is incomplete: salvage its complete samples if it has some
-            if tag == _TAG_SAMPLES and body + 6 <= len(data):
-                sid = struct.unpack_from("<I", view, body + 2)[0]
-                n = _varlen(view, body + 6)
-                if sid in formats and n is not None:
-                    fmt, nch = formats[sid]
-                    k, nbytes = _complete_samples(view[n[1] :], fmt, nch)
-                    k = min(k, n[0])
-                    if k:
-                        content = struct.pack("<HI", tag, sid) + _enc_varlen(k)
-                        content += bytes(view[n[1] : n[1] + nbytes])
-                        fixed = data[:pos] + _enc_varlen(len(content)) + content
-                        return fixed, True, len(data) - len(fixed), k
-            return data[:pos], True, len(data) - pos, 0
-        if tag == _TAG_STREAMHEADER and length >= 6:
-            sid = struct.unpack_from("<I", view, body + 2)[0]
-            try:
-                root = ElementTree.fromstring(bytes(view[body + 6 : end]))
-                formats[sid] = (
-                    root.findtext("channel_format", ""),
-                    int(root.findtext("channel_count", "0")),
-                )
-            except (ElementTree.ParseError, ValueError):
-                pass
-        pos = end
-    return data, False, 0, 0
+def _intact_bytes(lay: XdfLayout) -> bytes:
+    """The file up to its first damage, as a valid XDF byte string (a cut chunk's
+    complete samples rebuilt as a chunk of their own), for pyxdf."""
+    cut = lay.first_damage
+    buf = lay._buf
+    salvage = lay.cut_chunk
+    if salvage is not None and salvage[3] == cut:  # the first damage is that cut
+        coff, sid, first, stop, n = salvage
+        content = struct.pack("<HI", xdfreader.TAG_SAMPLES, sid) + _enc_varlen(n)
+        content += bytes(buf[first:stop])
+        return bytes(buf[:coff]) + _enc_varlen(len(content)) + content
+    start = cut
+    for s in lay.streams.values():
+        for coff, _first, end, _n in s.chunks:
+            if coff < cut < end:  # damage found inside a chunk: leave the chunk out
+                start = min(start, coff)
+    return bytes(buf[:start])
 
 
 def read_xdf(
@@ -193,37 +174,61 @@ def read_xdf(
     *,
     dejitter_timestamps: bool = False,
     synchronize_clocks: bool = False,
+    select: Iterable[int] | Callable[[StreamLayout], bool] | None = None,
 ) -> XdfFile:
-    """Load an XDF file with pyxdf, tolerating a truncated file (see module docstring).
+    """Load an XDF file, checking its structure (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+    dejitter_timestamps, synchronize_clocks : bool
+        pyxdf's options. With either, pyxdf loads the part of the file before the first
+        damage (and ``streams`` holds only that part).
+    select : iterable of stream ids, or a predicate on the stream's layout, optional
+        Load only these streams (default: all).
 
     Raises
     ------
     InputError
-        The file does not exist or is not an XDF file.
+        The file does not exist, cannot be read or is not an XDF file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"recording {str(path)!r} does not exist")
-    data = path.read_bytes()
-    if not data.startswith(_MAGIC):
-        raise InputError(f"{str(path)!r} is not an XDF file (it does not start with 'XDF:')")
-    fixed, truncated, dropped, salvaged = _repair(data)
+    return _read_layout(_scan(path), select, dejitter_timestamps, synchronize_clocks)
+
+
+def _read_layout(lay: XdfLayout, select: Any, dejitter: bool, sync: bool) -> XdfFile:
+    """Load the selected streams of a scanned file and release it."""
+    try:
+        loaded = xdfreader.read(lay, select)
+        streams = [x.stream for x in loaded]
+        positions = {x.sid: x.positions for x in loaded}
+        if dejitter or sync:
+            streams = _pyxdf(lay, [x.sid for x in loaded], dejitter, sync)
+            cut = lay.first_damage
+            positions = {sid: pos[pos < cut] for sid, pos in positions.items()}
+    finally:
+        lay.close()
+    return XdfFile(lay.path, streams, lay.header, tuple(lay.damage), lay.size, positions,
+                   dict(lay.streams))
+
+
+def _pyxdf(lay: XdfLayout, sids: list[int], dejitter: bool, sync: bool) -> list[dict]:
+    data = _intact_bytes(lay)
+    if not sids:
+        return []
     logger = logging.getLogger("pyxdf.pyxdf")
     level = logger.level
     logger.setLevel(logging.ERROR)  # silence "Segments and clock-segments differ"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            streams, header = pyxdf.load_xdf(
-                io.BytesIO(fixed),
-                dejitter_timestamps=dejitter_timestamps,
-                synchronize_clocks=synchronize_clocks,
-            )
-    except Exception as exc:  # noqa: BLE001 - pyxdf raises many types on corrupt files
-        raise InputError(f"{str(path)!r}: pyxdf could not read it ({exc})") from exc
+            streams, _ = pyxdf.load_xdf(io.BytesIO(data), select_streams=sids,
+                                        dejitter_timestamps=dejitter,
+                                        synchronize_clocks=sync)
+    except Exception as exc:  # noqa: BLE001 - pyxdf raises many types on odd files
+        raise InputError(f"{str(lay.path)!r}: pyxdf could not read it ({exc})") from exc
     finally:
         logger.setLevel(level)
-    return XdfFile(path, streams, header, truncated, dropped, salvaged)
+    return streams
 
 
 # -- stream helpers --------------------------------------------------------------------------
@@ -285,8 +290,15 @@ def describe(stream: Mapping[str, Any]) -> str:
         f"name={stream_name(stream)!r} type={stream_type(stream)!r} "
         f"source_id={_first(info, 'source_id', '')!r} channels="
         f"{_first(info, 'channel_count', '?')} rate={_first(info, 'nominal_srate', '?')} "
-        f"samples={len(stream['time_stamps'])}"
+        f"samples={_count(stream)}"
     )
+
+
+def _count(stream: Mapping[str, Any]) -> int:
+    """Samples of a loaded stream, or (a header-only dict) of its chunks."""
+    if "time_stamps" in stream:
+        return len(stream["time_stamps"])
+    return int(stream.get("n_samples", 0))
 
 
 def counter_column(stream: Mapping[str, Any]) -> int | None:
@@ -321,7 +333,8 @@ class Session:
     units : str
     samples : ndarray, shape (n, n_channels), float64
         What the detectors saw: NaN/inf values held at the channel's last finite value
-        (as the input monitor does).
+        (as the input monitor does). Possibly a view of the recorded rows (counter
+        column left out), not C-contiguous.
     timestamps : ndarray, shape (n,), float64
         Stream times exactly as recorded.
     counter : ndarray of int64, shape (n,), or None
@@ -338,9 +351,12 @@ class Session:
     stream_names : tuple of str
         Every stream in the file.
     complete : bool
-        Every stream has its footer (the recorder closed the file properly).
+        Every stream has its footer, the file's chunk structure is intact, the samples
+        of the streams loaded (EMG and markers; not the envelope and thresholds, which
+        :func:`closedloop.io.recorder.verify_recording` checks) decode, and closedloop's
+        counters run without a break.
     truncated : bool
-        The file was cut short and repaired on reading.
+        The recorder did not finish the file (it was cut short or lacks footers).
     raw : ndarray or None
         The samples as recorded, NaN/inf included, when there are any (else None:
         they equal ``samples``). A replay feeds these, so its input checks see what the
@@ -349,6 +365,12 @@ class Session:
         The source's own sample counter (NaN where the source gave none), rebuilt from
         the ``source_counter`` markers; None for recordings without them (older ones,
         other tools').
+    damage : tuple of Damage
+        Where the file is cut short or broken (empty for an intact file). Everything
+        above is then what lies before the first damage.
+    damage_report : str
+        For a damaged file: what is damaged, what is intact (streams, samples, stream
+        times) and what the file holds after the damage that is not used ('' if intact).
     """
 
     path: Path
@@ -369,6 +391,15 @@ class Session:
     truncated: bool = False
     raw: np.ndarray | None = None
     source_counter: np.ndarray | None = None
+    damage: tuple[Damage, ...] = ()
+    damage_report: str = ""
+
+    @property
+    def state(self) -> str:
+        """``complete``, ``truncated`` or ``corrupt``."""
+        if any(d.kind == CORRUPT for d in self.damage):
+            return CORRUPT
+        return TRUNCATED if self.damage else "complete"
 
     @property
     def received(self) -> np.ndarray:
@@ -428,19 +459,54 @@ def _session_streams(streams: Sequence[dict], emg: dict) -> dict[str, dict]:
     return out
 
 
-def _decode_all(stream: dict | None, decode: Any, what: str, path: Path) -> list:
+#: Streams of a session that load_session does not load (nothing reads them back).
+_NOT_LOADED = (ROLE_ENVELOPE, ROLE_THRESHOLDS)
+
+
+def _decode_prefix(stream: dict | None, upto: int, positions: Mapping[int, np.ndarray],
+                   decode: Any, what: str, damage: list[Damage]) -> list:
+    """Decode the first ``upto`` markers of a marker stream, in file order, up to the
+    first that cannot be read or whose ``seq`` does not continue the one before (that
+    is damage, added to ``damage``); returns the markers, sorted by seq."""
     if stream is None:
         return []
-    items = []
-    for text in marker_texts(stream):
+    sid = int(stream["info"]["stream_id"])
+    pos = positions[sid]
+    items: list[tuple[int, Any]] = []
+    for i, text in enumerate(marker_texts(stream)[:upto]):
         try:
-            items.append(decode(text))
+            seq, item = decode(text)
         except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(
-                f"{str(path)!r}: unreadable {what} marker {text[:80]!r} ({exc})"
-            ) from exc
-    items.sort(key=lambda it: it[0])
-    return [it[1] for it in items]
+            damage.append(Damage(CORRUPT, int(pos[i]), f"{what} marker #{i} at byte "
+                                 f"{int(pos[i])} is unreadable ({exc}): {text[:60]!r}",
+                                 sids=(sid,)))
+            break
+        if items and seq != items[-1][0] + 1:
+            damage.append(Damage(CORRUPT, int(pos[i]), f"{what} marker #{i} at byte "
+                                 f"{int(pos[i])} has seq {seq} after {items[-1][0]}: markers "
+                                 "are missing or their bytes changed", sids=(sid,)))
+            break
+        items.append((seq, item))
+    # (a gap-free run in file order: sorted by seq it is still the file order)
+    return [it[1] for it in sorted(items, key=lambda it: it[0])]
+
+
+def _check_counter(col: np.ndarray, pos: np.ndarray, name: str, sid: int,
+                   damage: list[Damage]) -> None:
+    """closedloop's EMG counter must go up by one per sample: the first sample where it
+    does not is damage."""
+    k = col.size
+    if k == 0:
+        return
+    start = col[0] if k < 2 or col[1] == col[0] + 1 else col[1] - 1
+    expect = start + np.arange(k, dtype=np.float64)
+    bad = np.flatnonzero(col != expect)
+    if bad.size:
+        r = int(bad[0])
+        damage.append(Damage(CORRUPT, int(pos[r]), f"the counter of {name!r} reads "
+                             f"{col[r]:.17g} at sample {r} (byte {int(pos[r])}) where "
+                             f"{expect[r]:.17g} was expected: samples are missing there or "
+                             "their bytes changed", sids=(sid,)))
 
 
 def load_session(
@@ -463,69 +529,178 @@ def load_session(
         closedloop recordings: their stream times are already in one clock, and a replay
         must see exactly the timestamps the live session used.
 
+    Returns
+    -------
+    Session
+        For a damaged file, what lies before its first damage (see
+        :attr:`Session.damage` and :attr:`Session.damage_report`).
+
     Raises
     ------
+    RecordingDamagedError
+        The file is damaged so that no EMG stream can be read (the message says what
+        is damaged).
     InputError
-        Missing file, no or several candidate EMG streams (the message lists every
-        stream), or unreadable markers.
+        Missing or unreadable file, not an XDF file, no or several candidate EMG streams
+        (the message lists every stream).
     """
-    xdf = read_xdf(path, synchronize_clocks=synchronize_clocks)
-    p = xdf.path
-    emg = _pick_emg(xdf.streams, emg_stream, p)
-    own = _session_streams(xdf.streams, emg)
-    data = np.asarray(emg["time_series"], dtype=np.float64)
-    nch_total = int(_first(emg["info"], "channel_count", data.shape[1] if data.ndim == 2 else 0))
-    if data.ndim != 2:
-        data = data.reshape(0, nch_total)
-    ts = np.asarray(emg["time_stamps"], dtype=np.float64)
+    lay = _scan(path)
+    try:
+        emg_head, own_heads = _choose_streams(lay, emg_stream)
+    except BaseException:
+        lay.close()
+        raise
+    wanted = {emg_head["sid"]} | {h["sid"] for role, h in own_heads.items()
+                                  if role not in _NOT_LOADED}
+    xdf = _read_layout(lay, wanted, False, synchronize_clocks)
+    by_sid = {int(st["info"]["stream_id"]): st for st in xdf.streams}
+    emg_sid = emg_head["sid"]
+    emg = by_sid[emg_sid]
+    own = {role: by_sid[h["sid"]] for role, h in own_heads.items() if h["sid"] in by_sid}
+    pos = xdf.positions
+
+    def before(st: dict | None, at: int) -> int:
+        """Samples of a stream before byte ``at``."""
+        return 0 if st is None else int(np.searchsorted(pos[st["info"]["stream_id"]], at))
+
+    # what lies before the first damage that concerns these streams, closedloop's
+    # counters there included
+    damage = list(xdf.damage)
+    cut = xdf.intact_for(by_sid)
+    nch_total = int(_first(emg["info"], "channel_count", 0))
+    data = np.asarray(emg["time_series"], dtype=np.float64).reshape(-1, nch_total)
+    ccol = counter_column(emg)
+    if own and ccol is not None:
+        _check_counter(data[:before(emg, cut), ccol], pos[emg_sid], stream_name(emg), emg_sid,
+                       damage)
+    decoded = {role: _decode_prefix(own.get(role), before(own.get(role), cut), pos,
+                                    decode, what, damage)
+               for role, decode, what in ((ROLE_EVENTS, decode_event, "event"),
+                                          (ROLE_STIM, decode_command, "stimulation"),
+                                          (ROLE_MARKERS, decode_marker, "trial"))}
+    cut = min([cut] + [d.offset for d in damage if d.concerns(by_sid)])
+    damage.sort(key=lambda d: d.offset)
+    events, commands, markers = (decoded[role][:before(own.get(role), cut)]
+                                 for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS))
+
+    n = before(emg, cut)
+    data = data[:n]
+    ts_all = np.asarray(emg["time_stamps"], dtype=np.float64)
     if own:
-        ts = restore_timestamps(ts)
-    labels = channel_fields(emg, "label")
-    units = channel_fields(emg, "unit")
+        ts_all = restore_timestamps(ts_all)
+    ts = ts_all[:n]
+    labels, units = channel_fields(emg, "label"), channel_fields(emg, "unit")
     if len(labels) != nch_total or not all(labels):
         labels = [f"EMG{k + 1}" for k in range(nch_total)]
     units += [""] * (nch_total - len(units))
-    ccol = counter_column(emg)
     cols = [k for k in range(nch_total) if k != ccol]
     counter = None if ccol is None else np.rint(data[:, ccol]).astype(np.int64)
     unit_set = {units[k] for k in cols}
-    unit = unit_set.pop() if len(unit_set) == 1 else "mixed"
-    config_text = None
-    metadata: dict[str, Any] = {}
-    sess = own.get(ROLE_SESSION)
-    if sess is not None:
-        config_text = closedloop_field(sess, "config") or ""
-        meta_text = closedloop_field(sess, "metadata")
-        if meta_text:
-            try:
-                metadata = json.loads(meta_text)
-            except ValueError:
-                metadata = {"unreadable": meta_text}
-    raw = np.ascontiguousarray(data[:, cols])
+    # a view where the counter is the first or last column (no copy of a long recording)
+    raw = (data if ccol is None else data[:, :-1] if ccol == nch_total - 1
+           else data[:, 1:] if ccol == 0 else data[:, cols])
     samples = hold_nonfinite(raw)
-    markers = _decode_all(own.get(ROLE_MARKERS), decode_marker, "trial", p)
-    source_counter = _source_counter([m for m in markers if m.label == SOURCE_COUNTER],
-                                     counter, ts.shape[0])
+    fs = float(_first(emg["info"], "nominal_srate", 0.0))
+    config_text, metadata = _session_info(own_heads.get(ROLE_SESSION))
     return Session(
-        path=p,
+        path=xdf.path,
         name=stream_name(emg),
-        fs=float(_first(emg["info"], "nominal_srate", 0.0)),
+        fs=fs,
         channels=tuple(labels[k] for k in cols),
-        units=unit or "unknown",
+        units=(unit_set.pop() if len(unit_set) == 1 else "mixed") or "unknown",
         samples=samples,
         timestamps=ts,
         counter=counter,
-        events=_decode_all(own.get(ROLE_EVENTS), decode_event, "event", p),
-        commands=_decode_all(own.get(ROLE_STIM), decode_command, "stimulation", p),
+        events=events,
+        commands=commands,
         markers=[m for m in markers if m.label != SOURCE_COUNTER],
         config_text=config_text,
         metadata=metadata,
-        stream_names=tuple(stream_name(s) for s in xdf.streams),
-        complete=xdf.complete,
-        truncated=xdf.truncated,
+        stream_names=tuple(s.name for s in xdf.layouts.values()),
+        complete=not damage,
+        truncated=any(d.kind == TRUNCATED for d in damage),
         raw=None if samples is raw else raw,
-        source_counter=source_counter,
+        source_counter=_source_counter([m for m in markers if m.label == SOURCE_COUNTER],
+                                       counter, n),
+        damage=tuple(damage),
+        damage_report=_damage_report(xdf, damage, cut, stream_name(emg), fs, ts_all,
+                                     pos[emg_sid], n, len(events), len(commands),
+                                     len(markers)) if damage else "",
     )
+
+
+def _choose_streams(lay: XdfLayout, emg_stream: str | None) -> tuple[dict, dict[str, dict]]:
+    """The EMG stream's header and its session's streams' headers (by role), from the
+    headers alone (``{"info", "n_samples", "sid"}`` dicts)."""
+    heads = [{"info": s.info, "n_samples": s.n_samples, "sid": sid}
+             for sid, s in lay.streams.items()]
+    try:
+        emg_head = _pick_emg(heads, emg_stream, lay.path)
+    except InputError as exc:
+        if not lay.damage:
+            raise
+        corrupt = any(d.kind == CORRUPT for d in lay.damage)
+        lines = "\n  - ".join(describe_damage(lay.damage, lay.size))
+        raise RecordingDamagedError(
+            f"{lay.path.name}: the recording is {'CORRUPT' if corrupt else 'TRUNCATED'} "
+            f"and what can be read of it has no usable EMG stream:\n  - {lines}\n{exc}"
+        ) from None
+    return emg_head, _session_streams(heads, emg_head)
+
+
+def _session_info(head: dict | None) -> tuple[str | None, dict[str, Any]]:
+    """Config text and metadata from the session stream's header."""
+    if head is None:
+        return None, {}
+    metadata: dict[str, Any] = {}
+    meta_text = closedloop_field(head, "metadata")
+    if meta_text:
+        try:
+            metadata = json.loads(meta_text)
+        except ValueError:
+            metadata = {"unreadable": meta_text}
+    return closedloop_field(head, "config") or "", metadata
+
+
+def describe_damage(damage: Sequence[Damage], size: int, limit: int = 8) -> list[str]:
+    """One line per damage (at most ``limit``), for messages."""
+    lines = []
+    for d in damage[:limit]:
+        where = "end of the file" if d.offset >= size else f"byte {d.offset:,} of {size:,}"
+        line = f"{d.kind} at {where}: {d.message}"
+        if d.kind == CORRUPT and d.sids is None:  # the chunk structure was lost there
+            line += ("; nothing after it could be read" if d.resumed_at is None else
+                     f"; read on from byte {d.resumed_at:,}")
+        lines.append(line)
+    if len(damage) > limit:
+        lines.append(f"... and {len(damage) - limit} more")
+    return lines
+
+
+def _damage_report(xdf: XdfFile, damage: list[Damage], cut: int, name: str, fs: float,
+                   ts_all: np.ndarray, pos: np.ndarray, n: int, n_events: int,
+                   n_commands: int, n_markers: int) -> str:
+    corrupt = any(d.kind == CORRUPT for d in damage)
+    what = ("CORRUPT (damaged inside the file)" if corrupt else
+            "TRUNCATED (the recorder did not finish it: a crash, a kill or a full disk)")
+    lines = [f"{xdf.path.name}: the recording is {what}"]
+    lines += [f"  - {line}" for line in describe_damage(damage, xdf.size)]
+    if n:
+        dur = f"{n / fs:.2f} s, " if fs > 0 else ""
+        span = (f"samples 0-{n - 1:,} ({dur}stream time {ts_all[0]:.3f}-{ts_all[n - 1]:.3f} "
+                "s)")
+    else:
+        span = "no samples"
+    share = 100.0 * min(cut, xdf.size) / max(xdf.size, 1)
+    lines.append(f"  intact: the first {min(cut, xdf.size):,} bytes ({share:.1f} % of the "
+                 f"file): EMG {name!r} {span}; {n_events} events, {n_commands} stimulation "
+                 f"commands, {n_markers} markers")
+    later = np.flatnonzero(pos >= cut)
+    if later.size:
+        lines.append(f"  after the damage the file still holds {later.size:,} EMG samples "
+                     f"(from stream time {ts_all[later[0]]:.3f} s); they are not used, as "
+                     "they do not continue the intact part")
+    return "\n".join(lines)
 
 
 def _source_counter(marks: list[Marker], counter: np.ndarray | None, n: int

@@ -15,6 +15,13 @@ live, which depends on the live chunking; the recording holds it
 from there and cuts its chunks at those samples (no sample at or after one is processed
 before the command is known, as live). A recording made before effective samples were
 recorded was made without blanking, and is replayed without it.
+
+A damaged recording (cut short by a crash, or corrupt: see
+:mod:`closedloop.io.xdfreader`) is not replayed as if it were whole: the command stops
+with exit code 9 and says what is damaged and what is intact. ``--partial`` replays the
+intact part (everything before the first damage) and ``--check`` then compares only what
+the recording can vouch for: the recorded events before the last recorded event's
+sample, the commands before the last recorded command's sample; the output says so.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ import numpy as np
 
 from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.core.stream import Chunk
-from closedloop.errors import ClosedLoopError, ConfigError
+from closedloop.errors import ClosedLoopError, ConfigError, RecordingDamagedError
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sources.base import Source
 
 EXIT_MISMATCH = 8
+EXIT_DAMAGED = RecordingDamagedError.exit_code  # 9
 
 
 def _event_key(e) -> tuple:
@@ -56,13 +64,23 @@ def first_difference(recorded: list, derived: list, key, what: str) -> str | Non
 
 def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast",
                 stream: str | None = None, chunk_size: int | None = None,
-                progress=None):
-    """Replay one file; returns (session, config, outcome)."""
+                progress=None, partial: bool = False):
+    """Replay one file; returns (session, config, outcome).
+
+    Raises
+    ------
+    RecordingDamagedError
+        The recording is cut short or corrupt and ``partial`` is False.
+    """
     from closedloop.io.xdf import load_session
     from closedloop.sources.replay import ReplaySource
     from closedloop.stim.drivers.sim import SimStimulator
 
     session = load_session(path, emg_stream=stream)
+    if session.damage and not partial:
+        raise RecordingDamagedError(
+            f"{session.damage_report}\nNot replayed: replay the intact part with --partial "
+            "(the output then says what the check covers)")
     if config_path:
         config = load_config(config_path)
     elif isinstance(session.metadata.get("resolved_config"), dict):
@@ -83,7 +101,8 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     if session.commands and not live:  # recorded before blanking existed
         config = replace(config, artifacts=replace(config.artifacts, blank_ms=0.0))
     source = SplitSource(
-        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session),
+        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session,
+                     partial=partial),
         sorted({c.effective_sample for c in live}),
     )
     with source:
@@ -182,6 +201,30 @@ def check(session, out) -> str | None:
     return first_difference(session.commands, out.commands, lambda c: c.decision_key(), "command")
 
 
+def check_intact(session, out) -> tuple[str | None, str]:
+    """:func:`check` over what a damaged recording can vouch for.
+
+    Each recorded stream holds its items in order up to where the file is damaged, so
+    its items before the sample of its last recorded item are all there (later ones may
+    be lost with the damage). Returns the first difference (or None) and a sentence on
+    what was compared and what could not be.
+    """
+    def part(recorded, derived, what, key):
+        horizon = min(session.n, recorded[-1].sample) if recorded else 0
+        rec = [x for x in recorded if x.sample < horizon]
+        der = [x for x in derived if x.sample < horizon]
+        return (first_difference(rec, der, key, what), len(rec), len(derived) - len(der),
+                horizon)
+
+    d_ev, n_ev, left_ev, h_ev = part(session.events, out.events, "event", _event_key)
+    d_cmd, n_cmd, left_cmd, h_cmd = part(session.commands, out.commands, "command",
+                                         lambda c: c.decision_key())
+    note = (f"checked on the intact part only: {n_ev} events before sample {h_ev} and "
+            f"{n_cmd} commands before sample {h_cmd}; {left_ev} derived events and "
+            f"{left_cmd} commands after those samples could not be checked")
+    return d_ev or d_cmd, note
+
+
 def _bar(done: int, total: int) -> None:
     frac = done / total if total else 1.0
     print(f"\rreplay [{'#' * int(40 * frac):<40}] {100 * frac:5.1f}%", end="", file=sys.stderr,
@@ -189,7 +232,8 @@ def _bar(done: int, total: int) -> None:
 
 
 def replay_one(path: str, config_path: str | None, speed: str, stream: str | None,
-               do_check: bool, progress: bool) -> tuple[int, list[str]]:
+               do_check: bool, progress: bool, partial: bool = False
+               ) -> tuple[int, list[str]]:
     """Replay (and check) one file; returns its exit code and the lines to print.
 
     A top-level function so that many files can be replayed in worker processes.
@@ -198,9 +242,10 @@ def replay_one(path: str, config_path: str | None, speed: str, stream: str | Non
     t0 = time.perf_counter()
     try:
         session, config, out = replay_file(path, config_path=config_path, speed=speed,
-                                           stream=stream, progress=_bar if progress else None)
+                                           stream=stream, progress=_bar if progress else None,
+                                           partial=partial)
     except ClosedLoopError as exc:
-        return 1, [f"{path}: {exc}"]
+        return getattr(exc, "exit_code", 1), [f"{path}: {exc}"]
     wall = time.perf_counter() - t0
     if progress:
         print(file=sys.stderr)
@@ -210,10 +255,18 @@ def replay_one(path: str, config_path: str | None, speed: str, stream: str | Non
     lines.append(f"{path}: {session.n} samples ({session.n / session.fs:.1f} s) replayed in "
                  f"{wall:.2f} s ({session.n / session.fs / wall:.0f}x real time) with config "
                  f"{config.name!r}: {n_on} onsets, {len(out.commands)} commands")
+    if session.damage:
+        lines.append(f"{path}: PARTIAL: the recording is {session.state.upper()}; only its "
+                     f"intact part was replayed:\n{session.damage_report}")
     if not do_check:
         return 0, lines
     if not session.events and not session.commands and config.stimulates:
         return 1, lines + [f"{path}: the recording holds no events or commands to check against"]
+    if session.damage:
+        diff, note = check_intact(session, out)
+        if diff:
+            return EXIT_MISMATCH, lines + [f"{path}: CHECK FAILED ({note}): {diff}"]
+        return 0, lines + [f"{path}: check passed, {note}"]
     diff = check(session, out)
     if diff:
         return EXIT_MISMATCH, lines + [f"{path}: CHECK FAILED: {diff}"]
@@ -226,14 +279,16 @@ def main(args) -> int:
     inputs = list(args.inputs)
     jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
     common = (args.config, args.speed, args.stream, bool(args.check))
+    partial = bool(getattr(args, "partial", False))
     if len(inputs) == 1 or jobs == 1:
-        results = [replay_one(p, *common, len(inputs) == 1 and not args.quiet) for p in inputs]
+        results = [replay_one(p, *common, len(inputs) == 1 and not args.quiet, partial)
+                   for p in inputs]
     else:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(inputs))) as pool:
             results = list(pool.map(replay_one, inputs, *[[c] * len(inputs) for c in common],
-                                    [False] * len(inputs)))
+                                    [False] * len(inputs), [partial] * len(inputs)))
     rc = 0
     for code, lines in results:  # in input order, whatever finished first
         for line in lines:
@@ -242,5 +297,5 @@ def main(args) -> int:
     return rc
 
 
-__all__ = ["RecordedEffect", "SplitSource", "check", "first_difference", "replay_file", "main",
-           "ConfigError"]
+__all__ = ["RecordedEffect", "SplitSource", "check", "check_intact", "first_difference",
+           "replay_file", "main", "ConfigError", "EXIT_DAMAGED", "EXIT_MISMATCH"]

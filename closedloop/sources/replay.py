@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.core.stream import Chunk
-from closedloop.errors import ConfigError
+from closedloop.errors import ConfigError, RecordingDamagedError
 from closedloop.io.xdf import Session, load_session
 from closedloop.sources.base import Source
 
@@ -73,6 +73,10 @@ class ReplaySource(Source):
         Samples per chunk (default: 20 ms worth, at least 1).
     session : Session, optional
         An already loaded session (then ``path`` only names it).
+    partial : bool
+        Deliver the intact part of a recording that is cut short or corrupt (see
+        :func:`closedloop.io.xdf.load_session`). Without it such a recording is refused:
+        a session run from it would not be the recorded one.
     """
 
     def __init__(
@@ -83,9 +87,11 @@ class ReplaySource(Source):
         speed: str | float = "fast",
         chunk_size: int | None = None,
         session: Session | None = None,
+        partial: bool = False,
     ) -> None:
         super().__init__()
         self.path = Path(path)
+        self.partial = bool(partial)
         self.stream = stream
         self.speed = parse_speed(speed)
         if chunk_size is not None and int(chunk_size) < 1:
@@ -102,6 +108,8 @@ class ReplaySource(Source):
 
         Raises
         ------
+        RecordingDamagedError
+            The recording is cut short or corrupt and ``partial`` is False.
         InputError
             Missing or unreadable file, no or ambiguous EMG stream.
         """
@@ -110,6 +118,10 @@ class ReplaySource(Source):
         if self.session is None:
             self.session = load_session(self.path, emg_stream=self.stream)
         s = self.session
+        if s.damage and not self.partial:
+            raise RecordingDamagedError(
+                f"{s.damage_report}\nNot replayed: replay its intact part with "
+                "'closedloop replay --partial'")
         if not (s.fs > 0):
             raise ConfigError(
                 f"{self.path.name}: stream {s.name!r} has no nominal rate; it cannot be "

@@ -214,6 +214,7 @@ def test_truncated_files_still_load(recorded: Recorded, tmp_path: Path) -> None:
         cut_path.write_bytes(data[:cut])
         xdf = read_xdf(cut_path)  # never raises
         assert not xdf.complete  # a cut always loses the last footer
+        assert xdf.truncated and not xdf.corrupt and xdf.state == "truncated"
         try:
             pyxdf.load_xdf(str(cut_path), dejitter_timestamps=False, verbose=False)
         except Exception:  # noqa: BLE001 - counting pyxdf's failures
@@ -258,8 +259,10 @@ def test_sigkill_mid_recording_leaves_a_loadable_file(tmp_path: Path) -> None:
     # the samples before the kill that LabRecorderCLI had pulled are there, in order
     assert check.missing_ranges in ((), ((check.found, counts[out.names["emg"]] - 1),))
     s = load_session(path)
-    assert not s.complete and s.n == check.found
+    assert not s.complete and s.n == check.found and s.state == "truncated"
     np.testing.assert_array_equal(s.samples, emg(0, s.n))
+    assert "TRUNCATED" in s.damage_report and f"samples 0-{s.n - 1:,}" in s.damage_report
+    assert "TRUNCATED" in report.summary() and not report.ok
 
 
 def test_recorder_errors(tmp_path: Path) -> None:
@@ -300,3 +303,10 @@ def test_outlet_misuse_is_reported() -> None:
     out.close()
     with pytest.raises(RuntimeError, match="after close"):
         out.push_emg(np.zeros((1, 2)), np.zeros(1))
+
+
+def test_closedloops_reader_equals_pyxdf(recorded: Recorded) -> None:
+    """On this LabRecorderCLI recording, read_xdf gives pyxdf's streams bit for bit."""
+    from tests.io.test_xdf_reader import assert_same, pyxdf_load
+
+    assert_same(read_xdf(recorded.path).streams, pyxdf_load(recorded.path))

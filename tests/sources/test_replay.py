@@ -136,3 +136,11 @@ def test_bad_arguments() -> None:
         ReplaySource("x.xdf", chunk_size=0)
     with pytest.raises(InputError, match="does not exist"):
         ReplaySource("/nonexistent/x.xdf").open()
+
+
+def test_the_recording_reads_as_pyxdf_reads_it(live: Live) -> None:
+    """closedloop's XDF reader gives pyxdf's streams bit for bit on this recording."""
+    from closedloop.io.xdf import read_xdf
+    from tests.io.test_xdf_reader import assert_same, pyxdf_load
+
+    assert_same(read_xdf(live.path).streams, pyxdf_load(live.path))
