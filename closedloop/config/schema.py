@@ -144,9 +144,11 @@ Flag = Annotated[bool, Strict()]
 def invalid(key: str, value: Any, expected: str) -> PydanticCustomError:
     """The error a rule raises: ``key`` (dotted, relative to the table being checked;
     empty for the value itself) holds ``value``, which is not what is ``expected``."""
+    # the value goes in already shown: pydantic formats the context, and a value may be
+    # a 5000-deep table whose full repr would recurse
     return PydanticCustomError(
         "closedloop", "{key} = {value} is not allowed; expected {expected}",
-        {"key": key, "value": value, "expected": expected},
+        {"key": key, "value": show(value), "expected": expected},
     )
 
 
@@ -258,8 +260,14 @@ def locate(obj: Any, source: str, path: str = "") -> None:
 
 
 def dump(obj: Any) -> Any:
-    """Settings as plain TOML/JSON values (tuples as lists), every field included."""
-    return _adapter(type(obj)).dump_python(obj, mode="json")
+    """Settings as plain TOML/JSON values (tables as dicts, tuples as lists), every field
+    included, each object by its own class (a registered kind's settings keep their own
+    fields)."""
+    if is_settings(type(obj)):
+        return {f.name: dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [dump(v) for v in obj]
+    return obj
 
 
 # -- messages -----------------------------------------------------------------------------------
@@ -415,7 +423,7 @@ def config_error(exc: ValidationError, model: type, data: Any, *, source: str,
             return ConfigError(f"{_where(source, key)} is missing: {ctx['why']}")
         if kind == "closedloop_problem":
             return ConfigError(f"{_where(source, key)}: {ctx['text']}")
-        return ConfigError(f"{_where(source, key)} = {show(ctx['value'])} is not allowed; "
+        return ConfigError(f"{_where(source, key)} = {ctx['value']} is not allowed; "
                            f"expected {ctx['expected']}")
     full = _dotted(path, parts)
     if kind == "missing":
