@@ -15,8 +15,6 @@ The settings class of ``[detector]`` and of ``[protocol]`` is looked up by kind
 kinds, later whatever a registry adds.
 """
 
-from __future__ import annotations
-
 import codecs
 import sys
 from collections.abc import Mapping
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, model_validator
+from typing_extensions import Self
 
 from closedloop.config.schema import Check, Flag, Range, Text, dump, missing, parse_table, settings
 from closedloop.config.signal import (
@@ -119,7 +118,7 @@ class MuscleConfig:
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> MuscleConfig:
+    def _check(self) -> Self:
         if (self.stim is None) != (self.limits is None):
             raise missing("limits" if self.limits is None else "stim",
                           "a stimulated muscle needs both [muscles.stim] and [muscles.limits]")
@@ -199,7 +198,7 @@ class Config:
     def calibrations(self) -> list[Calibration | None]:
         return [m.calibration for m in self.muscles]
 
-    def with_calibrations(self, cals: dict[str, Calibration]) -> Config:
+    def with_calibrations(self, cals: dict[str, Calibration]) -> "Config":
         muscles = tuple(
             replace(m, calibration=cals.get(m.name, m.calibration)) for m in self.muscles
         )

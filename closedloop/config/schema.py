@@ -40,7 +40,7 @@ import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import pydantic
 import pydantic.dataclasses
@@ -77,14 +77,12 @@ class Range:
     limit: Literal["", "ceiling", "floor"] = ""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> cs.CoreSchema:
-        bounds: dict[str, float] = {}
-        if self.lo > -math.inf:
-            bounds["gt" if self.lo_open else "ge"] = self.lo
-        if self.hi < math.inf:
-            bounds["le"] = self.hi
+        lo = self.lo if self.lo > -math.inf else None
+        hi = self.hi if self.hi < math.inf else None
+        ge, gt = (None, lo) if self.lo_open else (lo, None)
         if source is int:
-            return cs.int_schema(strict=True, **{k: int(v) for k, v in bounds.items()})
-        return cs.float_schema(strict=True, allow_inf_nan=False, **bounds)
+            return cs.int_schema(strict=True, ge=_whole(ge), gt=_whole(gt), le=_whole(hi))
+        return cs.float_schema(strict=True, allow_inf_nan=False, ge=ge, gt=gt, le=hi)
 
     def describe(self, whole: bool, plural: bool = False) -> str:
         """``a number >= 0.5 and <= 100`` and the like."""
@@ -101,6 +99,10 @@ class Range:
         elif self.limit == "floor":
             text += f" ({self.lo:g} is the absolute floor, {CEILINGS_FILE})"
         return text
+
+
+def _whole(x: float | None) -> int | None:
+    return None if x is None else int(x)
 
 
 def _bounds(r: Range) -> str:
@@ -164,8 +166,16 @@ def problem(key: str, text: str) -> PydanticCustomError:
 
 
 # -- the settings decorator ------------------------------------------------------------------
+@overload
 @dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, pydantic.Field))
-def settings(cls: type[T] | None = None, *, kw_only: bool = False) -> Any:
+def settings(cls: type[T], /) -> type[T]: ...
+
+
+@overload
+def settings(*, kw_only: bool = False) -> Callable[[type[T]], type[T]]: ...
+
+
+def settings(cls: type[T] | None = None, /, *, kw_only: bool = False) -> Any:
     """Make ``cls`` a frozen, validating settings dataclass.
 
     It stays a dataclass (attribute access, ``dataclasses.replace``, ``asdict``,
@@ -203,7 +213,7 @@ def is_settings(tp: Any) -> bool:
 
 # -- reading a table ---------------------------------------------------------------------------
 @functools.cache
-def _adapter(cls: type) -> TypeAdapter[Any]:
+def _adapter(cls: Any) -> TypeAdapter[Any]:
     return TypeAdapter(cls)
 
 
@@ -236,7 +246,8 @@ def parse_table(cls: type[T], data: Any, *, source: str = "<config>", path: str 
         raise ConfigError(f"{_where(source, path)}: unknown key(s) {', '.join(code_only)}; "
                           f"known keys here: {_known(cls)}")
     try:
-        out = _adapter(cls).validate_python(dict(data), context=dict(context or {}))
+        out = _adapter(typing.cast(Any, cls)).validate_python(dict(data),
+                                                              context=dict(context or {}))
     except ValidationError as exc:
         raise config_error(exc, cls, data, source=source, path=path) from None
     locate(out, source, path)
@@ -393,7 +404,8 @@ def _code_only(model: type) -> set[str]:
 
 
 def _known(model: type) -> str:
-    return ", ".join(sorted(set(model.__pydantic_fields__) - _code_only(model))) or "none"
+    fields = getattr(model, "__pydantic_fields__", {})
+    return ", ".join(sorted(set(fields) - _code_only(model))) or "none"
 
 
 def config_error(exc: ValidationError, model: type, data: Any, *, source: str,

@@ -6,12 +6,11 @@ Each field declares its type, range and default once (see
 :class:`~closedloop.errors.ConfigError` naming the key, the value and what is allowed.
 """
 
-from __future__ import annotations
-
 import typing
 from typing import Annotated, Literal
 
 from pydantic import model_validator
+from typing_extensions import Self
 
 from closedloop.config.schema import Check, Flag, Range, invalid, settings
 
@@ -42,7 +41,7 @@ class FilterSettings:
     notch_q: Annotated[float, Range(1.0, 200.0)] = 30.0
 
     @model_validator(mode="after")
-    def _check(self) -> FilterSettings:
+    def _check(self) -> Self:
         if self.bandpass_hz[0] >= self.bandpass_hz[1]:
             raise invalid("bandpass_hz", list(self.bandpass_hz), "[low, high] with low < high")
         return self
@@ -103,7 +102,7 @@ class DetectorSettings:
     min_rest_ms: Annotated[float, Range(10.0, 60000.0)] = 200.0
 
     @model_validator(mode="after")
-    def _check(self) -> DetectorSettings:
+    def _check(self) -> Self:
         if self.history_s * 1000.0 < self.min_rest_ms:
             raise invalid("history_s", self.history_s,
                           f">= min_rest_ms / 1000 = {self.min_rest_ms / 1000:g}")
@@ -120,7 +119,7 @@ class Calibration:
     mvc: Annotated[float, Range(0.0)] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> Calibration:
+    def _check(self) -> Self:
         if self.mvc is not None and self.mvc <= self.rest_mean:
             raise invalid("mvc", self.mvc, f"a value above rest_mean = {self.rest_mean:g}")
         return self

@@ -29,8 +29,6 @@ TOML layout
     [safety]                  # SafetySettings
 """
 
-from __future__ import annotations
-
 import math
 import typing
 from collections.abc import Mapping
@@ -38,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ValidationInfo, model_validator
+from typing_extensions import Self
 
 from closedloop.config import ceilings
 from closedloop.config.schema import Flag, Range, Text, invalid, problem, settings
@@ -101,7 +100,7 @@ class StimParams:
     where: ClassVar[str] = ""
 
     @model_validator(mode="after")
-    def _check(self) -> StimParams:
+    def _check(self) -> Self:
         if self.charge_uc > ceilings.MAX_CHARGE_PER_PHASE_UC:
             raise problem("", f"charge per phase (current_ma x pulse_width_us / 1000) = "
                           f"{self.charge_uc:g} uC is above the absolute ceiling of "
@@ -223,7 +222,7 @@ class TrialSettings:
     pattern: TrialPattern = "assist"
 
     @model_validator(mode="after")
-    def _check(self) -> TrialSettings:
+    def _check(self) -> Self:
         if self.response_window_s > self.work_s:
             raise invalid("response_window_s", self.response_window_s,
                           f"a number > 0 and <= work_s = {self.work_s:g}")
@@ -282,7 +281,7 @@ class ProtocolSettings:
     where: ClassVar[str] = ""
 
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> ProtocolSettings:
+    def _check(self, info: ValidationInfo) -> Self:
         # the muscle names, when the config loader gives them
         names = list((info.context or {}).get("muscles", ()))
         choices = ", ".join(map(repr, names))
@@ -436,11 +435,11 @@ def validate_stimulation(
         by_channel[p.channel] = name
 
     pw = protocol.where or "[protocol]"
-    for role, name in (("agonist", protocol.agonist), ("antagonist", protocol.antagonist)):
-        if name is not None and name in protocol.stimulated and name not in muscles:
+    for role, who in (("agonist", protocol.agonist), ("antagonist", protocol.antagonist)):
+        if who is not None and who in protocol.stimulated and who not in muscles:
             have = ", ".join(map(repr, muscles)) or "none"
             raise ConfigError(
-                f"{pw}.{role} = {name!r} is stimulated by kind = {protocol.kind!r} but has "
+                f"{pw}.{role} = {who!r} is stimulated by kind = {protocol.kind!r} but has "
                 f"no [muscles.stim] table; add one (muscles with stimulation: {have})"
             )
     if protocol.kind == "cued_trials":
