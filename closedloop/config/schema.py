@@ -53,9 +53,10 @@ from closedloop.errors import ConfigError
 
 T = TypeVar("T")
 
-#: Every settings class: unknown keys refused, no NaN or infinity, and the values given
-#: kept exactly (an ``int`` where a float is declared becomes that float).
-MODEL_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, strict=False)
+#: Every settings class: unknown keys refused, no NaN or infinity. Strictness is per
+#: field (:class:`Range`, ``Text``, ``Flag``: no "3" for 3, no true for 1) so that a TOML
+#: array still becomes a tuple.
+MODEL_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 #: Where a bound from :mod:`closedloop.config.ceilings` lives (said in messages).
 CEILINGS_FILE = "closedloop/config/ceilings.py"
