@@ -86,7 +86,6 @@ def _is_channel(channel: Any) -> bool:
         isinstance(channel, int) and not isinstance(channel, bool) and channel >= 0)
 
 
-MuscleName = Annotated[str, Check(_is_name, "a non-empty name of letters, digits and _")]
 Channel = Annotated[str | int, Check(_is_channel, "a channel label (text) or a 0-based index",
                                      plain=True)]
 
@@ -96,12 +95,15 @@ class MuscleConfig:
     """``[[muscles]]``: one muscle, its EMG channel, antagonist, stimulation and
     calibration.
 
-    ``channel`` is a label of the source's channels or a 0-based index; in a config
-    file it defaults to the muscle's name. ``stim`` and ``limits`` come together (a
-    stimulated muscle) or not at all.
+    In a config file ``name`` is made of letters, digits and _ (checked with the other
+    muscles, :func:`parse_config`; a config built in code for a source's channels, such
+    as :func:`default_config`, names muscles after the channel labels, whatever they
+    are). ``channel`` is a label of the source's channels or a 0-based index; in a
+    config file it defaults to the muscle's name. ``stim`` and ``limits`` come together
+    (a stimulated muscle) or not at all.
     """
 
-    name: MuscleName
+    name: Text
     channel: Channel
     antagonist: Text | None = None
     placement: Text = ""
@@ -288,10 +290,14 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
 
 
 def _check_muscles(config: Config, detector: DetectorSettings, source: str) -> None:
-    """Rules across ``[[muscles]]`` and ``[detector]``."""
+    """Rules across ``[[muscles]]`` and ``[detector]``, and the names a config file may
+    give its muscles."""
     names = list(config.muscle_names)
     for i, m in enumerate(config.muscles):
         where = f"{source}: muscles[{i}]"
+        if not _is_name(m.name):
+            raise ConfigError(f"{where}.name = {m.name!r} is not allowed; expected a non-empty "
+                              "name of letters, digits and _")
         if names.count(m.name) > 1:
             raise ConfigError(f"{where}.name = {m.name!r} is used twice; muscle names must differ")
         if m.antagonist is not None and m.antagonist not in names:

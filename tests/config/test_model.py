@@ -16,7 +16,7 @@ from typing import Annotated
 import pytest
 
 import closedloop.config.model as model
-from closedloop.config import load_config, loads_config, parse_config
+from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.config.schema import Range, settings
 from closedloop.config.signal import DetectorSettings
 from closedloop.config.stimulation import ProtocolSettings, StimParams
@@ -122,6 +122,19 @@ def test_messages_name_the_key_and_everything_allowed(change, said):
     with pytest.raises(ConfigError) as err:
         parse_config(data, source="clinic.toml")
     assert str(err.value).startswith("clinic.toml: " + said)
+
+
+def test_a_config_for_a_sources_channels_takes_their_labels_as_they_are():
+    # `closedloop detect` and `replay` without a config: any label a file or device has
+    config = default_config(["EMG 1", "Fp1-A1"])
+    assert config.muscle_names == ("EMG 1", "Fp1-A1")
+    assert config.columns(["Fp1-A1", "EMG 1"], "file.csv") == [1, 0]
+    # a config file's names are identifiers
+    with pytest.raises(ConfigError) as err:
+        loads_config(SHIPPED.read_text().replace('name = "biceps"', 'name = "bi ceps"'),
+                     source="c.toml")
+    assert str(err.value) == ("c.toml: muscles[0].name = 'bi ceps' is not allowed; expected a "
+                              "non-empty name of letters, digits and _")
 
 
 @settings(kw_only=True)
