@@ -436,9 +436,12 @@ def _cal_table(c: Calibration) -> dict[str, float]:
     return out
 
 
-def _expected_data(text: str, cals: dict[str, Calibration]) -> dict[str, Any]:
+def _expected_data(text: str, cals: dict[str, Calibration],
+                   stimulator: str | None = None) -> dict[str, Any]:
     data = tomllib.loads(text)
     data.setdefault("detector", {})["baseline"] = "calibrated"
+    if stimulator is not None:
+        data.setdefault("session", {})["stimulator"] = stimulator
     for m in data.get("muscles", []):
         m["calibration"] = _cal_table(cals[m["name"]])
     return data
@@ -457,11 +460,17 @@ def _without_header(text: str) -> str:
     return "".join(lines[n:])
 
 
-def _calibrated(text: str, cals: dict[str, Calibration]) -> str:
-    """The config ``text`` with ``detector.baseline = "calibrated"`` and a
-    ``[muscles.calibration]`` table in every muscle (replacing an earlier one), edited
-    with tomlkit so that the clinician's comments and layout stay as they were."""
+def _calibrated(text: str, cals: dict[str, Calibration], stimulator: str | None = None) -> str:
+    """The config ``text`` with ``detector.baseline = "calibrated"``, a
+    ``[muscles.calibration]`` table in every muscle (replacing an earlier one) and, with
+    ``stimulator``, ``[session] stimulator``; edited with tomlkit so that the
+    clinician's comments and layout stay as they were."""
     doc = tomlkit.parse(text)
+    if stimulator is not None:
+        if "session" not in doc:
+            doc.add(tomlkit.nl())
+            doc["session"] = tomlkit.table()
+        doc["session"]["stimulator"] = stimulator
     if "detector" not in doc:
         doc.add(tomlkit.nl())
         doc["detector"] = tomlkit.table()
@@ -507,8 +516,12 @@ def patient_config_text(
     source: str = "",
     schedule: Schedule | None = None,
     when: str | None = None,
+    stimulator: str | None = None,
 ) -> str:
     """The patient config: the original text plus the calibration, verified.
+
+    ``stimulator``: the stimulator spec the patient is treated with, written as
+    ``[session] stimulator`` so ``closedloop run`` uses it.
 
     Raises
     ------
@@ -523,8 +536,8 @@ def patient_config_text(
     if not original.strip():
         raise ConfigError(f"{config.path}: the config text is empty; load it from a file")
     original = _without_header(original)
-    expected = _expected_data(original, cals)
-    body = _calibrated(original, cals)
+    expected = _expected_data(original, cals, stimulator)
+    body = _calibrated(original, cals, stimulator)
     if _safe_loads(body) != expected:  # not seen; a plain document then, comments lost
         body = tomlkit.dumps(expected)
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -549,7 +562,8 @@ def patient_config_text(
     text = "\n".join(_comment_safe(h) for h in head) + "\n\n" + body
     check = loads_config(text, source="<patient config>")
     got = {m.name: m.calibration for m in check.muscles}
-    if check.detector.baseline != "calibrated" or got != cals:
+    if check.detector.baseline != "calibrated" or got != cals or (
+            stimulator is not None and check.session.stimulator != stimulator):
         raise ConfigError("internal error: the patient config does not load back as written")
     return text
 

@@ -280,6 +280,20 @@ def test_patient_config_keeps_the_template_and_replaces_the_calibration(template
     assert "# calibrated: then" not in again
 
 
+def test_patient_config_names_the_stimulator_given():
+    config = loads_config(CONFIG + '[protocol]\nagonist = "biceps"\n', source="arm.toml")
+    text = cal.patient_config_text(config, _result(), confirmation="x",
+                                   stimulator="rehastim2:/dev/ttyUSB0")
+    assert loads_config(text).session.stimulator == "rehastim2:/dev/ttyUSB0"
+    assert "[session]\nfs = 2000.0\nstimulator = " in text  # in the template's [session]
+    again = cal.patient_config_text(loads_config(text), _result(), confirmation="x",
+                                    stimulator="sim")
+    assert again.count("stimulator = ") == 1 and loads_config(again).session.stimulator == "sim"
+    bare = loads_config('[[muscles]]\nname = "biceps"\n[[muscles]]\nname = "triceps"\n')
+    text = cal.patient_config_text(bare, _result(), confirmation="x", stimulator="sim")
+    assert loads_config(text).session.stimulator == "sim"  # a [session] table added
+
+
 def test_cli_no_gui_writes_patient_config(config_path, tmp_path, monkeypatch, capsys):
     # the terminal path end to end, with the simulated source not paced in real time
     real = cal.make_source
