@@ -26,10 +26,12 @@ is accepted.
 
 The patient config (:func:`patient_config_text`) is the original config text with
 ``detector.baseline = "calibrated"`` and a ``[muscles.calibration]`` table in every
-muscle, plus a header of TOML comments (when, source, schedule, results and the
-clinician's confirmation of the stimulation limits; comments because the loader refuses
-unknown keys). It is re-loaded with :func:`~closedloop.config.loads_config` and compared
-before it is written.
+muscle (edited with tomlkit: the clinician's comments and layout stay; an earlier
+calibration is replaced), plus a header of TOML comments (when, source, schedule,
+results and the clinician's confirmation of the stimulation limits; comments because
+the loader refuses unknown keys) that replaces an earlier calibration's header. It is
+re-loaded with :func:`~closedloop.config.loads_config` and compared before it is
+written.
 
 The simulated patient follows the cues: with ``--source sim`` the
 :class:`~closedloop.sources.sim.SimSource` gets a script built from the schedule
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 import threading
 import time
@@ -50,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomlkit
+import tomlkit.items
 
 from closedloop.config import Config, load_config, loads_config
 from closedloop.config.signal import Calibration
@@ -422,66 +425,8 @@ def analyse(
 
 
 # -- the patient config -----------------------------------------------------------------------
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\s\"'-]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _fmt_float(x: float) -> str:
-    r = repr(float(x))
-    return r if ("." in r or "e" in r or "inf" in r or "nan" in r) else r + ".0"
-
-
-def _fmt(v: Any) -> str:
-    """A TOML value (the scalar and array types a closedloop config uses)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            raise ValueError(f"cannot write the non-finite number {v!r}")
-        return _fmt_float(v)
-    if isinstance(v, str):
-        esc = (v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-               .replace("\t", "\\t").replace("\r", "\\r"))
-        return f'"{esc}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    raise ValueError(f"cannot write {type(v).__name__} values to TOML")
-
-
-def _key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _fmt(k)
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """TOML text of nested tables, arrays of tables and scalar/array values."""
-    lines: list[str] = []
-
-    def table(d: dict[str, Any], path: list[str]) -> None:
-        scalars = {k: v for k, v in d.items() if not _is_table(v) and not _is_aot(v)}
-        for k, v in scalars.items():
-            lines.append(f"{_key(k)} = {_fmt(v)}")
-        for k, v in d.items():
-            if _is_table(v):
-                lines.append("")
-                lines.append("[" + ".".join(_key(p) for p in [*path, k]) + "]")
-                table(v, [*path, k])
-            elif _is_aot(v):
-                for item in v:
-                    lines.append("")
-                    lines.append("[[" + ".".join(_key(p) for p in [*path, k]) + "]]")
-                    table(item, [*path, k])
-
-    table(data, [])
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _is_table(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_aot(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+#: The first line of the comments this module writes above a patient config.
+HEADER = "# closedloop patient config: written by `closedloop calibrate`"
 
 
 def _cal_table(c: Calibration) -> dict[str, float]:
@@ -502,80 +447,49 @@ def _expected_data(text: str, cals: dict[str, Calibration],
     return data
 
 
-def _splice(text: str, cals: dict[str, Calibration], names: list[str],
-            stimulator: str | None = None) -> str | None:
-    """The original text with the calibration spliced in (None when it cannot be done).
+def _without_header(text: str) -> str:
+    """``text`` without the comments an earlier calibration wrote above it."""
+    if not text.startswith(HEADER):
+        return text
+    lines = text.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and lines[n].startswith("#"):
+        n += 1
+    while n < len(lines) and not lines[n].strip():
+        n += 1
+    return "".join(lines[n:])
 
-    Removes existing ``[muscles.calibration]`` tables and ``baseline`` keys of
-    ``[detector]``, adds ``baseline = "calibrated"`` under ``[detector]`` (or a new
-    ``[detector]`` table at the end) and a ``[muscles.calibration]`` table at the end
-    of every ``[[muscles]]`` entry; with ``stimulator``, sets ``stimulator`` under
-    ``[session]`` (or adds a ``[session]`` table). The caller verifies the result by
-    parsing it.
-    """
-    if '"""' in text or "'''" in text:
-        return None  # multi-line strings could hold lines that look like headers
-    lines = text.splitlines()
-    headers = []  # (line index, path, is_array)
-    for i, line in enumerate(lines):
-        mt = _HEADER.match(line)
-        if mt:
-            headers.append((i, mt.group(2).replace(" ", ""), mt.group(1) == "[["))
-    bounds = [h[0] for h in headers] + [len(lines)]
-    drop: set[int] = set()
-    detector_line = session_line = None
-    muscle_ends: list[int] = []
-    for j, (i, path, is_array) in enumerate(headers):
-        end = bounds[j + 1]
-        if path == "muscles.calibration" and not is_array:
-            drop.update(range(i, end))
-        if path == "session" and not is_array and stimulator is not None:
-            session_line = i
-            for n in range(i + 1, end):
-                if re.match(r"^\s*stimulator\s*=", lines[n]):
-                    drop.add(n)
-        if path == "detector" and not is_array:
-            detector_line = i
-            for n in range(i + 1, end):
-                if re.match(r"^\s*baseline\s*=", lines[n]):
-                    drop.add(n)
-        if path == "muscles" and is_array:
-            # the entry runs until the next header that is not a muscles.* sub-table
-            stop = len(lines)
-            for i2, path2, arr2 in headers[j + 1 :]:
-                if not path2.startswith("muscles.") or (path2 == "muscles" and arr2):
-                    stop = i2
-                    break
-            muscle_ends.append(stop)
-    if len(muscle_ends) != len(names):
-        return None
-    inserts: dict[int, list[str]] = {}
-    for name, stop in zip(names, muscle_ends, strict=True):
-        c = _cal_table(cals[name])
-        inserts.setdefault(stop, []).extend(
-            ["[muscles.calibration]", *[f"{k} = {_fmt(v)}" for k, v in c.items()], ""]
-        )
-    out: list[str] = []
-    for i, line in enumerate(lines + [""]):
-        if i in inserts:
-            while out and out[-1].strip() == "":
-                out.pop()
-            out.append("")
-            out.extend(inserts[i])
-        if i == len(lines):
-            break
-        if i in drop:
-            continue
-        out.append(line)
-        if i == detector_line:
-            out.append('baseline = "calibrated"')
-        if i == session_line:
-            out.append(f"stimulator = {_fmt(stimulator)}")
-    if detector_line is None:
-        out.extend(["", "[detector]", 'baseline = "calibrated"'])
-    if stimulator is not None and session_line is None:
-        out.extend(["", "[session]", f"stimulator = {_fmt(stimulator)}"])
-    return "\n".join(out).rstrip("\n") + "\n"
+
+def _calibrated(text: str, cals: dict[str, Calibration], stimulator: str | None = None) -> str:
+    """The config ``text`` with ``detector.baseline = "calibrated"``, a
+    ``[muscles.calibration]`` table in every muscle (replacing an earlier one) and, with
+    ``stimulator``, ``[session] stimulator``; edited with tomlkit so that the
+    clinician's comments and layout stay as they were."""
+    doc = tomlkit.parse(text)
+    if stimulator is not None:
+        if "session" not in doc:
+            doc.add(tomlkit.nl())
+            doc["session"] = tomlkit.table()
+        doc["session"]["stimulator"] = stimulator
+    if "detector" not in doc:
+        doc.add(tomlkit.nl())
+        doc["detector"] = tomlkit.table()
+    doc["detector"]["baseline"] = "calibrated"
+    for m in doc.get("muscles", []):
+        values = _cal_table(cals[m["name"]])
+        inline = (tomlkit.items.InlineTable,)
+        if isinstance(m, inline) or isinstance(m.get("calibration"), inline):
+            cal: Any = tomlkit.inline_table()
+            cal.update(values)
+        else:
+            cal = tomlkit.table()
+            cal.update(values)
+            siblings = [v for v in m.values() if isinstance(v, tomlkit.items.Table)]
+            if siblings and siblings[0].trivia.indent:  # indented like [muscles.stim]
+                cal.indent(len(siblings[0].trivia.indent))
+            cal.add(tomlkit.nl())
+        m["calibration"] = cal
+    return tomlkit.dumps(doc)
 
 
 def limits_lines(config: Config) -> list[str]:
@@ -606,8 +520,8 @@ def patient_config_text(
 ) -> str:
     """The patient config: the original text plus the calibration, verified.
 
-    ``stimulator``: the stimulator spec the patient is treated with (``p24:/dev/ttyACM0``),
-    written as ``[session] stimulator`` so ``closedloop run`` uses it.
+    ``stimulator``: the stimulator spec the patient is treated with, written as
+    ``[session] stimulator`` so ``closedloop run`` uses it.
 
     Raises
     ------
@@ -618,17 +532,17 @@ def patient_config_text(
     if not result.ok:
         raise ConfigError("calibration refused: " + " | ".join(result.reasons()))
     cals = result.calibrations()
-    names = list(config.muscle_names)
     original = config.text or ""
     if not original.strip():
         raise ConfigError(f"{config.path}: the config text is empty; load it from a file")
+    original = _without_header(original)
     expected = _expected_data(original, cals, stimulator)
-    body = _splice(original, cals, names, stimulator)
-    if body is None or _safe_loads(body) != expected:
-        body = dumps_toml(expected)
+    body = _calibrated(original, cals, stimulator)
+    if _safe_loads(body) != expected:  # not seen; a plain document then, comments lost
+        body = tomlkit.dumps(expected)
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %z")
     head = [
-        "# closedloop patient config: written by `closedloop calibrate`",
+        HEADER,
         f"# calibrated: {when}",
         f"# from config: {config.path}",
     ]

@@ -1,43 +1,48 @@
-"""The session config: one TOML file, loaded into typed, validated dataclasses.
+"""The session config: one TOML file, loaded into typed, validated settings.
 
-Each layer reads its own section (``closedloop.config.signal`` for ``[filters]``,
-``[envelope]`` and ``[detector]``; ``closedloop.config.stimulation`` for each muscle's
-``stim``/``limits`` and for ``[protocol]``/``[safety]``); this module composes them
-and checks what crosses sections (channel names, antagonists, stimulation channels).
-Every error names the file, the key, the bad value and what is allowed; unknown keys
-are errors.
+:class:`Config` holds one settings object per section (the classes of
+:mod:`closedloop.config.signal` and :mod:`closedloop.config.stimulation`, and
+:class:`SessionSettings`, :class:`SimSettings` and :class:`MuscleConfig` here). Loading
+is :func:`parse_config`: each table is checked against its class (ranges, choices,
+unknown keys), then the rules that cross sections (muscle names, antagonists, the
+calibrated baseline, stimulation against limits and protocol) are checked here and in
+:func:`~closedloop.config.stimulation.validate_stimulation`. Every error is one
+:class:`~closedloop.errors.ConfigError` naming the file, the key, the bad value and
+what is allowed.
 
-Layout::
-
-    name = "biceps_triceps"
-    description = "..."
-    [session]   source, stimulator, fs (sim), chunk_ms, watchdog_ms, units
-    [sim]       the simulated patient (snr_db, cocontraction, gaps, artifacts, seed)
-    [filters]   bandpass_hz, order, notch_hz, notch_harmonics, notch_q
-    [envelope]  kind, window_ms, cutoff_hz
-    [detector]  k_on, off_fraction, mvc_fraction, min_on_ms, min_off_ms, ...
-    [artifacts] blank_ms, comb, comb_pulses (stimulation artifacts); hum_db, ... (mains hum)
-    [[muscles]] name, channel, antagonist, placement, picture,
-                [muscles.stim], [muscles.limits], [muscles.calibration]
-    [protocol]  kind, agonist, antagonist, ...        (stimulation configs)
-    [safety]    session dose ...                      (stimulation configs)
+The settings class of ``[detector]`` and of ``[protocol]`` is looked up by kind
+(:func:`detector_settings_for`, :func:`protocol_settings_for`): today the built-in
+kinds, later whatever a registry adds.
 """
 
-from __future__ import annotations
-
+import codecs
 import sys
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, model_validator
+from typing_extensions import Self
+
+from closedloop.config.schema import Check, Flag, Range, Text, dump, missing, parse_table, settings
 from closedloop.config.signal import (
     ArtifactSettings,
     Calibration,
     DetectorSettings,
+    DoubleThresholdSettings,
     EnvelopeSettings,
     FilterSettings,
 )
-from closedloop.config.table import Table
+from closedloop.config.stimulation import (
+    PROTOCOL_KINDS,
+    ChannelLimits,
+    MuscleStim,
+    ProtocolSettings,
+    SafetySettings,
+    StimParams,
+    validate_stimulation,
+)
 from closedloop.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -46,88 +51,112 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-@dataclass(frozen=True)
+@settings
 class SessionSettings:
-    """How a session runs: default devices, the sim source's rate, the watchdog."""
+    """``[session]``: default devices, the sim source's rate, the watchdog."""
 
-    source: str = "sim"
-    stimulator: str = "sim"
-    fs: float = 2000.0
-    chunk_ms: float = 10.0
-    watchdog_ms: float = 100.0
-
-    @classmethod
-    def from_table(cls, t: Table) -> SessionSettings:
-        out = cls(
-            source=t.str("source", cls.source),
-            stimulator=t.str("stimulator", cls.stimulator),
-            fs=t.float("fs", cls.fs, lo=200.0, hi=10000.0),
-            chunk_ms=t.float("chunk_ms", cls.chunk_ms, lo=0.5, hi=1000.0),
-            watchdog_ms=t.float("watchdog_ms", cls.watchdog_ms, lo=10.0, hi=10000.0),
-        )
-        t.finish()
-        return out
+    source: Text = "sim"
+    stimulator: Text = "sim"
+    fs: Annotated[float, Range(200.0, 10000.0)] = 2000.0
+    chunk_ms: Annotated[float, Range(0.5, 1000.0)] = 10.0
+    watchdog_ms: Annotated[float, Range(10.0, 10000.0)] = 100.0
 
 
-@dataclass(frozen=True)
+Seconds = Annotated[float, Range(0.1, 600.0)]
+
+
+@settings
 class SimSettings:
-    """The built-in simulated patient."""
+    """``[sim]``: the built-in simulated patient."""
 
-    snr_db: float = 10.0
-    cocontraction: float = 0.0
-    gap_s: tuple[float, float] = (4.0, 8.0)
-    attempt_s: tuple[float, float] = (1.0, 3.0)
-    artifacts: bool = True
-    seed: int = 0
-
-    @classmethod
-    def from_table(cls, t: Table) -> SimSettings:
-        out = cls(
-            snr_db=t.float("snr_db", cls.snr_db, lo=-20.0, hi=60.0),
-            cocontraction=t.float("cocontraction", cls.cocontraction, lo=0.0, hi=1.0),
-            gap_s=t.floats("gap_s", list(cls.gap_s), length=2, lo=0.1, hi=600.0),
-            attempt_s=t.floats("attempt_s", list(cls.attempt_s), length=2, lo=0.1, hi=600.0),
-            artifacts=t.bool("artifacts", cls.artifacts),
-            seed=t.int("seed", cls.seed, lo=0),
-        )
-        t.finish()
-        return out
+    snr_db: Annotated[float, Range(-20.0, 60.0)] = 10.0
+    cocontraction: Annotated[float, Range(0.0, 1.0)] = 0.0
+    gap_s: tuple[Seconds, Seconds] = (4.0, 8.0)
+    attempt_s: tuple[Seconds, Seconds] = (1.0, 3.0)
+    artifacts: Flag = True
+    seed: Annotated[int, Range(0)] = 0
 
 
-@dataclass(frozen=True)
+def _is_name(name: str) -> bool:
+    return bool(name) and name.replace("_", "").isalnum()
+
+
+def _is_channel(channel: Any) -> bool:
+    return isinstance(channel, str) or (
+        isinstance(channel, int) and not isinstance(channel, bool) and channel >= 0)
+
+
+Channel = Annotated[str | int, Check(_is_channel, "a channel label (text) or a 0-based index",
+                                     plain=True)]
+
+
+@settings
 class MuscleConfig:
-    """One muscle: its EMG channel, antagonist, stimulation and calibration."""
+    """``[[muscles]]``: one muscle, its EMG channel, antagonist, stimulation and
+    calibration.
 
-    name: str
-    channel: str | int
-    antagonist: str | None = None
-    placement: str = ""
-    picture: str | None = None
-    stim: Any = None  # closedloop.config.stimulation.StimParams
-    limits: Any = None  # closedloop.config.stimulation.ChannelLimits
+    In a config file ``name`` is made of letters, digits and _ (checked with the other
+    muscles, :func:`parse_config`; a config built in code for a source's channels, such
+    as :func:`default_config`, names muscles after the channel labels, whatever they
+    are). ``channel`` is a label of the source's channels or a 0-based index; in a
+    config file it defaults to the muscle's name. ``stim`` and ``limits`` come together
+    (a stimulated muscle) or not at all.
+    """
+
+    name: Text
+    channel: Channel
+    antagonist: Text | None = None
+    placement: Text = ""
+    picture: Text | None = None
+    stim: StimParams | None = None
+    limits: ChannelLimits | None = None
     calibration: Calibration | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_is_the_name(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "channel" not in data and "name" in data:
+            data = {**data, "channel": data["name"]}
+        return data
 
-@dataclass(frozen=True)
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.stim is None) != (self.limits is None):
+            raise missing("limits" if self.limits is None else "stim",
+                          "a stimulated muscle needs both [muscles.stim] and [muscles.limits]")
+        return self
+
+
+@settings(kw_only=True)
 class Config:
-    """A whole session config. ``text`` is the TOML it was read from (for recordings)."""
+    """A whole session config (see :mod:`closedloop.config`).
 
-    name: str
-    description: str = ""
-    path: str = "<defaults>"
-    text: str = ""
+    ``path`` and ``text`` are where it was read and the TOML it was read from (for
+    recordings); they are not keys of the file.
+    """
+
+    name: Text
+    description: Text = ""
     session: SessionSettings = field(default_factory=SessionSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
     envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings)
-    muscles: tuple[MuscleConfig, ...] = ()
-    protocol: Any = None  # closedloop.config.stimulation.ProtocolSettings
-    safety: Any = None  # closedloop.config.stimulation.SafetySettings
-    #: Every setting as it was resolved (defaults filled in), in the TOML's structure:
-    #: ``parse_config(resolved)`` gives the same settings whatever the defaults are then.
-    resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    muscles: Annotated[tuple[MuscleConfig, ...], Field(min_length=1)]
+    protocol: ProtocolSettings | None = None
+    safety: SafetySettings | None = None
+    path: str = field(default="<defaults>", metadata={"toml": False})
+    text: str = field(default="", metadata={"toml": False})
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """Every setting as resolved (defaults filled in), in the TOML's structure, as
+        plain JSON values: ``parse_config(resolved)`` gives the same settings whatever
+        the defaults are then (recordings keep it; replay reads it)."""
+        out = dump(self)
+        del out["path"], out["text"]
+        return out
 
     @property
     def muscle_names(self) -> tuple[str, ...]:
@@ -171,7 +200,7 @@ class Config:
     def calibrations(self) -> list[Calibration | None]:
         return [m.calibration for m in self.muscles]
 
-    def with_calibrations(self, cals: dict[str, Calibration]) -> Config:
+    def with_calibrations(self, cals: dict[str, Calibration]) -> "Config":
         muscles = tuple(
             replace(m, calibration=cals.get(m.name, m.calibration)) for m in self.muscles
         )
@@ -186,60 +215,89 @@ def default_config(channels: list[str] | tuple[str, ...]) -> Config:
     )
 
 
-def _muscle(t: Table) -> MuscleConfig:
-    name = t.str("name")
-    if not name or not name.replace("_", "").isalnum():
-        raise t.error("name", name, "a non-empty name of letters, digits and _")
-    channel = t.raw("channel", name)
-    if isinstance(channel, bool) or not isinstance(channel, (str, int)) or (
-        isinstance(channel, int) and channel < 0
-    ):
-        raise t.error("channel", channel, "a channel label (text) or a 0-based index")
-    stim = limits = None
-    if t.has("stim") or t.has("limits"):
-        from closedloop.config.stimulation import ChannelLimits, StimParams
-
-        if not (t.has("stim") and t.has("limits")):
-            missing = "limits" if t.has("stim") else "stim"
-            raise ConfigError(
-                f"{t.where(missing)} is missing: a stimulated muscle needs both "
-                "[muscles.stim] and [muscles.limits]"
-            )
-        stim = StimParams.from_table(t.table("stim"))
-        limits = ChannelLimits.from_table(t.table("limits"))
-    cal = Calibration.from_table(t.table("calibration")) if t.has("calibration") else None
-    out = MuscleConfig(
-        name=name,
-        channel=channel,
-        antagonist=t.str("antagonist", None, allow_none=True),
-        placement=t.str("placement", ""),
-        picture=t.str("picture", None, allow_none=True),
-        stim=stim,
-        limits=limits,
-        calibration=cal,
-    )
-    t.finish()
-    return out
+# -- the settings class of each kind ----------------------------------------------------------
+#: The detector every config runs today; ``[detector]`` has no ``kind`` key yet.
+DEFAULT_DETECTOR = "threshold"
 
 
-def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = "") -> Config:
-    """Build a :class:`Config` from parsed TOML data (see the module docstring)."""
-    top = Table(data, source=source)
-    name = top.str("name", Path(source).stem)
-    description = top.str("description", "")
-    session = SessionSettings.from_table(top.table("session", {}))
-    sim = SimSettings.from_table(top.table("sim", {}))
-    filters = FilterSettings.from_table(top.table("filters", {}))
-    envelope = EnvelopeSettings.from_table(top.table("envelope", {}))
-    detector = DetectorSettings.from_table(top.table("detector", {}))
-    artifacts = ArtifactSettings.from_table(top.table("artifacts", {}))
-    mtables = top.tables("muscles")
-    if not mtables:
-        raise ConfigError(f"{source}: muscles is empty; add at least one [[muscles]] table")
-    muscles = tuple(_muscle(t) for t in mtables)
-    names = [m.name for m in muscles]
-    for i, m in enumerate(muscles):
+def detector_settings_for(kind: str) -> type:
+    """The settings class of ``[detector]`` for a detector ``kind`` (the names of
+    :func:`closedloop.core.detectors.make_detector`).
+
+    Raises
+    ------
+    KeyError
+        For a kind without settings here.
+    """
+    return {
+        "threshold": DetectorSettings,
+        "tkeo": DetectorSettings,
+        "double_threshold": DoubleThresholdSettings,
+    }[kind]
+
+
+def protocol_settings_for(kind: Any) -> type[ProtocolSettings]:
+    """The settings class of ``[protocol]`` for a protocol ``kind`` (all built-in kinds
+    share :class:`ProtocolSettings`).
+
+    Raises
+    ------
+    KeyError
+        For an unknown kind.
+    """
+    if kind not in PROTOCOL_KINDS:
+        raise KeyError(kind)
+    return ProtocolSettings
+
+
+# -- loading ----------------------------------------------------------------------------------
+def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
+                 text: str = "") -> Config:
+    """Build a :class:`Config` from parsed TOML data (or from a recording's
+    :attr:`Config.resolved`); see the module docstring.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the key, the bad value and what is allowed.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a table, got {type(data).__name__}")
+    body = {"name": Path(source).stem, **data}
+    detector = body.pop("detector", {})
+    protocol = body.pop("protocol", None)
+    config = parse_table(Config, body, source=source)
+    detector = parse_table(detector_settings_for(DEFAULT_DETECTOR), detector, source=source,
+                           path="detector")  # [detector] gets a kind key with the registry
+    _check_muscles(config, detector, source)
+    safety = config.safety
+    if protocol is not None:
+        kind = protocol.get("kind", "triggered_assist") if isinstance(protocol, Mapping) else None
+        try:
+            model = protocol_settings_for(kind)
+        except KeyError:
+            model = ProtocolSettings  # which names the unknown kind and the known ones
+        protocol = parse_table(model, protocol, source=source, path="protocol",
+                               context={"muscles": config.muscle_names})
+        safety = safety or SafetySettings()
+    elif safety is not None:
+        raise ConfigError(f"{source}: [safety] is given but there is no [protocol]")
+    config = replace(config, detector=detector, protocol=protocol, safety=safety, path=source,
+                     text=text)
+    if protocol is not None:
+        _check_stimulation(config, source)
+    return config
+
+
+def _check_muscles(config: Config, detector: DetectorSettings, source: str) -> None:
+    """Rules across ``[[muscles]]`` and ``[detector]``, and the names a config file may
+    give its muscles."""
+    names = list(config.muscle_names)
+    for i, m in enumerate(config.muscles):
         where = f"{source}: muscles[{i}]"
+        if not _is_name(m.name):
+            raise ConfigError(f"{where}.name = {m.name!r} is not allowed; expected a non-empty "
+                              "name of letters, digits and _")
         if names.count(m.name) > 1:
             raise ConfigError(f"{where}.name = {m.name!r} is used twice; muscle names must differ")
         if m.antagonist is not None and m.antagonist not in names:
@@ -252,70 +310,75 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
                 f"{where}.antagonist = {m.antagonist!r}: a muscle cannot be its own antagonist"
             )
     if detector.baseline == "calibrated":
-        missing = [m.name for m in muscles if m.calibration is None]
-        if missing:
+        lacking = [m.name for m in config.muscles if m.calibration is None]
+        if lacking:
             raise ConfigError(
-                f"{source}: detector.baseline = 'calibrated' but {', '.join(missing)} "
+                f"{source}: detector.baseline = 'calibrated' but {', '.join(lacking)} "
                 "has no [muscles.calibration]; run `closedloop calibrate` first"
             )
-    protocol = safety = None
-    if top.has("protocol"):
-        from closedloop.config.stimulation import (
-            MuscleStim,
-            ProtocolSettings,
-            SafetySettings,
-            validate_stimulation,
-        )
 
-        protocol = ProtocolSettings.from_table(top.table("protocol"), names)
-        safety = SafetySettings.from_table(top.table("safety", {}))
-        stimulated = {
-            m.name: MuscleStim(m.name, m.stim, m.limits, m.antagonist)
-            for m in muscles
-            if m.stim is not None
-        }
-        try:
-            validate_stimulation(stimulated, protocol, safety)
-        except ConfigError as exc:
-            msg = str(exc)
-            raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-    elif top.has("safety"):
-        raise ConfigError(f"{source}: [safety] is given but there is no [protocol]")
-    top.finish()
-    return Config(
-        name=name,
-        description=description,
-        path=source,
-        text=text,
-        session=session,
-        sim=sim,
-        filters=filters,
-        envelope=envelope,
-        detector=detector,
-        artifacts=artifacts,
-        muscles=muscles,
-        protocol=protocol,
-        safety=safety,
-        resolved=top.resolved(),
-    )
+
+def _check_stimulation(config: Config, source: str) -> None:
+    """Stimulation against limits, protocol and session dose (see
+    :func:`~closedloop.config.stimulation.validate_stimulation`)."""
+    assert config.protocol is not None and config.safety is not None
+    stimulated = {
+        m.name: MuscleStim(m.name, m.stim, m.limits, m.antagonist)
+        for m in config.muscles
+        if m.stim is not None and m.limits is not None
+    }
+    try:
+        validate_stimulation(stimulated, config.protocol, config.safety)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
 
 
 def load_config(path: str | Path) -> Config:
-    """Load and validate a TOML config file."""
+    """Load and validate a TOML config file (UTF-8, without a byte-order mark)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file; the shipped ones are in configs/") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the config file ({exc})") from None
-    return loads_config(text, source=str(p))
+    return loads_config(_decode(raw, str(p)), source=str(p))
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF8, "UTF-8"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _decode(raw: bytes, source: str) -> str:
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            raise ConfigError(
+                f"{source}: the file starts with a {encoding} byte-order mark (BOM); save it "
+                "as UTF-8 without BOM (TOML files are UTF-8)"
+            )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {exc.start}, line {line}: "
+            f"{raw[exc.start:exc.start + 1]!r}); save the file as UTF-8 (TOML files are UTF-8)"
+        ) from None
 
 
 def loads_config(text: str, *, source: str = "<config>") -> Config:
     """Parse and validate config TOML text."""
+    if text.startswith("\ufeff"):
+        raise ConfigError(f"{source}: the text starts with a byte-order mark (BOM); save it "
+                          "as UTF-8 without BOM (TOML files are UTF-8)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not a usable config: values are nested too deeply (a "
+                          "closedloop config nests tables a few levels at most)") from None
     return parse_config(data, source=source, text=text)

@@ -1,74 +1,65 @@
-"""Typed settings of the signal core: filters, envelope, detector, calibration.
+"""Typed settings of the signal core: filters, envelope, detector, calibration, artifacts.
 
-Each dataclass reads itself from a TOML table with :meth:`from_table`, so every bad
-value is reported with the file, the key, the value and the allowed range.
+Each field declares its type, range and default once (see
+:mod:`closedloop.config.schema`); rules across fields of one table are the class's
+``_check`` validator. A bad value, from a config file or from code, is a
+:class:`~closedloop.errors.ConfigError` naming the key, the value and what is allowed.
 """
 
-from __future__ import annotations
+import typing
+from typing import Annotated, Literal
 
-from dataclasses import dataclass
+from pydantic import model_validator
+from typing_extensions import Self
 
-from closedloop.config.table import Table
+from closedloop.config.schema import Check, Flag, Range, invalid, settings
 
-ENVELOPES = ("rms", "lowpass", "tkeo")
-BASELINES = ("adaptive", "calibrated")
+EnvelopeKind = Literal["rms", "lowpass", "tkeo"]
+Baseline = Literal["adaptive", "calibrated"]
+ENVELOPES: tuple[str, ...] = typing.get_args(EnvelopeKind)
+BASELINES: tuple[str, ...] = typing.get_args(Baseline)
+
+BandEdge = Annotated[float, Range(0.1, 5000.0)]
 
 
-@dataclass(frozen=True)
+def _mains(hz: float) -> bool:
+    return hz in (0.0, 50.0, 60.0)
+
+
+@settings
 class FilterSettings:
-    """Causal band-pass and mains notch.
+    """``[filters]``: causal band-pass and mains notch.
 
     ``bandpass_hz`` upper edge is capped below Nyquist (at 0.9 x fs/2) for low-rate
     boards; ``notch_hz = 0`` disables the notch; harmonics above the band are skipped.
     """
 
-    bandpass_hz: tuple[float, float] = (20.0, 450.0)
-    order: int = 4
-    notch_hz: float = 50.0
-    notch_harmonics: int = 3
-    notch_q: float = 30.0
+    bandpass_hz: tuple[BandEdge, BandEdge] = (20.0, 450.0)
+    order: Annotated[int, Range(1, 8)] = 4
+    notch_hz: Annotated[float, Range(), Check(_mains, "50 or 60 (mains), or 0 to disable")] = 50.0
+    notch_harmonics: Annotated[int, Range(1, 10)] = 3
+    notch_q: Annotated[float, Range(1.0, 200.0)] = 30.0
 
-    @classmethod
-    def from_table(cls, t: Table) -> FilterSettings:
-        band = t.floats("bandpass_hz", list(cls.bandpass_hz), length=2, lo=0.1, hi=5000.0)
-        if band[0] >= band[1]:
-            raise t.error("bandpass_hz", list(band), "[low, high] with low < high")
-        notch = t.float("notch_hz", cls.notch_hz, lo=0.0, hi=70.0)
-        if notch not in (0.0, 50.0, 60.0):
-            raise t.error("notch_hz", notch, "50 or 60 (mains), or 0 to disable")
-        out = cls(
-            bandpass_hz=band,
-            order=t.int("order", cls.order, lo=1, hi=8),
-            notch_hz=notch,
-            notch_harmonics=t.int("notch_harmonics", cls.notch_harmonics, lo=1, hi=10),
-            notch_q=t.float("notch_q", cls.notch_q, lo=1.0, hi=200.0),
-        )
-        t.finish()
-        return out
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.bandpass_hz[0] >= self.bandpass_hz[1]:
+            raise invalid("bandpass_hz", list(self.bandpass_hz), "[low, high] with low < high")
+        return self
 
 
-@dataclass(frozen=True)
+@settings
 class EnvelopeSettings:
-    """Envelope: moving RMS, rectify + low-pass, or Teager-Kaiser energy + low-pass."""
+    """``[envelope]``: moving RMS, rectify + low-pass, or Teager-Kaiser energy + low-pass."""
 
-    kind: str = "rms"
-    window_ms: float = 15.0
-    cutoff_hz: float = 20.0
-
-    @classmethod
-    def from_table(cls, t: Table) -> EnvelopeSettings:
-        out = cls(
-            kind=t.str("kind", cls.kind, choices=ENVELOPES),
-            window_ms=t.float("window_ms", cls.window_ms, lo=2.0, hi=1000.0),
-            cutoff_hz=t.float("cutoff_hz", cls.cutoff_hz, lo=0.5, hi=100.0),
-        )
-        t.finish()
-        return out
+    kind: EnvelopeKind = "rms"
+    window_ms: Annotated[float, Range(2.0, 1000.0)] = 15.0
+    cutoff_hz: Annotated[float, Range(0.5, 100.0)] = 20.0
 
 
-@dataclass(frozen=True)
+@settings
 class DetectorSettings:
-    """Onset/offset detection with hysteresis, timing rules and an adaptive baseline.
+    """``[detector]``: onset/offset detection with hysteresis, timing rules and an adaptive
+    baseline.
 
     Attributes
     ----------
@@ -93,66 +84,45 @@ class DetectorSettings:
         thresholds from each muscle's calibration.
     block_ms, history_s, warmup_ms, min_rest_ms : float
         Adaptive tracker: statistics per block of samples; the floor is the quieter half
-        of the idle blocks in the last ``history_s``; the first ``warmup_ms`` are skipped
-        (filter settling); detection starts after ``min_rest_ms`` of idle blocks.
+        of the idle blocks in the last ``history_s`` (at least ``min_rest_ms`` long); the
+        first ``warmup_ms`` are skipped (filter settling); detection starts after
+        ``min_rest_ms`` of idle blocks.
     """
 
-    k_on: float = 6.0
-    off_fraction: float = 0.5
-    mvc_fraction: float | None = None
-    min_on_ms: float = 3.0
-    min_off_ms: float = 100.0
-    refractory_ms: float = 200.0
-    baseline: str = "adaptive"
-    block_ms: float = 100.0
-    history_s: float = 10.0
-    warmup_ms: float = 100.0
-    min_rest_ms: float = 200.0
+    k_on: Annotated[float, Range(0.5, 100.0)] = 6.0
+    off_fraction: Annotated[float, Range(0.0, 1.0)] = 0.5
+    mvc_fraction: Annotated[float, Range(0.01, 1.0)] | None = None
+    min_on_ms: Annotated[float, Range(0.0, 2000.0)] = 3.0
+    min_off_ms: Annotated[float, Range(0.0, 5000.0)] = 100.0
+    refractory_ms: Annotated[float, Range(0.0, 60000.0)] = 200.0
+    baseline: Baseline = "adaptive"
+    block_ms: Annotated[float, Range(5.0, 1000.0)] = 100.0
+    history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
+    warmup_ms: Annotated[float, Range(0.0, 10000.0)] = 100.0
+    min_rest_ms: Annotated[float, Range(10.0, 60000.0)] = 200.0
 
-    @classmethod
-    def from_table(cls, t: Table) -> DetectorSettings:
-        out = cls(
-            k_on=t.float("k_on", cls.k_on, lo=0.5, hi=100.0),
-            off_fraction=t.float("off_fraction", cls.off_fraction, lo=0.0, hi=1.0),
-            mvc_fraction=t.float("mvc_fraction", None, lo=0.01, hi=1.0, allow_none=True),
-            min_on_ms=t.float("min_on_ms", cls.min_on_ms, lo=0.0, hi=2000.0),
-            min_off_ms=t.float("min_off_ms", cls.min_off_ms, lo=0.0, hi=5000.0),
-            refractory_ms=t.float("refractory_ms", cls.refractory_ms, lo=0.0, hi=60000.0),
-            baseline=t.str("baseline", cls.baseline, choices=BASELINES),
-            block_ms=t.float("block_ms", cls.block_ms, lo=5.0, hi=1000.0),
-            history_s=t.float("history_s", cls.history_s, lo=0.5, hi=600.0),
-            warmup_ms=t.float("warmup_ms", cls.warmup_ms, lo=0.0, hi=10000.0),
-            min_rest_ms=t.float("min_rest_ms", cls.min_rest_ms, lo=10.0, hi=60000.0),
-        )
-        if out.history_s * 1000.0 < out.min_rest_ms:
-            raise t.error("history_s", out.history_s,
-                          f">= min_rest_ms / 1000 = {out.min_rest_ms / 1000:g}")
-        t.finish()
-        return out
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.history_s * 1000.0 < self.min_rest_ms:
+            raise invalid("history_s", self.history_s,
+                          f">= min_rest_ms / 1000 = {self.min_rest_ms / 1000:g}")
+        return self
 
 
-@dataclass(frozen=True)
+@settings
 class Calibration:
-    """One channel's calibration: envelope statistics at rest (and at maximal effort).
+    """``[muscles.calibration]``: one channel's envelope statistics at rest (and at
+    maximal effort), in envelope units of the pipeline that measured them."""
 
-    Values are in envelope units of the pipeline that measured them.
-    """
+    rest_mean: Annotated[float, Range(0.0)]
+    rest_sd: Annotated[float, Range(0.0, lo_open=True)]
+    mvc: Annotated[float, Range(0.0)] | None = None
 
-    rest_mean: float
-    rest_sd: float
-    mvc: float | None = None
-
-    @classmethod
-    def from_table(cls, t: Table) -> Calibration:
-        out = cls(
-            rest_mean=t.float("rest_mean", lo=0.0),
-            rest_sd=t.float("rest_sd", lo=0.0, lo_open=True),
-            mvc=t.float("mvc", None, lo=0.0, allow_none=True),
-        )
-        if out.mvc is not None and out.mvc <= out.rest_mean:
-            raise t.error("mvc", out.mvc, f"a value above rest_mean = {out.rest_mean:g}")
-        t.finish()
-        return out
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.mvc is not None and self.mvc <= self.rest_mean:
+            raise invalid("mvc", self.mvc, f"a value above rest_mean = {self.rest_mean:g}")
+        return self
 
     def thresholds(self, settings: DetectorSettings) -> tuple[float, float]:
         """(on, off) thresholds from this calibration and the detector settings."""
@@ -163,7 +133,8 @@ class Calibration:
         off = self.rest_mean + settings.off_fraction * (on - self.rest_mean)
         return on, off
 
-@dataclass(frozen=True)
+
+@settings
 class ArtifactSettings:
     """``[artifacts]``: stimulation-artifact removal and the mains-hum check.
 
@@ -187,22 +158,29 @@ class ArtifactSettings:
         A hum-dominated channel resumes after this long of blocks below the limit.
     """
 
-    blank_ms: float = 15.0
-    comb: bool = True
-    comb_pulses: int = 8
-    hum_db: float = 30.0
-    hum_block_ms: float = 200.0
-    hum_recover_s: float = 1.0
+    blank_ms: Annotated[float, Range(0.0, 50.0)] = 15.0
+    comb: Flag = True
+    comb_pulses: Annotated[int, Range(1, 1000)] = 8
+    hum_db: Annotated[float, Range(0.0, 80.0)] = 30.0
+    hum_block_ms: Annotated[float, Range(50.0, 2000.0)] = 200.0
+    hum_recover_s: Annotated[float, Range(0.0, 60.0)] = 1.0
 
-    @classmethod
-    def from_table(cls, t: Table) -> ArtifactSettings:
-        out = cls(
-            blank_ms=t.float("blank_ms", cls.blank_ms, lo=0.0, hi=50.0),
-            comb=t.bool("comb", cls.comb),
-            comb_pulses=t.int("comb_pulses", cls.comb_pulses, lo=1, hi=1000),
-            hum_db=t.float("hum_db", cls.hum_db, lo=0.0, hi=80.0),
-            hum_block_ms=t.float("hum_block_ms", cls.hum_block_ms, lo=50.0, hi=2000.0),
-            hum_recover_s=t.float("hum_recover_s", cls.hum_recover_s, lo=0.0, hi=60.0),
-        )
-        t.finish()
-        return out
+
+@settings
+class DoubleThresholdSettings:
+    """Settings of the causal Bonato double-threshold detector
+    (:class:`closedloop.core.detectors.DoubleThresholdDetector`, which documents them).
+
+    Band-pass and notch come from :class:`FilterSettings`.
+    """
+
+    p_fa: Annotated[float, Range(1e-9, 0.5)] = 0.05
+    window_ms: Annotated[float, Range(0.5, 1000.0)] = 10.0
+    r0: Annotated[int, Range(1, 100000)] = 1
+    min_on_ms: Annotated[float, Range(0.0, 2000.0)] = 30.0
+    min_off_ms: Annotated[float, Range(0.0, 5000.0)] = 100.0
+    refractory_ms: Annotated[float, Range(0.0, 60000.0)] = 200.0
+    warmup_ms: Annotated[float, Range(0.0, 10000.0)] = 100.0
+    rest_ms: Annotated[float, Range(20.0, 60000.0)] = 200.0
+    whiten: Flag = True
+    ar_order: Annotated[int, Range(1, 64)] = 6

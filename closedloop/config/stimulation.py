@@ -1,22 +1,21 @@
 """Typed stimulation settings: per-muscle parameters and limits, protocol, session safety.
 
-Each dataclass reads itself from a TOML table with ``from_table`` (through
-:class:`~closedloop.config.table.Table`, so every bad value is reported with file, key,
-value and allowed range) and checks itself against the absolute ceilings in
-:mod:`closedloop.config.ceilings` when constructed, so a value above a ceiling cannot
-exist even when a dataclass is built directly in code.
+Every field declares its range once (:mod:`closedloop.config.schema`); the bounds that
+are absolute ceilings or floors come from :mod:`closedloop.config.ceilings` and the
+messages say so. The check runs whenever an object is built, from a config file or
+in code, so a value above a ceiling cannot exist.
 
-Cross-checks that need several tables at once (a stimulation current above its own
-channel limit, two muscles on one stimulator channel, a protocol muscle without
-stimulation parameters...) live in :func:`validate_stimulation`, which the config
-loader calls once every table has been read.
+Rules that need several tables at once (a stimulation current above its own channel
+limit, two muscles on one stimulator channel, a protocol muscle without stimulation
+parameters...) live in :func:`validate_stimulation`, which the config loader calls once
+every table has been read.
 
 TOML layout
 -----------
 ::
 
     [[muscles]]
-    name = "biceps"           # name, channel, antagonist: read by closedloop.config
+    name = "biceps"           # name, channel, antagonist: closedloop.config.model
     [muscles.stim]            # StimParams
     channel = 1
     current_ma = 20.0
@@ -30,36 +29,39 @@ TOML layout
     [safety]                  # SafetySettings
 """
 
-from __future__ import annotations
-
 import math
-from collections.abc import Collection, Mapping
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import ValidationInfo, model_validator
+from typing_extensions import Self
 
 from closedloop.config import ceilings
-from closedloop.config.table import Table
+from closedloop.config.schema import Flag, Range, Text, invalid, problem, settings
 from closedloop.errors import ConfigError
 
-PROTOCOL_KINDS = ("triggered_assist", "reciprocal", "cued_trials")
-TRIAL_PATTERNS = ("assist", "reciprocal")
+ProtocolKind = Literal["triggered_assist", "reciprocal", "cued_trials"]
+TrialPattern = Literal["assist", "reciprocal"]
+PROTOCOL_KINDS: tuple[str, ...] = typing.get_args(ProtocolKind)
+TRIAL_PATTERNS: tuple[str, ...] = typing.get_args(TrialPattern)
+
+#: Stimulation amplitude and timing, bounded by the absolute ceilings.
+Current = Annotated[float, Range(0.0, ceilings.MAX_CURRENT_MA, lo_open=True, limit="ceiling")]
+PulseWidth = Annotated[float, Range(ceilings.MIN_PULSE_WIDTH_US, ceilings.MAX_PULSE_WIDTH_US,
+                                    limit="ceiling")]
+Frequency = Annotated[float, Range(ceilings.MIN_FREQUENCY_HZ, ceilings.MAX_FREQUENCY_HZ,
+                                   limit="ceiling")]
+OnTime = Annotated[float, Range(0.0, ceilings.MAX_ON_TIME_S, lo_open=True, limit="ceiling")]
+Rest = Annotated[float, Range(ceilings.MIN_REST_FLOOR_S, 600.0, limit="floor")]
+Ramp = Annotated[float, Range(0.0, 10.0)]
 
 
-def _above(where: str, key: str, value: float, ceiling: float, unit: str) -> None:
-    if not (math.isfinite(value) and value <= ceiling):
-        raise ConfigError(
-            f"{where or '<code>'}: {key} = {value!r} {unit} is above the absolute ceiling "
-            f"of {ceiling:g} {unit} (closedloop/config/ceilings.py); use at most {ceiling:g}"
-        )
-
-
-def _positive(where: str, key: str, value: float, lo: float = 0.0, unit: str = "") -> None:
-    if not (math.isfinite(value) and value > lo):
-        raise ConfigError(f"{where or '<code>'}: {key} = {value!r} {unit} must be > {lo:g}")
-
-
-@dataclass(frozen=True)
+@settings
 class StimParams:
-    """What one muscle's stimulation should be (a clinician's setting per patient).
+    """``[muscles.stim]``: what one muscle's stimulation should be (a clinician's setting
+    per patient).
 
     Parameters
     ----------
@@ -79,38 +81,33 @@ class StimParams:
         Plateau duration, s.
     rest_time_s : float
         Time after the stimulation ends during which new triggers are ignored, s.
+
+    Attributes
+    ----------
     where : str
-        Where the table came from (for error messages); not part of equality.
+        Where the table was read (``file: muscles[0].stim``), for messages; empty for
+        settings built in code. Not a field: not in a config file, equality or ``asdict``.
     """
 
-    channel: int
-    current_ma: float
-    pulse_width_us: float = 250.0
-    frequency_hz: float = 35.0
-    ramp_up_s: float = 0.5
-    ramp_down_s: float = 0.5
-    on_time_s: float = 5.0
-    rest_time_s: float = 5.0
-    where: str = field(default="", compare=False, repr=False)
+    channel: Annotated[int, Range(1, ceilings.N_CHANNELS)]
+    current_ma: Current
+    pulse_width_us: PulseWidth = 250.0
+    frequency_hz: Frequency = 35.0
+    ramp_up_s: Ramp = 0.5
+    ramp_down_s: Ramp = 0.5
+    on_time_s: OnTime = 5.0
+    rest_time_s: Rest = 5.0
+    where: ClassVar[str] = ""
 
-    def __post_init__(self) -> None:
-        w = self.where
-        if not 1 <= self.channel <= ceilings.N_CHANNELS:
-            raise ConfigError(f"{w or '<code>'}: channel = {self.channel!r} must be 1..8")
-        _positive(w, "current_ma", self.current_ma, unit="mA")
-        _above(w, "current_ma", self.current_ma, ceilings.MAX_CURRENT_MA, "mA")
-        _positive(w, "pulse_width_us", self.pulse_width_us, unit="us")
-        _above(w, "pulse_width_us", self.pulse_width_us, ceilings.MAX_PULSE_WIDTH_US, "us")
-        _positive(w, "frequency_hz", self.frequency_hz, unit="Hz")
-        _above(w, "frequency_hz", self.frequency_hz, ceilings.MAX_FREQUENCY_HZ, "Hz")
-        _above(w, "charge per phase (current_ma x pulse_width_us / 1000)", self.charge_uc,
-               ceilings.MAX_CHARGE_PER_PHASE_UC, "uC")
-        _positive(w, "on_time_s", self.on_time_s, unit="s")
-        _above(w, "on_time_s", self.on_time_s, ceilings.MAX_ON_TIME_S, "s")
-        for key in ("ramp_up_s", "ramp_down_s", "rest_time_s"):
-            v = getattr(self, key)
-            if not (math.isfinite(v) and v >= 0.0):
-                raise ConfigError(f"{w or '<code>'}: {key} = {v!r} s must be >= 0")
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.charge_uc > ceilings.MAX_CHARGE_PER_PHASE_UC:
+            raise problem("", f"charge per phase (current_ma x pulse_width_us / 1000) = "
+                          f"{self.charge_uc:g} uC is above the absolute ceiling of "
+                          f"{ceilings.MAX_CHARGE_PER_PHASE_UC:g} uC "
+                          f"(closedloop/config/ceilings.py); lower the current or the "
+                          f"pulse width")
+        return self
 
     @property
     def charge_uc(self) -> float:
@@ -122,31 +119,11 @@ class StimParams:
         """Nominal duration of one stimulation: ramp up + plateau + ramp down, s."""
         return self.ramp_up_s + self.on_time_s + self.ramp_down_s
 
-    @classmethod
-    def from_table(cls, t: Table) -> StimParams:
-        """Read ``[muscles.stim]``. ``channel`` and ``current_ma`` are required."""
-        out = cls(
-            channel=t.int("channel", lo=1, hi=ceilings.N_CHANNELS),
-            current_ma=t.float("current_ma", lo=0.0, lo_open=True, hi=ceilings.MAX_CURRENT_MA),
-            pulse_width_us=t.float("pulse_width_us", cls.pulse_width_us,
-                                   lo=ceilings.MIN_PULSE_WIDTH_US, hi=ceilings.MAX_PULSE_WIDTH_US),
-            frequency_hz=t.float("frequency_hz", cls.frequency_hz,
-                                 lo=ceilings.MIN_FREQUENCY_HZ, hi=ceilings.MAX_FREQUENCY_HZ),
-            ramp_up_s=t.float("ramp_up_s", cls.ramp_up_s, lo=0.0, hi=10.0),
-            ramp_down_s=t.float("ramp_down_s", cls.ramp_down_s, lo=0.0, hi=10.0),
-            on_time_s=t.float("on_time_s", cls.on_time_s, lo=0.0, lo_open=True,
-                              hi=ceilings.MAX_ON_TIME_S),
-            rest_time_s=t.float("rest_time_s", cls.rest_time_s, lo=ceilings.MIN_REST_FLOOR_S,
-                                hi=600.0),
-            where=t.where(),
-        )
-        t.finish()
-        return out
 
-
-@dataclass(frozen=True)
+@settings
 class ChannelLimits:
-    """Per-channel limits the safety guard enforces (set per patient, below the ceilings).
+    """``[muscles.limits]``: per-channel limits the safety guard enforces (set per
+    patient, below the ceilings).
 
     Parameters
     ----------
@@ -157,76 +134,51 @@ class ChannelLimits:
     max_frequency_hz : float
         Highest pulse frequency, Hz.
     max_charge_uc : float
-        Highest charge per phase (current x pulse width), uC.
+        Highest charge per phase (current x pulse width), uC. In a config file it
+        defaults to ``max_current_ma x max_pulse_width_us / 1000`` capped at the ceiling
+        (no tighter than the other two limits); in code, to the ceiling.
     max_on_time_s : float
         Longest continuous stimulation, s (ramps included).
     min_rest_s : float
         Shortest off-time between two stimulations of the channel, s.
     max_step_ma : float
         Largest current increase between two consecutive commands, mA.
+
+    Attributes
+    ----------
     where : str
-        Where the table came from (for error messages); not part of equality.
+        Where the table was read, for messages (see :class:`StimParams`).
     """
 
-    max_current_ma: float
-    max_pulse_width_us: float = 300.0
-    max_frequency_hz: float = 50.0
-    max_charge_uc: float = ceilings.MAX_CHARGE_PER_PHASE_UC
-    max_on_time_s: float = 10.0
-    min_rest_s: float = 3.0
-    max_step_ma: float = 2.0
-    where: str = field(default="", compare=False, repr=False)
+    max_current_ma: Current
+    max_pulse_width_us: PulseWidth = 300.0
+    max_frequency_hz: Frequency = 50.0
+    max_charge_uc: Annotated[float, Range(0.0, ceilings.MAX_CHARGE_PER_PHASE_UC, lo_open=True,
+                                          limit="ceiling")] = ceilings.MAX_CHARGE_PER_PHASE_UC
+    max_on_time_s: OnTime = 10.0
+    min_rest_s: Rest = 3.0
+    max_step_ma: Annotated[float, Range(0.0, ceilings.MAX_STEP_MA, lo_open=True,
+                                        limit="ceiling")] = 2.0
+    where: ClassVar[str] = ""
 
-    def __post_init__(self) -> None:
-        w = self.where
-        for key, ceiling, unit in (
-            ("max_current_ma", ceilings.MAX_CURRENT_MA, "mA"),
-            ("max_pulse_width_us", ceilings.MAX_PULSE_WIDTH_US, "us"),
-            ("max_frequency_hz", ceilings.MAX_FREQUENCY_HZ, "Hz"),
-            ("max_charge_uc", ceilings.MAX_CHARGE_PER_PHASE_UC, "uC"),
-            ("max_on_time_s", ceilings.MAX_ON_TIME_S, "s"),
-            ("max_step_ma", ceilings.MAX_STEP_MA, "mA"),
-        ):
-            v = getattr(self, key)
-            _positive(w, key, v, unit=unit)
-            _above(w, key, v, ceiling, unit)
-        if not (math.isfinite(self.min_rest_s) and self.min_rest_s >= ceilings.MIN_REST_FLOOR_S):
-            raise ConfigError(
-                f"{w or '<code>'}: min_rest_s = {self.min_rest_s!r} s is below the absolute "
-                f"floor of {ceilings.MIN_REST_FLOOR_S:g} s (closedloop/config/ceilings.py)"
-            )
-
+    @model_validator(mode="before")
     @classmethod
-    def from_table(cls, t: Table) -> ChannelLimits:
-        """Read ``[muscles.limits]``. ``max_current_ma`` is required.
-
-        ``max_charge_uc`` defaults to ``max_current_ma x max_pulse_width_us / 1000``
-        capped at the charge ceiling (i.e. no tighter than the other two limits).
-        """
-        cur = t.float("max_current_ma", lo=0.0, lo_open=True, hi=ceilings.MAX_CURRENT_MA)
-        pw = t.float("max_pulse_width_us", cls.max_pulse_width_us,
-                     lo=ceilings.MIN_PULSE_WIDTH_US, hi=ceilings.MAX_PULSE_WIDTH_US)
-        charge_default = min(cur * pw / 1000.0, ceilings.MAX_CHARGE_PER_PHASE_UC)
-        out = cls(
-            max_current_ma=cur,
-            max_pulse_width_us=pw,
-            max_frequency_hz=t.float("max_frequency_hz", cls.max_frequency_hz,
-                                     lo=ceilings.MIN_FREQUENCY_HZ, hi=ceilings.MAX_FREQUENCY_HZ),
-            max_charge_uc=t.float("max_charge_uc", charge_default, lo=0.0, lo_open=True,
-                                  hi=ceilings.MAX_CHARGE_PER_PHASE_UC),
-            max_on_time_s=t.float("max_on_time_s", cls.max_on_time_s, lo=0.0, lo_open=True,
-                                  hi=ceilings.MAX_ON_TIME_S),
-            min_rest_s=t.float("min_rest_s", cls.min_rest_s, lo=ceilings.MIN_REST_FLOOR_S,
-                               hi=600.0),
-            max_step_ma=t.float("max_step_ma", cls.max_step_ma, lo=0.0, lo_open=True,
-                                hi=ceilings.MAX_STEP_MA),
-            where=t.where(),
-        )
-        t.finish()
-        return out
+    def _charge_from_current_and_width(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_charge_uc" not in data:
+            cur = data.get("max_current_ma")
+            pw = data.get("max_pulse_width_us", cls.__dataclass_fields__[
+                "max_pulse_width_us"].default)
+            if _finite(cur) and _finite(pw):
+                charge = min(cur * pw / 1000.0, ceilings.MAX_CHARGE_PER_PHASE_UC)
+                data = {**data, "max_charge_uc": charge}
+        return data
 
 
-@dataclass(frozen=True)
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@settings
 class ReciprocalSettings:
     """``[protocol.reciprocal]``: timing of the antagonist phase.
 
@@ -234,22 +186,14 @@ class ReciprocalSettings:
     ----------
     gap_s : float
         Time from the agonist's last off to the antagonist's first step, s. Negative
-        values (overlap) are only allowed with ``co_stimulation = true``.
+        values (overlap) are only allowed with ``co_stimulation = true`` in
+        ``[protocol]``.
     """
 
-    gap_s: float = 0.2
-
-    @classmethod
-    def from_table(cls, t: Table, *, co_stimulation: bool) -> ReciprocalSettings:
-        gap = t.float("gap_s", cls.gap_s, lo=-ceilings.MAX_ON_TIME_S, hi=10.0)
-        if gap < 0.0 and not co_stimulation:
-            raise t.error("gap_s", gap, "a number >= 0 (an overlap needs co_stimulation = "
-                          "true in [protocol])")
-        t.finish()
-        return cls(gap_s=gap)
+    gap_s: Annotated[float, Range(-ceilings.MAX_ON_TIME_S, 10.0)] = 0.2
 
 
-@dataclass(frozen=True)
+@settings
 class TrialSettings:
     """``[protocol.trials]``: the work/rest cycle of cued trials.
 
@@ -270,30 +214,22 @@ class TrialSettings:
         antagonist, with the ``[protocol.reciprocal]`` gap).
     """
 
-    n_trials: int = 10
-    first_cue_s: float = 3.0
-    work_s: float = 10.0
-    rest_s: float = 10.0
-    response_window_s: float = 3.0
-    pattern: str = "assist"
+    n_trials: Annotated[int, Range(1, 1000)] = 10
+    first_cue_s: Annotated[float, Range(0.0, 600.0)] = 3.0
+    work_s: Annotated[float, Range(1.0, 120.0)] = 10.0
+    rest_s: Annotated[float, Range(0.0, 600.0)] = 10.0
+    response_window_s: Annotated[float, Range(0.0, 120.0, lo_open=True)] = 3.0
+    pattern: TrialPattern = "assist"
 
-    @classmethod
-    def from_table(cls, t: Table) -> TrialSettings:
-        work = t.float("work_s", cls.work_s, lo=1.0, hi=120.0)
-        out = cls(
-            n_trials=t.int("n_trials", cls.n_trials, lo=1, hi=1000),
-            first_cue_s=t.float("first_cue_s", cls.first_cue_s, lo=0.0, hi=600.0),
-            work_s=work,
-            rest_s=t.float("rest_s", cls.rest_s, lo=0.0, hi=600.0),
-            response_window_s=t.float("response_window_s", cls.response_window_s, lo=0.0,
-                                      lo_open=True, hi=work),
-            pattern=t.str("pattern", cls.pattern, choices=TRIAL_PATTERNS),
-        )
-        t.finish()
-        return out
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.response_window_s > self.work_s:
+            raise invalid("response_window_s", self.response_window_s,
+                          f"a number > 0 and <= work_s = {self.work_s:g}")
+        return self
 
 
-@dataclass(frozen=True)
+@settings(kw_only=True)
 class ProtocolSettings:
     """``[protocol]``: what triggers stimulation and in which pattern.
 
@@ -305,9 +241,11 @@ class ProtocolSettings:
         the antagonist. ``cued_trials``: cues on a work/rest cycle; an onset within the
         response window triggers ``trials.pattern``.
     agonist : str
-        Muscle whose onset triggers (and which is stimulated first).
+        Muscle whose onset triggers (and which is stimulated first); one of the config's
+        ``[[muscles]]``.
     antagonist : str or None
-        Its antagonist: stimulated second (reciprocal), watched by the gate.
+        Its antagonist: stimulated second (reciprocal), watched by the gate. Needed by
+        ``kind = "reciprocal"``, ``trials.pattern = "reciprocal"`` and the gate.
     co_contraction_gate : bool
         Trigger only if the antagonist's envelope stayed below its on-threshold over
         ``gate_window_s`` up to and including the onset sample.
@@ -323,32 +261,51 @@ class ProtocolSettings:
         Interval between two current steps of a ramp, s.
     reciprocal : ReciprocalSettings
     trials : TrialSettings
+
+    Attributes
+    ----------
+    where : str
+        Where the table was read, for messages (see :class:`StimParams`).
     """
 
-    kind: str = "triggered_assist"
-    agonist: str = ""
-    antagonist: str | None = None
-    co_contraction_gate: bool = False
-    gate_window_s: float = 0.1
-    co_stimulation: bool = False
-    end_on_offset: bool = False
-    ramp_step_s: float = 0.05
+    kind: ProtocolKind = "triggered_assist"
+    agonist: Text
+    antagonist: Text | None = None
+    co_contraction_gate: Flag = False
+    gate_window_s: Annotated[float, Range(0.005, 2.0)] = 0.1
+    co_stimulation: Flag = False
+    end_on_offset: Flag = False
+    ramp_step_s: Annotated[float, Range(0.01, 0.5)] = 0.05
     reciprocal: ReciprocalSettings = field(default_factory=ReciprocalSettings)
     trials: TrialSettings = field(default_factory=TrialSettings)
-    where: str = field(default="", compare=False, repr=False)
+    where: ClassVar[str] = ""
 
-    def __post_init__(self) -> None:
-        w = self.where or "[protocol]"
-        if self.kind not in PROTOCOL_KINDS:
-            raise ConfigError(f"{w}: kind = {self.kind!r}; expected one of {PROTOCOL_KINDS}")
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Self:
+        # the muscle names, when the config loader gives them
+        names = list((info.context or {}).get("muscles", ()))
+        choices = ", ".join(map(repr, names))
+        if names and self.agonist not in names:
+            raise invalid("agonist", self.agonist, f"one of {choices}")
+        if names and self.antagonist is not None and self.antagonist not in names:
+            raise invalid("antagonist", self.antagonist, f"one of {choices}")
+        if self.antagonist is not None and self.antagonist == self.agonist:
+            raise invalid("antagonist", self.antagonist,
+                          f"a muscle other than the agonist {self.agonist!r}")
         if self.reciprocal.gap_s < 0.0 and not self.co_stimulation:
-            raise ConfigError(
-                f"{w}: reciprocal.gap_s = {self.reciprocal.gap_s:g} overlaps agonist and "
-                f"antagonist; that needs co_stimulation = true"
-            )
-        if self.trials.pattern not in TRIAL_PATTERNS:
-            raise ConfigError(f"{w}: trials.pattern = {self.trials.pattern!r}; expected one "
-                              f"of {TRIAL_PATTERNS}")
+            raise invalid("reciprocal.gap_s", self.reciprocal.gap_s,
+                          "a number >= 0 (an overlap needs co_stimulation = true in [protocol])")
+        needs = []
+        if self.kind == "reciprocal":
+            needs.append("kind = 'reciprocal'")
+        if self.kind == "cued_trials" and self.trials.pattern == "reciprocal":
+            needs.append("trials.pattern = 'reciprocal'")
+        if self.co_contraction_gate:
+            needs.append("co_contraction_gate = true")
+        if needs and self.antagonist is None:
+            raise invalid("antagonist", None, "a muscle name: " + " and ".join(needs)
+                          + " needs an antagonist" + (f"; one of {choices}" if names else ""))
+        return self
 
     @property
     def stimulated(self) -> tuple[str, ...]:
@@ -360,48 +317,8 @@ class ProtocolSettings:
             return (self.agonist, self.antagonist)
         return (self.agonist,)
 
-    @classmethod
-    def from_table(cls, t: Table, muscle_names: Collection[str]) -> ProtocolSettings:
-        """Read ``[protocol]``; ``muscle_names`` are the names of all ``[[muscles]]``."""
-        names = list(muscle_names)
-        kind = t.str("kind", cls.kind, choices=PROTOCOL_KINDS)
-        agonist = t.str("agonist", choices=names)
-        antagonist = t.str("antagonist", None, choices=names, allow_none=True)
-        if antagonist == agonist:
-            raise t.error("antagonist", antagonist, f"a muscle other than the agonist "
-                          f"{agonist!r}")
-        gate = t.bool("co_contraction_gate", cls.co_contraction_gate)
-        co_stim = t.bool("co_stimulation", cls.co_stimulation)
-        trials = TrialSettings.from_table(t.table("trials", {}))
-        recip = ReciprocalSettings.from_table(t.table("reciprocal", {}), co_stimulation=co_stim)
-        needs = []
-        if kind == "reciprocal":
-            needs.append("kind = 'reciprocal'")
-        if kind == "cued_trials" and trials.pattern == "reciprocal":
-            needs.append("trials.pattern = 'reciprocal'")
-        if gate:
-            needs.append("co_contraction_gate = true")
-        if needs and antagonist is None:
-            raise t.error("antagonist", None, "a muscle name: " + " and ".join(needs)
-                          + " needs an antagonist; one of " + ", ".join(map(repr, names)))
-        out = cls(
-            kind=kind,
-            agonist=agonist,
-            antagonist=antagonist,
-            co_contraction_gate=gate,
-            gate_window_s=t.float("gate_window_s", cls.gate_window_s, lo=0.005, hi=2.0),
-            co_stimulation=co_stim,
-            end_on_offset=t.bool("end_on_offset", cls.end_on_offset),
-            ramp_step_s=t.float("ramp_step_s", cls.ramp_step_s, lo=0.01, hi=0.5),
-            reciprocal=recip,
-            trials=trials,
-            where=t.where(),
-        )
-        t.finish()
-        return out
 
-
-@dataclass(frozen=True)
+@settings
 class SafetySettings:
     """``[safety]``: session-wide limits.
 
@@ -416,27 +333,10 @@ class SafetySettings:
         per pulse). ``None`` (absent) disables this check; the time dose still applies.
     """
 
-    session_dose_s: float = 1800.0
-    session_charge_mc: float | None = None
-
-    def __post_init__(self) -> None:
-        _positive("", "session_dose_s", self.session_dose_s, unit="s")
-        _above("", "session_dose_s", self.session_dose_s, ceilings.MAX_SESSION_DOSE_S, "s")
-        if self.session_charge_mc is not None:
-            _positive("", "session_charge_mc", self.session_charge_mc, unit="mC")
-            _above("", "session_charge_mc", self.session_charge_mc,
-                   ceilings.MAX_SESSION_CHARGE_MC, "mC")
-
-    @classmethod
-    def from_table(cls, t: Table) -> SafetySettings:
-        out = cls(
-            session_dose_s=t.float("session_dose_s", cls.session_dose_s, lo=0.0,
-                                   lo_open=True, hi=ceilings.MAX_SESSION_DOSE_S),
-            session_charge_mc=t.float("session_charge_mc", None, lo=0.0, lo_open=True,
-                                      hi=ceilings.MAX_SESSION_CHARGE_MC, allow_none=True),
-        )
-        t.finish()
-        return out
+    session_dose_s: Annotated[float, Range(0.0, ceilings.MAX_SESSION_DOSE_S, lo_open=True,
+                                           limit="ceiling")] = 1800.0
+    session_charge_mc: Annotated[float, Range(0.0, ceilings.MAX_SESSION_CHARGE_MC,
+                                              lo_open=True, limit="ceiling")] | None = None
 
 
 @dataclass(frozen=True)
@@ -535,11 +435,11 @@ def validate_stimulation(
         by_channel[p.channel] = name
 
     pw = protocol.where or "[protocol]"
-    for role, name in (("agonist", protocol.agonist), ("antagonist", protocol.antagonist)):
-        if name is not None and name in protocol.stimulated and name not in muscles:
+    for role, who in (("agonist", protocol.agonist), ("antagonist", protocol.antagonist)):
+        if who is not None and who in protocol.stimulated and who not in muscles:
             have = ", ".join(map(repr, muscles)) or "none"
             raise ConfigError(
-                f"{pw}.{role} = {name!r} is stimulated by kind = {protocol.kind!r} but has "
+                f"{pw}.{role} = {who!r} is stimulated by kind = {protocol.kind!r} but has "
                 f"no [muscles.stim] table; add one (muscles with stimulation: {have})"
             )
     if protocol.kind == "cued_trials":

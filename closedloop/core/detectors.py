@@ -55,13 +55,14 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import linalg, stats
 
+from closedloop.config.schema import parse_table
 from closedloop.config.signal import (
     Calibration,
     DetectorSettings,
+    DoubleThresholdSettings,
     EnvelopeSettings,
     FilterSettings,
 )
-from closedloop.config.table import Table
 from closedloop.core.events import OFFSET, ONSET, Event
 from closedloop.core.filters import FilterBank
 from closedloop.core.pipeline import Pipeline
@@ -142,12 +143,12 @@ def _plain(value: Any) -> Any:
 
 
 def _settings_with(cls: type, base: Any, overrides: Mapping[str, Any], source: str) -> Any:
-    """``base`` (a settings dataclass) with ``overrides`` applied and range-checked by the
-    class's own ``from_table`` (so a bad value is reported like a bad config value)."""
+    """``base`` (a settings dataclass) with ``overrides`` applied and range-checked like a
+    config table (so a bad value is reported like a bad config value)."""
     data = {f.name: _plain(getattr(base, f.name)) for f in dataclasses.fields(cls)}
     data = {k: v for k, v in data.items() if v is not None}
     data.update({k: _plain(v) for k, v in overrides.items()})
-    return cls.from_table(Table(data, source=source))
+    return parse_table(cls, data, source=source)
 
 
 def _split(params: Mapping[str, Any], groups: Mapping[str, tuple[str, ...]], who: str):
@@ -361,25 +362,22 @@ class DoubleThresholdDetector(Detector):
         **params: Any,
     ) -> None:
         super().__init__(fs, channels)
-        own = ("p_fa", "window_ms", "r0", "min_on_ms", "min_off_ms", "refractory_ms",
-               "warmup_ms", "rest_ms", "whiten", "ar_order")
-        parts = _split(params, {"own": own, "filters": _fields(FilterSettings)},
-                       repr(self.name))
+        parts = _split(params, {"own": _fields(DoubleThresholdSettings),
+                                "filters": _fields(FilterSettings)}, repr(self.name))
         src = f"detector {self.name!r}"
         self.filter_settings = _settings_with(
             FilterSettings, filters or FilterSettings(), parts["filters"], src)
-        t = Table(parts["own"], source=src)
-        self.p_fa = t.float("p_fa", 0.05, lo=1e-9, hi=0.5)
-        self.window_ms = t.float("window_ms", 10.0, lo=0.5, hi=1000.0)
-        self.r0 = t.int("r0", 1, lo=1, hi=100000)
-        self.min_on_ms = t.float("min_on_ms", 30.0, lo=0.0, hi=2000.0)
-        self.min_off_ms = t.float("min_off_ms", 100.0, lo=0.0, hi=5000.0)
-        self.refractory_ms = t.float("refractory_ms", 200.0, lo=0.0, hi=60000.0)
-        self.warmup_ms = t.float("warmup_ms", 100.0, lo=0.0, hi=10000.0)
-        self.rest_ms = t.float("rest_ms", 200.0, lo=20.0, hi=60000.0)
-        self.whiten = t.bool("whiten", True)
-        self.ar_order = t.int("ar_order", 6, lo=1, hi=64)
-        t.finish()
+        own = parse_table(DoubleThresholdSettings, parts["own"], source=src)
+        self.p_fa = own.p_fa
+        self.window_ms = own.window_ms
+        self.r0 = own.r0
+        self.min_on_ms = own.min_on_ms
+        self.min_off_ms = own.min_off_ms
+        self.refractory_ms = own.refractory_ms
+        self.warmup_ms = own.warmup_ms
+        self.rest_ms = own.rest_ms
+        self.whiten = own.whiten
+        self.ar_order = own.ar_order
         ms = self.fs / 1000.0
         self.m = max(1, int(round(self.window_ms * ms)))
         if self.r0 > self.m:

@@ -216,15 +216,84 @@ def test_limits_need_confirmation(config_path):
         cal.confirm_limits(config, yes=False, input=lambda p: "", output=lambda s: None)
 
 
-def test_dumps_toml_round_trips():
+TRICKY = r'''# the clinician's notes: kept
+name = "quote \" and [brackets]"
+description = """
+[[muscles]]
+[detector]
+baseline = "adaptive"
+(a string whose lines look like headers)
+"""
+detector.k_on = 5.0   # dotted keys, no [detector] header
+
+[[muscles]]
+name = "biceps"
+placement = 'literal [muscles.calibration] text'
+calibration = { rest_mean = 1.0, rest_sd = 0.1 }   # an earlier calibration, inline
+    [muscles.stim]    # indented sub-tables
+    channel = 1
+    current_ma = 10.0
+    [muscles.limits]
+    max_current_ma = 20.0
+
+[[muscles]]
+name = "triceps"
+
+[protocol]
+agonist = "biceps"
+'''
+
+INLINE = """\
+name = "inline"
+muscles = [{ name = "biceps" }, { name = "triceps", calibration = { rest_mean = 2, rest_sd = 1 } }]
+"""
+
+
+def _result(**mvc) -> cal.Result:
+    return cal.Result([
+        cal.MuscleResult(name, rest_mean=1.5e-6 * (i + 1), rest_sd=2e-7, mvc=mvc.get(name, 1e-3),
+                         reps=[1e-3], on_threshold=2.7e-6 * (i + 1), off_threshold=2.1e-6)
+        for i, name in enumerate(("biceps", "triceps"))
+    ])
+
+
+@pytest.mark.parametrize("template", [TRICKY, INLINE, CONFIG], ids=["tricky", "inline", "arm"])
+def test_patient_config_keeps_the_template_and_replaces_the_calibration(template):
+    """The patient config is the template edited in place (comments, strings that look
+    like headers, inline tables, dotted keys, indentation): exactly the template's
+    settings plus the calibration, whatever was calibrated before."""
     import tomllib
 
-    data = {
-        "name": "x \"q\"", "a": 1, "b": 2.5, "c": True, "d": [1.0, 2.0],
-        "t": {"k": "v", "u": {"z": 1e-7}},
-        "arr": [{"name": "m1", "s": {"q": 1}}, {"name": "m2"}],
-    }
-    assert tomllib.loads(cal.dumps_toml(data)) == data
+    config = loads_config(template, source="t.toml")
+    first = cal.patient_config_text(config, _result(), confirmation="x", when="then")
+    again = cal.patient_config_text(loads_config(first), _result(triceps=2e-3),
+                                    confirmation="y", when="now")
+    for text, result in ((first, _result()), (again, _result(triceps=2e-3))):
+        want = tomllib.loads(template)
+        want.setdefault("detector", {})["baseline"] = "calibrated"
+        for m in want["muscles"]:
+            r = next(x for x in result.muscles if x.muscle == m["name"])
+            m["calibration"] = {"rest_mean": r.rest_mean, "rest_sd": r.rest_sd, "mvc": r.mvc}
+        assert tomllib.loads(text) == want
+        body = [line for line in template.splitlines()
+                if "calibration" not in line and "baseline" not in line]
+        assert all(line in text.splitlines() for line in body)  # every other line as it was
+    assert again.count(cal.HEADER) == 1 and "# calibrated: now" in again
+    assert "# calibrated: then" not in again
+
+
+def test_patient_config_names_the_stimulator_given():
+    config = loads_config(CONFIG + '[protocol]\nagonist = "biceps"\n', source="arm.toml")
+    text = cal.patient_config_text(config, _result(), confirmation="x",
+                                   stimulator="rehastim2:/dev/ttyUSB0")
+    assert loads_config(text).session.stimulator == "rehastim2:/dev/ttyUSB0"
+    assert "[session]\nfs = 2000.0\nstimulator = " in text  # in the template's [session]
+    again = cal.patient_config_text(loads_config(text), _result(), confirmation="x",
+                                    stimulator="sim")
+    assert again.count("stimulator = ") == 1 and loads_config(again).session.stimulator == "sim"
+    bare = loads_config('[[muscles]]\nname = "biceps"\n[[muscles]]\nname = "triceps"\n')
+    text = cal.patient_config_text(bare, _result(), confirmation="x", stimulator="sim")
+    assert loads_config(text).session.stimulator == "sim"  # a [session] table added
 
 
 def test_cli_no_gui_writes_patient_config(config_path, tmp_path, monkeypatch, capsys):

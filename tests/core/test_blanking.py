@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from closedloop.config.table import Table
+from closedloop.config.schema import parse_table
 from closedloop.core.blanking import ArtifactRemover, ArtifactSettings, mains_period
 from closedloop.core.pipeline import Pipeline
 from closedloop.errors import ConfigError
@@ -163,10 +163,10 @@ def test_mains_period_is_whole_cycles_and_samples():
 
 
 def test_settings_from_table_name_the_bad_key():
-    t = Table({"blank_ms": 15.0, "comb": False, "hum_db": 35.0}, source="x.toml", path="artifacts")
-    s = ArtifactSettings.from_table(t)
+    t = {"blank_ms": 15.0, "comb": False, "hum_db": 35.0}
+    s = parse_table(ArtifactSettings, t, source="x.toml", path="artifacts")
     assert (s.blank_ms, s.comb, s.hum_db) == (15.0, False, 35.0)
     with pytest.raises(ConfigError, match=r"x.toml: artifacts.blank_ms = 80.0"):
-        ArtifactSettings.from_table(Table({"blank_ms": 80.0}, source="x.toml", path="artifacts"))
+        parse_table(ArtifactSettings, {"blank_ms": 80.0}, source="x.toml", path="artifacts")
     with pytest.raises(ConfigError, match="unknown key"):
-        ArtifactSettings.from_table(Table({"blank": 1.0}, source="x.toml", path="artifacts"))
+        parse_table(ArtifactSettings, {"blank": 1.0}, source="x.toml", path="artifacts")

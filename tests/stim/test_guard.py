@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from closedloop.config import ceilings
+from closedloop.config.schema import parse_table
 from closedloop.config.stimulation import ChannelLimits, MuscleStim, SafetySettings, StimParams
-from closedloop.config.table import Table
 from closedloop.core.events import Block
 from closedloop.errors import ConfigError, SafetyError
 from closedloop.stim.commands import StimCommand
@@ -365,7 +365,7 @@ def test_from_muscles_builds_interlock_from_protocol_pair():
 def test_ceilings_rejected_at_load_time(key, value):
     data = {"max_current_ma": 40.0, key: value}
     with pytest.raises(ConfigError) as err:
-        ChannelLimits.from_table(Table(data, source="p.toml", path="muscles[1].limits"))
+        parse_table(ChannelLimits, data, source="p.toml", path="muscles[1].limits")
     assert f"p.toml: muscles[1].limits.{key} = {value!r}" in str(err.value)
 
 

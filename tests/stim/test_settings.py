@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from closedloop.config import ceilings
+from closedloop.config.schema import parse_table
 from closedloop.config.stimulation import (
     ChannelLimits,
     MuscleStim,
@@ -18,7 +19,6 @@ from closedloop.config.stimulation import (
     min_ramp_s,
     validate_stimulation,
 )
-from closedloop.config.table import Table
 from closedloop.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -69,20 +69,24 @@ session_dose_s = 1200.0
 """
 
 
-def table(data: dict, path: str = "") -> Table:
-    return Table(data, source="test.toml", path=path)
+def table(cls, data: dict, path: str = "", muscles=None):
+    """``data`` read as the table ``path`` of test.toml into ``cls`` (``muscles``: the
+    config's muscle names, for [protocol])."""
+    context = {"muscles": muscles} if muscles is not None else None
+    return parse_table(cls, data, source="test.toml", path=path, context=context)
 
 
 def load(text: str = CONFIG) -> tuple[dict[str, MuscleStim], ProtocolSettings, SafetySettings]:
-    top = table(tomllib.loads(text))
+    """Each table of ``text`` on its own (no rules across tables)."""
+    top = tomllib.loads(text)
     muscles = {}
-    for mt in top.tables("muscles"):
-        name = mt.str("name")
-        stim = StimParams.from_table(mt.table("stim"))
-        lim = ChannelLimits.from_table(mt.table("limits"))
+    for i, mt in enumerate(top["muscles"]):
+        name = mt["name"]
+        stim = table(StimParams, mt["stim"], f"muscles[{i}].stim")
+        lim = table(ChannelLimits, mt["limits"], f"muscles[{i}].limits")
         muscles[name] = MuscleStim(name, stim, lim)
-    proto = ProtocolSettings.from_table(top.table("protocol"), list(muscles))
-    safety = SafetySettings.from_table(top.table("safety"))
+    proto = table(ProtocolSettings, top["protocol"], "protocol", muscles=list(muscles))
+    safety = table(SafetySettings, top["safety"], "safety")
     return muscles, proto, safety
 
 
@@ -106,9 +110,9 @@ def test_full_config_parses_and_validates():
 
 def test_stim_params_required_keys_named():
     with pytest.raises(ConfigError, match=r"test.toml: stim.current_ma is missing"):
-        StimParams.from_table(table({"channel": 1}, "stim"))
+        table(StimParams, {"channel": 1}, "stim")
     with pytest.raises(ConfigError, match=r"stim.channel is missing"):
-        StimParams.from_table(table({"current_ma": 5.0}, "stim"))
+        table(StimParams, {"current_ma": 5.0}, "stim")
 
 
 @pytest.mark.parametrize(
@@ -128,7 +132,7 @@ def test_stim_params_required_keys_named():
 def test_stim_params_out_of_range_names_file_key_value_range(key, value):
     data = {"channel": 1, "current_ma": 20.0, key: value}
     with pytest.raises(ConfigError) as err:
-        StimParams.from_table(table(data, "muscles[0].stim"))
+        table(StimParams, data, "muscles[0].stim")
     msg = str(err.value)
     assert f"test.toml: muscles[0].stim.{key}" in msg
     assert repr(value) in msg or repr(float(value)) in msg
@@ -138,33 +142,30 @@ def test_stim_params_out_of_range_names_file_key_value_range(key, value):
 def test_stim_params_charge_above_ceiling_rejected():
     # 80 mA x 400 us = 32 uC > 30 uC ceiling, although each value is within its ceiling
     with pytest.raises(ConfigError, match="charge per phase.*ceiling"):
-        StimParams.from_table(
-            table({"channel": 1, "current_ma": 80.0, "pulse_width_us": 400.0}, "stim")
-        )
+        table(StimParams, {"channel": 1, "current_ma": 80.0, "pulse_width_us": 400.0}, "stim")
 
 
 def test_unknown_keys_rejected():
     with pytest.raises(ConfigError, match="unknown key.*curent_ma"):
-        StimParams.from_table(table({"channel": 1, "current_ma": 5.0, "curent_ma": 5}))
+        table(StimParams, {"channel": 1, "current_ma": 5.0, "curent_ma": 5})
     with pytest.raises(ConfigError, match="unknown key.*max_curent"):
-        ChannelLimits.from_table(table({"max_current_ma": 5.0, "max_curent": 5}))
+        table(ChannelLimits, {"max_current_ma": 5.0, "max_curent": 5})
     with pytest.raises(ConfigError, match="unknown key.*dose"):
-        SafetySettings.from_table(table({"dose": 5}))
+        table(SafetySettings, {"dose": 5})
     with pytest.raises(ConfigError, match="unknown key.*gap"):
-        ProtocolSettings.from_table(table({"agonist": "a", "gap": 1}), ["a"])
+        table(ProtocolSettings, {"agonist": "a", "gap": 1}, muscles=["a"])
     with pytest.raises(ConfigError, match="trials.*unknown key.*work"):
-        ProtocolSettings.from_table(
-            table({"agonist": "a", "trials": {"work": 1}}, "protocol"), ["a"]
-        )
+        table(ProtocolSettings, {"agonist": "a", "trials": {"work": 1}}, "protocol",
+              muscles=["a"])
 
 
 def test_limits_defaults_and_ranges():
-    lim = ChannelLimits.from_table(table({"max_current_ma": 25.0}))
+    lim = table(ChannelLimits, {"max_current_ma": 25.0})
     assert lim == ChannelLimits(25.0, 300.0, 50.0, 7.5, 10.0, 3.0, 2.0)
-    big = ChannelLimits.from_table(table({"max_current_ma": 100.0, "max_pulse_width_us": 500.0}))
+    big = table(ChannelLimits, {"max_current_ma": 100.0, "max_pulse_width_us": 500.0})
     assert big.max_charge_uc == ceilings.MAX_CHARGE_PER_PHASE_UC
     with pytest.raises(ConfigError, match="limits.max_current_ma is missing"):
-        ChannelLimits.from_table(table({}, "limits"))
+        table(ChannelLimits, {}, "limits")
     for key, bad in [
         ("max_current_ma", 101.0),
         ("max_pulse_width_us", 501.0),
@@ -176,7 +177,7 @@ def test_limits_defaults_and_ranges():
     ]:
         data = {"max_current_ma": 20.0, key: bad}
         with pytest.raises(ConfigError, match=f"limits.{key} = {bad!r}"):
-            ChannelLimits.from_table(table(data, "limits"))
+            table(ChannelLimits, data, "limits")
 
 
 def test_direct_construction_cannot_exceed_ceilings():
@@ -199,64 +200,61 @@ def test_direct_construction_cannot_exceed_ceilings():
 def test_protocol_settings_checks():
     names = ["biceps", "triceps"]
     with pytest.raises(ConfigError, match=r"protocol.agonist = 'bicep'.*one of 'biceps'"):
-        ProtocolSettings.from_table(table({"agonist": "bicep"}, "protocol"), names)
+        table(ProtocolSettings, {"agonist": "bicep"}, "protocol", muscles=names)
     with pytest.raises(ConfigError, match="antagonist.*kind = 'reciprocal' needs"):
-        ProtocolSettings.from_table(table({"kind": "reciprocal", "agonist": "biceps"}), names)
+        table(ProtocolSettings, {"kind": "reciprocal", "agonist": "biceps"}, muscles=names)
     with pytest.raises(ConfigError, match="co_contraction_gate = true needs"):
-        ProtocolSettings.from_table(
-            table({"agonist": "biceps", "co_contraction_gate": True}), names
-        )
+        table(ProtocolSettings, {"agonist": "biceps", "co_contraction_gate": True},
+              muscles=names)
     with pytest.raises(ConfigError, match="other than the agonist"):
-        ProtocolSettings.from_table(table({"agonist": "biceps", "antagonist": "biceps"}), names)
+        table(ProtocolSettings, {"agonist": "biceps", "antagonist": "biceps"}, muscles=names)
     with pytest.raises(ConfigError, match="gap_s.*co_stimulation"):
-        ProtocolSettings.from_table(
-            table({"agonist": "biceps", "antagonist": "triceps", "reciprocal": {"gap_s": -0.5}}),
-            names,
-        )
-    ok = ProtocolSettings.from_table(
         table(
-            {
-                "agonist": "biceps",
-                "antagonist": "triceps",
-                "co_stimulation": True,
-                "reciprocal": {"gap_s": -0.5},
-            }
-        ),
-        names,
+            ProtocolSettings,
+            {"agonist": "biceps", "antagonist": "triceps", "reciprocal": {"gap_s": -0.5}},
+            muscles=names,
+        )
+    ok = table(
+        ProtocolSettings,
+        {
+            "agonist": "biceps",
+            "antagonist": "triceps",
+            "co_stimulation": True,
+            "reciprocal": {"gap_s": -0.5},
+        },
+        muscles=names,
     )
     assert ok.reciprocal.gap_s == -0.5
     with pytest.raises(ConfigError, match="response_window_s = 12.0"):
-        ProtocolSettings.from_table(
-            table(
-                {"agonist": "biceps", "trials": {"work_s": 10.0, "response_window_s": 12.0}},
-                "protocol",
-            ),
-            names,
+        table(
+            ProtocolSettings,
+            {"agonist": "biceps", "trials": {"work_s": 10.0, "response_window_s": 12.0}},
+            "protocol",
+            muscles=names,
         )
     with pytest.raises(ConfigError, match="kind = 'assist'.*one of"):
-        ProtocolSettings.from_table(table({"agonist": "biceps", "kind": "assist"}), names)
-    assist = ProtocolSettings.from_table(table({"agonist": "biceps"}), names)
+        table(ProtocolSettings, {"agonist": "biceps", "kind": "assist"}, muscles=names)
+    assist = table(ProtocolSettings, {"agonist": "biceps"}, muscles=names)
     assert assist.stimulated == ("biceps",)
-    trials = ProtocolSettings.from_table(
-        table(
-            {
-                "agonist": "biceps",
-                "antagonist": "triceps",
-                "kind": "cued_trials",
-                "trials": {"pattern": "reciprocal"},
-            }
-        ),
-        names,
+    trials = table(
+        ProtocolSettings,
+        {
+            "agonist": "biceps",
+            "antagonist": "triceps",
+            "kind": "cued_trials",
+            "trials": {"pattern": "reciprocal"},
+        },
+        muscles=names,
     )
     assert trials.stimulated == ("biceps", "triceps")
 
 
 def test_safety_settings():
-    assert SafetySettings.from_table(table({})) == SafetySettings(1800.0, None)
-    s = SafetySettings.from_table(table({"session_dose_s": 600, "session_charge_mc": 400}))
+    assert table(SafetySettings, {}) == SafetySettings(1800.0, None)
+    s = table(SafetySettings, {"session_dose_s": 600, "session_charge_mc": 400})
     assert s == SafetySettings(600.0, 400.0)
     with pytest.raises(ConfigError, match="session_dose_s = 4000.0"):
-        SafetySettings.from_table(table({"session_dose_s": 4000.0}))
+        table(SafetySettings, {"session_dose_s": 4000.0})
 
 
 def _muscles(**over) -> dict[str, MuscleStim]:

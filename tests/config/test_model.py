@@ -1,0 +1,176 @@
+"""The config model at its edges: files that are not UTF-8, absurd nesting, settings built
+in code, keys that only code may set, and the per-kind hooks of [detector] and [protocol].
+
+The ranges and messages of each table are tested with their layer (tests/stim/
+test_settings.py, tests/core/test_blanking.py); every key of the shipped configs is
+fuzzed in tests/faults/test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+
+import closedloop.config.model as model
+from closedloop.config import default_config, load_config, loads_config, parse_config
+from closedloop.config.schema import Range, settings
+from closedloop.config.signal import DetectorSettings
+from closedloop.config.stimulation import ProtocolSettings, StimParams
+from closedloop.errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "biceps_triceps.toml"
+PYDANTIC_WORDS = ("pydantic", "Input should", "validation error", "Traceback", "type=")
+
+
+def words_of_closedloop(msg: str) -> bool:
+    return not any(w in msg for w in PYDANTIC_WORDS)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b"\xef\xbb\xbf" + SHIPPED.read_bytes(), "UTF-8 byte-order mark (BOM)"),
+        (SHIPPED.read_text().encode("utf-16"), "UTF-16 byte-order mark (BOM)"),
+        (SHIPPED.read_bytes().replace(b"Elbow", "Ellb\u00f6gen".encode("latin-1"), 1),
+         "not UTF-8 text (byte 6, line 1"),
+    ],
+    ids=["utf8-bom", "utf16", "latin1"],
+)
+def test_a_file_that_is_not_plain_utf8_is_refused_saying_how_to_save_it(tmp_path, raw, said):
+    path = tmp_path / "clinic.toml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and said in msg and "save" in msg
+
+
+def test_a_5000_deep_table_is_refused_without_a_traceback(tmp_path, capfd):
+    text = SHIPPED.read_text()
+    deep_inline = text + "\n[x]\ny = " + "{a = " * 5000 + "1" + "}" * 5000 + "\n"
+    deep_header = text + "\n[session." + ".".join(["a"] * 5000) + "]\nx = 1\n"
+    for i, bad in enumerate((deep_inline, deep_header)):
+        path = tmp_path / f"deep{i}.toml"
+        path.write_text(bad)
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value).startswith(f"{path}: ") and words_of_closedloop(str(err.value))
+    # a deep table where a value belongs (a parsed document, not only TOML text)
+    deep: dict = {}
+    node = deep
+    for _ in range(5000):
+        node["a"] = node = {}
+    data = json.loads(json.dumps(load_config(SHIPPED).resolved))
+    for where in ("channel", "stim"):
+        data["muscles"][1][where] = deep
+        with pytest.raises(ConfigError, match=r"^deep: muscles\[1\]\.") as err:
+            parse_config(data, source="deep")
+        assert len(str(err.value)) < 300
+        data["muscles"][1][where] = "triceps" if where == "channel" else None
+    out, errs = capfd.readouterr()
+    assert errs == ""  # not even an "Exception ignored" from a repr that recursed
+
+
+def test_settings_built_in_code_are_checked_like_a_file():
+    with pytest.raises(ConfigError) as err:
+        dataclasses.replace(DetectorSettings(), k_on=0.1)  # replace re-validates
+    assert str(err.value) == ("<code>: DetectorSettings.k_on = 0.1 is not allowed; expected "
+                              "a number >= 0.5 and <= 100")
+    with pytest.raises(ConfigError) as err:
+        StimParams(1, "20")
+    assert str(err.value).startswith("<code>: StimParams.current_ma = '20' is not allowed")
+    assert "100 is the absolute ceiling, closedloop/config/ceilings.py" in str(err.value)
+    with pytest.raises(ConfigError, match="unknown key.*current"):
+        StimParams(channel=1, current_ma=5.0, current=2.0)
+    stim = StimParams(1, 20.0)
+    assert dataclasses.replace(stim, current_ma=25.0).current_ma == 25.0
+    assert dataclasses.asdict(stim)["current_ma"] == 20.0 and "where" not in dataclasses.asdict(
+        stim)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stim.current_ma = 90.0
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda d: d.update(path="x.toml"), "top level: unknown key(s) path; known keys here: "
+                                            "artifacts, description, detector, envelope"),
+        (lambda d: d.update(text="name = 'x'"), "top level: unknown key(s) text;"),
+        (lambda d: d["muscles"][0]["stim"].update(where="elsewhere"),
+         "muscles[0].stim: unknown key(s) where; known keys here: channel, current_ma"),
+        (lambda d: d["envelope"].update(kind="hilbert"),
+         "envelope.kind = 'hilbert' is not allowed; expected one of 'rms', 'lowpass', 'tkeo'"),
+        (lambda d: d.update(muscles=[]),
+         "muscles is empty; add at least one [[muscles]] table"),
+        (lambda d: d["muscles"][1]["stim"].update(current_ma=150.0),
+         "muscles[1].stim.current_ma = 150.0 is not allowed; expected a number > 0 and <= 100 "
+         "(100 is the absolute ceiling, closedloop/config/ceilings.py)"),
+        (lambda d: d["muscles"][1]["limits"].pop("max_current_ma"),
+         "muscles[1].limits.max_current_ma is missing; it is required"),
+        (lambda d: d["detector"].update(k_of=1, min_onms=2),
+         "detector: unknown key(s) k_of, min_onms; known keys here: baseline, block_ms"),
+    ],
+    ids=["path", "text", "where", "choice", "no-muscles", "ceiling", "missing", "typos"],
+)
+def test_messages_name_the_key_and_everything_allowed(change, said):
+    data = json.loads(json.dumps(load_config(SHIPPED).resolved))
+    change(data)
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, source="clinic.toml")
+    assert str(err.value).startswith("clinic.toml: " + said)
+
+
+def test_a_config_for_a_sources_channels_takes_their_labels_as_they_are():
+    # `closedloop detect` and `replay` without a config: any label a file or device has
+    config = default_config(["EMG 1", "Fp1-A1"])
+    assert config.muscle_names == ("EMG 1", "Fp1-A1")
+    assert config.columns(["Fp1-A1", "EMG 1"], "file.csv") == [1, 0]
+    # a config file's names are identifiers
+    with pytest.raises(ConfigError) as err:
+        loads_config(SHIPPED.read_text().replace('name = "biceps"', 'name = "bi ceps"'),
+                     source="c.toml")
+    assert str(err.value) == ("c.toml: muscles[0].name = 'bi ceps' is not allowed; expected a "
+                              "non-empty name of letters, digits and _")
+
+
+@settings(kw_only=True)
+class BoostedProtocol(ProtocolSettings):
+    """A protocol with one more setting, as a registered protocol might have."""
+
+    boost: Annotated[float, Range(0.0, 1.0)] = 0.5
+
+
+@settings
+class OtherDetectorSettings(DetectorSettings):
+    """A detector with one more setting, as a registered detector might have."""
+
+    smoothing: Annotated[int, Range(1, 9)] = 3
+
+
+def test_protocol_and_detector_settings_come_from_the_per_kind_functions(monkeypatch):
+    text = SHIPPED.read_text()
+    boosted = text.replace('kind = "triggered_assist"', 'kind = "triggered_assist"\nboost = 0.7')
+    smoothed = boosted.replace("k_on = 6.0", "k_on = 6.0\nsmoothing = 5")
+    with pytest.raises(ConfigError, match="protocol: unknown key.*boost"):
+        loads_config(boosted)
+    kinds = []
+    monkeypatch.setattr(model, "protocol_settings_for",
+                        lambda kind: kinds.append(kind) or BoostedProtocol)
+    monkeypatch.setattr(model, "detector_settings_for",
+                        lambda kind: kinds.append(kind) or OtherDetectorSettings)
+    config = loads_config(smoothed, source="p.toml")
+    assert kinds == ["threshold", "triggered_assist"]
+    assert config.protocol.boost == 0.7 and config.detector.smoothing == 5
+    assert config.resolved["protocol"]["boost"] == 0.7
+    assert config.resolved["detector"]["smoothing"] == 5
+    again = parse_config(json.loads(json.dumps(config.resolved)), source="p.toml",
+                         text=config.text)
+    assert again == config
+    with pytest.raises(ConfigError) as err:
+        loads_config(smoothed.replace("boost = 0.7", "boost = 7"), source="p.toml")
+    assert str(err.value) == ("p.toml: protocol.boost = 7 is not allowed; expected a number "
+                              ">= 0 and <= 1")
