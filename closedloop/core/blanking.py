@@ -68,6 +68,17 @@ class ArtifactSettings:
         Length of the blocks the hum check judges (rounded to whole mains periods).
     hum_recover_s : float
         A hum-dominated channel resumes after this long of blocks below the limit.
+    impulse_ratio : float
+        A raw sample farther than this many times the channel's learnt range (the
+        largest peak-to-peak of the last minute, contractions included) from its level
+        is out of range: an impulse (a knock, a static discharge, garbage from the
+        driver) when the stretch is over within ``impulse_ms``
+        (:mod:`closedloop.core.impulses`). 0 disables the check. 20 (26 dB) is above
+        every real recording in the project's test data (at most 4.5 x; the simulated
+        patient's first strong contraction at 30 dB SNR: 9 x).
+    impulse_ms : float
+        Out-of-range stretches shorter than this are impulses and never trigger; longer
+        ones are taken as activity (their onset comes this much later).
     """
 
     blank_ms: float = 15.0
@@ -76,6 +87,8 @@ class ArtifactSettings:
     hum_db: float = 30.0
     hum_block_ms: float = 200.0
     hum_recover_s: float = 1.0
+    impulse_ratio: float = 20.0
+    impulse_ms: float = 25.0
 
     @classmethod
     def from_table(cls, t: Table) -> ArtifactSettings:
@@ -86,7 +99,13 @@ class ArtifactSettings:
             hum_db=t.float("hum_db", cls.hum_db, lo=0.0, hi=80.0),
             hum_block_ms=t.float("hum_block_ms", cls.hum_block_ms, lo=50.0, hi=2000.0),
             hum_recover_s=t.float("hum_recover_s", cls.hum_recover_s, lo=0.0, hi=60.0),
+            impulse_ratio=t.float("impulse_ratio", cls.impulse_ratio, lo=0.0, hi=1e4),
+            impulse_ms=t.float("impulse_ms", cls.impulse_ms, lo=10.0, hi=200.0),
         )
+        if 0 < out.impulse_ratio < 5:
+            raise t.error("impulse_ratio", out.impulse_ratio,
+                          "0 (off) or at least 5: closer to the learnt range, strong "
+                          "contractions would be held back")
         t.finish()
         return out
 
@@ -243,6 +262,13 @@ class ArtifactRemover:
             if a < n and b > 0:
                 mask[max(a, 0) : int(min(b, n))] = True
         return mask
+
+    def restart_channel(self, channel: int, level: float) -> None:
+        """Forget what one channel's raw signal taught the blanking: its template
+        restarts flat at ``level`` (see :meth:`Pipeline.restart_channel
+        <closedloop.core.pipeline.Pipeline.restart_channel>`)."""
+        self._hum[channel] = float(level)
+        self._resid[channel] = 0.0
 
     # -- the two stages ---------------------------------------------------------------------
     def blank_inplace(self, x: np.ndarray, start: int) -> np.ndarray:

@@ -28,7 +28,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from closedloop.core import impulses
 from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.impulses import ImpulseGate, Stretch
 from closedloop.core.mains import HumCheck
 from closedloop.sources.base import Chunk, SourceInfo
 from closedloop.sources.checks import InputIssue, InputMonitor, IssueKind
@@ -109,27 +111,42 @@ class InputStage:
     flat_s : float
         The input monitor's flat time; with one hum block, how long every channel is
         held at the start.
+    impulses : ImpulseGate, optional
+        Finds raw stretches far outside each channel's range (see
+        :mod:`closedloop.core.impulses`): the channel is held from their first sample
+        and, when they were impulses, absurd values or a level shift, restarted and
+        settled after them. None: no such check.
+    holdoff_s : float
+        Impulses of one channel are reported at most this often; the ones between are
+        counted and said with the next (or at the end of the session).
     """
 
     def __init__(self, info: SourceInfo, columns: Sequence[int], names: Sequence[str],
                  hum: HumCheck, artifacts: ArtifactRemover | None = None,
-                 settle_s: float = 0.5, flat_s: float = 0.5) -> None:
+                 settle_s: float = 0.5, flat_s: float = 0.5,
+                 impulses: ImpulseGate | None = None, holdoff_s: float = 1.0) -> None:
         self.monitor = InputMonitor(info, flat_seconds=flat_s)
         self.columns = list(columns)
         self.names = tuple(names)
+        self.units = info.units
         self.held = HeldValueCheck(info.fs, self.names, info.units)
         self.hum = hum
         self.artifacts = artifacts
+        self.impulses = impulses if impulses is not None and impulses.enabled else None
         n = len(self.names)
+        self.settle_s = float(settle_s)
         self.settle = max(0, round(settle_s * info.fs))
+        self._holdoff = max(1, round(holdoff_s * info.fs))
+        self._said: dict[int, int] = {}  # column -> sample of its last impulse notice
+        self._folded: dict[int, tuple[int, int, Stretch]] = {}  # column -> (count, first, latest)
         startup = max(round(flat_s * info.fs), hum.block if hum.enabled else 0)
         self._usable_run = np.full(n, self.settle - startup, dtype=np.int64)
         self._dirty = np.zeros(n, dtype=bool)  # bad data at the last sample given out
         #: Per muscle: suspended at the last sample given out.
         self.suspended = np.zeros(n, dtype=bool)
         #: Per muscle: why it is suspended at the last sample (``"signal"``: the input
-        #: monitor's flat/saturated/NaN, ``"hum"``, ``"settling"`` after either or at
-        #: the start), or "".
+        #: monitor's flat/saturated/NaN, ``"hum"``, ``"impulse"``: the impulse gate holds
+        #: it, ``"settling"`` after any of them or at the start), or "".
         self.why = [""] * n
         self.position = 0  # absolute index of the next cleaned sample
         self._fs = float(info.fs)
@@ -145,6 +162,8 @@ class InputStage:
         """At the end of the session: what the checks found and had not said yet (the
         issues folded into a summary that was still due)."""
         self._say(self.monitor.flush())
+        for c in sorted(self._folded):
+            self._say([self._fold_summary(c, max(self.position - 1, 0))])
         return self.pop_notices()
 
     def _say(self, issues) -> None:
@@ -168,6 +187,76 @@ class InputStage:
         return InputIssue(IssueKind.RECOVERED, name, sample, (
             f"channel {name}: mains hum down to {db:.0f} dB at sample {sample}; detector "
             "resumed"))
+
+    def _stretch_issue(self, r: Stretch) -> InputIssue:
+        """The impulse gate's record ``r`` as an input issue."""
+        name, u, fs = self.names[r.channel], self.units, self.monitor.info.fs
+        ms = (r.last - r.start + 1) / fs * 1e3
+        times = f"{r.ratio:.3g} x the largest swing of its last minute"
+        back = (f"filters restarted, detector suspended and back after {self.settle_s:g} s")
+        if r.what == impulses.IMPULSE and r.absurd:
+            return InputIssue(IssueKind.ABSURD, name, r.start, (
+                f"channel {name}: absurd values from sample {r.start} for {ms:.0f} ms (up to "
+                f"{r.peak:.3g} {u} from its level, {times}); never taken as an attempt, "
+                f"{back}. Check the amplifier, its driver and the stream's scaling"))
+        if r.what == impulses.IMPULSE:
+            return InputIssue(IssueKind.IMPULSE, name, r.start, (
+                f"channel {name}: impulsive artefact at sample {r.start}, {ms:.0f} ms up to "
+                f"{r.peak:.3g} {u} from its level ({times}); not taken as an attempt, "
+                f"{back}. Check the electrode and its cable (a knock, a loose lead, "
+                "static)"))
+        if r.what == impulses.ABSURD:
+            return InputIssue(IssueKind.ABSURD, name, r.sample, (
+                f"channel {name}: absurd values since sample {r.start} (up to {r.peak:.3g} "
+                f"{u} from its level, {times}), still going; detector suspended until they "
+                "stop. Check the amplifier, its driver and the stream's scaling"))
+        if r.what == impulses.ABSURD_END:
+            return InputIssue(IssueKind.RECOVERED, name, r.sample, (
+                f"channel {name}: absurd values over at sample {r.sample} after "
+                f"{ms / 1e3:.2f} s; {back}"))
+        if r.what == impulses.SHIFT:
+            return InputIssue(IssueKind.LEVEL_SHIFT, name, r.start, (
+                f"channel {name}: its level jumped by {r.level_to - r.level_from:+.3g} {u} at "
+                f"sample {r.start} ({abs(r.level_to - r.level_from) / r.range:.3g} x the "
+                f"largest swing of its last minute); {back}. Check the electrode contact "
+                "(an electrode moved or came loose)"))
+        return InputIssue(IssueKind.STRONG, name, r.sample, (
+            f"channel {name}: from sample {r.start}, {times} for more than "
+            f"{(r.sample - r.start + 1) / fs * 1e3:.0f} ms: taken as activity (a contraction "
+            "far stronger than any in the last minute), its onset held back that long. If "
+            "the patient did not contract, check the electrode and its cable"))
+
+    def _say_stretches(self, records: list[Stretch], end: int) -> None:
+        """Say the gate's records; impulses of one channel at most once per hold-off,
+        the ones between folded into the next notice (or one said when it is due)."""
+        for r in records:
+            c = r.channel
+            self._flush_fold(c, r.start)
+            if r.what == impulses.IMPULSE:
+                last = self._said.get(c)
+                if last is not None and r.start - last < self._holdoff:
+                    count, first, _ = self._folded.get(c, (0, r.start, r))
+                    self._folded[c] = (count + 1, first, r)
+                    continue
+                self._said[c] = r.start
+            self._say([self._stretch_issue(r)])
+        for c in list(self._folded):
+            self._flush_fold(c, end)
+
+    def _flush_fold(self, c: int, end: int) -> None:
+        """Say channel ``c``'s folded impulses if their hold-off ended before ``end``."""
+        if c in self._folded:
+            due = self._said[c] + self._holdoff
+            if due < end:
+                self._say([self._fold_summary(c, due)])
+
+    def _fold_summary(self, c: int, at: int) -> InputIssue:
+        count, first, r = self._folded.pop(c)
+        self._said[c] = at
+        issue = self._stretch_issue(r)
+        return InputIssue(issue.kind, issue.channel, at, (
+            f"{issue.message} ({count} like this from sample {first} to {r.start}, not "
+            "listed singly)"))
 
     def feed(self, chunk: Chunk, until: int | None = None) -> list[Segment]:
         """Check one chunk; return its segments (none when every sample was dropped),
@@ -198,14 +287,23 @@ class InputStage:
         held, issues = self.held.check(raw, bad if stimulating is None else bad | stimulating)
         self._say(issues)
         bad = bad | held
+        hold = None
+        if self.impulses is not None:
+            hold, ended = self.impulses.process(raw, start, stimulating, bad)
+            self._say_stretches(self.impulses.pop_records(), start + n)
+            if not (hold.any() or ended.any()):
+                hold = None
         hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
         self._say(self._hum_issue(*change) for change in self.hum.pop_changes())
         dirty = bad | hum
+        if hold is not None:
+            dirty = dirty | ended
         for k in checked.breaks:  # the signal jumps: restart and settle every channel
             dirty[k - start, :] = True
         self.position = start + n
         settled = bool((self._usable_run >= self.settle).all())
-        if settled and not (dirty.any() or self.suspended.any() or self._dirty.any()):
+        if settled and hold is None and not (dirty.any() or self.suspended.any()
+                                             or self._dirty.any()):
             # the common case, all good: one segment (the usable runs only grow)
             self._usable_run += n
             return _cut([Segment(start, raw, ts, raw=received, counter=counter)], until)
@@ -215,6 +313,8 @@ class InputStage:
         run = np.where(last_bad > 0, idx - last_bad, idx + self._usable_run[None, :])
         self._usable_run = run[-1].copy()
         unusable = dirty | (run < self.settle)
+        if hold is not None:
+            unusable |= hold
         rows = np.vstack((np.hstack((self.suspended, self._dirty))[None, :],
                           np.hstack((unusable, dirty))))
         cuts = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1))
@@ -228,8 +328,11 @@ class InputStage:
             segments.append(Segment(start + a, raw[a:b], ts[a:b], changes, restarts,
                                     None if received is None else received[a:b],
                                     None if counter is None else counter[a:b]))
-        self.why = [("hum" if h else "signal" if b else "settling") if u else ""
-                    for b, h, u in zip(bad[-1], hum[-1], unusable[-1], strict=True)]
+        held_now = np.zeros(len(self.names), dtype=bool) if hold is None else hold[-1]
+        self.why = [("hum" if h else "signal" if b else "impulse" if g else "settling")
+                    if u else ""
+                    for b, h, g, u in zip(bad[-1], hum[-1], held_now, unusable[-1],
+                                          strict=True)]
         return _cut(segments, until)
 
 

@@ -36,6 +36,7 @@ from dataclasses import asdict, replace
 from closedloop.config import Config
 from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.filters import effective_band
+from closedloop.core.impulses import ImpulseGate
 from closedloop.core.mains import HumCheck
 from closedloop.core.pipeline import Pipeline
 from closedloop.errors import SafetyError, StallError
@@ -99,7 +100,10 @@ def run_loop(
                         config.calibrations(), artifacts=remover)
     hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,
                    effective_band(config.filters, fs))
-    inputs = InputStage(info, channel_columns(config, info), names, hum, remover)
+    gate = ImpulseGate(fs, len(names), config.artifacts.impulse_ratio,
+                       config.artifacts.impulse_ms)
+    inputs = InputStage(info, channel_columns(config, info), names, hum, remover,
+                        impulses=gate)
     effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
     end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
     out.onsets = {m: 0 for m in names}

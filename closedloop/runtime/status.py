@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from closedloop.core.events import Block
 
 _WHY = {"hum": "mains hum", "signal": "flat, saturated or NaN signal",
-        "settling": "signal back, settling"}
+        "impulse": "far outside its range", "settling": "signal back, settling"}
 
 
 def status_line(block: Block, fs: float, stimulator, protocol, why: Sequence[str]) -> str:

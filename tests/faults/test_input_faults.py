@@ -11,6 +11,8 @@ apart.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -192,11 +194,8 @@ def test_a_channel_pinned_at_its_rail_does_not_stimulate(config):
     assert onsets == pytest.approx([9.0], abs=0.1)
 
 
-def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
-    """A stream that repeats every value 5 times (upsampled by repetition) teaches the
-    held-value check a hold of 4 repeats, so it needs 9 before it marks: the rail step
-    decides an onset first. Whatever it triggered is switched off at the sample the
-    channel is suspended, and never gets beyond the first ramp steps."""
+def _held5_session(config, cfg):
+    """A stream that repeats every value 5 times, its biceps at its rail from 6 to 6.5 s."""
     src, stim = sim_session(config, [Attempt("triceps", 9.0, 1.0)], chunk=CHUNK)
 
     def held5(chunk, rail=None):
@@ -206,8 +205,19 @@ def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
 
     faults = {k: held5 for k in range(at(8.0))}
     faults.update({k: (lambda c: held5(c, 5e-3)) for k in range(at(6.0), at(6.5))})
-    out = run_loop(config, FaultySource(src, faults), stim,
+    out = run_loop(cfg, FaultySource(src, faults), stim,
                    options=LoopOptions(duration_s=8.0, watchdog_s=2.0))
+    return out, stim
+
+
+def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
+    """A stream that repeats every value 5 times (upsampled by repetition) teaches the
+    held-value check a hold of 4 repeats, so it needs 9 before it marks: without the
+    impulse gate (``impulse_ratio = 0``) the rail step decides an onset first. Whatever
+    it triggered is switched off at the sample the channel is suspended, and never
+    gets beyond the first ramp steps."""
+    cfg = replace(config, artifacts=replace(config.artifacts, impulse_ratio=0.0))
+    out, stim = _held5_session(config, cfg)
     assert out.exit_code == 0 and out.all_off
     assert_all_off(stim)
     fault = at(6.0) * CHUNK
@@ -222,6 +232,22 @@ def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
     assert offs and offs[0].sample == s0  # off at once, not ramped
     limits = config.muscle("biceps").limits
     assert max(c.current_ma for c in on) <= limits.max_step_ma
+
+
+def test_the_impulse_gate_holds_a_rail_step_from_its_first_sample(config):
+    """The same rail step with the impulse gate on (the default): 5 mV is ~90 times the
+    largest swing the biceps channel had, so the channel is held from the step's first
+    sample; nothing is switched on, and the gate says the level jumped (and back)."""
+    out, stim = _held5_session(config, config)
+    assert out.exit_code == 0 and out.all_off
+    fault = at(6.0) * CHUNK
+    suspend = [e.sample for e in out.events
+               if e.kind == "suspend" and e.channel == "biceps" and e.sample >= fault]
+    assert suspend[:1] == [fault]
+    assert not [c for c in out.commands if c.is_on and c.muscle == "biceps"]
+    jumps = [m for m in out.issues if "channel biceps: its level jumped by" in m]
+    assert len(jumps) == 2 and "+0.005" in jumps[0] and "-0.005" in jumps[1], out.issues
+    assert f"at sample {fault}" in jumps[0] and "Check the electrode contact" in jumps[0]
 
 
 def test_stimulation_that_pins_the_amplifier_is_not_a_held_channel(config):
