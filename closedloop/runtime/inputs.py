@@ -30,11 +30,59 @@ import numpy as np
 
 from closedloop.core import impulses
 from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.detector import REST_DROP, SEED_SPREAD, RestNote
+from closedloop.core.filters import effective_band
 from closedloop.core.impulses import ImpulseGate, Stretch
 from closedloop.core.mains import HumCheck
+from closedloop.core.settings import FilterSettings
+from closedloop.errors import InputError
 from closedloop.sources.base import Chunk, SourceInfo
 from closedloop.sources.checks import InputIssue, InputMonitor, IssueKind
 from closedloop.sources.held import HeldValueCheck
+
+#: Sessions refuse EMG sampled slower than this (see :func:`rate_check`).
+MIN_FS = 200.0
+#: Below this rate a session warns that part of the surface-EMG band is lost.
+FULL_BAND_FS = 1000.0
+#: The fastest rate the signal core is designed for.
+MAX_FS = 20000.0
+
+
+def rate_check(info: SourceInfo, filters: FilterSettings) -> InputIssue | None:
+    """What a session must say about the source's sampling rate, before anything runs.
+
+    Surface EMG carries power up to 400-500 Hz (most of it at 50-150 Hz). Below
+    ``FULL_BAND_FS`` the configured band-pass is cut at 0.9 x Nyquist
+    (:func:`~closedloop.core.filters.effective_band`): the returned issue (at sample 0)
+    says which band is left and what that costs. Below ``MIN_FS`` the session is
+    refused: at 100 Hz the band left is 20-45 Hz, under the mains frequency and a small
+    fraction of the EMG's power, and the timing rules shrink to a sample or two (the
+    3 ms minimum on-time and the 15 ms RMS window become 1 and 2 samples of 10 ms).
+
+    Raises
+    ------
+    InputError
+        The rate is below ``MIN_FS`` or above ``MAX_FS``, or the band-pass does not fit
+        below Nyquist at this rate.
+    """
+    fs, lo_cfg, hi_cfg = float(info.fs), *filters.bandpass_hz
+    if not MIN_FS <= fs <= MAX_FS:
+        raise InputError(
+            f"{info.name} delivers {fs:g} Hz; closedloop needs {MIN_FS:g}-{MAX_FS:g} Hz "
+            f"(surface EMG carries power up to 400-500 Hz: 1 kHz or more, 2 kHz "
+            "recommended). Set the amplifier's sampling rate, or pick its EMG stream")
+    try:
+        lo, hi = effective_band(filters, fs)
+    except ValueError as exc:
+        raise InputError(f"{info.name} at {fs:g} Hz: {exc}") from exc
+    if fs >= FULL_BAND_FS:
+        return None
+    return InputIssue(IssueKind.BAND, None, 0, (
+        f"{info.name}: sampled at {fs:g} Hz, so only {lo:g}-{hi:g} Hz of the configured "
+        f"{lo_cfg:g}-{hi_cfg:g} Hz band is left (Nyquist {fs / 2:g} Hz). Surface EMG has "
+        "power up to 400-500 Hz: onsets may come later and weak attempts be missed, and "
+        "an amplifier without an anti-alias filter folds the rest of the EMG (and any "
+        "stimulation artifacts) into this band. Use 1 kHz or more (2 kHz recommended)"))
 
 
 @dataclass(frozen=True)
@@ -119,12 +167,16 @@ class InputStage:
     holdoff_s : float
         Impulses of one channel are reported at most this often; the ones between are
         counted and said with the next (or at the end of the session).
+    filters : FilterSettings, optional
+        The band-pass: below 1 kHz the first notice says which band is left
+        (:func:`rate_check`).
     """
 
     def __init__(self, info: SourceInfo, columns: Sequence[int], names: Sequence[str],
                  hum: HumCheck, artifacts: ArtifactRemover | None = None,
                  settle_s: float = 0.5, flat_s: float = 0.5,
-                 impulses: ImpulseGate | None = None, holdoff_s: float = 1.0) -> None:
+                 impulses: ImpulseGate | None = None, holdoff_s: float = 1.0,
+                 filters: FilterSettings | None = None) -> None:
         self.monitor = InputMonitor(info, flat_seconds=flat_s)
         self.columns = list(columns)
         self.names = tuple(names)
@@ -152,6 +204,10 @@ class InputStage:
         self._fs = float(info.fs)
         self._clock = (0, np.zeros(1))  # first sample of the last chunk, its timestamps
         self._notices: list[Notice] = []
+        self._first: list[InputIssue] = []  # said with the first chunk (its timestamps)
+        if filters is not None:
+            band = rate_check(info, filters)
+            self._first = [] if band is None else [band]
 
     def pop_notices(self) -> list[Notice]:
         """What the checks found since the last call (each names channel and sample)."""
@@ -161,7 +217,8 @@ class InputStage:
     def finish(self) -> list[Notice]:
         """At the end of the session: what the checks found and had not said yet (the
         issues folded into a summary that was still due)."""
-        self._say(self.monitor.flush())
+        self._say(self._first + self.monitor.flush())
+        self._first = []
         for c in sorted(self._folded):
             self._say([self._fold_summary(c, max(self.position - 1, 0))])
         return self.pop_notices()
@@ -226,6 +283,29 @@ class InputStage:
             "far stronger than any in the last minute), its onset held back that long. If "
             "the patient did not contract, check the electrode and its cable"))
 
+    def say_rest(self, notes: list[RestNote]) -> None:
+        """Keep what the detector's rest learning found (samples of the last chunk fed)
+        as notices."""
+        self._say(self._rest_issue(r) for r in notes)
+
+    def _rest_issue(self, r: RestNote) -> InputIssue:
+        name, fs = self.names[r.channel], self.monitor.info.fs
+        if r.what == "not_quiet":
+            return InputIssue(IssueKind.REST, name, r.sample, (
+                f"channel {name}: what it learnt as rest at sample {r.since} was not quiet: "
+                f"its level has dropped to {r.ratio:.0%} of that (below "
+                f"{REST_DROP:.0%}) at sample {r.sample}, so its thresholds were too high "
+                "(the patient was contracting while it learnt, or the electrode settled). "
+                "Learning rest again: the detector waits for a moment of quiet rest"))
+        if r.what == "waiting":
+            return InputIssue(IssueKind.REST, name, r.sample, (
+                f"channel {name}: no steady rest to learn from since sample {r.since} "
+                f"({(r.sample + 1 - r.since) / fs:.1f} s): its level keeps changing by more "
+                f"than {SEED_SPREAD:g} x from one block to the next. The detector cannot "
+                f"trigger until the muscle rests: ask the patient to relax the {name}"))
+        return InputIssue(IssueKind.RECOVERED, name, r.sample, (
+            f"channel {name}: rest learnt at sample {r.sample}; detector ready"))
+
     def _say_stretches(self, records: list[Stretch], end: int) -> None:
         """Say the gate's records; impulses of one channel at most once per hold-off,
         the ones between folded into the next notice (or one said when it is due)."""
@@ -271,6 +351,9 @@ class InputStage:
         n = checked.n
         if n:
             self._clock = (checked.start, checked.chunk.timestamps)
+            if self._first:
+                self._say(self._first)
+                self._first = []
         self._say(checked.issues)
         if n == 0:
             return []
@@ -350,4 +433,4 @@ def _cut(segments: list[Segment], until: int | None) -> list[Segment]:
     return out
 
 
-__all__ = ["InputStage", "Notice", "Segment"]
+__all__ = ["FULL_BAND_FS", "MIN_FS", "InputStage", "Notice", "Segment", "rate_check"]

@@ -41,7 +41,7 @@ from closedloop.core.mains import HumCheck
 from closedloop.core.pipeline import Pipeline
 from closedloop.errors import SafetyError, StallError
 from closedloop.runtime.devices import channel_columns, stimulated_muscles
-from closedloop.runtime.inputs import InputStage
+from closedloop.runtime.inputs import InputStage, rate_check
 from closedloop.runtime.outcome import (
     EXIT_CODES,
     MESSAGES,
@@ -87,6 +87,7 @@ def run_loop(
     info = source.info
     fs = info.fs
     names = config.muscle_names
+    rate_check(info, config.filters)  # a rate the core cannot use: refused, nothing runs
     protocol = guard = remover = None
     if stimulator is not None and config.stimulates:
         from closedloop.stim.guard import SafetyGuard
@@ -103,7 +104,7 @@ def run_loop(
     gate = ImpulseGate(fs, len(names), config.artifacts.impulse_ratio,
                        config.artifacts.impulse_ms)
     inputs = InputStage(info, channel_columns(config, info), names, hum, remover,
-                        impulses=gate)
+                        impulses=gate, filters=config.filters)
     effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
     end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
     out.onsets = {m: 0 for m in names}
@@ -150,6 +151,7 @@ def run_loop(
 
                 # 3. the signal core
                 block = pipeline.process(seg.samples, seg.timestamps)
+                inputs.say_rest(pipeline.detector.pop_notes())  # rest that was not quiet
                 block.events[:0] = ended  # a channel suspended while active: its offset
                 last_time = float(block.timestamps[-1])
                 out.events.extend(block.events)
@@ -196,6 +198,8 @@ def run_loop(
                     _publish(outlets, seg, block, safe, protocol)
                 if guard is not None and guard.must_stop:
                     raise SafetyError(guard.stop_violation.message)
+            _tell(out, inputs.pop_notices(), status, outlets)
+            keep_last(out.issues, keep)
             if stimulator is not None:
                 stimulator.check()
             if recorder is not None:
