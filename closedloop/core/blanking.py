@@ -78,7 +78,8 @@ class ArtifactSettings:
         patient's first strong contraction at 30 dB SNR: 9 x).
     impulse_ms : float
         Out-of-range stretches shorter than this are impulses and never trigger; longer
-        ones are taken as activity (their onset comes this much later).
+        ones that swing like EMG are taken as activity (their onset comes this much
+        later), other long ones (absurd values, slow excursions) are held until over.
     """
 
     blank_ms: float = 15.0
@@ -88,7 +89,7 @@ class ArtifactSettings:
     hum_block_ms: float = 200.0
     hum_recover_s: float = 1.0
     impulse_ratio: float = 20.0
-    impulse_ms: float = 25.0
+    impulse_ms: float = 30.0
 
     @classmethod
     def from_table(cls, t: Table) -> ArtifactSettings:

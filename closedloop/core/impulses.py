@@ -22,20 +22,26 @@ range. Until a channel's first unflagged block is complete, nothing is flagged.
 Stretches, and what they turn out to be
 ---------------------------------------
 An out-of-range sample starts a stretch, held (the caller suspends the channel) from
-that very sample. The stretch lasts while out-of-range samples follow each other within
-``gap_ms``. Then:
+that very sample. The stretch lasts while samples farther than ``continue_ratio`` x
+range from the level (hysteresis: a strong contraction's swings are not all out of
+range; an impulse's return to rest is far inside) follow each other within ``gap_ms``.
+Then:
 
 * it ends within ``impulse_ms`` of its start (shorter than a physiological
   contraction's rise): an **impulse**. ``ended`` marks its last sample: the caller
-  restarts the channel's filters after it, and the detector does not see it;
-* it is still going ``impulse_ms`` after its start, with every sample in range of the
-  stretch's own mean (the signal moves as before, around a new level): a **level
-  shift** (an electrode moved, a DC-coupled input stepped). The level is moved there
-  and the stretch ends (``ended``: restart at the new level, no ringing from the step);
-* it is still going with swings that large: **sustained**, not an impulse. Released at
-  once (a contraction far stronger than any in the last minute: its onset comes
-  ``impulse_ms`` late) and learnt from when it ends, unless a sample of it is absurd:
-  absurd stretches are never taken as activity; they are held until they end.
+  restarts the channel's filters after it, and the detector never sees it;
+* ``impulse_ms`` after its start (and every ``impulse_ms`` after that while it is
+  held), if every sample of that window lies within ``ratio`` x range of the window's
+  mean (the signal moves as before, around a new level), it is a **level shift** (an
+  electrode moved, a DC-coupled input stepped): the level moves there and the stretch
+  ends (``ended``: restart at the new level, no ringing from the step);
+* otherwise, if its first ``impulse_ms`` swing like EMG (faster than ``ACTIVITY_HZ``)
+  and no sample was absurd, it is **sustained** activity: released at once (a
+  contraction far stronger than any in the last minute: its onset comes
+  ``impulse_ms`` late), and learnt from;
+* otherwise (absurd values, or a slow excursion: a knock's tail, a movement of the
+  cable) it stays **held** until it ends or settles at a new level, and is then
+  restarted like an impulse (``over``).
 
 Samples the caller marks ``exempt`` (stimulation running: its artifacts are far above
 the EMG and are blanked later) or ``bad`` (another check has them) never start a
@@ -56,8 +62,11 @@ from dataclasses import dataclass
 import numpy as np
 
 #: What a finished or decided stretch was (see the module docstring).
-IMPULSE, SHIFT, SUSTAINED = "impulse", "shift", "sustained"
-ABSURD, ABSURD_END = "absurd", "absurd_end"
+IMPULSE, SHIFT, SUSTAINED, HELD, OVER = "impulse", "shift", "sustained", "held", "over"
+
+#: A stretch whose swings are at least this fast (Hz) is activity; slower is an
+#: excursion (the band-pass starts at 20 Hz: surface EMG lives above it).
+ACTIVITY_HZ = 20.0
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,8 @@ class Stretch:
     channel : int
         Column of the channel.
     what : str
-        ``"impulse"``, ``"shift"`` or ``"sustained"`` (see the module docstring);
-        ``"absurd"`` for a stretch with absurd values still going ``impulse_ms`` after
-        its start (held until it ends) and ``"absurd_end"`` when such a stretch is over.
+        ``"impulse"``, ``"shift"``, ``"sustained"`` or ``"held"`` (see the module
+        docstring); ``"over"`` when a held stretch ended.
     start, last : int
         First and last out-of-range sample so far.
     peak : float
@@ -119,19 +127,23 @@ class ImpulseGate:
         A stretch that ends sooner is an impulse.
     absurd_ratio : float
         Beyond ``absurd_ratio`` x range a stretch is never taken as activity.
+    continue_ratio : float
+        A stretch goes on while samples farther than ``continue_ratio * ratio`` x range
+        from the level come within ``gap_ms`` of each other.
     block_ms, gap_ms, memory_s : float
-        Learning block; longest pause between out-of-range samples of one stretch;
-        half-life of the learnt range.
+        Learning block; longest pause in a stretch; half-life of the learnt range.
     """
 
     def __init__(self, fs: float, n_channels: int, ratio: float = 20.0,
-                 impulse_ms: float = 25.0, *, absurd_ratio: float = 1e4,
-                 block_ms: float = 50.0, gap_ms: float = 5.0, memory_s: float = 60.0) -> None:
+                 impulse_ms: float = 30.0, *, absurd_ratio: float = 1e4,
+                 continue_ratio: float = 0.25, block_ms: float = 50.0, gap_ms: float = 10.0,
+                 memory_s: float = 60.0) -> None:
         self.fs = float(fs)
         self.n_channels = int(n_channels)
         self.enabled = ratio > 0
         self.ratio = float(ratio)
         self.absurd_ratio = max(float(absurd_ratio), self.ratio)
+        self.continue_ratio = float(continue_ratio)
         ms = self.fs / 1000.0
         self.block = max(2, round(block_ms * ms))
         self.gap = max(1, round(gap_ms * ms))
@@ -160,12 +172,13 @@ class ImpulseGate:
         """Per channel: held at the last sample given (a stretch not released)."""
         out = np.zeros(self.n_channels, dtype=bool)
         for c, st in self._st.items():
-            out[c] = st.held or st.absurd
+            out[c] = st.held
         return out
 
     def pop_records(self) -> list[Stretch]:
-        """The stretches decided since the last call, in sample order."""
+        """The stretches decided since the last call, in sample order (then channel)."""
         out, self._records = self._records, []
+        out.sort(key=lambda r: (r.sample, r.channel))
         return out
 
     def process(self, x: np.ndarray, start: int, exempt: np.ndarray | None = None,
@@ -242,15 +255,16 @@ class ImpulseGate:
         level, rng = float(self.level[c]), float(self.range[c])
         lo, hi = float(self._lo[c]), float(self._hi[c])
         absurd_dev = self.absurd_ratio * rng
+        near = self.continue_ratio * self.ratio * rng  # far enough out to go on
         st = self._st.get(c)
         ok = [True] * col.shape[0] if allowed is None else allowed.tolist()
         for i, v in enumerate(col.tolist()):
             k = abs0 + i
-            if (v > hi or v < lo) and (ok[i] or st is not None):
+            dev = abs(v - level)
+            if (dev > near if st is not None else (ok[i] and (v > hi or v < lo))):
                 if st is None:
                     st = self._open(c, k, level, rng)
                 st.last = k
-                dev = abs(v - level)
                 if dev > st.peak:
                     st.peak = dev
                 if dev > absurd_dev:
@@ -258,18 +272,17 @@ class ImpulseGate:
             elif st is None:
                 continue
             st.add(v)
-            if k - st.last >= self.gap:  # no out-of-range sample for gap_ms: over
-                if st.held or st.absurd:
+            if k - st.last >= self.gap:  # nothing far out for gap_ms: over
+                if st.held:
                     hold[i] = ended[i] = True
-                    self._record(k, c, IMPULSE if not st.decided else ABSURD_END, st)
+                    self._record(k, c, OVER if st.decided else IMPULSE, st)
                 st = self._close(c)
                 continue
-            if not st.decided and k - st.start + 1 >= self.decide:
+            if k - st.wstart + 1 >= self.decide:  # impulse_ms of it: what is it?
+                first = not st.decided
                 st.decided = True
-                if st.absurd:
-                    self._record(k, c, ABSURD, st)  # held until it ends
-                elif st.smax - st.smin <= self.ratio * rng:  # moves as before: new level
-                    level = st.ssum / st.count
+                if st.held and not st.absurd and st.smax - st.smin <= self.ratio * rng:
+                    level = st.ssum / st.count  # it moves as before, around a new level
                     self._record(k, c, SHIFT, st, level)
                     self.level[c] = level
                     self._bounds(c)
@@ -277,10 +290,14 @@ class ImpulseGate:
                     hold[i] = ended[i] = True
                     st = self._close(c)
                     continue
-                else:
-                    st.held = False
-                    self._record(k, c, SUSTAINED, st)
-            hold[i] = st.held or st.absurd
+                if first:
+                    if not st.absurd and st.frequency(self.fs) >= ACTIVITY_HZ:
+                        st.held = False  # it swings like EMG: activity
+                        self._record(k, c, SUSTAINED, st)
+                    else:  # absurd, or a slow excursion: held until it ends or settles
+                        self._record(k, c, HELD, st)
+                st.next_window(k + 1)
+            hold[i] = st.held
 
     def _open(self, c: int, k: int, level: float, rng: float) -> _State:
         st = _State(k, level, rng)
@@ -323,10 +340,10 @@ class ImpulseGate:
 
 
 class _State:
-    """An active stretch of one channel."""
+    """An active stretch of one channel, and its current window of ``impulse_ms``."""
 
     __slots__ = ("start", "last", "peak", "absurd", "held", "decided", "level", "range",
-                 "smax", "smin", "ssum", "count")
+                 "wstart", "smax", "smin", "ssum", "count", "prev", "sum_step", "sum_dev")
 
     def __init__(self, start: int, level: float, rng: float) -> None:
         self.start = start
@@ -337,9 +354,14 @@ class _State:
         self.decided = False
         self.level = level
         self.range = rng
+        self.prev = math.nan
+        self.next_window(start)
+
+    def next_window(self, k: int) -> None:
+        self.wstart = k
         self.smax = -math.inf
         self.smin = math.inf
-        self.ssum = 0.0
+        self.ssum = self.sum_step = self.sum_dev = 0.0
         self.count = 0
 
     def add(self, v: float) -> None:
@@ -349,6 +371,16 @@ class _State:
             self.smin = v
         self.ssum += v
         self.count += 1
+        self.sum_dev += abs(v - self.level)
+        if self.prev == self.prev:  # not NaN: not the first sample
+            self.sum_step += abs(v - self.prev)
+        self.prev = v
+
+    def frequency(self, fs: float) -> float:
+        """A rough frequency of the window's swings (Hz): mean step over mean distance
+        from the level (a sine of frequency f gives f)."""
+        return fs * self.sum_step / (2.0 * math.pi * self.sum_dev) if self.sum_dev else 0.0
 
 
-__all__ = ["ABSURD", "ABSURD_END", "IMPULSE", "SHIFT", "SUSTAINED", "ImpulseGate", "Stretch"]
+__all__ = ["ACTIVITY_HZ", "HELD", "IMPULSE", "OVER", "SHIFT", "SUSTAINED", "ImpulseGate",
+           "Stretch"]

@@ -249,28 +249,27 @@ class InputStage:
         """The impulse gate's record ``r`` as an input issue."""
         name, u, fs = self.names[r.channel], self.units, self.monitor.info.fs
         ms = (r.last - r.start + 1) / fs * 1e3
-        times = f"{r.ratio:.3g} x the largest swing of its last minute"
-        back = (f"filters restarted, detector suspended and back after {self.settle_s:g} s")
-        if r.what == impulses.IMPULSE and r.absurd:
-            return InputIssue(IssueKind.ABSURD, name, r.start, (
-                f"channel {name}: absurd values from sample {r.start} for {ms:.0f} ms (up to "
-                f"{r.peak:.3g} {u} from its level, {times}); never taken as an attempt, "
-                f"{back}. Check the amplifier, its driver and the stream's scaling"))
+        size = f"up to {r.peak:.3g} {u} from its level, {r.ratio:.3g} x the largest swing of " \
+               "its last minute"
+        back = f"filters restarted, detector suspended and back after {self.settle_s:g} s"
+        check = ("Check the amplifier, its driver and the stream's scaling" if r.absurd else
+                 "Check the electrode and its cable (a knock, a loose lead, static, movement)")
+        what = "absurd values" if r.absurd else "impulsive artefact"
         if r.what == impulses.IMPULSE:
-            return InputIssue(IssueKind.IMPULSE, name, r.start, (
-                f"channel {name}: impulsive artefact at sample {r.start}, {ms:.0f} ms up to "
-                f"{r.peak:.3g} {u} from its level ({times}); not taken as an attempt, "
-                f"{back}. Check the electrode and its cable (a knock, a loose lead, "
-                "static)"))
-        if r.what == impulses.ABSURD:
-            return InputIssue(IssueKind.ABSURD, name, r.sample, (
-                f"channel {name}: absurd values since sample {r.start} (up to {r.peak:.3g} "
-                f"{u} from its level, {times}), still going; detector suspended until they "
-                "stop. Check the amplifier, its driver and the stream's scaling"))
-        if r.what == impulses.ABSURD_END:
+            return InputIssue(IssueKind.ABSURD if r.absurd else IssueKind.IMPULSE, name,
+                              r.start, (
+                f"channel {name}: {what} at sample {r.start}, {ms:.0f} ms {size}; not taken "
+                f"as an attempt, {back}. {check}"))
+        if r.what == impulses.HELD:
+            what = "absurd values" if r.absurd else "a slow excursion far outside its range"
+            return InputIssue(IssueKind.ABSURD if r.absurd else IssueKind.IMPULSE, name,
+                              r.sample, (
+                f"channel {name}: {what} since sample {r.start} ({size}), still going at "
+                f"sample {r.sample}: not EMG, detector suspended until it is over. {check}"))
+        if r.what == impulses.OVER:
             return InputIssue(IssueKind.RECOVERED, name, r.sample, (
-                f"channel {name}: absurd values over at sample {r.sample} after "
-                f"{ms / 1e3:.2f} s; {back}"))
+                f"channel {name}: back in range at sample {r.sample} after "
+                f"{(r.sample - r.start + 1) / fs:.2f} s; {back}"))
         if r.what == impulses.SHIFT:
             return InputIssue(IssueKind.LEVEL_SHIFT, name, r.start, (
                 f"channel {name}: its level jumped by {r.level_to - r.level_from:+.3g} {u} at "
@@ -278,10 +277,11 @@ class InputStage:
                 f"largest swing of its last minute); {back}. Check the electrode contact "
                 "(an electrode moved or came loose)"))
         return InputIssue(IssueKind.STRONG, name, r.sample, (
-            f"channel {name}: from sample {r.start}, {times} for more than "
-            f"{(r.sample - r.start + 1) / fs * 1e3:.0f} ms: taken as activity (a contraction "
-            "far stronger than any in the last minute), its onset held back that long. If "
-            "the patient did not contract, check the electrode and its cable"))
+            f"channel {name}: from sample {r.start}, swings {r.ratio:.3g} x the largest of its "
+            f"last minute for more than {(r.sample - r.start + 1) / fs * 1e3:.0f} ms: taken as "
+            "activity (a contraction far stronger than any in the last minute), its onset "
+            "held back that long. If the patient did not contract, check the electrode "
+            "and its cable"))
 
     def say_rest(self, notes: list[RestNote]) -> None:
         """Keep what the detector's rest learning found (samples of the last chunk fed)

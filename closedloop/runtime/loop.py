@@ -39,7 +39,7 @@ from closedloop.core.filters import effective_band
 from closedloop.core.impulses import ImpulseGate
 from closedloop.core.mains import HumCheck
 from closedloop.core.pipeline import Pipeline
-from closedloop.errors import SafetyError, StallError
+from closedloop.errors import InputError, SafetyError, StallError
 from closedloop.runtime.devices import channel_columns, stimulated_muscles
 from closedloop.runtime.inputs import InputStage, rate_check
 from closedloop.runtime.outcome import (
@@ -87,7 +87,11 @@ def run_loop(
     info = source.info
     fs = info.fs
     names = config.muscle_names
-    rate_check(info, config.filters)  # a rate the core cannot use: refused, nothing runs
+    try:
+        rate_check(info, config.filters)  # a rate the core cannot use: nothing runs
+    except InputError as exc:
+        out.reason, out.message = classify(exc)
+        return out
     protocol = guard = remover = None
     if stimulator is not None and config.stimulates:
         from closedloop.stim.guard import SafetyGuard
