@@ -143,6 +143,9 @@ class OnsetDetector:
                 )
         #: Channels whose detector is suspended (bad electrode): they cannot trigger.
         self.suspended = np.zeros(n, dtype=bool)
+        #: Channels held (see :meth:`hold`): no new onset, an onset under way goes on.
+        self.held = np.zeros(n, dtype=bool)
+        self._blocked = np.zeros(n, dtype=bool)  # suspended or held: nothing learnt
 
         self.state = np.zeros(n, dtype=np.int8)
         self.run = np.zeros(n, dtype=np.int64)
@@ -206,10 +209,27 @@ class OnsetDetector:
         if suspended and not self.suspended[channel]:
             events.append(Event(sample, time, self.channels[channel], SUSPEND))
         self.suspended[channel] = suspended
-        self._any_suspended = bool(self.suspended.any())
-        self._live_col = ~self.suspended[:, None]
+        self._blocked_changed()
         self._n_active = int(np.count_nonzero(self.state == ACTIVE))
         return events
+
+    def hold(self, channel: int, held: bool) -> None:
+        """Hold (or release) a channel: while held it starts no onset and nothing is
+        learnt from it, but an onset already under way goes on (no offset, no suspend
+        event: stimulation is not stopped).
+
+        For a stretch that may yet turn out to be a contraction (the impulse gate,
+        :mod:`closedloop.core.impulses`): a genuine, sharp one whose onset came first
+        must not lose its train; if the stretch was an artefact, the caller suspends
+        the channel when that is known.
+        """
+        self.held[channel] = held
+        self._blocked_changed()
+
+    def _blocked_changed(self) -> None:
+        np.logical_or(self.suspended, self.held, out=self._blocked)
+        self._any_suspended = bool(self._blocked.any())
+        self._live_col = ~self._blocked[:, None]
 
     # ------------------------------------------------------------------------------------
     def process(
@@ -336,7 +356,7 @@ class OnsetDetector:
             return
         take = self.adaptive & ~busy
         if self._any_suspended:
-            take &= ~self.suspended
+            take &= ~self._blocked
         busy.fill(False)
         if not take.any():
             return

@@ -37,8 +37,9 @@ Then:
   ends (``ended``: restart at the new level, no ringing from the step);
 * otherwise, if its first ``impulse_ms`` swing like EMG (faster than ``ACTIVITY_HZ``)
   and no sample was absurd, it is **sustained** activity: released at once (a
-  contraction far stronger than any in the last minute: its onset comes
-  ``impulse_ms`` late), and learnt from;
+  contraction far stronger than any in the last minute: its onset comes up to
+  ``impulse_ms`` late, or on time if it was decided before the first sample out of
+  range), and its swing is learnt as the range there and then;
 * otherwise (absurd values, or a slow excursion: a knock's tail, a movement of the
   cable) it stays **held** until it ends or settles at a new level, and is then
   restarted like an impulse (``over``).
@@ -292,8 +293,14 @@ class ImpulseGate:
                     continue
                 if first:
                     if not st.absurd and st.frequency(self.fs) >= ACTIVITY_HZ:
-                        st.held = False  # it swings like EMG: activity
+                        st.held = False  # it swings like EMG: activity, learnt at once
                         self._record(k, c, SUSTAINED, st)
+                        self.range[c] = max(rng, st.smax - st.smin)
+                        self._bounds(c)
+                        rng = float(self.range[c])
+                        lo, hi = float(self._lo[c]), float(self._hi[c])
+                        absurd_dev = self.absurd_ratio * rng
+                        near = self.continue_ratio * self.ratio * rng
                     else:  # absurd, or a slow excursion: held until it ends or settles
                         self._record(k, c, HELD, st)
                 st.next_window(k + 1)

@@ -10,6 +10,11 @@ the loop switches them at the exact sample the checks decided: the same samples 
 chunking give the same events (the checks and the core are chunk-invariant, and so is
 where they meet).
 
+Stretches the impulse gate (:mod:`closedloop.core.impulses`) is still judging only
+*hold* a channel (no new onset; an onset already under way goes on, so a genuine sharp
+contraction keeps its train): when a stretch turns out to be an artefact, its last
+sample is bad like any other and the channel is suspended from there.
+
 A channel is suspended while a check finds it bad and for ``settle_s`` after (the loop
 restarts the channel's filters at the first good sample, so the step back to EMG does
 not ring, and the settling time lets the envelope and the notch forget the bad
@@ -121,6 +126,10 @@ class Segment:
         The samples as received, NaN/inf included, where they differ from ``samples``.
     counter : ndarray of int or None
         The source's own counter of these samples (None: it gave none).
+    holds : tuple of (int, bool)
+        ``(column, held)``: detectors to hold or release from ``start`` on (the impulse
+        gate: no new onset, an onset under way goes on; see
+        :meth:`~closedloop.core.detector.OnsetDetector.hold`).
     """
 
     start: int
@@ -130,6 +139,7 @@ class Segment:
     restarts: tuple[int, ...] = ()
     raw: np.ndarray | None = None
     counter: np.ndarray | None = None
+    holds: tuple[tuple[int, bool], ...] = ()
 
     @property
     def stop(self) -> int:
@@ -196,6 +206,8 @@ class InputStage:
         self._dirty = np.zeros(n, dtype=bool)  # bad data at the last sample given out
         #: Per muscle: suspended at the last sample given out.
         self.suspended = np.zeros(n, dtype=bool)
+        #: Per muscle: held by the impulse gate at the last sample given out.
+        self.holding = np.zeros(n, dtype=bool)
         #: Per muscle: why it is suspended at the last sample (``"signal"``: the input
         #: monitor's flat/saturated/NaN, ``"hum"``, ``"impulse"``: the impulse gate holds
         #: it, ``"settling"`` after any of them or at the start), or "".
@@ -386,7 +398,7 @@ class InputStage:
         self.position = start + n
         settled = bool((self._usable_run >= self.settle).all())
         if settled and hold is None and not (dirty.any() or self.suspended.any()
-                                             or self._dirty.any()):
+                                             or self._dirty.any() or self.holding.any()):
             # the common case, all good: one segment (the usable runs only grow)
             self._usable_run += n
             return _cut([Segment(start, raw, ts, raw=received, counter=counter)], until)
@@ -396,25 +408,27 @@ class InputStage:
         run = np.where(last_bad > 0, idx - last_bad, idx + self._usable_run[None, :])
         self._usable_run = run[-1].copy()
         unusable = dirty | (run < self.settle)
-        if hold is not None:
-            unusable |= hold
-        rows = np.vstack((np.hstack((self.suspended, self._dirty))[None, :],
-                          np.hstack((unusable, dirty))))
+        if hold is None:
+            hold = np.zeros_like(dirty)
+        rows = np.vstack((np.hstack((self.suspended, self._dirty, self.holding))[None, :],
+                          np.hstack((unusable, dirty, hold))))
         cuts = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1))
         bounds = [0, *[int(i) for i in cuts if i > 0], n]
         segments = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            now = unusable[a]
+            now, held_now = unusable[a], hold[a]
             changes = tuple((int(c), bool(now[c])) for c in np.flatnonzero(now != self.suspended))
+            holds = tuple((int(c), bool(held_now[c]))
+                          for c in np.flatnonzero(held_now != self.holding))
             restarts = tuple(int(c) for c in np.flatnonzero(self._dirty & ~dirty[a]))
             self.suspended, self._dirty = now.copy(), dirty[b - 1].copy()
+            self.holding = held_now.copy()
             segments.append(Segment(start + a, raw[a:b], ts[a:b], changes, restarts,
                                     None if received is None else received[a:b],
-                                    None if counter is None else counter[a:b]))
-        held_now = np.zeros(len(self.names), dtype=bool) if hold is None else hold[-1]
-        self.why = [("hum" if h else "signal" if b else "impulse" if g else "settling")
-                    if u else ""
-                    for b, h, g, u in zip(bad[-1], hum[-1], held_now, unusable[-1],
+                                    None if counter is None else counter[a:b], holds))
+        self.why = [("hum" if h else "signal" if b else "settling") if u else
+                    "impulse" if g else ""
+                    for b, h, g, u in zip(bad[-1], hum[-1], hold[-1], unusable[-1],
                                           strict=True)]
         return _cut(segments, until)
 

@@ -280,6 +280,8 @@ def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
     """Switch the detectors the input checks decided at the segment's first sample;
     return the offsets of channels suspended while active."""
     ended = []
+    for c, held in seg.holds:  # the impulse gate judging a stretch: no new onset
+        pipeline.detector.hold(c, held)
     for c, suspend in seg.changes:
         ended += pipeline.detector.suspend(c, suspend, seg.start, float(seg.timestamps[0]))
     for c in seg.restarts:  # good data again: restart the filters, no ringing from the step
