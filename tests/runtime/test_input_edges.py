@@ -287,7 +287,8 @@ class _JitterSender:
     """An LSL outlet (no counter channel) fed in real time, 10 ms chunks stamped when
     sent, late by up to ``jitter_s``: what a sender that does not dejitter gives."""
 
-    def __init__(self, x: np.ndarray, declared: float, true_rate: float, jitter_s: float):
+    def __init__(self, x: np.ndarray, declared: float, true_rate: float, jitter_s: float,
+                 per_sample: bool = False):
         self.name = f"edges-{uuid.uuid4().hex[:10]}"
         info = pylsl.StreamInfo(self.name, "EMG", x.shape[1], declared, pylsl.cf_double64,
                                 self.name)
@@ -295,7 +296,7 @@ class _JitterSender:
         for label in ("biceps", "triceps"):
             chans.append_child("channel").append_child_value("label", label)
         self.outlet = pylsl.StreamOutlet(info)
-        self.x, self.rate, self.jitter = x, true_rate, jitter_s
+        self.x, self.rate, self.jitter, self.per_sample = x, true_rate, jitter_s, per_sample
 
     def run(self, seconds: float, stop) -> None:
         rng = np.random.default_rng(3)
@@ -304,18 +305,18 @@ class _JitterSender:
         while not stop() and sent < min(self.x.shape[0], int(seconds * self.rate)):
             due = min(self.x.shape[0], int((time.perf_counter() - start) * self.rate))
             while sent + CHUNK <= due:
-                late = rng.uniform(0.0, self.jitter)
+                late = rng.uniform(0.0, self.jitter, CHUNK if self.per_sample else 1)
                 ts = t0 + (np.arange(sent, sent + CHUNK)) / self.rate + late
                 self.outlet.push_chunk(self.x[sent : sent + CHUNK], ts.tolist())
                 sent += CHUNK
             time.sleep(0.002)
 
 
-def _lsl_session(config, declared, true_rate, jitter_s, seconds):
+def _lsl_session(config, declared, true_rate, jitter_s, seconds, per_sample=False):
     import threading
 
     x = _attempts(config, seconds + 1.0)
-    sender = _JitterSender(x, declared, true_rate, jitter_s)
+    sender = _JitterSender(x, declared, true_rate, jitter_s, per_sample)
     done = threading.Event()
     thread = threading.Thread(target=sender.run, args=(seconds + 1.0, done.is_set), daemon=True)
     src = LslSource(name=sender.name, resolve_timeout=5.0)
@@ -331,12 +332,15 @@ def _lsl_session(config, declared, true_rate, jitter_s, seconds):
         src.close()
 
 
-def test_a_real_time_lsl_stream_with_jittering_stamps_runs_to_its_end(config):
-    """A live LSL stream without counter whose chunk stamps jitter by up to 4 ms, with
-    the shipped watchdog (100 ms): the session runs to its duration (before the fix
-    every late stamp was a gap and a filter restart, and the loop fell behind until the
-    watchdog stopped it) and detects the attempts."""
-    out = _lsl_session(config, FS, FS, 0.004, 5.5)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["chunk stamps", "sample stamps"])
+def test_a_real_time_lsl_stream_with_jittering_stamps_runs_to_its_end(config, per_sample):
+    """A live LSL stream without counter whose stamps jitter by up to 4 ms (each chunk's,
+    or each sample's), with the shipped watchdog (100 ms): the session runs to its
+    duration and detects the attempts. Before the fix every late stamp was a gap: every
+    channel restarted and settled there, no attempt was detected, and with jittering
+    sample stamps (a gap at nearly every sample, each restart recomputing the filter's
+    steady state) the loop fell behind until the watchdog stopped it."""
+    out = _lsl_session(config, FS, FS, 0.004, 5.5, per_sample)
     assert out.reason == "duration", out.message
     assert not said(out, "jump|lost"), out.issues
     assert onsets(out) == pytest.approx([2.5, 4.5], abs=0.1)
