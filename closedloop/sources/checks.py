@@ -30,9 +30,9 @@ What it finds
   go back by no more than the jitter tolerance are jitter and not reported.
 * **True rate far from nominal**: over the first ``rate_measure_seconds`` of samples,
   the slope of a least-squares line through the timestamps against the sample index
-  (each stretch between breaks with its own intercept, so lost samples bias nothing)
-  gives the rate the stream really has, and the spread of the timestamps around that
-  line widens the jitter tolerance if they jitter more than it allows; more than
+  (lost samples counted; see :meth:`InputMonitor._measure_rate`) gives the rate the
+  stream really has, and the spread of the timestamps around that line widens the
+  jitter tolerance if they jitter more than it allows; more than
   ``rate_stop`` (5 %) from the declared one raises :class:`~closedloop.errors.InputError`
   naming both: every time on the sample clock (windows, refractory periods, ramps,
   on-times) would be off by as much. Later, over a sliding window of
@@ -173,6 +173,23 @@ class CheckedChunk:
         if self.bad.shape[0] == 0:
             return ()
         return tuple(c for c, b in zip(channels, self.bad[-1], strict=True) if b)
+
+
+def _fit_rate(x: np.ndarray, t: np.ndarray, groups: np.ndarray | None = None
+              ) -> tuple[float, np.ndarray]:
+    """Samples per second of the least-squares line ``t ~ x`` (-1 if time does not
+    advance) and the residuals around it; with ``groups``, one slope and an intercept
+    per group."""
+    if groups is None:
+        xc, tc = x - x.mean(), t - t.mean()
+    else:
+        count = np.bincount(groups).astype(np.float64)
+        count[count == 0] = 1.0
+        xc = x - (np.bincount(groups, x) / count)[groups]
+        tc = t - (np.bincount(groups, t) / count)[groups]
+    sxx = float(np.dot(xc, xc))
+    slope = float(np.dot(xc, tc)) / sxx if sxx > 0 else math.nan
+    return (1.0 / slope if slope > 0 else -1.0), tc - slope * xc
 
 
 def _part(chunk: Chunk, a: int, b: int) -> Chunk:
@@ -355,10 +372,11 @@ class InputMonitor:
         self._rate_active = False
         self._ts_floor: float | None = None  # the stream clock of the gap check
         self._jitter = self._jitter0  # jitter tolerance (widened to the jitter seen)
-        self._rate_x: list[np.ndarray] = []  # first samples: index, time, stretch
+        self._rate_x: list[np.ndarray] = []  # first samples: index (counted losses in),
+        self._rate_e: list[np.ndarray] = []  # estimated losses before them, the stretch
+        self._rate_g: list[np.ndarray] = []  # between estimated gaps, and time
         self._rate_t: list[np.ndarray] = []
-        self._rate_g: list[np.ndarray] = []
-        self._rate_seg = 0  # stretch between breaks of the next sample
+        self._lost_exact = self._lost_est = self._rate_seg = 0
         self._rate_done = self._rate_n == 0
         self._last_report: dict[IssueKind, int] = {}
         self._suppressed: dict[IssueKind, int] = {}
@@ -411,9 +429,10 @@ class InputMonitor:
         n = samples.shape[0]
         breaks: list[int] = []
         if n:
-            breaks = self._check_order(ts, counter, start, issues)
+            losses: list[tuple[int, int, bool]] = []
+            breaks = self._check_order(ts, counter, start, issues, losses)
             if not self._rate_done:
-                self._measure_rate(ts, start, breaks, issues)
+                self._measure_rate(ts, start, losses, issues)
             clean, bad = self._check_values(samples, start, issues)
             self._check_rate(ts, start, issues)
             self._flush_folded(issues, start + n)
@@ -666,9 +685,11 @@ class InputMonitor:
         return samples[keep], ts[keep], counter, keep
 
     def _check_order(
-        self, ts: np.ndarray, counter: np.ndarray | None, start: int, issues: list[InputIssue]
+        self, ts: np.ndarray, counter: np.ndarray | None, start: int, issues: list[InputIssue],
+        losses: list[tuple[int, int, bool]],
     ) -> list[int]:
-        """Report gaps and order problems; return the breaks (see CheckedChunk.breaks)."""
+        """Report gaps and order problems; return the breaks (see CheckedChunk.breaks)
+        and add every gap to ``losses`` (see :meth:`_measure_rate`)."""
         name = self.info.name
         breaks: list[int] = []
         fs = self._fs
@@ -687,6 +708,7 @@ class InputMonitor:
                 breaks.append(k)
                 a, b = int(prev_c[i]), int(counter[i])
                 if dc[i] > 1:
+                    losses.append((k, b - a - 1, True))
                     self._report(
                         issues,
                         IssueKind.GAP,
@@ -709,6 +731,7 @@ class InputMonitor:
                 k = start + i
                 breaks.append(k)
                 missing = max(1, round(ahead * fs))
+                losses.append((k, missing, False))
                 self._report(
                     issues,
                     IssueKind.GAP,
@@ -757,65 +780,79 @@ class InputMonitor:
             pos = i + 1
         return gaps, floor
 
-    def _measure_rate(self, ts: np.ndarray, start: int, breaks: list[int],
+    def _measure_rate(self, ts: np.ndarray, start: int, losses: list[tuple[int, int, bool]],
                       issues: list[InputIssue]) -> None:
         """Collect the first ``rate_measure_seconds`` of timestamps; at the last of them,
         stop if the stream's true rate is too far from the declared one, and widen the
         jitter tolerance to the jitter seen.
 
-        The rate is the slope of timestamps against the sample index, fitted by least
-        squares within each stretch between breaks (each its own intercept): lost
-        samples, whether found from a counter or from the timestamps, bias nothing.
+        ``losses`` are the chunk's gaps: ``(sample, samples lost, counted)``, counted
+        from the source's counter (exact) or estimated from the timestamps. The rate is
+        the slope of a least-squares line through the timestamps against the sample
+        index (losses from the counter counted); it stops the stream only if it is too
+        far off both over the whole and within the stretches between the gaps found
+        from timestamps (each its own intercept): a real gap without a counter biases
+        the first, jitter taken for gaps the second, a wrong rate both.
         """
         n = ts.shape[0]
         take = min(n, self._rate_n - start)
         if take <= 0:
             self._rate_done = True
             return
-        seg = np.zeros(take, dtype=np.int64)
-        for k in breaks:
+        exact = np.full(take, float(self._lost_exact))
+        est = np.full(take, float(self._lost_est))
+        seg = np.full(take, self._rate_seg, dtype=np.int64)
+        for k, m, counted in losses:
+            if counted:
+                self._lost_exact += m
+            else:
+                self._lost_est += m
+                self._rate_seg += 1
             if k - start < take:
-                seg[k - start :] += 1
-        self._rate_x.append(np.arange(start, start + take, dtype=np.float64))
+                (exact if counted else est)[k - start :] += m
+                if not counted:
+                    seg[k - start :] += 1
+        x = np.arange(start, start + take, dtype=np.float64) + exact
+        self._rate_x.append(x)
+        self._rate_e.append(est)
+        self._rate_g.append(seg)
         self._rate_t.append(ts[:take].copy())
-        self._rate_g.append(seg + self._rate_seg)
-        self._rate_seg += int(seg[-1])
         if start + take < self._rate_n:
             return
-        x, t = np.concatenate(self._rate_x), np.concatenate(self._rate_t)
-        g = np.concatenate(self._rate_g)
-        self._rate_x, self._rate_t, self._rate_g, self._rate_done = [], [], [], True
-        count = np.bincount(g).astype(np.float64)
-        count[count == 0] = 1.0
-        xc = x - (np.bincount(g, x) / count)[g]
-        tc = t - (np.bincount(g, t) / count)[g]
-        sxx = float(np.dot(xc, xc))
-        slope = float(np.dot(xc, tc)) / sxx if sxx > 0 else math.nan
-        if not slope > 0:
+        x, e = np.concatenate(self._rate_x), np.concatenate(self._rate_e)
+        g, t = np.concatenate(self._rate_g), np.concatenate(self._rate_t)
+        self._rate_x, self._rate_e, self._rate_g, self._rate_t = [], [], [], []
+        self._rate_done = True
+        (rate, resid), (_, resid_est) = _fit_rate(x, t), _fit_rate(x + e, t)
+        rate_apart, _ = _fit_rate(x, t, g)
+        rate_est = rate_apart
+        fs = self._fs
+        if not (rate > 0 and rate_est > 0):
             return  # time does not advance: the order checks say so
-        resid = tc - slope * xc
-        lo, hi = np.percentile(resid, [1.0, 99.0])
+        # the jitter: around whichever line fits better (with the estimated losses when
+        # they were real gaps, without when they were jitter taken for gaps)
+        lo, hi = min((np.percentile(r, [1.0, 99.0]) for r in (resid, resid_est)),
+                     key=lambda q: q[1] - q[0])
         if 1.5 * float(hi - lo) > self._jitter:
             self._jitter = 1.5 * float(hi - lo)
             k = self._rate_n - 1
             issues.append(InputIssue(IssueKind.JITTER, None, k, (
                 f"{self.info.name}: its timestamps jitter by {(hi - lo) * 1e3:.1f} ms over "
-                f"its first {self._rate_n / self._fs:g} s (sample {k}); the gap check "
-                f"now tolerates {self._jitter * 1e3:.1f} ms, so shorter gaps are not seen "
+                f"its first {self._rate_n / fs:g} s (sample {k}); the gap check now "
+                f"tolerates {self._jitter * 1e3:.1f} ms, so shorter gaps are not seen "
                 "without a sample counter. Decisions use sample counts and are not "
                 "affected; a source that sends a counter has every gap found")))
-        rate, fs = 1.0 / slope, self._fs
+        limit = round(self._rate_stop * 100, 1)
         rel = rate / fs - 1.0
-        if round(abs(rel) * 100, 1) > round(self._rate_stop * 100, 1):
-            seconds = self._rate_n / fs
+        if round(abs(rel) * 100, 1) > limit and round(abs(rate_est / fs - 1) * 100, 1) > limit:
             raise InputError(
                 f"{self.info.name}: its timestamps advance at {rate:.1f} samples per second "
-                f"over its first {seconds:g} s, but it declares {fs:g} Hz ({abs(rel):.1%} "
-                f"{'faster' if rel > 0 else 'slower'}, more than {self._rate_stop:.0%}): "
-                "every time on the sample clock (onset timing, refractory periods, "
-                "stimulation ramps and on-times) would be off by as much. Set the "
-                "device's sample rate to what the stream declares, or make the sender "
-                "declare its true rate (LSL: nominal_srate)"
+                f"over its first {self._rate_n / fs:g} s, but it declares {fs:g} Hz "
+                f"({abs(rel):.1%} {'faster' if rel > 0 else 'slower'}, more than "
+                f"{self._rate_stop:.0%}): every time on the sample clock (onset timing, "
+                "refractory periods, stimulation ramps and on-times) would be off by as "
+                "much. Set the device's sample rate to what the stream declares, or make "
+                "the sender declare its true rate (LSL: nominal_srate)"
             )
 
     def _check_values(

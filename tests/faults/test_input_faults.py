@@ -241,9 +241,12 @@ def test_the_impulse_gate_holds_a_rail_step_from_its_first_sample(config):
     out, stim = _held5_session(config, config)
     assert out.exit_code == 0 and out.all_off
     fault = at(6.0) * CHUNK
+    # held from the first sample (no onset can start), suspended when the held-value
+    # check sees the pinned value, 9 samples later
+    assert not [e for e in out.events if e.kind == "onset" and e.channel == "biceps"]
     suspend = [e.sample for e in out.events
                if e.kind == "suspend" and e.channel == "biceps" and e.sample >= fault]
-    assert suspend[:1] == [fault]
+    assert suspend[:1] == [fault + 9]
     assert not [c for c in out.commands if c.is_on and c.muscle == "biceps"]
     jumps = [m for m in out.issues if "channel biceps: its level jumped by" in m]
     assert len(jumps) == 2 and "+0.005" in jumps[0] and "-0.005" in jumps[1], out.issues
