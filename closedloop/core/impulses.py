@@ -156,10 +156,8 @@ class ImpulseGate:
         self.range = np.full(n, np.nan)
         self._lo = np.full(n, np.nan)  # level - ratio * range: below is out of range
         self._hi = np.full(n, np.nan)
-        # the block being filled
-        self._bmax = np.full(n, -np.inf)
-        self._bmin = np.full(n, np.inf)
-        self._buf = np.empty((self.block, n))  # the block's samples, for an exact mean
+        # the block being filled (its samples: exact statistics whatever the chunking)
+        self._buf = np.empty((self.block, n))
         self._bfill = 0
         self._bgood = np.ones(n, dtype=bool)
         # the stretch of each channel (active ones only)
@@ -183,7 +181,8 @@ class ImpulseGate:
         return out
 
     def process(self, x: np.ndarray, start: int, exempt: np.ndarray | None = None,
-                bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                bad: np.ndarray | None = None
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Judge the next samples.
 
         Parameters
@@ -199,48 +198,52 @@ class ImpulseGate:
 
         Returns
         -------
-        hold : ndarray of bool, shape (n, n_channels)
-            The channel is held (suspend it): inside a stretch not released.
-        ended : ndarray of bool, shape (n, n_channels)
-            The last sample of an impulse, absurd stretch or level shift: restart the
-            channel's filters after it.
+        hold : ndarray of bool, shape (n, n_channels), or None
+            The channel is held: inside a stretch not released. None: nowhere in this
+            chunk (the common case, nothing allocated).
+        ended : ndarray of bool, shape (n, n_channels), or None
+            The last sample of an impulse, a held stretch or a level shift: restart the
+            channel's filters after it. None together with ``hold``.
         """
-        n, nch = x.shape
-        hold = np.zeros((n, nch), dtype=bool)
-        ended = np.zeros((n, nch), dtype=bool)
+        n = x.shape[0]
         if not self.enabled or n == 0:
-            return hold, ended
+            return None, None
         ex = None if exempt is None else np.asarray(exempt, dtype=bool).reshape(n, -1)[:, 0]
+        masks: list[np.ndarray] = []  # hold, ended: made when a stretch is followed
         a = 0
         while a < n:
             b = min(n, a + self.block - self._bfill)
-            self._piece(x, a, b, start, ex, bad, hold, ended)
+            self._piece(x, a, b, start, ex, bad, masks)
             self._bfill += b - a
             if self._bfill == self.block:
                 self._end_block()
             a = b
-        return hold, ended
+        return (masks[0], masks[1]) if masks else (None, None)
 
     # ------------------------------------------------------------------------------------
-    def _piece(self, x, a, b, start, ex, bad, hold, ended) -> None:
-        """Samples ``a:b`` of the chunk, all in one block (level and range constant)."""
+    def _piece(self, x, a, b, start, ex, bad, masks) -> None:
+        """Samples ``a:b`` of the chunk, all in one block (level and range constant).
+        The common case (no stretch, nothing out of range) is a copy, two reductions
+        and two comparisons."""
         seg = x[a:b]
-        hi = np.maximum.reduce(seg, axis=0)
-        lo = np.minimum.reduce(seg, axis=0)
-        np.maximum(self._bmax, hi, out=self._bmax)
-        np.minimum(self._bmin, lo, out=self._bmin)
         self._buf[self._bfill : self._bfill + (b - a)] = seg
-        quiet = None if ex is None else ~ex[a:b]
-        if quiet is not None and not quiet.all():
+        quiet = None
+        if ex is not None and np.count_nonzero(ex[a:b]):
+            quiet = ~ex[a:b]
             self._bgood[:] = False
         if bad is not None:
             self._bgood &= ~np.logical_or.reduce(bad[a:b], axis=0)
         # out of range anywhere in the piece? (comparisons with NaN are False: unarmed)
-        out = (hi > self._hi) | (lo < self._lo)
-        if not (out.any() or self._active.any()):
+        hi = np.maximum.reduce(seg, axis=0)
+        lo = np.minimum.reduce(seg, axis=0)
+        if not (self._st or np.count_nonzero(hi > self._hi) or np.count_nonzero(lo < self._lo)):
             return
+        out = (hi > self._hi) | (lo < self._lo) | self._active
+        if not masks:
+            masks += [np.zeros(x.shape, dtype=bool), np.zeros(x.shape, dtype=bool)]
+        hold, ended = masks
         seg_bad = None if bad is None else bad[a:b]
-        for c in np.flatnonzero(out | self._active).tolist():
+        for c in np.flatnonzero(out).tolist():
             allowed = quiet
             if bad is not None:
                 allowed = ~seg_bad[:, c] if allowed is None else allowed & ~seg_bad[:, c]
@@ -328,10 +331,11 @@ class ImpulseGate:
 
     def _end_block(self) -> None:
         """A block is complete: channels with a good block learn level and range."""
-        p2p = self._bmax - self._bmin
+        buf = self._buf
+        p2p = np.maximum.reduce(buf, axis=0) - np.minimum.reduce(buf, axis=0)
         good = self._bgood & (p2p > 0) & np.isfinite(p2p)
         if good.any():
-            mean = np.add.reduce(self._buf, axis=0) / self.block
+            mean = np.add.reduce(buf, axis=0) / self.block
             first = good & np.isnan(self.range)
             np.copyto(self.range, p2p, where=first)
             grown = np.maximum(p2p, self.range * self._decay)
@@ -340,8 +344,6 @@ class ImpulseGate:
             half = self.ratio * self.range
             np.copyto(self._lo, self.level - half, where=good)
             np.copyto(self._hi, self.level + half, where=good)
-        self._bmax.fill(-np.inf)
-        self._bmin.fill(np.inf)
         self._bgood.fill(True)
         self._bfill = 0
 

@@ -382,12 +382,13 @@ class InputStage:
         held, issues = self.held.check(raw, bad if stimulating is None else bad | stimulating)
         self._say(issues)
         bad = bad | held
-        hold = None
+        hold = ended = None
         if self.impulses is not None:
-            hold, ended = self.impulses.process(raw, start, stimulating, bad)
-            self._say_stretches(self.impulses.pop_records(), start + n)
-            if not (hold.any() or ended.any()):
-                hold = None
+            hold, ended = self.impulses.process(raw, start, stimulating,
+                                                bad if np.count_nonzero(bad) else None)
+            records = self.impulses.pop_records()
+            if records or self._folded:
+                self._say_stretches(records, start + n)
         hum = self.hum.process(np.ascontiguousarray(raw.T), start, skip)
         self._say(self._hum_issue(*change) for change in self.hum.pop_changes())
         dirty = bad | hum

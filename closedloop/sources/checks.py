@@ -476,21 +476,40 @@ class InputMonitor:
         if last_ts is None or self._suppressed:  # folded issues: the exact path says them
             return None
         # -- timestamps and counter --------------------------------------------------------
-        # All finite (NaN compares False) before subtracting: inf - inf would warn.
-        if np.count_nonzero(np.abs(ts) < math.inf) != n:
-            return None
-        t_end = float(ts[-1])
-        dt0 = float(ts[0]) - last_ts
-        d = ts[1:] - ts[:-1]
-        if not (dt0 >= -self._jitter and (n == 1 or np.minimum.reduce(d) >= -self._jitter)):
-            return None  # gone back by more than the jitter: the exact path reports it
+        # Strictly increasing from a finite previous one to a finite last one means all
+        # finite (comparisons with NaN are False), no step back and no time twice: the
+        # usual case, two calls. Otherwise (jittering stamps) check finiteness before
+        # subtracting (inf - inf would warn), then the steps.
+        t0, t_end = float(ts[0]), float(ts[-1])
+        d = None
+        if not (t0 > last_ts and t_end < math.inf
+                and np.count_nonzero(ts[1:] > ts[:-1]) == n - 1):
+            if not (math.isfinite(float(np.minimum.reduce(ts)))
+                    and math.isfinite(float(np.maximum.reduce(ts)))):
+                return None
+            d = ts[1:] - ts[:-1]
+            if not (t0 - last_ts >= -self._jitter
+                    and (n == 1 or np.minimum.reduce(d) >= -self._jitter)):
+                return None  # gone back by more than the jitter: the exact path reports it
+            if counter is None and (t0 == last_ts or np.count_nonzero(d) != n - 1):
+                return None  # the same time twice: maybe a duplicate
         floor = None
         if counter is None:
-            if dt0 == 0 or np.count_nonzero(d) != n - 1:
-                return None  # the same time twice: maybe a duplicate
-            gaps, floor = self._clock_gaps(ts, self._n_out)
-            if gaps:
-                return None
+            # No gap while the stamps never outrun the gap check's clock (then its
+            # ``u`` only falls, and the first sample decides); else the whole check.
+            step = self._u_step
+            if d is None:
+                d = ts[1:] - ts[:-1]
+            if self._ts_floor is not None and t0 - last_ts <= step and (
+                    n == 1 or np.maximum.reduce(d) <= step):
+                u0 = t0 - float(self._n_out) * step
+                if u0 - self._ts_floor > self._jitter:
+                    return None
+                floor = min(self._ts_floor, t_end - float(self._n_out + n - 1) * step)
+            else:
+                gaps, floor = self._clock_gaps(ts, self._n_out)
+                if gaps:
+                    return None
         else:
             last_c = self._last_counter
             if last_c is None:
@@ -502,7 +521,8 @@ class InputMonitor:
             if np.count_nonzero(counter[1:] > counter[:-1]) != n - 1:
                 return None
         # -- values ---------------------------------------------------------------------
-        if np.count_nonzero(self._active) or np.count_nonzero(usable(x)) != x.size:
+        if np.count_nonzero(self._active) or not (
+                np.maximum.reduce(np.abs(x), axis=None) < ABSURD_LIMIT):  # NaN: False
             return None
         tail = None
         rep_in = x[1:] == x[:-1]  # value equal to the one before

@@ -27,6 +27,8 @@ def feed(gate: ImpulseGate, x: np.ndarray, sizes=(20,), exempt=None, bad=None):
         b = min(x.shape[0], a + sizes[k % len(sizes)])
         h, e = gate.process(x[a:b], a, None if exempt is None else exempt[a:b],
                             None if bad is None else bad[a:b])
+        if h is None:  # nothing held or ended in this chunk
+            h = e = np.zeros((b - a, x.shape[1]), dtype=bool)
         holds.append(h)
         ends.append(e)
         records += gate.pop_records()

@@ -283,53 +283,51 @@ def test_a_stream_10_percent_off_its_declared_rate_is_stopped_naming_both(config
     assert out.samples < 2 * FS + CHUNK
 
 
-class _JitterSender:
-    """An LSL outlet (no counter channel) fed in real time, 10 ms chunks stamped when
-    sent, late by up to ``jitter_s``: what a sender that does not dejitter gives."""
-
-    def __init__(self, x: np.ndarray, declared: float, true_rate: float, jitter_s: float,
-                 per_sample: bool = False):
-        self.name = f"edges-{uuid.uuid4().hex[:10]}"
-        info = pylsl.StreamInfo(self.name, "EMG", x.shape[1], declared, pylsl.cf_double64,
-                                self.name)
-        chans = info.desc().append_child("channels")
-        for label in ("biceps", "triceps"):
-            chans.append_child("channel").append_child_value("label", label)
-        self.outlet = pylsl.StreamOutlet(info)
-        self.x, self.rate, self.jitter, self.per_sample = x, true_rate, jitter_s, per_sample
-
-    def run(self, seconds: float, stop) -> None:
-        rng = np.random.default_rng(3)
-        t0 = pylsl.local_clock()
-        start, sent = time.perf_counter(), 0
-        while not stop() and sent < min(self.x.shape[0], int(seconds * self.rate)):
-            due = min(self.x.shape[0], int((time.perf_counter() - start) * self.rate))
-            while sent + CHUNK <= due:
-                late = rng.uniform(0.0, self.jitter, CHUNK if self.per_sample else 1)
-                ts = t0 + (np.arange(sent, sent + CHUNK)) / self.rate + late
-                self.outlet.push_chunk(self.x[sent : sent + CHUNK], ts.tolist())
-                sent += CHUNK
-            time.sleep(0.002)
+def _send(name: str, x: np.ndarray, declared: float, true_rate: float, jitter_s: float,
+          per_sample: bool, seconds: float) -> None:
+    """An LSL outlet (no counter channel) fed in real time from its own process (so the
+    loop under test cannot starve it), 10 ms chunks stamped late by up to ``jitter_s``
+    (each chunk, or each sample): what a sender that does not dejitter gives."""
+    info = pylsl.StreamInfo(name, "EMG", x.shape[1], declared, pylsl.cf_double64, name)
+    chans = info.desc().append_child("channels")
+    for label in ("biceps", "triceps"):
+        chans.append_child("channel").append_child_value("label", label)
+    outlet = pylsl.StreamOutlet(info)
+    if not outlet.wait_for_consumers(10.0):
+        return
+    rng = np.random.default_rng(3)
+    t0 = pylsl.local_clock()
+    start, sent = time.perf_counter(), 0
+    while sent < min(x.shape[0], int(seconds * true_rate)):
+        due = min(x.shape[0], int((time.perf_counter() - start) * true_rate))
+        while sent + CHUNK <= due:
+            late = rng.uniform(0.0, jitter_s, CHUNK if per_sample else 1)
+            ts = t0 + np.arange(sent, sent + CHUNK) / true_rate + late
+            outlet.push_chunk(x[sent : sent + CHUNK], ts.tolist())
+            sent += CHUNK
+        time.sleep(0.002)
+    time.sleep(1.0)
 
 
 def _lsl_session(config, declared, true_rate, jitter_s, seconds, per_sample=False):
-    import threading
+    import multiprocessing
 
     x = _attempts(config, seconds + 1.0)
-    sender = _JitterSender(x, declared, true_rate, jitter_s, per_sample)
-    done = threading.Event()
-    thread = threading.Thread(target=sender.run, args=(seconds + 1.0, done.is_set), daemon=True)
-    src = LslSource(name=sender.name, resolve_timeout=5.0)
-    src.open()
-    thread.start()
+    name = f"edges-{uuid.uuid4().hex[:10]}"
+    sender = multiprocessing.get_context("spawn").Process(
+        target=_send, args=(name, x, declared, true_rate, jitter_s, per_sample, seconds + 1.0),
+        daemon=True)
+    sender.start()
+    src = LslSource(name=name, resolve_timeout=20.0)
     try:
+        src.open()
         cfg = replace(config, protocol=None)
         return run_loop(cfg, src, None, options=LoopOptions(
             duration_s=seconds, watchdog_s=config.session.watchdog_ms / 1000.0))
     finally:
-        done.set()
-        thread.join(5.0)
         src.close()
+        sender.terminate()
+        sender.join(5.0)
 
 
 @pytest.mark.parametrize("per_sample", [False, True], ids=["chunk stamps", "sample stamps"])
