@@ -2,9 +2,10 @@
 from it, and records everything.
 
 One recorded session on the simulated patient whose sender clock runs 5 % fast (the
-whole stream) and whose stream suffers, at rest, one of each: a NaN burst, an inf
-burst, a dropped chunk, a duplicated chunk, a chunk stamped 50 ms in the past and a
-channel going flat for a second. The patient tries at 2 s and at 12.5 s: those two
+whole stream) and whose stream suffers, at rest, one of each: a knock on an electrode
+(10 ms of 10 mV), 10 ms of absurd values (1e10), a NaN burst, an inf burst, a dropped
+chunk, a duplicated chunk, a chunk stamped 50 ms in the past and a channel going flat
+for a second. The patient tries at 2 s and at 12.5 s: those two
 attempts, and only they, start stimulation. A channel pinned at its rail is tested
 apart.
 """
@@ -64,8 +65,22 @@ def flat_triceps(chunk):
     return [replaced(chunk, x, fast_clock(chunk))]
 
 
+def knock_biceps(chunk):
+    x = chunk.samples.copy()
+    x[:, 0] += 1e-2
+    return [replaced(chunk, x, fast_clock(chunk))]
+
+
+def absurd_triceps(chunk):
+    x = chunk.samples.copy()
+    x[:, 1] = 1e10
+    return [replaced(chunk, x, fast_clock(chunk))]
+
+
 def schedule() -> dict:
     faults = {k: (lambda c: [replaced(c, timestamps=fast_clock(c))]) for k in range(at(SECONDS))}
+    faults[at(7.0)] = knock_biceps  # after the first train (2-6 s) and its rest
+    faults[at(7.5)] = absurd_triceps
     for k in range(at(8.0), at(8.05)):  # 50 ms of NaN on the biceps
         faults[k] = nan_biceps
     faults[at(8.5)] = inf_triceps  # 7.5 ms of +inf on the triceps
@@ -124,6 +139,10 @@ def test_no_fault_makes_an_onset(session):
     ("flat over", r"channel triceps: no longer flat"),
     ("rate 5 % off", r"effective rate 21\d\d\.\d Hz is 5\.0 % above the nominal 2000 Hz .*check "
                      r"the device's sample-rate setting"),
+    ("knock", r"channel biceps: impulsive artefact at sample 14000, 10 ms .*not taken as an "
+              r"attempt.*Check the electrode and its cable"),
+    ("absurd", r"channel triceps: absurd values at sample 15000, 10 ms up to 1e\+10 V .*Check the "
+               r"amplifier, its driver and the stream's scaling"),
 ])
 def test_each_fault_is_reported_with_what_to_check(session, fault, words):
     issues = session[0].out.issues
