@@ -759,6 +759,7 @@ def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
         if len(said) > limit:
             rows.append(["input", "-", "-", f"... and {len(said) - limit} more input issues"])
         return rows
+    from closedloop.errors import InputError
     from closedloop.sources.base import Chunk, SourceInfo
     from closedloop.sources.checks import InputMonitor
 
@@ -773,7 +774,13 @@ def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
     for a in range(0, _n(session), step):
         chunk = Chunk(session.samples[a : a + step], session.timestamps[a : a + step],
                       None if counter is None else counter[a : a + step])
-        for issue in mon.check(chunk).issues:
+        try:
+            issues = mon.check(chunk).issues
+        except InputError as exc:  # a session would have stopped here (its rate, say)
+            total += 1
+            out.append(["input: unusable", f"{a / session.fs:.2f}", a + first, str(exc)])
+            break
+        for issue in issues:
             if getattr(issue.kind, "value", issue.kind) == "recovered":
                 continue
             total += 1

@@ -5,8 +5,9 @@ garbage (values of 1e10) puts a short burst on a channel far above anything the 
 produces. Left to the detector it is an onset within ``min_on_ms``; through the filters
 it rings for up to a second (the mains notch); in the moving RMS, values of 1e10 leave
 a rounding residue larger than any EMG for good. The gate finds such stretches on the
-raw samples, before the filters, so the caller can suspend the channel at once and
-restart its filters when the stretch is over (:mod:`closedloop.runtime.inputs`).
+raw samples, before the filters, so the caller can hold the channel's detector from
+the first sample (no new onset) and restart its filters when the stretch is over
+(:mod:`closedloop.runtime.inputs`).
 
 The range it learns
 -------------------
@@ -21,8 +22,8 @@ range. Until a channel's first unflagged block is complete, nothing is flagged.
 
 Stretches, and what they turn out to be
 ---------------------------------------
-An out-of-range sample starts a stretch, held (the caller suspends the channel) from
-that very sample. The stretch lasts while samples farther than ``continue_ratio`` x
+An out-of-range sample starts a stretch, **held** from that very sample (the caller
+holds the channel: no new onset). The stretch lasts while samples farther than ``continue_ratio`` x
 range from the level (hysteresis: a strong contraction's swings are not all out of
 range; an impulse's return to rest is far inside) follow each other within ``gap_ms``.
 Then:
@@ -48,11 +49,12 @@ Samples the caller marks ``exempt`` (stimulation running: its artifacts are far 
 the EMG and are blanked later) or ``bad`` (another check has them) never start a
 stretch (they may continue one), and their blocks teach nothing.
 
-Pure (numpy in, records out) and chunk-invariant: levels and ranges change only at
-block boundaries, and a stretch is decided sample by sample, so the same samples in any
-chunking give the same masks and records at the same samples. The common case (no
-stretch, every sample of the chunk within range) costs three reductions per block
-piece; only channels with a stretch are followed sample by sample.
+Pure (numpy in, records out) and chunk-invariant: levels and ranges change at block
+boundaries or at the sample a stretch is decided, and a stretch is followed sample by
+sample, so the same samples in any chunking give the same masks and records at the
+same samples. The common case (no stretch, every sample of the chunk within range)
+costs a copy, two reductions and two comparisons per block piece; only channels with a
+stretch are followed sample by sample.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ class Stretch:
     Attributes
     ----------
     sample : int
-        Where the record is due: the stretch's last sample for an impulse (or an
-        absurd stretch that ended), the sample of the decision otherwise.
+        Where the record is due: the sample where an impulse or a held stretch ended
+        (``impulse``, ``over``), the sample of the decision otherwise.
     channel : int
         Column of the channel.
     what : str

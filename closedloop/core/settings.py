@@ -89,8 +89,10 @@ class DetectorSettings:
         After an offset, no new onset may start counting for this long.
     baseline : str
         ``adaptive``: a noise-floor tracker learns the rest level from the signal
-        (needs >= ``warmup_ms + min_rest_ms`` of rest at the start); ``calibrated``: fixed
-        thresholds from each muscle's calibration.
+        (needs >= ``warmup_ms + min_rest_ms`` of rest at the start, steady: blocks that
+        agree within 2 x; learnt again, with a notice, if a quieter rest shows within
+        ``history_s`` that it was not rest: see :mod:`closedloop.core.detector`);
+        ``calibrated``: fixed thresholds from each muscle's calibration.
     block_ms, history_s, warmup_ms, min_rest_ms : float
         Adaptive tracker: statistics per block of samples; the floor is the quieter half
         of the idle blocks in the last ``history_s``; the first ``warmup_ms`` are skipped
