@@ -770,6 +770,7 @@ def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
         return rows
     from closedloop.core.checks import InputMonitor
     from closedloop.core.stream import Chunk, SourceInfo
+    from closedloop.errors import InputError
 
     info = SourceInfo(name=str(getattr(session, "name", "EMG")), fs=float(session.fs),
                       channels=tuple(session.channels), units=str(session.units), kind="replay")
@@ -782,7 +783,13 @@ def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
     for a in range(0, _n(session), step):
         chunk = Chunk(session.samples[a : a + step], session.timestamps[a : a + step],
                       None if counter is None else counter[a : a + step])
-        for issue in mon.check(chunk).issues:
+        try:
+            issues = mon.check(chunk).issues
+        except InputError as exc:  # a session would have stopped here (its rate, say)
+            total += 1
+            out.append(["input: unusable", f"{a / session.fs:.2f}", a + first, str(exc)])
+            break
+        for issue in issues:
             if getattr(issue.kind, "value", issue.kind) == "recovered":
                 continue
             total += 1

@@ -80,8 +80,10 @@ class DetectorSettings:
         After an offset, no new onset may start counting for this long.
     baseline : str
         ``adaptive``: a noise-floor tracker learns the rest level from the signal
-        (needs >= ``warmup_ms + min_rest_ms`` of rest at the start); ``calibrated``: fixed
-        thresholds from each muscle's calibration.
+        (needs >= ``warmup_ms + min_rest_ms`` of rest at the start, steady: blocks that
+        agree within 2 x; learnt again, with a notice, if a quieter rest shows within
+        ``history_s`` that it was not rest: see :mod:`closedloop.core.onset`);
+        ``calibrated``: fixed thresholds from each muscle's calibration.
     block_ms, history_s, warmup_ms, min_rest_ms : float
         Adaptive tracker: statistics per block of samples; the floor is the quieter half
         of the idle blocks in the last ``history_s`` (at least ``min_rest_ms`` long); the
@@ -156,6 +158,18 @@ class ArtifactSettings:
         Length of the blocks the hum check judges (rounded to whole mains periods).
     hum_recover_s : float
         A hum-dominated channel resumes after this long of blocks below the limit.
+    impulse_ratio : float
+        A raw sample farther than this many times the channel's learnt range (the
+        largest peak-to-peak of the last minute, contractions included) from its level
+        is out of range: an impulse (a knock, a static discharge, garbage from the
+        driver) when the stretch is over within ``impulse_ms``
+        (:mod:`closedloop.core.impulses`). 0 disables the check. 20 (26 dB) is above
+        every real recording in the project's test data (at most 4.5 x; the simulated
+        patient's first strong contraction at 30 dB SNR: 9 x).
+    impulse_ms : float
+        Out-of-range stretches shorter than this are impulses and never trigger; longer
+        ones that swing like EMG are taken as activity (their onset comes this much
+        later), other long ones (absurd values, slow excursions) are held until over.
     """
 
     blank_ms: Annotated[float, Range(0.0, 50.0)] = 15.0
@@ -164,6 +178,11 @@ class ArtifactSettings:
     hum_db: Annotated[float, Range(0.0, 80.0)] = 30.0
     hum_block_ms: Annotated[float, Range(50.0, 2000.0)] = 200.0
     hum_recover_s: Annotated[float, Range(0.0, 60.0)] = 1.0
+    impulse_ratio: Annotated[float, Range(0.0, 1e4), Check(
+        lambda r: r == 0 or r >= 5,
+        "0 (off) or at least 5: closer to the learnt range, strong contractions would be "
+        "held back")] = 20.0
+    impulse_ms: Annotated[float, Range(10.0, 200.0)] = 30.0
 
 
 @settings

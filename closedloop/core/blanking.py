@@ -199,6 +199,13 @@ class ArtifactRemover:
                 mask[max(a, 0) : int(min(b, n))] = True
         return mask
 
+    def restart_channel(self, channel: int, level: float) -> None:
+        """Forget what one channel's raw signal taught the blanking: its template
+        restarts flat at ``level`` (see :meth:`Pipeline.restart_channel
+        <closedloop.core.pipeline.Pipeline.restart_channel>`)."""
+        self._hum[channel] = float(level)
+        self._resid[channel] = 0.0
+
     # -- the two stages ---------------------------------------------------------------------
     def blank_inplace(self, x: np.ndarray, start: int) -> np.ndarray:
         """Stage 1 on raw ``x`` (n_channels, n), in place: fill every blanked stretch.

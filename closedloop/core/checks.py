@@ -10,17 +10,34 @@ What it finds
 -------------
 * **Wrong channel count** or inconsistent array shapes: unusable, raises
   :class:`~closedloop.errors.InputError`.
-* **NaN / inf values**: replaced (hold the last finite value, or zero) and the channel
-  is marked bad from the first non-finite sample until ``recover_seconds`` of finite
-  samples have passed, so its detector can be suspended.
+* **NaN / inf values**, and values beyond ``±ABSURD_LIMIT`` (1e100: no amplifier's unit
+  comes near, and below it squares and sums stay finite in float64, so nothing
+  downstream overflows): replaced (hold the last finite value, or zero) and the channel
+  is marked bad from the first such sample until ``recover_seconds`` of usable samples
+  have passed, so its detector can be suspended. (Smaller values far outside a
+  channel's range are the impulse gate's, :mod:`closedloop.core.impulses`.)
 * **Non-finite timestamps**: replaced by the previous timestamp plus ``1/fs``.
 * **Duplicated samples** (same counter value, or without a counter the same timestamp
   and the same values as the previous sample): dropped.
-* **Gaps**: from the source's counter when it has one, else from timestamps that jump
-  by more than ``(1 + gap_tolerance) / fs``.
-* **Non-monotonic timestamps or counter**: flagged (samples are kept).
-* **Effective rate far from nominal**: over a sliding window of ``rate_window_seconds``
-  of samples, evaluated every ``rate_check_seconds`` of samples.
+* **Gaps**: from the source's counter when it has one, else from timestamps that run
+  ahead of the stream's own clock by more than the jitter tolerance (``gap_tolerance``
+  sample periods, at least ``jitter_seconds``). The stream's clock is the running
+  minimum of ``t[k] - k * (1 + RATE_SLACK) / fs``: late stamps (jitter, a sender that
+  stamps its chunks when it sends them) only raise the difference for a moment, lost
+  samples raise it for good; the slack lets the clock follow a stream up to 6 %
+  slower than declared without a false gap.
+* **Non-monotonic timestamps or counter**: flagged (samples are kept). Timestamps that
+  go back by no more than the jitter tolerance are jitter and not reported.
+* **True rate far from nominal**: over the first ``rate_measure_seconds`` of samples,
+  the slope of a least-squares line through the timestamps against the sample index
+  (lost samples counted; see :meth:`InputMonitor._measure_rate`) gives the rate the
+  stream really has, and the spread of the timestamps around that line widens the
+  jitter tolerance if they jitter more than it allows; more than
+  ``rate_stop`` (5 %) from the declared one raises :class:`~closedloop.errors.InputError`
+  naming both: every time on the sample clock (windows, refractory periods, ramps,
+  on-times) would be off by as much. Later, over a sliding window of
+  ``rate_window_seconds`` of samples evaluated every ``rate_check_seconds``, a drift
+  beyond ``rate_tolerance`` is reported.
 * **Flat channels**: ``flat_seconds`` of identical values.
 * **Saturated channels**: ``saturation_seconds`` of a value repeated at the largest or
   smallest value seen so far on that channel (amplifier rail or pinned input).
@@ -52,6 +69,7 @@ class IssueKind(str, Enum):
 
     NONFINITE = "nonfinite"
     BAD_TIMESTAMP = "bad_timestamp"
+    JITTER = "jitter"
     DUPLICATE = "duplicate"
     GAP = "gap"
     NON_MONOTONIC = "non_monotonic"
@@ -60,10 +78,29 @@ class IssueKind(str, Enum):
     SATURATED = "saturated"
     HELD = "held"
     MAINS = "mains"  # the mains-hum check's (closedloop.core.mains)
+    IMPULSE = "impulse"  # the impulse gate's (closedloop.core.impulses) ...
+    ABSURD = "absurd"
+    LEVEL_SHIFT = "level_shift"
+    STRONG = "strong"
+    BAND = "band"  # the EMG band left at a low sampling rate (closedloop.runtime.inputs)
+    REST = "rest"  # the detector's rest learning (closedloop.core.onset)
     RECOVERED = "recovered"
 
 
 _KIND_ORDER = {kind: i for i, kind in enumerate(IssueKind)}
+
+#: Sample values beyond this magnitude are treated as non-finite (see the module
+#: docstring).
+ABSURD_LIMIT = 1e100
+
+#: How much slower than declared the timestamps may run without false gaps (the gap
+#: check's clock rises at most this much faster than the nominal one).
+RATE_SLACK = 0.06
+
+
+def usable(x: np.ndarray) -> np.ndarray:
+    """Where ``x`` is finite and within ``±ABSURD_LIMIT`` (NaN compares False)."""
+    return np.abs(x) < ABSURD_LIMIT
 
 
 @dataclass(frozen=True)
@@ -138,13 +175,57 @@ class CheckedChunk:
         return tuple(c for c, b in zip(channels, self.bad[-1], strict=True) if b)
 
 
-def hold_nonfinite(x: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
-    """``x`` (n, n_channels) with every NaN/inf replaced by its channel's last finite
-    value (``last`` before the first one, default 0), as the monitor cleans them.
+def _fit_rate(x: np.ndarray, t: np.ndarray, groups: np.ndarray | None = None
+              ) -> tuple[float, np.ndarray]:
+    """Samples per second of the least-squares line ``t ~ x`` (-1 if time does not
+    advance) and the residuals around it; with ``groups``, one slope and an intercept
+    per group."""
+    if groups is None:
+        xc, tc = x - x.mean(), t - t.mean()
+    else:
+        count = np.bincount(groups).astype(np.float64)
+        count[count == 0] = 1.0
+        xc = x - (np.bincount(groups, x) / count)[groups]
+        tc = t - (np.bincount(groups, t) / count)[groups]
+    sxx = float(np.dot(xc, xc))
+    slope = float(np.dot(xc, tc)) / sxx if sxx > 0 else math.nan
+    return (1.0 / slope if slope > 0 else -1.0), tc - slope * xc
 
-    Returns ``x`` itself when every value is finite, else a new array.
+
+def _part(chunk: Chunk, a: int, b: int) -> Chunk:
+    """Rows ``a:b`` of a chunk."""
+    c = None if chunk.counter is None else np.asarray(chunk.counter)[a:b]
+    return Chunk(np.asarray(chunk.samples)[a:b], np.asarray(chunk.timestamps)[a:b], c,
+                 chunk.arrival_wall)
+
+
+def _joined(a: CheckedChunk, b: CheckedChunk) -> CheckedChunk:
+    """Two consecutive checked chunks as one."""
+    ca, cb = a.chunk, b.chunk
+    counter = None
+    if ca.counter is not None and cb.counter is not None:
+        counter = np.concatenate((ca.counter, cb.counter))
+    elif ca.n == 0 or cb.n == 0:
+        counter = ca.counter if cb.n == 0 else cb.counter
+    received = None
+    if a.received is not None or b.received is not None:
+        received = np.vstack([a.received if a.received is not None else ca.samples,
+                              b.received if b.received is not None else cb.samples])
+    out = Chunk(np.vstack((ca.samples, cb.samples)), np.concatenate((ca.timestamps,
+                cb.timestamps)), counter, ca.arrival_wall)
+    return CheckedChunk(out, tuple(sorted(a.issues + b.issues, key=_issue_order)),
+                        np.vstack((a.bad, b.bad)), a.start if ca.n else b.start,
+                        a.breaks + b.breaks, received)
+
+
+def hold_nonfinite(x: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
+    """``x`` (n, n_channels) with every NaN/inf (and value beyond ``±ABSURD_LIMIT``)
+    replaced by its channel's last usable value (``last`` before the first one, default
+    0), as the monitor cleans them.
+
+    Returns ``x`` itself when every value is usable, else a new array.
     """
-    fin = np.isfinite(x)
+    fin = usable(x)
     if fin.all():
         return x
     n, nch = x.shape
@@ -185,9 +266,10 @@ class InputMonitor:
         What the source said it delivers (channel labels, nominal rate).
     nonfinite : {"hold", "zero"}
         Replace NaN/inf by the channel's last finite value, or by 0.
-    gap_tolerance : float
-        Without a counter, a timestamp step larger than ``(1 + gap_tolerance) / fs``
-        is a gap. The default (1.0) tolerates one period of jitter.
+    gap_tolerance, jitter_seconds : float
+        Jitter tolerance of the timestamps: ``max(gap_tolerance / fs, jitter_seconds)``.
+        Without a counter, timestamps that run ahead of the stream's clock by more are
+        a gap; timestamps that go back by more are reported.
     flat_seconds : float
         Identical consecutive values for this long make a channel flat.
     saturation_seconds : float
@@ -199,6 +281,10 @@ class InputMonitor:
         ``rate_check_seconds`` of samples.
     rate_tolerance : float
         Relative deviation from the nominal rate that is reported (0.02 = 2 %).
+    rate_measure_seconds, rate_stop : float
+        The true rate is measured over the first ``rate_measure_seconds`` of samples;
+        a relative difference from the declared rate beyond ``rate_stop`` (as printed,
+        to 0.1 %) stops the stream. ``rate_measure_seconds = 0`` disables it.
     report_holdoff_seconds : float
         Repeating stream-wide issues are reported at most this often (in samples).
     fast_path : bool
@@ -218,13 +304,16 @@ class InputMonitor:
         info: SourceInfo,
         *,
         nonfinite: str = "hold",
-        gap_tolerance: float = 1.0,
+        gap_tolerance: float = 8.0,
+        jitter_seconds: float = 0.004,
         flat_seconds: float = 0.5,
         saturation_seconds: float = 0.05,
         recover_seconds: float = 0.1,
         rate_window_seconds: float = 5.0,
         rate_check_seconds: float = 1.0,
         rate_tolerance: float = 0.02,
+        rate_measure_seconds: float = 2.0,
+        rate_stop: float = 0.05,
         report_holdoff_seconds: float = 1.0,
         fast_path: bool = True,
     ) -> None:
@@ -232,14 +321,20 @@ class InputMonitor:
             raise ValueError(f"nonfinite={nonfinite!r}: expected 'hold' or 'zero'")
         if not (info.fs > 0 and math.isfinite(info.fs)):
             raise ValueError(f"{info.name}: nominal rate {info.fs!r} must be a positive number")
-        if gap_tolerance < 0 or rate_tolerance <= 0:
-            raise ValueError("gap_tolerance must be >= 0 and rate_tolerance > 0")
+        if gap_tolerance < 0 or jitter_seconds < 0 or rate_tolerance <= 0:
+            raise ValueError("gap_tolerance and jitter_seconds must be >= 0, "
+                             "rate_tolerance > 0")
+        if not 0 < rate_stop < RATE_SLACK:
+            raise ValueError(f"rate_stop must be in (0, {RATE_SLACK})")
         self.info = info
         fs = float(info.fs)
         self._fs = fs
         self._nch = info.n_channels
         self._hold = nonfinite == "hold"
-        self._gap_dt = (1.0 + gap_tolerance) / fs
+        self._jitter0 = max(gap_tolerance / fs, jitter_seconds)
+        self._u_step = (1.0 + RATE_SLACK) / fs
+        self._rate_n = max(0, round(rate_measure_seconds * fs))
+        self._rate_stop = rate_stop
         self._flat_n = max(2, round(flat_seconds * fs))
         self._sat_n = max(2, round(saturation_seconds * fs))
         self._recover_n = max(1, round(recover_seconds * fs))
@@ -275,6 +370,14 @@ class InputMonitor:
         self._run_min = np.full(nch, np.nan)
         self._checkpoints: dict[int, float] = {}
         self._rate_active = False
+        self._ts_floor: float | None = None  # the stream clock of the gap check
+        self._jitter = self._jitter0  # jitter tolerance (widened to the jitter seen)
+        self._rate_x: list[np.ndarray] = []  # first samples: index (counted losses in),
+        self._rate_e: list[np.ndarray] = []  # estimated losses before them, the stretch
+        self._rate_g: list[np.ndarray] = []  # between estimated gaps, and time
+        self._rate_t: list[np.ndarray] = []
+        self._lost_exact = self._lost_est = self._rate_seg = 0
+        self._rate_done = self._rate_n == 0
         self._last_report: dict[IssueKind, int] = {}
         self._suppressed: dict[IssueKind, int] = {}
         self._folded: dict[IssueKind, tuple[int, str]] = {}  # latest folded (sample, message)
@@ -298,6 +401,12 @@ class InputMonitor:
         issues: list[InputIssue] = []
         if samples.shape[0] == 0:
             return CheckedChunk(chunk, (), np.zeros((0, self._nch), dtype=bool), self._n_out)
+        cut = self._rate_n - self._n_out
+        if not self._rate_done and 0 < cut < samples.shape[0]:
+            # The jitter tolerance may widen after the rate measurement's last sample:
+            # check the samples up to it apart, so the chunking does not matter.
+            return _joined(self.check(_part(chunk, 0, cut)),
+                           self.check(_part(chunk, cut, samples.shape[0])))
         if self._fast_path:
             fast = self._check_clean(samples, ts, counter, chunk.arrival_wall)
             if fast is not None:
@@ -320,7 +429,10 @@ class InputMonitor:
         n = samples.shape[0]
         breaks: list[int] = []
         if n:
-            breaks = self._check_order(ts, counter, start, issues)
+            losses: list[tuple[int, int, bool]] = []
+            breaks = self._check_order(ts, counter, start, issues, losses)
+            if not self._rate_done:
+                self._measure_rate(ts, start, losses, issues)
             clean, bad = self._check_values(samples, start, issues)
             self._check_rate(ts, start, issues)
             self._flush_folded(issues, start + n)
@@ -332,7 +444,7 @@ class InputMonitor:
             clean, bad = samples, np.zeros((0, self._nch), dtype=bool)
         issues.sort(key=_issue_order)
         out = Chunk(samples=clean, timestamps=ts, counter=counter, arrival_wall=chunk.arrival_wall)
-        received = samples if clean is not samples and not np.isfinite(samples).all() else None
+        received = samples if clean is not samples and not usable(samples).all() else None
         return CheckedChunk(out, tuple(issues), bad, start, tuple(breaks), received)
 
     # -- fast path -------------------------------------------------------------------------
@@ -345,9 +457,10 @@ class InputMonitor:
         the rate check and mark nothing bad:
 
         * the previous timestamp is known (and the previous counter value, with a counter);
-        * every timestamp step, from the previous chunk's last sample on, is finite and
-          > 0, and without a counter at most the gap threshold: no non-finite timestamp,
-          duplicate, gap or non-monotonic time;
+        * every timestamp is finite and none goes back by more than the jitter
+          tolerance; without a counter, none equals the one before and none runs ahead
+          of the stream's clock (:meth:`_clock_gaps`): no non-finite timestamp,
+          duplicate, gap or reportable non-monotonic time;
         * with a counter, it goes up by exactly 1 per sample from the previous value: no
           duplicate, gap or non-monotonic counter;
         * every value is finite and no channel is bad now (NaN/inf not yet recovered,
@@ -364,18 +477,39 @@ class InputMonitor:
             return None
         # -- timestamps and counter --------------------------------------------------------
         # Strictly increasing from a finite previous one to a finite last one means all
-        # finite (comparisons with NaN are False), and for finite numbers a - b > 0 is
-        # a > b. Compare before subtracting: inf - inf would warn.
-        t_end = float(ts[-1])
-        if not (float(ts[0]) > last_ts and t_end < math.inf):
-            return None
-        if np.count_nonzero(ts[1:] > ts[:-1]) != n - 1:
-            return None
-        if counter is None:  # gap: the same float steps as the exact path
-            if not float(ts[0]) - last_ts <= self._gap_dt:
+        # finite (comparisons with NaN are False), no step back and no time twice: the
+        # usual case, two calls. Otherwise (jittering stamps) check finiteness before
+        # subtracting (inf - inf would warn), then the steps.
+        t0, t_end = float(ts[0]), float(ts[-1])
+        d = None
+        if not (t0 > last_ts and t_end < math.inf
+                and np.count_nonzero(ts[1:] > ts[:-1]) == n - 1):
+            if not (math.isfinite(float(np.minimum.reduce(ts)))
+                    and math.isfinite(float(np.maximum.reduce(ts)))):
                 return None
-            if n > 1 and not np.maximum.reduce(ts[1:] - ts[:-1]) <= self._gap_dt:
-                return None
+            d = ts[1:] - ts[:-1]
+            if not (t0 - last_ts >= -self._jitter
+                    and (n == 1 or np.minimum.reduce(d) >= -self._jitter)):
+                return None  # gone back by more than the jitter: the exact path reports it
+            if counter is None and (t0 == last_ts or np.count_nonzero(d) != n - 1):
+                return None  # the same time twice: maybe a duplicate
+        floor = None
+        if counter is None:
+            # No gap while the stamps never outrun the gap check's clock (then its
+            # ``u`` only falls, and the first sample decides); else the whole check.
+            step = self._u_step
+            if d is None:
+                d = ts[1:] - ts[:-1]
+            if self._ts_floor is not None and t0 - last_ts <= step and (
+                    n == 1 or np.maximum.reduce(d) <= step):
+                u0 = t0 - float(self._n_out) * step
+                if u0 - self._ts_floor > self._jitter:
+                    return None
+                floor = min(self._ts_floor, t_end - float(self._n_out + n - 1) * step)
+            else:
+                gaps, floor = self._clock_gaps(ts, self._n_out)
+                if gaps:
+                    return None
         else:
             last_c = self._last_counter
             if last_c is None:
@@ -387,7 +521,8 @@ class InputMonitor:
             if np.count_nonzero(counter[1:] > counter[:-1]) != n - 1:
                 return None
         # -- values ---------------------------------------------------------------------
-        if np.count_nonzero(self._active) or np.count_nonzero(np.isfinite(x)) != x.size:
+        if np.count_nonzero(self._active) or not (
+                np.maximum.reduce(np.abs(x), axis=None) < ABSURD_LIMIT):  # NaN: False
             return None
         tail = None
         rep_in = x[1:] == x[:-1]  # value equal to the one before
@@ -432,6 +567,10 @@ class InputMonitor:
         if -(-start // self._rate_step) * self._rate_step < start + n:  # a rate checkpoint
             self._check_rate(ts, start, issues)
             issues.sort(key=_issue_order)
+        if not self._rate_done:
+            self._measure_rate(ts, start, [], issues)
+            issues.sort(key=_issue_order)
+        self._ts_floor = floor
         self._last_ts = t_end
         if counter is not None:
             self._last_counter = int(counter[-1])
@@ -566,9 +705,11 @@ class InputMonitor:
         return samples[keep], ts[keep], counter, keep
 
     def _check_order(
-        self, ts: np.ndarray, counter: np.ndarray | None, start: int, issues: list[InputIssue]
+        self, ts: np.ndarray, counter: np.ndarray | None, start: int, issues: list[InputIssue],
+        losses: list[tuple[int, int, bool]],
     ) -> list[int]:
-        """Report gaps and order problems; return the breaks (see CheckedChunk.breaks)."""
+        """Report gaps and order problems; return the breaks (see CheckedChunk.breaks)
+        and add every gap to ``losses`` (see :meth:`_measure_rate`)."""
         name = self.info.name
         breaks: list[int] = []
         fs = self._fs
@@ -577,6 +718,7 @@ class InputMonitor:
         prev_ts[0] = np.nan if self._last_ts is None else self._last_ts
         dt = ts - prev_ts  # NaN at the very first sample
         if counter is not None:
+            self._ts_floor = None  # the gap check's clock restarts without a counter
             prev_c = np.empty_like(counter)
             prev_c[1:] = counter[:-1]
             prev_c[0] = counter[0] - 1 if self._last_counter is None else self._last_counter
@@ -586,6 +728,7 @@ class InputMonitor:
                 breaks.append(k)
                 a, b = int(prev_c[i]), int(counter[i])
                 if dc[i] > 1:
+                    losses.append((k, b - a - 1, True))
                     self._report(
                         issues,
                         IssueKind.GAP,
@@ -603,19 +746,22 @@ class InputMonitor:
                         "device restarted or samples arrive out of order",
                     )
         else:
-            for i in np.flatnonzero(dt > self._gap_dt):
-                k = start + int(i)
+            gaps, self._ts_floor = self._clock_gaps(ts, start)
+            for i, ahead in gaps:
+                k = start + i
                 breaks.append(k)
-                missing = max(1, round(float(dt[i]) * fs) - 1)
+                missing = max(1, round(ahead * fs))
+                losses.append((k, missing, False))
                 self._report(
                     issues,
                     IssueKind.GAP,
                     k,
                     f"{name}: timestamps jump by {dt[i] * 1e3:.1f} ms before sample {k} "
-                    f"(~{missing} sample(s) at {fs:g} Hz); samples were lost or the sender "
-                    "stamps its chunks irregularly",
+                    f"(~{missing} sample(s) at {fs:g} Hz, beyond the jitter tolerance of "
+                    f"{self._jitter * 1e3:g} ms); samples were lost or the sender stamps "
+                    "its chunks irregularly",
                 )
-        for i in np.flatnonzero(dt <= 0):
+        for i in np.flatnonzero(dt < -self._jitter):
             k = start + int(i)
             self._report(
                 issues,
@@ -626,6 +772,109 @@ class InputMonitor:
             )
         return breaks
 
+    def _clock_gaps(self, ts: np.ndarray, start: int) -> tuple[list[tuple[int, float]], float]:
+        """Gaps without a counter: ``[(index in chunk, seconds ahead)]`` and the stream
+        clock after the chunk (see the module docstring).
+
+        ``u[k] = t[k] - k * (1 + RATE_SLACK) / fs``; the clock is the running minimum of
+        ``u`` since the last gap; a sample more than the jitter tolerance above it is a
+        gap, and the clock restarts there. Pure given the state: the same float
+        operations at the same absolute indices in any chunking.
+        """
+        n = ts.shape[0]
+        u = ts - np.arange(start, start + n, dtype=np.float64) * self._u_step
+        floor = float(u[0]) if self._ts_floor is None else self._ts_floor
+        gaps: list[tuple[int, float]] = []
+        pos = 0
+        while pos < n:
+            seg = u[pos:]
+            clock = np.minimum.accumulate(np.concatenate(([floor], seg)))
+            ahead = seg - clock[:-1]
+            hits = np.flatnonzero(ahead > self._jitter)
+            if hits.size == 0:
+                floor = float(clock[-1])
+                break
+            i = pos + int(hits[0])
+            gaps.append((i, float(ahead[hits[0]]) + 1.0 / self._fs * RATE_SLACK))
+            floor = float(u[i])
+            pos = i + 1
+        return gaps, floor
+
+    def _measure_rate(self, ts: np.ndarray, start: int, losses: list[tuple[int, int, bool]],
+                      issues: list[InputIssue]) -> None:
+        """Collect the first ``rate_measure_seconds`` of timestamps; at the last of them,
+        stop if the stream's true rate is too far from the declared one, and widen the
+        jitter tolerance to the jitter seen.
+
+        ``losses`` are the chunk's gaps: ``(sample, samples lost, counted)``, counted
+        from the source's counter (exact) or estimated from the timestamps. The rate is
+        the slope of a least-squares line through the timestamps against the sample
+        index (losses from the counter counted); it stops the stream only if it is too
+        far off both over the whole and within the stretches between the gaps found
+        from timestamps (each its own intercept): a real gap without a counter biases
+        the first, jitter taken for gaps the second, a wrong rate both.
+        """
+        n = ts.shape[0]
+        take = min(n, self._rate_n - start)
+        if take <= 0:
+            self._rate_done = True
+            return
+        exact = np.full(take, float(self._lost_exact))
+        est = np.full(take, float(self._lost_est))
+        seg = np.full(take, self._rate_seg, dtype=np.int64)
+        for k, m, counted in losses:
+            if counted:
+                self._lost_exact += m
+            else:
+                self._lost_est += m
+                self._rate_seg += 1
+            if k - start < take:
+                (exact if counted else est)[k - start :] += m
+                if not counted:
+                    seg[k - start :] += 1
+        x = np.arange(start, start + take, dtype=np.float64) + exact
+        self._rate_x.append(x)
+        self._rate_e.append(est)
+        self._rate_g.append(seg)
+        self._rate_t.append(ts[:take].copy())
+        if start + take < self._rate_n:
+            return
+        x, e = np.concatenate(self._rate_x), np.concatenate(self._rate_e)
+        g, t = np.concatenate(self._rate_g), np.concatenate(self._rate_t)
+        self._rate_x, self._rate_e, self._rate_g, self._rate_t = [], [], [], []
+        self._rate_done = True
+        (rate, resid), (_, resid_est) = _fit_rate(x, t), _fit_rate(x + e, t)
+        rate_apart, _ = _fit_rate(x, t, g)
+        rate_est = rate_apart
+        fs = self._fs
+        if not (rate > 0 and rate_est > 0):
+            return  # time does not advance: the order checks say so
+        # the jitter: around whichever line fits better (with the estimated losses when
+        # they were real gaps, without when they were jitter taken for gaps)
+        lo, hi = min((np.percentile(r, [1.0, 99.0]) for r in (resid, resid_est)),
+                     key=lambda q: q[1] - q[0])
+        if 1.5 * float(hi - lo) > self._jitter:
+            self._jitter = 1.5 * float(hi - lo)
+            k = self._rate_n - 1
+            issues.append(InputIssue(IssueKind.JITTER, None, k, (
+                f"{self.info.name}: its timestamps jitter by {(hi - lo) * 1e3:.1f} ms over "
+                f"its first {self._rate_n / fs:g} s (sample {k}); the gap check now "
+                f"tolerates {self._jitter * 1e3:.1f} ms, so shorter gaps are not seen "
+                "without a sample counter. Decisions use sample counts and are not "
+                "affected; a source that sends a counter has every gap found")))
+        limit = round(self._rate_stop * 100, 1)
+        rel = rate / fs - 1.0
+        if round(abs(rel) * 100, 1) > limit and round(abs(rate_est / fs - 1) * 100, 1) > limit:
+            raise InputError(
+                f"{self.info.name}: its timestamps advance at {rate:.1f} samples per second "
+                f"over its first {self._rate_n / fs:g} s, but it declares {fs:g} Hz "
+                f"({abs(rel):.1%} {'faster' if rel > 0 else 'slower'}, more than "
+                f"{self._rate_stop:.0%}): every time on the sample clock (onset timing, "
+                "refractory periods, stimulation ramps and on-times) would be off by as "
+                "much. Set the device's sample rate to what the stream declares, or make "
+                "the sender declare its true rate (LSL: nominal_srate)"
+            )
+
     def _check_values(
         self, samples: np.ndarray, start: int, issues: list[InputIssue]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -633,7 +882,7 @@ class InputMonitor:
         fs = self._fs
         labels = self.info.channels
         units = self.info.units
-        finite = np.isfinite(samples)
+        finite = usable(samples)
         clean = samples.copy()
         bad = np.zeros((n, nch), dtype=bool)
         per_channel: list[InputIssue] = []
@@ -652,12 +901,14 @@ class InputMonitor:
                     k = start + i
                     if starts:
                         self._nonfinite_start[c] = k
+                        what = ("NaN/inf" if not np.isfinite(x[i]) else
+                                f"values beyond ±{ABSURD_LIMIT:g} ({x[i]:.3g} {units})")
                         per_channel.append(
                             InputIssue(
                                 IssueKind.NONFINITE,
                                 label,
                                 k,
-                                f"channel {label}: NaN/inf from sample {k}, replaced by "
+                                f"channel {label}: {what} from sample {k}, replaced by "
                                 f"{'the last finite value' if self._hold else '0'} and the "
                                 "channel suspended; check the amplifier driver and the cable",
                             )

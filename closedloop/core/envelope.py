@@ -42,6 +42,22 @@ class Envelope:
             self._lp = SosFilter(sos, n_channels)
             self._prev = np.zeros((n_channels, 2))  # x[n-2], x[n-1] for the TKEO
 
+    def restart_channel(self, channel: int) -> None:
+        """Forget one channel's past: its envelope starts again from silence.
+
+        Called with a restart of the channel's filters (see
+        :meth:`~closedloop.core.pipeline.Pipeline.restart_channel`). It also clears what
+        a bad stretch left in the moving RMS's running sum: after samples of 1e10, the
+        sum of squares keeps a rounding residue far above any EMG level (``1e20``
+        loses every digit of ``1e-10``), which never leaves the sum on its own.
+        """
+        if self.kind == "rms":
+            self._hist[channel] = 0.0
+            self._sum[channel] = 0.0
+        else:
+            self._lp.restart(channel, 0.0)
+            self._prev[channel] = 0.0
+
     def process_inplace(self, x: np.ndarray) -> np.ndarray:
         """Envelope of ``x`` (n_channels, n); returns a new array (``x`` is kept)."""
         n = x.shape[1]

@@ -15,6 +15,13 @@ The rules, for each channel independently:
   was idle (see :meth:`OnsetDetector._end_block`). Thresholds change only at block
   boundaries, so they do not depend on how the stream was chunked. Until enough rest was
   seen, the channel cannot trigger.
+* **Rest must be quiet**: the rest level is learnt only from ``min_rest_ms`` of blocks
+  whose means agree within ``SEED_SPREAD`` (a rise or fall is not rest: the detector
+  waits, and says so after ``WAIT_WARN_S``). If, within ``history_s`` of learning it,
+  an idle block's mean falls below ``REST_DROP`` x what was learnt, the patient was
+  contracting while it learnt (or the electrode settled): the detector says so and
+  learns rest again from there. What it says is kept as :class:`RestNote` records
+  (:meth:`OnsetDetector.pop_notes`).
 
 Speed: the common case (idle and nothing above threshold, or active and nothing below)
 is a handful of vectorised operations over all channels; the per-channel state machine
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +41,40 @@ from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 
 IDLE = 0
 ACTIVE = 1
+
+#: Rest is learnt only from blocks whose means agree within this factor (6 dB).
+SEED_SPREAD = 2.0
+#: An idle block below this fraction of the learnt rest (-8 dB) shows it was not rest.
+REST_DROP = 0.4
+#: Waiting this long for steady rest is said (once per wait).
+WAIT_WARN_S = 2.0
+
+
+@dataclass(frozen=True)
+class RestNote:
+    """What the adaptive rest learning has to say about one channel.
+
+    Attributes
+    ----------
+    sample : int
+        The last sample of the block that decided it.
+    channel : int
+    what : str
+        ``"waiting"``: no steady rest yet, ``WAIT_WARN_S`` after learning started;
+        ``"not_quiet"``: an idle block fell below ``REST_DROP`` x the rest learnt at
+        ``since`` (learning again); ``"learnt"``: rest learnt after one of those.
+    since : int
+        Where learning started (waiting, learnt) or where the doubted rest was learnt.
+    ratio : float
+        not_quiet: the block's mean over the rest learnt; waiting: the spread (max /
+        min) of the latest blocks' means.
+    """
+
+    sample: int
+    channel: int
+    what: str
+    since: int
+    ratio: float
 
 
 _any = np.logical_or.reduce
@@ -101,6 +143,9 @@ class OnsetDetector:
                 )
         #: Channels whose detector is suspended (bad electrode): they cannot trigger.
         self.suspended = np.zeros(n, dtype=bool)
+        #: Channels held (see :meth:`hold`): no new onset, an onset under way goes on.
+        self.held = np.zeros(n, dtype=bool)
+        self._blocked = np.zeros(n, dtype=bool)  # suspended or held: nothing learnt
 
         self.state = np.zeros(n, dtype=np.int8)
         self.run = np.zeros(n, dtype=np.int64)
@@ -116,10 +161,16 @@ class OnsetDetector:
         self._block_fill = 0
         self._block_busy = np.zeros(n, dtype=bool)
         self._inv_block = 1.0 / self.block
-        self._hist_count = np.zeros(n, dtype=np.int64)
-        self._seed_m = np.zeros(n)
-        self._seed_m2 = np.zeros(n)
-        self._seed_v = np.zeros(n)
+        self._seed_blocks: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+        self._learn_from = np.zeros(n, dtype=np.int64)  # sample where learning (re)started
+        self._warned = np.zeros(n, dtype=bool)  # "waiting" said for this learning
+        self._doubted = np.zeros(n, dtype=bool)  # learning again after "not_quiet"
+        self._seed_level = np.zeros(n)  # the rest learnt, and where, until confirmed
+        self._seed_at = np.zeros(n, dtype=np.int64)
+        self._confirm_until = np.zeros(n, dtype=np.int64)  # block index
+        self._history_blocks = max(1, int(round(settings.history_s * self.fs / self.block)))
+        self._wait_blocks = max(1, int(round(WAIT_WARN_S * self.fs / self.block)))
+        self._notes: list[RestNote] = []
         self._floor_mean = np.zeros(n)
         self._floor_var = np.zeros(n)
         self._alpha_up = min(1.0, self.block / (settings.history_s * self.fs))
@@ -128,6 +179,11 @@ class OnsetDetector:
         self._all_seeded = not self.adaptive.any()
 
     # ------------------------------------------------------------------------------------
+    def pop_notes(self) -> list[RestNote]:
+        """What the rest learning found since the last call, in sample order."""
+        out, self._notes = self._notes, []
+        return out
+
     @property
     def ready(self) -> np.ndarray:
         """Per channel: thresholds are known (calibrated, or enough rest was seen)."""
@@ -153,10 +209,27 @@ class OnsetDetector:
         if suspended and not self.suspended[channel]:
             events.append(Event(sample, time, self.channels[channel], SUSPEND))
         self.suspended[channel] = suspended
-        self._any_suspended = bool(self.suspended.any())
-        self._live_col = ~self.suspended[:, None]
+        self._blocked_changed()
         self._n_active = int(np.count_nonzero(self.state == ACTIVE))
         return events
+
+    def hold(self, channel: int, held: bool) -> None:
+        """Hold (or release) a channel: while held it starts no onset and nothing is
+        learnt from it, but an onset already under way goes on (no offset, no suspend
+        event: stimulation is not stopped).
+
+        For a stretch that may yet turn out to be a contraction (the impulse gate,
+        :mod:`closedloop.core.impulses`): a genuine, sharp one whose onset came first
+        must not lose its train; if the stretch was an artefact, the caller suspends
+        the channel when that is known.
+        """
+        self.held[channel] = held
+        self._blocked_changed()
+
+    def _blocked_changed(self) -> None:
+        np.logical_or(self.suspended, self.held, out=self._blocked)
+        self._any_suspended = bool(self._blocked.any())
+        self._live_col = ~self._blocked[:, None]
 
     # ------------------------------------------------------------------------------------
     def process(
@@ -283,34 +356,19 @@ class OnsetDetector:
             return
         take = self.adaptive & ~busy
         if self._any_suspended:
-            take &= ~self.suspended
+            take &= ~self._blocked
         busy.fill(False)
         if not take.any():
             return
         m = np.add.reduce(buf, axis=1) * self._inv_block
         v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
         np.maximum(v, 0.0, out=v)
-        count = self._hist_count
         newly = None  # channels whose floor was seeded by this block
         if not self._all_seeded:
-            seeding = take & (count < self.min_blocks)
-            self._seed_m += np.where(seeding, m, 0.0)
-            self._seed_m2 += np.where(seeding, m * m, 0.0)
-            self._seed_v += np.where(seeding, v, 0.0)
-            count += take
-            seeded = seeding & (count >= self.min_blocks)
-            if seeded.any():
-                k = self.min_blocks
-                sm = self._seed_m / k
-                var = self._seed_v / k + np.maximum(self._seed_m2 / k - sm * sm, 0.0)
-                np.copyto(self._floor_mean, sm, where=seeded)
-                np.copyto(self._floor_var, var, where=seeded)
-                self._tracking |= seeded
-                newly = seeded
-                self._all_seeded = bool(self._tracking[self.adaptive].all())
+            seeding = take & ~self._tracking
+            if seeding.any():
+                newly = self._seed(block_index, block_end, seeding, m, v)
             take = take & ~seeding
-        else:
-            count += take
         # Asymmetric exponential tracking, channel by channel in Python floats: for a
         # handful of channels this is several times cheaper than a dozen numpy calls on
         # tiny arrays (the same IEEE operations in the same order either way).
@@ -319,6 +377,9 @@ class OnsetDetector:
         a_down, a_up = self._alpha_down, self._alpha_up
         for c in np.flatnonzero(take & self._tracking).tolist():
             mc, mu, vc = float(m[c]), float(mean[c]), float(var[c])
+            if block_index < self._confirm_until[c] and mc < REST_DROP * self._seed_level[c]:
+                self._relearn(c, block_end, mc, float(v[c]))
+                continue
             dev = mc - mu
             alpha = a_down if dev < 0.0 else a_up
             mu += alpha * dev
@@ -332,3 +393,60 @@ class OnsetDetector:
             off = mean + off_frac * (on - mean)
             np.copyto(self.on_threshold, on, where=newly)
             np.copyto(self.off_threshold, off, where=newly)
+
+    def _seed(self, block_index: int, block_end: int, seeding: np.ndarray, m: np.ndarray,
+              v: np.ndarray) -> np.ndarray | None:
+        """Learn rest on the channels in ``seeding`` from their last ``min_blocks`` idle
+        blocks, when those agree within ``SEED_SPREAD``: pooled like one long block
+        (mean of block means; mean block variance plus the variance of block means).
+        Returns the channels seeded by this block (None: none)."""
+        k = self.min_blocks
+        newly = np.zeros(len(self.channels), dtype=bool)
+        for c in np.flatnonzero(seeding).tolist():
+            blocks = self._seed_blocks[c]
+            blocks.append((float(m[c]), float(v[c])))
+            if len(blocks) > k:
+                del blocks[0]
+            if len(blocks) < k:
+                continue
+            means = [b[0] for b in blocks]
+            if not max(means) <= SEED_SPREAD * min(means):  # a rise or a fall: not rest
+                waited = (block_end - self._learn_from[c]) // self.block
+                if waited >= self._wait_blocks and not self._warned[c]:
+                    self._warned[c] = True
+                    self._notes.append(RestNote(block_end - 1, c, "waiting",
+                                                int(self._learn_from[c]),
+                                                max(means) / max(min(means), 1e-300)))
+                continue
+            s_m = s_m2 = s_v = 0.0  # in arrival order, as the pooled sums always were
+            for mc, vc in blocks:
+                s_m += mc
+                s_m2 += mc * mc
+                s_v += vc
+            sm = s_m / k
+            self._floor_mean[c] = sm
+            self._floor_var[c] = s_v / k + max(s_m2 / k - sm * sm, 0.0)
+            blocks.clear()
+            self._tracking[c] = newly[c] = True
+            self._seed_level[c] = sm
+            self._seed_at[c] = block_end - 1
+            self._confirm_until[c] = block_index + 1 + self._history_blocks
+            if self._warned[c] or self._doubted[c]:
+                self._notes.append(RestNote(block_end - 1, c, "learnt",
+                                            int(self._learn_from[c]), 1.0))
+            self._warned[c] = self._doubted[c] = False
+        self._all_seeded = bool(self._tracking[self.adaptive].all())
+        return newly if newly.any() else None
+
+    def _relearn(self, c: int, block_end: int, mc: float, vc: float) -> None:
+        """The rest learnt on channel ``c`` was not quiet: learn it again, starting
+        with this (quieter) block; the channel cannot trigger until then."""
+        self._notes.append(RestNote(block_end - 1, c, "not_quiet", int(self._seed_at[c]),
+                                    mc / self._seed_level[c]))
+        self._tracking[c] = False
+        self._all_seeded = False
+        self.on_threshold[c] = self.off_threshold[c] = np.nan
+        self._seed_blocks[c] = [(mc, vc)]
+        self._learn_from[c] = block_end - self.block
+        self._doubted[c] = True
+        self._warned[c] = False

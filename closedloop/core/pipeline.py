@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import signal
 
 from closedloop.config.signal import (
     Calibration,
@@ -75,9 +74,17 @@ class Pipeline:
         the mains notch (whose ring lasts ~Q / (pi f0), 0.2 s at Q 30) like a burst of
         activity. Called between chunks, at a sample the caller chose on the sample
         clock, it keeps the pipeline chunk-invariant.
+
+        Everything the channel's past left in the core is forgotten with it: the
+        envelope starts from silence (a bad stretch of huge values would otherwise
+        leave a rounding residue in the moving RMS's running sum for the rest of the
+        session) and the stimulation-blanking template restarts at ``level`` (it must
+        not fill a later blanked stretch with what it learnt from the bad one).
         """
-        sos = self.filters._filter
-        sos.zi[channel] = signal.sosfilt_zi(sos.sos) * float(level)
+        self.filters._filter.restart(channel, level)
+        self.envelope.restart_channel(channel)
+        if self.artifacts is not None:
+            self.artifacts.restart_channel(channel, level)
 
     @property
     def position(self) -> int:

@@ -72,11 +72,18 @@ class SosFilter:
         self.sos = np.ascontiguousarray(sos, dtype=np.float64)
         self.n_channels = int(n_channels)
         self.zi = np.zeros((self.n_channels, self.sos.shape[0], 2))
+        #: State of the cascade after a unit constant input forever, (n_sections, 2):
+        #: computed once (``sosfilt_zi`` costs milliseconds, a restart must not).
+        self.unit_zi = signal.sosfilt_zi(self.sos)
 
     def set_steady_state(self, x0: np.ndarray) -> None:
         """Start from the steady state for a constant input ``x0`` (per channel)."""
-        unit = signal.sosfilt_zi(self.sos)  # (n_sections, 2)
-        self.zi = np.ascontiguousarray(unit[None, :, :] * np.asarray(x0, float)[:, None, None])
+        self.zi = np.ascontiguousarray(
+            self.unit_zi[None, :, :] * np.asarray(x0, float)[:, None, None])
+
+    def restart(self, channel: int, level: float) -> None:
+        """One channel's state as if its input had always been ``level``."""
+        self.zi[channel] = self.unit_zi * float(level)
 
     def process_inplace(self, x: np.ndarray) -> np.ndarray:
         """Filter ``x`` (n_channels, n), C-contiguous float64, in place; returns it."""

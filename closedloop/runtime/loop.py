@@ -38,11 +38,12 @@ from dataclasses import asdict, replace
 from closedloop.config import Config
 from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.filters import effective_band
+from closedloop.core.impulses import ImpulseGate
 from closedloop.core.mains import HumCheck
 from closedloop.core.pipeline import Pipeline
-from closedloop.errors import SafetyError, StallError
+from closedloop.errors import InputError, SafetyError, StallError
 from closedloop.runtime.devices import channel_columns, stimulated_muscles
-from closedloop.runtime.inputs import InputStage
+from closedloop.runtime.inputs import InputStage, rate_check
 from closedloop.runtime.outcome import (
     EXIT_CODES,
     MESSAGES,
@@ -94,6 +95,11 @@ def run_loop(
     info = source.info
     fs = info.fs
     names = config.muscle_names
+    try:
+        rate_check(info, config.filters)  # a rate the core cannot use: nothing runs
+    except InputError as exc:
+        out.reason, out.message = classify(exc)
+        return out
     protocol = guard = remover = None
     if stimulator is not None and config.stimulates:
         from closedloop.stim.guard import SafetyGuard
@@ -107,7 +113,10 @@ def run_loop(
                         config.calibrations(), artifacts=remover)
     hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,
                    effective_band(config.filters, fs))
-    inputs = InputStage(info, channel_columns(config, info), names, hum, remover)
+    gate = ImpulseGate(fs, len(names), config.artifacts.impulse_ratio,
+                       config.artifacts.impulse_ms)
+    inputs = InputStage(info, channel_columns(config, info), names, hum, remover,
+                        impulses=gate, filters=config.filters)
     effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
     end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
     out.onsets = {m: 0 for m in names}
@@ -155,6 +164,7 @@ def run_loop(
 
                 # 3. the signal core
                 block = pipeline.process(seg.samples, seg.timestamps)
+                inputs.say_rest(pipeline.detector.pop_notes())  # rest that was not quiet
                 block.events[:0] = ended  # a channel suspended while active: its offset
                 last_time = float(block.timestamps[-1])
                 out.events.extend(block.events)
@@ -201,6 +211,8 @@ def run_loop(
                     _publish(outlets, seg, block, safe, protocol)
                 if guard is not None and guard.must_stop:
                     raise SafetyError(guard.stop_violation.message)
+            _tell(out, inputs.pop_notices(), status, outlets)
+            keep_last(out.issues, keep)
             if stimulator is not None:
                 stimulator.check()
             if recorder is not None:
@@ -277,6 +289,8 @@ def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
     """Switch the detectors the input checks decided at the segment's first sample;
     return the offsets of channels suspended while active."""
     ended = []
+    for c, held in seg.holds:  # the impulse gate judging a stretch: no new onset
+        pipeline.detector.hold(c, held)
     for c, suspend in seg.changes:
         ended += pipeline.detector.suspend(c, suspend, seg.start, float(seg.timestamps[0]))
     for c in seg.restarts:  # good data again: restart the filters, no ringing from the step

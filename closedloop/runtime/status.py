@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from closedloop.core.events import Block
 
 _WHY = {"hum": "mains hum", "signal": "flat, saturated or NaN signal",
-        "settling": "signal back, settling"}
+        "impulse": "far outside its range", "settling": "signal back, settling"}
 
 
 def status_line(block: Block, fs: float, stimulator, protocol, why: Sequence[str]) -> str:
@@ -18,7 +18,9 @@ def status_line(block: Block, fs: float, stimulator, protocol, why: Sequence[str
     for c, name in enumerate(block.channels):
         env = float(block.envelope[-1, c])
         thr = float(block.on_threshold[c])
-        if why[c]:
+        if why[c] == "impulse":  # the impulse gate holds it: no new onset for a moment
+            flag = " HELD (" + _WHY[why[c]] + ")"
+        elif why[c]:
             flag = " SUSPENDED (" + _WHY.get(why[c], why[c]) + ")"
         else:
             flag = "" if math.isfinite(thr) else " (learning rest)"

@@ -206,6 +206,17 @@ def test_report_without_stimulation_trials_or_config(tmp_path):
     assert len(_pngs(page)) == 2  # envelopes and amplitude
 
 
+def test_a_recording_whose_rate_a_session_would_refuse_is_reported_not_a_traceback(tmp_path):
+    """Without input_issue markers the report re-runs the input checks; a stream 10 %
+    off its declared rate stops them (as it would stop a session): the report says so."""
+    x = np.random.default_rng(0).standard_normal((6000, 1)) * 1e-6
+    session = Session(path=tmp_path / "other.xdf", name="EMG", fs=FS, channels=("ch1",),
+                      units="uV", samples=x, timestamps=np.arange(6000) / (FS * 0.9),
+                      counter=None)
+    page = report.build_report(session, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "input: unusable" in page and "declares 1000 Hz (10.0% slower" in page
+
+
 def test_input_problems_and_missing_samples_are_warnings(session, tmp_path):
     x = session.samples.copy()
     x[30000:31000, 0] = 0.0  # a flat second on EMG1

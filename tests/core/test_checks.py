@@ -110,15 +110,82 @@ def test_gap_from_counter_and_from_timestamps() -> None:
 def test_non_monotonic_timestamps_and_counter() -> None:
     n = 100
     ts = times(n)
-    ts[40] = ts[38]
+    ts[40] = ts[38]  # 2 ms back: within the jitter tolerance (8 periods), not reported
+    assert run(Chunk(noise(n), ts))[0] == []
+    ts[60:] -= 0.02  # 20 ms back: reported
     issues, r = run(Chunk(noise(n), ts))
-    assert ("non_monotonic", None, 40) in kinds(issues)
+    assert ("non_monotonic", None, 60) in kinds(issues)
     assert r.chunk.n == n  # kept
     c = np.arange(n)
     c[60:] -= 30
     issues, _ = run(Chunk(noise(n), times(n), c))
     assert kinds(issues) == [("non_monotonic", None, 60)]
     assert "went back from 59 to 30" in issues[0].message
+
+
+def test_jitter_is_not_a_gap_and_a_real_gap_still_is() -> None:
+    """Stamps as a sender gives them that stamps each 10-sample chunk when it sends it
+    (late by up to 6 periods) or every sample (late by up to 5): no gap, no break, no
+    step back reported. A chunk lost in that jitter is still found, 10 samples."""
+    n = 3000
+    rng = np.random.default_rng(4)
+    chunk_late = np.repeat(rng.uniform(0, 6 / FS, n // 10), 10)
+    sample_late = rng.uniform(0, 5 / FS, n)
+    for ts in (times(n) + chunk_late, times(n) + sample_late):
+        issues, r = run(Chunk(noise(n), ts))
+        assert [i for i in issues if i.kind is not IssueKind.JITTER] == [] and r.breaks == ()
+        keep = np.r_[0:1500, 1510:n]
+        issues, r = run(Chunk(noise(n)[keep], ts[keep]))
+        assert kinds(issues)[:1] == [("gap", None, 1500)] and r.breaks == (1500,)
+
+
+def test_the_true_rate_is_measured_and_a_stream_more_than_5_percent_off_is_stopped() -> None:
+    """Over the first 2 s: a stream 10 % slow or fast stops at its last sample, naming
+    both rates; 5 % (what the fault suite's sender does) goes on, reported later by the
+    sliding check; lost samples (counted or not) and jitter do not bias the measure."""
+    n = 4000
+    for rate, word in ((0.9, "slower"), (1.1, "faster")):
+        m = InputMonitor(INFO)
+        ts = 10.0 + np.arange(n) / (FS * rate)
+        m.check(Chunk(noise(1999), ts[:1999]))  # one sample short: nothing yet
+        with pytest.raises(InputError) as err:
+            m.check(Chunk(noise(2), ts[1999:2001]))
+        assert f"advance at {FS * rate:.1f} samples per second over its first 2 s" in \
+            str(err.value)
+        assert f"declares 1000 Hz (10.0% {word}, more than 5%)" in str(err.value)
+    ts = 10.0 + np.arange(8000) / (FS * 1.05)
+    issues, _ = run(Chunk(noise(8000), ts))
+    assert kinds(issues) == [("rate", None, 5000)]
+    # 300 samples lost in the first 2 s (with or without a counter), and jitter
+    keep = np.r_[0:700, 1000:4300]
+    ts = times(4000) + np.random.default_rng(2).uniform(0, 3 / FS, 4000)
+    ts = times(4300) + np.random.default_rng(2).uniform(0, 3 / FS, 4300)
+    for counter in (np.arange(4300)[keep], None):
+        issues, _ = run(Chunk(noise(4000), ts[keep], counter))
+        assert [i.kind for i in issues].count(IssueKind.GAP) == 1
+
+
+def test_jitter_beyond_the_tolerance_widens_it_and_says_so() -> None:
+    n = 6000
+    late = np.repeat(np.random.default_rng(5).uniform(0, 0.02, n // 20), 20)  # 20 ms
+    m = InputMonitor(INFO)
+    r = m.check(Chunk(noise(n), times(n) + late))
+    (said,) = [i for i in r.issues if i.kind is IssueKind.JITTER]
+    assert said.sample == 1999 and "jitter by 19." in said.message
+    assert "tolerates 2" in said.message and "sample counter" in said.message
+    assert [k for k in r.breaks if k > 1999] == []  # from there on, no gap
+
+
+def test_values_beyond_1e100_are_treated_as_non_finite() -> None:
+    x = noise(400)
+    x[100:105, 0] = 1e300
+    x[200, 1] = -1e101
+    issues, r = run(Chunk(x, times(400)), recover_seconds=0.01)
+    assert kinds(issues) == [("nonfinite", "biceps", 100), ("recovered", "biceps", 114),
+                             ("nonfinite", "triceps", 200), ("recovered", "triceps", 210)]
+    assert "values beyond ±1e+100 (1e+300 uV)" in issues[0].message
+    assert (r.chunk.samples[100:105, 0] == x[99, 0]).all() and r.received is not None
+    assert r.received[100, 0] == 1e300
 
 
 def test_nonfinite_timestamp_replaced() -> None:
@@ -297,6 +364,9 @@ def _same_state(fast: InputMonitor, exact: InputMonitor) -> None:
         got = vars(fast)[key]
         if isinstance(want, np.ndarray):
             np.testing.assert_array_equal(got, want, err_msg=key)
+        elif isinstance(want, list) and want and isinstance(want[0], np.ndarray):
+            # the first seconds' timestamps kept for the rate: the same, however chunked
+            np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want), key)
         else:
             assert got == want, key
 
@@ -315,7 +385,8 @@ def troubled_streams(draw: st.DrawFn) -> tuple[Chunk, list[int], set[int], dict]
     counter = np.arange(n, dtype=np.int64)
     events = st.tuples(
         st.sampled_from(
-            ["nan", "flat", "sat", "gap", "dup", "jump", "badts", "back", "swap", "rate"]
+            ["nan", "flat", "sat", "gap", "dup", "jump", "badts", "back", "swap", "rate",
+             "jitter", "huge"]
         ),
         st.integers(0, n - 1),
         st.integers(1, 60),
@@ -345,6 +416,10 @@ def troubled_streams(draw: st.DrawFn) -> tuple[Chunk, list[int], set[int], dict]
             counter[p:] -= length
         elif kind == "swap":  # counter out of order, timestamps in order
             counter[[p, max(0, p - 1)]] = counter[[max(0, p - 1), p]]
+        elif kind == "jitter":  # stamps late by up to 12 periods
+            ts[p:end] += rng.uniform(0.0, 12.0 / FS, end - p)
+        elif kind == "huge":  # absurd values, as non-finite ones
+            x[p:end, c] = rng.choice([1e100, -1e200, 1e300])
         else:
             ts[p:] = ts[p] + (np.arange(n - p) / FS) * rng.choice([0.9, 1.1])
     with_counter = draw(st.sampled_from(["yes", "no", "some chunks"]))

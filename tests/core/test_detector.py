@@ -132,3 +132,97 @@ def test_random_chunkings_identical_envelope_and_above(sizes):
                 break
     assert np.array_equal(np.vstack(env), whole.envelope)
     assert np.array_equal(np.vstack(above), whole.above)
+
+
+# -- rest must be quiet (issue 12, item 7e) ---------------------------------------------------
+def _rest_env(levels, seconds_each, seed=0):
+    """An envelope that sits at each level in turn (10 % noise), 1 kHz."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds_each * FS)
+    return np.concatenate([np.abs(rng.normal(v, 0.1 * v, n)) for v in levels])
+
+
+def _feed(det, env, sizes=(20,)):
+    events, notes, a, k = [], [], 0, 0
+    while a < env.shape[0]:
+        b = min(env.shape[0], a + sizes[k % len(sizes)])
+        events += det.process(env[None, a:b])[1]
+        notes += det.pop_notes()
+        a, k = b, k + 1
+    return events, notes
+
+
+def test_a_clean_rest_is_learnt_from_the_first_two_idle_blocks_as_before():
+    """Golden: the floor is the pooled statistics of blocks 1 and 2 (block 0 is the
+    warm-up), computed here independently."""
+    env = _rest_env([1.0], 1.0)
+    det = OnsetDetector(DetectorSettings(), FS, ["m"])
+    _, notes = _feed(det, env)
+    assert notes == []
+    b1, b2 = env[100:200], env[200:300]
+    m = np.array([b1.mean(), b2.mean()])
+    v = np.array([b1.var(), b2.var()])
+    mean, var = m.mean(), v.mean() + m.var()
+    # then tracked over 7 more idle blocks: the seed itself is what was learnt at 0.3 s
+    det2 = OnsetDetector(DetectorSettings(), FS, ["m"])
+    det2.process(env[None, :300])
+    assert det2.on_threshold[0] == pytest.approx(mean + 6.0 * np.sqrt(var), rel=1e-12)
+
+
+def test_rest_is_not_learnt_while_the_level_rises_and_the_wait_is_said():
+    """A contraction building up from the start (the level growing 2.5x per 0.1 s
+    block): no two blocks agree within 2x, so nothing is learnt as rest; after 2 s the
+    detector says it is waiting; once the level is steady it learns it and says so."""
+    rise = 2.5 ** (np.arange(2500) / 100.0)
+    env = np.concatenate([rise * _rest_env([1.0], 2.5), np.full(2000, rise[-1])
+                          * _rest_env([1.0], 2.0, seed=1)])
+    det = OnsetDetector(DetectorSettings(), FS, ["m"])
+    _, notes = _feed(det, env)
+    assert [(n.what, n.sample) for n in notes] == [("waiting", 1999), ("learnt", 2599)]
+    assert notes[0].since == 0 and notes[0].ratio == pytest.approx(2.5, rel=0.1)
+    assert np.isfinite(det.on_threshold[0])
+
+
+def test_a_level_well_below_what_was_learnt_means_it_was_not_rest():
+    """Learnt at 4 (the patient contracting), then the envelope drops to 1: the first
+    block at 1 says the learnt rest was not quiet, the thresholds are forgotten (no
+    trigger from a wrong floor) and learnt again from the quiet blocks."""
+    env = _rest_env([4.0, 1.0, 1.0], 1.0)
+    det = OnsetDetector(DetectorSettings(), FS, ["m"])
+    events, notes = _feed(det, env[:1000])
+    assert det.on_threshold[0] > 4.0 and notes == []
+    events, notes = _feed(det, env[1000:1100])  # one block at the quiet level
+    assert [(n.what, n.sample, n.since) for n in notes] == [("not_quiet", 1099, 299)]
+    assert notes[0].ratio == pytest.approx(0.25, rel=0.05)
+    assert not det.ready[0]
+    events, notes = _feed(det, env[1100:])
+    assert [(n.what, n.sample) for n in notes] == [("learnt", 1199)]
+    assert det.on_threshold[0] == pytest.approx(1.0 + 6 * 0.1, rel=0.1)
+    # a real attempt now triggers at the usual threshold
+    events, _ = _feed(det, np.full(200, 3.0))
+    assert [e.kind for e in events] == ["onset"]
+
+
+def test_a_small_drop_and_a_drop_long_after_learning_are_just_tracked():
+    """Rest that falls to 60 % (the electrode settling) is tracked, not doubted; and
+    after ``history_s`` the rest learnt is no longer doubted at all."""
+    det = OnsetDetector(DetectorSettings(), FS, ["m"])
+    assert _feed(det, _rest_env([1.0, 0.6], 1.0))[1] == []
+    det = OnsetDetector(DetectorSettings(history_s=2.0), FS, ["m"])
+    assert _feed(det, _rest_env([4.0, 4.0, 4.0, 1.0], 1.0))[1] == []
+
+
+REST_CASE = np.concatenate([2.5 ** (np.arange(2500) / 100.0) * _rest_env([1.0], 2.5),
+                            _rest_env([1e9, 1e8], 1.0, seed=3)])
+REST_REF = _feed(OnsetDetector(DetectorSettings(), FS, ["m"]), REST_CASE, (REST_CASE.size,))
+
+
+def test_the_rest_case_has_every_note():
+    assert [n.what for n in REST_REF[1]] == ["waiting", "learnt", "not_quiet", "learnt"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=8))
+def test_rest_notes_and_events_are_chunk_invariant(sizes):
+    events, notes = _feed(OnsetDetector(DetectorSettings(), FS, ["m"]), REST_CASE, sizes)
+    assert events == REST_REF[0] and notes == REST_REF[1]

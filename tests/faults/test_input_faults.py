@@ -2,14 +2,17 @@
 from it, and records everything.
 
 One recorded session on the simulated patient whose sender clock runs 5 % fast (the
-whole stream) and whose stream suffers, at rest, one of each: a NaN burst, an inf
-burst, a dropped chunk, a duplicated chunk, a chunk stamped 50 ms in the past and a
-channel going flat for a second. The patient tries at 2 s and at 12.5 s: those two
+whole stream) and whose stream suffers, at rest, one of each: a knock on an electrode
+(10 ms of 10 mV), 10 ms of absurd values (1e10), a NaN burst, an inf burst, a dropped
+chunk, a duplicated chunk, a chunk stamped 50 ms in the past and a channel going flat
+for a second. The patient tries at 2 s and at 12.5 s: those two
 attempts, and only they, start stimulation. A channel pinned at its rail is tested
 apart.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -62,8 +65,22 @@ def flat_triceps(chunk):
     return [replaced(chunk, x, fast_clock(chunk))]
 
 
+def knock_biceps(chunk):
+    x = chunk.samples.copy()
+    x[:, 0] += 1e-2
+    return [replaced(chunk, x, fast_clock(chunk))]
+
+
+def absurd_triceps(chunk):
+    x = chunk.samples.copy()
+    x[:, 1] = 1e10
+    return [replaced(chunk, x, fast_clock(chunk))]
+
+
 def schedule() -> dict:
     faults = {k: (lambda c: [replaced(c, timestamps=fast_clock(c))]) for k in range(at(SECONDS))}
+    faults[at(7.0)] = knock_biceps  # after the first train (2-6 s) and its rest
+    faults[at(7.5)] = absurd_triceps
     for k in range(at(8.0), at(8.05)):  # 50 ms of NaN on the biceps
         faults[k] = nan_biceps
     faults[at(8.5)] = inf_triceps  # 7.5 ms of +inf on the triceps
@@ -122,6 +139,10 @@ def test_no_fault_makes_an_onset(session):
     ("flat over", r"channel triceps: no longer flat"),
     ("rate 5 % off", r"effective rate 21\d\d\.\d Hz is 5\.0 % above the nominal 2000 Hz .*check "
                      r"the device's sample-rate setting"),
+    ("knock", r"channel biceps: impulsive artefact at sample 14000, 10 ms .*not taken as an "
+              r"attempt.*Check the electrode and its cable"),
+    ("absurd", r"channel triceps: absurd values at sample 15000, 10 ms up to 1e\+10 V .*Check the "
+               r"amplifier, its driver and the stream's scaling"),
 ])
 def test_each_fault_is_reported_with_what_to_check(session, fault, words):
     issues = session[0].out.issues
@@ -192,11 +213,8 @@ def test_a_channel_pinned_at_its_rail_does_not_stimulate(config):
     assert onsets == pytest.approx([9.0], abs=0.1)
 
 
-def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
-    """A stream that repeats every value 5 times (upsampled by repetition) teaches the
-    held-value check a hold of 4 repeats, so it needs 9 before it marks: the rail step
-    decides an onset first. Whatever it triggered is switched off at the sample the
-    channel is suspended, and never gets beyond the first ramp steps."""
+def _held5_session(config, cfg):
+    """A stream that repeats every value 5 times, its biceps at its rail from 6 to 6.5 s."""
     src, stim = sim_session(config, [Attempt("triceps", 9.0, 1.0)], chunk=CHUNK)
 
     def held5(chunk, rail=None):
@@ -206,8 +224,19 @@ def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
 
     faults = {k: held5 for k in range(at(8.0))}
     faults.update({k: (lambda c: held5(c, 5e-3)) for k in range(at(6.0), at(6.5))})
-    out = run_loop(config, FaultySource(src, faults), stim,
+    out = run_loop(cfg, FaultySource(src, faults), stim,
                    options=LoopOptions(duration_s=8.0, watchdog_s=2.0))
+    return out, stim
+
+
+def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
+    """A stream that repeats every value 5 times (upsampled by repetition) teaches the
+    held-value check a hold of 4 repeats, so it needs 9 before it marks: without the
+    impulse gate (``impulse_ratio = 0``) the rail step decides an onset first. Whatever
+    it triggered is switched off at the sample the channel is suspended, and never
+    gets beyond the first ramp steps."""
+    cfg = replace(config, artifacts=replace(config.artifacts, impulse_ratio=0.0))
+    out, stim = _held5_session(config, cfg)
     assert out.exit_code == 0 and out.all_off
     assert_all_off(stim)
     fault = at(6.0) * CHUNK
@@ -222,6 +251,25 @@ def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
     assert offs and offs[0].sample == s0  # off at once, not ramped
     limits = config.muscle("biceps").limits
     assert max(c.current_ma for c in on) <= limits.max_step_ma
+
+
+def test_the_impulse_gate_holds_a_rail_step_from_its_first_sample(config):
+    """The same rail step with the impulse gate on (the default): 5 mV is ~90 times the
+    largest swing the biceps channel had, so the channel is held from the step's first
+    sample; nothing is switched on, and the gate says the level jumped (and back)."""
+    out, stim = _held5_session(config, config)
+    assert out.exit_code == 0 and out.all_off
+    fault = at(6.0) * CHUNK
+    # held from the first sample (no onset can start), suspended when the held-value
+    # check sees the pinned value, 9 samples later
+    assert not [e for e in out.events if e.kind == "onset" and e.channel == "biceps"]
+    suspend = [e.sample for e in out.events
+               if e.kind == "suspend" and e.channel == "biceps" and e.sample >= fault]
+    assert suspend[:1] == [fault + 9]
+    assert not [c for c in out.commands if c.is_on and c.muscle == "biceps"]
+    jumps = [m for m in out.issues if "channel biceps: its level jumped by" in m]
+    assert len(jumps) == 2 and "+0.005" in jumps[0] and "-0.005" in jumps[1], out.issues
+    assert f"at sample {fault}" in jumps[0] and "Check the electrode contact" in jumps[0]
 
 
 def test_stimulation_that_pins_the_amplifier_is_not_a_held_channel(config):

@@ -69,5 +69,6 @@ class Capture:
     def push_commands(self, commands) -> None:
         self.commands += list(commands)
 
-    def push_marker(self, kind, time, **fields) -> None:
-        self.markers.append((kind, time, fields))
+    def push_marker(self, label, time, **fields) -> None:
+        # ``label`` as in SessionOutlets: input_issue markers carry a ``kind`` field
+        self.markers.append((label, time, fields))
