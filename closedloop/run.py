@@ -81,8 +81,8 @@ def main(args) -> int:
     # what the driver last told the device, after the loop's and close()'s stop_all
     on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
     recorded = session.finish_recording(out, args.record)
-    if not args.quiet:
-        print(file=sys.stderr)
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)  # end the status line
     for line in summary_lines(out, recorded=recorded):
         print(line)
     if args.json:
@@ -240,6 +240,9 @@ def _muscle_info(config, info):
 
 
 def _printer():
+    """The status callback: on a terminal the live status line is redrawn in place;
+    messages (input checks, safety) and everything written into a pipe or a log are
+    plain lines, never a carriage return."""
     tty = sys.stderr.isatty()
 
     def status(line: str) -> None:

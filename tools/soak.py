@@ -67,6 +67,14 @@ class Paced(Source):
         self._wall0: float | None = None
         self._done = 0
 
+    @property
+    def position(self) -> int:
+        return self._done
+
+    @property
+    def exhausted(self) -> bool:
+        return self.inner.exhausted
+
     def read(self, timeout: float) -> Chunk | None:
         now = time.perf_counter()
         if self._wall0 is None:

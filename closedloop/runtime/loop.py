@@ -124,7 +124,7 @@ def run_loop(
             now = time.perf_counter()
             watchdog.feed()
             if chunk is None:
-                if getattr(source, "exhausted", False):
+                if source.exhausted:
                     out.reason = "ended"
                     break
                 _check_stall(now, last_data, started, opts, info.name)
