@@ -755,13 +755,24 @@ def schedule_from_args(args) -> Schedule:
 
 
 def main(args) -> int:
-    """``closedloop calibrate --config C [--source SPEC] --out PATIENT.toml [--rest-s 5]
-    [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
+    """``closedloop calibrate --config C [--source SPEC] --out PATIENT.toml [--overwrite]
+    [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
 
     ``args`` attributes: ``config``, ``source`` (None: the config's session source),
-    ``out``, ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
+    ``out``, ``overwrite``, ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
     Exit code 0 when the patient config was written, 1 when refused.
+
+    The output is claimed first (:func:`~closedloop.io.outfile.claim_output`): an existing
+    file needs ``--overwrite``, and the template config itself is never overwritten.
     """
+    from closedloop.io.outfile import claim_output
+
+    with claim_output(args.out, overwrite=bool(getattr(args, "overwrite", False)),
+                      inputs=[("config", args.config)], what="patient config"):
+        return _calibrate(args)
+
+
+def _calibrate(args) -> int:
     config = load_config(args.config)
     schedule = schedule_from_args(args)
     steps = build_steps(schedule, config.muscle_names)

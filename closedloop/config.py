@@ -301,21 +301,38 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
 
 
 def load_config(path: str | Path) -> Config:
-    """Load and validate a TOML config file."""
+    """Load and validate a TOML config file (UTF-8 text, as TOML requires)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file; the shipped ones are in configs/") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file; give a .toml file (the "
+                          "shipped ones are in configs/)") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the config file ({exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); a config "
+            "is a TOML file, which must be UTF-8: save it as UTF-8 in your editor") from None
     return loads_config(text, source=str(p))
 
 
 def loads_config(text: str, *, source: str = "<config>") -> Config:
     """Parse and validate config TOML text."""
+    if text.startswith("\ufeff"):
+        raise ConfigError(
+            f"{source}: starts with a byte-order mark (BOM), which TOML does not allow; "
+            "save the file as UTF-8 without BOM (in Notepad: 'UTF-8', not 'UTF-8 with BOM')")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: tables or arrays nested too deeply to be a config; "
+                          "check the file (a config nests at most a few levels)") from None
     return parse_config(data, source=source, text=text)

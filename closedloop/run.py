@@ -102,9 +102,11 @@ class _Session:
 
     def __init__(self) -> None:
         self.stimulator = self.source = self.outlets = self.recorder = None
-        self.control = self.view = None
+        self.control = self.view = self.claim = None
 
     def run(self, args, stop: StopRequest) -> Outcome:
+        if args.record:  # first: a file that may not be written stops us before any device
+            self.claim = _claim_recording(args)
         config = load_config(args.config)
         self.stimulator = stimulator = make_stimulator(config, args.stimulator)
         self.source = source = make_source(config, args.source, seed=args.seed,
@@ -137,7 +139,7 @@ class _Session:
             from closedloop.io.recorder import XdfRecorder
 
             self.recorder = XdfRecorder(args.record, self.outlets.recorder_predicates(),
-                                        overwrite=True)
+                                        claim=self.claim)
             self.recorder.start()
             self.outlets.announce()
         print(f"closedloop run: {config.name} on {source.info.name} "
@@ -174,7 +176,15 @@ class _Session:
         return failed
 
     def finish_recording(self, out: Outcome, path) -> str | None:
-        """Stop the recorder, prove every sample is in the file; close the outlets."""
+        """Stop the recorder, prove every sample is in the file; close the outlets; let
+        the file go (a file created for a session that never recorded is removed)."""
+        try:
+            return self._finish_recording(out, path)
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+
+    def _finish_recording(self, out: Outcome, path) -> str | None:
         recorded = None
         if self.recorder is not None:
             try:
@@ -192,6 +202,22 @@ class _Session:
         if self.outlets is not None:
             self.outlets.close()
         return recorded
+
+
+def _claim_recording(args):
+    """Claim ``--record`` (see :mod:`closedloop.io.outfile`): never over the config or a
+    replayed recording, never over an existing file without ``--overwrite``, never while
+    another session writes it."""
+    from closedloop.io.outfile import claim_output
+    from closedloop.sources.spec import parse_source_spec
+
+    inputs = [("config", args.config)]
+    if args.source:
+        kind, params = parse_source_spec(args.source)
+        if kind == "replay":
+            inputs.append(("replayed recording", params["path"]))
+    return claim_output(args.record, overwrite=bool(getattr(args, "overwrite", False)),
+                        inputs=inputs, what="recording")
 
 
 def _checklist(args, stimulator) -> dict:

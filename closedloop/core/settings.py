@@ -12,6 +12,8 @@ from closedloop.validate import Table
 
 ENVELOPES = ("rms", "lowpass", "tkeo")
 BASELINES = ("adaptive", "calibrated")
+#: Sampling rates the signal core supports, Hz (inclusive).
+FS_RANGE = (100.0, 20000.0)
 
 
 @dataclass(frozen=True)

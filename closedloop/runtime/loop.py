@@ -101,7 +101,8 @@ def run_loop(
                    effective_band(config.filters, fs))
     inputs = InputStage(info, channel_columns(config, info), names, hum, remover)
     effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
-    end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
+    last = math.inf if opts.duration_s is None else opts.duration_s * fs
+    end = int(round(last)) if math.isfinite(last) else None  # 1e308 s: no end, as None
     out.onsets = {m: 0 for m in names}
     keep = opts.history
     tally = StimTally(fs)

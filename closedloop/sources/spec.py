@@ -22,6 +22,7 @@ stream name can be written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -123,11 +124,22 @@ def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
     raise _error(spec, f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _number(spec: str, key: str, value: str, cast: type = float) -> float:
+#: Longest wait for an LSL stream to appear, s: liblsl's wait cannot be interrupted, so
+#: Ctrl-C during it is only seen when it ends.
+MAX_RESOLVE_S = 60.0
+
+
+def _number(spec: str, key: str, value: str, cast: type = float, *,
+            hi: float = math.inf) -> float:
+    """A positive, finite option value (at most ``hi``)."""
     try:
-        return cast(value)
+        number = cast(value)
     except ValueError:
         raise _error(spec, f"option {key}={value!r} must be a number") from None
+    if not (math.isfinite(number) and 0 < number <= hi):
+        limit = "" if math.isinf(hi) else f", at most {hi:g}"
+        raise _error(spec, f"option {key}={value!r} must be a number > 0{limit}")
+    return number
 
 
 def _csv(value: str) -> list[str]:
@@ -190,7 +202,7 @@ def open_source(
         kwargs = {}
         if "resolve_timeout" in params:
             kwargs["resolve_timeout"] = _number(
-                spec, "resolve_timeout", params.pop("resolve_timeout")
+                spec, "resolve_timeout", params.pop("resolve_timeout"), hi=MAX_RESOLVE_S
             )
         if "lost_after" in params:
             kwargs["lost_after"] = _number(spec, "lost_after", params.pop("lost_after"))
