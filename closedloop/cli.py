@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -56,6 +57,19 @@ def text(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is empty; give a value")
     if "\x00" in value:
         raise argparse.ArgumentTypeError(f"{value!r} contains a NUL character")
+    return value
+
+
+def input_file(value: str) -> str:
+    """An argparse type for a file a command reads: a name the system can look up. A
+    missing file is left to the command, which says what it expected there."""
+    value = text(value)
+    try:
+        os.stat(value)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{value[:80]!r}: {exc.strerror}") from None
     return value
 
 
@@ -121,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("detect", help="run the onset detector offline over a file")
     d.add_argument(
-        "input", help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)"
+        "input", type=input_file,
+        help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)",
     )
-    d.add_argument("--config", help="TOML config (default: default settings on every channel)")
+    d.add_argument("--config", type=input_file,
+                   help="TOML config (default: default settings on every channel)")
     d.add_argument("--out", required=True, type=output_file,
                    help="events CSV to write (sample,time_s,channel,kind)")
     _overwrite(d, "the events file")
@@ -151,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "run", help="run a closed-loop session (default: simulated patient and stimulator)"
     )
-    r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
+    r.add_argument("--config", required=True, type=input_file,
+                   help="TOML config, e.g. configs/biceps_triceps.toml")
     r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
     r.add_argument("--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] | none")
     r.add_argument("--record", type=output_file,
@@ -170,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
     r.set_defaults(module="closedloop.run")
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
-    st.add_argument("--config", required=True)
+    st.add_argument("--config", required=True, type=input_file)
     st.add_argument(
         "--stimulator", help="sim | rehastim2:PORT | lsl[:NAME] (default: the config's)"
     )
@@ -183,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(module="closedloop.stimtest_command")
 
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
-    rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")
-    rp.add_argument("--config", help="config to use (default: the one stored in the recording)")
+    rp.add_argument("inputs", nargs="+", metavar="FILE.xdf", type=input_file)
+    rp.add_argument("--config", type=input_file,
+                    help="config to use (default: the one stored in the recording)")
     rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
     rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
     rp.add_argument(
@@ -197,14 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="worker processes for many files (default: all cores)")
     rp.set_defaults(module="closedloop.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
-    ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")
+    ev.add_argument("inputs", nargs="*", type=input_file,
+                    help=".npz/.xdf/text files, or the shared data folder")
     ev.add_argument(
         "--detector",
         action="append",
         dest="detectors",
         help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)",
     )
-    ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel)")
+    ev.add_argument("--labels", type=input_file,
+                    help="CSV of reference onsets (sample,channel or time_s,channel)")
     ev.add_argument("--fs", type=HERTZ, help="sampling rate of text inputs")
     ev.add_argument("--jobs", type=JOBS, help="worker processes (default: all cores)")
     ev.add_argument("--json", action="store_true")
@@ -216,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(module="closedloop.evaluate")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
-    rep.add_argument("input", metavar="FILE.xdf")
+    rep.add_argument("input", metavar="FILE.xdf", type=input_file)
     rep.add_argument("--out", type=output_file, help="HTML file (default: FILE.html)")
     _overwrite(rep, "the report")
     rep.set_defaults(module="closedloop.report")
@@ -233,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(module="closedloop.view.app")
 
     c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
-    c.add_argument("--config", required=True)
+    c.add_argument("--config", required=True, type=input_file)
     c.add_argument("--source", help="source spec (default: the config's)")
     c.add_argument("--out", required=True, type=output_file, help="patient config TOML to write")
     _overwrite(c, "the patient config")

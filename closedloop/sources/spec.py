@@ -23,6 +23,7 @@ stream name can be written.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -142,6 +143,18 @@ def _number(spec: str, key: str, value: str, cast: type = float, *,
     return number
 
 
+def _file(spec: str, key: str, path: str) -> str:
+    """A file name the system can look up (a missing file is the source's to report)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as exc:
+        raise _error(spec, f"{key} {path[:80]!r}: {getattr(exc, 'strerror', None) or exc}"
+                     ) from None
+    return path
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -181,6 +194,8 @@ def open_source(
         from closedloop.sources.brainflow import BrainFlowSource
 
         board = params.pop("board")
+        if "file" in params:
+            _file(spec, "file", params["file"])
         kwargs: dict = {}
         if "channels" in params:
             kwargs["channels"] = [
@@ -213,7 +228,7 @@ def open_source(
 
     chunk = params.get("chunk_size")
     return ReplaySource(
-        params["path"],
+        _file(spec, "recording", params["path"]),
         stream=params.get("stream"),
         speed=params.get("speed", "fast"),
         chunk_size=None if chunk is None else int(_number(spec, "chunk_size", chunk, int)),
