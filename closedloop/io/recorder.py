@@ -300,6 +300,9 @@ class XdfRecorder:
             bufsize=1,
             # the claim's lock lives as long as LabRecorderCLI writes, whatever happens here
             pass_fds=(self._claim.fd,) if self._claim is not None and self._claim.fd >= 0 else (),
+            # keep Python's SIG_IGN for SIGPIPE: if this process dies, LabRecorderCLI's
+            # next line of output must not kill it before it has finished the file
+            restore_signals=False,
         )
         self._reader = threading.Thread(
             target=self._read_output,

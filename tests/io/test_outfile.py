@@ -205,6 +205,36 @@ def test_a_second_session_recording_to_the_same_file_refuses_while_the_first_goe
     assert "all 12000 present, in order" in out  # 6 s at 2 kHz: nothing lost to the second
 
 
+@pytest.mark.timeout(180)
+def test_a_killed_session_leaves_its_recording_locked_until_it_is_finished(tmp_path):
+    """SIGKILL of closedloop (power cut of the program, not of the PC): LabRecorderCLI,
+    which holds the file's lock with it, finishes the file (footers included) and only
+    then lets another session have it."""
+    from closedloop.io.xdf import read_xdf
+
+    path = tmp_path / "session.xdf"
+    first = _run(path, duration=30.0)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not path.exists() or path.stat().st_size < 50_000):
+            time.sleep(0.1)  # recording for a while (LabRecorderCLI writes every 0.5 s)
+        assert path.stat().st_size >= 50_000, first.stderr.read() if first.poll() else ""
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    with pytest.raises(ConfigError, match="being written by another"):
+        claim_output(path, overwrite=True)  # LabRecorderCLI still has it
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            claim_output(path, overwrite=True).release()
+            break
+        except ConfigError:
+            assert time.monotonic() < deadline, "LabRecorderCLI never let the file go"
+            time.sleep(0.2)
+    assert read_xdf(path).complete  # footers written: it finished the file
+
+
 def test_soak_refuses_an_existing_recording(tmp_path, capsys):
     from tests.faults.test_soak import load_tool
 
