@@ -36,14 +36,14 @@ def number(what: str, *, lo: float = 0.0, hi: float = math.inf, lo_ok: bool = Fa
     """An argparse type: a finite number above ``lo`` (or at it, with ``lo_ok``) and at
     most ``hi``; anything else is refused as "not <what>"."""
 
-    def convert(text: str) -> float | int:
+    def convert(value: str) -> float | int:
         try:
-            value: float | int = int(text) if integer else float(text)
+            x: float | int = int(value) if integer else float(value)
         except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value <= hi and (value > lo or lo_ok and value == lo)):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
+            x = math.nan
+        if not (math.isfinite(x) and x <= hi and (x > lo or lo_ok and x == lo)):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+        return x
 
     convert.__name__ = what
     return convert
@@ -82,29 +82,29 @@ def output_file(value: str) -> str:
     return value
 
 
-def columns(text: str) -> list[int]:
+def columns(value: str) -> list[int]:
     """An argparse type: comma-separated 0-based column numbers (``0,2``)."""
     try:
-        out = [int(t) for t in text.split(",")]
+        out = [int(t) for t in value.split(",")]
     except ValueError:
         out = []
     if not out or min(out) < 0:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of 0-based column numbers such as 1 or 0,2")
+            f"{value!r} is not a list of 0-based column numbers such as 1 or 0,2")
     return out
 
 
 def numbers(what: str, lo: float, hi: float) -> Callable[[str], list[float]]:
     """An argparse type: comma-separated finite numbers in ``[lo, hi]``."""
 
-    def convert(text: str) -> list[float]:
+    def convert(value: str) -> list[float]:
         try:
-            out = [float(t) for t in text.split(",")]
+            out = [float(t) for t in value.split(",")]
         except ValueError:
             out = [math.nan]
         if not out or not all(math.isfinite(v) and lo <= v <= hi for v in out):
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not {what} ({lo:g} to {hi:g}, comma-separated, e.g. 20,10,0)")
+                f"{value!r} is not {what} ({lo:g} to {hi:g}, comma-separated, e.g. 20,10,0)")
         return out
 
     convert.__name__ = what
@@ -112,7 +112,7 @@ def numbers(what: str, lo: float, hi: float) -> Callable[[str], list[float]]:
 
 
 SECONDS = number("a number of seconds > 0")
-MINUTES = number("a number of minutes > 0")
+MINUTES = number("a number of minutes > 0, at most 60", hi=60.0)
 HERTZ = number(f"a sampling rate in Hz ({FS_RANGE[0]:g} to {FS_RANGE[1]:g})",
                lo=FS_RANGE[0], hi=FS_RANGE[1], lo_ok=True)
 SEED = number("a whole number >= 0", integer=True, lo_ok=True)
@@ -153,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--channels", type=number("a number of channels from 1 to 64", integer=True,
                                              hi=64), default=8)
     b.add_argument("--fs", type=HERTZ, default=2000.0)
-    b.add_argument("--minutes", type=number("a number of minutes > 0, at most 60", hi=60.0),
-                   default=10.0)
+    b.add_argument("--minutes", type=MINUTES, default=10.0)
     b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
                                           hi=1e6), default=10000, help="large chunk size, samples")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
@@ -230,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--simulate", type=numbers("SNRs in dB", -20.0, 60.0),
                     help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
-    ev.add_argument("--minutes", type=number("a number of minutes > 0, at most 60", hi=60.0),
-                    default=5.0)
+    ev.add_argument("--minutes", type=MINUTES, default=5.0)
     ev.add_argument("--seed", type=SEED, default=0)
     ev.set_defaults(module="closedloop.evaluate")
 
