@@ -1,17 +1,28 @@
 """The ``closedloop`` command: one subcommand per task.
 
 Each subcommand lives in its own module with a ``main(args) -> int``; this file only
-declares the arguments. Errors of the closedloop family are printed as one clear line
-(what happened, what to check) with a non-zero exit code; anything else is a bug and
-keeps its traceback.
+declares the arguments, each with a type that refuses what cannot be meant (a duration
+of NaN, a negative seed, a sampling rate of 0) with one line saying what is expected.
+Errors of the closedloop family are printed as one clear line (what happened, what to
+check) with a non-zero exit code. Anything else is a bug in closedloop: it is said so in
+one line, followed by the traceback a developer needs, and the exit code is 1.
+
+Every command that writes a file refuses to replace an existing one unless
+``--overwrite`` is given, and never writes over one of its inputs
+(:mod:`closedloop.io.outfile`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
 import sys
+import traceback
+from collections.abc import Callable
 
+from closedloop.config.signal import FS_RANGE
 from closedloop.errors import ClosedLoopError
 
 #: exit codes
@@ -20,7 +31,102 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def number(what: str, *, lo: float = 0.0, hi: float = math.inf, lo_ok: bool = False,
+           integer: bool = False) -> Callable[[str], float | int]:
+    """An argparse type: a finite number above ``lo`` (or at it, with ``lo_ok``) and at
+    most ``hi``; anything else is refused as "not <what>"."""
+
+    def convert(value: str) -> float | int:
+        try:
+            x: float | int = int(value) if integer else float(value)
+        except ValueError:
+            x = math.nan
+        if not (math.isfinite(x) and x <= hi and (x > lo or lo_ok and x == lo)):
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}")
+        return x
+
+    convert.__name__ = what
+    return convert
+
+
+def text(value: str) -> str:
+    """The argparse type of every option without one of its own: not empty (an empty
+    ``--source "$AMP"`` must not quietly mean the default, the simulated patient) and
+    without NUL characters."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is empty; give a value")
+    if "\x00" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} contains a NUL character")
+    return value
+
+
+def input_file(value: str) -> str:
+    """An argparse type for a file a command reads: a name the system can look up. A
+    missing file is left to the command, which says what it expected there."""
+    value = text(value)
+    try:
+        os.stat(value)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{value[:80]!r}: {exc.strerror}") from None
+    return value
+
+
+def output_file(value: str) -> str:
+    """An argparse type for a file a command writes: a name that is not empty and has no
+    NUL. The command claims it before it writes
+    (:func:`closedloop.io.outfile.claim_output`)."""
+    if not value.strip() or "\x00" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a file name")
+    return value
+
+
+def columns(value: str) -> list[int]:
+    """An argparse type: comma-separated 0-based column numbers (``0,2``)."""
+    try:
+        out = [int(t) for t in value.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a list of 0-based column numbers such as 1 or 0,2")
+    return out
+
+
+def numbers(what: str, lo: float, hi: float) -> Callable[[str], list[float]]:
+    """An argparse type: comma-separated finite numbers in ``[lo, hi]``."""
+
+    def convert(value: str) -> list[float]:
+        try:
+            out = [float(t) for t in value.split(",")]
+        except ValueError:
+            out = [math.nan]
+        if not out or not all(math.isfinite(v) and lo <= v <= hi for v in out):
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is not {what} ({lo:g} to {hi:g}, comma-separated, e.g. 20,10,0)")
+        return out
+
+    convert.__name__ = what
+    return convert
+
+
+SECONDS = number("a number of seconds > 0")
+MINUTES = number("a number of minutes > 0, at most 60", hi=60.0)
+HERTZ = number(f"a sampling rate in Hz ({FS_RANGE[0]:g} to {FS_RANGE[1]:g})",
+               lo=FS_RANGE[0], hi=FS_RANGE[1], lo_ok=True)
+SEED = number("a whole number >= 0", integer=True, lo_ok=True)
+JOBS = number("a number of processes from 1 to 256", integer=True, hi=256)
+
+
+def _overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} if it exists (never one of the inputs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (every subcommand and option); the docs' synopses and the
+    fuzz test read it."""
     p = argparse.ArgumentParser(
         prog="closedloop",
         description="EMG-triggered electrical stimulation for stroke rehabilitation.",
@@ -29,22 +135,29 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("detect", help="run the onset detector offline over a file")
     d.add_argument(
-        "input", help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)"
+        "input", type=input_file,
+        help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)",
     )
-    d.add_argument("--config", help="TOML config (default: default settings on every channel)")
-    d.add_argument("--out", required=True, help="events CSV to write (sample,time_s,channel,kind)")
-    d.add_argument("--fs", type=float, help="sampling rate of a text/CSV input, Hz")
-    d.add_argument("--columns", help="text input: comma-separated 0-based columns to use")
+    d.add_argument("--config", type=input_file,
+                   help="TOML config (default: default settings on every channel)")
+    d.add_argument("--out", required=True, type=output_file,
+                   help="events CSV to write (sample,time_s,channel,kind)")
+    _overwrite(d, "the events file")
+    d.add_argument("--fs", type=HERTZ, help="sampling rate of a text/CSV input, Hz")
+    d.add_argument("--columns", type=columns,
+                   help="text input: comma-separated 0-based columns to use")
     d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
     d.set_defaults(module="closedloop.analysis.detect")
 
     b = sub.add_parser("bench", help="measure the signal core's speed (or --latency end to end)")
-    b.add_argument("--channels", type=int, default=8)
-    b.add_argument("--fs", type=float, default=2000.0)
-    b.add_argument("--minutes", type=float, default=10.0)
-    b.add_argument("--large", type=int, default=10000, help="large chunk size, samples")
+    b.add_argument("--channels", type=number("a number of channels from 1 to 64", integer=True,
+                                             hi=64), default=8)
+    b.add_argument("--fs", type=HERTZ, default=2000.0)
+    b.add_argument("--minutes", type=MINUTES, default=10.0)
+    b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
+                                          hi=1e6), default=10000, help="large chunk size, samples")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
-    b.add_argument("--seconds", type=float, default=60.0, help="--latency: how long to stream")
+    b.add_argument("--seconds", type=SECONDS, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
     b.add_argument("--outlets", action="store_true", help="--latency: publish the LSL outlets")
     b.add_argument("--with-view", action="store_true",
@@ -53,13 +166,16 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "run", help="run a closed-loop session (default: simulated patient and stimulator)"
     )
-    r.add_argument("--config", required=True, help="TOML config, e.g. configs/biceps_triceps.toml")
+    r.add_argument("--config", required=True, type=input_file,
+                   help="TOML config, e.g. configs/biceps_triceps.toml")
     r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
     r.add_argument("--stimulator", help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] | none "
                    "(lsl: follow it with closedloop stim-receiver)")
-    r.add_argument("--record", help="record the session to this XDF file (LabRecorder)")
-    r.add_argument("--duration", type=float, help="stop after this many seconds of samples")
-    r.add_argument("--seed", type=int, help="seed of the simulated patient")
+    r.add_argument("--record", type=output_file,
+                   help="record the session to this XDF file (LabRecorder)")
+    _overwrite(r, "the recording")
+    r.add_argument("--duration", type=SECONDS, help="stop after this many seconds of samples")
+    r.add_argument("--seed", type=SEED, help="seed of the simulated patient")
     r.add_argument("--no-gui", action="store_true", help="no live view: one-line status instead")
     r.add_argument(
         "--confirm-checklist",
@@ -71,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
     r.set_defaults(module="closedloop.commands.run")
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
-    st.add_argument("--config", required=True)
+    st.add_argument("--config", required=True, type=input_file)
     st.add_argument(
         "--stimulator",
         help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] (default: the config's)"
@@ -90,16 +206,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     sr.add_argument("--session", help="session name or uid to lock onto (as closedloop run "
                     "printed it; default: the only stimulator stream visible)")
-    sr.add_argument("--timeout-ms", type=float, default=150.0,
+    sr.add_argument("--timeout-ms", type=number("a number of ms from 10 to 10000", lo=10.0,
+                                                lo_ok=True, hi=10000.0), default=150.0,
                     help="switch off after this long without a heartbeat (default 150)")
-    sr.add_argument("--wait", type=float, default=30.0,
+    sr.add_argument("--wait", type=number("a number of seconds > 0, at most 3600", hi=3600.0),
+                    default=30.0,
                     help="seconds to wait for the stream to appear (default 30)")
     sr.add_argument("--json", action="store_true", help="one JSON object per line")
     sr.set_defaults(module="closedloop.commands.stim_receiver")
 
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
-    rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")
-    rp.add_argument("--config", help="config to use (default: the one stored in the recording)")
+    rp.add_argument("inputs", nargs="+", metavar="FILE.xdf", type=input_file)
+    rp.add_argument("--config", type=input_file,
+                    help="config to use (default: the one stored in the recording)")
     rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
     rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
     rp.add_argument(
@@ -114,58 +233,73 @@ def _parser() -> argparse.ArgumentParser:
         "recording is refused with exit 9)",
     )
     rp.add_argument("--quiet", action="store_true")
-    rp.add_argument("--jobs", type=int, help="worker processes for many files (default: all cores)")
+    rp.add_argument("--jobs", type=JOBS,
+                    help="worker processes for many files (default: all cores)")
     rp.set_defaults(module="closedloop.runtime.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
-    ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")
+    ev.add_argument("inputs", nargs="*", type=input_file,
+                    help=".npz/.xdf/text files, or the shared data folder")
     ev.add_argument(
         "--detector",
         action="append",
         dest="detectors",
         help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)",
     )
-    ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel)")
-    ev.add_argument("--fs", type=float, help="sampling rate of text inputs")
-    ev.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    ev.add_argument("--labels", type=input_file,
+                    help="CSV of reference onsets (sample,channel or time_s,channel)")
+    ev.add_argument("--fs", type=HERTZ, help="sampling rate of text inputs")
+    ev.add_argument("--jobs", type=JOBS, help="worker processes (default: all cores)")
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--simulate", help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
-    ev.add_argument("--minutes", type=float, default=5.0)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--simulate", type=numbers("SNRs in dB", -20.0, 60.0),
+                    help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
+    ev.add_argument("--minutes", type=MINUTES, default=5.0)
+    ev.add_argument("--seed", type=SEED, default=0)
     ev.set_defaults(module="closedloop.analysis.evaluate")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
-    rep.add_argument("input", metavar="FILE.xdf")
-    rep.add_argument("--out", help="HTML file (default: FILE.html)")
+    rep.add_argument("input", metavar="FILE.xdf", type=input_file)
+    rep.add_argument("--out", type=output_file, help="HTML file (default: FILE.html)")
+    _overwrite(rep, "the report")
     rep.set_defaults(module="closedloop.analysis.report")
     v = sub.add_parser(
         "view", help="live view of a running session (subscribes to its LSL streams)"
     )
     v.add_argument("--session", help="session name (default: the first one found)")
-    v.add_argument("--screenshot", help="save the window to this PNG after a few seconds")
-    v.add_argument("--duration", type=float, help="close after this many seconds")
-    v.add_argument("--demo", type=int, help="start a simulated session with N muscles and view it")
+    v.add_argument("--screenshot", type=output_file,
+                   help="save the window to this PNG after a few seconds")
+    _overwrite(v, "the screenshot")
+    v.add_argument("--duration", type=SECONDS, help="close after this many seconds")
+    v.add_argument("--demo", type=number("a number of muscles from 1 to 8", integer=True, hi=8),
+                   help="start a simulated session with N muscles and view it")
     v.set_defaults(module="closedloop.view.app")
 
     c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
-    c.add_argument("--config", required=True)
+    c.add_argument("--config", required=True, type=input_file)
     c.add_argument("--source", help="source spec (default: the config's)")
     c.add_argument("--stimulator",
                    help="the patient's stimulator (sim | rehastim2:PORT | p24:PORT | lsl[:NAME]"
                         " | none): checked against the program, written to the patient config")
-    c.add_argument("--out", required=True, help="patient config TOML to write")
-    c.add_argument("--rest-s", type=float, default=5.0)
-    c.add_argument("--mvc-reps", type=int, default=3)
-    c.add_argument("--mvc-s", type=float, default=3.0)
+    c.add_argument("--out", required=True, type=output_file, help="patient config TOML to write")
+    _overwrite(c, "the patient config")
+    c.add_argument("--rest-s", type=SECONDS, default=5.0)
+    c.add_argument("--mvc-reps", type=number("a number of contractions from 1 to 10",
+                                             integer=True, hi=10), default=3)
+    c.add_argument("--mvc-s", type=SECONDS, default=3.0)
     c.add_argument("--no-gui", action="store_true")
     c.add_argument(
         "--yes", action="store_true", help="confirm the stimulation limits without asking"
     )
     c.set_defaults(module="closedloop.analysis.calibrate")
+    for parser in sub.choices.values():  # every value without a type of its own: non-empty
+        for action in parser._actions:
+            if action.type is None and action.nargs != 0:
+                action.type = text
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    """Run one subcommand; returns its exit code (argparse exits 2 on a usage error)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(args.module)
     try:
@@ -176,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"closedloop {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: say so, and keep what a developer needs to fix it
+        print(f"closedloop {args.command}: internal error - this is a bug in closedloop, not "
+              "a problem with your input. Please report it with the lines below.",
+              file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,6 +29,10 @@ class ArraySource(Source):
         self._pos = self._k = 0
 
     @property
+    def position(self) -> int:
+        return self._pos
+
+    @property
     def exhausted(self) -> bool:
         return self._pos >= self.x.shape[0]
 

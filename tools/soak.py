@@ -24,7 +24,7 @@ whether it did. The last line is one JSON object.
 Usage (from the repository root; PYTHONPATH makes sure this checkout is measured)::
 
     PYTHONPATH=. python tools/soak.py [--minutes 60] [--realtime | --speed X]
-                                      [--config C] [--record FILE] [--window 5]
+                                      [--config C] [--record FILE [--overwrite]] [--window 5]
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ import psutil
 
 from closedloop.config import load_config
 from closedloop.core.stream import Chunk
+from closedloop.errors import ClosedLoopError
+from closedloop.io.outfile import claim_output
 from closedloop.io.outlets import SessionOutlets
 from closedloop.io.recorder import XdfRecorder, verify_recording
 from closedloop.runtime.devices import patient_settings
@@ -67,6 +69,14 @@ class Paced(Source):
         self._info = inner.info
         self._wall0: float | None = None
         self._done = 0
+
+    @property
+    def position(self) -> int:
+        return self._done
+
+    @property
+    def exhausted(self) -> bool:
+        return self.inner.exhausted
 
     def read(self, timeout: float) -> Chunk | None:
         now = time.perf_counter()
@@ -126,8 +136,10 @@ class TappedStimulator(SimStimulator):
 
 def soak(minutes: float = 60.0, *, speed: float = math.inf,
          config_path: str | Path = DEFAULT_CONFIG, record: str | Path | None = None,
-         window_min: float = 5.0, seed: int = 0, progress=None) -> dict:
-    """Run the soak (see the module docstring); return the figures."""
+         overwrite: bool = False, window_min: float = 5.0, seed: int = 0,
+         progress=None) -> dict:
+    """Run the soak (see the module docstring); return the figures. ``record`` is
+    refused when it exists, unless ``overwrite``."""
     config = load_config(config_path)
     fs = config.session.fs
     windows = Windows(fs, window_min * 60.0)
@@ -146,13 +158,15 @@ def soak(minutes: float = 60.0, *, speed: float = math.inf,
         tmp = tempfile.TemporaryDirectory(prefix="closedloop-soak-")
         record = Path(tmp.name) / "soak.xdf"
     path = Path(record)
+    claim = claim_output(path, overwrite=overwrite, what="recording",
+                         inputs=[("config", config_path)])  # before anything starts
     proc = psutil.Process()
     sim.open()
     stim.open()
     outlets = SessionOutlets(f"closedloop-soak-{uuid.uuid4().hex[:6]}",
                              replace(sim.info, channels=config.muscle_names),
                              config_text=config.text, metadata={"tool": "soak"})
-    recorder = XdfRecorder(path, outlets.recorder_predicates(), overwrite=True)
+    recorder = XdfRecorder(path, outlets.recorder_predicates(), claim=claim)
     recorder.start()
     outlets.announce()
     size = windows.size
@@ -184,6 +198,7 @@ def soak(minutes: float = 60.0, *, speed: float = math.inf,
         outlets.close()
         stim.close()
         sim.close()
+        claim.release()
     report = verify_recording(path, counts)
     missing = sum(c.missing + c.unexpected + c.duplicates for c in report.streams.values())
     missing += sum(counts.get(n, 0) for n in report.missing_streams)
@@ -243,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pace.add_argument("--speed", type=float, help="pace the source at this multiple of 1x")
     p.add_argument("--config", default=str(DEFAULT_CONFIG))
     p.add_argument("--record", help="keep the recording here (default: a temporary file)")
+    p.add_argument("--overwrite", action="store_true", help="replace --record if it exists")
     p.add_argument("--window", type=float, default=5.0, help="minutes per latency window")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -252,8 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  ... minute {w * args.window:g}: rss {windows.rss_mb[w]:.1f} MB",
               file=sys.stderr, flush=True)
 
-    figures = soak(args.minutes, speed=speed, config_path=args.config, record=args.record,
-                   window_min=args.window, seed=args.seed, progress=progress)
+    try:
+        figures = soak(args.minutes, speed=speed, config_path=args.config, record=args.record,
+                       overwrite=args.overwrite, window_min=args.window, seed=args.seed,
+                       progress=progress)
+    except ClosedLoopError as exc:
+        print(f"tools/soak.py: {exc}", file=sys.stderr)
+        return 2
     _print(figures)
     print(json.dumps({k: v for k, v in figures.items() if k != "recording_summary"}))
     return 0 if figures["samples_lost"] == 0 and figures["exit_code"] == 0 else 1

@@ -18,6 +18,7 @@ from scipy import signal
 from closedloop.config.signal import FilterSettings
 from closedloop.core.filters import effective_band
 from closedloop.core.pipeline import Pipeline
+from closedloop.errors import InputError
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
 
 
@@ -33,6 +34,9 @@ def run_bench(
     """Measure and return the figures (see the module docstring)."""
     names = [f"emg{i}" for i in range(channels)]
     dur = minutes * 60.0
+    if int(dur * fs) < max(small, 100):
+        raise InputError(f"{minutes:g} minutes at {fs:g} Hz is {int(dur * fs)} samples, too few "
+                         "to measure; give --minutes 0.01 or more")
     ps = PatientSettings(fs=fs, muscles=tuple(names))
     script = random_script(names, dur, np.random.default_rng(seed))
     x = SimulatedPatient(ps, script, seed=seed).read(int(dur * fs))

@@ -602,22 +602,41 @@ def make_source(config: Config, spec: str | None, steps: Sequence[Step], *,
         from closedloop.sources.sim import SimSource
 
         s = config.sim
+        unknown = sorted(set(params) - {"snr_db", "seed"})
+        if unknown:
+            raise ConfigError(f"source spec {spec!r}: unknown sim option(s) {unknown}; the "
+                              "simulated patient takes snr_db=DB and seed=N")
+        snr = _option(spec, params, "snr_db", float, s.snr_db, -20.0, 60.0)
+        seed = _option(spec, params, "seed", int, s.seed, 0, 2**32 - 1)
         ps = PatientSettings(
             fs=config.session.fs,
             muscles=config.muscle_names,
             antagonists={m.name: m.antagonist for m in config.muscles if m.antagonist},
-            snr_db=float(params.get("snr_db", s.snr_db)),
+            snr_db=snr,
             cocontraction=s.cocontraction,
             mains_hz=config.filters.notch_hz or 50.0,
         )
         chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
         return SimSource(
             ps, simulated_script(steps) if script is None else list(script),
-            seed=int(params.get("seed", s.seed)),
-            realtime=realtime, chunk_size=chunk,
+            seed=seed, realtime=realtime, chunk_size=chunk,
         )
 
     return open_source(spec, sim_factory=sim_factory)
+
+
+def _option(spec: str, params: dict[str, str], key: str, cast: type, default, lo, hi):
+    """A sim option's value, or ConfigError naming the spec, the option and the range."""
+    if key not in params:
+        return default
+    try:
+        value = cast(params[key])
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:  # NaN fails too
+        raise ConfigError(f"source spec {spec!r}: {key}={params[key]!r} must be a number from "
+                          f"{lo:g} to {hi:g}")
+    return value
 
 
 # -- terminal UI ----------------------------------------------------------------------------
@@ -691,14 +710,25 @@ def schedule_from_args(args) -> Schedule:
 
 def main(args) -> int:
     """``closedloop calibrate --config C [--source SPEC] [--stimulator SPEC] --out
-    PATIENT.toml [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
+    PATIENT.toml [--overwrite] [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
 
     ``args`` attributes: ``config``, ``source`` (None: the config's session source),
     ``stimulator`` (None: keep the config's; else checked against the program before the
-    calibration starts and written to the patient config), ``out``, ``rest_s``,
-    ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
+    calibration starts and written to the patient config), ``out``, ``overwrite``,
+    ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
     Exit code 0 when the patient config was written, 1 when refused.
+
+    The output is claimed first (:func:`~closedloop.io.outfile.claim_output`): an existing
+    file needs ``--overwrite``, and the template config itself is never overwritten.
     """
+    from closedloop.io.outfile import claim_output
+
+    with claim_output(args.out, overwrite=bool(getattr(args, "overwrite", False)),
+                      inputs=[("config", args.config)], what="patient config"):
+        return _calibrate(args)
+
+
+def _calibrate(args) -> int:
     config = load_config(args.config)
     schedule = schedule_from_args(args)
     steps = build_steps(schedule, config.muscle_names)

@@ -15,6 +15,7 @@ from closedloop.config import Config, default_config, load_config
 from closedloop.core.events import Event
 from closedloop.core.pipeline import Pipeline
 from closedloop.io.files import EmgData, load_emg
+from closedloop.io.outfile import claim_output
 
 
 def select_channels(data: EmgData, config: Config) -> EmgData:
@@ -47,15 +48,22 @@ def write_events_csv(events: list[Event], path: str | Path) -> None:
 
 
 def main(args) -> int:
-    columns = [int(c) for c in args.columns.split(",")] if args.columns else None
-    data = load_emg(args.input, fs=args.fs, columns=columns, board=args.board)
-    if args.config:
-        config = load_config(args.config)
-        data = select_channels(data, config)
-    else:
-        config = default_config(data.channels)
-    events = detect(data, config)
-    write_events_csv(events, args.out)
+    """``closedloop detect INPUT --out EVENTS.csv [--overwrite] [--config C] [--fs HZ]
+    [--columns 0,1] [--board NAME]``."""
+    columns = args.columns
+    if isinstance(columns, str):  # called as a library with the text form
+        columns = [int(c) for c in columns.split(",")]
+    with claim_output(args.out, overwrite=getattr(args, "overwrite", False),
+                      inputs=[("input", args.input), ("config", args.config)],
+                      what="events file"):
+        data = load_emg(args.input, fs=args.fs, columns=columns, board=args.board)
+        if args.config:
+            config = load_config(args.config)
+            data = select_channels(data, config)
+        else:
+            config = default_config(data.channels)
+        events = detect(data, config)
+        write_events_csv(events, args.out)
     n_on = sum(e.kind == "onset" for e in events)
     print(
         f"{data.source}: {data.samples.shape[1]} channel(s), {data.duration_s:.1f} s at "

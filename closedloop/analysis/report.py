@@ -812,16 +812,26 @@ def build_report(session: Any, out_path: str | Path) -> Path:
 
 def main(args) -> int:
     """``closedloop report``. Fields of ``args``: ``input`` (the XDF file), ``out`` (the
-    HTML file to write; default: the input with ``.html``)."""
+    HTML file to write; default: the input with ``.html``), ``overwrite`` (replace an
+    existing report)."""
     import sys
 
+    from closedloop.errors import InputError
+    from closedloop.io.outfile import claim_output
     from closedloop.io.xdf import load_session
 
-    session = load_session(args.input)
     out = getattr(args, "out", None) or Path(args.input).with_suffix(".html")
-    path = build_report(session, out)
-    if session.damage:  # a crashed session is worth a report, but it must say so
-        print(f"{args.input}: WARNING: {session.damage_report}\nThe report covers the "
-              "intact part only.", file=sys.stderr)
+    with claim_output(out, overwrite=getattr(args, "overwrite", False),
+                      inputs=[("recording", args.input)], what="report"):
+        session = load_session(args.input)
+        if not (session.fs > 0):
+            raise InputError(
+                f"{args.input}: the EMG stream {session.name!r} has an irregular rate (no "
+                "nominal sampling rate), and closedloop's filters and detector need a fixed "
+                "one; a report needs EMG recorded from a stream with a nominal rate")
+        path = build_report(session, out)
+        if session.damage:  # a crashed session is worth a report, but it must say so
+            print(f"{args.input}: WARNING: {session.damage_report}\nThe report covers the "
+                  "intact part only.", file=sys.stderr)
     print(f"{args.input}: report written to {path}", file=sys.stderr)
     return 0

@@ -85,8 +85,8 @@ def _main(args, stop: StopRequest) -> int:
     # what the driver last told the device, after the loop's and close()'s stop_all
     on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
     recorded = session.finish_recording(out, args.record)
-    if not args.quiet:
-        say(file=sys.stderr)
+    if not args.quiet and sys.stderr.isatty():
+        say(file=sys.stderr)  # end the status line
     for line in summary_lines(out, recorded=recorded):
         say(line)
     if args.json:
@@ -107,9 +107,11 @@ class _Session:
 
     def __init__(self) -> None:
         self.stimulator = self.source = self.outlets = self.recorder = None
-        self.control = self.view = None
+        self.control = self.view = self.claim = None
 
     def run(self, args, stop: StopRequest) -> Outcome:
+        if args.record:  # first: a file that may not be written stops us before any device
+            self.claim = _claim_recording(args)
         config = load_config(args.config)
         ident = SessionId.new(config.name)  # in every stream and stimulation message
         self.stimulator = stimulator = make_stimulator(config, args.stimulator, session=ident)
@@ -147,7 +149,7 @@ class _Session:
             from closedloop.io.recorder import XdfRecorder
 
             self.recorder = XdfRecorder(args.record, self.outlets.recorder_predicates(),
-                                        overwrite=True)
+                                        claim=self.claim)
             self.recorder.start()
             self.outlets.announce()
         say(f"closedloop run: {config.name} on {source.info.name} "
@@ -184,7 +186,15 @@ class _Session:
         return failed
 
     def finish_recording(self, out: Outcome, path) -> str | None:
-        """Stop the recorder, prove every sample is in the file; close the outlets."""
+        """Stop the recorder, prove every sample is in the file; close the outlets; let
+        the file go (a file created for a session that never recorded is removed)."""
+        try:
+            return self._finish_recording(out, path)
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+
+    def _finish_recording(self, out: Outcome, path) -> str | None:
         recorded = None
         if self.recorder is not None:
             try:
@@ -202,6 +212,22 @@ class _Session:
         if self.outlets is not None:
             self.outlets.close()
         return recorded
+
+
+def _claim_recording(args):
+    """Claim ``--record`` (see :mod:`closedloop.io.outfile`): never over the config or a
+    replayed recording, never over an existing file without ``--overwrite``, never while
+    another session writes it."""
+    from closedloop.io.outfile import claim_output
+    from closedloop.sources.spec import parse_source_spec
+
+    inputs = [("config", args.config)]
+    if args.source:
+        kind, params = parse_source_spec(args.source)
+        if kind == "replay":
+            inputs.append(("replayed recording", params["path"]))
+    return claim_output(args.record, overwrite=bool(getattr(args, "overwrite", False)),
+                        inputs=inputs, what="recording")
 
 
 def _checklist(args, stimulator) -> dict:
@@ -250,6 +276,9 @@ def _muscle_info(config, info):
 
 
 def _printer():
+    """The status callback: on a terminal the live status line is redrawn in place;
+    messages (input checks, safety) and everything written into a pipe or a log are
+    plain lines, never a carriage return."""
     tty = sys.stderr.isatty()
 
     def status(line: str) -> None:

@@ -341,6 +341,9 @@ def load_config(path: str | Path) -> Config:
         raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file; the shipped ones are in configs/") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file; give a .toml file (the "
+                          "shipped ones are in configs/)") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the config file ({exc})") from None
     return loads_config(_decode(raw, str(p)), source=str(p))

@@ -26,6 +26,9 @@ def _mains(hz: float) -> bool:
     return hz in (0.0, 50.0, 60.0)
 
 
+#: Sampling rates the signal core supports, Hz (inclusive).
+FS_RANGE = (100.0, 20000.0)
+
 @settings
 class FilterSettings:
     """``[filters]``: causal band-pass and mains notch.

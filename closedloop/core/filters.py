@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
-from closedloop.config.signal import FilterSettings
+from closedloop.config.signal import FS_RANGE, FilterSettings
 from closedloop.core.sos import SosFilter
 
 #: The upper band edge is capped at this fraction of Nyquist.
@@ -44,8 +44,9 @@ def notch_frequencies(settings: FilterSettings, fs: float) -> list[float]:
 
 def design_sos(settings: FilterSettings, fs: float) -> np.ndarray:
     """The whole cascade (band-pass, then notches) as second-order sections."""
-    if not 100.0 <= fs <= 20000.0:
-        raise ValueError(f"sampling rate {fs:g} Hz is outside the supported 100-20000 Hz")
+    if not FS_RANGE[0] <= fs <= FS_RANGE[1]:
+        raise ValueError(f"sampling rate {fs:g} Hz is outside the supported "
+                         f"{FS_RANGE[0]:g}-{FS_RANGE[1]:g} Hz")
     lo, hi = effective_band(settings, fs)
     parts = [signal.butter(settings.order, [lo, hi], btype="bandpass", fs=fs, output="sos")]
     for f0 in notch_frequencies(settings, fs):

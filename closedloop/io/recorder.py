@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.errors import ConfigError, DeviceLostError, InputError
+from closedloop.io.outfile import OutputClaim, claim_output
 from closedloop.io.xdf import (
     Damage,
     counter_column,
@@ -124,7 +125,13 @@ class XdfRecorder:
         outlets use ``SessionOutlets.recorder_predicates()``, which select by the
         session-unique source_id).
     overwrite : bool
-        Replace an existing file.
+        Replace an existing file (never one that another session is writing: see
+        :func:`~closedloop.io.outfile.claim_output`).
+    claim : OutputClaim, optional
+        The file, already claimed by the caller (``closedloop run`` claims it before it
+        opens any device); default: :meth:`start` claims it. LabRecorderCLI inherits the
+        claim's lock, so the file stays locked until it has finished writing, even if
+        this process dies first.
     start_timeout, stop_timeout : float
         Seconds to wait for every stream's collection to start, and for the recorder to
         finish the file after :meth:`stop`.
@@ -160,8 +167,11 @@ class XdfRecorder:
         free_horizon_s: float = 10.0,
         stall_s: float = 10.0,
         check_every_s: float = 0.5,
+        claim: OutputClaim | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path) if claim is None else claim.path
+        self._claim = claim
+        self._owns_claim = False
         self.drain_seconds = float(drain_seconds)
         self.min_free_bytes = int(min_free_bytes)
         self.free_horizon_s = float(free_horizon_s)
@@ -225,8 +235,8 @@ class XdfRecorder:
         Raises
         ------
         ConfigError
-            The file exists (without ``overwrite``), or a predicate matched several
-            streams.
+            The file exists (without ``overwrite``), is being written by another
+            session, or a predicate matched several streams.
         DeviceLostError
             A predicate matched no stream (LabRecorderCLI is retried until
             ``start_timeout``: it resolves for one second only), LabRecorderCLI died, or
@@ -235,14 +245,23 @@ class XdfRecorder:
         """
         if self._proc is not None:
             raise RuntimeError(f"XdfRecorder {self.path}: already started")
-        if self.path.exists():
-            if not self.overwrite:
-                raise ConfigError(
-                    f"recording {str(self.path)!r} already exists; choose another name or "
-                    "pass overwrite=True"
-                )
-            self.path.unlink()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._claim is None:
+            self._claim = claim_output(self.path, overwrite=self.overwrite, what="recording",
+                                       flag="overwrite=True")
+            self._owns_claim = True
+        try:
+            self._start()
+        except BaseException:
+            self._claim.discard()  # nothing recorded: a file this recording created goes
+            self._release_claim()
+            raise
+
+    def _release_claim(self) -> None:
+        if self._owns_claim and self._claim is not None:
+            self._claim.release()
+            self._claim, self._owns_claim = None, False
+
+    def _start(self) -> None:
         free = shutil.disk_usage(self.path.parent).free
         if free < self.min_free_bytes:
             raise DeviceLostError(
@@ -259,7 +278,6 @@ class XdfRecorder:
                 return
             except _NoMatchError as exc:
                 self._kill()
-                self.path.unlink(missing_ok=True)
                 # LabRecorderCLI resolves for one second only: a busy machine can make a
                 # live outlet answer too late, so try again while there is time
                 if time.monotonic() + 1.5 < deadline:
@@ -291,6 +309,11 @@ class XdfRecorder:
             # foreground process group; the session stops on them and then finishes the
             # file itself (stop()), which a LabRecorderCLI killed by them could not
             start_new_session=True,
+            # the claim's lock lives as long as LabRecorderCLI writes, whatever happens here
+            pass_fds=(self._claim.fd,) if self._claim is not None and self._claim.fd >= 0 else (),
+            # keep Python's SIG_IGN for SIGPIPE: if this process dies, LabRecorderCLI's
+            # next line of output must not kill it before it has finished the file
+            restore_signals=False,
         )
         self._reader = threading.Thread(
             target=self._read_output,
@@ -434,6 +457,7 @@ class XdfRecorder:
                 ) from None
         finally:
             self._cleanup()
+            self._release_claim()
         if died_before or rc != 0:
             raise DeviceLostError(
                 f"recording {self.path.name}: LabRecorderCLI "

@@ -118,7 +118,8 @@ def run_loop(
     inputs = InputStage(info, channel_columns(config, info), names, hum, remover,
                         impulses=gate, filters=config.filters)
     effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
-    end = None if opts.duration_s is None else int(round(opts.duration_s * fs))
+    last = math.inf if opts.duration_s is None else opts.duration_s * fs
+    end = int(round(last)) if math.isfinite(last) else None  # 1e308 s: no end, as None
     out.onsets = {m: 0 for m in names}
     keep = opts.history
     tally = StimTally(fs)
@@ -142,7 +143,7 @@ def run_loop(
             now = time.perf_counter()
             watchdog.feed()
             if chunk is None:
-                if getattr(source, "exhausted", False):
+                if source.exhausted:
                     out.reason = "ended"
                     break
                 _check_stall(now, last_data, started, opts, info.name)

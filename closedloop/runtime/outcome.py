@@ -120,6 +120,12 @@ class LoopOptions:
     status_every_s: float = 0.5
     history: int | None = 1000
 
+    def __post_init__(self) -> None:
+        if self.duration_s is not None and not self.duration_s >= 0:  # NaN included
+            from closedloop.errors import ConfigError
+
+            raise ConfigError(f"duration = {self.duration_s!r} s; give a number of seconds > 0")
+
 
 @dataclass
 class Outcome:

@@ -161,11 +161,18 @@ class SplitSource(Source):
         return self.source.info
 
     @property
+    def position(self) -> int:
+        """Samples delivered since :meth:`open`."""
+        return self._position
+
+    @property
     def exhausted(self) -> bool:
-        return self._pending is None and bool(getattr(self.source, "exhausted", False))
+        """The wrapped source is exhausted and no cut-off part is waiting."""
+        return self._pending is None and self.source.exhausted
 
     def open(self) -> None:
         self.source.open()
+        self._pending, self._position = None, 0
         super().open()
 
     def close(self) -> None:
@@ -280,9 +287,10 @@ def main(args) -> int:
     jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
     common = (args.config, args.speed, args.stream, bool(args.check))
     partial = bool(getattr(args, "partial", False))
+    # a progress bar only on a terminal: into a pipe or a file it would be noise
+    bar = len(inputs) == 1 and not args.quiet and sys.stderr.isatty()
     if len(inputs) == 1 or jobs == 1:
-        results = [replay_one(p, *common, len(inputs) == 1 and not args.quiet, partial)
-                   for p in inputs]
+        results = [replay_one(p, *common, bar, partial) for p in inputs]
     else:
         from concurrent.futures import ProcessPoolExecutor
 

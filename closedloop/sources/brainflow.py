@@ -435,8 +435,18 @@ class BrainFlowSource(Source):
 
     @property
     def samples_delivered(self) -> int:
-        """Number of samples delivered since :meth:`open`."""
+        """Number of samples delivered since :meth:`open` (the same as :attr:`position`)."""
         return self._n_delivered
+
+    @property
+    def position(self) -> int:
+        """Samples delivered since :meth:`open`."""
+        return self._n_delivered
+
+    @property
+    def exhausted(self) -> bool:
+        """A playback file delivered completely (:attr:`finished`); a live board never."""
+        return self.finished
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, timeout: float) -> Chunk | None:

@@ -157,6 +157,7 @@ class LslSource(Source):
         self._cols: np.ndarray = np.zeros(0, dtype=np.int64)
         self._counter_col: int | None = None
         self._last_sample_wall = 0.0
+        self._delivered = 0
 
     @property
     def selector(self) -> str:
@@ -212,6 +213,7 @@ class LslSource(Source):
             ) from None
         self._inlet = inlet
         self._last_sample_wall = time.perf_counter()
+        self._delivered = 0
         super().open()
 
     def _not_found(self, match: str) -> str:
@@ -311,6 +313,16 @@ class LslSource(Source):
             del inlet
         super().close()
 
+    @property
+    def position(self) -> int:
+        """Samples delivered since :meth:`open`."""
+        return self._delivered
+
+    @property
+    def exhausted(self) -> bool:
+        """Never: a live stream that stops sending has stalled or was lost."""
+        return False
+
     def latest_time_correction(self, timeout: float = 1.0) -> float:
         """liblsl's current clock-offset estimate (for monitoring drift; not applied)."""
         if self._inlet is None:
@@ -362,4 +374,5 @@ class LslSource(Source):
         counter = None
         if self._counter_col is not None:
             counter = np.rint(data[:, self._counter_col]).astype(np.int64)
+        self._delivered += samples.shape[0]
         return Chunk(samples=samples, timestamps=timestamps, counter=counter, arrival_wall=now)

@@ -102,7 +102,13 @@ class SimSource(Source):
 
     @property
     def position(self) -> int:
+        """Samples delivered since :meth:`open`."""
         return self._patient.position if self._patient else 0
+
+    @property
+    def exhausted(self) -> bool:
+        """Never: the simulated patient rests on after its script, like a live device."""
+        return False
 
     def now(self) -> float:
         """Stream time of the next sample (what the simulated stimulator calls its clock)."""

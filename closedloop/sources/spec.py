@@ -22,6 +22,8 @@ stream name can be written.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -123,11 +125,34 @@ def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
     raise _error(spec, f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
-def _number(spec: str, key: str, value: str, cast: type = float) -> float:
+#: Longest wait for an LSL stream to appear, s: liblsl's wait cannot be interrupted, so
+#: Ctrl-C during it is only seen when it ends.
+MAX_RESOLVE_S = 60.0
+
+
+def _number(spec: str, key: str, value: str, cast: type = float, *,
+            hi: float = math.inf) -> float:
+    """A positive, finite option value (at most ``hi``)."""
     try:
-        return cast(value)
+        number = cast(value)
     except ValueError:
         raise _error(spec, f"option {key}={value!r} must be a number") from None
+    if not (math.isfinite(number) and 0 < number <= hi):
+        limit = "" if math.isinf(hi) else f", at most {hi:g}"
+        raise _error(spec, f"option {key}={value!r} must be a number > 0{limit}")
+    return number
+
+
+def _file(spec: str, key: str, path: str) -> str:
+    """A file name the system can look up (a missing file is the source's to report)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as exc:
+        raise _error(spec, f"{key} {path[:80]!r}: {getattr(exc, 'strerror', None) or exc}"
+                     ) from None
+    return path
 
 
 def _csv(value: str) -> list[str]:
@@ -169,6 +194,8 @@ def open_source(
         from closedloop.sources.brainflow import BrainFlowSource
 
         board = params.pop("board")
+        if "file" in params:
+            _file(spec, "file", params["file"])
         kwargs: dict = {}
         if "channels" in params:
             kwargs["channels"] = [
@@ -190,7 +217,7 @@ def open_source(
         kwargs = {}
         if "resolve_timeout" in params:
             kwargs["resolve_timeout"] = _number(
-                spec, "resolve_timeout", params.pop("resolve_timeout")
+                spec, "resolve_timeout", params.pop("resolve_timeout"), hi=MAX_RESOLVE_S
             )
         if "lost_after" in params:
             kwargs["lost_after"] = _number(spec, "lost_after", params.pop("lost_after"))
@@ -201,7 +228,7 @@ def open_source(
 
     chunk = params.get("chunk_size")
     return ReplaySource(
-        params["path"],
+        _file(spec, "recording", params["path"]),
         stream=params.get("stream"),
         speed=params.get("speed", "fast"),
         chunk_size=None if chunk is None else int(_number(spec, "chunk_size", chunk, int)),

@@ -370,15 +370,31 @@ def _dispose(app, win) -> None:
 
 
 def main(args) -> int:
-    """``closedloop view [--session NAME] [--screenshot F.png] [--duration S] [--demo N]``.
+    """``closedloop view [--session NAME] [--screenshot F.png [--overwrite]] [--duration S]
+    [--demo N]``.
 
     ``args`` attributes: ``session`` (str or None), ``screenshot`` (str or None),
-    ``duration`` (float or None) and, optionally, ``demo`` (int: also start a simulated
-    session with that many muscles, named ``--session`` or ``demo``).
+    ``overwrite`` (replace an existing screenshot), ``duration`` (float or None) and,
+    optionally, ``demo`` (int: also start a simulated session with that many muscles,
+    named ``--session`` or ``demo``).
     """
+    import contextlib
+
+    from closedloop.io.outfile import claim_output
+
+    screenshot = getattr(args, "screenshot", None)
+    claim = contextlib.nullcontext() if not screenshot else claim_output(
+        screenshot, overwrite=bool(getattr(args, "overwrite", False)), what="screenshot")
+    with claim:
+        code = _view(args, screenshot)
+        if screenshot and not (Path(screenshot).is_file() and Path(screenshot).stat().st_size):
+            return 1  # nothing written (the claim removes the empty file)
+        return code
+
+
+def _view(args, screenshot: str | None) -> int:
     session = getattr(args, "session", None)
     demo_n = getattr(args, "demo", None)
-    screenshot = getattr(args, "screenshot", None)
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     demo = None
@@ -397,6 +413,4 @@ def main(args) -> int:
             demo.close()
     if demo is not None and demo.error is not None:
         raise ClosedLoopError(f"the demo session failed: {demo.error!r}")
-    if screenshot and not Path(screenshot).is_file():
-        return 1
     return code

@@ -150,6 +150,14 @@ class ClippedSim(Source):
         self.inner.close()
         super().close()
 
+    @property
+    def position(self):
+        return self.inner.position
+
+    @property
+    def exhausted(self):
+        return self.inner.exhausted
+
     def read(self, timeout):
         c = self.inner.read(timeout)
         if c is None:
@@ -174,6 +182,14 @@ class FlatSource(Source):
     def open(self):
         self._info = SourceInfo("flat", 2000.0, ("biceps", "triceps"))
         super().open()
+
+    @property
+    def position(self):
+        return self.pos
+
+    @property
+    def exhausted(self):
+        return False
 
     def read(self, timeout):
         k = np.arange(self.pos, self.pos + 20)

@@ -146,9 +146,10 @@ def test_config_channels_are_mapped_by_label_or_index_with_clear_errors(tmp_path
     assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), "--out", str(out)]) == 0
     assert [r["channel"] for r in _events(out)][:1] == ["triceps"]
     cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = "EMG7"\n')
-    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), "--out", str(out)]) == 1
+    again = ["--out", str(out), "--overwrite"]  # the first run's events file exists
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 1
     err = capsys.readouterr().err
     assert "EMG7" in err and "EMG1, EMG2" in err and "c.toml" in err
     cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = 5\n')
-    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), "--out", str(out)]) == 1
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 1
     assert "has 2 channels" in capsys.readouterr().err

@@ -42,10 +42,15 @@ class FaultySource(Source):
         self._info = inner.info
         self._k = 0
         self._queue: list[Chunk] = []
+        self._delivered = 0
+
+    @property
+    def position(self) -> int:
+        return self._delivered
 
     @property
     def exhausted(self) -> bool:
-        return not self._queue and bool(getattr(self.inner, "exhausted", False))
+        return not self._queue and self.inner.exhausted
 
     def read(self, timeout: float) -> Chunk | None:
         while not self._queue:
@@ -55,7 +60,9 @@ class FaultySource(Source):
             fault = self.faults.get(self._k)
             self._k += 1
             self._queue = [chunk] if fault is None else fault(chunk)
-        return self._queue.pop(0)
+        chunk = self._queue.pop(0)
+        self._delivered += chunk.n
+        return chunk
 
 
 def unique(prefix: str) -> str:

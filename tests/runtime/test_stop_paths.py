@@ -163,6 +163,14 @@ class Failing(Source):
         self.inner, self.fail_at, self.exc, self.reads = inner, fail_at, exc, 0
         self._info = inner.info
 
+    @property
+    def position(self) -> int:
+        return self.inner.position
+
+    @property
+    def exhausted(self) -> bool:
+        return False  # it fails or stalls instead
+
     def read(self, timeout: float) -> Chunk | None:
         self.reads += 1
         if self.reads >= self.fail_at:

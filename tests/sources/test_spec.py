@@ -94,7 +94,10 @@ def test_open_source_sim_uses_the_factory() -> None:
     seen = {}
 
     class Fake(Source):
-        pass
+        position, exhausted = 0, False
+
+        def read(self, timeout):
+            return None
 
     def factory(params: dict[str, str]) -> Source:
         seen.update(params)
