@@ -138,3 +138,52 @@ class Registry:
                 f"{self.kind} {name!r}: {obj!r} does not implement {self.interface} "
                 "(subclass it; see docs/architecture.md)"
             )
+
+
+# -- the four registries ---------------------------------------------------------------------
+#: Onset detectors: a config's ``[detector] kind``.
+DETECTORS = Registry(
+    "detector", "closedloop.detectors",
+    {
+        "threshold": "closedloop.core.detectors.threshold:ThresholdDetector",
+        "tkeo": "closedloop.core.detectors.threshold:TkeoDetector",
+        "double_threshold": "closedloop.core.detectors.bonato:DoubleThresholdDetector",
+        "cusum": "closedloop.core.detectors.cusum:CusumDetector",
+    },
+    interface="closedloop.core.detectors.base:Detector",
+)
+
+#: Stimulation protocols: a config's ``[protocol] kind``.
+PROTOCOLS = Registry(
+    "protocol", "closedloop.protocols",
+    {
+        "triggered_assist": "closedloop.stim.protocol:TriggeredAssist",
+        "reciprocal": "closedloop.stim.protocol:Reciprocal",
+        "cued_trials": "closedloop.stim.protocol:CuedTrials",
+    },
+    interface="closedloop.stim.protocol:Protocol",
+)
+
+#: Stimulator drivers: ``--stimulator NAME[:ARG]`` and ``[session] stimulator``.
+STIMULATORS = Registry(
+    "stimulator", "closedloop.stimulators",
+    {
+        "sim": "closedloop.stim.drivers.sim:SimStimulator",
+        "rehastim2": "closedloop.stim.drivers.rehastim2:RehaStim2",
+        "p24": "closedloop.stim.drivers.p24:P24",
+        "lsl": "closedloop.stim.drivers.lsl:LslStimulator",
+    },
+    interface="closedloop.stim.base:Stimulator",
+)
+
+#: EMG sources: ``--source NAME[:ARG][?k=v...]`` and ``[session] source``.
+SOURCES = Registry(
+    "source", "closedloop.sources",
+    {
+        "sim": "closedloop.sources.sim:SimSource",
+        "brainflow": "closedloop.sources.brainflow:BrainFlowSource",
+        "lsl": "closedloop.sources.lsl:LslSource",
+        "replay": "closedloop.sources.replay:ReplaySource",
+    },
+    interface="closedloop.sources.base:Source",
+)

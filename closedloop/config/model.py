@@ -29,13 +29,12 @@ from closedloop.config.schema import Check, Flag, Range, Text, dump, missing, pa
 from closedloop.config.signal import (
     ArtifactSettings,
     Calibration,
+    DetectorBase,
     DetectorSettings,
-    DoubleThresholdSettings,
     EnvelopeSettings,
     FilterSettings,
 )
 from closedloop.config.stimulation import (
-    PROTOCOL_KINDS,
     ChannelLimits,
     MuscleStim,
     ProtocolSettings,
@@ -127,6 +126,10 @@ class MuscleConfig:
         return self
 
 
+#: The detector of a ``[detector]`` table without ``kind``.
+DEFAULT_DETECTOR = "threshold"
+
+
 @settings(kw_only=True)
 class Config:
     """A whole session config (see :mod:`closedloop.config`).
@@ -141,7 +144,9 @@ class Config:
     sim: SimSettings = field(default_factory=SimSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
     envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
-    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    detector: DetectorBase = field(default_factory=DetectorSettings)
+    #: ``[detector] kind``: which registered detector ``detector`` configures.
+    detector_kind: Text = field(default=DEFAULT_DETECTOR, metadata={"toml": False})
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings)
     muscles: Annotated[tuple[MuscleConfig, ...], Field(min_length=1)]
     protocol: ProtocolSettings | None = None
@@ -155,7 +160,8 @@ class Config:
         plain JSON values: ``parse_config(resolved)`` gives the same settings whatever
         the defaults are then (recordings keep it; replay reads it)."""
         out = dump(self)
-        del out["path"], out["text"]
+        del out["path"], out["text"], out["detector_kind"]
+        out["detector"] = {"kind": self.detector_kind, **out["detector"]}
         return out
 
     @property
@@ -216,38 +222,47 @@ def default_config(channels: list[str] | tuple[str, ...]) -> Config:
 
 
 # -- the settings class of each kind ----------------------------------------------------------
-#: The detector every config runs today; ``[detector]`` has no ``kind`` key yet.
-DEFAULT_DETECTOR = "threshold"
 
 
-def detector_settings_for(kind: str) -> type:
-    """The settings class of ``[detector]`` for a detector ``kind`` (the names of
-    :func:`closedloop.core.detectors.make_detector`).
+def detector_settings_for(kind: str) -> type[DetectorBase]:
+    """The settings class of ``[detector]`` for a detector ``kind``: the registered
+    detector's :attr:`~closedloop.core.detectors.base.Detector.settings_type`
+    (:data:`closedloop.registry.DETECTORS`: built-in names, entry points, or a
+    ``module:Class`` spec).
 
     Raises
     ------
-    KeyError
-        For a kind without settings here.
+    ConfigError
+        An unknown kind (the message lists the known ones), or an add-on that cannot be
+        loaded.
     """
-    return {
-        "threshold": DetectorSettings,
-        "tkeo": DetectorSettings,
-        "double_threshold": DoubleThresholdSettings,
-    }[kind]
+    from closedloop.registry import DETECTORS
+
+    settings_type = getattr(DETECTORS.load(kind), "settings_type", None)
+    if not (isinstance(settings_type, type) and issubclass(settings_type, DetectorBase)):
+        raise ConfigError(f"detector {kind!r}: its settings_type {settings_type!r} is not a "
+                          "subclass of closedloop.config.signal.DetectorBase")
+    return settings_type
 
 
 def protocol_settings_for(kind: Any) -> type[ProtocolSettings]:
-    """The settings class of ``[protocol]`` for a protocol ``kind`` (all built-in kinds
-    share :class:`ProtocolSettings`).
+    """The settings class of ``[protocol]`` for a protocol ``kind``: the registered
+    protocol's ``settings_type`` (:data:`closedloop.registry.PROTOCOLS`).
 
     Raises
     ------
     KeyError
-        For an unknown kind.
+        For an unknown kind (the caller reports it with the known ones).
     """
-    if kind not in PROTOCOL_KINDS:
+    from closedloop.registry import PROTOCOLS
+
+    if not isinstance(kind, str) or not (kind in PROTOCOLS.names() or PROTOCOLS.is_spec(kind)):
         raise KeyError(kind)
-    return ProtocolSettings
+    settings_type = getattr(PROTOCOLS.load(kind), "settings_type", ProtocolSettings)
+    if not (isinstance(settings_type, type) and issubclass(settings_type, ProtocolSettings)):
+        raise ConfigError(f"protocol {kind!r}: its settings_type {settings_type!r} is not a "
+                          "subclass of closedloop.config.stimulation.ProtocolSettings")
+    return settings_type
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -267,8 +282,18 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     detector = body.pop("detector", {})
     protocol = body.pop("protocol", None)
     config = parse_table(Config, body, source=source)
-    detector = parse_table(detector_settings_for(DEFAULT_DETECTOR), detector, source=source,
-                           path="detector")  # [detector] gets a kind key with the registry
+    kind = DEFAULT_DETECTOR
+    if isinstance(detector, Mapping) and "kind" in detector:
+        detector = dict(detector)
+        kind = detector.pop("kind")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{source}: detector.kind = {kind!r} is not allowed; expected "
+                              "the name of a detector (a text string)")
+    try:
+        model = detector_settings_for(kind)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: detector.kind = {kind!r}: {exc}") from None
+    detector = parse_table(model, detector, source=source, path="detector")
     _check_muscles(config, detector, source)
     safety = config.safety
     if protocol is not None:
@@ -282,8 +307,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         safety = safety or SafetySettings()
     elif safety is not None:
         raise ConfigError(f"{source}: [safety] is given but there is no [protocol]")
-    config = replace(config, detector=detector, protocol=protocol, safety=safety, path=source,
-                     text=text)
+    config = replace(config, detector=detector, detector_kind=kind, protocol=protocol,
+                     safety=safety, path=source, text=text)
     if protocol is not None:
         _check_stimulation(config, source)
     return config

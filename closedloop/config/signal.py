@@ -29,6 +29,7 @@ def _mains(hz: float) -> bool:
 #: Sampling rates the signal core supports, Hz (inclusive).
 FS_RANGE = (100.0, 20000.0)
 
+
 @settings
 class FilterSettings:
     """``[filters]``: causal band-pass and mains notch.
@@ -60,9 +61,26 @@ class EnvelopeSettings:
 
 
 @settings
-class DetectorSettings:
-    """``[detector]``: onset/offset detection with hysteresis, timing rules and an adaptive
-    baseline.
+class DetectorBase:
+    """What every detector's ``[detector]`` settings have (a detector's own settings class
+    subclasses this and adds its fields; ``kind`` chooses the class, see
+    :mod:`closedloop.registry`).
+
+    Attributes
+    ----------
+    baseline : str
+        ``adaptive``: the detector learns the rest level from the signal (the stream
+        must start at rest); ``calibrated``: every muscle's ``[muscles.calibration]``
+        gives it (``closedloop calibrate``).
+    """
+
+    baseline: Baseline = "adaptive"
+
+
+@settings
+class DetectorSettings(DetectorBase):
+    """``[detector]`` of ``kind = "threshold"`` (the default): onset/offset detection on
+    the ``[envelope]`` with hysteresis, timing rules and an adaptive baseline.
 
     Attributes
     ----------
@@ -85,7 +103,7 @@ class DetectorSettings:
         ``adaptive``: a noise-floor tracker learns the rest level from the signal
         (needs >= ``warmup_ms + min_rest_ms`` of rest at the start, steady: blocks that
         agree within 2 x; learnt again, with a notice, if a quieter rest shows within
-        ``history_s`` that it was not rest: see :mod:`closedloop.core.onset`);
+        ``history_s`` that it was not rest: see :mod:`closedloop.core.detectors.threshold`);
         ``calibrated``: fixed thresholds from each muscle's calibration.
     block_ms, history_s, warmup_ms, min_rest_ms : float
         Adaptive tracker: statistics per block of samples; the floor is the quieter half
@@ -100,7 +118,6 @@ class DetectorSettings:
     min_on_ms: Annotated[float, Range(0.0, 2000.0)] = 3.0
     min_off_ms: Annotated[float, Range(0.0, 5000.0)] = 100.0
     refractory_ms: Annotated[float, Range(0.0, 60000.0)] = 200.0
-    baseline: Baseline = "adaptive"
     block_ms: Annotated[float, Range(5.0, 1000.0)] = 100.0
     history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
     warmup_ms: Annotated[float, Range(0.0, 10000.0)] = 100.0
@@ -189,11 +206,34 @@ class ArtifactSettings:
 
 
 @settings
-class DoubleThresholdSettings:
-    """Settings of the causal Bonato double-threshold detector
-    (:class:`closedloop.core.detectors.DoubleThresholdDetector`, which documents them).
+class TkeoSettings(DetectorSettings):
+    """``[detector]`` of ``kind = "tkeo"``: Teager-Kaiser energy conditioning, then the
+    threshold detector's rules (:class:`closedloop.core.detectors.threshold.TkeoDetector`,
+    which says where the defaults come from).
 
-    Band-pass and notch come from :class:`FilterSettings`.
+    Attributes
+    ----------
+    band_hz : [low, high]
+        A band-pass (4th-order Butterworth) applied to the filtered EMG before the
+        energy operator, which weights every component by its frequency squared.
+    """
+
+    k_on: Annotated[float, Range(0.5, 100.0)] = 10.0
+    band_hz: tuple[BandEdge, BandEdge] = (30.0, 300.0)
+
+    @model_validator(mode="after")
+    def _check_band(self) -> Self:
+        if self.band_hz[0] >= self.band_hz[1]:
+            raise invalid("band_hz", list(self.band_hz), "[low, high] with low < high")
+        return self
+
+
+@settings
+class DoubleThresholdSettings(DetectorBase):
+    """``[detector]`` of ``kind = "double_threshold"``: the causal Bonato double-threshold
+    detector (:class:`closedloop.core.detectors.bonato.DoubleThresholdDetector`, which
+    documents them). It learns its rest from the signal: ``baseline`` must be
+    ``adaptive``.
     """
 
     p_fa: Annotated[float, Range(1e-9, 0.5)] = 0.05
@@ -206,3 +246,52 @@ class DoubleThresholdSettings:
     rest_ms: Annotated[float, Range(20.0, 60000.0)] = 200.0
     whiten: Flag = True
     ar_order: Annotated[int, Range(1, 64)] = 6
+
+    @model_validator(mode="after")
+    def _check_baseline(self) -> Self:
+        if self.baseline != "adaptive":
+            raise invalid("baseline", self.baseline,
+                          "'adaptive' (this detector learns its rest from the signal)")
+        return self
+
+
+Ratio = Annotated[float, Range(1.05, 1e6)]
+
+
+@settings
+class CusumSettings(DetectorBase):
+    """``[detector]`` of ``kind = "cusum"``: the sequential likelihood-ratio detector
+    (:mod:`closedloop.core.detectors.cusum`, whose docstring says what each does).
+
+    Times in ms (``history_s`` in s); ``h_nats`` and ``off_nats`` in nats of independent
+    evidence. The defaults were chosen with ``closedloop evaluate --splice`` on its
+    development seeds only (:data:`closedloop.analysis.splice.DEV_SEEDS`).
+    """
+
+    h_nats: Annotated[float, Range(0.5, 1000.0)] = 18.0
+    ratios: Annotated[tuple[Ratio, ...], Check(lambda r: len(r) >= 1,
+                                               "at least one variance ratio above 1")] = (
+        2.0, 4.0, 8.0)
+    clip: Annotated[float, Range(2.0, 1e9)] = 7.0
+    whiten: Flag = True
+    ar_order: Annotated[int, Range(1, 32)] = 3
+    ar_loading: Annotated[float, Range(0.0, 100.0)] = 0.1
+    off_ratio: Ratio = 2.0
+    off_nats: Annotated[float, Range(0.5, 1000.0)] = 10.0
+    refractory_ms: Annotated[float, Range(0.0, 60000.0)] = 300.0
+    refractory_gain: Annotated[float, Range(0.0, 100.0)] = 1.0
+    block_ms: Annotated[float, Range(5.0, 1000.0)] = 50.0
+    warmup_ms: Annotated[float, Range(0.0, 10000.0)] = 100.0
+    learn_ms: Annotated[float, Range(20.0, 60000.0)] = 250.0
+    quiet_ratio: Annotated[float, Range(1.5, 1000.0)] = 4.0
+    history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
+    artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 100.0
+    artifact_max_ms: Annotated[float, Range(0.0, 1000.0)] = 20.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.learn_ms < 2 * self.block_ms:
+            raise invalid("learn_ms", self.learn_ms,
+                          f">= 2 x block_ms = {2 * self.block_ms:g} (the quiet test compares "
+                          "blocks)")
+        return self

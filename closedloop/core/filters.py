@@ -70,6 +70,11 @@ class FilterBank:
         """Forget the state; the next chunk starts a new signal."""
         self._started = False
 
+    def restart_channel(self, channel: int, level: float) -> None:
+        """Restart one channel as if its input had always been ``level`` (after a bad
+        stretch: no ringing from the step back to EMG)."""
+        self._filter.restart(channel, level)
+
     def process_inplace(self, x: np.ndarray) -> np.ndarray:
         """Filter ``x`` (n_channels, n), C-contiguous float64, in place; returns it."""
         if x.shape[1] == 0:

@@ -1,45 +1,49 @@
-"""The signal core in one object: filters -> envelope -> detector, chunk by chunk.
+"""The signal core in one object: blanking -> filters -> comb -> detector, chunk by chunk.
 
 ``Pipeline.process(samples, timestamps)`` is what every caller uses: the live loop, the
-offline ``detect`` command, replay and the evaluation tools, so they all make the same
-decisions from the same samples. With an :class:`~closedloop.core.blanking.ArtifactRemover`
-(the live loop and replay, which know the stimulation), stimulation pulses are blanked
-in the raw samples before the filters and the pulse-locked residual is cancelled after
-them.
+offline ``detect`` command, replay, calibration and the evaluation tools, so they all
+make the same decisions from the same samples. The detector is whichever the config's
+``[detector] kind`` names (:data:`closedloop.registry.DETECTORS`; the interface is
+:class:`~closedloop.core.detectors.base.Detector`). With an
+:class:`~closedloop.core.blanking.ArtifactRemover` (the live loop and replay, which know
+the stimulation), stimulation pulses are blanked in the raw samples before the filters
+and the pulse-locked residual is cancelled after them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from closedloop.config.signal import (
-    Calibration,
-    DetectorSettings,
-    EnvelopeSettings,
-    FilterSettings,
-)
+from closedloop.config import Config, default_config
 from closedloop.core.blanking import ArtifactRemover
-from closedloop.core.envelope import Envelope
+from closedloop.core.detectors.base import Detector
 from closedloop.core.events import Block
 from closedloop.core.filters import FilterBank
-from closedloop.core.onset import OnsetDetector
+from closedloop.registry import DETECTORS
+
+
+def build_detector(config: Config, fs: float, channels: Sequence[str]) -> Detector:
+    """The detector ``config`` chooses (``[detector] kind``), built for ``fs`` and
+    ``channels`` with the config's settings and calibrations."""
+    cls = DETECTORS.load(config.detector_kind)
+    return cls.from_config(config, fs, channels)
 
 
 class Pipeline:
-    """Stateful causal EMG pipeline for ``n_channels`` channels at ``fs``.
+    """Stateful causal EMG pipeline for ``config``'s muscles at ``fs``.
 
     Parameters
     ----------
     fs : float
         Sampling rate in Hz (100-20000).
-    channels : sequence of str
-        Channel names (muscle names), in column order.
-    filters, envelope, detector : settings dataclasses, optional
-        Defaults apply when omitted.
-    calibrations : sequence of Calibration or None, optional
-        Per-channel calibrations (fixed thresholds for those channels).
+    config : Config, optional
+        Filters, detector (kind and settings), envelope and calibrations; default: the
+        library defaults on channels ``channels``.
+    channels : sequence of str, optional
+        Channel names in column order (default: the config's muscle names).
     artifacts : ArtifactRemover, optional
         Stimulation-artifact removal around the filters (its schedule is fed by the
         caller, :meth:`ArtifactRemover.command`).
@@ -48,22 +52,21 @@ class Pipeline:
     def __init__(
         self,
         fs: float,
-        channels: Sequence[str],
-        filters: FilterSettings | None = None,
-        envelope: EnvelopeSettings | None = None,
-        detector: DetectorSettings | None = None,
-        calibrations: Sequence[Calibration | None] | None = None,
+        config: Config | None = None,
+        *,
+        channels: Sequence[str] | None = None,
         artifacts: ArtifactRemover | None = None,
     ) -> None:
+        if config is None:
+            if channels is None:
+                raise ValueError("Pipeline needs a config or channel names")
+            config = default_config(tuple(channels))
         self.fs = float(fs)
-        self.channels = tuple(channels)
+        self.config = config
+        self.channels = tuple(channels) if channels is not None else config.muscle_names
         n = len(self.channels)
-        self.filter_settings = filters or FilterSettings()
-        self.envelope_settings = envelope or EnvelopeSettings()
-        self.detector_settings = detector or DetectorSettings()
-        self.filters = FilterBank(self.filter_settings, self.fs, n)
-        self.envelope = Envelope(self.envelope_settings, self.fs, n)
-        self.detector = OnsetDetector(self.detector_settings, self.fs, self.channels, calibrations)
+        self.filters = FilterBank(config.filters, self.fs, n)
+        self.detector = build_detector(config, self.fs, self.channels)
         self.artifacts = artifacts
 
     def restart_channel(self, channel: int, level: float) -> None:
@@ -76,13 +79,14 @@ class Pipeline:
         clock, it keeps the pipeline chunk-invariant.
 
         Everything the channel's past left in the core is forgotten with it: the
-        envelope starts from silence (a bad stretch of huge values would otherwise
-        leave a rounding residue in the moving RMS's running sum for the rest of the
-        session) and the stimulation-blanking template restarts at ``level`` (it must
-        not fill a later blanked stretch with what it learnt from the bad one).
+        detector's conditioning (an envelope starts from silence: a bad stretch of huge
+        values would otherwise leave a rounding residue in the moving RMS's running sum
+        for the rest of the session) and the stimulation-blanking template restarts at
+        ``level`` (it must not fill a later blanked stretch with what it learnt from the
+        bad one).
         """
-        self.filters._filter.restart(channel, level)
-        self.envelope.restart_channel(channel)
+        self.filters.restart_channel(channel, level)
+        self.detector.restart_channel(channel)
         if self.artifacts is not None:
             self.artifacts.restart_channel(channel, level)
 
@@ -108,19 +112,67 @@ class Pipeline:
         x = np.array(samples.T, dtype=np.float64, order="C")  # channel-major working copy
         if self.artifacts is not None:
             self.artifacts.blank_inplace(x, start)
+        raw = x.copy() if self.detector.wants_raw else x
         filtered = self.filters.process_inplace(x)
         if self.artifacts is not None:
             self.artifacts.comb_inplace(filtered, start)
-        env = self.envelope.process_inplace(filtered)
-        above, events = self.detector.process(env, timestamps)
+        d = self.detector.process(filtered, raw, timestamps)
         return Block(
             start=start,
             timestamps=timestamps,
             filtered=filtered.T,
-            envelope=env.T,
-            above=above.T,
+            envelope=d.statistic.T,
+            above=d.above.T,
             on_threshold=self.detector.on_threshold.copy(),
             off_threshold=self.detector.off_threshold.copy(),
-            events=events,
+            events=d.events,
             channels=self.channels,
         )
+
+
+def detector_pipeline(kind: str, fs: float, channels: Sequence[str], *,
+                      config: Config | None = None, **params: Any) -> Pipeline:
+    """A pipeline running detector ``kind`` with ``params`` over ``config``'s settings
+    (default: the library defaults) for offline use: ``closedloop evaluate``'s
+    ``--detector NAME:k=v``, tests and benchmarks.
+
+    ``params`` are keys of the detector's ``[detector]`` table, or of ``[filters]`` and
+    ``[envelope]`` (``k_on=5``, ``window_ms=25``, ``bandpass_hz=(30, 450)``...); they are
+    validated as a config file's would be.
+
+    Raises
+    ------
+    ConfigError
+        An unknown kind or parameter, or a value out of range.
+    """
+    from dataclasses import asdict, fields, replace
+
+    from closedloop.config.model import detector_settings_for
+    from closedloop.config.schema import parse_table
+    from closedloop.config.signal import EnvelopeSettings, FilterSettings
+
+    base = config or default_config(tuple(channels))
+    source = f"detector {kind!r}"
+    model = detector_settings_for(kind)
+    groups: dict[str, dict[str, Any]] = {"filters": {}, "envelope": {}, "detector": {}}
+    own = {f.name for f in fields(model)}
+    for key, value in params.items():
+        value = list(value) if isinstance(value, tuple) else value
+        if key in own:
+            groups["detector"][key] = value
+        elif key in {f.name for f in fields(FilterSettings)}:
+            groups["filters"][key] = value
+        elif key in {f.name for f in fields(EnvelopeSettings)}:
+            groups["envelope"][key] = value
+        else:
+            groups["detector"][key] = value  # refused below, naming the detector's keys
+    same = base.detector_kind == kind
+    detector = parse_table(model, {**(asdict(base.detector) if same else {}),
+                                   **groups["detector"]}, source=source)
+    filters = parse_table(FilterSettings, {**asdict(base.filters), **groups["filters"]},
+                          source=source)
+    envelope = parse_table(EnvelopeSettings, {**asdict(base.envelope), **groups["envelope"]},
+                           source=source)
+    config = replace(base, detector=detector, detector_kind=kind, filters=filters,
+                     envelope=envelope)
+    return Pipeline(fs, config, channels=channels)
