@@ -101,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
         "--detector",
         action="append",
         dest="detectors",
-        help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)",
+        help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml | peer:bmc, "
+             "peer:neurokit2, peer:hodges_bui, peer:bonato (offline; --splice) (repeatable)",
     )
     ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel)")
     ev.add_argument("--fs", type=float, help="sampling rate of text inputs")
@@ -110,6 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--simulate", help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
     ev.add_argument("--minutes", type=float, default=5.0)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--splice", nargs="?", const="", metavar="SNRS",
+        help="real bursts spliced into real rest at these SNRs (default 20,10,3,0); input: "
+             "the shared data folder (default ../shared/data)")
+    ev.add_argument("--seeds", help="--splice: seeds, e.g. 100-109 (default: the report seeds)")
     ev.set_defaults(module="closedloop.evaluate")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")

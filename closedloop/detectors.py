@@ -29,6 +29,10 @@ A detector is a small class with one documented interface (:class:`Detector`):
 ``tkeo``
     :class:`TkeoDetector`: Teager-Kaiser energy conditioning (Li, Zhou & Aruin 2007;
     Solnik et al. 2010) followed by the same threshold rules.
+``cusum``
+    :class:`SequentialDetector`: Page's CUSUM of the log-likelihood ratio of a variance
+    increase on the partially prewhitened band-passed EMG, an approximate GLR over the
+    ratio (Staude et al. 2001); see :mod:`closedloop.core.cusum`.
 
 References
 ----------
@@ -55,6 +59,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import linalg, stats
 
+from closedloop.core.cusum import CusumDetector, CusumSettings, Notice
 from closedloop.core.events import OFFSET, ONSET, Event
 from closedloop.core.filters import FilterBank
 from closedloop.core.pipeline import Pipeline
@@ -68,7 +73,7 @@ from closedloop.errors import ConfigError
 from closedloop.validate import Table
 
 #: Names :func:`make_detector` accepts.
-DETECTOR_NAMES = ("threshold", "double_threshold", "tkeo")
+DETECTOR_NAMES = ("threshold", "double_threshold", "tkeo", "cusum")
 
 
 class Detector:
@@ -522,6 +527,79 @@ class DoubleThresholdDetector(Detector):
             i = k + 1
 
 
+# -- sequential likelihood (CUSUM) --------------------------------------------------------------
+class SequentialDetector(Detector):
+    """Page's CUSUM of the log-likelihood ratio of a variance increase, live-ready.
+
+    The whole method (artefact hold, causal band-pass, partial prewhitening, the CUSUM
+    bank with its threshold in nats of independent evidence, the offset CUSUM, the
+    refractory rise and the rest learning and tracking) is
+    :class:`closedloop.core.cusum.CusumDetector`; this class gives it the
+    :class:`Detector` interface.
+
+    Parameters
+    ----------
+    fs, channels
+        See :class:`Detector`.
+    filters : FilterSettings, optional
+        Band-pass and notch (default: the library defaults).
+    cusum : CusumSettings, optional
+        Base settings (a config's ``[detector]`` with ``kind = "cusum"``).
+    calibrations : sequence of Calibration or None, optional
+        Per channel: the calibration's rest variance is used (see
+        :func:`closedloop.core.cusum.calibrated_variance`).
+    **params
+        Any field of :class:`CusumSettings` (``h_nats=10``, ``ratios=[2, 8, 32]``...) or
+        :class:`FilterSettings`, range-checked.
+
+    Attributes
+    ----------
+    core : CusumDetector
+        The live detector (``ready``, ``active``, ``suspend()``, ``threshold()``).
+    notices : list of Notice
+        What the detector found that is not a detection ("rest was not quiet"), oldest
+        first; :meth:`drain_notices` takes them.
+    """
+
+    name = "cusum"
+
+    def __init__(
+        self,
+        fs: float,
+        channels: Sequence[str],
+        *,
+        filters: FilterSettings | None = None,
+        cusum: CusumSettings | None = None,
+        calibrations: Sequence[Calibration | None] | None = None,
+        **params: Any,
+    ) -> None:
+        super().__init__(fs, channels)
+        parts = _split(params, {"own": _fields(CusumSettings), "filters": _fields(FilterSettings)},
+                       repr(self.name))
+        src = f"detector {self.name!r}"
+        self.filter_settings = _settings_with(
+            FilterSettings, filters or FilterSettings(), parts["filters"], src)
+        self.settings = _settings_with(CusumSettings, cusum or CusumSettings(), parts["own"], src)
+        try:
+            self.core = CusumDetector(self.settings, self.filter_settings, self.fs,
+                                      self.channels, calibrations)
+        except ValueError as exc:
+            raise ConfigError(f"{src}: {exc}") from None
+        for st in (self.settings, self.filter_settings):
+            self.params.update({k: _plain(v) for k, v in dataclasses.asdict(st).items()})
+
+    @property
+    def notices(self) -> list[Notice]:
+        return self.core.notices
+
+    def drain_notices(self) -> list[Notice]:
+        """The notices issued since the last call, oldest first."""
+        return self.core.drain_notices()
+
+    def _process(self, x: np.ndarray, timestamps: np.ndarray) -> list[Event]:
+        return self.core.process(np.array(x.T, dtype=np.float64, order="C"), timestamps)
+
+
 # -- factory -----------------------------------------------------------------------------------
 def make_detector(name: str, fs: float, channels: Sequence[str], **params: Any) -> Detector:
     """Build the detector called ``name`` (one of :data:`DETECTOR_NAMES`).
@@ -529,7 +607,7 @@ def make_detector(name: str, fs: float, channels: Sequence[str], **params: Any) 
     Parameters
     ----------
     name : str
-        ``threshold``, ``double_threshold`` or ``tkeo``.
+        ``threshold``, ``double_threshold``, ``tkeo`` or ``cusum``.
     fs : float
         Sampling rate, Hz.
     channels : sequence of str
@@ -544,4 +622,6 @@ def make_detector(name: str, fs: float, channels: Sequence[str], **params: Any) 
         return TkeoDetector(fs, channels, **params)
     if name == "double_threshold":
         return DoubleThresholdDetector(fs, channels, **params)
+    if name == "cusum":
+        return SequentialDetector(fs, channels, **params)
     raise ConfigError(f"unknown detector {name!r}; choose one of {', '.join(DETECTOR_NAMES)}")
