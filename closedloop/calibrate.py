@@ -198,6 +198,7 @@ class Recorder:
         self.cols = _columns(config, info)
         self.muscles = config.muscle_names
         self.monitor = InputMonitor(info)
+        config.require_threshold("`closedloop calibrate`")
         detector = replace(config.detector, baseline="adaptive")
         self.pipeline = Pipeline(info.fs, self.muscles, config.filters, config.envelope, detector)
         self.n_samples = int(n_samples)

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--fs", type=float, default=2000.0)
     b.add_argument("--minutes", type=float, default=10.0)
     b.add_argument("--large", type=int, default=10000, help="large chunk size, samples")
+    b.add_argument("--detector", default="threshold",
+                   help="detector to measure: threshold (the product pipeline), "
+                        "double_threshold, tkeo, cusum")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=float, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")

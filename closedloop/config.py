@@ -16,6 +16,8 @@ Layout::
     [filters]   bandpass_hz, order, notch_hz, notch_harmonics, notch_q
     [envelope]  kind, window_ms, cutoff_hz
     [detector]  k_on, off_fraction, mvc_fraction, min_on_ms, min_off_ms, ...
+                or kind = "cusum" with the sequential detector's settings
+                (closedloop.core.cusum.CusumSettings)
     [artifacts] blank_ms, comb, comb_pulses (stimulation artifacts); hum_db, ... (mains hum)
     [[muscles]] name, channel, antagonist, placement, picture,
                 [muscles.stim], [muscles.limits], [muscles.calibration]
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from closedloop.core.blanking import ArtifactSettings
+from closedloop.core.cusum import CusumSettings
 from closedloop.core.settings import (
     Calibration,
     DetectorSettings,
@@ -44,6 +47,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+#: ``[detector] kind`` values.
+DETECTOR_KINDS = ("threshold", "cusum")
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,10 @@ class Config:
     filters: FilterSettings = field(default_factory=FilterSettings)
     envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
     detector: DetectorSettings = field(default_factory=DetectorSettings)
+    #: ``[detector] kind``: "threshold" (the envelope threshold, :attr:`detector`) or
+    #: "cusum" (the sequential detector, :attr:`cusum`).
+    detector_kind: str = "threshold"
+    cusum: CusumSettings | None = None
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings)
     muscles: tuple[MuscleConfig, ...] = ()
     protocol: Any = None  # closedloop.stim.settings.ProtocolSettings
@@ -167,6 +178,16 @@ class Config:
                     "channel to one of those labels or to a 0-based index"
                 )
         return cols
+
+    def require_threshold(self, what: str) -> None:
+        """Refuse a detector ``what`` does not run yet (rather than silently running the
+        threshold detector in its place)."""
+        if self.detector_kind != "threshold":
+            raise ConfigError(
+                f"{self.path}: detector.kind = {self.detector_kind!r} runs in `closedloop "
+                f"detect` and `closedloop evaluate`, but {what} does not run it yet; remove "
+                "kind (or set kind = 'threshold') for a session"
+            )
 
     def calibrations(self) -> list[Calibration | None]:
         return [m.calibration for m in self.muscles]
@@ -231,7 +252,16 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
     sim = SimSettings.from_table(top.table("sim", {}))
     filters = FilterSettings.from_table(top.table("filters", {}))
     envelope = EnvelopeSettings.from_table(top.table("envelope", {}))
-    detector = DetectorSettings.from_table(top.table("detector", {}))
+    dtable = top.table("detector", {})
+    detector_kind = "threshold"
+    cusum = None
+    if dtable.has("kind"):
+        detector_kind = dtable.str("kind", choices=DETECTOR_KINDS)
+    if detector_kind == "cusum":
+        cusum = CusumSettings.from_table(dtable)
+        detector = DetectorSettings()
+    else:
+        detector = DetectorSettings.from_table(dtable)
     artifacts = ArtifactSettings.from_table(top.table("artifacts", {}))
     mtables = top.tables("muscles")
     if not mtables:
@@ -251,7 +281,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
             raise ConfigError(
                 f"{where}.antagonist = {m.antagonist!r}: a muscle cannot be its own antagonist"
             )
-    if detector.baseline == "calibrated":
+    if detector.baseline == "calibrated" or (cusum is not None and cusum.baseline == "calibrated"):
         missing = [m.name for m in muscles if m.calibration is None]
         if missing:
             raise ConfigError(
@@ -292,6 +322,8 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
         filters=filters,
         envelope=envelope,
         detector=detector,
+        detector_kind=detector_kind,
+        cusum=cusum,
         artifacts=artifacts,
         muscles=muscles,
         protocol=protocol,

@@ -25,13 +25,21 @@ def select_channels(data: EmgData, config: Config) -> EmgData:
 
 def detect(data: EmgData, config: Config, chunk: int | None = None) -> list[Event]:
     """All events of the config's detector over ``data``."""
+    if chunk is None:
+        chunk = max(1, int(round(config.session.chunk_ms * data.fs / 1000.0)))
+    events: list[Event] = []
+    if config.detector_kind == "cusum":
+        from closedloop.detectors import SequentialDetector
+
+        det = SequentialDetector(data.fs, data.channels, filters=config.filters,
+                                 cusum=config.cusum, calibrations=config.calibrations())
+        for i in range(0, data.samples.shape[0], chunk):
+            events.extend(det.process(data.samples[i : i + chunk]))
+        return events
     pipe = Pipeline(
         data.fs, data.channels, config.filters, config.envelope, config.detector,
         config.calibrations(),
     )
-    if chunk is None:
-        chunk = max(1, int(round(config.session.chunk_ms * data.fs / 1000.0)))
-    events: list[Event] = []
     for i in range(0, data.samples.shape[0], chunk):
         events.extend(pipe.process(data.samples[i : i + chunk]).events)
     return events

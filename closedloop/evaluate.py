@@ -84,7 +84,12 @@ from typing import Any
 import numpy as np
 
 from closedloop.core.events import ONSET, Event
-from closedloop.detectors import DETECTOR_NAMES, ThresholdDetector, make_detector
+from closedloop.detectors import (
+    DETECTOR_NAMES,
+    SequentialDetector,
+    ThresholdDetector,
+    make_detector,
+)
 from closedloop.errors import ConfigError, InputError
 from closedloop.scoring import Score, merge_scores, score_onsets
 
@@ -478,7 +483,7 @@ def parse_detector_spec(text: str | DetectorSpec) -> DetectorSpec:
         from closedloop.config import load_config
 
         cfg = load_config(s)  # validates now, in the parent process
-        return DetectorSpec(label=cfg.name, name="threshold", config_path=s)
+        return DetectorSpec(label=cfg.name, name=cfg.detector_kind, config_path=s)
     name, _, rest = s.partition(":")
     name = name.strip()
     if name == "peer":
@@ -524,8 +529,12 @@ def _config_detector(spec: DetectorSpec, rec: Recording) -> tuple[Any, list[int]
                 f"{cfg.path}: muscle {m.name!r} (channel {m.channel!r}) is not in "
                 f"{rec.name} (its channels: {', '.join(rec.channels)})"
             )
+    chans = [rec.channels[c] for c in cols]
+    if cfg.detector_kind == "cusum":
+        return SequentialDetector(rec.fs, chans, filters=cfg.filters, cusum=cfg.cusum,
+                                  calibrations=cfg.calibrations()), cols
     det = ThresholdDetector(
-        rec.fs, [rec.channels[c] for c in cols], filters=cfg.filters, envelope=cfg.envelope,
+        rec.fs, chans, filters=cfg.filters, envelope=cfg.envelope,
         detector=cfg.detector, calibrations=cfg.calibrations(),
     )
     return det, cols

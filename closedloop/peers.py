@@ -146,7 +146,9 @@ def run_peer(name: str, x: np.ndarray, fs: float, rest: tuple[int, int]) -> list
         fn = PEERS[name]
     except KeyError:
         raise InputError(f"unknown peer {name!r}; choose one of {', '.join(PEER_NAMES)}") from None
-    return fn(np.asarray(x, dtype=np.float64), float(fs), (int(rest[0]), int(rest[1])))
+    with warnings.catch_warnings():  # the peers' own deprecation warnings are not ours
+        warnings.simplefilter("ignore")
+        return fn(np.asarray(x, dtype=np.float64), float(fs), (int(rest[0]), int(rest[1])))
 
 
 def consensus(

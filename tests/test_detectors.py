@@ -14,6 +14,7 @@ from closedloop.detectors import (
     DETECTOR_NAMES,
     Detector,
     DoubleThresholdDetector,
+    SequentialDetector,
     ThresholdDetector,
     TkeoDetector,
     bonato_p_zeta,
@@ -87,6 +88,7 @@ _CONFIGS = {
     "threshold_hair": ("threshold", {**_HAIR, "k_on": 3.0}),
     "tkeo_hair": ("tkeo", {**_HAIR, "k_on": 3.0}),
     "double_threshold_hair": ("double_threshold", {**_HAIR, "p_fa": 0.3}),
+    "cusum_hair": ("cusum", {"h_nats": 3.0, "off_nats": 1.0, "refractory_ms": 0.0}),
 }
 
 
@@ -164,6 +166,7 @@ def test_factory_and_parameter_errors():
     assert type(make_detector("threshold", FS, ["a"])) is ThresholdDetector
     assert type(make_detector("tkeo", FS, ["a"])) is TkeoDetector
     assert type(make_detector("double_threshold", FS, ["a"])) is DoubleThresholdDetector
+    assert type(make_detector("cusum", FS, ["a"])) is SequentialDetector
     with pytest.raises(ConfigError, match="unknown detector 'nope'"):
         make_detector("nope", FS, ["a"])
     with pytest.raises(ConfigError, match="unknown parameter 'k_of'"):

@@ -105,7 +105,7 @@ class CusumSettings:
     ``h_nats`` and ``off_nats`` in nats of independent evidence.
     """
 
-    h_nats: float = 22.0
+    h_nats: float = 18.0
     ratios: tuple[float, ...] = (2.0, 4.0, 8.0)
     clip: float = 7.0
     whiten: bool = True

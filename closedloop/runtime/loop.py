@@ -95,6 +95,7 @@ def run_loop(
         protocol = (protocol_factory or make_protocol)(config.protocol, muscles, fs)
         guard = SafetyGuard.from_muscles(muscles, config.safety, fs, protocol=config.protocol)
         remover = ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz)
+    config.require_threshold("the live loop (run, replay)")
     pipeline = Pipeline(fs, names, config.filters, config.envelope, config.detector,
                         config.calibrations(), artifacts=remover)
     hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from closedloop.core.cusum import (
     REST_NOT_QUIET,
-    CusumDetector,
     CusumSettings,
     calibrated_variance,
 )
