@@ -103,6 +103,15 @@ class CusumSettings:
 
     See the module docstring for what each does. Times in ms (``history_s`` in s);
     ``h_nats`` and ``off_nats`` in nats of independent evidence.
+
+    The defaults were chosen with ``closedloop evaluate --splice`` on its development
+    seeds (:data:`closedloop.splice.DEV_SEEDS`) only. ``h_nats`` and ``clip`` trade
+    latency and low-SNR sensitivity against false detections on real rest: with ratios
+    2, 4, 8 and ``clip = 7``, ``h_nats`` 16 / 18 / 22 gave 3 dB sensitivities of 0.64 /
+    0.57 / 0.44 and 3 / 2 / 2 onsets in the 1.8 minutes of pure rest (the weak activity
+    real rest holds); a larger ``clip`` is faster at high SNR and more easily set off by
+    the short motor-unit blips of real rest. ``ar_order = 3`` with ``ar_loading = 0.1``
+    did as well as orders 2-6 and better than no whitening at 10 dB.
     """
 
     h_nats: float = 18.0
