@@ -250,8 +250,9 @@ def test_a_calibrated_channel_uses_the_calibrations_rest_variance():
     x = _rest(6.0, 9)
     xf = FilterBank(FilterSettings(), FS, 1).process(x[:, None])[300:, 0]
     sd = float(np.std(xf))
-    cal = Calibration(rest_mean=sd * 0.94, rest_sd=sd * 0.34)  # RMS envelope statistics
-    assert calibrated_variance(cal) == pytest.approx(sd**2, rel=0.01)
+    # RMS-envelope statistics of a calibration that found twice this rest's variance
+    cal = Calibration(rest_mean=sd * 0.94 * 2**0.5, rest_sd=sd * 0.34 * 2**0.5)
+    assert calibrated_variance(cal) == pytest.approx(2 * sd**2, rel=0.01)
     det = make_detector("cusum", FS, ["m"], calibrations=[cal], baseline="calibrated")
     det.process(x[:, None])
     core = det.core
@@ -261,6 +262,9 @@ def test_a_calibrated_channel_uses_the_calibrations_rest_variance():
     e = np.convolve(xf, a)[a.size - 1 : xf.size]
     gain = float(np.mean(e**2) / np.mean(xf**2))
     assert core.sigma2[0] == pytest.approx(calibrated_variance(cal) * gain, rel=0.15)
+    adaptive = make_detector("cusum", FS, ["m"])
+    adaptive.process(x[:, None])
+    assert core.sigma2[0] == pytest.approx(2 * adaptive.core.sigma2[0], rel=0.2)
     # a calibration 25 x quieter than what the session starts with: rest was not quiet
     quiet = Calibration(rest_mean=sd * 0.94 / 5, rest_sd=sd * 0.34 / 5)
     det = make_detector("cusum", FS, ["m"], calibrations=[quiet])
