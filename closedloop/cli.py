@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=MINUTES, default=10.0)
     b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
                                           hi=1e6), default=10000, help="large chunk size, samples")
+    b.add_argument("--detector", default="threshold",
+                   help="detector to measure (a [detector] kind: threshold, tkeo, "
+                        "double_threshold, cusum, or a registered one)")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=SECONDS, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -243,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         action="append",
         dest="detectors",
-        help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)",
+        help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml | peer:bmc, "
+             "peer:neurokit2, peer:hodges_bui, peer:bonato (offline; --splice) (repeatable)",
     )
     ev.add_argument("--labels", type=input_file,
                     help="CSV of reference onsets (sample,channel or time_s,channel)")
@@ -254,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
     ev.add_argument("--minutes", type=MINUTES, default=5.0)
     ev.add_argument("--seed", type=SEED, default=0)
+    ev.add_argument(
+        "--splice", nargs="?", const="20,10,3,0", metavar="SNRS",
+        type=numbers("SNRs in dB", -20.0, 60.0),
+        help="real bursts spliced into real rest at these SNRs (default 20,10,3,0); input: "
+             "the shared data folder (default ../shared/data)")
+    ev.add_argument("--seeds", help="--splice: seeds, e.g. 100-109 (default: the report seeds)")
     ev.set_defaults(module="closedloop.analysis.evaluate")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")

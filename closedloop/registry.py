@@ -9,12 +9,12 @@ order:
    sits below every layer it names and a missing optional dependency (one device's
    library) breaks only that device;
 2. **entry points** of installed packages, in the group of the registry's kind
-   (``closedloop.core.detectors``, ``closedloop.protocols``, ``closedloop.stimulators``,
+   (``closedloop.detectors``, ``closedloop.protocols``, ``closedloop.stimulators``,
    ``closedloop.sources``), so a lab's own package adds a name without editing
    closedloop::
 
        # the lab package's pyproject.toml
-       [project.entry-points."closedloop.core.detectors"]
+       [project.entry-points."closedloop.detectors"]
        my_detector = "mylab.detectors:MyDetector"
 
 3. a **spec** ``"package.module:Class"`` given directly where a name is accepted (a

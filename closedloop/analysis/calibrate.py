@@ -55,7 +55,7 @@ import tomlkit
 import tomlkit.items
 
 from closedloop.config import Config, load_config, loads_config
-from closedloop.config.signal import Calibration
+from closedloop.config.signal import Calibration, DetectorSettings
 from closedloop.core.pipeline import Pipeline
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, InputError
@@ -202,8 +202,14 @@ class Recorder:
         self.cols = _columns(config, info)
         self.muscles = config.muscle_names
         self.monitor = InputMonitor(info)
-        detector = replace(config.detector, baseline="adaptive")
-        self.pipeline = Pipeline(info.fs, self.muscles, config.filters, config.envelope, detector)
+        # a calibration is statistics of the RMS envelope whatever the config's detector
+        # (each detector makes its own use of them), measured with an adaptive baseline
+        threshold = (config.detector if isinstance(config.detector, DetectorSettings)
+                     else DetectorSettings())
+        measuring = replace(
+            config, detector_kind="threshold", detector=replace(threshold, baseline="adaptive"),
+            muscles=tuple(replace(m, calibration=None) for m in config.muscles))
+        self.pipeline = Pipeline(info.fs, self.muscles, measuring)
         self.n_samples = int(n_samples)
         self.envelope = np.zeros((self.n_samples, len(self.muscles)))
         self.position = 0

@@ -26,13 +26,10 @@ def select_channels(data: EmgData, config: Config) -> EmgData:
 
 def detect(data: EmgData, config: Config, chunk: int | None = None) -> list[Event]:
     """All events of the config's detector over ``data``."""
-    pipe = Pipeline(
-        data.fs, data.channels, config.filters, config.envelope, config.detector,
-        config.calibrations(),
-    )
     if chunk is None:
         chunk = max(1, int(round(config.session.chunk_ms * data.fs / 1000.0)))
     events: list[Event] = []
+    pipe = Pipeline(data.fs, data.channels, config)
     for i in range(0, data.samples.shape[0], chunk):
         events.extend(pipe.process(data.samples[i : i + chunk]).events)
     return events

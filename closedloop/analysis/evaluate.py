@@ -36,8 +36,11 @@ Inputs and where their references come from
   ``reference_outputs.json``, as an input). See :func:`shared_recordings`. They are
   reported in their own groups, never pooled with simulated data:
 
-  - ``bmc_emg.csv``: the BMC notebook recipe's onsets (an offline, zero-phase method,
-    not ground truth; other tools disagree with it by 30-45 ms);
+  - ``bmc_emg.csv`` and ``biosppy_emg_1.txt``: the onsets the offline peers agree on
+    (:data:`closedloop.analysis.splice.CONSENSUS`: at least 3 of the BMC recipe, NeuroKit2 and
+    BioSPPy's Hodges-Bui and Bonato detectors within 100 ms, their median; offline,
+    zero-phase marks, not ground truth); in ``biosppy_emg_1.txt`` the activity that
+    only one or two peers mark is excluded (:data:`BIOSPPY_1_WEAK`);
   - ``uci_lowerlimb_5Npie.txt`` / ``_5Nsen.txt``: movement onsets from the knee-angle
     channel (independent of the EMG; see :func:`movement_onsets`), scored against the
     fused onsets of the agonists (hamstrings BF+ST for standing knee flexion,
@@ -47,11 +50,12 @@ Inputs and where their references come from
     decision came before the movement). Not 1.5 s early: the movements repeat every
     ~3 s and the return movement's burst lies 1-1.5 s before the next movement, so a
     1.5 s window would credit it as a hit. A "false" detection here is an agonist onset
-    not followed by a movement, which includes real bursts during the return phase;
+    not followed by a movement, which includes real bursts during the return phase.
+    The column ``before`` counts the movements whose matched decision came before
+    the movement began;
   - ``biosppy_emg.txt``: no onset reference; the documented weak activity (38-58 s) is
     excluded (35-60 s) and everything else is rest, so only false detections per
     minute of rest are scored;
-  - ``biosppy_emg_1.txt``: no reference at all: detections are counted, not scored.
 
   The gestures file is left out: its labels follow the protocol cue, not the
   physiological onset, and new values arrive at only ~110 Hz.
@@ -80,9 +84,13 @@ from typing import Any
 import numpy as np
 
 from closedloop.analysis.scoring import Score, merge_scores, score_onsets
-from closedloop.core.detectors import DETECTOR_NAMES, ThresholdDetector, make_detector
 from closedloop.core.events import ONSET, Event
+from closedloop.core.pipeline import OfflineDetector, Pipeline, make_detector
 from closedloop.errors import ConfigError, InputError
+from closedloop.registry import DETECTORS
+
+#: The detectors a table shows when none are named: every built-in one.
+BUILTIN_DETECTORS = tuple(DETECTORS.builtins)
 
 #: Channel name of a reference meaning "any channel" (onsets of all channels fused).
 ANY = "*"
@@ -351,6 +359,12 @@ def movement_onsets(
     return out
 
 
+#: Group of the recordings scored against the offline peers' consensus onsets.
+CONSENSUS_GROUP = "real: peers' consensus onsets"
+#: biosppy_emg_1.txt: activity that only one or two peers mark (16.97-19.38 s, 23.18-23.36 s,
+#: 35.89-40.72 s, 44.95 s), with 0.3 s margins: neither rest nor a consensus onset.
+BIOSPPY_1_WEAK = ((16600, 19700), (22800, 23700), (35500, 41100), (44600, 45400))
+
 #: The shared recordings evaluated, in table order.
 SHARED_NAMES = (
     "bmc_emg.csv",
@@ -370,13 +384,13 @@ def shared_recording(data_dir: str | Path, name: str) -> Recording:
     if not p.is_file():
         raise InputError(f"{p}: missing; the shared recordings are described in {d / 'README.md'}")
     if name == "bmc_emg.csv":
-        ref = json.loads((d / "reference_outputs.json").read_text(encoding="utf-8"))
-        pairs = ref["bmc_emg.csv"]["BMC_notebook_recipe"]["onset_offset_samples"]
+        from closedloop.analysis.splice import CONSENSUS
+
         data = load_text(p, 1000.0, columns=[1])
         return Recording(
-            name, data.samples, 1000.0, ("emg",), tuple((int(a), "emg") for a, _ in pairs),
-            group="real: offline onsets (BMC recipe)",
-            note="reference: BMC notebook recipe onsets (offline, zero-phase)",
+            name, data.samples, 1000.0, ("emg",),
+            tuple((k, "emg") for k in CONSENSUS[(name, 1)]), group=CONSENSUS_GROUP,
+            note="reference: the offline peers' consensus onsets (3 of 4 within 100 ms)",
         )
     if name.startswith("uci_lowerlimb_"):
         x = np.loadtxt(p, skiprows=7)
@@ -398,8 +412,15 @@ def shared_recording(data_dir: str | Path, name: str) -> Recording:
                 group="real: rest only",
                 note="no onsets; 35-60 s (documented weak activity) excluded, the rest is rest",
             )
-        return Recording(name, data.samples, 1000.0, ("emg",), None, group="real: unscored",
-                         note="no reference: detections counted only")
+        from closedloop.analysis.splice import CONSENSUS
+
+        return Recording(
+            name, data.samples, 1000.0, ("emg",),
+            tuple((k, "emg") for k in CONSENSUS[(name, 0)]), exclude=BIOSPPY_1_WEAK,
+            group=CONSENSUS_GROUP,
+            note="reference: the offline peers' consensus onsets (3 of 4 within 100 ms); "
+                 "activity marked by only one or two peers excluded",
+        )
     raise InputError(
         f"{name}: not one of the shared recordings evaluated ({', '.join(SHARED_NAMES)})"
     )
@@ -465,13 +486,23 @@ def parse_detector_spec(text: str | DetectorSpec) -> DetectorSpec:
         from closedloop.config import load_config
 
         cfg = load_config(s)  # validates now, in the parent process
-        return DetectorSpec(label=cfg.name, name="threshold", config_path=s)
+        return DetectorSpec(label=cfg.name, name=cfg.detector_kind, config_path=s)
     name, _, rest = s.partition(":")
     name = name.strip()
-    if name not in DETECTOR_NAMES + PSEUDO:
+    if name == "peer":
+        from closedloop.analysis.peers import PEER_NAMES
+
+        if rest.strip() not in PEER_NAMES:
+            raise ConfigError(
+                f"detector spec {s!r}: unknown peer {rest.strip()!r}; choose one of "
+                f"{', '.join('peer:' + p for p in PEER_NAMES)}"
+            )
+        return DetectorSpec(label=s, name=s)
+    if name not in PSEUDO and not (name in DETECTORS.names() or DETECTORS.is_spec(name)):
         raise ConfigError(
             f"detector spec {s!r}: unknown detector {name!r}; choose one of "
-            f"{', '.join(DETECTOR_NAMES + PSEUDO)}, or give a .toml config"
+            f"{', '.join(DETECTORS.names() + list(PSEUDO))}, peer:NAME, a module:Class spec, "
+            "or give a .toml config"
         )
     params = []
     for item in filter(None, (p.strip() for p in rest.split(","))):
@@ -502,11 +533,8 @@ def _config_detector(spec: DetectorSpec, rec: Recording) -> tuple[Any, list[int]
                 f"{cfg.path}: muscle {m.name!r} (channel {m.channel!r}) is not in "
                 f"{rec.name} (its channels: {', '.join(rec.channels)})"
             )
-    det = ThresholdDetector(
-        rec.fs, [rec.channels[c] for c in cols], filters=cfg.filters, envelope=cfg.envelope,
-        detector=cfg.detector, calibrations=cfg.calibrations(),
-    )
-    return det, cols
+    chans = [rec.channels[c] for c in cols]
+    return OfflineDetector(Pipeline(rec.fs, chans, cfg)), cols
 
 
 def run_detector(spec: DetectorSpec, rec: Recording, *, chunk_s: float = 1.0) -> list[Event]:
@@ -515,6 +543,16 @@ def run_detector(spec: DetectorSpec, rec: Recording, *, chunk_s: float = 1.0) ->
         return [Event(s, s / rec.fs, ch, ONSET) for s, ch in (rec.reference or ())]
     if spec.name == "recorded":
         return list(rec.recorded)
+    if spec.name.startswith("peer:"):
+        from closedloop.analysis.peers import run_peer
+
+        rest = (0, min(rec.n, int(round(rec.fs))))
+        return sorted(
+            (Event(s, s / rec.fs, ch, ONSET)
+             for c, ch in enumerate(rec.channels)
+             for s in run_peer(spec.name[5:], rec.samples[:, c], rec.fs, rest)),
+            key=lambda e: e.sample,
+        )
     if spec.config_path is not None:
         det, cols = _config_detector(spec, rec)
     else:
@@ -589,6 +627,7 @@ class Row:
     minutes: float
     note: str = ""
     score: Score | None = field(default=None, repr=False, compare=False)
+    preceded: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -601,14 +640,14 @@ def _row(recording: str, detector: str, group: str, score: Score | None, n_detec
          minutes: float, note: str = "") -> Row:
     if score is None:
         return Row(recording, detector, group, None, None, None, None, None, None, None,
-                   n_detected, minutes, note, None)
+                   n_detected, minutes, note, None, None)
     sens = score.sensitivity if score.n_reference else None
     return Row(
         recording, detector, group, score.n_reference, score.hits, sens,
         score.false_detections, score.false_per_min,
         score.latency_percentile(50) * 1000.0 if score.latencies_s else None,
         score.latency_percentile(90) * 1000.0 if score.latencies_s else None,
-        n_detected, minutes, note, score,
+        n_detected, minutes, note, score, sum(x < 0 for x in score.latencies_s),
     )
 
 
@@ -717,7 +756,7 @@ def format_table(rows: Sequence[Row]) -> str:
     wd = max([8] + [len(r.detector) for r in rows])
     head = (f"{'recording':{wr}s} {'detector':{wd}s} {'ref':>4s} {'hits':>4s} {'sens':>6s} "
             f"{'false':>5s} {'false/min':>9s} {'lat med':>8s} {'lat p90':>8s} {'onsets':>6s} "
-            f"{'min':>6s}")
+            f"{'min':>6s} {'before':>6s}")
     lines = []
     notes: dict[str, str] = {}
     for g in dict.fromkeys(r.group for r in rows):
@@ -733,13 +772,165 @@ def format_table(rows: Sequence[Row]) -> str:
                 f"{_fmt(r.hits, 'd'):>4s} {_fmt(r.sensitivity, '.3f'):>6s} "
                 f"{_fmt(r.false_detections, 'd'):>5s} {_fmt(r.false_per_min, '.2f'):>9s} "
                 f"{_fmt(r.latency_median_ms, '.1f'):>8s} {_fmt(r.latency_p90_ms, '.1f'):>8s} "
-                f"{r.n_detected:6d} {r.minutes:6.2f}"
+                f"{r.n_detected:6d} {r.minutes:6.2f} {_fmt(r.preceded, 'd'):>6s}"
             )
         lines.append("")
     lines.append("sens = hits / ref; false = onsets matching no reference (fused onsets for "
                  "'any channel' references); latency in ms = (decision sample - reference "
-                 "sample) / fs; onsets = all onsets on all channels; '-' = not scored")
+                 "sample) / fs; onsets = all onsets on all channels; before = hits decided before "
+                 "the reference (negative latency); '-' = not scored")
     lines.extend(f"  {k}: {v}" for k, v in notes.items())
+    return "\n".join(lines)
+
+
+# -- spliced trials (real bursts in real rest at fixed SNRs) ---------------------------------
+#: SNRs of ``--splice`` without a value, dB.
+SPLICE_SNRS = (20.0, 10.0, 3.0, 0.0)
+#: Hit window of the spliced trials: first onset within -50..+150 ms of the burst onset.
+SPLICE_EARLY_S = 0.05
+SPLICE_LATE_S = 0.15
+
+
+@dataclass
+class SpliceRow:
+    """One line of the ``--splice`` table: a detector at one SNR (or on pure rest).
+
+    ``snr_db`` is None for the pure-rest row, where only false detections are scored.
+    ``crit`` is the fraction of trials that meet the per-trial criterion of Yuvaraj et
+    al. (:meth:`~closedloop.analysis.scoring.TrialScore.meets_criterion`).
+    """
+
+    detector: str
+    snr_db: float | None
+    trials: int
+    bursts: int
+    hits: int
+    sensitivity: float | None
+    latency_median_ms: float | None
+    latency_p90_ms: float | None
+    retriggers: int
+    late: int
+    false_detections: int
+    false_per_min: float | None
+    rest_min: float
+    crit: float | None
+    seeds: tuple[int, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+
+def _splice_recording(trial) -> Recording:
+    return Recording(trial.name, trial.samples[:, None], 1000.0, ("emg",), None,
+                     group="splice")
+
+
+def _splice_task(data_dir: str, det_spec: DetectorSpec, snrs: tuple[float, ...], seed: int | None,
+                 chunk_s: float) -> list[tuple[float | None, Any]]:
+    """Scores of one detector on every trial of one seed (all SNRs), or on pure rest."""
+    from closedloop.analysis import splice
+    from closedloop.analysis.scoring import score_trial
+
+    if seed is None:
+        trials = [(None, t) for t in splice.rest_recordings(data_dir)]
+    else:
+        trials = [(snr, t) for snr in snrs for t in splice.make_trials(data_dir, snr, seed)]
+    out = []
+    for snr, t in trials:
+        rec = _splice_recording(t)
+        onsets = [e.sample for e in run_detector(det_spec, rec, chunk_s=chunk_s)
+                  if e.kind == ONSET]
+        out.append((snr, score_trial(t.onsets, t.ends, onsets, rec.fs, rec.duration_s,
+                                     early_s=SPLICE_EARLY_S, late_s=SPLICE_LATE_S)))
+    return out
+
+
+def _splice_row(label: str, snr: float | None, scores: list, seeds: tuple[int, ...]) -> SpliceRow:
+    lat = [x for s in scores for x in s.latencies_s]
+    bursts = sum(s.n_bursts for s in scores)
+    hits = sum(s.hits for s in scores)
+    false = sum(s.false_detections for s in scores)
+    rest_min = sum(s.rest_s for s in scores) / 60.0
+    return SpliceRow(
+        detector=label, snr_db=snr, trials=len(scores), bursts=bursts, hits=hits,
+        sensitivity=hits / bursts if bursts else None,
+        latency_median_ms=float(np.percentile(lat, 50)) * 1000.0 if lat else None,
+        latency_p90_ms=float(np.percentile(lat, 90)) * 1000.0 if lat else None,
+        retriggers=sum(s.retriggers for s in scores), late=sum(s.late for s in scores),
+        false_detections=false, false_per_min=false / rest_min if rest_min else None,
+        rest_min=rest_min,
+        crit=(sum(s.meets_criterion() for s in scores) / len(scores)) if bursts else None,
+        seeds=seeds,
+    )
+
+
+def splice_evaluate(
+    data_dir: str | Path,
+    detector_specs: Iterable[str | DetectorSpec],
+    *,
+    snrs: Sequence[float] = SPLICE_SNRS,
+    seeds: Sequence[int] = (100,),
+    jobs: int | None = None,
+    chunk_s: float = 1.0,
+) -> list[SpliceRow]:
+    """Every detector on the spliced trials of every SNR and seed, and on pure rest.
+
+    Trials come from :mod:`closedloop.analysis.splice`. Returns, per detector, one row per SNR
+    (pooled over the seeds' trials) and one ``snr_db = None`` row for pure rest.
+    """
+    d = Path(data_dir)
+    if not (d / "reference_outputs.json").is_file():
+        raise InputError(f"{d}: --splice needs the shared data folder (with "
+                         "reference_outputs.json), e.g. ../shared/data")
+    specs = [parse_detector_spec(x) for x in detector_specs]
+    if any(s.name in PSEUDO or s.config_path is not None for s in specs):
+        raise ConfigError("--splice runs detectors by name (threshold, cusum, peer:bmc, ...), "
+                          "not configs or the pseudo-detectors reference/recorded")
+    snrs = tuple(float(x) for x in snrs)
+    seeds = tuple(int(x) for x in seeds)
+    tasks = [(str(d), spec, snrs, seed, chunk_s) for spec in specs for seed in (*seeds, None)]
+    jobs = (os.cpu_count() or 1) if jobs is None else max(1, int(jobs))
+    if jobs == 1:
+        results = [_splice_task(*t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+            results = list(pool.map(_splice_task, *zip(*tasks, strict=True)))
+    rows = []
+    for spec in specs:
+        mine = [r for t, r in zip(tasks, results, strict=True) if t[1] == spec]
+        pooled = [x for r in mine for x in r]
+        for snr in (*snrs, None):
+            scores = [s for v, s in pooled if v == snr]
+            rows.append(_splice_row(spec.label, snr, scores, seeds if snr is not None else ()))
+    return rows
+
+
+def format_splice_table(rows: Sequence[SpliceRow]) -> str:
+    """The ``--splice`` table as text."""
+    wd = max([8] + [len(r.detector) for r in rows])
+    head = (f"{'detector':{wd}s} {'SNR':>5s} {'trials':>6s} {'bursts':>6s} {'sens':>6s} "
+            f"{'lat med':>8s} {'lat p90':>8s} {'retrig':>6s} {'late':>4s} {'false':>5s} "
+            f"{'false/min':>9s} {'rest min':>8s} {'crit':>5s}")
+    lines = [head]
+    for r in rows:
+        snr = "rest" if r.snr_db is None else f"{r.snr_db:g}"
+        lines.append(
+            f"{r.detector:{wd}s} {snr:>5s} {r.trials:6d} {r.bursts:6d} "
+            f"{_fmt(r.sensitivity, '.3f'):>6s} {_fmt(r.latency_median_ms, '.1f'):>8s} "
+            f"{_fmt(r.latency_p90_ms, '.1f'):>8s} {r.retriggers:6d} {r.late:4d} "
+            f"{r.false_detections:5d} {_fmt(r.false_per_min, '.2f'):>9s} {r.rest_min:8.2f} "
+            f"{_fmt(r.crit, '.2f'):>5s}"
+        )
+    seeds = sorted({s for r in rows for s in r.seeds})
+    lines.append(
+        f"seeds {', '.join(map(str, seeds))}; hit = first onset within "
+        f"-{SPLICE_EARLY_S * 1000:g}..+{SPLICE_LATE_S * 1000:g} ms of the burst onset; "
+        "latency in ms after the onset; retrig = further onsets within a burst; late = first "
+        "onset after the hit window (a miss); false = onsets outside every burst; rest = "
+        "the rest stretches alone (no bursts); crit = share of trials meeting Yuvaraj et "
+        "al.'s criterion (false <= 20 %, misses <= 20 %, median latency <= 50 ms)")
     return "\n".join(lines)
 
 
@@ -761,17 +952,62 @@ def main(args) -> int:
     (specs; default threshold, double_threshold, tkeo), ``labels``, ``fs``, ``jobs``,
     ``json``, ``simulate`` (SNRs in dB, "20,10,0,-3" or a list), ``minutes``, ``seed``."""
     inputs: list[Any] = list(getattr(args, "inputs", None) or [])
+    if getattr(args, "splice", None) is not None:
+        return _splice_main(args, inputs)
     minutes = float(getattr(args, "minutes", None) or 5.0)
     seed = int(getattr(args, "seed", None) or 0)
     inputs += [SimSpec(snr, minutes, seed) for snr in _floats(getattr(args, "simulate", None))]
     if not inputs:
         raise InputError("nothing to evaluate: give recordings, the shared data folder, "
                          "or --simulate SNR[,SNR...]")
-    detectors = list(getattr(args, "detectors", None) or DETECTOR_NAMES)
+    detectors = list(getattr(args, "detectors", None) or BUILTIN_DETECTORS)
     rows = evaluate(inputs, detectors, labels=getattr(args, "labels", None),
                     jobs=getattr(args, "jobs", None), fs=getattr(args, "fs", None))
     print(format_table(rows))
     if getattr(args, "json", False):
         print(json.dumps({"rows": [r.as_dict() for r in rows]}))
+    sys.stdout.flush()
+    return 0
+
+
+def parse_seeds(text: str | Sequence[int] | None) -> tuple[int, ...]:
+    """``"100-109"``, ``"0,1,2"`` or a list; None gives the report seeds of
+    :data:`closedloop.analysis.splice.REPORT_SEEDS`."""
+    from closedloop.analysis.splice import REPORT_SEEDS
+
+    if text is None:
+        return REPORT_SEEDS
+    if not isinstance(text, str):
+        return tuple(int(x) for x in text)
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        a, dash, b = part.partition("-")
+        try:
+            lo = int(a)
+            hi = int(b) if dash else lo
+        except ValueError:
+            raise InputError(f"--seeds {text!r}: {part!r} is not a seed or a range like "
+                             "100-109") from None
+        if lo < 0 or hi < lo:
+            raise InputError(f"--seeds {text!r}: {part!r} must be seeds >= 0, low-high")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise InputError(f"--seeds {text!r}: no seed given")
+    return tuple(out)
+
+
+def _splice_main(args, inputs: list[Any]) -> int:
+    if len(inputs) > 1:
+        raise InputError("--splice takes one input: the shared data folder (default "
+                         "../shared/data)")
+    data_dir = Path(inputs[0]) if inputs else Path("..") / "shared" / "data"
+    snrs = _floats(args.splice) or list(SPLICE_SNRS)
+    detectors = list(getattr(args, "detectors", None) or BUILTIN_DETECTORS)
+    rows = splice_evaluate(data_dir, detectors, snrs=snrs,
+                           seeds=parse_seeds(getattr(args, "seeds", None)),
+                           jobs=getattr(args, "jobs", None))
+    print(format_splice_table(rows))
+    if getattr(args, "json", False):
+        print(json.dumps({"splice": [r.as_dict() for r in rows]}))
     sys.stdout.flush()
     return 0

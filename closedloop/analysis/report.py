@@ -71,9 +71,6 @@ from typing import Any
 import numpy as np
 
 from closedloop.config.signal import (
-    Calibration,
-    DetectorSettings,
-    EnvelopeSettings,
     FilterSettings,
 )
 from closedloop.core.events import OFFSET, ONSET, Event
@@ -166,12 +163,7 @@ def _recompute(session: Any, cfg: Any) -> _Recompute:
     muscles, note = _muscles(session, cfg)
     use_cfg = cfg is not None and not note
     filters = cfg.filters if use_cfg else FilterSettings()
-    envelope = cfg.envelope if use_cfg else EnvelopeSettings()
-    detector = cfg.detector if use_cfg else DetectorSettings()
-    cals: list[Calibration | None] | None = cfg.calibrations() if use_cfg else None
-    if cals is not None and detector.baseline != "calibrated" and not any(cals):
-        cals = None
-    pipe = Pipeline(session.fs, [m.name for m in muscles], filters, envelope, detector, cals)
+    pipe = Pipeline(session.fs, [m.name for m in muscles], cfg if use_cfg else None)
     x = session.samples[:, [m.column for m in muscles]]
     n = x.shape[0]
     bin_size = max(1, -(-n // _PLOT_BINS))

@@ -88,3 +88,92 @@ def merge_scores(scores: Sequence[Score]) -> Score:
         latencies_s=tuple(x for s in scores for x in s.latencies_s),
         duration_s=sum(s.duration_s for s in scores),
     )
+
+
+# -- spliced trials ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialScore:
+    """How one detector did on one trial of known bursts (:func:`score_trial`).
+
+    Attributes
+    ----------
+    n_bursts, hits : int
+        Bursts in the trial; bursts whose first onset lies in the hit window.
+    latencies_s : tuple of float
+        First detected onset minus burst onset, for every hit.
+    retriggers : int
+        Further onsets inside a burst's span (after its first).
+    late : int
+        Bursts whose first onset came after the hit window but inside the burst (a miss).
+    false_detections : int
+        Onsets outside every burst's span.
+    rest_s : float
+        Time outside the bursts' spans (where every onset is false).
+    """
+
+    n_bursts: int
+    hits: int
+    latencies_s: tuple[float, ...]
+    retriggers: int
+    late: int
+    false_detections: int
+    rest_s: float
+
+    @property
+    def misses(self) -> int:
+        return self.n_bursts - self.hits
+
+    def meets_criterion(
+        self, *, max_false: float = 0.2, max_misses: float = 0.2, max_latency_s: float = 0.05
+    ) -> bool:
+        """The per-trial criterion of Yuvaraj et al.: false detections and misses each at
+        most 20 % of the bursts, median latency at most 50 ms."""
+        if not self.n_bursts or not self.latencies_s:
+            return False
+        return (
+            self.false_detections <= max_false * self.n_bursts
+            and self.misses <= max_misses * self.n_bursts
+            and float(np.median(self.latencies_s)) <= max_latency_s
+        )
+
+
+def score_trial(
+    onsets: Sequence[int],
+    ends: Sequence[int],
+    detected: Iterable[int],
+    fs: float,
+    duration_s: float,
+    *,
+    early_s: float = 0.05,
+    late_s: float = 0.15,
+) -> TrialScore:
+    """Score detected onset samples against bursts ``[onset, end)`` of one trial.
+
+    A burst is hit when its first detected onset in ``[onset - early_s, end + late_s]``
+    (its span) lies within ``[onset - early_s, onset + late_s]``; later onsets in the span
+    are re-triggers; onsets outside every span are false detections. Spans must not
+    overlap.
+    """
+    early, late = int(round(early_s * fs)), int(round(late_s * fs))
+    dets = sorted(int(d) for d in detected)
+    spans = [(o - early, e + late) for o, e in zip(onsets, ends, strict=True)]
+    hits = retrig = n_late = 0
+    lat: list[float] = []
+    inside = 0
+    for (a, b), onset in zip(spans, onsets, strict=True):
+        mine = [d for d in dets if a <= d <= b]
+        inside += len(mine)
+        if not mine:
+            continue
+        retrig += len(mine) - 1
+        if mine[0] <= onset + late:
+            hits += 1
+            lat.append((mine[0] - onset) / fs)
+        else:
+            n_late += 1
+    covered = sum(min(b, int(round(duration_s * fs))) - max(a, 0) for a, b in spans)
+    return TrialScore(
+        n_bursts=len(spans), hits=hits, latencies_s=tuple(lat), retriggers=retrig,
+        late=n_late, false_detections=len(dets) - inside,
+        rest_s=max(0.0, duration_s - covered / fs),
+    )

@@ -282,17 +282,17 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     detector = body.pop("detector", {})
     protocol = body.pop("protocol", None)
     config = parse_table(Config, body, source=source)
-    kind = DEFAULT_DETECTOR
+    detector_kind = DEFAULT_DETECTOR
     if isinstance(detector, Mapping) and "kind" in detector:
         detector = dict(detector)
-        kind = detector.pop("kind")
-        if not isinstance(kind, str):
-            raise ConfigError(f"{source}: detector.kind = {kind!r} is not allowed; expected "
-                              "the name of a detector (a text string)")
+        detector_kind = detector.pop("kind")
+        if not isinstance(detector_kind, str):
+            raise ConfigError(f"{source}: detector.kind = {detector_kind!r} is not allowed; "
+                              "expected the name of a detector (a text string)")
     try:
-        model = detector_settings_for(kind)
+        model = detector_settings_for(detector_kind)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: detector.kind = {kind!r}: {exc}") from None
+        raise ConfigError(f"{source}: detector.kind = {detector_kind!r}: {exc}") from None
     detector = parse_table(model, detector, source=source, path="detector")
     _check_muscles(config, detector, source)
     safety = config.safety
@@ -307,7 +307,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         safety = safety or SafetySettings()
     elif safety is not None:
         raise ConfigError(f"{source}: [safety] is given but there is no [protocol]")
-    config = replace(config, detector=detector, detector_kind=kind, protocol=protocol,
+    config = replace(config, detector=detector, detector_kind=detector_kind, protocol=protocol,
                      safety=safety, path=source, text=text)
     if protocol is not None:
         _check_stimulation(config, source)

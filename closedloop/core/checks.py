@@ -83,7 +83,7 @@ class IssueKind(str, Enum):
     LEVEL_SHIFT = "level_shift"
     STRONG = "strong"
     BAND = "band"  # the EMG band left at a low sampling rate (closedloop.runtime.inputs)
-    REST = "rest"  # the detector's rest learning (closedloop.core.onset)
+    REST = "rest"  # the detector's rest learning (closedloop.core.detectors)
     RECOVERED = "recovered"
 
 

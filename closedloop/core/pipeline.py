@@ -33,17 +33,17 @@ def build_detector(config: Config, fs: float, channels: Sequence[str]) -> Detect
 
 
 class Pipeline:
-    """Stateful causal EMG pipeline for ``config``'s muscles at ``fs``.
+    """Stateful causal EMG pipeline for ``channels`` at ``fs``.
 
     Parameters
     ----------
     fs : float
         Sampling rate in Hz (100-20000).
+    channels : sequence of str
+        Channel (muscle) names in column order.
     config : Config, optional
-        Filters, detector (kind and settings), envelope and calibrations; default: the
-        library defaults on channels ``channels``.
-    channels : sequence of str, optional
-        Channel names in column order (default: the config's muscle names).
+        Filters, detector (kind and settings), envelope and calibrations (one per
+        channel, in order); default: the library defaults.
     artifacts : ArtifactRemover, optional
         Stimulation-artifact removal around the filters (its schedule is fed by the
         caller, :meth:`ArtifactRemover.command`).
@@ -52,21 +52,17 @@ class Pipeline:
     def __init__(
         self,
         fs: float,
+        channels: Sequence[str],
         config: Config | None = None,
         *,
-        channels: Sequence[str] | None = None,
         artifacts: ArtifactRemover | None = None,
     ) -> None:
-        if config is None:
-            if channels is None:
-                raise ValueError("Pipeline needs a config or channel names")
-            config = default_config(tuple(channels))
         self.fs = float(fs)
-        self.config = config
-        self.channels = tuple(channels) if channels is not None else config.muscle_names
+        self.channels = tuple(channels)
+        self.config = config if config is not None else default_config(self.channels)
         n = len(self.channels)
-        self.filters = FilterBank(config.filters, self.fs, n)
-        self.detector = build_detector(config, self.fs, self.channels)
+        self.filters = FilterBank(self.config.filters, self.fs, n)
+        self.detector = build_detector(self.config, self.fs, self.channels)
         self.artifacts = artifacts
 
     def restart_channel(self, channel: int, level: float) -> None:
@@ -86,7 +82,7 @@ class Pipeline:
         bad one).
         """
         self.filters.restart_channel(channel, level)
-        self.detector.restart_channel(channel)
+        self.detector.restart_channel(channel, level)
         if self.artifacts is not None:
             self.artifacts.restart_channel(channel, level)
 
@@ -150,6 +146,7 @@ def detector_pipeline(kind: str, fs: float, channels: Sequence[str], *,
     from closedloop.config.model import detector_settings_for
     from closedloop.config.schema import parse_table
     from closedloop.config.signal import EnvelopeSettings, FilterSettings
+    from closedloop.errors import ConfigError
 
     base = config or default_config(tuple(channels))
     source = f"detector {kind!r}"
@@ -175,4 +172,88 @@ def detector_pipeline(kind: str, fs: float, channels: Sequence[str], *,
                            source=source)
     config = replace(base, detector=detector, detector_kind=kind, filters=filters,
                      envelope=envelope)
-    return Pipeline(fs, config, channels=channels)
+    lacking = [m.name for m in config.muscles if m.calibration is None]
+    if detector.baseline == "calibrated" and lacking:
+        raise ConfigError(f"{source}: the detector baseline is 'calibrated' but "
+                          f"{', '.join(lacking)} has no calibration; run `closedloop "
+                          "calibrate` or use baseline = 'adaptive'")
+    return Pipeline(fs, channels, config)
+
+
+class OfflineDetector:
+    """A detector over raw EMG in time-major chunks, for offline use (``evaluate``,
+    tests, benchmarks): a :class:`Pipeline` whose :meth:`process` returns the events.
+
+    Attributes
+    ----------
+    kind : str
+        The detector's registered name.
+    params : dict
+        Its settings (after defaults), JSON-serialisable, for tables and logs.
+    pipeline : Pipeline
+    detector : Detector
+        The detector inside (``pipeline.detector``).
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        from dataclasses import asdict
+
+        self.pipeline = pipeline
+        self.detector = pipeline.detector
+        self.kind = pipeline.config.detector_kind
+        self.channels = pipeline.channels
+        self.fs = pipeline.fs
+        self.params = {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in asdict(pipeline.config.detector).items()}
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def filter_settings(self):  # noqa: ANN201 - FilterSettings
+        """The band-pass and notch the pipeline runs before the detector."""
+        return self.pipeline.config.filters
+
+    @property
+    def position(self) -> int:
+        return self.pipeline.position
+
+    def process(self, samples: np.ndarray, timestamps: np.ndarray | None = None) -> list:
+        """Events decided in the next chunk of raw EMG, shape (n, n_channels)."""
+        x = np.asarray(samples, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.channels):
+            raise ValueError(
+                f"detector {self.kind!r} expects samples of shape (n, {len(self.channels)}), "
+                f"got {x.shape}")
+        if timestamps is not None and len(timestamps) != x.shape[0]:
+            raise ValueError(f"{len(timestamps)} timestamps for {x.shape[0]} samples")
+        return self.pipeline.process(x, timestamps).events
+
+    def __repr__(self) -> str:
+        return f"<OfflineDetector {self.kind} fs={self.fs:g} ch={len(self.channels)}>"
+
+
+def make_detector(kind: str, fs: float, channels: Sequence[str], *,
+                  config: Config | None = None,
+                  calibrations: Sequence[Any] | None = None, **params: Any) -> OfflineDetector:
+    """An :class:`OfflineDetector` running detector ``kind`` (any registered name or
+    ``module:Class`` spec) with ``params`` over ``config``'s settings (see
+    :func:`detector_pipeline`), with per-channel ``calibrations`` when given.
+
+    Raises
+    ------
+    ConfigError
+        Unknown kind or parameter, a value out of range, or no channels.
+    """
+    from dataclasses import replace
+
+    from closedloop.errors import ConfigError
+
+    if not channels:
+        raise ConfigError(f"detector {kind!r}: no channels given")
+    base = config or default_config(tuple(channels))
+    if calibrations is not None:
+        base = replace(base, muscles=tuple(replace(m, calibration=c) for m, c in
+                                           zip(base.muscles, calibrations, strict=True)))
+    return OfflineDetector(detector_pipeline(kind, fs, channels, config=base, **params))

@@ -37,11 +37,12 @@ from closedloop.config.signal import FilterSettings
 from closedloop.core import impulses
 from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.checks import InputIssue, InputMonitor, IssueKind
+from closedloop.core.detectors.base import RestNote
+from closedloop.core.detectors.threshold import REST_DROP, SEED_SPREAD
 from closedloop.core.filters import effective_band
 from closedloop.core.held import HeldValueCheck
 from closedloop.core.impulses import ImpulseGate, Stretch
 from closedloop.core.mains import HumCheck
-from closedloop.core.onset import REST_DROP, SEED_SPREAD, RestNote
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import InputError
 
@@ -129,7 +130,7 @@ class Segment:
     holds : tuple of (int, bool)
         ``(column, held)``: detectors to hold or release from ``start`` on (the impulse
         gate: no new onset, an onset under way goes on; see
-        :meth:`~closedloop.core.onset.OnsetDetector.hold`).
+        :meth:`~closedloop.core.detectors.threshold.OnsetDetector.hold`).
     """
 
     start: int
@@ -302,6 +303,9 @@ class InputStage:
 
     def _rest_issue(self, r: RestNote) -> InputIssue:
         name, fs = self.names[r.channel], self.monitor.info.fs
+        if r.message:  # the detector's own words
+            kind = IssueKind.RECOVERED if r.what == "learnt" else IssueKind.REST
+            return InputIssue(kind, name, r.sample, f"channel {name}: {r.message}")
         if r.what == "not_quiet":
             return InputIssue(IssueKind.REST, name, r.sample, (
                 f"channel {name}: what it learnt as rest at sample {r.since} was not quiet: "

@@ -109,8 +109,7 @@ def run_loop(
         protocol = (protocol_factory or make_protocol)(config.protocol, muscles, fs)
         guard = SafetyGuard.from_muscles(muscles, config.safety, fs, protocol=config.protocol)
         remover = ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz)
-    pipeline = Pipeline(fs, names, config.filters, config.envelope, config.detector,
-                        config.calibrations(), artifacts=remover)
+    pipeline = Pipeline(fs, names, config, artifacts=remover)
     hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,
                    effective_band(config.filters, fs))
     gate = ImpulseGate(fs, len(names), config.artifacts.impulse_ratio,

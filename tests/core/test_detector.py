@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from closedloop.config.signal import Calibration, DetectorSettings
-from closedloop.core.onset import OnsetDetector
+from closedloop.core.detectors.threshold import OnsetDetector
 from closedloop.core.pipeline import Pipeline
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
 

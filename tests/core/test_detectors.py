@@ -9,25 +9,22 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from closedloop.analysis.scoring import score_onsets
-from closedloop.core.detectors import (
-    DETECTOR_NAMES,
-    Detector,
-    DoubleThresholdDetector,
-    ThresholdDetector,
-    TkeoDetector,
-    bonato_p_zeta,
-    make_detector,
-)
+from closedloop.core.detectors import Detector
+from closedloop.core.detectors.bonato import DoubleThresholdDetector, bonato_p_zeta
+from closedloop.core.detectors.cusum import CusumDetector
+from closedloop.core.detectors.threshold import ThresholdDetector, TkeoDetector
 from closedloop.core.events import OFFSET, ONSET
-from closedloop.core.pipeline import Pipeline
+from closedloop.core.pipeline import OfflineDetector, Pipeline, make_detector
 from closedloop.errors import ConfigError
+from closedloop.registry import DETECTORS
 from closedloop.sim.patient import Attempt, PatientSettings, SimulatedPatient, random_script
 
 FS = 2000.0
 MUSCLES = ("biceps", "triceps")
+DETECTOR_KINDS = tuple(DETECTORS.builtins)
 
 
-def _run(det: Detector, x: np.ndarray, chunk: int) -> list:
+def _run(det: OfflineDetector, x: np.ndarray, chunk: int) -> list:
     events = []
     for i in range(0, x.shape[0], chunk):
         events.extend(det.process(x[i : i + chunk]))
@@ -43,7 +40,7 @@ def patient_10db():
     return pat, pat.read(int(dur * FS)), dur
 
 
-@pytest.mark.parametrize("name", DETECTOR_NAMES)
+@pytest.mark.parametrize("name", DETECTOR_KINDS)
 def test_each_detector_finds_the_attempts_at_10db(patient_10db, name):
     pat, x, dur = patient_10db
     events = _run(make_detector(name, FS, MUSCLES), x, 200)
@@ -57,7 +54,7 @@ def test_each_detector_finds_the_attempts_at_10db(patient_10db, name):
     assert 0.0 < s.median_latency_s < 0.2
 
 
-@pytest.mark.parametrize("name", DETECTOR_NAMES)
+@pytest.mark.parametrize("name", DETECTOR_KINDS)
 def test_rest_only_gives_at_most_one_false_detection(name):
     ps = PatientSettings(fs=FS, muscles=MUSCLES, snr_db=10.0)
     x = SimulatedPatient(ps, [], seed=9).read(int(120 * FS))
@@ -83,14 +80,15 @@ _X = _short_signal()
 #: sample can change a decision, so that any state lost between chunks shows.
 _HAIR = {"min_on_ms": 0.0, "min_off_ms": 1.0, "refractory_ms": 0.0}
 _CONFIGS = {
-    **{name: (name, {}) for name in DETECTOR_NAMES},
+    **{name: (name, {}) for name in DETECTOR_KINDS},
     "threshold_hair": ("threshold", {**_HAIR, "k_on": 3.0}),
     "tkeo_hair": ("tkeo", {**_HAIR, "k_on": 3.0}),
     "double_threshold_hair": ("double_threshold", {**_HAIR, "p_fa": 0.3}),
+    "cusum_hair": ("cusum", {"h_nats": 3.0, "off_nats": 1.0, "refractory_ms": 0.0}),
 }
 
 
-def _make(config: str) -> Detector:
+def _make(config: str) -> OfflineDetector:
     name, params = _CONFIGS[config]
     return make_detector(name, _SHORT_FS, MUSCLES, **params)
 
@@ -135,11 +133,11 @@ def test_the_future_never_changes_a_past_decision(config, stop):
 
 
 # -- the interface contract -------------------------------------------------------------------
-@pytest.mark.parametrize("name", DETECTOR_NAMES)
+@pytest.mark.parametrize("name", DETECTOR_KINDS)
 def test_interface_contract(name):
     det = make_detector(name, _SHORT_FS, MUSCLES)
-    assert isinstance(det, Detector)
-    assert det.name == name
+    assert isinstance(det.detector, Detector)
+    assert det.name == name == det.detector.kind
     assert det.fs == _SHORT_FS and det.channels == MUSCLES
     assert det.params and all(isinstance(k, str) for k in det.params)
     ts = 100.0 + np.arange(_N) / _SHORT_FS
@@ -161,12 +159,13 @@ def test_interface_contract(name):
 
 
 def test_factory_and_parameter_errors():
-    assert type(make_detector("threshold", FS, ["a"])) is ThresholdDetector
-    assert type(make_detector("tkeo", FS, ["a"])) is TkeoDetector
-    assert type(make_detector("double_threshold", FS, ["a"])) is DoubleThresholdDetector
+    assert type(make_detector("threshold", FS, ["a"]).detector) is ThresholdDetector
+    assert type(make_detector("tkeo", FS, ["a"]).detector) is TkeoDetector
+    assert type(make_detector("double_threshold", FS, ["a"]).detector) is DoubleThresholdDetector
+    assert type(make_detector("cusum", FS, ["a"]).detector) is CusumDetector
     with pytest.raises(ConfigError, match="unknown detector 'nope'"):
         make_detector("nope", FS, ["a"])
-    with pytest.raises(ConfigError, match="unknown parameter 'k_of'"):
+    with pytest.raises(ConfigError, match="unknown key.*k_of"):
         make_detector("threshold", FS, ["a"], k_of=3)
     with pytest.raises(ConfigError, match="k_on = 0.1"):
         make_detector("tkeo", FS, ["a"], k_on=0.1)
@@ -180,19 +179,24 @@ def test_factory_and_parameter_errors():
 
 def test_threshold_detector_is_the_product_pipeline():
     det = make_detector("threshold", _SHORT_FS, MUSCLES, k_on=5.0, min_on_ms=5.0)
+    from dataclasses import replace
+
+    from closedloop.config import default_config
     from closedloop.config.signal import DetectorSettings
 
-    pipe = Pipeline(_SHORT_FS, MUSCLES, detector=DetectorSettings(k_on=5.0, min_on_ms=5.0))
+    base = default_config(MUSCLES)
+    config = replace(base, detector=DetectorSettings(k_on=5.0, min_on_ms=5.0))
+    pipe = Pipeline(_SHORT_FS, MUSCLES, config)
     assert det.process(_X) == pipe.process(_X).events
-    assert det.params["k_on"] == 5.0 and det.params["kind"] == "rms"
+    assert det.params["k_on"] == 5.0 and det.pipeline.config.envelope.kind == "rms"
 
 
 def test_tkeo_defaults_and_overrides():
     det = make_detector("tkeo", FS, ["a"])
-    assert det.params["kind"] == "tkeo" and det.params["k_on"] == 10.0
-    assert det.params["bandpass_hz"] == [30.0, 300.0]
-    det = make_detector("tkeo", FS, ["a"], k_on=7, bandpass_hz=[20, 400])
-    assert det.params["k_on"] == 7.0 and det.params["bandpass_hz"] == [20.0, 400.0]
+    assert det.detector.envelope_settings.kind == "tkeo" and det.params["k_on"] == 10.0
+    assert det.params["band_hz"] == [30.0, 300.0]
+    det = make_detector("tkeo", FS, ["a"], k_on=7, band_hz=[20, 400])
+    assert det.params["k_on"] == 7.0 and det.params["band_hz"] == [20.0, 400.0]
 
 
 # -- Bonato's statistics ------------------------------------------------------------------------
@@ -210,13 +214,14 @@ def test_double_threshold_calibrates_on_the_first_rest_and_whitens():
     rng = np.random.default_rng(1)
     fs = 2000.0
     x = rng.standard_normal((int(4 * fs), 1)) * 3e-6  # white noise: rest only
-    det = make_detector("double_threshold", fs, ["m"])
-    det.process(x[: det.cal_end - 1])
+    off = make_detector("double_threshold", fs, ["m"])
+    det = off.detector
+    off.process(x[: det.cal_end - 1])
     assert not det.calibrated and np.isnan(det.zeta).all()
-    det.process(x[det.cal_end - 1 :])
+    off.process(x[det.cal_end - 1 :])
     assert det.calibrated and det.cal_end == 600  # 100 ms warm-up + 200 ms rest at 2 kHz
     # sigma^2 is the variance of the whitened rest segment, zeta Bonato's first threshold
-    xf = FilterBank(det.filter_settings, fs, 1).process(x)[:, 0]
+    xf = FilterBank(off.filter_settings, fs, 1).process(x)[:, 0]
     p = det.ar_order
     rest = xf[det.cal_start : det.cal_end]
     e_rest = np.convolve(rest, det.whitener[0])[p : rest.size]

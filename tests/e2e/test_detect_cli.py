@@ -153,3 +153,20 @@ def test_config_channels_are_mapped_by_label_or_index_with_clear_errors(tmp_path
     cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = 5\n')
     assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 1
     assert "has 2 channels" in capsys.readouterr().err
+
+
+def test_a_cusum_config_detects_the_bmc_bursts(shared_data, tmp_path):
+    cfg = tmp_path / "cusum.toml"
+    cfg.write_text('name = "cusum"\n[detector]\nkind = "cusum"\n[[muscles]]\nname = "emg"\n'
+                   'channel = 0\n')
+    out = tmp_path / "ev.csv"
+    r = subprocess.run(
+        ["closedloop", "detect", str(shared_data / "bmc_emg.csv"), "--fs", "1000",
+         "--columns", "1", "--config", str(cfg), "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    onsets = [int(row["sample"]) for row in _events(out) if row["kind"] == "onset"]
+    consensus = [395, 1384, 2405]  # the offline peers' consensus onsets
+    assert len(onsets) == 3
+    assert all(0 <= got - want <= 40 for got, want in zip(onsets, consensus, strict=True))

@@ -69,6 +69,8 @@ class RestNote:
     ratio : float
         not_quiet: the quieter level over the rest learnt; waiting: the spread (max /
         min) of the latest blocks' levels.
+    message : str
+        The detector's own sentence, when it has one (the session then says that).
     """
 
     sample: int
@@ -76,6 +78,7 @@ class RestNote:
     what: str
     since: int
     ratio: float
+    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,9 @@ class Detector(ABC):
     def hold(self, channel: int, held: bool) -> None:
         """Hold (or release) a channel: no new onset, an onset under way goes on."""
 
-    def restart_channel(self, channel: int) -> None:  # noqa: B027 - optional by design
-        """Forget the channel's conditioning state (its filters were restarted)."""
+    def restart_channel(self, channel: int, level: float) -> None:  # noqa: B027 - optional
+        """Forget the channel's conditioning state: the pipeline's filters restarted as if
+        the raw input had always been ``level``."""
 
     def pop_notes(self) -> list[RestNote]:
         """What the rest learning found since the last call (none by default)."""

@@ -482,7 +482,7 @@ class ThresholdDetector(Detector):
     def hold(self, channel: int, held: bool) -> None:
         self.rules.hold(channel, held)
 
-    def restart_channel(self, channel: int) -> None:
+    def restart_channel(self, channel: int, level: float) -> None:
         self.envelope.restart_channel(channel)
 
     def pop_notes(self) -> list[RestNote]:
@@ -533,6 +533,6 @@ class TkeoDetector(ThresholdDetector):
         x = np.array(filtered, dtype=np.float64, order="C")  # the caller's stays intact
         return self.envelope.process_inplace(self.band.process_inplace(x))
 
-    def restart_channel(self, channel: int) -> None:
-        super().restart_channel(channel)
-        self.band.restart_channel(channel, 0.0)
+    def restart_channel(self, channel: int, level: float) -> None:
+        super().restart_channel(channel, level)
+        self.band.restart_channel(channel, 0.0)  # it sees the filtered EMG: zero-mean

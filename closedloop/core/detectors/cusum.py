@@ -1,0 +1,655 @@
+"""Sequential change detection on raw EMG: a CUSUM of the log-likelihood ratio.
+
+A muscle at rest gives the amplifier's noise (and some background); a contraction adds
+motor-unit activity, so the variance of the band-passed signal rises. This detector tests,
+sample by sample, how much more likely the recent samples are under "the variance rose
+by a factor rho" than under "rest": Page's cumulative sum (CUSUM) of the log-likelihood
+ratio of a Gaussian variance change, with a small bank of ratios whose maximum
+approximates the generalised likelihood ratio over the unknown ratio (Staude, Flachenecker,
+Daumer & Wolf 2001; Basseville & Nikiforov 1993, ch. 2). It needs only the rest variance,
+which converges in a fraction of a second, and no envelope whose spread the rest must
+reveal first.
+
+Per channel, causally, sample by sample:
+
+1. **Impulsive artefacts out** (raw samples, before filtering): a move of the raw signal
+   by more than ``artifact_ratio`` rest SDs of its 5 ms difference, within 5 ms, starts a
+   sample-and-hold of the value before it, which lasts while the signal stays that far
+   from the held value, so the band-pass never rings on it; the evidence (steps 5-6) is
+   frozen during the hold and for 20 ms after it, while the filters ring on its edges.
+   Holds lasting ``artifact_max_ms`` in all (holds that start while the evidence is still
+   frozen continue the same episode) are given up: the signal is let through and no new
+   hold starts for as long again, because what lasts that long is not an impulse and a
+   strong contraction must not be hidden. No hold starts while the channel is active.
+2. **Causal band-pass and notch** (:class:`~closedloop.core.filters.FilterBank`).
+3. **Partial prewhitening**: an autoregressive prediction-error filter of order
+   ``ar_order`` fitted on rest (Yule-Walker, with the zero-lag autocorrelation loaded by
+   ``1 + ar_loading``). Full whitening would amplify the band-pass's empty stop bands;
+   the loading keeps it partial. At rest the whitened samples are closer to independent,
+   and where rest has most of its power (hum residue, low-frequency background) it counts
+   less, so the test weighs the bands where a contraction stands out.
+4. **Normalised energy** ``u = e**2 / sigma2`` (``sigma2`` the whitened rest variance),
+   capped at ``clip``.
+5. **CUSUM bank**: for each ratio ``rho`` in ``ratios``, ``g = max(0, g + kappa * 0.5 *
+   ((1 - 1/rho) u - ln rho))``; an **onset** when ``max over rho of g`` exceeds the
+   threshold ``h_nats``. ``kappa`` is the rest spectrum's effective number of independent
+   samples per sample: ``1 / (1 + 2 sum_tau r(tau)**2)`` from the whitened rest's
+   autocorrelation ``r`` (the variance of a sum of squares of correlated Gaussian samples
+   grows by that factor), so ``g`` counts nats of *independent* evidence and one
+   threshold gives about the same false-alarm rate on every source.
+6. **Offset**: while active, a CUSUM for the way back, ``g_off = max(0, g_off + kappa *
+   0.5 * (ln r - (1 - 1/r) u))`` with ``r = off_ratio`` (evidence for rest against a
+   variance ``off_ratio`` times rest); an offset when it exceeds ``off_nats``.
+7. **Refractory rise**: after an offset the onset threshold is ``h_nats x (1 +
+   refractory_gain)``, falling linearly back to ``h_nats`` over ``refractory_ms``, so the
+   tail of a contraction does not re-trigger while a new contraction still can.
+8. **Rest**: learnt from the first ``learn_ms`` after ``warmup_ms`` (filters settling),
+   in blocks of ``block_ms`` aligned to absolute sample indices. The window must be
+   quiet: its block variances within a factor ``quiet_ratio`` of each other (and, with a
+   calibration, its variance at most ``quiet_ratio`` times the calibrated rest);
+   otherwise a ``rest_not_quiet`` notice is issued and the window slides on, one block at
+   a time, until it is quiet. After that, idle blocks (no activity, no artefact, the
+   CUSUM below half its threshold) update ``sigma2``: a running mean of all of them
+   at first, an exponential average with a time constant of ``history_s`` once that
+   many blocks were seen (symmetric: an average that falls faster than it rises sits
+   below the mean, and a rest variance biased low is a positive drift of the CUSUM);
+   the tracking pauses while the channel is active. If two idle blocks in a row fall below
+   ``1 / quiet_ratio`` of the learnt rest, the rest that was learnt was not rest (the
+   patient was contracting when the session began): a ``rest_not_quiet`` notice is issued
+   and rest is learnt again. A **calibrated** channel uses the calibration's rest
+   variance (kept fixed) and learns only the spectrum shape from its first quiet window.
+
+Chunking changes nothing: every state change happens at a block boundary or at a sample
+the data decide (an event, an artefact), the running sums are carried as sequential
+``cumsum`` results and reset only there, so chunks of 1, 7 or 10,000 samples give the
+same events to the bit. No wall clock, no I/O: numpy in, events and notices out.
+
+References
+----------
+* Page ES (1954). Continuous inspection schemes. Biometrika 41(1/2):100-115.
+* Staude G, Flachenecker C, Daumer M, Wolf W (2001). Onset detection in surface
+  electromyographic signals: a systematic comparison of methods. EURASIP J Appl Signal
+  Process 2001(2):67-81.
+* Basseville M, Nikiforov IV (1993). Detection of Abrupt Changes: Theory and
+  Application. Prentice Hall.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
+from closedloop.core.detectors.base import Detection, Detector, RestNote
+from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
+from closedloop.core.filters import FilterBank
+
+IDLE = 0
+ACTIVE = 1
+#: Per-channel learning phases.
+WARMUP, LEARNING, READY = 0, 1, 2
+#: Notice kind: the rest at the start was not quiet (see the module docstring).
+REST_NOT_QUIET = "rest_not_quiet"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the operator should know that is not a detection (e.g. rest not quiet).
+
+    Attributes
+    ----------
+    sample : int
+        Absolute sample index at which it was found (a block boundary).
+    time : float
+        Stream time of that sample.
+    channel : str
+    kind : str
+        :data:`REST_NOT_QUIET`.
+    message : str
+        What was found and what the detector does about it.
+    """
+
+    sample: int
+    time: float
+    channel: str
+    kind: str
+    message: str
+
+
+def calibrated_variance(cal: Calibration) -> float:
+    """Rest variance of the filtered signal from a calibration's envelope statistics.
+
+    For the moving-RMS envelope the calibration measures, the mean of the squared
+    envelope is the filtered signal's variance: ``rest_mean**2 + rest_sd**2``.
+    """
+    return float(cal.rest_mean) ** 2 + float(cal.rest_sd) ** 2
+
+
+class CusumDetector(Detector):
+    """``kind = "cusum"``: multichannel sequential onset/offset detector on the raw EMG
+    (module docstring).
+
+    It reads the blanked raw samples (``wants_raw``): its artefact hold works before its
+    own band-pass and notch (the config's ``[filters]``), so the filters never ring on an
+    impulse it holds. The statistic it reports is the onset CUSUM (the bank's maximum,
+    0 while active), in nats; its threshold ``h_nats`` with the refractory rise.
+
+    Parameters
+    ----------
+    settings : CusumSettings
+    fs, channels, calibrations
+        See :class:`~closedloop.core.detectors.base.Detector`; a calibrated channel uses
+        its rest variance (required for every channel when ``settings.baseline`` is
+        ``"calibrated"``).
+    filters : FilterSettings, optional
+        The band-pass and notch it runs on the raw samples (default: the library's).
+    """
+
+    kind = "cusum"
+    settings_type = CusumSettings
+    wants_raw = True
+
+    def __init__(
+        self,
+        settings: CusumSettings,
+        fs: float,
+        channels: Sequence[str],
+        calibrations: Sequence[Calibration | None] | None = None,
+        *,
+        filters: FilterSettings | None = None,
+    ) -> None:
+        super().__init__(settings, fs, channels, calibrations)
+        s = settings
+        n = len(self.channels)
+        ms = self.fs / 1000.0
+        self.block = max(1, int(round(s.block_ms * ms)))
+        self.warmup_blocks = int(math.ceil(s.warmup_ms * ms / self.block))
+        self.learn_blocks = max(2, int(math.ceil(s.learn_ms * ms / self.block)))
+        self.n_refr = int(round(s.refractory_ms * ms))
+        self.n_art_max = int(round(s.artifact_max_ms * ms))
+        self.p = s.ar_order if s.whiten else 0
+        self.lag_max = max(self.p + 1, int(round(0.01 * self.fs)))
+        rho = np.asarray(sorted(set(s.ratios)), dtype=np.float64)
+        self._gain = (1.0 - 1.0 / rho)[None, :, None]  # (1, K, 1)
+        self._lnrho = np.log(rho)[None, :, None]
+        self._off_gain = 1.0 - 1.0 / s.off_ratio
+        self._off_ln = math.log(s.off_ratio)
+        self._alpha = min(1.0, self.block / (s.history_s * self.fs))
+
+        self.cal_var = np.full(n, np.nan)
+        for c, cal in enumerate(self.calibrations):
+            if cal is not None:
+                self.cal_var[c] = calibrated_variance(cal)
+            elif s.baseline == "calibrated":
+                raise ValueError(
+                    f"channel {self.channels[c]!r} has no calibration but the detector "
+                    "baseline is 'calibrated'; run `closedloop calibrate` or use "
+                    "baseline = 'adaptive'"
+                )
+        self.adaptive = np.isnan(self.cal_var)
+
+        self.filters = FilterBank(filters or FilterSettings(), self.fs, n)
+        self.phase = np.full(n, WARMUP, dtype=np.int8)
+        self.state = np.zeros(n, dtype=np.int8)
+        self.suspended = np.zeros(n, dtype=bool)
+        self.held = np.zeros(n, dtype=bool)
+        self._stat: np.ndarray | None = None  # the onset statistic of the chunk being run
+        #: Per channel: prediction-error filter ``[1, a1, ..., ap]``.
+        self.whitener = np.zeros((n, self.p + 1))
+        self.whitener[:, 0] = 1.0
+        #: Per channel: variance of the whitened rest (NaN until learnt).
+        self.sigma2 = np.full(n, np.nan)
+        #: Per channel: effective independent samples per sample of the whitened rest.
+        self.kappa = np.ones(n)
+        #: Samples between the raw values the artefact test compares (5 ms).
+        self.lag = max(1, int(round(0.005 * self.fs)))
+        self._sd_d = np.full(n, np.nan)  # rest SD of x[k] - x[k - lag]
+        self._xlag = np.zeros((n, self.lag))  # last `lag` raw samples (after the hold)
+        self._started = False
+        self._art_on = np.zeros(n, dtype=bool)
+        self._art_held = np.zeros(n)
+        self._art_start = np.zeros(n, dtype=np.int64)
+        self._art_quiet_until = np.zeros(n, dtype=np.int64)
+        self._freeze_until = np.zeros(n, dtype=np.int64)
+        self.n_ring = int(round(0.02 * self.fs))  # evidence frozen after a hold, 20 ms
+        self._xhist = np.zeros((n, self.p))  # last p filtered samples
+        k = rho.size
+        self._S = np.zeros((n, k))  # bank running sums since the last reset
+        self._M = np.zeros((n, k))  # their running minimum (starts at -g)
+        self._Sd = np.zeros(n)  # offset CUSUM likewise
+        self._Md = np.zeros(n)
+        self._off_sample = np.full(n, -(2**62), dtype=np.int64)
+        #: Per channel: the onset statistic (max over the bank) at the last sample.
+        self.statistic = np.zeros(n)
+        # block accounting
+        self._blk_fill = 0
+        self._blk_buf = np.zeros((n, self.block))  # filtered samples of the current block
+        self._prev_buf = np.zeros((n, self.block))  # ... and of the block before
+        self._prev_dd = np.zeros(n)
+        # per-sample values of the current block, summed once at its end (sums of pieces
+        # would round differently for different chunkings)
+        self._blk_u = np.zeros((n, self.block))
+        self._blk_dd = np.zeros((n, self.block))
+        self._hold_ok = np.ones(n, dtype=bool)  # idle at the last block boundary
+        self._blk_busy = np.zeros(n, dtype=bool)
+        self._learn: list[list[tuple[np.ndarray, float, float]]] = [[] for _ in range(n)]
+        self._noticed = np.zeros(n, dtype=bool)  # a notice was issued in this learning
+        self._low_blocks = np.zeros(n, dtype=np.int64)
+        self._n_rest = np.zeros(n, dtype=np.int64)  # blocks in the rest estimate
+        self.notices: list[Notice] = []
+
+    @classmethod
+    def from_config(cls, config, fs: float, channels: Sequence[str]) -> CusumDetector:
+        return cls(config.detector, fs, channels, config.calibrations(), filters=config.filters)
+
+    # -- public state -------------------------------------------------------------------
+    @property
+    def ready(self) -> np.ndarray:
+        """Per channel: the rest is learnt, the channel can trigger."""
+        return self.phase == READY
+
+    @property
+    def active(self) -> np.ndarray:
+        """Per channel: between an onset and its offset."""
+        return self.state == ACTIVE
+
+    def threshold(self, sample: int | None = None) -> np.ndarray:
+        """Per channel: the onset threshold (nats) in force at ``sample`` (default: the
+        next sample), with the refractory rise; NaN while the channel is not ready."""
+        k = self.position if sample is None else int(sample)
+        h = self._h(k - self._off_sample)
+        return np.where(self.ready, h, np.nan)
+
+    def _h(self, since_off: np.ndarray) -> np.ndarray:
+        s = self.settings
+        if self.n_refr <= 0 or s.refractory_gain == 0.0:
+            return np.full(np.shape(since_off), s.h_nats)
+        frac = np.clip(1.0 - since_off / self.n_refr, 0.0, 1.0)
+        return s.h_nats * (1.0 + s.refractory_gain * frac)
+
+    def drain_notices(self) -> list[Notice]:
+        """The notices issued since the last call, oldest first."""
+        out, self.notices = self.notices, []
+        return out
+
+    def pop_notes(self) -> list[RestNote]:
+        """The notices as the session shows them (:class:`RestNote` with the message)."""
+        index = {name: i for i, name in enumerate(self.channels)}
+        return [RestNote(n.sample, index[n.channel], "not_quiet", n.sample, math.nan,
+                         message=n.message) for n in self.drain_notices()]
+
+    def hold(self, channel: int, held: bool) -> None:
+        """No new onset while held (an onset under way goes on)."""
+        self.held[channel] = held
+
+    def restart_channel(self, channel: int, level: float) -> None:
+        """After a bad stretch: the own filters restart at ``level``, the evidence at 0."""
+        self.filters.restart_channel(channel, level)
+        self._xlag[channel] = level
+        self._xhist[channel] = 0.0
+        self._S[channel] = 0.0
+        self._M[channel] = 0.0
+
+    def suspend(self, channel: int, suspended: bool, sample: int, time: float) -> list[Event]:
+        """Suspend (or resume) a channel's detection (bad input): like
+        :meth:`closedloop.core.detectors.threshold.OnsetDetector.suspend`, an offset (when active)
+        and a ``suspend`` event; on resume the evidence starts from zero."""
+        events: list[Event] = []
+        if suspended and self.state[channel] == ACTIVE:
+            self.state[channel] = IDLE
+            self._off_sample[channel] = sample
+            events.append(Event(sample, time, self.channels[channel], OFFSET))
+        if suspended and not self.suspended[channel]:
+            events.append(Event(sample, time, self.channels[channel], SUSPEND))
+        if not suspended and self.suspended[channel]:
+            self._S[channel] = 0.0
+            self._M[channel] = 0.0
+        self.suspended[channel] = suspended
+        return events
+
+    # -- processing ---------------------------------------------------------------------
+    def process(self, filtered: np.ndarray, raw: np.ndarray,
+                timestamps: np.ndarray) -> Detection:
+        """Process one chunk of the raw EMG, channel-major ``(n_channels, n)`` (the
+        pipeline's ``filtered`` is not used: see the class docstring); notices go to
+        :attr:`notices`."""
+        x = np.asarray(raw, dtype=np.float64)
+        n = x.shape[1]
+        start = self.position
+        self._stat = np.full(x.shape, np.nan)
+        events: list[Event] = []
+        a = 0
+        while a < n:
+            b = min(n, a + self.block - self._blk_fill)
+            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events)
+            a = b
+            if self._blk_fill == self.block:
+                self._end_block(start + a, float(timestamps[a - 1]))
+        self.position = start + n
+        if len(events) > 1:
+            events.sort(key=lambda e: e.sample)
+        stat, self._stat = self._stat, None
+        self.on_threshold[:] = self.threshold()
+        self.off_threshold[:] = self.on_threshold
+        with np.errstate(invalid="ignore"):
+            above = stat > self.on_threshold[:, None]
+        return Detection(stat, above, events)
+
+    def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event]) -> None:
+        """Samples ``p0 .. p0 + n`` (all inside one block): artefacts, filters, detection."""
+        n = x.shape[1]
+        ready = self.phase == READY
+        if not self._started:
+            self._xlag[:] = x[:, :1]
+            self._started = True
+        frozen = self._artifacts(x, p0, ready) if ready.any() else None
+        ext = np.concatenate((self._xlag, x), axis=1)
+        d = x - ext[:, :n]  # x[k] - x[k - lag], after the hold
+        self._xlag = ext[:, n:].copy()
+        f0 = self._blk_fill
+        np.multiply(d, d, out=self._blk_dd[:, f0 : f0 + n])
+        xf = self.filters.process_inplace(x)
+        self._blk_buf[:, f0 : f0 + n] = xf
+        self._blk_fill += n
+        # partial prewhitening: e[k] = sum_j a[j] xf[k - j], the same operations in any chunking
+        p = self.p
+        if p:
+            ext = np.concatenate((self._xhist, xf), axis=1)
+            e = self.whitener[:, :1] * xf
+            for j in range(1, p + 1):
+                e += self.whitener[:, j : j + 1] * ext[:, p - j : p - j + n]
+            self._xhist = ext[:, n:].copy()
+        else:
+            e = xf.copy()
+        if not ready.any():
+            return
+        with np.errstate(invalid="ignore"):
+            u = np.minimum(e * e / self.sigma2[:, None], self.settings.clip)
+        if self._art_on.any():
+            self._blk_busy |= self._art_on
+        np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
+        live = ready & ~self.suspended
+        self._detect(u, frozen, live, p0, ts, events)
+
+    def _artifacts(self, x: np.ndarray, p0: int, ready: np.ndarray) -> np.ndarray | None:
+        """Sample-and-hold over impulsive artefacts, in place on raw ``x`` (docstring 1).
+
+        A hold starts where the raw signal moved more than ``artifact_ratio`` rest SDs of
+        its ``lag``-sample difference (5 ms) away from where it was ``lag`` samples
+        before, and holds that earlier value. Returns where the evidence is frozen (during
+        a hold and for ``ring`` samples after it, while the band-pass rings on the hold's
+        edges), or None when nowhere."""
+        lag = self.lag
+        n = x.shape[1]
+        lim = self.settings.artifact_ratio * self._sd_d  # NaN (never) while not learnt
+        ext = np.concatenate((self._xlag, x), axis=1)
+        with np.errstate(invalid="ignore"):
+            jump = np.abs(ext[:, lag:] - ext[:, :n]) > lim[:, None]
+        # an active channel starts no hold: an artefact cannot start anything there, and
+        # a very strong contraction must not be chopped into holds
+        cand = ready & (self._art_on | (np.logical_or.reduce(jump, axis=1) & self._hold_ok)
+                        | (self._freeze_until > p0))
+        if not cand.any():
+            return None
+        frozen = np.zeros(x.shape, dtype=bool)
+        for c in np.flatnonzero(cand).tolist():
+            freeze_until = int(self._freeze_until[c])
+            held = float(self._art_held[c])
+            on = bool(self._art_on[c])
+            start = int(self._art_start[c])
+            quiet_until = int(self._art_quiet_until[c])
+            limit = float(lim[c])
+            may_start = bool(self._hold_ok[c])
+            row = ext[c]  # row[lag + k] is sample k of the piece; holds are written into it
+            for k in range(n):
+                v = float(row[lag + k])
+                k_abs = p0 + k
+                if on:
+                    if k_abs - start >= self.n_art_max:
+                        on = False  # too long for an impulse: let it through
+                        freeze_until, quiet_until = k_abs, k_abs + self.n_art_max
+                    elif abs(v - held) <= limit:
+                        on = False  # back near the held level: the impulse is over
+                        freeze_until = k_abs + self.n_ring
+                    else:
+                        row[lag + k] = held
+                        self._blk_busy[c] = True
+                elif may_start and k_abs >= quiet_until and abs(v - row[k]) > limit:
+                    if k_abs >= freeze_until:
+                        start = k_abs  # a new episode (holds within a freeze continue one)
+                    if k_abs - start >= self.n_art_max:
+                        freeze_until, quiet_until = k_abs, k_abs + self.n_art_max
+                    else:
+                        on, held = True, float(row[k])
+                        row[lag + k] = held
+                        self._blk_busy[c] = True
+                frozen[c, k] = on or k_abs < freeze_until
+            x[c] = row[lag:]
+            self._freeze_until[c] = freeze_until
+            self._art_on[c] = on
+            self._art_held[c] = held
+            self._art_start[c] = start
+            self._art_quiet_until[c] = quiet_until
+        return frozen
+
+    def _detect(self, u: np.ndarray, frozen: np.ndarray | None, live: np.ndarray, p0: int, ts,
+                events) -> None:
+        """The CUSUMs over one piece: vectorised while nothing crosses, exact per channel
+        where something does."""
+        n = u.shape[1]
+        kap = self.kappa[:, None, None]
+        idle = live & (self.state == IDLE) & ~self.held  # held: no new onset
+        since = (p0 + np.arange(n))[None, :] - self._off_sample[:, None]
+        h = self._h(since)  # (n_ch, n)
+        slow: list[int] = list(np.flatnonzero(live & (self.state == ACTIVE)))
+        if idle.any():
+            s = kap * 0.5 * (self._gain * u[:, None, :] - self._lnrho)  # (n_ch, K, n)
+            if frozen is not None:
+                s *= ~frozen[:, None, :]
+            s[:, :, 0] += self._S
+            S = np.cumsum(s, axis=2)
+            M = np.minimum(np.minimum.accumulate(S, axis=2), self._M[:, :, None])
+            gmax = np.max(S - M, axis=1)  # (n_ch, n)
+            with np.errstate(invalid="ignore"):
+                crossed = np.logical_or.reduce(gmax > h, axis=1) & idle
+            done = idle & ~crossed
+            self._S = np.where(done[:, None], S[:, :, -1], self._S)
+            self._M = np.where(done[:, None], M[:, :, -1], self._M)
+            self.statistic = np.where(done, gmax[:, -1], self.statistic)
+            for c in np.flatnonzero(done).tolist():
+                self._put(c, p0, 0, gmax[c])
+            with np.errstate(invalid="ignore"):
+                self._blk_busy |= done & np.logical_or.reduce(gmax > 0.5 * h, axis=1)
+            slow.extend(np.flatnonzero(crossed).tolist())
+        for c in sorted(slow):
+            self._blk_busy[c] = True
+            self._channel(int(c), u[c], None if frozen is None else frozen[c], h[c], p0, ts,
+                          events)
+
+    def _put(self, c: int, p0: int, i: int, values: np.ndarray) -> None:
+        """Record the onset statistic of channel ``c`` from sample ``p0 + i`` on."""
+        if self._stat is not None:
+            a = p0 - self.position + i
+            self._stat[c, a : a + values.shape[0]] = values
+
+    def _channel(self, c: int, u: np.ndarray, frozen: np.ndarray | None, h: np.ndarray, p0: int,
+                 ts, events) -> None:
+        """The exact per-sample state machine of one channel over one piece."""
+        n = u.shape[0]
+        kap = float(self.kappa[c])
+        i = 0
+        while i < n:
+            if self.state[c] == IDLE:
+                s = kap * 0.5 * (self._gain[0] * u[None, i:] - self._lnrho[0])  # (K, m)
+                if frozen is not None:
+                    s *= ~frozen[None, i:]
+                s[:, 0] += self._S[c]
+                S = np.cumsum(s, axis=1)
+                M = np.minimum(np.minimum.accumulate(S, axis=1), self._M[c][:, None])
+                gmax = np.max(S - M, axis=0)
+                hh = h if i == 0 else self._h(p0 + np.arange(i, n) - self._off_sample[c])
+                hit = np.flatnonzero(gmax > hh)
+                if not hit.size:
+                    self._S[c], self._M[c] = S[:, -1], M[:, -1]
+                    self.statistic[c] = gmax[-1]
+                    self._put(c, p0, i, gmax)
+                    return
+                k = i + int(hit[0])
+                self._put(c, p0, i, gmax[: hit[0] + 1])
+                thr = float(hh[hit[0]])
+                events.append(Event(p0 + k, float(ts[k]), self.channels[c], ONSET,
+                                    float(gmax[hit[0]]), thr))
+                self.state[c] = ACTIVE
+                self._Sd[c] = self._Md[c] = 0.0
+                self._S[c] = 0.0
+                self._M[c] = 0.0
+                self.statistic[c] = 0.0
+            else:
+                s = kap * 0.5 * (self._off_ln - self._off_gain * u[i:])
+                if frozen is not None:
+                    s *= ~frozen[i:]
+                s[0] += self._Sd[c]
+                S = np.cumsum(s)
+                M = np.minimum(np.minimum.accumulate(S), self._Md[c])
+                g = S - M
+                hit = np.flatnonzero(g > self.settings.off_nats)
+                if not hit.size:
+                    self._Sd[c], self._Md[c] = S[-1], M[-1]
+                    self._put(c, p0, i, np.zeros(n - i))
+                    return
+                k = i + int(hit[0])
+                self._put(c, p0, i, np.zeros(hit[0] + 1))
+                events.append(Event(p0 + k, float(ts[k]), self.channels[c], OFFSET,
+                                    float(g[hit[0]]), self.settings.off_nats))
+                self.state[c] = IDLE
+                self._off_sample[c] = p0 + k
+                self._S[c] = 0.0
+                self._M[c] = 0.0
+            i = k + 1
+
+    # -- blocks: learning and tracking the rest -----------------------------------------
+    def _end_block(self, block_end: int, time: float) -> None:
+        block_index = block_end // self.block - 1
+        n = self.block
+        buf = self._blk_buf
+        var = np.einsum("ij,ij->i", buf, buf) / n
+        dd = np.add.reduce(self._blk_dd, axis=1) / n
+        busy = self._blk_busy | (self.state == ACTIVE)
+        u_mean = np.add.reduce(self._blk_u, axis=1) / n
+        for c in range(len(self.channels)):
+            if self.suspended[c]:
+                continue
+            if self.phase[c] == WARMUP:
+                if block_index + 1 >= self.warmup_blocks:
+                    self.phase[c] = LEARNING
+                continue
+            if self.phase[c] == LEARNING:
+                self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end, time)
+                continue
+            if busy[c]:
+                self._low_blocks[c] = 0
+                continue
+            um = float(u_mean[c])
+            if self.adaptive[c]:
+                if um < 1.0 / self.settings.quiet_ratio:
+                    self._low_blocks[c] += 1
+                    if self._low_blocks[c] >= 2:
+                        self._relearn(c, um, buf[c], float(dd[c]), block_end, time)
+                        continue
+                else:
+                    self._low_blocks[c] = 0
+                self._n_rest[c] += 1  # a cumulative mean first, then exponential
+                alpha = max(self._alpha, 1.0 / self._n_rest[c])
+                self.sigma2[c] *= 1.0 + alpha * (um - 1.0)
+                self._sd_d[c] = math.sqrt(
+                    self._sd_d[c] ** 2 + alpha * (float(dd[c]) - self._sd_d[c] ** 2))
+        self._prev_buf, self._blk_buf = self._blk_buf, self._prev_buf
+        self._prev_dd = dd
+        self._blk_fill = 0
+        self._blk_u.fill(0.0)
+        self._blk_busy.fill(False)
+        self._hold_ok = self.state == IDLE
+
+    def _learn_block(self, c: int, xb: np.ndarray, var: float, dd: float, block_end: int,
+                     time: float) -> None:
+        win = self._learn[c]
+        win.append((xb, var, dd))
+        if len(win) < self.learn_blocks:
+            return
+        v = np.array([w[1] for w in win])
+        q = self.settings.quiet_ratio
+        why = ""
+        if not (v.min() > 0.0 and np.isfinite(v).all()):
+            why = "the signal is flat or not finite"
+        elif v.max() / v.min() > q:
+            why = (f"its power changed {v.max() / v.min():.1f}-fold within "
+                   f"{len(win) * self.block / self.fs * 1000:.0f} ms")
+        elif not self.adaptive[c] and v.mean() > q * self.cal_var[c]:
+            why = f"it is {v.mean() / self.cal_var[c]:.1f} times the calibrated rest"
+        if why:
+            if not self._noticed[c]:
+                self._notice(c, block_end, time,
+                             f"rest was not quiet on {self.channels[c]!r} ({why}); "
+                             "waiting for quiet rest before detecting")
+                self._noticed[c] = True
+            win.pop(0)
+            return
+        self._fit(c, win)
+        self._learn[c] = []
+        self.phase[c] = READY
+        self._S[c] = 0.0
+        self._M[c] = 0.0
+        self.state[c] = IDLE
+
+    def _fit(self, c: int, win) -> None:
+        """Whitening filter, whitened rest variance, kappa and the artefact scale."""
+        x = np.concatenate([w[0] for w in win])
+        x = x - x.mean()
+        length = x.size
+        p = self.p
+        a = np.zeros(p + 1)
+        a[0] = 1.0
+        r = np.array([x[: length - k] @ x[k:] for k in range(max(p, self.lag_max) + 1)]) / length
+        if p and r[0] > 0.0:
+            rr = r[: p + 1].copy()
+            rr[0] *= 1.0 + self.settings.ar_loading + 1e-9
+            a[1:] = -linalg.solve_toeplitz(rr[:p], rr[1 : p + 1])
+        e = np.convolve(x, a)[p:length]
+        var_e = float(np.mean(e * e))
+        var_x = float(r[0])
+        ec = e - e.mean()
+        re = np.array([ec[: ec.size - k] @ ec[k:] for k in range(self.lag_max + 1)])
+        rho = re[1:] / re[0] if re[0] > 0 else np.zeros(self.lag_max)
+        self.whitener[c] = a
+        self.kappa[c] = 1.0 / (1.0 + 2.0 * float(np.sum(rho * rho)))
+        if self.adaptive[c]:
+            self.sigma2[c] = var_e
+        else:
+            self.sigma2[c] = self.cal_var[c] * (var_e / var_x if var_x > 0 else 1.0)
+        self._sd_d[c] = math.sqrt(float(np.mean([w[2] for w in win])))
+        self._n_rest[c] = len(win)
+
+    def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
+                 time: float) -> None:
+        """Two idle blocks far below the learnt rest: what was learnt was activity. The
+        rest is fitted again on those two quiet blocks (no blind time) and the operator
+        told."""
+        self._notice(
+            c, block_end, time,
+            f"rest was not quiet on {self.channels[c]!r}: the signal fell to "
+            f"{um:.2f} of the rest learnt before (the muscle was active then); "
+            "rest learnt again from the quiet signal",
+        )
+        prev = (self._prev_buf[c].copy(), 0.0, float(self._prev_dd[c]))
+        self._fit(c, [prev, (xb.copy(), 0.0, dd)])
+        self._low_blocks[c] = 0
+        self._S[c] = 0.0
+        self._M[c] = 0.0
+
+    def _notice(self, c: int, block_end: int, time: float, message: str) -> None:
+        self.notices.append(Notice(int(block_end) - 1, float(time), self.channels[c],
+                                   REST_NOT_QUIET, message))

@@ -1,0 +1,328 @@
+"""The sequential (CUSUM) detector: its statistic against a plain reference, chunk
+invariance to the sample, artefacts, a contracting start, calibration, settings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from closedloop.config.schema import parse_table
+from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
+from closedloop.core.detectors.cusum import REST_NOT_QUIET, calibrated_variance
+from closedloop.core.events import OFFSET, ONSET, SUSPEND
+from closedloop.core.filters import FilterBank
+from closedloop.core.pipeline import OfflineDetector, make_detector
+from closedloop.errors import ConfigError
+from closedloop.sim.patient import Attempt, PatientSettings, SimulatedPatient
+
+FS = 1000.0
+REST_SD = 2e-6
+
+
+def _rest(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(seconds * FS)) * REST_SD
+
+
+def _burst(n: int, snr_db: float, seed: int = 1, ramp_ms: float = 30.0) -> np.ndarray:
+    """Gaussian activity ``snr_db`` above REST_SD, with a linear ramp."""
+    amp = REST_SD * 10 ** (snr_db / 20.0)
+    env = np.minimum(1.0, np.arange(n) / (ramp_ms * FS / 1000.0))
+    return np.random.default_rng(seed).standard_normal(n) * amp * env
+
+
+def _run(det, x: np.ndarray, chunk: int) -> list:
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        out.extend(det.process(x[i : i + chunk]))
+    return out
+
+
+def _onsets(events) -> list[int]:
+    return [e.sample for e in events if e.kind == ONSET]
+
+
+# -- the statistic against a plain per-sample reference ------------------------------------
+def test_the_statistic_is_pages_cusum_of_the_likelihood_ratio():
+    """The vectorised, chunked CUSUM bank decides exactly where a plain per-sample loop of
+    Page's recursion on the same normalised energies crosses the threshold."""
+    x = np.concatenate((_rest(3.0), _rest(2.0, 5) + _burst(2000, 6.0)))[:, None]
+    det = make_detector("cusum", FS, ["m"], whiten=False, refractory_gain=0.0)
+    events = _run(det, x, 37)
+    core = det.detector
+    assert core.ready[0] and det.params["whiten"] is False
+    # reference: filter the whole signal at once, then Page's recursion sample by sample
+    xf = FilterBank(det.filter_settings, FS, 1).process(x)[:, 0]
+    s = det.detector.settings
+    first = None
+    g = dict.fromkeys(s.ratios, 0.0)
+    # the rest estimate moves only at block boundaries; replay it from a second detector
+    ref = make_detector("cusum", FS, ["m"], whiten=False, refractory_gain=0.0)
+    ready_at = None
+    for k in range(x.shape[0]):
+        if k % ref.detector.block == 0:
+            sigma2, kappa = ref.detector.sigma2[0], ref.detector.kappa[0]
+            if ready_at is None and ref.detector.ready[0]:
+                ready_at = k
+        ref.process(x[k : k + 1])
+        if ready_at is None:
+            continue
+        u = min(xf[k] ** 2 / sigma2, s.clip)
+        for rho in s.ratios:
+            g[rho] = max(0.0, g[rho] + kappa * 0.5 * ((1 - 1 / rho) * u - math.log(rho)))
+        if max(g.values()) > s.h_nats:
+            first = k
+            break
+    assert first is not None and 3000 <= first < 3150
+    assert _onsets(events)[0] == first
+
+
+def test_kappa_counts_independent_samples():
+    """White rest: about one independent sample per sample; strongly coloured rest left
+    unwhitened: far fewer, so the same threshold needs more samples of evidence."""
+    white = make_detector("cusum", FS, ["m"], whiten=False, bandpass_hz=[20, 450], notch_hz=0)
+    white.process(_rest(1.0)[:, None])
+    coloured = make_detector("cusum", FS, ["m"], whiten=False, bandpass_hz=[20, 60], notch_hz=0)
+    coloured.process(_rest(1.0)[:, None])
+    assert white.detector.ready[0] and coloured.detector.ready[0]
+    print(f"kappa white-ish {white.detector.kappa[0]:.2f}, "
+          f"20-60 Hz {coloured.detector.kappa[0]:.2f}")
+    assert white.detector.kappa[0] > 0.5
+    assert coloured.detector.kappa[0] < 0.5 * white.detector.kappa[0]
+    # whitening learnt at rest gives back most of the independent samples
+    whitened = make_detector("cusum", FS, ["m"], bandpass_hz=[20, 60], notch_hz=0, ar_order=6)
+    whitened.process(_rest(1.0)[:, None])
+    assert whitened.detector.kappa[0] > coloured.detector.kappa[0]
+
+
+def test_rest_alone_gives_no_onset_and_bursts_are_found():
+    x = _rest(60.0, 3)
+    det = make_detector("cusum", FS, ["m"])
+    assert _onsets(_run(det, x[:, None], 500)) == []
+    assert det.detector.notices == []
+    for snr in (20.0, 10.0):
+        y = x.copy()
+        starts = [5000, 15000, 25000]
+        for s in starts:
+            y[s : s + 800] += _burst(800, snr, seed=s)
+        ev = _run(make_detector("cusum", FS, ["m"]), y[:, None], 500)
+        ons = _onsets(ev)
+        assert len(ons) == 3, (snr, ons)
+        lat = [o - s for o, s in zip(ons, starts, strict=True)]
+        print(f"{snr} dB latencies (ms): {lat}")
+        assert all(0 <= v <= 60 for v in lat)
+        assert [e.kind for e in ev] == [ONSET, OFFSET] * 3
+
+
+# -- chunking changes nothing ---------------------------------------------------------------
+def _busy_signal() -> np.ndarray:
+    """Two channels exercising every path: a contraction at the start (relearning), a
+    spike artefact, bursts at several levels, a long and a short one."""
+    n = 12000
+    a = _rest(n / FS, 11)
+    a[:1500] += _burst(1500, 20.0, seed=2, ramp_ms=0.1)  # contracting when the session starts
+    a[3000:3004] += 2000 * REST_SD  # impulsive artefact
+    for s, snr, ln in ((4000, 10.0, 900), (6000, 3.0, 1500), (8500, 20.0, 200), (9500, 6.0, 700)):
+        a[s : s + ln] += _burst(ln, snr, seed=s)
+    b = _rest(n / FS, 12) * 3 + 1e-3  # an offset, another level
+    for s in (2500, 5200, 7300, 10100):
+        b[s : s + 600] += 3 * _burst(600, 12.0, seed=s + 1)
+    return np.column_stack((a, b))
+
+
+_X = _busy_signal()
+_N = _X.shape[0]
+_HAIR = {"h_nats": 3.0, "off_nats": 1.0, "refractory_ms": 0.0}
+
+
+def _make(hair: bool) -> OfflineDetector:
+    return make_detector("cusum", FS, ["a", "b"], **(_HAIR if hair else {}))
+
+
+def _whole(hair: bool):
+    det = _make(hair)
+    return det.process(_X), det.detector.notices
+
+
+_WHOLE = {hair: _whole(hair) for hair in (False, True)}
+
+
+def test_the_busy_signal_exercises_every_path():
+    events, notices = _WHOLE[False]
+    assert sum(e.kind == ONSET for e in events) >= 8
+    assert any(n.kind == REST_NOT_QUIET and n.channel == "a" for n in notices)
+    assert len(_WHOLE[True][0]) > 100  # hair-trigger: many decisions
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10000])
+def test_fixed_chunks_give_the_same_events_to_the_sample(chunk):
+    for hair in (False, True):
+        det = _make(hair)
+        assert _run(det, _X, chunk) == _WHOLE[hair][0]
+        assert det.detector.notices == _WHOLE[hair][1]
+        assert det.position == _N
+
+
+_cuts = st.one_of(
+    st.lists(st.integers(min_value=1, max_value=_N - 1), max_size=300, unique=True),
+    st.integers(min_value=1, max_value=64).map(lambda k: list(range(k, _N, k))),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hair=st.booleans(), cuts=_cuts)
+def test_random_chunks_give_the_same_events_to_the_sample(hair, cuts):
+    det = _make(hair)
+    bounds = [0, *sorted(cuts), _N]
+    events = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        got = det.process(_X[a:b])
+        assert all(a <= e.sample < b for e in got)  # decided inside the chunk given
+        events.extend(got)
+    assert events == _WHOLE[hair][0]
+    assert det.detector.notices == _WHOLE[hair][1]
+
+
+# -- bedside robustness ----------------------------------------------------------------------
+@pytest.mark.parametrize(("ms", "height"), [(2, 3000.0), (4, 1000.0), (10, 500.0)])
+def test_an_impulsive_artefact_does_not_trigger(ms, height):
+    x = _rest(8.0, 4)
+    k = 4000
+    n = int(ms * FS / 1000)
+    x[k : k + n] += height * REST_SD * np.hanning(n + 2)[1:-1]
+    det = make_detector("cusum", FS, ["m"])
+    assert _onsets(_run(det, x[:, None], 20)) == []
+    # without the artefact hold the same spike does trigger (the test can fail)
+    plain = make_detector("cusum", FS, ["m"], artifact_ratio=1e9)
+    assert len(_onsets(_run(plain, x[:, None], 20))) == 1
+    # and a real contraction right after it is still found
+    y = x.copy()
+    y[5000:5800] += _burst(800, 20.0, seed=9)
+    ons = _onsets(_run(make_detector("cusum", FS, ["m"]), y[:, None], 20))
+    assert len(ons) == 1 and 5000 <= ons[0] <= 5060
+
+
+def test_a_strong_sharp_contraction_is_not_held_as_an_artefact():
+    """A contraction whose first samples jump far above rest is let through after at
+    most artifact_max_ms: found, at most that much later."""
+    x = _rest(6.0, 6)
+    x[3000:3600] += _burst(600, 45.0, seed=3, ramp_ms=0.1)  # 45 dB, no ramp
+    det = make_detector("cusum", FS, ["m"])
+    ons = _onsets(_run(det, x[:, None], 20))
+    assert len(ons) == 1 and 3000 <= ons[0] <= 3000 + det.detector.settings.artifact_max_ms + 25
+
+
+def test_a_contracting_start_warns_and_waits_for_quiet_rest():
+    """The patient contracts for the first 2 s: a notice says rest was not quiet, the
+    contraction is not learnt as rest (no onset when it ends, none in the rest after),
+    and the next contraction is found."""
+    x = _rest(8.0, 7)
+    x[:2000] += _burst(2000, 20.0, seed=5, ramp_ms=0.1)
+    x[5000:5800] += _burst(800, 10.0, seed=6)
+    det = make_detector("cusum", FS, ["m"])
+    ev = _run(det, x[:, None], 20)
+    notices = det.detector.notices
+    assert notices and all(n.kind == REST_NOT_QUIET for n in notices)
+    print([n.message for n in notices])
+    assert 2000 <= notices[-1].sample <= 2300  # found when the contraction ended
+    assert _onsets(ev) and all(5000 <= s <= 5100 for s in _onsets(ev))
+    assert det.detector.sigma2[0] < 3 * REST_SD**2  # the rest now is the quiet rest
+
+
+def test_a_contraction_inside_the_first_rest_window_is_not_learnt():
+    x = _rest(6.0, 8)
+    x[250:1200] += _burst(950, 15.0, seed=4, ramp_ms=20)  # starts while rest is learnt
+    x[3000:3600] += _burst(600, 10.0, seed=5)
+    det = make_detector("cusum", FS, ["m"])
+    ev = _run(det, x[:, None], 20)
+    assert any("not quiet" in n.message for n in det.detector.notices)
+    assert det.detector.sigma2[0] < 3 * REST_SD**2
+    assert _onsets(ev) and all(3000 <= s <= 3100 for s in _onsets(ev))
+
+
+def test_a_calibrated_channel_uses_the_calibrations_rest_variance():
+    x = _rest(6.0, 9)
+    xf = FilterBank(FilterSettings(), FS, 1).process(x[:, None])[300:, 0]
+    sd = float(np.std(xf))
+    # RMS-envelope statistics of a calibration that found twice this rest's variance
+    cal = Calibration(rest_mean=sd * 0.94 * 2**0.5, rest_sd=sd * 0.34 * 2**0.5)
+    assert calibrated_variance(cal) == pytest.approx(2 * sd**2, rel=0.01)
+    det = make_detector("cusum", FS, ["m"], calibrations=[cal], baseline="calibrated")
+    det.process(x[:, None])
+    core = det.detector
+    assert core.ready[0] and not core.adaptive[0]
+    # the whitened rest variance is the calibrated one times the whitening's power gain
+    a = core.whitener[0]
+    e = np.convolve(xf, a)[a.size - 1 : xf.size]
+    gain = float(np.mean(e**2) / np.mean(xf**2))
+    assert core.sigma2[0] == pytest.approx(calibrated_variance(cal) * gain, rel=0.15)
+    adaptive = make_detector("cusum", FS, ["m"])
+    adaptive.process(x[:, None])
+    assert core.sigma2[0] == pytest.approx(2 * adaptive.detector.sigma2[0], rel=0.2)
+    # a calibration 25 x quieter than what the session starts with: rest was not quiet
+    quiet = Calibration(rest_mean=sd * 0.94 / 5, rest_sd=sd * 0.34 / 5)
+    det = make_detector("cusum", FS, ["m"], calibrations=[quiet])
+    det.process(x[:, None])
+    assert not det.detector.ready[0]
+    assert "calibrated rest" in det.detector.notices[0].message
+    with pytest.raises(ConfigError, match="baseline is 'calibrated'"):
+        make_detector("cusum", FS, ["m", "n"], calibrations=[cal, None], baseline="calibrated")
+
+
+# -- the live interface ---------------------------------------------------------------------
+def test_refractory_rise_suspend_and_ready():
+    x = _rest(5.0, 10)
+    x[2000:2500] += _burst(500, 20.0, seed=7)
+    det = make_detector("cusum", FS, ["m"])
+    core = det.detector
+    assert not core.ready[0] and np.isnan(core.threshold()[0])
+    ev = det.process(x[:, None])
+    (on,) = [e for e in ev if e.kind == ONSET]
+    (off,) = [e for e in ev if e.kind == OFFSET]
+    s = det.detector.settings
+    assert on.threshold == s.h_nats and on.envelope > s.h_nats
+    assert core.threshold(off.sample)[0] == pytest.approx(s.h_nats * (1 + s.refractory_gain))
+    half = off.sample + core.n_refr // 2
+    assert core.threshold(half)[0] == pytest.approx(s.h_nats * (1 + s.refractory_gain / 2),
+                                                    rel=0.01)
+    assert core.threshold(off.sample + core.n_refr)[0] == s.h_nats
+    # suspend while active: an offset and a suspend event; nothing while suspended
+    det2 = make_detector("cusum", FS, ["m"])
+    det2.process(x[:2100, None])
+    assert det2.detector.active[0]
+    got = det2.detector.suspend(0, True, 2100, 2.1)
+    assert [e.kind for e in got] == [OFFSET, SUSPEND]
+    assert _onsets(det2.process(x[2100:, None])) == []
+
+
+def test_settings_are_validated_like_a_config():
+    s = parse_table(CusumSettings, {"h_nats": 15, "ratios": [3], "learn_ms": 400},
+                    source="c.toml", path="detector")
+    assert s.h_nats == 15.0 and s.ratios == (3.0,) and s.learn_ms == 400.0
+    with pytest.raises(ConfigError, match=r"c.toml: detector.h_nats = 0.1"):
+        parse_table(CusumSettings, {"h_nats": 0.1}, source="c.toml", path="detector")
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_table(CusumSettings, {"h_nat": 3}, source="c.toml", path="detector")
+    with pytest.raises(ConfigError, match="ratios"):
+        make_detector("cusum", FS, ["m"], ratios=[0.5])
+    with pytest.raises(ConfigError, match="learn_ms"):
+        make_detector("cusum", FS, ["m"], learn_ms=60, block_ms=50)
+    with pytest.raises(ConfigError, match="unknown key.*k_on"):
+        make_detector("cusum", FS, ["m"], k_on=3)
+
+
+def test_runs_on_the_simulated_patient_at_2khz():
+    ps = PatientSettings(fs=2000.0, muscles=("biceps", "triceps"), snr_db=10.0)
+    script = [Attempt("biceps", 2.0, 1.0), Attempt("triceps", 4.5, 1.0),
+              Attempt("biceps", 7.0, 0.5)]
+    pat = SimulatedPatient(ps, script, seed=1)
+    x = pat.read(int(9.0 * 2000))
+    ev = _run(make_detector("cusum", 2000.0, ps.muscles), x, 40)
+    ons = [(e.sample, e.channel) for e in ev if e.kind == ONSET]
+    truth = pat.true_onsets()
+    assert len(ons) == len(truth) == 3
+    for (s, ch), (t, tch) in zip(ons, truth, strict=True):
+        assert ch == tch and 0 <= s - t <= 0.15 * 2000
