@@ -598,51 +598,13 @@ def write_patient_config(path: str | Path, text: str) -> Path:
 def make_source(config: Config, spec: str | None, steps: Sequence[Step], *,
                 realtime: bool = True, script: Sequence[Attempt] | None = None) -> Source:
     """The EMG source: a spec, or (``sim`` / none with a sim config) the simulated patient
-    following the calibration cues."""
+    following the calibration cues (``sim?snr_db=DB&seed=N`` changes its SNR and seed)."""
+    from closedloop.sources.base import SourceContext
     from closedloop.sources.spec import open_source
 
-    spec = spec or config.session.source
-
-    def sim_factory(params: dict[str, str]) -> Source:
-        from closedloop.sim.patient import PatientSettings
-        from closedloop.sources.sim import SimSource
-
-        s = config.sim
-        unknown = sorted(set(params) - {"snr_db", "seed"})
-        if unknown:
-            raise ConfigError(f"source spec {spec!r}: unknown sim option(s) {unknown}; the "
-                              "simulated patient takes snr_db=DB and seed=N")
-        snr = _option(spec, params, "snr_db", float, s.snr_db, -20.0, 60.0)
-        seed = _option(spec, params, "seed", int, s.seed, 0, 2**32 - 1)
-        ps = PatientSettings(
-            fs=config.session.fs,
-            muscles=config.muscle_names,
-            antagonists={m.name: m.antagonist for m in config.muscles if m.antagonist},
-            snr_db=snr,
-            cocontraction=s.cocontraction,
-            mains_hz=config.filters.notch_hz or 50.0,
-        )
-        chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
-        return SimSource(
-            ps, simulated_script(steps) if script is None else list(script),
-            seed=seed, realtime=realtime, chunk_size=chunk,
-        )
-
-    return open_source(spec, sim_factory=sim_factory)
-
-
-def _option(spec: str, params: dict[str, str], key: str, cast: type, default, lo, hi):
-    """A sim option's value, or ConfigError naming the spec, the option and the range."""
-    if key not in params:
-        return default
-    try:
-        value = cast(params[key])
-    except ValueError:
-        value = None
-    if value is None or not lo <= value <= hi:  # NaN fails too
-        raise ConfigError(f"source spec {spec!r}: {key}={params[key]!r} must be a number from "
-                          f"{lo:g} to {hi:g}")
-    return value
+    cues = simulated_script(steps) if script is None else list(script)
+    context = SourceContext(config=config, realtime=realtime, script=cues)
+    return open_source(spec or config.session.source, context)
 
 
 # -- terminal UI ----------------------------------------------------------------------------

@@ -42,9 +42,7 @@ from closedloop.config import ceilings
 from closedloop.config.schema import Flag, Range, Text, invalid, problem, settings
 from closedloop.errors import ConfigError
 
-ProtocolKind = Literal["triggered_assist", "reciprocal", "cued_trials"]
 TrialPattern = Literal["assist", "reciprocal"]
-PROTOCOL_KINDS: tuple[str, ...] = typing.get_args(ProtocolKind)
 TRIAL_PATTERNS: tuple[str, ...] = typing.get_args(TrialPattern)
 
 #: Stimulation amplitude and timing, bounded by the absolute ceilings.
@@ -268,7 +266,7 @@ class ProtocolSettings:
         Where the table was read, for messages (see :class:`StimParams`).
     """
 
-    kind: ProtocolKind = "triggered_assist"
+    kind: Text = "triggered_assist"
     agonist: Text
     antagonist: Text | None = None
     co_contraction_gate: Flag = False
@@ -285,6 +283,11 @@ class ProtocolSettings:
         # the muscle names, when the config loader gives them
         names = list((info.context or {}).get("muscles", ()))
         choices = ", ".join(map(repr, names))
+        from closedloop.registry import PROTOCOLS  # the registered kinds, imported lazily
+
+        if not (self.kind in PROTOCOLS.names() or PROTOCOLS.is_spec(self.kind)):
+            raise invalid("kind", self.kind, "one of " + ", ".join(map(repr, PROTOCOLS.names()))
+                          + ", or a module:Class spec of a protocol")
         if names and self.agonist not in names:
             raise invalid("agonist", self.agonist, f"one of {choices}")
         if names and self.antagonist is not None and self.antagonist not in names:

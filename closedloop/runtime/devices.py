@@ -1,12 +1,12 @@
 """Build the session's devices from the config and the command line's specs.
 
-Source specs are parsed by :mod:`closedloop.sources.spec`; stimulator specs here:
-``sim``, ``rehastim2:PORT``, ``p24:PORT``, ``lsl[:NAME]``, ``none`` (detection only).
-The LSL stimulator's stream is ``<NAME>-<session uid>`` (NAME defaults to
-``closedloop-stim``). :func:`make_stimulator` is the one place a stimulator is chosen
-(until the driver registry): a new driver is one more branch there, and its class says
-what it can do (``per_channel_frequency``), which is checked against the config's
-program here, before any port is opened.
+Both come from a registry (:mod:`closedloop.registry`): a source spec names a class of
+:data:`~closedloop.registry.SOURCES` (parsed by :mod:`closedloop.sources.spec`), a
+stimulator spec ``NAME[:ARG]`` one of :data:`~closedloop.registry.STIMULATORS` (or
+``none``: detection only). A new device is a class that implements the interface and a
+registry entry (an entry point of its own package): nothing here changes. What a
+stimulator can do (``per_channel_frequency``) is checked against the config's program
+before any port is opened.
 """
 
 from __future__ import annotations
@@ -16,12 +16,8 @@ from closedloop.config.stimulation import MuscleStim
 from closedloop.core.stream import SourceInfo
 from closedloop.errors import ConfigError, SafetyError
 from closedloop.identity import SessionId
-from closedloop.sim.patient import PatientSettings
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
-
-STIMULATOR_FORMS = ("sim, rehastim2:PORT (e.g. rehastim2:/dev/ttyUSB0), p24:PORT (e.g. "
-                    "p24:/dev/ttyACM0), lsl[:STREAM_NAME], none")
 
 
 def stimulated_muscles(config: Config) -> dict[str, MuscleStim]:
@@ -33,78 +29,58 @@ def stimulated_muscles(config: Config) -> dict[str, MuscleStim]:
     }
 
 
-def patient_settings(config: Config) -> PatientSettings:
-    """The simulated patient the config describes (one channel per muscle)."""
-    ant = {m.name: m.antagonist for m in config.muscles if m.antagonist}
-    return PatientSettings(
-        fs=config.session.fs,
-        muscles=config.muscle_names,
-        antagonists=ant,
-        snr_db=config.sim.snr_db,
-        cocontraction=config.sim.cocontraction,
-        mains_hz=config.filters.notch_hz or 50.0,
-    )
-
-
 def make_source(config: Config, spec: str | None, *, seed: int | None = None,
                 realtime: bool = True, stimulator: Stimulator | None = None) -> Source:
-    """The source for ``spec`` (default: the config's ``session.source``)."""
-    from closedloop.sources.sim import SimSource
+    """The source for ``spec`` (default: the config's ``session.source``), from the
+    source registry (:mod:`closedloop.sources.spec`)."""
+    from closedloop.sources.base import SourceContext
     from closedloop.sources.spec import open_source
-    from closedloop.stim.drivers.sim import SimStimulator
 
-    spec = spec or config.session.source
+    context = SourceContext(config=config, seed=seed, realtime=realtime, stimulator=stimulator)
+    return open_source(spec or config.session.source, context)
 
-    def sim_factory(params: dict[str, str]) -> Source:
-        if params:
-            raise ConfigError(f"source spec {spec!r}: the sim source takes no options")
-        chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
-        with_artifacts = isinstance(stimulator, SimStimulator) and config.sim.artifacts
-        stim = stimulator if with_artifacts else None
-        chans = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
-        return SimSource(
-            patient_settings(config),
-            seed=config.sim.seed if seed is None else seed,
-            realtime=realtime,
-            chunk_size=chunk,
-            stimulator=stim,
-            stim_channels=chans,
-            gap_s=config.sim.gap_s,
-            attempt_s=config.sim.attempt_s,
-        )
 
-    return open_source(spec, sim_factory=sim_factory)
+def stimulator_forms() -> str:
+    """The spec form of every registered stimulator, for messages."""
+    from closedloop.registry import STIMULATORS
+
+    forms = []
+    for name in STIMULATORS.names():
+        try:
+            forms.append(STIMULATORS.load(name).spec_form or name)
+        except ConfigError:
+            forms.append(f"{name} (does not load)")
+    return "; ".join([*forms, "none (detection only)", "package.module:Class[:ARG]"])
 
 
 def make_stimulator(config: Config, spec: str | None, *,
                     session: SessionId | None = None) -> Stimulator | None:
-    """The stimulator for ``spec`` (default: the config's ``session.stimulator``).
+    """The stimulator for ``spec`` (default: the config's ``session.stimulator``), from
+    the driver registry (:data:`closedloop.registry.STIMULATORS`): ``NAME[:ARG]``, or
+    ``none`` for detection only; None also when the config does not stimulate.
 
-    ``session`` is the identity an LSL stimulator publishes under (default: a fresh one).
+    What the class says it can do (``per_channel_frequency``) is checked against the
+    config's program here, before any port is opened. ``session`` is the identity a
+    publishing stimulator uses (default: a fresh one).
     """
+    from closedloop.registry import STIMULATORS
+    from closedloop.stim.base import StimulatorContext
+
     spec = (spec or config.session.stimulator).strip()
     if spec == "none" or not config.stimulates:
         return None
-    kind, _, arg = spec.partition(":")
+    name, _, arg = spec.partition(":")
+    if "." in name and arg:  # package.module:Class[:ARG]
+        cls_name, _, arg = arg.partition(":")
+        name = f"{name}:{cls_name}"
+    if name not in STIMULATORS.names() and not STIMULATORS.is_spec(name):
+        raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: "
+                          f"{stimulator_forms()}")
+    cls = STIMULATORS.load(name)
+    check_frequencies(config, cls.label, cls.per_channel_frequency)
     channels = tuple(sorted(m.stim.channel for m in config.muscles if m.stim is not None))
-    if kind == "sim" and not arg:
-        from closedloop.stim.drivers.sim import SimStimulator
-
-        return SimStimulator()
-    if kind == "rehastim2" and arg:
-        from closedloop.stim.drivers.rehastim2 import RehaStim2
-
-        check_frequencies(config, "the RehaStim2", RehaStim2.per_channel_frequency)
-        return RehaStim2(arg, channels=channels)
-    if kind == "p24" and arg:
-        from closedloop.stim.drivers.p24 import P24
-
-        return P24(arg, channels=channels)
-    if kind == "lsl":
-        from closedloop.stim.drivers.lsl import LslStimulator
-
-        return LslStimulator(session or SessionId.new(config.name), arg or "closedloop-stim")
-    raise ConfigError(f"stimulator spec {spec!r} is not understood; use one of: {STIMULATOR_FORMS}")
+    context = StimulatorContext(config=config, channels=channels, session=session)
+    return cls.from_spec(spec, arg, context)
 
 
 def check_input(source: Source, stimulator: Stimulator | None) -> str | None:

@@ -236,6 +236,47 @@ class BrainFlowSource(Source):
         The board-timestamp rate watchdog (see the module docstring).
     """
 
+    kind = "brainflow"
+    spec_form = "brainflow:BOARD[?k=v&...]  (e.g. brainflow:cyton?serial_port=/dev/ttyUSB0)"
+
+    @classmethod
+    def parse_spec(cls, spec: str, target: str, options: dict[str, str]) -> dict[str, str]:
+        """``BOARD`` (a name or id) and BrainFlow's parameters plus ``channels``,
+        ``labels``, ``chunk_timeout``, ``counter_modulus``."""
+        from urllib.parse import unquote
+
+        from closedloop.sources.spec import spec_error
+
+        board = unquote(target).strip()
+        if not board:
+            raise spec_error(spec, "brainflow needs a board (brainflow:synthetic, brainflow:cyton)")
+        if "board" in options:
+            raise spec_error(spec, "give the board after 'brainflow:', not as an option")
+        return {"board": board, **options}
+
+    @classmethod
+    def from_spec(cls, spec: str, params: dict[str, str], context) -> BrainFlowSource:  # noqa: ANN001
+        from closedloop.sources.spec import csv_list, existing_file, number
+
+        params = dict(params)
+        board = params.pop("board")
+        if "file" in params:
+            existing_file(spec, "file", params["file"])
+        kwargs: dict = {}
+        if "channels" in params:
+            kwargs["channels"] = [int(number(spec, "channels", c, int))
+                                  for c in csv_list(params.pop("channels"))]
+        if "labels" in params:
+            kwargs["labels"] = csv_list(params.pop("labels"))
+        if "chunk_timeout" in params:
+            kwargs["chunk_timeout"] = number(spec, "chunk_timeout", params.pop("chunk_timeout"))
+        if "counter_modulus" in params:
+            text = params.pop("counter_modulus")
+            kwargs["counter_modulus"] = (
+                None if text.lower() == "none" else int(number(spec, "counter_modulus", text, int))
+            )
+        return cls(board, params, **kwargs)
+
     def __init__(
         self,
         board: str | int,

@@ -123,6 +123,48 @@ class LslSource(Source):
         Not exactly one property given.
     """
 
+    kind = "lsl"
+    spec_form = "lsl:name=NAME | lsl:type=TYPE | lsl:source_id=ID  [?resolve_timeout=S]"
+    #: The options an ``lsl:`` spec takes.
+    OPTIONS = ("resolve_timeout", "channels", "lost_after")
+
+    @classmethod
+    def parse_spec(cls, spec: str, target: str, options: dict[str, str]) -> dict[str, str]:
+        """Exactly one selecting property (``name=``, ``type=``, ``source_id=``) and the
+        options :data:`OPTIONS`."""
+        from urllib.parse import unquote
+
+        from closedloop.sources.spec import spec_error
+
+        prop, eq, value = target.partition("=")
+        prop = prop.strip().lower()
+        value = unquote(value)
+        if not eq or prop not in ("name", "type", "source_id") or not value:
+            raise spec_error(spec, "lsl needs exactly one of name=, type=, source_id= with a "
+                             "value")
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise spec_error(spec, f"unknown lsl option(s) {unknown}; allowed "
+                             f"{list(cls.OPTIONS)}")
+        if prop in options:
+            raise spec_error(spec, f"{prop} given twice")
+        return {prop: value, **options}
+
+    @classmethod
+    def from_spec(cls, spec: str, params: dict[str, str], context) -> LslSource:  # noqa: ANN001
+        from closedloop.sources.spec import MAX_RESOLVE_S, csv_list, number
+
+        params = dict(params)
+        kwargs: dict = {}
+        if "resolve_timeout" in params:
+            kwargs["resolve_timeout"] = number(
+                spec, "resolve_timeout", params.pop("resolve_timeout"), hi=MAX_RESOLVE_S)
+        if "lost_after" in params:
+            kwargs["lost_after"] = number(spec, "lost_after", params.pop("lost_after"))
+        if "channels" in params:
+            kwargs["channels"] = csv_list(params.pop("channels"))
+        return cls(**params, **kwargs)
+
     def __init__(
         self,
         name: str | None = None,

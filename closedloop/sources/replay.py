@@ -79,6 +79,38 @@ class ReplaySource(Source):
         a session run from it would not be the recorded one.
     """
 
+    kind = "replay"
+    spec_form = "replay:FILE.xdf[?stream=NAME&speed=fast|realtime|X&chunk_size=N]"
+    #: The options a ``replay:`` spec takes.
+    OPTIONS = ("stream", "speed", "chunk_size")
+
+    @classmethod
+    def parse_spec(cls, spec: str, target: str, options: dict[str, str]) -> dict[str, str]:
+        from urllib.parse import unquote
+
+        from closedloop.sources.spec import spec_error
+
+        path = unquote(target).strip()
+        if not path:
+            raise spec_error(spec, "replay needs a file (replay:session.xdf)")
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise spec_error(spec, f"unknown replay option(s) {unknown}; allowed "
+                             f"{list(cls.OPTIONS)}")
+        return {"path": path, **options}
+
+    @classmethod
+    def from_spec(cls, spec: str, params: dict[str, str], context) -> ReplaySource:  # noqa: ANN001
+        from closedloop.sources.spec import existing_file, number
+
+        chunk = params.get("chunk_size")
+        return cls(
+            existing_file(spec, "recording", params["path"]),
+            stream=params.get("stream"),
+            speed=params.get("speed", "fast"),
+            chunk_size=None if chunk is None else int(number(spec, "chunk_size", chunk, int)),
+        )
+
     def __init__(
         self,
         path: str | Path,

@@ -20,8 +20,22 @@ from collections.abc import Sequence
 import numpy as np
 
 from closedloop.core.stream import Chunk, SourceInfo
+from closedloop.errors import ConfigError
 from closedloop.sim.patient import Attempt, PatientSettings, Pulse, SimulatedPatient, random_script
-from closedloop.sources.base import Source
+from closedloop.sources.base import Source, SourceContext
+
+
+def patient_settings(config) -> PatientSettings:  # noqa: ANN001 - a closedloop Config
+    """The simulated patient a config describes (one channel per muscle)."""
+    ant = {m.name: m.antagonist for m in config.muscles if m.antagonist}
+    return PatientSettings(
+        fs=config.session.fs,
+        muscles=config.muscle_names,
+        antagonists=ant,
+        snr_db=config.sim.snr_db,
+        cocontraction=config.sim.cocontraction,
+        mains_hz=config.filters.notch_hz or 50.0,
+    )
 
 
 def _lsl_clock() -> float:
@@ -49,6 +63,66 @@ class SimSource(Source):
         Its pulses become artifacts and M-waves; ``stim_channels`` maps its channel
         numbers to muscle names.
     """
+
+    kind = "sim"
+    spec_form = "sim[?k=v&...]  (the simulated patient of the config's [sim]; snr_db=DB, seed=N)"
+    #: The options a ``sim`` spec takes, with their ranges.
+    OPTIONS = {"snr_db": (float, -20.0, 60.0), "seed": (int, 0, 2**32 - 1)}
+
+    @classmethod
+    def parse_spec(cls, spec: str, target: str, options: dict[str, str]) -> dict[str, str]:
+        from closedloop.sources.spec import spec_error
+
+        if target:
+            raise spec_error(spec, "sim takes no target after ':' (use sim?k=v)")
+        return dict(options)
+
+    @classmethod
+    def from_spec(cls, spec: str, params: dict[str, str], context: SourceContext) -> SimSource:
+        """The simulated patient of ``context.config`` (its muscles, ``[session]`` rate and
+        chunk, ``[sim]``, ``?snr_db`` and ``?seed`` over those), answering
+        ``context.stimulator`` when that is the simulated stimulator and ``[sim]
+        artifacts`` is on, following ``context.script`` when given."""
+        from dataclasses import replace
+
+        from closedloop.stim.drivers.sim import SimStimulator
+
+        unknown = sorted(set(params) - set(cls.OPTIONS))
+        if unknown:
+            raise ConfigError(f"source spec {spec!r}: unknown sim option(s) {unknown}; the "
+                              "simulated patient takes snr_db=DB and seed=N")
+        values = {}
+        for key, text in params.items():
+            cast, lo, hi = cls.OPTIONS[key]
+            try:
+                value = cast(text)
+            except ValueError:
+                value = None
+            if value is None or not lo <= value <= hi:  # NaN fails too
+                raise ConfigError(f"source spec {spec!r}: {key}={text!r} must be a number "
+                                  f"from {lo:g} to {hi:g}")
+            values[key] = value
+        config = context.config
+        if config is None:
+            return cls(PatientSettings(), context.script, realtime=context.realtime)
+        chunk = max(1, int(round(config.session.chunk_ms * config.session.fs / 1000.0)))
+        stim = context.stimulator
+        answers = isinstance(stim, SimStimulator) and config.sim.artifacts
+        settings = patient_settings(config)
+        if "snr_db" in values:
+            settings = replace(settings, snr_db=values["snr_db"])
+        seed = values.get("seed", config.sim.seed if context.seed is None else context.seed)
+        return cls(
+            settings,
+            None if context.script is None else list(context.script),
+            seed=seed,
+            realtime=context.realtime,
+            chunk_size=chunk,
+            stimulator=stim if answers else None,
+            stim_channels={m.stim.channel: m.name for m in config.muscles if m.stim is not None},
+            gap_s=config.sim.gap_s,
+            attempt_s=config.sim.attempt_s,
+        )
 
     def __init__(
         self,

@@ -18,34 +18,43 @@ Forms
 
 Values are percent-decoded (``%3F`` for ``?``, ``%26`` for ``&``), so any file name or
 stream name can be written.
+
+Each form is its source class's (:meth:`~closedloop.sources.base.Source.parse_spec`):
+this module splits a spec, finds the class in :data:`closedloop.registry.SOURCES` (a
+``package.module:Class`` spec works too) and hands it the rest.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from urllib.parse import unquote
 
 from closedloop.errors import ConfigError
-from closedloop.sources.base import Source
+from closedloop.sources.base import Source, SourceContext
 
-KINDS = ("sim", "brainflow", "lsl", "replay")
 
-FORMS = (
-    "sim[?k=v&...]",
-    "brainflow:BOARD[?k=v&...]  (e.g. brainflow:cyton?serial_port=/dev/ttyUSB0)",
-    "lsl:name=NAME | lsl:type=TYPE | lsl:source_id=ID  [?resolve_timeout=S]",
-    "replay:FILE.xdf[?stream=NAME&speed=fast|realtime|X&chunk_size=N]",
-)
+def forms() -> list[str]:
+    """The spec form of every registered source (for help and errors)."""
+    from closedloop.registry import SOURCES
 
-_LSL_OPTIONS = ("resolve_timeout", "channels", "lost_after")
-_REPLAY_OPTIONS = ("stream", "speed", "chunk_size")
+    out = []
+    for name in SOURCES.names():
+        try:
+            out.append(SOURCES.load(name).spec_form or f"{name}[:...]")
+        except ConfigError:  # an add-on that does not load: still name it
+            out.append(f"{name}[:...] (does not load)")
+    return out + ["package.module:Class[:TARGET][?k=v...]  (your own source)"]
 
 
 def _error(spec: str, why: str) -> ConfigError:
-    forms = "\n  ".join(FORMS)
-    return ConfigError(f"source spec {spec!r}: {why}. Allowed forms:\n  {forms}")
+    text = "\n  ".join(forms())
+    return ConfigError(f"source spec {spec!r}: {why}. Allowed forms:\n  {text}")
+
+
+def spec_error(spec: str, why: str) -> ConfigError:
+    """The error a source's :meth:`~Source.parse_spec` raises (it lists every form)."""
+    return _error(spec, why)
 
 
 def _query(spec: str, text: str) -> dict[str, str]:
@@ -65,13 +74,42 @@ def _query(spec: str, text: str) -> dict[str, str]:
     return out
 
 
+def split_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """``NAME[:TARGET][?k=v&...]`` as ``(name, target, options)``, percent-decoded.
+
+    ``NAME`` is a registered source (lower-cased) or a ``package.module:Class`` spec (kept
+    as written, its target after the next ``:``). The target is left as written (each
+    source decodes its own: ``lsl`` splits ``PROP=VALUE`` first); options are decoded.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise _error(str(spec), "it is empty")
+    spec = spec.strip()
+    head, _, query = spec.partition("?")
+    name, colon, target = head.partition(":")
+    if "." in name and colon:  # package.module:Class[:TARGET]
+        cls, _, target = target.partition(":")
+        name = f"{name}:{cls}"
+    else:
+        name = name.strip().lower()
+    return name, target, _query(spec, query)
+
+
+def _source_class(spec: str, name: str) -> type[Source]:
+    from closedloop.registry import SOURCES
+
+    if name not in SOURCES.names() and not SOURCES.is_spec(name):
+        raise _error(spec, f"unknown source kind {name!r}; expected one of "
+                     f"{', '.join(SOURCES.names())} (or a module:Class of a source)")
+    return SOURCES.load(name)
+
+
 def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """Split a source spec into its kind and parameters.
+    """Split a source spec into its kind and parameters (checked by the source's class).
 
     Returns
     -------
     kind : str
-        ``"sim"``, ``"brainflow"``, ``"lsl"`` or ``"replay"``.
+        ``"sim"``, ``"brainflow"``, ``"lsl"``, ``"replay"`` or another registered name.
     params : dict of str to str
         ``brainflow``: ``board`` plus the options; ``lsl``: the one selecting property
         (``name``, ``type`` or ``source_id``) plus options; ``replay``: ``path`` plus
@@ -82,47 +120,16 @@ def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
     ConfigError
         Malformed spec, naming the problem and listing the allowed forms.
     """
-    if not isinstance(spec, str) or not spec.strip():
-        raise _error(str(spec), "it is empty")
-    spec = spec.strip()
-    head, _, query = spec.partition("?")
-    kind, colon, target = head.partition(":")
-    kind = kind.strip().lower()
-    params = _query(spec, query)
-    if kind == "sim":
-        if colon and target:
-            raise _error(spec, "sim takes no target after ':' (use sim?k=v)")
-        return "sim", params
-    if kind == "brainflow":
-        board = unquote(target).strip()
-        if not board:
-            raise _error(spec, "brainflow needs a board (brainflow:synthetic, brainflow:cyton)")
-        if "board" in params:
-            raise _error(spec, "give the board after 'brainflow:', not as an option")
-        return "brainflow", {"board": board, **params}
-    if kind == "lsl":
-        prop, eq, value = target.partition("=")
-        prop = prop.strip().lower()
-        value = unquote(value)
-        if not eq or prop not in ("name", "type", "source_id") or not value:
-            raise _error(spec, "lsl needs exactly one of name=, type=, source_id= with a value")
-        unknown = sorted(set(params) - set(_LSL_OPTIONS))
-        if unknown:
-            raise _error(spec, f"unknown lsl option(s) {unknown}; allowed {list(_LSL_OPTIONS)}")
-        if prop in params:
-            raise _error(spec, f"{prop} given twice")
-        return "lsl", {prop: value, **params}
-    if kind == "replay":
-        path = unquote(target).strip()
-        if not path:
-            raise _error(spec, "replay needs a file (replay:session.xdf)")
-        unknown = sorted(set(params) - set(_REPLAY_OPTIONS))
-        if unknown:
-            raise _error(
-                spec, f"unknown replay option(s) {unknown}; allowed {list(_REPLAY_OPTIONS)}"
-            )
-        return "replay", {"path": path, **params}
-    raise _error(spec, f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
+    name, target, options = split_spec(spec)
+    cls = _source_class(spec.strip(), name)
+    try:
+        return name, cls.parse_spec(spec.strip(), target, options)
+    except ConfigError as exc:
+        msg = str(exc)
+        if "Allowed forms" in msg:
+            raise
+        raise _error(spec.strip(), msg.partition(": ")[2] if msg.startswith("source spec")
+                     else msg) from None
 
 
 #: Longest wait for an LSL stream to appear, s: liblsl's wait cannot be interrupted, so
@@ -130,7 +137,7 @@ def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
 MAX_RESOLVE_S = 60.0
 
 
-def _number(spec: str, key: str, value: str, cast: type = float, *,
+def number(spec: str, key: str, value: str, cast: type = float, *,
             hi: float = math.inf) -> float:
     """A positive, finite option value (at most ``hi``)."""
     try:
@@ -143,7 +150,7 @@ def _number(spec: str, key: str, value: str, cast: type = float, *,
     return number
 
 
-def _file(spec: str, key: str, path: str) -> str:
+def existing_file(spec: str, key: str, path: str) -> str:
     """A file name the system can look up (a missing file is the source's to report)."""
     try:
         os.stat(path)
@@ -155,81 +162,25 @@ def _file(spec: str, key: str, path: str) -> str:
     return path
 
 
-def _csv(value: str) -> list[str]:
+def csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def open_source(
-    spec: str,
-    *,
-    sim_factory: Callable[[dict[str, str]], Source] | None = None,
-) -> Source:
+def open_source(spec: str, context: SourceContext | None = None) -> Source:
     """Build the source a spec names (not yet opened: call ``open()`` or use ``with``).
 
     Parameters
     ----------
     spec : str
         A source spec (see the module docstring).
-    sim_factory : callable, optional
-        Builds the simulated source from the spec's options; default:
-        ``closedloop.sources.sim.SimSource()``, which then takes no options.
+    context : SourceContext, optional
+        What the session gives the source (config, seed, stimulator...).
 
     Raises
     ------
     ConfigError
         Malformed spec, unknown options or values (see :func:`parse_source_spec`).
     """
-    kind, params = parse_source_spec(spec)
-    if kind == "sim":
-        if sim_factory is not None:
-            return sim_factory(params)
-        try:
-            from closedloop.sources.sim import SimSource  # written alongside; lazy on purpose
-        except ImportError as exc:
-            raise _error(spec, f"the simulated source is not available ({exc})") from None
-        if params:
-            raise _error(spec, "sim options need a sim_factory that understands them")
-        return SimSource()
-    if kind == "brainflow":
-        from closedloop.sources.brainflow import BrainFlowSource
-
-        board = params.pop("board")
-        if "file" in params:
-            _file(spec, "file", params["file"])
-        kwargs: dict = {}
-        if "channels" in params:
-            kwargs["channels"] = [
-                int(_number(spec, "channels", c, int)) for c in _csv(params.pop("channels"))
-            ]
-        if "labels" in params:
-            kwargs["labels"] = _csv(params.pop("labels"))
-        if "chunk_timeout" in params:
-            kwargs["chunk_timeout"] = _number(spec, "chunk_timeout", params.pop("chunk_timeout"))
-        if "counter_modulus" in params:
-            text = params.pop("counter_modulus")
-            kwargs["counter_modulus"] = (
-                None if text.lower() == "none" else int(_number(spec, "counter_modulus", text, int))
-            )
-        return BrainFlowSource(board, params, **kwargs)
-    if kind == "lsl":
-        from closedloop.sources.lsl import LslSource
-
-        kwargs = {}
-        if "resolve_timeout" in params:
-            kwargs["resolve_timeout"] = _number(
-                spec, "resolve_timeout", params.pop("resolve_timeout"), hi=MAX_RESOLVE_S
-            )
-        if "lost_after" in params:
-            kwargs["lost_after"] = _number(spec, "lost_after", params.pop("lost_after"))
-        if "channels" in params:
-            kwargs["channels"] = _csv(params.pop("channels"))
-        return LslSource(**params, **kwargs)
-    from closedloop.sources.replay import ReplaySource
-
-    chunk = params.get("chunk_size")
-    return ReplaySource(
-        _file(spec, "recording", params["path"]),
-        stream=params.get("stream"),
-        speed=params.get("speed", "fast"),
-        chunk_size=None if chunk is None else int(_number(spec, "chunk_size", chunk, int)),
-    )
+    name, params = parse_source_spec(spec)
+    cls = _source_class(spec.strip(), name)
+    return cls.from_spec(spec.strip(), params, context or SourceContext())

@@ -15,12 +15,22 @@ Contract
 * ``close()`` always calls ``stop_all()`` first.
 * ``check()`` raises, in the caller's thread, any error a driver thread saw (for
   example an unsolicited StimulationError when the emergency switch is pressed).
+
+Built from a spec
+-----------------
+``--stimulator NAME[:ARG]`` (or ``[session] stimulator``) names a registered driver
+(:data:`closedloop.registry.STIMULATORS`, or a ``package.module:Class`` spec); the class
+builds itself (:meth:`Stimulator.from_spec`) from ``ARG`` (a port, a stream name) and
+what the session gives it (:class:`StimulatorContext`). What it can do is declared on
+the class (``per_channel_frequency``) and checked against the program before any port
+is opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from closedloop.device import Device
 from closedloop.stim.commands import StimCommand
@@ -39,6 +49,25 @@ class ChannelOutput:
         return self.current_ma > 0.0
 
 
+@dataclass(frozen=True)
+class StimulatorContext:
+    """What the session gives a stimulator built from a spec.
+
+    Attributes
+    ----------
+    config : Config
+        The session's config.
+    channels : tuple of int
+        The stimulator channels the config's muscles use, sorted.
+    session : SessionId or None
+        The session's identity (a stimulator that publishes uses it: ``lsl``).
+    """
+
+    config: Any
+    channels: tuple[int, ...] = ()
+    session: Any = None
+
+
 class Stimulator(Device):
     """Base class of all stimulator drivers."""
 
@@ -48,10 +77,27 @@ class Stimulator(Device):
     #: False for a device with one timer for all channels (RehaStim2), which cannot run a
     #: program that gives its muscles different frequencies.
     per_channel_frequency: bool = True
+    #: Its registered name (``--stimulator NAME...``).
+    kind: ClassVar[str] = ""
+    #: Its spec form, for help and error messages.
+    spec_form: ClassVar[str] = ""
+    #: What to call it in a message ("the RehaStim2").
+    label: ClassVar[str] = "this stimulator"
 
     def __init__(self) -> None:
         super().__init__()
         self._outputs: dict[int, ChannelOutput] = {}
+
+    @classmethod
+    def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> Stimulator:
+        """Build the (not yet opened) driver from the ``ARG`` of ``NAME:ARG``.
+
+        Raises
+        ------
+        ConfigError
+            The argument is missing or malformed (naming the spec and what to give).
+        """
+        raise NotImplementedError
 
     @property
     def outputs(self) -> dict[int, ChannelOutput]:

@@ -46,6 +46,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -124,7 +125,10 @@ class Protocol:
     but must not overlap or go back.
     """
 
-    kind = ""
+    #: The name a config's ``[protocol] kind`` gives (the registry's key).
+    kind: ClassVar[str] = ""
+    #: The settings class of its ``[protocol]`` table (ProtocolSettings or a subclass).
+    settings_type: ClassVar[type[ProtocolSettings]] = ProtocolSettings
 
     def __init__(
         self, settings: ProtocolSettings, muscles: Mapping[str, MuscleStim], fs: float
@@ -524,17 +528,11 @@ class CuedTrials(Protocol):
         """Trials are timed by the cue cycle, not by a refractory period."""
 
 
-_KINDS: dict[str, type[Protocol]] = {
-    "triggered_assist": TriggeredAssist,
-    "reciprocal": Reciprocal,
-    "cued_trials": CuedTrials,
-}
-
-
 def make_protocol(
     settings: ProtocolSettings, muscles: Mapping[str, MuscleStim], fs: float
 ) -> Protocol:
-    """Build the protocol ``settings.kind`` names.
+    """Build the protocol ``settings.kind`` names (a registered protocol:
+    :data:`closedloop.registry.PROTOCOLS`).
 
     Raises
     ------
@@ -543,4 +541,6 @@ def make_protocol(
         longer than the channel's ``max_on_time_s`` once ramps are rounded to whole
         steps and samples at this ``fs``.
     """
-    return _KINDS[settings.kind](settings, muscles, fs)
+    from closedloop.registry import PROTOCOLS
+
+    return PROTOCOLS.load(settings.kind)(settings, muscles, fs)

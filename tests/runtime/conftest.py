@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from closedloop.config import Config, load_config
-from closedloop.runtime.devices import patient_settings
 from closedloop.sim.patient import Attempt
-from closedloop.sources.sim import SimSource
+from closedloop.sources.sim import SimSource, patient_settings
 from closedloop.stim.drivers.sim import SimStimulator
 from tests.conftest import CONFIGS
 from tests.helpers import ArraySource  # noqa: F401 - re-exported for the runtime tests

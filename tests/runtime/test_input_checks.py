@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
+from closedloop.sources.sim import patient_settings
 from closedloop.stim.drivers.sim import SimStimulator
 from tests.runtime.conftest import ArraySource
 

@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from closedloop.core.stream import Chunk
-from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
 from closedloop.sources.lsl import LslSource
+from closedloop.sources.sim import patient_settings
 from tests.faults.conftest import FaultySource, on_samples, replaced
 from tests.runtime.conftest import ArraySource, Capture, assert_all_off, sim_session
 

@@ -90,21 +90,46 @@ def test_open_source_builds_unopened_sources() -> None:
     assert (rp._chunk_size_arg, rp.stream) == (32, "EMG") and not rp.is_open
 
 
-def test_open_source_sim_uses_the_factory() -> None:
-    seen = {}
+class OwnSource(Source):
+    """A lab's own source, named by its module:Class (no registry entry needed)."""
 
-    class Fake(Source):
-        position, exhausted = 0, False
+    kind = "own"
+    seen: dict = {}
 
-        def read(self, timeout):
-            return None
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
 
-    def factory(params: dict[str, str]) -> Source:
-        seen.update(params)
-        return Fake()
+    @property
+    def position(self) -> int:
+        return 0
 
-    assert isinstance(open_source("sim?seed=4", sim_factory=factory), Fake)
-    assert seen == {"seed": "4"}
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def read(self, timeout):
+        return None
+
+    @classmethod
+    def parse_spec(cls, spec, target, options):
+        return {"target": target, **options}
+
+    @classmethod
+    def from_spec(cls, spec, params, context):
+        cls.seen = {**params, "seed": context.seed}
+        return cls(params["target"])
+
+
+def test_a_module_class_spec_builds_a_users_source() -> None:
+    from closedloop.sources.base import SourceContext
+
+    src = open_source(f"{__name__}:OwnSource:amp-7?gain=3", SourceContext(seed=4))
+    assert isinstance(src, OwnSource) and src.target == "amp-7"
+    assert OwnSource.seen == {"target": "amp-7", "gain": "3", "seed": 4}
+    assert parse_source_spec(f"{__name__}:OwnSource:x")[0] == f"{__name__}:OwnSource"
+    with pytest.raises(ConfigError, match="has no 'Nope'"):
+        open_source(f"{__name__}:Nope")
 
 
 def test_open_source_value_errors() -> None:

@@ -56,7 +56,7 @@ import pylsl
 import closedloop
 from closedloop.errors import DeviceLostError, StimulatorError
 from closedloop.identity import SessionId
-from closedloop.stim.base import ChannelOutput, Stimulator
+from closedloop.stim.base import ChannelOutput, Stimulator, StimulatorContext
 from closedloop.stim.commands import StimCommand
 
 #: The JSON fields of each command marker, in order.
@@ -104,6 +104,15 @@ class LslStimulator(Stimulator):
     sleep : callable
         Used for that wait (injectable for tests).
     """
+
+    kind = "lsl"
+    spec_form = "lsl[:STREAM_NAME]  (commands as JSON markers; closedloop stim-receiver)"
+    label = "the LSL stimulator"
+
+    @classmethod
+    def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> LslStimulator:
+        session = context.session or SessionId.new(context.config.name)
+        return cls(session, arg or "closedloop-stim")
 
     def __init__(
         self,

@@ -122,7 +122,7 @@ from typing import Any
 import serial
 
 from closedloop.errors import ConfigError, DeviceError, DeviceLostError, StimulatorError
-from closedloop.stim.base import ChannelOutput, Stimulator
+from closedloop.stim.base import ChannelOutput, Stimulator, StimulatorContext
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.drivers import sciencemode4 as sm4
 
@@ -295,6 +295,17 @@ class P24(Stimulator):
 
     n_channels = sm4.N_CHANNELS
     per_channel_frequency = True
+
+    kind = "p24"
+    spec_form = "p24:PORT  (e.g. p24:/dev/ttyACM0)"
+    label = "the P24"
+
+    @classmethod
+    def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> P24:
+        if not arg:
+            raise ConfigError(f"stimulator spec {spec!r}: give the serial port, e.g. "
+                              "p24:/dev/ttyACM0")
+        return cls(arg, channels=context.channels)
 
     def __init__(
         self,

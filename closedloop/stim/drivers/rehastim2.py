@@ -99,7 +99,7 @@ from dataclasses import dataclass
 import serial
 
 from closedloop.errors import ConfigError, DeviceError, DeviceLostError, StimulatorError
-from closedloop.stim.base import ChannelOutput, Stimulator
+from closedloop.stim.base import ChannelOutput, Stimulator, StimulatorContext
 from closedloop.stim.commands import StimCommand
 from closedloop.stim.drivers import sciencemode2 as sm
 
@@ -184,6 +184,17 @@ class RehaStim2(Stimulator):
 
     n_channels = sm.N_CHANNELS
     per_channel_frequency = False  # one main interval for the whole channel list
+
+    kind = "rehastim2"
+    spec_form = "rehastim2:PORT  (e.g. rehastim2:/dev/ttyUSB0)"
+    label = "the RehaStim2"
+
+    @classmethod
+    def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> RehaStim2:
+        if not arg:
+            raise ConfigError(f"stimulator spec {spec!r}: give the serial port, e.g. "
+                              "rehastim2:/dev/ttyUSB0")
+        return cls(arg, channels=context.channels)
 
     def __init__(
         self,

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from closedloop.errors import StimulatorError
-from closedloop.stim.base import ChannelOutput, Stimulator
+from closedloop.errors import ConfigError, StimulatorError
+from closedloop.stim.base import ChannelOutput, Stimulator, StimulatorContext
 from closedloop.stim.commands import StimCommand
 
 #: Record layout of :meth:`SimStimulator.pulses`.
@@ -94,6 +94,16 @@ class SimStimulator(Stimulator):
         Pulse rate delivered for a commanded frequency, to play a device whose timer
         has coarse steps (a replay gives the recorded device's); others run exactly.
     """
+
+    kind = "sim"
+    spec_form = "sim  (the simulated stimulator: no patient attached)"
+    label = "the simulated stimulator"
+
+    @classmethod
+    def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> SimStimulator:
+        if arg:
+            raise ConfigError(f"stimulator spec {spec!r}: sim takes no argument")
+        return cls()
 
     def __init__(
         self,
