@@ -20,6 +20,21 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
+def _results_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that write results tables (evaluate, replay)."""
+    p.add_argument("--format", choices=("text", "csv", "md", "json"),
+                   help="table format (default: from --out's suffix, else text)")
+    p.add_argument("--out", help="write the table to this file (never replaced: see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N",
+                   help="bootstrap resamples of the 95%% intervals (default 2000; 0: none)")
+    p.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the bootstrap (default 0): the same seed, the same intervals")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on this Dask scheduler (tcp://host:8786; files on a shared path; "
+                        "pip install 'closedloop[cluster]')")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="closedloop",
@@ -111,17 +126,22 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=int, help="worker processes for many files (default: all cores)")
     rp.set_defaults(module="closedloop.runtime.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
-    ev.add_argument("inputs", nargs="*", help=".npz/.xdf/text files, or the shared data folder")
+    ev.add_argument("inputs", nargs="*",
+                    help=".npz/.xdf/text files, folders of them, or the shared data folder")
     ev.add_argument(
         "--detector",
         action="append",
         dest="detectors",
         help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml (repeatable)",
     )
-    ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel)")
+    ev.add_argument("--labels", help="CSV of reference onsets (sample,channel or time_s,channel"
+                    "[,file])")
+    ev.add_argument("--truth-label", help="label of the reference markers in XDF recordings "
+                    "(default: truth)")
     ev.add_argument("--fs", type=float, help="sampling rate of text inputs")
     ev.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
-    ev.add_argument("--json", action="store_true")
+    _results_args(ev)
+    ev.add_argument("--json", action="store_true", help="last line: the rows as JSON")
     ev.add_argument("--simulate", help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
     ev.add_argument("--minutes", type=float, default=5.0)
     ev.add_argument("--seed", type=int, default=0)
