@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
     rp.add_argument("inputs", nargs="+", metavar="FILE.xdf")
-    rp.add_argument("--config", help="config to use (default: the one stored in the recording)")
+    rp.add_argument("--config", action="append", dest="configs", metavar="CONFIG",
+                    help="config to replay with (default: the one stored in the recording, "
+                         "also named 'recorded'); repeat to compare configs side by side")
     rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
     rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
     rp.add_argument(
@@ -124,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--quiet", action="store_true")
     rp.add_argument("--jobs", type=int, help="worker processes for many files (default: all cores)")
-    rp.set_defaults(module="closedloop.runtime.replay")
+    _results_args(rp)
+    rp.set_defaults(module="closedloop.commands.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
     ev.add_argument("inputs", nargs="*",
                     help=".npz/.xdf/text files, folders of them, or the shared data folder")

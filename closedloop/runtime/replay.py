@@ -1,4 +1,7 @@
-"""``closedloop replay``: a recording through the exact live pipeline, no hardware.
+"""Replay: a recording through the exact live pipeline, no hardware.
+
+(The ``closedloop replay`` command is :mod:`closedloop.commands.replay`; its tables
+:mod:`closedloop.analysis.replays`.)
 
 The recorded EMG (with its recorded timestamps) goes through the same
 :func:`~closedloop.runtime.loop.run_loop` as a live session: signal core, protocol and
@@ -19,16 +22,14 @@ recorded was made without blanking, and is replayed without it.
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
 
 from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.core.stream import Chunk
-from closedloop.errors import ClosedLoopError, ConfigError
+from closedloop.errors import ConfigError
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sources.base import Source
 
@@ -188,59 +189,5 @@ def _bar(done: int, total: int) -> None:
           flush=True)
 
 
-def replay_one(path: str, config_path: str | None, speed: str, stream: str | None,
-               do_check: bool, progress: bool) -> tuple[int, list[str]]:
-    """Replay (and check) one file; returns its exit code and the lines to print.
-
-    A top-level function so that many files can be replayed in worker processes.
-    """
-    lines: list[str] = []
-    t0 = time.perf_counter()
-    try:
-        session, config, out = replay_file(path, config_path=config_path, speed=speed,
-                                           stream=stream, progress=_bar if progress else None)
-    except ClosedLoopError as exc:
-        return 1, [f"{path}: {exc}"]
-    wall = time.perf_counter() - t0
-    if progress:
-        print(file=sys.stderr)
-    if out.reason not in ("ended", "duration"):
-        return max(out.exit_code, 1), [f"{path}: replay stopped early: {out.message}"]
-    n_on = sum(e.kind == "onset" for e in out.events)
-    lines.append(f"{path}: {session.n} samples ({session.n / session.fs:.1f} s) replayed in "
-                 f"{wall:.2f} s ({session.n / session.fs / wall:.0f}x real time) with config "
-                 f"{config.name!r}: {n_on} onsets, {len(out.commands)} commands")
-    if not do_check:
-        return 0, lines
-    if not session.events and not session.commands and config.stimulates:
-        return 1, lines + [f"{path}: the recording holds no events or commands to check against"]
-    diff = check(session, out)
-    if diff:
-        return EXIT_MISMATCH, lines + [f"{path}: CHECK FAILED: {diff}"]
-    return 0, lines + [f"{path}: check passed: {len(out.events)} events and "
-                       f"{len(out.commands)} commands identical to the recording"]
-
-
-def main(args) -> int:
-    """Replay every input; several files run in parallel on all cores (``--jobs``)."""
-    inputs = list(args.inputs)
-    jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
-    common = (args.config, args.speed, args.stream, bool(args.check))
-    if len(inputs) == 1 or jobs == 1:
-        results = [replay_one(p, *common, len(inputs) == 1 and not args.quiet) for p in inputs]
-    else:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(jobs, len(inputs))) as pool:
-            results = list(pool.map(replay_one, inputs, *[[c] * len(inputs) for c in common],
-                                    [False] * len(inputs)))
-    rc = 0
-    for code, lines in results:  # in input order, whatever finished first
-        for line in lines:
-            print(line)
-        rc = max(rc, code)
-    return rc
-
-
-__all__ = ["RecordedEffect", "SplitSource", "check", "first_difference", "replay_file", "main",
+__all__ = ["RecordedEffect", "SplitSource", "check", "first_difference", "replay_file",
            "ConfigError"]
