@@ -44,13 +44,17 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("detect", help="run the onset detector offline over a file")
     d.add_argument(
-        "input", help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)"
+        "input", help=".npz (emg, fs[, channels]), .xdf (the EMG stream; --stream), BrainFlow "
+        "file (--board), or text/CSV (--fs)"
     )
     d.add_argument("--config", help="TOML config (default: default settings on every channel)")
     d.add_argument("--out", required=True, help="events CSV to write (sample,time_s,channel,kind)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     d.add_argument("--fs", type=float, help="sampling rate of a text/CSV input, Hz")
     d.add_argument("--columns", help="text input: comma-separated 0-based columns to use")
     d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
+    d.add_argument("--stream", help=".xdf input: name or type of the EMG stream (default: the "
+                   "closedloop EMG stream, or the only stream of type EMG)")
     d.set_defaults(module="closedloop.analysis.detect")
 
     b = sub.add_parser("bench", help="measure the signal core's speed (or --latency end to end)")
