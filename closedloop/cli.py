@@ -154,6 +154,25 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(module="closedloop.analysis.evaluate")
 
+    x = sub.add_parser("export", help="recordings as an EMG-BIDS dataset (BDF+, TSV, JSON)")
+    x.add_argument("inputs", nargs="+", metavar="FILE.xdf")
+    x.add_argument("--bids", required=True, metavar="ROOT", help="BIDS dataset folder "
+                   "(created if needed; existing files are never replaced)")
+    x.add_argument("--subject", required=True, help="BIDS subject label (letters, digits)")
+    x.add_argument("--session", help="BIDS session label (letters, digits)")
+    x.add_argument("--task", help="BIDS task label (default: the config's name, letters and "
+                   "digits only)")
+    x.add_argument("--run", type=int, help="run index of the first file (several files of "
+                   "one task get runs 1, 2, ... by default)")
+    x.add_argument("--config", help="config for placement and task (default: the recording's)")
+    x.add_argument("--stream", help="name or type of the EMG stream (other tools' recordings)")
+    x.add_argument("--emg-units", choices=("V", "mV", "uV"),
+                   help="unit of the EMG stream when the recording does not say")
+    x.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    x.add_argument("--cluster", metavar="ADDRESS", help="run on this Dask scheduler "
+                   "(tcp://host:8786; files and ROOT on a shared path)")
+    x.set_defaults(module="closedloop.commands.export")
+
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
     rep.add_argument("input", metavar="FILE.xdf")
     rep.add_argument("--out", help="HTML file (default: FILE.html)")

@@ -27,7 +27,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.core.stream import Chunk
 from closedloop.errors import ConfigError
 from closedloop.runtime.loop import LoopOptions, run_loop
@@ -59,22 +58,15 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
                 stream: str | None = None, chunk_size: int | None = None,
                 progress=None):
     """Replay one file; returns (session, config, outcome)."""
+    from closedloop.io.recorded import recorded_config
     from closedloop.io.xdf import load_session
     from closedloop.sources.replay import ReplaySource
     from closedloop.stim.drivers.sim import SimStimulator
 
     session = load_session(path, emg_stream=stream)
-    if config_path:
-        config = load_config(config_path)
-    elif isinstance(session.metadata.get("resolved_config"), dict):
-        # every setting as the session ran it, defaults included: a default changed
-        # since does not change what the replay decides
-        config = parse_config(session.metadata["resolved_config"],
-                              source=f"{path} (recorded config)", text=session.config_text or "")
-    elif session.config_text:
-        config = loads_config(session.config_text, source=f"{path} (recorded config)")
-    else:
-        config = default_config(session.channels)
+    # the recorded config: every setting as the session ran it, defaults included, so a
+    # default changed since does not change what the replay decides
+    config = recorded_config(session, config_path)
     # the recorded device's pulse rates (a RehaStim2 runs 35 Hz at 34.48 Hz), so that
     # blanking follows the same pulses as live
     rates = {c.frequency_hz: c.delivered_hz for c in session.commands
