@@ -21,6 +21,7 @@ from closedloop.io.bids import (
     export_recording,
     planned_files,
     prepare_dataset,
+    require_writer,
     task_label,
 )
 from closedloop.runtime.batch import run_batch
@@ -36,6 +37,7 @@ def _task_label(args, path: str) -> str:
 
 
 def main(args) -> int:
+    require_writer()
     subject = check_label("subject", args.subject)
     session = None if args.session is None else check_label("session", args.session)
     if args.run is not None and args.run < 0:

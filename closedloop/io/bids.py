@@ -162,6 +162,21 @@ class Exported:
         return self.samples / self.fs if self.fs else 0.0
 
 
+def require_writer() -> None:
+    """Check that the BDF writer is installed (the ``bids`` extra).
+
+    Raises
+    ------
+    ConfigError
+        Saying how to install it.
+    """
+    try:
+        import edfio  # noqa: F401
+    except ImportError:
+        raise ConfigError("closedloop export needs edfio to write BDF+: install it with "
+                          "pip install 'closedloop[bids]'") from None
+
+
 def check_label(what: str, value: str) -> str:
     """A BIDS label: letters and digits only.
 
@@ -540,6 +555,6 @@ def prepare_dataset(root: str | Path, subject: str, *, name: str = "closedloop E
     return done
 
 
-__all__ = ["BIDS_VERSION", "BidsTarget", "ExportTask", "Exported", "check_label",
+__all__ = ["BIDS_VERSION", "BidsTarget", "ExportTask", "Exported", "check_label", "require_writer",
            "export_recording", "microvolts_per_unit", "planned_files", "prepare_dataset",
            "session_events", "task_label"]
