@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from closedloop.errors import ConfigError, InputError
+from closedloop.errors import ClosedLoopError, ConfigError, InputError
 from closedloop.io.bids import (
     BidsTarget,
     ExportTask,
@@ -42,37 +42,44 @@ def main(args) -> int:
     session = None if args.session is None else check_label("session", args.session)
     if args.run is not None and args.run < 0:
         raise ConfigError(f"--run {args.run}: a run index is a non-negative integer")
+    if args.task:
+        check_label("task", args.task)
     inputs = [str(Path(p).resolve()) if args.cluster else p for p in args.inputs]
-    for p in inputs:
-        if not Path(p).is_file():
-            raise InputError(f"{p}: no such file")
-    labels = [_task_label(args, p) for p in inputs]
-    several = len(inputs) > 1
     root = str(Path(args.bids).resolve()) if args.cluster else args.bids
-    tasks = []
+    several = len(inputs) > 1
+    tasks: list[ExportTask | None] = []
+    failed: dict[int, str] = {}
     counts: dict[str, int] = {}
-    for p, task in zip(inputs, labels, strict=True):
+    for i, p in enumerate(inputs):
+        try:  # the task label comes from the recording's config unless given
+            task = _task_label(args, p)
+        except ClosedLoopError as exc:
+            failed[i] = str(exc)
+            tasks.append(None)
+            continue
         run = None
         if args.run is not None or several:
             run = (args.run if args.run is not None else 1) + counts.get(task, 0)
             counts[task] = counts.get(task, 0) + 1
         target = BidsTarget(root, subject, task, session, run)
         tasks.append(ExportTask(p, target, args.config, args.stream, args.emg_units))
-    planned = [f for t in tasks for f in planned_files(t.target)]
-    taken = [f for f in planned if f.exists()]
+    todo = [t for t in tasks if t is not None]
+    taken = [f for t in todo for f in planned_files(t.target) if f.exists()]
     if taken:
         raise InputError(f"{taken[0]} already exists ({len(taken)} of the files to write do): "
                          "closedloop export never overwrites; choose another --session or "
                          "--run, or another --bids folder")
-    for f in prepare_dataset(root, subject):
-        print(f"closedloop export: wrote {f}", file=sys.stderr)
-    results = run_batch(export_recording, tasks, jobs=args.jobs, cluster=args.cluster)
+    if todo:
+        for f in prepare_dataset(root, subject):
+            print(f"closedloop export: wrote {f}", file=sys.stderr)
+    results = iter(run_batch(export_recording, todo, jobs=args.jobs, cluster=args.cluster))
     rc = 0
-    for arg, task, res in zip(args.inputs, tasks, results, strict=True):
-        if not res.ok:
+    for i, (arg, task) in enumerate(zip(args.inputs, tasks, strict=True)):
+        res = None if task is None else next(results)
+        if res is None or not res.ok:
             rc = 1
-            print(f"{arg}: export FAILED: {res.error}")
-            if res.detail:
+            print(f"{arg}: export FAILED: {failed[i] if res is None else res.error}")
+            if res is not None and res.detail:
                 print(res.detail, file=sys.stderr)
             continue
         e = res.value

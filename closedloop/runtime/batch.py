@@ -169,7 +169,7 @@ def _on_dask(fn: Callable[[Any], T], todo: Sequence[Any], address: str,
     try:
         futures = client.map(_call, [fn] * len(todo), range(len(todo)), todo, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
-        for done, fut in enumerate(dask_completed(futures), start=1):
+        for done, fut in enumerate(dask_completed(futures, loop=client.loop), start=1):
             i = index[fut.key]
             try:
                 results[i] = fut.result()
