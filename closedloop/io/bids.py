@@ -385,17 +385,32 @@ def export_recording(task: ExportTask) -> Exported:
     ConfigError
         A bad ``--config``.
     """
-    import edfio
-
     from closedloop.io.xdf import load_session
 
     t0 = time.perf_counter()
-    tgt = task.target
-    for p in planned_files(tgt):
+    _refuse_existing(task.target)
+    session = load_session(task.path, emg_stream=task.stream)
+    out = export_session(session, task)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _refuse_existing(target: BidsTarget) -> None:
+    for p in planned_files(target):
         if p.exists():
             raise InputError(f"{p} already exists: closedloop export never overwrites; choose "
                              "another --session or --run, or another --bids folder")
-    session = load_session(task.path, emg_stream=task.stream)
+
+
+def export_session(session: Any, task: ExportTask) -> Exported:
+    """Export a recording already read with :func:`closedloop.io.xdf.load_session` (or
+    anything with its attributes) to ``task.target``; ``task.path`` only names it.
+    ``seconds`` is the time this took (reading excluded)."""
+    import edfio
+
+    t0 = time.perf_counter()
+    tgt = task.target
+    _refuse_existing(tgt)
     config = recorded_config(session, task.config)
     fs = float(session.fs)
     if not fs > 0:
@@ -555,6 +570,6 @@ def prepare_dataset(root: str | Path, subject: str, *, name: str = "closedloop E
     return done
 
 
-__all__ = ["BIDS_VERSION", "BidsTarget", "ExportTask", "Exported", "check_label", "require_writer",
-           "export_recording", "microvolts_per_unit", "planned_files", "prepare_dataset",
-           "session_events", "task_label"]
+__all__ = ["BIDS_VERSION", "BidsTarget", "ExportTask", "Exported", "check_label",
+           "export_recording", "export_session", "microvolts_per_unit", "planned_files",
+           "prepare_dataset", "require_writer", "session_events", "task_label"]

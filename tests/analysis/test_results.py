@@ -184,3 +184,22 @@ def test_folder_inputs_and_a_failing_file_reported(tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no recordings in this folder"):
         ev.evaluate([tmp_path / "empty"], ["reference"])
+
+
+def test_row_percentiles_match_numpy() -> None:
+    import warnings
+
+    import numpy as np
+
+    from closedloop.analysis.results import _row_percentile
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 40))
+    a[rng.random(a.shape) < 0.4] = np.nan
+    a[7] = np.nan  # a resample of misses only
+    a[8, 1:] = np.nan  # a single latency
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for q in (0.0, 50.0, 90.0, 100.0):
+            assert np.allclose(_row_percentile(a, q), np.nanpercentile(a, q, axis=1),
+                               equal_nan=True)
