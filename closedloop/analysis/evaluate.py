@@ -795,7 +795,9 @@ def evaluate(
         recs = [FileSpec(str(Path(r.path).resolve()), r.fs,
                          None if r.labels is None else str(Path(r.labels).resolve()),
                          r.truth_label, r.name or Path(r.path).name)
-                if isinstance(r, FileSpec) else r for r in recs]
+                if isinstance(r, FileSpec) else
+                SharedSpec(str(Path(r.data_dir).resolve()), r.name)
+                if isinstance(r, SharedSpec) else r for r in recs]
     from closedloop.runtime.batch import run_batch
 
     tasks = [(r, d, chunk_s) for r in recs for d in specs]
