@@ -124,6 +124,24 @@ def _overwrite(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"replace {what} if it exists (never one of the inputs)")
 
 
+def _results_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that write results tables (evaluate, replay)."""
+    p.add_argument("--format", choices=("text", "csv", "md", "json"),
+                   help="table format (default: from --out's suffix, else text)")
+    p.add_argument("--out", type=output_file,
+                   help="write the table to this file (never replaced: see --overwrite)")
+    _overwrite(p, "an existing --out file")
+    p.add_argument("--bootstrap", type=number("a number of resamples from 0 to 100000",
+                                              integer=True, lo_ok=True, hi=1e5),
+                   default=2000, metavar="N",
+                   help="bootstrap resamples of the 95%% intervals (default 2000; 0: none)")
+    p.add_argument("--bootstrap-seed", type=SEED, default=0, metavar="SEED",
+                   help="seed of the bootstrap (default 0): the same seed, the same intervals")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run on this Dask scheduler (tcp://host:8786; files on a shared path; "
+                        "pip install 'closedloop[cluster]')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (every subcommand and option); the docs' synopses and the
     fuzz test read it."""
@@ -136,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="run the onset detector offline over a file")
     d.add_argument(
         "input", type=input_file,
-        help=".npz (emg, fs[, channels]), BrainFlow file (--board), or text/CSV (--fs)",
+        help=".npz (emg, fs[, channels]), .xdf (the EMG stream; --stream), BrainFlow file "
+        "(--board), or text/CSV (--fs)",
     )
     d.add_argument("--config", type=input_file,
                    help="TOML config (default: default settings on every channel)")
@@ -147,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--columns", type=columns,
                    help="text input: comma-separated 0-based columns to use")
     d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
+    d.add_argument("--stream", help=".xdf input: name or type of the EMG stream (default: the "
+                   "closedloop EMG stream, or the only stream of type EMG)")
     d.set_defaults(module="closedloop.analysis.detect")
 
     b = sub.add_parser("bench", help="measure the signal core's speed (or --latency end to end)")
@@ -220,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="run recordings through the exact pipeline (no hardware)")
     rp.add_argument("inputs", nargs="+", metavar="FILE.xdf", type=input_file)
-    rp.add_argument("--config", type=input_file,
-                    help="config to use (default: the one stored in the recording)")
+    rp.add_argument("--config", action="append", dest="configs", metavar="CONFIG",
+                    type=input_file,
+                    help="config to replay with (default: the one stored in the recording, "
+                         "also named 'recorded'); repeat to compare configs side by side")
     rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
     rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
     rp.add_argument(
@@ -238,10 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true")
     rp.add_argument("--jobs", type=JOBS,
                     help="worker processes for many files (default: all cores)")
-    rp.set_defaults(module="closedloop.runtime.replay")
+    _results_args(rp)
+    rp.set_defaults(module="closedloop.commands.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
     ev.add_argument("inputs", nargs="*", type=input_file,
-                    help=".npz/.xdf/text files, or the shared data folder")
+                    help=".npz/.xdf/text files, folders of them, or the shared data folder")
     ev.add_argument(
         "--detector",
         action="append",
@@ -250,10 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
              "peer:neurokit2, peer:hodges_bui, peer:bonato (offline; --splice) (repeatable)",
     )
     ev.add_argument("--labels", type=input_file,
-                    help="CSV of reference onsets (sample,channel or time_s,channel)")
+                    help="CSV of reference onsets (sample,channel or time_s,channel[,file])")
+    ev.add_argument("--truth-label", help="label of the reference markers in XDF recordings "
+                    "(default: truth)")
     ev.add_argument("--fs", type=HERTZ, help="sampling rate of text inputs")
     ev.add_argument("--jobs", type=JOBS, help="worker processes (default: all cores)")
-    ev.add_argument("--json", action="store_true")
+    _results_args(ev)
+    ev.add_argument("--json", action="store_true", help="last line: the rows as JSON")
     ev.add_argument("--simulate", type=numbers("SNRs in dB", -20.0, 60.0),
                     help="also simulate recordings at these SNRs, e.g. 20,10,0,-3")
     ev.add_argument("--minutes", type=MINUTES, default=5.0)
@@ -265,6 +292,25 @@ def build_parser() -> argparse.ArgumentParser:
              "the shared data folder (default ../shared/data)")
     ev.add_argument("--seeds", help="--splice: seeds, e.g. 100-109 (default: the report seeds)")
     ev.set_defaults(module="closedloop.analysis.evaluate")
+
+    x = sub.add_parser("export", help="recordings as an EMG-BIDS dataset (BDF+, TSV, JSON)")
+    x.add_argument("inputs", nargs="+", metavar="FILE.xdf")
+    x.add_argument("--bids", required=True, metavar="ROOT", help="BIDS dataset folder "
+                   "(created if needed; existing files are never replaced)")
+    x.add_argument("--subject", required=True, help="BIDS subject label (letters, digits)")
+    x.add_argument("--session", help="BIDS session label (letters, digits)")
+    x.add_argument("--task", help="BIDS task label (default: the config's name, letters and "
+                   "digits only)")
+    x.add_argument("--run", type=int, help="run index of the first file (several files of "
+                   "one task get runs 1, 2, ... by default)")
+    x.add_argument("--config", help="config for placement and task (default: the recording's)")
+    x.add_argument("--stream", help="name or type of the EMG stream (other tools' recordings)")
+    x.add_argument("--emg-units", choices=("V", "mV", "uV"),
+                   help="unit of the EMG stream when the recording does not say")
+    x.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    x.add_argument("--cluster", metavar="ADDRESS", help="run on this Dask scheduler "
+                   "(tcp://host:8786; files and ROOT on a shared path)")
+    x.set_defaults(module="closedloop.commands.export")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
     rep.add_argument("input", metavar="FILE.xdf", type=input_file)

@@ -8,6 +8,7 @@ would have decided (chunking changes nothing).
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -35,32 +36,47 @@ def detect(data: EmgData, config: Config, chunk: int | None = None) -> list[Even
     return events
 
 
-def write_events_csv(events: list[Event], path: str | Path) -> None:
+def events_csv(events: list[Event]) -> str:
     """``sample,time_s,channel,kind``, one row per event, in sample order."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["sample", "time_s", "channel", "kind"])
-        for e in events:
-            w.writerow([e.sample, f"{e.time:.6f}", e.channel, e.kind])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(["sample", "time_s", "channel", "kind"])
+    for e in events:
+        w.writerow([e.sample, f"{e.time:.6f}", e.channel, e.kind])
+    return buf.getvalue()
+
+
+def write_events_csv(events: list[Event], path: str | Path, *, overwrite: bool = False) -> None:
+    """Write :func:`events_csv` to ``path``; an existing file is kept unless ``overwrite``.
+
+    Raises
+    ------
+    InputError
+        The file exists, or cannot be written.
+    """
+    from closedloop.analysis.results import write_output
+
+    write_output(events_csv(events), path, overwrite=overwrite)
 
 
 def main(args) -> int:
     """``closedloop detect INPUT --out EVENTS.csv [--overwrite] [--config C] [--fs HZ]
-    [--columns 0,1] [--board NAME]``."""
+    [--columns 0,1] [--board NAME] [--stream NAME]``."""
     columns = args.columns
     if isinstance(columns, str):  # called as a library with the text form
         columns = [int(c) for c in columns.split(",")]
     with claim_output(args.out, overwrite=getattr(args, "overwrite", False),
                       inputs=[("input", args.input), ("config", args.config)],
                       what="events file"):
-        data = load_emg(args.input, fs=args.fs, columns=columns, board=args.board)
+        data = load_emg(args.input, fs=args.fs, columns=columns, board=args.board,
+                        stream=getattr(args, "stream", None))
         if args.config:
             config = load_config(args.config)
             data = select_channels(data, config)
         else:
             config = default_config(data.channels)
         events = detect(data, config)
-        write_events_csv(events, args.out)
+        Path(args.out).write_text(events_csv(events), encoding="utf-8", newline="")
     n_on = sum(e.kind == "onset" for e in events)
     print(
         f"{data.source}: {data.samples.shape[1]} channel(s), {data.duration_s:.1f} s at "

@@ -60,11 +60,25 @@ Inputs and where their references come from
   The gestures file is left out: its labels follow the protocol cue, not the
   physiological onset, and new values arrive at only ~110 Hz.
 
+* **A folder of one's own recordings**: every ``.xdf`` and ``.npz`` file under it
+  (sorted, sub-folders included; text files too when ``--fs`` is given), each with its
+  references as above: ``truth`` markers (or the markers named by ``truth_label``, e.g.
+  the ``cue`` markers of cued trials) in closedloop recordings, the stored truth of
+  simulated ``.npz`` files, or a labels CSV whose ``file`` column names the files.
+  Recordings are named by their path inside the folder.
+
 The pseudo-detector ``reference`` returns the reference onsets themselves (sensitivity 1,
 latency 0): a check of the labels and the matching, not of a detector.
 
-Batch use: ``jobs`` worker processes (default: every core) each load a recording and run
-one detector on it; the table does not depend on ``jobs``.
+Figures and intervals: every row has sensitivity, precision, F1, false detections per
+minute and latency median/p90, each with a bootstrap 95 % interval
+(:mod:`closedloop.analysis.results` says what is resampled and why); ``--format
+csv|md|json`` and ``--out FILE`` write them for a paper.
+
+Batch use: one task per recording and detector, on ``jobs`` worker processes (default:
+every core) or a Dask cluster (``cluster``; :mod:`closedloop.runtime.batch`); the table
+does not depend on where they ran. A recording that cannot be read is reported and
+left out of the pooled rows; the others are still scored.
 """
 
 from __future__ import annotations
@@ -73,16 +87,28 @@ import csv
 import functools
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from closedloop.analysis.results import (
+    Bootstrap,
+    Column,
+    bootstrap_ci,
+    choose_format,
+    ci_columns,
+    figures,
+    metric_columns,
+    to_csv,
+    to_json,
+    to_markdown,
+    trial_units,
+    write_output,
+)
 from closedloop.analysis.scoring import Score, merge_scores, score_onsets
 from closedloop.core.events import ONSET, Event
 from closedloop.core.pipeline import OfflineDetector, Pipeline, make_detector
@@ -167,11 +193,14 @@ class SimSpec:
 
 @dataclass(frozen=True)
 class FileSpec:
-    """A recording file, with an optional labels CSV and rate (text inputs)."""
+    """A recording file, with an optional labels CSV and rate (text inputs), the label
+    of its truth markers (XDF) and the name it has in the table (default: the file's)."""
 
     path: str
     fs: float | None = None
     labels: str | None = None
+    truth_label: str = "truth"
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -271,14 +300,22 @@ def read_labels(
     return tuple(sorted(out))
 
 
-def _xdf_recording(path: Path) -> Recording:
-    from closedloop.io.xdf import describe_damage, load_session
+def _xdf_recording(path: Path, truth_label: str = "truth") -> Recording:
+    from closedloop.io.xdf import load_session
 
-    s = load_session(path)
+    return session_recording(load_session(path), truth_label)
+
+
+def session_recording(s: Any, truth_label: str = "truth") -> Recording:
+    """A recording read with :func:`closedloop.io.xdf.load_session` as a
+    :class:`Recording`: its ``truth_label`` markers are the references (None without
+    any), its recorded events the ``recorded`` pseudo-detector's, sample indices counted
+    from its first sample."""
+    path = Path(s.path)
     first = int(s.counter[0]) if s.counter is not None and len(s.counter) else 0
     ref = []
     for m in s.markers:
-        if m.label != "truth":
+        if m.label != truth_label:
             continue
         ch = str(m.fields.get("muscle", m.fields.get("channel", ANY)))
         if m.sample is not None:
@@ -290,8 +327,10 @@ def _xdf_recording(path: Path) -> Recording:
         Event(e.sample - first, e.time, e.channel, e.kind, e.envelope, e.threshold)
         for e in s.events
     )
-    note = "references: 'truth' markers" if ref else "no 'truth' markers"
+    note = f"references: {truth_label!r} markers" if ref else f"no {truth_label!r} markers"
     if s.damage:  # scored on what is intact, and said so
+        from closedloop.io.xdf import describe_damage
+
         note = (f"{s.state.upper()} recording, scored on its intact part only "
                 f"({s.n} samples; {describe_damage(s.damage, s.path.stat().st_size, 1)[0]}); "
                 + note)
@@ -302,14 +341,15 @@ def _xdf_recording(path: Path) -> Recording:
 
 
 def load_recording(
-    path: str | Path, *, fs: float | None = None, labels: str | Path | None = None
+    path: str | Path, *, fs: float | None = None, labels: str | Path | None = None,
+    truth_label: str = "truth",
 ) -> Recording:
     """A recording file with its references (module docstring)."""
     from closedloop.io.files import load_emg
 
     p = Path(path)
     if p.suffix.lower() == ".xdf":
-        rec = _xdf_recording(p)
+        rec = _xdf_recording(p, truth_label)
     else:
         data = load_emg(p, fs=fs)
         ref = None
@@ -437,7 +477,9 @@ def _load_cached(spec: SimSpec | FileSpec | SharedSpec) -> Recording:
         return simulated_recording(spec.snr_db, spec.minutes, spec.seed)
     if isinstance(spec, SharedSpec):
         return shared_recording(spec.data_dir, spec.name)
-    return load_recording(spec.path, fs=spec.fs, labels=spec.labels)
+    rec = load_recording(spec.path, fs=spec.fs, labels=spec.labels,
+                         truth_label=spec.truth_label)
+    return rec if spec.name is None else Recording(**{**_fields(rec), "name": spec.name})
 
 
 def _load(spec: Recording | SimSpec | FileSpec | SharedSpec) -> Recording:
@@ -628,30 +670,55 @@ class Row:
     note: str = ""
     score: Score | None = field(default=None, repr=False, compare=False)
     preceded: int | None = None
+    precision: float | None = None
+    f1: float | None = None
+    ci: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    ci_unit: str = ""
+    ci_n: int = 0
+    error: str = ""
+    units: tuple[Score, ...] = field(default=(), repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
+        """Flat: every field but the score, each interval as ``<metric>_ci_low/_high``."""
         d = asdict(self)
         d.pop("score")
+        d.pop("ci")
+        d.pop("units")
+        d.update(ci_columns(self.ci))
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in d.items()}
+
+
+#: Columns of the CSV output, in order.
+CSV_COLUMNS = ["recording", "detector", "group", "n_reference", "hits", "false_detections",
+               "n_detected", "minutes", *metric_columns(), "ci_unit", "ci_n", "error", "note"]
+#: Columns of the Markdown output.
+MD_COLUMNS = [Column("recording", "recording"), Column("detector", "detector"),
+              Column("n_reference", "refs"), Column("hits", "hits"),
+              Column("sensitivity", "sensitivity"), Column("precision", "precision"),
+              Column("f1", "F1"), Column("false_per_min", "false/min", 2),
+              Column("latency_median_ms", "latency median (ms)", 1),
+              Column("latency_p90_ms", "latency p90 (ms)", 1), Column("n_detected", "onsets"),
+              Column("minutes", "min", 2)]
 
 
 def _row(recording: str, detector: str, group: str, score: Score | None, n_detected: int,
          minutes: float, note: str = "") -> Row:
     if score is None:
         return Row(recording, detector, group, None, None, None, None, None, None, None,
-                   n_detected, minutes, note, None, None)
-    sens = score.sensitivity if score.n_reference else None
+                   n_detected, minutes, note, None)
+    f = figures(score)
     return Row(
-        recording, detector, group, score.n_reference, score.hits, sens,
-        score.false_detections, score.false_per_min,
-        score.latency_percentile(50) * 1000.0 if score.latencies_s else None,
-        score.latency_percentile(90) * 1000.0 if score.latencies_s else None,
-        n_detected, minutes, note, score, sum(x < 0 for x in score.latencies_s),
+        recording, detector, group, score.n_reference, score.hits, f["sensitivity"],
+        score.false_detections, score.false_per_min, f["latency_median_ms"],
+        f["latency_p90_ms"], n_detected, minutes, note, score,
+        preceded=sum(x < 0 for x in score.latencies_s), precision=f["precision"],
+        f1=f["f1"],
     )
 
 
-def _task(rec_spec, det_spec: DetectorSpec, chunk_s: float) -> tuple[Row, str]:
+def _task(task: tuple[Any, DetectorSpec, float]) -> tuple[Row, str]:
+    rec_spec, det_spec, chunk_s = task
     rec = _load(rec_spec)
     events = run_detector(det_spec, rec, chunk_s=chunk_s)
     n_on = sum(e.kind == ONSET for e in events)
@@ -660,20 +727,56 @@ def _task(rec_spec, det_spec: DetectorSpec, chunk_s: float) -> tuple[Row, str]:
                 rec.note), rec.name
 
 
-def _as_spec(item, *, fs: float | None, labels: str | None) -> list:
+#: Files a folder input contributes (text files only with a rate, see folder_files).
+FOLDER_SUFFIXES = (".xdf", ".npz")
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
+
+
+def folder_files(folder: str | Path, *, text: bool = False,
+                 skip: Sequence[str | Path] = ()) -> list[Path]:
+    """The recordings in a folder and its sub-folders, sorted by path (module docstring).
+
+    ``text``: also the text/CSV files (when their rate is known); ``skip``: files that
+    are not recordings (the labels file).
+    """
+    d = Path(folder)
+    suffixes = FOLDER_SUFFIXES + (TEXT_SUFFIXES if text else ())
+    skipped = {Path(s).resolve() for s in skip}
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                  and p.resolve() not in skipped and not p.name.startswith("."))
+
+
+def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "truth"
+             ) -> list:
     if isinstance(item, (Recording, SimSpec, FileSpec, SharedSpec)):
         return [item]
     p = Path(item)
+    lab = None if labels is None else str(labels)
     if p.is_dir():
-        if not (p / "reference_outputs.json").is_file():
+        if (p / "reference_outputs.json").is_file():
+            return [SharedSpec(str(p), n) for n in SHARED_NAMES]
+        files = folder_files(p, text=fs is not None, skip=[labels] if labels else [])
+        if not files:
             raise InputError(
-                f"{p}: a folder input must be the shared data folder (with "
-                "reference_outputs.json)"
+                f"{p}: no recordings in this folder (looked for "
+                f"{', '.join(FOLDER_SUFFIXES)} files{', and text files' if fs else ''}, "
+                "sub-folders included); give files, or --fs HZ for text files"
             )
-        return [SharedSpec(str(p), n) for n in SHARED_NAMES]
+        return [FileSpec(str(f), fs, lab, truth_label, str(f.relative_to(p)))
+                for f in files]
     if not p.exists():
         raise InputError(f"{p}: no such file")
-    return [FileSpec(str(p), fs, None if labels is None else str(labels))]
+    return [FileSpec(str(p), fs, lab, truth_label)]
+
+
+def _spec_name(spec: Any) -> str:
+    if isinstance(spec, Recording):
+        return spec.name
+    if isinstance(spec, SimSpec):
+        return f"sim_{spec.snr_db:g}dB_s{spec.seed}"
+    if isinstance(spec, SharedSpec):
+        return spec.name
+    return spec.name or Path(spec.path).name
 
 
 def evaluate(
@@ -684,6 +787,11 @@ def evaluate(
     jobs: int | None = None,
     fs: float | None = None,
     chunk_s: float = 1.0,
+    bootstrap: Bootstrap | None = None,
+    cluster: str | None = None,
+    truth_label: str = "truth",
+    on_error: str = "raise",
+    progress: Any = None,
 ) -> list[Row]:
     """Run every detector configuration over every recording and score it.
 
@@ -698,34 +806,63 @@ def evaluate(
     labels : path, optional
         Labels CSV for the file inputs (module docstring).
     jobs : int, optional
-        Worker processes (default ``os.cpu_count()``); 1 runs in this process.
+        Worker processes (default: every core); 1 runs in this process.
     fs : float, optional
         Sampling rate of text inputs.
     chunk_s : float
         Chunk length fed to the detectors (the results do not depend on it).
+    bootstrap : Bootstrap, optional
+        How the intervals are drawn (default ``Bootstrap()``: 2000 resamples, seed 0).
+    cluster : str, optional
+        Address of a Dask scheduler to run the tasks on (files on a shared path).
+    truth_label : str
+        Label of the markers that are the references in XDF recordings.
+    on_error : {"raise", "report"}
+        A recording that cannot be read or scored: raise its error, or report it in a
+        row of group ``failed`` (with ``error``) and go on with the others.
+    progress : callable, optional
+        ``progress(done, total)`` as tasks finish.
 
     Returns
     -------
     list of Row
         Per recording and detector (recordings in input order, detectors in spec order
-        within each), then one ``overall`` row per group and detector.
+        within each), then one ``overall`` row per group and detector; failed
+        recordings last.
     """
     specs = [parse_detector_spec(d) for d in detector_specs]
     if not specs:
         raise ConfigError("no detector given; e.g. threshold, double_threshold, tkeo")
-    recs = [s for item in recordings for s in _as_spec(item, fs=fs, labels=labels)]
+    recs = [s for item in recordings
+            for s in _as_spec(item, fs=fs, labels=labels, truth_label=truth_label)]
     if not recs:
         raise InputError("no recordings given")
-    tasks = [(r, d) for r in recs for d in specs]
-    jobs = (os.cpu_count() or 1) if jobs is None else max(1, int(jobs))
-    if jobs == 1 or len(tasks) == 1:
-        results = [_task(r, d, chunk_s) for r, d in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-            futures = [pool.submit(_task, r, d, chunk_s) for r, d in tasks]
-            results = [f.result() for f in futures]
-    rows = [row for row, _ in results]
-    return rows + overall_rows(rows, [d.label for d in specs])
+    if cluster:  # the workers open the files themselves: absolute paths
+        recs = [FileSpec(str(Path(r.path).resolve()), r.fs,
+                         None if r.labels is None else str(Path(r.labels).resolve()),
+                         r.truth_label, r.name or Path(r.path).name)
+                if isinstance(r, FileSpec) else
+                SharedSpec(str(Path(r.data_dir).resolve()), r.name)
+                if isinstance(r, SharedSpec) else r for r in recs]
+    from closedloop.runtime.batch import run_batch
+
+    tasks = [(r, d, chunk_s) for r in recs for d in specs]
+    results = run_batch(_task, tasks, jobs=jobs, cluster=cluster, progress=progress)
+    rows: list[Row] = []
+    failed: list[Row] = []
+    for (rec_spec, det, _), res in zip(tasks, results, strict=True):
+        if res.ok:
+            rows.append(res.value[0])
+            continue
+        if on_error == "raise":
+            if res.exception is not None:
+                raise res.exception
+            raise RuntimeError(f"{res.error}\n{res.detail}")
+        failed.append(Row(_spec_name(rec_spec), det.label, "failed", None, None, None, None,
+                          None, None, None, 0, 0.0, error=str(res.error)))
+    out = rows + overall_rows(rows, [d.label for d in specs])
+    add_intervals(out, bootstrap if bootstrap is not None else Bootstrap())
+    return out + failed
 
 
 def overall_rows(rows: Sequence[Row], detectors: Sequence[str]) -> list[Row]:
@@ -736,12 +873,31 @@ def overall_rows(rows: Sequence[Row], detectors: Sequence[str]) -> list[Row]:
         for d in detectors:
             sel = [r for r in rows if r.group == g and r.detector == d]
             scored = [r.score for r in sel if r.score is not None]
-            out.append(_row(
+            row = _row(
                 "overall", d, g, merge_scores(scored) if scored else None,
                 sum(r.n_detected for r in sel), sum(r.minutes for r in sel),
                 f"{len(sel)} recording(s)",
-            ))
+            )
+            row.units = tuple(scored)
+            out.append(row)
     return out
+
+
+def add_intervals(rows: Sequence[Row], boot: Bootstrap) -> None:
+    """Fill every row's bootstrap intervals (see :mod:`closedloop.analysis.results`):
+    pooled rows over their recordings (their trials when there is one recording),
+    per-recording rows over their trials."""
+    for r in rows:
+        if r.score is None:
+            continue
+        if len(r.units) >= 2:
+            r.ci_unit, use = "recordings", list(r.units)
+        else:
+            r.ci_unit, use = "trials", trial_units(r.units[0] if r.units else r.score)
+        r.ci = bootstrap_ci(use, boot, f"{r.group}|{r.recording}|{r.detector}")
+        r.ci_n = len(use) if boot.n and len(use) >= 2 else 0
+        if not r.ci_n:
+            r.ci_unit = ""
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -755,8 +911,8 @@ def format_table(rows: Sequence[Row]) -> str:
     wr = max([9] + [len(r.recording) for r in rows])
     wd = max([8] + [len(r.detector) for r in rows])
     head = (f"{'recording':{wr}s} {'detector':{wd}s} {'ref':>4s} {'hits':>4s} {'sens':>6s} "
-            f"{'false':>5s} {'false/min':>9s} {'lat med':>8s} {'lat p90':>8s} {'onsets':>6s} "
-            f"{'min':>6s} {'before':>6s}")
+            f"{'prec':>6s} {'F1':>6s} {'false':>5s} {'false/min':>9s} {'lat med':>8s} "
+            f"{'lat p90':>8s} {'onsets':>6s} {'min':>6s} {'before':>6s}")
     lines = []
     notes: dict[str, str] = {}
     for g in dict.fromkeys(r.group for r in rows):
@@ -765,20 +921,23 @@ def format_table(rows: Sequence[Row]) -> str:
         for r in rows:
             if r.group != g:
                 continue
-            if r.recording != "overall" and r.note:
-                notes.setdefault(r.recording, r.note)
+            if r.recording != "overall" and (r.error or r.note):
+                notes.setdefault(r.recording, r.error or r.note)
             lines.append(
                 f"{r.recording:{wr}s} {r.detector:{wd}s} {_fmt(r.n_reference, 'd'):>4s} "
                 f"{_fmt(r.hits, 'd'):>4s} {_fmt(r.sensitivity, '.3f'):>6s} "
+                f"{_fmt(r.precision, '.3f'):>6s} {_fmt(r.f1, '.3f'):>6s} "
                 f"{_fmt(r.false_detections, 'd'):>5s} {_fmt(r.false_per_min, '.2f'):>9s} "
                 f"{_fmt(r.latency_median_ms, '.1f'):>8s} {_fmt(r.latency_p90_ms, '.1f'):>8s} "
                 f"{r.n_detected:6d} {r.minutes:6.2f} {_fmt(r.preceded, 'd'):>6s}"
             )
         lines.append("")
-    lines.append("sens = hits / ref; false = onsets matching no reference (fused onsets for "
+    lines.append("sens = hits / ref; prec = hits / (hits + false); F1 = 2 hits / (ref + hits "
+                 "+ false); false = onsets matching no reference (fused onsets for "
                  "'any channel' references); latency in ms = (decision sample - reference "
                  "sample) / fs; onsets = all onsets on all channels; before = hits decided before "
-                 "the reference (negative latency); '-' = not scored")
+                 "the reference (negative latency); '-' = not scored; "
+                 "95 % intervals: --format csv|md|json")
     lines.extend(f"  {k}: {v}" for k, v in notes.items())
     return "\n".join(lines)
 
@@ -847,6 +1006,11 @@ def _splice_task(data_dir: str, det_spec: DetectorSpec, snrs: tuple[float, ...],
     return out
 
 
+def _splice_star(task: tuple) -> Any:
+    """:func:`_splice_task` over one argument tuple (what the batch runner hands over)."""
+    return _splice_task(*task)
+
+
 def _splice_row(label: str, snr: float | None, scores: list, seeds: tuple[int, ...]) -> SpliceRow:
     lat = [x for s in scores for x in s.latencies_s]
     bursts = sum(s.n_bursts for s in scores)
@@ -891,12 +1055,13 @@ def splice_evaluate(
     snrs = tuple(float(x) for x in snrs)
     seeds = tuple(int(x) for x in seeds)
     tasks = [(str(d), spec, snrs, seed, chunk_s) for spec in specs for seed in (*seeds, None)]
-    jobs = (os.cpu_count() or 1) if jobs is None else max(1, int(jobs))
-    if jobs == 1:
-        results = [_splice_task(*t) for t in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
-            results = list(pool.map(_splice_task, *zip(*tasks, strict=True)))
+    from closedloop.runtime.batch import run_batch
+
+    done = run_batch(_splice_star, tasks, jobs=jobs)
+    for r in done:
+        if not r.ok:
+            raise r.exception or InputError(f"--splice: {r.error}")
+    results = [r.value for r in done]
     rows = []
     for spec in specs:
         mine = [r for t, r in zip(tasks, results, strict=True) if t[1] == spec]
@@ -947,10 +1112,34 @@ def _floats(v: Any) -> list[float]:
     return out
 
 
+def render(rows: Sequence[Row], fmt: str, boot: Bootstrap) -> str:
+    """The rows in one output format (``text``, ``csv``, ``md`` or ``json``)."""
+    if fmt == "text":
+        return format_table(rows) + "\n"
+    records = [r.as_dict() for r in rows]
+    if fmt == "csv":
+        return to_csv(records, CSV_COLUMNS)
+    if fmt == "md":
+        notes = [NOTE_METRICS, boot.describe()]
+        notes += [f"{r.recording}: {r.error or r.note}" for r in rows
+                  if r.recording != "overall" and (r.error or r.note)]
+        return to_markdown(records, MD_COLUMNS, notes=list(dict.fromkeys(notes)))
+    return to_json(records, bootstrap={"n": boot.n, "seed": boot.seed, "level": boot.level,
+                                       "method": boot.describe()})
+
+
+#: What the figures mean, for the Markdown notes.
+NOTE_METRICS = ("sensitivity = hits / refs; precision = hits / (hits + false detections); "
+                "F1 = 2 hits / (refs + hits + false); latency = (decision sample - reference "
+                "sample) / fs; onsets = every onset on every channel")
+
+
 def main(args) -> int:
     """``closedloop evaluate``. Fields of ``args``: ``inputs`` (paths), ``detectors``
     (specs; default threshold, double_threshold, tkeo), ``labels``, ``fs``, ``jobs``,
-    ``json``, ``simulate`` (SNRs in dB, "20,10,0,-3" or a list), ``minutes``, ``seed``."""
+    ``json``, ``simulate`` (SNRs in dB, "20,10,0,-3" or a list), ``minutes``, ``seed``;
+    optional ``format``, ``out``, ``overwrite``, ``bootstrap``, ``bootstrap_seed``,
+    ``cluster``, ``truth_label``."""
     inputs: list[Any] = list(getattr(args, "inputs", None) or [])
     if getattr(args, "splice", None) is not None:
         return _splice_main(args, inputs)
@@ -958,16 +1147,35 @@ def main(args) -> int:
     seed = int(getattr(args, "seed", None) or 0)
     inputs += [SimSpec(snr, minutes, seed) for snr in _floats(getattr(args, "simulate", None))]
     if not inputs:
-        raise InputError("nothing to evaluate: give recordings, the shared data folder, "
-                         "or --simulate SNR[,SNR...]")
+        raise InputError("nothing to evaluate: give recordings, folders of recordings, the "
+                         "shared data folder, or --simulate SNR[,SNR...]")
+    out = getattr(args, "out", None)
+    fmt = choose_format(getattr(args, "format", None), out)
+    boot = Bootstrap(int(getattr(args, "bootstrap", None) if getattr(args, "bootstrap", None)
+                         is not None else 2000),
+                     int(getattr(args, "bootstrap_seed", None) or 0))
     detectors = list(getattr(args, "detectors", None) or BUILTIN_DETECTORS)
     rows = evaluate(inputs, detectors, labels=getattr(args, "labels", None),
-                    jobs=getattr(args, "jobs", None), fs=getattr(args, "fs", None))
-    print(format_table(rows))
+                    jobs=getattr(args, "jobs", None), fs=getattr(args, "fs", None),
+                    bootstrap=boot, cluster=getattr(args, "cluster", None),
+                    truth_label=getattr(args, "truth_label", None) or "truth",
+                    on_error="report")
+    if out:
+        write_output(render(rows, fmt, boot), out,
+                     overwrite=bool(getattr(args, "overwrite", False)))
+        print(format_table(rows))
+        print(f"closedloop evaluate: {len(rows)} rows written to {out} ({fmt})",
+              file=sys.stderr)
+    else:
+        print(render(rows, fmt, boot), end="")
     if getattr(args, "json", False):
         print(json.dumps({"rows": [r.as_dict() for r in rows]}))
     sys.stdout.flush()
-    return 0
+    failed = [r for r in rows if r.error]
+    for r in failed:
+        print(f"closedloop evaluate: {r.recording} ({r.detector}) failed: {r.error}",
+              file=sys.stderr)
+    return 1 if failed else 0
 
 
 def parse_seeds(text: str | Sequence[int] | None) -> tuple[int, ...]:

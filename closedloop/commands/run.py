@@ -130,15 +130,20 @@ class _Session:
         gui = not args.no_gui
         if args.record or not args.no_outlets or gui:
             from closedloop.io.outlets import SessionOutlets
+            from closedloop.sources.sim import SimSource
 
+            sim = source if isinstance(source, SimSource) else None
             self.outlets = SessionOutlets(
                 name, _muscle_info(config, source.info), config_text=config.text,
                 metadata={"config": config.path, "source": source.info.name,
                           "stimulator": type(stimulator).__name__ if stimulator else "none",
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                           "checklist": checklist,
-                          "resolved_config": config.resolved},
+                          "resolved_config": config.resolved,
+                          **({"sim_seed": sim.seed} if sim is not None else {})},
                 session_uid=ident.uid,
+                # the simulated patient's true onsets, recorded as truth markers
+                truth=sim.true_onsets_between if sim is not None else None,
             )
             from closedloop.runtime.control import ControlInlet
 

@@ -5,6 +5,11 @@ Formats:
 * ``.npz`` with ``emg`` (n_samples x n_channels), ``fs`` and optional ``channels``;
 * BrainFlow files (``DataFilter.write_file`` output) with ``board=``: the EMG rows and
   the sampling rate come from BrainFlow's description of that board;
+* XDF recordings (``.xdf``): the EMG stream of a closedloop recording, or the stream
+  picked by name or type (``stream=``, default: the only stream of type ``EMG``) of
+  another LSL tool's, read with :func:`closedloop.io.xdf.load_session`. The samples
+  are what a live session's detector saw (NaN/inf held at the channel's last finite
+  value; the recording keeps them as received), sample 0 is the stream's first;
 * plain text / CSV (one or more numeric columns, comma, tab or space separated) with
   ``fs`` given. Leading lines that are not numbers are skipped (``#`` headers such as
   OpenSignals', or a line of column names, which then names the channels). ``columns``
@@ -151,12 +156,32 @@ def load_brainflow(path: str | Path, board: str | int) -> EmgData:
     return EmgData(samples, fs, tuple(f"EMG{i + 1}" for i in range(len(emg_rows))), p)
 
 
+def load_xdf(path: str | Path, stream: str | None = None,
+             columns: list[int] | None = None) -> EmgData:
+    """The EMG stream of an XDF recording (see the module docstring)."""
+    from closedloop.io.xdf import load_session
+
+    s = load_session(path, emg_stream=stream)
+    samples, chans = s.samples, s.channels
+    if columns is not None:
+        for c in columns:
+            if not 0 <= c < len(chans):
+                raise InputError(f"{path}: column {c} does not exist; the EMG stream "
+                                 f"{s.name!r} has channels 0..{len(chans) - 1} "
+                                 f"({', '.join(chans)})")
+        samples, chans = samples[:, columns], tuple(chans[c] for c in columns)
+    samples = np.ascontiguousarray(samples, dtype=np.float64)
+    _check(samples, str(path))
+    return EmgData(samples, s.fs, tuple(chans), str(path))
+
+
 def load_emg(
     path: str | Path,
     *,
     fs: float | None = None,
     columns: list[int] | None = None,
     board: str | None = None,
+    stream: str | None = None,
 ) -> EmgData:
     """Load EMG from any supported file (see the module docstring)."""
     p = Path(path)
@@ -164,6 +189,8 @@ def load_emg(
         raise InputError(f"{p}: no such file")
     if p.suffix.lower() == ".npz":
         return load_npz(p)
+    if p.suffix.lower() == ".xdf":
+        return load_xdf(p, stream, columns)
     if board is not None:
         return load_brainflow(p, board)
     if fs is None:

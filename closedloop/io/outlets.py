@@ -24,7 +24,9 @@ name                type            content
                                     ``message``), at the sample it concerns;
                                     ``source_counter`` markers: the source's own
                                     counter where it does not continue (see
-                                    :meth:`SessionOutlets.push_emg`)
+                                    :meth:`SessionOutlets.push_emg`); ``truth``
+                                    markers: the simulated patient's true onsets
+                                    (``sample``, ``muscle``)
 ``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata
 ==================  ==============  ========================================================
 
@@ -67,7 +69,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +103,8 @@ STREAMS: dict[str, tuple[str, str]] = {
 COUNTER_LABEL = "counter"
 #: Label of the markers that record the source's own counter where it does not continue.
 SOURCE_COUNTER = "source_counter"
+#: Label of the markers that record a true onset (simulated sessions).
+TRUTH = "truth"
 MARKER_FORMAT = "closedloop-json-1"
 
 _ZERO_SUB = float(np.nextafter(0.0, 1.0))
@@ -261,6 +265,12 @@ class SessionOutlets:
         Further session metadata (patient code, operator, protocol...).
     session_uid : str, optional
         Unique id of the session (default: a fresh uuid4 hex).
+    truth : callable, optional
+        ``truth(start, stop) -> [(sample, muscle), ...]``: the true onsets among the
+        samples ``start <= k < stop`` when the source knows them (the simulated
+        patient). Each becomes a ``truth`` marker (``sample``, ``muscle``) stamped with
+        its sample's time when that sample is pushed, so every simulated recording can
+        be scored (``closedloop evaluate``, ``replay``, ``report``).
 
     Raises
     ------
@@ -285,6 +295,7 @@ class SessionOutlets:
         config_text: str = "",
         metadata: Mapping[str, Any] | None = None,
         session_uid: str | None = None,
+        truth: Callable[[int, int], Sequence[tuple[int, str]]] | None = None,
     ) -> None:
         if not session_name or any(c in session_name for c in "'\"<>&"):
             raise ConfigError(
@@ -293,6 +304,7 @@ class SessionOutlets:
         self.session_name = session_name
         self.source_info = source_info
         self.session_uid = session_uid or uuid.uuid4().hex
+        self._truth = truth
         self.config_text = config_text
         self.metadata: dict[str, Any] = {
             "session": session_name,
@@ -462,8 +474,12 @@ class SessionOutlets:
         """
         first = self._next_index[ROLE_EMG] if start is None else int(start)
         self._push_indexed(ROLE_EMG, samples, timestamps, start)
+        ts = np.asarray(timestamps, dtype=np.float64)
         if source_counter is not False:
-            self._mark_counter(source_counter, np.asarray(timestamps, dtype=np.float64), first)
+            self._mark_counter(source_counter, ts, first)
+        if self._truth is not None and ts.shape[0]:
+            for k, muscle in self._truth(first, first + ts.shape[0]):
+                self.push_marker(TRUTH, float(ts[k - first]), sample=int(k), muscle=muscle)
 
     def _mark_counter(self, counter: np.ndarray | None, ts: np.ndarray, first: int) -> None:
         """``source_counter`` markers where the source's counter does not continue."""

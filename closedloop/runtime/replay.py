@@ -1,4 +1,7 @@
-"""``closedloop replay``: a recording through the exact live pipeline, no hardware.
+"""Replay: a recording through the exact live pipeline, no hardware.
+
+(The ``closedloop replay`` command is :mod:`closedloop.commands.replay`; its tables
+:mod:`closedloop.analysis.replays`.)
 
 The recorded EMG (with its recorded timestamps) goes through the same
 :func:`~closedloop.runtime.loop.run_loop` as a live session: signal core, protocol and
@@ -26,16 +29,13 @@ sample, the commands before the last recorded command's sample; the output says 
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
 
-from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.core.stream import Chunk
-from closedloop.errors import ClosedLoopError, ConfigError, RecordingDamagedError
+from closedloop.errors import RecordingDamagedError
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sources.base import Source
 
@@ -72,6 +72,7 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     RecordingDamagedError
         The recording is cut short or corrupt and ``partial`` is False.
     """
+    from closedloop.io.recorded import recorded_config
     from closedloop.io.xdf import load_session
     from closedloop.sources.replay import ReplaySource
     from closedloop.stim.drivers.sim import SimStimulator
@@ -81,17 +82,9 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
         raise RecordingDamagedError(
             f"{session.damage_report}\nNot replayed: replay the intact part with --partial "
             "(the output then says what the check covers)")
-    if config_path:
-        config = load_config(config_path)
-    elif isinstance(session.metadata.get("resolved_config"), dict):
-        # every setting as the session ran it, defaults included: a default changed
-        # since does not change what the replay decides
-        config = parse_config(session.metadata["resolved_config"],
-                              source=f"{path} (recorded config)", text=session.config_text or "")
-    elif session.config_text:
-        config = loads_config(session.config_text, source=f"{path} (recorded config)")
-    else:
-        config = default_config(session.channels)
+    # the recorded config: every setting as the session ran it, defaults included, so a
+    # default changed since does not change what the replay decides
+    config = recorded_config(session, config_path)
     # the recorded device's pulse rates (a RehaStim2 runs 35 Hz at 34.48 Hz), so that
     # blanking follows the same pulses as live
     rates = {c.frequency_hz: c.delivered_hz for c in session.commands
@@ -238,72 +231,3 @@ def _bar(done: int, total: int) -> None:
           flush=True)
 
 
-def replay_one(path: str, config_path: str | None, speed: str, stream: str | None,
-               do_check: bool, progress: bool, partial: bool = False
-               ) -> tuple[int, list[str]]:
-    """Replay (and check) one file; returns its exit code and the lines to print.
-
-    A top-level function so that many files can be replayed in worker processes.
-    """
-    lines: list[str] = []
-    t0 = time.perf_counter()
-    try:
-        session, config, out = replay_file(path, config_path=config_path, speed=speed,
-                                           stream=stream, progress=_bar if progress else None,
-                                           partial=partial)
-    except ClosedLoopError as exc:
-        return getattr(exc, "exit_code", 1), [f"{path}: {exc}"]
-    wall = time.perf_counter() - t0
-    if progress:
-        print(file=sys.stderr)
-    if out.reason not in ("ended", "duration"):
-        return max(out.exit_code, 1), [f"{path}: replay stopped early: {out.message}"]
-    n_on = sum(e.kind == "onset" for e in out.events)
-    lines.append(f"{path}: {session.n} samples ({session.n / session.fs:.1f} s) replayed in "
-                 f"{wall:.2f} s ({session.n / session.fs / wall:.0f}x real time) with config "
-                 f"{config.name!r}: {n_on} onsets, {len(out.commands)} commands")
-    if session.damage:
-        lines.append(f"{path}: PARTIAL: the recording is {session.state.upper()}; only its "
-                     f"intact part was replayed:\n{session.damage_report}")
-    if not do_check:
-        return 0, lines
-    if not session.events and not session.commands and config.stimulates:
-        return 1, lines + [f"{path}: the recording holds no events or commands to check against"]
-    if session.damage:
-        diff, note = check_intact(session, out)
-        if diff:
-            return EXIT_MISMATCH, lines + [f"{path}: CHECK FAILED ({note}): {diff}"]
-        return 0, lines + [f"{path}: check passed, {note}"]
-    diff = check(session, out)
-    if diff:
-        return EXIT_MISMATCH, lines + [f"{path}: CHECK FAILED: {diff}"]
-    return 0, lines + [f"{path}: check passed: {len(out.events)} events and "
-                       f"{len(out.commands)} commands identical to the recording"]
-
-
-def main(args) -> int:
-    """Replay every input; several files run in parallel on all cores (``--jobs``)."""
-    inputs = list(args.inputs)
-    jobs = getattr(args, "jobs", None) or os.cpu_count() or 1
-    common = (args.config, args.speed, args.stream, bool(args.check))
-    partial = bool(getattr(args, "partial", False))
-    # a progress bar only on a terminal: into a pipe or a file it would be noise
-    bar = len(inputs) == 1 and not args.quiet and sys.stderr.isatty()
-    if len(inputs) == 1 or jobs == 1:
-        results = [replay_one(p, *common, bar, partial) for p in inputs]
-    else:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=min(jobs, len(inputs))) as pool:
-            results = list(pool.map(replay_one, inputs, *[[c] * len(inputs) for c in common],
-                                    [False] * len(inputs), [partial] * len(inputs)))
-    rc = 0
-    for code, lines in results:  # in input order, whatever finished first
-        for line in lines:
-            print(line)
-        rc = max(rc, code)
-    return rc
-
-
-__all__ = ["RecordedEffect", "SplitSource", "check", "check_intact", "first_difference",
-           "replay_file", "main", "ConfigError", "EXIT_DAMAGED", "EXIT_MISMATCH"]

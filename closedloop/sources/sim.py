@@ -145,7 +145,8 @@ class SimSource(Source):
                 settings.muscles, script_hours * 3600.0, np.random.default_rng([seed, 1]),
                 gap_s=gap_s, attempt_s=attempt_s,
             )
-        self.script = list(script)
+        self.script = sorted(script, key=lambda a: a.onset_s)
+        self._onset_samples: np.ndarray | None = None
         self.seed = seed
         self.realtime = realtime
         self.chunk_size = int(chunk_size)
@@ -191,6 +192,18 @@ class SimSource(Source):
     def true_onsets(self) -> list[tuple[float, str]]:
         """(stream time, muscle) of every scripted onset."""
         return [(self.t0 + a.onset_s, a.muscle) for a in self.script]
+
+    def true_onsets_between(self, start: int, stop: int) -> list[tuple[int, str]]:
+        """(sample, muscle) of the scripted onsets at samples ``start <= k < stop``: the
+        ground truth of these samples (the sample where an attempt's ramp starts, as
+        :meth:`~closedloop.sim.patient.SimulatedPatient.true_onsets` counts it), for a
+        session to record as ``truth`` markers."""
+        fs = self.settings.fs
+        if self._onset_samples is None:
+            self._onset_samples = np.array([int(round(a.onset_s * fs)) for a in self.script],
+                                           dtype=np.int64)
+        lo, hi = np.searchsorted(self._onset_samples, [start, stop], side="left")
+        return [(int(self._onset_samples[i]), self.script[i].muscle) for i in range(lo, hi)]
 
     def _pulses(self, t_start: float, t_end: float) -> list[Pulse]:
         rec = self.stimulator.pulses(self.t0 + t_start, self.t0 + t_end)

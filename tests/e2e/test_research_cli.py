@@ -1,0 +1,221 @@
+"""Research outputs through the installed ``closedloop`` command, output to a pipe.
+
+A simulated session is recorded for real (``closedloop run --record``, LabRecorder),
+then scored (``evaluate`` on a folder, ``replay`` tables), exported to EMG-BIDS and read
+back by MNE's own BDF reader; ``detect`` reads the project's XDF.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from closedloop.config import load_config
+from closedloop.io.xdf import load_session
+from closedloop.runtime.devices import make_source
+from tests.conftest import CONFIGS, ROOT
+
+CONFIG = str(CONFIGS / "biceps_triceps.toml")
+SHIPPED = ROOT / "recordings" / "sim_biceps_triceps.xdf"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, whatever is installed
+EXE = shutil.which("closedloop")
+CL = [EXE] if EXE else [sys.executable, "-m", "closedloop"]
+SEED = 3
+DURATION_S = 12.5  # 25000 samples: the BDF's last 1 s record is padded
+
+
+def cl(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``closedloop ARGS`` as a user runs it (stdout and stderr to pipes)."""
+    return subprocess.run([*CL, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated session recorded by LabRecorder, in a folder of its own."""
+    path = tmp_path_factory.mktemp("sessions") / "sim.xdf"
+    r = cl("run", "--config", CONFIG, "--record", path, "--duration", DURATION_S, "--seed", SEED,
+           "--no-gui", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return path
+
+
+def test_a_simulated_session_records_its_truth(recorded: Path) -> None:
+    s = load_session(recorded)
+    truth = [m for m in s.markers if m.label == "truth"]
+    source = make_source(load_config(CONFIG), "sim", seed=SEED, realtime=False)
+    expected = source.true_onsets_between(0, s.n)
+    assert len(expected) >= 2
+    assert [(m.sample, m.fields["muscle"]) for m in truth] == expected
+    for m in truth:  # stamped with the time of the onset's own sample
+        assert m.time == s.timestamps[m.sample]
+    assert s.metadata["sim_seed"] == SEED
+
+
+def test_evaluate_a_folder_of_recordings_to_csv_markdown_json(recorded: Path, tmp_path) -> None:
+    out = tmp_path / "results.csv"
+    r = cl("evaluate", recorded.parent, "--detector", "recorded", "--detector", "threshold",
+           "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open(newline="")))
+    from closedloop.analysis.evaluate import CSV_COLUMNS
+
+    assert list(rows[0]) == CSV_COLUMNS
+    assert "sensitivity_ci_low" in rows[0] and "f1" in rows[0] and "precision" in rows[0]
+    live = next(r for r in rows if r["recording"] == "sim.xdf" and r["detector"] == "recorded")
+    n_truth = sum(m.label == "truth" for m in load_session(recorded).markers)
+    assert int(live["n_reference"]) == n_truth
+    assert float(live["sensitivity"]) == 1.0  # the live detector found every attempt
+    assert 0.0 <= float(live["latency_median_ms"]) < 150.0
+    # never replaced without --overwrite; the file stays as it was
+    before = out.read_bytes()
+    r = cl("evaluate", recorded, "--detector", "recorded", "--out", out)
+    assert r.returncode != 0 and "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert out.read_bytes() == before
+    r = cl("evaluate", recorded, "--detector", "recorded", "--out", out, "--overwrite")
+    assert r.returncode == 0 and out.read_bytes() != before
+    md = cl("evaluate", recorded, "--detector", "recorded", "--format", "md")
+    assert md.returncode == 0 and md.stdout.startswith("### files\n")
+    assert "| recording | detector |" in md.stdout and "percentile bootstrap" in md.stdout
+    js = json.loads(cl("evaluate", recorded, "--detector", "recorded", "--format",
+                       "json").stdout)
+    assert js["bootstrap"]["n"] == 2000 and js["rows"][0]["sensitivity"] == 1.0
+
+
+def test_replay_compares_configs_side_by_side(recorded: Path, tmp_path) -> None:
+    k3 = tmp_path / "k3.toml"
+    k3.write_text(Path(CONFIG).read_text().replace("k_on = 6.0", "k_on = 3.0"))
+    out = tmp_path / "replay.json"
+    r = cl("replay", recorded, SHIPPED, "--config", "recorded", "--config", k3, "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(Path(x["recording"]).name, x["config"]) for x in rows] == [
+        ("sim.xdf", "recorded"), ("sim.xdf", "k3.toml"),
+        ("sim_biceps_triceps.xdf", "recorded"), ("sim_biceps_triceps.xdf", "k3.toml"),
+        ("overall", "recorded"), ("overall", "k3.toml")]
+    own, other = rows[0], rows[1]
+    assert own["identical"] is True and own["events_matched"] == own["events_recorded"] > 0
+    assert own["commands_matched"] == own["commands_recorded"] > 0
+    assert own["triggers"] >= 1 and own["stim_s"] > 0
+    assert own["sensitivity"] == 1.0 and own["n_reference"] >= 2  # scored against the truth
+    assert other["identical"] is False and other["onsets"] >= own["onsets"]
+    assert rows[2]["n_reference"] is None  # the shipped recording predates truth markers
+    pooled = rows[4]
+    assert pooled["onsets"] == own["onsets"] + rows[2]["onsets"]
+    assert pooled["commands"] == own["commands"] + rows[2]["commands"]
+    # the text table with two configs, and CSV to a pipe
+    text = cl("replay", recorded, "--config", "recorded", "--config", k3, "--quiet")
+    assert "events=rec" in text.stdout and "k3.toml" in text.stdout
+    csv_out = cl("replay", recorded, "--format", "csv", "--quiet")
+    from closedloop.analysis.replays import CSV_COLUMNS
+
+    assert csv_out.stdout.splitlines()[1].split(",")[0] == "recording"
+    assert csv_out.stdout.splitlines()[1] == ",".join(CSV_COLUMNS)
+
+
+def test_export_to_emg_bids_reads_back_in_mne(recorded: Path, tmp_path) -> None:
+    mne = pytest.importorskip("mne")
+    root = tmp_path / "bids"
+    r = cl("export", recorded, SHIPPED, "--bids", root, "--subject", "01", "--session", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    emg = root / "sub-01" / "ses-1" / "emg"
+    names = sorted(p.name for p in emg.iterdir())
+    stem = "sub-01_ses-1_task-bicepstriceps_run-"
+    assert names == sorted(f"{stem}{k}_{s}" for k in (1, 2) for s in
+                           ("emg.bdf", "emg.json", "channels.tsv", "events.tsv", "events.json"))
+    desc = json.loads((root / "dataset_description.json").read_text())
+    assert desc["BIDSVersion"] and desc["DatasetType"] == "raw"
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-01\n"
+    for k, path in ((1, recorded), (2, SHIPPED)):
+        s = load_session(path)
+        sidecar = json.loads((emg / f"{stem}{k}_emg.json").read_text())
+        for key in ("EMGPlacementScheme", "EMGReference", "SamplingFrequency",
+                    "PowerLineFrequency", "SoftwareFilters", "TaskName"):
+            assert key in sidecar  # the REQUIRED fields of BIDS EMG
+        assert sidecar["SamplingFrequency"] == s.fs
+        assert sidecar["RecordingDuration"] == s.n / s.fs
+        chans = read_tsv(emg / f"{stem}{k}_channels.tsv")
+        config = load_config(CONFIG)
+        assert [c["target_muscle"] for c in chans] == list(s.channels)
+        assert [c["placement_description"] for c in chans] == [m.placement for m in
+                                                               config.muscles]
+        raw = mne.io.read_raw_bdf(emg / f"{stem}{k}_emg.bdf", preload=True, verbose="error")
+        assert raw.ch_names == [c["name"] for c in chans] and raw.info["sfreq"] == s.fs
+        got = raw.get_data().T[: s.n] * 1e6  # MNE gives volts; the file holds microvolts
+        want = s.samples * 1e6  # the recording is in volts
+        resolution = 2 * np.abs(want).max(axis=0) / (2**24 - 1)
+        assert np.all(np.abs(got - want) <= resolution / 2 * (1 + 1e-6))
+        pad = raw.n_times - s.n
+        assert pad == (-s.n) % int(s.fs)
+        events = read_tsv(emg / f"{stem}{k}_events.tsv")
+        ann = raw.annotations
+        assert list(ann.description) == [e["value"] for e in events]
+        assert np.allclose(ann.onset, [float(e["onset"]) for e in events], atol=1e-6)
+        assert np.allclose(ann.duration, [float(e["duration"]) for e in events], atol=1e-6)
+        for e in events:
+            assert float(e["onset"]) == pytest.approx(int(e["sample"]) / s.fs, abs=1e-9)
+        kinds = [e["trial_type"] for e in events]
+        assert kinds.count("emg_onset") == sum(e.kind == "onset" for e in s.events)
+        stim = [e for e in events if e["trial_type"].startswith("stim_")]
+        on = [c for c in s.commands if c.is_on]
+        assert len(stim) >= len(on) and {"stim_on", "stim_off"} <= set(kinds)
+        assert max(float(e["current_ma"]) for e in stim) == max(c.current_ma for c in on)
+        assert kinds.count("truth") == sum(m.label == "truth" for m in s.markers)
+        assert ("BAD_ACQ_SKIP" in kinds) == (pad > 0)
+    # nothing is ever replaced: the same export again refuses before writing anything
+    before = digest(root)
+    r = cl("export", recorded, "--bids", root, "--subject", "01", "--session", "1", "--run", "2")
+    assert r.returncode != 0 and "already exists" in r.stderr and "never overwrites" in r.stderr
+    assert digest(root) == before
+    # another subject joins the dataset: participants.tsv gains its row, nothing else changes
+    r = cl("export", SHIPPED, "--bids", root, "--subject", "02")
+    assert r.returncode == 0, r.stderr
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-01\nsub-02\n"
+    assert {k: v for k, v in digest(root).items() if k in before and
+            k != "participants.tsv"} == {k: v for k, v in before.items()
+                                         if k != "participants.tsv"}
+    r = cl("export", SHIPPED, "--bids", root, "--subject", "0-3")
+    assert r.returncode != 0 and "letters and digits" in r.stderr
+
+
+def test_detect_on_xdf_equals_detect_on_the_same_samples_as_npz(tmp_path) -> None:
+    s = load_session(SHIPPED)
+    npz = tmp_path / "same.npz"
+    np.savez(npz, emg=s.samples, fs=s.fs, channels=np.array(s.channels))
+    a, b = tmp_path / "xdf.csv", tmp_path / "npz.csv"
+    r = cl("detect", SHIPPED, "--config", CONFIG, "--out", a)
+    assert r.returncode == 0, r.stderr
+    assert cl("detect", npz, "--config", CONFIG, "--out", b).returncode == 0
+    assert a.read_bytes() == b.read_bytes()
+    rows = list(csv.DictReader(a.open(newline="")))
+    assert sum(r["kind"] == "onset" for r in rows) >= 2
+    # the EMG stream picked by name, as for another LSL tool's recording
+    c = tmp_path / "named.csv"
+    emg_name = next(n for n in s.stream_names if n.endswith("-EMG"))
+    assert cl("detect", SHIPPED, "--config", CONFIG, "--stream", emg_name,
+              "--out", c).returncode == 0
+    assert c.read_bytes() == a.read_bytes()
+    r = cl("detect", SHIPPED, "--stream", "NoSuchAmp", "--out", tmp_path / "x.csv")
+    assert r.returncode == 1 and "NoSuchAmp" in r.stderr and "Streams in the file" in r.stderr
+    # never replaced without --overwrite
+    r = cl("detect", SHIPPED, "--config", CONFIG, "--out", a)
+    assert r.returncode == 1 and "already exists" in r.stderr
