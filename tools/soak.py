@@ -49,10 +49,9 @@ from closedloop.errors import ClosedLoopError
 from closedloop.io.outfile import claim_output
 from closedloop.io.outlets import SessionOutlets
 from closedloop.io.recorder import XdfRecorder, verify_recording
-from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sources.base import Source
-from closedloop.sources.sim import SimSource
+from closedloop.sources.sim import SimSource, patient_settings
 from closedloop.stim.drivers.sim import SimStimulator
 
 ROOT = Path(__file__).resolve().parents[1]

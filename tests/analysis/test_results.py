@@ -138,13 +138,13 @@ def test_csv_and_json_outputs(tmp_path) -> None:
 def test_outputs_never_replace_a_file(tmp_path) -> None:
     p = tmp_path / "t.csv"
     write_output("one\n", p)
-    with pytest.raises(InputError, match="already exists.*--overwrite"):
+    with pytest.raises(ConfigError, match="already exists.*--overwrite"):
         write_output("two\n", p)
     assert p.read_text() == "one\n"
     write_output("two\n", p, overwrite=True)
     assert p.read_text() == "two\n"
-    with pytest.raises(InputError, match="cannot write"):
-        write_output("x", tmp_path / "no" / "such" / "dir.csv")
+    with pytest.raises(ConfigError, match="cannot create the folder"):
+        write_output("x", p / "under_a_file.csv")  # its "folder" is the file t.csv
 
 
 def test_format_choice() -> None:

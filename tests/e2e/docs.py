@@ -45,6 +45,9 @@ class Command:
         ``example`` (fenced) or ``synopsis`` (inline).
     comment : str
         A comment on the same line (examples), e.g. ``# exit code 8``.
+    block : str
+        ``FILE:LINE`` of the fenced block an example is in: a block is a script, its
+        commands run in order in one folder (a later one may use what an earlier made).
     """
 
     where: str
@@ -53,6 +56,7 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)
     kind: str = "example"
     comment: str = ""
+    block: str = ""
 
     @property
     def program(self) -> str:
@@ -68,6 +72,8 @@ class Command:
             return "pytest"
         if a[0] == "python" and len(a) > 1 and a[1].startswith("tools/"):
             return "tool"
+        if a[0] == "mkdir":  # a folder the next commands write into
+            return "mkdir"
         return "unknown"
 
     def expected_exit(self) -> int:
@@ -76,7 +82,7 @@ class Command:
         return int(m.group(1)) if m else 0
 
 
-def _split(where: str, line: str, comment: str) -> list[Command]:
+def _split(where: str, line: str, comment: str, block: str = "") -> list[Command]:
     lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     lexer.commenters = ""
@@ -89,7 +95,7 @@ def _split(where: str, line: str, comment: str) -> list[Command]:
                 while current and _ENV.match(current[0]):
                     k, _, v = current.pop(0).partition("=")
                     env[k] = v
-                out.append(Command(where, line, current, env, "example", comment))
+                out.append(Command(where, line, current, env, "example", comment, block))
             current = []
         elif set(w) <= set("|&;"):
             raise ValueError(f"{where}: {line!r}: pipes and background jobs are not run by "
@@ -118,11 +124,12 @@ def commands(path: Path, root: Path) -> list[Command]:
     lines = path.read_text(encoding="utf-8").splitlines()
     out: list[Command] = []
     prose: list[str] = []  # the text outside fences, fences blanked (line numbers kept)
-    fence, lang, pending, start = None, "", "", 0
+    fence, lang, pending, start, block = None, "", "", 0, ""
     for n, line in enumerate(lines, 1):
         m = _FENCE.match(line)
         if fence is None and m:
             fence, lang = m.group(2), m.group(3).lower()
+            block = f"{rel}:{n}"
             prose.append("")
             continue
         if fence is not None:
@@ -141,7 +148,7 @@ def commands(path: Path, root: Path) -> list[Command]:
                     continue
                 pending = ""
                 if body.strip():
-                    out.extend(_split(f"{rel}:{start}", body.strip(), comment))
+                    out.extend(_split(f"{rel}:{start}", body.strip(), comment, block))
             continue
         prose.append(line)
     text = "\n".join(prose)

@@ -98,16 +98,32 @@ def _check_output(c: Command, r: subprocess.CompletedProcess) -> None:
         + said
 
 
-@pytest.mark.parametrize(
-    "c", [c for c in EXAMPLES if c.program == "closedloop"], ids=_id)
-@pytest.mark.timeout(240)
-def test_closedloop_examples_run_as_written(c: Command, user_dir: Path):
+def _blocks() -> dict[str, list[Command]]:
+    """The examples a user types, by fenced block: a block is a script."""
+    out: dict[str, list[Command]] = {}
+    for c in EXAMPLES:
+        if c.program in ("closedloop", "mkdir"):
+            out.setdefault(c.block, []).append(c)
+    return {b: cs for b, cs in out.items() if any(c.program == "closedloop" for c in cs)}
+
+
+BLOCKS = _blocks()
+
+
+@pytest.mark.parametrize("block", sorted(BLOCKS),
+                         ids=lambda b: f"{b} {' '.join(BLOCKS[b][0].argv)[:50]}")
+@pytest.mark.timeout(600)
+def test_closedloop_examples_run_as_written(block: str, user_dir: Path):
+    """Each block's commands in order, in one folder, as a user types them."""
     script = shutil.which("closedloop")
     assert script, "the closedloop command is not installed: pip install -e '.[test]'"
-    env = {**os.environ, **c.env}
-    r = subprocess.run([script, *shortened(c)[1:]], cwd=user_dir, env=env,
-                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=200)
-    _check_output(c, r)
+    for c in BLOCKS[block]:
+        env = {**os.environ, **c.env}
+        words = shortened(c)
+        argv = [script, *words[1:]] if c.program == "closedloop" else words
+        r = subprocess.run(argv, cwd=user_dir, env=env, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=200)
+        _check_output(c, r)
 
 
 @pytest.mark.slow

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 
 from closedloop.config import ceilings, load_config, parse_config
 from closedloop.errors import ConfigError
-from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
+from closedloop.sources.sim import patient_settings
 from closedloop.stim.drivers.sim import SimStimulator
 from tests.conftest import CONFIGS
 from tests.helpers import ArraySource

@@ -23,10 +23,10 @@ import numpy as np
 import pylsl
 import pytest
 
-from closedloop.runtime.devices import patient_settings
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
 from closedloop.sources.lsl import LslSource
+from closedloop.sources.sim import patient_settings
 from closedloop.stim.drivers.sim import SimStimulator
 from tests.faults.conftest import assert_recording_ends_off, run_recorded
 
