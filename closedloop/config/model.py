@@ -11,6 +11,7 @@ Layout::
 
     name = "biceps_triceps"
     description = "..."
+    patient = "P01"   (optional: the patient's pseudonymous id, never a name)
     [session]   source, stimulator, fs (sim), chunk_ms, watchdog_ms, units
     [sim]       the simulated patient (snr_db, cocontraction, gaps, artifacts, seed)
     [filters]   bandpass_hz, order, notch_hz, notch_harmonics, notch_q
@@ -39,6 +40,7 @@ from closedloop.config.signal import (
 )
 from closedloop.config.table import Table
 from closedloop.errors import ConfigError
+from closedloop.identity import check_patient_id
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,10 +112,15 @@ class MuscleConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole session config. ``text`` is the TOML it was read from (for recordings)."""
+    """A whole session config. ``text`` is the TOML it was read from (for recordings).
+
+    ``patient`` is the patient's pseudonymous id (``None``: a config not tied to a
+    patient, such as a shipped program); see :func:`closedloop.identity.check_patient_id`.
+    """
 
     name: str
     description: str = ""
+    patient: str | None = None
     path: str = "<defaults>"
     text: str = ""
     session: SessionSettings = field(default_factory=SessionSettings)
@@ -171,6 +178,11 @@ class Config:
     def calibrations(self) -> list[Calibration | None]:
         return [m.calibration for m in self.muscles]
 
+    def with_patient(self, patient: str, where: str = "patient") -> Config:
+        """This config run for ``patient`` (checked; the resolved settings say so too)."""
+        check_patient_id(patient, where=where)
+        return replace(self, patient=patient, resolved={**self.resolved, "patient": patient})
+
     def with_calibrations(self, cals: dict[str, Calibration]) -> Config:
         muscles = tuple(
             replace(m, calibration=cals.get(m.name, m.calibration)) for m in self.muscles
@@ -227,6 +239,9 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
     top = Table(data, source=source)
     name = top.str("name", Path(source).stem)
     description = top.str("description", "")
+    patient = top.str("patient", None, allow_none=True)
+    if patient is not None:
+        check_patient_id(patient, where=top.where("patient"))
     session = SessionSettings.from_table(top.table("session", {}))
     sim = SimSettings.from_table(top.table("sim", {}))
     filters = FilterSettings.from_table(top.table("filters", {}))
@@ -285,6 +300,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", text: str = 
     return Config(
         name=name,
         description=description,
+        patient=patient,
         path=source,
         text=text,
         session=session,
