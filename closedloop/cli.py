@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from closedloop.errors import ClosedLoopError
+from closedloop.io.records import ENV_VAR
 
 #: exit codes
 EXIT_OK = 0
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-outlets", action="store_true", help="do not publish LSL streams")
     r.add_argument("--quiet", action="store_true", help="no live status line")
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
+    _patient_args(r, "the session")
     r.set_defaults(module="closedloop.commands.run")
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
     st.add_argument("--config", required=True)
@@ -154,8 +156,34 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--yes", action="store_true", help="confirm the stimulation limits without asking"
     )
+    _patient_args(c, "the calibration (and written to the patient config)")
     c.set_defaults(module="closedloop.analysis.calibrate")
+
+    h = sub.add_parser("history", help="a patient's progress over sessions and weeks "
+                       "(from the patient record)")
+    h.add_argument("patient", metavar="PATIENT", help="the patient's pseudonymous id, e.g. P01")
+    h.add_argument("--db", help=f"the patient record (default: ${ENV_VAR}, else {_db_default()})")
+    h.add_argument("--out", metavar="FILE.html", help="also write an HTML page with plots")
+    h.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    h.set_defaults(module="closedloop.commands.history")
     return p
+
+
+def _db_default() -> str:
+    from closedloop.io.records import default_path
+
+    return str(default_path())
+
+
+def _patient_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--patient``, ``--operator`` and ``--db`` of a command that stores a session."""
+    p.add_argument("--patient", metavar="ID",
+                   help=f"the patient's pseudonymous id (letters, digits, - or _; never a "
+                        f"name): overrides the config's patient, recorded with {what}")
+    p.add_argument("--operator", metavar="NAME", help="who runs it (staff; optional)")
+    p.add_argument("--db", metavar="PATH",
+                   help=f"the patient record to add it to (default: ${ENV_VAR}, else "
+                        f"{_db_default()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,9 @@ below the MVC (the detector could never fire). Nothing is written unless every m
 is accepted.
 
 The patient config (:func:`patient_config_text`) is the original config text with
-``detector.baseline = "calibrated"`` and a ``[muscles.calibration]`` table in every
-muscle, plus a header of TOML comments (when, source, schedule, results and the
+``detector.baseline = "calibrated"``, a ``[muscles.calibration]`` table in every muscle
+and the patient's pseudonymous id (``patient``, when the config or ``--patient`` gives
+one), plus a header of TOML comments (when, source, schedule, results and the
 clinician's confirmation of the stimulation limits; comments because the loader refuses
 unknown keys). It is re-loaded with :func:`~closedloop.config.loads_config` and compared
 before it is written.
@@ -34,6 +35,12 @@ before it is written.
 The simulated patient follows the cues: with ``--source sim`` the
 :class:`~closedloop.sources.sim.SimSource` gets a script built from the schedule
 (:func:`simulated_script`).
+
+Every calibration for a patient, accepted or refused, is also added to the patient
+record (:mod:`closedloop.io.records`; rest and MVC per muscle in µV): the next
+``closedloop run`` for that patient without a calibration in its config starts from the
+last accepted one. A record that cannot be written is reported; the patient config is
+written either way.
 """
 
 from __future__ import annotations
@@ -328,9 +335,10 @@ class MuscleResult:
 
 @dataclass
 class Result:
-    """Every muscle's result."""
+    """Every muscle's result; ``units``: of the EMG source (the values' units)."""
 
     muscles: list[MuscleResult]
+    units: str = ""
 
     @property
     def ok(self) -> bool:
@@ -418,7 +426,7 @@ def analyse(
                 f"{r.mvc:.4g}: the detector could never fire; lower detector.k_on or "
                 "mvc_fraction"
             )
-    return Result(out)
+    return Result(out, rec.units)
 
 
 # -- the patient config -----------------------------------------------------------------------
@@ -492,8 +500,10 @@ def _cal_table(c: Calibration) -> dict[str, float]:
 
 
 def _expected_data(text: str, cals: dict[str, Calibration],
-                   stimulator: str | None = None) -> dict[str, Any]:
+                   stimulator: str | None = None, patient: str | None = None) -> dict[str, Any]:
     data = tomllib.loads(text)
+    if patient is not None:
+        data["patient"] = patient
     data.setdefault("detector", {})["baseline"] = "calibrated"
     if stimulator is not None:
         data.setdefault("session", {})["stimulator"] = stimulator
@@ -503,15 +513,15 @@ def _expected_data(text: str, cals: dict[str, Calibration],
 
 
 def _splice(text: str, cals: dict[str, Calibration], names: list[str],
-            stimulator: str | None = None) -> str | None:
+            stimulator: str | None = None, patient: str | None = None) -> str | None:
     """The original text with the calibration spliced in (None when it cannot be done).
 
     Removes existing ``[muscles.calibration]`` tables and ``baseline`` keys of
     ``[detector]``, adds ``baseline = "calibrated"`` under ``[detector]`` (or a new
     ``[detector]`` table at the end) and a ``[muscles.calibration]`` table at the end
     of every ``[[muscles]]`` entry; with ``stimulator``, sets ``stimulator`` under
-    ``[session]`` (or adds a ``[session]`` table). The caller verifies the result by
-    parsing it.
+    ``[session]`` (or adds a ``[session]`` table); with ``patient``, sets the top-level
+    ``patient`` key. The caller verifies the result by parsing it.
     """
     if '"""' in text or "'''" in text:
         return None  # multi-line strings could hold lines that look like headers
@@ -575,7 +585,23 @@ def _splice(text: str, cals: dict[str, Calibration], names: list[str],
         out.extend(["", "[detector]", 'baseline = "calibrated"'])
     if stimulator is not None and session_line is None:
         out.extend(["", "[session]", f"stimulator = {_fmt(stimulator)}"])
+    if patient is not None:
+        out = _with_top_key(out, "patient", patient)
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _with_top_key(lines: list[str], key: str, value: Any) -> list[str]:
+    """``lines`` with the top-level ``key = value`` (replacing the one there, else
+    added before the first table)."""
+    first = next((i for i, line in enumerate(lines) if _HEADER.match(line)), len(lines))
+    entry = f"{key} = {_fmt(value)}"
+    for i in range(first):
+        if re.match(rf"^\s*{re.escape(key)}\s*=", lines[i]):
+            return [*lines[:i], entry, *lines[i + 1:]]
+    at = first
+    while at > 0 and lines[at - 1].strip() == "":
+        at -= 1
+    return [*lines[:at], entry, *lines[at:]]
 
 
 def limits_lines(config: Config) -> list[str]:
@@ -622,8 +648,8 @@ def patient_config_text(
     original = config.text or ""
     if not original.strip():
         raise ConfigError(f"{config.path}: the config text is empty; load it from a file")
-    expected = _expected_data(original, cals, stimulator)
-    body = _splice(original, cals, names, stimulator)
+    expected = _expected_data(original, cals, stimulator, config.patient)
+    body = _splice(original, cals, names, stimulator, config.patient)
     if body is None or _safe_loads(body) != expected:
         body = dumps_toml(expected)
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -649,7 +675,8 @@ def patient_config_text(
     check = loads_config(text, source="<patient config>")
     got = {m.name: m.calibration for m in check.muscles}
     if check.detector.baseline != "calibrated" or got != cals or (
-            stimulator is not None and check.session.stimulator != stimulator):
+            stimulator is not None and check.session.stimulator != stimulator) or (
+            check.patient != config.patient):
         raise ConfigError("internal error: the patient config does not load back as written")
     return text
 
@@ -775,17 +802,63 @@ def schedule_from_args(args) -> Schedule:
     )
 
 
+def calibration_record(config: Config, result: Result, *, started: str, duration_s: float,
+                       operator: str | None = None, written: Path | None = None):
+    """The patient-record row of a calibration (``config.patient`` must be set): accepted
+    (exit code 0) when every muscle was and the patient config was ``written``."""
+    import closedloop
+    from closedloop.io.records import SessionRecord
+    from closedloop.runtime.patient_record import calibration_muscles, signal_settings
+
+    ok = result.ok and written is not None
+    return SessionRecord(
+        kind="calibrate", patient=config.patient or "", started=started,
+        duration_s=duration_s, program=config.name,
+        config_path=str(Path(config.path).resolve()), operator=operator,
+        exit_reason="calibrated" if ok else "refused", exit_code=0 if ok else 1,
+        message=(f"patient config written: {Path(written).resolve()}" if ok
+                 else "; ".join(result.reasons()) or "the patient config was not written"),
+        emg_units=result.units, signal_settings=signal_settings(config),
+        closedloop_version=closedloop.__version__,
+        muscles=calibration_muscles(result.calibrations(), config, result.units),
+    )
+
+
+def _store(config: Config, result: Result | None, args, *, started: str, duration_s: float,
+           operator: str | None, written: Path | None) -> None:
+    """Add the calibration to the patient record and say how that went (a patient only)."""
+    if not config.patient or result is None:
+        return
+    from closedloop.io.records import resolve_path
+    from closedloop.runtime.patient_record import save
+
+    record = calibration_record(config, result, started=started, duration_s=duration_s,
+                                operator=operator, written=written)
+    _, line = save(record, resolve_path(getattr(args, "db", None)))
+    print(f"closedloop calibrate: patient record: {line}",
+          file=sys.stdout if line.startswith("saved") else sys.stderr)
+
+
 def main(args) -> int:
     """``closedloop calibrate --config C [--source SPEC] [--stimulator SPEC] --out
-    PATIENT.toml [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
+    PATIENT.toml [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]
+    [--patient ID] [--operator NAME] [--db PATH]``.
 
     ``args`` attributes: ``config``, ``source`` (None: the config's session source),
     ``stimulator`` (None: keep the config's; else checked against the program before the
     calibration starts and written to the patient config), ``out``, ``rest_s``,
-    ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
+    ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``; ``patient`` (overrides the config's;
+    written to the patient config), ``operator``, ``db`` (the patient record).
     Exit code 0 when the patient config was written, 1 when refused.
     """
+    from closedloop.identity import check_operator
+    from closedloop.io.records import now_iso
+
     config = load_config(args.config)
+    if getattr(args, "patient", None):
+        config = config.with_patient(args.patient, where="--patient")
+    operator = getattr(args, "operator", None)
+    operator = check_operator(operator) if operator is not None else None
     schedule = schedule_from_args(args)
     steps = build_steps(schedule, config.muscle_names)
     source_spec = getattr(args, "source", None) or config.session.source
@@ -795,6 +868,7 @@ def main(args) -> int:
         from closedloop.runtime.devices import make_stimulator
 
         make_stimulator(config, stimulator)  # checks the spec; opens nothing
+    started = now_iso()
     if not getattr(args, "no_gui", False):
         from closedloop.view.app import _app
         from closedloop.view.calibration import CalibrationDialog
@@ -805,6 +879,8 @@ def main(args) -> int:
                                 stimulator=stimulator or None)
         dlg.show()
         app.exec()
+        _store(config, dlg.result, args, started=started, duration_s=total_s(steps),
+               operator=operator, written=dlg.written)
         return 0 if dlg.written is not None else 1
     confirmation = confirm_limits(config, yes=bool(getattr(args, "yes", False)))
     source = make_source(config, source_spec, steps)
@@ -813,10 +889,14 @@ def main(args) -> int:
         print("closedloop calibrate: calibration refused, nothing written:", file=sys.stderr)
         for line in result.reasons():
             print(f"  {line}", file=sys.stderr)
+        _store(config, result, args, started=started, duration_s=total_s(steps),
+               operator=operator, written=None)
         return 1
     text = patient_config_text(config, result, confirmation=confirmation,
                                source=source_spec, schedule=schedule,
                                stimulator=stimulator or None)
     write_patient_config(out, text)
     print(f"closedloop calibrate: wrote {out} (detector.baseline = \"calibrated\")")
+    _store(config, result, args, started=started, duration_s=total_s(steps),
+           operator=operator, written=out)
     return 0
