@@ -50,10 +50,12 @@ name, so older rows read back with ``None`` in the new fields.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import numbers
 import os
+import shutil
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -511,16 +513,20 @@ def _translate(exc: BaseException, path: Path, timeout_s: float) -> RecordError:
     """A RecordError naming the file, what went wrong and what to do."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
-    if isinstance(exc, PermissionError) or name.startswith("SQLITE_READONLY") \
-            or "readonly" in text:
+    errno_ = getattr(exc, "errno", None)
+    disk = name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or isinstance(exc, OSError)
+    if (isinstance(exc, PermissionError) or errno_ == errno.EROFS
+            or name.startswith("SQLITE_READONLY") or "readonly" in text
+            or (disk and not _writable(path))):
         what = ("is read-only (file or folder permissions, or a read-only disk); give this "
                 "user write access to the file and its folder, or choose another file with "
                 "--db")
     elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
         what = (f"is in use: another program held it for more than {timeout_s:g} s (another "
                 "session saving, or a tool keeping the file open); close that program")
-    elif name == "SQLITE_FULL" or "full" in text or getattr(exc, "errno", None) == 28:
-        what = "cannot grow: the disk is full; free some space"
+    elif name == "SQLITE_FULL" or errno_ == errno.ENOSPC or (
+            disk and _free_bytes(path) < LOW_SPACE_BYTES):
+        what = "cannot grow: the disk is full; free some space on it"
     elif name.startswith("SQLITE_CANTOPEN") or isinstance(exc, (FileNotFoundError,
                                                                 NotADirectoryError)):
         what = ("cannot be opened: its folder is missing or not writable; check the path "
@@ -529,10 +535,43 @@ def _translate(exc: BaseException, path: Path, timeout_s: float) -> RecordError:
         what = ("is not a closedloop patient record or is damaged; choose another file with "
                 "--db and keep this one for inspection")
     elif name.startswith("SQLITE_IOERR") or isinstance(exc, OSError):
-        what = f"disk error ({name or type(exc).__name__}: {text}); check the disk"
+        what = f"could not be written: disk error ({name or type(exc).__name__}: {text})"
     else:
         what = f"failed ({name or type(exc).__name__}: {text})"
     return RecordError(f"patient record {path} {what}")
+
+
+#: An I/O error with less free space than this on the record's disk is a full disk.
+LOW_SPACE_BYTES = 1 << 20
+
+
+def _folder(path: Path) -> Path:
+    """The nearest existing folder of ``path``."""
+    p = path.parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _free_bytes(path: Path) -> float:
+    """Free bytes on the disk of ``path``; inf if unknown."""
+    try:
+        return float(shutil.disk_usage(_folder(path)).free)
+    except OSError:
+        return math.inf
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (or its folder, when it does not exist) can be written: not on a
+    read-only filesystem and allowed to this user."""
+    folder = _folder(path)
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return False
+    except (OSError, AttributeError):  # no statvfs (Windows): permissions only
+        pass
+    target = path if path.exists() else folder
+    return os.access(target, os.W_OK) and os.access(folder, os.W_OK)
 
 
 __all__ = ["BUSY_TIMEOUT_S", "ENV_VAR", "KINDS", "MICROVOLTS_PER", "MIGRATIONS",
