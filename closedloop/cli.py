@@ -162,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", help="a patient's progress over sessions and weeks "
                        "(from the patient record)")
     h.add_argument("patient", metavar="PATIENT", help="the patient's pseudonymous id, e.g. P01")
-    h.add_argument("--db", help=f"the patient record (default: ${ENV_VAR}, else {_db_default()})")
+    h.add_argument("--db", metavar="PATH",
+                   help=f"the patient record (default: ${ENV_VAR}, else {_db_default()})")
     h.add_argument("--out", metavar="FILE.html", help="also write an HTML page with plots")
     h.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     h.set_defaults(module="closedloop.commands.history")
@@ -170,9 +171,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_default() -> str:
-    from closedloop.io.records import default_path
+    from closedloop.io.records import user_data_path
 
-    return str(default_path())
+    return str(user_data_path())
 
 
 def _patient_args(p: argparse.ArgumentParser, what: str) -> None:

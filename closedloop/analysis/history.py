@@ -128,7 +128,8 @@ class Trend:
         unit = f" {self.metric.unit}" if self.metric.unit else ""
         if self.n < 2:
             return f"{self.first:.{d}f}{unit} (one session)"
-        return (f"{self.first:.{d}f} -> {self.last:.{d}f}{unit} ({self.change:+.{d}f} over "
+        change = round(self.change, d) + 0.0  # no "-0.0" for a change that rounds away
+        return (f"{self.first:.{d}f} -> {self.last:.{d}f}{unit} ({change:+.{d}f} over "
                 f"{self.n} sessions)")
 
 

@@ -134,8 +134,9 @@ def _main(args, stop: StopRequest) -> int:
             "patient": config.patient if config else None, "operator": session.operator,
             "started": session.started,
             "calibration": choice.metadata if choice else None,
-            "record": {"db": str(resolve_path(args.db)), "id": record_id,
-                       "error": None if record_id is not None else record},
+            "record": None if not (config and config.patient) else {
+                "db": str(resolve_path(args.db)), "id": record_id,
+                "error": None if record_id is not None else record},
         }))
     return out.exit_code
 
@@ -247,12 +248,18 @@ class _Session:
         if not config.patient:
             return None, "none (no patient id: --patient ID or patient = \"ID\" stores it)"
         record = session_record(
-            out, config, started=self.started,
-            units=self.source.info.units if self.source is not None else "",
+            out, config, started=self.started, units=self._units(),
             operator=self.operator, recording=args.record if recorded else None,
             calibration_from=self.calibration.record.id
             if self.calibration and self.calibration.record else None)
         return save(record, resolve_path(args.db))
+
+    def _units(self) -> str:
+        """Units of the EMG source ("" when it never opened)."""
+        try:
+            return self.source.info.units if self.source is not None else ""
+        except Exception:  # noqa: BLE001 - a source that failed to open may not know
+            return ""
 
     def finish_recording(self, out: Outcome, path) -> str | None:
         """Stop the recorder, prove every sample is in the file; close the outlets."""

@@ -255,14 +255,17 @@ SESSION_COLUMNS = tuple(f.name for f in fields(SessionRecord) if f.name not in (
 MUSCLE_COLUMNS = tuple(f.name for f in fields(MuscleRecord))
 
 
-def default_path() -> Path:
-    """``$CLOSEDLOOP_DB``, else ``closedloop.db`` in the user's data folder."""
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        return Path(env).expanduser()
+def user_data_path() -> Path:
+    """``closedloop.db`` in the user's data folder (platformdirs)."""
     import platformdirs
 
     return Path(platformdirs.user_data_dir("closedloop", appauthor=False)) / "closedloop.db"
+
+
+def default_path() -> Path:
+    """``$CLOSEDLOOP_DB``, else :func:`user_data_path`."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    return Path(env).expanduser() if env else user_data_path()
 
 
 def resolve_path(path: str | os.PathLike | None) -> Path:
@@ -576,4 +579,5 @@ def _writable(path: Path) -> bool:
 
 __all__ = ["BUSY_TIMEOUT_S", "ENV_VAR", "KINDS", "MICROVOLTS_PER", "MIGRATIONS",
            "MUSCLE_COLUMNS", "SCHEMA_VERSION", "SESSION_COLUMNS", "MuscleRecord", "Records",
-           "SessionRecord", "default_path", "microvolts_per", "now_iso", "resolve_path"]
+           "SessionRecord", "default_path", "microvolts_per", "now_iso", "resolve_path",
+           "user_data_path"]

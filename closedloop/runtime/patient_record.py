@@ -90,18 +90,29 @@ def start_calibration(config: Config, db: str | Path, units: str, *,
     Nothing here raises: an unreadable record or an unusable calibration is said in the
     note, and the session runs with the config as it is.
     """
-    patient = config.patient
-    if patient is None:
+    if config.patient is None:
         return CalibrationChoice(config)
     if any(m.calibration is not None for m in config.muscles):
         return CalibrationChoice(config, None, "", "from the config")
+    try:
+        return _choose(config, Path(db), units, now)
+    except Exception as exc:  # noqa: BLE001 - a damaged row must not stop the session
+        return CalibrationChoice(
+            config, None, f"could not use the stored calibrations (unexpected "
+            f"{type(exc).__name__}: {exc}); the detector learns the rest level at the start "
+            "(adaptive baseline)", "the patient record could not be read; adaptive baseline")
+
+
+def _choose(config: Config, db: Path, units: str, now: datetime | None) -> CalibrationChoice:
+    """:func:`start_calibration` once the patient's record is to be searched."""
+    patient = config.patient
     adaptive = "the detector learns the rest level at the start (adaptive baseline)"
     learnt = "none stored; adaptive baseline"
     try:
         with Records(db, create=False) as records:
             stored = records.calibrations(patient)
     except RecordError as exc:
-        if not Path(db).exists():
+        if not db.exists():
             stored = []
         else:
             return CalibrationChoice(config, None, f"could not read the stored calibrations ("

@@ -44,9 +44,18 @@ def summary_json(r: subprocess.CompletedProcess) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+DOCS = ROOT / "docs" / "first_session.md"
+
+
 @pytest.mark.timeout(400)
 def test_three_sessions_show_in_the_history_and_its_page(tmp_path):
+    """The docs' example, command for command (the record in tmp_path)."""
     db = tmp_path / "sessions.db"
+    docs = DOCS.read_text(encoding="utf-8")
+    for seed in (1, 2, 3):
+        assert (f"closedloop run --config configs/biceps_triceps.toml --duration 20 --no-gui "
+                f"--patient P01 --db sessions.db --seed {seed}\n") in docs
+    assert "closedloop history P01 --db sessions.db --out history.html\n" in docs
     for seed in (1, 2, 3):
         r = run_session(db, "--seed", str(seed), duration=20)
         assert r.returncode == 0, r.stderr[-3000:]

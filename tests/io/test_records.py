@@ -29,6 +29,7 @@ from closedloop.io.records import (
     SessionRecord,
     default_path,
     resolve_path,
+    user_data_path,
 )
 from tests.conftest import ROOT
 from tests.disk import fill, own_filesystem, read_only_file, read_only_folder
@@ -125,8 +126,10 @@ def test_default_location_and_the_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     if sys.platform.startswith("linux"):
         assert default_path() == tmp_path / "xdg" / "closedloop" / "closedloop.db"
+    assert default_path() == user_data_path()
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "env.db"))
     assert default_path() == resolve_path(None) == tmp_path / "env.db"
+    assert user_data_path() != default_path()
     assert resolve_path(tmp_path / "given.db") == tmp_path / "given.db"
 
 

@@ -197,3 +197,13 @@ def test_saving_never_raises(tmp_path, patient_config):
     assert sid is None and "pseudonymous" in line
     sid, line = save(row, tmp_path / "c.db")
     assert sid == 1 and line == f"saved as #1 for P01 in {tmp_path / 'c.db'}"
+
+
+def test_a_damaged_calibration_row_does_not_stop_the_session(tmp_path, patient_config):
+    db = tmp_path / "c.db"
+    add(db, stored(patient_config))
+    with Records(db) as r:
+        r.connection.execute("UPDATE sessions SET signal_settings = '{not json'")
+    choice = start_calibration(patient_config, db, "V")
+    assert choice.config is patient_config and choice.record is None
+    assert "could not use the stored calibrations" in choice.note
