@@ -31,14 +31,20 @@ def _umount(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def _mode(path: Path, inside: int, after: int) -> Iterator[Path]:
+    os.chmod(path, inside)
+    try:
+        yield path
+    finally:
+        os.chmod(path, after)
+
+
+@contextlib.contextmanager
 def read_only_file(path: Path) -> Iterator[Path]:
     """``path`` (an existing file) cannot be written while inside."""
     if not ROOT:
-        os.chmod(path, 0o400)
-        try:
+        with _mode(path, 0o400, 0o600):
             yield path
-        finally:
-            os.chmod(path, 0o600)
         return
     _mount("--bind", str(path), str(path))
     try:
@@ -68,11 +74,8 @@ def own_filesystem(folder: Path, size_kib: int = 1024) -> Iterator[Path]:
 def read_only_folder(folder: Path) -> Iterator[Path]:
     """Nothing can be created or written in ``folder`` (made by :func:`own_filesystem`)."""
     if not ROOT:
-        os.chmod(folder, 0o500)
-        try:
+        with _mode(folder, 0o500, 0o700):
             yield folder
-        finally:
-            os.chmod(folder, 0o700)
         return
     _mount("-o", "remount,ro", str(folder))
     try:
