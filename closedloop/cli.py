@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from closedloop.config.signal import FS_RANGE
 from closedloop.errors import ClosedLoopError
+from closedloop.io.records import ENV_VAR
 
 #: exit codes
 EXIT_OK = 0
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-outlets", action="store_true", help="do not publish LSL streams")
     r.add_argument("--quiet", action="store_true", help="no live status line")
     r.add_argument("--json", action="store_true", help="last line: the summary as JSON")
+    _patient_args(r, "the session")
     r.set_defaults(module="closedloop.commands.run")
     st = sub.add_parser("stim-test", help="a short guarded test train on one muscle")
     st.add_argument("--config", required=True, type=input_file)
@@ -345,12 +347,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--yes", action="store_true", help="confirm the stimulation limits without asking"
     )
+    _patient_args(c, "the calibration (and written to the patient config)")
     c.set_defaults(module="closedloop.analysis.calibrate")
+
+    h = sub.add_parser("history", help="a patient's progress over sessions and weeks "
+                       "(from the patient record)")
+    h.add_argument("patient", metavar="PATIENT", help="the patient's pseudonymous id, e.g. P01")
+    h.add_argument("--db", metavar="PATH",
+                   help=f"the patient record (default: ${ENV_VAR}, else {_db_default()})")
+    h.add_argument("--out", metavar="FILE.html", type=output_file,
+                   help="also write an HTML page with plots")
+    _overwrite(h, "an existing --out file")
+    h.set_defaults(module="closedloop.commands.history")
     for parser in sub.choices.values():  # every value without a type of its own: non-empty
         for action in parser._actions:
             if action.type is None and action.nargs != 0:
                 action.type = text
     return p
+
+
+def _db_default() -> str:
+    from closedloop.io.records import user_data_path
+
+    return str(user_data_path())
+
+
+def _patient_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--patient``, ``--operator`` and ``--db`` of a command that stores a session."""
+    p.add_argument("--patient", metavar="ID",
+                   help=f"the patient's pseudonymous id (letters, digits, - or _; never a "
+                        f"name): overrides the config's patient, recorded with {what}")
+    p.add_argument("--operator", metavar="NAME", help="who runs it (staff; optional)")
+    p.add_argument("--db", metavar="PATH",
+                   help=f"the patient record to add it to (default: ${ENV_VAR}, else "
+                        f"{_db_default()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,3 +45,11 @@ class SafetyError(ClosedLoopError):
 
 class StallError(ClosedLoopError):
     """The EMG source delivered no data for longer than the watchdog allows."""
+
+
+class RecordError(ClosedLoopError):
+    """The patient record (the sessions database) could not be read or written.
+
+    Never raised into a running session: ``closedloop run`` writes the record after
+    stimulation is off and reports this error in its summary.
+    """

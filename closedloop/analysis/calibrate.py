@@ -25,17 +25,23 @@ below the MVC (the detector could never fire). Nothing is written unless every m
 is accepted.
 
 The patient config (:func:`patient_config_text`) is the original config text with
-``detector.baseline = "calibrated"`` and a ``[muscles.calibration]`` table in every
-muscle (edited with tomlkit: the clinician's comments and layout stay; an earlier
-calibration is replaced), plus a header of TOML comments (when, source, schedule,
-results and the clinician's confirmation of the stimulation limits; comments because
-the loader refuses unknown keys) that replaces an earlier calibration's header. It is
-re-loaded with :func:`~closedloop.config.loads_config` and compared before it is
-written.
+``detector.baseline = "calibrated"``, a ``[muscles.calibration]`` table in every
+muscle and the patient's pseudonymous id (``patient``, when the config or ``--patient``
+gives one), edited with tomlkit: the clinician's comments and layout stay; an earlier
+calibration is replaced. A header of TOML comments (when, source, schedule, results and
+the clinician's confirmation of the stimulation limits; comments because the loader
+refuses unknown keys) replaces an earlier calibration's header. It is re-loaded with
+:func:`~closedloop.config.loads_config` and compared before it is written.
 
 The simulated patient follows the cues: with ``--source sim`` the
 :class:`~closedloop.sources.sim.SimSource` gets a script built from the schedule
 (:func:`simulated_script`).
+
+Every calibration for a patient, accepted or refused, is also added to the patient
+record (:mod:`closedloop.io.records`; rest and MVC per muscle in µV): the next
+``closedloop run`` for that patient without a calibration in its config starts from the
+last accepted one. A record that cannot be written is reported; the patient config is
+written either way.
 """
 
 from __future__ import annotations
@@ -337,9 +343,10 @@ class MuscleResult:
 
 @dataclass
 class Result:
-    """Every muscle's result."""
+    """Every muscle's result; ``units``: of the EMG source (the values' units)."""
 
     muscles: list[MuscleResult]
+    units: str = ""
 
     @property
     def ok(self) -> bool:
@@ -427,7 +434,7 @@ def analyse(
                 f"{r.mvc:.4g}: the detector could never fire; lower detector.k_on or "
                 "mvc_fraction"
             )
-    return Result(out)
+    return Result(out, rec.units)
 
 
 # -- the patient config -----------------------------------------------------------------------
@@ -443,8 +450,10 @@ def _cal_table(c: Calibration) -> dict[str, float]:
 
 
 def _expected_data(text: str, cals: dict[str, Calibration],
-                   stimulator: str | None = None) -> dict[str, Any]:
+                   stimulator: str | None = None, patient: str | None = None) -> dict[str, Any]:
     data = tomllib.loads(text)
+    if patient is not None:
+        data["patient"] = patient
     data.setdefault("detector", {})["baseline"] = "calibrated"
     if stimulator is not None:
         data.setdefault("session", {})["stimulator"] = stimulator
@@ -466,12 +475,16 @@ def _without_header(text: str) -> str:
     return "".join(lines[n:])
 
 
-def _calibrated(text: str, cals: dict[str, Calibration], stimulator: str | None = None) -> str:
+def _calibrated(text: str, cals: dict[str, Calibration], stimulator: str | None = None,
+                patient: str | None = None) -> str:
     """The config ``text`` with ``detector.baseline = "calibrated"``, a
-    ``[muscles.calibration]`` table in every muscle (replacing an earlier one) and, with
-    ``stimulator``, ``[session] stimulator``; edited with tomlkit so that the
-    clinician's comments and layout stay as they were."""
+    ``[muscles.calibration]`` table in every muscle (replacing an earlier one), with
+    ``stimulator`` ``[session] stimulator`` and with ``patient`` the top-level
+    ``patient``; edited with tomlkit so that the clinician's comments and layout stay
+    as they were."""
     doc = tomlkit.parse(text)
+    if patient is not None:
+        doc["patient"] = patient
     if stimulator is not None:
         if "session" not in doc:
             doc.add(tomlkit.nl())
@@ -542,8 +555,8 @@ def patient_config_text(
     if not original.strip():
         raise ConfigError(f"{config.path}: the config text is empty; load it from a file")
     original = _without_header(original)
-    expected = _expected_data(original, cals, stimulator)
-    body = _calibrated(original, cals, stimulator)
+    expected = _expected_data(original, cals, stimulator, config.patient)
+    body = _calibrated(original, cals, stimulator, config.patient)
     if _safe_loads(body) != expected:  # not seen; a plain document then, comments lost
         body = tomlkit.dumps(expected)
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %z")
@@ -569,7 +582,8 @@ def patient_config_text(
     check = loads_config(text, source="<patient config>")
     got = {m.name: m.calibration for m in check.muscles}
     if check.detector.baseline != "calibrated" or got != cals or (
-            stimulator is not None and check.session.stimulator != stimulator):
+            stimulator is not None and check.session.stimulator != stimulator) or (
+            check.patient != config.patient):
         raise ConfigError("internal error: the patient config does not load back as written")
     return text
 
@@ -676,14 +690,53 @@ def schedule_from_args(args) -> Schedule:
     )
 
 
+def calibration_record(config: Config, result: Result, *, started: str, duration_s: float,
+                       operator: str | None = None, written: Path | None = None):
+    """The patient-record row of a calibration (``config.patient`` must be set): accepted
+    (exit code 0) when every muscle was and the patient config was ``written``."""
+    import closedloop
+    from closedloop.io.records import SessionRecord
+    from closedloop.runtime.patient_record import calibration_muscles, signal_settings
+
+    ok = result.ok and written is not None
+    return SessionRecord(
+        kind="calibrate", patient=config.patient or "", started=started,
+        duration_s=duration_s, program=config.name,
+        config_path=str(Path(config.path).resolve()), operator=operator,
+        exit_reason="calibrated" if ok else "refused", exit_code=0 if ok else 1,
+        message=(f"patient config written: {Path(written).resolve()}" if ok
+                 else "; ".join(result.reasons()) or "the patient config was not written"),
+        emg_units=result.units, signal_settings=signal_settings(config),
+        closedloop_version=closedloop.__version__,
+        muscles=calibration_muscles(result.calibrations(), config, result.units),
+    )
+
+
+def _store(config: Config, result: Result | None, args, *, started: str, duration_s: float,
+           operator: str | None, written: Path | None) -> None:
+    """Add the calibration to the patient record and say how that went (a patient only)."""
+    if not config.patient or result is None:
+        return
+    from closedloop.io.records import resolve_path
+    from closedloop.runtime.patient_record import save
+
+    record = calibration_record(config, result, started=started, duration_s=duration_s,
+                                operator=operator, written=written)
+    _, line = save(record, resolve_path(getattr(args, "db", None)))
+    print(f"closedloop calibrate: patient record: {line}",
+          file=sys.stdout if line.startswith("saved") else sys.stderr)
+
+
 def main(args) -> int:
     """``closedloop calibrate --config C [--source SPEC] [--stimulator SPEC] --out
-    PATIENT.toml [--overwrite] [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]``.
+    PATIENT.toml [--overwrite] [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]
+    [--patient ID] [--operator NAME] [--db PATH]``.
 
     ``args`` attributes: ``config``, ``source`` (None: the config's session source),
     ``stimulator`` (None: keep the config's; else checked against the program before the
     calibration starts and written to the patient config), ``out``, ``overwrite``,
-    ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``.
+    ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``; ``patient`` (overrides the
+    config's; written to the patient config), ``operator``, ``db`` (the patient record).
     Exit code 0 when the patient config was written, 1 when refused.
 
     The output is claimed first (:func:`~closedloop.io.outfile.claim_output`): an existing
@@ -697,7 +750,14 @@ def main(args) -> int:
 
 
 def _calibrate(args) -> int:
+    from closedloop.identity import check_operator
+    from closedloop.io.records import now_iso
+
     config = load_config(args.config)
+    if getattr(args, "patient", None):
+        config = config.with_patient(args.patient, where="--patient")
+    operator = getattr(args, "operator", None)
+    operator = check_operator(operator) if operator is not None else None
     schedule = schedule_from_args(args)
     steps = build_steps(schedule, config.muscle_names)
     source_spec = getattr(args, "source", None) or config.session.source
@@ -707,6 +767,7 @@ def _calibrate(args) -> int:
         from closedloop.runtime.devices import make_stimulator
 
         make_stimulator(config, stimulator)  # checks the spec; opens nothing
+    started = now_iso()
     if not getattr(args, "no_gui", False):
         from closedloop.view.app import _app
         from closedloop.view.calibration import CalibrationDialog
@@ -717,6 +778,8 @@ def _calibrate(args) -> int:
                                 stimulator=stimulator or None)
         dlg.show()
         app.exec()
+        _store(config, dlg.result, args, started=started, duration_s=total_s(steps),
+               operator=operator, written=dlg.written)
         return 0 if dlg.written is not None else 1
     confirmation = confirm_limits(config, yes=bool(getattr(args, "yes", False)))
     source = make_source(config, source_spec, steps)
@@ -725,10 +788,14 @@ def _calibrate(args) -> int:
         print("closedloop calibrate: calibration refused, nothing written:", file=sys.stderr)
         for line in result.reasons():
             print(f"  {line}", file=sys.stderr)
+        _store(config, result, args, started=started, duration_s=total_s(steps),
+               operator=operator, written=None)
         return 1
     text = patient_config_text(config, result, confirmation=confirmation,
                                source=source_spec, schedule=schedule,
                                stimulator=stimulator or None)
     write_patient_config(out, text)
     print(f"closedloop calibrate: wrote {out} (detector.baseline = \"calibrated\")")
+    _store(config, result, args, started=started, duration_s=total_s(steps),
+           operator=operator, written=out)
     return 0

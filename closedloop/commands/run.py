@@ -9,6 +9,12 @@ cannot interrupt the closing of the devices, the recording or the summary (which
 printed with :func:`~closedloop.runtime.signals.say`, so a terminal that is gone does
 not turn the stop into an error). The exit code says how the session ended (see
 :mod:`closedloop.runtime.loop`).
+
+A session for a patient (``--patient ID`` or the config's ``patient``) starts from the
+patient's last stored calibration when the config has none, and says so; once every
+channel is off and the recording is closed, it adds its summary to the patient record
+(``--db``, :mod:`closedloop.io.records`). A record that cannot be written is one line of
+the summary; it never changes how the session ended.
 """
 
 from __future__ import annotations
@@ -17,24 +23,43 @@ import json
 import math
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 
 import numpy as np
 
-from closedloop.config import load_config
+from closedloop.config import Config, load_config
 from closedloop.errors import ClosedLoopError
-from closedloop.identity import SessionId
+from closedloop.identity import SessionId, check_operator
+from closedloop.io.records import now_iso, resolve_path
 from closedloop.runtime.devices import check_input, make_source, make_stimulator
 from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
 from closedloop.runtime.outcome import classify
+from closedloop.runtime.patient_record import (
+    CalibrationChoice,
+    save,
+    session_record,
+    start_calibration,
+)
 from closedloop.runtime.signals import say, stop_on_signals
 
 
-def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
-    """The end-of-session summary a clinician reads."""
-    lines = [f"session ended: {out.message} (exit code {out.exit_code})",
-             f"  duration        : {out.seconds:.1f} s ({out.samples} samples)"]
+def summary_lines(out: Outcome, *, recorded: str | None = None, patient: str | None = None,
+                  operator: str | None = None, calibration: str | None = None,
+                  record: str | None = None) -> list[str]:
+    """The end-of-session summary a clinician reads.
+
+    ``patient``, ``operator``: who; ``calibration``: where the thresholds came from (a
+    stored calibration); ``record``: what happened to the patient record.
+    """
+    lines = [f"session ended: {out.message} (exit code {out.exit_code})"]
+    if patient:
+        lines.append(f"  patient         : {patient}"
+                     + (f" (operator: {operator})" if operator else ""))
+    elif operator:
+        lines.append(f"  operator        : {operator}")
+    lines.append(f"  duration        : {out.seconds:.1f} s ({out.samples} samples)")
+    if calibration:
+        lines.append(f"  calibration     : {calibration}")
     lines.append("  onsets          : " + ", ".join(f"{m} {n}" for m, n in out.onsets.items()))
     if out.trials:
         t = out.trials
@@ -59,6 +84,8 @@ def summary_lines(out: Outcome, *, recorded: str | None = None) -> list[str]:
     lines.append("  all channels off: " + ("yes" if out.all_off else "NOT CONFIRMED"))
     if recorded:
         lines.append(f"  recording       : {recorded}")
+    if record:
+        lines.append(f"  patient record  : {record}")
     return lines
 
 
@@ -85,9 +112,15 @@ def _main(args, stop: StopRequest) -> int:
     # what the driver last told the device, after the loop's and close()'s stop_all
     on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
     recorded = session.finish_recording(out, args.record)
+    record_id, record = session.save_record(out, args, recorded=recorded is not None)
+    config = session.config
+    choice = session.calibration
     if not args.quiet and sys.stderr.isatty():
         say(file=sys.stderr)  # end the status line
-    for line in summary_lines(out, recorded=recorded):
+    for line in summary_lines(out, recorded=recorded,
+                              patient=config.patient if config else None,
+                              operator=session.operator, record=record,
+                              calibration=choice.summary if choice else None):
         say(line)
     if args.json:
         say(json.dumps({
@@ -98,6 +131,12 @@ def _main(args, stop: StopRequest) -> int:
             "stop_to_off_ms": out.stop_to_off_ms if math.isfinite(out.stop_to_off_ms) else None,
             "channels_on_at_end": on_at_end, "message": out.message,
             "stopped_by": asdict(out.stopped_by) if out.stopped_by is not None else None,
+            "patient": config.patient if config else None, "operator": session.operator,
+            "started": session.started,
+            "calibration": choice.metadata if choice else None,
+            "record": None if not (config and config.patient) else {
+                "db": str(resolve_path(args.db)), "id": record_id,
+                "error": None if record_id is not None else record},
         }))
     return out.exit_code
 
@@ -108,11 +147,19 @@ class _Session:
     def __init__(self) -> None:
         self.stimulator = self.source = self.outlets = self.recorder = None
         self.control = self.view = self.claim = None
+        self.config: Config | None = None
+        self.operator: str | None = None
+        self.calibration: CalibrationChoice | None = None
+        self.started = now_iso()
 
     def run(self, args, stop: StopRequest) -> Outcome:
         if args.record:  # first: a file that may not be written stops us before any device
             self.claim = _claim_recording(args)
         config = load_config(args.config)
+        if args.patient:
+            config = config.with_patient(args.patient, where="--patient")
+        self.operator = check_operator(args.operator) if args.operator is not None else None
+        self.config = config
         ident = SessionId.new(config.name)  # in every stream and stimulation message
         self.stimulator = stimulator = make_stimulator(config, args.stimulator, session=ident)
         self.source = source = make_source(config, args.source, seed=args.seed,
@@ -126,6 +173,12 @@ class _Session:
         note = check_input(source, stimulator)
         if note:
             print(f"closedloop run: {note}", file=sys.stderr, flush=True)
+        if config.patient:  # before anything is published or recorded: they keep it
+            self.calibration = start_calibration(config, resolve_path(args.db),
+                                                 source.info.units)
+            self.config = config = self.calibration.config
+            if self.calibration.note:
+                say(f"closedloop run: {self.calibration.note}", file=sys.stderr)
         name = ident.name
         gui = not args.no_gui
         if args.record or not args.no_outlets or gui:
@@ -137,7 +190,10 @@ class _Session:
                 name, _muscle_info(config, source.info), config_text=config.text,
                 metadata={"config": config.path, "source": source.info.name,
                           "stimulator": type(stimulator).__name__ if stimulator else "none",
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                          "started": self.started,
+                          "patient": config.patient, "operator": self.operator,
+                          "calibration": (self.calibration.metadata
+                                          if self.calibration else None),
                           "checklist": checklist,
                           "resolved_config": config.resolved,
                           **({"sim_seed": sim.seed} if sim is not None else {})},
@@ -189,6 +245,28 @@ class _Session:
             except subprocess.TimeoutExpired:
                 self.view.kill()
         return failed
+
+    def save_record(self, out: Outcome, args, *, recorded: bool) -> tuple[int | None, str | None]:
+        """Add the session to the patient record, after every channel is off and the
+        recording is closed: (row id, the summary's line). No patient: nothing stored."""
+        config = self.config
+        if config is None:
+            return None, None
+        if not config.patient:
+            return None, "none (no patient id: --patient ID or patient = \"ID\" stores it)"
+        record = session_record(
+            out, config, started=self.started, units=self._units(),
+            operator=self.operator, recording=args.record if recorded else None,
+            calibration_from=self.calibration.record.id
+            if self.calibration and self.calibration.record else None)
+        return save(record, resolve_path(args.db))
+
+    def _units(self) -> str:
+        """Units of the EMG source ("" when it never opened)."""
+        try:
+            return self.source.info.units if self.source is not None else ""
+        except Exception:  # noqa: BLE001 - a source that failed to open may not know
+            return ""
 
     def finish_recording(self, out: Outcome, path) -> str | None:
         """Stop the recorder, prove every sample is in the file; close the outlets; let

@@ -43,6 +43,7 @@ from closedloop.config.stimulation import (
     validate_stimulation,
 )
 from closedloop.errors import ConfigError
+from closedloop.identity import PATIENT_ID_RULE, check_patient_id, patient_id_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -140,6 +141,10 @@ class Config:
 
     name: Text
     description: Text = ""
+    #: The patient's pseudonymous id (None: a config not tied to a patient, such as a
+    #: shipped program); see :func:`closedloop.identity.check_patient_id`.
+    patient: Annotated[Text, Check(lambda v: not patient_id_problem(v),
+                                   PATIENT_ID_RULE)] | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
@@ -205,6 +210,11 @@ class Config:
 
     def calibrations(self) -> list[Calibration | None]:
         return [m.calibration for m in self.muscles]
+
+    def with_patient(self, patient: str, where: str = "patient") -> "Config":
+        """This config run for ``patient`` (checked; the resolved settings say so too)."""
+        check_patient_id(patient, where=where)
+        return replace(self, patient=patient)
 
     def with_calibrations(self, cals: dict[str, Calibration]) -> "Config":
         muscles = tuple(

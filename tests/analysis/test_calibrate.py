@@ -373,3 +373,52 @@ def test_calibrate_for_a_p24_writes_it_into_the_patient_config(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="runs all channels at one frequency"):
         cal.main(args)
     assert not (tmp_path / "no.toml").exists()
+
+
+def test_the_patient_config_carries_the_patient_id(config_path):
+    config = load_config(config_path).with_patient("P07")
+    result, _ = run(config)
+    text = cal.patient_config_text(config, result, confirmation="x")
+    assert text.count('patient = "P07"') == 1
+    assert loads_config(text).patient == "P07"
+    assert "# a clinician's comment that must survive" in text
+    # a config that names a patient, calibrated for another (--patient): replaced
+    again = cal.patient_config_text(loads_config(text).with_patient("P08"), result,
+                                    confirmation="x")
+    assert 'patient = "P07"' not in again and again.count('patient = "P08"') == 1
+    # a text the splicer leaves alone (multi-line strings) is rewritten with the id too
+    multi = CONFIG.replace('description = "biceps and triceps"',
+                           'description = """biceps\n[and] triceps"""')
+    config = loads_config(multi, source="multi.toml").with_patient("P09")
+    assert loads_config(cal.patient_config_text(config, result, confirmation="x")).patient \
+        == "P09"
+
+
+def test_cli_for_a_patient_stores_the_calibration_in_the_record(config_path, tmp_path,
+                                                                monkeypatch, capsys):
+    from closedloop.io.records import Records
+
+    real = cal.make_source
+    monkeypatch.setattr(cal, "make_source",
+                        lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
+    db = tmp_path / "c.db"
+    args = argparse.Namespace(config=str(config_path), source="sim", out=str(tmp_path / "p.toml"),
+                              rest_s=3.0, mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True,
+                              patient="P07", operator="A. Nurse", db=str(db))
+    assert cal.main(args) == 0
+    assert f"patient record: saved as #1 for P07 in {db}" in capsys.readouterr().out
+    written = load_config(tmp_path / "p.toml")
+    assert written.patient == "P07"
+    monkeypatch.setattr(cal, "simulated_script", lambda steps: [])  # never contracts
+    args.out = str(tmp_path / "refused.toml")
+    assert cal.main(args) == 1
+    with Records(db) as r:
+        ok, refused = r.sessions("P07")
+        assert [c.id for c in r.calibrations("P07")] == [ok.id]  # a refusal is not used
+    assert (ok.exit_code, refused.exit_code) == (0, 1)
+    assert "no contraction seen" in refused.message and ok.operator == "A. Nurse"
+    for m in written.muscles:
+        row = ok.muscle(m.name)
+        assert row.rest_mean_uv == pytest.approx(1e6 * m.calibration.rest_mean)
+        assert row.mvc_uv == pytest.approx(1e6 * m.calibration.mvc)
+    assert refused.muscle("biceps").mvc_uv is None
