@@ -53,7 +53,7 @@ def test_the_config_key_names_file_key_value_and_rule():
                        "it contains a space"):
         loads_config(BASE.format(patient='patient = "Jane Doe"'), source="arm.toml")
     with pytest.raises(ConfigError, match="arm.toml: patient = 12 is not allowed; expected a "
-                       "text string"):
+                       "pseudonymous id"):
         loads_config(BASE.format(patient="patient = 12"), source="arm.toml")
 
 

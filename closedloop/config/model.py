@@ -143,8 +143,8 @@ class Config:
     description: Text = ""
     #: The patient's pseudonymous id (None: a config not tied to a patient, such as a
     #: shipped program); see :func:`closedloop.identity.check_patient_id`.
-    patient: Annotated[Text, Check(lambda v: not patient_id_problem(v),
-                                   PATIENT_ID_RULE)] | None = None
+    patient: Annotated[Text, Check(lambda v: not patient_id_problem(v), PATIENT_ID_RULE,
+                                   why=patient_id_problem)] | None = None
     session: SessionSettings = field(default_factory=SessionSettings)
     sim: SimSettings = field(default_factory=SimSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)

@@ -126,6 +126,8 @@ class Check:
     test: Callable[[Any], bool]
     expected: str
     plain: bool = False
+    #: What is wrong with a value that fails (said before what is expected), optional.
+    why: Callable[[Any], str] | None = None
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> cs.CoreSchema:
         if self.plain:
@@ -134,7 +136,7 @@ class Check:
 
     def _validate(self, value: Any) -> Any:
         if not self.test(value):
-            raise invalid("", value, self.expected)
+            raise invalid("", value, self.expected, self.why(value) if self.why else "")
         return value
 
 
@@ -144,14 +146,15 @@ Text = Annotated[str, Strict()]
 Flag = Annotated[bool, Strict()]
 
 
-def invalid(key: str, value: Any, expected: str) -> PydanticCustomError:
+def invalid(key: str, value: Any, expected: str, why: str = "") -> PydanticCustomError:
     """The error a rule raises: ``key`` (dotted, relative to the table being checked;
-    empty for the value itself) holds ``value``, which is not what is ``expected``."""
+    empty for the value itself) holds ``value``, which is not what is ``expected``
+    (``why``, when given, says what is wrong with it)."""
     # the value goes in already shown: pydantic formats the context, and a value may be
     # a 5000-deep table whose full repr would recurse
     return PydanticCustomError(
         "closedloop", "{key} = {value} is not allowed; expected {expected}",
-        {"key": key, "value": show(value), "expected": expected},
+        {"key": key, "value": show(value), "expected": expected, "why": why},
     )
 
 
@@ -436,7 +439,8 @@ def config_error(exc: ValidationError, model: type, data: Any, *, source: str,
             return ConfigError(f"{_where(source, key)} is missing: {ctx['why']}")
         if kind == "closedloop_problem":
             return ConfigError(f"{_where(source, key)}: {ctx['text']}")
-        return ConfigError(f"{_where(source, key)} = {ctx['value']} is not allowed; "
+        why = f": {ctx['why']}" if ctx.get("why") else ""
+        return ConfigError(f"{_where(source, key)} = {ctx['value']} is not allowed{why}; "
                            f"expected {ctx['expected']}")
     full = _dotted(path, parts)
     if kind == "missing":
