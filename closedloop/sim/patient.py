@@ -301,7 +301,8 @@ class Truth:
     onsets : tuple of (int, str)
         Scripted onsets (sample, muscle) inside the read.
     pulses : tuple of EvokedTruth
-        Pulses delivered inside the read, in time order.
+        Pulses delivered inside the read, in time order (each pulse in exactly one
+        read; one on the boundary between two reads may come with either).
     """
 
     start: int
@@ -539,14 +540,17 @@ class SimulatedPatient:
     def _stimulate(self, out: np.ndarray, act: np.ndarray, vol: np.ndarray,
                    start: int) -> tuple[tuple[EvokedTruth, ...], np.ndarray]:
         """Add the pulses' artifacts and M-waves to ``out`` in place, and stop the
-        voluntary EMG where the patient stops trying; returns (the pulses inside the
-        read, the voluntary drive)."""
+        voluntary EMG where the patient stops trying; returns (the pulses new in this
+        read: each is reported once, in the read that holds it, or the next when it
+        falls on the boundary; the voluntary drive)."""
         n = out.shape[0]
         t0, t1 = start / self.fs, (start + n) / self.fs
         mine = [p for p in self.pulses(t0 - self._lookback, t1) if p.muscle in self.muscles]
+        new = []
         for p in sorted(mine, key=lambda p: (p.time, p.muscle)):  # each once, in time order
             if (p.time, p.muscle) not in self._taken:
                 self._taken[(p.time, p.muscle)] = self._take_pulse(p)
+                new.append(self._taken[(p.time, p.muscle)])
         for key in [k for k in self._taken if k[0] < t0 - self._lookback - 1.0]:
             del self._taken[key]
         drive = act
@@ -557,8 +561,7 @@ class SimulatedPatient:
         for p in mine:
             if p.time >= t0 - self._tail:
                 self._add_pulse(out, start, p, self._taken[(p.time, p.muscle)])
-        inside = tuple(self._taken[(p.time, p.muscle)] for p in mine if t0 <= p.time < t1)
-        return inside, drive
+        return tuple(new), drive
 
     def _take_pulse(self, p: Pulse) -> EvokedTruth:
         """The muscle's response to a new pulse; advances its fatigue and train state."""
