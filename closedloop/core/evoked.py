@@ -71,7 +71,10 @@ class EvokedSettings:
         One record per muscle and level per this long of the sample clock.
     present_snr : float
         A response is present when its peak-to-peak exceeds this many times the noise
-        of the average (pure noise gives about 5 over a 20 ms window).
+        of the average. Without a response (a detached electrode, the patient trying
+        or at rest, 10 dB) the ratio is 2.5-3 typically and up to 9 at pulse rates
+        locked to the mains (25, 50 Hz); a response at the motor threshold gives
+        about 50 and a working current hundreds.
     onset_fraction, end_fraction : float
         Onset latency: the first crossing of this fraction of the wave's largest
         deviation; end: the last.
@@ -81,7 +84,7 @@ class EvokedSettings:
     window_ms: float = 25.0
     baseline_ms: float = 2.0
     every_s: float = 0.5
-    present_snr: float = 10.0
+    present_snr: float = 15.0
     onset_fraction: float = 0.1
     end_fraction: float = 0.05
 
