@@ -116,11 +116,18 @@ class ArtifactRemover:
         The pipeline's channel (muscle) names, in column order.
     mains_hz : float
         Mains frequency whose hum the blanking carries on (0: plain sample-and-hold).
+    comb_all : bool
+        Comb every channel, not only the stimulated muscle's: what is locked to the
+        pulses on the other channels (the antagonist's cross-talk M-wave, the blanking's
+        residue at pulse rates locked to the mains) goes too, which measuring voluntary
+        effort on a channel that is not stimulated needs (see
+        :mod:`closedloop.core.effort`). Each train then combs every channel.
     """
 
     def __init__(self, settings: ArtifactSettings, fs: float, channels: Sequence[str],
-                 mains_hz: float = 0.0) -> None:
+                 mains_hz: float = 0.0, *, comb_all: bool = False) -> None:
         self.settings = settings
+        self.comb_all = bool(comb_all)
         self.fs = float(fs)
         self.channels = tuple(channels)
         self.mains_period = mains_period(self.fs, mains_hz)
@@ -167,8 +174,9 @@ class ArtifactRemover:
                 anchor = old.anchor + math.ceil((e - old.anchor) / old.period - 1e-9) * old.period
         if on:
             col = self.channels.index(muscle) if muscle in self.channels else -1
+            rows = (len(self.channels),) if self.comb_all else ()
             train = PulseTrain(channel, col, e, anchor, period,
-                               template=np.zeros(int(math.ceil(period)) + 2))
+                               template=np.zeros((*rows, int(math.ceil(period)) + 2)))
             self._trains.append(train)
             self._open[channel] = train
 
@@ -179,13 +187,30 @@ class ArtifactRemover:
             out += [tr.pulse(k) for k in tr.k_range(start, stop)]
         return sorted(out)
 
-    def blank_mask(self, start: int, n: int) -> np.ndarray:
-        """Samples ``start .. start + n - 1`` that are blanked (a pure query)."""
+    def scheduled(self, start: int, stop: int) -> list[tuple[float, int, int, float]]:
+        """``(position, channel, column, period)`` of every pulse whose first blanked
+        sample is in ``[start, stop)``, by position then channel (a pure query).
+
+        ``position`` is the pulse's exact place on the sample clock (``anchor + k *
+        period``; its first blanked sample is ``floor(position)``), ``channel`` the
+        stimulator channel, ``column`` the stimulated muscle's pipeline column (-1: not
+        an EMG channel) and ``period`` its train's pulse interval in samples.
+        """
+        out = []
+        for tr in self._trains:
+            out += [(tr.anchor + k * tr.period, tr.channel, tr.column, tr.period)
+                    for k in tr.k_range(start, stop)]
+        return sorted(out)
+
+    def blank_mask(self, start: int, n: int, extra: int = 0) -> np.ndarray:
+        """Samples ``start .. start + n - 1`` that are blanked (a pure query); with
+        ``extra``, also that many samples after every blanked stretch."""
         mask = np.zeros(n, dtype=bool)
         if not self._trains or n == 0:
             return mask
-        for p in self.pulses(start - self.width + 1, start + n):
-            mask[max(p - start, 0) : max(p + self.width - start, 0)] = True
+        width = self.width + max(int(extra), 0)
+        for p in self.pulses(start - width + 1, start + n):
+            mask[max(p - start, 0) : max(p + width - start, 0)] = True
         return mask
 
     def stimulating(self, start: int, n: int) -> np.ndarray:
@@ -255,6 +280,9 @@ class ArtifactRemover:
         stop = start + y.shape[1]
         a, g = self._alpha, self._gain
         for tr in self._trains:
+            if self.comb_all:
+                self._comb_all(tr, y, start, stop)
+                continue
             if tr.column < 0:
                 continue
             row = y[tr.column]
@@ -272,6 +300,20 @@ class ArtifactRemover:
                 tmpl += a * resid
                 seg[:] = g * resid
         return y
+
+    def _comb_all(self, tr: PulseTrain, y: np.ndarray, start: int, stop: int) -> None:
+        """The comb of one train on every channel (``comb_all``)."""
+        a, g = self._alpha, self._gain
+        for k in tr.k_range(start - tr.period - 1, stop):
+            p0, p1 = tr.pulse(k), tr.pulse(k + 1)
+            lo, hi = max(p0, start), min(p1, stop)
+            if lo >= hi:
+                continue
+            seg = y[:, lo - start : hi - start]
+            tmpl = tr.template[:, lo - p0 : hi - p0]
+            resid = seg - tmpl
+            tmpl += a * resid
+            seg[:] = g * resid
 
     def _forget(self, position: int) -> None:
         """Drop trains whose last pulse and comb period end before ``position``."""

@@ -9,6 +9,12 @@ builds up); ``realtime=False`` delivers as fast as the consumer reads.
 With a :class:`~closedloop.stim.drivers.sim.SimStimulator` attached, every pulse it delivers adds
 an artifact and an M-wave to the stimulated muscle's channel (closing the loop in
 simulation). The sample counter is the sample index.
+
+Every chunk is a :class:`SimChunk`: a :class:`~closedloop.core.stream.Chunk` that also
+carries the patient's ground truth for its samples (:class:`~closedloop.sim.patient.Truth`:
+the voluntary drive of every muscle at every sample, the scripted onsets and every
+pulse's true M-wave), which a session can record as a truth stream beside the EMG.
+It is the same whatever the chunk size and the same for the same seed.
 """
 
 from __future__ import annotations
@@ -16,12 +22,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError
-from closedloop.sim.patient import Attempt, PatientSettings, Pulse, SimulatedPatient, random_script
+from closedloop.sim.patient import (
+    Attempt,
+    PatientSettings,
+    Pulse,
+    SimulatedPatient,
+    Truth,
+    random_script,
+)
 from closedloop.sources.base import Source, SourceContext
 
 
@@ -45,6 +59,21 @@ def _lsl_clock() -> float:
         return float(pylsl.local_clock())
     except Exception:  # pragma: no cover - pylsl missing
         return time.monotonic()
+
+
+@dataclass(frozen=True)
+class SimChunk(Chunk):
+    """A chunk of the simulated patient with its ground truth.
+
+    Attributes
+    ----------
+    truth : Truth or None
+        The patient's truth for these samples: ``truth.drive[i]`` is the voluntary drive
+        at ``samples[i]``; pulse times in ``truth.pulses`` are seconds from the stream's
+        first sample (add the source's ``t0`` for stream time).
+    """
+
+    truth: Truth | None = None
 
 
 class SimSource(Source):
@@ -234,11 +263,12 @@ class SimSource(Source):
             # is delivered now: a late wake-up is not a stalled device
             if time.perf_counter() < due_wall:
                 return None
-        x = self._patient.read(self.chunk_size)
+        x, truth = self._patient.read_truth(self.chunk_size)
         idx = np.arange(i0, i0 + self.chunk_size, dtype=np.int64)
-        return Chunk(
+        return SimChunk(
             samples=x,
             timestamps=self.t0 + idx / fs,
             counter=idx,
             arrival_wall=time.perf_counter(),
+            truth=truth,
         )

@@ -4,6 +4,8 @@ locked to the pulses and keeps voluntary EMG's level, and chunking changes nothi
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -170,3 +172,67 @@ def test_settings_from_table_name_the_bad_key():
         parse_table(ArtifactSettings, {"blank_ms": 80.0}, source="x.toml", path="artifacts")
     with pytest.raises(ConfigError, match="unknown key"):
         parse_table(ArtifactSettings, {"blank": 1.0}, source="x.toml", path="artifacts")
+
+
+def test_the_schedule_gives_each_pulse_its_exact_place_channel_column_and_period():
+    r = scheduled()
+    got = r.scheduled(0, 10000)
+    assert [math.floor(p) for p, *_ in got] == r.pulses(0, 10000)
+    np.testing.assert_allclose([p for p, *_ in got], sim_pulse_samples(5.0), rtol=0, atol=1e-6)
+    assert {(ch, col) for _, ch, col, _ in got} == {(1, 0)}
+    periods = {round(period, 6) for *_, period in got}
+    assert periods == {round(FS / 35.0, 6), round(FS / 40.0, 6), round(FS / 30.0, 6)}
+    # and the blanked stretches, with extra samples after each
+    mask, wider = r.blank_mask(0, 10000), r.blank_mask(0, 10000, extra=4)
+    assert np.all(wider[mask]) and wider.sum() - mask.sum() == 4 * len(got)
+
+
+def test_comb_all_cancels_what_is_locked_on_every_channel_and_keeps_voluntary_level():
+    rng = np.random.default_rng(0)
+    n = 40000
+
+    def comb(y: np.ndarray, comb_all: bool) -> np.ndarray:
+        r = ArtifactRemover(ArtifactSettings(blank_ms=1.0, comb_pulses=8), FS, MUSCLES, 50.0,
+                            comb_all=comb_all)
+        r.command("biceps", 1, True, 35.0, 0)
+        y = y.copy()
+        for i in range(0, n, 20):
+            r.comb_inplace(y[:, i : i + 20], i)
+        return y
+
+    r = ArtifactRemover(ArtifactSettings(blank_ms=1.0), FS, MUSCLES, 50.0)
+    r.command("biceps", 1, True, 35.0, 0)
+    locked = np.zeros(n)
+    shape = 50e-6 * np.sin(np.linspace(0, 3 * np.pi, 40)) * np.exp(-np.arange(40) / 15)
+    for p in r.pulses(0, n):  # on the antagonist too: cross-talk of an M-wave
+        locked[p : p + 40] += shape[: n - p]
+    voluntary = 20e-6 * rng.standard_normal((2, n))
+    settled = slice(8000, None)
+    rms = lambda v: float(np.sqrt(np.mean(v**2)))  # noqa: E731
+    both = np.vstack([locked, 0.3 * locked])
+    assert rms(comb(both, True)[1, settled]) < 1e-3 * rms(0.3 * locked[settled])
+    np.testing.assert_array_equal(comb(both, False)[1], both[1])  # by default: untouched
+    y = comb(voluntary, True)
+    for c in (0, 1):
+        assert rms(y[c, settled]) / rms(voluntary[c, settled]) == pytest.approx(1.0, abs=0.03)
+    np.testing.assert_array_equal(comb(both, True)[0], comb(both, False)[0])
+
+
+@pytest.mark.parametrize("sizes", [[7], [20, 3, 400]])
+def test_comb_all_is_chunk_invariant(sizes):
+    script = [Attempt("triceps", 1.6, 1.0), Attempt("biceps", 2.9, 0.5)]
+    x, _ = stimulated_emg(5.0, script=script)
+
+    def run(chunks):
+        p = Pipeline(FS, MUSCLES, artifacts=ArtifactRemover(ArtifactSettings(), FS, MUSCLES,
+                                                            50.0, comb_all=True))
+        for e, cur, f in SCHEDULE:
+            p.artifacts.command("biceps", 1, cur > 0, f, e)
+        out, i, k = [], 0, 0
+        while i < x.shape[0]:
+            n = chunks[k % len(chunks)]
+            out.append(p.process(x[i : i + n]).filtered)
+            i, k = i + n, k + 1
+        return np.vstack(out)
+
+    np.testing.assert_array_equal(run(sizes), run([x.shape[0]]))
