@@ -143,9 +143,19 @@ def _results_args(p: argparse.ArgumentParser) -> None:
                         "pip install 'closedloop[cluster]')")
 
 
+def _registered(kind: str) -> str:
+    """What a registry holds, for ``--help``: built-in names, installed add-ons, and that
+    a ``module:Class`` spec is accepted (:mod:`closedloop.registry`)."""
+    from closedloop import registry
+
+    reg = {"detector": registry.DETECTORS, "protocol": registry.PROTOCOLS,
+           "stimulator": registry.STIMULATORS, "source": registry.SOURCES}[kind]
+    return " | ".join(reg.names()) + " | package.module:Class"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (every subcommand and option); the docs' synopses and the
-    fuzz test read it."""
+    fuzz test read it. Help texts list what the registries hold, add-ons included."""
     p = argparse.ArgumentParser(
         prog="closedloop",
         description="EMG-triggered electrical stimulation for stroke rehabilitation.",
@@ -159,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(--board), or text/CSV (--fs)",
     )
     d.add_argument("--config", type=input_file,
-                   help="TOML config (default: default settings on every channel)")
+                   help="TOML config (default: default settings on every channel); its "
+                        f"[detector] kind: {_registered('detector')}")
     d.add_argument("--out", required=True, type=output_file,
                    help="events CSV to write (sample,time_s,channel,kind)")
     _overwrite(d, "the events file")
@@ -179,8 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
                                           hi=1e6), default=10000, help="large chunk size, samples")
     b.add_argument("--detector", default="threshold",
-                   help="detector to measure (a [detector] kind: threshold, tkeo, "
-                        "double_threshold, cusum, or a registered one)")
+                   help=f"detector to measure (a [detector] kind: {_registered('detector')})")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=SECONDS, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -193,9 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--config", required=True, type=input_file,
                    help="TOML config, e.g. configs/biceps_triceps.toml")
-    r.add_argument("--source", help="sim | brainflow:BOARD[?k=v] | lsl:name=NAME | replay:FILE.xdf")
-    r.add_argument("--stimulator", help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] | none "
-                   "(lsl: follow it with closedloop stim-receiver)")
+    r.add_argument("--source", help="NAME[:TARGET][?k=v...] with NAME one of: "
+                   f"{_registered('source')} (e.g. brainflow:synthetic, lsl:name=MyAmp, "
+                   "replay:FILE.xdf; default: the config's)")
+    r.add_argument("--stimulator", help=f"NAME[:ARG] with NAME one of: "
+                   f"{_registered('stimulator')} | none (e.g. rehastim2:/dev/ttyUSB0, "
+                   "p24:/dev/ttyACM0; lsl: follow it with closedloop stim-receiver)")
     r.add_argument("--record", type=output_file,
                    help="record the session to this XDF file (LabRecorder)")
     _overwrite(r, "the recording")
@@ -216,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", required=True, type=input_file)
     st.add_argument(
         "--stimulator",
-        help="sim | rehastim2:PORT | p24:PORT | lsl[:NAME] (default: the config's)"
+        help=f"NAME[:ARG] with NAME one of: {_registered('stimulator')} (default: the config's)"
     )
     st.add_argument("--muscle", required=True)
     st.add_argument("--current", type=float, required=True, help="mA")
@@ -272,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         action="append",
         dest="detectors",
-        help="threshold | double_threshold | tkeo | NAME:k=v,... | config.toml | peer:bmc, "
+        help=f"{_registered('detector')} | NAME:k=v,... | config.toml | recorded | peer:bmc, "
              "peer:neurokit2, peer:hodges_bui, peer:bonato (offline; --splice) (repeatable)",
     )
     ev.add_argument("--labels", type=input_file,
@@ -333,10 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
     c.add_argument("--config", required=True, type=input_file)
-    c.add_argument("--source", help="source spec (default: the config's)")
+    c.add_argument("--source", help=f"source spec ({_registered('source')}; default: the "
+                   "config's)")
     c.add_argument("--stimulator",
-                   help="the patient's stimulator (sim | rehastim2:PORT | p24:PORT | lsl[:NAME]"
-                        " | none): checked against the program, written to the patient config")
+                   help=f"the patient's stimulator ({_registered('stimulator')} | none): checked "
+                        "against the program, written to the patient config")
     c.add_argument("--out", required=True, type=output_file, help="patient config TOML to write")
     _overwrite(c, "the patient config")
     c.add_argument("--rest-s", type=SECONDS, default=5.0)
