@@ -173,3 +173,32 @@ def documented(root: Path) -> list[Command]:
     """Every command of README.md and docs/*.md."""
     files = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     return [c for f in files for c in commands(f, root)]
+
+
+_FILE = re.compile(r"^\s*(?:#|//)\s*file:\s*(\S+)\s*$")
+
+
+def doc_files(path: Path) -> dict[str, str]:
+    """The files a page defines: every fenced block whose first line is ``# file: PATH``
+    (its whole text, that line included, is the file). The examples of that page run in a
+    folder holding them."""
+    out: dict[str, str] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        fence = m.group(2)
+        body = []
+        i += 1
+        while i < len(lines) and not (lines[i].strip().startswith(fence[:3])
+                                       and lines[i].strip().strip(fence[0]) == ""):
+            body.append(lines[i])
+            i += 1
+        i += 1
+        first = _FILE.match(body[0]) if body else None
+        if first:
+            out[first.group(1)] = "\n".join(body) + "\n"
+    return out

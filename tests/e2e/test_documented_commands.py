@@ -35,7 +35,7 @@ import pytest
 
 from closedloop.cli import build_parser
 from tests.conftest import ROOT
-from tests.e2e.docs import Command, documented
+from tests.e2e.docs import Command, doc_files, documented
 
 COMMANDS = documented(ROOT)
 EXAMPLES = [c for c in COMMANDS if c.kind == "example"]
@@ -114,11 +114,17 @@ BLOCKS = _blocks()
                          ids=lambda b: f"{b} {' '.join(BLOCKS[b][0].argv)[:50]}")
 @pytest.mark.timeout(600)
 def test_closedloop_examples_run_as_written(block: str, user_dir: Path):
-    """Each block's commands in order, in one folder, as a user types them."""
+    """Each block's commands in order, in one folder, as a user types them (with the files
+    its page defines, importable from there: a lab's own add-ons)."""
     script = shutil.which("closedloop")
     assert script, "the closedloop command is not installed: pip install -e '.[test]'"
+    page = ROOT / block.rsplit(":", 1)[0]
+    for rel, text in doc_files(page).items():
+        (user_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (user_dir / rel).write_text(text, encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(user_dir), os.environ.get("PYTHONPATH")) if p)
     for c in BLOCKS[block]:
-        env = {**os.environ, **c.env}
+        env = {**os.environ, "PYTHONPATH": path, **c.env}
         words = shortened(c)
         argv = [script, *words[1:]] if c.program == "closedloop" else words
         r = subprocess.run(argv, cwd=user_dir, env=env, stdin=subprocess.DEVNULL,
