@@ -65,22 +65,63 @@ def input_file(value: str) -> str:
     """An argparse type for a file a command reads: a name the system can look up. A
     missing file is left to the command, which says what it expected there."""
     value = text(value)
+    _lookup(value)
+    return value
+
+
+def _lookup(value: str) -> None:
+    """Refuse a name the system cannot look up (too long, a file used as a folder...); a
+    missing file is fine."""
     try:
         os.stat(value)
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{value[:80]!r}: {exc.strerror}") from None
-    return value
 
 
 def output_file(value: str) -> str:
-    """An argparse type for a file a command writes: a name that is not empty and has no
-    NUL. The command claims it before it writes
+    """An argparse type for a file a command writes: a name that is not empty, has no
+    NUL and can be looked up. The command claims it before it writes
     (:func:`closedloop.io.outfile.claim_output`)."""
     if not value.strip() or "\x00" in value:
         raise argparse.ArgumentTypeError(f"{value!r} is not a file name")
+    _lookup(value)
     return value
+
+
+def output_dir(value: str) -> str:
+    """An argparse type for a folder a command writes into: a usable name that is not an
+    existing file."""
+    if not value.strip() or "\x00" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a folder name")
+    _lookup(value)
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value[:80]!r} is a file, not a folder; give a "
+                                         "folder (it is created when missing)")
+    return value
+
+
+def bids_label(value: str) -> str:
+    """An argparse type: a BIDS label (letters and digits only, as BIDS requires)."""
+    if not (value.isascii() and value.isalnum() and len(value) <= 64):
+        raise argparse.ArgumentTypeError(
+            f"{value[:80]!r} is not a BIDS label: 1 to 64 letters and digits (no '-', '_' "
+            "or spaces), e.g. 01")
+    return value
+
+
+def cluster_address(value: str) -> str:
+    """An argparse type: a Dask scheduler address, ``[tcp://|tls://]HOST:PORT``."""
+    import re
+
+    m = re.fullmatch(r"(?:(tcp|tls|ws|wss)://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9._-]+):(\d{1,5})",
+                     value.strip())
+    if not m or not 0 < int(m.group(3)) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{value[:80]!r} is not a Dask scheduler address; give HOST:PORT or "
+            "tcp://HOST:PORT, as the scheduler printed it (e.g. tcp://10.0.0.5:8786)")
+    return value.strip()
 
 
 def columns(value: str) -> list[int]:
@@ -138,7 +179,7 @@ def _results_args(p: argparse.ArgumentParser) -> None:
                    help="bootstrap resamples of the 95%% intervals (default 2000; 0: none)")
     p.add_argument("--bootstrap-seed", type=SEED, default=0, metavar="SEED",
                    help="seed of the bootstrap (default 0): the same seed, the same intervals")
-    p.add_argument("--cluster", metavar="ADDRESS",
+    p.add_argument("--cluster", metavar="ADDRESS", type=cluster_address,
                    help="run on this Dask scheduler (tcp://host:8786; files on a shared path; "
                         "pip install 'closedloop[cluster]')")
 
@@ -309,22 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(module="closedloop.analysis.evaluate")
 
     x = sub.add_parser("export", help="recordings as an EMG-BIDS dataset (BDF+, TSV, JSON)")
-    x.add_argument("inputs", nargs="+", metavar="FILE.xdf")
-    x.add_argument("--bids", required=True, metavar="ROOT", help="BIDS dataset folder "
-                   "(created if needed; existing files are never replaced)")
-    x.add_argument("--subject", required=True, help="BIDS subject label (letters, digits)")
-    x.add_argument("--session", help="BIDS session label (letters, digits)")
-    x.add_argument("--task", help="BIDS task label (default: the config's name, letters and "
-                   "digits only)")
-    x.add_argument("--run", type=int, help="run index of the first file (several files of "
-                   "one task get runs 1, 2, ... by default)")
-    x.add_argument("--config", help="config for placement and task (default: the recording's)")
+    x.add_argument("inputs", nargs="+", metavar="FILE.xdf", type=input_file)
+    x.add_argument("--bids", required=True, metavar="ROOT", type=output_dir,
+                   help="BIDS dataset folder (created if needed; existing files are never "
+                        "replaced)")
+    x.add_argument("--subject", required=True, type=bids_label,
+                   help="BIDS subject label (letters, digits)")
+    x.add_argument("--session", type=bids_label, help="BIDS session label (letters, digits)")
+    x.add_argument("--task", type=bids_label,
+                   help="BIDS task label (default: the config's name, letters and digits only)")
+    x.add_argument("--run", type=number("a run index from 1 to 999", integer=True, hi=999),
+                   help="run index of the first file (several files of one task get runs 1, "
+                        "2, ... by default)")
+    x.add_argument("--config", type=input_file,
+                   help="config for placement and task (default: the recording's)")
     x.add_argument("--stream", help="name or type of the EMG stream (other tools' recordings)")
     x.add_argument("--emg-units", choices=("V", "mV", "uV"),
                    help="unit of the EMG stream when the recording does not say")
-    x.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
-    x.add_argument("--cluster", metavar="ADDRESS", help="run on this Dask scheduler "
-                   "(tcp://host:8786; files and ROOT on a shared path)")
+    x.add_argument("--jobs", type=JOBS, help="worker processes (default: all cores)")
+    x.add_argument("--cluster", metavar="ADDRESS", type=cluster_address,
+                   help="run on this Dask scheduler (tcp://host:8786; files and ROOT on a "
+                        "shared path)")
     x.set_defaults(module="closedloop.commands.export")
 
     rep = sub.add_parser("report", help="one-page HTML summary of a recorded session")
@@ -367,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("history", help="a patient's progress over sessions and weeks "
                        "(from the patient record)")
     h.add_argument("patient", metavar="PATIENT", help="the patient's pseudonymous id, e.g. P01")
-    h.add_argument("--db", metavar="PATH",
+    h.add_argument("--db", metavar="PATH", type=output_file,
                    help=f"the patient record (default: ${ENV_VAR}, else {_db_default()})")
     h.add_argument("--out", metavar="FILE.html", type=output_file,
                    help="also write an HTML page with plots")
@@ -392,7 +438,7 @@ def _patient_args(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"the patient's pseudonymous id (letters, digits, - or _; never a "
                         f"name): overrides the config's patient, recorded with {what}")
     p.add_argument("--operator", metavar="NAME", help="who runs it (staff; optional)")
-    p.add_argument("--db", metavar="PATH",
+    p.add_argument("--db", metavar="PATH", type=output_file,
                    help=f"the patient record to add it to (default: ${ENV_VAR}, else "
                         f"{_db_default()})")
 

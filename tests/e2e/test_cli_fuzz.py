@@ -39,6 +39,8 @@ BASE: dict[str, dict] = {
     "report": {"input": "{xdf}", "--out": "{new}.html"},
     "view": {"--duration": "0.1", "--session": "fuzz-{new}"},
     "stim-receiver": {"--session": "fuzz-{new}", "--wait": "0.2"},
+    "history": {"patient": "P01", "--db": "{new}.db"},
+    "export": {"inputs": "{xdf}", "--bids": "{new}-bids", "--subject": "01", "--jobs": "1"},
     "calibrate": {"--config": "{config}", "--source": "replay:{xdf}", "--out": "{new}.toml",
                   "--rest-s": "1.5", "--mvc-reps": "1", "--mvc-s": "1",
                   "flags": ["--no-gui", "--yes"]},
