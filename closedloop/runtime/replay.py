@@ -29,7 +29,6 @@ sample, the commands before the last recorded command's sample; the output says 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -223,11 +222,3 @@ def check_intact(session, out) -> tuple[str | None, str]:
             f"{n_cmd} commands before sample {h_cmd}; {left_ev} derived events and "
             f"{left_cmd} commands after those samples could not be checked")
     return d_ev or d_cmd, note
-
-
-def _bar(done: int, total: int) -> None:
-    frac = done / total if total else 1.0
-    print(f"\rreplay [{'#' * int(40 * frac):<40}] {100 * frac:5.1f}%", end="", file=sys.stderr,
-          flush=True)
-
-
