@@ -116,6 +116,7 @@ class Step:
 
     @property
     def end_s(self) -> float:
+        """When the step ends, seconds from the first sample."""
         return self.start_s + self.duration_s
 
 
@@ -180,6 +181,7 @@ class Recording:
 
     @property
     def n(self) -> int:
+        """Samples recorded."""
         return int(self.envelope.shape[0])
 
 
@@ -225,9 +227,11 @@ class Recorder:
 
     @property
     def done(self) -> bool:
+        """Whether the whole schedule is recorded."""
         return self.position >= self.n_samples
 
     def feed(self, chunk: Chunk) -> None:
+        """Check one chunk, note the channels' input problems and keep its envelope."""
         checked = self.monitor.check(chunk)
         by_label = {self.info.channels[c]: m for c, m in zip(self.cols, self.muscles, strict=True)}
         for issue in checked.issues:
@@ -246,6 +250,7 @@ class Recorder:
             self.latest = block.envelope[-1].copy()
 
     def recording(self) -> Recording:
+        """What was recorded so far (copies)."""
         return Recording(
             self.info.fs, self.muscles, self.envelope[: self.position].copy(),
             {m: list(v) for m, v in self.issues.items()}, self.info.units,
@@ -317,15 +322,18 @@ class MuscleResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the muscle's calibration was accepted."""
         return not self.reasons
 
     @property
     def calibration(self) -> Calibration | None:
+        """The calibration to write, None when refused."""
         if not self.ok:
             return None
         return Calibration(rest_mean=self.rest_mean, rest_sd=self.rest_sd, mvc=self.mvc)
 
     def summary(self) -> str:
+        """One line: the figures, or REFUSED and why."""
         if not self.ok:
             return f"{self.muscle}: REFUSED - " + "; ".join(self.reasons)
         reps = ", ".join(f"{r:.4g}" for r in self.reps)
@@ -351,12 +359,15 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """Whether every muscle was accepted."""
         return all(m.ok for m in self.muscles)
 
     def calibrations(self) -> dict[str, Calibration]:
+        """The accepted muscles' calibrations, by muscle."""
         return {m.muscle: m.calibration for m in self.muscles if m.calibration is not None}
 
     def reasons(self) -> list[str]:
+        """The summary of every refused muscle."""
         return [m.summary() for m in self.muscles if not m.ok]
 
 

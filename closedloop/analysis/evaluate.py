@@ -171,10 +171,12 @@ class Recording:
 
     @property
     def n(self) -> int:
+        """Samples per channel."""
         return int(self.samples.shape[0])
 
     @property
     def duration_s(self) -> float:
+        """Length of the recording, s."""
         return self.n / self.fs
 
 
@@ -972,6 +974,7 @@ class SpliceRow:
     seeds: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        """The row as JSON-ready values."""
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         return d

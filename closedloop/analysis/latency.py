@@ -171,10 +171,12 @@ class Streamer:
         self.onsets: list[tuple[float, str]] = [(float(t), m) for t, m in head["onsets"]]
 
     def send(self, word: str) -> None:
+        """Send one control word (``stall``, ``resume``, ``quit``) to the streamer."""
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
 
     def close(self) -> None:
+        """Ask the streamer to quit, and end it if it does not. Idempotent."""
         if self.proc.poll() is None:
             try:
                 self.send("quit")

@@ -26,6 +26,7 @@ from closedloop.runtime.batch import run_batch
 
 
 def main(args) -> int:
+    """Run ``closedloop replay``; returns the exit code (the worst task's)."""
     configs = [None if c in (None, RECORDED) else c for c in (args.configs or [None])]
     cluster = getattr(args, "cluster", None)
     out = getattr(args, "out", None)

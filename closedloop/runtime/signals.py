@@ -1,8 +1,8 @@
-"""Every way a terminal session can end: the four stop signals, and output that is gone.
+r"""Every way a terminal session can end: the four stop signals, and output that is gone.
 
 Every command that can stimulate (``closedloop run``, ``closedloop stim-test``) runs
 inside :func:`stop_on_signals`. SIGINT (Ctrl-C), SIGTERM (the system or a supervisor),
-SIGHUP (the terminal was closed) and SIGQUIT (Ctrl-\\) each make a stop request with
+SIGHUP (the terminal was closed) and SIGQUIT (Ctrl-\) each make a stop request with
 their own reason, so the command ends the way every stop ends: all channels off, the
 summary, the recording closed, and the exit code of
 :data:`~closedloop.runtime.outcome.EXIT_CODES` (129, 130, 131, 143: 128 + the signal's

@@ -128,6 +128,7 @@ class LslSource(Source):
 
     @classmethod
     def from_spec(cls, spec: str, params: dict[str, str], context) -> LslSource:  # noqa: ANN001
+        """The source of an ``lsl:`` spec's parameters."""
         from closedloop.sources.spec import MAX_RESOLVE_S, csv_list, number
 
         params = dict(params)
@@ -341,7 +342,7 @@ class LslSource(Source):
         return False
 
     def latest_time_correction(self, timeout: float = 1.0) -> float:
-        """liblsl's current clock-offset estimate (for monitoring drift; not applied)."""
+        """The current clock-offset estimate of liblsl (for monitoring drift; not applied)."""
         if self._inlet is None:
             raise DeviceLostError(f"LSL stream {self.selector}: not open")
         try:

@@ -188,7 +188,7 @@ class _State:
 
     @property
     def charge_rate(self) -> float:
-        """uC per second at the current level (one phase per pulse)."""
+        """Charge per second at the current level, uC/s (one phase per pulse)."""
         return self.level * self.pulse_width_us / 1000.0 * self.frequency_hz if self.on else 0.0
 
 
@@ -325,6 +325,7 @@ class SafetyGuard:
 
     @property
     def muscles(self) -> tuple[str, ...]:
+        """The guarded muscles."""
         return tuple(self._by_muscle)
 
     def channel_of(self, muscle: str) -> int:

@@ -71,6 +71,7 @@ class Action:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The action as one JSON-ready record."""
         d = {"action": self.kind, "t_monotonic": self.t}
         if self.kind in ("apply", "skip"):
             d.update(channel=self.channel, muscle=self.muscle, current_ma=self.current_ma,

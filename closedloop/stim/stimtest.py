@@ -34,11 +34,14 @@ class StopSignal(Protocol):
     (:class:`closedloop.runtime.outcome.StopRequest` is one)."""
 
     @property
-    def reason(self) -> str: ...
+    def reason(self) -> str:
+        """Why a stop was requested."""
 
-    def is_set(self) -> bool: ...
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
 
-    def wait(self, timeout: float) -> bool: ...
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a request; True when one was made."""
 
 
 @dataclass(frozen=True)

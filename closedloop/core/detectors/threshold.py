@@ -462,6 +462,7 @@ class ThresholdDetector(Detector):
 
     @classmethod
     def from_config(cls, config: Any, fs: float, channels: Sequence[str]) -> ThresholdDetector:
+        """The detector of a config's ``[detector]``, envelope and calibrations."""
         return cls(config.detector, fs, channels, config.calibrations(),
                    envelope=config.envelope)
 
@@ -471,25 +472,31 @@ class ThresholdDetector(Detector):
 
     def process(self, filtered: np.ndarray, raw: np.ndarray,
                 timestamps: np.ndarray) -> Detection:
+        """Decide the next chunk (see :meth:`Detector.process`)."""
         env = self.condition(filtered)
         above, events = self.rules.process(env, timestamps)
         self.position = self.rules.position
         return Detection(env, above, events)
 
     def suspend(self, channel: int, suspended: bool, sample: int, time: float) -> list[Event]:
+        """Suspend or resume one channel (the rules' :meth:`OnsetDetector.suspend`)."""
         return self.rules.suspend(channel, suspended, sample, time)
 
     def hold(self, channel: int, held: bool) -> None:
+        """Hold one channel (no new onsets) or release it."""
         self.rules.hold(channel, held)
 
     def restart_channel(self, channel: int, level: float) -> None:
+        """Start one channel's envelope afresh (after its input came back)."""
         self.envelope.restart_channel(channel)
 
     def pop_notes(self) -> list[RestNote]:
+        """The rest-level notes since the last call (then forgotten)."""
         return self.rules.pop_notes()
 
     @property
     def active(self) -> np.ndarray:
+        """Which channels are active now."""
         return self.rules.active
 
 
@@ -530,9 +537,11 @@ class TkeoDetector(ThresholdDetector):
         self.band = FilterBank(band, self.fs, len(self.channels))
 
     def condition(self, filtered: np.ndarray) -> np.ndarray:
+        """The statistic: TKEO of the filtered EMG, then its envelope (a new array)."""
         x = np.array(filtered, dtype=np.float64, order="C")  # the caller's stays intact
         return self.envelope.process_inplace(self.band.process_inplace(x))
 
     def restart_channel(self, channel: int, level: float) -> None:
+        """Start one channel's conditioning afresh (after its input came back)."""
         super().restart_channel(channel, level)
         self.band.restart_channel(channel, 0.0)  # it sees the filtered EMG: zero-mean

@@ -302,6 +302,7 @@ class P24(Stimulator):
 
     @classmethod
     def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> P24:
+        """The stimulator of a ``p24:PORT`` spec."""
         if not arg:
             raise ConfigError(f"stimulator spec {spec!r}: give the serial port, e.g. "
                               "p24:/dev/ttyACM0")
@@ -1009,7 +1010,7 @@ def _output_of(pulse: sm4.Pulse | None) -> ChannelOutput:
 
 
 def _stop_at_exit(ref: weakref.ref[P24]) -> None:
-    """atexit hook: stop and close a driver that is still open at interpreter exit."""
+    """At interpreter exit (atexit): stop and close a driver that is still open."""
     driver = ref()
     if driver is None or not driver.is_open:
         return

@@ -191,6 +191,7 @@ class RehaStim2(Stimulator):
 
     @classmethod
     def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> RehaStim2:
+        """The stimulator of a ``rehastim2:PORT`` spec."""
         if not arg:
             raise ConfigError(f"stimulator spec {spec!r}: give the serial port, e.g. "
                               "rehastim2:/dev/ttyUSB0")
@@ -880,7 +881,7 @@ def _is_pseudo_terminal(path: str) -> bool:
 
 
 def _stop_at_exit(ref: weakref.ref[RehaStim2]) -> None:
-    """atexit hook: stop and close a driver that is still open at interpreter exit."""
+    """At interpreter exit (atexit): stop and close a driver that is still open."""
     driver = ref()
     if driver is None or not driver.is_open:
         return
