@@ -21,8 +21,9 @@ muscle (:func:`analyse`):
 A muscle's calibration is refused, with the reason, when the channel was flat,
 saturated or non-finite (input monitor), the rest was too noisy (SD/mean above
 ``max_rest_cv``) or not finite, no repetition rose above rest mean + ``min_mvc_sd`` SD
-("no contraction seen"), the MVC is not above rest, or the resulting on-threshold is not
-below the MVC (the detector could never fire). Nothing is written unless every muscle
+("no contraction seen"), the MVC is not above rest, or, for a detector with envelope
+thresholds (threshold, tkeo), the resulting on-threshold is not below the MVC (the
+detector could never fire). Other detectors make their own use of rest and MVC. Nothing is written unless every muscle
 is accepted.
 
 The patient config (:func:`patient_config_text`) is the original config text with
@@ -337,11 +338,12 @@ class MuscleResult:
         if not self.ok:
             return f"{self.muscle}: REFUSED - " + "; ".join(self.reasons)
         reps = ", ".join(f"{r:.4g}" for r in self.reps)
-        return (
-            f"{self.muscle}: rest {self.rest_mean:.4g} +- {self.rest_sd:.4g}, MVC "
-            f"{self.mvc:.4g} (reps {reps}), on/off thresholds {self.on_threshold:.4g}/"
-            f"{self.off_threshold:.4g} ({100 * self.on_fraction:.0f}% of MVC above rest)"
-        )
+        line = (f"{self.muscle}: rest {self.rest_mean:.4g} +- {self.rest_sd:.4g}, MVC "
+                f"{self.mvc:.4g} (reps {reps})")
+        if math.isnan(self.on_threshold):  # a detector without envelope thresholds
+            return line
+        return (f"{line}, on/off thresholds {self.on_threshold:.4g}/{self.off_threshold:.4g} "
+                f"({100 * self.on_fraction:.0f}% of MVC above rest)")
 
     @property
     def on_fraction(self) -> float:
@@ -438,6 +440,8 @@ def analyse(
         if not r.mvc > r.rest_mean:
             r.reasons.append(f"MVC {r.mvc:.4g} is not above the rest level {r.rest_mean:.4g}")
             continue
+        if not isinstance(config.detector, DetectorSettings):
+            continue  # no envelope thresholds: the detector makes its own use of rest/MVC
         cal = Calibration(r.rest_mean, r.rest_sd, r.mvc)
         r.on_threshold, r.off_threshold = cal.thresholds(config.detector)
         if not r.on_threshold < r.mvc:

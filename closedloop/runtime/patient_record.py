@@ -23,7 +23,7 @@ import numpy as np
 
 import closedloop
 from closedloop.config import Config, parse_config
-from closedloop.config.signal import Calibration
+from closedloop.config.signal import Calibration, DetectorSettings
 from closedloop.errors import ConfigError, RecordError
 from closedloop.io.records import (
     MuscleRecord,
@@ -210,7 +210,8 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
     muscles = []
     for m in config.muscles:
         on, off = _thresholds(out, m.name)
-        if m.calibration is not None and math.isnan(on):
+        if (m.calibration is not None and math.isnan(on)
+                and isinstance(config.detector, DetectorSettings)):
             on, off = m.calibration.thresholds(config.detector)
         cal = m.calibration
         muscles.append(MuscleRecord(
@@ -246,7 +247,9 @@ def calibration_muscles(calibrations: dict[str, Calibration], config: Config,
         if c is None:
             out.append(MuscleRecord(m.name))
             continue
-        on, off = c.thresholds(config.detector)
+        # envelope thresholds only for a detector that has them (threshold, tkeo)
+        on, off = (c.thresholds(config.detector) if isinstance(config.detector, DetectorSettings)
+                   else (math.nan, math.nan))
         out.append(MuscleRecord(
             muscle=m.name, on_threshold_uv=_uv(on, uv), off_threshold_uv=_uv(off, uv),
             rest_mean_uv=_uv(c.rest_mean, uv), rest_sd_uv=_uv(c.rest_sd, uv),

@@ -112,3 +112,29 @@ def test_cli_for_a_patient_stores_the_calibration_in_the_record(config_path, tmp
         assert row.rest_mean_uv == pytest.approx(1e6 * m.calibration.rest_mean)
         assert row.mvc_uv == pytest.approx(1e6 * m.calibration.mvc)
     assert refused.muscle("biceps").mvc_uv is None
+
+
+def test_a_cusum_config_is_calibrated(tmp_path, monkeypatch, capsys):
+    """A detector without envelope thresholds (CUSUM) is calibrated too: rest and MVC
+    are written and recorded, no thresholds are claimed (once an internal error)."""
+    real = cal.make_source
+    monkeypatch.setattr(cmd, "make_source",
+                        lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
+    template = tmp_path / "cusum.toml"
+    template.write_text(CONFIG.replace("k_on = 6.0  # inline comment", 'kind = "cusum"'),
+                        encoding="utf-8")
+    out, db = tmp_path / "p.toml", tmp_path / "c.db"
+    args = argparse.Namespace(config=str(template), source="sim", out=str(out), rest_s=3.0,
+                              mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True, patient="P07",
+                              db=str(db))
+    assert cmd.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "thresholds" not in printed and "MVC" in printed
+    patient = load_config(out)
+    assert patient.detector_kind == "cusum" and patient.detector.baseline == "calibrated"
+    assert all(m.calibration is not None and m.calibration.mvc for m in patient.muscles)
+    from closedloop.io.records import Records
+
+    with Records(db) as r:
+        (row,) = r.sessions("P07")
+    assert row.exit_code == 0 and all(m.on_threshold_uv is None for m in row.muscles)
