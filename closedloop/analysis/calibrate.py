@@ -23,8 +23,8 @@ saturated or non-finite (input monitor), the rest was too noisy (SD/mean above
 ``max_rest_cv``) or not finite, no repetition rose above rest mean + ``min_mvc_sd`` SD
 ("no contraction seen"), the MVC is not above rest, or, for a detector with envelope
 thresholds (threshold, tkeo), the resulting on-threshold is not below the MVC (the
-detector could never fire). Other detectors make their own use of rest and MVC. Nothing is written unless every muscle
-is accepted.
+detector could never fire); other detectors make their own use of rest and MVC.
+Nothing is written unless every muscle is accepted.
 
 The patient config (:func:`patient_config_text`) is the original config text with
 ``detector.baseline = "calibrated"``, a ``[muscles.calibration]`` table in every

@@ -95,7 +95,7 @@ def start_calibration(config: Config, db: str | Path, units: str, *,
     if any(m.calibration is not None for m in config.muscles):
         return CalibrationChoice(config, None, "", "from the config")
     try:
-        return _choose(config, Path(db), units, now)
+        return _choose(config, config.patient, Path(db), units, now)
     except Exception as exc:  # noqa: BLE001 - a damaged row must not stop the session
         return CalibrationChoice(
             config, None, f"could not use the stored calibrations (unexpected "
@@ -103,9 +103,9 @@ def start_calibration(config: Config, db: str | Path, units: str, *,
             "(adaptive baseline)", "the patient record could not be read; adaptive baseline")
 
 
-def _choose(config: Config, db: Path, units: str, now: datetime | None) -> CalibrationChoice:
-    """:func:`start_calibration` once the patient's record is to be searched."""
-    patient = config.patient
+def _choose(config: Config, patient: str, db: Path, units: str,
+            now: datetime | None) -> CalibrationChoice:
+    """:func:`start_calibration` once ``patient``'s record is to be searched."""
     adaptive = "the detector learns the rest level at the start (adaptive baseline)"
     learnt = "none stored; adaptive baseline"
     try:
@@ -155,12 +155,23 @@ def _unfit(record: SessionRecord, config: Config, units: str) -> str | None:
 
 def _apply(config: Config, record: SessionRecord, units: str) -> Config:
     """``config`` with the stored calibration, as if it had been written into it: the
-    resolved settings (which a replay runs with) hold it too."""
-    scale = 1.0 / microvolts_per(units)  # type: ignore[operator]
+    resolved settings (which a replay runs with) hold it too.
+
+    Raises
+    ------
+    ConfigError
+        The record cannot calibrate the config (:func:`_unfit` says why first).
+    """
+    per_uv = microvolts_per(units)
+    if per_uv is None:
+        raise ConfigError(f"the source's units {units!r} are not a voltage")
+    scale = 1.0 / per_uv
     data = json.loads(json.dumps(config.resolved))  # a deep copy of plain data
     data.setdefault("detector", {})["baseline"] = "calibrated"
     for m in data["muscles"]:
         r = record.muscle(m["name"])
+        if r is None or r.rest_mean_uv is None or r.rest_sd_uv is None:
+            raise ConfigError(f"no stored rest level of {m['name']}")
         cal = {"rest_mean": r.rest_mean_uv * scale, "rest_sd": r.rest_sd_uv * scale}
         if r.mvc_uv is not None:
             cal["mvc"] = r.mvc_uv * scale

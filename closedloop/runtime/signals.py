@@ -25,10 +25,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, TextIO
 
 from closedloop.runtime.outcome import StopRequest
+
+#: A Python signal handler (what :func:`signal.signal` installs besides SIG_DFL/SIG_IGN).
+Handler = Callable[[int, FrameType | None], Any]
 
 #: The signals that end a session, and the reason each gives (see EXIT_CODES).
 STOP_SIGNALS = {"SIGINT": "interrupt", "SIGTERM": "sigterm", "SIGHUP": "sighup",
@@ -45,7 +49,7 @@ def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
     block runs without them.
     """
     stop = stop if stop is not None else StopRequest()
-    previous: dict[int, object] = {}
+    previous: dict[int, Handler | int | None] = {}
     try:
         if threading.current_thread() is threading.main_thread():
             for name, reason in STOP_SIGNALS.items():
@@ -58,8 +62,8 @@ def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
-def _handler(stop: StopRequest, reason: str):
-    def handle(_signum, _frame) -> None:
+def _handler(stop: StopRequest, reason: str) -> Handler:
+    def handle(_signum: int, _frame: FrameType | None) -> None:
         stop.set_from_signal(reason)
 
     return handle

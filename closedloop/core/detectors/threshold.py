@@ -370,10 +370,9 @@ class OnsetDetector:
             self.on_threshold[c] = on
             self.off_threshold[c] = mu + off_frac * (on - mu)
         if newly is not None:
-            on = mean + k_on * np.sqrt(var)
-            off = mean + off_frac * (on - mean)
-            np.copyto(self.on_threshold, on, where=newly)
-            np.copyto(self.off_threshold, off, where=newly)
+            ons = mean + k_on * np.sqrt(var)
+            np.copyto(self.on_threshold, ons, where=newly)
+            np.copyto(self.off_threshold, mean + off_frac * (ons - mean), where=newly)
 
     def _seed(self, block_index: int, block_end: int, seeding: np.ndarray, m: np.ndarray,
               v: np.ndarray) -> np.ndarray | None:

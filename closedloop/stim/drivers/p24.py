@@ -808,14 +808,14 @@ class P24(Stimulator):
             except asyncio.TimeoutError:
                 unmatched = list(self._unmatched)
                 seen = f"; answers it could not match: {unmatched}" if unmatched else ""
-                exc = DeviceLostError(
+                lost = DeviceLostError(
                     f"the P24 on {self.port} did not answer {name} (packet {packet.number}) "
                     f"within {self.response_timeout * 1000:.0f} ms{seen}. Check that it is "
                     "plugged in and its lamp lights; it stops by itself 2 s after the last "
                     "keep-alive.")
                 if record:
-                    self._record_fault(exc, outputs_off=False, report=False)
-                raise exc from None
+                    self._record_fault(lost, outputs_off=False, report=False)
+                raise lost from None
         finally:
             self._pending = None
             if not pending.future.done():
