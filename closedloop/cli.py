@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
     d.add_argument("--stream", help=".xdf input: name or type of the EMG stream (default: the "
                    "closedloop EMG stream, or the only stream of type EMG)")
-    d.set_defaults(module="closedloop.analysis.detect")
+    d.set_defaults(module="closedloop.commands.detect")
 
     b = sub.add_parser("bench", help="measure the signal core's speed (or --latency end to end)")
     b.add_argument("--channels", type=number("a number of channels from 1 to 64", integer=True,
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--outlets", action="store_true", help="--latency: publish the LSL outlets")
     b.add_argument("--with-view", action="store_true",
                    help="--latency: also attach a live view (implies --outlets)")
-    b.set_defaults(module="closedloop.analysis.bench")
+    b.set_defaults(module="closedloop.commands.bench")
     r = sub.add_parser(
         "run", help="run a closed-loop session (default: simulated patient and stimulator)"
     )
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="real bursts spliced into real rest at these SNRs (default 20,10,3,0); input: "
              "the shared data folder (default ../shared/data)")
     ev.add_argument("--seeds", help="--splice: seeds, e.g. 100-109 (default: the report seeds)")
-    ev.set_defaults(module="closedloop.analysis.evaluate")
+    ev.set_defaults(module="closedloop.commands.evaluate")
 
     x = sub.add_parser("export", help="recordings as an EMG-BIDS dataset (BDF+, TSV, JSON)")
     x.add_argument("inputs", nargs="+", metavar="FILE.xdf", type=input_file)
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("input", metavar="FILE.xdf", type=input_file)
     rep.add_argument("--out", type=output_file, help="HTML file (default: FILE.html)")
     _overwrite(rep, "the report")
-    rep.set_defaults(module="closedloop.analysis.report")
+    rep.set_defaults(module="closedloop.commands.report")
     v = sub.add_parser(
         "view", help="live view of a running session (subscribes to its LSL streams)"
     )
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--duration", type=SECONDS, help="close after this many seconds")
     v.add_argument("--demo", type=number("a number of muscles from 1 to 8", integer=True, hi=8),
                    help="start a simulated session with N muscles and view it")
-    v.set_defaults(module="closedloop.view.app")
+    v.set_defaults(module="closedloop.commands.view")
 
     c = sub.add_parser("calibrate", help="rest + maximal contractions -> a patient config")
     c.add_argument("--config", required=True, type=input_file)
@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--yes", action="store_true", help="confirm the stimulation limits without asking"
     )
     _patient_args(c, "the calibration (and written to the patient config)")
-    c.set_defaults(module="closedloop.analysis.calibrate")
+    c.set_defaults(module="closedloop.commands.calibrate")
 
     h = sub.add_parser("history", help="a patient's progress over sessions and weeks "
                        "(from the patient record)")

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CONFIGS = ROOT / "configs"
 
-#: Folders tools write into a checkout by themselves (Python, pytest, hypothesis, ruff,
+#: Folders tools write into a checkout by themselves (Python, pytest, hypothesis, ruff, mypy,
 #: pip's egg-info): not a test writing into the tree.
-TOOL_CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache")
+TOOL_CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".mypy_cache")
 
 
 def in_ci(env: Mapping[str, str] = os.environ) -> bool:

@@ -1,17 +1,16 @@
-"""``closedloop bench``: how fast the signal core is, measured, not asserted.
+"""How fast the signal core is, measured, not asserted (``closedloop bench``).
 
-Prints, for ``n_channels`` at ``fs`` over ``minutes`` of simulated EMG: throughput as
+Measures, for ``n_channels`` at ``fs`` over ``minutes`` of simulated EMG: throughput as
 x real time for small (20-sample) and large chunks, per-chunk time p50/p99 at the small
 chunk size, and the ratio of the full pipeline's time to a bare band-pass with the
 public :func:`scipy.signal.sosfilt` (same order, state carried, same chunks) over the
-same data, measured in the same run. ``--json`` adds one JSON object as the last line.
-``--detector NAME`` measures another detector of :func:`closedloop.core.detectors.make_detector`
-(with its filters) instead of the product pipeline (``threshold``, the default).
+same data, measured in the same run (:mod:`closedloop.commands.bench` prints them).
+``detector`` names another detector of :func:`closedloop.core.detectors.make_detector`
+to measure (with its filters) instead of the product pipeline (``threshold``, the default).
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -89,24 +88,3 @@ def run_bench(
         "ratio_to_sosfilt": full_small / bare_small,
     }
 
-
-def main(args) -> int:
-    if getattr(args, "latency", False):
-        from closedloop.analysis.latency import main as latency_main
-
-        return latency_main(args)
-    r = run_bench(channels=args.channels, fs=args.fs, minutes=args.minutes, large=args.large,
-                  detector=getattr(args, "detector", None) or "threshold")
-    print(f"closedloop bench: detector {r['detector']}, {r['channels']} ch at {r['fs']:g} Hz, "
-          f"{r['minutes']:g} min of simulated EMG")
-    print(f"  throughput, 20-sample chunks : {r['realtime_x_chunk20']:8.1f} x real time")
-    print(f"  throughput, {args.large}-sample chunks: {r['realtime_x_large']:8.1f} x real time")
-    print(f"  per 20-sample chunk          : p50 {r['chunk20_p50_us']:.1f} us, "
-          f"p99 {r['chunk20_p99_us']:.1f} us")
-    print(f"  bare scipy sosfilt band-pass : {r['bare_sosfilt_chunk20_us']:.1f} us per "
-          "20-sample chunk")
-    print(f"  detector / bare sosfilt      : {r['ratio_to_sosfilt']:.2f}")
-    print(f"  onset+offset events          : {r['events']} (identical for both chunk sizes)")
-    if args.json:
-        print(json.dumps(r))
-    return 0

@@ -1,10 +1,11 @@
-"""``closedloop calibrate``: rest and maximal contractions per muscle -> a patient config.
+"""Calibration: rest and maximal contractions per muscle -> a patient config.
 
 The clinician's first step with every patient. The session is a fixed schedule of
 steps (:func:`build_steps`): all muscles at rest for ``rest_s``, then for each muscle
 ``mvc_reps`` times: get ready (``prepare_s``), contract as hard as possible (``mvc_s``),
 relax (``relax_s``). Cues and the electrode-placement note of each muscle are shown on
-screen (:mod:`closedloop.view.calibration`) or printed on the terminal (``--no-gui``).
+screen (:mod:`closedloop.view.calibration`) or printed on the terminal
+(:mod:`closedloop.commands.calibrate`, ``closedloop calibrate --no-gui``).
 
 Every chunk goes through the input monitor and the same
 :class:`~closedloop.core.pipeline.Pipeline` filters and envelope as the live loop, so
@@ -20,9 +21,10 @@ muscle (:func:`analyse`):
 A muscle's calibration is refused, with the reason, when the channel was flat,
 saturated or non-finite (input monitor), the rest was too noisy (SD/mean above
 ``max_rest_cv``) or not finite, no repetition rose above rest mean + ``min_mvc_sd`` SD
-("no contraction seen"), the MVC is not above rest, or the resulting on-threshold is not
-below the MVC (the detector could never fire). Nothing is written unless every muscle
-is accepted.
+("no contraction seen"), the MVC is not above rest, or, for a detector with envelope
+thresholds (threshold, tkeo), the resulting on-threshold is not below the MVC (the
+detector could never fire); other detectors make their own use of rest and MVC.
+Nothing is written unless every muscle is accepted.
 
 The patient config (:func:`patient_config_text`) is the original config text with
 ``detector.baseline = "calibrated"``, a ``[muscles.calibration]`` table in every
@@ -60,7 +62,7 @@ import numpy as np
 import tomlkit
 import tomlkit.items
 
-from closedloop.config import Config, load_config, loads_config
+from closedloop.config import Config, loads_config
 from closedloop.config.signal import Calibration, DetectorSettings
 from closedloop.core.pipeline import Pipeline
 from closedloop.core.stream import Chunk, SourceInfo
@@ -115,6 +117,7 @@ class Step:
 
     @property
     def end_s(self) -> float:
+        """When the step ends, seconds from the first sample."""
         return self.start_s + self.duration_s
 
 
@@ -179,6 +182,7 @@ class Recording:
 
     @property
     def n(self) -> int:
+        """Samples recorded."""
         return int(self.envelope.shape[0])
 
 
@@ -224,9 +228,11 @@ class Recorder:
 
     @property
     def done(self) -> bool:
+        """Whether the whole schedule is recorded."""
         return self.position >= self.n_samples
 
     def feed(self, chunk: Chunk) -> None:
+        """Check one chunk, note the channels' input problems and keep its envelope."""
         checked = self.monitor.check(chunk)
         by_label = {self.info.channels[c]: m for c, m in zip(self.cols, self.muscles, strict=True)}
         for issue in checked.issues:
@@ -245,6 +251,7 @@ class Recorder:
             self.latest = block.envelope[-1].copy()
 
     def recording(self) -> Recording:
+        """What was recorded so far (copies)."""
         return Recording(
             self.info.fs, self.muscles, self.envelope[: self.position].copy(),
             {m: list(v) for m, v in self.issues.items()}, self.info.units,
@@ -316,23 +323,27 @@ class MuscleResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the muscle's calibration was accepted."""
         return not self.reasons
 
     @property
     def calibration(self) -> Calibration | None:
+        """The calibration to write, None when refused."""
         if not self.ok:
             return None
         return Calibration(rest_mean=self.rest_mean, rest_sd=self.rest_sd, mvc=self.mvc)
 
     def summary(self) -> str:
+        """One line: the figures, or REFUSED and why."""
         if not self.ok:
             return f"{self.muscle}: REFUSED - " + "; ".join(self.reasons)
         reps = ", ".join(f"{r:.4g}" for r in self.reps)
-        return (
-            f"{self.muscle}: rest {self.rest_mean:.4g} +- {self.rest_sd:.4g}, MVC "
-            f"{self.mvc:.4g} (reps {reps}), on/off thresholds {self.on_threshold:.4g}/"
-            f"{self.off_threshold:.4g} ({100 * self.on_fraction:.0f}% of MVC above rest)"
-        )
+        line = (f"{self.muscle}: rest {self.rest_mean:.4g} +- {self.rest_sd:.4g}, MVC "
+                f"{self.mvc:.4g} (reps {reps})")
+        if math.isnan(self.on_threshold):  # a detector without envelope thresholds
+            return line
+        return (f"{line}, on/off thresholds {self.on_threshold:.4g}/{self.off_threshold:.4g} "
+                f"({100 * self.on_fraction:.0f}% of MVC above rest)")
 
     @property
     def on_fraction(self) -> float:
@@ -350,12 +361,15 @@ class Result:
 
     @property
     def ok(self) -> bool:
+        """Whether every muscle was accepted."""
         return all(m.ok for m in self.muscles)
 
     def calibrations(self) -> dict[str, Calibration]:
+        """The accepted muscles' calibrations, by muscle."""
         return {m.muscle: m.calibration for m in self.muscles if m.calibration is not None}
 
     def reasons(self) -> list[str]:
+        """The summary of every refused muscle."""
         return [m.summary() for m in self.muscles if not m.ok]
 
 
@@ -426,6 +440,8 @@ def analyse(
         if not r.mvc > r.rest_mean:
             r.reasons.append(f"MVC {r.mvc:.4g} is not above the rest level {r.rest_mean:.4g}")
             continue
+        if not isinstance(config.detector, DetectorSettings):
+            continue  # no envelope thresholds: the detector makes its own use of rest/MVC
         cal = Calibration(r.rest_mean, r.rest_sd, r.mvc)
         r.on_threshold, r.off_threshold = cal.thresholds(config.detector)
         if not r.on_threshold < r.mvc:
@@ -621,75 +637,6 @@ def make_source(config: Config, spec: str | None, steps: Sequence[Step], *,
     return open_source(spec or config.session.source, context)
 
 
-# -- terminal UI ----------------------------------------------------------------------------
-def confirm_limits(config: Config, *, yes: bool, input: Callable[[str], str] = input,
-                   output: Callable[[str], object] = print) -> str:
-    """Ask the clinician to confirm the stimulation limits; returns what is recorded.
-
-    Raises
-    ------
-    InputError
-        Not confirmed.
-    """
-    lines = limits_lines(config)
-    if not lines:
-        return "none: this config does not stimulate"
-    output("Stimulation settings and limits of this config:")
-    for line in lines:
-        output(f"  {line}")
-    if yes:
-        return "confirmed with --yes"
-    try:
-        answer = input("Are these stimulation limits right for this patient? [y/N] ")
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() not in ("y", "yes"):
-        raise InputError(
-            "the stimulation limits were not confirmed; nothing was written (answer y, "
-            "or pass --yes)"
-        )
-    return "confirmed at the terminal"
-
-
-def run_terminal(
-    config: Config,
-    source: Source,
-    schedule: Schedule,
-    *,
-    output: Callable[[str], object] = print,
-) -> tuple[Result, list[Step]]:
-    """Guide the calibration on the terminal; returns the result and the steps."""
-    steps = build_steps(schedule, config.muscle_names)
-    shown: set[str] = set()
-
-    def on_step(step: Step) -> None:
-        if step.muscle and step.muscle not in shown:
-            shown.add(step.muscle)
-            m = config.muscle(step.muscle)
-            output(f"--- {m.name}: electrodes: {m.placement or '(no placement note)'}"
-                   + (f" [picture: {m.picture}]" if m.picture else ""))
-        output(f"[{step.start_s:6.1f} s] {step.text} ({step.duration_s:g} s)")
-
-    output(f"Calibration of {', '.join(config.muscle_names)}: "
-           f"{total_s(steps):.0f} s. Follow the cues.")
-    with source:
-        rec = acquire(source, config, steps, on_step=on_step)
-    result = analyse(rec, steps, config, schedule)
-    for m in result.muscles:
-        output(m.summary())
-        for w in m.warnings:
-            output(f"  warning: {w}")
-    return result, steps
-
-
-def schedule_from_args(args) -> Schedule:
-    return Schedule(
-        rest_s=float(getattr(args, "rest_s", 5.0)),
-        mvc_reps=int(getattr(args, "mvc_reps", 3)),
-        mvc_s=float(getattr(args, "mvc_s", 3.0)),
-    )
-
-
 def calibration_record(config: Config, result: Result, *, started: str, duration_s: float,
                        operator: str | None = None, written: Path | None = None):
     """The patient-record row of a calibration (``config.patient`` must be set): accepted
@@ -711,91 +658,3 @@ def calibration_record(config: Config, result: Result, *, started: str, duration
         muscles=calibration_muscles(result.calibrations(), config, result.units),
     )
 
-
-def _store(config: Config, result: Result | None, args, *, started: str, duration_s: float,
-           operator: str | None, written: Path | None) -> None:
-    """Add the calibration to the patient record and say how that went (a patient only)."""
-    if not config.patient or result is None:
-        return
-    from closedloop.io.records import resolve_path
-    from closedloop.runtime.patient_record import save
-
-    record = calibration_record(config, result, started=started, duration_s=duration_s,
-                                operator=operator, written=written)
-    _, line = save(record, resolve_path(getattr(args, "db", None)))
-    print(f"closedloop calibrate: patient record: {line}",
-          file=sys.stdout if line.startswith("saved") else sys.stderr)
-
-
-def main(args) -> int:
-    """``closedloop calibrate --config C [--source SPEC] [--stimulator SPEC] --out
-    PATIENT.toml [--overwrite] [--rest-s 5] [--mvc-reps 3] [--mvc-s 3] [--no-gui] [--yes]
-    [--patient ID] [--operator NAME] [--db PATH]``.
-
-    ``args`` attributes: ``config``, ``source`` (None: the config's session source),
-    ``stimulator`` (None: keep the config's; else checked against the program before the
-    calibration starts and written to the patient config), ``out``, ``overwrite``,
-    ``rest_s``, ``mvc_reps``, ``mvc_s``, ``no_gui``, ``yes``; ``patient`` (overrides the
-    config's; written to the patient config), ``operator``, ``db`` (the patient record).
-    Exit code 0 when the patient config was written, 1 when refused.
-
-    The output is claimed first (:func:`~closedloop.io.outfile.claim_output`): an existing
-    file needs ``--overwrite``, and the template config itself is never overwritten.
-    """
-    from closedloop.io.outfile import claim_output
-
-    with claim_output(args.out, overwrite=bool(getattr(args, "overwrite", False)),
-                      inputs=[("config", args.config)], what="patient config"):
-        return _calibrate(args)
-
-
-def _calibrate(args) -> int:
-    from closedloop.identity import check_operator
-    from closedloop.io.records import now_iso
-
-    config = load_config(args.config)
-    if getattr(args, "patient", None):
-        config = config.with_patient(args.patient, where="--patient")
-    operator = getattr(args, "operator", None)
-    operator = check_operator(operator) if operator is not None else None
-    schedule = schedule_from_args(args)
-    steps = build_steps(schedule, config.muscle_names)
-    source_spec = getattr(args, "source", None) or config.session.source
-    out = Path(args.out)
-    stimulator = getattr(args, "stimulator", None)
-    if stimulator:  # before the patient starts: can this stimulator run the program?
-        from closedloop.runtime.devices import make_stimulator
-
-        make_stimulator(config, stimulator)  # checks the spec; opens nothing
-    started = now_iso()
-    if not getattr(args, "no_gui", False):
-        from closedloop.view.app import _app
-        from closedloop.view.calibration import CalibrationDialog
-
-        app = _app()
-        dlg = CalibrationDialog(config, source_spec, out, schedule=schedule,
-                                yes=bool(getattr(args, "yes", False)),
-                                stimulator=stimulator or None)
-        dlg.show()
-        app.exec()
-        _store(config, dlg.result, args, started=started, duration_s=total_s(steps),
-               operator=operator, written=dlg.written)
-        return 0 if dlg.written is not None else 1
-    confirmation = confirm_limits(config, yes=bool(getattr(args, "yes", False)))
-    source = make_source(config, source_spec, steps)
-    result, steps = run_terminal(config, source, schedule)
-    if not result.ok:
-        print("closedloop calibrate: calibration refused, nothing written:", file=sys.stderr)
-        for line in result.reasons():
-            print(f"  {line}", file=sys.stderr)
-        _store(config, result, args, started=started, duration_s=total_s(steps),
-               operator=operator, written=None)
-        return 1
-    text = patient_config_text(config, result, confirmation=confirmation,
-                               source=source_spec, schedule=schedule,
-                               stimulator=stimulator or None)
-    write_patient_config(out, text)
-    print(f"closedloop calibrate: wrote {out} (detector.baseline = \"calibrated\")")
-    _store(config, result, args, started=started, duration_s=total_s(steps),
-           operator=operator, written=out)
-    return 0

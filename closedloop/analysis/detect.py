@@ -1,4 +1,4 @@
-"""``closedloop detect``: the detector run offline over a file, events to CSV.
+"""The detector run offline over a file, events to CSV (``closedloop detect``).
 
 The same :class:`~closedloop.core.pipeline.Pipeline` as the live loop, fed the whole
 file in chunks of the session's chunk size, so the events are the ones a live session
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
-from closedloop.config import Config, default_config, load_config
+from closedloop.config import Config
 from closedloop.core.events import Event
 from closedloop.core.pipeline import Pipeline
-from closedloop.io.files import EmgData, load_emg
-from closedloop.io.outfile import claim_output
+from closedloop.io.files import EmgData
 
 
 def select_channels(data: EmgData, config: Config) -> EmgData:
@@ -58,29 +56,3 @@ def write_events_csv(events: list[Event], path: str | Path, *, overwrite: bool =
 
     write_output(events_csv(events), path, overwrite=overwrite)
 
-
-def main(args) -> int:
-    """``closedloop detect INPUT --out EVENTS.csv [--overwrite] [--config C] [--fs HZ]
-    [--columns 0,1] [--board NAME] [--stream NAME]``."""
-    columns = args.columns
-    if isinstance(columns, str):  # called as a library with the text form
-        columns = [int(c) for c in columns.split(",")]
-    with claim_output(args.out, overwrite=getattr(args, "overwrite", False),
-                      inputs=[("input", args.input), ("config", args.config)],
-                      what="events file"):
-        data = load_emg(args.input, fs=args.fs, columns=columns, board=args.board,
-                        stream=getattr(args, "stream", None))
-        if args.config:
-            config = load_config(args.config)
-            data = select_channels(data, config)
-        else:
-            config = default_config(data.channels)
-        events = detect(data, config)
-        Path(args.out).write_text(events_csv(events), encoding="utf-8", newline="")
-    n_on = sum(e.kind == "onset" for e in events)
-    print(
-        f"{data.source}: {data.samples.shape[1]} channel(s), {data.duration_s:.1f} s at "
-        f"{data.fs:g} Hz -> {n_on} onset(s), {len(events) - n_on} offset(s) in {args.out}",
-        file=sys.stderr,
-    )
-    return 0

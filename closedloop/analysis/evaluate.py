@@ -1,4 +1,4 @@
-"""``closedloop evaluate``: detectors against reference onsets, as a table.
+"""Detectors against reference onsets, as a table (``closedloop evaluate``).
 
 Runs one or more detector configurations over recordings that come with reference
 onsets and prints, per recording and overall: sensitivity, false detections per minute
@@ -85,9 +85,7 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,7 +97,6 @@ from closedloop.analysis.results import (
     Bootstrap,
     Column,
     bootstrap_ci,
-    choose_format,
     ci_columns,
     figures,
     metric_columns,
@@ -107,7 +104,6 @@ from closedloop.analysis.results import (
     to_json,
     to_markdown,
     trial_units,
-    write_output,
 )
 from closedloop.analysis.scoring import Score, merge_scores, score_onsets
 from closedloop.core.events import ONSET, Event
@@ -175,10 +171,12 @@ class Recording:
 
     @property
     def n(self) -> int:
+        """Samples per channel."""
         return int(self.samples.shape[0])
 
     @property
     def duration_s(self) -> float:
+        """Length of the recording, s."""
         return self.n / self.fs
 
 
@@ -976,6 +974,7 @@ class SpliceRow:
     seeds: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
+        """The row as JSON-ready values."""
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         return d
@@ -1099,19 +1098,6 @@ def format_splice_table(rows: Sequence[SpliceRow]) -> str:
     return "\n".join(lines)
 
 
-def _floats(v: Any) -> list[float]:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [float(t) for t in v.split(",") if t.strip()]
-    if isinstance(v, (int, float)):
-        return [float(v)]
-    out: list[float] = []
-    for item in v:
-        out.extend(_floats(item))
-    return out
-
-
 def render(rows: Sequence[Row], fmt: str, boot: Bootstrap) -> str:
     """The rows in one output format (``text``, ``csv``, ``md`` or ``json``)."""
     if fmt == "text":
@@ -1133,89 +1119,3 @@ NOTE_METRICS = ("sensitivity = hits / refs; precision = hits / (hits + false det
                 "F1 = 2 hits / (refs + hits + false); latency = (decision sample - reference "
                 "sample) / fs; onsets = every onset on every channel")
 
-
-def main(args) -> int:
-    """``closedloop evaluate``. Fields of ``args``: ``inputs`` (paths), ``detectors``
-    (specs; default threshold, double_threshold, tkeo), ``labels``, ``fs``, ``jobs``,
-    ``json``, ``simulate`` (SNRs in dB, "20,10,0,-3" or a list), ``minutes``, ``seed``;
-    optional ``format``, ``out``, ``overwrite``, ``bootstrap``, ``bootstrap_seed``,
-    ``cluster``, ``truth_label``."""
-    inputs: list[Any] = list(getattr(args, "inputs", None) or [])
-    if getattr(args, "splice", None) is not None:
-        return _splice_main(args, inputs)
-    minutes = float(getattr(args, "minutes", None) or 5.0)
-    seed = int(getattr(args, "seed", None) or 0)
-    inputs += [SimSpec(snr, minutes, seed) for snr in _floats(getattr(args, "simulate", None))]
-    if not inputs:
-        raise InputError("nothing to evaluate: give recordings, folders of recordings, the "
-                         "shared data folder, or --simulate SNR[,SNR...]")
-    out = getattr(args, "out", None)
-    fmt = choose_format(getattr(args, "format", None), out)
-    boot = Bootstrap(int(getattr(args, "bootstrap", None) if getattr(args, "bootstrap", None)
-                         is not None else 2000),
-                     int(getattr(args, "bootstrap_seed", None) or 0))
-    detectors = list(getattr(args, "detectors", None) or BUILTIN_DETECTORS)
-    rows = evaluate(inputs, detectors, labels=getattr(args, "labels", None),
-                    jobs=getattr(args, "jobs", None), fs=getattr(args, "fs", None),
-                    bootstrap=boot, cluster=getattr(args, "cluster", None),
-                    truth_label=getattr(args, "truth_label", None) or "truth",
-                    on_error="report")
-    if out:
-        write_output(render(rows, fmt, boot), out,
-                     overwrite=bool(getattr(args, "overwrite", False)))
-        print(format_table(rows))
-        print(f"closedloop evaluate: {len(rows)} rows written to {out} ({fmt})",
-              file=sys.stderr)
-    else:
-        print(render(rows, fmt, boot), end="")
-    if getattr(args, "json", False):
-        print(json.dumps({"rows": [r.as_dict() for r in rows]}))
-    sys.stdout.flush()
-    failed = [r for r in rows if r.error]
-    for r in failed:
-        print(f"closedloop evaluate: {r.recording} ({r.detector}) failed: {r.error}",
-              file=sys.stderr)
-    return 1 if failed else 0
-
-
-def parse_seeds(text: str | Sequence[int] | None) -> tuple[int, ...]:
-    """``"100-109"``, ``"0,1,2"`` or a list; None gives the report seeds of
-    :data:`closedloop.analysis.splice.REPORT_SEEDS`."""
-    from closedloop.analysis.splice import REPORT_SEEDS
-
-    if text is None:
-        return REPORT_SEEDS
-    if not isinstance(text, str):
-        return tuple(int(x) for x in text)
-    out: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        a, dash, b = part.partition("-")
-        try:
-            lo = int(a)
-            hi = int(b) if dash else lo
-        except ValueError:
-            raise InputError(f"--seeds {text!r}: {part!r} is not a seed or a range like "
-                             "100-109") from None
-        if lo < 0 or hi < lo:
-            raise InputError(f"--seeds {text!r}: {part!r} must be seeds >= 0, low-high")
-        out.extend(range(lo, hi + 1))
-    if not out:
-        raise InputError(f"--seeds {text!r}: no seed given")
-    return tuple(out)
-
-
-def _splice_main(args, inputs: list[Any]) -> int:
-    if len(inputs) > 1:
-        raise InputError("--splice takes one input: the shared data folder (default "
-                         "../shared/data)")
-    data_dir = Path(inputs[0]) if inputs else Path("..") / "shared" / "data"
-    snrs = _floats(args.splice) or list(SPLICE_SNRS)
-    detectors = list(getattr(args, "detectors", None) or BUILTIN_DETECTORS)
-    rows = splice_evaluate(data_dir, detectors, snrs=snrs,
-                           seeds=parse_seeds(getattr(args, "seeds", None)),
-                           jobs=getattr(args, "jobs", None))
-    print(format_splice_table(rows))
-    if getattr(args, "json", False):
-        print(json.dumps({"splice": [r.as_dict() for r in rows]}))
-    sys.stdout.flush()
-    return 0

@@ -121,9 +121,11 @@ class Trend:
 
     @property
     def change(self) -> float:
+        """Last value minus first."""
         return self.last - self.first
 
     def text(self) -> str:
+        """The trend in words: first, last and the change, with the unit."""
         d = self.metric.digits
         unit = f" {self.metric.unit}" if self.metric.unit else ""
         if self.n < 2:
@@ -166,10 +168,12 @@ class History:
 
     @property
     def not_recorded(self) -> list[Metric]:
+        """The metrics no session recorded."""
         return [m for m in METRICS if m not in self.recorded]
 
     @property
     def period(self) -> str:
+        """The dates of the first and the last session (one date when they are the same day)."""
         days = [s.started_at for s in self.runs + self.calibrations]
         if not days:
             return ""

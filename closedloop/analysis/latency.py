@@ -1,4 +1,4 @@
-"""``closedloop bench --latency``: end-to-end latency over LSL on loopback, measured.
+"""End-to-end latency over LSL on loopback, measured (``closedloop bench --latency``).
 
 Two processes, as in a real set-up with an amplifier application:
 
@@ -25,8 +25,8 @@ What is printed (p50/p95/p99, ms):
   the EMG to rise above threshold), delivery (the chunking of the stream and LSL:
   arrival of the deciding sample minus its acquisition) and processing.
 
-Nothing here is asserted: the figures are measured and printed. ``--json`` adds one JSON
-object as the last line.
+Nothing here is asserted: the figures are measured, and printed by
+:mod:`closedloop.commands.bench`.
 """
 
 from __future__ import annotations
@@ -171,10 +171,12 @@ class Streamer:
         self.onsets: list[tuple[float, str]] = [(float(t), m) for t, m in head["onsets"]]
 
     def send(self, word: str) -> None:
+        """Send one control word (``stall``, ``resume``, ``quit``) to the streamer."""
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
 
     def close(self) -> None:
+        """Ask the streamer to quit, and end it if it does not. Idempotent."""
         if self.proc.poll() is None:
             try:
                 self.send("quit")
@@ -307,30 +309,6 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
         "trigger_processing_p50_ms": _pct(trig_proc)["p50"],
         "samples_lost": out.samples_lost, "clock_offset_s": offset,
     }
-
-
-def main(args) -> int:
-    """``closedloop bench --latency [--seconds S] [--json]``."""
-    view = bool(getattr(args, "with_view", False))
-    r = run_latency(args.seconds, outlets=bool(getattr(args, "outlets", False)) or view, view=view)
-    r["outlets"], r["view"] = bool(getattr(args, "outlets", False)) or view, view
-    print(f"closedloop bench --latency: {r['seconds']:g} s of simulated EMG at {r['fs']:g} Hz, "
-          f"{r['snr_db']:g} dB, over LSL on loopback in {r['chunk_ms']:g} ms chunks; "
-          "sim stimulator" + ("; LSL outlets on" if r["outlets"] else "")
-          + ("; live view attached" if r["view"] else ""))
-    print(f"  arrival -> command (processing): p50 {r['arrival_to_command_p50_ms']:.3f} ms, "
-          f"p95 {r['arrival_to_command_p95_ms']:.3f} ms, "
-          f"p99 {r['arrival_to_command_p99_ms']:.3f} ms ({r['commands']} commands)")
-    print(f"  onset -> command (total)       : p50 {r['onset_to_command_p50_ms']:.1f} ms, "
-          f"p95 {r['onset_to_command_p95_ms']:.1f} ms, p99 {r['onset_to_command_p99_ms']:.1f} ms "
-          f"({r['triggered']} of {r['onsets']} biceps onsets triggered)")
-    print(f"    of which detection p50 {r['detection_p50_ms']:.1f} ms, delivery (chunking + LSL) "
-          f"p50 {r['delivery_p50_ms']:.2f} ms, processing p50 "
-          f"{r['trigger_processing_p50_ms']:.3f} ms")
-    print(f"  samples lost: {r['samples_lost']}")
-    if args.json:
-        print(json.dumps(r))
-    return 0
 
 
 def _serve_main(argv: list[str]) -> int:

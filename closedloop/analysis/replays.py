@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from closedloop.analysis.results import (
     Bootstrap,
     Column,
@@ -126,6 +128,34 @@ class ReplayRow:
         return d
 
 
+class ProgressBar:
+    """A ``progress(done, total)`` callback drawn as a tqdm bar on stderr, on a terminal only.
+
+    Into a pipe or a log file a bar is noise (carriage returns, hundreds of redraws), so
+    there it writes nothing at all. The bar is created at the first call, when the total
+    is known.
+    """
+
+    def __init__(self, desc: str, *, unit: str = "it") -> None:
+        self.desc = desc
+        self.unit = unit
+        self._bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        """Show ``done`` of ``total``."""
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=self.desc, unit=self.unit, unit_scale=True,
+                             file=sys.stderr, disable=not sys.stderr.isatty(),
+                             dynamic_ncols=True)
+        if done > self._bar.n:
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        """End the bar (its last state stays on the terminal). Idempotent."""
+        if self._bar is not None:
+            self._bar.close()
+
+
 def _matched(a: Sequence[tuple], b: Sequence[tuple]) -> int:
     """How many items two sequences share, as multisets."""
     return sum((Counter(a) & Counter(b)).values())
@@ -141,17 +171,21 @@ def replay_task(task: ReplayTask) -> ReplayRow:
     Errors of the closedloop family propagate (the batch reports them per task).
     """
     from closedloop.analysis.evaluate import score_recording, session_recording
-    from closedloop.runtime.replay import _bar, check, check_intact, replay_file
+    from closedloop.runtime.replay import check, check_intact, replay_file
 
     name = task.name or task.path
     t0 = time.perf_counter()
-    session, config, out = replay_file(task.path, config_path=task.config, speed=task.speed,
-                                       stream=task.stream,
-                                       progress=_bar if task.progress else None,
-                                       partial=task.partial)
+    bar = ProgressBar("replay", unit="sample") if task.progress else None
+    try:
+        session, config, out = replay_file(task.path, config_path=task.config,
+                                           speed=task.speed, stream=task.stream,
+                                           progress=bar, partial=task.partial)
+        if bar is not None:  # where the replay got to (its last status may be older)
+            bar(int(out.samples), session.n)
+    finally:
+        if bar is not None:
+            bar.close()
     wall = time.perf_counter() - t0
-    if task.progress:
-        print(file=sys.stderr)
     row = ReplayRow(recording=name, config=_label(task.config), config_name=config.name)
     if out.reason not in ("ended", "duration"):
         row.exit_code = max(out.exit_code, 1)

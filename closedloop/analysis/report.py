@@ -1,4 +1,4 @@
-"""``closedloop report``: one self-contained HTML page about a recorded session.
+"""One self-contained HTML page about a recorded session (``closedloop report``).
 
 The page (plots are PNG images embedded as base64, drawn with matplotlib's Agg backend,
 so it builds without a display and opens anywhere without other files) has:
@@ -52,8 +52,9 @@ anything whose label contains ``warn``, ``issue``, ``electrode``, ``stall``,
     Listed under warnings with its fields (``message`` first).
 
 :func:`build_report` works from any object with the attributes of
-:class:`closedloop.io.xdf.Session` (tests build one in memory); :func:`main` loads an
-XDF file with :func:`~closedloop.io.xdf.load_session`.
+:class:`closedloop.io.xdf.Session` (tests build one in memory);
+:mod:`closedloop.commands.report` loads an XDF file with
+:func:`~closedloop.io.xdf.load_session`.
 """
 
 from __future__ import annotations
@@ -801,29 +802,3 @@ def build_report(session: Any, out_path: str | Path) -> Path:
     p.write_text(report_html(session), encoding="utf-8")
     return p
 
-
-def main(args) -> int:
-    """``closedloop report``. Fields of ``args``: ``input`` (the XDF file), ``out`` (the
-    HTML file to write; default: the input with ``.html``), ``overwrite`` (replace an
-    existing report)."""
-    import sys
-
-    from closedloop.errors import InputError
-    from closedloop.io.outfile import claim_output
-    from closedloop.io.xdf import load_session
-
-    out = getattr(args, "out", None) or Path(args.input).with_suffix(".html")
-    with claim_output(out, overwrite=getattr(args, "overwrite", False),
-                      inputs=[("recording", args.input)], what="report"):
-        session = load_session(args.input)
-        if not (session.fs > 0):
-            raise InputError(
-                f"{args.input}: the EMG stream {session.name!r} has an irregular rate (no "
-                "nominal sampling rate), and closedloop's filters and detector need a fixed "
-                "one; a report needs EMG recorded from a stream with a nominal rate")
-        path = build_report(session, out)
-        if session.damage:  # a crashed session is worth a report, but it must say so
-            print(f"{args.input}: WARNING: {session.damage_report}\nThe report covers the "
-                  "intact part only.", file=sys.stderr)
-    print(f"{args.input}: report written to {path}", file=sys.stderr)
-    return 0

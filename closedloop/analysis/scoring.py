@@ -55,13 +55,16 @@ class Score:
 
     @property
     def false_per_min(self) -> float:
+        """False detections per minute (NaN without a duration)."""
         return self.false_detections / (self.duration_s / 60.0) if self.duration_s else float("nan")
 
     def latency_percentile(self, q: float) -> float:
+        """The ``q``-th percentile of the hits' latencies, s (NaN without a hit)."""
         return float(np.percentile(self.latencies_s, q)) if self.latencies_s else float("nan")
 
     @property
     def median_latency_s(self) -> float:
+        """Median latency of the hits, s (NaN without a hit)."""
         return self.latency_percentile(50)
 
 
@@ -151,6 +154,7 @@ class TrialScore:
 
     @property
     def misses(self) -> int:
+        """Bursts without a hit."""
         return self.n_bursts - self.hits
 
     def meets_criterion(

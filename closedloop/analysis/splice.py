@@ -156,6 +156,7 @@ class Trial:
 
     @property
     def n(self) -> int:
+        """Samples in the trial."""
         return int(self.samples.shape[0])
 
 

@@ -37,6 +37,7 @@ def _task_label(args, path: str) -> str:
 
 
 def main(args) -> int:
+    """Run ``closedloop export``; returns the exit code (the worst file's)."""
     require_writer()
     subject = check_label("subject", args.subject)
     session = None if args.session is None else check_label("session", args.session)

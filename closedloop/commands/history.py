@@ -19,6 +19,7 @@ from closedloop.io.records import Records, resolve_path
 
 
 def main(args) -> int:
+    """Run ``closedloop history``; returns the exit code (0)."""
     patient = check_patient_id(args.patient, where="PATIENT")
     db = resolve_path(args.db)
     out = Path(args.out) if args.out else None

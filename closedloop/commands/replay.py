@@ -26,6 +26,7 @@ from closedloop.runtime.batch import run_batch
 
 
 def main(args) -> int:
+    """Run ``closedloop replay``; returns the exit code (the worst task's)."""
     configs = [None if c in (None, RECORDED) else c for c in (args.configs or [None])]
     cluster = getattr(args, "cluster", None)
     out = getattr(args, "out", None)
@@ -36,8 +37,9 @@ def main(args) -> int:
     def where(path: str | None) -> str | None:  # a cluster's workers need absolute paths
         return str(Path(path).resolve()) if cluster and path else path
 
-    # a progress bar only on a terminal: into a pipe or a file it would be noise
-    bar = single and not args.quiet and not cluster and sys.stderr.isatty()
+    # one local replay shows a progress bar (on a terminal only: ProgressBar writes
+    # nothing into a pipe or a file, where it would be noise)
+    bar = single and not args.quiet and not cluster
     partial = bool(getattr(args, "partial", False))
     tasks = [ReplayTask(where(p), where(c), args.speed, args.stream, bool(args.check),
                         progress=bar, name=p, partial=partial)

@@ -90,6 +90,7 @@ def summary_lines(out: Outcome, *, recorded: str | None = None, patient: str | N
 
 
 def main(args) -> int:
+    """Run ``closedloop run``; returns the exit code of the way the session ended."""
     with stop_on_signals() as stop:  # until the summary is out: see the module docstring
         return _main(args, stop)
 

@@ -25,6 +25,7 @@ from closedloop.stim.receiver import (
 
 
 def main(args) -> int:
+    """Run ``closedloop stim-receiver`` until the stream ends; returns the exit code."""
     receiver = StimReceiver(args.session, timeout_s=args.timeout_ms / 1000.0,
                             wait_s=args.wait)
     who = f"session {args.session}" if args.session else "a closedloop stimulator stream"

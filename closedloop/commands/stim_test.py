@@ -28,6 +28,7 @@ from closedloop.stim.stimtest import run_stim_test
 
 
 def main(args) -> int:
+    """Run ``closedloop stim-test``; returns the exit code of the way it ended."""
     config = load_config(args.config)
     if not config.stimulates:
         raise ConfigError(f"{config.path}: has no [protocol]; stim-test needs a stimulation config")

@@ -171,9 +171,11 @@ class Config:
 
     @property
     def muscle_names(self) -> tuple[str, ...]:
+        """The muscles' names, in config order."""
         return tuple(m.name for m in self.muscles)
 
     def muscle(self, name: str) -> MuscleConfig:
+        """The muscle named ``name``; a ConfigError names the muscles there are."""
         for m in self.muscles:
             if m.name == name:
                 return m
@@ -209,14 +211,16 @@ class Config:
         return cols
 
     def calibrations(self) -> list[Calibration | None]:
+        """Every muscle's calibration (None where there is none), in config order."""
         return [m.calibration for m in self.muscles]
 
     def with_patient(self, patient: str, where: str = "patient") -> "Config":
-        """This config run for ``patient`` (checked; the resolved settings say so too)."""
+        """The config run for ``patient`` (checked; the resolved settings say so too)."""
         check_patient_id(patient, where=where)
         return replace(self, patient=patient)
 
     def with_calibrations(self, cals: dict[str, Calibration]) -> "Config":
+        """A copy with these calibrations (by muscle name); other muscles keep theirs."""
         muscles = tuple(
             replace(m, calibration=cals.get(m.name, m.calibration)) for m in self.muscles
         )

@@ -723,8 +723,8 @@ class InputMonitor:
             prev_c[1:] = counter[:-1]
             prev_c[0] = counter[0] - 1 if self._last_counter is None else self._last_counter
             dc = counter - prev_c
-            for i in np.flatnonzero(dc != 1):
-                k = start + int(i)
+            for i in np.flatnonzero(dc != 1).tolist():
+                k = start + i
                 breaks.append(k)
                 a, b = int(prev_c[i]), int(counter[i])
                 if dc[i] > 1:
@@ -761,8 +761,8 @@ class InputMonitor:
                     f"{self._jitter * 1e3:g} ms); samples were lost or the sender stamps "
                     "its chunks irregularly",
                 )
-        for i in np.flatnonzero(dt < -self._jitter):
-            k = start + int(i)
+        for i in np.flatnonzero(dt < -self._jitter).tolist():
+            k = start + i
             self._report(
                 issues,
                 IssueKind.NON_MONOTONIC,

@@ -107,9 +107,9 @@ class HeldValueCheck:
                                    np.broadcast_to(ex[:-1], (n - 1, nch))))
             ends &= ~ex_before
             longest = longest.copy()
-            for c in np.flatnonzero(ends.any(axis=0)):
+            for c in np.flatnonzero(ends.any(axis=0)).tolist():
                 value = int(self._longest[c])
-                for i in np.flatnonzero(ends[:, c]):
+                for i in np.flatnonzero(ends[:, c]).tolist():
                     held = int(run_before[i, c])
                     if held > value and not self._was_marked(c, i, value, run, ex, armed,
                                                              new_at):

@@ -247,7 +247,7 @@ class ImpulseGate:
         seg_bad = None if bad is None else bad[a:b]
         for c in np.flatnonzero(out).tolist():
             allowed = quiet
-            if bad is not None:
+            if seg_bad is not None:
                 allowed = ~seg_bad[:, c] if allowed is None else allowed & ~seg_bad[:, c]
             h, e = hold[a:b, c], ended[a:b, c]
             self._follow(c, seg[:, c], allowed, start + a, h, e)
@@ -282,7 +282,8 @@ class ImpulseGate:
                 if st.held:
                     hold[i] = ended[i] = True
                     self._record(k, c, OVER if st.decided else IMPULSE, st)
-                st = self._close(c)
+                self._close(c)
+                st = None
                 continue
             if k - st.wstart + 1 >= self.decide:  # impulse_ms of it: what is it?
                 first = not st.decided
@@ -294,7 +295,8 @@ class ImpulseGate:
                     self._bounds(c)
                     lo, hi = float(self._lo[c]), float(self._hi[c])
                     hold[i] = ended[i] = True
-                    st = self._close(c)
+                    self._close(c)
+                    st = None
                     continue
                 if first:
                     if not st.absurd and st.frequency(self.fs) >= ACTIVITY_HZ:
@@ -320,7 +322,6 @@ class ImpulseGate:
     def _close(self, c: int) -> None:
         del self._st[c]
         self._active[c] = False
-        return None
 
     def _record(self, k: int, c: int, what: str, st: _State, level_to: float = math.nan) -> None:
         self._records.append(Stretch(k, c, what, st.start, st.last, st.peak, st.range,

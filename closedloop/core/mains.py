@@ -1,4 +1,4 @@
-"""Mains-hum check: is a channel's raw signal dominated by mains hum?
+"""Mains-hum check: whether a channel's raw signal is dominated by mains hum.
 
 A loose or dry electrode, or a missing reference, turns a channel into an antenna for
 the mains (50 or 60 Hz and harmonics). The notch filter removes a moderate hum, but a

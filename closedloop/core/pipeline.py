@@ -208,6 +208,7 @@ class OfflineDetector:
 
     @property
     def name(self) -> str:
+        """The detector's kind."""
         return self.kind
 
     @property
@@ -217,6 +218,7 @@ class OfflineDetector:
 
     @property
     def position(self) -> int:
+        """Samples processed so far."""
         return self.pipeline.position
 
     def process(self, samples: np.ndarray, timestamps: np.ndarray | None = None) -> list:

@@ -19,16 +19,28 @@ checked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import signal
 
-try:  # scipy's compiled kernel: _sosfilt(sos, x, zi) filters x (n_sig, n) in place
-    from scipy.signal._sosfilt import _sosfilt as _private_kernel
-except ImportError:  # pragma: no cover - depends on the scipy version
-    _private_kernel = None
+#: scipy's compiled kernel: ``kernel(sos, x, zi)`` filters ``x`` (n_sig, n) in place.
+Kernel = Callable[[np.ndarray, np.ndarray, np.ndarray], None]
 
 
-def kernel_agrees(kernel) -> bool:
+def _find_kernel() -> Kernel | None:
+    """The private kernel of scipy, None when this scipy has none by that name."""
+    try:
+        from scipy.signal._sosfilt import _sosfilt
+    except ImportError:  # pragma: no cover - depends on the scipy version
+        return None
+    return _sosfilt
+
+
+_private_kernel = _find_kernel()
+
+
+def kernel_agrees(kernel: Kernel | None) -> bool:
     """True when ``kernel`` filters like public ``sosfilt``, state carried across chunks.
 
     Three channels of a fixed pseudo-random signal, from a random state, through a

@@ -38,6 +38,7 @@ class SourceInfo:
 
     @property
     def n_channels(self) -> int:
+        """Number of channels."""
         return len(self.channels)
 
 
@@ -62,4 +63,5 @@ class Chunk:
 
     @property
     def n(self) -> int:
+        """Samples in the chunk."""
         return int(self.samples.shape[0])

@@ -44,6 +44,7 @@ class EmgData:
 
     @property
     def duration_s(self) -> float:
+        """Length of the data, s."""
         return self.samples.shape[0] / self.fs
 
 
@@ -68,6 +69,7 @@ def _check(samples: np.ndarray, path: str) -> None:
 
 
 def load_npz(path: str | Path) -> EmgData:
+    """EMG from an ``.npz`` file (arrays ``emg`` and ``fs``, optionally ``channels``)."""
     p = str(path)
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -90,6 +92,7 @@ def load_npz(path: str | Path) -> EmgData:
 
 
 def load_text(path: str | Path, fs: float, columns: list[int] | None = None) -> EmgData:
+    """EMG from a text or CSV file sampled at ``fs`` (``columns``: 0-based, to keep)."""
     p = str(path)
     names: list[str] | None = None
     rows: list[list[float]] = []

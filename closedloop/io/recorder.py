@@ -282,7 +282,7 @@ class XdfRecorder:
                 # live outlet answer too late, so try again while there is time
                 if time.monotonic() + 1.5 < deadline:
                     continue
-                from closedloop.sources.lsl import list_streams
+                from closedloop.io.lsl import list_streams
 
                 visible = "\n    ".join(list_streams(1.0)) or "(no LSL stream at all)"
                 raise DeviceLostError(

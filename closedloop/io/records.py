@@ -1,4 +1,4 @@
-"""The patient's record across sessions: one embedded SQLite database.
+r"""The patient's record across sessions: one embedded SQLite database.
 
 Every ``closedloop run`` and ``closedloop calibrate`` for a patient adds one row to
 ``sessions`` (who, when, how long, which program, how it ended, repetitions, dose) and
@@ -10,7 +10,7 @@ touches the file; it uses nothing but the standard library's ``sqlite3``.
 Where the file is (:func:`resolve_path`): ``--db PATH``, else the environment variable
 ``CLOSEDLOOP_DB``, else ``closedloop.db`` in the user's data folder
 (``platformdirs.user_data_dir("closedloop")``: ``~/.local/share/closedloop`` on Linux,
-``~/Library/Application Support/closedloop`` on macOS, ``%LOCALAPPDATA%\\closedloop`` on
+``~/Library/Application Support/closedloop`` on macOS, ``%LOCALAPPDATA%\closedloop`` on
 Windows).
 
 What keeps the record safe:

@@ -255,7 +255,7 @@ def _desc(stream: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def stream_role(stream: Mapping[str, Any]) -> str | None:
-    """closedloop role of a stream (``emg``, ``events``...), None for other tools' streams."""
+    """The closedloop role of a stream (``emg``, ``events``...); None for other tools'."""
     cl = _first(_desc(stream), "closedloop")
     if isinstance(cl, Mapping):
         return _first(cl, "role")
@@ -493,8 +493,8 @@ def _decode_prefix(stream: dict | None, upto: int, positions: Mapping[int, np.nd
 
 def _check_counter(col: np.ndarray, pos: np.ndarray, name: str, sid: int,
                    damage: list[Damage]) -> None:
-    """closedloop's EMG counter must go up by one per sample: the first sample where it
-    does not is damage."""
+    """Check the EMG counter: closedloop's goes up by one per sample, and the first sample
+    where it does not is damage."""
     k = col.size
     if k == 0:
         return

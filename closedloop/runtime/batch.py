@@ -160,7 +160,7 @@ def _on_dask(fn: Callable[[Any], T], todo: Sequence[Any], address: str,
         ) from None
     try:
         client = Client(address, timeout=10, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: not an address
         raise ConfigError(
             f"--cluster {address}: cannot reach a Dask scheduler there ({exc}); check the "
             "address and that `dask scheduler` and its workers are running"

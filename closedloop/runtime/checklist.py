@@ -77,10 +77,12 @@ class ChecklistAnswers:
 
     @property
     def all_yes(self) -> bool:
+        """Whether every question was answered yes."""
         return all(self.answers.get(q.key) is True for q in QUESTIONS)
 
     @property
     def confirmed_by_flag(self) -> bool:
+        """Whether it was confirmed with ``--confirm-checklist`` (not asked)."""
         return self.method == FLAG
 
     def to_dict(self) -> dict[str, object]:

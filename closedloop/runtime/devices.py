@@ -25,7 +25,7 @@ def stimulated_muscles(config: Config) -> dict[str, MuscleStim]:
     return {
         m.name: MuscleStim(m.name, m.stim, m.limits, m.antagonist)
         for m in config.muscles
-        if m.stim is not None
+        if m.stim is not None and m.limits is not None  # they come together (config)
     }
 
 
@@ -119,10 +119,11 @@ def check_frequencies(config: Config, device: str, per_channel_frequency: bool) 
     ConfigError
         Naming the muscles, their frequencies and what to do.
     """
-    if per_channel_frequency or not config.stimulates:
+    protocol = config.protocol
+    if per_channel_frequency or protocol is None:  # None: the config does not stimulate
         return
     freqs = {m.name: m.stim.frequency_hz for m in config.muscles
-             if m.stim is not None and m.name in config.protocol.stimulated}
+             if m.stim is not None and m.name in protocol.stimulated}
     if len(set(freqs.values())) > 1:
         asked = ", ".join(f"{name} {hz:g} Hz" for name, hz in freqs.items())
         raise ConfigError(

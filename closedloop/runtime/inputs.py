@@ -144,6 +144,7 @@ class Segment:
 
     @property
     def stop(self) -> int:
+        """The sample after the chunk's last one."""
         return self.start + int(self.samples.shape[0])
 
     @property

@@ -101,13 +101,15 @@ def run_loop(
         out.reason, out.message = classify(exc)
         return out
     protocol = guard = remover = None
-    if stimulator is not None and config.stimulates:
+    if stimulator is not None and config.protocol is not None:  # the config stimulates
+        from closedloop.config.stimulation import SafetySettings
         from closedloop.stim.guard import SafetyGuard
         from closedloop.stim.protocol import make_protocol
 
         muscles = stimulated_muscles(config)
         protocol = (protocol_factory or make_protocol)(config.protocol, muscles, fs)
-        guard = SafetyGuard.from_muscles(muscles, config.safety, fs, protocol=config.protocol)
+        guard = SafetyGuard.from_muscles(muscles, config.safety or SafetySettings(), fs,
+                                         protocol=config.protocol)
         remover = ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz)
     pipeline = Pipeline(fs, names, config, artifacts=remover)
     hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,
@@ -176,7 +178,8 @@ def run_loop(
                 # 4-5. protocol -> guard -> stimulator (and the blanking schedule)
                 safe: list[StimCommand] = []
                 try:
-                    if protocol is not None:
+                    if (protocol is not None and guard is not None and remover is not None
+                            and stimulator is not None):  # all four or none
                         safe = guard.filter(protocol.step(block), block=block)
                         for v in guard.pop_violations():
                             out.violations.append(v.message)
@@ -209,7 +212,7 @@ def run_loop(
                 # 6. publish
                 if outlets is not None:
                     _publish(outlets, seg, block, safe, protocol)
-                if guard is not None and guard.must_stop:
+                if guard is not None and guard.stop_violation is not None:  # must stop
                     raise SafetyError(guard.stop_violation.message)
             _tell(out, inputs.pop_notices(), status, outlets)
             keep_last(out.issues, keep)
@@ -241,8 +244,9 @@ def run_loop(
     out.samples = pipeline.position
     out.seconds = pipeline.position / fs
     if protocol is not None:
-        c = protocol.counts
-        out.trials = {"trials": c.trials, "hits": c.hits, "misses": c.misses, "gated": c.gated}
+        counts = protocol.counts
+        out.trials = {"trials": counts.trials, "hits": counts.hits, "misses": counts.misses,
+                      "gated": counts.gated}
     out.stim_seconds = tally.seconds(pipeline.position)
     if keep is not None:
         for items in (out.events, out.commands, out.arrival_to_command_ms, out.issues,

@@ -74,6 +74,7 @@ class StopRequest:
             self._requests.append((reason, time.perf_counter()))
 
     def is_set(self) -> bool:
+        """Whether a stop was requested."""
         return bool(self._requests)
 
     def wait(self, timeout: float) -> bool:
@@ -162,6 +163,7 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
+        """The exit code of the way the session ended (:data:`EXIT_CODES`)."""
         return EXIT_CODES.get(self.reason, 1)
 
     @property
@@ -199,6 +201,7 @@ class StimTally:
         self._total: dict[str, float] = {}
 
     def add(self, commands) -> None:
+        """Count the stimulation time of these commands, per muscle."""
         for c in commands:
             self._total.setdefault(c.muscle, 0.0)
             if c.is_on and c.muscle not in self._on_since:

@@ -23,7 +23,7 @@ import numpy as np
 
 import closedloop
 from closedloop.config import Config, parse_config
-from closedloop.config.signal import Calibration
+from closedloop.config.signal import Calibration, DetectorSettings
 from closedloop.errors import ConfigError, RecordError
 from closedloop.io.records import (
     MuscleRecord,
@@ -95,7 +95,7 @@ def start_calibration(config: Config, db: str | Path, units: str, *,
     if any(m.calibration is not None for m in config.muscles):
         return CalibrationChoice(config, None, "", "from the config")
     try:
-        return _choose(config, Path(db), units, now)
+        return _choose(config, config.patient, Path(db), units, now)
     except Exception as exc:  # noqa: BLE001 - a damaged row must not stop the session
         return CalibrationChoice(
             config, None, f"could not use the stored calibrations (unexpected "
@@ -103,9 +103,9 @@ def start_calibration(config: Config, db: str | Path, units: str, *,
             "(adaptive baseline)", "the patient record could not be read; adaptive baseline")
 
 
-def _choose(config: Config, db: Path, units: str, now: datetime | None) -> CalibrationChoice:
-    """:func:`start_calibration` once the patient's record is to be searched."""
-    patient = config.patient
+def _choose(config: Config, patient: str, db: Path, units: str,
+            now: datetime | None) -> CalibrationChoice:
+    """:func:`start_calibration` once ``patient``'s record is to be searched."""
     adaptive = "the detector learns the rest level at the start (adaptive baseline)"
     learnt = "none stored; adaptive baseline"
     try:
@@ -155,12 +155,23 @@ def _unfit(record: SessionRecord, config: Config, units: str) -> str | None:
 
 def _apply(config: Config, record: SessionRecord, units: str) -> Config:
     """``config`` with the stored calibration, as if it had been written into it: the
-    resolved settings (which a replay runs with) hold it too."""
-    scale = 1.0 / microvolts_per(units)  # type: ignore[operator]
+    resolved settings (which a replay runs with) hold it too.
+
+    Raises
+    ------
+    ConfigError
+        The record cannot calibrate the config (:func:`_unfit` says why first).
+    """
+    per_uv = microvolts_per(units)
+    if per_uv is None:
+        raise ConfigError(f"the source's units {units!r} are not a voltage")
+    scale = 1.0 / per_uv
     data = json.loads(json.dumps(config.resolved))  # a deep copy of plain data
     data.setdefault("detector", {})["baseline"] = "calibrated"
     for m in data["muscles"]:
         r = record.muscle(m["name"])
+        if r is None or r.rest_mean_uv is None or r.rest_sd_uv is None:
+            raise ConfigError(f"no stored rest level of {m['name']}")
         cal = {"rest_mean": r.rest_mean_uv * scale, "rest_sd": r.rest_sd_uv * scale}
         if r.mvc_uv is not None:
             cal["mvc"] = r.mvc_uv * scale
@@ -210,7 +221,8 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
     muscles = []
     for m in config.muscles:
         on, off = _thresholds(out, m.name)
-        if m.calibration is not None and math.isnan(on):
+        if (m.calibration is not None and math.isnan(on)
+                and isinstance(config.detector, DetectorSettings)):
             on, off = m.calibration.thresholds(config.detector)
         cal = m.calibration
         muscles.append(MuscleRecord(
@@ -246,7 +258,9 @@ def calibration_muscles(calibrations: dict[str, Calibration], config: Config,
         if c is None:
             out.append(MuscleRecord(m.name))
             continue
-        on, off = c.thresholds(config.detector)
+        # envelope thresholds only for a detector that has them (threshold, tkeo)
+        on, off = (c.thresholds(config.detector) if isinstance(config.detector, DetectorSettings)
+                   else (math.nan, math.nan))
         out.append(MuscleRecord(
             muscle=m.name, on_threshold_uv=_uv(on, uv), off_threshold_uv=_uv(off, uv),
             rest_mean_uv=_uv(c.rest_mean, uv), rest_sd_uv=_uv(c.rest_sd, uv),

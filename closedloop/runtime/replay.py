@@ -29,7 +29,6 @@ sample, the commands before the last recorded command's sample; the output says 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -130,6 +129,7 @@ class RecordedEffect:
         self._next = 0
 
     def __call__(self, command, chunk_stop: int) -> int:
+        """The sample where ``command`` takes effect: the recorded one's, while in step."""
         i = self._next
         if i < len(self._recorded) and self._recorded[i].decision_key() == command.decision_key():
             self._next += 1
@@ -151,6 +151,7 @@ class SplitSource(Source):
 
     @property
     def info(self):
+        """The replayed source's description."""
         return self.source.info
 
     @property
@@ -164,15 +165,18 @@ class SplitSource(Source):
         return self._pending is None and self.source.exhausted
 
     def open(self) -> None:
+        """Open the replayed source."""
         self.source.open()
         self._pending, self._position = None, 0
         super().open()
 
     def close(self) -> None:
+        """Close the replayed source."""
         self.source.close()
         super().close()
 
     def read(self, timeout: float) -> Chunk | None:
+        """The next chunk, split where a recorded command took effect."""
         chunk, self._pending = self._pending, None
         if chunk is None:
             chunk = self.source.read(timeout)
@@ -223,11 +227,3 @@ def check_intact(session, out) -> tuple[str | None, str]:
             f"{n_cmd} commands before sample {h_cmd}; {left_ev} derived events and "
             f"{left_cmd} commands after those samples could not be checked")
     return d_ev or d_cmd, note
-
-
-def _bar(done: int, total: int) -> None:
-    frac = done / total if total else 1.0
-    print(f"\rreplay [{'#' * int(40 * frac):<40}] {100 * frac:5.1f}%", end="", file=sys.stderr,
-          flush=True)
-
-

@@ -1,8 +1,8 @@
-"""Every way a terminal session can end: the four stop signals, and output that is gone.
+r"""Every way a terminal session can end: the four stop signals, and output that is gone.
 
 Every command that can stimulate (``closedloop run``, ``closedloop stim-test``) runs
 inside :func:`stop_on_signals`. SIGINT (Ctrl-C), SIGTERM (the system or a supervisor),
-SIGHUP (the terminal was closed) and SIGQUIT (Ctrl-\\) each make a stop request with
+SIGHUP (the terminal was closed) and SIGQUIT (Ctrl-\) each make a stop request with
 their own reason, so the command ends the way every stop ends: all channels off, the
 summary, the recording closed, and the exit code of
 :data:`~closedloop.runtime.outcome.EXIT_CODES` (129, 130, 131, 143: 128 + the signal's
@@ -25,10 +25,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, TextIO
 
 from closedloop.runtime.outcome import StopRequest
+
+#: A Python signal handler (what :func:`signal.signal` installs besides SIG_DFL/SIG_IGN).
+Handler = Callable[[int, FrameType | None], Any]
 
 #: The signals that end a session, and the reason each gives (see EXIT_CODES).
 STOP_SIGNALS = {"SIGINT": "interrupt", "SIGTERM": "sigterm", "SIGHUP": "sighup",
@@ -45,7 +49,7 @@ def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
     block runs without them.
     """
     stop = stop if stop is not None else StopRequest()
-    previous: dict[int, object] = {}
+    previous: dict[int, Handler | int | None] = {}
     try:
         if threading.current_thread() is threading.main_thread():
             for name, reason in STOP_SIGNALS.items():
@@ -58,8 +62,8 @@ def stop_on_signals(stop: StopRequest | None = None) -> Iterator[StopRequest]:
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
-def _handler(stop: StopRequest, reason: str):
-    def handle(_signum, _frame) -> None:
+def _handler(stop: StopRequest, reason: str) -> Handler:
+    def handle(_signum: int, _frame: FrameType | None) -> None:
         stop.set_from_signal(reason)
 
     return handle

@@ -26,13 +26,16 @@ class Watchdog:
         self._thread = threading.Thread(target=self._run, name="closedloop-watchdog", daemon=True)
 
     def start(self) -> None:
+        """Start watching (the first deadline counts from now)."""
         self._last = time.perf_counter()
         self._thread.start()
 
     def feed(self) -> None:
+        """The loop is alive: the deadline counts from now."""
         self._last = time.perf_counter()
 
     def stop(self) -> None:
+        """Stop watching (waits up to 1 s for the thread)."""
         self._done.set()
         if self._thread.is_alive():
             self._thread.join(timeout=1.0)

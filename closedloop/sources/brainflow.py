@@ -256,6 +256,7 @@ class BrainFlowSource(Source):
 
     @classmethod
     def from_spec(cls, spec: str, params: dict[str, str], context) -> BrainFlowSource:  # noqa: ANN001
+        """The source of a ``brainflow:BOARD`` spec's parameters."""
         from closedloop.sources.spec import csv_list, existing_file, number
 
         params = dict(params)

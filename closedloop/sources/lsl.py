@@ -55,22 +55,13 @@ from pylsl.util import TimeoutError as LslTimeoutError
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, DeviceLostError
 from closedloop.identity import OWN_STREAM_XPATH, xpath_literal
+from closedloop.io.lsl import channel_field, describe_stream, list_streams, own_session
 from closedloop.sources.base import Source
 
 #: Label of the channel that carries a sample counter instead of EMG.
 COUNTER_LABEL = "counter"
 
 _PROPS = ("name", "type", "source_id")
-
-
-def describe_stream(info: pylsl.StreamInfo) -> str:
-    """One line naming a stream: name, type, source_id, channels, rate, host."""
-    rate = info.nominal_srate()
-    rate_s = f"{rate:g} Hz" if rate > 0 else "irregular"
-    return (
-        f"name={info.name()!r} type={info.type()!r} source_id={info.source_id()!r} "
-        f"channels={info.channel_count()} rate={rate_s} host={info.hostname()!r}"
-    )
 
 
 def _choice(info: pylsl.StreamInfo, among: list[pylsl.StreamInfo]) -> str | None:
@@ -81,21 +72,6 @@ def _choice(info: pylsl.StreamInfo, among: list[pylsl.StreamInfo]) -> str | None
             encoded = value.replace("%", "%25").replace("?", "%3F").replace("&", "%26")
             return shlex.quote(f"lsl:{prop}={encoded}")
     return None
-
-
-def list_streams(wait: float = 1.0) -> list[str]:
-    """Describe every LSL stream visible within ``wait`` seconds."""
-    return [describe_stream(i) for i in pylsl.resolve_streams(wait)]
-
-
-def _channel_field(info: pylsl.StreamInfo, field: str) -> list[str]:
-    """``desc/channels/channel/<field>`` of every channel ('' where missing)."""
-    out: list[str] = []
-    ch = info.desc().child("channels").child("channel")
-    while not ch.empty():
-        out.append(ch.child_value(field))
-        ch = ch.next_sibling("channel")
-    return out
 
 
 class LslSource(Source):
@@ -152,6 +128,7 @@ class LslSource(Source):
 
     @classmethod
     def from_spec(cls, spec: str, params: dict[str, str], context) -> LslSource:  # noqa: ANN001
+        """The source of an ``lsl:`` spec's parameters."""
         from closedloop.sources.spec import MAX_RESOLVE_S, csv_list, number
 
         params = dict(params)
@@ -291,8 +268,7 @@ class LslSource(Source):
                 "one as shown")
 
     def _configure(self, info: pylsl.StreamInfo) -> None:
-        session = info.desc().child("closedloop").child_value("session")
-        self.closedloop_session = session or None
+        self.closedloop_session = own_session(info)
         name = info.name()
         fs = info.nominal_srate()
         if fs <= 0:
@@ -303,9 +279,9 @@ class LslSource(Source):
         if info.channel_format() in (pylsl.cf_string, pylsl.cf_undefined):
             raise ConfigError(f"LSL stream {name!r} carries strings, not samples")
         n = info.channel_count()
-        labels = _channel_field(info, "label")
-        units = _channel_field(info, "unit")
-        types = _channel_field(info, "type")
+        labels = channel_field(info, "label")
+        units = channel_field(info, "unit")
+        types = channel_field(info, "type")
         if len(labels) != n or not all(labels):
             labels = [f"EMG{k + 1}" for k in range(n)]
         units += [""] * (n - len(units))
@@ -366,7 +342,7 @@ class LslSource(Source):
         return False
 
     def latest_time_correction(self, timeout: float = 1.0) -> float:
-        """liblsl's current clock-offset estimate (for monitoring drift; not applied)."""
+        """The current clock-offset estimate of liblsl (for monitoring drift; not applied)."""
         if self._inlet is None:
             raise DeviceLostError(f"LSL stream {self.selector}: not open")
         try:

@@ -86,6 +86,7 @@ class ReplaySource(Source):
 
     @classmethod
     def parse_spec(cls, spec: str, target: str, options: dict[str, str]) -> dict[str, str]:
+        """The recording's path and the options of a ``replay:FILE.xdf`` spec."""
         from urllib.parse import unquote
 
         from closedloop.sources.spec import spec_error
@@ -101,6 +102,7 @@ class ReplaySource(Source):
 
     @classmethod
     def from_spec(cls, spec: str, params: dict[str, str], context) -> ReplaySource:  # noqa: ANN001
+        """The source of a ``replay:`` spec's parameters."""
         from closedloop.sources.spec import existing_file, number
 
         chunk = params.get("chunk_size")

@@ -100,6 +100,7 @@ class SimSource(Source):
 
     @classmethod
     def parse_spec(cls, spec: str, target: str, options: dict[str, str]) -> dict[str, str]:
+        """The options of a ``sim`` spec (it takes no target)."""
         from closedloop.sources.spec import spec_error
 
         if target:
@@ -187,6 +188,7 @@ class SimSource(Source):
         self._wake = threading.Event()
 
     def open(self) -> None:
+        """Start the simulated patient."""
         pulses = self._pulses if self.stimulator is not None else None
         self._patient = SimulatedPatient(self.settings, self.script, self.seed, pulses)
         self._info = SourceInfo(
@@ -201,6 +203,7 @@ class SimSource(Source):
         super().open()
 
     def close(self) -> None:
+        """Stop; a :meth:`read` waiting returns at once."""
         self._wake.set()
         super().close()
 
@@ -248,6 +251,7 @@ class SimSource(Source):
         ]
 
     def read(self, timeout: float) -> Chunk | None:
+        """The next chunk; in real time, not before its samples are due."""
         if not self.is_open or self._patient is None:
             raise RuntimeError("SimSource.read() before open()")
         fs = self.settings.fs

@@ -163,6 +163,7 @@ def existing_file(spec: str, key: str, path: str) -> str:
 
 
 def csv_list(value: str) -> list[str]:
+    """The non-empty items of a comma-separated list, stripped."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 

@@ -46,6 +46,7 @@ class ChannelOutput:
 
     @property
     def is_on(self) -> bool:
+        """Whether the command stimulates (current above 0)."""
         return self.current_ma > 0.0
 
 
@@ -126,6 +127,7 @@ class Stimulator(Device):
         return frequency_hz
 
     def close(self) -> None:
+        """All channels off, then close. Idempotent."""
         try:
             if self.is_open:
                 self.stop_all()

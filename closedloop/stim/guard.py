@@ -188,7 +188,7 @@ class _State:
 
     @property
     def charge_rate(self) -> float:
-        """uC per second at the current level (one phase per pulse)."""
+        """Charge per second at the current level, uC/s (one phase per pulse)."""
         return self.level * self.pulse_width_us / 1000.0 * self.frequency_hz if self.on else 0.0
 
 
@@ -325,6 +325,7 @@ class SafetyGuard:
 
     @property
     def muscles(self) -> tuple[str, ...]:
+        """The guarded muscles."""
         return tuple(self._by_muscle)
 
     def channel_of(self, muscle: str) -> int:
@@ -576,9 +577,10 @@ class SafetyGuard:
             if why == "dose_s":
                 req, allowed, unit = self.dose_used_s(st.cfg.muscle, e), \
                     self._dose_samples / self.fs, "s"
-            else:
+            else:  # "dose_mc": only ever due when a charge dose is set
                 self._accrue(st, e)
-                req, allowed, unit = st.charge_uc / 1000.0, self._dose_charge_uc / 1000.0, "mC"
+                limit_uc = math.nan if self._dose_charge_uc is None else self._dose_charge_uc
+                req, allowed, unit = st.charge_uc / 1000.0, limit_uc / 1000.0, "mC"
             self._stop_all(e, t, out)
             self._violate(
                 e, t, st, Rule.SESSION_DOSE, req, allowed, unit, Severity.STOP,

@@ -184,6 +184,7 @@ class Protocol:
 
     @property
     def counts(self) -> TrialCounts:
+        """The trial counts so far."""
         return TrialCounts(**self._counts)
 
     @property
@@ -479,6 +480,7 @@ class CuedTrials(Protocol):
 
     @property
     def finished(self) -> bool:
+        """Whether every trial is done and nothing is planned."""
         return self._done and not self._plan
 
     def _cue_sample(self, k: int) -> int:

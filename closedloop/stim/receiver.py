@@ -71,6 +71,7 @@ class Action:
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The action as one JSON-ready record."""
         d = {"action": self.kind, "t_monotonic": self.t}
         if self.kind in ("apply", "skip"):
             d.update(channel=self.channel, muscle=self.muscle, current_ma=self.current_ma,
@@ -174,13 +175,16 @@ class ReceiverRule:
         except (KeyError, TypeError, ValueError) as exc:
             return self._off(now, UNTRUSTED, f"invalid command (seq {seq}): {exc}")
         muscle, phase = str(msg.get("muscle", "")), str(msg.get("phase", ""))
-        if levels[0] > 0.0 and channel not in self.in_step:
-            return [Action("skip", now, channel, *levels, muscle=muscle, phase=phase, seq=seq,
+        current, width, rate = levels
+        if current > 0.0 and channel not in self.in_step:
+            return [Action("skip", now, channel, current, width, rate, muscle=muscle,
+                           phase=phase, seq=seq,
                            message="the receiver has not yet seen this channel off in the "
                                    "session (locked mid-train); it stays off")]
-        if levels[0] == 0.0:
+        if current == 0.0:
             self.in_step.add(channel)
-        act = Action("apply", now, channel, *levels, muscle=muscle, phase=phase, seq=seq)
+        act = Action("apply", now, channel, current, width, rate, muscle=muscle, phase=phase,
+                     seq=seq)
         self.applied[channel] = act
         return [act]
 

@@ -34,11 +34,14 @@ class StopSignal(Protocol):
     (:class:`closedloop.runtime.outcome.StopRequest` is one)."""
 
     @property
-    def reason(self) -> str: ...
+    def reason(self) -> str:
+        """Why a stop was requested."""
 
-    def is_set(self) -> bool: ...
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
 
-    def wait(self, timeout: float) -> bool: ...
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a request; True when one was made."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _check(
             f"stim test: muscle {muscle!r} is on stimulator channel {known} in the config, "
             f"not {stim_channel}; pick the channel the config names"
         )
-    if guard.must_stop:
+    if guard.stop_violation is not None:
         raise SafetyError(f"stim test: the safety guard has stopped stimulation "
                           f"({guard.stop_violation.message}); start a new session")
     for what, value, limit, ceiling, unit in (
@@ -209,7 +212,7 @@ def run_stim_test(
     try:
         for sample, level in plan:
             if _pause(t0 + (sample - first) / fs - clock(), sleep, stop):
-                stopped = stop.reason or "stop"
+                stopped = (stop.reason if stop is not None else "") or "stop"
                 break
             cmd = StimCommand(muscle=muscle, channel=stim_channel, current_ma=level,
                               pulse_width_us=pulse_width_us, frequency_hz=frequency_hz,
@@ -222,7 +225,7 @@ def run_stim_test(
                 stimulator.check()
                 sent += len(safe)
                 peak = max(peak, max(c.current_ma for c in safe))
-            if guard.must_stop:
+            if guard.stop_violation is not None:
                 raise SafetyError(f"stim test stopped by the safety guard: "
                                   f"{guard.stop_violation.message}")
         completed = not stopped

@@ -1,4 +1,4 @@
-"""``closedloop view``: the live window as an application, and a demo session to show.
+"""The live window as an application, and a demo session to show (``closedloop view``).
 
 :func:`run_view` runs the Qt application in the calling (main) thread until the window
 is closed, ``duration_s`` has passed, or the screenshot has been written.
@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from closedloop.core.events import ONSET
 from closedloop.core.pipeline import Pipeline
 from closedloop.core.stream import SourceInfo
-from closedloop.errors import ClosedLoopError, InputError
+from closedloop.errors import InputError
 from closedloop.sim.patient import Attempt, PatientSettings, SimulatedPatient
 from closedloop.stim.commands import StimCommand
 
@@ -257,7 +255,8 @@ class DemoSession:
 
 
 # -- the application --------------------------------------------------------------------------
-def _app():
+def application():
+    """The process's ``QApplication``, created on first use (one per process)."""
     from PySide6 import QtWidgets
 
     app = QtWidgets.QApplication.instance()
@@ -306,7 +305,7 @@ def run_view(
     from closedloop.view.lsl_client import SessionClient
     from closedloop.view.window import SessionWindow
 
-    app = _app()
+    app = application()
     client = SessionClient(session_name, window_s=window_s)
     win = SessionWindow(client, on_stop=on_stop)
     if size is not None:
@@ -368,49 +367,3 @@ def _dispose(app, win) -> None:
     del win
     gc.collect()
 
-
-def main(args) -> int:
-    """``closedloop view [--session NAME] [--screenshot F.png [--overwrite]] [--duration S]
-    [--demo N]``.
-
-    ``args`` attributes: ``session`` (str or None), ``screenshot`` (str or None),
-    ``overwrite`` (replace an existing screenshot), ``duration`` (float or None) and,
-    optionally, ``demo`` (int: also start a simulated session with that many muscles,
-    named ``--session`` or ``demo``).
-    """
-    import contextlib
-
-    from closedloop.io.outfile import claim_output
-
-    screenshot = getattr(args, "screenshot", None)
-    claim = contextlib.nullcontext() if not screenshot else claim_output(
-        screenshot, overwrite=bool(getattr(args, "overwrite", False)), what="screenshot")
-    with claim:
-        code = _view(args, screenshot)
-        if screenshot and not (Path(screenshot).is_file() and Path(screenshot).stat().st_size):
-            return 1  # nothing written (the claim removes the empty file)
-        return code
-
-
-def _view(args, screenshot: str | None) -> int:
-    session = getattr(args, "session", None)
-    demo_n = getattr(args, "demo", None)
-    if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    demo = None
-    if demo_n:
-        session = session or "demo"
-        demo = DemoSession(session, n_channels=int(demo_n)).start()
-    try:
-        code = run_view(
-            session,
-            on_stop=demo.stop_stimulation if demo is not None else None,
-            duration_s=getattr(args, "duration", None),
-            screenshot=screenshot,
-        )
-    finally:
-        if demo is not None:
-            demo.close()
-    if demo is not None and demo.error is not None:
-        raise ClosedLoopError(f"the demo session failed: {demo.error!r}")
-    return code

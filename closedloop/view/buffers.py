@@ -467,9 +467,11 @@ class TimedLog:
         return len(self._items)
 
     def add(self, time: float, item: Any) -> None:
+        """Keep ``item`` stamped ``time``."""
         self._items.append((float(time), item))
 
     def clear(self) -> None:
+        """Forget every item."""
         self._items.clear()
 
     def since(self, t_from: float) -> list[tuple[float, Any]]:

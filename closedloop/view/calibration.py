@@ -195,6 +195,7 @@ class CalibrationDialog(QtWidgets.QDialog):
         self._update_buttons()
 
     def cancel(self) -> None:
+        """Ask the running calibration to stop (nothing is written then)."""
         self._cancel.set()
 
     def _work(self) -> None:
@@ -287,6 +288,7 @@ class CalibrationDialog(QtWidgets.QDialog):
         return self.finished_
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        """Closing the dialog cancels the calibration and waits for it."""
         self._cancel.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)

@@ -549,6 +549,7 @@ class SessionWindow(QtWidgets.QMainWindow):
         return p
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt API
+        """Closing the window stops the updates and its streams."""
         self.timer.stop()
         self.client.close()
         if self.control is not None:

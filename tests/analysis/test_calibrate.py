@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -14,9 +12,8 @@ import pytest
 from closedloop.analysis import calibrate as cal
 from closedloop.config import load_config, loads_config
 from closedloop.core.stream import Chunk, SourceInfo
-from closedloop.errors import ConfigError, InputError
+from closedloop.errors import ConfigError
 from closedloop.sources.base import Source
-from tests.conftest import CONFIGS
 
 CONFIG = """\
 # a clinician's comment that must survive
@@ -221,17 +218,6 @@ def test_noisy_rest_is_refused(config_path):
     assert by["triceps"].ok
 
 
-def test_limits_need_confirmation(config_path):
-    config = load_config(config_path)
-    out = []
-    assert cal.confirm_limits(config, yes=True, output=out.append) == "confirmed with --yes"
-    assert any("20 mA" in line for line in out)
-    assert "terminal" in cal.confirm_limits(config, yes=False, input=lambda p: "y",
-                                          output=lambda s: None)
-    with pytest.raises(InputError, match="not confirmed"):
-        cal.confirm_limits(config, yes=False, input=lambda p: "", output=lambda s: None)
-
-
 TRICKY = r'''# the clinician's notes: kept
 name = "quote \" and [brackets]"
 description = """
@@ -312,26 +298,6 @@ def test_patient_config_names_the_stimulator_given():
     assert loads_config(text).session.stimulator == "sim"  # a [session] table added
 
 
-def test_cli_no_gui_writes_patient_config(config_path, tmp_path, monkeypatch, capsys):
-    # the terminal path end to end, with the simulated source not paced in real time
-    real = cal.make_source
-    monkeypatch.setattr(cal, "make_source",
-                        lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
-    out = tmp_path / "p.toml"
-    args = argparse.Namespace(config=str(config_path), source="sim", out=str(out),
-                              rest_s=3.0, mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True)
-    assert cal.main(args) == 0
-    printed = capsys.readouterr().out
-    assert "GO! contract biceps" in printed and "belly of biceps" in printed
-    assert load_config(out).detector.baseline == "calibrated"
-    # refused: nothing written, exit 1
-    monkeypatch.setattr(cal, "simulated_script", lambda steps: [])
-    out2 = tmp_path / "refused.toml"
-    args.out = str(out2)
-    assert cal.main(args) == 1
-    assert not out2.exists()
-
-
 def test_dialog_on_the_simulated_patient(qtbot, config_path, tmp_path):
     from closedloop.view.calibration import CalibrationDialog
 
@@ -347,32 +313,6 @@ def test_dialog_on_the_simulated_patient(qtbot, config_path, tmp_path):
     assert dlg.error is None and dlg.written == out
     assert load_config(out).detector.baseline == "calibrated"
     assert "confirmed in the calibration dialog" in out.read_text()
-
-
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="science-mode-4 needs Python 3.11")
-def test_calibrate_for_a_p24_writes_it_into_the_patient_config(tmp_path, monkeypatch):
-    """``calibrate --stimulator p24:PORT``: the program is checked against the stimulator
-    before the patient starts (nothing is opened), and the patient config names it, so
-    ``closedloop run --config patient.toml`` drives that P24."""
-    real = cal.make_source
-    monkeypatch.setattr(cal, "make_source",
-                        lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
-    out = tmp_path / "p.toml"
-    two_rates = CONFIGS / "programs" / "reciprocal_two_rates.toml"
-    args = argparse.Namespace(config=str(two_rates), source="sim", out=str(out), rest_s=3.0,
-                              mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True,
-                              stimulator="p24:/dev/ttyACM7")
-    assert cal.main(args) == 0
-    patient = load_config(out)
-    assert patient.session.stimulator == "p24:/dev/ttyACM7"
-    assert patient.detector.baseline == "calibrated"
-    assert out.read_text().count("stimulator = ") == 1  # replaced, not added twice
-    # the same program on a RehaStim2: refused before anything is recorded or written
-    args.stimulator, args.out = "rehastim2:/dev/ttyUSB0", str(tmp_path / "no.toml")
-    monkeypatch.setattr(cal, "run_terminal", lambda *a, **k: pytest.fail("calibrated"))
-    with pytest.raises(ConfigError, match="runs all channels at one frequency"):
-        cal.main(args)
-    assert not (tmp_path / "no.toml").exists()
 
 
 def test_the_patient_config_carries_the_patient_id(config_path):
@@ -392,33 +332,3 @@ def test_the_patient_config_carries_the_patient_id(config_path):
     config = loads_config(multi, source="multi.toml").with_patient("P09")
     assert loads_config(cal.patient_config_text(config, result, confirmation="x")).patient \
         == "P09"
-
-
-def test_cli_for_a_patient_stores_the_calibration_in_the_record(config_path, tmp_path,
-                                                                monkeypatch, capsys):
-    from closedloop.io.records import Records
-
-    real = cal.make_source
-    monkeypatch.setattr(cal, "make_source",
-                        lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
-    db = tmp_path / "c.db"
-    args = argparse.Namespace(config=str(config_path), source="sim", out=str(tmp_path / "p.toml"),
-                              rest_s=3.0, mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True,
-                              patient="P07", operator="A. Nurse", db=str(db))
-    assert cal.main(args) == 0
-    assert f"patient record: saved as #1 for P07 in {db}" in capsys.readouterr().out
-    written = load_config(tmp_path / "p.toml")
-    assert written.patient == "P07"
-    monkeypatch.setattr(cal, "simulated_script", lambda steps: [])  # never contracts
-    args.out = str(tmp_path / "refused.toml")
-    assert cal.main(args) == 1
-    with Records(db) as r:
-        ok, refused = r.sessions("P07")
-        assert [c.id for c in r.calibrations("P07")] == [ok.id]  # a refusal is not used
-    assert (ok.exit_code, refused.exit_code) == (0, 1)
-    assert "no contraction seen" in refused.message and ok.operator == "A. Nurse"
-    for m in written.muscles:
-        row = ok.muscle(m.name)
-        assert row.rest_mean_uv == pytest.approx(1e6 * m.calibration.rest_mean)
-        assert row.mvc_uv == pytest.approx(1e6 * m.calibration.mvc)
-    assert refused.muscle("biceps").mvc_uv is None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -166,22 +164,6 @@ def test_detector_specs(tmp_path):
     from_config = ev.run_detector(spec, rec)
     assert from_config == ev.run_detector(parse_detector_spec("threshold:k_on=5.0"), rec)
     assert from_config != ev.run_detector(parse_detector_spec("threshold"), rec)
-
-
-def test_main_prints_the_table_and_a_json_last_line(capsys):
-    args = Namespace(inputs=[], detectors=["threshold", "reference"], labels=None, fs=None,
-                     jobs=1, json=True, simulate="20,-3", minutes=1.0, seed=4)
-    assert ev.main(args) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert out[0] == "== simulated =="
-    assert any(line.startswith("sim_-3dB_s4") for line in out)
-    rows = json.loads(out[-1])["rows"]
-    ref = [r for r in rows if r["detector"] == "reference" and r["recording"] != "overall"]
-    assert [r["sensitivity"] for r in ref] == [1.0, 1.0]
-    assert all(r["latency_median_ms"] == 0.0 for r in ref)
-    with pytest.raises(InputError, match="nothing to evaluate"):
-        ev.main(Namespace(inputs=[], detectors=None, labels=None, fs=None, jobs=1, json=False,
-                          simulate=None, minutes=None, seed=None))
 
 
 def test_movement_onsets_on_a_synthetic_knee_angle():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-from argparse import Namespace
 from dataclasses import replace
 from pathlib import Path
 
@@ -226,15 +225,6 @@ def test_input_problems_and_missing_samples_are_warnings(session, tmp_path):
     page = report.build_report(s2, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "100 sample(s) missing in 1 place(s)" in page
     assert "input: flat" in page and "input: gap" in page
-
-
-def test_main_loads_the_recording(session, monkeypatch, tmp_path):
-    from closedloop.io import xdf
-
-    monkeypatch.setattr(xdf, "load_session", lambda path: session)
-    out = tmp_path / "out.html"
-    assert report.main(Namespace(input=str(tmp_path / "session.xdf"), out=str(out))) == 0
-    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 5
 
 
 def test_the_final_all_off_during_stimulation_is_a_fact_not_a_warning(session, tmp_path):

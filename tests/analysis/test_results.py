@@ -21,7 +21,7 @@ from closedloop.analysis.results import (
 )
 from closedloop.analysis.scoring import Score, merge_scores, score_onsets
 from closedloop.core.events import ONSET, Event
-from closedloop.errors import ConfigError, InputError
+from closedloop.errors import ConfigError
 
 FS = 1000.0
 
@@ -155,35 +155,6 @@ def test_format_choice() -> None:
         choose_format(None, "r.xlsx")
     with pytest.raises(ConfigError, match="level"):
         Bootstrap(10, level=1.5)
-
-
-def test_folder_inputs_and_a_failing_file_reported(tmp_path, capsys) -> None:
-    d = tmp_path / "study"
-    (d / "p1").mkdir(parents=True)
-    (d / "p2").mkdir()
-    ev.write_sim_recording(d / "p1" / "s.npz", 20.0, minutes=0.5, seed=1)
-    ev.write_sim_recording(d / "p2" / "s.npz", 20.0, minutes=0.5, seed=2)
-    (d / "p2" / "broken.npz").write_bytes(b"not a zip")
-    (d / "notes.txt").write_text("not a recording (text files need --fs)")
-    assert [p.relative_to(d).as_posix() for p in ev.folder_files(d)] == \
-        ["p1/s.npz", "p2/broken.npz", "p2/s.npz"]
-    from argparse import Namespace
-
-    args = Namespace(inputs=[str(d)], detectors=["reference"], labels=None, fs=None, jobs=1,
-                     json=False, simulate=None, minutes=None, seed=None, format="csv",
-                     out=None, bootstrap=100)
-    assert ev.main(args) == 1  # the broken file fails the run, the others are scored
-    captured = capsys.readouterr()
-    table = list(csv.DictReader(io.StringIO(captured.out)))
-    assert [(r["recording"], r["group"]) for r in table] == [
-        ("p1/s.npz", "files"), ("p2/s.npz", "files"), ("overall", "files"),
-        ("p2/broken.npz", "failed")]
-    assert "cannot read as .npz" in table[-1]["error"]
-    assert "p2/broken.npz (reference) failed" in captured.err
-    assert float(table[2]["sensitivity"]) == 1.0 and table[2]["ci_unit"] == "recordings"
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no recordings in this folder"):
-        ev.evaluate([tmp_path / "empty"], ["reference"])
 
 
 def test_row_percentiles_match_numpy() -> None:

@@ -13,14 +13,13 @@ from scipy import signal
 from closedloop.analysis import splice
 from closedloop.analysis.evaluate import (
     parse_detector_spec,
-    parse_seeds,
     shared_recording,
     splice_evaluate,
 )
 from closedloop.analysis.peers import consensus, detect_onset, run_peer
 from closedloop.analysis.scoring import score_trial
 from closedloop.config import loads_config, parse_config
-from closedloop.errors import ConfigError, InputError
+from closedloop.errors import ConfigError
 
 
 def _power(x: np.ndarray) -> float:
@@ -131,13 +130,7 @@ def test_shared_recordings_use_the_consensus(shared_data):
 
 
 # -- the command -------------------------------------------------------------------------------
-def test_seeds_and_specs():
-    assert parse_seeds("100-102,7") == (100, 101, 102, 7)
-    assert parse_seeds(None) == splice.REPORT_SEEDS
-    with pytest.raises(InputError, match="seeds"):
-        parse_seeds("a-b")
-    with pytest.raises(InputError, match="seeds"):
-        parse_seeds("5-2")
+def test_peer_specs():
     assert parse_detector_spec("peer:bmc").name == "peer:bmc"
     with pytest.raises(ConfigError, match="unknown peer"):
         parse_detector_spec("peer:nope")

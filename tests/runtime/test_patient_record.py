@@ -207,3 +207,26 @@ def test_a_damaged_calibration_row_does_not_stop_the_session(tmp_path, patient_c
     choice = start_calibration(patient_config, db, "V")
     assert choice.config is patient_config and choice.record is None
     assert "could not use the stored calibrations" in choice.note
+
+
+def test_a_detector_without_envelope_thresholds_is_stored_with_rest_and_mvc(tmp_path,
+                                                                            patient_config):
+    """A CUSUM patient (a detector with no envelope thresholds) is calibrated, starts
+    from the stored calibration and stores the session like any other; its rows hold
+    rest and MVC and no thresholds (once an AttributeError: an internal error)."""
+    data = json.loads(json.dumps(patient_config.resolved))
+    data["detector"] = {"kind": "cusum"}
+    cfg = parse_config(data, source="cusum.toml").with_patient("P01")
+    cals = {m: Calibration(3e-6, 0.5e-6, 60e-6) for m in cfg.muscle_names}
+    rows = calibration_muscles(cals, cfg, "V")
+    assert [(r.rest_mean_uv, r.mvc_uv, r.on_threshold_uv) for r in rows] == \
+        [(pytest.approx(3.0), pytest.approx(60.0), None)] * 2
+    db = tmp_path / "c.db"
+    add(db, stored(cfg))
+    started = start_calibration(cfg, db, "V").config
+    assert started.detector_kind == "cusum" and started.detector.baseline == "calibrated"
+    src, stim = sim_session(started)
+    with src, stim:
+        out = run_loop(started, src, stim, options=LoopOptions(duration_s=5.0, history=None))
+    row = session_record(out, started, started=WHEN, units="V")
+    assert [m.rest_mean_uv for m in row.muscles] == [pytest.approx(3.0)] * 2

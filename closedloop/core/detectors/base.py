@@ -131,7 +131,8 @@ class Detector(ABC):
         self.fs = float(fs)
         self.channels = tuple(str(c) for c in channels)
         n = len(self.channels)
-        cals = list(calibrations) if calibrations is not None else [None] * n
+        cals: list[Calibration | None] = (list(calibrations) if calibrations is not None
+                                          else [None] * n)
         if len(cals) != n:
             raise ValueError(f"{len(cals)} calibrations for {n} channels")
         self.calibrations: list[Calibration | None] = cals

@@ -165,6 +165,7 @@ class DoubleThresholdDetector(Detector):
     # -- processing -----------------------------------------------------------------------
     def process(self, filtered: np.ndarray, raw: np.ndarray,
                 timestamps: np.ndarray) -> Detection:
+        """Decide the next chunk (see :meth:`Detector.process`)."""
         start = self.position
         n = filtered.shape[1]
         self.position = start + n
@@ -195,6 +196,7 @@ class DoubleThresholdDetector(Detector):
         return Detection(z, above, events)
 
     def suspend(self, channel: int, suspended: bool, sample: int, time: float) -> list[Event]:
+        """Suspend or resume one channel; an active channel ends with an offset."""
         events: list[Event] = []
         if suspended and self._active[channel]:
             self._active[channel] = False
@@ -208,11 +210,13 @@ class DoubleThresholdDetector(Detector):
         return events
 
     def hold(self, channel: int, held: bool) -> None:
+        """Hold one channel (no new onsets) or release it."""
         self._held[channel] = held
         self._blocked[:] = self._suspended | self._held
 
     @property
     def active(self) -> np.ndarray:
+        """Which channels are active now (a copy)."""
         return self._active.copy()
 
     def _segment(self, xf: np.ndarray, start: int,

@@ -244,6 +244,7 @@ class CusumDetector(Detector):
 
     @classmethod
     def from_config(cls, config, fs: float, channels: Sequence[str]) -> CusumDetector:
+        """The detector of a config's ``[detector]`` and calibrations."""
         return cls(config.detector, fs, channels, config.calibrations(), filters=config.filters)
 
     # -- public state -------------------------------------------------------------------

@@ -370,10 +370,9 @@ class OnsetDetector:
             self.on_threshold[c] = on
             self.off_threshold[c] = mu + off_frac * (on - mu)
         if newly is not None:
-            on = mean + k_on * np.sqrt(var)
-            off = mean + off_frac * (on - mean)
-            np.copyto(self.on_threshold, on, where=newly)
-            np.copyto(self.off_threshold, off, where=newly)
+            ons = mean + k_on * np.sqrt(var)
+            np.copyto(self.on_threshold, ons, where=newly)
+            np.copyto(self.off_threshold, mean + off_frac * (ons - mean), where=newly)
 
     def _seed(self, block_index: int, block_end: int, seeding: np.ndarray, m: np.ndarray,
               v: np.ndarray) -> np.ndarray | None:
@@ -462,6 +461,7 @@ class ThresholdDetector(Detector):
 
     @classmethod
     def from_config(cls, config: Any, fs: float, channels: Sequence[str]) -> ThresholdDetector:
+        """The detector of a config's ``[detector]``, envelope and calibrations."""
         return cls(config.detector, fs, channels, config.calibrations(),
                    envelope=config.envelope)
 
@@ -471,25 +471,31 @@ class ThresholdDetector(Detector):
 
     def process(self, filtered: np.ndarray, raw: np.ndarray,
                 timestamps: np.ndarray) -> Detection:
+        """Decide the next chunk (see :meth:`Detector.process`)."""
         env = self.condition(filtered)
         above, events = self.rules.process(env, timestamps)
         self.position = self.rules.position
         return Detection(env, above, events)
 
     def suspend(self, channel: int, suspended: bool, sample: int, time: float) -> list[Event]:
+        """Suspend or resume one channel (the rules' :meth:`OnsetDetector.suspend`)."""
         return self.rules.suspend(channel, suspended, sample, time)
 
     def hold(self, channel: int, held: bool) -> None:
+        """Hold one channel (no new onsets) or release it."""
         self.rules.hold(channel, held)
 
     def restart_channel(self, channel: int, level: float) -> None:
+        """Start one channel's envelope afresh (after its input came back)."""
         self.envelope.restart_channel(channel)
 
     def pop_notes(self) -> list[RestNote]:
+        """The rest-level notes since the last call (then forgotten)."""
         return self.rules.pop_notes()
 
     @property
     def active(self) -> np.ndarray:
+        """Which channels are active now."""
         return self.rules.active
 
 
@@ -530,9 +536,11 @@ class TkeoDetector(ThresholdDetector):
         self.band = FilterBank(band, self.fs, len(self.channels))
 
     def condition(self, filtered: np.ndarray) -> np.ndarray:
+        """The statistic: TKEO of the filtered EMG, then its envelope (a new array)."""
         x = np.array(filtered, dtype=np.float64, order="C")  # the caller's stays intact
         return self.envelope.process_inplace(self.band.process_inplace(x))
 
     def restart_channel(self, channel: int, level: float) -> None:
+        """Start one channel's conditioning afresh (after its input came back)."""
         super().restart_channel(channel, level)
         self.band.restart_channel(channel, 0.0)  # it sees the filtered EMG: zero-mean

@@ -111,6 +111,7 @@ class LslStimulator(Stimulator):
 
     @classmethod
     def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> LslStimulator:
+        """The stimulator of an ``lsl[:NAME]`` spec."""
         session = context.session or SessionId.new(context.config.name)
         return cls(session, arg or "closedloop-stim")
 
@@ -220,6 +221,7 @@ class LslStimulator(Stimulator):
 
     @property
     def outlet(self) -> pylsl.StreamOutlet | None:
+        """The LSL outlet while open, else None."""
         return self._outlet
 
     # -- sending ----------------------------------------------------------------------------

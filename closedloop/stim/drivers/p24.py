@@ -302,6 +302,7 @@ class P24(Stimulator):
 
     @classmethod
     def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> P24:
+        """The stimulator of a ``p24:PORT`` spec."""
         if not arg:
             raise ConfigError(f"stimulator spec {spec!r}: give the serial port, e.g. "
                               "p24:/dev/ttyACM0")
@@ -807,14 +808,14 @@ class P24(Stimulator):
             except asyncio.TimeoutError:
                 unmatched = list(self._unmatched)
                 seen = f"; answers it could not match: {unmatched}" if unmatched else ""
-                exc = DeviceLostError(
+                lost = DeviceLostError(
                     f"the P24 on {self.port} did not answer {name} (packet {packet.number}) "
                     f"within {self.response_timeout * 1000:.0f} ms{seen}. Check that it is "
                     "plugged in and its lamp lights; it stops by itself 2 s after the last "
                     "keep-alive.")
                 if record:
-                    self._record_fault(exc, outputs_off=False, report=False)
-                raise exc from None
+                    self._record_fault(lost, outputs_off=False, report=False)
+                raise lost from None
         finally:
             self._pending = None
             if not pending.future.done():
@@ -1009,7 +1010,7 @@ def _output_of(pulse: sm4.Pulse | None) -> ChannelOutput:
 
 
 def _stop_at_exit(ref: weakref.ref[P24]) -> None:
-    """atexit hook: stop and close a driver that is still open at interpreter exit."""
+    """At interpreter exit (atexit): stop and close a driver that is still open."""
     driver = ref()
     if driver is None or not driver.is_open:
         return

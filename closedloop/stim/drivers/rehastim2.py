@@ -191,6 +191,7 @@ class RehaStim2(Stimulator):
 
     @classmethod
     def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> RehaStim2:
+        """The stimulator of a ``rehastim2:PORT`` spec."""
         if not arg:
             raise ConfigError(f"stimulator spec {spec!r}: give the serial port, e.g. "
                               "rehastim2:/dev/ttyUSB0")
@@ -325,20 +326,21 @@ class RehaStim2(Stimulator):
     def _open_port(self) -> serial.Serial:
         """Open the port exclusively with every setting at once (460800 8E1, no flow
         control); a port another process holds fails with EWOULDBLOCK (flock)."""
-        settings = {
-            "port": self.port,
-            "exclusive": True,
-            "baudrate": BAUDRATE,
-            "bytesize": serial.EIGHTBITS,
-            "stopbits": serial.STOPBITS_ONE,
-            "xonxoff": False,
-            "rtscts": False,
-            "dsrdtr": False,
-            "timeout": READ_POLL_S,
-            "write_timeout": self.write_timeout,
-        }
+        open_port = functools.partial(
+            serial.Serial,
+            port=self.port,
+            exclusive=True,
+            baudrate=BAUDRATE,
+            bytesize=serial.EIGHTBITS,
+            stopbits=serial.STOPBITS_ONE,
+            xonxoff=False,
+            rtscts=False,
+            dsrdtr=False,
+            timeout=READ_POLL_S,
+            write_timeout=self.write_timeout,
+        )
         try:
-            return serial.Serial(parity=serial.PARITY_EVEN, **settings)
+            return open_port(parity=serial.PARITY_EVEN)
         except _TERMIOS_ERROR as exc:
             # A Linux pty (the emulator) has no parity: the kernel drops PARENB, and when
             # that is the only change asked for (a pty opened before) refuses with EINVAL.
@@ -346,7 +348,7 @@ class RehaStim2(Stimulator):
             if not (exc.args and exc.args[0] == errno.EINVAL and _is_pseudo_terminal(self.port)):
                 raise
             logger.info("%s is a pseudo-terminal without parity: opening it 8N1", self.port)
-            return serial.Serial(parity=serial.PARITY_NONE, **settings)
+            return open_port(parity=serial.PARITY_NONE)
 
     def close(self) -> None:
         """Stop all channels, stop the link thread and close the port (idempotent).
@@ -459,6 +461,10 @@ class RehaStim2(Stimulator):
                     self._stop_channel_list()  # also marks every channel off
                 return
             code = next(iter(codes), self._main_code)
+            if code is None:  # a channel on, yet no frequency asked for nor running
+                raise StimulatorError(
+                    "internal error: a RehaStim2 channel would be on without a frequency "
+                    "(a bug in closedloop, please report it); every channel is stopped")
             if self._mode != sm.StimulationMode.START and code != self._main_code:
                 self._stop_channel_list()  # new frequency: stop, re-init, restart
             if self._mode == sm.StimulationMode.START:
@@ -645,13 +651,13 @@ class RehaStim2(Stimulator):
             raise pending.error
         if not answered or pending.reply is None:
             seen = f"; packets it could not match: {unmatched}" if unmatched else ""
-            exc = DeviceLostError(
+            lost = DeviceLostError(
                 f"RehaStim2 on {self.port} did not answer {packet.name} (packet "
                 f"{packet.pkt_no}) within {self.response_timeout * 1000:.0f} ms{seen}. Check "
                 "that it is switched on and the cable is connected."
             )
-            self._record_fault(exc, outputs_off=False, report=False)
-            raise exc
+            self._record_fault(lost, outputs_off=False, report=False)
+            raise lost
         return packet, pending.reply
 
     def _write(self, frame: bytes, pkt_no: int, cmd: int) -> None:
@@ -880,7 +886,7 @@ def _is_pseudo_terminal(path: str) -> bool:
 
 
 def _stop_at_exit(ref: weakref.ref[RehaStim2]) -> None:
-    """atexit hook: stop and close a driver that is still open at interpreter exit."""
+    """At interpreter exit (atexit): stop and close a driver that is still open."""
     driver = ref()
     if driver is None or not driver.is_open:
         return

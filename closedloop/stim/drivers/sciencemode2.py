@@ -86,7 +86,7 @@ class Command(enum.IntEnum):
 
 
 #: The acknowledgement the device answers each PC command with (Watchdog has none).
-ACK_OF: dict[Command, Command] = {
+ACK_OF: dict[int, Command] = {
     Command.GET_STIMULATION_MODE: Command.GET_STIMULATION_MODE_ACK,
     Command.GET_MOTOMED_MODE: Command.GET_MOTOMED_MODE_ACK,
     Command.INIT_CHANNEL_LIST_MODE: Command.INIT_CHANNEL_LIST_MODE_ACK,

@@ -101,6 +101,7 @@ class SimStimulator(Stimulator):
 
     @classmethod
     def from_spec(cls, spec: str, arg: str, context: StimulatorContext) -> SimStimulator:
+        """The stimulator of a ``sim`` spec."""
         if arg:
             raise ConfigError(f"stimulator spec {spec!r}: sim takes no argument")
         return cls()
@@ -233,9 +234,11 @@ class SimStimulator(Stimulator):
             self._set(ch, t, 0.0, out.pulse_width_us, out.frequency_hz)
 
     def check(self) -> None:
+        """Raise the fault planned for ``check``, if any."""
         self._maybe_fail("check")
 
     def delivered_hz(self, frequency_hz: float) -> float:
+        """The rate a pulse train of ``frequency_hz`` really has on this device."""
         return self._rates.get(frequency_hz, frequency_hz)
 
     def _set(self, ch: int, t: float, current: float, pw: float, f: float) -> None:

@@ -1,0 +1,63 @@
+"""``closedloop view``: the live view of a running session, or of a demo session.
+
+Parse, claim the screenshot file when one is asked for (never over an existing file
+without ``--overwrite``), start a :class:`~closedloop.view.app.DemoSession` with
+``--demo N``, and run the window (:func:`closedloop.view.app.run_view`) until it is
+closed, ``--duration`` has passed or the screenshot is written. Exit code 0; 1 when a
+screenshot was asked for and none could be written, or it shows no session data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from pathlib import Path
+
+from closedloop.errors import ClosedLoopError
+from closedloop.io.outfile import claim_output
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``closedloop view``; returns the exit code.
+
+    ``args`` attributes: ``session`` (str or None), ``screenshot`` (str or None),
+    ``overwrite`` (replace an existing screenshot), ``duration`` (float or None) and,
+    optionally, ``demo`` (int: also start a simulated session with that many muscles,
+    named ``--session`` or ``demo``).
+    """
+    screenshot = getattr(args, "screenshot", None)
+    claim = contextlib.nullcontext() if not screenshot else claim_output(
+        screenshot, overwrite=bool(getattr(args, "overwrite", False)), what="screenshot")
+    with claim:
+        code = _view(args, screenshot)
+        if screenshot and not (Path(screenshot).is_file() and Path(screenshot).stat().st_size):
+            return 1  # nothing written (the claim removes the empty file)
+        return code
+
+
+def _view(args: argparse.Namespace, screenshot: str | None) -> int:
+    session = getattr(args, "session", None)
+    demo_n = getattr(args, "demo", None)
+    if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    # imported after the platform is chosen: Qt reads QT_QPA_PLATFORM when it starts
+    from closedloop.view.app import DemoSession, run_view
+
+    demo = None
+    if demo_n:
+        session = session or "demo"
+        demo = DemoSession(session, n_channels=int(demo_n)).start()
+    try:
+        code = run_view(
+            session,
+            on_stop=demo.stop_stimulation if demo is not None else None,
+            duration_s=getattr(args, "duration", None),
+            screenshot=screenshot,
+        )
+    finally:
+        if demo is not None:
+            demo.close()
+    if demo is not None and demo.error is not None:
+        raise ClosedLoopError(f"the demo session failed: {demo.error!r}")
+    return code
