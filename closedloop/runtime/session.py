@@ -107,7 +107,8 @@ class SessionPlan:
         Show the live view (``closedloop view``, its own process). Without a display
         it is left out (and said), unless ``view_offscreen``.
     view_offscreen : bool
-        Without a display, run the view offscreen (a benchmark measuring its load).
+        A benchmark measuring what the view costs: without a display it runs
+        offscreen, its output discarded.
     confirm_checklist : bool
         The safety checklist was checked (``--confirm-checklist``); otherwise a real
         stimulator needs it answered on the terminal.
@@ -513,17 +514,16 @@ def open_view(session_name: str, *, offscreen: bool = False,
               tell: Callable[[str], None] | None = None) -> subprocess.Popen[bytes] | None:
     """Start ``closedloop view`` for this session in its own process (it reads the
     session's LSL streams, so it can never stall or crash the loop), or None when there
-    is no display (said through ``tell``). ``offscreen``: without a display, run it
-    offscreen, its output discarded (a benchmark of what watching costs)."""
+    is no display (said through ``tell``). ``offscreen``: a benchmark of what watching
+    costs: without a display the view runs offscreen, and its output is discarded."""
     env = dict(os.environ)
-    output = None  # a window: its messages go where the session's go
     if not has_display():
         if not offscreen:
             if tell is not None:
                 tell("no display; running without the live view (use --no-gui to silence this)")
             return None
         env["QT_QPA_PLATFORM"] = "offscreen"
-        output = subprocess.DEVNULL
+    output = subprocess.DEVNULL if offscreen else None  # a window's messages: the session's
     return subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--session",
                              session_name], env=env, stdout=output, stderr=output)
 
