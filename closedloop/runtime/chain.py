@@ -123,11 +123,13 @@ def build_chain(config: Config, info: SourceInfo, *, stimulating: bool,
     rate_check(info, config.filters)
     fs, names = info.fs, config.muscle_names
     stim = None
-    if stimulating and config.stimulates:
+    protocol, safety = config.protocol, config.safety
+    if stimulating and protocol is not None:  # the config stimulates
+        assert safety is not None  # the config loader gives every [protocol] its [safety]
         muscles = stimulated_muscles(config)
         stim = Stimulation(
-            (protocol_factory or make_protocol)(config.protocol, muscles, fs),
-            SafetyGuard.from_muscles(muscles, config.safety, fs, protocol=config.protocol),
+            (protocol_factory or make_protocol)(protocol, muscles, fs),
+            SafetyGuard.from_muscles(muscles, safety, fs, protocol=protocol),
             ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz),
         )
     remover = stim.remover if stim is not None else None

@@ -229,8 +229,8 @@ class Session:
         Raises
         ------
         ConfigError
-            The recording file may not be written, a spec is not understood, the
-            stimulator cannot run the program, the source lacks a muscle's channel.
+            The recording file may not be written, the config is not valid, a spec is
+            not understood, the stimulator cannot run the program.
         SafetyError
             The checklist was not confirmed; the source is another session's stream.
         DeviceError, InputError
