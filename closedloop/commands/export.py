@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from closedloop.errors import ClosedLoopError, ConfigError, InputError
+from closedloop.errors import ClosedLoopError, ConfigError
 from closedloop.io.bids import (
     BidsTarget,
     ExportTask,
@@ -68,7 +68,7 @@ def main(args) -> int:
     todo = [t for t in tasks if t is not None]
     taken = [f for t in todo for f in planned_files(t.target) if f.exists()]
     if taken:
-        raise InputError(f"{taken[0]} already exists ({len(taken)} of the files to write do): "
+        raise ConfigError(f"{taken[0]} already exists ({len(taken)} of the files to write do): "
                          "closedloop export never overwrites; choose another --session or "
                          "--run, or another --bids folder")
     if todo:
