@@ -2,10 +2,14 @@
 
 Each subcommand lives in its own module with a ``main(args) -> int``; this file only
 declares the arguments, each with a type that refuses what cannot be meant (a duration
-of NaN, a negative seed, a sampling rate of 0) with one line saying what is expected.
-Errors of the closedloop family are printed as one clear line (what happened, what to
-check) with a non-zero exit code. Anything else is a bug in closedloop: it is said so in
-one line, followed by the traceback a developer needs, and the exit code is 1.
+of NaN, a negative seed, a sampling rate of 0) with one line saying what is expected
+(argparse's usage error, exit 2). An error of the closedloop family is printed as one
+clear message (what happened, what to check), without a traceback, and the command exits
+with the code its type carries: the one table of :mod:`closedloop.errors`, so the same
+cause exits with the same code from every command (a bad or missing config 2, a
+recording that cannot be read 7, a damaged one 9...). Anything else is a bug in
+closedloop: it is said so in one line, followed by the traceback a developer needs, and
+the exit code is 1.
 
 Every command that writes a file refuses to replace an existing one unless
 ``--overwrite`` is given, and never writes over one of its inputs
@@ -23,13 +27,8 @@ import traceback
 from collections.abc import Callable
 
 from closedloop.config.signal import FS_RANGE
-from closedloop.errors import ClosedLoopError
+from closedloop.errors import EXIT_CODES, ClosedLoopError
 from closedloop.io.records import ENV_VAR
-
-#: exit codes
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
 
 
 def number(what: str, *, lo: float = 0.0, hi: float = math.inf, lo_ok: bool = False,
@@ -452,16 +451,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(args) or 0)
     except ClosedLoopError as exc:
         print(f"closedloop {args.command}: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_ERROR)
+        return exc.exit_code
     except KeyboardInterrupt:
         print(f"closedloop {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_CODES["interrupt"]
     except Exception:  # a bug: say so, and keep what a developer needs to fix it
         print(f"closedloop {args.command}: internal error - this is a bug in closedloop, not "
               "a problem with your input. Please report it with the lines below.",
               file=sys.stderr)
         traceback.print_exc()
-        return EXIT_ERROR
+        return EXIT_CODES["error"]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,6 @@
 """Frames per second of the live view drawing a simulated session, offscreen.
 
-Starts a :class:`~closedloop.view.app.DemoSession` in its own process
+Starts a :class:`~closedloop.runtime.demo.DemoSession` in its own process
 (``--channels`` muscles at ``--fs``, streamed in real time through the real session
 outlets), opens the live window against
 it with the offscreen Qt platform, and counts, over ``--seconds``:
@@ -29,7 +29,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 DEMO_CODE = """
 import sys
-from closedloop.view.app import DemoSession
+from closedloop.runtime.demo import DemoSession
 name, n, fs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 with DemoSession(name, n_channels=n, fs=fs, n_trials=1000):
     sys.stdin.read()  # until the benchmark closes our stdin

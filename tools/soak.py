@@ -1,8 +1,9 @@
 """Soak: a long simulated session with recording, measured.
 
-Runs the simulated patient and the simulated stimulator through the live loop
-(:func:`~closedloop.runtime.loop.run_loop`) with the session's LSL outlets recorded by a
-real LabRecorderCLI, as ``closedloop run --record`` does, and prints:
+Runs the simulated patient and the simulated stimulator through the session
+``closedloop run --record`` builds (:mod:`closedloop.runtime.session`: the live loop,
+the session's LSL outlets recorded by a real LabRecorderCLI, the STOP inlet), and
+prints:
 
 * **samples lost**: what the recording lacks, proved from the file by
   :func:`~closedloop.io.recorder.verify_recording` (every stream's counter or ``seq``),
@@ -37,7 +38,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +46,9 @@ import psutil
 from closedloop.config import load_config
 from closedloop.core.stream import Chunk
 from closedloop.errors import ClosedLoopError
-from closedloop.io.outfile import claim_output
-from closedloop.io.outlets import SessionOutlets
-from closedloop.io.recorder import XdfRecorder, verify_recording
-from closedloop.runtime.loop import LoopOptions, run_loop
+from closedloop.io.recorder import verify_recording
+from closedloop.runtime.outcome import LoopOptions
+from closedloop.runtime.session import Session, SessionPlan
 from closedloop.sources.base import Source
 from closedloop.sources.sim import SimSource, patient_settings
 from closedloop.stim.drivers.sim import SimStimulator
@@ -142,63 +141,50 @@ def soak(minutes: float = 60.0, *, speed: float = math.inf,
     config = load_config(config_path)
     fs = config.session.fs
     windows = Windows(fs, window_min * 60.0)
-    holder: dict[str, SimSource] = {}
-    stim = TappedStimulator(windows, clock=lambda: holder["src"].now())
+    stim = TappedStimulator(windows)
     chans = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
     chunk = max(1, int(round(config.session.chunk_ms * fs / 1000.0)))
     sim = SimSource(patient_settings(config), seed=seed, realtime=speed == 1.0,
                     chunk_size=chunk, stimulator=stim if config.sim.artifacts else None,
                     stim_channels=chans, gap_s=config.sim.gap_s, attempt_s=config.sim.attempt_s,
                     script_hours=minutes / 60.0 + 1.0)
-    holder["src"] = sim
+    stim.follow(sim.now)  # pulses start at the next sample, as in closedloop run
     source: Source = Paced(sim, speed) if math.isfinite(speed) and speed != 1.0 else sim
     tmp = None
     if record is None:
         tmp = tempfile.TemporaryDirectory(prefix="closedloop-soak-")
         record = Path(tmp.name) / "soak.xdf"
     path = Path(record)
-    claim = claim_output(path, overwrite=overwrite, what="recording",
-                         inputs=[("config", config_path)])  # before anything starts
+    # the session closedloop run --record builds, with these devices
+    session = Session(SessionPlan(config, source=source, stimulator=stim, record=path,
+                                  overwrite=overwrite, publish=True,
+                                  name=f"closedloop-soak-{uuid.uuid4().hex[:6]}",
+                                  metadata={"tool": "soak"}))
     proc = psutil.Process()
-    sim.open()
-    stim.open()
-    outlets = SessionOutlets(f"closedloop-soak-{uuid.uuid4().hex[:6]}",
-                             replace(sim.info, channels=config.muscle_names),
-                             config_text=config.text, metadata={"tool": "soak"})
-    recorder = XdfRecorder(path, outlets.recorder_predicates(), claim=claim)
-    recorder.start()
-    outlets.announce()
     size = windows.size
 
-    def control() -> list[str]:  # once per chunk: memory at each window's start
+    def control() -> list:  # once per chunk: memory at each window's start; STOP as ever
         w = sim.position // size
         if w not in windows.rss_mb:
             windows.rss_mb[w] = proc.memory_info().rss / 1e6
             if progress is not None:
                 progress(w, windows)
-        return []
+        return session.poll()
 
+    session.open()  # the recording is claimed first: a refused file starts nothing
     rss_start = proc.memory_info().rss / 1e6
     t0 = time.perf_counter()
     try:
-        out = run_loop(config, source, stim, outlets=outlets, recorder=recorder,
-                       control=control,
-                       options=LoopOptions(duration_s=minutes * 60.0,
-                                           watchdog_s=config.session.watchdog_ms / 1000.0))
+        out = session.run(LoopOptions(duration_s=minutes * 60.0,
+                                      watchdog_s=config.session.watchdog_ms / 1000.0),
+                          control=control)
     finally:
         wall = time.perf_counter() - t0
         rss_end = proc.memory_info().rss / 1e6
-        recorder_error = None
-        try:
-            recorder.stop()
-        except Exception as exc:  # noqa: BLE001 - reported in the figures
-            recorder_error = str(exc)
-        counts = outlets.counts
-        outlets.close()
-        stim.close()
-        sim.close()
-        claim.release()
-    report = verify_recording(path, counts)
+        closed = session.close()
+    assert session.outlets is not None
+    counts = session.outlets.counts
+    report = closed.report if closed.report is not None else verify_recording(path, counts)
     missing = sum(c.missing + c.unexpected + c.duplicates for c in report.streams.values())
     missing += sum(counts.get(n, 0) for n in report.missing_streams)
     figures = {
@@ -210,7 +196,7 @@ def soak(minutes: float = 60.0, *, speed: float = math.inf,
         "samples_lost": int(missing + out.samples_lost),
         "recording_ok": report.ok,
         "recording_complete": report.complete,
-        "recorder_error": recorder_error,
+        "recorder_error": closed.recorder_error,
         "rss_start_mb": round(rss_start, 1),
         "rss_end_mb": round(rss_end, 1),
         "triggers": out.trials.get("trials", 0),
@@ -273,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        progress=progress)
     except ClosedLoopError as exc:
         print(f"tools/soak.py: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     _print(figures)
     print(json.dumps({k: v for k, v in figures.items() if k != "recording_summary"}))
     return 0 if figures["samples_lost"] == 0 and figures["exit_code"] == 0 else 1

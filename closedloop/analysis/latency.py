@@ -8,9 +8,11 @@ Two processes, as in a real set-up with an amplifier application:
   summed sleeps), each sample stamped ``t0 + i / fs``, i.e. the moment it was
   "acquired". Its first stdout line is JSON with ``t0`` and the true onsets (stream time
   and muscle), so the truth is published before any sample;
-* **closedloop** runs in this process: :class:`~closedloop.sources.lsl.LslSource` ->
-  :func:`~closedloop.runtime.loop.run_loop` with the simulated stimulator, on a config
-  that triggers often (the biceps every 2 s; see :data:`BENCH_CONFIG`).
+* **closedloop** runs in this process: the session ``closedloop run`` builds
+  (:mod:`closedloop.runtime.session`) on the streamer's stream (``--source
+  lsl:name=...``) with the simulated stimulator, on a config that triggers often (the
+  biceps every 2 s; see :data:`BENCH_CONFIG`); ``--outlets`` publishes its LSL streams
+  and listens for STOP as a session does, ``--with-view`` also starts its live view.
 
 What is printed (p50/p95/p99, ms):
 
@@ -231,52 +233,25 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
     there is no display), to measure whether watching a session slows the loop.
     """
     from closedloop.config import loads_config
-    from closedloop.runtime.loop import LoopOptions, run_loop
-    from closedloop.sources.lsl import LslSource
-    from closedloop.stim.drivers.sim import SimStimulator
+    from closedloop.runtime.outcome import LoopOptions
+    from closedloop.runtime.session import Session, SessionPlan
 
     config = loads_config(BENCH_CONFIG, source="<latency bench config>")
     name = f"closedloop-latency-{uuid.uuid4().hex[:8]}"
     with Streamer(name, "--seconds", f"{seconds + 5:g}", "--every", f"{every_s:g}",
                   "--snr-db", f"{snr_db:g}", "--chunk-ms", f"{chunk_ms:g}",
                   "--seed", str(seed)) as streamer:
-        source = LslSource(name=name, resolve_timeout=10.0)
-        stim = SimStimulator()
-        session_outlets = viewer = None
-        with source, stim:
-            if outlets or view:
-                from dataclasses import replace as _replace
-
-                from closedloop.io.outlets import SessionOutlets
-
-                session_outlets = SessionOutlets(
-                    f"{name}-session", _replace(source.info, channels=config.muscle_names),
-                    config_text=BENCH_CONFIG)
-            if view:
-                import os
-                import subprocess
-                import sys
-
-                env = dict(os.environ)
-                if not (env.get("DISPLAY") or env.get("WAYLAND_DISPLAY")):
-                    env["QT_QPA_PLATFORM"] = "offscreen"
-                viewer = subprocess.Popen(
-                    [sys.executable, "-m", "closedloop", "view", "--session", f"{name}-session",
-                     "--duration", f"{seconds + 10:g}"],
-                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the session closedloop run builds, on the streamer's LSL stream
+        plan = SessionPlan(config, source=f"lsl:name={name}?resolve_timeout=10",
+                           stimulator="sim", name=f"{name}-session",
+                           publish=outlets or view, view=view, view_offscreen=True)
+        with Session(plan).open() as session:
+            assert session.source is not None
+            fs = session.source.info.fs
             offset = _clock_offset()
-            try:
-                out = run_loop(config, source, stim, outlets=session_outlets,
-                               options=LoopOptions(duration_s=seconds, history=None))
-            finally:
-                if viewer is not None:
-                    viewer.terminate()
-                    viewer.wait(timeout=10)
-                if session_outlets is not None:
-                    session_outlets.close()
+            out = session.run(LoopOptions(duration_s=seconds, history=None))
     if out.exit_code != 0:
         raise RuntimeError(f"the benchmark session ended early: {out.message}")
-    fs = source.info.fs
     handed = [c for c in out.commands if np.isfinite(c.handed_wall)]
     processing = [1000 * (c.handed_wall - c.arrival_wall) for c in handed]
     ons = [c for c in handed if c.is_on and c.phase == "ramp_up"]

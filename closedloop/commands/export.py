@@ -5,7 +5,9 @@ before writing anything if a target file exists, write the dataset-level files, 
 every recording through :func:`closedloop.runtime.batch.run_batch` (all local cores, or
 ``--cluster``) and print one line per recording, in input order. Several recordings of
 one subject, session and task get runs 1, 2, ... (or from ``--run``). A recording that
-fails is reported; the others are still exported (exit 1).
+fails is reported; the others are still exported, and the exit code is the worst
+failure's (:data:`closedloop.errors.EXIT_CODES`: 7 a recording that cannot be read, 9 a
+damaged one, 1 an unexpected error).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from closedloop.errors import ClosedLoopError, ConfigError, InputError
+from closedloop.errors import ClosedLoopError, ConfigError
 from closedloop.io.bids import (
     BidsTarget,
     ExportTask,
@@ -49,13 +51,13 @@ def main(args) -> int:
     root = str(Path(args.bids).resolve()) if args.cluster else args.bids
     several = len(inputs) > 1
     tasks: list[ExportTask | None] = []
-    failed: dict[int, str] = {}
+    failed: dict[int, ClosedLoopError] = {}
     counts: dict[str, int] = {}
     for i, p in enumerate(inputs):
         try:  # the task label comes from the recording's config unless given
             task = _task_label(args, p)
         except ClosedLoopError as exc:
-            failed[i] = str(exc)
+            failed[i] = exc
             tasks.append(None)
             continue
         run = None
@@ -67,7 +69,7 @@ def main(args) -> int:
     todo = [t for t in tasks if t is not None]
     taken = [f for t in todo for f in planned_files(t.target) if f.exists()]
     if taken:
-        raise InputError(f"{taken[0]} already exists ({len(taken)} of the files to write do): "
+        raise ConfigError(f"{taken[0]} already exists ({len(taken)} of the files to write do): "
                          "closedloop export never overwrites; choose another --session or "
                          "--run, or another --bids folder")
     if todo:
@@ -78,7 +80,8 @@ def main(args) -> int:
     for i, (arg, task) in enumerate(zip(args.inputs, tasks, strict=True)):
         res = None if task is None else next(results)
         if res is None or not res.ok:
-            rc = 1
+            error = failed[i] if res is None else res.exception
+            rc = max(rc, error.exit_code if error is not None else ClosedLoopError.exit_code)
             print(f"{arg}: export FAILED: {failed[i] if res is None else res.error}")
             if res is not None and res.detail:
                 print(res.detail, file=sys.stderr)

@@ -3,8 +3,9 @@
 Reads the patient's sessions from the patient record (:mod:`closedloop.io.records`),
 prints the tables of :func:`closedloop.analysis.history.terminal_lines` and, with
 ``--out``, writes the HTML page (never over an existing file unless ``--overwrite``).
-Exit code 0; 1 when the record cannot be read, holds no session of the patient, or the
-page cannot be written.
+Exit code 0; otherwise the one table's (:data:`closedloop.errors.EXIT_CODES`): 2 a page
+that may not or cannot be written (as every command's output), 7 a record that holds no
+session of the patient, 10 a record that cannot be read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from closedloop.analysis.history import build_history, render_html, terminal_lines
-from closedloop.errors import InputError
+from closedloop.errors import ConfigError, InputError
 from closedloop.identity import check_patient_id
 from closedloop.io.records import Records, resolve_path
 
@@ -24,7 +25,7 @@ def main(args) -> int:
     db = resolve_path(args.db)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.overwrite:
-        raise InputError(f"{out} exists; choose another --out file or add --overwrite")
+        raise ConfigError(f"{out} exists; choose another --out file or add --overwrite")
     with Records(db, create=False) as records:
         rows = records.sessions(patient)
         if not rows:
@@ -54,6 +55,7 @@ def _write(path: Path, text: str, *, overwrite: bool) -> None:
             with open(path, "x", encoding="utf-8") as f:
                 f.write(text)
     except FileExistsError:
-        raise InputError(f"{path} exists; choose another --out file or add --overwrite") from None
+        raise ConfigError(f"{path} exists; choose another --out file or add --overwrite") from None
     except OSError as exc:
-        raise InputError(f"cannot write {path} ({exc.strerror or exc}); check the folder") from None
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); check the "
+                          "folder") from None

@@ -1,14 +1,15 @@
 """``closedloop run``: a live session, from the command line.
 
-Builds the source and stimulator from the config (or ``--source`` / ``--stimulator``),
-optionally publishes LSL outlets and records to XDF, runs
-:func:`closedloop.runtime.loop.run_loop` and prints the summary. The whole command runs
-inside :func:`~closedloop.runtime.signals.stop_on_signals`: SIGINT (Ctrl-C), SIGTERM,
+Parses the command line into a :class:`~closedloop.runtime.session.SessionPlan`, builds
+and opens the session (:class:`~closedloop.runtime.session.Session`: the source and
+stimulator from the config or ``--source`` / ``--stimulator``, the LSL outlets, the
+recording, the live view), runs the loop, closes it and prints the summary. The whole
+command runs inside :func:`~closedloop.runtime.signals.stop_on_signals`: SIGINT (Ctrl-C), SIGTERM,
 SIGHUP (the terminal closed) and SIGQUIT stop the session like the STOP button, and
 cannot interrupt the closing of the devices, the recording or the summary (which is
 printed with :func:`~closedloop.runtime.signals.say`, so a terminal that is gone does
-not turn the stop into an error). The exit code says how the session ended (see
-:mod:`closedloop.runtime.loop`).
+not turn the stop into an error). The exit code says how the session ended (the table
+of :mod:`closedloop.errors`).
 
 A session for a patient (``--patient ID`` or the config's ``patient``) starts from the
 patient's last stored calibration when the config has none, and says so; once every
@@ -19,27 +20,19 @@ the summary; it never changes how the session ended.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
 
-from closedloop.config import Config, load_config
 from closedloop.errors import ClosedLoopError
-from closedloop.identity import SessionId, check_operator
-from closedloop.io.records import now_iso, resolve_path
-from closedloop.runtime.devices import check_input, make_source, make_stimulator
-from closedloop.runtime.loop import LoopOptions, Outcome, StopRequest, run_loop
-from closedloop.runtime.outcome import classify
-from closedloop.runtime.patient_record import (
-    CalibrationChoice,
-    save,
-    session_record,
-    start_calibration,
-)
+from closedloop.io.records import resolve_path
+from closedloop.runtime.outcome import LoopOptions, Outcome, StopRequest
+from closedloop.runtime.session import Session, SessionPlan
 from closedloop.runtime.signals import say, stop_on_signals
 
 
@@ -89,38 +82,45 @@ def summary_lines(out: Outcome, *, recorded: str | None = None, patient: str | N
     return lines
 
 
-def main(args) -> int:
+def main(args: argparse.Namespace) -> int:
     """Run ``closedloop run``; returns the exit code of the way the session ended."""
     with stop_on_signals() as stop:  # until the summary is out: see the module docstring
         return _main(args, stop)
 
 
-def _main(args, stop: StopRequest) -> int:
-    session = _Session()
+def plan_from_args(args: argparse.Namespace) -> SessionPlan:
+    """The session ``closedloop run``'s arguments ask for (checked as it opens)."""
+    return SessionPlan(
+        args.config, patient=args.patient, source=args.source, stimulator=args.stimulator,
+        seed=args.seed, record=args.record, overwrite=bool(getattr(args, "overwrite", False)),
+        publish=not args.no_outlets, view=not args.no_gui,
+        confirm_checklist=bool(args.confirm_checklist), patient_db=resolve_path(args.db),
+        operator=args.operator,
+    )
+
+
+def _main(args: argparse.Namespace, stop: StopRequest) -> int:
+    session = Session(plan_from_args(args), tell=_tell)
+    out = Outcome()
     try:
-        out = session.run(args, stop)
+        session.open()
+        _say_started(session)
+        assert session.config is not None  # loaded by open()
+        out = session.run(
+            LoopOptions(duration_s=args.duration,
+                        watchdog_s=session.config.session.watchdog_ms / 1000.0),
+            stop=stop, status=None if args.quiet else _printer())
     except ClosedLoopError as exc:  # before the loop started (the loop reports its own)
-        out = Outcome()
-        out.reason, out.message = classify(exc)
+        out = Outcome.failed(exc)
     finally:
-        closing = session.close()
-    if closing:
-        out.all_off = False
-        out.message += f"; closing the stimulator failed ({closing}) - switch it off by hand"
-        if out.exit_code == 0:
-            out.reason = "device"
-    stim = session.stimulator
-    # what the driver last told the device, after the loop's and close()'s stop_all
-    on_at_end = sorted(ch for ch, o in stim.outputs.items() if o.is_on) if stim else []
-    recorded = session.finish_recording(out, args.record)
-    record_id, record = session.save_record(out, args, recorded=recorded is not None)
-    config = session.config
-    choice = session.calibration
+        closed = session.close(out)
+    record_id, record = session.save_record(out, recorded=closed.recorded is not None)
+    config, choice, operator = session.config, session.calibration, session.operator
     if not args.quiet and sys.stderr.isatty():
         say(file=sys.stderr)  # end the status line
-    for line in summary_lines(out, recorded=recorded,
+    for line in summary_lines(out, recorded=closed.recorded,
                               patient=config.patient if config else None,
-                              operator=session.operator, record=record,
+                              operator=operator, record=record,
                               calibration=choice.summary if choice else None):
         say(line)
     if args.json:
@@ -130,9 +130,9 @@ def _main(args, stop: StopRequest) -> int:
             "stim_seconds": out.stim_seconds, "all_off": out.all_off,
             "commands": out.n_commands, "violations": out.n_violations,
             "stop_to_off_ms": out.stop_to_off_ms if math.isfinite(out.stop_to_off_ms) else None,
-            "channels_on_at_end": on_at_end, "message": out.message,
+            "channels_on_at_end": closed.channels_on, "message": out.message,
             "stopped_by": asdict(out.stopped_by) if out.stopped_by is not None else None,
-            "patient": config.patient if config else None, "operator": session.operator,
+            "patient": config.patient if config else None, "operator": operator,
             "started": session.started,
             "calibration": choice.metadata if choice else None,
             "record": None if not (config and config.patient) else {
@@ -142,224 +142,22 @@ def _main(args, stop: StopRequest) -> int:
     return out.exit_code
 
 
-class _Session:
-    """The devices, outlets and recorder of one ``closedloop run``."""
-
-    def __init__(self) -> None:
-        self.stimulator = self.source = self.outlets = self.recorder = None
-        self.control = self.view = self.claim = None
-        self.config: Config | None = None
-        self.operator: str | None = None
-        self.calibration: CalibrationChoice | None = None
-        self.started = now_iso()
-
-    def run(self, args, stop: StopRequest) -> Outcome:
-        if args.record:  # first: a file that may not be written stops us before any device
-            self.claim = _claim_recording(args)
-        config = load_config(args.config)
-        if args.patient:
-            config = config.with_patient(args.patient, where="--patient")
-        self.operator = check_operator(args.operator) if args.operator is not None else None
-        self.config = config
-        ident = SessionId.new(config.name)  # in every stream and stimulation message
-        self.stimulator = stimulator = make_stimulator(config, args.stimulator, session=ident)
-        self.source = source = make_source(config, args.source, seed=args.seed,
-                                           stimulator=stimulator)
-        if stimulator is not None:
-            stimulator.open()
-            if getattr(stimulator, "_clock", False) is None and hasattr(source, "now"):
-                stimulator._clock = source.now  # sim: pulses start at the next sample
-        checklist = _checklist(args, stimulator)
-        source.open()
-        note = check_input(source, stimulator)
-        if note:
-            print(f"closedloop run: {note}", file=sys.stderr, flush=True)
-        if config.patient:  # before anything is published or recorded: they keep it
-            self.calibration = start_calibration(config, resolve_path(args.db),
-                                                 source.info.units)
-            self.config = config = self.calibration.config
-            if self.calibration.note:
-                say(f"closedloop run: {self.calibration.note}", file=sys.stderr)
-        name = ident.name
-        gui = not args.no_gui
-        if args.record or not args.no_outlets or gui:
-            from closedloop.io.outlets import SessionOutlets
-            from closedloop.sources.sim import SimSource
-
-            sim = source if isinstance(source, SimSource) else None
-            self.outlets = SessionOutlets(
-                name, _muscle_info(config, source.info), config_text=config.text,
-                metadata={"config": config.path, "source": source.info.name,
-                          "stimulator": type(stimulator).__name__ if stimulator else "none",
-                          "started": self.started,
-                          "patient": config.patient, "operator": self.operator,
-                          "calibration": (self.calibration.metadata
-                                          if self.calibration else None),
-                          "checklist": checklist,
-                          "resolved_config": config.resolved,
-                          **({"sim_seed": sim.seed} if sim is not None else {})},
-                session_uid=ident.uid,
-                # the simulated patient's true onsets, recorded as truth markers
-                truth=sim.true_onsets_between if sim is not None else None,
-            )
-            from closedloop.runtime.control import ControlInlet
-
-            self.control = ControlInlet(name)
-        if gui:
-            self.view = _open_view(name)
-        if args.record:
-            from closedloop.io.recorder import XdfRecorder
-
-            self.recorder = XdfRecorder(args.record, self.outlets.recorder_predicates(),
-                                        claim=self.claim)
-            self.recorder.start()
-            self.outlets.announce()
-        say(f"closedloop run: {config.name} on {source.info.name} "
-            f"({source.info.n_channels} ch at {source.info.fs:g} Hz), stimulator "
-            f"{type(stimulator).__name__ if stimulator else 'none'}; session {name}; "
-            "Ctrl-C or STOP stops", file=sys.stderr)
-        return run_loop(
-            config, source, stimulator,
-            options=LoopOptions(duration_s=args.duration,
-                                watchdog_s=config.session.watchdog_ms / 1000.0),
-            stop=stop, outlets=self.outlets, recorder=self.recorder,
-            status=None if args.quiet else _printer(),
-            control=self.control.poll if self.control is not None else None,
-        )
-
-    def close(self) -> str:
-        """Close the stimulator (which switches it off) and the source; what failed."""
-        failed = ""
-        try:
-            if self.stimulator is not None:
-                self.stimulator.close()
-        except Exception as exc:  # noqa: BLE001 - reported, and the source still closes
-            failed = f"{type(exc).__name__}: {exc}"
-        if self.source is not None:
-            self.source.close()
-        if self.control is not None:
-            self.control.close()
-        if self.view is not None and self.view.poll() is None:
-            self.view.terminate()
-            try:
-                self.view.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.view.kill()
-        return failed
-
-    def save_record(self, out: Outcome, args, *, recorded: bool) -> tuple[int | None, str | None]:
-        """Add the session to the patient record, after every channel is off and the
-        recording is closed: (row id, the summary's line). No patient: nothing stored."""
-        config = self.config
-        if config is None:
-            return None, None
-        if not config.patient:
-            return None, "none (no patient id: --patient ID or patient = \"ID\" stores it)"
-        record = session_record(
-            out, config, started=self.started, units=self._units(),
-            operator=self.operator, recording=args.record if recorded else None,
-            calibration_from=self.calibration.record.id
-            if self.calibration and self.calibration.record else None)
-        return save(record, resolve_path(args.db))
-
-    def _units(self) -> str:
-        """Units of the EMG source ("" when it never opened)."""
-        try:
-            return self.source.info.units if self.source is not None else ""
-        except Exception:  # noqa: BLE001 - a source that failed to open may not know
-            return ""
-
-    def finish_recording(self, out: Outcome, path) -> str | None:
-        """Stop the recorder, prove every sample is in the file; close the outlets; let
-        the file go (a file created for a session that never recorded is removed)."""
-        try:
-            return self._finish_recording(out, path)
-        finally:
-            if self.claim is not None:
-                self.claim.release()
-
-    def _finish_recording(self, out: Outcome, path) -> str | None:
-        recorded = None
-        if self.recorder is not None:
-            try:
-                self.recorder.stop()
-                from closedloop.io.recorder import verify_recording
-
-                report = verify_recording(path, self.outlets.counts)
-                recorded = f"{path} - {report.summary()}"
-                if not report.ok and out.exit_code == 0:
-                    out.reason, out.message = "error", f"recording incomplete: {report.summary()}"
-            except Exception as exc:  # noqa: BLE001
-                recorded = f"{path} - recorder failed: {exc}"
-                if out.exit_code == 0:
-                    out.reason, out.message = "error", f"recording failed: {exc}"
-        if self.outlets is not None:
-            self.outlets.close()
-        return recorded
+def _tell(line: str) -> None:
+    """What the session says while it opens: one line on stderr."""
+    say(f"closedloop run: {line}", file=sys.stderr)
 
 
-def _claim_recording(args):
-    """Claim ``--record`` (see :mod:`closedloop.io.outfile`): never over the config or a
-    replayed recording, never over an existing file without ``--overwrite``, never while
-    another session writes it."""
-    from closedloop.io.outfile import claim_output
-    from closedloop.sources.spec import parse_source_spec
-
-    inputs = [("config", args.config)]
-    if args.source:
-        kind, params = parse_source_spec(args.source)
-        if kind == "replay":
-            inputs.append(("replayed recording", params["path"]))
-    return claim_output(args.record, overwrite=bool(getattr(args, "overwrite", False)),
-                        inputs=inputs, what="recording")
+def _say_started(session: Session) -> None:
+    assert session.source is not None
+    info, stim = session.source.info, session.stimulator
+    name = session.config.name if session.config is not None else ""
+    say(f"closedloop run: {name} on {info.name} "
+        f"({info.n_channels} ch at {info.fs:g} Hz), stimulator "
+        f"{type(stim).__name__ if stim else 'none'}; session {session.name}; "
+        "Ctrl-C or STOP stops", file=sys.stderr)
 
 
-def _checklist(args, stimulator) -> dict:
-    """The pre-stimulation safety checklist, as recorded in the session metadata.
-
-    Required before a real stimulator is used: asked on the terminal, or confirmed with
-    ``--confirm-checklist`` for scripted use. A session without a stimulator, or with the
-    simulated one (no patient attached), records why it was not asked.
-    """
-    from closedloop.errors import SafetyError
-    from closedloop.runtime.checklist import ask_checklist, confirmed_by_flag
-    from closedloop.stim.drivers.sim import SimStimulator
-
-    if stimulator is None:
-        return {"required": False, "why": "no stimulator"}
-    if isinstance(stimulator, SimStimulator):
-        return {"required": False, "why": "simulated stimulator"}
-    if args.confirm_checklist:
-        return confirmed_by_flag().to_dict()
-    if not sys.stdin.isatty():
-        raise SafetyError(
-            "the safety checklist must be confirmed before stimulating a patient: run "
-            "closedloop run in a terminal to answer it, or pass --confirm-checklist once "
-            "it has been checked"
-        )
-    return ask_checklist().to_dict()
-
-
-def _open_view(session_name: str):
-    """Start ``closedloop view`` for this session in its own process (it reads the
-    session's LSL streams, so it can never stall or crash the loop), or None."""
-    import os
-
-    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-            or os.environ.get("QT_QPA_PLATFORM")):
-        say("closedloop run: no display; running without the live view "
-            "(use --no-gui to silence this)", file=sys.stderr)
-        return None
-    return subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--session", session_name])
-
-
-def _muscle_info(config, info):
-    from dataclasses import replace
-
-    return replace(info, channels=config.muscle_names)
-
-
-def _printer():
+def _printer() -> Callable[[str], None]:
     """The status callback: on a terminal the live status line is redrawn in place;
     messages (input checks, safety) and everything written into a pipe or a log are
     plain lines, never a carriage return."""

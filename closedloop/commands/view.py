@@ -1,7 +1,7 @@
 """``closedloop view``: the live view of a running session, or of a demo session.
 
 Parse, claim the screenshot file when one is asked for (never over an existing file
-without ``--overwrite``), start a :class:`~closedloop.view.app.DemoSession` with
+without ``--overwrite``), start a :class:`~closedloop.runtime.demo.DemoSession` with
 ``--demo N``, and run the window (:func:`closedloop.view.app.run_view`) until it is
 closed, ``--duration`` has passed or the screenshot is written. Exit code 0; 1 when a
 screenshot was asked for and none could be written, or it shows no session data.
@@ -42,7 +42,8 @@ def _view(args: argparse.Namespace, screenshot: str | None) -> int:
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     # imported after the platform is chosen: Qt reads QT_QPA_PLATFORM when it starts
-    from closedloop.view.app import DemoSession, run_view
+    from closedloop.runtime.demo import DemoSession
+    from closedloop.view.app import run_view
 
     demo = None
     if demo_n:

@@ -11,11 +11,14 @@ before any port is opened.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from closedloop.config import Config
 from closedloop.config.stimulation import MuscleStim
 from closedloop.core.stream import SourceInfo
 from closedloop.errors import ConfigError, SafetyError
 from closedloop.identity import SessionId
+from closedloop.sim.patient import Attempt
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
 
@@ -30,13 +33,16 @@ def stimulated_muscles(config: Config) -> dict[str, MuscleStim]:
 
 
 def make_source(config: Config, spec: str | None, *, seed: int | None = None,
-                realtime: bool = True, stimulator: Stimulator | None = None) -> Source:
+                realtime: bool = True, stimulator: Stimulator | None = None,
+                script: Sequence[Attempt] | None = None) -> Source:
     """The source for ``spec`` (default: the config's ``session.source``), from the
-    source registry (:mod:`closedloop.sources.spec`)."""
+    source registry (:mod:`closedloop.sources.spec`). ``script``: what the simulated
+    patient does (default: attempts at random)."""
     from closedloop.sources.base import SourceContext
     from closedloop.sources.spec import open_source
 
-    context = SourceContext(config=config, seed=seed, realtime=realtime, stimulator=stimulator)
+    context = SourceContext(config=config, seed=seed, realtime=realtime, stimulator=stimulator,
+                            script=script)
     return open_source(spec or config.session.source, context)
 
 

@@ -11,20 +11,27 @@ Read :func:`run_loop` top to bottom; it is the whole product in one function:
 5. the safety guard lets through only what is within every limit (it can only lower or
    stop); the stimulator gets exactly that, stamped with wall times for latency and
    with the sample at which it takes effect (the first sample after this chunk);
-6. publish everything (LSL outlets, which LabRecorder records);
+6. publish everything (a :class:`~closedloop.runtime.publisher.Publisher`: the LSL
+   outlets, which LabRecorder records);
 7. stop when the duration (in samples) is reached, the source ends, or a stop is
    requested (SIGINT/Ctrl-C, SIGTERM, SIGHUP, SIGQUIT: :mod:`~closedloop.runtime.signals`;
    the STOP button).
+
+The chain of steps 2-5 is built from the config by
+:func:`~closedloop.runtime.chain.build_chain`; the session around the loop (devices,
+outlets, recorder, STOP inlet, view) by :mod:`closedloop.runtime.session`; what happened
+is kept by :class:`~closedloop.runtime.outcome.Outcome`.
 
 Every way out goes through one ``finally``: all channels off, the guard told, the
 off-commands published. Decisions use only the samples and their timestamps; the wall
 clock is read for latency stamps, for the stall watchdog and for the status line.
 
-Exit codes (see :class:`~closedloop.runtime.outcome.Outcome`): 0 a normal end (duration
-reached, recording ended), 1 an unexpected error, 2 a bad config, 3 stopped by the
-clinician (STOP), 4 the source stalled, 5 a device was lost or refused (the emergency
-switch included), 6 a safety stop, 7 unusable input, 129 SIGHUP (the terminal closed),
-130 Ctrl-C, 131 SIGQUIT, 143 SIGTERM.
+The exit code follows from how the session ended, through the one table of
+:mod:`closedloop.errors` (:data:`~closedloop.errors.EXIT_CODES`): 0 a normal end
+(duration reached, recording ended), 1 an unexpected error, 2 a bad config, 3 stopped
+by the clinician (STOP), 4 the source stalled, 5 a device was lost or refused (the
+emergency switch included), 6 a safety stop, 7 unusable input, 129 SIGHUP (the terminal
+closed), 130 Ctrl-C, 131 SIGQUIT, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -32,36 +39,39 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from closedloop.config import Config
-from closedloop.core.blanking import ArtifactRemover
-from closedloop.core.filters import effective_band
-from closedloop.core.impulses import ImpulseGate
-from closedloop.core.mains import HumCheck
-from closedloop.core.pipeline import Pipeline
-from closedloop.errors import InputError, SafetyError, StallError
-from closedloop.runtime.devices import channel_columns, stimulated_muscles
-from closedloop.runtime.inputs import InputStage, rate_check
-from closedloop.runtime.outcome import (
-    EXIT_CODES,
-    MESSAGES,
-    LoopOptions,
-    Outcome,
-    StimTally,
-    StopRequest,
-    classify,
-    keep_last,
-)
+from closedloop.errors import EXIT_CODES, InputError, SafetyError, StallError
+from closedloop.runtime.chain import Chain, ProtocolFactory, build_chain
+from closedloop.runtime.inputs import Notice, Segment
+from closedloop.runtime.outcome import MESSAGES, LoopOptions, Outcome, StopRequest
+from closedloop.runtime.publisher import NullPublisher, Publisher
 from closedloop.runtime.status import status_line
 from closedloop.runtime.watchdog import Watchdog
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
 from closedloop.stim.commands import StimCommand
 
+if TYPE_CHECKING:
+    from closedloop.core.events import Block
+    from closedloop.core.stream import Chunk
+    from closedloop.runtime.control import ControlCommand
+    from closedloop.stim.protocol import Protocol as StimProtocol
+
 #: ``effective_sample(command, chunk_stop) -> sample``: where a command takes effect.
 EffectiveSample = Callable[[StimCommand, int], int]
+
+
+class Checked(Protocol):
+    """Something the loop asks after every chunk whether it is still well (the
+    recorder: its process, the disk); ``check()`` raises when it is not."""
+
+    def check(self) -> None:
+        """Raise a :class:`~closedloop.errors.DeviceError` when the device is not well."""
+        ...
 
 
 def run_loop(
@@ -71,72 +81,48 @@ def run_loop(
     *,
     options: LoopOptions | None = None,
     stop: StopRequest | None = None,
-    outlets=None,
-    recorder=None,
-    control: Callable[[], list] | None = None,
+    outlets: Publisher | None = None,
+    recorder: Checked | None = None,
+    control: Callable[[], Sequence[ControlCommand]] | None = None,
     status: Callable[[str], None] | None = None,
-    protocol_factory=None,
+    protocol_factory: ProtocolFactory | None = None,
     effective_sample: EffectiveSample | None = None,
 ) -> Outcome:
     """Run one session on an opened source and stimulator; see the module docstring.
 
-    ``control`` returns the commands received since the last call, each with
-    ``command`` (only ``"stop"`` is acted on: the network can stop a session, never
-    start or raise stimulation) and ``sender`` (a dataclass with a ``describe()``, e.g.
-    :class:`~closedloop.runtime.control.ControlSender`), which the outcome, the summary and
-    the recording keep.
-
-    ``effective_sample`` overrides where commands take effect (replay passes the
-    recorded samples); by default a command takes effect at the end of its chunk.
+    ``outlets`` is where everything is published (default: nowhere). ``control``
+    returns the commands received since the last call, each with ``command`` (only
+    ``"stop"`` is acted on: the network can stop a session, never start or raise
+    stimulation) and ``sender`` (a :class:`~closedloop.runtime.control.ControlSender`),
+    which the outcome, the summary and the recording keep. ``status`` gets the live
+    status line and every input and safety message. ``protocol_factory`` builds the
+    protocol (default: the config's, from the registry). ``effective_sample`` overrides
+    where commands take effect (replay passes the recorded samples); by default a
+    command takes effect at the end of its chunk.
     """
     opts = options or LoopOptions()
     stop = stop or StopRequest()
-    out = Outcome()
-    info = source.info
-    fs = info.fs
-    names = config.muscle_names
+    pub: Publisher = outlets if outlets is not None else NullPublisher()
+    say = status or _silent
+    effective = effective_sample or _chunk_end
+    fs = source.info.fs
+    out = Outcome.start(config.muscle_names, fs, opts.history)
     try:
-        rate_check(info, config.filters)  # a rate the core cannot use: nothing runs
-    except InputError as exc:
-        out.reason, out.message = classify(exc)
+        chain = build_chain(config, source.info, stimulating=stimulator is not None,
+                            protocol_factory=protocol_factory)
+    except InputError as exc:  # a rate the core cannot use: nothing runs
+        out.end_with(exc)
         return out
-    protocol = guard = remover = None
-    if stimulator is not None and config.protocol is not None:  # the config stimulates
-        from closedloop.config.stimulation import SafetySettings
-        from closedloop.stim.guard import SafetyGuard
-        from closedloop.stim.protocol import make_protocol
-
-        muscles = stimulated_muscles(config)
-        protocol = (protocol_factory or make_protocol)(config.protocol, muscles, fs)
-        guard = SafetyGuard.from_muscles(muscles, config.safety or SafetySettings(), fs,
-                                         protocol=config.protocol)
-        remover = ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz)
-    pipeline = Pipeline(fs, names, config, artifacts=remover)
-    hum = HumCheck(config.artifacts, fs, len(names), config.filters.notch_hz,
-                   effective_band(config.filters, fs))
-    gate = ImpulseGate(fs, len(names), config.artifacts.impulse_ratio,
-                       config.artifacts.impulse_ms)
-    inputs = InputStage(info, channel_columns(config, info), names, hum, remover,
-                        impulses=gate, filters=config.filters)
-    effective = effective_sample or (lambda _command, chunk_stop: chunk_stop)
-    last = math.inf if opts.duration_s is None else opts.duration_s * fs
-    end = int(round(last)) if math.isfinite(last) else None  # 1e308 s: no end, as None
-    out.onsets = {m: 0 for m in names}
-    keep = opts.history
-    tally = StimTally(fs)
-    started = time.perf_counter()
-    last_data = last_status = -math.inf
-    last_counter: int | None = None
-    last_time = math.nan
+    end = opts.end_sample(fs)
+    stall = _StallCheck(opts, source.info.name)
+    last_status, last_time = -math.inf, math.nan
     watchdog = Watchdog(max(2 * opts.watchdog_s, 0.25), lambda: _emergency_off(stimulator, stop))
     watchdog.start()
     try:
         while True:
             # 1. read (short timeout: stop requests and stalls are seen at once)
-            for cmd in control() if control else ():
-                if cmd.command == "stop" and not stop.is_set():
-                    stop.set("stop_button")
-                    _stopped_by(out, cmd.sender, outlets, pipeline.position, last_time)
+            if control is not None:
+                _obey(control(), stop, out, pub, chain.pipeline.position, last_time)
             if stop.is_set():
                 out.reason = stop.reason
                 break
@@ -147,185 +133,158 @@ def run_loop(
                 if source.exhausted:
                     out.reason = "ended"
                     break
-                _check_stall(now, last_data, started, opts, info.name)
+                stall.check(now)
                 continue
-            last_data = now
-            if chunk.counter is not None and chunk.n:
-                if last_counter is not None and chunk.counter[0] > last_counter + 1:
-                    out.samples_lost += int(chunk.counter[0] - last_counter - 1)
-                last_counter = int(chunk.counter[-1])
+            stall.arrived(now)
+            out.count_lost(chunk.counter)
 
             # 2. check the input: segments inside which no channel changes usability
-            segments = inputs.feed(chunk, until=end)
-            _tell(out, inputs.pop_notices(), status, outlets)
-            keep_last(out.issues, keep)
-            chunk_stop = inputs.position
+            segments = chain.inputs.feed(chunk, until=end)
+            _tell(out, chain.inputs.pop_notices(), say, pub)
+            chunk_stop = chain.inputs.position
             block = None
             for seg in segments:
-                ended = _suspend_and_resume(pipeline, seg)
-
                 # 3. the signal core
-                block = pipeline.process(seg.samples, seg.timestamps)
-                inputs.say_rest(pipeline.detector.pop_notes())  # rest that was not quiet
-                block.events[:0] = ended  # a channel suspended while active: its offset
+                block = chain.process(seg)
                 last_time = float(block.timestamps[-1])
-                out.events.extend(block.events)
-                out.n_events += len(block.events)
-                keep_last(out.events, keep)
-                for e in block.events:
-                    out.onsets[e.channel] += e.kind == "onset"
+                out.add_events(block.events)
 
                 # 4-5. protocol -> guard -> stimulator (and the blanking schedule)
                 safe: list[StimCommand] = []
                 try:
-                    if (protocol is not None and guard is not None and remover is not None
-                            and stimulator is not None):  # all four or none
-                        safe = guard.filter(protocol.step(block), block=block)
-                        for v in guard.pop_violations():
-                            out.violations.append(v.message)
-                            out.n_violations += 1
-                            if status:
-                                status(f"safety: {v.message}")
-                        keep_last(out.violations, keep)
-                        if safe:
-                            handed = time.perf_counter()
-                            safe = [replace(c, arrival_wall=chunk.arrival_wall,
-                                            handed_wall=handed,
-                                            effective_sample=effective(c, chunk_stop),
-                                            delivered_hz=stimulator.delivered_hz(c.frequency_hz))
-                                    for c in safe]
-                            for c in safe:  # blank where the device's pulses really fall
-                                remover.command(c.muscle, c.channel, c.is_on, c.pulse_rate_hz,
-                                                c.effective_sample)
-                            _record(out, tally, safe, keep)  # handed over, even if it fails
-                            stimulator.apply(safe)
-                            out.arrival_to_command_ms += [1000 * (handed - chunk.arrival_wall)
-                                                          for c in safe if c.is_on]
-                            keep_last(out.arrival_to_command_ms, keep)
+                    safe, violations = chain.decide(block)
+                    for v in violations:
+                        out.add_violation(v.message)
+                        say(f"safety: {v.message}")
+                    if safe and stimulator is not None:
+                        safe = _stamped(safe, chunk, stimulator, effective, chunk_stop)
+                        chain.blank(safe)  # where the device's pulses really fall
+                        out.add_commands(safe)  # handed over, even if the device fails
+                        stimulator.apply(safe)
+                        out.add_latencies(1000 * (c.handed_wall - c.arrival_wall)
+                                          for c in safe if c.is_on)
                 except BaseException:
-                    # the device failed: what was decided up to here is still recorded
-                    if outlets is not None:
-                        with contextlib.suppress(Exception):
-                            _publish(outlets, seg, block, safe, protocol)
+                    with contextlib.suppress(Exception):  # what was decided is still recorded
+                        _publish(pub, seg, block, safe, chain.protocol)
                     raise
 
                 # 6. publish
-                if outlets is not None:
-                    _publish(outlets, seg, block, safe, protocol)
-                if guard is not None and guard.stop_violation is not None:  # must stop
-                    raise SafetyError(guard.stop_violation.message)
-            _tell(out, inputs.pop_notices(), status, outlets)
-            keep_last(out.issues, keep)
-            if stimulator is not None:
-                stimulator.check()
-            if recorder is not None:
-                recorder.check()
+                _publish(pub, seg, block, safe, chain.protocol)
+                if chain.guard is not None and chain.guard.stop_violation is not None:
+                    raise SafetyError(chain.guard.stop_violation.message)
+            _tell(out, chain.inputs.pop_notices(), say, pub)
+            for device in (stimulator, recorder):
+                if device is not None:
+                    device.check()
             if status and block is not None and now - last_status >= opts.status_every_s:
                 last_status = now
-                status(status_line(block, fs, stimulator, protocol, inputs.why))
+                status(status_line(block, fs, stimulator, chain.protocol, chain.inputs.why))
 
             # 7. duration on the sample clock
-            if end is not None and pipeline.position >= end:
+            if end is not None and chain.pipeline.position >= end:
                 out.reason = "duration"
                 break
     except (Exception, KeyboardInterrupt) as exc:  # every error ends with stimulation off
-        out.reason, out.message = classify(exc)
-        out.error = exc if out.reason == "error" else None
+        out.end_with(exc)
     finally:
         watchdog.stop()
-        _all_off(out, tally, stimulator, guard, pipeline.position, last_time, outlets)
-        _tell(out, inputs.finish(), status, outlets)  # nothing the checks found goes unsaid
+        _all_off(out, stimulator, chain, last_time, pub)
+        _tell(out, chain.inputs.finish(), say, pub)  # nothing the checks found goes unsaid
         out.stop_wall = stop.wall
         if watchdog.tripped and out.reason in ("", "interrupt", "stall"):
             out.reason = "stall"
             out.message = out.message or ("the loop stopped responding; the watchdog switched "
                                           "stimulation off")
-    out.message = out.message or MESSAGES.get(out.reason, out.reason)
-    out.samples = pipeline.position
-    out.seconds = pipeline.position / fs
-    if protocol is not None:
-        counts = protocol.counts
-        out.trials = {"trials": counts.trials, "hits": counts.hits, "misses": counts.misses,
-                      "gated": counts.gated}
-    out.stim_seconds = tally.seconds(pipeline.position)
-    if keep is not None:
-        for items in (out.events, out.commands, out.arrival_to_command_ms, out.issues,
-                      out.violations):
-            del items[: max(0, len(items) - keep)]
+    out.finish(chain.pipeline.position, fs, chain.trials())
     return out
 
 
-def _tell(out: Outcome, notices, status, outlets) -> None:
+def _silent(_line: str) -> None:
+    """The status callback of a loop nobody watches."""
+
+
+def _chunk_end(_command: StimCommand, chunk_stop: int) -> int:
+    """Live: a command takes effect at the first sample after its chunk."""
+    return chunk_stop
+
+
+def _stamped(commands: list[StimCommand], chunk: Chunk, stimulator: Stimulator,
+             effective: EffectiveSample, chunk_stop: int) -> list[StimCommand]:
+    """The commands as handed over: the chunk's arrival and the hand-over wall times
+    (latency), the sample where each takes effect and the rate the device delivers."""
+    handed = time.perf_counter()
+    return [replace(c, arrival_wall=chunk.arrival_wall, handed_wall=handed,
+                    effective_sample=effective(c, chunk_stop),
+                    delivered_hz=stimulator.delivered_hz(c.frequency_hz))
+            for c in commands]
+
+
+class _StallCheck:
+    """The loop's own stall check: raise :class:`StallError` when the source has been
+    silent for longer than the watchdog allows (the wall clock: a watchdog's job)."""
+
+    def __init__(self, opts: LoopOptions, name: str) -> None:
+        self.opts, self.name = opts, name
+        self.started = time.perf_counter()
+        self.last_data = -math.inf
+
+    def arrived(self, now: float) -> None:
+        self.last_data = now
+
+    def check(self, now: float) -> None:
+        opts, name = self.opts, self.name
+        if self.last_data == -math.inf:  # nothing yet: the stream may take a moment to start
+            if now - self.started > max(opts.watchdog_s, opts.startup_s):
+                raise StallError(
+                    f"no EMG from {name!r} within {max(opts.watchdog_s, opts.startup_s):g} s "
+                    "of the start: check that the amplifier is streaming"
+                )
+        elif now - self.last_data > opts.watchdog_s:
+            raise StallError(
+                f"no EMG from {name!r} for {1000 * (now - self.last_data):.0f} ms (watchdog "
+                f"{1000 * opts.watchdog_s:.0f} ms): check the amplifier, its cable or the LSL "
+                "stream"
+            )
+
+
+def _tell(out: Outcome, notices: list[Notice], say: Callable[[str], None],
+          pub: Publisher) -> None:
     """What the input checks said: to the summary, the status line and the recording
     and live view (an ``input_issue`` marker at the sample it concerns)."""
     for notice in notices:
-        out.issues.append(notice.message)
-        out.n_issues += 1
-        if status:
-            status(f"input: {notice.message}")
-        if outlets is not None:
-            with contextlib.suppress(Exception):  # a failing outlet must not stop the loop
-                outlets.push_marker("input_issue", notice.time, sample=notice.sample,
-                                    kind=notice.kind, channel=notice.channel,
-                                    message=notice.message)
+        out.add_issue(notice.message)
+        say(f"input: {notice.message}")
+        with contextlib.suppress(Exception):  # a failing outlet must not stop the loop
+            pub.push_marker("input_issue", notice.time, sample=notice.sample,
+                            kind=notice.kind, channel=notice.channel, message=notice.message)
 
 
-def _record(out: Outcome, tally: StimTally, commands: list[StimCommand], keep: int | None) -> None:
-    """Count the commands sent, add them to the dose tally and the (bounded) history."""
-    out.commands.extend(commands)
-    out.n_commands += len(commands)
-    tally.add(commands)
-    keep_last(out.commands, keep)
-
-
-def _publish(outlets, seg, block, commands: list[StimCommand], protocol) -> None:
+def _publish(pub: Publisher, seg: Segment, block: Block, commands: list[StimCommand],
+             protocol: StimProtocol | None) -> None:
     """Push one segment's samples, its block (envelope, thresholds, events), the
     commands handed to the stimulator and the protocol's trial markers."""
-    outlets.push_emg(seg.received, seg.timestamps, start=seg.start,  # NaN/inf as they came
-                     source_counter=seg.counter)
-    outlets.push_block(block)
-    outlets.push_commands(commands)
+    pub.push_emg(seg.received, seg.timestamps, start=seg.start,  # NaN/inf as they came
+                 source_counter=seg.counter)
+    pub.push_block(block)
+    pub.push_commands(commands)
     for te in protocol.pop_trial_events() if protocol is not None else ():
-        outlets.push_marker(te.kind, te.time, **_fields(te))
+        pub.push_marker(te.kind, te.time, **_fields(te))
 
 
-def _suspend_and_resume(pipeline: Pipeline, seg) -> list:
-    """Switch the detectors the input checks decided at the segment's first sample;
-    return the offsets of channels suspended while active."""
-    ended = []
-    for c, held in seg.holds:  # the impulse gate judging a stretch: no new onset
-        pipeline.detector.hold(c, held)
-    for c, suspend in seg.changes:
-        ended += pipeline.detector.suspend(c, suspend, seg.start, float(seg.timestamps[0]))
-    for c in seg.restarts:  # good data again: restart the filters, no ringing from the step
-        pipeline.restart_channel(c, seg.samples[0, c])
-    return ended
-
-
-def _stopped_by(out: Outcome, sender, outlets, position: int, last_time: float) -> None:
-    """Keep who sent the STOP: in the outcome (summary, JSON) and the recording."""
-    out.stopped_by = sender
-    out.message = f"stopped with STOP from {sender.describe()}"
-    if outlets is not None:
+def _obey(commands: Sequence[ControlCommand], stop: StopRequest, out: Outcome, pub: Publisher,
+          position: int, last_time: float) -> None:
+    """Act on the control commands received: only ``stop`` (the network can stop a
+    session, never start or raise stimulation). Who sent the first STOP is kept in the
+    outcome (summary, JSON) and the recording."""
+    for cmd in commands:
+        if cmd.command != "stop" or stop.is_set():
+            continue
+        stop.set("stop_button")
+        out.stopped_by = cmd.sender
+        out.message = f"stopped with STOP from {cmd.sender.describe()}"
         with contextlib.suppress(Exception):  # publishing must not delay the stop
-            outlets.push_marker("stop_request", last_time if math.isfinite(last_time) else 0.0,
-                                sample=max(position - 1, 0), **asdict(sender))
-
-
-def _check_stall(now: float, last_data: float, started: float, opts: LoopOptions,
-                 name: str) -> None:
-    """Raise StallError when the source has been silent for longer than the watchdog."""
-    if last_data == -math.inf:  # nothing yet: the stream may take a moment to start
-        if now - started > max(opts.watchdog_s, opts.startup_s):
-            raise StallError(
-                f"no EMG from {name!r} within {max(opts.watchdog_s, opts.startup_s):g} s of "
-                "the start: check that the amplifier is streaming"
-            )
-    elif now - last_data > opts.watchdog_s:
-        raise StallError(
-            f"no EMG from {name!r} for {1000 * (now - last_data):.0f} ms (watchdog "
-            f"{1000 * opts.watchdog_s:.0f} ms): check the amplifier, its cable or the LSL stream"
-        )
+            pub.push_marker("stop_request", last_time if math.isfinite(last_time) else 0.0,
+                            sample=max(position - 1, 0), **asdict(cmd.sender))
 
 
 def _emergency_off(stimulator: Stimulator | None, stop: StopRequest) -> None:
@@ -338,8 +297,8 @@ def _emergency_off(stimulator: Stimulator | None, stop: StopRequest) -> None:
             pass
 
 
-def _all_off(out: Outcome, tally: StimTally, stimulator, guard, position: int, last_time: float,
-             outlets) -> None:
+def _all_off(out: Outcome, stimulator: Stimulator | None, chain: Chain, last_time: float,
+             pub: Publisher) -> None:
     """Every exit: switch all channels off, tell the guard, publish the offs."""
     if stimulator is None:
         return
@@ -352,21 +311,19 @@ def _all_off(out: Outcome, tally: StimTally, stimulator, guard, position: int, l
                         "switch the stimulator off by hand")
         if out.reason in ("", "duration", "ended"):
             out.reason = "device"
-    if guard is not None:
-        offs = guard.all_off(max(position - 1, 0), last_time)
-        _record(out, tally, offs, None)
-        if outlets is not None:
-            try:
-                outlets.push_commands(offs)
-            except Exception:  # noqa: BLE001 - publishing must not hide the stop
-                pass
+    if chain.guard is not None:
+        offs = chain.guard.all_off(max(chain.pipeline.position - 1, 0), last_time)
+        out.add_commands(offs)
+        with contextlib.suppress(Exception):  # publishing must not hide the stop
+            pub.push_commands(offs)
 
 
-def _fields(te) -> dict:
+def _fields(te: Any) -> dict[str, Any]:
     d = asdict(te)
     d.pop("kind", None)
     d.pop("time", None)
     return d
 
 
-__all__ = ["EXIT_CODES", "EffectiveSample", "LoopOptions", "Outcome", "StopRequest", "run_loop"]
+__all__ = ["EXIT_CODES", "MESSAGES", "Checked", "EffectiveSample", "LoopOptions", "Outcome",
+           "StopRequest", "run_loop"]

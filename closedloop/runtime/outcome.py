@@ -1,8 +1,10 @@
 """What a session run returns, and how it is asked to stop.
 
 :class:`StopRequest` is set from outside the loop (a signal handler, the STOP button,
-the watchdog thread); :class:`Outcome` says how the session ended and what it did; the
-exit code follows from :attr:`Outcome.reason` alone (:data:`EXIT_CODES`).
+the watchdog thread); :class:`Outcome` says how the session ended and what it did, and
+keeps its own books (counts, histories, the dose, latencies) as the loop hands it what
+happened; the exit code follows from :attr:`Outcome.reason` alone, through the one table
+of :mod:`closedloop.errors` (:data:`~closedloop.errors.EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -10,18 +12,15 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from closedloop.stim.commands import StimCommand
+import numpy as np
 
-#: Exit code of every way a session can end (a signal: 128 + its number, as a shell
-#: reports it).
-EXIT_CODES = {
-    "duration": 0, "ended": 0, "error": 1, "config": 2, "stop_button": 3, "stall": 4,
-    "device": 5, "safety": 6, "input": 7, "sighup": 129, "interrupt": 130, "sigquit": 131,
-    "sigterm": 143,
-}
+from closedloop.core.events import Event
+from closedloop.errors import EXIT_CODES, ClosedLoopError, exit_code
+from closedloop.stim.commands import StimCommand
 
 #: The summary's sentence for the reasons that carry no message of their own.
 MESSAGES = {
@@ -127,15 +126,23 @@ class LoopOptions:
 
             raise ConfigError(f"duration = {self.duration_s!r} s; give a number of seconds > 0")
 
+    def end_sample(self, fs: float) -> int | None:
+        """The sample at which :attr:`duration_s` is reached (None: no end; so is a
+        duration too long to count, such as 1e308 s)."""
+        last = math.inf if self.duration_s is None else self.duration_s * fs
+        return int(round(last)) if math.isfinite(last) else None
+
 
 @dataclass
 class Outcome:
     """How a session ended, and what it did.
 
     ``events``, ``commands``, ``arrival_to_command_ms``, ``issues`` and ``violations``
-    hold the latest :attr:`LoopOptions.history` items (all of them when it is None);
-    ``n_events``, ``n_commands``, ``n_issues`` and ``n_violations`` count the whole
-    session.
+    hold the latest ``history`` items (all of them when it is None: see
+    :attr:`LoopOptions.history`); ``n_events``, ``n_commands``, ``n_issues`` and
+    ``n_violations`` count the whole session, and so do ``onsets`` and
+    ``stim_seconds``. The loop adds to them with the ``add_*`` methods and closes the
+    books with :meth:`finish`.
     """
 
     reason: str = ""
@@ -143,7 +150,7 @@ class Outcome:
     samples: int = 0
     seconds: float = 0.0
     onsets: dict[str, int] = field(default_factory=dict)
-    events: list = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     commands: list[StimCommand] = field(default_factory=list)
     stim_seconds: dict[str, float] = field(default_factory=dict)
     trials: dict[str, int] = field(default_factory=dict)
@@ -160,34 +167,105 @@ class Outcome:
     off_wall: float = math.nan  # perf_counter when stop_all() returned
     error: BaseException | None = None  # the unexpected exception (reason "error")
     stopped_by: Any = None  # who sent the STOP (a ControlSender), reason "stop_button"
+    history: int | None = field(default=None, repr=False, compare=False)
+    _tally: StimTally | None = field(default=None, init=False, repr=False, compare=False)
+    _last_counter: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    @classmethod
+    def start(cls, muscles: Sequence[str], fs: float, history: int | None) -> Outcome:
+        """The empty books of a session on these muscles at ``fs``, keeping the last
+        ``history`` items of each list (None: all)."""
+        out = cls(onsets={m: 0 for m in muscles}, history=history)
+        out._tally = StimTally(fs)
+        return out
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> Outcome:
+        """The outcome of a session that ended before its loop ran."""
+        out = cls()
+        out.end_with(exc)
+        return out
 
     @property
     def exit_code(self) -> int:
-        """The exit code of the way the session ended (:data:`EXIT_CODES`)."""
-        return EXIT_CODES.get(self.reason, 1)
+        """The exit code of the way the session ended (:func:`closedloop.errors.exit_code`)."""
+        return exit_code(self.reason)
 
     @property
     def stop_to_off_ms(self) -> float:
         """From the stop request to all channels off, ms (NaN without a request)."""
         return 1000.0 * (self.off_wall - self.stop_wall)
 
+    # -- what the loop hands over -----------------------------------------------------------
+    def end_with(self, exc: BaseException) -> None:
+        """The session ended with ``exc``: its reason and message (:func:`classify`)."""
+        self.reason, self.message = classify(exc)
+        self.error = exc if self.reason == "error" else None
+
+    def count_lost(self, counter: np.ndarray | None) -> None:
+        """Count the samples the source's own counter says are missing before a chunk."""
+        if counter is None or not counter.size:
+            return
+        if self._last_counter is not None and counter[0] > self._last_counter + 1:
+            self.samples_lost += int(counter[0] - self._last_counter - 1)
+        self._last_counter = int(counter[-1])
+
+    def add_events(self, events: Sequence[Event]) -> None:
+        """Detector events: the history, the count and each muscle's onsets."""
+        self.events.extend(events)
+        self.n_events += len(events)
+        keep_last(self.events, self.history)
+        for e in events:
+            self.onsets[e.channel] = self.onsets.get(e.channel, 0) + (e.kind == "onset")
+
+    def add_commands(self, commands: Sequence[StimCommand]) -> None:
+        """Commands handed to the stimulator: the history, the count and the dose."""
+        self.commands.extend(commands)
+        self.n_commands += len(commands)
+        if self._tally is not None:
+            self._tally.add(commands)
+        keep_last(self.commands, self.history)
+
+    def add_latencies(self, ms: Iterable[float]) -> None:
+        """Arrival -> command latencies (ms) of on-commands."""
+        self.arrival_to_command_ms.extend(ms)
+        keep_last(self.arrival_to_command_ms, self.history)
+
+    def add_issue(self, message: str) -> None:
+        """Something the input checks said."""
+        self.issues.append(message)
+        self.n_issues += 1
+        keep_last(self.issues, self.history)
+
+    def add_violation(self, message: str) -> None:
+        """A safety-guard intervention."""
+        self.violations.append(message)
+        self.n_violations += 1
+        keep_last(self.violations, self.history)
+
+    def finish(self, samples: int, fs: float, trials: dict[str, int] | None = None) -> None:
+        """Close the books at ``samples`` processed: duration, dose, trials, the default
+        message of the reason, and every history cut to its last ``history`` items."""
+        self.message = self.message or MESSAGES.get(self.reason, self.reason)
+        self.samples = samples
+        self.seconds = samples / fs
+        if trials is not None:
+            self.trials = trials
+        if self._tally is not None:
+            self.stim_seconds = self._tally.seconds(samples)
+        if self.history is not None:
+            for items in (self.events, self.commands, self.arrival_to_command_ms, self.issues,
+                          self.violations):
+                del items[: max(0, len(items) - self.history)]
+
 
 def classify(exc: BaseException) -> tuple[str, str]:
-    """``(reason, message)`` for an exception that ended a session (see EXIT_CODES)."""
-    from closedloop.errors import ConfigError, DeviceError, InputError, SafetyError, StallError
-
+    """``(reason, message)`` for an exception that ended a session: the reason its type
+    carries (:data:`~closedloop.errors.EXIT_CODES`), Ctrl-C, or an unexpected error."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupt", MESSAGES["interrupt"]
-    if isinstance(exc, StallError):
-        return "stall", str(exc)
-    if isinstance(exc, SafetyError):
-        return "safety", f"safety stop: {exc}"
-    if isinstance(exc, DeviceError):
-        return "device", f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, InputError):
-        return "input", f"unusable input: {exc}"
-    if isinstance(exc, ConfigError):
-        return "config", str(exc)
+    if isinstance(exc, ClosedLoopError):
+        return exc.reason, exc.summary()
     return "error", f"unexpected {type(exc).__name__}: {exc}"
 
 
@@ -200,7 +278,7 @@ class StimTally:
         self._on_since: dict[str, int] = {}
         self._total: dict[str, float] = {}
 
-    def add(self, commands) -> None:
+    def add(self, commands: Iterable[StimCommand]) -> None:
         """Count the stimulation time of these commands, per muscle."""
         for c in commands:
             self._total.setdefault(c.muscle, 0.0)
@@ -224,7 +302,7 @@ def stim_seconds(commands: list[StimCommand], fs: float, end: int) -> dict[str, 
     return tally.seconds(end)
 
 
-def keep_last(items: list, n: int | None) -> None:
+def keep_last(items: list[Any], n: int | None) -> None:
     """Trim ``items`` in place to its last ``n`` (amortised: only once it holds 2n)."""
     if n is not None and len(items) >= 2 * max(n, 1):
         del items[: len(items) - n]

@@ -5,7 +5,7 @@ inside :func:`stop_on_signals`. SIGINT (Ctrl-C), SIGTERM (the system or a superv
 SIGHUP (the terminal was closed) and SIGQUIT (Ctrl-\) each make a stop request with
 their own reason, so the command ends the way every stop ends: all channels off, the
 summary, the recording closed, and the exit code of
-:data:`~closedloop.runtime.outcome.EXIT_CODES` (129, 130, 131, 143: 128 + the signal's
+:data:`~closedloop.errors.EXIT_CODES` (129, 130, 131, 143: 128 + the signal's
 number, as a shell reports it). The handlers stay in place until the command has
 finished (the device closed, the recording verified, the summary printed), so a second
 signal, or the SIGHUP that follows a closed terminal, cannot cut that short. A handler

@@ -38,6 +38,7 @@ from typing import Any
 
 import pylsl
 
+from closedloop.errors import EXIT_CODES as SESSION_CODES
 from closedloop.errors import ConfigError, DeviceLostError
 from closedloop.identity import xpath_literal
 from closedloop.stim.drivers.lsl import COMMAND, END, FORMAT, HEARTBEAT, ROLE
@@ -45,10 +46,14 @@ from closedloop.stim.drivers.lsl import COMMAND, END, FORMAT, HEARTBEAT, ROLE
 #: No heartbeat for longer than this (seconds) switches everything off.
 DEFAULT_TIMEOUT_S = 0.15
 
-#: Why the receiver switched off, and the exit code ``closedloop stim-receiver`` gives.
+#: Why the receiver switched off, and the exit code ``closedloop stim-receiver`` gives:
+#: the session's own codes (:data:`closedloop.errors.EXIT_CODES`) for the same causes
+#: (heartbeats lost: a stall; an untrusted sender: a safety stop).
 ENDED, LOST, UNTRUSTED, INTERRUPTED, TERMINATED = (
     "ended", "lost", "untrusted", "interrupt", "sigterm")
-EXIT_CODES = {ENDED: 0, LOST: 4, UNTRUSTED: 6, INTERRUPTED: 130, TERMINATED: 143}
+EXIT_CODES = {ENDED: SESSION_CODES["ended"], LOST: SESSION_CODES["stall"],
+              UNTRUSTED: SESSION_CODES["safety"], INTERRUPTED: SESSION_CODES["interrupt"],
+              TERMINATED: SESSION_CODES["sigterm"]}
 
 
 @dataclass(frozen=True)

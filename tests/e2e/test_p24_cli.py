@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from closedloop.errors import ConfigError
 from tests.conftest import CONFIGS, ROOT
 
 pytestmark = [
@@ -234,9 +235,8 @@ def test_the_two_rate_program_is_refused_on_the_rehastim2(command):
         args += ["--no-gui", "--no-outlets", "--confirm-checklist", "--quiet"]
     done = subprocess.run(closedloop(command, *args), cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=60)
-    # a bad config exits 2 from run; stim-test exits 1 for now (one table of exit codes
-    # is another issue's work)
-    assert done.returncode == (2 if command == "run" else 1), done.stdout + done.stderr
+    # a program the stimulator cannot run is a config error: 2 from both (one table)
+    assert done.returncode == ConfigError.exit_code, done.stdout + done.stderr
     text = done.stdout + done.stderr
     assert "biceps 35 Hz, triceps 20 Hz" in text and "runs all channels at one frequency" in text
     assert "p24:PORT" in text

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from closedloop.errors import ConfigError
 from closedloop.io.records import Records
 from closedloop.io.xdf import load_session
 from tests.browser import dump_dom, screenshot
@@ -79,7 +80,8 @@ def test_three_sessions_show_in_the_history_and_its_page(tmp_path):
     assert r.returncode == 0 and page.exists(), r.stderr
     first = page.read_bytes()
     r = closedloop("history", "P01", "--db", str(db), "--out", str(page))
-    assert r.returncode == 1 and "exists; choose another --out file or add --overwrite" in r.stderr
+    assert r.returncode == ConfigError.exit_code  # refused as by every command: 2
+    assert "exists; choose another --out file or add --overwrite" in r.stderr
     assert page.read_bytes() == first  # not overwritten
     assert closedloop("history", "P01", "--db", str(db), "--out", str(page),
                       "--overwrite").returncode == 0

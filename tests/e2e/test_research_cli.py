@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from closedloop.config import load_config
+from closedloop.errors import ConfigError, InputError
 from closedloop.io.xdf import load_session
 from closedloop.runtime.devices import make_source
 from tests.conftest import CONFIGS, ROOT
@@ -215,7 +216,8 @@ def test_detect_on_xdf_equals_detect_on_the_same_samples_as_npz(tmp_path) -> Non
               "--out", c).returncode == 0
     assert c.read_bytes() == a.read_bytes()
     r = cl("detect", SHIPPED, "--stream", "NoSuchAmp", "--out", tmp_path / "x.csv")
-    assert r.returncode == 1 and "NoSuchAmp" in r.stderr and "Streams in the file" in r.stderr
+    assert r.returncode == InputError.exit_code  # a recording that cannot be used: 7
+    assert "NoSuchAmp" in r.stderr and "Streams in the file" in r.stderr
     # never replaced without --overwrite
     r = cl("detect", SHIPPED, "--config", CONFIG, "--out", a)
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert r.returncode == ConfigError.exit_code and "already exists" in r.stderr  # as run

@@ -25,6 +25,9 @@ from tests.conftest import CONFIGS, ROOT
 
 CONFIG = CONFIGS / "biceps_triceps.toml"
 RECORDING = ROOT / "recordings" / "sim_biceps_triceps.xdf"
+#: A file that may not be written is refused with the config error's exit code, by every
+#: command (closedloop run included: see test_run_record_refuses_...).
+REFUSED = ConfigError.exit_code
 
 
 # -- the claim -------------------------------------------------------------------------------
@@ -102,12 +105,12 @@ def _npz(path: Path) -> Path:
 def test_detect_never_writes_over_its_input_or_an_existing_file(tmp_path, capsys):
     emg = _npz(tmp_path / "emg.npz")
     before = emg.read_bytes()
-    assert main(["detect", str(emg), "--out", str(emg), "--overwrite"]) == 1
+    assert main(["detect", str(emg), "--out", str(emg), "--overwrite"]) == REFUSED
     assert "would destroy the input" in capsys.readouterr().err
     assert emg.read_bytes() == before
     out = tmp_path / "events.csv"
     out.write_text("mine\n")
-    assert main(["detect", str(emg), "--out", str(out)]) == 1
+    assert main(["detect", str(emg), "--out", str(out)]) == REFUSED
     err = capsys.readouterr().err
     assert "events.csv' already exists" in err and "--overwrite" in err
     assert out.read_text() == "mine\n"
@@ -120,13 +123,13 @@ def test_calibrate_never_writes_over_its_template(tmp_path, capsys):
     shutil.copy(CONFIG, template)
     before = template.read_bytes()
     assert main(["calibrate", "--config", str(template), "--out", str(template), "--overwrite",
-                 "--no-gui", "--yes"]) == 1
+                 "--no-gui", "--yes"]) == REFUSED
     assert "would destroy the config" in capsys.readouterr().err
     assert template.read_bytes() == before
     patient = tmp_path / "p.toml"
     patient.write_text("# yesterday's calibration\n")
     assert main(["calibrate", "--config", str(template), "--out", str(patient),
-                 "--no-gui", "--yes"]) == 1
+                 "--no-gui", "--yes"]) == REFUSED
     assert "p.toml' already exists" in capsys.readouterr().err
     assert patient.read_text() == "# yesterday's calibration\n"
 
@@ -136,10 +139,10 @@ def test_report_never_writes_over_an_existing_file_or_its_recording(tmp_path, ca
     before = Path(rec).read_bytes()
     default = tmp_path / "s.html"  # the default --out
     default.write_text("an earlier report")
-    assert main(["report", str(rec)]) == 1
+    assert main(["report", str(rec)]) == REFUSED
     assert "s.html' already exists" in capsys.readouterr().err
     assert default.read_text() == "an earlier report"
-    assert main(["report", str(rec), "--out", str(rec), "--overwrite"]) == 1
+    assert main(["report", str(rec), "--out", str(rec), "--overwrite"]) == REFUSED
     assert "would destroy the recording" in capsys.readouterr().err
     assert Path(rec).read_bytes() == before
     assert main(["report", str(rec), "--overwrite"]) == 0
@@ -149,7 +152,7 @@ def test_report_never_writes_over_an_existing_file_or_its_recording(tmp_path, ca
 def test_view_screenshot_refuses_an_existing_file(tmp_path, capsys):
     png = tmp_path / "view.png"
     png.write_bytes(b"an older picture")
-    assert main(["view", "--screenshot", str(png), "--duration", "1"]) == 1
+    assert main(["view", "--screenshot", str(png), "--duration", "1"]) == REFUSED
     assert "view.png' already exists" in capsys.readouterr().err
     assert png.read_bytes() == b"an older picture"
 
@@ -167,7 +170,7 @@ def test_run_record_refuses_before_any_device_is_opened(tmp_path, capsys, case):
         argv += ["--source", f"replay:{target}", "--overwrite"]
     elif case == "config":
         argv += ["--overwrite"]
-    assert main(argv) == 2
+    assert main(argv) == REFUSED
     out, err = capsys.readouterr()
     assert ("already exists" if case == "existing" else "would destroy the") in out
     assert "(0 samples)" in out  # nothing ran

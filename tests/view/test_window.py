@@ -1,6 +1,6 @@
 """The live window, offscreen, against LSL streams shaped like a running session's.
 
-A :class:`~closedloop.view.app.DemoSession` publishes through the real
+A :class:`~closedloop.runtime.demo.DemoSession` publishes through the real
 :class:`~closedloop.io.outlets.SessionOutlets` from a feeder thread (simulated EMG, the
 pipeline's envelope/thresholds/events, stimulation commands, trial markers).
 """
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from closedloop.runtime.control import ControlInlet, ControlOutlet, decode_command
-from closedloop.view.app import DemoSession
+from closedloop.runtime.demo import DemoSession
 from closedloop.view.lsl_client import CONNECTED, LOST, SessionClient
 
 ROOT = Path(__file__).resolve().parents[2]

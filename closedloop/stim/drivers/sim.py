@@ -127,6 +127,20 @@ class SimStimulator(Stimulator):
         self._last_time = -math.inf
         self._faults: dict[str, BaseException] = {}
 
+    # -- the stream's clock -----------------------------------------------------------------
+    @property
+    def clock(self) -> Callable[[], float] | None:
+        """The stream clock the pulses follow (None: each command's own stream time)."""
+        return self._clock
+
+    def follow(self, clock: Callable[[], float]) -> None:
+        """Take the source's stream clock (e.g. :meth:`SimSource.now
+        <closedloop.sources.sim.SimSource.now>`: the time of the next sample), so a
+        command's pulses start where the simulated patient's next samples are, as a real
+        stimulator's start when the command arrives. A session built by
+        :mod:`closedloop.runtime.session` does this for the simulated pair."""
+        self._clock = clock
+
     # -- test hooks -----------------------------------------------------------------------
     def fail_next(self, exc: BaseException, *, on: str = "apply") -> None:
         """Make the next call of ``on`` (``apply``, ``stop_all``, ``check``) raise ``exc``.
