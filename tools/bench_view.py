@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fs", type=float, default=2000.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before counting")
-    p.add_argument("--refresh-ms", type=int, default=33)
+    p.add_argument("--refresh-ms", type=int, default=16)
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
 
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         "ticks_per_s": round(len(tick_s) / dt, 1),
         "tick_ms_mean": round(1000 * sum(tick_s) / max(1, len(tick_s)), 2),
         "cpu_percent": round(100 * cpu / dt, 1),
-        "samples_shown": int(snap.emg.shape[0]) if snap is not None else 0,
+        "samples_received": int(snap.samples) if snap is not None else 0,
+        "peak_bins_shown": int(snap.emg_t.shape[0]) if snap is not None else 0,
+        "view_errors": len(client.errors),
     }
     win.close()
     demo.stdin.close()

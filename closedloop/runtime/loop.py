@@ -213,6 +213,8 @@ def run_loop(
                     raise SafetyError(guard.stop_violation.message)
             _tell(out, inputs.pop_notices(), status, outlets)
             keep_last(out.issues, keep)
+            if outlets is not None and block is not None:  # totals, for a view opened late
+                _publish_tally(outlets, pipeline.position, last_time, opts.duration_s)
             if stimulator is not None:
                 stimulator.check()
             if recorder is not None:
@@ -283,6 +285,16 @@ def _publish(outlets, seg, block, commands: list[StimCommand], protocol) -> None
     outlets.push_commands(commands)
     for te in protocol.pop_trial_events() if protocol is not None else ():
         outlets.push_marker(te.kind, te.time, **_fields(te))
+
+
+def _publish_tally(outlets, position: int, last_time: float, duration_s) -> None:
+    """The session's running totals (onsets, triggers, stimulation trains and time), so
+    a live view that attaches late shows them from the session's start
+    (:meth:`~closedloop.io.outlets.SessionOutlets.push_tally`: only when a count changed
+    or once per second of samples). A display aid: failing to publish it never stops
+    the loop."""
+    with contextlib.suppress(Exception):
+        outlets.push_tally(position, last_time, duration_s=duration_s)
 
 
 def _suspend_and_resume(pipeline: Pipeline, seg) -> list:

@@ -249,6 +249,7 @@ class DemoSession:
             ]
             if cmds:
                 out.push_commands(cmds)
+            out.push_tally(i + self.chunk, float(ts[-1]))  # totals, for a view opened late
             i += self.chunk
             self.samples = i
             if next_cue == len(cues) and window_end is None:
@@ -392,6 +393,21 @@ def main(args) -> int:
         return code
 
 
+def _pick_session() -> str | None:
+    """``view`` without ``--session``: the only running session; with several, the one
+    chosen in the terminal (without a terminal: refused, with the list); with none,
+    None (the window waits for one). See :mod:`closedloop.view.sessions`."""
+    from closedloop.view.sessions import choose_session, running_sessions
+
+    sessions = running_sessions()
+    chosen = choose_session(sessions, interactive=sys.stdin.isatty())
+    if chosen is None:
+        print("closedloop view: no session is running yet; waiting for one", file=sys.stderr)
+        return None
+    print(f"closedloop view: showing {chosen.describe()}", file=sys.stderr)
+    return chosen.name
+
+
 def _view(args, screenshot: str | None) -> int:
     session = getattr(args, "session", None)
     demo_n = getattr(args, "demo", None)
@@ -401,6 +417,8 @@ def _view(args, screenshot: str | None) -> int:
     if demo_n:
         session = session or "demo"
         demo = DemoSession(session, n_channels=int(demo_n)).start()
+    elif session is None:
+        session = _pick_session()
     try:
         code = run_view(
             session,
