@@ -398,7 +398,9 @@ class SessionClient:
         config = None
         metadata: dict = {}
         if lo.ROLE_SESSION in inlets:
-            desc = inlets[lo.ROLE_SESSION].info(timeout=2.0).desc()
+            # keep the info alive while its XML is read: desc() points into it
+            session_info = inlets[lo.ROLE_SESSION].info(timeout=2.0)
+            desc = session_info.desc()
             text = _xml_text(desc, ("closedloop", "config"))
             with contextlib.suppress(ValueError, TypeError):
                 metadata = dict(json.loads(_xml_text(desc, ("closedloop", "metadata")) or "{}"))

@@ -563,17 +563,23 @@ class SessionWindow(QtWidgets.QMainWindow):
         return keep
 
     def _rescale(self, snap: Snapshot) -> None:
-        """Fit each lane's scale to the 99.5th percentile of what is shown outside
-        stimulation (changed only when off by > 25 %); the axes follow."""
+        """Fit each lane's scale to the 99.5th percentile of what is shown (changed only
+        when off by > 25 %); the axes follow.
+
+        The session's EMG and envelope are blanked already: what remains during
+        stimulation is the patient's own EMG, which must set the scale. EMG the view
+        filtered itself (a session that does not publish its blanked EMG) still holds
+        the artefacts: its stimulation periods are left out.
+        """
         emg_changed = env_changed = False
+        blanked = snap.emg_from == FROM_SESSION
         for k, name in enumerate(snap.channels):
             if snap.emg_t.shape[0]:
-                keep = self._stim_mask(snap, snap.emg_t, name)
+                keep = None if blanked else self._stim_mask(snap, snap.emg_t, name)
                 peak = np.maximum(np.abs(snap.emg_lo[:, k]), np.abs(snap.emg_hi[:, k]))
                 emg_changed |= self.emg.fit(k, robust_extent(peak, keep))
             if snap.env_t.shape[0]:
-                keep = self._stim_mask(snap, snap.env_t, name)
-                need = robust_extent(snap.env_hi[:, k], keep)
+                need = robust_extent(snap.env_hi[:, k])
                 if snap.thr_on.shape[0] and np.isfinite(snap.thr_on[:, k]).any():
                     need = np.nanmax([need, 1.3 * float(np.nanmax(snap.thr_on[:, k]))])
                 env_changed |= self.env.fit(k, float(need))
@@ -767,7 +773,8 @@ def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
         stimulated = [m for m in muscles if m in secs] or list(secs)
         trains = sum(counts.stim[m].trains for m in stimulated) if stimulated else 0
         total = max((secs[m] for m in stimulated), default=0.0)
-        stim_lines.append(f"stimulation <b>{pending or trains}</b> trains, "
+        stim_lines.append(f"stimulation <b>{pending or trains}</b> "
+                          f"train{'' if trains == 1 and not pending else 's'}, "
                           f"<b>{pending or f'{sum(secs[m] for m in stimulated):.0f} s'}</b>")
         dose = cfg.safety.session_dose_s if cfg is not None and cfg.safety is not None else None
         if dose:
