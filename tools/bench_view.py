@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fs", type=float, default=2000.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before counting")
-    p.add_argument("--refresh-ms", type=int, default=16)
+    p.add_argument("--refresh-ms", type=int, default=15)
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
     args = p.parse_args(argv)
 

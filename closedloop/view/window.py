@@ -99,7 +99,9 @@ ONSET_BRUSH = pg.mkBrush("#2e7d32")
 OFFSET_BRUSH = pg.mkBrush("#9e9e9e")
 BAND_TEXT = QtGui.QColor("#8d6e00")
 NAME_TEXT = QtGui.QColor("#37474f")
-#: Points per pixel column of a trace (a bin's minimum and maximum).
+#: Points per pixel of a trace's width: a bin's minimum and maximum per pixel column.
+#: Drawing costs grow with the points, but one bin per two pixels shows a moire of
+#: diagonal joins across the EMG.
 POINTS_PER_PIXEL = 2
 #: Stretches after a stimulation left out of the scale fitting, s (filter ringing).
 AFTER_STIM_S = 0.05
@@ -264,6 +266,14 @@ class _Lanes:
             return base + 0.5 + 0.45 * np.clip(v / s, -1.1, 1.1)
         return base + 0.05 + 0.9 * np.clip(v / s, 0.0, 1.05)
 
+    def y_all(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`y` of every lane at once: ``values`` (n, n_lanes)."""
+        s = np.where(self.scale > 0, self.scale, np.nan)
+        base = self.n - 1 - np.arange(self.n)
+        if self.symmetric:
+            return base + 0.5 + 0.45 * np.clip(values / s, -1.1, 1.1)
+        return base + 0.05 + 0.9 * np.clip(values / s, 0.0, 1.05)
+
     def fit(self, k: int, need: float) -> bool:
         """Adopt a new scale for channel ``k`` if ``need`` is off by more than 25 %."""
         if not (need > 0 and math.isfinite(need)):
@@ -311,7 +321,8 @@ class SessionWindow(QtWidgets.QMainWindow):
         The LSL control stream STOP publishes on. ``"auto"`` creates one for the
         session as soon as its name is known; None disables it (``on_stop`` only).
     refresh_ms : int
-        Timer period (16: up to 60 frames per second).
+        Timer period (15: up to 66 frames per second, so that a frame now and then
+        late still leaves 60 per second).
     """
 
     stop_pressed = QtCore.Signal()
@@ -322,7 +333,7 @@ class SessionWindow(QtWidgets.QMainWindow):
         *,
         on_stop: Callable[[], object] | None = None,
         control: ControlOutlet | str | None = "auto",
-        refresh_ms: int = 16,
+        refresh_ms: int = 15,
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -597,13 +608,19 @@ class SessionWindow(QtWidgets.QMainWindow):
             painter = lanes.painter
             if t.shape[0]:
                 width = max(50.0, lanes.plot.vb.width())
-                factor = max(1, int(math.ceil(t.shape[0] * POINTS_PER_PIXEL / (2 * width))))
+                # points = 2 x bins ~ POINTS_PER_PIXEL x width
+                factor = max(1, int(math.ceil(2 * t.shape[0] / (POINTS_PER_PIXEL * width))))
                 t, lo, hi = regroup(first, t, lo, hi, factor)
-            painter.traces = [
-                None if not t.shape[0] or not lanes.scale[k] > 0
-                else _interleave(t - now, lanes.y(k, lo[:, k]), lanes.y(k, hi[:, k]))
-                for k in self.rows
-            ]
+            if t.shape[0] < 2:
+                painter.traces = [None] * len(self.rows)
+                continue
+            # two points per bin, its minimum then its maximum, every lane at once
+            xx = np.repeat(t - now, 2)
+            yy = np.empty((xx.shape[0], lo.shape[1]))
+            yy[0::2] = lanes.y_all(lo)
+            yy[1::2] = lanes.y_all(hi)
+            painter.traces = [(xx, yy[:, k]) if lanes.scale[k] > 0 else None
+                              for k in self.rows]
         on_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
         off_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
         if snap.thr_t.shape[0]:
@@ -803,18 +820,6 @@ def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
     big = "watching" if proto is None else kind
     ons = ", ".join(f"{m} {pending or onsets.get(m, 0)}" for m in snap.channels)
     return big, [f"onsets: {ons}", *lines_time, *stim_lines][:6]
-
-
-def _interleave(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two points per bin, its minimum then its maximum, at the bin's time."""
-    n = x.shape[0]
-    xx = np.empty(2 * n)
-    yy = np.empty(2 * n)
-    xx[0::2] = x
-    xx[1::2] = x
-    yy[0::2] = lo
-    yy[1::2] = hi
-    return xx, yy
 
 
 def _finite_runs(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
