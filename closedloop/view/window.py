@@ -142,22 +142,32 @@ class LanePainter(pg.GraphicsObject):
         """Schedule a repaint with the data set on the attributes."""
         self.update()
 
-    def _poly(self, px: np.ndarray, py: np.ndarray) -> QtGui.QPolygonF:
-        n = px.shape[0]
+    def _poly(self, x: np.ndarray, y: np.ndarray, m: tuple[float, ...]) -> QtGui.QPolygonF:
+        """A polygon of ``x, y`` mapped to pixels by the affine ``m`` (m11, m12, m21,
+        m22, dx, dy), written straight into a reused QPolygonF's memory."""
+        n = x.shape[0]
         poly = self._polys.get(n)
         if poly is None:
             if len(self._polys) > 64:
                 self._polys.clear()
             poly = self._polys[n] = create_qpolygonf(n)
         a = ndarray_from_qpolygonf(poly)
-        a[:, 0] = px
-        a[:, 1] = py
+        m11, m12, m21, m22, dx, dy = m
+        px, py = a[:, 0], a[:, 1]
+        np.multiply(x, m11, out=px)
+        px += dx
+        np.multiply(y, m22, out=py)
+        py += dy
+        if m21:
+            px += y * m21
+        if m12:
+            py += x * m12
         return poly
 
     def paint(self, p: QtGui.QPainter, *args: object) -> None:
         tr = p.transform()
-        m11, m12, m21, m22, dx, dy = (tr.m11(), tr.m12(), tr.m21(), tr.m22(), tr.dx(),
-                                      tr.dy())
+        m = (tr.m11(), tr.m12(), tr.m21(), tr.m22(), tr.dx(), tr.dy())
+        m11, m12, m21, m22, dx, dy = m
 
         def px(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return x * m11 + y * m21 + dx, x * m12 + y * m22 + dy
@@ -182,13 +192,13 @@ class LanePainter(pg.GraphicsObject):
         for tr_ in self.traces:
             if tr_ is None or tr_[0].shape[0] < 2:
                 continue
-            p.drawPolyline(self._poly(*px(*tr_)))
+            p.drawPolyline(self._poly(tr_[0], tr_[1], m))
         # thresholds
         for pen, lines in ((ON_PEN, self.on_lines), (OFF_PEN, self.off_lines)):
             p.setPen(pen)
             for _, x, y in lines:
                 if x.shape[0] >= 2:
-                    p.drawPolyline(self._poly(*px(x, y)))
+                    p.drawPolyline(self._poly(x, y, m))
         # onsets (up triangles) and offsets (down)
         p.setPen(QtCore.Qt.PenStyle.NoPen)
         for (xs, ys), brush, up in ((self.onsets, ONSET_BRUSH, True),
@@ -248,6 +258,8 @@ class _Lanes:
         plot.disableAutoRange()
         plot.setYRange(0.0, float(self.n), padding=0)
         plot.setXRange(-window_s, 0.0, padding=0)
+        for side in ("left", "bottom"):  # ticks outward: the axes stay out of the
+            plot.getAxis(side).setStyle(tickLength=5)  # region repainted every frame
         left = plot.getAxis("left")
         left.setWidth(62)
         left.setLabel(f"{name} ({unit})" if unit else name)
