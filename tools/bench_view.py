@@ -8,11 +8,14 @@ it with the offscreen Qt platform, and counts, over ``--seconds``:
 * **frames**: paint events of the plot area (what a screen would show), and
 * **ticks**: timer refreshes (snapshot + setData of every curve),
 
-then prints both rates and the mean time of one refresh and one paint.
+then prints both rates, the mean time of one refresh and the CPU the view's process
+used (its LSL thread included). The window's timer asks for a frame every 15 ms (66 per
+second at most), as ``closedloop view`` does.
 
 Usage::
 
-    python tools/bench_view.py [--channels 8] [--fs 2000] [--seconds 10] [--json]
+    python tools/bench_view.py [--channels 8] [--fs 2000] [--seconds 10]
+        [--refresh-ms 15] [--json]
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@
 * :mod:`~closedloop.view.lsl_client` — subscribes to a session's LSL streams (read only);
 * :mod:`~closedloop.runtime.control` — the STOP path: a control marker stream the loop polls;
 * :mod:`~closedloop.view.window` — the pyqtgraph window;
+* :mod:`~closedloop.view.sessions` — the running sessions (patient, host, start) and
+  which one to show;
 * :mod:`~closedloop.view.app` — ``closedloop view`` and :func:`run_view`;
 * :mod:`~closedloop.view.calibration`, :mod:`~closedloop.view.checklist_dialog` — dialogs.
 
-Only :mod:`buffers` and :mod:`control` import without Qt.
+Only :mod:`buffers`, :mod:`sessions` and :mod:`control` import without Qt.
 """
 
 from __future__ import annotations
