@@ -823,7 +823,10 @@ def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
         else:
             big = t.cue.upper() if t.cue else "rest"
         of = f"/{t.n_trials}" if t.n_trials else ""
-        trial = f"trial <b>{t.trial + 1 if t.trial >= 0 else '-'}{of}</b>"
+        # the trial under way: from its cue marker, or (a view opened between cues)
+        # the number of cues the session published
+        number = t.trial + 1 if t.trial >= 0 else (tr.get("cue") or "-") if not pending else "-"
+        trial = f"trial <b>{number}{of}</b>"
         left = t.time_left(snap.now) if math.isfinite(snap.now) else None
         respond = [f"respond within <b>{left:.1f} s</b>"] if left is not None and t.cue else []
         score = f"hits <b>{n('hit')}</b> · misses <b>{n('miss')}</b>"

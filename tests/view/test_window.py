@@ -432,3 +432,33 @@ def test_the_panel_counts_equal_the_sessions_when_the_view_attaches_late(qtbot):
     assert "dose used <b>" in panel and "of 600 s" in panel
     assert "remaining <b>0:00</b> of 0:14" in panel
     assert "Patient P042" in win.session_label.text()
+
+
+def test_panel_words_for_cued_trials_opened_between_cues():
+    """A view opened between two cues: the trial number, hits and misses come from
+    the session's totals; before the first total arrives the counts say so ('…')."""
+    import math
+
+    from closedloop.config import loads_config
+    from closedloop.io.outlets import SessionTally
+    from closedloop.view.app import demo_config_text
+    from closedloop.view.buffers import TrialState
+    from closedloop.view.lsl_client import Snapshot
+    from closedloop.view.window import clock, panel_text
+
+    config = loads_config(demo_config_text(("biceps", "triceps"), 2000.0, 9.0, 3.0, 60),
+                          source="demo")
+    counts = SessionTally(2000.0)
+    counts.trials = {"cue": 5, "hit": 3, "miss": 1}
+    counts.duration_s = None
+    snap = Snapshot(config=config, fs=2000.0, now=100.0, counts=counts, counts_complete=True,
+                    position=2000 * 50, elapsed_s=50.0, trial=TrialState(n_trials=60),
+                    channels=("biceps", "triceps"))
+    big, lines = panel_text(snap)
+    assert big == "rest"
+    assert lines[0] == "trial <b>5/60</b>" and lines[1] == "hits <b>3</b> · misses <b>1</b>"
+    assert "elapsed <b>0:50</b>" in lines
+    snap.counts_complete = False
+    _, lines = panel_text(snap)
+    assert lines[1] == "hits <b>…</b> · misses <b>…</b>"
+    assert clock(3725.0) == "1:02:05" and clock(math.nan) == "-"
