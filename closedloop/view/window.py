@@ -74,7 +74,13 @@ from closedloop.view.buffers import (
     robust_extent,
     step_xy,
 )
-from closedloop.view.lsl_client import CONNECTED, FROM_SESSION, SessionClient, Snapshot
+from closedloop.view.lsl_client import (
+    CONNECTED,
+    FROM_SESSION,
+    RESOLVING,
+    SessionClient,
+    Snapshot,
+)
 
 log = logging.getLogger(__name__)
 qt_workarounds()
@@ -554,7 +560,8 @@ class SessionWindow(QtWidgets.QMainWindow):
         patient = snap.patient
         head = f"Patient {patient} · session {name}" if patient else f"Session {name}"
         self._set_text("session", self.session_label.setText, head)
-        color = "#2e7d32" if snap.status == CONNECTED else "#c62828"
+        # looking for the session at start-up is not a fault: grey, not red
+        color = {CONNECTED: "#2e7d32", RESOLVING: NEUTRAL}.get(snap.status, "#c62828")
         self._set_text("status", self.status_label.setText,
                        f"<span style='color:{color}'>{html.escape(snap.message)}</span>")
         if self.control is None:
