@@ -659,7 +659,8 @@ class SessionWindow(QtWidgets.QMainWindow):
                 continue
             xs, ys = pts[e.kind == ONSET]
             xs.append(e.time - now)
-            ys.append(float(self.env.y(k, np.array([_finite(e.envelope)]))[0]))
+            y = float(self.env.y(k, np.array([_finite(e.envelope)]))[0])
+            ys.append(min(y, self.env.n - k - 0.12))  # the triangle stays in its lane
         self.env.painter.onsets = (np.array(pts[True][0]), np.array(pts[True][1]))
         self.env.painter.offsets = (np.array(pts[False][0]), np.array(pts[False][1]))
         bands = []
