@@ -374,6 +374,7 @@ class SessionWindow(QtWidgets.QMainWindow):
         self._stop_message = ""
         self._next_rescale = 0.0
         self._next_text = 0.0
+        self._drawn: tuple = ()
         self._build()
         self.timer = QtCore.QTimer(self)
         self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
@@ -532,7 +533,11 @@ class SessionWindow(QtWidgets.QMainWindow):
         if texts:
             self._next_text = t + 0.25
             self._update_header(snap)
-        if math.isfinite(snap.now) and self.rows:
+        # nothing new (the session paused, ended or is not there yet): nothing to
+        # redraw; a view left open on an ended session costs next to nothing
+        fresh = (snap.now, snap.samples, len(snap.events), len(snap.bands)) != self._drawn
+        if math.isfinite(snap.now) and self.rows and (fresh or texts):
+            self._drawn = (snap.now, snap.samples, len(snap.events), len(snap.bands))
             if t >= self._next_rescale:
                 self._next_rescale = t + 0.5
                 self._rescale(snap)
