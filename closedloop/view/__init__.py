@@ -14,7 +14,9 @@ Only :mod:`buffers`, :mod:`sessions` and :mod:`control` import without Qt.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import sys
 
 _PINNED = False
@@ -55,3 +57,25 @@ def qt_workarounds() -> bool:
         ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40
     _PINNED = True
     return True
+
+
+#: How much lower than a session's loop the view's process runs (``nice``): when the
+#: computer is busy, the loop gets the processor first; the view still gets a share.
+VIEW_NICENESS = 5
+
+
+def yield_to_the_loop() -> bool:
+    """Lower this process's scheduling priority by :data:`VIEW_NICENESS` (POSIX).
+
+    Called at the start of ``closedloop view`` (also when ``closedloop run`` opens it),
+    before any thread starts, so the Qt, LSL and drawing threads all inherit it: a
+    live view must never take the processor from the closed loop it shows. Returns
+    False where priorities cannot be lowered (Windows, a sandbox that refuses).
+    """
+    nice = getattr(os, "nice", None)
+    if nice is None:
+        return False
+    with contextlib.suppress(OSError):
+        nice(VIEW_NICENESS)
+        return True
+    return False

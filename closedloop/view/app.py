@@ -409,6 +409,9 @@ def _pick_session() -> str | None:
 
 
 def _view(args, screenshot: str | None) -> int:
+    from closedloop.view import yield_to_the_loop
+
+    yield_to_the_loop()  # before any thread: the loop gets the processor first
     session = getattr(args, "session", None)
     demo_n = getattr(args, "demo", None)
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
