@@ -68,14 +68,22 @@ def yield_to_the_loop() -> bool:
     """Lower this process's scheduling priority by :data:`VIEW_NICENESS` (POSIX).
 
     Called at the start of ``closedloop view`` (also when ``closedloop run`` opens it),
-    before any thread starts, so the Qt, LSL and drawing threads all inherit it: a
-    live view must never take the processor from the closed loop it shows. Returns
-    False where priorities cannot be lowered (Windows, a sandbox that refuses).
+    before the Qt, LSL and drawing threads start, so they inherit it; threads that
+    exist already (a BLAS library's workers) are lowered one by one (Linux keeps a
+    priority per thread). A live view must never take the processor from the closed
+    loop it shows. Returns False where priorities cannot be lowered (Windows, a
+    sandbox that refuses).
     """
-    nice = getattr(os, "nice", None)
-    if nice is None:
+    if not hasattr(os, "setpriority"):
         return False
-    with contextlib.suppress(OSError):
-        nice(VIEW_NICENESS)
-        return True
-    return False
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + VIEW_NICENESS)
+        tids = [0]
+        if os.path.isdir("/proc/self/task"):
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+        return os.getpriority(os.PRIO_PROCESS, 0) == target
+    except OSError:
+        return False

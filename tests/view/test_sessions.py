@@ -92,3 +92,32 @@ def test_view_without_a_terminal_refuses_with_the_list(two_sessions):
     assert f"{a.session_name} (listing_test): patient P101, on {socket.gethostname()}" in err
     assert b.session_name in err
     assert "Traceback" not in err
+
+
+@pytest.mark.timeout(60)
+def test_the_view_process_yields_the_processor_to_the_loop():
+    """``closedloop view`` lowers its own priority (nice 5), before its threads start, so
+    a busy computer serves the session's loop first."""
+    import time
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(ROOT)}
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    proc = subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--demo", "1",
+                             "--session", f"nice-{uuid.uuid4().hex[:8]}", "--duration", "8"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen: set[int] = set()
+        end = time.monotonic() + 20.0
+        while time.monotonic() < end and proc.poll() is None:
+            tasks = os.listdir(f"/proc/{proc.pid}/task")
+            if len(tasks) > 4:  # the demo, LSL and Qt threads are running
+                time.sleep(0.5)
+                for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                    # field 19 of /proc/PID/task/TID/stat: the thread's nice value
+                    with open(f"/proc/{proc.pid}/task/{tid}/stat") as f:
+                        seen.add(int(f.read().rsplit(")", 1)[1].split()[16]))
+                break
+            time.sleep(0.1)
+    finally:
+        proc.wait(timeout=30)
+    assert seen == {min(mine + 5, 19)}, seen
