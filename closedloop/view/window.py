@@ -109,6 +109,8 @@ NAME_TEXT = QtGui.QColor("#37474f")
 #: Drawing costs grow with the points, but one bin per two pixels shows a moire of
 #: diagonal joins across the EMG.
 POINTS_PER_PIXEL = 2
+#: Small lines of the session panel (two columns).
+PANEL_LINES = 8
 #: Stretches after a stimulation left out of the scale fitting, s (filter ringing).
 AFTER_STIM_S = 0.05
 
@@ -409,12 +411,13 @@ class SessionWindow(QtWidgets.QMainWindow):
         cf.setPointSize(22)
         cf.setBold(True)
         self.cue_label.setFont(cf)
-        self.cue_label.setMinimumWidth(200)
-        self.panel_labels = [QtWidgets.QLabel("") for _ in range(6)]
-        tl.addWidget(self.cue_label, 0, 0, 3, 1)
+        self.cue_label.setFixedWidth(290)  # the panel does not move when the cue changes
+        self.panel_labels = [QtWidgets.QLabel("") for _ in range(PANEL_LINES)]
+        rows = PANEL_LINES // 2
+        tl.addWidget(self.cue_label, 0, 0, rows, 1)
         for i, lab in enumerate(self.panel_labels):
             lab.setTextFormat(QtCore.Qt.TextFormat.RichText)
-            tl.addWidget(lab, i % 3, 1 + i // 3)
+            tl.addWidget(lab, i % rows, 1 + i // rows)
         tl.setColumnStretch(1, 1)
         tl.setColumnStretch(2, 1)
         top.addWidget(trial, stretch=5)
@@ -778,7 +781,7 @@ def clock(seconds: float) -> str:
 
 
 def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
-    """What the session panel shows: a large line and up to six small ones.
+    """What the session panel shows: a large line and up to :data:`PANEL_LINES` small ones.
 
     Triggered assist and reciprocal: triggers, stimulation trains and time, dose used
     of the session limit, elapsed and remaining time, onsets rejected by the
@@ -828,7 +831,7 @@ def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
         big = f"{n('trigger')} triggers"
         gate = getattr(proto, "co_contraction_gate", False)
         extra = [f"rejected (co-contraction) <b>{n('gated')}</b>"] if gate else []
-        return big, [*lines_time, *stim_lines, *extra][:6]
+        return big, [*lines_time, *stim_lines, *extra][:PANEL_LINES]
     if kind == "cued_trials":
         t = snap.trial
         if t.done:
@@ -841,13 +844,14 @@ def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
         number = t.trial + 1 if t.trial >= 0 else (tr.get("cue") or "-") if not pending else "-"
         trial = f"trial <b>{number}{of}</b>"
         left = t.time_left(snap.now) if math.isfinite(snap.now) else None
-        respond = [f"respond within <b>{left:.1f} s</b>"] if left is not None and t.cue else []
+        # always a line (empty between cues): the lines after it keep their places
+        respond = [f"respond within <b>{left:.1f} s</b>" if left is not None and t.cue else ""]
         score = f"hits <b>{n('hit')}</b> · misses <b>{n('miss')}</b>"
-        return big, [trial, score, *respond, *lines_time, *stim_lines][:6]
+        return big, [trial, score, *respond, *lines_time, *stim_lines][:PANEL_LINES]
     onsets = counts.onsets if counts is not None else {}
     big = "watching" if proto is None else kind
     ons = ", ".join(f"{m} {pending or onsets.get(m, 0)}" for m in snap.channels)
-    return big, [f"onsets: {ons}", *lines_time, *stim_lines][:6]
+    return big, [f"onsets: {ons}", *lines_time, *stim_lines][:PANEL_LINES]
 
 
 def _finite_runs(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
