@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "view", help="live view of a running session (subscribes to its LSL streams)"
     )
-    v.add_argument("--session", help="session name (default: the first one found)")
+    v.add_argument("--session", help="session name (default: the only one running; with "
+                   "several, a numbered choice in a terminal)")
     v.add_argument("--screenshot", type=output_file,
                    help="save the window to this PNG after a few seconds")
     _overwrite(v, "the screenshot")

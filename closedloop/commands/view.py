@@ -2,9 +2,10 @@
 
 Parse, claim the screenshot file when one is asked for (never over an existing file
 without ``--overwrite``), start a :class:`~closedloop.runtime.demo.DemoSession` with
-``--demo N``, and run the window (:func:`closedloop.view.app.run_view`) until it is
-closed, ``--duration`` has passed or the screenshot is written. Exit code 0; 1 when a
-screenshot was asked for and none could be written, or it shows no session data.
+``--demo N`` (without ``--session``: the only running session, or ask which), and run
+the window (:func:`closedloop.view.app.run_view`) until it is closed, ``--duration``
+has passed or the screenshot is written. Exit code 0; 1 when a screenshot was asked
+for and none could be written, or it shows no session data.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from closedloop.errors import ClosedLoopError
@@ -36,7 +38,25 @@ def main(args: argparse.Namespace) -> int:
         return code
 
 
+def _pick_session() -> str | None:
+    """``view`` without ``--session``: the only running session; with several, the one
+    chosen in the terminal (without a terminal: refused, with the list); with none,
+    None (the window waits for one). See :mod:`closedloop.view.sessions`."""
+    from closedloop.view.sessions import choose_session, running_sessions
+
+    sessions = running_sessions()
+    chosen = choose_session(sessions, interactive=sys.stdin.isatty())
+    if chosen is None:
+        print("closedloop view: no session is running yet; waiting for one", file=sys.stderr)
+        return None
+    print(f"closedloop view: showing {chosen.describe()}", file=sys.stderr)
+    return chosen.name
+
+
 def _view(args: argparse.Namespace, screenshot: str | None) -> int:
+    from closedloop.view import yield_to_the_loop
+
+    yield_to_the_loop()  # before any thread: the loop gets the processor first
     session = getattr(args, "session", None)
     demo_n = getattr(args, "demo", None)
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
@@ -49,6 +69,8 @@ def _view(args: argparse.Namespace, screenshot: str | None) -> int:
     if demo_n:
         session = session or "demo"
         demo = DemoSession(session, n_channels=int(demo_n)).start()
+    elif session is None:
+        session = _pick_session()
     try:
         code = run_view(
             session,

@@ -27,7 +27,13 @@ name                type            content
                                     :meth:`SessionOutlets.push_emg`); ``truth``
                                     markers: the simulated patient's true onsets
                                     (``sample``, ``muscle``)
-``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata
+``S-Filtered``      ``FilteredEMG`` what the detector sees: the EMG after stimulation blanking,
+                                    the band-pass and notch filters and the residual
+                                    cancelling, per muscle plus ``counter`` (with the
+                                    envelope; for the live view, not recorded: replay
+                                    computes it again sample for sample)
+``S-Session``       ``SessionInfo`` the config text (TOML) and session metadata; the
+                                    running totals (``tally``, see below)
 ==================  ==============  ========================================================
 
 Every stream's ``source_id`` is ``closedloop.U.<role>``, unique per session;
@@ -53,6 +59,17 @@ are put where a recorder cannot miss them: in the ``S-Session`` stream's header
 into the file whenever it subscribes. :meth:`SessionOutlets.announce` also pushes them
 as a marker; call it after the recorder has started (``XdfRecorder.start`` returns once
 every stream is being collected), and again whenever a recorder joins later.
+
+Running totals for a view that attaches late
+--------------------------------------------
+Markers pushed before a consumer subscribed never reach it, so a live view opened in the
+middle of a session cannot count triggers or stimulation time from them alone. The
+session therefore publishes its totals since its first sample on the ``S-Session``
+stream (:meth:`SessionOutlets.push_tally`, called by the loop once per chunk; pushed
+when a count changed and at least once per second of samples): onsets per muscle, trial
+markers by label, stimulation trains and on-time per muscle, the planned duration, and
+how many events, commands and markers the totals include (their ``seq``), so a reader
+adds exactly the items that came after (:class:`SessionTally`).
 
 Timestamps 0.0 and -1.0
 -----------------------
@@ -89,6 +106,7 @@ ROLE_EVENTS = "events"
 ROLE_STIM = "stim"
 ROLE_MARKERS = "markers"
 ROLE_SESSION = "session"
+ROLE_FILTERED = "filtered"
 
 #: Stream-name suffix and LSL type of each role.
 STREAMS: dict[str, tuple[str, str]] = {
@@ -99,7 +117,12 @@ STREAMS: dict[str, tuple[str, str]] = {
     ROLE_STIM: ("Stim", "Markers"),
     ROLE_MARKERS: ("Markers", "Markers"),
     ROLE_SESSION: ("Session", "SessionInfo"),
+    ROLE_FILTERED: ("Filtered", "FilteredEMG"),
 }
+#: Streams published for live displays only: not recorded, not in the expected counts.
+DISPLAY_ONLY = (ROLE_FILTERED,)
+#: A session pushes its running totals at least this often (seconds of samples).
+TALLY_EVERY_S = 1.0
 COUNTER_LABEL = "counter"
 #: Label of the markers that record the source's own counter where it does not continue.
 SOURCE_COUNTER = "source_counter"
@@ -238,6 +261,138 @@ def decode_marker(text: str) -> tuple[int, Marker]:
     )
 
 
+# -- running totals -------------------------------------------------------------------------
+#: Trial-marker labels a tally counts (the protocol's TrialEvent kinds).
+TALLY_LABELS = ("cue", "hit", "miss", "trigger", "gated", "ignored", "early_stop", "done",
+                "aborted")
+
+
+@dataclass
+class StimCount:
+    """One muscle's stimulation so far: trains started, samples of the trains that
+    ended, and the sample the running train started at (None: off)."""
+
+    trains: int = 0
+    on_samples: int = 0
+    on_since: int | None = None
+
+    def on_seconds(self, fs: float, upto: int | None = None) -> float:
+        """Seconds stimulated; a running train counted up to sample ``upto``."""
+        live = 0 if self.on_since is None or upto is None else max(0, upto - self.on_since)
+        return (self.on_samples + live) / fs
+
+
+class SessionTally:
+    """A session's running totals, folded from what it publishes.
+
+    The session's outlets feed it every event, command and trial marker they push
+    (:meth:`add_events`, :meth:`add_commands`, :meth:`add_marker`); a reader that starts
+    from a published tally (:meth:`from_dict`) and feeds it the items whose ``seq`` is at
+    or after the tally's gets the session's totals exactly, wherever it started
+    listening. Stimulation time is counted on the sample clock, from each command's
+    ``sample``, as the loop's own dose tally does.
+
+    Parameters
+    ----------
+    fs : float
+        Sampling rate (on-time in samples becomes seconds).
+    """
+
+    def __init__(self, fs: float) -> None:
+        self.fs = float(fs)
+        self.onsets: dict[str, int] = {}
+        self.trials: dict[str, int] = {}
+        self.stim: dict[str, StimCount] = {}
+        #: ``seq`` of the next event, command and marker the totals will include
+        self.seq: dict[str, int] = {ROLE_EVENTS: 0, ROLE_STIM: 0, ROLE_MARKERS: 0}
+        self.sample = 0  # samples processed (the totals cover samples before this one)
+        self.time = math.nan
+        self.duration_s: float | None = None
+        self.changed = False
+
+    # -- folding ------------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> None:
+        """Count onsets per muscle."""
+        for e in events:
+            if e.kind == "onset":
+                self.onsets[e.channel] = self.onsets.get(e.channel, 0) + 1
+                self.changed = True
+        self.seq[ROLE_EVENTS] += len(events)
+
+    def add_commands(self, commands: Sequence[StimCommand]) -> None:
+        """Trains start at a muscle's first non-zero command and end at its next off."""
+        for c in commands:
+            st = self.stim.setdefault(c.muscle, StimCount())
+            if c.is_on and st.on_since is None:
+                st.trains += 1
+                st.on_since = int(c.sample)
+                self.changed = True
+            elif not c.is_on and st.on_since is not None:
+                st.on_samples += max(0, int(c.sample) - st.on_since)
+                st.on_since = None
+                self.changed = True
+        self.seq[ROLE_STIM] += len(commands)
+
+    def add_marker(self, label: str) -> None:
+        """Count a marker by label if it is a trial marker."""
+        if label in TALLY_LABELS:
+            self.trials[label] = self.trials.get(label, 0) + 1
+            self.changed = True
+        self.seq[ROLE_MARKERS] += 1
+
+    # -- reading --------------------------------------------------------------------------------
+    def stim_seconds(self, upto: int | None = None) -> dict[str, float]:
+        """Seconds each muscle was stimulated (a running train up to sample ``upto``)."""
+        return {m: st.on_seconds(self.fs, upto) for m, st in self.stim.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form published on the session stream."""
+        return {
+            "sample": self.sample,
+            "time": _finite_or_none(float(self.time)),
+            "fs": self.fs,
+            "duration_s": self.duration_s,
+            "seq": dict(self.seq),
+            "onsets": dict(self.onsets),
+            "trials": dict(self.trials),
+            "stim": {m: dataclasses.asdict(st) for m, st in self.stim.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SessionTally:
+        """A tally from :meth:`to_dict` output (e.g. decoded from the session stream)."""
+        t = cls(float(d["fs"]))
+        t.sample = int(d.get("sample") or 0)
+        t.time = _float(d.get("time"))
+        dur = d.get("duration_s")
+        t.duration_s = None if dur is None else float(dur)
+        t.seq.update({k: int(v) for k, v in dict(d.get("seq") or {}).items()})
+        t.onsets = {str(k): int(v) for k, v in dict(d.get("onsets") or {}).items()}
+        t.trials = {str(k): int(v) for k, v in dict(d.get("trials") or {}).items()}
+        for m, st in dict(d.get("stim") or {}).items():
+            since = st.get("on_since")
+            t.stim[str(m)] = StimCount(int(st.get("trains", 0)), int(st.get("on_samples", 0)),
+                                       None if since is None else int(since))
+        return t
+
+    def copy(self) -> SessionTally:
+        """An independent copy."""
+        return SessionTally.from_dict(self.to_dict())
+
+
+def encode_tally(tally: SessionTally, seq: int) -> str:
+    """JSON of a tally as pushed on the session stream: ``{"seq", "tally"}``."""
+    return json.dumps({"seq": seq, "tally": tally.to_dict()}, allow_nan=False)
+
+
+def decode_session_item(text: str) -> tuple[int, SessionTally | None]:
+    """``(seq, tally)`` of a session-stream item; ``tally`` is None for the other items
+    (the config and metadata :meth:`SessionOutlets.announce` pushes)."""
+    d = json.loads(text)
+    tally = d.get("tally")
+    return int(d["seq"]), None if tally is None else SessionTally.from_dict(tally)
+
+
 # -- outlets ----------------------------------------------------------------------------------
 def _add_channels(desc: pylsl.XMLElement, rows: Iterable[tuple[str, str, str]]) -> None:
     chans = desc.append_child("channels")
@@ -258,7 +413,10 @@ class SessionOutlets:
     source_info : SourceInfo
         What the EMG source delivers (channel labels, units, nominal rate).
     with_envelope : bool
-        Also create the envelope and threshold streams.
+        Also create the envelope and threshold streams (and the filtered EMG stream).
+    with_filtered : bool
+        With the envelope, also publish the filtered EMG (:data:`DISPLAY_ONLY`: for the
+        live view; not recorded).
     config_text : str
         The session's full config (TOML text), stored in the session stream.
     metadata : mapping of str to str, optional
@@ -292,6 +450,7 @@ class SessionOutlets:
         source_info: SourceInfo,
         *,
         with_envelope: bool = True,
+        with_filtered: bool = True,
         config_text: str = "",
         metadata: Mapping[str, Any] | None = None,
         session_uid: str | None = None,
@@ -321,7 +480,10 @@ class SessionOutlets:
         self.source_ids: dict[str, str] = {}
         self._outlets: dict[str, pylsl.StreamOutlet] = {}
         self._pushed: dict[str, int] = {}
-        self._next_index: dict[str, int] = {ROLE_EMG: 0, ROLE_ENVELOPE: 0}
+        self._next_index: dict[str, int] = {ROLE_EMG: 0, ROLE_ENVELOPE: 0, ROLE_FILTERED: 0}
+        #: the session's running totals (see the module docstring)
+        self.tally = SessionTally(source_info.fs)
+        self._tally_at: int | None = None  # sample position of the last tally pushed
         self._last_source_counter: int | None | str = "unset"
         labels = list(source_info.channels)
         unit = source_info.units
@@ -352,6 +514,15 @@ class SessionOutlets:
                 + [(f"{lab}_off", "Threshold", unit) for lab in labels]
                 + [("sample", "sample", "samples"), (COUNTER_LABEL, COUNTER_LABEL, "samples")],
             )
+            if with_filtered:
+                self._create(
+                    ROLE_FILTERED,
+                    len(labels) + 1,
+                    fs,
+                    pylsl.cf_double64,
+                    channels=[(lab, "FilteredEMG", unit) for lab in labels]
+                    + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
+                )
         for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS):
             self._create(role, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string)
         self._create(ROLE_SESSION, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string, session=True)
@@ -400,13 +571,16 @@ class SessionOutlets:
         return tuple(self._outlets)
 
     def recorder_predicates(self) -> list[dict[str, str]]:
-        """One ``{"source_id": ...}`` per stream, for :class:`XdfRecorder`."""
-        return [{"source_id": sid} for sid in self.source_ids.values()]
+        """One ``{"source_id": ...}`` per recorded stream (every stream but the
+        :data:`DISPLAY_ONLY` ones), for :class:`XdfRecorder`."""
+        return [{"source_id": sid} for r, sid in self.source_ids.items()
+                if r not in DISPLAY_ONLY]
 
     @property
     def counts(self) -> dict[str, int]:
-        """Samples pushed so far, by stream name (``expected_counts`` for verification)."""
-        return {self.names[r]: n for r, n in self._pushed.items()}
+        """Samples pushed so far, by stream name, of the recorded streams
+        (``expected_counts`` for verification)."""
+        return {self.names[r]: n for r, n in self._pushed.items() if r not in DISPLAY_ONLY}
 
     def wait_for_consumers(self, timeout: float) -> bool:
         """Wait until every outlet has a consumer (e.g. LabRecorder); False on timeout."""
@@ -531,7 +705,10 @@ class SessionOutlets:
             self._pushed[ROLE_THRESHOLDS] += 1
 
     def push_block(self, block: Block) -> None:
-        """Push a signal-core block: envelope, thresholds and events."""
+        """Push a signal-core block: envelope, thresholds, events and (when published)
+        the filtered EMG the detector saw."""
+        if ROLE_FILTERED in self._outlets:
+            self._push_indexed(ROLE_FILTERED, block.filtered, block.timestamps, block.start)
         self.push_envelope(
             block.envelope,
             block.timestamps,
@@ -555,6 +732,7 @@ class SessionOutlets:
             [encode_event(e, base + k) for k, e in enumerate(events)],
             [e.time for e in events],
         )
+        self.tally.add_events(events)
 
     def push_commands(self, commands: Sequence[StimCommand]) -> None:
         """Push stimulation commands, each stamped with its ``stream_time``."""
@@ -564,6 +742,7 @@ class SessionOutlets:
             [encode_command(c, base + k, self.session_uid) for k, c in enumerate(commands)],
             [c.stream_time for c in commands],
         )
+        self.tally.add_commands(commands)
 
     def push_marker(
         self, label: str, time: float, *, sample: int | None = None, **fields: Any
@@ -573,6 +752,43 @@ class SessionOutlets:
         self._push_strings(
             ROLE_MARKERS, [encode_marker(marker, self._pushed[ROLE_MARKERS])], [time]
         )
+        self.tally.add_marker(label)
+
+    def push_tally(self, position: int, time: float, *, duration_s: float | None = None,
+                   force: bool = False) -> bool:
+        """Publish the running totals on the session stream, if due.
+
+        Due when a count changed since the last one, or :data:`TALLY_EVERY_S` of samples
+        have passed, or ``force``. Call it once per chunk, after the chunk's pushes.
+
+        Parameters
+        ----------
+        position : int
+            Samples processed so far (the totals cover the samples before it).
+        time : float
+            Stream time of the last processed sample (the tally's timestamp).
+        duration_s : float, optional
+            The session's planned duration (None: until stopped).
+
+        Returns
+        -------
+        bool
+            True when a tally was pushed.
+        """
+        t = self.tally
+        every = max(1, int(round(TALLY_EVERY_S * t.fs)))
+        due = (force or t.changed or self._tally_at is None
+               or position - self._tally_at >= every)
+        if not due:
+            return False
+        t.sample, t.time = int(position), float(time)
+        t.duration_s = None if duration_s is None or not math.isfinite(duration_s) \
+            else float(duration_s)
+        text = encode_tally(t, self._pushed[ROLE_SESSION])
+        self._push_strings(ROLE_SESSION, [text], [t.time if math.isfinite(t.time) else 0.0])
+        t.changed = False
+        self._tally_at = int(position)
+        return True
 
     def announce(self, time: float | None = None) -> None:
         """Push the config text and metadata as a marker (call after the recorder started).

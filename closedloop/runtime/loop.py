@@ -173,6 +173,8 @@ def run_loop(
                 if chain.guard is not None and chain.guard.stop_violation is not None:
                     raise SafetyError(chain.guard.stop_violation.message)
             _tell(out, chain.inputs.pop_notices(), say, pub)
+            if block is not None:  # totals, for a view opened late
+                _publish_tally(pub, chain.pipeline.position, last_time, opts.duration_s)
             for device in (stimulator, recorder):
                 if device is not None:
                     device.check()
@@ -269,6 +271,17 @@ def _publish(pub: Publisher, seg: Segment, block: Block, commands: list[StimComm
     pub.push_commands(commands)
     for te in protocol.pop_trial_events() if protocol is not None else ():
         pub.push_marker(te.kind, te.time, **_fields(te))
+
+
+def _publish_tally(pub: Publisher, position: int, last_time: float,
+                   duration_s: float | None) -> None:
+    """The session's running totals (onsets, triggers, stimulation trains and time), so
+    a live view that attaches late shows them from the session's start
+    (:meth:`~closedloop.io.outlets.SessionOutlets.push_tally`: only when a count changed
+    or once per second of samples). A display aid: failing to publish it never stops
+    the loop."""
+    with contextlib.suppress(Exception):
+        pub.push_tally(position, last_time, duration_s=duration_s)
 
 
 def _obey(commands: Sequence[ControlCommand], stop: StopRequest, out: Outcome, pub: Publisher,

@@ -42,6 +42,12 @@ class Publisher(Protocol):
         """A marker at stream time ``time`` (``cue``, ``hit``, ``input_issue``,
         ``stop_request``, ...)."""
 
+    def push_tally(self, position: int, time: float, *, duration_s: float | None = None,
+                   force: bool = False) -> bool:
+        """The session's running totals up to sample ``position`` (onsets, triggers,
+        stimulation trains and time), so a view that attaches late shows them from the
+        session's start; published only when due. True when something was published."""
+
 
 class NullPublisher:
     """Publishes nothing: the default of a loop run without outlets."""
@@ -60,6 +66,12 @@ class NullPublisher:
     def push_marker(self, label: str, time: float, *, sample: int | None = None,
                     **fields: Any) -> None:
         """Nothing."""
+
+
+    def push_tally(self, position: int, time: float, *, duration_s: float | None = None,
+                   force: bool = False) -> bool:
+        """Nothing (False)."""
+        return False
 
 
 __all__ = ["NullPublisher", "Publisher"]

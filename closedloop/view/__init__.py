@@ -4,15 +4,19 @@
 * :mod:`~closedloop.view.lsl_client` — subscribes to a session's LSL streams (read only);
 * :mod:`~closedloop.runtime.control` — the STOP path: a control marker stream the loop polls;
 * :mod:`~closedloop.view.window` — the pyqtgraph window;
+* :mod:`~closedloop.view.sessions` — the running sessions (patient, host, start) and
+  which one to show;
 * :mod:`~closedloop.view.app` — ``closedloop view`` and :func:`run_view`;
 * :mod:`~closedloop.view.calibration`, :mod:`~closedloop.view.checklist_dialog` — dialogs.
 
-Only :mod:`buffers` and :mod:`control` import without Qt.
+Only :mod:`buffers`, :mod:`sessions` and :mod:`control` import without Qt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import sys
 
 _PINNED = False
@@ -53,3 +57,33 @@ def qt_workarounds() -> bool:
         ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40
     _PINNED = True
     return True
+
+
+#: How much lower than a session's loop the view's process runs (``nice``): when the
+#: computer is busy, the loop gets the processor first; the view still gets a share.
+VIEW_NICENESS = 5
+
+
+def yield_to_the_loop() -> bool:
+    """Lower this process's scheduling priority by :data:`VIEW_NICENESS` (POSIX).
+
+    Called at the start of ``closedloop view`` (also when ``closedloop run`` opens it),
+    before the Qt, LSL and drawing threads start, so they inherit it; threads that
+    exist already (a BLAS library's workers) are lowered one by one (Linux keeps a
+    priority per thread). A live view must never take the processor from the closed
+    loop it shows. Returns False where priorities cannot be lowered (Windows, a
+    sandbox that refuses).
+    """
+    if not hasattr(os, "setpriority"):
+        return False
+    try:
+        target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + VIEW_NICENESS)
+        tids = [0]
+        if os.path.isdir("/proc/self/task"):
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+        for tid in tids:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+        return os.getpriority(os.PRIO_PROCESS, 0) == target
+    except OSError:
+        return False

@@ -83,7 +83,7 @@ def run_view(
         snap = win.last_snapshot
         waited = time.monotonic() - t_start
         have = snap is not None and snap.samples > 0 and math.isfinite(snap.now)
-        full = have and snap.emg_t.size and snap.emg_t[-1] - snap.emg_t[0] >= 0.6 * window_s
+        full = have and snap.emg_t.size and snap.emg_t[-1] - snap.emg_t[0] >= 0.9 * window_s
         if not full and waited < screenshot_after_s + 20.0:
             QtCore.QTimer.singleShot(250, try_screenshot)
             return

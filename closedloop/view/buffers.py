@@ -8,8 +8,16 @@ testable without a display:
   their timestamps;
 * :func:`peak_downsample` — min/max decimation, so a 2 kHz trace drawn on a few hundred
   pixels keeps every spike (the same idea as pyqtgraph's ``mode='peak'``);
+* :class:`PeakRing` — the same decimation done once, as samples arrive: the minimum and
+  maximum of every bin of a few samples, so a screen refresh copies a few thousand
+  numbers instead of the window's raw samples; :func:`regroup` merges bins further
+  (aligned to the bin count, so peaks do not flicker from frame to frame);
+* :func:`display_units`, :func:`nice_step`, :func:`robust_extent` — clinical units and
+  amplitude scales that stimulation artefacts do not flatten;
 * :class:`StimTrack` — stimulation commands turned into on-bands with their current;
-* :class:`TrialTracker` — trial markers turned into what the trial panel shows;
+* :class:`TrialTracker` — trial markers turned into what the trial panel shows (the
+  cue and the trial number; the counts come from the session's running totals,
+  :class:`closedloop.io.outlets.SessionTally`);
 * :class:`QualityTracker` — per-channel flat / saturated / mains checks on raw EMG,
   plus issues the session reports in its markers.
 """
@@ -23,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from closedloop.io.records import microvolts_per
 
 
 # -- ring buffer --------------------------------------------------------------------------
@@ -147,6 +157,208 @@ def peak_downsample(
     return tt, (out[:, 0] if squeeze else out)
 
 
+class PeakRing:
+    """Min/max of consecutive bins of ``bin_size`` samples, for the last ``n_bins`` bins.
+
+    Bins are counted from the first sample given (bin ``i`` holds samples
+    ``i * bin_size .. (i + 1) * bin_size - 1``), so a bin never changes once complete and
+    the drawn peaks stay where they are while the trace scrolls. The bin still filling
+    is returned too (:meth:`since`), so the newest samples are drawn at once.
+
+    Parameters
+    ----------
+    n_channels, bin_size, n_bins : int
+    """
+
+    def __init__(self, n_channels: int, bin_size: int, n_bins: int) -> None:
+        if n_channels < 1 or bin_size < 1 or n_bins < 2:
+            raise ValueError(f"n_channels={n_channels}, bin_size={bin_size} and "
+                             f"n_bins={n_bins} must be >= 1, 1 and 2")
+        self.n_channels, self.bin_size, self.n_bins = int(n_channels), int(bin_size), int(n_bins)
+        self._lo = np.zeros((self.n_bins, self.n_channels))
+        self._hi = np.zeros((self.n_bins, self.n_channels))
+        self._t = np.zeros(self.n_bins)
+        self.bins = 0  # complete bins ever written
+        self._part_lo = np.full(self.n_channels, np.inf)
+        self._part_hi = np.full(self.n_channels, -np.inf)
+        self._part_t = math.nan
+        self._part_n = 0
+        self.total = 0  # samples ever given
+
+    def _put(self, t: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Append complete bins (first-sample times ``t``)."""
+        n = t.shape[0]
+        if n >= self.n_bins:
+            t, lo, hi = t[-self.n_bins:], lo[-self.n_bins:], hi[-self.n_bins:]
+            skipped = n - self.n_bins
+            self.bins += skipped
+            n = self.n_bins
+        pos = self.bins % self.n_bins
+        first = min(n, self.n_bins - pos)
+        for dst, src in ((self._t, t), (self._lo, lo), (self._hi, hi)):
+            dst[pos:pos + first] = src[:first]
+            if n > first:
+                dst[:n - first] = src[first:]
+        self.bins += n
+
+    def extend(self, timestamps: np.ndarray, values: np.ndarray) -> None:
+        """Add samples ``values`` (n, n_channels) stamped ``timestamps`` (n,)."""
+        x = np.asarray(values, dtype=np.float64)
+        ts = np.asarray(timestamps, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_channels or ts.shape != x.shape[:1]:
+            raise ValueError(f"expected values (n, {self.n_channels}) and n timestamps, "
+                             f"got {x.shape} and {ts.shape}")
+        n = x.shape[0]
+        if n == 0:
+            return
+        self.total += n
+        b = self.bin_size
+        i = 0
+        if self._part_n:  # finish the bin under way
+            take = min(b - self._part_n, n)
+            np.minimum(self._part_lo, x[:take].min(axis=0), out=self._part_lo)
+            np.maximum(self._part_hi, x[:take].max(axis=0), out=self._part_hi)
+            self._part_n += take
+            i = take
+            if self._part_n == b:
+                self._put(np.array([self._part_t]), self._part_lo[None], self._part_hi[None])
+                self._part_n = 0
+        whole = (n - i) // b
+        if whole:
+            blocks = x[i:i + whole * b].reshape(whole, b, self.n_channels)
+            self._put(ts[i:i + whole * b:b], blocks.min(axis=1), blocks.max(axis=1))
+            i += whole * b
+        if i < n:  # start a new bin
+            self._part_t = float(ts[i])
+            self._part_lo[:] = x[i:].min(axis=0)
+            self._part_hi[:] = x[i:].max(axis=0)
+            self._part_n = n - i
+
+    def since(self, t_from: float) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """Bins whose first sample is at or after ``t_from``, oldest first, and the bin
+        under way: ``(index of the first bin, times, minima, maxima)`` (copies)."""
+        have = min(self.bins, self.n_bins)
+        idx = (self.bins - have + np.arange(have)) % self.n_bins
+        t = self._t[idx]
+        k = int(np.searchsorted(t, t_from, side="left"))
+        t, lo, hi = t[k:], self._lo[idx[k:]], self._hi[idx[k:]]
+        if self._part_n:
+            t = np.append(t, self._part_t)
+            lo = np.vstack([lo, self._part_lo[None]])
+            hi = np.vstack([hi, self._part_hi[None]])
+        return self.bins - have + k, t, lo, hi
+
+
+def regroup(first: int, t: np.ndarray, lo: np.ndarray, hi: np.ndarray, factor: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge bins ``factor`` at a time (groups aligned to bin numbers that are multiples
+    of ``factor``, ``first`` being the number of the first bin given); a partial group
+    at either end is kept. Returns ``(times, minima, maxima)``."""
+    factor = max(1, int(factor))
+    n = t.shape[0]
+    if factor == 1 or n == 0:
+        return t, lo, hi
+    head = (-first) % factor
+    head = min(head, n)
+    whole = (n - head) // factor
+    end = head + whole * factor
+    parts_t, parts_lo, parts_hi = [], [], []
+    if head:
+        parts_t.append(t[:1])
+        parts_lo.append(lo[:head].min(axis=0, keepdims=True))
+        parts_hi.append(hi[:head].max(axis=0, keepdims=True))
+    if whole:
+        parts_t.append(t[head:end:factor])
+        parts_lo.append(lo[head:end].reshape(whole, factor, -1).min(axis=1))
+        parts_hi.append(hi[head:end].reshape(whole, factor, -1).max(axis=1))
+    if end < n:
+        parts_t.append(t[end:end + 1])
+        parts_lo.append(lo[end:].min(axis=0, keepdims=True))
+        parts_hi.append(hi[end:].max(axis=0, keepdims=True))
+    return np.concatenate(parts_t), np.concatenate(parts_lo), np.concatenate(parts_hi)
+
+
+# -- units and scales -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class DisplayUnits:
+    """How a session's numbers are shown: ``value * factor`` in ``unit``.
+
+    Attributes
+    ----------
+    emg_factor, emg_unit : float, str
+        The EMG (µV when the stream's unit is a voltage; else as the stream says).
+    env_factor, env_unit : float, str
+        The detector's statistic: µV for an RMS envelope, µV² for the Teager-Kaiser
+        energy, no unit for a statistic without one (CUSUM, Bonato's test).
+    env_name : str
+        What that statistic is called on screen.
+    """
+
+    emg_factor: float = 1.0
+    emg_unit: str = ""
+    env_factor: float = 1.0
+    env_unit: str = ""
+    env_name: str = "envelope"
+
+
+def display_units(units: str, detector_kind: str = "threshold") -> DisplayUnits:
+    """Units for the EMG stream's ``units`` and the detector's statistic.
+
+    A voltage (V, mV, uV) is shown in µV. Anything else (``counts``, an unknown or
+    empty unit) is shown as it is, named as the stream names it: closedloop does not
+    know the amplifier's gain.
+    """
+    k = microvolts_per(units)
+    emg_f, emg_u = (k, "µV") if k is not None else (1.0, (units or "").strip())
+    if detector_kind == "tkeo":
+        env = DisplayUnits(emg_f, emg_u, emg_f**2, f"{emg_u}²" if emg_u else "",
+                           "Teager-Kaiser energy")
+        return env
+    if detector_kind in ("threshold", ""):
+        return DisplayUnits(emg_f, emg_u, emg_f, emg_u, "envelope")
+    return DisplayUnits(emg_f, emg_u, 1.0, "", f"{detector_kind} statistic")
+
+
+def nice_step(x: float) -> float:
+    """The largest of 1, 2, 5 x 10^k not above ``x`` (0 for x <= 0 or not finite)."""
+    if not (x > 0 and math.isfinite(x)):
+        return 0.0
+    e = math.floor(math.log10(x))
+    for m in (5.0, 2.0, 1.0):
+        v = m * 10.0**e
+        if v <= x * (1 + 1e-12):
+            return v
+    return 10.0 ** (e - 1) * 5.0
+
+
+def fmt_value(x: float) -> str:
+    """A tick label: few digits, no exponent for the usual EMG ranges."""
+    if x == 0:
+        return "0"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 1:
+        return f"{x:.3g}"
+    return f"{x:.2g}"
+
+
+def robust_extent(values: np.ndarray, keep: np.ndarray | None = None,
+                  q: float = 99.5) -> float:
+    """The ``q``-th percentile of ``|values|`` (one channel) where ``keep`` is True (all
+    of them when ``keep`` is None or keeps too few); NaN ignored.
+
+    A scale fitted to it is not flattened by a few samples of stimulation artefact or
+    by stretches the caller leaves out (``keep``: outside stimulation).
+    """
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    if keep is not None and keep.sum() >= max(8, 0.05 * keep.size):
+        v = v[keep]
+    if v.size == 0 or not np.isfinite(v).any():
+        return math.nan
+    return float(np.nanpercentile(v, q))
+
+
 def step_xy(
     t: np.ndarray, values: np.ndarray, t_end: float, t_from: float = -math.inf
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -192,11 +404,15 @@ class StimTrack:
         self._bands: dict[str, deque[StimBand]] = {}
         self._open: dict[str, StimBand] = {}
         self.current: dict[str, float] = {}
+        #: per muscle: (pulse width in µs, frequency in Hz) of its last command
+        self.params: dict[str, tuple[float, float]] = {}
 
-    def add(self, muscle: str, time: float, current_ma: float) -> None:
+    def add(self, muscle: str, time: float, current_ma: float,
+            pulse_width_us: float = math.nan, frequency_hz: float = math.nan) -> None:
         """One command: ``muscle`` goes to ``current_ma`` at stream time ``time``."""
         cur = float(current_ma) if math.isfinite(current_ma) else 0.0
         self.current[muscle] = cur
+        self.params[muscle] = (float(pulse_width_us), float(frequency_hz))
         band = self._open.get(muscle)
         if cur > 0.0:
             if band is None:

@@ -7,6 +7,11 @@ electrode-placement note, asks the clinician to confirm the stimulation limits b
 starting, shows the current cue large with a countdown and a live level bar, and at the
 end each muscle's result or the reason it was refused. The patient config is written
 only when every muscle was accepted.
+
+It speaks clinical units: the limits to confirm in mA, µs, Hz and seconds with the muscle
+named first; the results in µV (when the EMG is in volts), the maximal voluntary
+contraction (MVC) of each try, and where stimulation will be triggered, in µV and in %
+of MVC.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from closedloop.analysis.calibrate import (
     CONTRACT,
     PREPARE,
     REST,
+    MuscleResult,
     Result,
     Schedule,
     Step,
@@ -37,6 +43,7 @@ from closedloop.analysis.calibrate import (
 )
 from closedloop.config import Config
 from closedloop.view import qt_workarounds
+from closedloop.view.buffers import display_units, fmt_value
 
 qt_workarounds()
 
@@ -120,13 +127,14 @@ class CalibrationDialog(QtWidgets.QDialog):
         )
         intro.setWordWrap(True)
         v.addWidget(intro)
-        lines = limits_lines(self.config)
+        lines = clinical_limits(self.config)
         self.confirm = QtWidgets.QCheckBox(
             "I confirm these stimulation settings and limits are right for this patient"
         )
         if lines:
             lim = QtWidgets.QLabel(
-                "<b>Stimulation limits</b><br>" + "<br>".join(html.escape(x) for x in lines)
+                "<b>Stimulation (limit in brackets)</b><br>"
+                + "<br>".join(html.escape(x) for x in lines)
             )
             lim.setWordWrap(True)
             v.addWidget(lim)
@@ -253,7 +261,7 @@ class CalibrationDialog(QtWidgets.QDialog):
         rows = []
         for m in result.muscles:
             color = "#2e7d32" if m.ok else "#c62828"
-            rows.append(f"<p style='color:{color}'>{html.escape(m.summary())}</p>")
+            rows.append(f"<p style='color:{color}'>{result_html(m, result.units)}</p>")
             rows.extend(f"<p>&nbsp;&nbsp;warning: {html.escape(w)}</p>" for w in m.warnings)
         if result.ok:
             confirmation = (
@@ -294,3 +302,41 @@ class CalibrationDialog(QtWidgets.QDialog):
             self._thread.join(timeout=2.0)
         self.timer.stop()
         super().closeEvent(event)
+
+
+def clinical_limits(config: Config) -> list[str]:
+    """The stimulation settings and limits to confirm, one line per stimulated muscle,
+    in mA, µs, Hz and seconds."""
+    out = []
+    for m in config.muscles:
+        if m.stim is None:
+            continue
+        s, lim = m.stim, m.limits
+        out.append(
+            f"{m.name} (stimulator channel {s.channel}): {s.current_ma:g} mA "
+            f"({lim.max_current_ma:g} mA), pulses of {s.pulse_width_us:g} µs "
+            f"({lim.max_pulse_width_us:g} µs) at {s.frequency_hz:g} Hz "
+            f"({lim.max_frequency_hz:g} Hz), on for {s.on_time_s:g} s ({lim.max_on_time_s:g} s)"
+        )
+    return out
+
+
+def result_html(m: MuscleResult, units: str) -> str:
+    """One muscle's result in words and µV (escaped HTML)."""
+    name = html.escape(m.muscle)
+    if not m.ok:
+        return f"<b>{name}: refused</b> - " + html.escape("; ".join(m.reasons))
+    d = display_units(units)
+    u = d.emg_unit
+
+    def v(x: float) -> str:
+        return f"{fmt_value(x * d.emg_factor)} {u}".strip()
+
+    tries = ", ".join(fmt_value(r * d.emg_factor) for r in m.reps)
+    pct = (100.0 * m.on_threshold / m.mvc) if m.mvc > 0 else math.nan
+    return (
+        f"<b>{name}: accepted</b> - at rest {v(m.rest_mean)} (SD {v(m.rest_sd)}); maximal "
+        f"contraction (MVC) {v(m.mvc)} (tries: {html.escape(tries)} {u}). Stimulation "
+        f"starts above {v(m.on_threshold)} ({pct:.0f} % of MVC) and stops below "
+        f"{v(m.off_threshold)}."
+    )

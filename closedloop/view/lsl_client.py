@@ -25,9 +25,19 @@ drawing.
 
 What is derived here (not in the GUI thread)
 ---------------------------------------------
-* the **filtered EMG**, with the session's own filter settings (read from the config in
-  the ``<session>-Session`` stream header; defaults when there is none);
+* the **EMG the detector sees**: the session's ``<session>-Filtered`` stream (after
+  stimulation blanking and the session's filters); for a session that does not publish
+  it, the raw EMG filtered here with the session's filter settings (no blanking: the
+  window says so);
+* the **peaks to draw**: the minimum and maximum of every few samples of the EMG and
+  the envelope, kept as they arrive (:class:`~closedloop.view.buffers.PeakRing`), so a
+  refresh copies a few thousand numbers;
 * the **stimulation bands** from the stimulation commands;
+* the **counts** of the trial panel, from the session's start: the last running total
+  the session published (``tally`` on its session stream) plus the events, commands
+  and markers published after it (:class:`~closedloop.io.outlets.SessionTally`); until
+  the first total arrives (a second at most), the counts are those seen since the view
+  opened, and :attr:`Snapshot.counts_complete` is False;
 * the **trial panel** state from the trial markers (labels ``cue``, ``hit``, ``miss``,
   ``trigger``, ``done``... with ``trial`` and ``muscle`` fields);
 * the **channel quality** from the raw EMG, and from ``input_issue`` markers (fields
@@ -38,10 +48,12 @@ What is derived here (not in the GUI thread)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,9 +67,12 @@ from closedloop.core.events import Event
 from closedloop.core.filters import FilterBank
 from closedloop.errors import ClosedLoopError
 from closedloop.io import outlets as lo
+from closedloop.io.outlets import SessionTally
 from closedloop.view.buffers import (
     NO_DATA,
     ChannelQuality,
+    DisplayUnits,
+    PeakRing,
     QualityTracker,
     RingBuffer,
     StimBand,
@@ -65,18 +80,30 @@ from closedloop.view.buffers import (
     TimedLog,
     TrialState,
     TrialTracker,
+    display_units,
 )
 
 log = logging.getLogger(__name__)
 
 RESOLVING, CONNECTED, LOST, CLOSED = "resolving", "connected", "lost", "closed"
+#: Bins of the peak rings per display window (a refresh merges them to the pixels).
+DISPLAY_BINS = 2048
+#: Where the EMG drawn comes from.
+FROM_SESSION, FROM_VIEW = "session", "view"
+
+
+def _empty2() -> np.ndarray:
+    return np.zeros((0, 0))
 
 
 @dataclass
 class Snapshot:
     """Copies of everything the window draws, taken at one instant.
 
-    Times are the session's stream times; ``now`` is the newest EMG timestamp.
+    Times are the session's stream times; ``now`` is the newest EMG timestamp. The EMG
+    and envelope come as peaks: bin ``emg_first + i`` starts at ``emg_t[i]`` and spans
+    ``emg_lo[i]`` to ``emg_hi[i]`` per channel (in the stream's units; ``display`` says
+    how to show them).
     """
 
     status: str = RESOLVING
@@ -86,22 +113,46 @@ class Snapshot:
     channels: tuple[str, ...] = ()
     fs: float = math.nan
     units: str = ""
+    display: DisplayUnits = field(default_factory=DisplayUnits)
+    emg_from: str = FROM_SESSION
     now: float = math.nan
+    emg_first: int = 0
     emg_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    emg: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    emg_lo: np.ndarray = field(default_factory=_empty2)
+    emg_hi: np.ndarray = field(default_factory=_empty2)
+    env_first: int = 0
     env_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    env: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    env_lo: np.ndarray = field(default_factory=_empty2)
+    env_hi: np.ndarray = field(default_factory=_empty2)
+    env_now: np.ndarray = field(default_factory=lambda: np.zeros(0))
     thr_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    thr_on: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    thr_off: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    thr_on: np.ndarray = field(default_factory=_empty2)
+    thr_off: np.ndarray = field(default_factory=_empty2)
     events: list[Event] = field(default_factory=list)
     bands: list[StimBand] = field(default_factory=list)
     stim_now: dict[str, float] = field(default_factory=dict)
+    stim_params: dict[str, tuple[float, float]] = field(default_factory=dict)
     trial: TrialState = field(default_factory=TrialState)
+    counts: SessionTally | None = None
+    counts_complete: bool = False
+    elapsed_s: float = math.nan
+    position: int = 0
     quality: dict[str, ChannelQuality] = field(default_factory=dict)
     markers: list[tuple[float, str]] = field(default_factory=list)
     samples: int = 0
     config: Config | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def patient(self) -> str:
+        """The session's pseudonymous patient id ("" when it has none)."""
+        p = self.metadata.get("patient") or getattr(self.config, "patient", None)
+        return str(p or "")
+
+    @property
+    def duration_s(self) -> float | None:
+        """The session's planned duration, when it published one."""
+        return None if self.counts is None else self.counts.duration_s
 
 
 def _xml_text(elem: pylsl.XMLElement, path: tuple[str, ...]) -> str:
@@ -178,7 +229,7 @@ class SessionClient:
         self._connected = threading.Event()
         self._snap = Snapshot(session=session_name, message="looking for the session...")
         self._inlets: dict[str, pylsl.StreamInlet] = {}
-        self._emg: RingBuffer | None = None  # filtered EMG (None until subscribed)
+        self._emg: PeakRing | None = None  # the EMG drawn (None until subscribed)
         self._quality: dict[str, ChannelQuality] = {}
         self._dead: set[str] = set()  # uids of sessions whose streams ended
         self._thread: threading.Thread | None = None
@@ -225,19 +276,23 @@ class SessionClient:
         w = self.window_s if window_s is None else float(window_s)
         with self._lock:
             s = self._snap
-            now = self._emg.last_time if self._has_data() else math.nan
+            has = self._has_data()
+            now = self._raw.last_time if has else math.nan
             t_from = now - w if math.isfinite(now) else -math.inf
             out = Snapshot(
                 status=s.status, message=s.message, session=s.session,
                 session_uid=s.session_uid, channels=s.channels, fs=s.fs, units=s.units,
-                now=now, config=s.config, samples=self._emg.total if self._has_data() else 0,
+                display=s.display, emg_from=s.emg_from,
+                now=now, config=s.config, metadata=s.metadata,
+                samples=self._raw.total if has else 0,
                 quality=dict(self._quality),
             )
-            if not self._has_data():
+            if not has:
                 return out
-            out.emg_t, out.emg = self._emg.since(t_from)
+            out.emg_first, out.emg_t, out.emg_lo, out.emg_hi = self._emg.since(t_from)
             if self._env is not None:
-                out.env_t, out.env = self._env.since(t_from)
+                out.env_first, out.env_t, out.env_lo, out.env_hi = self._env.since(t_from)
+                out.env_now = self._env_last.copy()
             if self._thr is not None and len(self._thr):
                 # keep the thresholds in force at the window's start too
                 t, x = self._thr.latest()
@@ -247,8 +302,15 @@ class SessionClient:
             out.events = [e for _, e in self._events.since(t_from)]
             out.bands = self._stim.bands(t_from)
             out.stim_now = dict(self._stim.current)
+            out.stim_params = dict(self._stim.params)
             out.trial = self._trials.snapshot()
             out.markers = self._markers.since(t_from)
+            out.position = self._position
+            out.elapsed_s = self._position / s.fs if self._position else math.nan
+            if self._counts is not None:
+                out.counts, out.counts_complete = self._counts.copy(), True
+            else:
+                out.counts, out.counts_complete = self._seen.copy(), False
             return out
 
     # -- background thread ----------------------------------------------------------------------
@@ -334,28 +396,34 @@ class SessionClient:
         name = _xml_text(full.desc(), ("closedloop", "session")) or full.name()[:-4]
         fs = float(full.nominal_srate())
         config = None
+        metadata: dict = {}
         if lo.ROLE_SESSION in inlets:
-            text = _xml_text(inlets[lo.ROLE_SESSION].info(timeout=2.0).desc(),
-                             ("closedloop", "config"))
+            # keep the info alive while its XML is read: desc() points into it
+            session_info = inlets[lo.ROLE_SESSION].info(timeout=2.0)
+            desc = session_info.desc()
+            text = _xml_text(desc, ("closedloop", "config"))
+            with contextlib.suppress(ValueError, TypeError):
+                metadata = dict(json.loads(_xml_text(desc, ("closedloop", "metadata")) or "{}"))
             if text.strip():
                 try:
                     config = loads_config(text, source=f"{name} session config")
                 except ClosedLoopError as exc:
                     self._error(f"view: cannot read the session's config ({exc})")
         self._setup(uid, name, channels, counter_col, fs, _units(full), config, inlets)
+        self._set(metadata=metadata)
 
     def _setup(
         self, uid: str, name: str, channels: tuple[str, ...], counter_col: int | None,
         fs: float, units: str, config: Config | None, inlets: dict[str, pylsl.StreamInlet],
     ) -> None:
         n = len(channels)
-        cap = max(16, int(math.ceil((self.window_s + 2.0) * fs)))
         filters = config.filters if config is not None else FilterSettings()
-        try:
-            bank: FilterBank | None = FilterBank(filters, fs, n)
-        except ValueError as exc:
-            self._error(f"view: showing raw EMG, the filter does not fit ({exc})")
-            bank = None
+        bank: FilterBank | None = None
+        if lo.ROLE_FILTERED not in inlets:  # an older session: filter here (no blanking)
+            try:
+                bank = FilterBank(filters, fs, n)
+            except ValueError as exc:
+                self._error(f"view: showing raw EMG, the filter does not fit ({exc})")
         trials = TrialTracker()
         if config is not None and config.protocol is not None:
             p = config.protocol
@@ -364,26 +432,39 @@ class SessionClient:
                     p.trials.n_trials, p.trials.response_window_s,
                     p.trials.work_s + p.trials.rest_s,
                 )
+        bin_size = max(1, int(self.window_s * fs) // DISPLAY_BINS)
+        n_bins = int(math.ceil((self.window_s + 2.0) * fs / bin_size)) + 2
+        kind = config.detector_kind if config is not None else "threshold"
         with self._lock:
             self._inlets = inlets
             self._counter_col = counter_col
             self._bank = bank
             self._raw = RingBuffer(n, max(16, int(math.ceil(1.0 * fs))))
             self._last_finite = np.zeros(n)  # NaN/inf are drawn held at the last finite
-            self._emg = RingBuffer(n, cap)
-            self._env = RingBuffer(n, cap) if lo.ROLE_ENVELOPE in inlets else None
+            self._emg = PeakRing(n, bin_size, n_bins)
+            self._env = PeakRing(n, bin_size, n_bins) if lo.ROLE_ENVELOPE in inlets else None
+            self._env_last = np.full(n, np.nan)
             self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
             self._events = TimedLog(2000)
             self._markers = TimedLog(500)
             self._stim = StimTrack(keep_s=self.window_s + 5.0)
             self._trials = trials
+            self._position = 0
+            self._tally: SessionTally | None = None  # the last one the session published
+            self._counts: SessionTally | None = None  # that one and what came after it
+            self._seen = SessionTally(fs)  # everything since the view opened
+            self._pending: dict[str, deque] = {
+                r: deque(maxlen=20000) for r in (lo.ROLE_EVENTS, lo.ROLE_STIM, lo.ROLE_MARKERS)
+            }
             self._qual = QualityTracker(
                 channels, fs, mains_hz=filters.notch_hz if filters.notch_hz > 0 else 50.0
             )
-            self._quality = {ch: ChannelQuality(NO_DATA, "waiting for EMG") for ch in channels}
+            self._quality = {ch: ChannelQuality(NO_DATA, "starting") for ch in channels}
             s = self._snap
             s.status, s.session, s.session_uid = CONNECTED, name, uid
             s.channels, s.fs, s.units, s.config = channels, fs, units, config
+            s.display = display_units(units, kind)
+            s.emg_from = FROM_SESSION if lo.ROLE_FILTERED in inlets else FROM_VIEW
             s.message = f"connected to {name}"
         self._connected.set()
 
@@ -401,7 +482,7 @@ class SessionClient:
                 next_quality = now + self.quality_every_s
                 with self._lock:
                     _, raw = self._raw.latest()
-                    t_now = self._emg.last_time
+                    t_now = self._raw.last_time
                 q = self._qual.assess(raw, t_now)
                 with self._lock:
                     self._quality = q
@@ -412,7 +493,7 @@ class SessionClient:
         with self._lock:
             if self._snap.session_uid:
                 self._dead.add(self._snap.session_uid)
-            t = self._emg.last_time
+            t = self._raw.last_time
             self._stim.stop_all(t if math.isfinite(t) else 0.0)
             self._snap.status = LOST
             self._snap.message = (
@@ -421,53 +502,66 @@ class SessionClient:
             )
         self._connected.clear()
 
+    def _pull_numeric(self, role: str, max_samples: int = 8192
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+        x, ts = self._inlets[role].pull_chunk(timeout=0.0, max_samples=max_samples,
+                                              as_numpy=True)
+        if not len(ts):
+            return None
+        return np.asarray(x, dtype=np.float64), lo.restore_timestamps(np.asarray(ts))
+
     def _pull_all(self) -> bool:
         inlets = self._inlets
         got = False
-        emg = inlets[lo.ROLE_EMG]
-        x, ts = emg.pull_chunk(timeout=0.0, max_samples=8192, as_numpy=True)
-        if len(ts):
+        pulled = self._pull_numeric(lo.ROLE_EMG)
+        if pulled is not None:
             got = True
-            x = np.asarray(x, dtype=np.float64)
-            ts = lo.restore_timestamps(np.asarray(ts))
+            x, ts = pulled
+            counter = None
             if self._counter_col is not None:
+                counter = x[-1, self._counter_col]
                 x = np.delete(x, self._counter_col, axis=1)
             raw = np.ascontiguousarray(x)  # NaN/inf as the session received them
-            shown = hold_nonfinite(raw, self._last_finite)  # the filter must not see them
-            self._last_finite = shown[-1].copy()
-            if self._bank is not None:
-                filt = self._bank.process_inplace(np.array(shown.T, order="C")).T
-            else:
-                filt = shown
+            filt = None
+            if lo.ROLE_FILTERED not in inlets:
+                shown = hold_nonfinite(raw, self._last_finite)  # the filter must not see them
+                self._last_finite = shown[-1].copy()
+                filt = shown if self._bank is None else \
+                    self._bank.process_inplace(np.array(shown.T, order="C")).T
             with self._lock:
                 self._raw.extend(ts, raw)
-                self._emg.extend(ts, filt)
-        if lo.ROLE_ENVELOPE in inlets:
-            x, ts = inlets[lo.ROLE_ENVELOPE].pull_chunk(
-                timeout=0.0, max_samples=8192, as_numpy=True
-            )
-            if len(ts):
-                got = True
-                x = np.asarray(x, dtype=np.float64)
-                if self._counter_col is not None:
-                    x = np.delete(x, x.shape[1] - 1, axis=1)
-                with self._lock:
-                    self._env.extend(lo.restore_timestamps(np.asarray(ts)), x)
+                if counter is not None and math.isfinite(counter):
+                    self._position = int(counter) + 1
+                if filt is not None:
+                    self._emg.extend(ts, filt)
+        for role in (lo.ROLE_FILTERED, lo.ROLE_ENVELOPE):
+            if role not in inlets:
+                continue
+            pulled = self._pull_numeric(role)
+            if pulled is None:
+                continue
+            got = True
+            x, ts = pulled
+            if self._counter_col is not None:
+                x = x[:, :-1]
+            with self._lock:
+                if role == lo.ROLE_FILTERED:
+                    self._emg.extend(ts, x)
+                else:
+                    self._env.extend(ts, x)
+                    self._env_last = x[-1].copy()
         if lo.ROLE_THRESHOLDS in inlets:
-            x, ts = inlets[lo.ROLE_THRESHOLDS].pull_chunk(
-                timeout=0.0, max_samples=1024, as_numpy=True
-            )
-            if len(ts):
+            pulled = self._pull_numeric(lo.ROLE_THRESHOLDS, 1024)
+            if pulled is not None:
                 got = True
-                n2 = self._thr.n_channels
+                x, ts = pulled
                 with self._lock:
-                    self._thr.extend(
-                        lo.restore_timestamps(np.asarray(ts)), np.asarray(x)[:, :n2]
-                    )
+                    self._thr.extend(ts, x[:, :self._thr.n_channels])
         for role, handle in (
             (lo.ROLE_EVENTS, self._on_event),
             (lo.ROLE_STIM, self._on_command),
             (lo.ROLE_MARKERS, self._on_marker),
+            (lo.ROLE_SESSION, self._on_session),
         ):
             if role not in inlets:
                 continue
@@ -479,24 +573,46 @@ class SessionClient:
                         try:
                             handle(str(row[0]))
                         except (ValueError, KeyError, TypeError) as exc:
-                            self._error(f"view: unreadable {role} marker {row[0]!r}: {exc}")
-        if lo.ROLE_SESSION in inlets:
-            with contextlib.suppress(Exception):
-                inlets[lo.ROLE_SESSION].pull_chunk(timeout=0.0)
+                            self._error(f"view: unreadable {role} item {row[0]!r}: {exc}")
         return got
+
+    # -- counts: the session's last total plus what followed it (handlers hold the lock)
+    def _count(self, role: str, seq: int, item: object) -> None:
+        _fold(self._seen, role, item)
+        if self._tally is None or seq >= self._tally.seq[role]:
+            self._pending[role].append((seq, item))
+            if self._counts is not None:
+                _fold(self._counts, role, item)
+
+    def _on_session(self, text: str) -> None:
+        _, tally = lo.decode_session_item(text)
+        if tally is None:
+            return
+        counts = tally.copy()
+        for role, items in self._pending.items():
+            keep = [(q, it) for q, it in items if q >= tally.seq[role]]
+            items.clear()
+            items.extend(keep)
+            for _, it in keep:
+                _fold(counts, role, it)
+        self._tally, self._counts = tally, counts
 
     # marker handlers run with the lock held
     def _on_event(self, text: str) -> None:
-        _, ev = lo.decode_event(text)
+        seq, ev = lo.decode_event(text)
         self._events.add(ev.time, ev)
+        self._count(lo.ROLE_EVENTS, seq, ev)
 
     def _on_command(self, text: str) -> None:
-        _, cmd = lo.decode_command(text)
-        self._stim.add(cmd.muscle, cmd.stream_time, cmd.current_ma)
+        seq, cmd = lo.decode_command(text)
+        self._stim.add(cmd.muscle, cmd.stream_time, cmd.current_ma, cmd.pulse_width_us,
+                       cmd.frequency_hz)
+        self._count(lo.ROLE_STIM, seq, cmd)
 
     def _on_marker(self, text: str) -> None:
-        _, m = lo.decode_marker(text)
+        seq, m = lo.decode_marker(text)
         self._markers.add(m.time, m.label)
+        self._count(lo.ROLE_MARKERS, seq, m.label)
         if m.label == "input_issue":
             ch = m.fields.get("channel")
             self._qual.report(
@@ -505,3 +621,13 @@ class SessionClient:
             )
         else:
             self._trials.add(m.label, m.time, m.fields)
+
+
+def _fold(tally: SessionTally, role: str, item: object) -> None:
+    """Add one published item to ``tally``."""
+    if role == lo.ROLE_EVENTS:
+        tally.add_events([item])  # type: ignore[list-item]
+    elif role == lo.ROLE_STIM:
+        tally.add_commands([item])  # type: ignore[list-item]
+    else:
+        tally.add_marker(str(item))

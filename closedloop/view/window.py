@@ -1,16 +1,36 @@
 """The live window: what the session sees, and a STOP button that always works.
 
-Per muscle (one row each): the filtered EMG (left) and the envelope with its on/off
-thresholds and detector onsets (right); stimulation periods are shaded bands on both,
-labelled with their current. Left of each row, the muscle's name and its channel
-quality (ok, flat, saturated, mains hum). Above: the trial panel (cue, trial, hits,
-misses, time left), the calibration button and a large STOP button.
+Two plots, each with one lane per muscle (the muscle's name at the lane's top left):
 
-Drawing follows pyqtgraph's ``scrollingPlots`` / ``MultiPlotSpeedTest`` examples: a
-``QTimer`` pulls a :class:`~closedloop.view.lsl_client.Snapshot` from the client and
-calls ``setData``; traces are peak-decimated to a few points per pixel before
-``setData`` and the plots use ``setDownsampling(auto=True, mode='peak')`` and
-``setClipToView(True)``, so 8 channels at 2 kHz draw smoothly.
+* left, the **EMG as the detector sees it**: after the session's stimulation blanking
+  and filters (the ``Filtered`` stream the session publishes), in µV;
+* right, the detector's **envelope** (µV; the statistic of detectors without a unit)
+  with the on-threshold (solid) and off-threshold (dashed), onsets (green triangles)
+  and offsets (grey).
+
+Stimulation periods are shaded bands on both, labelled with their current. Every lane
+has its own amplitude scale, shown on the plot's left axis (``±v`` and ``0`` per EMG
+lane, ``0`` and ``v`` per envelope lane) and fitted to the 99.5th percentile of what is
+shown outside stimulation, so an artefact that gets through is clipped at the lane's
+edge instead of flattening the trace. Left of the plots, per muscle: the signal
+quality (ok, flat, saturated, mains hum; "starting" and "settling" while the filters
+and the detector's rest level settle, in grey: nothing is wrong yet), the envelope now
+(and in % of maximal voluntary contraction when the session's config has a
+calibration), and the stimulation under way (mA, µs, Hz). Above: the session panel
+(patient, elapsed and remaining time; triggers, stimulation trains, stimulation time
+and dose against the session limit; for cued trials the cue, trial, hits and misses),
+counted from the session's start even when the view opened late, and a large STOP
+button.
+
+Drawing
+-------
+A ``QTimer`` pulls a :class:`~closedloop.view.lsl_client.Snapshot` (peaks already
+decimated as the samples arrived) and hands each plot's lanes to one
+:class:`LanePainter`, which draws traces, thresholds, bands and onsets itself in device
+coordinates. Profiling the pyqtgraph curves this replaces (16 ``PlotDataItem``, their
+``setData`` and path transforms) showed most of each frame in Qt transforming and
+stroking paths through the view's scale; mapping the few thousand points to pixels in
+numpy and drawing plain polylines costs a fraction of it (``tools/bench_view.py``).
 
 STOP
 ----
@@ -20,10 +40,14 @@ control stream (:class:`~closedloop.runtime.control.ControlOutlet`), repeated fo
 seconds in case the loop was still connecting. The status line says whether a session
 loop is listening to that stream; if none is, the clinician is told to use the
 stimulator's own stop.
+
+There is no calibration button: calibrating is its own step before the session
+(``closedloop calibrate``), never something to start in the middle of one.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import time
@@ -32,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
+from pyqtgraph.functions import create_qpolygonf, ndarray_from_qpolygonf
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from closedloop.core.events import ONSET
@@ -43,10 +68,19 @@ from closedloop.view.buffers import (
     NO_DATA,
     OK,
     SATURATED,
-    peak_downsample,
+    fmt_value,
+    nice_step,
+    regroup,
+    robust_extent,
     step_xy,
 )
-from closedloop.view.lsl_client import CONNECTED, SessionClient, Snapshot
+from closedloop.view.lsl_client import (
+    CONNECTED,
+    FROM_SESSION,
+    RESOLVING,
+    SessionClient,
+    Snapshot,
+)
 
 log = logging.getLogger(__name__)
 qt_workarounds()
@@ -58,48 +92,190 @@ QUALITY_COLORS = {
     SATURATED: "#c62828",
     NO_DATA: "#757575",
 }
+NEUTRAL = "#757575"
 EMG_PEN = pg.mkPen("#1565c0", width=1)
 ENV_PEN = pg.mkPen("#212121", width=1)
 ON_PEN = pg.mkPen("#d84315", width=1)
 OFF_PEN = pg.mkPen("#d84315", width=1, style=QtCore.Qt.PenStyle.DashLine)
-STIM_BRUSH = pg.mkBrush(255, 193, 7, 80)
+#: Stimulation bands: opaque (the amber of the labels at a third, on white), drawn first:
+#: a translucent fill of the whole lane costs a blend per pixel and frame.
+STIM_BRUSH = pg.mkBrush("#ffefbf")
 LANE_PEN = pg.mkPen("#bdbdbd", width=1)
-#: Points per trace handed to setData (pyqtgraph decimates further to the pixels).
-MAX_POINTS = 1200
+ONSET_BRUSH = pg.mkBrush("#2e7d32")
+OFFSET_BRUSH = pg.mkBrush("#9e9e9e")
+BAND_TEXT = QtGui.QColor("#8d6e00")
+NAME_TEXT = QtGui.QColor("#37474f")
+#: Points per pixel of a trace's width: a bin's minimum and maximum per pixel column.
+#: Drawing costs grow with the points, but one bin per two pixels shows a moire of
+#: diagonal joins across the EMG.
+POINTS_PER_PIXEL = 2
+#: Small lines of the session panel (two columns).
+PANEL_LINES = 8
+#: Stretches after a stimulation left out of the scale fitting, s (filter ringing).
+AFTER_STIM_S = 0.05
+
+
+# -- drawing ---------------------------------------------------------------------------------
+class LanePainter(pg.GraphicsObject):
+    """Everything of one plot's lanes, drawn in one pass in device coordinates.
+
+    The window gives plot coordinates (x: seconds before now, y: lane units) with
+    :meth:`set_frame`; :meth:`paint` maps them to pixels with the painter's transform
+    in numpy and draws plain polylines (see the module docstring for why).
+    """
+
+    def __init__(self, n_lanes: int, window_s: float, trace_pen: QtGui.QPen) -> None:
+        super().__init__()
+        self.n = int(n_lanes)
+        self.window_s = float(window_s)
+        self.trace_pen = trace_pen
+        self.traces: list[tuple[np.ndarray, np.ndarray] | None] = [None] * self.n
+        #: threshold polylines: (lane, x, y)
+        self.on_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.off_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self.bands: list[tuple[int, float, float, str]] = []
+        self.onsets: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
+        self.offsets: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
+        self.names: list[tuple[str, str, QtGui.QColor | None]] = [("", "", None)] * self.n
+        self._polys: dict[int, QtGui.QPolygonF] = {}
+        self._font = QtGui.QFont()
+        self._font.setPointSize(9)
+        self._bold = QtGui.QFont(self._font)
+        self._bold.setBold(True)
+
+    def boundingRect(self) -> QtCore.QRectF:  # noqa: N802 - Qt API
+        """The item's extent in data coordinates (seconds x lanes)."""
+        return QtCore.QRectF(-self.window_s, 0.0, self.window_s, float(self.n))
+
+    def set_frame(self) -> None:
+        """Schedule a repaint with the data set on the attributes."""
+        self.update()
+
+    def _poly(self, x: np.ndarray, y: np.ndarray, m: tuple[float, ...]) -> QtGui.QPolygonF:
+        """A polygon of ``x, y`` mapped to pixels by the affine ``m`` (m11, m12, m21,
+        m22, dx, dy), written straight into a reused QPolygonF's memory."""
+        n = x.shape[0]
+        poly = self._polys.get(n)
+        if poly is None:
+            if len(self._polys) > 64:
+                self._polys.clear()
+            poly = self._polys[n] = create_qpolygonf(n)
+        a = ndarray_from_qpolygonf(poly)
+        m11, m12, m21, m22, dx, dy = m
+        px, py = a[:, 0], a[:, 1]
+        np.multiply(x, m11, out=px)
+        px += dx
+        np.multiply(y, m22, out=py)
+        py += dy
+        if m21:
+            px += y * m21
+        if m12:
+            py += x * m12
+        return poly
+
+    def paint(self, p: QtGui.QPainter, *args: object) -> None:
+        """Draw the lanes in device coordinates (Qt calls it)."""
+        tr = p.transform()
+        m = (tr.m11(), tr.m12(), tr.m21(), tr.m22(), tr.dx(), tr.dy())
+        m11, m12, m21, m22, dx, dy = m
+
+        def px(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return x * m11 + y * m21 + dx, x * m12 + y * m22 + dy
+
+        def pt(x: float, y: float) -> QtCore.QPointF:
+            return QtCore.QPointF(x * m11 + y * m21 + dx, x * m12 + y * m22 + dy)
+
+        p.save()
+        p.resetTransform()
+        p.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, False)
+        # stimulation bands, under everything, then the lines between lanes
+        p.setPen(QtCore.Qt.PenStyle.NoPen)
+        for lane, a, b, _ in self.bands:
+            base = float(self.n - 1 - lane)
+            p.fillRect(QtCore.QRectF(pt(a, base + 1.0), pt(max(b, a + 1e-3), base))
+                       .normalized(), STIM_BRUSH)
+        p.setPen(LANE_PEN)
+        for k in range(1, self.n):
+            p.drawLine(pt(-self.window_s, float(k)), pt(0.0, float(k)))
+        # traces
+        p.setPen(self.trace_pen)
+        for tr_ in self.traces:
+            if tr_ is None or tr_[0].shape[0] < 2:
+                continue
+            p.drawPolyline(self._poly(tr_[0], tr_[1], m))
+        # thresholds
+        for pen, lines in ((ON_PEN, self.on_lines), (OFF_PEN, self.off_lines)):
+            p.setPen(pen)
+            for _, x, y in lines:
+                if x.shape[0] >= 2:
+                    p.drawPolyline(self._poly(x, y, m))
+        # onsets (up triangles) and offsets (down)
+        p.setPen(QtCore.Qt.PenStyle.NoPen)
+        for (xs, ys), brush, up in ((self.onsets, ONSET_BRUSH, True),
+                                    (self.offsets, OFFSET_BRUSH, False)):
+            p.setBrush(brush)
+            qx, qy = px(xs, ys)
+            s = 6.0 if up else 4.5
+            for x, y in zip(qx.tolist(), qy.tolist(), strict=True):
+                tip = y - s if up else y + s
+                base = y + s if up else y - s
+                p.drawPolygon(QtGui.QPolygonF([QtCore.QPointF(x, tip),
+                                               QtCore.QPointF(x - s, base),
+                                               QtCore.QPointF(x + s, base)]))
+        # labels: the muscle's name (and state) at each lane's top left, band currents
+        p.setFont(self._bold)
+        for lane, (name, note, color) in enumerate(self.names):
+            if not name:
+                continue
+            corner = pt(-self.window_s, float(self.n - lane))
+            p.setPen(NAME_TEXT)
+            p.drawText(corner + QtCore.QPointF(4, 12), name)
+            if note:
+                p.setFont(self._font)
+                p.setPen(color or NAME_TEXT)
+                w = QtGui.QFontMetrics(self._bold).horizontalAdvance(name)
+                p.drawText(corner + QtCore.QPointF(10 + w, 12), note)
+                p.setFont(self._bold)
+        p.setFont(self._font)
+        p.setPen(BAND_TEXT)
+        for lane, a, _, text in self.bands:
+            if text:
+                p.drawText(pt(a, float(self.n - lane)) + QtCore.QPointF(3, 24), text)
+        p.restore()
 
 
 class _Lanes:
     """One plot with every channel stacked in its own lane (lane ``k`` of ``n`` spans
-    ``y = n-1-k .. n-k``, channel names on the y axis), as clinical EMG displays do.
+    ``y = n-1-k .. n-k``), as clinical EMG displays do.
 
-    Two plots for all channels, rather than two per channel, keep the per-frame cost
-    nearly flat in the channel count. Each lane is scaled on its own: ``scale[k]`` is
-    the value drawn at the lane's full height (``symmetric``: at half height above and
-    below its centre line). The scale is shown in the channel's label.
+    Each lane is scaled on its own: ``scale[k]`` is the value (stream units) drawn at
+    the lane's full height (``symmetric``: at 0.45 of it above and below its centre
+    line). The left axis shows each lane's scale in display units.
     """
 
-    def __init__(self, plot: pg.PlotItem, channels: tuple[str, ...], *, symmetric: bool,
-                 pen: QtGui.QPen) -> None:
+    def __init__(self, plot: pg.PlotItem, channels: tuple[str, ...], window_s: float, *,
+                 symmetric: bool, pen: QtGui.QPen, factor: float, unit: str,
+                 name: str) -> None:
         self.plot = plot
         self.n = len(channels)
         self.symmetric = symmetric
         self.scale = np.zeros(self.n)
-        plot.setDownsampling(auto=True, mode="peak")
-        plot.setClipToView(True)
+        self.factor = factor
+        self.unit = unit
         plot.setMenuEnabled(False)
         plot.setMouseEnabled(x=False, y=False)
         plot.hideButtons()
         plot.disableAutoRange()
         plot.setYRange(0.0, float(self.n), padding=0)
-        plot.getAxis("left").setTicks(
-            [[(self.n - 1 - k + 0.5, name) for k, name in enumerate(channels)], []]
-        )
-        plot.getAxis("left").setWidth(95)
-        for k in range(1, self.n):
-            plot.addItem(pg.InfiniteLine(pos=float(k), angle=0, pen=LANE_PEN), ignoreBounds=True)
-        self.curves = [plot.plot(pen=pen) for _ in channels]
-        self.rects: list[list[QtWidgets.QGraphicsRectItem]] = [[] for _ in channels]
-        self.texts: list[list[pg.TextItem]] = [[] for _ in channels]
+        plot.setXRange(-window_s, 0.0, padding=0)
+        for side in ("left", "bottom"):  # ticks outward: the axes stay out of the
+            plot.getAxis(side).setStyle(tickLength=5)  # region repainted every frame
+        left = plot.getAxis("left")
+        left.setWidth(62)
+        left.setLabel(f"{name} ({unit})" if unit else name)
+        left.setTicks([[], []])
+        self.painter = LanePainter(self.n, window_s, pen)
+        plot.addItem(self.painter, ignoreBounds=True)
 
     def y(self, k: int, values: np.ndarray) -> np.ndarray:
         """Values of channel ``k`` in plot coordinates (NaN where the scale is unknown)."""
@@ -110,7 +286,15 @@ class _Lanes:
         base = self.n - 1 - k
         if self.symmetric:
             return base + 0.5 + 0.45 * np.clip(v / s, -1.1, 1.1)
-        return base + 0.05 + 0.9 * np.clip(v / s, 0.0, 1.1)
+        return base + 0.05 + 0.9 * np.clip(v / s, 0.0, 1.05)
+
+    def y_all(self, values: np.ndarray) -> np.ndarray:
+        """:meth:`y` of every lane at once: ``values`` (n, n_lanes)."""
+        s = np.where(self.scale > 0, self.scale, np.nan)
+        base = self.n - 1 - np.arange(self.n)
+        if self.symmetric:
+            return base + 0.5 + 0.45 * np.clip(values / s, -1.1, 1.1)
+        return base + 0.05 + 0.9 * np.clip(values / s, 0.0, 1.05)
 
     def fit(self, k: int, need: float) -> bool:
         """Adopt a new scale for channel ``k`` if ``need`` is off by more than 25 %."""
@@ -121,35 +305,31 @@ class _Lanes:
         self.scale[k] = need * 1.25
         return True
 
-    def bands(self, k: int, spans: list[tuple[float, float, float]], labels: bool) -> None:
-        """Shade stimulation periods in lane ``k`` (pool of rectangles, reused)."""
-        rects, texts = self.rects[k], self.texts[k]
-        base = float(self.n - 1 - k)
-        while len(rects) < len(spans):
-            r = QtWidgets.QGraphicsRectItem()
-            r.setPen(pg.mkPen(None))
-            r.setBrush(STIM_BRUSH)
-            r.setZValue(-10)
-            self.plot.addItem(r, ignoreBounds=True)
-            rects.append(r)
-            if labels:
-                t = pg.TextItem(color="#8d6e00", anchor=(0, 0))
-                self.plot.addItem(t, ignoreBounds=True)
-                texts.append(t)
-        for i, r in enumerate(rects):
-            show = i < len(spans)
-            r.setVisible(show)
-            if labels:
-                texts[i].setVisible(show)
-            if not show:
+    def tick_value(self, k: int) -> float:
+        """The labelled amplitude of lane ``k``, in display units (0: none yet)."""
+        return nice_step(0.8 * self.scale[k] * self.factor)
+
+    def update_ticks(self) -> None:
+        """Axis ticks: ``-v, 0, +v`` per symmetric lane, ``0, v`` per envelope lane."""
+        major = []
+        for k in range(self.n):
+            v = self.tick_value(k)
+            if not v > 0:
                 continue
-            a, b, ma = spans[i]
-            r.setRect(QtCore.QRectF(a, base, max(b - a, 1e-3), 1.0))
-            if labels:
-                texts[i].setText(f"{ma:g} mA")
-                texts[i].setPos(a, base + 1.0)
+            raw = v / self.factor
+            if self.symmetric:
+                for val in (-raw, 0.0, raw):
+                    label = fmt_value(val * self.factor)
+                    major.append((float(self.y(k, np.array([val]))[0]),
+                                  f"+{label}" if val > 0 else label.replace("-", "−")))
+            else:
+                for val in (0.0, raw):
+                    major.append((float(self.y(k, np.array([val]))[0]),
+                                  fmt_value(val * self.factor)))
+        self.plot.getAxis("left").setTicks([major, []])
 
 
+# -- the window ------------------------------------------------------------------------------
 class SessionWindow(QtWidgets.QMainWindow):
     """The live view of one session.
 
@@ -163,10 +343,8 @@ class SessionWindow(QtWidgets.QMainWindow):
         The LSL control stream STOP publishes on. ``"auto"`` creates one for the
         session as soon as its name is known; None disables it (``on_stop`` only).
     refresh_ms : int
-        Timer period.
-    on_calibrate : callable, optional
-        What the Calibrate button does (default: open the calibration dialog on the
-        session's EMG stream).
+        Timer period (15: up to 66 frames per second, so that a frame now and then
+        late still leaves 60 per second).
     """
 
     stop_pressed = QtCore.Signal()
@@ -177,8 +355,7 @@ class SessionWindow(QtWidgets.QMainWindow):
         *,
         on_stop: Callable[[], object] | None = None,
         control: ControlOutlet | str | None = "auto",
-        refresh_ms: int = 33,
-        on_calibrate: Callable[[SessionWindow], object] | None = None,
+        refresh_ms: int = 15,
         parent: QtWidgets.QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -188,7 +365,6 @@ class SessionWindow(QtWidgets.QMainWindow):
         self.control: ControlOutlet | None = control if isinstance(control, ControlOutlet) else None
         if self._auto_control and client.requested:
             self.control = ControlOutlet(client.requested)
-        self.on_calibrate = on_calibrate
         self.window_s = client.window_s
         self.rows: list[int] = []
         self.cache: dict[object, object] = {}
@@ -201,8 +377,11 @@ class SessionWindow(QtWidgets.QMainWindow):
         self.fps = math.nan
         self._stop_message = ""
         self._next_rescale = 0.0
+        self._next_text = 0.0
+        self._drawn: tuple = ()
         self._build()
         self.timer = QtCore.QTimer(self)
+        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
         self.timer.setInterval(int(refresh_ms))
         self.timer.timeout.connect(self.tick)
         self.timer.start()
@@ -227,29 +406,23 @@ class SessionWindow(QtWidgets.QMainWindow):
         left.addWidget(self.link_label)
         top.addLayout(left, stretch=3)
 
-        trial = QtWidgets.QGroupBox("Trials")
+        trial = QtWidgets.QGroupBox("Session")
         tl = QtWidgets.QGridLayout(trial)
         self.cue_label = QtWidgets.QLabel("-")
         cf = self.cue_label.font()
         cf.setPointSize(22)
         cf.setBold(True)
         self.cue_label.setFont(cf)
-        self.cue_label.setMinimumWidth(220)
-        self.trial_label = QtWidgets.QLabel("trial -")
-        self.hits_label = QtWidgets.QLabel("hits 0")
-        self.misses_label = QtWidgets.QLabel("misses 0")
-        self.time_label = QtWidgets.QLabel("time left -")
-        tl.addWidget(self.cue_label, 0, 0, 2, 1)
-        tl.addWidget(self.trial_label, 0, 1)
-        tl.addWidget(self.time_label, 1, 1)
-        tl.addWidget(self.hits_label, 0, 2)
-        tl.addWidget(self.misses_label, 1, 2)
-        top.addWidget(trial, stretch=3)
-
-        self.calibrate_button = QtWidgets.QPushButton("Calibrate...")
-        self.calibrate_button.setMinimumHeight(60)
-        self.calibrate_button.clicked.connect(self._calibrate)
-        top.addWidget(self.calibrate_button)
+        self.cue_label.setFixedWidth(290)  # the panel does not move when the cue changes
+        self.panel_labels = [QtWidgets.QLabel("") for _ in range(PANEL_LINES)]
+        rows = PANEL_LINES // 2
+        tl.addWidget(self.cue_label, 0, 0, rows, 1)
+        for i, lab in enumerate(self.panel_labels):
+            lab.setTextFormat(QtCore.Qt.TextFormat.RichText)
+            tl.addWidget(lab, i % rows, 1 + i // rows)
+        tl.setColumnStretch(1, 1)
+        tl.setColumnStretch(2, 1)
+        top.addWidget(trial, stretch=5)
 
         self.stop_button = QtWidgets.QPushButton("STOP")
         self.stop_button.setObjectName("stop")
@@ -283,44 +456,41 @@ class SessionWindow(QtWidgets.QMainWindow):
         self.setCentralWidget(central)
         self.statusBar().showMessage("")
 
-    def _make_rows(self, channels: tuple[str, ...]) -> None:
+    def _make_rows(self, snap: Snapshot) -> None:
+        channels = snap.channels
         self.layout_.clear()
         for w in self.channel_labels:
             w.deleteLater()
         self.channel_labels = []
         self.cache = {}
-        n = len(channels)
+        d = snap.display
         self.emg_plot: pg.PlotItem = self.layout_.addPlot(row=0, col=0)
         self.env_plot: pg.PlotItem = self.layout_.addPlot(row=0, col=1)
-        self.emg_plot.setTitle("filtered EMG")
-        self.env_plot.setTitle("envelope, on/off thresholds, onsets ▲, stimulation (mA)")
+        self.emg_plot.setTitle(
+            "EMG as the detector sees it (stimulation blanked, filtered)"
+            if snap.emg_from == FROM_SESSION else
+            "EMG filtered by the view (this session does not publish its blanked EMG)")
+        self.env_plot.setTitle(f"{d.env_name}, on/off thresholds, onsets ▲, stimulation")
         for p in (self.emg_plot, self.env_plot):
             p.setLabel("bottom", "time (s), 0 = now")
-            p.setXRange(-self.window_s, 0.0, padding=0)
-        self.emg = _Lanes(self.emg_plot, channels, symmetric=True, pen=EMG_PEN)
-        self.env = _Lanes(self.env_plot, channels, symmetric=False, pen=ENV_PEN)
-        # one curve for the on-thresholds of every lane, one for the off-thresholds
-        # (lanes separated by NaN): two setData per frame instead of 2 x n_channels
-        self.on_curve = pg.PlotDataItem(pen=ON_PEN, connect="finite")
-        self.off_curve = pg.PlotDataItem(pen=OFF_PEN, connect="finite")
-        for c in (self.on_curve, self.off_curve):
-            self.env_plot.addItem(c)
-            c.setClipToView(False)  # x runs lane after lane, not sorted
-            c.setDownsampling(auto=False)
-        self.onsets = pg.ScatterPlotItem(symbol="t1", size=12, brush=pg.mkBrush("#2e7d32"),
-                                         pen=pg.mkPen(None))
-        self.offsets = pg.ScatterPlotItem(symbol="t", size=9, brush=pg.mkBrush("#9e9e9e"),
-                                          pen=pg.mkPen(None))
-        self.env_plot.addItem(self.onsets)
-        self.env_plot.addItem(self.offsets)
+        self.emg = _Lanes(self.emg_plot, channels, self.window_s, symmetric=True,
+                          pen=EMG_PEN, factor=d.emg_factor, unit=d.emg_unit, name="EMG")
+        self.env = _Lanes(self.env_plot, channels, self.window_s, symmetric=False,
+                          pen=ENV_PEN, factor=d.env_factor, unit=d.env_unit, name=d.env_name)
         for ch in channels:
             lab = QtWidgets.QLabel(ch)
             lab.setTextFormat(QtCore.Qt.TextFormat.RichText)
-            lab.setMinimumWidth(170)
+            lab.setMinimumWidth(190)
+            lab.setWordWrap(True)
             self.channel_box.addWidget(lab, stretch=1)
             self.channel_labels.append(lab)
-        self.rows = list(range(n))
+        self.rows = list(range(len(channels)))
         self._channels = channels
+        cfg = snap.config
+        self._mvc: list[float | None] = [None] * len(channels)
+        if cfg is not None and cfg.detector_kind == "threshold":
+            by_name = {m.name: m.calibration for m in cfg.muscles}
+            self._mvc = [getattr(by_name.get(ch), "mvc", None) for ch in channels]
 
     # -- STOP -----------------------------------------------------------------------------------
     def press_stop(self) -> None:
@@ -351,31 +521,6 @@ class SessionWindow(QtWidgets.QMainWindow):
         self.statusBar().showMessage(self._stop_message)
         self.stop_pressed.emit()
 
-    # -- calibration --------------------------------------------------------------------------
-    def _calibrate(self) -> None:
-        if self.on_calibrate is not None:
-            self.on_calibrate(self)
-            return
-        snap = self.last_snapshot
-        if snap is None or snap.config is None or snap.session is None:
-            self.statusBar().showMessage(
-                "Calibration needs a connected session with its config; or run "
-                "`closedloop calibrate --config C --out PATIENT.toml`"
-            )
-            return
-        from closedloop.view.calibration import CalibrationDialog
-
-        out, _ = QtWidgets.QFileDialog.getSaveFileName(
-            self, "Save the patient config", f"{snap.config.name}-patient.toml",
-            "TOML (*.toml)",
-        )
-        if not out:
-            return
-        dlg = CalibrationDialog(
-            snap.config, f"lsl:name={snap.session}-EMG", Path(out), parent=self
-        )
-        dlg.show()
-
     # -- refresh --------------------------------------------------------------------------------
     def tick(self) -> None:
         """One refresh: pull a snapshot and update every item."""
@@ -387,24 +532,48 @@ class SessionWindow(QtWidgets.QMainWindow):
         if self.control is not None:
             self.control.tick()
         if snap.channels != self._channels:
-            self._make_rows(snap.channels)
-        self._update_header(snap)
-        if math.isfinite(snap.now) and self.rows:
-            if time.monotonic() >= self._next_rescale:
-                self._next_rescale = time.monotonic() + 0.5
+            self._make_rows(snap)
+        t = time.monotonic()
+        texts = t >= self._next_text  # words and numbers: 4 times a second is plenty
+        if texts:
+            self._next_text = t + 0.25
+            self._update_header(snap)
+        # nothing new (the session paused, ended or is not there yet): nothing to
+        # redraw; a view left open on an ended session costs next to nothing
+        fresh = (snap.now, snap.samples, len(snap.events), len(snap.bands)) != self._drawn
+        if math.isfinite(snap.now) and self.rows and (fresh or texts):
+            self._drawn = (snap.now, snap.samples, len(snap.events), len(snap.bands))
+            if t >= self._next_rescale:
+                self._next_rescale = t + 0.5
                 self._rescale(snap)
             self._update_lanes(snap)
+            if texts:
+                for k, name in enumerate(snap.channels):
+                    self._update_label(k, name, snap)
         self._fps_n += 1
         t = time.perf_counter()
         if t - self._fps_t0 >= 1.0:
             self.fps = self._fps_n / (t - self._fps_t0)
             self._fps_t0, self._fps_n = t, 0
+            if not self._stop_message:
+                self._set_text("status", self.statusBar().showMessage,
+                               f"{self.fps:.0f} frames/s")
+
+    def _set_text(self, key: object, setter: Callable[[str], object], text: str) -> None:
+        """Call ``setter(text)`` only when the text changed (a Qt relayout is not free)."""
+        if self.cache.get(("text", key)) != text:
+            self.cache[("text", key)] = text
+            setter(text)
 
     def _update_header(self, snap: Snapshot) -> None:
         name = snap.session or self.client.requested or "(any session)"
-        self.session_label.setText(f"Session {name}")
-        color = "#2e7d32" if snap.status == CONNECTED else "#c62828"
-        self.status_label.setText(f"<span style='color:{color}'>{snap.message}</span>")
+        patient = snap.patient
+        head = f"Patient {patient} · session {name}" if patient else f"Session {name}"
+        self._set_text("session", self.session_label.setText, head)
+        # looking for the session at start-up is not a fault: grey, not red
+        color = {CONNECTED: "#2e7d32", RESOLVING: NEUTRAL}.get(snap.status, "#c62828")
+        self._set_text("status", self.status_label.setText,
+                       f"<span style='color:{color}'>{html.escape(snap.message)}</span>")
         if self.control is None:
             link = (
                 "STOP: in-process" if self.on_stop is not None
@@ -417,128 +586,174 @@ class SessionWindow(QtWidgets.QMainWindow):
             link = "STOP link: no session loop is listening - use the stimulator's stop"
             ok = self.on_stop is not None
         c = "#2e7d32" if ok else "#c62828"
-        self.link_label.setText(f"<span style='color:{c}'>{link}</span>")
-        tr = snap.trial
-        if tr.done:
-            self.cue_label.setText("done")
-        else:
-            self.cue_label.setText(tr.cue.upper() if tr.cue else "rest")
-        n = f"/{tr.n_trials}" if tr.n_trials else ""
-        self.trial_label.setText(f"trial {tr.trial + 1 if tr.trial >= 0 else '-'}{n}")
-        self.hits_label.setText(f"hits {tr.hits}")
-        self.misses_label.setText(f"misses {tr.misses}")
-        left = tr.time_left(snap.now) if math.isfinite(snap.now) else None
-        if left is None:
-            self.time_label.setText("time left -")
-        elif left >= 60.0:
-            self.time_label.setText(f"time left {int(left // 60)}:{int(left % 60):02d} min")
-        else:
-            self.time_label.setText(f"time left {left:.1f} s")
-        if not self._stop_message and math.isfinite(self.fps):
-            self.statusBar().showMessage(f"{snap.samples} samples, {self.fps:.0f} frames/s")
+        self._set_text("link", self.link_label.setText, f"<span style='color:{c}'>{link}</span>")
+        big, lines = panel_text(snap)
+        self._set_text("big", self.cue_label.setText, big)
+        for i, lab in enumerate(self.panel_labels):
+            self._set_text(("panel", i), lab.setText, lines[i] if i < len(lines) else "")
+
+    def _stim_mask(self, snap: Snapshot, t: np.ndarray, name: str) -> np.ndarray:
+        """True for bins outside this muscle's stimulation (and the 50 ms after it)."""
+        keep = np.ones(t.shape[0], dtype=bool)
+        for b in snap.bands:
+            if b.muscle != name:
+                continue
+            end = b.end if math.isfinite(b.end) else snap.now
+            keep &= ~((t >= b.start - 0.005) & (t <= end + AFTER_STIM_S))
+        return keep
 
     def _rescale(self, snap: Snapshot) -> None:
-        """Fit each lane's scale to the data shown (changed only when off by > 25 %)."""
-        for k in self.rows:
-            if snap.emg.shape[0]:
-                col = snap.emg[:, k]
-                if np.isfinite(col).any():
-                    self.emg.fit(k, float(np.nanmax(np.abs(col))))
-            if snap.env.shape[0]:
-                v = snap.env[:, k]
-                if snap.thr_on.shape[0]:
-                    v = np.concatenate([v, snap.thr_on[:, k]])
-                if np.isfinite(v).any():
-                    self.env.fit(k, float(np.nanmax(v)))
+        """Fit each lane's scale to the 99.5th percentile of what is shown (changed only
+        when off by > 25 %); the axes follow.
+
+        The session's EMG and envelope are blanked already: what remains during
+        stimulation is the patient's own EMG, which must set the scale. EMG the view
+        filtered itself (a session that does not publish its blanked EMG) still holds
+        the artefacts: its stimulation periods are left out.
+        """
+        emg_changed = env_changed = False
+        blanked = snap.emg_from == FROM_SESSION
+        for k, name in enumerate(snap.channels):
+            if snap.emg_t.shape[0]:
+                keep = None if blanked else self._stim_mask(snap, snap.emg_t, name)
+                peak = np.maximum(np.abs(snap.emg_lo[:, k]), np.abs(snap.emg_hi[:, k]))
+                emg_changed |= self.emg.fit(k, robust_extent(peak, keep))
+            if snap.env_t.shape[0]:
+                need = robust_extent(snap.env_hi[:, k])
+                if snap.thr_on.shape[0] and np.isfinite(snap.thr_on[:, k]).any():
+                    need = np.nanmax([need, 1.3 * float(np.nanmax(snap.thr_on[:, k]))])
+                env_changed |= self.env.fit(k, float(need))
+        if emg_changed:
+            self.emg.update_ticks()
+        if env_changed:
+            self.env.update_ticks()
 
     def _update_lanes(self, snap: Snapshot) -> None:
-        # x is stream time relative to the newest sample, in a fixed range [-window, 0]:
-        # moving the view range instead would make pyqtgraph re-clip every curve twice
-        # per frame. Items are only touched when their drawn data change.
-        now = snap.now
-        w = self.window_s
-        thr: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
-            "on": ([], []), "off": ([], [])
-        }
-        for k, name in enumerate(snap.channels):
-            self._update_label(k, name, snap)
-            if snap.emg.shape[0]:
-                t, x = peak_downsample(snap.emg_t - now, snap.emg[:, k], MAX_POINTS)
-                self.emg.curves[k].setData(t, self.emg.y(k, x), skipFiniteCheck=True)
-            if snap.env.shape[0]:
-                t, x = peak_downsample(snap.env_t - now, snap.env[:, k], MAX_POINTS)
-                self.env.curves[k].setData(t, self.env.y(k, x), skipFiniteCheck=True)
-            if snap.thr_t.shape[0]:
-                for side, vals in (("on", snap.thr_on[:, k]), ("off", snap.thr_off[:, k])):
-                    t, v = _steps(snap.thr_t, vals, self.env.scale[k] * 0.005)
-                    x, y = step_xy(t - now, v, 0.0, -w)
-                    thr[side][0].extend((x, _NAN1))
-                    thr[side][1].extend((self.env.y(k, y), _NAN1))
-            spans = [
-                (b.start - now, (b.end - now) if math.isfinite(b.end) else 0.0, b.peak_ma)
-                for b in snap.bands
-                if b.muscle == name
-            ]
-            if spans or self.cache.get(("bands", k)):
-                self.cache[("bands", k)] = bool(spans)
-                self.emg.bands(k, spans, labels=False)
-                self.env.bands(k, spans, labels=True)
-        for side, curve in (("on", self.on_curve), ("off", self.off_curve)):
-            xs, ys = thr[side]
-            if xs:
-                curve.setData(np.concatenate(xs), np.concatenate(ys))
+        now, w = snap.now, self.window_s
+        for lanes, first, t, lo, hi in (
+            (self.emg, snap.emg_first, snap.emg_t, snap.emg_lo, snap.emg_hi),
+            (self.env, snap.env_first, snap.env_t, snap.env_lo, snap.env_hi),
+        ):
+            painter = lanes.painter
+            if t.shape[0]:
+                width = max(50.0, lanes.plot.vb.width())
+                # points = 2 x bins ~ POINTS_PER_PIXEL x width
+                factor = max(1, int(math.ceil(2 * t.shape[0] / (POINTS_PER_PIXEL * width))))
+                t, lo, hi = regroup(first, t, lo, hi, factor)
+            if t.shape[0] < 2:
+                painter.traces = [None] * len(self.rows)
+                continue
+            # two points per bin, its minimum then its maximum, every lane at once
+            xx = np.repeat(t - now, 2)
+            yy = np.empty((xx.shape[0], lo.shape[1]))
+            yy[0::2] = lanes.y_all(lo)
+            yy[1::2] = lanes.y_all(hi)
+            painter.traces = [(xx, yy[:, k]) if lanes.scale[k] > 0 else None
+                              for k in self.rows]
+        on_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
+        off_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
+        if snap.thr_t.shape[0]:
+            for k in self.rows:
+                if not self.env.scale[k] > 0:
+                    continue
+                for vals, out in ((snap.thr_on[:, k], on_lines), (snap.thr_off[:, k], off_lines)):
+                    tt, v = _steps(snap.thr_t, vals, self.env.scale[k] * 0.005)
+                    x, y = step_xy(tt - now, v, 0.0, -w)
+                    out.extend((k, *run) for run in _finite_runs(x, self.env.y(k, y)))
+        self.env.painter.on_lines, self.env.painter.off_lines = on_lines, off_lines
         index = {name: k for k, name in enumerate(snap.channels)}
         pts: dict[bool, tuple[list[float], list[float]]] = {True: ([], []), False: ([], [])}
         for e in snap.events:
             k = index.get(e.channel)
-            if k is None:
+            if k is None or not self.env.scale[k] > 0:
                 continue
             xs, ys = pts[e.kind == ONSET]
             xs.append(e.time - now)
-            ys.append(float(self.env.y(k, np.array([_finite(e.envelope)]))[0]))
-        if pts[True][0] or self.cache.get("onsets"):
-            self.onsets.setData(*pts[True])
-            self.cache["onsets"] = bool(pts[True][0])
-        if pts[False][0] or self.cache.get("offsets"):
-            self.offsets.setData(*pts[False])
-            self.cache["offsets"] = bool(pts[False][0])
+            y = float(self.env.y(k, np.array([_finite(e.envelope)]))[0])
+            ys.append(min(y, self.env.n - k - 0.12))  # the triangle stays in its lane
+        self.env.painter.onsets = (np.array(pts[True][0]), np.array(pts[True][1]))
+        self.env.painter.offsets = (np.array(pts[False][0]), np.array(pts[False][1]))
+        bands = []
+        for b in snap.bands:
+            k = index.get(b.muscle)
+            if k is None:
+                continue
+            a = max(b.start - now, -w)
+            e = (b.end - now) if math.isfinite(b.end) else 0.0
+            if e >= -w:
+                bands.append((k, a, e, f"{b.peak_ma:g} mA"))
+        self.emg.painter.bands = [(k, a, e, "") for k, a, e, _ in bands]
+        self.env.painter.bands = bands
+        self.emg.painter.set_frame()
+        self.env.painter.set_frame()
 
     def _update_label(self, k: int, name: str, snap: Snapshot) -> None:
         q = snap.quality.get(name)
         status = q.status if q else NO_DATA
+        d = snap.display
+        settling = bool(snap.thr_on.shape[0]) and not np.isfinite(snap.thr_on[-1, k])
+        if status == NO_DATA:
+            quality = f"<span style='color:{NEUTRAL}'>● starting</span>"
+        else:
+            word = {OK: "signal ok", MAINS: "mains hum", FLAT: "flat",
+                    SATURATED: "saturated"}.get(status, status)
+            quality = (f"<span style='color:{QUALITY_COLORS.get(status, '#000')}'>"
+                       f"● {word}</span>")
+        detail = f"<br><small>{html.escape(q.detail)}</small>" if q and q.detail \
+            and status != NO_DATA else ""
+        if settling:
+            state = (f"<br><span style='color:{NEUTRAL}'>settling: learning the rest "
+                     "level</span>")
+        else:
+            state = ""
+        env_txt = ""
+        if snap.env_now.shape[0] > k and math.isfinite(snap.env_now[k]):
+            v = snap.env_now[k]
+            env_txt = f"<br>{d.env_name} {fmt_value(v * d.env_factor)} {d.env_unit}".rstrip()
+            mvc = self._mvc[k] if k < len(self._mvc) else None
+            if mvc:
+                env_txt += f" ({100.0 * v / mvc:.0f} % MVC)"
+            if snap.thr_on.shape[0] and np.isfinite(snap.thr_on[-1, k]):
+                env_txt += (f"<br><small>on above {fmt_value(snap.thr_on[-1, k] * d.env_factor)}"
+                            f" {d.env_unit}</small>")
         stim = snap.stim_now.get(name, 0.0)
-        stim_txt = (
-            f"<br><span style='color:#8d6e00'><b>STIM {stim:g} mA</b></span>" if stim > 0 else ""
-        )
-        detail = f"<br><small>{q.detail}</small>" if q and q.detail else ""
-        u = snap.units
-        scale = (
-            f"<br><small>EMG ±{_eng(self.emg.scale[k] * 0.5 / 0.45, u)}, "
-            f"env {_eng(self.env.scale[k] / 0.9, u)}</small>"
-            if self.emg.scale[k] > 0 and self.env.scale[k] > 0 else ""
-        )
-        html = (
-            f"<b>{name}</b><br><span style='color:{QUALITY_COLORS.get(status, '#000')}'>"
-            f"● {status}</span>{detail}{stim_txt}{scale}"
-        )
-        if html != self.cache.get(("label", k)):
-            self.cache[("label", k)] = html
-            self.channel_labels[k].setText(html)
+        stim_txt = ""
+        if stim > 0:
+            pw, hz = snap.stim_params.get(name, (math.nan, math.nan))
+            parts = [f"{stim:g} mA"] + [f"{x:g} {u}" for x, u in ((pw, "µs"), (hz, "Hz"))
+                                         if math.isfinite(x)]
+            stim_txt = (f"<br><span style='color:#8d6e00'><b>STIM {' · '.join(parts)}"
+                        "</b></span>")
+        html_ = f"<b>{html.escape(name)}</b><br>{quality}{detail}{state}{env_txt}{stim_txt}"
+        self._set_text(("label", k), self.channel_labels[k].setText, html_)
+        note, color = ("settling", QtGui.QColor(NEUTRAL)) if settling else ("", None)
+        for lanes in (self.emg, self.env):
+            lanes.painter.names[k] = (name, note, color)
 
     # -- helpers ----------------------------------------------------------------------------
     def curve_data(self, channel: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Data of one channel's EMG and envelope curves and of the threshold curves
-        (``on``/``off`` hold every lane), in plot coordinates; for tests."""
+        """What is drawn for one channel, in plot coordinates: its EMG and envelope
+        traces and its on/off threshold lines (NaN between pieces); for tests."""
+        def cat(lines: list[tuple[int, np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+            mine = [(x, y) for k, x, y in lines if k == channel]
+            if not mine:
+                return np.zeros(0), np.zeros(0)
+            return (np.concatenate([np.append(x, np.nan) for x, _ in mine]),
+                    np.concatenate([np.append(y, np.nan) for _, y in mine]))
+
         out = {}
-        for key, item in (
-            ("emg", self.emg.curves[channel]), ("env", self.env.curves[channel]),
-            ("on", self.on_curve), ("off", self.off_curve),
-        ):
-            x, y = item.getData()
-            out[key] = (
-                np.zeros(0) if x is None else np.array(x), np.zeros(0) if y is None else np.array(y)
-            )
+        for key, tr in (("emg", self.emg.painter.traces[channel]),
+                        ("env", self.env.painter.traces[channel])):
+            out[key] = (np.zeros(0), np.zeros(0)) if tr is None else (tr[0].copy(), tr[1].copy())
+        out["on"], out["off"] = cat(self.env.painter.on_lines), cat(self.env.painter.off_lines)
         return out
+
+    def axis_ticks(self, which: str) -> list[tuple[float, str]]:
+        """The left axis's labelled ticks of the ``"emg"`` or ``"env"`` plot; for tests."""
+        lanes = self.emg if which == "emg" else self.env
+        ticks = lanes.plot.getAxis("left")._tickLevels
+        return list(ticks[0]) if ticks else []
 
     def save_png(self, path: str | Path) -> Path:
         """Grab the window into a PNG file; returns the path."""
@@ -557,17 +772,105 @@ class SessionWindow(QtWidgets.QMainWindow):
         super().closeEvent(event)
 
 
-def _eng(x: float, unit: str) -> str:
-    """``x`` with an SI prefix (``12.5 uV``), for scale labels."""
-    if unit not in ("V", "A") or not (x > 0 and math.isfinite(x)):
-        return f"{x:.3g} {unit}".strip()
-    for factor, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")):
-        if x >= factor:
-            return f"{x / factor:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}"
+# -- words and numbers -----------------------------------------------------------------------
+def clock(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour); ``-`` when unknown."""
+    if not math.isfinite(seconds):
+        return "-"
+    s = int(max(0.0, seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
-_NAN1 = np.array([np.nan])
+def panel_text(snap: Snapshot) -> tuple[str, list[str]]:
+    """What the session panel shows: a large line and up to :data:`PANEL_LINES` small ones.
+
+    Triggered assist and reciprocal: triggers, stimulation trains and time, dose used
+    of the session limit, elapsed and remaining time, onsets rejected by the
+    co-contraction gate. Cued trials: the cue, trial, hits, misses, time to respond,
+    and the same time and dose lines. Counted from the session's start (the session's
+    published totals); "counting..." until the first total arrives.
+    """
+    cfg = snap.config
+    proto = cfg.protocol if cfg is not None else None
+    kind = proto.kind if proto is not None else ""
+    counts = snap.counts
+    pending = "…" if not snap.counts_complete else None
+    tr = counts.trials if counts is not None else {}
+
+    def n(label: str) -> str:
+        return pending or str(tr.get(label, 0))
+
+    elapsed = snap.elapsed_s
+    duration = snap.duration_s
+    lines_time = [f"elapsed <b>{clock(elapsed)}</b>"]
+    if kind == "cued_trials" and snap.trial.n_trials and math.isfinite(snap.trial.session_end) \
+            and math.isfinite(snap.now):
+        lines_time.append(f"remaining <b>{clock(snap.trial.session_end - snap.now)}</b>")
+    elif duration is not None and math.isfinite(elapsed):
+        lines_time.append(f"remaining <b>{clock(duration - elapsed)}</b> of {clock(duration)}")
+    else:
+        lines_time.append("remaining: until stopped")
+    # stimulation: trains and time of the stimulated muscles, dose against the limit
+    stim_lines = []
+    if counts is not None and proto is not None:
+        upto = snap.position if snap.position else None
+        secs = counts.stim_seconds(upto)
+        muscles = [m for m in (proto.agonist, getattr(proto, "antagonist", None)) if m]
+        stimulated = [m for m in muscles if m in secs] or list(secs)
+        trains = sum(counts.stim[m].trains for m in stimulated) if stimulated else 0
+        total = max((secs[m] for m in stimulated), default=0.0)
+        stim_lines.append(f"stimulation <b>{pending or trains}</b> "
+                          f"train{'' if trains == 1 and not pending else 's'}, "
+                          f"<b>{pending or f'{sum(secs[m] for m in stimulated):.0f} s'}</b>")
+        dose = cfg.safety.session_dose_s if cfg is not None and cfg.safety is not None else None
+        if dose:
+            used = pending or f"{total:.0f} s of {dose:g} s ({100 * total / dose:.0f} %)"
+            stim_lines.append(f"dose used <b>{used}</b>")
+    elif counts is not None and not counts.stim:
+        stim_lines.append("no stimulation")
+    if kind in ("triggered_assist", "reciprocal"):
+        big = f"{n('trigger')} triggers"
+        gate = getattr(proto, "co_contraction_gate", False)
+        extra = [f"rejected (co-contraction) <b>{n('gated')}</b>"] if gate else []
+        return big, [*lines_time, *stim_lines, *extra][:PANEL_LINES]
+    if kind == "cued_trials":
+        t = snap.trial
+        if t.done:
+            big = "done"
+        else:
+            big = t.cue.upper() if t.cue else "rest"
+        of = f"/{t.n_trials}" if t.n_trials else ""
+        # the trial under way: from its cue marker, or (a view opened between cues)
+        # the number of cues the session published
+        number = t.trial + 1 if t.trial >= 0 else (tr.get("cue") or "-") if not pending else "-"
+        trial = f"trial <b>{number}{of}</b>"
+        left = t.time_left(snap.now) if math.isfinite(snap.now) else None
+        # always a line (empty between cues): the lines after it keep their places
+        respond = [f"respond within <b>{left:.1f} s</b>" if left is not None and t.cue else ""]
+        score = f"hits <b>{n('hit')}</b> · misses <b>{n('miss')}</b>"
+        return big, [trial, score, *respond, *lines_time, *stim_lines][:PANEL_LINES]
+    onsets = counts.onsets if counts is not None else {}
+    big = "watching" if proto is None else kind
+    ons = ", ".join(f"{m} {pending or onsets.get(m, 0)}" for m in snap.channels)
+    return big, [f"onsets: {ons}", *lines_time, *stim_lines][:PANEL_LINES]
+
+
+def _finite_runs(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pieces of a polyline between non-finite values."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.all():
+        return [(x, y)]
+    out = []
+    idx = np.flatnonzero(ok)
+    if idx.size == 0:
+        return out
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    for seg in np.split(idx, breaks + 1):
+        if seg.size >= 2:
+            out.append((x[seg], y[seg]))
+    return out
 
 
 def _steps(t: np.ndarray, v: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:

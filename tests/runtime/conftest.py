@@ -54,6 +54,7 @@ class Capture:
     publishes (the tests that need LSL and LabRecorder use the real ones)."""
 
     def __init__(self) -> None:
+        self.tallies: list[int] = []
         self.emg: list[np.ndarray] = []
         self.envelope: list[np.ndarray] = []
         self.commands: list = []
@@ -71,3 +72,7 @@ class Capture:
     def push_marker(self, label, time, **fields) -> None:
         # ``label`` as in SessionOutlets: input_issue markers carry a ``kind`` field
         self.markers.append((label, time, fields))
+
+    def push_tally(self, position, time, *, duration_s=None, force=False) -> bool:
+        self.tallies.append(position)
+        return True

@@ -14,13 +14,19 @@ from closedloop.view.buffers import (
     NO_DATA,
     OK,
     SATURATED,
+    PeakRing,
     QualityTracker,
     RingBuffer,
     StimTrack,
     TimedLog,
     TrialTracker,
+    display_units,
+    fmt_value,
     mains_fraction,
+    nice_step,
     peak_downsample,
+    regroup,
+    robust_extent,
     step_xy,
 )
 
@@ -164,3 +170,77 @@ def test_held_and_nonfinite_reports_show_as_no_signal_change():
     r = q.assess(x, now=10.5)
     assert (r["a"].status, r["b"].status, r["c"].status) == (FLAT, FLAT, OK)
     assert r["a"].detail.startswith("channel a: the same value")
+
+
+# -- peaks kept as samples arrive -----------------------------------------------------------
+@pytest.mark.parametrize("sizes", [[1] * 300, [7, 3, 25, 1, 9] * 12, [600], [13] * 50])
+def test_peak_ring_equals_one_pass_over_the_samples(sizes):
+    """Any chunking gives the bins of one pass: min and max of every ``bin_size``
+    samples counted from the first, the newest ``n_bins`` kept, the bin under way too."""
+    rng = np.random.default_rng(1)
+    total = sum(sizes)
+    x = rng.normal(size=(total, 2))
+    t = np.arange(total) / 100.0
+    ring = PeakRing(2, 5, 40)
+    k = 0
+    for n in sizes:
+        ring.extend(t[k:k + n], x[k:k + n])
+        k += n
+    first, bt, lo, hi = ring.since(-np.inf)
+    whole = total // 5
+    want_first = max(0, whole - 40)
+    assert first == want_first and ring.bins == whole
+    blocks = x[: whole * 5].reshape(whole, 5, 2)[want_first:]
+    n_whole = whole - want_first
+    np.testing.assert_array_equal(lo[:n_whole], blocks.min(axis=1))
+    np.testing.assert_array_equal(hi[:n_whole], blocks.max(axis=1))
+    np.testing.assert_array_equal(bt[:n_whole], t[want_first * 5: whole * 5: 5])
+    rest = total - whole * 5
+    assert bt.shape[0] == n_whole + (1 if rest else 0)
+    if rest:
+        np.testing.assert_array_equal(hi[-1], x[whole * 5:].max(axis=0))
+    f2, bt2, _, _ = ring.since(bt[3])
+    assert f2 == first + 3 and bt2[0] == bt[3]
+
+
+def test_regroup_aligns_groups_to_bin_numbers():
+    """Merging bins k at a time keeps groups on multiples of k, wherever the window
+    starts: the same group has the same peaks in every frame (no flicker)."""
+    rng = np.random.default_rng(2)
+    lo = rng.normal(size=(100, 1))
+    hi = lo + rng.random((100, 1))
+    t = np.arange(100.0)
+    for start in (0, 1, 3, 4):
+        gt, glo, ghi = regroup(start + 20, t[start:], lo[start:], hi[start:], 4)
+        # a whole group: bins 24..27 (numbers), i.e. indices 4..7
+        i = int(np.flatnonzero(gt == 4.0)[0])
+        assert glo[i, 0] == lo[4:8, 0].min() and ghi[i, 0] == hi[4:8, 0].max()
+        assert glo.min() == lo[start:].min() and ghi.max() == hi[start:].max()
+    same = regroup(0, t, lo, hi, 1)
+    assert same[0] is t
+
+
+def test_units_and_scales_for_clinicians():
+    assert display_units("V") .emg_factor == 1e6 and display_units("V").emg_unit == "µV"
+    assert display_units("mV").env_factor == 1e3 and display_units("uV").env_unit == "µV"
+    tk = display_units("V", "tkeo")
+    assert tk.env_factor == 1e12 and tk.env_unit == "µV²"
+    cu = display_units("uV", "cusum")
+    assert cu.env_unit == "" and cu.env_factor == 1.0 and "cusum" in cu.env_name
+    counts = display_units("counts")
+    assert counts.emg_factor == 1.0 and counts.emg_unit == "counts"
+    assert [nice_step(x) for x in (0.9, 1.0, 3.7, 7.0, 19.0, 450.0)] == [
+        0.5, 1.0, 2.0, 5.0, 10.0, 200.0]
+    assert nice_step(0.0) == 0.0 and nice_step(float("nan")) == 0.0
+    assert [fmt_value(x) for x in (0.0, 250.0, 12.5, 0.05)] == ["0", "250", "12.5", "0.05"]
+
+
+def test_robust_extent_is_not_flattened_by_artefacts():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 10.0, 20000)
+    x[5000:5080] = 5000.0  # stimulation artefact that got through (0.4 %)
+    keep = np.ones(x.size, dtype=bool)
+    keep[4990:5300] = False
+    assert 20 < robust_extent(x, keep) < 35
+    assert robust_extent(x) < 100  # even unmasked, the 99.5th percentile ignores it
+    assert np.isnan(robust_extent(np.full(10, np.nan)))

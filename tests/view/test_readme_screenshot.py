@@ -1,4 +1,5 @@
-"""The README's picture of the live view: taken fresh, and the shipped one still current.
+"""The docs' pictures of the live view and of the calibration dialog: taken fresh, and
+the shipped ones still current.
 
 The screenshot is taken the way ``tools/screenshots.py`` takes it (``closedloop view
 --demo 4 --screenshot``, offscreen), into a temporary folder: the suite never writes
@@ -7,7 +8,8 @@ into the source tree. The live data differ from run to run, so the shipped
 the same size, the plots' canvas in the same place, and the window's background in the
 same places (10-pixel blocks; a few may differ where fonts render differently, a moved
 or added button or panel does not pass). When the view changes, refresh the picture
-with ``PYTHONPATH=. python tools/screenshots.py`` and commit it.
+with ``PYTHONPATH=. python tools/screenshots.py`` and commit it. The same holds for
+``docs/calibration.png`` (the calibration dialog after calibrating the simulated patient).
 """
 
 import importlib.util
@@ -19,6 +21,7 @@ from matplotlib.image import imread
 from tests.conftest import ROOT
 
 SHOT = ROOT / "docs" / "view.png"
+CALIBRATION_SHOT = ROOT / "docs" / "calibration.png"
 BLOCK = 10  # pixels
 MAX_BLOCKS_DIFFERENT = 20  # of 12,600 at 1400 x 900: font rendering, not layout
 
@@ -65,9 +68,26 @@ def test_readme_screenshot_of_a_running_simulated_session(tmp_path):
 
 
 def test_the_layout_check_sees_a_moved_button():
-    """The comparison is not blind: the shipped picture with one button painted over
-    (the size of 'Calibrate...') is not the same layout."""
+    """The comparison is not blind: the shipped picture with the STOP button painted
+    over is not the same layout."""
     img = imread(SHOT).copy()
     altered = img.copy()
-    altered[20:90, 1060:1145, :3] = img[-10, 5, :3]
+    altered[12:98, 1172:1392, :3] = img[-10, 5, :3]
     assert (background(img) != background(altered)).sum() > MAX_BLOCKS_DIFFERENT
+
+
+@pytest.mark.timeout(150)
+def test_calibration_dialog_screenshot_is_current(tmp_path):
+    """The calibration dialog, calibrating the simulated patient, shows its results in
+    µV and % of MVC; the shipped docs/calibration.png has the same layout."""
+    fresh_path = tmp_path / "calibration.png"
+    r = _tool().take_calibration_screenshot(fresh_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fresh = imread(fresh_path)
+    assert fresh.shape[0] >= 400 and fresh.shape[1] >= 600
+    shipped = imread(CALIBRATION_SHOT)
+    refresh = ("docs/calibration.png shows an older dialog: "
+               "PYTHONPATH=. python tools/screenshots.py")
+    assert shipped.shape == fresh.shape, refresh
+    assert (background(shipped) != background(fresh)).sum() <= MAX_BLOCKS_DIFFERENT, refresh
+    assert "calibration.png" in (ROOT / "docs" / "first_session.md").read_text()

@@ -23,7 +23,13 @@ import pytest
 
 from closedloop.runtime.control import ControlInlet, ControlOutlet, decode_command
 from closedloop.runtime.demo import DemoSession
-from closedloop.view.lsl_client import CONNECTED, LOST, SessionClient
+from closedloop.view.lsl_client import (
+    CONNECTED,
+    FROM_SESSION,
+    FROM_VIEW,
+    LOST,
+    SessionClient,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,8 +65,10 @@ def test_client_sees_every_stream(demo):
         s = client.snapshot()
     assert s.status == CONNECTED and s.session == demo.session_name
     assert s.channels == demo.muscles and s.fs == demo.fs
-    assert s.emg.shape[1] == 3 and s.env.shape[1] == 3 and s.emg.shape[0] > 1000
-    assert np.all(np.diff(s.emg_t) > 0)
+    # peaks of the EMG the session's detector saw (its Filtered stream) and the envelope
+    assert s.emg_from == FROM_SESSION
+    assert s.emg_lo.shape[1] == 3 and s.env_hi.shape[1] == 3 and s.emg_t.shape[0] > 500
+    assert np.all(np.diff(s.emg_t) > 0) and np.all(s.emg_hi >= s.emg_lo)
     assert s.thr_on.shape[1] == 3 and np.isfinite(s.thr_on[-1]).all()
     assert s.config is not None and s.trial.n_trials == demo.n_trials
     assert s.trial.trial >= 0
@@ -79,8 +87,9 @@ def test_window_draws_moves_and_stop_reaches_the_loop(qtbot, demo, tmp_path):
     loop_side = ControlInlet(demo.session_name)  # what the session's loop owns
     try:
         assert client.wait_connected(10.0)
-        assert wait_for(lambda: len(win.rows) == 3 and win.curve_data(0)["emg"][0].size > 100,
-                        10.0, qtbot)
+        # a real session's envelope is zero while its filters settle: wait for both traces
+        assert wait_for(lambda: len(win.rows) == 3 and win.curve_data(0)["emg"][0].size > 100
+                        and win.curve_data(0)["env"][0].size > 100, 10.0, qtbot)
         first = win.curve_data(0)
         ticks = win.ticks
         assert wait_for(lambda: win.ticks >= ticks + 3, 5.0, qtbot)
@@ -96,7 +105,7 @@ def test_window_draws_moves_and_stop_reaches_the_loop(qtbot, demo, tmp_path):
         # every channel's lane is drawn
         for k in range(3):
             assert np.isfinite(win.curve_data(k)["emg"][1]).sum() > 100
-        assert win.cue_label.text() and "trial" in win.trial_label.text()
+        assert win.cue_label.text() and "trial" in win.panel_labels[0].text()
 
         assert loop_side.wait_connected(10.0)
         assert wait_for(lambda: win.control.has_listener(), 5.0, qtbot)
@@ -238,7 +247,9 @@ def test_nan_in_the_emg_stream_is_flagged_and_does_not_stick_in_the_trace():
         assert wait_for(lambda: client.snapshot().samples >= 4000
                         and client.snapshot().quality["biceps"].status == "ok", 10.0)
         s = client.snapshot()
-    assert np.isfinite(s.emg).all() and np.ptp(s.emg[-500:, 0]) > 0
+    assert s.emg_from == FROM_VIEW  # no Filtered stream: filtered here
+    assert np.isfinite(s.emg_lo).all() and np.isfinite(s.emg_hi).all()
+    assert (s.emg_hi[-50:, 0] > s.emg_lo[-50:, 0]).all()
 
 
 def test_the_view_flags_a_channel_the_session_suspended():
@@ -284,3 +295,171 @@ def test_the_view_flags_a_channel_the_session_suspended():
     assert done.is_set() and flagged, q
     assert q["biceps"].status in ("flat", "saturated")
     assert q["triceps"].status not in ("flat", "saturated")
+
+
+# -- units, the session panel, no calibration during a session --------------------------------
+def test_axes_show_amplitude_scales_in_microvolts_and_no_calibrate_button(qtbot, demo):
+    """The demo streams volts: both plots' left axes are labelled in µV and carry a
+    scale per lane (-v, 0, +v on the EMG; 0, v on the envelope), in µV, not in
+    scientific notation; the channel panel speaks µV; no Calibrate button."""
+    from PySide6 import QtWidgets
+
+    from closedloop.view.window import SessionWindow
+
+    client = SessionClient(demo.session_name, window_s=5.0)
+    win = SessionWindow(client, control=None)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        assert wait_for(lambda: len(win.rows) == 3 and len(win.axis_ticks("emg")) == 9
+                        and len(win.axis_ticks("env")) == 6, 15.0, qtbot)
+        emg_axis = win.emg_plot.getAxis("left").labelText
+        env_axis = win.env_plot.getAxis("left").labelText
+        assert emg_axis == "EMG (µV)" and env_axis == "envelope (µV)"
+        for which in ("emg", "env"):
+            labels = [t for _, t in win.axis_ticks(which)]
+            assert "0" in labels
+            values = [float(t.replace("−", "-").lstrip("+")) for t in labels]
+            # the simulated EMG is a few to a few hundred µV: a scale in µV, not in V
+            assert all(abs(v) < 5000 for v in values) and max(values) >= 0.5, labels
+            assert not any("e-" in t for t in labels)
+        # the tick of each lane sits inside that lane
+        ys = sorted(y for y, _ in win.axis_ticks("emg"))
+        assert all(0.0 < y < 3.0 for y in ys)
+        assert wait_for(lambda: "µV" in win.channel_labels[0].text(), 5.0, qtbot)
+        texts = [b.text() for b in win.findChildren(QtWidgets.QPushButton)]
+        assert "STOP" in texts and not any("alibrat" in t for t in texts), texts
+        assert not hasattr(win, "calibrate_button")
+    finally:
+        win.close()
+
+
+LATE_CONFIG = """
+name = "late_view"
+[detector]
+baseline = "adaptive"
+[[muscles]]
+name = "biceps"
+channel = "biceps"
+antagonist = "triceps"
+  [muscles.stim]
+  channel = 1
+  current_ma = 4.0
+  ramp_up_s = 0.1
+  ramp_down_s = 0.1
+  on_time_s = 0.3
+  rest_time_s = 1.0
+  [muscles.limits]
+  max_current_ma = 10.0
+  max_on_time_s = 2.0
+  min_rest_s = 1.0
+  max_step_ma = 2.0
+[[muscles]]
+name = "triceps"
+channel = "triceps"
+antagonist = "biceps"
+[protocol]
+kind = "triggered_assist"
+agonist = "biceps"
+[safety]
+session_dose_s = 600.0
+"""
+
+
+@pytest.mark.timeout(90)
+def test_the_panel_counts_equal_the_sessions_when_the_view_attaches_late(qtbot):
+    """A simulated triggered-assist session runs through the real loop and outlets;
+    the view opens after several triggers. Its panel shows the session's counts from
+    the start: triggers, stimulation trains and seconds (on the sample clock) and
+    onsets equal the loop's own outcome."""
+    import threading
+    from dataclasses import replace
+
+    from closedloop.config import loads_config
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.runtime.loop import LoopOptions, run_loop
+    from closedloop.sim.patient import Attempt
+    from closedloop.view.window import SessionWindow
+    from tests.runtime.conftest import sim_session
+
+    config = loads_config(LATE_CONFIG, source="late view test")
+    script = [Attempt("biceps", t, 0.8, 0.9, 0.05) for t in np.arange(2.0, 13.0, 1.8)]
+    src, stim = sim_session(config, script, chunk=20)
+    src.realtime = True
+    outlets = SessionOutlets(unique("lateview"), replace(src.info, channels=config.muscle_names),
+                             config_text=config.text, metadata={"patient": "P042"})
+    result: dict = {}
+    loop = threading.Thread(target=lambda: result.setdefault("out", run_loop(
+        config, src, stim, outlets=outlets,
+        options=LoopOptions(duration_s=14.0, watchdog_s=2.0))))
+    loop.start()
+    win = None
+    try:
+        # attach late: once the session has triggered at least twice
+        assert wait_for(lambda: outlets.tally.trials.get("trigger", 0) >= 2, 30.0)
+        client = SessionClient(outlets.session_name, window_s=5.0)
+        win = SessionWindow(client, control=None)
+        qtbot.addWidget(win)
+        win.show()
+        loop.join(40.0)
+        out = result["out"]
+        assert out.exit_code == 0, out.message
+        n = out.trials["trials"]
+        trains = outlets.tally.stim["biceps"].trains
+
+        def shows_the_totals() -> bool:
+            s = win.last_snapshot
+            return (s is not None and s.counts_complete and s.counts is not None
+                    and s.counts.trials.get("trigger", 0) == n
+                    and s.counts.stim.get("biceps") is not None
+                    and s.counts.stim["biceps"].on_since is None
+                    and s.counts.stim["biceps"].trains == trains
+                    and win.cue_label.text() == f"{n} triggers")
+
+        assert wait_for(shows_the_totals, 15.0, qtbot)
+        s = win.last_snapshot
+        seen_from_open = client._seen.trials.get("trigger", 0)
+    finally:
+        loop.join(40.0)
+        if win is not None:
+            win.close()
+        outlets.close()
+    assert n >= 4 and seen_from_open < n  # the view really did open late
+    assert s.counts.onsets == {m: k for m, k in out.onsets.items() if k}
+    assert s.counts.stim_seconds() == pytest.approx(out.stim_seconds, abs=1e-9)
+    panel = " ".join(lab.text() for lab in win.panel_labels)
+    total = sum(out.stim_seconds.values())
+    assert f"stimulation <b>{trains}</b> trains, <b>{total:.0f} s</b>" in panel
+    assert "dose used <b>" in panel and "of 600 s" in panel
+    assert "remaining <b>0:00</b> of 0:14" in panel
+    assert "Patient P042" in win.session_label.text()
+
+
+def test_panel_words_for_cued_trials_opened_between_cues():
+    """A view opened between two cues: the trial number, hits and misses come from
+    the session's totals; before the first total arrives the counts say so ('…')."""
+    import math
+
+    from closedloop.config import loads_config
+    from closedloop.io.outlets import SessionTally
+    from closedloop.runtime.demo import demo_config_text
+    from closedloop.view.buffers import TrialState
+    from closedloop.view.lsl_client import Snapshot
+    from closedloop.view.window import clock, panel_text
+
+    config = loads_config(demo_config_text(("biceps", "triceps"), 2000.0, 9.0, 3.0, 60),
+                          source="demo")
+    counts = SessionTally(2000.0)
+    counts.trials = {"cue": 5, "hit": 3, "miss": 1}
+    counts.duration_s = None
+    snap = Snapshot(config=config, fs=2000.0, now=100.0, counts=counts, counts_complete=True,
+                    position=2000 * 50, elapsed_s=50.0, trial=TrialState(n_trials=60),
+                    channels=("biceps", "triceps"))
+    big, lines = panel_text(snap)
+    assert big == "rest"
+    assert lines[0] == "trial <b>5/60</b>" and lines[1] == "hits <b>3</b> · misses <b>1</b>"
+    assert "elapsed <b>0:50</b>" in lines
+    snap.counts_complete = False
+    _, lines = panel_text(snap)
+    assert lines[1] == "hits <b>…</b> · misses <b>…</b>"
+    assert clock(3725.0) == "1:02:05" and clock(math.nan) == "-"
