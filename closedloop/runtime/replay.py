@@ -64,8 +64,11 @@ def first_difference(recorded: list, derived: list, key, what: str) -> str | Non
 
 def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast",
                 stream: str | None = None, chunk_size: int | None = None,
-                progress=None, partial: bool = False):
+                progress=None, partial: bool = False, session=None):
     """Replay one file; returns (session, config, outcome).
+
+    ``session`` is the file already loaded by :func:`~closedloop.io.xdf.load_session`
+    (with the same ``stream``), when the caller has it.
 
     Raises
     ------
@@ -77,7 +80,8 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     from closedloop.sources.replay import ReplaySource
     from closedloop.stim.drivers.sim import SimStimulator
 
-    session = load_session(path, emg_stream=stream)
+    if session is None:
+        session = load_session(path, emg_stream=stream)
     if session.damage and not partial:
         raise RecordingDamagedError(
             f"{session.damage_report}\nNot replayed: replay the intact part with --partial "
