@@ -238,6 +238,11 @@ class OnsetDetector:
         events: list[Event] = []
         a = 0
         while a < n:
+            if (self._block_fill == 0 and n - a >= self.block and not self._n_active
+                    and not self._runs_pending and not self._any_suspended):
+                a = self._quiet_blocks(env, a, n, start, above)
+                if a == n:
+                    break
             b = min(n, a + self.block - self._block_fill)
             self._segment(env, a, b, start, above, events, timestamps)
             if self._block_fill == 0 and b - a == self.block:
@@ -254,6 +259,32 @@ class OnsetDetector:
         return above, events
 
     # ------------------------------------------------------------------------------------
+    def _quiet_blocks(self, env: np.ndarray, a: int, n: int, start: int,
+                      above: np.ndarray) -> int:
+        """Whole blocks from ``a`` (a block boundary; every channel idle, no run under
+        way, none suspended or held) in which no channel goes above its on-threshold:
+        nothing can happen in them but the noise-floor update at their ends. Their
+        statistics are taken for all at once (each block's sums are the ones it gets
+        alone, to the bit), then :meth:`_end_block` runs block by block. Returns where
+        the first block with a sample above its threshold starts (or the last whole one
+        ends)."""
+        blk = self.block
+        m = (n - a) // blk
+        blocks = env[:, a:a + m * blk].reshape(env.shape[0], m, blk)
+        tops = np.maximum.reduce(blocks, axis=2).T.tolist()
+        means = np.add.reduce(blocks, axis=2) * self._inv_block
+        var = np.einsum("ijk,ijk->ij", blocks, blocks) * self._inv_block - means * means
+        np.maximum(var, 0.0, out=var)
+        means, var = means.T, var.T
+        done = 0
+        for k in range(m):
+            if any(t > on for t, on in zip(tops[k], self.on_threshold.tolist(), strict=True)):
+                break
+            self._end_block(start + a + (k + 1) * blk, None, means[k], var[k])
+            done = k + 1
+        above[:, a:a + done * blk] = False
+        return a + done * blk
+
     def _segment(self, env, a, b, start, above, events, timestamps) -> None:
         """Samples ``a:b`` of the chunk, all inside one block (thresholds constant)."""
         seg = env[:, a:b]
@@ -319,7 +350,8 @@ class OnsetDetector:
         t = float(timestamps[local]) if timestamps is not None else sample / self.fs
         events.append(Event(int(sample), t, self.channels[c], kind, float(value), float(thr)))
 
-    def _end_block(self, block_end: int, buf: np.ndarray) -> None:
+    def _end_block(self, block_end: int, buf: np.ndarray | None,
+                   m: np.ndarray | None = None, v: np.ndarray | None = None) -> None:
         """A block of samples is complete: update the adaptive noise floor.
 
         Only blocks in which a channel was idle (never above its on-threshold, never
@@ -328,6 +360,9 @@ class OnsetDetector:
         floor follows idle blocks with an asymmetric exponential average that falls
         quickly and rises slowly (time constant ``history_s``), like the minimum
         statistics of speech noise trackers, so unseen weak activity barely lifts it.
+
+        ``m`` and ``v`` are the block's mean and variance per channel when the caller
+        has them (else they are taken from ``buf``).
         """
         block_index = block_end // self.block - 1
         busy = self._block_busy
@@ -341,9 +376,10 @@ class OnsetDetector:
         busy.fill(False)
         if not take.any():
             return
-        m = np.add.reduce(buf, axis=1) * self._inv_block
-        v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
-        np.maximum(v, 0.0, out=v)
+        if m is None or v is None:
+            m = np.add.reduce(buf, axis=1) * self._inv_block
+            v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
+            np.maximum(v, 0.0, out=v)
         newly = None  # channels whose floor was seeded by this block
         if not self._all_seeded:
             seeding = take & ~self._tracking
