@@ -100,7 +100,10 @@ def main(args) -> int:
         from closedloop.analysis.latency import main as latency_main
 
         return latency_main(args)
-    r = run_bench(channels=args.channels, fs=args.fs, minutes=args.minutes, large=args.large,
+    if getattr(args, "replay", False):
+        return replay_main(args)
+    minutes = 10.0 if args.minutes is None else args.minutes
+    r = run_bench(channels=args.channels, fs=args.fs, minutes=minutes, large=args.large,
                   detector=getattr(args, "detector", None) or "threshold")
     print(f"closedloop bench: detector {r['detector']}, {r['channels']} ch at {r['fs']:g} Hz, "
           f"{r['minutes']:g} min of simulated EMG")
@@ -238,8 +241,9 @@ def run_replay_bench(path: str | Path) -> dict[str, float]:
 
     Raises
     ------
-    RuntimeError
-        The check did not pass (the replay is not exact: a bug).
+    InputError
+        The check did not pass (the replay is not exact) or the replay failed: the
+        message has what it printed.
     """
     import os
     import subprocess
@@ -252,10 +256,12 @@ def run_replay_bench(path: str | Path) -> dict[str, float]:
                         "--quiet"], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if r.returncode != 0 or "check passed" not in r.stdout:
-        raise RuntimeError(f"replay --check of {path} did not pass (exit {r.returncode}):\n"
-                           f"{r.stdout}{r.stderr}")
+        raise InputError(f"closedloop replay {path} --check did not pass (exit "
+                         f"{r.returncode}), so its time means nothing:\n{r.stdout}{r.stderr}")
     r = subprocess.run([sys.executable, "-c", _REPLAY_CHILD, str(path)], capture_output=True,
-                       text=True, env=env, check=True)
+                       text=True, env=env)
+    if r.returncode != 0:
+        raise InputError(f"timing the parts of the replay of {path} failed:\n{r.stderr}")
     imports, load, replay, n, fs, same = r.stdout.split()
     seconds = int(n) / float(fs)
     size = path.stat().st_size
@@ -272,3 +278,45 @@ def run_replay_bench(path: str | Path) -> dict[str, float]:
         "replay_only_x_realtime": seconds / float(replay),
         "check_passed": bool(int(same)),
     }
+
+
+def replay_main(args) -> int:
+    """``closedloop bench --replay``: record (or take) a session, time its replay."""
+    import sys
+    import tempfile
+
+    minutes = 60.0 if args.minutes is None else args.minutes
+    with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
+        path = Path(args.file) if getattr(args, "file", None) else None
+        made = None
+        if path is None:
+            path = Path(args.keep) if getattr(args, "keep", None) else Path(tmp) / "session.xdf"
+            if path.exists():
+                raise InputError(f"{str(path)!r} already exists; give another name (the "
+                                 "benchmark never replaces a file)")
+            print(f"closedloop bench: recording a {minutes:g}-minute simulated session, "
+                  f"{args.channels} channels at {args.fs:g} Hz, into {path} ...",
+                  file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            record_simulated_session(path, bench_config_text(args.channels, args.fs), minutes)
+            made = time.perf_counter() - t0
+        elif not path.is_file():
+            raise InputError(f"--file {str(path)!r}: no such recording")
+        r = run_replay_bench(path)
+    if made is not None:
+        r["recorded_in_s"] = made
+    if getattr(args, "file", None) is None:
+        r["file"] = args.keep if getattr(args, "keep", None) else "(temporary, removed)"
+    print(f"closedloop bench --replay: {r['file']} ({r['file_mb']:.0f} MB, "
+          f"{r['recording_s'] / 60:.1f} min of EMG)")
+    print(f"  replay --check, end to end  : {r['replay_check_wall_s']:8.2f} s  "
+          f"{r['replay_x_realtime']:8.0f} x real time (wall clock, start-up and loading "
+          "included)")
+    print(f"  start-up (imports)          : {r['imports_s']:8.2f} s")
+    print(f"  loading the recording       : {r['load_s']:8.2f} s  {r['load_mb_per_s']:8.0f} MB/s")
+    print(f"  replay and check            : {r['replay_only_s']:8.2f} s  "
+          f"{r['replay_only_x_realtime']:8.0f} x real time")
+    print(f"  check                       : {'passed' if r['check_passed'] else 'FAILED'}")
+    if args.json:
+        print(json.dumps(r))
+    return 0 if r["check_passed"] else 1
