@@ -284,8 +284,9 @@ class ArtifactRemover:
             j = min(b, i + p - ph0)
             if j - i == p and b - i >= 2 * p:  # whole periods: one piece each
                 whole = (b - i) // p
-                self._periods(x[:, i : i + whole * p], d[:, i - a : i - a + whole * p])
-                i += whole * p
+                self._periods(x[:, i : i + whole * p])
+                i += whole * p  # (their residuals: only the last period's can be kept)
+                np.subtract(x[:, i - p : i], self._last_hum, out=d[:, i - a - p : i - a])
                 continue
             phase = slice(ph0, ph0 + j - i)
             piece = np.subtract(x[:, i:j], hum[:, phase], out=d[:, i - a : j - a])
@@ -295,15 +296,21 @@ class ArtifactRemover:
         k = self._resid.shape[1]
         self._resid = np.concatenate((self._resid, d[:, -k:]), axis=1)[:, -k:]
 
-    def _periods(self, x: np.ndarray, d: np.ndarray) -> None:
-        """Whole mains periods of ``x`` (n_channels, m * period) from phase 0: their
-        residuals into ``d``, the hum average through them."""
+    def _periods(self, x: np.ndarray) -> None:
+        """Whole mains periods of ``x`` (n_channels, m * period) from phase 0 through the
+        hum average, one period per step (three in-place ufuncs on every phase of every
+        channel); :attr:`_last_hum` is the average before the last period."""
         hum, p = self._hum, self._hum.shape[1]
         step = np.empty_like(hum)
-        for k in range(0, x.shape[1], p):
-            dk = np.subtract(x[:, k : k + p], hum, out=d[:, k : k + p])
-            np.multiply(dk, _HUM_WEIGHT, out=step)
+        periods = x.reshape(x.shape[0], -1, p).transpose(1, 0, 2)  # (m, n_channels, p)
+        for xk in periods[:-1]:
+            np.subtract(xk, hum, out=step)
+            step *= _HUM_WEIGHT
             hum += step
+        self._last_hum = hum.copy()
+        np.subtract(periods[-1], hum, out=step)
+        step *= _HUM_WEIGHT
+        hum += step
 
     def comb_inplace(self, y: np.ndarray, start: int) -> np.ndarray:
         """Stage 2 on filtered ``y`` (n_channels, n), in place, on stimulated channels."""
