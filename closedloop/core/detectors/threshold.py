@@ -276,12 +276,45 @@ class OnsetDetector:
         var = np.einsum("ijk,ijk->ij", blocks, blocks) * self._inv_block - means * means
         np.maximum(var, 0.0, out=var)
         means, var = means.T, var.T
+        # the steady state (warmed up, every adaptive channel tracking its floor and
+        # past the time its rest could be doubted): the floor update of _end_block in
+        # Python floats on lists, written back at the end; anything else: _end_block
+        steady = [c for c in range(len(self.channels)) if self.adaptive[c]]
+        settled = (bool(self._tracking[steady].all()) if steady else True)
+        after = max([self.warmup_blocks, *(int(self._confirm_until[c]) for c in steady)])
+        mean_l, var_l = self._floor_mean.tolist(), self._floor_var.tolist()
+        on_l, off_l = self.on_threshold.tolist(), self.off_threshold.tolist()
+        k_on, off_frac = self.settings.k_on, self.settings.off_fraction
+        a_down, a_up = self._alpha_down, self._alpha_up
+        first = (start + a) // blk  # index of the first block
         done = 0
         for k in range(m):
-            if any(t > on for t, on in zip(tops[k], self.on_threshold.tolist(), strict=True)):
+            if any(t > on for t, on in zip(tops[k], on_l, strict=True)):
                 break
-            self._end_block(start + a + (k + 1) * blk, None, means[k], var[k])
+            if settled and first + k >= after:
+                mk, vk = means[k].tolist(), var[k].tolist()
+                for c in steady:
+                    mu, vc = mean_l[c], var_l[c]
+                    dev = mk[c] - mu
+                    alpha = a_down if dev < 0.0 else a_up
+                    mu += alpha * dev
+                    vc += alpha * (vk[c] + dev * dev - vc)
+                    mean_l[c], var_l[c] = mu, vc
+                    on = mu + k_on * math.sqrt(vc)
+                    on_l[c], off_l[c] = on, mu + off_frac * (on - mu)
+            else:
+                self._floor_mean[:], self._floor_var[:] = mean_l, var_l
+                self.on_threshold[:], self.off_threshold[:] = on_l, off_l
+                self._end_block(start + a + (k + 1) * blk, None, means[k], var[k])
+                settled = bool(self._tracking[steady].all()) if steady else True
+                after = max([self.warmup_blocks,
+                             *(int(self._confirm_until[c]) for c in steady)])
+                mean_l, var_l = self._floor_mean.tolist(), self._floor_var.tolist()
+                on_l, off_l = self.on_threshold.tolist(), self.off_threshold.tolist()
             done = k + 1
+        self._floor_mean[:], self._floor_var[:] = mean_l, var_l
+        self.on_threshold[:], self.off_threshold[:] = on_l, off_l
+        self._block_fill = 0
         above[:, a:a + done * blk] = False
         return a + done * blk
 
