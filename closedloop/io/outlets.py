@@ -132,11 +132,12 @@ def unwrap_counter(values: np.ndarray, channel_format: str) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if channel_format != FLOAT32 or v.size < 2:
         return v
-    drop = np.zeros(v.size)
-    drop[1:] = (v[1:] < v[:-1] - COUNTER_WRAP / 2).astype(np.float64)
-    if not drop.any():
-        return v
-    return v + COUNTER_WRAP * np.cumsum(drop)
+    laps = np.flatnonzero(v[1:] < v[:-1] - COUNTER_WRAP / 2) + 1
+    if laps.size:
+        v = v.copy()
+        for k in laps.tolist():  # one per 2**24 samples
+            v[k:] += COUNTER_WRAP
+    return v
 
 
 # -- timestamps ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pyxdf
 
-from closedloop.core.checks import hold_nonfinite
+from closedloop.core.checks import ABSURD_LIMIT, hold_nonfinite
 from closedloop.core.events import Event
 from closedloop.core.stream import SourceInfo, sample_format
 from closedloop.errors import InputError, RecordingDamagedError
@@ -332,10 +332,13 @@ class Session:
     channels : tuple of str
         EMG channel labels, in column order.
     units : str
-    samples : ndarray, shape (n, n_channels), float64
+    samples : ndarray, shape (n, n_channels), float32 or float64
         What the detectors saw: NaN/inf values held at the channel's last finite value
-        (as the input monitor does). Possibly a view of the recorded rows (counter
-        column left out), not C-contiguous.
+        (as the input monitor does). In the format recorded (:attr:`sample_format`:
+        float32 values are exactly the ones the session saw; whoever processes them
+        widens them to float64 chunk by chunk, as the input monitor and the pipeline
+        do), possibly a view of the recorded rows (counter column left out), not
+        C-contiguous.
     timestamps : ndarray, shape (n,), float64
         Stream times exactly as recorded.
     counter : ndarray of int64, shape (n,), or None
@@ -608,9 +611,12 @@ def load_session(
     # samples recorded in float32 (exactly what the session saw) are widened once here
     raw = (data if ccol is None else data[:, :-1] if ccol == nch_total - 1
            else data[:, 1:] if ccol == 0 else data[:, cols])
-    if raw.dtype != np.float64:
+    if raw.dtype not in (np.float32, np.float64):  # other tools' integer streams
         raw = raw.astype(np.float64)
-    samples = hold_nonfinite(raw)
+    # every value usable (the usual case: two reductions, no mask of the whole file)?
+    lo, hi = (float(np.min(raw)), float(np.max(raw))) if raw.size else (0.0, 0.0)
+    clean = -ABSURD_LIMIT < lo and hi < ABSURD_LIMIT  # NaN compares False
+    samples = raw if clean else hold_nonfinite(raw)
     fs = float(_first(emg["info"], "nominal_srate", 0.0))
     config_text, metadata = _session_info(own_heads.get(ROLE_SESSION))
     return Session(

@@ -58,7 +58,7 @@ def test_emg_is_recorded_in_the_sources_format_and_read_back_exactly(tmp_path, f
     assert formats["S-EMG"] == fmt and formats["S-Envelope"] == "float32"
     s = load_session(tmp_path / "s.xdf")
     assert s.complete and s.sample_format == fmt and s.source_info.sample_format == fmt
-    assert s.samples.dtype == np.float64
+    assert s.received.dtype == np.dtype(np.float32 if fmt == "float32" else np.float64)
     np.testing.assert_array_equal(s.received, x)  # bit for bit, NaN where it was
     np.testing.assert_array_equal(s.counter, np.arange(2000))
     assert verify_recording(tmp_path / "s.xdf", counts).ok
