@@ -11,6 +11,11 @@ every 10 s, and a footer per stream with ``first_timestamp``, ``last_timestamp``
 the previous one plus ``1 / nominal_srate`` exactly, with LabRecorder's bookkeeping
 (after a left-out timestamp its "previous" is that timestamp plus the interval, so the
 next one is written), and a timestamp of exactly 0.0 is always left out.
+
+:class:`SessionFile` records a session's :class:`~closedloop.io.outlets.SessionOutlets`
+straight into such a file (their ``outlet_factory``): the streams ``closedloop run
+--record`` records, faster than real time (``closedloop bench --replay`` makes its
+session so).
 """
 
 from __future__ import annotations
