@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--channels", type=number("a number of channels from 1 to 64", integer=True,
                                              hi=64), default=8)
     b.add_argument("--fs", type=HERTZ, default=2000.0)
-    b.add_argument("--minutes", type=MINUTES, default=10.0)
+    b.add_argument("--minutes", type=MINUTES,
+                   help="minutes of EMG (default 10; --replay: 60)")
     b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
                                           hi=1e6), default=10000, help="large chunk size, samples")
     b.add_argument("--detector", default="threshold",
@@ -237,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--outlets", action="store_true", help="--latency: publish the LSL outlets")
     b.add_argument("--with-view", action="store_true",
                    help="--latency: also attach a live view (implies --outlets)")
+    b.add_argument("--replay", action="store_true",
+                   help="time `closedloop replay FILE --check` end to end on a simulated "
+                        "session (--minutes, --channels, --fs) recorded for it")
+    b.add_argument("--file", type=input_file,
+                   help="--replay: time this recording instead of recording one")
+    b.add_argument("--keep", type=output_file,
+                   help="--replay: keep the recorded session in this file")
     b.set_defaults(module="closedloop.commands.bench")
     r = sub.add_parser(
         "run", help="run a closed-loop session (default: simulated patient and stimulator)"

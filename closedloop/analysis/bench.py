@@ -12,6 +12,8 @@ to measure (with its filters) instead of the product pipeline (``threshold``, th
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import signal
@@ -21,6 +23,9 @@ from closedloop.core.filters import effective_band
 from closedloop.core.pipeline import detector_pipeline
 from closedloop.errors import InputError
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
+
+if TYPE_CHECKING:
+    from closedloop.runtime.outcome import Outcome
 
 
 def _chunks(x: np.ndarray, size: int):
@@ -88,3 +93,163 @@ def run_bench(
         "ratio_to_sosfilt": full_small / bare_small,
     }
 
+
+
+# -- replay ----------------------------------------------------------------------------------
+_STIMULATED = """
+  [muscles.stim]
+  channel = {channel}
+  current_ma = 20.0
+  pulse_width_us = 250.0
+  frequency_hz = 35.0
+  ramp_up_s = 0.5
+  ramp_down_s = 0.5
+  on_time_s = 2.0
+  rest_time_s = 5.0
+  [muscles.limits]
+  max_current_ma = 40.0
+  max_pulse_width_us = 400.0
+  max_frequency_hz = 50.0
+  max_charge_uc = 16.0
+  max_on_time_s = 10.0
+  min_rest_s = 3.0
+  max_step_ma = 2.0
+"""
+
+
+def bench_config_text(channels: int, fs: float, seed: int = 0) -> str:
+    """The config of the replay benchmark's session: ``channels`` muscles of the
+    simulated patient at ``fs``, the first two a stimulated agonist/antagonist pair
+    (triggered assist with the co-contraction gate, blanking and the simulated
+    stimulator's artifacts), the others detected only."""
+    if channels < 2:
+        raise InputError(f"the replay benchmark needs 2 channels or more, not {channels}")
+    names = ["agonist", "antagonist"] + [f"m{k + 3}" for k in range(channels - 2)]
+    muscles = []
+    for k, name in enumerate(names):
+        ant = {0: "antagonist", 1: "agonist"}.get(k)
+        text = f'\n[[muscles]]\nname = "{name}"\n'
+        if ant:
+            text += f'antagonist = "{ant}"\n' + _STIMULATED.format(channel=k + 1)
+        muscles.append(text)
+    return (
+        'name = "bench_replay"\n'
+        f"[session]\nsource = \"sim\"\nstimulator = \"sim\"\nfs = {fs!r}\nchunk_ms = 50.0\n"
+        "watchdog_ms = 100.0\n"
+        f"[sim]\nsnr_db = 10.0\nartifacts = true\nseed = {seed}\n"
+        + "".join(muscles)
+        + '\n[protocol]\nkind = "triggered_assist"\nagonist = "agonist"\n'
+        'antagonist = "antagonist"\nco_contraction_gate = true\n'
+    )
+
+
+def record_simulated_session(path: str | Path, config_text: str, minutes: float, *,
+                             seed: int = 0) -> Outcome:
+    """Record a simulated session into ``path`` as ``closedloop run --record`` does,
+    faster than real time.
+
+    The simulated patient and stimulator of the config run through
+    :func:`~closedloop.runtime.loop.run_loop` in the config's chunks, as live, and
+    :class:`~closedloop.io.outlets.SessionOutlets` publish every stream, written
+    straight into the file by :class:`~closedloop.io.xdfwrite.SessionFile` (LabRecorder's
+    layout) instead of LSL and LabRecorder: the same streams, formats, samples,
+    decisions and config, so ``replay --check`` holds.
+    """
+    from dataclasses import replace
+
+    from closedloop.config import loads_config
+    from closedloop.identity import SessionId
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.io.xdfwrite import SessionFile
+    from closedloop.runtime.devices import make_source, make_stimulator
+    from closedloop.runtime.loop import LoopOptions, run_loop
+
+    config = loads_config(config_text, source="replay benchmark config")
+    ident = SessionId.new(config.name)
+    stim = make_stimulator(config, None, session=ident)
+    source = make_source(config, None, seed=seed, realtime=False, stimulator=stim)
+    with SessionFile(path) as file:
+        if stim is not None:
+            stim.open()
+            stim.follow(source.now)  # pulses start at the next sample, as in a run
+        source.open()
+        try:
+            info = replace(source.info, channels=config.muscle_names)
+            outlets = SessionOutlets(
+                ident.name, info, config_text=config.text,
+                metadata={"source": info.name, "resolved_config": config.resolved,
+                          "sim_seed": seed, "benchmark": "closedloop bench --replay"},
+                session_uid=ident.uid, truth=source.true_onsets_between,
+                outlet_factory=file.outlet, with_filtered=False)  # display only: not recorded
+            outlets.announce(source.now())
+            out = run_loop(config, source, stim, outlets=outlets,
+                           options=LoopOptions(duration_s=minutes * 60.0,
+                                               watchdog_s=30.0, history=0))
+        finally:
+            if stim is not None:
+                stim.close()
+            source.close()
+    if out.reason != "duration":
+        raise RuntimeError(f"the simulated session ended early ({out.message}): a bug")
+    return out
+
+
+_REPLAY_CHILD = """
+import sys, time
+t0 = time.perf_counter()
+from closedloop.io.xdf import load_session
+from closedloop.runtime.replay import check, replay_file
+t1 = time.perf_counter()
+session = load_session(sys.argv[1])
+t2 = time.perf_counter()
+_, _, out = replay_file(sys.argv[1], session=session)
+diff = check(session, out)
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2, session.n, session.fs, int(diff is None))
+"""
+
+
+def run_replay_bench(path: str | Path) -> dict[str, float]:
+    """Time ``closedloop replay FILE --check`` end to end (wall clock, in a fresh
+    process: start-up, loading and the replay), then the same in parts in another
+    fresh process (imports, :func:`~closedloop.io.xdf.load_session`, replay and check).
+
+    Raises
+    ------
+    InputError
+        The check did not pass (the replay is not exact) or the replay failed: the
+        message has what it printed.
+    """
+    import os
+    import subprocess
+    import sys
+
+    path = Path(path)
+    env = {**os.environ}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "closedloop", "replay", str(path), "--check",
+                        "--quiet"], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0 or "check passed" not in r.stdout:
+        raise InputError(f"closedloop replay {path} --check did not pass (exit "
+                         f"{r.returncode}), so its time means nothing:\n{r.stdout}{r.stderr}")
+    r = subprocess.run([sys.executable, "-c", _REPLAY_CHILD, str(path)], capture_output=True,
+                       text=True, env=env)
+    if r.returncode != 0:
+        raise InputError(f"timing the parts of the replay of {path} failed:\n{r.stderr}")
+    imports, load, replay, n, fs, same = r.stdout.split()
+    seconds = int(n) / float(fs)
+    size = path.stat().st_size
+    return {
+        "file": str(path),
+        "file_mb": size / 1e6,
+        "recording_s": seconds,
+        "replay_check_wall_s": wall,
+        "replay_x_realtime": seconds / wall,
+        "imports_s": float(imports),
+        "load_s": float(load),
+        "load_mb_per_s": size / 1e6 / float(load),
+        "replay_only_s": float(replay),
+        "replay_only_x_realtime": seconds / float(replay),
+        "check_passed": bool(int(same)),
+    }

@@ -1,7 +1,8 @@
-"""``closedloop bench [--latency]``: the speed of the signal core, or end-to-end latency.
+"""``closedloop bench [--latency | --replay]``: the signal core's speed, latency, replay speed.
 
-Parse, measure with :func:`closedloop.analysis.bench.run_bench` (or, with
-``--latency``, :func:`closedloop.analysis.latency.run_latency`) and print the figures;
+Parse, measure with :func:`closedloop.analysis.bench.run_bench` (with ``--latency``,
+:func:`closedloop.analysis.latency.run_latency`; with ``--replay``,
+:func:`closedloop.analysis.bench.run_replay_bench`) and print the figures;
 ``--json`` adds them as one JSON object on the last line. Nothing is asserted: the
 figures are measured and printed.
 """
@@ -10,10 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
-from closedloop.analysis.bench import run_bench
+from closedloop.analysis.bench import (
+    bench_config_text,
+    record_simulated_session,
+    run_bench,
+    run_replay_bench,
+)
 from closedloop.analysis.latency import run_latency
+from closedloop.errors import ConfigError, InputError
 
 
 def main(args: argparse.Namespace) -> int:
@@ -24,7 +35,10 @@ def main(args: argparse.Namespace) -> int:
     """
     if getattr(args, "latency", False):
         return _latency(args)
-    r = run_bench(channels=args.channels, fs=args.fs, minutes=args.minutes, large=args.large,
+    if getattr(args, "replay", False):
+        return _replay(args)
+    minutes = 10.0 if args.minutes is None else args.minutes
+    r = run_bench(channels=args.channels, fs=args.fs, minutes=minutes, large=args.large,
                   detector=getattr(args, "detector", None) or "threshold")
     print(f"closedloop bench: detector {r['detector']}, {r['channels']} ch at {r['fs']:g} Hz, "
           f"{r['minutes']:g} min of simulated EMG")
@@ -64,3 +78,43 @@ def _latency(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """``closedloop bench --replay [--file F | --minutes M --channels N --fs HZ [--keep F]]
+    [--json]``: record (or take) a session, time its replay; exit 1 if the check failed."""
+    minutes = 60.0 if args.minutes is None else args.minutes
+    with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
+        path = Path(args.file) if getattr(args, "file", None) else None
+        made = None
+        if path is None:
+            path = Path(args.keep) if getattr(args, "keep", None) else Path(tmp) / "session.xdf"
+            if path.exists():
+                raise ConfigError(f"{str(path)!r} already exists; give another name (the "
+                                 "benchmark never replaces a file)")
+            print(f"closedloop bench: recording a {minutes:g}-minute simulated session, "
+                  f"{args.channels} channels at {args.fs:g} Hz, into {path} ...",
+                  file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            record_simulated_session(path, bench_config_text(args.channels, args.fs), minutes)
+            made = time.perf_counter() - t0
+        elif not path.is_file():
+            raise InputError(f"--file {str(path)!r}: no such recording")
+        r = run_replay_bench(path)
+    if made is not None:
+        r["recorded_in_s"] = made
+    if getattr(args, "file", None) is None:
+        r["file"] = args.keep if getattr(args, "keep", None) else "(temporary, removed)"
+    print(f"closedloop bench --replay: {r['file']} ({r['file_mb']:.0f} MB, "
+          f"{r['recording_s'] / 60:.1f} min of EMG)")
+    print(f"  replay --check, end to end  : {r['replay_check_wall_s']:8.2f} s  "
+          f"{r['replay_x_realtime']:8.0f} x real time (wall clock, start-up and loading "
+          "included)")
+    print(f"  start-up (imports)          : {r['imports_s']:8.2f} s")
+    print(f"  loading the recording       : {r['load_s']:8.2f} s  {r['load_mb_per_s']:8.0f} MB/s")
+    print(f"  replay and check            : {r['replay_only_s']:8.2f} s  "
+          f"{r['replay_only_x_realtime']:8.0f} x real time")
+    print(f"  check                       : {'passed' if r['check_passed'] else 'FAILED'}")
+    if args.json:
+        print(json.dumps(r))
+    return 0 if r["check_passed"] else 1

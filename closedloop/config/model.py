@@ -270,7 +270,7 @@ def protocol_settings_for(kind: Any) -> type[ProtocolSettings]:
     """
     from closedloop.registry import PROTOCOLS
 
-    if not isinstance(kind, str) or not (kind in PROTOCOLS.names() or PROTOCOLS.is_spec(kind)):
+    if not isinstance(kind, str) or not (PROTOCOLS.knows(kind) or PROTOCOLS.is_spec(kind)):
         raise KeyError(kind)
     settings_type = getattr(PROTOCOLS.load(kind), "settings_type", ProtocolSettings)
     if not (isinstance(settings_type, type) and issubclass(settings_type, ProtocolSettings)):

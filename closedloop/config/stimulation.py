@@ -285,7 +285,7 @@ class ProtocolSettings:
         choices = ", ".join(map(repr, names))
         from closedloop.registry import PROTOCOLS  # the registered kinds, imported lazily
 
-        if not (self.kind in PROTOCOLS.names() or PROTOCOLS.is_spec(self.kind)):
+        if not (PROTOCOLS.knows(self.kind) or PROTOCOLS.is_spec(self.kind)):
             raise invalid("kind", self.kind, "one of " + ", ".join(map(repr, PROTOCOLS.names()))
                           + ", or a module:Class spec of a protocol")
         if names and self.agonist not in names:

@@ -252,26 +252,65 @@ class ArtifactRemover:
             self._hum[:] = x[:, :1]
             self._started = True
         mask = self.blank_mask(start, n)
-        p = self._hum.shape[1]
-        cuts = set(range(-(-start // p) * p - start, n, p))  # mains-period boundaries
-        if mask.any():
-            cuts |= {int(i) for i in np.flatnonzero(mask[1:] != mask[:-1]) + 1}
-        bounds = sorted({0, n, *(c for c in cuts if 0 < c < n)})
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # in order, as one pass
-            ph0 = (start + a) % p
-            phase = slice(ph0, ph0 + b - a)  # a piece never crosses a period boundary
+        edges = np.flatnonzero(mask[1:] != mask[:-1]) + 1
+        bounds = [0, *edges.tolist(), n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):  # runs, in order
             if mask[a]:
                 if not self._last_blanked:  # a stretch starts: join the samples before it
                     self._offset = self._resid.mean(axis=1)
-                x[:, a:b] = self._hum[:, phase] + self._offset[:, None]
+                self._fill(x, a, b, start)
             else:
-                d = x[:, a:b] - self._hum[:, phase]
-                if self.mains_period:
-                    self._hum[:, phase] += _HUM_WEIGHT * d
-                k = self._resid.shape[1]
-                self._resid = np.concatenate((self._resid, d), axis=1)[:, -k:]
+                self._follow(x, a, b, start)
             self._last_blanked = bool(mask[a])
         return x
+
+    def _fill(self, x: np.ndarray, a: int, b: int, start: int) -> None:
+        """Samples ``a:b`` are blanked: the hum read by phase, plus the held offset."""
+        p = self._hum.shape[1]
+        phases = np.arange(start + a, start + b) % p
+        x[:, a:b] = self._hum[:, phases] + self._offset[:, None]
+
+    def _follow(self, x: np.ndarray, a: int, b: int, start: int) -> None:
+        """Samples ``a:b`` are not blanked: each teaches the hum average of its phase
+        (``hum += weight * (x - hum)``, one mains period after the other, as the
+        recurrence it is) and the residual ``x - hum`` keeps the last 5 ms."""
+        hum, p = self._hum, self._hum.shape[1]
+        d = np.empty((x.shape[0], b - a))
+        i = a if self.mains_period else b
+        if not self.mains_period:  # plain sample-and-hold: nothing to learn
+            np.subtract(x[:, a:b], hum[:, :1], out=d)
+        while i < b:  # pieces never cross a period boundary: a phase once per piece
+            ph0 = (start + i) % p
+            j = min(b, i + p - ph0)
+            if j - i == p and b - i >= 2 * p:  # whole periods: one piece each
+                whole = (b - i) // p
+                self._periods(x[:, i : i + whole * p])
+                i += whole * p  # (their residuals: only the last period's can be kept)
+                np.subtract(x[:, i - p : i], self._last_hum, out=d[:, i - a - p : i - a])
+                continue
+            phase = slice(ph0, ph0 + j - i)
+            piece = np.subtract(x[:, i:j], hum[:, phase], out=d[:, i - a : j - a])
+            if self.mains_period:
+                hum[:, phase] += _HUM_WEIGHT * piece
+            i = j
+        k = self._resid.shape[1]
+        self._resid = np.concatenate((self._resid, d[:, -k:]), axis=1)[:, -k:]
+
+    def _periods(self, x: np.ndarray) -> None:
+        """Whole mains periods of ``x`` (n_channels, m * period) from phase 0 through the
+        hum average, one period per step (three in-place ufuncs on every phase of every
+        channel); :attr:`_last_hum` is the average before the last period."""
+        hum, p = self._hum, self._hum.shape[1]
+        step = np.empty_like(hum)
+        periods = x.reshape(x.shape[0], -1, p).transpose(1, 0, 2)  # (m, n_channels, p)
+        for xk in periods[:-1]:
+            np.subtract(xk, hum, out=step)
+            step *= _HUM_WEIGHT
+            hum += step
+        self._last_hum = hum.copy()
+        np.subtract(periods[-1], hum, out=step)
+        step *= _HUM_WEIGHT
+        hum += step
 
     def comb_inplace(self, y: np.ndarray, start: int) -> np.ndarray:
         """Stage 2 on filtered ``y`` (n_channels, n), in place, on stimulated channels."""

@@ -214,6 +214,10 @@ class ImpulseGate:
         masks: list[np.ndarray] = []  # hold, ended: made when a stretch is followed
         a = 0
         while a < n:
+            if self._bfill == 0 and not self._st and n - a >= self.block:
+                a = self._quiet_blocks(x, a, n, ex, bad)  # the common case, block by block
+                if a == n:
+                    break
             b = min(n, a + self.block - self._bfill)
             self._piece(x, a, b, start, ex, bad, masks)
             self._bfill += b - a
@@ -253,6 +257,68 @@ class ImpulseGate:
             self._follow(c, seg[:, c], allowed, start + a, h, e)
             if h.any() or e.any():
                 self._bgood[c] = False  # a released (sustained) stretch still teaches
+
+    def _quiet_blocks(self, x, a, n, ex, bad) -> int:
+        """Whole blocks from ``a`` (a block boundary, no stretch active) that are quiet:
+        nothing exempt or bad, every sample within the range in force. They only teach
+        level and range, as :meth:`_piece` and :meth:`_end_block` would, with the same
+        IEEE operations in the same order (the block sums too: row by row), so the
+        result is the same to the bit; their statistics are taken for all blocks at once.
+        Returns where the first block that is not quiet starts (or the last whole one
+        ends)."""
+        blk = self.block
+        m = (n - a) // blk
+        stop = a + m * blk
+        if ex is not None:
+            flagged = np.flatnonzero(ex[a:stop].reshape(m, blk).any(axis=1))
+            m = int(flagged[0]) if flagged.size else m
+        if bad is not None and m:
+            flagged = np.flatnonzero(bad[a:a + m * blk].reshape(m, -1).any(axis=1))
+            m = int(flagged[0]) if flagged.size else m
+        if m == 0:
+            return a
+        blocks = x[a:a + m * blk].reshape(m, blk, self.n_channels)
+        tops = np.maximum.reduce(blocks, axis=1).T.tolist()
+        bottoms = np.minimum.reduce(blocks, axis=1).T.tolist()
+        sums = np.add.reduce(blocks, axis=1).T.tolist()
+        ratio, decay = self.ratio, self._decay
+        state = []
+        for c in range(self.n_channels):  # channels are independent: one at a time
+            level, rng = float(self.level[c]), float(self.range[c])
+            lo, hi = float(self._lo[c]), float(self._hi[c])
+            top, bottom, total = tops[c], bottoms[c], sums[c]
+            done = m
+            for k in range(m):
+                if top[k] > hi or bottom[k] < lo:  # out of range: not quiet from here
+                    done = k
+                    break
+                p2p = top[k] - bottom[k]
+                if p2p > 0.0 and p2p < math.inf:
+                    rng = p2p if rng != rng else max(p2p, rng * decay)
+                    level = total[k] / blk
+                    half = ratio * rng
+                    lo, hi = level - half, level + half
+            state.append((done, level, rng, lo, hi))
+            if done < m:  # the others' blocks after this one are not taken: do them again
+                m = done
+                state = [self._rerun(cc, tops[cc], bottoms[cc], sums[cc], m)
+                         for cc in range(c + 1)]
+        for c, (_, level, rng, lo, hi) in enumerate(state):
+            self.level[c], self.range[c], self._lo[c], self._hi[c] = level, rng, lo, hi
+        return a + m * blk
+
+    def _rerun(self, c: int, top: list, bottom: list, total: list, m: int) -> tuple:
+        """Channel ``c``'s level and range after its first ``m`` quiet blocks."""
+        level, rng = float(self.level[c]), float(self.range[c])
+        lo, hi = float(self._lo[c]), float(self._hi[c])
+        for k in range(m):
+            p2p = top[k] - bottom[k]
+            if p2p > 0.0 and p2p < math.inf:
+                rng = p2p if rng != rng else max(p2p, rng * self._decay)
+                level = total[k] / self.block
+                half = self.ratio * rng
+                lo, hi = level - half, level + half
+        return (m, level, rng, lo, hi)
 
     def _follow(self, c: int, col: np.ndarray, allowed: np.ndarray | None, abs0: int,
                 hold: np.ndarray, ended: np.ndarray) -> None:

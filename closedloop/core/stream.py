@@ -28,6 +28,10 @@ class SourceInfo:
         Units of the samples (``"V"``, ``"uV"``, ``"mV"``, ``"counts"``...).
     kind : str
         Source kind: ``sim``, ``brainflow``, ``lsl``, ``replay``.
+    sample_format : {"float32", "double64"}
+        The narrowest format that holds every value the source delivers exactly (see
+        :func:`sample_format`): a recording keeps the EMG in it, so nothing is widened
+        on disk and nothing the session saw is rounded.
     """
 
     name: str
@@ -35,11 +39,23 @@ class SourceInfo:
     channels: tuple[str, ...]
     units: str = "V"
     kind: str = "sim"
+    sample_format: str = "double64"
 
     @property
     def n_channels(self) -> int:
         """Number of channels."""
         return len(self.channels)
+
+
+#: Channel formats (XDF/LSL names) whose every value a float32 holds exactly.
+_FLOAT32_EXACT = frozenset({"float32", "int16", "int8"})
+
+
+def sample_format(channel_format: str) -> str:
+    """The recording format for samples delivered in ``channel_format`` (an XDF/LSL
+    channel format name): ``"float32"`` when float32 holds every value exactly
+    (float32, int16, int8: most amplifiers stream float32), else ``"double64"``."""
+    return "float32" if str(channel_format) in _FLOAT32_EXACT else "double64"
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ Streams (``S`` is the session name, ``U`` a fresh uuid per session)
 ==================  ==============  ========================================================
 name                type            content
 ==================  ==============  ========================================================
-``S-EMG``           ``EMG``         the input EMG as received (NaN/inf included; double64,
-                                    nominal rate), one channel per muscle plus a last
-                                    channel ``counter``
-``S-Envelope``      ``Envelope``    the envelope per muscle plus ``counter`` (optional)
+``S-EMG``           ``EMG``         the input EMG as received (NaN/inf included; in the
+                                    source's own format, float32 or double64: see
+                                    :attr:`SourceInfo.sample_format`; nominal rate), one
+                                    channel per muscle plus a last channel ``counter``
+``S-Envelope``      ``Envelope``    the envelope per muscle plus ``counter`` (optional;
+                                    float32: for viewing, nothing decides from it)
 ``S-Thresholds``    ``Thresholds``  irregular: ``<m>_on``, ``<m>_off`` per muscle, ``sample``
                                     (index they were in force at), ``counter`` (optional)
 ``S-Events``        ``Markers``     detector events, JSON
@@ -45,8 +47,10 @@ Every stream's ``source_id`` is ``closedloop.U.<role>``, unique per session;
 Proving that nothing was lost
 -----------------------------
 The ``counter`` channel of the EMG and envelope streams is the 0-based index of the
-sample in the pipeline (the same index as :attr:`Event.sample`), stored as double64 so
-it is exact up to 2**53. A recording holds every sample iff that channel runs 0, 1, 2,
+sample in the pipeline (the same index as :attr:`Event.sample`). In a double64 stream it
+is exact up to 2**53; in a float32 stream it counts modulo 2**24 (:data:`COUNTER_WRAP`,
+2.3 h at 2 kHz: float32 holds whole numbers exactly up to there) and readers unwrap it
+(:func:`unwrap_counter`). A recording holds every sample iff that channel runs 0, 1, 2,
 ... without a gap or repeat, and events and commands can be matched to the samples they
 name. Every JSON marker carries ``seq``, its 0-based number within its stream, for the
 same proof. :func:`closedloop.io.recorder.verify_recording` checks both.
@@ -124,6 +128,11 @@ DISPLAY_ONLY = (ROLE_FILTERED,)
 #: A session pushes its running totals at least this often (seconds of samples).
 TALLY_EVERY_S = 1.0
 COUNTER_LABEL = "counter"
+FLOAT32, DOUBLE64 = "float32", "double64"
+#: A float32 stream's counter channel counts modulo this (float32 holds whole numbers
+#: exactly up to 2**24); :func:`unwrap_counter` gives the sample index back.
+COUNTER_WRAP = 2**24
+_CF = {FLOAT32: pylsl.cf_float32, DOUBLE64: pylsl.cf_double64}
 #: Label of the markers that record the source's own counter where it does not continue.
 SOURCE_COUNTER = "source_counter"
 #: Label of the markers that record a true onset (simulated sessions).
@@ -132,6 +141,26 @@ MARKER_FORMAT = "closedloop-json-1"
 
 _ZERO_SUB = float(np.nextafter(0.0, 1.0))
 _MINUS_ONE_SUB = float(np.nextafter(-1.0, -2.0))
+
+
+# -- counters -----------------------------------------------------------------------------
+def unwrap_counter(values: np.ndarray, channel_format: str) -> np.ndarray:
+    """The sample indices a recorded ``counter`` channel stands for, as float64.
+
+    A double64 stream holds them as they are. A float32 stream holds them modulo
+    :data:`COUNTER_WRAP` (2**24 samples: 2.3 h at 2 kHz): a value more than half the
+    wrap below the one before starts the next lap. A value that is not a whole number
+    (NaN, a changed bit) is left as it is, for the caller's check to find.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if channel_format != FLOAT32 or v.size < 2:
+        return v
+    laps = np.flatnonzero(v[1:] < v[:-1] - COUNTER_WRAP / 2) + 1
+    if laps.size:
+        v = v.copy()
+        for k in laps.tolist():  # one per 2**24 samples
+            v[k:] += COUNTER_WRAP
+    return v
 
 
 # -- timestamps ---------------------------------------------------------------------------
@@ -429,6 +458,10 @@ class SessionOutlets:
         patient). Each becomes a ``truth`` marker (``sample``, ``muscle``) stamped with
         its sample's time when that sample is pushed, so every simulated recording can
         be scored (``closedloop evaluate``, ``replay``, ``report``).
+    outlet_factory : callable, optional
+        ``outlet_factory(info)`` makes each stream's outlet (default
+        ``pylsl.StreamOutlet``); :meth:`closedloop.io.xdfwrite.SessionFile.outlet` writes
+        the streams straight into an XDF file, as LabRecorder would record them.
 
     Raises
     ------
@@ -455,6 +488,7 @@ class SessionOutlets:
         metadata: Mapping[str, Any] | None = None,
         session_uid: str | None = None,
         truth: Callable[[int, int], Sequence[tuple[int, str]]] | None = None,
+        outlet_factory: Callable[[pylsl.StreamInfo], Any] | None = None,
     ) -> None:
         if not session_name or any(c in session_name for c in "'\"<>&"):
             raise ConfigError(
@@ -464,6 +498,7 @@ class SessionOutlets:
         self.source_info = source_info
         self.session_uid = session_uid or uuid.uuid4().hex
         self._truth = truth
+        self._make_outlet = outlet_factory or pylsl.StreamOutlet
         self.config_text = config_text
         self.metadata: dict[str, Any] = {
             "session": session_name,
@@ -488,11 +523,15 @@ class SessionOutlets:
         labels = list(source_info.channels)
         unit = source_info.units
         fs = float(source_info.fs)
+        # the EMG in the source's own format (nothing widened, nothing rounded); the
+        # envelope, which nothing reads back to decide, in float32
+        self._formats = {ROLE_EMG: FLOAT32 if source_info.sample_format == FLOAT32 else DOUBLE64,
+                         ROLE_ENVELOPE: FLOAT32, ROLE_FILTERED: DOUBLE64}
         self._create(
             ROLE_EMG,
             len(labels) + 1,
             fs,
-            pylsl.cf_double64,
+            _CF[self._formats[ROLE_EMG]],
             channels=[(lab, "EMG", unit) for lab in labels]
             + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
         )
@@ -501,7 +540,7 @@ class SessionOutlets:
                 ROLE_ENVELOPE,
                 len(labels) + 1,
                 fs,
-                pylsl.cf_double64,
+                _CF[self._formats[ROLE_ENVELOPE]],
                 channels=[(lab, "Envelope", unit) for lab in labels]
                 + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
             )
@@ -559,7 +598,7 @@ class SessionOutlets:
         if session:
             cl.append_child_value("config", self.config_text)
             cl.append_child_value("metadata", json.dumps(self.metadata, default=str))
-        self._outlets[role] = pylsl.StreamOutlet(info)
+        self._outlets[role] = self._make_outlet(info)
         self.names[role] = name
         self.source_ids[role] = sid
         self._pushed[role] = 0
@@ -617,9 +656,11 @@ class SessionOutlets:
         if n == 0:
             return
         first = self._next_index[role] if start is None else int(start)
-        data = np.empty((n, nch + 1))
+        fmt = self._formats[role]
+        data = np.empty((n, nch + 1), dtype=np.float32 if fmt == FLOAT32 else np.float64)
         data[:, :nch] = values
-        data[:, nch] = first + np.arange(n)
+        index = first + np.arange(n, dtype=np.int64)
+        data[:, nch] = index % COUNTER_WRAP if fmt == FLOAT32 else index
         self._outlet(role).push_chunk(data, safe_timestamps(ts).tolist())
         self._next_index[role] = first + n
         self._pushed[role] += n

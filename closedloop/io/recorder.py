@@ -53,6 +53,7 @@ import numpy as np
 
 from closedloop.errors import ConfigError, DeviceLostError, InputError
 from closedloop.io.outfile import OutputClaim, claim_output
+from closedloop.io.outlets import unwrap_counter
 from closedloop.io.xdf import (
     Damage,
     counter_column,
@@ -657,7 +658,7 @@ def _sequence(stream: dict) -> np.ndarray | None:
     data = np.asarray(stream["time_series"], dtype=np.float64)
     if data.ndim != 2 or data.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    values = data[:, col]
+    values = unwrap_counter(data[:, col], stream["info"].get("channel_format", [""])[0])
     # the counter is stored exactly: a value that is not a whole number (a changed bit,
     # NaN) is no sequence number and counts as unexpected
     exact = np.isfinite(values) & (values == np.rint(values)) & (np.abs(values) < 2**62)

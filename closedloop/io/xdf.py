@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import pyxdf
 
-from closedloop.core.checks import hold_nonfinite
+from closedloop.core.checks import ABSURD_LIMIT, hold_nonfinite
 from closedloop.core.events import Event
-from closedloop.core.stream import SourceInfo
+from closedloop.core.stream import SourceInfo, sample_format
 from closedloop.errors import InputError, RecordingDamagedError
 from closedloop.io import xdfreader
 from closedloop.io.outlets import (
@@ -61,6 +61,7 @@ from closedloop.io.outlets import (
     decode_event,
     decode_marker,
     restore_timestamps,
+    unwrap_counter,
 )
 from closedloop.io.xdfreader import CORRUPT, TRUNCATED, Damage, StreamLayout, XdfLayout
 from closedloop.stim.commands import StimCommand
@@ -331,10 +332,13 @@ class Session:
     channels : tuple of str
         EMG channel labels, in column order.
     units : str
-    samples : ndarray, shape (n, n_channels), float64
+    samples : ndarray, shape (n, n_channels), float32 or float64
         What the detectors saw: NaN/inf values held at the channel's last finite value
-        (as the input monitor does). Possibly a view of the recorded rows (counter
-        column left out), not C-contiguous.
+        (as the input monitor does). In the format recorded (:attr:`sample_format`:
+        float32 values are exactly the ones the session saw; whoever processes them
+        widens them to float64 chunk by chunk, as the input monitor and the pipeline
+        do), possibly a view of the recorded rows (counter column left out), not
+        C-contiguous.
     timestamps : ndarray, shape (n,), float64
         Stream times exactly as recorded.
     counter : ndarray of int64, shape (n,), or None
@@ -371,6 +375,9 @@ class Session:
     damage_report : str
         For a damaged file: what is damaged, what is intact (streams, samples, stream
         times) and what the file holds after the damage that is not used ('' if intact).
+    sample_format : str
+        How the EMG was recorded (``"float32"`` or ``"double64"``; see
+        :func:`closedloop.core.stream.sample_format`): a replay's source delivers it so.
     """
 
     path: Path
@@ -393,6 +400,7 @@ class Session:
     source_counter: np.ndarray | None = None
     damage: tuple[Damage, ...] = ()
     damage_report: str = ""
+    sample_format: str = "double64"
 
     @property
     def state(self) -> str:
@@ -415,7 +423,8 @@ class Session:
     def source_info(self) -> SourceInfo:
         """What a replay of this session delivers."""
         return SourceInfo(
-            name=self.name, fs=self.fs, channels=self.channels, units=self.units, kind="replay"
+            name=self.name, fs=self.fs, channels=self.channels, units=self.units, kind="replay",
+            sample_format=self.sample_format,
         )
 
 
@@ -568,10 +577,12 @@ def load_session(
     damage = list(xdf.damage)
     cut = xdf.intact_for(by_sid)
     nch_total = int(_first(emg["info"], "channel_count", 0))
-    data = np.asarray(emg["time_series"], dtype=np.float64).reshape(-1, nch_total)
+    fmt = str(_first(emg["info"], "channel_format", ""))
+    data = np.asarray(emg["time_series"]).reshape(-1, nch_total)
     ccol = counter_column(emg)
-    if own and ccol is not None:
-        _check_counter(data[:before(emg, cut), ccol], pos[emg_sid], stream_name(emg), emg_sid,
+    index = None if ccol is None else unwrap_counter(data[:, ccol], fmt)
+    if own and index is not None:
+        _check_counter(index[:before(emg, cut)], pos[emg_sid], stream_name(emg), emg_sid,
                        damage)
     decoded = {role: _decode_prefix(own.get(role), before(own.get(role), cut), pos,
                                     decode, what, damage)
@@ -594,12 +605,18 @@ def load_session(
         labels = [f"EMG{k + 1}" for k in range(nch_total)]
     units += [""] * (nch_total - len(units))
     cols = [k for k in range(nch_total) if k != ccol]
-    counter = None if ccol is None else np.rint(data[:, ccol]).astype(np.int64)
+    counter = None if index is None else np.rint(index[:n]).astype(np.int64)
     unit_set = {units[k] for k in cols}
-    # a view where the counter is the first or last column (no copy of a long recording)
+    # a view where the counter is the first or last column (no copy of a long recording);
+    # samples recorded in float32 (exactly what the session saw) are widened once here
     raw = (data if ccol is None else data[:, :-1] if ccol == nch_total - 1
            else data[:, 1:] if ccol == 0 else data[:, cols])
-    samples = hold_nonfinite(raw)
+    if raw.dtype not in (np.float32, np.float64):  # other tools' integer streams
+        raw = raw.astype(np.float64)
+    # every value usable (the usual case: two reductions, no mask of the whole file)?
+    lo, hi = (float(np.min(raw)), float(np.max(raw))) if raw.size else (0.0, 0.0)
+    clean = -ABSURD_LIMIT < lo and hi < ABSURD_LIMIT  # NaN compares False
+    samples = raw if clean else hold_nonfinite(raw)
     fs = float(_first(emg["info"], "nominal_srate", 0.0))
     config_text, metadata = _session_info(own_heads.get(ROLE_SESSION))
     return Session(
@@ -626,6 +643,7 @@ def load_session(
         damage_report=_damage_report(xdf, damage, cut, stream_name(emg), fs, ts_all,
                                      pos[emg_sid], n, len(events), len(commands),
                                      len(markers)) if damage else "",
+        sample_format=sample_format(fmt),
     )
 
 

@@ -11,6 +11,11 @@ every 10 s, and a footer per stream with ``first_timestamp``, ``last_timestamp``
 the previous one plus ``1 / nominal_srate`` exactly, with LabRecorder's bookkeeping
 (after a left-out timestamp its "previous" is that timestamp plus the interval, so the
 next one is written), and a timestamp of exactly 0.0 is always left out.
+
+:class:`SessionFile` records a session's :class:`~closedloop.io.outlets.SessionOutlets`
+straight into such a file (their ``outlet_factory``): the streams ``closedloop run
+--record`` records, faster than real time (``closedloop bench --replay`` makes its
+session so).
 """
 
 from __future__ import annotations
@@ -236,6 +241,108 @@ class XdfWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SessionFile:
+    """A session's streams written straight into an XDF file, as LabRecorder records them.
+
+    :class:`~closedloop.io.outlets.SessionOutlets` publishes through LSL outlets that
+    LabRecorder records; given ``outlet_factory=SessionFile(path).outlet`` it writes the
+    same streams (the same headers, with ``desc``, the same samples and timestamps, the
+    same channel formats) into ``path`` without LSL, faster than real time: what a
+    benchmark or a test needs to make a long session as ``closedloop run --record``
+    records it. The layout is LabRecorder's (see :class:`XdfWriter`): a chunk per
+    stream for each ``pull_s`` of the first regular stream's samples (LabRecorder pulls
+    every 0.5 s of wall clock), a clock-offset chunk per stream every 10 pulls and a
+    boundary chunk every 20.
+
+    Use as a context manager, or :meth:`close` it after the outlets' last push.
+    """
+
+    def __init__(self, path: str | Path, *, pull_s: float = 0.5) -> None:
+        self.writer = XdfWriter(path)
+        self.path = self.writer.path
+        self.pull_s = float(pull_s)
+        self._outlets: list[_FileOutlet] = []
+        self._pulls = 0
+
+    def outlet(self, info) -> _FileOutlet:  # noqa: ANN001 - a pylsl.StreamInfo
+        """A stand-in for ``pylsl.StreamOutlet(info)`` that writes into this file."""
+        sid = len(self._outlets) + 1
+        self.writer.add_stream(sid, info.as_xml())
+        s = self.writer._streams[sid]
+        out = _FileOutlet(self, sid, s.fmt, s.nch, s.srate)
+        self._outlets.append(out)
+        return out
+
+    def _due(self, outlet: _FileOutlet) -> None:
+        """A pull when the first regular stream holds ``pull_s`` of samples."""
+        first = next((o for o in self._outlets if o.srate > 0), None)
+        if outlet is first and outlet.pending >= self.pull_s * outlet.srate:
+            self.pull()
+
+    def pull(self) -> None:
+        """Write what every stream holds, one chunk each (LabRecorder's pull)."""
+        for o in self._outlets:
+            o.flush()
+        self._pulls += 1
+        if self._pulls % 10 == 0:
+            for o in self._outlets:
+                if o.last_time is not None:
+                    self.writer.clock_offset(o.sid, o.last_time, 0.0)
+        if self._pulls % 20 == 0:
+            self.writer.boundary()
+
+    def close(self) -> None:
+        """Write what is held, the footers, and close the file. Idempotent."""
+        if not self.writer._f.closed:
+            self.pull()
+            self.writer.close()
+
+    def __enter__(self) -> SessionFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _FileOutlet:
+    """What :class:`SessionFile` hands out for one stream: ``push_chunk``,
+    ``push_sample`` and ``wait_for_consumers`` of a ``pylsl.StreamOutlet``."""
+
+    def __init__(self, file: SessionFile, sid: int, fmt: str, nch: int, srate: float) -> None:
+        self.file, self.sid, self.fmt, self.nch, self.srate = file, sid, fmt, nch, srate
+        self._values: list = []
+        self._times: list[np.ndarray] = []
+        self.pending = 0
+        self.last_time: float | None = None
+
+    def push_chunk(self, x, timestamp) -> None:  # noqa: ANN001 - as pylsl's
+        ts = np.asarray(timestamp, dtype=np.float64).reshape(-1)
+        if self.fmt == "string":
+            self._values.extend(list(row) for row in x)
+        else:
+            # as pylsl: the values in the stream's own format
+            self._values.append(np.asarray(x, dtype=DTYPES[self.fmt]).reshape(ts.size, self.nch))
+        self._times.append(ts)
+        self.pending += ts.size
+        if ts.size:
+            self.last_time = float(ts[-1])
+        self.file._due(self)
+
+    def push_sample(self, x, timestamp: float) -> None:  # noqa: ANN001 - as pylsl's
+        self.push_chunk([x], [timestamp])
+
+    def wait_for_consumers(self, timeout: float) -> bool:  # noqa: ARG002 - as pylsl's
+        return True
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        ts = np.concatenate(self._times)
+        values = self._values if self.fmt == "string" else np.concatenate(self._values)
+        self.file.writer.samples(self.sid, values, ts)
+        self._values, self._times, self.pending = [], [], 0
 
 
 def _scatter(buf: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:

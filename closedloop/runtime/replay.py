@@ -10,7 +10,9 @@ compares the events and stimulation commands it derives with the ones the record
 holds and exits non-zero at the first difference, which it prints. A recording replayed
 with its own config (the default: the config stored in the file, every setting as the
 session resolved it, so a default changed since changes nothing) must match exactly,
-whatever the chunk sizes, because every stage decides on the sample clock.
+whatever the chunk sizes, because every stage decides on the sample clock. At full
+speed it replays in chunks of :data:`FAST_CHUNK` samples (the signal core, the input
+checks and the detector take the whole blocks of a large chunk at once).
 
 Stimulation artifacts are blanked from the sample at which each command took effect
 live, which depends on the live chunking; the recording holds it
@@ -29,6 +31,7 @@ sample, the commands before the last recorded command's sample; the output says 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -40,6 +43,9 @@ from closedloop.sources.base import Source
 
 EXIT_MISMATCH = 8
 EXIT_DAMAGED = RecordingDamagedError.exit_code  # 9
+#: Samples per chunk of a replay at full speed (``speed="fast"``): large enough that the
+#: per-chunk work is small beside the per-sample work, small enough to stay in the cache.
+FAST_CHUNK = 16384
 
 
 def _event_key(e) -> tuple:
@@ -63,8 +69,11 @@ def first_difference(recorded: list, derived: list, key, what: str) -> str | Non
 
 def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast",
                 stream: str | None = None, chunk_size: int | None = None,
-                progress=None, partial: bool = False):
+                progress=None, partial: bool = False, session=None):
     """Replay one file; returns (session, config, outcome).
+
+    ``session`` is the file already loaded by :func:`~closedloop.io.xdf.load_session`
+    (with the same ``stream``), when the caller has it.
 
     Raises
     ------
@@ -73,10 +82,11 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     """
     from closedloop.io.recorded import recorded_config
     from closedloop.io.xdf import load_session
-    from closedloop.sources.replay import ReplaySource
+    from closedloop.sources.replay import ReplaySource, parse_speed
     from closedloop.stim.drivers.sim import SimStimulator
 
-    session = load_session(path, emg_stream=stream)
+    if session is None:
+        session = load_session(path, emg_stream=stream)
     if session.damage and not partial:
         raise RecordingDamagedError(
             f"{session.damage_report}\nNot replayed: replay the intact part with --partial "
@@ -92,6 +102,8 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     live = [c for c in session.commands if c.effective_sample >= 0]
     if session.commands and not live:  # recorded before blanking existed
         config = replace(config, artifacts=replace(config.artifacts, blank_ms=0.0))
+    if chunk_size is None and math.isinf(parse_speed(speed)):
+        chunk_size = FAST_CHUNK  # as fast as it goes: large chunks, the same decisions
     source = SplitSource(
         ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session,
                      partial=partial),
@@ -183,9 +195,9 @@ class SplitSource(Source):
             if chunk is None:
                 return None
         start = self._position
-        inside = self._cuts[(self._cuts > start) & (self._cuts < start + chunk.n)]
-        if inside.size:
-            k = int(inside[0] - start)
+        i = int(np.searchsorted(self._cuts, start, side="right"))  # the first cut after start
+        if i < self._cuts.size and self._cuts[i] < start + chunk.n:
+            k = int(self._cuts[i] - start)
             self._pending = _part(chunk, k, chunk.n)
             chunk = _part(chunk, 0, k)
         self._position += chunk.n

@@ -52,7 +52,7 @@ import pylsl
 from pylsl.util import LostError
 from pylsl.util import TimeoutError as LslTimeoutError
 
-from closedloop.core.stream import Chunk, SourceInfo
+from closedloop.core.stream import Chunk, SourceInfo, sample_format
 from closedloop.errors import ConfigError, DeviceLostError
 from closedloop.identity import OWN_STREAM_XPATH, xpath_literal
 from closedloop.io.lsl import channel_field, describe_stream, list_streams, own_session
@@ -312,12 +312,14 @@ class LslSource(Source):
         self._cols = np.asarray(cols, dtype=np.int64)
         self._counter_col = counter_col
         self.stream_xml = info.as_xml()
+        fmt = {v: k for k, v in pylsl.info.string2fmt.items()}.get(info.channel_format(), "")
         self._info = SourceInfo(
             name=name,
             fs=float(fs),
             channels=tuple(labels[k] for k in cols),
             units=unit,
             kind="lsl",
+            sample_format=sample_format(fmt),  # recorded as the amplifier sends it
         )
 
     def close(self) -> None:

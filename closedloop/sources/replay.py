@@ -211,7 +211,8 @@ class ReplaySource(Source):
         start, self._pos = self._pos, stop
         counter = _counter(s, start, stop)
         return Chunk(
-            samples=np.array(s.received[start:stop], copy=True),  # NaN/inf as recorded
+            # NaN/inf as recorded; float32 recordings widened here, chunk by chunk
+            samples=np.array(s.received[start:stop], dtype=np.float64),
             timestamps=np.array(s.timestamps[start:stop], copy=True),
             counter=counter,
             arrival_wall=time.perf_counter(),

@@ -10,6 +10,12 @@ With a :class:`~closedloop.stim.drivers.sim.SimStimulator` attached, every pulse
 an artifact and an M-wave to the stimulated muscle's channel (closing the loop in
 simulation). The sample counter is the sample index.
 
+The samples are delivered in float32 (widened to float64 like every source's chunks),
+as the amplifiers it stands in for stream them over LSL: a simulated session is then
+recorded like a real one (EMG in float32, half the size of double) and replays exactly,
+since every value the session saw is a float32. The patient model itself computes in
+double; rounding it to float32 changes it by less than 1e-7 of its value.
+
 Every chunk is a :class:`SimChunk`: a :class:`~closedloop.core.stream.Chunk` that also
 carries the patient's ground truth for its samples (:class:`~closedloop.sim.patient.Truth`:
 the voluntary drive of every muscle at every sample, the scripted onsets and every
@@ -197,6 +203,7 @@ class SimSource(Source):
             channels=tuple(self.settings.muscles),
             units="V",
             kind="sim",
+            sample_format="float32",
         )
         self.t0 = _lsl_clock()
         self._wall0 = time.perf_counter()
@@ -268,6 +275,8 @@ class SimSource(Source):
             if time.perf_counter() < due_wall:
                 return None
         x, truth = self._patient.read_truth(self.chunk_size)
+        # delivered in float32, as amplifiers stream over LSL (see the module docstring)
+        x = x.astype(np.float32).astype(np.float64)
         idx = np.arange(i0, i0 + self.chunk_size, dtype=np.int64)
         return SimChunk(
             samples=x,

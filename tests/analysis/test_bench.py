@@ -26,3 +26,36 @@ def test_bench_command_prints_the_detector_and_json():
     assert r.returncode == 0, r.stderr
     assert "detector cusum" in r.stdout.splitlines()[0]
     assert json.loads(r.stdout.strip().splitlines()[-1])["detector"] == "cusum"
+
+
+def test_bench_replay_records_a_session_and_times_its_exact_replay(tmp_path):
+    """``closedloop bench --replay``: a simulated session recorded for it replays with
+    --check passing; the figures and the JSON last line say how fast (not asserted)."""
+    keep = tmp_path / "bench.xdf"
+    r = subprocess.run(
+        ["closedloop", "bench", "--replay", "--minutes", "0.2", "--channels", "3",
+         "--keep", str(keep), "--json"], capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["check_passed"] and last["recording_s"] == 12.0
+    assert last["replay_x_realtime"] > 0 and last["load_mb_per_s"] > 0
+    assert "x real time" in r.stdout and "\r" not in r.stdout + r.stderr
+    assert keep.stat().st_size == int(round(last["file_mb"] * 1e6))
+    again = subprocess.run(["closedloop", "bench", "--replay", "--minutes", "0.1", "--keep",
+                            str(keep)], capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "already exists" in again.stderr  # never replaced
+    assert "Traceback" not in again.stderr
+
+
+def test_bench_replay_takes_a_recording(tmp_path):
+    from tests.conftest import ROOT
+
+    r = subprocess.run(
+        ["closedloop", "bench", "--replay", "--file",
+         str(ROOT / "recordings" / "sim_biceps_triceps.xdf"), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["check_passed"] and last["recording_s"] == 20.0

@@ -236,3 +236,22 @@ def test_comb_all_is_chunk_invariant(sizes):
         return np.vstack(out)
 
     np.testing.assert_array_equal(run(sizes), run([x.shape[0]]))
+
+
+@pytest.mark.parametrize("mains", [50.0, 60.0, 0.0])
+def test_blanking_in_large_chunks_is_blanking_in_small_ones_to_the_bit(mains):
+    """Long unblanked runs go through whole mains periods at a time: the filled
+    samples, the hum it learnt and the residual it keeps are those of 1-, 7- and
+    33-sample chunks (periods piece by piece)."""
+    x, _ = stimulated_emg(4.0)
+    runs = []
+    for size in (x.shape[0], 1, 7, 33, 4096):
+        r = scheduled(mains=mains)
+        y = x.T.copy()
+        for i in range(0, y.shape[1], size):
+            r.blank_inplace(y[:, i : i + size], i)
+        runs.append((y, r._hum.copy(), r._resid.copy()))
+    for y, hum, resid in runs[1:]:
+        np.testing.assert_array_equal(y, runs[0][0])
+        np.testing.assert_array_equal(hum, runs[0][1])
+        np.testing.assert_array_equal(resid, runs[0][2])

@@ -226,3 +226,31 @@ def test_the_rest_case_has_every_note():
 def test_rest_notes_and_events_are_chunk_invariant(sizes):
     events, notes = _feed(OnsetDetector(DetectorSettings(), FS, ["m"]), REST_CASE, sizes)
     assert events == REST_REF[0] and notes == REST_REF[1]
+
+
+@pytest.mark.parametrize("sizes", [(1,), (7,), (199, 3), (4096,)])
+def test_quiet_blocks_of_a_large_chunk_track_the_floor_to_the_bit(sizes):
+    """A large chunk takes the statistics of its quiet whole blocks at once: the
+    noise floor, the thresholds it sets and every event and note after it are those of
+    small chunks (block by block), to the bit, on eight channels of varied levels."""
+    ps = PatientSettings(fs=1000.0, muscles=tuple(f"m{k}" for k in range(8)), snr_db=6.0)
+    script = random_script(ps.muscles, 40.0, np.random.default_rng(2), gap_s=(3.0, 6.0),
+                           attempt_s=(0.3, 1.0))
+    x = SimulatedPatient(ps, script, seed=4).read(40000) * np.geomspace(0.1, 50.0, 8)
+
+    def run(chunks):
+        pipe = Pipeline(1000.0, ps.muscles)
+        events, notes, i, k = [], [], 0, 0
+        while i < x.shape[0]:
+            b = pipe.process(x[i : i + chunks[k % len(chunks)]])
+            events += b.events
+            notes += pipe.detector.pop_notes()
+            i, k = i + b.n, k + 1
+        rules = pipe.detector.rules
+        return events, notes, rules.on_threshold.copy(), rules._floor_var.copy()
+
+    ref, got = run([x.shape[0]]), run(list(sizes))
+    assert sum(e.kind == "onset" for e in ref[0]) >= 5
+    assert got[0] == ref[0] and got[1] == ref[1]
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_array_equal(got[3], ref[3])

@@ -180,3 +180,28 @@ def test_random_chunkings_give_identical_results(sizes):
     np.testing.assert_array_equal(hold, WHOLE[0])
     np.testing.assert_array_equal(ended, WHOLE[1])
     assert records == WHOLE[2]
+
+
+def test_whole_quiet_blocks_learn_as_block_by_block_to_the_bit():
+    """Large chunks learn the level and range of their quiet blocks all at once; a long
+    stream with drift, offsets and a few stretches leaves the gate in exactly the state
+    that 1- and 37-sample chunks (block by block, sample by sample) leave it in."""
+    rng = np.random.default_rng(11)
+    n = at(30.0)
+    x = rng.normal(0.0, REST, (n, 4)) * rng.uniform(0.5, 3.0, 4)
+    x += np.linspace(0.0, 3e-4, n)[:, None] + np.array([1e-3, -2.0, 0.0, 5e2])  # offsets
+    x[at(7.0) : at(7.0) + 10, 1] += 3e-3  # an impulse between quiet stretches
+    x[at(19.0) :, 3] += 1e-2  # a level shift
+    exempt = np.zeros(n, dtype=bool)
+    exempt[at(12.0) : at(12.3)] = True
+    gates = []
+    for sizes in ((n,), (1,), (37,), (4000, 3, 999)):
+        gate = ImpulseGate(FS, 4)
+        gates.append((gate, feed(gate, x, sizes=sizes, exempt=exempt)))
+    (ref, out), others = gates[0], gates[1:]
+    for gate, got in others:
+        np.testing.assert_array_equal(gate.level, ref.level)
+        np.testing.assert_array_equal(gate.range, ref.range)
+        np.testing.assert_array_equal(got[0], out[0])
+        assert got[2] == out[2]
+    assert [r.what for r in out[2]] == ["impulse", "shift"]

@@ -74,3 +74,22 @@ def test_disabled_by_zero_limit_or_without_mains():
     x = emg(1.0, hum_rms=1e-3)
     assert not check(x, hum_db=0.0)[0].any()
     assert not check(x, mains=0.0)[0].any()
+
+
+def test_whole_blocks_judge_as_block_by_block_to_the_bit():
+    """A large chunk takes the spectra of all its whole blocks at once: the ratios (dB,
+    to the bit), the changes and the flags are the ones block-by-block chunks give,
+    with blocks under stimulation left unjudged in both."""
+    x = np.concatenate([emg(2.0, hum_rms=1e-3), emg(3.0, seed=2)], axis=1)
+    x = np.vstack([x, 0.5 * x[::-1], x * 3.0])  # three channels
+    skip = np.zeros(x.shape[1], dtype=bool)
+    skip[5000:5300] = True
+    runs = []
+    for sizes in ((x.shape[1],), (1,), (7, 400), (800, 13)):
+        flags, h = check(x, sizes=sizes, skip=skip)
+        runs.append((flags, h.pop_changes(), h.last_db))
+    assert runs[0][1]  # something changed
+    for flags, changes, last in runs[1:]:
+        np.testing.assert_array_equal(flags, runs[0][0])
+        assert changes == runs[0][1]
+        np.testing.assert_array_equal(last, runs[0][2])

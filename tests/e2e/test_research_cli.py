@@ -162,7 +162,7 @@ def test_export_to_emg_bids_reads_back_in_mne(recorded: Path, tmp_path) -> None:
         raw = mne.io.read_raw_bdf(emg / f"{stem}{k}_emg.bdf", preload=True, verbose="error")
         assert raw.ch_names == [c["name"] for c in chans] and raw.info["sfreq"] == s.fs
         got = raw.get_data().T[: s.n] * 1e6  # MNE gives volts; the file holds microvolts
-        want = s.samples * 1e6  # the recording is in volts
+        want = s.samples.astype(np.float64) * 1e6  # the recording is in volts (float32)
         resolution = 2 * np.abs(want).max(axis=0) / (2**24 - 1)
         assert np.all(np.abs(got - want) <= resolution / 2 * (1 + 1e-6))
         pad = raw.n_times - s.n

@@ -237,7 +237,15 @@ class OnsetDetector:
         above = np.empty(env.shape, dtype=bool)
         events: list[Event] = []
         a = 0
+        stats = None  # the whole blocks' statistics, taken once when first needed
         while a < n:
+            if (self._block_fill == 0 and n - a >= self.block and not self._runs_pending
+                    and not self._any_suspended):
+                if stats is None:
+                    stats = _BlockStats(env, a, self.block, self._inv_block)
+                a = self._quiet_blocks(env, a, stats, start, above)
+                if a == n:
+                    break
             b = min(n, a + self.block - self._block_fill)
             self._segment(env, a, b, start, above, events, timestamps)
             if self._block_fill == 0 and b - a == self.block:
@@ -254,6 +262,72 @@ class OnsetDetector:
         return above, events
 
     # ------------------------------------------------------------------------------------
+    def _quiet_blocks(self, env: np.ndarray, a: int, stats: _BlockStats, start: int,
+                      above: np.ndarray) -> int:
+        """Whole blocks from ``a`` (a block boundary; no run under way, no channel
+        suspended or held) in which nothing can change: no idle channel goes above its
+        on-threshold, no active one below its off-threshold. Only the noise floor of the
+        idle channels is updated at their ends (an active channel is busy: its
+        thresholds stay). Their statistics are taken for all at once (each block's sums
+        are the ones it gets alone, to the bit); the steady floor update (warmed up,
+        every adaptive channel tracking, past the time its rest could be doubted) runs
+        in Python floats on lists, anything else through :meth:`_end_block`. Returns
+        where the first block in which something can happen starts (or the last whole
+        one ends)."""
+        blk, nch = self.block, len(self.channels)
+        j0 = (a - stats.a) // blk  # the first block's index in the statistics
+        m = stats.count - j0
+        active = (self.state == ACTIVE).tolist()
+        tops, bottoms, means, var = stats.tops, stats.bottoms, stats.means, stats.var
+        idle = [c for c in range(nch) if not active[c]]
+        busy = [c for c in range(nch) if active[c]]
+        steady = [c for c in range(nch) if self.adaptive[c]]
+        learning = [c for c in steady if not active[c]]
+
+        def floor_state():
+            settled = bool(self._tracking[steady].all()) if steady else True
+            after = max([self.warmup_blocks, *(int(self._confirm_until[c]) for c in steady)])
+            return (settled, after, self._floor_mean.tolist(), self._floor_var.tolist(),
+                    self.on_threshold.tolist(), self.off_threshold.tolist())
+
+        settled, after, mean_l, var_l, on_l, off_l = floor_state()
+        k_on, off_frac = self.settings.k_on, self.settings.off_fraction
+        a_down, a_up = self._alpha_down, self._alpha_up
+        first = (start + a) // blk  # index of the first block
+        done = 0
+        for k in range(m):
+            top = tops[j0 + k]
+            if any(top[c] > on_l[c] for c in idle) or (
+                    busy and any(bottoms[j0 + k][c] < off_l[c] for c in busy)):
+                break
+            if settled and first + k >= after:
+                mk, vk = means[j0 + k], var[j0 + k]
+                for c in learning:
+                    mu, vc = mean_l[c], var_l[c]
+                    dev = mk[c] - mu
+                    alpha = a_down if dev < 0.0 else a_up
+                    mu += alpha * dev
+                    vc += alpha * (vk[c] + dev * dev - vc)
+                    mean_l[c], var_l[c] = mu, vc
+                    on = mu + k_on * math.sqrt(vc)
+                    on_l[c], off_l[c] = on, mu + off_frac * (on - mu)
+            else:
+                self._floor_mean[:], self._floor_var[:] = mean_l, var_l
+                self.on_threshold[:], self.off_threshold[:] = on_l, off_l
+                self._block_busy[busy] = True
+                self._end_block(start + a + (k + 1) * blk, None, np.array(means[j0 + k]),
+                                np.array(var[j0 + k]))
+                settled, after, mean_l, var_l, on_l, off_l = floor_state()
+            done = k + 1
+        self._floor_mean[:], self._floor_var[:] = mean_l, var_l
+        self.on_threshold[:], self.off_threshold[:] = on_l, off_l
+        self._block_fill = 0
+        stop = a + done * blk
+        above[idle, a:stop] = False
+        for c in busy:  # its thresholds did not move: above where its envelope is
+            np.greater(env[c, a:stop], on_l[c], out=above[c, a:stop])
+        return stop
+
     def _segment(self, env, a, b, start, above, events, timestamps) -> None:
         """Samples ``a:b`` of the chunk, all inside one block (thresholds constant)."""
         seg = env[:, a:b]
@@ -319,7 +393,8 @@ class OnsetDetector:
         t = float(timestamps[local]) if timestamps is not None else sample / self.fs
         events.append(Event(int(sample), t, self.channels[c], kind, float(value), float(thr)))
 
-    def _end_block(self, block_end: int, buf: np.ndarray) -> None:
+    def _end_block(self, block_end: int, buf: np.ndarray | None,
+                   m: np.ndarray | None = None, v: np.ndarray | None = None) -> None:
         """A block of samples is complete: update the adaptive noise floor.
 
         Only blocks in which a channel was idle (never above its on-threshold, never
@@ -328,6 +403,9 @@ class OnsetDetector:
         floor follows idle blocks with an asymmetric exponential average that falls
         quickly and rises slowly (time constant ``history_s``), like the minimum
         statistics of speech noise trackers, so unseen weak activity barely lifts it.
+
+        ``m`` and ``v`` are the block's mean and variance per channel when the caller
+        has them (else they are taken from ``buf``).
         """
         block_index = block_end // self.block - 1
         busy = self._block_busy
@@ -341,9 +419,11 @@ class OnsetDetector:
         busy.fill(False)
         if not take.any():
             return
-        m = np.add.reduce(buf, axis=1) * self._inv_block
-        v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
-        np.maximum(v, 0.0, out=v)
+        if m is None or v is None:
+            assert buf is not None, "a block's samples or its statistics"
+            m = np.add.reduce(buf, axis=1) * self._inv_block
+            v = np.einsum("ij,ij->i", buf, buf) * self._inv_block - m * m
+            np.maximum(v, 0.0, out=v)
         newly = None  # channels whose floor was seeded by this block
         if not self._all_seeded:
             seeding = take & ~self._tracking
@@ -430,6 +510,24 @@ class OnsetDetector:
         self._learn_from[c] = block_end - self.block
         self._doubted[c] = True
         self._warned[c] = False
+
+
+class _BlockStats:
+    """Per whole block of an envelope chunk from ``a`` (a block boundary): maximum,
+    minimum, mean and variance per channel, as lists by block (each block's sums are the
+    ones :meth:`OnsetDetector._end_block` takes of it alone, to the bit)."""
+
+    def __init__(self, env: np.ndarray, a: int, block: int, inv_block: float) -> None:
+        nch, n = env.shape
+        self.a = a
+        self.count = m = (n - a) // block
+        blocks = env[:, a:a + m * block].reshape(nch, m, block)
+        self.tops = np.maximum.reduce(blocks, axis=2).T.tolist()
+        self.bottoms = np.minimum.reduce(blocks, axis=2).T.tolist()
+        means = np.add.reduce(blocks, axis=2) * inv_block
+        var = np.einsum("ijk,ijk->ij", blocks, blocks) * inv_block - means * means
+        np.maximum(var, 0.0, out=var)
+        self.means, self.var = means.T.tolist(), var.T.tolist()
 
 
 class ThresholdDetector(Detector):
