@@ -54,7 +54,7 @@ from closedloop.runtime.outcome import (
     classify,
     keep_last,
 )
-from closedloop.runtime.status import status_line
+from closedloop.runtime.status import StatusLine
 from closedloop.runtime.watchdog import Watchdog
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
@@ -122,6 +122,7 @@ def run_loop(
     out.onsets = {m: 0 for m in names}
     keep = opts.history
     tally = StimTally(fs)
+    show = StatusLine(config, info)  # the live status line
     started = time.perf_counter()
     last_data = last_status = -math.inf
     last_counter: int | None = None
@@ -219,7 +220,7 @@ def run_loop(
                 recorder.check()
             if status and block is not None and now - last_status >= opts.status_every_s:
                 last_status = now
-                status(status_line(block, fs, stimulator, protocol, inputs.why))
+                status(show(block, stimulator, protocol, inputs.why))
 
             # 7. duration on the sample clock
             if end is not None and pipeline.position >= end:
