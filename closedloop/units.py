@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 #: Microvolts per unit of the units a source may report (anything else: not a voltage).
 MICROVOLTS_PER = {"v": 1e6, "volt": 1e6, "volts": 1e6, "mv": 1e3, "millivolts": 1e3,
                   "uv": 1.0, "µv": 1.0, "μv": 1.0, "microvolts": 1.0}
@@ -80,15 +82,18 @@ def display_units(units: str | None, detector_kind: str = "threshold") -> Displa
 
 def number(x: float) -> str:
     """A measured value with the digits that matter and never an exponent:
-    ``1234``, ``123``, ``12.3``, ``1.23``, ``0.12``; ``-`` for NaN or infinity."""
+    ``1234``, ``123``, ``12.3``, ``12``, ``1.23``, ``0.12``, ``0.000022``; ``-`` for NaN
+    or infinity."""
     if not math.isfinite(x):
         return "-"
     a = abs(x)
     if a >= 100 or a == 0:
         return f"{x:.0f}"
     if a >= 10:
-        return f"{x:.1f}"
-    return f"{x:.3g}" if a >= 1 else f"{x:.2g}"
+        return f"{x:.1f}".removesuffix(".0")
+    if a >= 1:
+        return f"{x:.3g}"
+    return np.format_float_positional(x, precision=2, unique=True, fractional=False, trim="-")
 
 
 def with_unit(x: float, unit: str) -> str:
