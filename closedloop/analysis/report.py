@@ -615,6 +615,7 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     key.append(("Attempts detected", ", ".join(
         f"{m} {sum(e.channel == m for e in onsets)}" for m in cfg.muscle_names),
         "EMG onsets per muscle"))
+    stims = [s for s in stims if s.stimulations]  # not a channel only ever switched off
     if stims:
         total = max(s.on_s for s in stims)
         key.append(("Stimulation time", ", ".join(f"{s.muscle} {duration(s.on_s)}"
@@ -629,7 +630,7 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
                       f"{number(100 * s.on_s / limit)} %" if limit else "-",
                       f"{s.max_ma:g} mA", f"{s.pulse_width_us:g} µs",
                       f"{s.frequency_hz:g} Hz", f"{number(s.charge_mc)} mC"])
-                 for s in stims if s.stimulations]
+                 for s in stims]
 
     effort_rows, series, effort_unit = _effort(rep, units, duration_s)
     effort_svg = plots.effort(series, duration_s, effort_unit) if series else ""
@@ -644,12 +645,12 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
                          f"{np.percentile(lat, 90):.0f} ms", f"{np.min(lat):.0f} ms",
                          f"{np.max(lat):.0f} ms"])]
     has_eff = any(c.effective_sample >= 0 for c in session.commands)
-    lat_note = ("from the EMG onset to the first pulse the stimulator was commanded to give "
+    lat_note = ("From the EMG onset to the first pulse the stimulator was commanded to give "
                 "(the stimulator's own delay is not included)" if lat.size else
-                "no stimulation was triggered" if not session.commands else
-                "this recording does not say where its commands took effect (recorded "
+                "No stimulation was triggered" if not session.commands else
+                "This recording does not say where its commands took effect (recorded "
                 "before closedloop kept it)" if not has_eff else
-                "no stimulation followed an onset of the agonist")
+                "No stimulation followed an onset of the agonist")
 
     # the timeline, what the detector saw
     pr = rep.processed

@@ -388,7 +388,19 @@ def test_onset_to_stimulation_is_to_the_first_pulse(live):
     assert lat.size == len(firsts) >= 3
     # decided in a 20-sample chunk, the pulses start at its end: (0, 10] ms at 2 kHz
     assert np.all((lat > 0) & (lat <= 10.0))
-    assert f"Onset to stimulation {np.median(lat):.0f} ms" in text(section(page, "results"))
+    results = text(section(page, "results"))
+    assert f"Onset to stimulation {np.median(lat):.0f} ms" in results
+    assert "From the EMG onset to the first pulse" in results
+
+
+def test_only_stimulated_muscles_count_towards_stimulation_time(live):
+    """The session's final all-off also addresses the triceps channel, which never
+    stimulated: it is not listed with 0 s."""
+    session, _, _, page = live
+    assert any(c.muscle == "triceps" for c in session.commands)
+    assert not any(c.muscle == "triceps" and c.current_ma > 0 for c in session.commands)
+    m = re.search(r"Stimulation time (.*?) session limit", text(section(page, "results")))
+    assert m and m.group(1).startswith("biceps ") and "triceps" not in m.group(1)
 
 
 def test_a_clean_session_has_no_warnings(live):
