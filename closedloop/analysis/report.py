@@ -624,8 +624,8 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
                     " % used" if limit else ""))
     lat = _latencies(session, cfg, onsets)
     if lat.size:
-        key.append(("Onset to stimulation", f"{np.median(lat):.0f} ms",
-                    f"median over {lat.size}; longest {np.max(lat):.0f} ms"))
+        key.append(("Onset to stimulation", _ms(np.median(lat)),
+                    f"median over {lat.size}; longest {_ms(np.max(lat))}"))
     stim_rows = [Row([s.muscle, str(s.channel), str(s.stimulations), duration(s.on_s),
                       f"{number(100 * s.on_s / limit)} %" if limit else "-",
                       f"{s.max_ma:g} mA", f"{s.pulse_width_us:g} µs",
@@ -641,9 +641,8 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
                         "mean voluntary EMG during the attempts (all muscles)"))
     lat_rows = []
     if lat.size:
-        lat_rows = [Row([str(lat.size), f"{np.median(lat):.0f} ms",
-                         f"{np.percentile(lat, 90):.0f} ms", f"{np.min(lat):.0f} ms",
-                         f"{np.max(lat):.0f} ms"])]
+        lat_rows = [Row([str(lat.size), _ms(np.median(lat)), _ms(np.percentile(lat, 90)),
+                         _ms(np.min(lat)), _ms(np.max(lat))])]
     has_eff = any(c.effective_sample >= 0 for c in session.commands)
     lat_note = ("From the EMG onset to the first pulse the stimulator was commanded to give "
                 "(the stimulator's own delay is not included)" if lat.size else
@@ -684,6 +683,11 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
         appendix=appendix, markers=marker_rows, issues=issue_rows,
         generated=generated or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
     )
+
+
+def _ms(x: float) -> str:
+    """A latency in ms with the digits that matter (``0.5 ms`` at 2 kHz, not ``0 ms``)."""
+    return f"{number(float(x))} ms"
 
 
 def _effort_note(unit: str, units: DisplayUnits) -> str:

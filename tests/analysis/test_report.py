@@ -386,10 +386,14 @@ def test_onset_to_stimulation_is_to_the_first_pulse(live):
     firsts = [c for i, c in enumerate(session.commands) if c.is_on and c.phase == "ramp_up"
               and (i == 0 or not session.commands[i - 1].is_on)]
     assert lat.size == len(firsts) >= 3
-    # decided in a 20-sample chunk, the pulses start at its end: (0, 10] ms at 2 kHz
+    # decided in a 20-sample chunk, the pulses start at its end: [0.5, 10] ms at 2 kHz,
+    # shown to the sample (not rounded to 0 or 1 ms)
     assert np.all((lat > 0) & (lat <= 10.0))
+    shortest = report.number(float(np.min(lat)))
+    assert re.search(rf"{lat.size} [\d.]+ ms [\d.]+ ms {re.escape(shortest)} ms ",
+                     text(section(page, "latency")) + " ")
     results = text(section(page, "results"))
-    assert f"Onset to stimulation {np.median(lat):.0f} ms" in results
+    assert f"Onset to stimulation {report.number(float(np.median(lat)))} ms" in results
     assert "From the EMG onset to the first pulse" in results
 
 
