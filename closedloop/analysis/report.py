@@ -469,8 +469,9 @@ def _trend(t: np.ndarray, v: np.ndarray) -> str:
     start = icpt + slope * t[ok][0]
     if start <= 0:
         return "-"
-    change = slope * (t[ok][-1] - t[ok][0]) / start * 100.0
-    return f"{change:+.0f} % over the session"
+    change = round(slope * (t[ok][-1] - t[ok][0]) / start * 100.0)
+    return (f"{change:+d} %" if change else "0 %") + " over the session"  # never '-0 %'
+
 
 
 def _input_warnings(session: Any, rep: Replayed) -> tuple[list[Alert], list[Row], str]:

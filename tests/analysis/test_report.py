@@ -411,3 +411,10 @@ def test_a_clean_session_has_no_warnings(live):
     _, _, _, page = live
     assert 'id="warnings"' not in page
     assert "identical: the replay made the recorded" in text(section(page, "appendix"))
+
+
+def test_the_trend_of_a_steady_effort_is_0_not_minus_0():
+    t = np.arange(10.0)
+    assert report._trend(t, 20.0 - 0.0005 * t) == "0 % over the session"
+    assert report._trend(t, 20.0 - 0.2 * t) == "-9 % over the session"
+    assert report._trend(t[:2], t[:2]) == "- (fewer than 3 attempts)"
