@@ -342,7 +342,7 @@ def _stimulation(session: Any) -> list[_Stim]:
     out = []
     for (muscle, channel), cmds in sorted(by.items()):
         st = _Stim(muscle, channel)
-        since = None
+        since: tuple[int, float] | None = None  # (row it started, highest mA so far)
         for i, c in enumerate(cmds):
             a = _start(c)
             b = _start(cmds[i + 1]) if i + 1 < len(cmds) else end
@@ -354,9 +354,9 @@ def _stimulation(session: Any) -> list[_Stim]:
                 st.pulse_width_us = max(st.pulse_width_us, c.pulse_width_us)
                 st.frequency_hz = max(st.frequency_hz, c.frequency_hz)
                 if since is None:
-                    since = [a - first, 0.0]
+                    since = (a - first, 0.0)
                     st.stimulations += 1
-                since[1] = max(since[1], c.current_ma)
+                since = (since[0], max(since[1], c.current_ma))
             elif since is not None:
                 st.spans.append((since[0], a - first, since[1]))
                 since = None
@@ -373,7 +373,8 @@ def _stops(session: Any) -> tuple[list[Any], list[Any], list[Any]]:
     command leaves them on (``(muscle, channel, command)``)."""
     last = _first_sample(session) + _n(session) - 1
     level: dict[tuple[str, int], Any] = {}
-    forced, at_end = [], []
+    forced: list[Any] = []
+    at_end: list[Any] = []
     for c in sorted(session.commands, key=lambda c: c.sample):
         key = (c.muscle, c.channel)
         prev = level.get(key)

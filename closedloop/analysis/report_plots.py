@@ -11,6 +11,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -18,10 +19,11 @@ import numpy as np
 PAGE_WIDTH_IN = 7.2
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
            "#17becf")
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "closedloop", "font.size": 7.5,
-       "axes.titlesize": 8, "axes.labelsize": 7.5, "legend.fontsize": 7,
-       "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
-       "axes.spines.right": False, "font.family": "DejaVu Sans"}
+_RC: dict[Any, Any] = {  # matplotlib's rc keys (its stubs want literal keys)
+    "svg.fonttype": "none", "svg.hashsalt": "closedloop", "font.size": 7.5,
+    "axes.titlesize": 8, "axes.labelsize": 7.5, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
+    "axes.spines.right": False, "font.family": "DejaVu Sans"}
 
 
 @dataclass
