@@ -7,6 +7,7 @@ fetched from the internet.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,3 +46,26 @@ def screenshot(page: Path, png: Path, profile: Path, size: tuple[int, int] = (11
               "--hide-scrollbars", page.resolve().as_uri()], profile, timeout)
     assert r.returncode == 0 and png.exists(), r.stderr[-2000:]
     return png
+
+
+def print_pdf(page: Path, pdf: Path, profile: Path, timeout: float = 60.0) -> Path:
+    """``page`` printed to a PDF as the browser's print dialog would (the page's own
+    print CSS and ``@page`` size; no header or footer added by the browser)."""
+    r = _run([f"--print-to-pdf={pdf.resolve()}", "--no-pdf-header-footer",
+              page.resolve().as_uri()], profile, timeout)
+    assert r.returncode == 0 and pdf.exists(), r.stderr[-2000:]
+    return pdf
+
+
+def pdf_pages(pdf: Path) -> list[tuple[float, float]]:
+    """Width and height (points) of each page of a PDF Chromium printed (its page
+    objects are not compressed: read from the file's text)."""
+    data = pdf.read_bytes()
+    boxes = re.findall(rb"/MediaBox\s*\[\s*0\s+0\s+([\d.]+)\s+([\d.]+)\s*\]", data)
+    counts = [int(c) for c in re.findall(rb"/Type\s*/Pages\s*/Count\s+(\d+)", data)]
+    assert counts and max(counts) == len(boxes), "not a PDF Chromium printed"
+    return [(float(w), float(h)) for w, h in boxes]
+
+
+#: A4 in PDF points (210 x 297 mm).
+A4_PT = (595.3, 841.9)

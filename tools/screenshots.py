@@ -1,28 +1,39 @@
 """Refresh the pictures in the docs: ``docs/view.png``, the live view of a simulated
-session, and ``docs/calibration.png``, the calibration dialog after a calibration of the
-simulated patient.
+session, ``docs/calibration.png``, the calibration dialog after a calibration of the
+simulated patient, and ``docs/report.png``, the report of a recorded simulated session
+as Chromium shows it.
 
-The test suite never writes into the source tree; it takes its own screenshots into a
-temporary folder and checks that the shipped ones still show the same window layout
-(``tests/view/test_readme_screenshot.py``). When the view or the dialog changes, a
+The test suite never writes into the source tree; it takes its own screenshots with
+these functions into a temporary folder and checks them, and that the shipped ones still
+show the same layout (``tests/view/test_readme_screenshot.py``,
+``tests/e2e/test_report_page.py``). When the view, the dialog or the report changes, a
 developer runs this and commits the new pictures.
 
 Usage (from the repository root; PYTHONPATH makes sure this checkout is pictured)::
 
     PYTHONPATH=. python tools/screenshots.py [--out docs/view.png]
-        [--calibration-out docs/calibration.png]
+        [--calibration-out docs/calibration.png] [--report-out docs/report.png]
+        [--only view|calibration|report]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The report's picture: the simulated patient P01, calibrated, then a recorded session.
+REPORT_CONFIG = ROOT / "configs" / "biceps_triceps.toml"
+REPORT_SECONDS = 30.0
+REPORT_SEED = 1
+#: Chromium's window for the report's picture (CSS pixels): the first A4 page and more.
+REPORT_WINDOW = (1000, 1400)
 
 #: The calibration dialog, run on the simulated patient (as fast as it computes) with a
 #: short schedule, grabbed when it shows its results. argv: config, picture, folder.
@@ -84,19 +95,77 @@ def take_calibration_screenshot(path: str | Path, *, timeout: float = 120.0
                               timeout=timeout)
 
 
+def _closedloop(folder: Path, *args: str, timeout: float) -> None:
+    """The installed ``closedloop`` command in ``folder`` (this checkout on PYTHONPATH),
+    output to pipes; a failure raises with its output."""
+    exe = shutil.which("closedloop")
+    if exe is None:
+        raise RuntimeError("the closedloop command is not installed (pip install -e .)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    r = subprocess.run([exe, *args], cwd=folder, env=env, capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f"closedloop {' '.join(args)} exited {r.returncode}:\n"
+                           f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+
+
+def make_report(folder: str | Path, *, seconds: float = REPORT_SECONDS,
+                seed: int = REPORT_SEED, timeout: float = 300.0) -> Path:
+    """A report as a clinician makes one, through the installed command in ``folder``:
+    ``calibrate`` the simulated patient P01 (into ``p01.toml`` and the patient record
+    ``sessions.db``), ``run`` a recorded session from that calibration
+    (``session.xdf``), then ``report`` it; returns ``session.html``."""
+    folder = Path(folder)
+    who = ("--patient", "P01", "--operator", "A. Nurse", "--db", "sessions.db")
+    _closedloop(folder, "calibrate", "--config", str(REPORT_CONFIG), "--out", "p01.toml",
+                "--no-gui", "--yes", "--rest-s", "3", "--mvc-reps", "2", "--mvc-s", "2",
+                *who, timeout=timeout)
+    _closedloop(folder, "run", "--config", "p01.toml", "--duration", f"{seconds:g}",
+                "--no-gui", "--quiet", "--seed", str(seed), "--record", "session.xdf", *who,
+                timeout=timeout + seconds)
+    _closedloop(folder, "report", "session.xdf", timeout=timeout)
+    return folder / "session.html"
+
+
+def take_report_screenshot(page: str | Path, png: str | Path, profile: str | Path,
+                           timeout: float = 60.0) -> Path:
+    """The report ``page`` as headless Chromium shows it, in a window of
+    :data:`REPORT_WINDOW`."""
+    sys.path.insert(0, str(ROOT))
+    from tests.browser import screenshot
+
+    return screenshot(Path(page), Path(png), Path(profile), size=REPORT_WINDOW,
+                      timeout=timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/screenshots.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "docs" / "view.png"),
                    help="where to write the live view's picture (replaced if it exists)")
     p.add_argument("--calibration-out", default=str(ROOT / "docs" / "calibration.png"),
                    help="where to write the calibration dialog's picture (replaced)")
+    p.add_argument("--report-out", default=str(ROOT / "docs" / "report.png"),
+                   help="where to write the report's picture (replaced if it exists)")
+    p.add_argument("--only", choices=("view", "calibration", "report"),
+                   help="refresh only this picture")
     args = p.parse_args(argv)
     code = 0
-    for r in (take_view_screenshot(args.out, overwrite=True),
-              take_calibration_screenshot(args.calibration_out)):
+    shots = []
+    if args.only in (None, "view"):
+        shots.append(take_view_screenshot(args.out, overwrite=True))
+    if args.only in (None, "calibration"):
+        shots.append(take_calibration_screenshot(args.calibration_out))
+    for r in shots:
         sys.stdout.write(r.stdout)
         sys.stderr.write(r.stderr)
         code = code or r.returncode
+    if args.only in (None, "report"):
+        with tempfile.TemporaryDirectory(prefix="closedloop-report-") as tmp:
+            page = make_report(tmp)
+            png = take_report_screenshot(page, Path(tmp) / "report.png", Path(tmp) / "profile")
+            shutil.copyfile(png, args.report_out)
+        print(f"wrote {args.report_out}")
     return code
 
 

@@ -1,55 +1,50 @@
-"""One self-contained HTML page about a recorded session (``closedloop report``).
+"""One self-contained HTML page about a recorded session, for the clinician
+(``closedloop report``).
 
-The page (plots are PNG images embedded as base64, drawn with matplotlib's Agg backend,
-so it builds without a display and opens anywhere without other files) has:
+The page (a jinja2 template with autoescape, ``templates/report.html``; figures as
+inline SVG; no script, no file beside it; it prints on one or two A4 pages) reads from
+the top:
 
-* **Session facts**: config name, file, duration (from the sample count), channels and
-  units, source and stimulator, whether the file is complete and every sample is there
-  (the recorded sample counter runs without gaps).
-* **Envelopes**: the recorded EMG is run again through the signal core
-  (:class:`~closedloop.core.pipeline.Pipeline`) with the recorded config, and each
-  muscle's envelope is drawn over time (max per pixel column) with its on- and
-  off-thresholds, the recorded onsets and the stimulation bands (where the muscle's
-  channel had current). The page says how many recorded onsets the recomputation
-  reproduces at the same sample (all of them, for a recording that started at sample 0
-  with the same code and config).
-* **Trials**: hits and misses over time and the hit rate over the last 10 trials, from
-  the trial markers; detection against the simulated truth when the session recorded
-  ``truth`` markers.
-* **Trigger latency**: the distribution of processing latency from the stimulation
-  commands' wall-clock stamps (``handed_wall - arrival_wall``: from the arrival of the
-  deciding sample's chunk to the command being handed to the driver), and the decision
-  delay in samples from each onset to the command it started.
-* **Stimulation** per channel: time on, pulses, charge per phase and in total, and the
-  cumulative charge over the session, from the commands (a command's level holds until
-  the channel's next command or the end of the recording).
-* **Per-attempt EMG amplitude**: the RMS of the band-passed EMG of each attempt (onset
-  to offset, at most 1 s) over the samples without stimulation (each stimulation
-  interval plus 25 ms is left out: artefacts and M-waves are not voluntary EMG); when
-  less than 20 ms of an attempt is free of stimulation (stimulation triggered at the
-  onset), the 50 ms before the onset decision are used instead (the voluntary EMG that
-  triggered it). A straight line fitted over the attempts (its change from the first to
-  the last attempt, in % of its value at the first) is a fatigue or progress signal,
-  not a diagnosis.
-* **Warnings**: the warning markers the session recorded, stop commands that switched
-  a channel off while it was on (guard limits, safety stops; the off-for-everything at
-  the end of a session is not one), channels whose last command leaves them on, samples
-  missing from the counter, a truncated file, and the input checks
-  (:class:`~closedloop.core.checks.InputMonitor`: flat, saturated, non-finite
-  channels, gaps) re-run over the recorded EMG.
+1. **Who and what**: the patient's pseudonymous id, date and time, duration, the
+   program (config name and description) and its protocol, the operator, the safety
+   checklist's answers and the calibration (rest and maximal voluntary contraction
+   per muscle, in µV, and where it came from).
+2. **Warnings and faults**, only when there are any: a damaged or incomplete recording,
+   samples missing, input problems (the session's ``input_issue`` markers), safety
+   interventions and stops, channels left on, a replay that does not reproduce the
+   session's decisions.
+3. **The session**: repetitions (triggers), the success rate where the protocol has one
+   (cued trials), stimulation time against the session dose limit, the voluntary effort
+   of every attempt (peak and mean EMG during the attempt, in µV and in % of the
+   maximal voluntary contraction when a calibration exists) and its trend over the
+   session, and the latency from the EMG onset to the stimulation (the first pulse: the
+   command's effective sample).
+4. **The session over time**: each muscle's envelope against its threshold, with the
+   stimulation and the onsets.
+5. **Appendix** (engineering): the file, its streams and samples, the processing
+   settings, the replay's agreement with the recording, processing latency, detection
+   against the simulated truth.
+
+What the page shows is what the loop processed: the recording is replayed through the
+exact pipeline (:func:`~closedloop.runtime.replay.replay_session`: input checks, signal
+core with every pulse blanked, protocol and guard), so the envelope is the one the
+detector saw, after blanking, and the effort is measured between the pulses
+(:mod:`closedloop.analysis.processed`). Counts, stimulation and latency come from the
+recording itself (what happened); the appendix says whether the replay made the same
+decisions.
 
 Markers the report reads (label, with the marker's ``sample`` or ``time``)
 --------------------------------------------------------------------------
-``hit``, ``miss``
-    Cued trial outcomes (fields ``trial``, ``muscle``); ``trigger`` (an onset started
-    stimulation without cues), ``cue``, ``gated``, ``ignored`` and ``early_stop`` are
-    counted. These are the protocol's ``TrialEvent`` kinds.
+``trigger``, ``hit``, ``miss``, ``gated``, ``cue``, ``ignored``, ``early_stop``, ``done``
+    The protocol's trial events (``hit``/``miss``: cued trials).
 ``truth``
     A simulated attempt's true onset (field ``muscle``).
+``input_issue``
+    What the session's input checks said (fields ``kind``, ``channel``, ``message``).
 anything whose label contains ``warn``, ``issue``, ``electrode``, ``stall``,
 ``watchdog``, ``safety``, ``violation``, ``stop``, ``error``, ``lost``, ``suspend``,
 ``fault``, ``saturat`` or ``flat``
-    Listed under warnings with its fields (``message`` first).
+    A warning, with its fields (``message`` first).
 
 :func:`build_report` works from any object with the attributes of
 :class:`closedloop.io.xdf.Session` (tests build one in memory);
@@ -59,139 +54,82 @@ anything whose label contains ``warn``, ``issue``, ``electrode``, ``stall``,
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from closedloop.config.signal import (
-    FilterSettings,
-)
-from closedloop.core.events import OFFSET, ONSET, Event
-from closedloop.core.filters import FilterBank
-from closedloop.core.pipeline import Pipeline
+from closedloop.analysis.processed import Processed
+from closedloop.core.events import ONSET
+from closedloop.units import DisplayUnits, display_units, duration, number
 
 #: Trial marker labels (the protocol's TrialEvent kinds).
-TRIAL_LABELS = ("cue", "hit", "miss", "trigger", "gated", "ignored", "early_stop", "done")
+TRIAL_LABELS = ("cue", "hit", "miss", "trigger", "gated", "ignored", "early_stop", "done",
+                "aborted")
 #: A marker whose label contains one of these is a warning.
 WARNING_WORDS = ("warn", "issue", "electrode", "stall", "watchdog", "safety", "violation",
                  "stop", "error", "lost", "suspend", "fault", "saturat", "flat")
-_PLOT_BINS = 2000
-_BLANK_AFTER_S = 0.025
-_MIN_CLEAN_S = 0.020
-_PRE_S = 0.050
-_MAX_ATTEMPT_S = 1.0
+#: The warnings listed one by one (the rest are counted).
+MAX_LISTED = 8
+#: First and last attempts averaged for the effort table.
+EDGE_ATTEMPTS = 5
+#: An onset starts the stimulation that follows it within this long, s.
+TRIGGER_WINDOW_S = 1.0
+_PROTOCOLS = {"triggered_assist": "triggered assist", "reciprocal": "reciprocal",
+              "cued_trials": "cued trials"}
 
 
-# -- what the report computes ------------------------------------------------------------------
+# -- what the page shows ---------------------------------------------------------------------------
 @dataclass
-class _Muscle:
-    """One muscle of the recomputation: its column and name."""
+class Alert:
+    """One line of the warnings: what, when (text), details."""
 
-    name: str
-    column: int
-    label: str
-
-
-@dataclass
-class _Recompute:
-    muscles: list[_Muscle]
-    filters: FilterSettings
-    bin_size: int
-    env_max: np.ndarray  # (bins, n_muscles)
-    env_min: np.ndarray
-    on_thr: np.ndarray  # (bins, n_muscles), at the end of each bin
-    off_thr: np.ndarray
-    events: list[Event]
-    note: str = ""
+    what: str
+    when: str
+    detail: str
 
 
 @dataclass
-class _StimStats:
-    muscle: str
-    channel: int
-    on_s: float = 0.0
-    pulses: float = 0.0
-    charge_mc: float = 0.0
-    max_current_ma: float = 0.0
-    max_charge_uc: float = 0.0
-    stimulations: int = 0
-    curve: list[tuple[float, float]] = field(default_factory=list)  # (time s, cumulative mC)
+class Row:
+    """A table row: cells as text (the template escapes them)."""
+
+    cells: list[str]
 
 
-def _config(session: Any) -> tuple[Any, str]:
-    """The recorded config (or None) and a note on why it is not used."""
-    text = getattr(session, "config_text", None)
-    if not text:
-        return None, "the recording holds no config: default settings were used"
-    from closedloop.config import loads_config
-    from closedloop.errors import ConfigError
+@dataclass
+class Page:
+    """Everything the template shows (see the module docstring), as text."""
 
-    try:
-        return loads_config(text, source="recorded config"), ""
-    except ConfigError as exc:
-        return None, f"the recorded config could not be read ({exc}); default settings used"
-
-
-def _muscles(session: Any, cfg: Any) -> tuple[list[_Muscle], str]:
-    chans = list(session.channels)
-    if cfg is None:
-        return [_Muscle(c, i, c) for i, c in enumerate(chans)], ""
-    out = []
-    for m in cfg.muscles:
-        if isinstance(m.channel, int) and m.channel < len(chans):
-            col = m.channel
-        elif m.channel in chans:
-            col = chans.index(m.channel)
-        elif m.name in chans:
-            col = chans.index(m.name)
-        else:
-            return ([_Muscle(c, i, c) for i, c in enumerate(chans)],
-                    f"muscle {m.name!r} (channel {m.channel!r}) is not among the recorded "
-                    "channels: every channel shown with default settings")
-        out.append(_Muscle(m.name, col, chans[col]))
-    return out, ""
+    title: str
+    header: list[tuple[str, str]]
+    checklist: list[tuple[str, str]]
+    checklist_note: str
+    calibration_note: str
+    calibration: list[Row]
+    warnings: list[Alert]
+    key: list[tuple[str, str, str]]  # (label, value, note)
+    stimulation: list[Row]
+    effort_unit: str
+    effort: list[Row]
+    effort_note: str
+    effort_svg: str
+    latency: list[Row]
+    latency_note: str
+    timeline_svg: str
+    timeline_note: str
+    appendix: list[tuple[str, str]]
+    markers: list[Row]
+    issues: list[Row]
+    generated: str
+    notes: list[str] = field(default_factory=list)
 
 
-def _recompute(session: Any, cfg: Any) -> _Recompute:
-    muscles, note = _muscles(session, cfg)
-    use_cfg = cfg is not None and not note
-    filters = cfg.filters if use_cfg else FilterSettings()
-    pipe = Pipeline(session.fs, [m.name for m in muscles], cfg if use_cfg else None)
-    x = session.samples[:, [m.column for m in muscles]]
-    n = x.shape[0]
-    bin_size = max(1, -(-n // _PLOT_BINS))
-    n_bins = -(-n // bin_size) if n else 0
-    k = len(muscles)
-    env_max = np.zeros((n_bins, k))
-    env_min = np.zeros((n_bins, k))
-    on_thr = np.full((n_bins, k), np.nan)
-    off_thr = np.full((n_bins, k), np.nan)
-    first = _first_sample(session)
-    events: list[Event] = []
-    for b in range(n_bins):
-        a = b * bin_size
-        blk = pipe.process(x[a : a + bin_size], session.timestamps[a : a + bin_size])
-        env_max[b] = blk.envelope.max(axis=0)
-        env_min[b] = blk.envelope.min(axis=0)
-        on_thr[b] = blk.on_threshold
-        off_thr[b] = blk.off_threshold
-        events.extend(Event(e.sample + first, e.time, e.channel, e.kind, e.envelope,
-                            e.threshold) for e in blk.events)
-    if first:
-        note = (note + "; " if note else "") + (
-            f"the recording starts at pipeline sample {first}, so the recomputed adaptive "
-            "baseline started later than the live one")
-    return _Recompute(muscles, filters, bin_size, env_max, env_min, on_thr, off_thr, events, note)
-
-
+# -- reading the recording ---------------------------------------------------------------------
 def _n(session: Any) -> int:
     return int(session.samples.shape[0])
 
@@ -216,20 +154,217 @@ def _start(c: Any) -> int:
     return int(eff) if eff is not None and eff >= 0 else int(c.sample)
 
 
-def _stim_intervals(session: Any) -> dict[tuple[str, int], list[tuple[int, int, Any]]]:
-    """Per (muscle, channel): [start, end) pipeline-sample intervals with their command."""
-    end = _first_sample(session) + _n(session)
-    by_ch: dict[tuple[str, int], list[Any]] = {}
+def _is_warning(label: str) -> bool:
+    low = label.lower()
+    return any(w in low for w in WARNING_WORDS)
+
+
+def _config(session: Any):
+    """The config the session ran with (every setting as it resolved them) and a note
+    when it could not be read (then the defaults on the recorded channels)."""
+    from closedloop.config import default_config
+    from closedloop.errors import ConfigError
+    from closedloop.io.recorded import recorded_config
+
+    try:
+        cfg = recorded_config(session)
+    except ConfigError as exc:
+        return default_config(tuple(session.channels)), (
+            f"the recorded config could not be read ({exc}); default settings were used")
+    note = "" if getattr(session, "config_text", None) or getattr(session, "metadata", {}).get(
+        "resolved_config") else "the recording holds no config: default settings were used"
+    return cfg, note
+
+
+@dataclass
+class Replayed:
+    """What the replay through the live pipeline gave."""
+
+    processed: Processed
+    outcome: Any
+    config: Any
+    note: str = ""
+    difference: str | None = None
+
+
+def _replay(session: Any, config) -> Replayed:
+    """The recording through the exact pipeline (see the module docstring)."""
+    from closedloop.config import default_config
+    from closedloop.errors import ConfigError
+    from closedloop.runtime.replay import (
+        check,
+        check_intact,
+        first_difference,
+        replay_session,
+    )
+
+    note = ""
+    n = _n(session)
+    for attempt in (config, None):
+        cfg = attempt or default_config(tuple(session.channels))
+        processed = Processed(cfg, session.fs, n)
+        # chunks a whole number of bins (>= 1 s): each bin's threshold is exact at its end
+        chunk = processed.bin_size * max(1, -(-int(session.fs) // processed.bin_size))
+        try:
+            out = replay_session(session, cfg, chunk_size=chunk, partial=True,
+                                 outlets=processed)
+            break
+        except ConfigError as exc:  # the config's muscles are not the recorded channels
+            note = (f"the recorded config does not fit the recording ({exc}); every channel "
+                    "was processed with default settings")
+    processed.finish()
+    if note or _first_sample(session) or not (session.events or session.commands):
+        difference = None  # nothing recorded that the replay could make
+    elif getattr(session, "damage", ()):
+        difference, _ = check_intact(session, out)
+    elif cfg.stimulates:
+        difference = check(session, out)
+    else:  # no protocol: the loop decides no stimulation, only the events can agree
+        difference = first_difference(session.events, out.events,
+                                      lambda e: (e.sample, e.channel, e.kind), "event")
+    return Replayed(processed, out, cfg, note, difference)
+
+
+# -- the parts of the page -----------------------------------------------------------------------
+def _header(session: Any, cfg, meta: dict) -> tuple[str, list[tuple[str, str]]]:
+    patient = meta.get("patient") or cfg.patient
+    started = str(meta.get("started") or "")
+    try:
+        when = datetime.fromisoformat(started)
+        date, time = when.strftime("%Y-%m-%d"), when.strftime("%H:%M")
+    except ValueError:
+        date, time = (started or "not recorded"), ""
+    program = cfg.name + (f": {cfg.description}" if cfg.description else "")
+    rows = [
+        ("Patient", str(patient) if patient else "not given (no patient id recorded)"),
+        ("Date and time", f"{date} {time}".strip()),
+        ("Duration", duration(_n(session) / session.fs)),
+        ("Program", program),
+        ("Protocol", _protocol_text(cfg)),
+        ("Operator", str(meta.get("operator") or "not recorded")),
+        ("Equipment", f"{_source_text(meta, session)}; stimulator "
+                      f"{_stimulator_text(meta, cfg)}"),
+    ]
+    title = "Session report" + (f": patient {patient}" if patient else "")
+    return title, rows
+
+
+def _protocol_text(cfg) -> str:
+    p = cfg.protocol
+    if p is None:
+        return "no stimulation (detection only)"
+    kind = _PROTOCOLS.get(p.kind, p.kind.replace("_", " "))
+    text = f"{kind}, {p.agonist}"
+    if p.kind == "reciprocal" and p.antagonist:
+        text += f" then {p.antagonist}"
+    elif p.antagonist and p.co_contraction_gate:
+        text += f" (not when the {p.antagonist} co-contracts)"
+    trials = getattr(p, "trials", None)
+    if p.kind == "cued_trials" and trials is not None:
+        text += (f"; {trials.n_trials} cued trials, {number(trials.work_s)} s work / "
+                 f"{number(trials.rest_s)} s rest")
+    return text
+
+
+def _source_text(meta: dict, session: Any) -> str:
+    kind = meta.get("source_kind", "")
+    name = meta.get("source_name") or meta.get("source") or getattr(session, "name", "")
+    return f"EMG from {name}" + (f" ({kind})" if kind and kind not in str(name) else "") + \
+        f", {number(session.fs)} Hz"
+
+
+def _stimulator_text(meta: dict, cfg) -> str:
+    stim = str(meta.get("stimulator") or "")
+    if not stim or stim == "none":
+        return "none" if cfg.protocol is None else "not recorded"
+    return "simulated" if stim.startswith("Sim") else stim
+
+
+def _checklist(meta: dict) -> tuple[list[tuple[str, str]], str]:
+    c = meta.get("checklist")
+    if not isinstance(c, dict):
+        return [], "not recorded"
+    if c.get("required") is False:
+        return [], f"not asked ({c.get('why', 'not required')})"
+    answers = c.get("answers") or {}
+    questions = c.get("questions") or {}
+    rows = [(str(questions.get(k, k)), "yes" if v is True else "NO") for k, v in answers.items()]
+    how = {"terminal": "on the terminal", "dialog": "in the dialog",
+           "flag": "confirmed with --confirm-checklist (done on paper)"}.get(
+        str(c.get("method", "")), str(c.get("method", "")))
+    bits = [how, str(c.get("time") or ""), str(c.get("operator") or "")]
+    return rows, "answered " + ", ".join(b for b in bits if b)
+
+
+def _calibration(cfg, meta: dict, units: DisplayUnits) -> tuple[list[Row], str]:
+    rows = []
+    for m in cfg.muscles:
+        cal = m.calibration
+        if cal is None:
+            continue
+        try:
+            on, _ = cal.thresholds(cfg.detector)
+        except AttributeError:  # a detector without envelope thresholds
+            on = math.nan
+        rows.append(Row([m.name, units.emg(cal.rest_mean), units.emg(cal.rest_sd),
+                         units.emg(cal.mvc) if cal.mvc is not None else "not measured",
+                         units.stat(on) if math.isfinite(on) else "-"]))
+    if not rows:
+        return [], ("none: the detector learnt each muscle's rest level in the first "
+                    "seconds (adaptive baseline); effort is shown in µV only")
+    c = meta.get("calibration")
+    if isinstance(c, dict) and c.get("from") == "patient record":
+        note = (f"from the patient record (#{c.get('record_id')}, calibrated "
+                f"{c.get('calibrated')})")
+    else:
+        note = "from the session's config"
+    return rows, note
+
+
+@dataclass
+class _Stim:
+    muscle: str
+    channel: int
+    on_s: float = 0.0
+    stimulations: int = 0
+    max_ma: float = 0.0
+    pulse_width_us: float = 0.0
+    frequency_hz: float = 0.0
+    charge_mc: float = 0.0
+    spans: list[tuple[int, int, float]] = field(default_factory=list)  # rows, peak mA
+
+
+def _stimulation(session: Any) -> list[_Stim]:
+    """Per stimulated muscle, from the recorded commands (a command's level runs from
+    its effective sample until the channel's next command or the end of the file)."""
+    first, end = _first_sample(session), _first_sample(session) + _n(session)
+    by: dict[tuple[str, int], list[Any]] = {}
     for c in sorted(session.commands, key=_start):
-        by_ch.setdefault((c.muscle, c.channel), []).append(c)
-    out = {}
-    for key, cmds in by_ch.items():
-        spans = []
+        by.setdefault((c.muscle, c.channel), []).append(c)
+    out = []
+    for (muscle, channel), cmds in sorted(by.items()):
+        st = _Stim(muscle, channel)
+        since: tuple[int, float] | None = None  # (row it started, highest mA so far)
         for i, c in enumerate(cmds):
-            stop = _start(cmds[i + 1]) if i + 1 < len(cmds) else end
-            if stop > _start(c):
-                spans.append((_start(c), stop, c))
-        out[key] = spans
+            a = _start(c)
+            b = _start(cmds[i + 1]) if i + 1 < len(cmds) else end
+            if c.current_ma > 0 and b > a:
+                dt = (b - a) / session.fs
+                st.on_s += dt
+                st.charge_mc += c.charge_uc * c.frequency_hz * dt / 1000.0
+                st.max_ma = max(st.max_ma, c.current_ma)
+                st.pulse_width_us = max(st.pulse_width_us, c.pulse_width_us)
+                st.frequency_hz = max(st.frequency_hz, c.frequency_hz)
+                if since is None:
+                    since = (a - first, 0.0)
+                    st.stimulations += 1
+                since = (since[0], max(since[1], c.current_ma))
+            elif since is not None:
+                st.spans.append((since[0], a - first, since[1]))
+                since = None
+        if since is not None:
+            st.spans.append((since[0], end - first, since[1]))
+        out.append(st)
     return out
 
 
@@ -240,7 +375,8 @@ def _stops(session: Any) -> tuple[list[Any], list[Any], list[Any]]:
     command leaves them on (``(muscle, channel, command)``)."""
     last = _first_sample(session) + _n(session) - 1
     level: dict[tuple[str, int], Any] = {}
-    forced, at_end = [], []
+    forced: list[Any] = []
+    at_end: list[Any] = []
     for c in sorted(session.commands, key=lambda c: c.sample):
         key = (c.muscle, c.channel)
         prev = level.get(key)
@@ -251,548 +387,421 @@ def _stops(session: Any) -> tuple[list[Any], list[Any], list[Any]]:
     return forced, at_end, left_on
 
 
-def _stim_stats(session: Any, intervals) -> list[_StimStats]:
+def _latencies(session: Any, cfg, onsets: Sequence[Any]) -> np.ndarray:
+    """Ms from each EMG onset to the first pulse it started: a stimulation of the
+    protocol's agonist (off before) and the latest onset of that muscle at most
+    :data:`TRIGGER_WINDOW_S` before the command was decided; the pulse starts at the
+    command's effective sample. Empty when the recording has no effective samples."""
+    agonist = cfg.protocol.agonist if cfg.protocol is not None else None
     fs = session.fs
-    first = _first_sample(session)
+    by_muscle: dict[str, list[int]] = {}
+    for e in onsets:
+        by_muscle.setdefault(e.channel, []).append(e.sample)
+    level: dict[tuple[str, int], float] = {}
     out = []
-    for (muscle, channel), spans in sorted(intervals.items()):
-        st = _StimStats(muscle, channel)
-        was_on = False
-        total_uc = 0.0
-        st.curve.append(((spans[0][0] - first) / fs if spans else 0.0, 0.0))
-        for a, b, c in spans:
-            dt = (b - a) / fs
-            on = c.current_ma > 0
-            if on:
-                pulses = c.frequency_hz * dt
-                st.on_s += dt
-                st.pulses += pulses
-                total_uc += c.charge_uc * pulses
-                st.max_current_ma = max(st.max_current_ma, c.current_ma)
-                st.max_charge_uc = max(st.max_charge_uc, c.charge_uc)
-                st.stimulations += not was_on
-            was_on = on
-            st.curve.append(((b - first) / fs, total_uc / 1000.0))
-        st.charge_mc = total_uc / 1000.0
-        out.append(st)
-    return out
-
-
-def _is_warning(label: str) -> bool:
-    low = label.lower()
-    return any(w in low for w in WARNING_WORDS)
-
-
-# -- figures -------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _img(b64: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
-
-
-def _envelope_figure(session, rc: _Recompute, intervals, recorded: list[Event]) -> str:
-    """Envelope per muscle. The vertical scale is set by the envelope outside stimulation
-    (artefacts are orders of magnitude larger than voluntary EMG and are clipped)."""
-    fs = session.fs
-    first = _first_sample(session)
-    k = len(rc.muscles)
-    fig = _figure(11, 1.8 * k + 0.6)
-    axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
-    n_bins = rc.env_max.shape[0]
-    t = (np.arange(n_bins) * rc.bin_size + rc.bin_size / 2) / fs
-    stim_bins = np.zeros(n_bins, dtype=bool)
-    blank = int(round(_BLANK_AFTER_S * fs))
-    for spans in intervals.values():
-        for a, b, c in spans:
-            if c.current_ma > 0:
-                lo = max(0, (a - first) // rc.bin_size)
-                stim_bins[lo : (b - first + blank) // rc.bin_size + 1] = True
-    clipped = False
-    for i, (ax, m) in enumerate(zip(axes, rc.muscles, strict=True)):
-        ax.fill_between(t, rc.env_min[:, i], rc.env_max[:, i], color="0.3", lw=0.5,
-                        label="envelope")
-        ax.step(t, rc.on_thr[:, i], where="post", color="tab:red", lw=1, label="on threshold")
-        ax.step(t, rc.off_thr[:, i], where="post", color="tab:orange", lw=1, ls="--",
-                label="off threshold")
-        for (muscle, _ch), spans in intervals.items():
-            if muscle != m.name:
-                continue
-            for a, b, c in spans:
-                if c.current_ma > 0:
-                    ax.axvspan((a - first) / fs, (b - first) / fs, color="tab:blue", alpha=0.15,
-                               lw=0)
-        env = rc.env_max[:, i]
-        quiet = env[~stim_bins & np.isfinite(env)]
-        if not quiet.size:
-            quiet = env[np.isfinite(env)]
-        thr = rc.on_thr[:, i][np.isfinite(rc.on_thr[:, i])]
-        top = max(float(quiet.max()) if quiet.size else 0.0,
-                  float(thr.max()) * 1.5 if thr.size else 0.0) or 1.0
-        clipped |= bool(np.nanmax(env, initial=0.0) > top * 1.1)
-        ons = [(e.sample - first) / fs for e in recorded if e.channel == m.name and e.kind == ONSET]
-        if ons:
-            ax.plot(ons, np.full(len(ons), top * 1.05), "v", color="tab:green", ms=5,
-                    label="recorded onsets")
-        ax.set_ylim(0, top * 1.12)
-        ax.set_ylabel(f"{m.name}\n({m.label})" if m.label != m.name else m.name)
-    axes[0].legend(loc="upper right", fontsize=7, ncol=4)
-    axes[-1].set_xlabel("time since the first recorded sample (s); blue: stimulation on"
-                        + ("; stimulation artefacts clipped" if clipped else ""))
-    return _png(fig)
-
-
-def _trials_figure(times_hit, times_miss, rate_t, rate) -> str:
-    fig = _figure(11, 3)
-    ax = fig.subplots()
-    ax.plot(rate_t, rate, "-", color="0.2", drawstyle="steps-post",
-            label="hit rate, last 10 trials")
-    ax.plot(times_hit, np.full(len(times_hit), 1.05), "|", color="tab:green", ms=12, mew=2,
-            label="hit")
-    ax.plot(times_miss, np.full(len(times_miss), -0.05), "|", color="tab:red", ms=12, mew=2,
-            label="miss")
-    ax.set_ylim(-0.15, 1.15)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("hit rate")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    return _png(fig)
-
-
-def _latency_figure(proc_ms: np.ndarray, onset_ms: np.ndarray) -> str:
-    fig = _figure(11, 3)
-    a1, a2 = fig.subplots(1, 2)
-    for ax, data, title in ((a1, proc_ms, "processing: sample arrival -> command handed (ms)"),
-                            (a2, onset_ms, "onset decision -> stimulation command (ms)")):
-        if data.size:
-            ax.hist(data, bins=min(50, max(5, data.size // 2)), color="tab:blue")
-            ax.axvline(np.median(data), color="k", lw=1, label=f"median {np.median(data):.2f}")
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("commands")
-    return _png(fig)
-
-
-def _charge_figure(stats: Sequence[_StimStats]) -> str:
-    fig = _figure(11, 3)
-    ax = fig.subplots()
-    for st in stats:
-        t, q = zip(*st.curve, strict=True)
-        ax.plot(t, q, label=f"{st.muscle} (ch {st.channel})")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("cumulative charge per phase (mC)")
-    ax.legend(fontsize=8)
-    return _png(fig)
-
-
-def _amplitude_figure(attempts: dict[str, list[tuple[int, float, bool]]], units: str) -> str:
-    fig = _figure(11, 3)
-    ax = fig.subplots()
-    for name, rows in attempts.items():
-        if not rows:
+    for c in sorted(session.commands, key=lambda c: c.sample):
+        key = (c.muscle, c.channel)
+        starts = c.current_ma > 0 and level.get(key, 0.0) <= 0 and c.phase != "test"
+        level[key] = c.current_ma
+        if not starts or c.effective_sample < 0 or (agonist and c.muscle != agonist):
             continue
-        idx = np.arange(1, len(rows) + 1)
-        amp = np.array([r[1] for r in rows])
-        pre = np.array([r[2] for r in rows])
-        (line,) = ax.plot(idx[~pre], amp[~pre], "o", ms=4,
-                          label=name if (~pre).any() else None)
-        ax.plot(idx[pre], amp[pre], "^", ms=4, color=line.get_color(),
-                label=f"{name} (50 ms before onset)" if pre.any() else None)
-        if len(rows) >= 3:
-            slope, icpt = np.polyfit(idx, amp, 1)
-            ax.plot(idx, icpt + slope * idx, "-", color=line.get_color(), lw=1)
-    ax.set_xlabel("attempt")
-    ax.set_ylabel(f"EMG RMS ({units})")
-    ax.legend(fontsize=8)
-    return _png(fig)
+        prior = [s for s in by_muscle.get(c.muscle, ()) if c.sample - TRIGGER_WINDOW_S * fs
+                 <= s <= c.sample]
+        if prior:
+            out.append((c.effective_sample - max(prior)) / fs * 1000.0)
+    return np.asarray(out)
 
 
-# -- per-attempt amplitude ---------------------------------------------------------------------
-def _attempt_amplitudes(session, rc: _Recompute, events: list[Event], intervals):
-    """Per muscle: [(onset sample, RMS, used the pre-onset window)] (module docstring)."""
+def _effort(rep: Replayed, units: DisplayUnits, duration_s: float):
+    """The effort rows, the plot's series and its unit: % MVC for muscles with a
+    calibrated MVC (µV in the table too), µV otherwise."""
+    from closedloop.analysis.report_plots import EffortSeries
+    from closedloop.core.effort import percent_mvc
+
+    cfg, fs = rep.config, rep.processed.fs
+    cal = {m.name: m.calibration for m in cfg.muscles}
+    with_mvc = all(c is not None and c.mvc is not None for c in cal.values()) and units.is_voltage
+    unit = "% MVC" if with_mvc else units.emg_unit or "source units"
+    rows, series = [], []
+    for name in cfg.muscle_names:
+        atts = [a for a in rep.processed.attempts if a.muscle == name]
+        if not atts:
+            continue
+        mean = np.array([a.mean for a in atts]) * units.emg_factor
+        peak = np.array([a.peak for a in atts]) * units.emg_factor
+        t = np.array([a.onset for a in atts]) / fs
+        shown_mean, shown_peak = mean, peak
+        if with_mvc:
+            c = cal[name]
+            rest, mvc = c.rest_mean * units.emg_factor, c.mvc * units.emg_factor
+            shown_mean, shown_peak = (percent_mvc(np.nan_to_num(v, nan=-1.0), rest, mvc)
+                                      for v in (mean, peak))
+            shown_mean[~np.isfinite(mean)] = np.nan
+            shown_peak[~np.isfinite(peak)] = np.nan
+        series.append(EffortSeries(name, t, shown_mean, shown_peak))
+        k = min(EDGE_ATTEMPTS, len(atts))
+
+        def both(v_uv: np.ndarray, v_pct: np.ndarray) -> str:
+            uv = with_unit_or_dash(float(np.nanmean(v_uv)) if np.isfinite(v_uv).any()
+                                   else math.nan, units.emg_unit)
+            if not with_mvc:
+                return uv
+            return f"{number(float(np.nanmean(v_pct)))} % ({uv})" if np.isfinite(
+                v_pct).any() else uv
+
+        rows.append(Row([name, str(len(atts)),
+                         both(mean[:k], shown_mean[:k]), both(mean[-k:], shown_mean[-k:]),
+                         both(peak, shown_peak), _trend(t, shown_mean),
+                         str(sum(a.stimulated for a in atts))]))
+    return rows, series, unit
+
+
+def with_unit_or_dash(x: float, unit: str) -> str:
+    """``number(x) unit``, or ``-`` when not finite."""
+    return "-" if not math.isfinite(x) else f"{number(x)} {unit}".rstrip()
+
+
+def _trend(t: np.ndarray, v: np.ndarray) -> str:
+    """A straight line fitted to ``v`` over time: its change from the first to the last
+    attempt, in % of its value at the first (a fatigue or progress signal, not a
+    diagnosis)."""
+    ok = np.isfinite(v)
+    if ok.sum() < 3 or np.ptp(t[ok]) <= 0:
+        return "- (fewer than 3 attempts)"
+    slope, icpt = np.polyfit(t[ok], v[ok], 1)
+    start = icpt + slope * t[ok][0]
+    if start <= 0:
+        return "-"
+    change = round(slope * (t[ok][-1] - t[ok][0]) / start * 100.0)
+    return (f"{change:+d} %" if change else "0 %") + " over the session"  # never '-0 %'
+
+
+
+def _input_warnings(session: Any, rep: Replayed) -> tuple[list[Alert], list[Row], str]:
+    """What the input checks said, grouped by kind and channel (one warning each), and
+    every occurrence (the appendix): the session's own ``input_issue`` markers, or for
+    a recording without them the replay's."""
+    recorded = [m for m in session.markers if m.label == "input_issue"]
+    first = _first_sample(session)
+    fs = session.fs
+    if recorded:
+        items = [(m.fields, _marker_sample(session, m) - first) for m in recorded]
+        origin = "the session's input checks"
+    else:
+        items = [(m.fields, m.sample if m.sample is not None else 0)
+                 for m in rep.processed.markers if m.label == "input_issue"]
+        origin = "the input checks, re-run by the replay"
+    # the checks name a source channel or a muscle: say the muscle
+    muscle = {str(m.channel): m.name for m in rep.config.muscles}
+    groups: dict[tuple[str, str], list[tuple[dict, int]]] = {}
+    for fields_, row in items:
+        kind = str(fields_.get("kind", ""))
+        if kind == "recovered":
+            continue
+        channel = str(fields_.get("channel") or "")
+        groups.setdefault((kind, muscle.get(channel, channel)), []).append((fields_, row))
+    warnings = []
+    for (kind, channel), occ in groups.items():
+        f0, r0 = occ[0]
+        times = f"{duration(r0 / fs)}" + (f" (+{len(occ) - 1} more)" if len(occ) > 1 else "")
+        warnings.append(Alert(f"input: {kind}" + (f" ({channel})" if channel else ""), times,
+                                str(f0.get("message", ""))))
+    rows = [Row([f"{r / fs:.2f}", str(f.get("kind", "")),
+                 muscle.get(str(f.get("channel") or ""), str(f.get("channel") or "")),
+                 str(f.get("message", ""))]) for f, r in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        rows.append(Row(["", "", "", f"... and {len(items) - MAX_LISTED} more"]))
+    return warnings, rows, origin
+
+
+def _warnings(session: Any, rep: Replayed, cfg_note: str) -> tuple[list[Alert], list[Row], str]:
     fs = session.fs
     first = _first_sample(session)
-    n = _n(session)
-    blank = int(round(_BLANK_AFTER_S * fs))
-    stim = sorted((a - first, b - first + blank) for spans in intervals.values()
-                  for a, b, c in spans if c.current_ma > 0)
-    windows = []  # (muscle index, a, b, pre)
-    for i, m in enumerate(rc.muscles):
-        evs = sorted((e for e in events if e.channel == m.name), key=lambda e: e.sample)
-        for j, e in enumerate(evs):
-            if e.kind != ONSET:
-                continue
-            s = e.sample - first
-            nxt = next((f.sample - first for f in evs[j + 1 :] if f.kind == OFFSET), s + n)
-            b = min(nxt, s + int(_MAX_ATTEMPT_S * fs), n)
-            windows.append([i, s, b, False])
-    if not windows:
-        return {m.name: [] for m in rc.muscles}
-
-    def clean_mask(a: int, b: int) -> np.ndarray:
-        mask = np.ones(b - a, dtype=bool)
-        for s0, s1 in stim:
-            if s1 > a and s0 < b:
-                mask[max(s0, a) - a : min(s1, b) - a] = False
-        return mask
-
-    for w in windows:
-        _, a, b, _ = w
-        if b <= a or clean_mask(a, b).sum() < _MIN_CLEAN_S * fs:
-            w[1], w[2], w[3] = max(0, a - int(_PRE_S * fs)), a, True
-    sums = np.zeros(len(windows))
-    counts = np.zeros(len(windows))
-    bank = FilterBank(rc.filters, fs, len(rc.muscles))
-    cols = [m.column for m in rc.muscles]
-    step = int(10 * fs)
-    for c0 in range(0, n, step):
-        xf = bank.process(session.samples[c0 : c0 + step, cols])
-        c1 = c0 + xf.shape[0]
-        for k, (i, a, b, pre) in enumerate(windows):
-            lo, hi = max(a, c0), min(b, c1)
-            if hi <= lo:
-                continue
-            seg = xf[lo - c0 : hi - c0, i]
-            if not pre:
-                seg = seg[clean_mask(lo, hi)]
-            sums[k] += float(seg @ seg)
-            counts[k] += seg.size
-    out: dict[str, list[tuple[int, float, bool]]] = {m.name: [] for m in rc.muscles}
-    for k, (i, a, _b, pre) in enumerate(windows):
-        if counts[k]:
-            onset = a + int(_PRE_S * fs) if pre else a
-            out[rc.muscles[i].name].append((onset + first, math.sqrt(sums[k] / counts[k]), pre))
-    for rows in out.values():
-        rows.sort()
-    return out
-
-
-# -- HTML -----------------------------------------------------------------------------------------
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;color:#222}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:left;font-size:.92em}th{background:#f3f3f3}img{max-width:100%}
-.warn{color:#a40}.ok{color:#070}.note{color:#555;font-size:.9em}
-"""
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return f"<table><tr>{h}</tr>{body}</table>"
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return "-" if not math.isfinite(v) else f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
-def _stats_ms(x: np.ndarray) -> list[Any]:
-    if not x.size:
-        return [0, "-", "-", "-", "-"]
-    return [int(x.size), float(np.median(x)), float(np.percentile(x, 90)),
-            float(np.percentile(x, 99)), float(np.max(x))]
-
-
-def _fmt_duration(s: float) -> str:
-    m, sec = divmod(s, 60.0)
-    return f"{int(m)} min {sec:04.1f} s" if m else f"{sec:.1f} s"
-
-
-def report_html(session: Any) -> str:
-    """The whole report page as HTML text (see the module docstring)."""
-    from closedloop.analysis.scoring import score_onsets
-
-    fs = float(session.fs)
-    first = _first_sample(session)
-    cfg, cfg_note = _config(session)
-    meta = dict(getattr(session, "metadata", {}) or {})
-    rc = _recompute(session, cfg)
-    recorded = list(session.events)
-    events_for_attempts = recorded or rc.events
-    intervals = _stim_intervals(session)
-    parts: list[str] = []
-    warnings: list[list[Any]] = []
-
-    # facts
-    name = cfg.name if cfg is not None else meta.get("session", "unknown")
-    title = f"Session report: {name}"
+    out: list[Alert] = []
+    damage = str(getattr(session, "damage_report", "") or "")
+    if damage:
+        out.append(Alert(f"recording {str(getattr(session, 'state', 'damaged')).upper()}",
+                           "", "this report covers the intact part only: " + " ".join(
+                               ln.strip().lstrip("- ") for ln in damage.splitlines())))
+    elif getattr(session, "truncated", False):
+        out.append(Alert("recording truncated", "", "the file was cut short and repaired "
+                           "on reading: this report covers what it holds"))
+    elif not getattr(session, "complete", True):
+        out.append(Alert("recording incomplete", "", "the file lacks its footers"))
     counter = getattr(session, "counter", None)
     if counter is not None and len(counter) > 1:
         d = np.diff(counter)
-        missing = int(np.sum(np.maximum(d - 1, 0)))
         gaps = int(np.count_nonzero(d != 1))
-        counter_text = ("every sample present (counter without gaps)" if gaps == 0 else
-                        f"{missing} sample(s) missing in {gaps} place(s)")
         if gaps:
-            warnings.append(["recording", "-", "-", f"sample counter: {counter_text}"])
-    else:
-        counter_text = "no sample counter recorded"
-    damage_report = str(getattr(session, "damage_report", "") or "")
-    for line in damage_report.splitlines()[1:]:
-        warnings.append(["recording", "-", "-", line.strip().lstrip("- ")])
-    if getattr(session, "truncated", False) and not damage_report:
-        warnings.append(["recording", "-", "-", "the file was cut short and repaired on reading"])
-    source = meta.get("source_kind") or (cfg.session.source if cfg is not None else "-")
-    source_name = meta.get("source_name", getattr(session, "name", ""))
-    stimulator = meta.get("stimulator") or (cfg.session.stimulator if cfg is not None else "-")
-    described = f"{name} - {cfg.description}" if cfg is not None and cfg.description else name
-    state = "complete" if getattr(session, "complete", True) else "incomplete (no footers)"
-    if getattr(session, "truncated", False):
-        state += "; truncated"
-    if damage_report:
-        state = (f"{str(getattr(session, 'state', 'damaged')).upper()}: this report covers "
-                 "the intact part only (see the warnings)")
-    n_on = sum(e.kind == ONSET for e in recorded)
-    facts = [
-        ["config", described],
-        ["file", str(getattr(session, "path", ""))],
-        ["duration", f"{_fmt_duration(_n(session) / fs)} ({_n(session)} samples at {fs:g} Hz)"],
-        ["channels", ", ".join(session.channels) + f" ({session.units})"],
-        ["muscles", ", ".join(f"{m.name} <- {m.label}" for m in rc.muscles)],
-        ["source", f"{source} ({source_name})"],
-        ["stimulator", str(stimulator)],
-        ["protocol", getattr(getattr(cfg, "protocol", None), "kind", "-") if cfg else "-"],
-        ["recorded", f"{n_on} onsets, {len(session.commands)} stimulation commands, "
-                     f"{len(session.markers)} markers"],
-        ["samples", counter_text],
-        ["file state", state],
-    ]
-    if session.commands:
-        _, at_end, left = _stops(session)
-        end_text = "every channel off" if not left else "LEFT ON: " + ", ".join(
-            f"{m} (channel {ch})" for m, ch, _ in left)
-        if at_end:
-            end_text += "; the session ended during stimulation of " + ", ".join(
-                f"{c.muscle} (channel {c.channel})" for c in at_end)
-        facts.append(["stimulation at the end", end_text])
-    for k in ("patient", "operator", "session", "closedloop_version"):
-        if k in meta:
-            facts.append([k, str(meta[k])])
-    parts.append('<h2 id="facts">Session facts</h2>' + _table(["", ""], facts))
-    if damage_report:
-        parts.append('<p class="warn">' + "<br>".join(
-            html.escape(line) for line in damage_report.splitlines()) + "</p>")
-    if cfg_note:
-        parts.append(f'<p class="warn">{html.escape(cfg_note)}</p>')
-
-    # envelopes
-    rec_on = {(e.sample, e.channel) for e in recorded if e.kind == ONSET}
-    re_on = {(e.sample, e.channel) for e in rc.events if e.kind == ONSET}
-    if rec_on:
-        agree = (f"{len(rec_on & re_on)} of {len(rec_on)} recorded onsets reproduced at the same "
-                 f"sample by the recomputation ({len(re_on)} recomputed onsets)")
-    else:
-        agree = f"no recorded detector events; {len(re_on)} onsets recomputed"
-    parts.append(
-        '<h2 id="envelopes">Envelopes, thresholds and stimulation</h2>'
-        f"<p>{html.escape(agree)}.</p>"
-        + (f'<p class="note">{html.escape(rc.note)}</p>' if rc.note else "")
-        + _img(_envelope_figure(session, rc, intervals, recorded), "envelopes over time")
-    )
-
-    # trials
+            out.append(Alert("samples missing", "", f"{int(np.sum(np.maximum(d - 1, 0)))} "
+                               f"sample(s) missing in {gaps} place(s) (sample counter)"))
+    if rep.note or cfg_note.startswith("the recorded config could not"):
+        out.append(Alert("settings", "", rep.note or cfg_note))
+    inputs, issue_rows, origin = _input_warnings(session, rep)
+    out += inputs
     markers = sorted(session.markers, key=lambda m: _marker_sample(session, m))
-    counts = Counter(m.label for m in markers if m.label in TRIAL_LABELS)
-    trial_rows = [[lab, counts.get(lab, 0)] for lab in TRIAL_LABELS if counts.get(lab, 0)]
-    outcomes = [m for m in markers if m.label in ("hit", "miss")]
-    trials_html = '<h2 id="trials">Trials</h2>'
-    if outcomes:
-        hits = sum(m.label == "hit" for m in outcomes)
-        trials_html += (f"<p>{len(outcomes)} cued trials: {hits} hit(s), "
-                        f"{len(outcomes) - hits} miss(es), hit rate "
-                        f"{hits / len(outcomes):.0%}.</p>")
-        tt = np.array([(_marker_sample(session, m) - first) / fs for m in outcomes])
-        hit = np.array([m.label == "hit" for m in outcomes], dtype=float)
-        rate = np.array([hit[max(0, i - 9) : i + 1].mean() for i in range(len(hit))])
-        trials_html += _img(_trials_figure(tt[hit == 1], tt[hit == 0], tt, rate), "hit rate")
-    elif counts.get("trigger"):
-        trials_html += f"<p>{counts['trigger']} triggered stimulations (no cued trials).</p>"
-    else:
-        trials_html += "<p>No trial markers recorded.</p>"
-    if trial_rows:
-        trials_html += _table(["marker", "count"], trial_rows)
-    truth = [(_marker_sample(session, m), str(m.fields.get("muscle", m.fields.get("channel", ""))))
-             for m in markers if m.label == "truth"]
-    if truth:
-        sc = score_onsets(truth, recorded or rc.events, fs, _n(session) / fs)
-        trials_html += "<p>Detection against the simulated truth " + html.escape(
-            f"({'recorded' if recorded else 'recomputed'} onsets): sensitivity "
-            f"{sc.hits}/{sc.n_reference}, {sc.false_detections} false, median latency "
-            f"{sc.median_latency_s * 1000:.1f} ms, p90 {sc.latency_percentile(90) * 1000:.1f} ms"
-        ) + ".</p>"
-    parts.append(trials_html)
-
-    # latency
-    cmds = sorted(session.commands, key=lambda c: c.sample)
-    proc = np.array([(c.handed_wall - c.arrival_wall) * 1000.0 for c in cmds
-                     if math.isfinite(c.handed_wall) and math.isfinite(c.arrival_wall)])
-    onset_ms = []
-    level: dict[tuple[str, int], float] = {}
-    ons_by_muscle: dict[str, list[int]] = {}
-    for e in events_for_attempts:
-        if e.kind == ONSET:
-            ons_by_muscle.setdefault(e.channel, []).append(e.sample)
-    for c in cmds:
-        key = (c.muscle, c.channel)
-        if c.current_ma > 0 and level.get(key, 0.0) <= 0 and c.phase != "test":
-            prior = [s for s in ons_by_muscle.get(c.muscle, []) if c.sample - fs <= s <= c.sample]
-            if prior:
-                onset_ms.append((c.sample - max(prior)) / fs * 1000.0)
-        level[key] = c.current_ma
-    onset_arr = np.array(onset_ms)
-    lat_html = '<h2 id="latency">Trigger latency</h2>'
-    lat_html += _table(["", "n", "median ms", "p90 ms", "p99 ms", "max ms"], [
-        ["processing (arrival -> handed, wall clock)", *_stats_ms(proc)],
-        ["onset decision -> command (samples)", *_stats_ms(onset_arr)],
-    ])
-    if proc.size or onset_arr.size:
-        lat_html += _img(_latency_figure(proc, onset_arr), "trigger latency distribution")
-    else:
-        lat_html += "<p>No stimulation commands with latency stamps.</p>"
-    parts.append(lat_html)
-
-    # stimulation
-    stats = _stim_stats(session, intervals)
-    stim_html = '<h2 id="stimulation">Stimulation per channel</h2>'
-    if stats:
-        stim_html += _table(
-            ["muscle", "channel", "stimulations", "time on (s)", "pulses", "max current (mA)",
-             "max charge / phase (uC)", "total charge / phase (mC)"],
-            [[s.muscle, s.channel, s.stimulations, s.on_s, s.pulses, s.max_current_ma,
-              s.max_charge_uc, s.charge_mc] for s in stats])
-        stim_html += _img(_charge_figure(stats), "cumulative charge")
-    else:
-        stim_html += "<p>No stimulation commands recorded.</p>"
-    parts.append(stim_html)
-
-    # amplitude trend
-    amps = _attempt_amplitudes(session, rc, events_for_attempts, intervals)
-    amp_rows = []
-    for mname, rows in amps.items():
-        if not rows:
-            continue
-        a = np.array([r[1] for r in rows])
-        trend = "-"
-        if len(a) >= 3:
-            slope, icpt = np.polyfit(np.arange(len(a)), a, 1)
-            if icpt > 0:
-                trend = f"{slope * (len(a) - 1) / icpt * 100:+.0f} % from first to last"
-        k = min(5, len(a))
-        amp_rows.append([mname, len(a), sum(r[2] for r in rows), float(a[:k].mean()),
-                         float(a[-k:].mean()), trend])
-    amp_html = '<h2 id="amplitude">Per-attempt EMG amplitude</h2>'
-    if amp_rows:
-        amp_html += _table(["muscle", "attempts", "from the 50 ms before onset",
-                            f"first 5 RMS ({session.units})", f"last 5 RMS ({session.units})",
-                            "linear trend (fitted)"], amp_rows)
-        amp_html += _img(_amplitude_figure(amps, session.units), "per-attempt amplitude")
-    else:
-        amp_html += "<p>No attempts (onsets) to measure.</p>"
-    parts.append(amp_html)
-
-    # warnings
     for m in markers:
-        if _is_warning(m.label):
-            fields = dict(m.fields)
-            msg = str(fields.pop("message", ""))
-            rest = ", ".join(f"{k}={v}" for k, v in fields.items())
-            t = (_marker_sample(session, m) - first) / fs
-            warnings.append([m.label, f"{t:.2f}", _marker_sample(session, m),
-                             "; ".join(x for x in (msg, rest) if x)])
+        if _is_warning(m.label) and m.label != "input_issue":
+            fields_ = dict(m.fields)
+            msg = str(fields_.pop("message", ""))
+            rest = ", ".join(f"{k}={v}" for k, v in fields_.items())
+            out.append(Alert(m.label, duration((_marker_sample(session, m) - first) / fs),
+                               "; ".join(x for x in (msg, rest) if x)))
     forced, _, left_on = _stops(session)
     for c in forced:
-        warnings.append(["stop command", f"{(c.sample - first) / fs:.2f}", c.sample,
-                         f"{c.muscle} (channel {c.channel}) was on and was switched off by a "
-                         "stop (a guard limit or a safety stop)"])
+        out.append(Alert("stimulation stopped", duration((c.sample - first) / fs),
+                           f"{c.muscle} (channel {c.channel}) was on and was switched off by "
+                           "a stop (a safety limit or a safety stop)"))
     for muscle, channel, c in left_on:
-        warnings.append(["left on", f"{(c.sample - first) / fs:.2f}", c.sample,
-                         f"the last recorded command leaves {muscle} (channel {channel}) at "
-                         f"{c.current_ma:g} mA: the recording ends before an off"])
-    issues = _input_issues(session)
-    warnings.extend(issues)
-    warn_html = '<h2 id="warnings">Warnings</h2>'
-    if warnings:
-        warn_html += (f'<p class="warn">{len(warnings)} warning(s).</p>'
-                      + _table(["what", "time (s)", "sample", "details"], warnings))
-    else:
-        warn_html += '<p class="ok">No warnings: no warning markers, no stop commands, no ' \
-                     "input issues, no missing samples.</p>"
-    parts.append(warn_html)
+        out.append(Alert("LEFT ON", duration((c.sample - first) / fs),
+                           f"the last recorded command leaves {muscle} (channel {channel}) at "
+                           f"{c.current_ma:g} mA: the recording ends before an off"))
+    o = rep.outcome
+    if o.violations:
+        last = o.violations[-1]
+        out.append(Alert("safety intervention", "", f"{o.n_violations} time(s); the last: "
+                           f"{last}"))
+    if o.reason not in ("ended", "duration", ""):
+        out.append(Alert("replay stopped", duration(o.seconds),
+                           f"{o.message}: a session would have stopped here"))
+    if rep.difference:
+        out.append(Alert("replay differs", "", "the replay through the pipeline did not make "
+                           f"the recorded decisions ({rep.difference}): the signals shown are "
+                           "the replay's"))
+    return out, issue_rows, origin
 
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>"
-        '<p class="note">Built by closedloop report. Times are counted in samples from the '
-        "first recorded sample; plots are embedded.</p>"
-        + "\n".join(parts) + "</body></html>\n"
+
+# -- the page ----------------------------------------------------------------------------------
+def analyse(session: Any, *, generated: str | None = None) -> Page:
+    """Everything the page shows, from ``session`` (see the module docstring)."""
+    from closedloop.analysis import report_plots as plots
+
+    fs = float(session.fs)
+    n = _n(session)
+    first = _first_sample(session)
+    meta = dict(getattr(session, "metadata", {}) or {})
+    cfg, cfg_note = _config(session)
+    rep = _replay(session, cfg)
+    cfg = rep.config
+    units = display_units(session.units, cfg.detector_kind)
+    duration_s = n / fs
+    title, header = _header(session, cfg, meta)
+    checklist, checklist_note = _checklist(meta)
+    calibration, calibration_note = _calibration(cfg, meta, units)
+    warnings, issue_rows, issue_origin = _warnings(session, rep, cfg_note)
+
+    recorded = [e for e in session.events if e.kind == ONSET]
+    onsets = recorded or [e for e in rep.outcome.events if e.kind == ONSET]
+    counts = Counter(m.label for m in session.markers if m.label in TRIAL_LABELS)
+    stims = _stimulation(session)
+    limit = cfg.safety.session_dose_s if cfg.safety is not None else None
+    key: list[tuple[str, str, str]] = []
+    cued = cfg.protocol is not None and cfg.protocol.kind == "cued_trials"
+    hits, misses = counts.get("hit", 0), counts.get("miss", 0)
+    if counts:
+        reps = counts.get("trigger", 0) + hits
+        how = "from the session's trial markers"
+    else:
+        reps = int(rep.outcome.trials.get("hits", 0)) if rep.outcome.trials else 0
+        how = "no trial markers recorded: counted by the replay"
+        if rep.outcome.trials:
+            hits, misses = rep.outcome.trials["hits"], rep.outcome.trials["misses"]
+    if cfg.protocol is not None or counts:
+        key.append(("Repetitions", f"{reps}", "stimulations triggered by an attempt; " + how))
+        if cued or misses:
+            done = hits + misses
+            key.append(("Success rate", f"{100 * hits / done:.0f} %" if done else "-",
+                        f"{hits} of {done} cued trials hit"))
+        gated = counts.get("gated", 0)
+        if gated:
+            key.append(("Not stimulated", f"{gated}", "attempts stopped by the co-contraction "
+                        "gate"))
+    key.append(("Attempts detected", ", ".join(
+        f"{m} {sum(e.channel == m for e in onsets)}" for m in cfg.muscle_names),
+        "EMG onsets per muscle"))
+    stims = [s for s in stims if s.stimulations]  # not a channel only ever switched off
+    if stims:
+        total = max(s.on_s for s in stims)
+        key.append(("Stimulation time", ", ".join(f"{s.muscle} {duration(s.on_s)}"
+                                                  for s in stims),
+                    f"session limit {duration(limit)} per muscle: {number(100 * total / limit)}"
+                    " % used" if limit else ""))
+    lat = _latencies(session, cfg, onsets)
+    if lat.size:
+        key.append(("Onset to stimulation", _ms(np.median(lat)),
+                    f"median over {lat.size}; longest {_ms(np.max(lat))}"))
+    stim_rows = [Row([s.muscle, str(s.channel), str(s.stimulations), duration(s.on_s),
+                      f"{number(100 * s.on_s / limit)} %" if limit else "-",
+                      f"{s.max_ma:g} mA", f"{s.pulse_width_us:g} µs",
+                      f"{s.frequency_hz:g} Hz", f"{number(s.charge_mc)} mC"])
+                 for s in stims]
+
+    effort_rows, series, effort_unit = _effort(rep, units, duration_s)
+    effort_svg = plots.effort(series, duration_s, effort_unit) if series else ""
+    if effort_rows:
+        means = [float(np.nanmean(s.mean)) for s in series if np.isfinite(s.mean).any()]
+        if means:
+            key.append(("Effort per attempt", f"{number(float(np.mean(means)))} {effort_unit}",
+                        "mean voluntary EMG during the attempts (all muscles)"))
+    lat_rows = []
+    if lat.size:
+        lat_rows = [Row([str(lat.size), _ms(np.median(lat)), _ms(np.percentile(lat, 90)),
+                         _ms(np.min(lat)), _ms(np.max(lat))])]
+    has_eff = any(c.effective_sample >= 0 for c in session.commands)
+    lat_note = ("From the EMG onset to the first pulse the stimulator was commanded to give "
+                "(the stimulator's own delay is not included)" if lat.size else
+                "No stimulation was triggered" if not session.commands else
+                "This recording does not say where its commands took effect (recorded "
+                "before closedloop kept it)" if not has_eff else
+                "No stimulation followed an onset of the agonist")
+
+    # the timeline, what the detector saw
+    pr = rep.processed
+    lanes = []
+    for c, name in enumerate(cfg.muscle_names):
+        low = np.where(np.isfinite(pr.env_min[:, c]), pr.env_min[:, c], np.nan)
+        high = np.where(np.isfinite(pr.env_max[:, c]), pr.env_max[:, c], np.nan)
+        lane = plots.Lane(name, low * units.stat_factor, high * units.stat_factor,
+                          pr.on_threshold[:, c] * units.stat_factor)
+        for s in stims:
+            if s.muscle == name:
+                lane.stimulation += [(a / fs, b / fs, ma) for a, b, ma in s.spans]
+        lane.onsets = [(e.sample - first) / fs for e in onsets if e.channel == name]
+        lanes.append(lane)
+    timeline_svg = plots.timeline(lanes, pr.bin_size / fs, duration_s, units.stat_name,
+                                  units.stat_unit)
+
+    appendix, marker_rows = _appendix(session, rep, cfg, meta, counts, onsets)
+    appendix.append(("Input checks", issue_origin))
+    appendix.append(("Settings", rep.note or cfg_note or "as the session ran (the recorded "
+                                                         "config, every setting resolved)"))
+    return Page(
+        title=title, header=header, checklist=checklist, checklist_note=checklist_note,
+        calibration_note=calibration_note, calibration=calibration, warnings=warnings,
+        key=key, stimulation=stim_rows, effort_unit=effort_unit, effort=effort_rows,
+        effort_note=_effort_note(effort_unit, units), effort_svg=effort_svg,
+        latency=lat_rows, latency_note=lat_note, timeline_svg=timeline_svg,
+        timeline_note=(f"The {units.stat_name} each muscle's detector saw (stimulation "
+                       "pulses blanked, as the session processed them: the recording replayed "
+                       "through the same pipeline), against its on-threshold."),
+        appendix=appendix, markers=marker_rows, issues=issue_rows,
+        generated=generated or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
     )
 
 
-def _input_issues(session: Any, limit: int = 50) -> list[list[Any]]:
-    """What the live input checks said (the recording's ``input_issue`` markers), or for a
-    recording without them the input checks re-run over the recorded EMG (all but
-    'recovered' notes)."""
-    said = [m for m in getattr(session, "markers", ()) if m.label == "input_issue"]
-    if said:
-        first = _first_sample(session)
-        rows = [[f"input: {m.fields.get('kind', '')}",
-                 f"{(_marker_sample(session, m) - first) / session.fs:.2f}",
-                 _marker_sample(session, m), str(m.fields.get("message", ""))]
-                for m in said[:limit]]
-        if len(said) > limit:
-            rows.append(["input", "-", "-", f"... and {len(said) - limit} more input issues"])
-        return rows
-    from closedloop.core.checks import InputMonitor
-    from closedloop.core.stream import Chunk, SourceInfo
-    from closedloop.errors import InputError
+def _ms(x: float) -> str:
+    """A latency in ms with the digits that matter (``0.5 ms`` at 2 kHz, not ``0 ms``)."""
+    return f"{number(float(x))} ms"
 
-    info = SourceInfo(name=str(getattr(session, "name", "EMG")), fs=float(session.fs),
-                      channels=tuple(session.channels), units=str(session.units), kind="replay")
-    mon = InputMonitor(info)
+
+def _effort_note(unit: str, units: DisplayUnits) -> str:
+    base = ("Voluntary EMG during each attempt, from its onset to its offset (at most 10 s): "
+            "the mean is the RMS of the band-passed EMG, the peak the highest voluntary "
+            "effort (0.1 s average); stimulation pulses and the 1.5 ms after each are left "
+            "out, so stimulated attempts measure the patient's own EMG.")
+    if unit == "% MVC":
+        return base + " % MVC: 0 at rest, 100 at the calibrated maximal contraction."
+    return base + ("" if units.is_voltage else " The source is not in a voltage unit: "
+                   "values are as the source reports them.")
+
+
+def _appendix(session: Any, rep: Replayed, cfg, meta: dict, counts: Counter,
+              onsets: Sequence[Any]) -> tuple[list[tuple[str, str]], list[Row]]:
+    from closedloop.analysis.scoring import score_onsets
+
+    fs = float(session.fs)
+    n = _n(session)
     counter = getattr(session, "counter", None)
-    step = max(1, int(session.fs))
-    first = _first_sample(session)
-    out: list[list[Any]] = []
-    total = 0
-    for a in range(0, _n(session), step):
-        chunk = Chunk(session.samples[a : a + step], session.timestamps[a : a + step],
-                      None if counter is None else counter[a : a + step])
-        try:
-            issues = mon.check(chunk).issues
-        except InputError as exc:  # a session would have stopped here (its rate, say)
-            total += 1
-            out.append(["input: unusable", f"{a / session.fs:.2f}", a + first, str(exc)])
-            break
-        for issue in issues:
-            if getattr(issue.kind, "value", issue.kind) == "recovered":
-                continue
-            total += 1
-            if len(out) < limit:
-                out.append([f"input: {getattr(issue.kind, 'value', issue.kind)}",
-                            f"{issue.sample / session.fs:.2f}", issue.sample + first,
-                            issue.message])
-    if total > limit:
-        out.append(["input", "-", "-", f"... and {total - limit} more input issues"])
-    return out
+    if counter is not None and len(counter) > 1:
+        gaps = int(np.count_nonzero(np.diff(counter) != 1))
+        samples = ("every sample present (the counter runs without gaps)" if not gaps else
+                   f"the counter breaks in {gaps} place(s)")
+    else:
+        samples = "no sample counter recorded"
+    state = "complete" if getattr(session, "complete", True) else "incomplete (no footers)"
+    if getattr(session, "damage", ()):
+        state = f"{getattr(session, 'state', 'damaged')}: the intact part is used"
+    f, env, art = cfg.filters, cfg.envelope, cfg.artifacts
+    det = cfg.detector
+    det_bits = [f"{k} {getattr(det, k)}" for k in ("baseline", "k_on", "mvc_fraction",
+                                                   "min_on_ms", "refractory_ms")
+                if getattr(det, k, None) is not None]
+    o = rep.outcome
+    rec_on = sum(e.kind == ONSET for e in session.events)
+    if not (session.events or session.commands):
+        agree = "not compared (the recording holds no detector events or commands)"
+    elif rep.difference is None and rep.note == "" and not _first_sample(session):
+        agree = (f"identical: the replay made the recorded {len(session.events)} detector "
+                 f"events and {len(session.commands)} commands at the same samples")
+    elif rep.difference:
+        agree = f"DIFFERS: {rep.difference}"
+    else:
+        agree = "not compared (" + (rep.note or "the recording starts at pipeline sample "
+                                    f"{_first_sample(session)}") + ")"
+    cmds = session.commands
+    proc = np.array([(c.handed_wall - c.arrival_wall) * 1000.0 for c in cmds
+                     if math.isfinite(c.handed_wall) and math.isfinite(c.arrival_wall)])
+    forced, at_end, left = _stops(session)
+    end = ("every channel off" if not left else "LEFT ON: " + ", ".join(
+        f"{m} (channel {ch})" for m, ch, _ in left)) if cmds else "no stimulation recorded"
+    if at_end:
+        end += "; the session ended during stimulation of " + ", ".join(
+            f"{c.muscle} (channel {c.channel})" for c in at_end)
+    rows = [
+        ("File", f"{getattr(session, 'path', '')} ({state})"),
+        ("Streams", ", ".join(getattr(session, "stream_names", ())) or "-"),
+        ("EMG", f"{getattr(session, 'name', '')}: {n} samples at {fs:g} Hz, channels "
+                f"{', '.join(session.channels)} ({session.units}); {samples}"),
+        ("Muscles", ", ".join(f"{m.name} <- {m.channel}" for m in cfg.muscles)),
+        ("Recorded", f"{rec_on} onsets, {len(session.events) - rec_on} other detector "
+                     f"events, {len(cmds)} stimulation commands, {len(session.markers)} "
+                     "markers"),
+        ("Processing", f"band-pass {number(f.bandpass_hz[0])}-{number(f.bandpass_hz[1])} Hz, "
+                       f"notch {number(f.notch_hz)} Hz; envelope {env.kind} "
+                       f"{number(env.window_ms)} ms; detector {cfg.detector_kind} "
+                       f"({', '.join(det_bits)}); blanking {number(art.blank_ms)} ms"
+                       f"{', comb' if art.comb else ''}"),
+        ("Replay", f"{agree}; {o.n_events} events, {o.n_commands} commands, "
+                   f"{duration(o.seconds)} processed ({o.message})"),
+        ("Stimulation at the end", end),
+        ("Processing latency", "EMG arrival to command handed to the stimulator (wall "
+         "clock): " + (f"median {np.median(proc):.2f} ms, p99 {np.percentile(proc, 99):.2f} "
+                       f"ms, max {np.max(proc):.2f} ms over {proc.size} commands"
+                       if proc.size else "not recorded")),
+        ("Session", " ".join(f"{k} {meta[k]}" for k in ("session", "closedloop_version",
+                                                         "config") if k in meta) or "-"),
+    ]
+    truth = [(_marker_sample(session, m), str(m.fields.get("muscle", m.fields.get("channel",
+                                                                                  ""))))
+             for m in session.markers if m.label == "truth"]
+    if truth:
+        sc = score_onsets(truth, list(onsets), fs, n / fs)
+        rows.append(("Detection (simulated truth)",
+                     f"{sc.hits} of {sc.n_reference} true attempts detected, "
+                     f"{sc.false_detections} false detections; detection delay median "
+                     f"{sc.median_latency_s * 1000:.0f} ms, p90 "
+                     f"{sc.latency_percentile(90) * 1000:.0f} ms"))
+    marker_rows = [Row([lab, str(counts[lab])]) for lab in TRIAL_LABELS if counts.get(lab)]
+    return rows, marker_rows
+
+
+def render(page: Page) -> str:
+    """The page as self-contained HTML (templates/report.html, autoescaped)."""
+    import jinja2
+    from markupsafe import Markup
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("closedloop.analysis", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    # the figures are markup matplotlib wrote (their text escaped there)
+    return env.get_template("report.html").render(
+        p=page, timeline=Markup(page.timeline_svg), effort=Markup(page.effort_svg))
+
+
+def report_html(session: Any, *, generated: str | None = None) -> str:
+    """The whole report page as HTML text (see the module docstring)."""
+    return render(analyse(session, generated=generated))
 
 
 def build_report(session: Any, out_path: str | Path) -> Path:
@@ -802,3 +811,6 @@ def build_report(session: Any, out_path: str | Path) -> Path:
     p.write_text(report_html(session), encoding="utf-8")
     return p
 
+
+__all__ = ["TRIAL_LABELS", "WARNING_WORDS", "Page", "analyse", "build_report", "render",
+           "report_html"]

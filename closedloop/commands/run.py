@@ -29,46 +29,78 @@ from dataclasses import asdict
 
 import numpy as np
 
+from closedloop.config import Config
 from closedloop.errors import ClosedLoopError
 from closedloop.io.records import resolve_path
 from closedloop.runtime.outcome import LoopOptions, Outcome, StopRequest
 from closedloop.runtime.session import Session, SessionPlan
 from closedloop.runtime.signals import say, stop_on_signals
+from closedloop.runtime.status import terminal_width
+from closedloop.units import display_units, duration, number
 
 
 def summary_lines(out: Outcome, *, recorded: str | None = None, patient: str | None = None,
                   operator: str | None = None, calibration: str | None = None,
-                  record: str | None = None) -> list[str]:
-    """The end-of-session summary a clinician reads.
+                  record: str | None = None, config: Config | None = None,
+                  units: str = "") -> list[str]:
+    """The end-of-session summary a clinician reads: every quantity with its unit.
 
     ``patient``, ``operator``: who; ``calibration``: where the thresholds came from (a
-    stored calibration); ``record``: what happened to the patient record.
+    stored calibration); ``record``: what happened to the patient record; ``config``: the
+    session's (its protocol, stimulation and session dose limit); ``units``: the EMG
+    source's (thresholds in µV when it is a voltage).
     """
+    fs = out.samples / out.seconds if out.seconds > 0 else 0.0
     lines = [f"session ended: {out.message} (exit code {out.exit_code})"]
     if patient:
         lines.append(f"  patient         : {patient}"
                      + (f" (operator: {operator})" if operator else ""))
     elif operator:
         lines.append(f"  operator        : {operator}")
-    lines.append(f"  duration        : {out.seconds:.1f} s ({out.samples} samples)")
+    lines.append(f"  duration        : {duration(out.seconds)} ({out.samples} samples"
+                 + (f" at {fs:.0f} Hz)" if fs else ")"))
     if calibration:
         lines.append(f"  calibration     : {calibration}")
-    lines.append("  onsets          : " + ", ".join(f"{m} {n}" for m, n in out.onsets.items()))
+    lines.append("  onsets detected : " + ", ".join(
+        f"{m} {n} onset{'s' * (n != 1)}" for m, n in out.onsets.items()))
+    thresholds = _thresholds(out, config, units)
+    if thresholds:
+        lines.append(f"  on-thresholds   : {thresholds}")
+    protocol = config.protocol.kind if config is not None and config.protocol else ""
     if out.trials:
         t = out.trials
-        lines.append(f"  triggers/trials : {t['trials']} trials, {t['hits']} hits, "
-                     f"{t['misses']} misses, {t['gated']} gated by co-contraction")
+        gated = (f"; {t['gated']} attempt{'s' * (t['gated'] != 1)} not stimulated "
+                 "(co-contraction)") if t["gated"] else ""
+        if protocol == "cued_trials":
+            rate = f", success {100 * t['hits'] / t['trials']:.0f} %" if t["trials"] else ""
+            lines.append(f"  cued trials     : {t['trials']} trials: {t['hits']} hits, "
+                         f"{t['misses']} misses{rate}{gated}")
+        else:
+            lines.append(f"  repetitions     : {t['trials']} trigger{'s' * (t['trials'] != 1)}"
+                         + (f" ({protocol.replace('_', ' ')})" if protocol else "") + gated)
     if out.stim_seconds:
-        lines.append("  stimulation     : " + ", ".join(
-            f"{m} {s:.1f} s" for m, s in out.stim_seconds.items()))
+        limit = config.safety.session_dose_s if config is not None and config.safety else None
+        used = max(out.stim_seconds.values())
+        lines.append("  stimulation time: " + ", ".join(
+            f"{m} {duration(s)}" for m, s in out.stim_seconds.items())
+            + (f" (session limit {duration(limit)} per muscle: {number(100 * used / limit)} % "
+               "used)" if limit else ""))
+        program = _stimulation_program(config)
+        if program:
+            lines.append(f"  stimulation     : {program}")
     if out.arrival_to_command_ms:
         a = np.asarray(out.arrival_to_command_ms)
-        last = "" if a.size == out.n_commands else " (the last ones)"
-        lines.append(f"  arrival->command: p50 {np.percentile(a, 50):.3f} ms, "
-                     f"p99 {np.percentile(a, 99):.3f} ms ({a.size} commands{last})")
+        # the latencies kept are cut like the commands (LoopOptions.history): when the
+        # command history is whole, so are they
+        whole = out.n_commands == len(out.commands) or a.size < len(out.commands)
+        which = f"{a.size} commands" if whole else f"the last {a.size} commands"
+        lines.append(f"  processing time : median {np.percentile(a, 50):.2f} ms, "
+                     f"p99 {np.percentile(a, 99):.2f} ms (EMG arrival to stimulation "
+                     f"command, {which})")
     if math.isfinite(out.stop_to_off_ms):
         lines.append(f"  stop -> all off : {out.stop_to_off_ms:.1f} ms")
-    lines.append(f"  samples lost    : {out.samples_lost}")
+    lines.append(f"  samples lost    : {out.samples_lost}"
+                 + (f" of {out.samples}" if out.samples else ""))
     if out.violations:
         lines.append(f"  safety          : {out.n_violations} intervention(s); "
                      f"last: {out.violations[-1]}")
@@ -80,6 +112,28 @@ def summary_lines(out: Outcome, *, recorded: str | None = None, patient: str | N
     if record:
         lines.append(f"  patient record  : {record}")
     return lines
+
+
+def _thresholds(out: Outcome, config: Config | None, units: str) -> str:
+    """Each muscle's on-threshold at its last onset, in the statistic's unit ("" when no
+    onset is known)."""
+    last = {e.channel: e.threshold for e in out.events
+            if e.kind == "onset" and math.isfinite(e.threshold)}
+    if not last:
+        return ""
+    u = display_units(units, config.detector_kind if config is not None else "threshold")
+    return ", ".join(f"{m} {u.stat(v)}" for m, v in last.items()) + f" ({u.stat_name}, at " \
+        "the last onset)"
+
+
+def _stimulation_program(config: Config | None) -> str:
+    """The stimulation each muscle was given at its plateau: ``biceps 20 mA, 300 µs,
+    35 Hz, 5 s on``."""
+    if config is None or not config.stimulates:
+        return ""
+    return "; ".join(f"{m.name} {m.stim.current_ma:g} mA, {m.stim.pulse_width_us:g} µs, "
+                     f"{m.stim.frequency_hz:g} Hz, {m.stim.on_time_s:g} s plateau"
+                     for m in config.muscles if m.stim is not None)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,7 +175,8 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
     for line in summary_lines(out, recorded=closed.recorded,
                               patient=config.patient if config else None,
                               operator=operator, record=record,
-                              calibration=choice.summary if choice else None):
+                              calibration=choice.summary if choice else None,
+                              config=config, units=session.units):
         say(line)
     if args.json:
         say(json.dumps({
@@ -165,7 +220,8 @@ def _printer() -> Callable[[str], None]:
 
     def status(line: str) -> None:
         if tty and not line.startswith(("input:", "safety:")):
-            say("\r" + line[:160].ljust(160), end="", file=sys.stderr)
+            width = terminal_width()  # the line was fitted to it (StatusLine)
+            say("\r" + line[:width].ljust(width), end="", file=sys.stderr)
         else:
             say(line, file=sys.stderr)
 

@@ -65,6 +65,7 @@ from typing import Any
 
 from closedloop.errors import RecordError
 from closedloop.identity import check_patient_id
+from closedloop.units import MICROVOLTS_PER, microvolts_per  # noqa: F401 - re-exported
 
 #: Environment variable that moves the default database.
 ENV_VAR = "CLOSEDLOOP_DB"
@@ -123,16 +124,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)
-
-#: Microvolts per unit of the units a source may report (anything else: unknown).
-MICROVOLTS_PER = {"v": 1e6, "volt": 1e6, "volts": 1e6, "mv": 1e3, "millivolts": 1e3,
-                  "uv": 1.0, "µv": 1.0, "μv": 1.0, "microvolts": 1.0}
-
-
-def microvolts_per(units: str | None) -> float | None:
-    """Microvolts per unit of ``units`` (``"V"`` -> 1e6), or None when not a voltage."""
-    return MICROVOLTS_PER.get((units or "").strip().lower())
-
 
 @dataclass(frozen=True)
 class MuscleRecord:

@@ -49,7 +49,7 @@ from closedloop.runtime.chain import Chain, ProtocolFactory, build_chain
 from closedloop.runtime.inputs import Notice, Segment
 from closedloop.runtime.outcome import MESSAGES, LoopOptions, Outcome, StopRequest
 from closedloop.runtime.publisher import NullPublisher, Publisher
-from closedloop.runtime.status import status_line
+from closedloop.runtime.status import StatusLine
 from closedloop.runtime.watchdog import Watchdog
 from closedloop.sources.base import Source
 from closedloop.stim.base import Stimulator
@@ -116,6 +116,7 @@ def run_loop(
     end = opts.end_sample(fs)
     stall = _StallCheck(opts, source.info.name)
     last_status, last_time = -math.inf, math.nan
+    show = StatusLine(config, source.info)  # the live status line
     watchdog = Watchdog(max(2 * opts.watchdog_s, 0.25), lambda: _emergency_off(stimulator, stop))
     watchdog.start()
     try:
@@ -180,7 +181,7 @@ def run_loop(
                     device.check()
             if status and block is not None and now - last_status >= opts.status_every_s:
                 last_status = now
-                status(status_line(block, fs, stimulator, chain.protocol, chain.inputs.why))
+                status(show(block, stimulator, chain.protocol, chain.inputs.why))
 
             # 7. duration on the sample clock
             if end is not None and chain.pipeline.position >= end:

@@ -82,8 +82,6 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     """
     from closedloop.io.recorded import recorded_config
     from closedloop.io.xdf import load_session
-    from closedloop.sources.replay import ReplaySource, parse_speed
-    from closedloop.stim.drivers.sim import SimStimulator
 
     if session is None:
         session = load_session(path, emg_stream=stream)
@@ -94,6 +92,25 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     # the recorded config: every setting as the session ran it, defaults included, so a
     # default changed since does not change what the replay decides
     config = recorded_config(session, config_path)
+    out = replay_session(session, config, speed=speed, stream=stream, chunk_size=chunk_size,
+                         progress=progress, partial=partial)
+    return session, config, out
+
+
+def replay_session(session, config, *, speed: str = "fast", stream: str | None = None,
+                   chunk_size: int | None = None, progress=None, partial: bool = False,
+                   outlets=None):
+    """Replay a loaded recording (:func:`~closedloop.io.xdf.load_session`) with
+    ``config``; returns the :class:`~closedloop.runtime.outcome.Outcome`.
+
+    ``outlets`` gets everything the loop publishes, as a live session's outlets do: the
+    samples, every block of the signal core (the envelope and thresholds after blanking:
+    what the loop processed), the commands and the markers (``closedloop report`` draws
+    them).
+    """
+    from closedloop.sources.replay import ReplaySource, parse_speed
+    from closedloop.stim.drivers.sim import SimStimulator
+
     # the recorded device's pulse rates (a RehaStim2 runs 35 Hz at 34.48 Hz), so that
     # blanking follows the same pulses as live
     rates = {c.frequency_hz: c.delivered_hz for c in session.commands
@@ -105,8 +122,8 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
     if chunk_size is None and math.isinf(parse_speed(speed)):
         chunk_size = FAST_CHUNK  # as fast as it goes: large chunks, the same decisions
     source = SplitSource(
-        ReplaySource(path, stream=stream, speed=speed, chunk_size=chunk_size, session=session,
-                     partial=partial),
+        ReplaySource(session.path, stream=stream, speed=speed, chunk_size=chunk_size,
+                     session=session, partial=partial),
         sorted({c.effective_sample for c in live}),
     )
     with source:
@@ -117,14 +134,14 @@ def replay_file(path: str, *, config_path: str | None = None, speed: str = "fast
             if progress is not None:
                 def status(_line: str) -> None:
                     progress(source.position, session.n)
-            out = run_loop(config, source, stim,
-                           options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05,
-                                               status_every_s=0.25, history=None),
-                           status=status, effective_sample=RecordedEffect(live))
+            return run_loop(config, source, stim,
+                            options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05,
+                                                status_every_s=0.25, history=None),
+                            status=status, effective_sample=RecordedEffect(live),
+                            outlets=outlets)
         finally:
             if stim is not None:
                 stim.close()
-    return session, config, out
 
 
 class RecordedEffect:

@@ -352,13 +352,14 @@ class Session:
             return None, "none (no patient id: --patient ID or patient = \"ID\" stores it)"
         choice = self.calibration
         record = session_record(
-            out, config, started=self.started, units=self._units(),
+            out, config, started=self.started, units=self.units,
             operator=self.operator,
             recording=str(self.plan.record) if recorded and self.plan.record else None,
             calibration_from=choice.record.id if choice and choice.record else None)
         return save(record, resolve_path(self.plan.patient_db))
 
-    def _units(self) -> str:
+    @property
+    def units(self) -> str:
         """Units of the EMG source ("" when it never opened)."""
         try:
             return self.source.info.units if self.source is not None else ""

@@ -1,38 +1,205 @@
-"""The one-line live status: time, each channel's envelope and threshold, stimulation."""
+"""The one-line live status: time, repetitions, stimulation, each muscle's envelope
+against its threshold, in clinical units, as wide as the terminal.
+
+:class:`StatusLine` is built once per session (it knows the muscles, the source's rate
+and units, the detector and which stimulator channel stimulates which muscle) and called
+with each block. The widest form::
+
+    t 12.3 s | triggers 4 | stim biceps 20 mA 35 Hz | biceps envelope 3.1 µV, on above 6.2 µV | ...
+
+When that does not fit the terminal, the same facts in fewer words (``biceps env 3.1 µV
+/ thr 6.2 µV``), then one legend for all muscles with the stimulation beside the muscle
+it stimulates (``env/thr µV: biceps 3.1/6.2 stim 20 mA, triceps 3.8/7.3``), then muscles
+left out (``+2 more``): quiet ones first, a suspended or stimulated one last. Time,
+repetitions and stimulation always stay.
+
+EMG is shown in µV when the source reports a voltage (V, mV, uV), as the source names
+it otherwise (``counts``), a detector's statistic in its own unit
+(:func:`closedloop.units.display_units`). While the filters settle at the start of a
+session (the input checks have not yet judged a channel usable; the adaptive baseline
+is still learning the rest level) a muscle reads ``settling``: nothing is wrong. A
+muscle whose input goes bad later reads ``SUSPENDED`` with the reason, one the impulse
+gate holds ``HELD``.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 
 from closedloop.core.events import Block
+from closedloop.core.stream import SourceInfo
+from closedloop.stim.base import ChannelOutput, Stimulator
+from closedloop.units import display_units, duration
 
 _WHY = {"hum": "mains hum", "signal": "flat, saturated or NaN signal",
         "impulse": "far outside its range", "settling": "signal back, settling"}
+#: Narrowest line the status is fitted to (a smaller terminal still gets this many).
+MIN_WIDTH = 40
+ELLIPSIS = "…"
+SEP = " | "
 
 
-def status_line(block: Block, fs: float, stimulator, protocol, why: Sequence[str]) -> str:
-    """One line: time, per-channel envelope/threshold (or why it is suspended),
-    the stimulator's outputs, the trial counts."""
-    parts = [f"t={block.stop / fs:7.1f}s"]
-    for c, name in enumerate(block.channels):
-        env = float(block.envelope[-1, c])
-        thr = float(block.on_threshold[c])
-        if why[c] == "impulse":  # the impulse gate holds it: no new onset for a moment
-            flag = " HELD (" + _WHY[why[c]] + ")"
-        elif why[c]:
-            flag = " SUSPENDED (" + _WHY.get(why[c], why[c]) + ")"
-        else:
-            flag = "" if math.isfinite(thr) else " (learning rest)"
-        parts.append(f"{name} {env:.3g}/{thr:.3g}{flag}")
-    if stimulator is not None:
-        on = [f"ch{ch} {o.current_ma:.0f}mA"
-              for ch, o in sorted(stimulator.outputs.items()) if o.is_on]
-        parts.append("stim " + (", ".join(on) if on else "off"))
-    if protocol is not None:
+def terminal_width() -> int:
+    """Columns for the status line: the terminal's width less one (a line that fills the
+    last column makes some terminals wrap), from ``$COLUMNS`` or the terminal; 79 with
+    no terminal."""
+    return max(MIN_WIDTH, shutil.get_terminal_size((80, 24)).columns - 1)
+
+
+class StatusLine:
+    """The live status line of one session (see the module docstring).
+
+    Parameters
+    ----------
+    config : Config
+        The session's config: detector kind, which channel stimulates which muscle.
+    info : SourceInfo
+        The EMG source: its rate (the time shown is on the sample clock) and units.
+    width : int or callable, optional
+        Widest line, or a function returning it (asked at every line, so a resized
+        terminal is followed); default :func:`terminal_width`.
+    """
+
+    def __init__(self, config, info: SourceInfo, *,
+                 width: int | Callable[[], int] | None = None) -> None:
+        self.fs = float(info.fs)
+        self.units = display_units(info.units, config.detector_kind)
+        self.stim_names = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
+        self._width = terminal_width if width is None else width
+        self._judged: set[str] = set()  # muscles judged usable once: their start is over
+
+    @property
+    def width(self) -> int:
+        """The width the next line is fitted to."""
+        w = self._width() if callable(self._width) else self._width
+        return max(MIN_WIDTH, int(w))
+
+    def __call__(self, block: Block, stimulator, protocol, why: Sequence[str]) -> str:
+        """The line for the latest ``block``; ``why[c]`` is why muscle ``c`` is
+        suspended ("" when it is not: :attr:`InputStage.why`)."""
+        names = block.channels
+        self._judged.update(name for name, w in zip(names, why, strict=True) if not w)
+        states = [self._state(name, w, float(block.on_threshold[c]))
+                  for c, (name, w) in enumerate(zip(names, why, strict=True))]
+        env = block.envelope[-1] if block.n else block.on_threshold * math.nan
+        head = [f"t {duration((block.start + block.n) / self.fs)}", *self._counts(protocol)]
+        on = self._on(stimulator)
+        stim, long_stim = ([], []) if stimulator is None else ([_stim(on, hz=False)],
+                                                               [_stim(on, hz=True)])
+        width = self.width
+        u = self.units
+        for parts in (
+            [*head, *long_stim,
+             *(self._long(n, float(e), float(t), s) for n, e, t, s
+               in zip(names, env, block.on_threshold, states, strict=True))],
+            [*head, *stim, *(self._short(n, float(e), float(t), s) for n, e, t, s
+                             in zip(names, env, block.on_threshold, states, strict=True))],
+        ):
+            line = SEP.join(parts)
+            if len(line) <= width:
+                return line
+        # one legend, the stimulation beside its muscle; then muscles left out, the
+        # quiet ones first (from the last), a suspended or stimulated one last
+        current = {name: o.current_ma for name, o in on}
+        items, weight = [], []
+        for n, e, t, s in zip(names, env, block.on_threshold, states, strict=True):
+            text = (f"{n} {_brief_state(s)}" if s else
+                    f"{n} {_brief(float(e) * u.stat_factor)}/{_brief(float(t) * u.stat_factor)}")
+            if n in current:
+                text += f" stim {current.pop(n):.0f} mA"
+            items.append(text)
+            weight.append(2 if n in dict(on) or s[:1].isupper() else 1 if s else 0)
+        other = [f"stim {name} {ma:.0f} mA" for name, ma in current.items()]  # no EMG of it
+        if stimulator is not None and not on:
+            other = ["stim off"]
+        head = [head[0], *self._counts(protocol, brief=True)]
+        legend = f"{u.stat_short}/thr{' ' + u.stat_unit if u.stat_unit else ''}: "
+        drop = sorted(range(len(items)), key=lambda i: (weight[i], -i))
+        for k in range(len(items) - weight.count(2) + 1):
+            kept = sorted(drop[k:])
+            line = SEP.join([*head, *other, legend + ", ".join(items[i] for i in kept)
+                             + (f", +{k} more" if k else "")])
+            if len(line) <= width:
+                return line
+        # narrower still: a suspended muscle first, then a stimulated one, in few words
+        first = [f"{names[i]} {states[i].split(' (')[0]}" for i in range(len(names))
+                 if states[i][:1].isupper()]
+        first += [f"{name} stim {o.current_ma:.0f} mA" for name, o in on]
+        rest = len(items) - len(first)
+        for tail in ([f"+{rest} more"] if rest > 0 else [], []):
+            line = SEP.join([*head, ", ".join(first + tail)])
+            if len(line) <= width:
+                return line
+        return line[: width - 1] + ELLIPSIS
+
+    # -- parts ------------------------------------------------------------------------------
+    def _on(self, stimulator: Stimulator | None) -> list[tuple[str, ChannelOutput]]:
+        """(muscle, output) of every stimulator channel that is on."""
+        if stimulator is None:
+            return []
+        return [(self.stim_names.get(ch, f"channel {ch}"), o)
+                for ch, o in sorted(stimulator.outputs.items()) if o.is_on]
+
+    @staticmethod
+    def _counts(protocol, *, brief: bool = False) -> list[str]:
+        """``triggers 4`` (assist, reciprocal) or ``trials 12: 10 hits, 2 misses``
+        (``brief``: ``hits 10/12``), with the attempts the co-contraction gate stopped."""
+        if protocol is None:
+            return []
         c = protocol.counts
-        parts.append(f"trials {c.trials} hits {c.hits} misses {c.misses}")
-    return " | ".join(parts)
+        gated = f", {c.gated} gated" if c.gated else ""
+        if getattr(protocol, "kind", "") != "cued_trials":
+            return [f"triggers {c.trials}{gated}"]
+        if brief:
+            return [f"hits {c.hits}/{c.trials}{gated}"]
+        return [f"trials {c.trials}: {c.hits} hit{'s' * (c.hits != 1)}, {c.misses} "
+                f"miss{'es' * (c.misses != 1)}{gated}"]
+
+    def _state(self, name: str, why: str, threshold: float) -> str:
+        """A word on a muscle that is not detecting ("" when it is)."""
+        if why == "impulse":  # the impulse gate holds it: no new onset for a moment
+            return "HELD (" + _WHY[why] + ")"
+        if why == "settling" and name not in self._judged:
+            return "settling"  # the start of the session: nothing is wrong
+        if why:
+            return "SUSPENDED (" + _WHY.get(why, why) + ")"
+        if not math.isfinite(threshold):
+            return "settling (learning rest)"
+        return ""
+
+    def _long(self, name: str, env: float, thr: float, state: str) -> str:
+        u = self.units
+        value = f"{name} {u.stat_name} {u.stat(env)}"
+        return f"{value}, {state}" if state else f"{value}, on above {u.stat(thr)}"
+
+    def _short(self, name: str, env: float, thr: float, state: str) -> str:
+        u = self.units
+        if state:
+            return f"{name} {_brief_state(state)}"
+        return f"{name} {u.stat_short} {u.stat(env)} / thr {u.stat(thr)}"
 
 
-__all__ = ["status_line"]
+def _stim(on: list, *, hz: bool) -> str:
+    """``stim biceps 20 mA 35 Hz, triceps 12 mA 35 Hz`` (``hz``: with the rates), or
+    ``stim off``."""
+    return "stim " + (", ".join(f"{name} {o.current_ma:.0f} mA"
+                                + (f" {o.frequency_hz:.0f} Hz" if hz else "")
+                                for name, o in on) or "off")
+
+
+def _brief_state(state: str) -> str:
+    """A state in a narrow line: ``settling`` whatever it is learning; a suspension
+    keeps its reason."""
+    return "settling" if state.startswith("settling") else state
+
+
+def _brief(x: float) -> str:
+    """Two digits are enough to compare a value with its threshold: ``2.6``, ``18``."""
+    if not math.isfinite(x):
+        return "-"
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}"
+
+
+__all__ = ["MIN_WIDTH", "StatusLine", "terminal_width"]

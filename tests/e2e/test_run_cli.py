@@ -195,7 +195,7 @@ def test_duration_reached_while_stimulating_exit_0():
 
 def test_sigterm_exit_143_all_off():
     run = Run("--no-outlets", "--json")
-    run.wait_for("stim ch1")  # stimulating
+    run.wait_for(" 20 mA")  # stimulating the biceps at its plateau (a status line)
     run.proc.send_signal(signal.SIGTERM)
     code, summary, _ = run.finish()
     assert code == 143 and summary["reason"] == "sigterm"

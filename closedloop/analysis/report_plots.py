@@ -1,0 +1,160 @@
+"""The report's figures: matplotlib drawn to inline SVG (text kept as text, so the page
+is searchable, prints sharp on paper and needs no file beside it).
+
+Every figure is sized for an A4 page's width (:data:`PAGE_WIDTH_IN`) and takes numbers
+already in display units (µV, % MVC, seconds); the report decides what to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Width of a figure: an A4 page less its margins, inches.
+PAGE_WIDTH_IN = 7.2
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+           "#17becf")
+_RC: dict[Any, Any] = {  # matplotlib's rc keys (its stubs want literal keys)
+    "svg.fonttype": "none", "svg.hashsalt": "closedloop", "font.size": 7.5,
+    "axes.titlesize": 8, "axes.labelsize": 7.5, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
+    "axes.spines.right": False, "font.family": "DejaVu Sans"}
+
+
+@dataclass
+class Lane:
+    """One muscle of the session timeline, in display units.
+
+    Attributes
+    ----------
+    name : str
+    low, high : ndarray
+        Lowest and highest envelope in each bin.
+    threshold : ndarray
+        On-threshold at each bin's end (NaN while learning).
+    stimulation : list of (start s, end s, mA)
+        When the muscle was stimulated, and the highest current of each stimulation.
+    onsets : list of float
+        Onset times, s.
+    """
+
+    name: str
+    low: np.ndarray
+    high: np.ndarray
+    threshold: np.ndarray
+    stimulation: list[tuple[float, float, float]] = field(default_factory=list)
+    onsets: list[float] = field(default_factory=list)
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})  # the same figure, the same text
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # no XML declaration or DOCTYPE inside HTML
+
+
+def _figure(height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(PAGE_WIDTH_IN, height), layout="constrained")
+
+
+def _time_axis(seconds: float) -> tuple[float, str]:
+    """Divisor and label of a time axis over ``seconds``: minutes beyond 3 minutes."""
+    return (60.0, "min") if seconds > 180 else (1.0, "s")
+
+
+def timeline(lanes: Sequence[Lane], bin_s: float, duration_s: float, stat_name: str,
+             unit: str) -> str:
+    """Each muscle's envelope (the band between the lowest and highest value of each
+    bin) against its on-threshold, with the stimulation (shaded, with its current) and
+    the onsets (ticks); one lane per muscle, sharing the time axis."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        k = max(1, len(lanes))
+        fig = _figure(min(4.8, 0.5 + 1.15 * k))
+        axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
+        div, tunit = _time_axis(duration_s)
+        for ax, lane in zip(axes, lanes, strict=False):
+            n = lane.high.size
+            t = (np.arange(n) + 0.5) * bin_s / div
+            finite = np.isfinite(lane.high)
+            top = _top(lane.high[finite], lane.threshold)
+            ax.fill_between(t, np.where(finite, lane.low, np.nan),
+                            np.where(finite, np.minimum(lane.high, top * 1.08), np.nan),
+                            color="0.35", lw=0.4, step="mid", label=stat_name)
+            ax.step(t, lane.threshold, where="post", color="#d62728", lw=0.9,
+                    label="on-threshold")
+            peak_ma = 0.0
+            for a, b, ma in lane.stimulation:
+                ax.axvspan(a / div, b / div, color="#1f77b4", alpha=0.18, lw=0)
+                peak_ma = max(peak_ma, ma)
+            if lane.onsets:
+                ax.plot(np.asarray(lane.onsets) / div, np.full(len(lane.onsets), top * 1.12),
+                        "|", color="#2ca02c", ms=5, mew=1.2, label="onset")
+            ax.set_ylim(0, top * 1.18)
+            ax.set_ylabel(f"{lane.name}\n{unit}" if unit else lane.name)
+            if peak_ma:
+                ax.text(1.0, 1.0, f"stimulated up to {peak_ma:g} mA", transform=ax.transAxes,
+                        ha="right", va="bottom", fontsize=6.5, color="#1f77b4")
+            ax.margins(x=0)
+        axes[0].legend(loc="upper left", bbox_to_anchor=(0.0, 1.32), ncol=3, frameon=False)
+        axes[-1].set_xlabel(f"time ({tunit}); shaded: stimulation")
+        axes[-1].set_xlim(0, duration_s / div)
+        return _svg(fig)
+
+
+def _top(values: np.ndarray, threshold: np.ndarray) -> float:
+    """The lane's scale: the envelope's 99.5th percentile or 1.5 x the highest
+    threshold, whichever is higher (a rare spike is clipped, not the whole lane
+    flattened)."""
+    v = float(np.nanpercentile(values, 99.5)) if values.size else 0.0
+    thr = threshold[np.isfinite(threshold)]
+    top = max(v, 1.5 * float(thr.max()) if thr.size else 0.0)
+    return top if top > 0 and math.isfinite(top) else 1.0
+
+
+@dataclass
+class EffortSeries:
+    """One muscle's attempts: time (s), mean and peak effort (display units)."""
+
+    name: str
+    time: np.ndarray
+    mean: np.ndarray
+    peak: np.ndarray
+
+
+def effort(series: Sequence[EffortSeries], duration_s: float, unit: str) -> str:
+    """Mean (filled) and peak (open) voluntary effort of every attempt over the session,
+    with a straight line fitted to the means of each muscle."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        fig = _figure(2.0)
+        ax = fig.subplots()
+        div, tunit = _time_axis(duration_s)
+        for i, s in enumerate(series):
+            colour = COLOURS[i % len(COLOURS)]
+            t = s.time / div
+            ax.plot(t, s.mean, "o", ms=3.2, color=colour, label=f"{s.name} mean")
+            ax.plot(t, s.peak, "o", ms=3.2, mfc="none", color=colour, mew=0.8,
+                    label=f"{s.name} peak")
+            ok = np.isfinite(s.mean)
+            if ok.sum() >= 3:
+                slope, icpt = np.polyfit(t[ok], s.mean[ok], 1)
+                ax.plot(t[ok], icpt + slope * t[ok], "-", color=colour, lw=1)
+        ax.set_xlim(0, duration_s / div)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(f"time of the attempt ({tunit})")
+        ax.set_ylabel(unit)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        return _svg(fig)
+
+
+__all__ = ["COLOURS", "PAGE_WIDTH_IN", "EffortSeries", "Lane", "effort", "timeline"]
