@@ -99,6 +99,7 @@ import pylsl
 
 import closedloop
 from closedloop.core.events import Block, Event
+from closedloop.core.evoked import MWave
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, InputError
 from closedloop.stim.commands import StimCommand
@@ -111,6 +112,7 @@ ROLE_STIM = "stim"
 ROLE_MARKERS = "markers"
 ROLE_SESSION = "session"
 ROLE_FILTERED = "filtered"
+ROLE_MWAVE = "mwave"
 
 #: Stream-name suffix and LSL type of each role.
 STREAMS: dict[str, tuple[str, str]] = {
@@ -122,6 +124,7 @@ STREAMS: dict[str, tuple[str, str]] = {
     ROLE_MARKERS: ("Markers", "Markers"),
     ROLE_SESSION: ("Session", "SessionInfo"),
     ROLE_FILTERED: ("Filtered", "FilteredEMG"),
+    ROLE_MWAVE: ("MWave", "MWave"),
 }
 #: Streams published for live displays only: not recorded, not in the expected counts.
 DISPLAY_ONLY = (ROLE_FILTERED,)
@@ -288,6 +291,35 @@ def decode_marker(text: str) -> tuple[int, Marker]:
         sample=None if sample is None else int(sample),
         fields=dict(d.get("fields") or {}),
     )
+
+
+def encode_mwave(m: MWave, seq: int) -> str:
+    """JSON of an evoked-response record (:class:`~closedloop.core.evoked.MWave`, its
+    averaged waveform included; NaN becomes null)."""
+    d = {f.name: getattr(m, f.name) for f in dataclasses.fields(MWave)}
+    d["waveform"] = [float(v) if math.isfinite(v) else None
+                     for v in np.asarray(m.waveform, dtype=np.float64)]
+    d["present"] = bool(m.present)
+    return _dumps({"seq": seq, **d})
+
+
+def decode_mwave(text: str) -> tuple[int, MWave]:
+    """``(seq, MWave)`` from :func:`encode_mwave` output."""
+    d = json.loads(text)
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(MWave):
+        v = d.get(f.name)
+        if f.name == "muscle":
+            kw[f.name] = str(v)
+        elif f.name in ("sample", "channel", "first_sample", "last_sample", "n_pulses"):
+            kw[f.name] = int(v)
+        elif f.name == "present":
+            kw[f.name] = bool(v)
+        elif f.name == "waveform":
+            kw[f.name] = np.array([_float(x) for x in (v or [])], dtype=np.float64)
+        else:
+            kw[f.name] = _float(v)
+    return int(d["seq"]), MWave(**kw)
 
 
 # -- running totals -------------------------------------------------------------------------
@@ -562,7 +594,7 @@ class SessionOutlets:
                     channels=[(lab, "FilteredEMG", unit) for lab in labels]
                     + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
                 )
-        for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS):
+        for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS, ROLE_MWAVE):
             self._create(role, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string)
         self._create(ROLE_SESSION, 1, pylsl.IRREGULAR_RATE, pylsl.cf_string, session=True)
         self._closed = False
@@ -794,6 +826,15 @@ class SessionOutlets:
             ROLE_MARKERS, [encode_marker(marker, self._pushed[ROLE_MARKERS])], [time]
         )
         self.tally.add_marker(label)
+
+    def push_mwaves(self, records: Sequence[MWave]) -> None:
+        """Push evoked-response records (M-waves), each stamped with the stream time of
+        the sample that decided it."""
+        self._push_strings(
+            ROLE_MWAVE,
+            [encode_mwave(m, self._pushed[ROLE_MWAVE] + k) for k, m in enumerate(records)],
+            [m.time for m in records],
+        )
 
     def push_tally(self, position: int, time: float, *, duration_s: float | None = None,
                    force: bool = False) -> bool:

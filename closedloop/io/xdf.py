@@ -43,6 +43,7 @@ import pyxdf
 
 from closedloop.core.checks import ABSURD_LIMIT, hold_nonfinite
 from closedloop.core.events import Event
+from closedloop.core.evoked import MWave
 from closedloop.core.stream import SourceInfo, sample_format
 from closedloop.errors import InputError, RecordingDamagedError
 from closedloop.io import xdfreader
@@ -52,6 +53,7 @@ from closedloop.io.outlets import (
     ROLE_ENVELOPE,
     ROLE_EVENTS,
     ROLE_MARKERS,
+    ROLE_MWAVE,
     ROLE_SESSION,
     ROLE_STIM,
     ROLE_THRESHOLDS,
@@ -60,6 +62,7 @@ from closedloop.io.outlets import (
     decode_command,
     decode_event,
     decode_marker,
+    decode_mwave,
     restore_timestamps,
     unwrap_counter,
 )
@@ -348,6 +351,9 @@ class Session:
     commands : list of StimCommand
     markers : list of Marker
         Trial and cue markers.
+    mwaves : list of MWave
+        The evoked responses (M-waves) the session measured, in order (none for
+        sessions that did not stimulate or were recorded before they were measured).
     config_text : str or None
         The session's config (TOML text), from the session stream's header.
     metadata : dict
@@ -391,6 +397,7 @@ class Session:
     events: list[Event] = field(default_factory=list)
     commands: list[StimCommand] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
+    mwaves: list[MWave] = field(default_factory=list)
     config_text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     stream_names: tuple[str, ...] = ()
@@ -588,11 +595,13 @@ def load_session(
                                     decode, what, damage)
                for role, decode, what in ((ROLE_EVENTS, decode_event, "event"),
                                           (ROLE_STIM, decode_command, "stimulation"),
-                                          (ROLE_MARKERS, decode_marker, "trial"))}
+                                          (ROLE_MARKERS, decode_marker, "trial"),
+                                          (ROLE_MWAVE, decode_mwave, "evoked-response"))}
     cut = min([cut] + [d.offset for d in damage if d.concerns(by_sid)])
     damage.sort(key=lambda d: d.offset)
-    events, commands, markers = (decoded[role][:before(own.get(role), cut)]
-                                 for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS))
+    events, commands, markers, mwaves = (
+        decoded[role][:before(own.get(role), cut)]
+        for role in (ROLE_EVENTS, ROLE_STIM, ROLE_MARKERS, ROLE_MWAVE))
 
     n = before(emg, cut)
     data = data[:n]
@@ -631,6 +640,7 @@ def load_session(
         events=events,
         commands=commands,
         markers=[m for m in markers if m.label != SOURCE_COUNTER],
+        mwaves=mwaves,
         config_text=config_text,
         metadata=metadata,
         stream_names=tuple(s.name for s in xdf.layouts.values()),

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from closedloop.core.events import Block
+from closedloop.core.evoked import MWave
 from closedloop.stim.commands import StimCommand
 
 
@@ -41,6 +42,9 @@ class Publisher(Protocol):
                     **fields: Any) -> None:
         """A marker at stream time ``time`` (``cue``, ``hit``, ``input_issue``,
         ``stop_request``, ...)."""
+
+    def push_mwaves(self, records: Sequence[MWave]) -> None:
+        """Evoked-response records (M-waves) as the loop measured them."""
 
     def push_tally(self, position: int, time: float, *, duration_s: float | None = None,
                    force: bool = False) -> bool:
@@ -67,6 +71,9 @@ class NullPublisher:
                     **fields: Any) -> None:
         """Nothing."""
 
+
+    def push_mwaves(self, records: Sequence[MWave]) -> None:
+        """Nothing."""
 
     def push_tally(self, position: int, time: float, *, duration_s: float | None = None,
                    force: bool = False) -> bool:

@@ -71,7 +71,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
         out.announce()  # before any recorder: this marker is lost, the header is not
         preds = [*out.recorder_predicates(), {"name": f1}, {"name": f2}]
         with XdfRecorder(path, preds) as rec:
-            assert rec.alive and len(rec.streams) == 9
+            assert rec.alive and len(rec.streams) == 10  # 8 recorded roles + 2 foreign
             out.announce(time=0.0)
             k, chunk = 0, 13
             for i in range(40):
@@ -292,8 +292,8 @@ def test_outlet_misuse_is_reported() -> None:
     with pytest.raises(ConfigError, match="session name"):
         SessionOutlets("it's", INFO)
     out = SessionOutlets(unique("M"), INFO, with_envelope=False)
-    assert set(out.roles) == {"emg", "events", "stim", "markers", "session"}
-    assert len({p["source_id"] for p in out.recorder_predicates()}) == 5
+    assert set(out.roles) == {"emg", "events", "stim", "markers", "mwave", "session"}
+    assert len({p["source_id"] for p in out.recorder_predicates()}) == 6
     with pytest.raises(InputError, match="shape \\(n, 2\\)"):
         out.push_emg(np.zeros((4, 3)), np.arange(4.0))
     with pytest.raises(InputError, match="n timestamps"):

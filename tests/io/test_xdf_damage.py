@@ -283,7 +283,10 @@ def test_report_and_evaluate_say_the_file_is_damaged(tmp_path, capsys) -> None:
     cut.write_bytes(SHIPPED.read_bytes()[:1_200_000])
     assert main(["report", str(cut), "--out", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
-    assert "TRUNCATED: this report covers the intact part only" in page
+    # at the top, among the warnings: the state and what the report covers
+    warnings = page[page.index('id="warnings"'):]
+    assert "recording TRUNCATED" in warnings
+    assert "this report covers the intact part only" in warnings
     assert "TRUNCATED" in capsys.readouterr().err
     assert main(["evaluate", str(cut), "--detector", "threshold"]) == 0
     assert "TRUNCATED recording, scored on its intact part only" in capsys.readouterr().out

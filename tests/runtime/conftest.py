@@ -55,6 +55,7 @@ class Capture:
 
     def __init__(self) -> None:
         self.tallies: list[int] = []
+        self.mwaves: list = []
         self.emg: list[np.ndarray] = []
         self.envelope: list[np.ndarray] = []
         self.commands: list = []
@@ -72,6 +73,9 @@ class Capture:
     def push_marker(self, label, time, **fields) -> None:
         # ``label`` as in SessionOutlets: input_issue markers carry a ``kind`` field
         self.markers.append((label, time, fields))
+
+    def push_mwaves(self, records) -> None:
+        self.mwaves += list(records)
 
     def push_tally(self, position, time, *, duration_s=None, force=False) -> bool:
         self.tallies.append(position)
