@@ -94,6 +94,8 @@ ACTIVE = 1
 WARMUP, LEARNING, READY = 0, 1, 2
 #: Notice kind: the rest at the start was not quiet (see the module docstring).
 REST_NOT_QUIET = "rest_not_quiet"
+#: Weight (in blocks) of the prior dispersion 1 in the rest energy's dispersion.
+DISPERSION_PRIOR = 20.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,15 @@ class CusumDetector(Detector):
         self._noticed = np.zeros(n, dtype=bool)  # a notice was issued in this learning
         self._low_blocks = np.zeros(n, dtype=np.int64)
         self._n_rest = np.zeros(n, dtype=np.int64)  # blocks in the rest estimate
+        #: Lags of the rest autocorrelation kept (the whitener's and kappa's).
+        self.n_lags = self.lag_max + self.p + 1
+        self._acf = np.zeros((n, self.n_lags))  # rest autocorrelation of the filtered signal
+        self._learnt_var = np.full(n, np.nan)  # the filtered rest variance as first learnt
+        self._disp_s = np.zeros(n)  # forgetting sums of (block mean of u - 1)**2 / model var
+        self._disp_w = np.zeros(n)
+        self._phi = np.ones(n)
+        #: Per channel: kappa over the rest energy's dispersion (what the CUSUMs use).
+        self.kappa_eff = np.ones(n)
         self.notices: list[Notice] = []
 
     @classmethod
@@ -441,7 +452,7 @@ class CusumDetector(Detector):
         """The CUSUMs over one piece: vectorised while nothing crosses, exact per channel
         where something does."""
         n = u.shape[1]
-        kap = self.kappa[:, None, None]
+        kap = self.kappa_eff[:, None, None]
         idle = live & (self.state == IDLE) & ~self.held  # held: no new onset
         since = (p0 + np.arange(n))[None, :] - self._off_sample[:, None]
         h = self._h(since)  # (n_ch, n)
@@ -480,7 +491,7 @@ class CusumDetector(Detector):
                  ts, events) -> None:
         """The exact per-sample state machine of one channel over one piece."""
         n = u.shape[0]
-        kap = float(self.kappa[c])
+        kap = float(self.kappa_eff[c])
         i = 0
         while i < n:
             if self.state[c] == IDLE:
@@ -554,19 +565,27 @@ class CusumDetector(Detector):
                 self._low_blocks[c] = 0
                 continue
             um = float(u_mean[c])
+            self._n_rest[c] += 1  # a cumulative mean first, then exponential
+            alpha = max(self._alpha, 1.0 / self._n_rest[c])
+            if self.settings.dispersion:
+                z = (um - 1.0) ** 2 * self.kappa[c] * n / 2.0
+                a = self._alpha
+                self._disp_s[c] = (1.0 - a) * self._disp_s[c] + z
+                self._disp_w[c] = (1.0 - a) * self._disp_w[c] + 1.0
+                self._phi[c] = ((DISPERSION_PRIOR + self._disp_s[c])
+                                / (DISPERSION_PRIOR + self._disp_w[c]))
             if self.adaptive[c]:
-                if um < 1.0 / self.settings.quiet_ratio:
+                if var[c] < self._learnt_var[c] / self.settings.quiet_ratio:
                     self._low_blocks[c] += 1
                     if self._low_blocks[c] >= 2:
-                        self._relearn(c, um, buf[c], float(dd[c]), block_end, time)
+                        self._relearn(c, float(var[c]) / self._learnt_var[c], buf[c],
+                                      float(dd[c]), block_end, time)
                         continue
                 else:
                     self._low_blocks[c] = 0
-                self._n_rest[c] += 1  # a cumulative mean first, then exponential
-                alpha = max(self._alpha, 1.0 / self._n_rest[c])
-                self.sigma2[c] *= 1.0 + alpha * (um - 1.0)
                 self._sd_d[c] = math.sqrt(
                     self._sd_d[c] ** 2 + alpha * (float(dd[c]) - self._sd_d[c] ** 2))
+            self._track(c, buf[c], self._prev_buf[c], alpha)
         self._prev_buf, self._blk_buf = self._blk_buf, self._prev_buf
         self._prev_dd = dd
         self._blk_fill = 0
@@ -606,32 +625,54 @@ class CusumDetector(Detector):
         self.state[c] = IDLE
 
     def _fit(self, c: int, win) -> None:
-        """Whitening filter, whitened rest variance, kappa and the artefact scale."""
+        """Start the rest estimate from a quiet window: its autocorrelation, then the
+        whitener, kappa and rest variance from it (:meth:`_refit`); the artefact scale."""
         x = np.concatenate([w[0] for w in win])
         x = x - x.mean()
         length = x.size
+        self._acf[c] = np.array([x[: length - k] @ x[k:] for k in range(self.n_lags)]) / length
+        self._learnt_var[c] = self._acf[c, 0]
+        self._n_rest[c] = len(win)
+        self._disp_s[c] = self._disp_w[c] = 0.0
+        self._phi[c] = 1.0
+        self._refit(c)
+        self._sd_d[c] = math.sqrt(float(np.mean([w[2] for w in win])))
+
+    def _refit(self, c: int) -> None:
+        """Whitening filter, whitened rest variance and kappa from the channel's rest
+        autocorrelation (Yule-Walker with the zero lag loaded; the whitened rest's
+        autocorrelation follows from it exactly: ``r_e(t) = sum_ij a_i a_j r(t + i - j)``)."""
+        r = self._acf[c]
         p = self.p
         a = np.zeros(p + 1)
         a[0] = 1.0
-        r = np.array([x[: length - k] @ x[k:] for k in range(max(p, self.lag_max) + 1)]) / length
         if p and r[0] > 0.0:
             rr = r[: p + 1].copy()
             rr[0] *= 1.0 + self.settings.ar_loading + 1e-9
             a[1:] = -linalg.solve_toeplitz(rr[:p], rr[1 : p + 1])
-        e = np.convolve(x, a)[p:length]
-        var_e = float(np.mean(e * e))
-        var_x = float(r[0])
-        ec = e - e.mean()
-        re = np.array([ec[: ec.size - k] @ ec[k:] for k in range(self.lag_max + 1)])
-        rho = re[1:] / re[0] if re[0] > 0 else np.zeros(self.lag_max)
+        # r_e(t) for t = 0..lag_max from r at lags |t + i - j| (r is even)
+        lags = np.abs(np.arange(self.lag_max + 1)[:, None, None]
+                      + np.arange(p + 1)[None, :, None] - np.arange(p + 1)[None, None, :])
+        re = np.einsum("i,j,tij->t", a, a, r[lags])
+        var_e = float(re[0])
+        rho = re[1:] / var_e if var_e > 0 else np.zeros(self.lag_max)
         self.whitener[c] = a
         self.kappa[c] = 1.0 / (1.0 + 2.0 * float(np.sum(rho * rho)))
+        self.kappa_eff[c] = min(1.0, self.kappa[c] / self._phi[c])
         if self.adaptive[c]:
             self.sigma2[c] = var_e
         else:
-            self.sigma2[c] = self.cal_var[c] * (var_e / var_x if var_x > 0 else 1.0)
-        self._sd_d[c] = math.sqrt(float(np.mean([w[2] for w in win])))
-        self._n_rest[c] = len(win)
+            self.sigma2[c] = self.cal_var[c] * (var_e / float(r[0]) if r[0] > 0 else 1.0)
+
+    def _track(self, c: int, block: np.ndarray, prev: np.ndarray, alpha: float) -> None:
+        """Fold one idle block's autocorrelation (lags reaching into the block before)
+        into the rest estimate and refit."""
+        n = block.size
+        ext = np.concatenate((prev[n - self.n_lags + 1 :], block)) if self.n_lags > 1 else block
+        m = self.n_lags - 1
+        r = np.array([block @ ext[m - k : m - k + n] for k in range(self.n_lags)]) / n
+        self._acf[c] += alpha * (r - self._acf[c])
+        self._refit(c)
 
     def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
                  time: float) -> None:
