@@ -130,11 +130,11 @@ def _config(session: Any) -> tuple[Any, str]:
     text = getattr(session, "config_text", None)
     if not text:
         return None, "the recording holds no config: default settings were used"
-    from closedloop.config import loads_config
     from closedloop.errors import ConfigError
+    from closedloop.io.recorded import loads_recorded
 
     try:
-        return loads_config(text, source="recorded config"), ""
+        return loads_recorded(text, "recorded config"), ""
     except ConfigError as exc:
         return None, f"the recorded config could not be read ({exc}); default settings used"
 

@@ -272,8 +272,8 @@ class CusumSettings(DetectorBase):
     ratios: Annotated[tuple[Ratio, ...], Check(lambda r: len(r) >= 1,
                                                "at least one variance ratio above 1")] = (
         2.0, 4.0, 8.0)
-    clip: Annotated[float, Range(2.0, 1e9)] = 7.0
-    dispersion: Flag = False
+    clip: Annotated[float, Range(2.0, 1e9)] = 15.0
+    dispersion: Flag = True
     whiten: Flag = True
     ar_order: Annotated[int, Range(1, 32)] = 3
     ar_loading: Annotated[float, Range(0.0, 100.0)] = 0.1

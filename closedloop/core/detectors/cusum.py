@@ -16,8 +16,8 @@ Per channel, causally, sample by sample:
    by more than ``artifact_ratio`` rest SDs of its 5 ms difference, within 5 ms, starts a
    sample-and-hold of the value before it, which lasts while the signal stays that far
    from the held value, so the band-pass never rings on it; the evidence (steps 5-6) is
-   frozen during the hold and for 20 ms after it, while the filters ring on its edges.
-   Holds lasting ``artifact_max_ms`` in all (holds that start while the evidence is still
+   frozen during the hold and for 50 ms after it, while the filters ring on its edges (the
+   band-pass's 20 Hz edge rings for about one period). Holds lasting ``artifact_max_ms`` in all (holds that start while the evidence is still
    frozen continue the same episode) are given up: the signal is let through and no new
    hold starts for as long again, because what lasts that long is not an impulse and a
    strong contraction must not be hidden. No hold starts while the channel is active.
@@ -36,7 +36,13 @@ Per channel, causally, sample by sample:
    samples per sample: ``1 / (1 + 2 sum_tau r(tau)**2)`` from the whitened rest's
    autocorrelation ``r`` (the variance of a sum of squares of correlated Gaussian samples
    grows by that factor), so ``g`` counts nats of *independent* evidence and one
-   threshold gives about the same false-alarm rate on every source.
+   threshold gives about the same false-alarm rate on every source. With ``dispersion``
+   it is further divided by the rest energy's **dispersion**: the variance of the idle
+   blocks' mean ``u`` over what ``kappa`` predicts for it (``2 / (kappa x block)``),
+   pooled with a prior of 1 worth 20 blocks (a quasi-likelihood correction: real rest,
+   whose energy fluctuates more than Gaussian noise's, with weak activity, spikes and
+   drifts of its level, counts less per sample; stationary noise, whose dispersion is
+   about 1, counts as ``kappa`` says).
 6. **Offset**: while active, a CUSUM for the way back, ``g_off = max(0, g_off + kappa *
    0.5 * (ln r - (1 - 1/r) u))`` with ``r = off_ratio`` (evidence for rest against a
    variance ``off_ratio`` times rest); an offset when it exceeds ``off_nats``.
@@ -48,16 +54,23 @@ Per channel, causally, sample by sample:
    quiet: its block variances within a factor ``quiet_ratio`` of each other (and, with a
    calibration, its variance at most ``quiet_ratio`` times the calibrated rest);
    otherwise a ``rest_not_quiet`` notice is issued and the window slides on, one block at
-   a time, until it is quiet. After that, idle blocks (no activity, no artefact, the
-   CUSUM below half its threshold) update ``sigma2``: a running mean of all of them
-   at first, an exponential average with a time constant of ``history_s`` once that
-   many blocks were seen (symmetric: an average that falls faster than it rises sits
-   below the mean, and a rest variance biased low is a positive drift of the CUSUM);
-   the tracking pauses while the channel is active. If two idle blocks in a row fall below
-   ``1 / quiet_ratio`` of the learnt rest, the rest that was learnt was not rest (the
-   patient was contracting when the session began): a ``rest_not_quiet`` notice is issued
-   and rest is learnt again. A **calibrated** channel uses the calibration's rest
-   variance (kept fixed) and learns only the spectrum shape from its first quiet window.
+   a time, until it is quiet. The window gives the rest's autocorrelation (of the
+   filtered signal, up to the whitener's order plus 10 ms of lags), from which the
+   whitener, ``kappa`` and ``sigma2`` follow. After that, every idle block (no activity,
+   no artefact, the CUSUM below half its threshold) adds its autocorrelation to that
+   estimate: a running mean of all of them at first, an exponential average with a time
+   constant of ``history_s`` once that many blocks were seen (symmetric: an average that
+   falls faster than it rises sits below the mean, and a rest variance biased low is a
+   positive drift of the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted
+   again from it. So the first quarter second (which can hold the filters' ringing on
+   the stream's start, or an electrode settling) does not decide the whole session: on
+   the simulated patient, fitting once on it gave a median decision 15 ms later. The
+   tracking pauses while the channel is active. If two idle blocks in a row fall below
+   ``1 / quiet_ratio`` of the rest variance first learnt, the rest that was learnt was
+   not rest (the patient was contracting when the session began): a ``rest_not_quiet``
+   notice is issued and rest is learnt again. A **calibrated** channel uses the
+   calibration's rest variance (kept fixed) and learns only the spectrum shape (the
+   whitener, ``kappa``) from the signal.
 
 Chunking changes nothing: every state change happens at a block boundary or at a sample
 the data decide (an event, an artefact), the running sums are carried as sequential
@@ -81,7 +94,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
 from closedloop.core.detectors.base import Detection, Detector, RestNote
@@ -217,7 +229,7 @@ class CusumDetector(Detector):
         self._art_start = np.zeros(n, dtype=np.int64)
         self._art_quiet_until = np.zeros(n, dtype=np.int64)
         self._freeze_until = np.zeros(n, dtype=np.int64)
-        self.n_ring = int(round(0.02 * self.fs))  # evidence frozen after a hold, 20 ms
+        self.n_ring = int(round(0.05 * self.fs))  # evidence frozen after a hold, 50 ms
         self._xhist = np.zeros((n, self.p))  # last p filtered samples
         k = rho.size
         self._S = np.zeros((n, k))  # bank running sums since the last reset
@@ -246,6 +258,11 @@ class CusumDetector(Detector):
         self.n_lags = self.lag_max + self.p + 1
         self._acf = np.zeros((n, self.n_lags))  # rest autocorrelation of the filtered signal
         self._learnt_var = np.full(n, np.nan)  # the filtered rest variance as first learnt
+        p = self.p
+        self._toep = np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])  # Toeplitz lags
+        #: r lags |t + i - j| giving the whitened autocorrelation r_e(t), t = 0..lag_max
+        self._re_lags = np.abs(np.arange(self.lag_max + 1)[:, None, None]
+                               + np.arange(p + 1)[None, :, None] - np.arange(p + 1)[None, None, :])
         self._disp_s = np.zeros(n)  # forgetting sums of (block mean of u - 1)**2 / model var
         self._disp_w = np.zeros(n)
         self._phi = np.ones(n)
@@ -277,7 +294,7 @@ class CusumDetector(Detector):
 
     def _h(self, since_off: np.ndarray) -> np.ndarray:
         s = self.settings
-        if self.n_refr <= 0 or s.refractory_gain == 0.0:
+        if self.n_refr <= 0 or s.refractory_gain == 0.0 or np.min(since_off) >= self.n_refr:
             return np.full(np.shape(since_off), s.h_nats)
         frac = np.clip(1.0 - since_off / self.n_refr, 0.0, 1.0)
         return s.h_nats * (1.0 + s.refractory_gain * frac)
@@ -551,6 +568,8 @@ class CusumDetector(Detector):
         dd = np.add.reduce(self._blk_dd, axis=1) / n
         busy = self._blk_busy | (self.state == ACTIVE)
         u_mean = np.add.reduce(self._blk_u, axis=1) / n
+        track: list[int] = []  # idle channels whose rest estimate takes this block
+        alphas: list[float] = []
         for c in range(len(self.channels)):
             if self.suspended[c]:
                 continue
@@ -585,7 +604,10 @@ class CusumDetector(Detector):
                     self._low_blocks[c] = 0
                 self._sd_d[c] = math.sqrt(
                     self._sd_d[c] ** 2 + alpha * (float(dd[c]) - self._sd_d[c] ** 2))
-            self._track(c, buf[c], self._prev_buf[c], alpha)
+            track.append(c)
+            alphas.append(alpha)
+        if track:
+            self._track(np.array(track), np.array(alphas))
         self._prev_buf, self._blk_buf = self._blk_buf, self._prev_buf
         self._prev_dd = dd
         self._blk_fill = 0
@@ -635,44 +657,44 @@ class CusumDetector(Detector):
         self._n_rest[c] = len(win)
         self._disp_s[c] = self._disp_w[c] = 0.0
         self._phi[c] = 1.0
-        self._refit(c)
+        self._refit(np.array([c]))
         self._sd_d[c] = math.sqrt(float(np.mean([w[2] for w in win])))
 
-    def _refit(self, c: int) -> None:
-        """Whitening filter, whitened rest variance and kappa from the channel's rest
-        autocorrelation (Yule-Walker with the zero lag loaded; the whitened rest's
-        autocorrelation follows from it exactly: ``r_e(t) = sum_ij a_i a_j r(t + i - j)``)."""
-        r = self._acf[c]
+    def _refit(self, idx: np.ndarray) -> None:
+        """Whitening filter, whitened rest variance and kappa of channels ``idx`` from
+        their rest autocorrelation (Yule-Walker with the zero lag loaded; the whitened
+        rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i - j)``)."""
+        r = self._acf[idx]  # (m, n_lags)
         p = self.p
-        a = np.zeros(p + 1)
-        a[0] = 1.0
-        if p and r[0] > 0.0:
-            rr = r[: p + 1].copy()
-            rr[0] *= 1.0 + self.settings.ar_loading + 1e-9
-            a[1:] = -linalg.solve_toeplitz(rr[:p], rr[1 : p + 1])
-        # r_e(t) for t = 0..lag_max from r at lags |t + i - j| (r is even)
-        lags = np.abs(np.arange(self.lag_max + 1)[:, None, None]
-                      + np.arange(p + 1)[None, :, None] - np.arange(p + 1)[None, None, :])
-        re = np.einsum("i,j,tij->t", a, a, r[lags])
-        var_e = float(re[0])
-        rho = re[1:] / var_e if var_e > 0 else np.zeros(self.lag_max)
-        self.whitener[c] = a
-        self.kappa[c] = 1.0 / (1.0 + 2.0 * float(np.sum(rho * rho)))
-        self.kappa_eff[c] = min(1.0, self.kappa[c] / self._phi[c])
-        if self.adaptive[c]:
-            self.sigma2[c] = var_e
-        else:
-            self.sigma2[c] = self.cal_var[c] * (var_e / float(r[0]) if r[0] > 0 else 1.0)
+        a = np.zeros((idx.size, p + 1))
+        a[:, 0] = 1.0
+        if p:
+            ok = r[:, 0] > 0.0
+            rr = r[:, : p + 1].copy()
+            rr[:, 0] *= 1.0 + self.settings.ar_loading + 1e-9
+            toeplitz = rr[:, self._toep]  # (m, p, p)
+            a[ok, 1:] = -np.linalg.solve(toeplitz[ok], rr[ok, 1 : p + 1, None])[:, :, 0]
+        re = np.einsum("ci,cj,ctij->ct", a, a, r[:, self._re_lags])  # (m, lag_max + 1)
+        var_e = re[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(var_e[:, None] > 0, re[:, 1:] / var_e[:, None], 0.0)
+            gain = np.where(r[:, 0] > 0, var_e / r[:, 0], 1.0)
+        self.whitener[idx] = a
+        self.kappa[idx] = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
+        self.kappa_eff[idx] = np.minimum(1.0, self.kappa[idx] / self._phi[idx])
+        self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
 
-    def _track(self, c: int, block: np.ndarray, prev: np.ndarray, alpha: float) -> None:
-        """Fold one idle block's autocorrelation (lags reaching into the block before)
-        into the rest estimate and refit."""
-        n = block.size
-        ext = np.concatenate((prev[n - self.n_lags + 1 :], block)) if self.n_lags > 1 else block
-        m = self.n_lags - 1
-        r = np.array([block @ ext[m - k : m - k + n] for k in range(self.n_lags)]) / n
-        self._acf[c] += alpha * (r - self._acf[c])
-        self._refit(c)
+    def _track(self, idx: np.ndarray, alpha: np.ndarray) -> None:
+        """Fold the idle block's autocorrelation of channels ``idx`` (lags reaching into
+        the block before) into their rest estimates and refit them."""
+        n, m = self.block, self.n_lags - 1
+        block = self._blk_buf[idx]
+        ext = np.concatenate((self._prev_buf[idx, n - m :], block), axis=1) if m else block
+        # windows[:, j] = ext[:, j : j + n], the block shifted back by m - j samples
+        windows = np.lib.stride_tricks.sliding_window_view(ext, n, axis=1)
+        r = np.einsum("cn,ckn->ck", block, windows[:, ::-1]) / n
+        self._acf[idx] += alpha[:, None] * (r - self._acf[idx])
+        self._refit(idx)
 
     def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
                  time: float) -> None:
