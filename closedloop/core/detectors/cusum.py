@@ -17,8 +17,9 @@ Per channel, causally, sample by sample:
    sample-and-hold of the value before it, which lasts while the signal stays that far
    from the held value, so the band-pass never rings on it; the evidence (steps 5-6) is
    frozen during the hold and for 50 ms after it, while the filters ring on its edges (the
-   band-pass's 20 Hz edge rings for about one period). Holds lasting ``artifact_max_ms`` in all (holds that start while the evidence is still
-   frozen continue the same episode) are given up: the signal is let through and no new
+   band-pass's 20 Hz edge rings for about one period). Holds lasting ``artifact_max_ms``
+   in all (holds that start while the evidence is still frozen continue the same
+   episode) are given up: the signal is let through and no new
    hold starts for as long again, because what lasts that long is not an impulse and a
    strong contraction must not be hidden. No hold starts while the channel is active.
 2. **Causal band-pass and notch** (:class:`~closedloop.core.filters.FilterBank`).
