@@ -146,8 +146,13 @@ class Calibration:
             raise invalid("mvc", self.mvc, f"a value above rest_mean = {self.rest_mean:g}")
         return self
 
-    def thresholds(self, settings: DetectorSettings) -> tuple[float, float]:
-        """(on, off) thresholds from this calibration and the detector settings."""
+    def thresholds(self, settings: DetectorBase) -> tuple[float, float]:
+        """(on, off) envelope thresholds from this calibration and the detector settings
+        (of the envelope threshold family; for another detector, such as ``cusum``, which
+        takes only the rest variance from a calibration, those the threshold detector's
+        defaults give: what the calibration means on its RMS envelope)."""
+        if not isinstance(settings, DetectorSettings):
+            settings = DetectorSettings()
         if settings.mvc_fraction is not None and self.mvc is not None:
             on = self.rest_mean + settings.mvc_fraction * (self.mvc - self.rest_mean)
         else:
