@@ -1,7 +1,8 @@
 """The sequential (CUSUM) detector at the bedside, in the live loop (issue 14, item 4):
 an impulsive artefact does not trigger, a session that starts with the patient
 contracting says rest was not quiet (status line and ``input_issue`` marker) and waits
-for quiet rest, and a calibrated session uses the calibration's rest variance.
+for quiet rest, a calibrated session uses the calibration's rest variance, and a
+stimulated session replays to the same decisions in any chunking.
 
 Each runs :func:`~closedloop.runtime.loop.run_loop` on the simulated patient with the
 shipped biceps/triceps config switched to ``kind = "cusum"`` (stimulation, blanking and
@@ -19,10 +20,12 @@ from closedloop.config import Config
 from closedloop.config.signal import Calibration, CusumSettings
 from closedloop.core.filters import FilterBank
 from closedloop.runtime.loop import LoopOptions, run_loop
+from closedloop.runtime.replay import RecordedEffect, SplitSource
 from closedloop.sim.patient import Attempt, SimulatedPatient
 from closedloop.sources.sim import patient_settings
+from closedloop.stim.drivers.sim import SimStimulator
 from tests.faults.conftest import FaultySource, on_samples, replaced
-from tests.runtime.conftest import Capture, assert_all_off, sim_session
+from tests.runtime.conftest import ArraySource, Capture, assert_all_off, sim_session
 
 FS = 2000.0
 CHUNK = 20  # 10 ms
@@ -180,3 +183,43 @@ def test_a_calibrated_session_uses_the_calibrations_rest_variance(config):
 
     loud, *_ = session(calibrated(30.0), script, {}, 7.5)
     assert loud.exit_code == 0 and onsets(loud) == [] and trains(loud) == []
+
+
+# -- a stimulated session, live and replayed ------------------------------------------------------
+@pytest.fixture(scope="module")
+def stimulated_live(config):
+    """Live, attempts on both muscles; the first starts a train whose pulses the
+    patient's EMG carries (the next waits for the protocol's rest time)."""
+    cfg = cusum(config)
+    script = [Attempt("biceps", 1.5, 1.0, 1.0, 0.04), Attempt("triceps", 3.2, 1.0, 1.0, 0.04),
+              Attempt("biceps", 5.0, 0.6, 1.0, 0.04)]
+    src, stim = sim_session(cfg, script, chunk=CHUNK)
+    cap = Capture()
+    out = run_loop(cfg, src, stim, outlets=cap, options=LoopOptions(duration_s=6.5))
+    return cfg, out, cap
+
+
+@pytest.mark.parametrize("sizes", [(1,), (7,), (10000,)])
+def test_a_stimulated_session_replays_to_the_same_decisions(stimulated_live, sizes):
+    """A replay of the captured EMG with the recorded effective samples, as ``closedloop
+    replay`` runs it, in chunks of 1, 7 or 10,000 samples, makes the same commands and
+    events as the live session and the same onset statistic to the bit."""
+    cfg, out, cap = stimulated_live
+    assert out.exit_code == 0 and out.all_off
+    assert {e.channel for e in out.events if e.kind == "onset"} == {"biceps", "triceps"}
+    assert trains(out) == pytest.approx([1.5], abs=0.1)  # stimulated: the replay blanks it too
+
+    x = np.vstack(cap.emg)
+    rec = [c for c in cap.commands if c.effective_sample >= 0]
+    again = Capture()
+    rsrc = SplitSource(ArraySource(x, FS, cfg.muscle_names, sizes),
+                       sorted({c.effective_sample for c in rec}))
+    rstim = SimStimulator(rates={c.frequency_hz: c.delivered_hz for c in cap.commands
+                                 if np.isfinite(c.delivered_hz)})
+    with rsrc, rstim:
+        r_out = run_loop(cfg, rsrc, rstim, outlets=again, effective_sample=RecordedEffect(rec),
+                         options=LoopOptions(watchdog_s=30.0))
+    assert [c.decision_key() for c in r_out.commands] == [c.decision_key() for c in out.commands]
+    key = lambda e: (e.sample, e.channel, e.kind, e.envelope, e.threshold)  # noqa: E731
+    assert [key(e) for e in r_out.events] == [key(e) for e in out.events]
+    np.testing.assert_array_equal(np.vstack(again.envelope), np.vstack(cap.envelope))

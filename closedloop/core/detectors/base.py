@@ -166,6 +166,14 @@ class Detector(ABC):
         """Forget the channel's conditioning state: the pipeline's filters restarted as if
         the raw input had always been ``level``."""
 
+    def stimulation(self, blanked: np.ndarray, stimulating: np.ndarray) -> None:  # noqa: B027
+        """Where the next chunk was touched by stimulation (1-D bools over its samples,
+        all channels alike): ``blanked``, the samples the pipeline filled in over the
+        pulses; ``stimulating``, from a train's start to just after its end (M-wave
+        tails, the comb's residue). Called by the pipeline before :meth:`process` when a
+        chunk has any; a detector that learns its rest from the signal should not learn
+        it there. Ignored by default."""
+
     def pop_notes(self) -> list[RestNote]:
         """What the rest learning found since the last call (none by default)."""
         return []

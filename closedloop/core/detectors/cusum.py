@@ -251,6 +251,8 @@ class CusumDetector(Detector):
         self._blk_dd = np.zeros((n, self.block))
         self._hold_ok = np.ones(n, dtype=bool)  # idle at the last block boundary
         self._blk_busy = np.zeros(n, dtype=bool)
+        self._blk_stim = False  # the current block was touched by stimulation
+        self._stim: tuple[np.ndarray, np.ndarray] | None = None  # masks for the next chunk
         self._learn: list[list[tuple[np.ndarray, float, float]]] = [[] for _ in range(n)]
         self._noticed = np.zeros(n, dtype=bool)  # a notice was issued in this learning
         self._low_blocks = np.zeros(n, dtype=np.int64)
@@ -305,6 +307,12 @@ class CusumDetector(Detector):
         out, self.notices = self.notices, []
         return out
 
+    def stimulation(self, blanked: np.ndarray, stimulating: np.ndarray) -> None:
+        """Where the next chunk was touched by stimulation (see
+        :meth:`~closedloop.core.detectors.base.Detector.stimulation`): blanked samples
+        carry no evidence, and no block touched by a train teaches the rest."""
+        self._stim = (np.asarray(blanked, dtype=bool), np.asarray(stimulating, dtype=bool))
+
     def pop_notes(self) -> list[RestNote]:
         """The notices as the session shows them (:class:`RestNote` with the message)."""
         index = {name: i for i, name in enumerate(self.channels)}
@@ -350,11 +358,16 @@ class CusumDetector(Detector):
         n = x.shape[1]
         start = self.position
         self._stat = np.full(x.shape, np.nan)
+        blanked, stimulating = self._stim or (None, None)
+        self._stim = None
         events: list[Event] = []
         a = 0
         while a < n:
             b = min(n, a + self.block - self._blk_fill)
-            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events)
+            if stimulating is not None and stimulating[a:b].any():
+                self._blk_stim = True
+            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events,
+                        None if blanked is None or not blanked[a:b].any() else blanked[a:b])
             a = b
             if self._blk_fill == self.block:
                 self._end_block(start + a, float(timestamps[a - 1]))
@@ -368,14 +381,19 @@ class CusumDetector(Detector):
             above = stat > self.on_threshold[:, None]
         return Detection(stat, above, events)
 
-    def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event]) -> None:
-        """Samples ``p0 .. p0 + n`` (all inside one block): artefacts, filters, detection."""
+    def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event],
+               blanked: np.ndarray | None = None) -> None:
+        """Samples ``p0 .. p0 + n`` (all inside one block): artefacts, filters, detection;
+        ``blanked``: the samples the pipeline filled in over stimulation pulses (no
+        evidence either way from them)."""
         n = x.shape[1]
         ready = self.phase == READY
         if not self._started:
             self._xlag[:] = x[:, :1]
             self._started = True
         frozen = self._artifacts(x, p0, ready) if ready.any() else None
+        if blanked is not None:  # every channel alike (frozen[c] is read per channel)
+            frozen = np.broadcast_to(blanked, x.shape) | (False if frozen is None else frozen)
         ext = np.concatenate((self._xlag, x), axis=1)
         d = x - ext[:, :n]  # x[k] - x[k - lag], after the hold
         self._xlag = ext[:, n:].copy()
@@ -567,7 +585,7 @@ class CusumDetector(Detector):
         buf = self._blk_buf
         var = np.einsum("ij,ij->i", buf, buf) / n
         dd = np.add.reduce(self._blk_dd, axis=1) / n
-        busy = self._blk_busy | (self.state == ACTIVE)
+        busy = self._blk_busy | (self.state == ACTIVE) | self._blk_stim
         u_mean = np.add.reduce(self._blk_u, axis=1) / n
         track: list[int] = []  # idle channels whose rest estimate takes this block
         alphas: list[float] = []
@@ -579,7 +597,9 @@ class CusumDetector(Detector):
                     self.phase[c] = LEARNING
                 continue
             if self.phase[c] == LEARNING:
-                self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end, time)
+                if not self._blk_stim:
+                    self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end,
+                                      time)
                 continue
             if busy[c]:
                 self._low_blocks[c] = 0
@@ -614,6 +634,7 @@ class CusumDetector(Detector):
         self._blk_fill = 0
         self._blk_u.fill(0.0)
         self._blk_busy.fill(False)
+        self._blk_stim = False
         self._hold_ok = self.state == IDLE
 
     def _learn_block(self, c: int, xb: np.ndarray, var: float, dd: float, block_end: int,
