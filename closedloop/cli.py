@@ -178,9 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=MINUTES, default=10.0)
     b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
                                           hi=1e6), default=10000, help="large chunk size, samples")
-    b.add_argument("--detector", default="threshold",
-                   help="detector to measure (a [detector] kind: threshold, tkeo, "
-                        "double_threshold, cusum, or a registered one)")
+    b.add_argument("--detector",
+                   help="detector to measure (a [detector] kind: cusum, threshold, tkeo, "
+                        "double_threshold, or a registered one; default: the built-in default, "
+                        "cusum)")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=SECONDS, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")

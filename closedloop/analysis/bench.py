@@ -5,8 +5,10 @@ x real time for small (20-sample) and large chunks, per-chunk time p50/p99 at th
 chunk size, and the ratio of the full pipeline's time to a bare band-pass with the
 public :func:`scipy.signal.sosfilt` (same order, state carried, same chunks) over the
 same data, measured in the same run. ``--json`` adds one JSON object as the last line.
-``--detector NAME`` measures another detector of :func:`closedloop.core.detectors.make_detector`
-(with its filters) instead of the product pipeline (``threshold``, the default).
+The pipeline measured is the product pipeline with the built-in default detector
+(:data:`closedloop.config.model.DEFAULT_DETECTOR`, what ``closedloop run`` and ``detect``
+use without a ``[detector] kind``: ``cusum``), so its per-chunk cost is what the live loop
+pays; ``--detector NAME`` measures another registered detector instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 import numpy as np
 from scipy import signal
 
+from closedloop.config.model import DEFAULT_DETECTOR
 from closedloop.config.signal import FilterSettings
 from closedloop.core.filters import effective_band
 from closedloop.core.pipeline import detector_pipeline
@@ -31,7 +34,7 @@ def _chunks(x: np.ndarray, size: int):
 
 def run_bench(
     *, channels: int = 8, fs: float = 2000.0, minutes: float = 10.0, small: int = 20,
-    large: int = 10000, seed: int = 0, detector: str = "threshold",
+    large: int = 10000, seed: int = 0, detector: str = DEFAULT_DETECTOR,
 ) -> dict[str, float]:
     """Measure and return the figures (see the module docstring)."""
     names = [f"emg{i}" for i in range(channels)]
@@ -96,7 +99,7 @@ def main(args) -> int:
 
         return latency_main(args)
     r = run_bench(channels=args.channels, fs=args.fs, minutes=args.minutes, large=args.large,
-                  detector=getattr(args, "detector", None) or "threshold")
+                  detector=getattr(args, "detector", None) or DEFAULT_DETECTOR)
     print(f"closedloop bench: detector {r['detector']}, {r['channels']} ch at {r['fs']:g} Hz, "
           f"{r['minutes']:g} min of simulated EMG")
     print(f"  throughput, 20-sample chunks : {r['realtime_x_chunk20']:8.1f} x real time")
