@@ -291,7 +291,7 @@ class CusumSettings(DetectorBase):
     learn_ms: Annotated[float, Range(20.0, 60000.0)] = 250.0
     quiet_ratio: Annotated[float, Range(1.5, 1000.0)] = 4.0
     history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
-    artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 100.0
+    artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 50.0
     artifact_max_ms: Annotated[float, Range(0.0, 1000.0)] = 20.0
 
     @model_validator(mode="after")
