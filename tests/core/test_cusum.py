@@ -363,7 +363,7 @@ def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
     if not hook:  # as before the hook: the detector never hears of the stimulation
         pipe.detector.stimulation = lambda blanked, stimulating: None  # type: ignore[method-assign]
     pending = sorted(commands, key=lambda c: c.sample)
-    events, stat, sigma2, blanked = [], [], [], []
+    events, stat, above, sigma2, blanked = [], [], [], [], []
     i = k = 0
     while i < x.shape[0]:
         size = min(chunks[k % len(chunks)], x.shape[0] - i)
@@ -375,9 +375,10 @@ def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
         block = pipe.process(x[i : i + size])
         events += block.events
         stat.append(block.envelope)
+        above.append(block.above)
         sigma2.append((i + size, pipe.detector.sigma2.copy()))
         i, k = i + size, k + 1
-    return events, np.vstack(stat), sigma2, np.concatenate(blanked)
+    return events, np.vstack(stat), sigma2, np.concatenate(blanked), np.vstack(above)
 
 
 @pytest.mark.parametrize("chunks", [[1], [7], [10000]])
@@ -388,6 +389,8 @@ def test_with_stimulation_chunks_give_the_same_events_to_the_sample(stimulated, 
     assert [e.kind for e in ref[0]].count(ONSET) == 2
     assert got[0] == ref[0]
     np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[4], ref[4])  # above: each sample against its threshold
+    assert ref[4].any()
 
 
 def test_stimulation_teaches_no_rest_and_blanked_samples_carry_no_evidence(stimulated):
@@ -396,7 +399,7 @@ def test_stimulation_teaches_no_rest_and_blanked_samples_carry_no_evidence(stimu
     attempt then triggers and offsets come late); inside every blanked stretch the onset
     statistic stands still; the events are the two attempts' onsets and offsets."""
     x, commands = stimulated
-    events, stat, sigma2, blanked = _stimulated_run(x, commands, [20])
+    events, stat, sigma2, blanked, _ = _stimulated_run(x, commands, [20])
 
     def sigma_at(t: float) -> np.ndarray:
         return next(s for end, s in sigma2 if end >= t * STIM_FS)
@@ -408,7 +411,7 @@ def test_stimulation_teaches_no_rest_and_blanked_samples_carry_no_evidence(stimu
     assert inside.sum() > 1000 and np.any(stat[1:, 0][inside] > 0)
     np.testing.assert_array_equal(moved[np.isfinite(moved)], 0.0)
     # without the hook: rest learnt from the train, and the statistic moves while blanked
-    events0, stat0, sigma0, _ = _stimulated_run(x, commands, [20], hook=False)
+    events0, stat0, sigma0, *_ = _stimulated_run(x, commands, [20], hook=False)
     late = next(s for end, s in sigma0 if end >= 3.95 * STIM_FS)
     assert np.all(late < 0.7 * sigma_at(0.95))
     assert np.any(np.diff(stat0[:, 0])[inside] != 0)

@@ -130,7 +130,7 @@ def test_random_chunkings_identical_envelope_and_above(sizes):
             i += b.n
             if i >= 8000:
                 break
-    assert np.array_equal(np.vstack(env), whole.envelope)
+    assert np.array_equal(np.vstack(env), whole.envelope, equal_nan=True)  # NaN: not ready
     assert np.array_equal(np.vstack(above), whole.above)
 
 

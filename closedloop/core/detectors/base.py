@@ -29,6 +29,9 @@ A detector
   that may still be a contraction: no new onset, an onset under way goes on);
 * forgets a channel's conditioning state on :meth:`Detector.restart_channel` (after a
   bad stretch the filters restart; what the detector integrated from it must go too);
+* hears, before a chunk touched by stimulation, where (:meth:`Detector.stimulation`:
+  the blanked samples, and the span of each train): a detector that learns its rest
+  from the signal must not learn it from the blanking's fill or a train's M-waves;
 * may say what its rest learning found (:meth:`Detector.pop_notes`, as
   :class:`RestNote` records the session shows and records).
 

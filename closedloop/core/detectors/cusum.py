@@ -213,6 +213,7 @@ class CusumDetector(Detector):
         self.suspended = np.zeros(n, dtype=bool)
         self.held = np.zeros(n, dtype=bool)
         self._stat: np.ndarray | None = None  # the onset statistic of the chunk being run
+        self._thr: np.ndarray | None = None  # ... and the onset threshold at each sample
         #: Per channel: prediction-error filter ``[1, a1, ..., ap]``.
         self.whitener = np.zeros((n, self.p + 1))
         self.whitener[:, 0] = 1.0
@@ -358,6 +359,7 @@ class CusumDetector(Detector):
         n = x.shape[1]
         start = self.position
         self._stat = np.full(x.shape, np.nan)
+        self._thr = np.full(x.shape, np.inf)
         blanked, stimulating = self._stim or (None, None)
         self._stim = None
         events: list[Event] = []
@@ -375,10 +377,11 @@ class CusumDetector(Detector):
         if len(events) > 1:
             events.sort(key=lambda e: e.sample)
         stat, self._stat = self._stat, None
+        thr, self._thr = self._thr, None
         self.on_threshold[:] = self.threshold()
         self.off_threshold[:] = self.on_threshold
-        with np.errstate(invalid="ignore"):
-            above = stat > self.on_threshold[:, None]
+        with np.errstate(invalid="ignore"):  # each sample against the threshold it met
+            above = stat > thr
         return Detection(stat, above, events)
 
     def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event],
@@ -508,7 +511,7 @@ class CusumDetector(Detector):
             self._M = np.where(done[:, None], M[:, :, -1], self._M)
             self.statistic = np.where(done, gmax[:, -1], self.statistic)
             for c in np.flatnonzero(done).tolist():
-                self._put(c, p0, 0, gmax[c])
+                self._put(c, p0, 0, gmax[c], h[c])
             with np.errstate(invalid="ignore"):
                 self._blk_busy |= done & np.logical_or.reduce(gmax > 0.5 * h, axis=1)
             slow.extend(np.flatnonzero(crossed).tolist())
@@ -517,11 +520,15 @@ class CusumDetector(Detector):
             self._channel(int(c), u[c], None if frozen is None else frozen[c], h[c], p0, ts,
                           events)
 
-    def _put(self, c: int, p0: int, i: int, values: np.ndarray) -> None:
-        """Record the onset statistic of channel ``c`` from sample ``p0 + i`` on."""
-        if self._stat is not None:
+    def _put(self, c: int, p0: int, i: int, values: np.ndarray,
+             thresholds: np.ndarray | None = None) -> None:
+        """Record the onset statistic of channel ``c`` from sample ``p0 + i`` on, and the
+        onset threshold in force at each of those samples (none while active)."""
+        if self._stat is not None and self._thr is not None:
             a = p0 - self.position + i
             self._stat[c, a : a + values.shape[0]] = values
+            if thresholds is not None:
+                self._thr[c, a : a + values.shape[0]] = thresholds[: values.shape[0]]
 
     def _channel(self, c: int, u: np.ndarray, frozen: np.ndarray | None, h: np.ndarray, p0: int,
                  ts, events) -> None:
@@ -543,10 +550,10 @@ class CusumDetector(Detector):
                 if not hit.size:
                     self._S[c], self._M[c] = S[:, -1], M[:, -1]
                     self.statistic[c] = gmax[-1]
-                    self._put(c, p0, i, gmax)
+                    self._put(c, p0, i, gmax, hh)
                     return
                 k = i + int(hit[0])
-                self._put(c, p0, i, gmax[: hit[0] + 1])
+                self._put(c, p0, i, gmax[: hit[0] + 1], hh)
                 thr = float(hh[hit[0]])
                 events.append(Event(p0 + k, float(ts[k]), self.channels[c], ONSET,
                                     float(gmax[hit[0]]), thr))
