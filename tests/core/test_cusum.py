@@ -348,7 +348,8 @@ def stimulated():
 
 def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
     """The cusum pipeline with the artifact remover fed the commands before their samples
-    (as the live loop does): its events, onset statistic and sigma2 after every chunk."""
+    (as the live loop does): its events, the onset statistic, sigma2 after every chunk,
+    the blanked samples and where the statistic was above its threshold."""
     from dataclasses import replace
 
     from closedloop.config import default_config
