@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minutes of EMG (default 10; --replay: 60)")
     b.add_argument("--large", type=number("a chunk size from 1 to 1000000 samples", integer=True,
                                           hi=1e6), default=10000, help="large chunk size, samples")
-    b.add_argument("--detector", default="threshold",
-                   help=f"detector to measure (a [detector] kind: {_registered('detector')})")
+    b.add_argument("--detector",
+                   help=f"detector to measure (a [detector] kind: {_registered('detector')}; "
+                        "default: the built-in default, cusum; --replay: threshold)")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=SECONDS, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -240,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--latency: also attach a live view (implies --outlets)")
     b.add_argument("--replay", action="store_true",
                    help="time `closedloop replay FILE --check` end to end on a simulated "
-                        "session (--minutes, --channels, --fs) recorded for it")
+                        "session (--minutes, --channels, --fs; --detector, default threshold) "
+                        "recorded for it")
     b.add_argument("--file", type=input_file,
                    help="--replay: time this recording instead of recording one")
     b.add_argument("--keep", type=output_file,

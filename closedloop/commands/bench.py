@@ -24,6 +24,7 @@ from closedloop.analysis.bench import (
     run_replay_bench,
 )
 from closedloop.analysis.latency import run_latency
+from closedloop.config.model import DEFAULT_DETECTOR
 from closedloop.errors import ConfigError, InputError
 
 
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         return _replay(args)
     minutes = 10.0 if args.minutes is None else args.minutes
     r = run_bench(channels=args.channels, fs=args.fs, minutes=minutes, large=args.large,
-                  detector=getattr(args, "detector", None) or "threshold")
+                  detector=getattr(args, "detector", None) or DEFAULT_DETECTOR)
     print(f"closedloop bench: detector {r['detector']}, {r['channels']} ch at {r['fs']:g} Hz, "
           f"{r['minutes']:g} min of simulated EMG")
     print(f"  throughput, 20-sample chunks : {r['realtime_x_chunk20']:8.1f} x real time")
@@ -84,6 +85,8 @@ def _replay(args: argparse.Namespace) -> int:
     """``closedloop bench --replay [--file F | --minutes M --channels N --fs HZ [--keep F]]
     [--json]``: record (or take) a session, time its replay; exit 1 if the check failed."""
     minutes = 60.0 if args.minutes is None else args.minutes
+    # the replay machinery's speed: the cheapest detector unless another is named
+    detector = getattr(args, "detector", None) or "threshold"
     with tempfile.TemporaryDirectory(prefix="closedloop-bench-") as tmp:
         path = Path(args.file) if getattr(args, "file", None) else None
         made = None
@@ -93,10 +96,12 @@ def _replay(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{str(path)!r} already exists; give another name (the "
                                  "benchmark never replaces a file)")
             print(f"closedloop bench: recording a {minutes:g}-minute simulated session, "
-                  f"{args.channels} channels at {args.fs:g} Hz, into {path} ...",
+                  f"{args.channels} channels at {args.fs:g} Hz, detector {detector}, into "
+                  f"{path} ...",
                   file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            record_simulated_session(path, bench_config_text(args.channels, args.fs), minutes)
+            record_simulated_session(
+                path, bench_config_text(args.channels, args.fs, detector=detector), minutes)
             made = time.perf_counter() - t0
         elif not path.is_file():
             raise InputError(f"--file {str(path)!r}: no such recording")

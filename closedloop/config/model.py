@@ -29,8 +29,8 @@ from closedloop.config.schema import Check, Flag, Range, Text, dump, missing, pa
 from closedloop.config.signal import (
     ArtifactSettings,
     Calibration,
+    CusumSettings,
     DetectorBase,
-    DetectorSettings,
     EnvelopeSettings,
     FilterSettings,
 )
@@ -127,8 +127,10 @@ class MuscleConfig:
         return self
 
 
-#: The detector of a ``[detector]`` table without ``kind``.
-DEFAULT_DETECTOR = "threshold"
+#: The detector of a ``[detector]`` table without ``kind`` (and of :func:`default_config`):
+#: the sequential likelihood-ratio detector, chosen by ``closedloop evaluate --splice``
+#: (the README's detectors section gives the table and why).
+DEFAULT_DETECTOR = "cusum"
 
 
 @settings(kw_only=True)
@@ -149,7 +151,7 @@ class Config:
     sim: SimSettings = field(default_factory=SimSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
     envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
-    detector: DetectorBase = field(default_factory=DetectorSettings)
+    detector: DetectorBase = field(default_factory=CusumSettings)
     #: ``[detector] kind``: which registered detector ``detector`` configures.
     detector_kind: Text = field(default=DEFAULT_DETECTOR, metadata={"toml": False})
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings)
@@ -297,7 +299,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     protocol = body.pop("protocol", None)
     config = parse_table(Config, body, source=source)
     detector_kind = DEFAULT_DETECTOR
-    if isinstance(detector, Mapping) and "kind" in detector:
+    explicit = isinstance(detector, Mapping) and "kind" in detector
+    if explicit:
         detector = dict(detector)
         detector_kind = detector.pop("kind")
         if not isinstance(detector_kind, str):
@@ -307,7 +310,12 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
         model = detector_settings_for(detector_kind)
     except ConfigError as exc:
         raise ConfigError(f"{source}: detector.kind = {detector_kind!r}: {exc}") from None
-    detector = parse_table(model, detector, source=source, path="detector")
+    try:
+        detector = parse_table(model, detector, source=source, path="detector")
+    except ConfigError as exc:
+        hint = (_other_kind(detector, detector_kind, explicit)
+                if isinstance(detector, Mapping) else "")
+        raise ConfigError(f"{exc}{hint}") from None
     _check_muscles(config, detector, source)
     safety = config.safety
     if protocol is not None:
@@ -328,7 +336,27 @@ def parse_config(data: Mapping[str, Any], *, source: str = "<config>",
     return config
 
 
-def _check_muscles(config: Config, detector: DetectorSettings, source: str) -> None:
+def _other_kind(table: Mapping[str, Any], kind: str, explicit: bool) -> str:
+    """A hint for a ``[detector]`` table whose keys belong to another built-in detector
+    (a config written before the default changed, or a forgotten ``kind``)."""
+    from dataclasses import fields
+
+    from closedloop.registry import DETECTORS
+
+    keys = set(table) - {"baseline"}
+    for other in DETECTORS.builtins:
+        if other == kind:
+            continue
+        known = {f.name for f in fields(detector_settings_for(other))}
+        if keys and keys <= known and not keys <= {f.name for f in fields(
+                detector_settings_for(kind))}:
+            return (f". These are keys of kind = {other!r}; the [detector] table has "
+                    f"{'kind ' if explicit else 'no kind, so it is the default '}"
+                    f"{kind!r}: add kind = {other!r} to keep that detector")
+    return ""
+
+
+def _check_muscles(config: Config, detector: DetectorBase, source: str) -> None:
     """Rules across ``[[muscles]]`` and ``[detector]``, and the names a config file may
     give its muscles."""
     names = list(config.muscle_names)

@@ -146,8 +146,13 @@ class Calibration:
             raise invalid("mvc", self.mvc, f"a value above rest_mean = {self.rest_mean:g}")
         return self
 
-    def thresholds(self, settings: DetectorSettings) -> tuple[float, float]:
-        """(on, off) thresholds from this calibration and the detector settings."""
+    def thresholds(self, settings: DetectorBase) -> tuple[float, float]:
+        """(on, off) envelope thresholds from this calibration and the detector settings
+        (of the envelope threshold family; for another detector, such as ``cusum``, which
+        takes only the rest variance from a calibration, those the threshold detector's
+        defaults give: what the calibration means on its RMS envelope)."""
+        if not isinstance(settings, DetectorSettings):
+            settings = DetectorSettings()
         if settings.mvc_fraction is not None and self.mvc is not None:
             on = self.rest_mean + settings.mvc_fraction * (self.mvc - self.rest_mean)
         else:
@@ -272,7 +277,8 @@ class CusumSettings(DetectorBase):
     ratios: Annotated[tuple[Ratio, ...], Check(lambda r: len(r) >= 1,
                                                "at least one variance ratio above 1")] = (
         2.0, 4.0, 8.0)
-    clip: Annotated[float, Range(2.0, 1e9)] = 7.0
+    clip: Annotated[float, Range(2.0, 1e9)] = 15.0
+    dispersion: Flag = True
     whiten: Flag = True
     ar_order: Annotated[int, Range(1, 32)] = 3
     ar_loading: Annotated[float, Range(0.0, 100.0)] = 0.1
@@ -285,7 +291,7 @@ class CusumSettings(DetectorBase):
     learn_ms: Annotated[float, Range(20.0, 60000.0)] = 250.0
     quiet_ratio: Annotated[float, Range(1.5, 1000.0)] = 4.0
     history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
-    artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 100.0
+    artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 50.0
     artifact_max_ms: Annotated[float, Range(0.0, 1000.0)] = 20.0
 
     @model_validator(mode="after")

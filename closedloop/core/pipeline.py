@@ -108,6 +108,9 @@ class Pipeline:
         x = np.array(samples.T, dtype=np.float64, order="C")  # channel-major working copy
         if self.artifacts is not None:
             self.artifacts.blank_inplace(x, start)
+            stimulating = self.artifacts.stimulating(start, n)
+            if stimulating.any():
+                self.detector.stimulation(self.artifacts.blank_mask(start, n), stimulating)
         raw = x.copy() if self.detector.wants_raw else x
         filtered = self.filters.process_inplace(x)
         if self.artifacts is not None:

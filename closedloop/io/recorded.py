@@ -2,9 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from closedloop.config import Config, default_config, load_config, loads_config, parse_config
+from closedloop.config import Config, default_config, load_config, parse_config
+from closedloop.config.model import tomllib
+from closedloop.errors import ConfigError
+
+#: The detector of recordings whose config does not name one: before ``[detector] kind``
+#: was recorded, every session ran the envelope threshold detector (the default then;
+#: the default is now ``cusum``, which would not read their ``[detector]`` keys).
+LEGACY_DETECTOR = "threshold"
+
+
+def with_legacy_kind(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config's data with ``[detector] kind`` set to :data:`LEGACY_DETECTOR`
+    when it names none (see there)."""
+    out = dict(data)
+    detector = out.get("detector", {})
+    if isinstance(detector, Mapping) and "kind" not in detector:
+        out["detector"] = {"kind": LEGACY_DETECTOR, **detector}
+    return out
+
+
+def loads_recorded(text: str, source: str) -> Config:
+    """A config recorded as TOML text (older recordings), read as the session ran it."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return parse_config(with_legacy_kind(data), source=source, text=text)
 
 
 def recorded_config(session: Any, config_path: str | None = None) -> Config:
@@ -13,12 +40,13 @@ def recorded_config(session: Any, config_path: str | None = None) -> Config:
     if config_path:
         return load_config(config_path)
     meta = getattr(session, "metadata", {}) or {}
+    source = f"{session.path} (recorded config)"
     if isinstance(meta.get("resolved_config"), dict):
-        return parse_config(meta["resolved_config"], source=f"{session.path} (recorded config)",
+        return parse_config(with_legacy_kind(meta["resolved_config"]), source=source,
                             text=session.config_text or "")
     if session.config_text:
-        return loads_config(session.config_text, source=f"{session.path} (recorded config)")
+        return loads_recorded(session.config_text, source)
     return default_config(session.channels)
 
 
-__all__ = ["recorded_config"]
+__all__ = ["LEGACY_DETECTOR", "loads_recorded", "recorded_config", "with_legacy_kind"]

@@ -24,6 +24,7 @@ description = "biceps and triceps"
 fs = 2000.0
 
 [detector]
+kind = "threshold"
 k_on = 6.0  # inline comment
 
 [[muscles]]
@@ -226,6 +227,7 @@ description = """
 baseline = "adaptive"
 (a string whose lines look like headers)
 """
+detector.kind = "threshold"
 detector.k_on = 5.0   # dotted keys, no [detector] header
 
 [[muscles]]

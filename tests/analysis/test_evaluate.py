@@ -156,7 +156,7 @@ def test_detector_specs(tmp_path):
     with pytest.raises(ConfigError, match="not key=value"):
         parse_detector_spec("tkeo:k_on")
     cfg = tmp_path / "arm.toml"
-    cfg.write_text('name = "arm"\n[detector]\nk_on = 5.0\n'
+    cfg.write_text('name = "arm"\n[detector]\nkind = "threshold"\nk_on = 5.0\n'
                    '[[muscles]]\nname = "biceps"\n[[muscles]]\nname = "triceps"\n')
     spec = parse_detector_spec(str(cfg))
     assert (spec.label, spec.name) == ("arm", "threshold")

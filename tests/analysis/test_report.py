@@ -18,7 +18,7 @@ import pytest
 
 from closedloop.analysis import report
 from closedloop.analysis.processed import Processed
-from closedloop.config import load_config, loads_config
+from closedloop.config import loads_config
 from closedloop.config.signal import Calibration
 from closedloop.core.events import ONSET
 from closedloop.core.pipeline import Pipeline
@@ -40,6 +40,8 @@ description = "biceps and triceps, report test"
 [session]
 source = "sim"
 stimulator = "sim"
+[detector]
+kind = "threshold"
 [[muscles]]
 name = "biceps"
 channel = "EMG1"
@@ -311,7 +313,12 @@ class Capture:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    cfg = load_config(CONFIGS / "biceps_triceps.toml").with_calibrations(CAL)
+    # the threshold detector, whose calibrated thresholds CAL gives (CAL is made up, not
+    # measured on this simulated patient: cusum's calibrated rest would not fit it)
+    text = (CONFIGS / "biceps_triceps.toml").read_text(encoding="utf-8")
+    a, b = text.index("[detector]"), text.index("[[muscles]]")
+    cfg = loads_config(text[:a] + '[detector]\nkind = "threshold"\n\n' + text[b:],
+                       source="biceps_triceps (threshold)").with_calibrations(CAL)
     cfg = cfg.with_patient("P07", where="test")
     src, stim = sim_session(cfg, SCRIPT, chunk=20)
     cap = Capture()

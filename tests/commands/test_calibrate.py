@@ -121,8 +121,8 @@ def test_a_cusum_config_is_calibrated(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cmd, "make_source",
                         lambda cfg, spec, steps, **kw: real(cfg, spec, steps, realtime=False))
     template = tmp_path / "cusum.toml"
-    template.write_text(CONFIG.replace("k_on = 6.0  # inline comment", 'kind = "cusum"'),
-                        encoding="utf-8")
+    template.write_text(CONFIG.replace('kind = "threshold"\nk_on = 6.0  # inline comment',
+                                       'kind = "cusum"'), encoding="utf-8")
     out, db = tmp_path / "p.toml", tmp_path / "c.db"
     args = argparse.Namespace(config=str(template), source="sim", out=str(out), rest_s=3.0,
                               mvc_reps=2, mvc_s=2.0, no_gui=True, yes=True, patient="P07",

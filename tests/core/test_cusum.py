@@ -227,7 +227,9 @@ def test_a_contracting_start_warns_and_waits_for_quiet_rest():
     notices = det.detector.notices
     assert notices and all(n.kind == REST_NOT_QUIET for n in notices)
     print([n.message for n in notices])
-    assert 2000 <= notices[-1].sample <= 2300  # found when the contraction ended
+    drop = [n for n in notices if "fell to" in n.message]
+    assert drop and 2000 <= drop[0].sample <= 2300  # found when the contraction ended
+    assert all(n.sample < 5000 for n in notices)  # none about the rest after it
     assert _onsets(ev) and all(5000 <= s <= 5100 for s in _onsets(ev))
     assert det.detector.sigma2[0] < 3 * REST_SD**2  # the rest now is the quiet rest
 
@@ -326,3 +328,92 @@ def test_runs_on_the_simulated_patient_at_2khz():
     assert len(ons) == len(truth) == 3
     for (s, ch), (t, tch) in zip(ons, truth, strict=True):
         assert ch == tch and 0 <= s - t <= 0.15 * 2000
+
+
+# -- stimulation: blanked samples carry no evidence, trains teach no rest --------------------
+STIM_FS = 2000.0
+STIM_CHANNELS = {"biceps": 1, "triceps": 2}
+
+
+@pytest.fixture(scope="module")
+def stimulated():
+    """10 s of the simulated patient (2 kHz): biceps trains at rest (1-4 s and 6-6.6 s),
+    biceps attempts at 5 s and 8 s, and the trains' commands."""
+    from tests.core.stimulated import stimulate, train
+
+    commands = train("biceps", 1.0, 4.0, 20.0) + train("biceps", 6.0, 6.6, 20.0)
+    script = [Attempt("biceps", 5.0, 0.6), Attempt("biceps", 8.0, 0.6)]
+    return stimulate(commands, 10.0, script=script).raw, commands
+
+
+def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
+    """The cusum pipeline with the artifact remover fed the commands before their samples
+    (as the live loop does): its events, the onset statistic, sigma2 after every chunk,
+    the blanked samples and where the statistic was above its threshold."""
+    from dataclasses import replace
+
+    from closedloop.config import default_config
+    from closedloop.config.signal import ArtifactSettings
+    from closedloop.core.blanking import ArtifactRemover
+    from closedloop.core.pipeline import Pipeline
+
+    muscles = tuple(STIM_CHANNELS)
+    config = replace(default_config(muscles), detector=CusumSettings(), detector_kind="cusum")
+    remover = ArtifactRemover(ArtifactSettings(), STIM_FS, muscles, 50.0, comb_all=True)
+    pipe = Pipeline(STIM_FS, muscles, config, artifacts=remover)
+    if not hook:  # as before the hook: the detector never hears of the stimulation
+        pipe.detector.stimulation = lambda blanked, stimulating: None  # type: ignore[method-assign]
+    pending = sorted(commands, key=lambda c: c.sample)
+    events, stat, above, sigma2, blanked = [], [], [], [], []
+    i = k = 0
+    while i < x.shape[0]:
+        size = min(chunks[k % len(chunks)], x.shape[0] - i)
+        while pending and pending[0].sample < i + size:
+            c = pending.pop(0)
+            remover.command(c.muscle, STIM_CHANNELS[c.muscle], c.current_ma > 0,
+                            c.frequency_hz, c.sample)
+        blanked.append(remover.blank_mask(i, size))
+        block = pipe.process(x[i : i + size])
+        events += block.events
+        stat.append(block.envelope)
+        above.append(block.above)
+        sigma2.append((i + size, pipe.detector.sigma2.copy()))
+        i, k = i + size, k + 1
+    return events, np.vstack(stat), sigma2, np.concatenate(blanked), np.vstack(above)
+
+
+@pytest.mark.parametrize("chunks", [[1], [7], [10000]])
+def test_with_stimulation_chunks_give_the_same_events_to_the_sample(stimulated, chunks):
+    x, commands = stimulated
+    ref = _stimulated_run(x, commands, [x.shape[0]])
+    got = _stimulated_run(x, commands, chunks)
+    assert [e.kind for e in ref[0]].count(ONSET) == 2
+    assert got[0] == ref[0]
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[4], ref[4])  # above: each sample against its threshold
+    assert ref[4].any()
+
+
+def test_stimulation_teaches_no_rest_and_blanked_samples_carry_no_evidence(stimulated):
+    """Over a 3 s train at rest the rest variance stays what it was (without the hook the
+    blanking's smooth fill, learnt as rest, halves it: the triceps' cross-talk of the next
+    attempt then triggers and offsets come late); inside every blanked stretch the onset
+    statistic stands still; the events are the two attempts' onsets and offsets."""
+    x, commands = stimulated
+    events, stat, sigma2, blanked, _ = _stimulated_run(x, commands, [20])
+
+    def sigma_at(t: float) -> np.ndarray:
+        return next(s for end, s in sigma2 if end >= t * STIM_FS)
+
+    np.testing.assert_allclose(sigma_at(3.95), sigma_at(0.95), rtol=0.15)
+    assert [(e.channel, e.kind) for e in events] == [("biceps", ONSET), ("biceps", OFFSET)] * 2
+    inside = blanked[1:] & blanked[:-1]  # sample k and the one before it both blanked
+    moved = np.diff(stat[:, 0])[inside]
+    assert inside.sum() > 1000 and np.any(stat[1:, 0][inside] > 0)
+    np.testing.assert_array_equal(moved[np.isfinite(moved)], 0.0)
+    # without the hook: rest learnt from the train, and the statistic moves while blanked
+    events0, stat0, sigma0, *_ = _stimulated_run(x, commands, [20], hook=False)
+    late = next(s for end, s in sigma0 if end >= 3.95 * STIM_FS)
+    assert np.all(late < 0.7 * sigma_at(0.95))
+    assert np.any(np.diff(stat0[:, 0])[inside] != 0)
+    assert events0 != events

@@ -8,6 +8,16 @@ from closedloop.core.detectors.threshold import OnsetDetector
 from closedloop.core.pipeline import Pipeline
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
 
+
+def threshold_config(muscles):
+    """The default config with the threshold detector (the built-in default is cusum)."""
+    from dataclasses import replace
+
+    from closedloop.config import default_config
+
+    return replace(default_config(tuple(muscles)), detector=DetectorSettings(),
+                   detector_kind="threshold")
+
 FS = 1000.0
 
 
@@ -130,7 +140,7 @@ def test_random_chunkings_identical_envelope_and_above(sizes):
             i += b.n
             if i >= 8000:
                 break
-    assert np.array_equal(np.vstack(env), whole.envelope)
+    assert np.array_equal(np.vstack(env), whole.envelope, equal_nan=True)  # NaN: not ready
     assert np.array_equal(np.vstack(above), whole.above)
 
 
@@ -239,7 +249,7 @@ def test_quiet_blocks_of_a_large_chunk_track_the_floor_to_the_bit(sizes):
     x = SimulatedPatient(ps, script, seed=4).read(40000) * np.geomspace(0.1, 50.0, 8)
 
     def run(chunks):
-        pipe = Pipeline(1000.0, ps.muscles)
+        pipe = Pipeline(1000.0, ps.muscles, threshold_config(ps.muscles))
         events, notes, i, k = [], [], 0, 0
         while i < x.shape[0]:
             b = pipe.process(x[i : i + chunks[k % len(chunks)]])

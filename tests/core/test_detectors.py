@@ -185,7 +185,8 @@ def test_threshold_detector_is_the_product_pipeline():
     from closedloop.config.signal import DetectorSettings
 
     base = default_config(MUSCLES)
-    config = replace(base, detector=DetectorSettings(k_on=5.0, min_on_ms=5.0))
+    config = replace(base, detector=DetectorSettings(k_on=5.0, min_on_ms=5.0),
+                     detector_kind="threshold")
     pipe = Pipeline(_SHORT_FS, MUSCLES, config)
     assert det.process(_X) == pipe.process(_X).events
     assert det.params["k_on"] == 5.0 and det.pipeline.config.envelope.kind == "rms"

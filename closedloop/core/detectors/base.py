@@ -29,6 +29,9 @@ A detector
   that may still be a contraction: no new onset, an onset under way goes on);
 * forgets a channel's conditioning state on :meth:`Detector.restart_channel` (after a
   bad stretch the filters restart; what the detector integrated from it must go too);
+* hears, before a chunk touched by stimulation, where (:meth:`Detector.stimulation`:
+  the blanked samples, and the span of each train): a detector that learns its rest
+  from the signal must not learn it from the blanking's fill or a train's M-waves;
 * may say what its rest learning found (:meth:`Detector.pop_notes`, as
   :class:`RestNote` records the session shows and records).
 
@@ -166,6 +169,14 @@ class Detector(ABC):
     def restart_channel(self, channel: int, level: float) -> None:  # noqa: B027 - optional
         """Forget the channel's conditioning state: the pipeline's filters restarted as if
         the raw input had always been ``level``."""
+
+    def stimulation(self, blanked: np.ndarray, stimulating: np.ndarray) -> None:  # noqa: B027
+        """Where the next chunk was touched by stimulation (1-D bools over its samples,
+        all channels alike): ``blanked``, the samples the pipeline filled in over the
+        pulses; ``stimulating``, from a train's start to just after its end (M-wave
+        tails, the comb's residue). Called by the pipeline before :meth:`process` when a
+        chunk has any; a detector that learns its rest from the signal should not learn
+        it there. Ignored by default."""
 
     def pop_notes(self) -> list[RestNote]:
         """What the rest learning found since the last call (none by default)."""

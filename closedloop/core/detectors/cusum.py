@@ -16,9 +16,10 @@ Per channel, causally, sample by sample:
    by more than ``artifact_ratio`` rest SDs of its 5 ms difference, within 5 ms, starts a
    sample-and-hold of the value before it, which lasts while the signal stays that far
    from the held value, so the band-pass never rings on it; the evidence (steps 5-6) is
-   frozen during the hold and for 20 ms after it, while the filters ring on its edges.
-   Holds lasting ``artifact_max_ms`` in all (holds that start while the evidence is still
-   frozen continue the same episode) are given up: the signal is let through and no new
+   frozen during the hold and for 50 ms after it, while the filters ring on its edges (the
+   band-pass's 20 Hz edge rings for about one period). Holds lasting ``artifact_max_ms``
+   in all (holds that start while the evidence is still frozen continue the same
+   episode) are given up: the signal is let through and no new
    hold starts for as long again, because what lasts that long is not an impulse and a
    strong contraction must not be hidden. No hold starts while the channel is active.
 2. **Causal band-pass and notch** (:class:`~closedloop.core.filters.FilterBank`).
@@ -36,7 +37,13 @@ Per channel, causally, sample by sample:
    samples per sample: ``1 / (1 + 2 sum_tau r(tau)**2)`` from the whitened rest's
    autocorrelation ``r`` (the variance of a sum of squares of correlated Gaussian samples
    grows by that factor), so ``g`` counts nats of *independent* evidence and one
-   threshold gives about the same false-alarm rate on every source.
+   threshold gives about the same false-alarm rate on every source. With ``dispersion``
+   it is further divided by the rest energy's **dispersion**: the variance of the idle
+   blocks' mean ``u`` over what ``kappa`` predicts for it (``2 / (kappa x block)``),
+   pooled with a prior of 1 worth 20 blocks (a quasi-likelihood correction: real rest,
+   whose energy fluctuates more than Gaussian noise's, with weak activity, spikes and
+   drifts of its level, counts less per sample; stationary noise, whose dispersion is
+   about 1, counts as ``kappa`` says).
 6. **Offset**: while active, a CUSUM for the way back, ``g_off = max(0, g_off + kappa *
    0.5 * (ln r - (1 - 1/r) u))`` with ``r = off_ratio`` (evidence for rest against a
    variance ``off_ratio`` times rest); an offset when it exceeds ``off_nats``.
@@ -48,16 +55,23 @@ Per channel, causally, sample by sample:
    quiet: its block variances within a factor ``quiet_ratio`` of each other (and, with a
    calibration, its variance at most ``quiet_ratio`` times the calibrated rest);
    otherwise a ``rest_not_quiet`` notice is issued and the window slides on, one block at
-   a time, until it is quiet. After that, idle blocks (no activity, no artefact, the
-   CUSUM below half its threshold) update ``sigma2``: a running mean of all of them
-   at first, an exponential average with a time constant of ``history_s`` once that
-   many blocks were seen (symmetric: an average that falls faster than it rises sits
-   below the mean, and a rest variance biased low is a positive drift of the CUSUM);
-   the tracking pauses while the channel is active. If two idle blocks in a row fall below
-   ``1 / quiet_ratio`` of the learnt rest, the rest that was learnt was not rest (the
-   patient was contracting when the session began): a ``rest_not_quiet`` notice is issued
-   and rest is learnt again. A **calibrated** channel uses the calibration's rest
-   variance (kept fixed) and learns only the spectrum shape from its first quiet window.
+   a time, until it is quiet. The window gives the rest's autocorrelation (of the
+   filtered signal, up to the whitener's order plus 10 ms of lags), from which the
+   whitener, ``kappa`` and ``sigma2`` follow. After that, every idle block (no activity,
+   no artefact, the CUSUM below half its threshold) adds its autocorrelation to that
+   estimate: a running mean of all of them at first, an exponential average with a time
+   constant of ``history_s`` once that many blocks were seen (symmetric: an average that
+   falls faster than it rises sits below the mean, and a rest variance biased low is a
+   positive drift of the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted
+   again from it. So the first quarter second (which can hold the filters' ringing on
+   the stream's start, or an electrode settling) does not decide the whole session: on
+   the simulated patient, fitting once on it gave a median decision 15 ms later. The
+   tracking pauses while the channel is active. If two idle blocks in a row fall below
+   ``1 / quiet_ratio`` of the rest variance first learnt, the rest that was learnt was
+   not rest (the patient was contracting when the session began): a ``rest_not_quiet``
+   notice is issued and rest is learnt again. A **calibrated** channel uses the
+   calibration's rest variance (kept fixed) and learns only the spectrum shape (the
+   whitener, ``kappa``) from the signal.
 
 Chunking changes nothing: every state change happens at a block boundary or at a sample
 the data decide (an event, an artefact), the running sums are carried as sequential
@@ -81,7 +95,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
 from closedloop.core.detectors.base import Detection, Detector, RestNote
@@ -94,6 +107,8 @@ ACTIVE = 1
 WARMUP, LEARNING, READY = 0, 1, 2
 #: Notice kind: the rest at the start was not quiet (see the module docstring).
 REST_NOT_QUIET = "rest_not_quiet"
+#: Weight (in blocks) of the prior dispersion 1 in the rest energy's dispersion.
+DISPERSION_PRIOR = 20.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +213,7 @@ class CusumDetector(Detector):
         self.suspended = np.zeros(n, dtype=bool)
         self.held = np.zeros(n, dtype=bool)
         self._stat: np.ndarray | None = None  # the onset statistic of the chunk being run
+        self._thr: np.ndarray | None = None  # ... and the onset threshold at each sample
         #: Per channel: prediction-error filter ``[1, a1, ..., ap]``.
         self.whitener = np.zeros((n, self.p + 1))
         self.whitener[:, 0] = 1.0
@@ -215,7 +231,7 @@ class CusumDetector(Detector):
         self._art_start = np.zeros(n, dtype=np.int64)
         self._art_quiet_until = np.zeros(n, dtype=np.int64)
         self._freeze_until = np.zeros(n, dtype=np.int64)
-        self.n_ring = int(round(0.02 * self.fs))  # evidence frozen after a hold, 20 ms
+        self.n_ring = int(round(0.05 * self.fs))  # evidence frozen after a hold, 50 ms
         self._xhist = np.zeros((n, self.p))  # last p filtered samples
         k = rho.size
         self._S = np.zeros((n, k))  # bank running sums since the last reset
@@ -236,10 +252,26 @@ class CusumDetector(Detector):
         self._blk_dd = np.zeros((n, self.block))
         self._hold_ok = np.ones(n, dtype=bool)  # idle at the last block boundary
         self._blk_busy = np.zeros(n, dtype=bool)
+        self._blk_stim = False  # the current block was touched by stimulation
+        self._stim: tuple[np.ndarray, np.ndarray] | None = None  # masks for the next chunk
         self._learn: list[list[tuple[np.ndarray, float, float]]] = [[] for _ in range(n)]
         self._noticed = np.zeros(n, dtype=bool)  # a notice was issued in this learning
         self._low_blocks = np.zeros(n, dtype=np.int64)
         self._n_rest = np.zeros(n, dtype=np.int64)  # blocks in the rest estimate
+        #: Lags of the rest autocorrelation kept (the whitener's and kappa's).
+        self.n_lags = self.lag_max + self.p + 1
+        self._acf = np.zeros((n, self.n_lags))  # rest autocorrelation of the filtered signal
+        self._learnt_var = np.full(n, np.nan)  # the filtered rest variance as first learnt
+        p = self.p
+        self._toep = np.abs(np.arange(p)[:, None] - np.arange(p)[None, :])  # Toeplitz lags
+        #: r lags |t + i - j| giving the whitened autocorrelation r_e(t), t = 0..lag_max
+        self._re_lags = np.abs(np.arange(self.lag_max + 1)[:, None, None]
+                               + np.arange(p + 1)[None, :, None] - np.arange(p + 1)[None, None, :])
+        self._disp_s = np.zeros(n)  # forgetting sums of (block mean of u - 1)**2 / model var
+        self._disp_w = np.zeros(n)
+        self._phi = np.ones(n)
+        #: Per channel: kappa over the rest energy's dispersion (what the CUSUMs use).
+        self.kappa_eff = np.ones(n)
         self.notices: list[Notice] = []
 
     @classmethod
@@ -267,7 +299,7 @@ class CusumDetector(Detector):
 
     def _h(self, since_off: np.ndarray) -> np.ndarray:
         s = self.settings
-        if self.n_refr <= 0 or s.refractory_gain == 0.0:
+        if self.n_refr <= 0 or s.refractory_gain == 0.0 or np.min(since_off) >= self.n_refr:
             return np.full(np.shape(since_off), s.h_nats)
         frac = np.clip(1.0 - since_off / self.n_refr, 0.0, 1.0)
         return s.h_nats * (1.0 + s.refractory_gain * frac)
@@ -276,6 +308,12 @@ class CusumDetector(Detector):
         """The notices issued since the last call, oldest first."""
         out, self.notices = self.notices, []
         return out
+
+    def stimulation(self, blanked: np.ndarray, stimulating: np.ndarray) -> None:
+        """Where the next chunk was touched by stimulation (see
+        :meth:`~closedloop.core.detectors.base.Detector.stimulation`): blanked samples
+        carry no evidence, and no block touched by a train teaches the rest."""
+        self._stim = (np.asarray(blanked, dtype=bool), np.asarray(stimulating, dtype=bool))
 
     def pop_notes(self) -> list[RestNote]:
         """The notices as the session shows them (:class:`RestNote` with the message)."""
@@ -322,11 +360,17 @@ class CusumDetector(Detector):
         n = x.shape[1]
         start = self.position
         self._stat = np.full(x.shape, np.nan)
+        self._thr = np.full(x.shape, np.inf)
+        blanked, stimulating = self._stim or (None, None)
+        self._stim = None
         events: list[Event] = []
         a = 0
         while a < n:
             b = min(n, a + self.block - self._blk_fill)
-            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events)
+            if stimulating is not None and stimulating[a:b].any():
+                self._blk_stim = True
+            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events,
+                        None if blanked is None or not blanked[a:b].any() else blanked[a:b])
             a = b
             if self._blk_fill == self.block:
                 self._end_block(start + a, float(timestamps[a - 1]))
@@ -334,20 +378,26 @@ class CusumDetector(Detector):
         if len(events) > 1:
             events.sort(key=lambda e: e.sample)
         stat, self._stat = self._stat, None
+        thr, self._thr = self._thr, None
         self.on_threshold[:] = self.threshold()
         self.off_threshold[:] = self.on_threshold
-        with np.errstate(invalid="ignore"):
-            above = stat > self.on_threshold[:, None]
+        with np.errstate(invalid="ignore"):  # each sample against the threshold it met
+            above = stat > thr
         return Detection(stat, above, events)
 
-    def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event]) -> None:
-        """Samples ``p0 .. p0 + n`` (all inside one block): artefacts, filters, detection."""
+    def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event],
+               blanked: np.ndarray | None = None) -> None:
+        """Samples ``p0 .. p0 + n`` (all inside one block): artefacts, filters, detection;
+        ``blanked``: the samples the pipeline filled in over stimulation pulses (no
+        evidence either way from them)."""
         n = x.shape[1]
         ready = self.phase == READY
         if not self._started:
             self._xlag[:] = x[:, :1]
             self._started = True
         frozen = self._artifacts(x, p0, ready) if ready.any() else None
+        if blanked is not None:  # every channel alike (frozen[c] is read per channel)
+            frozen = np.broadcast_to(blanked, x.shape) | (False if frozen is None else frozen)
         ext = np.concatenate((self._xlag, x), axis=1)
         d = x - ext[:, :n]  # x[k] - x[k - lag], after the hold
         self._xlag = ext[:, n:].copy()
@@ -442,7 +492,7 @@ class CusumDetector(Detector):
         """The CUSUMs over one piece: vectorised while nothing crosses, exact per channel
         where something does."""
         n = u.shape[1]
-        kap = self.kappa[:, None, None]
+        kap = self.kappa_eff[:, None, None]
         idle = live & (self.state == IDLE) & ~self.held  # held: no new onset
         since = (p0 + np.arange(n))[None, :] - self._off_sample[:, None]
         h = self._h(since)  # (n_ch, n)
@@ -462,7 +512,7 @@ class CusumDetector(Detector):
             self._M = np.where(done[:, None], M[:, :, -1], self._M)
             self.statistic = np.where(done, gmax[:, -1], self.statistic)
             for c in np.flatnonzero(done).tolist():
-                self._put(c, p0, 0, gmax[c])
+                self._put(c, p0, 0, gmax[c], h[c])
             with np.errstate(invalid="ignore"):
                 self._blk_busy |= done & np.logical_or.reduce(gmax > 0.5 * h, axis=1)
             slow.extend(np.flatnonzero(crossed).tolist())
@@ -471,17 +521,21 @@ class CusumDetector(Detector):
             self._channel(int(c), u[c], None if frozen is None else frozen[c], h[c], p0, ts,
                           events)
 
-    def _put(self, c: int, p0: int, i: int, values: np.ndarray) -> None:
-        """Record the onset statistic of channel ``c`` from sample ``p0 + i`` on."""
-        if self._stat is not None:
+    def _put(self, c: int, p0: int, i: int, values: np.ndarray,
+             thresholds: np.ndarray | None = None) -> None:
+        """Record the onset statistic of channel ``c`` from sample ``p0 + i`` on, and the
+        onset threshold in force at each of those samples (none while active)."""
+        if self._stat is not None and self._thr is not None:
             a = p0 - self.position + i
             self._stat[c, a : a + values.shape[0]] = values
+            if thresholds is not None:
+                self._thr[c, a : a + values.shape[0]] = thresholds[: values.shape[0]]
 
     def _channel(self, c: int, u: np.ndarray, frozen: np.ndarray | None, h: np.ndarray, p0: int,
                  ts, events) -> None:
         """The exact per-sample state machine of one channel over one piece."""
         n = u.shape[0]
-        kap = float(self.kappa[c])
+        kap = float(self.kappa_eff[c])
         i = 0
         while i < n:
             if self.state[c] == IDLE:
@@ -497,10 +551,10 @@ class CusumDetector(Detector):
                 if not hit.size:
                     self._S[c], self._M[c] = S[:, -1], M[:, -1]
                     self.statistic[c] = gmax[-1]
-                    self._put(c, p0, i, gmax)
+                    self._put(c, p0, i, gmax, hh)
                     return
                 k = i + int(hit[0])
-                self._put(c, p0, i, gmax[: hit[0] + 1])
+                self._put(c, p0, i, gmax[: hit[0] + 1], hh)
                 thr = float(hh[hit[0]])
                 events.append(Event(p0 + k, float(ts[k]), self.channels[c], ONSET,
                                     float(gmax[hit[0]]), thr))
@@ -539,8 +593,10 @@ class CusumDetector(Detector):
         buf = self._blk_buf
         var = np.einsum("ij,ij->i", buf, buf) / n
         dd = np.add.reduce(self._blk_dd, axis=1) / n
-        busy = self._blk_busy | (self.state == ACTIVE)
+        busy = self._blk_busy | (self.state == ACTIVE) | self._blk_stim
         u_mean = np.add.reduce(self._blk_u, axis=1) / n
+        track: list[int] = []  # idle channels whose rest estimate takes this block
+        alphas: list[float] = []
         for c in range(len(self.channels)):
             if self.suspended[c]:
                 continue
@@ -549,30 +605,44 @@ class CusumDetector(Detector):
                     self.phase[c] = LEARNING
                 continue
             if self.phase[c] == LEARNING:
-                self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end, time)
+                if not self._blk_stim:
+                    self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end,
+                                      time)
                 continue
             if busy[c]:
                 self._low_blocks[c] = 0
                 continue
             um = float(u_mean[c])
+            self._n_rest[c] += 1  # a cumulative mean first, then exponential
+            alpha = max(self._alpha, 1.0 / self._n_rest[c])
+            if self.settings.dispersion:
+                z = (um - 1.0) ** 2 * self.kappa[c] * n / 2.0
+                a = self._alpha
+                self._disp_s[c] = (1.0 - a) * self._disp_s[c] + z
+                self._disp_w[c] = (1.0 - a) * self._disp_w[c] + 1.0
+                self._phi[c] = ((DISPERSION_PRIOR + self._disp_s[c])
+                                / (DISPERSION_PRIOR + self._disp_w[c]))
             if self.adaptive[c]:
-                if um < 1.0 / self.settings.quiet_ratio:
+                if var[c] < self._learnt_var[c] / self.settings.quiet_ratio:
                     self._low_blocks[c] += 1
                     if self._low_blocks[c] >= 2:
-                        self._relearn(c, um, buf[c], float(dd[c]), block_end, time)
+                        self._relearn(c, float(var[c]) / self._learnt_var[c], buf[c],
+                                      float(dd[c]), block_end, time)
                         continue
                 else:
                     self._low_blocks[c] = 0
-                self._n_rest[c] += 1  # a cumulative mean first, then exponential
-                alpha = max(self._alpha, 1.0 / self._n_rest[c])
-                self.sigma2[c] *= 1.0 + alpha * (um - 1.0)
                 self._sd_d[c] = math.sqrt(
                     self._sd_d[c] ** 2 + alpha * (float(dd[c]) - self._sd_d[c] ** 2))
+            track.append(c)
+            alphas.append(alpha)
+        if track:
+            self._track(np.array(track), np.array(alphas))
         self._prev_buf, self._blk_buf = self._blk_buf, self._prev_buf
         self._prev_dd = dd
         self._blk_fill = 0
         self._blk_u.fill(0.0)
         self._blk_busy.fill(False)
+        self._blk_stim = False
         self._hold_ok = self.state == IDLE
 
     def _learn_block(self, c: int, xb: np.ndarray, var: float, dd: float, block_end: int,
@@ -607,32 +677,54 @@ class CusumDetector(Detector):
         self.state[c] = IDLE
 
     def _fit(self, c: int, win) -> None:
-        """Whitening filter, whitened rest variance, kappa and the artefact scale."""
+        """Start the rest estimate from a quiet window: its autocorrelation, then the
+        whitener, kappa and rest variance from it (:meth:`_refit`); the artefact scale."""
         x = np.concatenate([w[0] for w in win])
         x = x - x.mean()
         length = x.size
-        p = self.p
-        a = np.zeros(p + 1)
-        a[0] = 1.0
-        r = np.array([x[: length - k] @ x[k:] for k in range(max(p, self.lag_max) + 1)]) / length
-        if p and r[0] > 0.0:
-            rr = r[: p + 1].copy()
-            rr[0] *= 1.0 + self.settings.ar_loading + 1e-9
-            a[1:] = -linalg.solve_toeplitz(rr[:p], rr[1 : p + 1])
-        e = np.convolve(x, a)[p:length]
-        var_e = float(np.mean(e * e))
-        var_x = float(r[0])
-        ec = e - e.mean()
-        re = np.array([ec[: ec.size - k] @ ec[k:] for k in range(self.lag_max + 1)])
-        rho = re[1:] / re[0] if re[0] > 0 else np.zeros(self.lag_max)
-        self.whitener[c] = a
-        self.kappa[c] = 1.0 / (1.0 + 2.0 * float(np.sum(rho * rho)))
-        if self.adaptive[c]:
-            self.sigma2[c] = var_e
-        else:
-            self.sigma2[c] = self.cal_var[c] * (var_e / var_x if var_x > 0 else 1.0)
-        self._sd_d[c] = math.sqrt(float(np.mean([w[2] for w in win])))
+        self._acf[c] = np.array([x[: length - k] @ x[k:] for k in range(self.n_lags)]) / length
+        self._learnt_var[c] = self._acf[c, 0]
         self._n_rest[c] = len(win)
+        self._disp_s[c] = self._disp_w[c] = 0.0
+        self._phi[c] = 1.0
+        self._refit(np.array([c]))
+        self._sd_d[c] = math.sqrt(float(np.mean([w[2] for w in win])))
+
+    def _refit(self, idx: np.ndarray) -> None:
+        """Whitening filter, whitened rest variance and kappa of channels ``idx`` from
+        their rest autocorrelation (Yule-Walker with the zero lag loaded; the whitened
+        rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i - j)``)."""
+        r = self._acf[idx]  # (m, n_lags)
+        p = self.p
+        a = np.zeros((idx.size, p + 1))
+        a[:, 0] = 1.0
+        if p:
+            ok = r[:, 0] > 0.0
+            rr = r[:, : p + 1].copy()
+            rr[:, 0] *= 1.0 + self.settings.ar_loading + 1e-9
+            toeplitz = rr[:, self._toep]  # (m, p, p)
+            a[ok, 1:] = -np.linalg.solve(toeplitz[ok], rr[ok, 1 : p + 1, None])[:, :, 0]
+        re = np.einsum("ci,cj,ctij->ct", a, a, r[:, self._re_lags])  # (m, lag_max + 1)
+        var_e = re[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(var_e[:, None] > 0, re[:, 1:] / var_e[:, None], 0.0)
+            gain = np.where(r[:, 0] > 0, var_e / r[:, 0], 1.0)
+        self.whitener[idx] = a
+        self.kappa[idx] = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
+        self.kappa_eff[idx] = np.minimum(1.0, self.kappa[idx] / self._phi[idx])
+        self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
+
+    def _track(self, idx: np.ndarray, alpha: np.ndarray) -> None:
+        """Fold the idle block's autocorrelation of channels ``idx`` (lags reaching into
+        the block before) into their rest estimates and refit them."""
+        n, m = self.block, self.n_lags - 1
+        block = self._blk_buf[idx]
+        ext = np.concatenate((self._prev_buf[idx, n - m :], block), axis=1) if m else block
+        # windows[:, j] = ext[:, j : j + n], the block shifted back by m - j samples
+        windows = np.lib.stride_tricks.sliding_window_view(ext, n, axis=1)
+        r = np.einsum("cn,ckn->ck", block, windows[:, ::-1]) / n
+        self._acf[idx] += alpha[:, None] * (r - self._acf[idx])
+        self._refit(idx)
 
     def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
                  time: float) -> None:
