@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from closedloop.core.events import Event
+from closedloop.core.evoked import MWave
 from closedloop.errors import EXIT_CODES, ClosedLoopError, exit_code
+from closedloop.runtime.mwaves import MuscleMWave, MWaveTracker
 from closedloop.stim.commands import StimCommand
 
 #: The summary's sentence for the reasons that carry no message of their own.
@@ -142,7 +144,10 @@ class Outcome:
     :attr:`LoopOptions.history`); ``n_events``, ``n_commands``, ``n_issues`` and
     ``n_violations`` count the whole session, and so do ``onsets`` and
     ``stim_seconds``. The loop adds to them with the ``add_*`` methods and closes the
-    books with :meth:`finish`.
+    books with :meth:`finish`. ``mwave`` is each stimulated muscle's evoked response
+    over the session (:class:`~closedloop.runtime.mwaves.MuscleMWave`: its first and
+    last trains and the fatigue between them), from the records handed to
+    :meth:`add_mwaves`; empty when the session measured none.
     """
 
     reason: str = ""
@@ -167,8 +172,10 @@ class Outcome:
     off_wall: float = math.nan  # perf_counter when stop_all() returned
     error: BaseException | None = None  # the unexpected exception (reason "error")
     stopped_by: Any = None  # who sent the STOP (a ControlSender), reason "stop_button"
+    mwave: dict[str, MuscleMWave] = field(default_factory=dict, compare=False)
     history: int | None = field(default=None, repr=False, compare=False)
     _tally: StimTally | None = field(default=None, init=False, repr=False, compare=False)
+    _mwaves: MWaveTracker | None = field(default=None, init=False, repr=False, compare=False)
     _last_counter: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -225,6 +232,16 @@ class Outcome:
         if self._tally is not None:
             self._tally.add(commands)
         keep_last(self.commands, self.history)
+
+    def add_mwaves(self, records: Sequence[MWave]) -> None:
+        """Evoked-response records (in the order they were decided): :attr:`mwave`
+        follows them (constant memory per muscle and level, whatever ``history``)."""
+        if not records:
+            return
+        if self._mwaves is None:
+            self._mwaves = MWaveTracker()
+        self._mwaves.add(records)
+        self.mwave = self._mwaves.summary()
 
     def add_latencies(self, ms: Iterable[float]) -> None:
         """Arrival -> command latencies (ms) of on-commands."""

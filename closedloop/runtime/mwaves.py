@@ -1,0 +1,221 @@
+"""The evoked response (M-wave) over a session: its first trains, its latest, its fatigue.
+
+The loop measures one :class:`~closedloop.core.evoked.MWave` record per muscle, level
+(current and pulse width) and half second of stimulation. What a clinician asks of them
+is per muscle: how large is the response now, how large was it at the start of the
+session, and did the muscle respond at all. :class:`MWaveTracker` answers from the
+records as they come (live view, the session's :class:`~closedloop.runtime.outcome.
+Outcome`) or from a whole recording (report), the same way in both:
+
+* **The first trains** of a level are its first :data:`FIRST_RECORDS` records that show
+  a response (``present``); their peak-to-peak, averaged with the pulses as weights, is
+  the level's reference. The M-wave grows with the current (recruitment), so a record
+  is compared with the first trains *of its own level*: a ramp step with the same ramp
+  step of the first repetitions, the plateau with the plateau. ``percent`` of a record
+  is its amplitude in % of that reference (NaN until the level has one).
+* **The working level** of a muscle is the level it got the most pulses at (the
+  plateau of a triggered assist). The session's summary (:class:`MuscleMWave`) gives
+  its first trains' amplitude, its last trains' (the pulse-weighted mean of its last
+  :data:`LAST_RECORDS` records) and the drop between them, in %: the fatigue over the
+  session.
+* **No response** (electrodes off or dry, a dead channel, a current below the motor
+  threshold): a record without a response counts when its current is at or above the
+  lowest current at which the muscle did respond (before any response: every record),
+  so the ramp steps below the motor threshold are not counted against the electrodes.
+
+Pure Python on the records' numbers, constant memory per level: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from closedloop.core.evoked import MWave
+
+#: Records of a level (with a response) that make its first trains.
+FIRST_RECORDS = 3
+#: Records of the working level that make its last trains.
+LAST_RECORDS = 3
+
+
+def level_key(current_ma: float, pulse_width_us: float) -> tuple[float, float]:
+    """A level as a dict key: current to 0.01 mA, width to 0.1 µs (a ramp step's current
+    is computed anew in every repetition)."""
+    return (round(current_ma, 2) if math.isfinite(current_ma) else -1.0,
+            round(pulse_width_us, 1) if math.isfinite(pulse_width_us) else -1.0)
+
+
+@dataclass(frozen=True)
+class MWavePoint:
+    """One record as shown: the record's figures, its % of its level's first trains and
+    whether its lack of response counts (see the module docstring).
+
+    Attributes
+    ----------
+    muscle : str
+    sample : int
+    time : float
+        Stream time (NaN when the record has none).
+    current_ma, pulse_width_us : float
+    peak_to_peak : float
+        Signal units (volts for EMG in V).
+    present : bool
+    percent : float
+        % of the level's first trains (NaN before the level has them).
+    no_response : bool
+        No response at a current at which one is expected.
+    """
+
+    muscle: str
+    sample: int
+    time: float
+    current_ma: float
+    pulse_width_us: float
+    peak_to_peak: float
+    present: bool
+    percent: float
+    no_response: bool
+
+
+@dataclass(frozen=True)
+class MuscleMWave:
+    """One muscle's evoked response over a session (amplitudes in signal units).
+
+    Attributes
+    ----------
+    muscle : str
+    records, pulses : int
+        M-wave records and the pulses they averaged.
+    no_response : int
+        Records without a response at a current at which one is expected.
+    current_ma, pulse_width_us : float
+        The working level (most pulses).
+    first_pp : float
+        Peak-to-peak of the working level's first trains (NaN: it never responded).
+    last_pp : float
+        Peak-to-peak of its last trains.
+    responded_from_ma : float
+        Lowest current that gave a response (NaN: none did).
+    """
+
+    muscle: str
+    records: int
+    pulses: int
+    no_response: int
+    current_ma: float
+    pulse_width_us: float
+    first_pp: float
+    last_pp: float
+    responded_from_ma: float
+
+    @property
+    def drop_pct(self) -> float:
+        """Fall from the first to the last trains, % of the first (NaN when unknown;
+        negative when the response grew)."""
+        if not (self.first_pp > 0 and math.isfinite(self.last_pp)):
+            return math.nan
+        return 100.0 * (1.0 - self.last_pp / self.first_pp)
+
+
+@dataclass
+class _Level:
+    current_ma: float
+    pulse_width_us: float
+    pulses: int = 0
+    records: int = 0
+    absent: int = 0
+    first: list[tuple[float, int]] = field(default_factory=list)  # (pp, pulses), present
+    last: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=LAST_RECORDS))
+
+    def reference(self) -> float:
+        return _weighted(self.first)
+
+
+def _weighted(items: Iterable[tuple[float, int]]) -> float:
+    items = list(items)
+    n = sum(k for _, k in items)
+    return sum(v * k for v, k in items) / n if n else math.nan
+
+
+class MWaveTracker:
+    """Per muscle and level, the first and last trains of the M-wave (module docstring).
+
+    Feed it the records in the order they were decided (:meth:`add`); :meth:`summary`
+    at any time gives each muscle's :class:`MuscleMWave`.
+    """
+
+    def __init__(self) -> None:
+        self._levels: dict[str, dict[tuple[float, float], _Level]] = {}
+        self._responded: dict[str, float] = {}  # lowest current with a response
+
+    @property
+    def muscles(self) -> list[str]:
+        """The muscles with records, in the order they first came."""
+        return list(self._levels)
+
+    def add(self, records: Sequence[MWave]) -> list[MWavePoint]:
+        """Take ``records`` in; each as a :class:`MWavePoint`."""
+        out = []
+        for r in records:
+            levels = self._levels.setdefault(r.muscle, {})
+            key = level_key(r.current_ma, r.pulse_width_us)
+            lv = levels.get(key)
+            if lv is None:
+                lv = levels[key] = _Level(r.current_ma, r.pulse_width_us)
+            n = max(int(r.n_pulses), 1)
+            pp = float(r.peak_to_peak)
+            lv.pulses += n
+            lv.records += 1
+            lv.last.append((pp, n))
+            if r.present:
+                if len(lv.first) < FIRST_RECORDS:
+                    lv.first.append((pp, n))
+                if math.isfinite(r.current_ma):
+                    low = self._responded.get(r.muscle, math.inf)
+                    self._responded[r.muscle] = min(low, float(r.current_ma))
+            else:
+                lv.absent += 1
+            ref = lv.reference()
+            out.append(MWavePoint(
+                muscle=r.muscle, sample=int(r.sample), time=float(r.time),
+                current_ma=float(r.current_ma), pulse_width_us=float(r.pulse_width_us),
+                peak_to_peak=pp, present=bool(r.present),
+                percent=100.0 * pp / ref if ref > 0 else math.nan,
+                no_response=not r.present and self._expected(r.muscle, r.current_ma)))
+        return out
+
+    def _expected(self, muscle: str, current_ma: float) -> bool:
+        low = self._responded.get(muscle)
+        return low is None or not math.isfinite(current_ma) or current_ma >= low - 1e-9
+
+    def summary(self) -> dict[str, MuscleMWave]:
+        """Each muscle's summary so far (module docstring)."""
+        out = {}
+        for muscle, levels in self._levels.items():
+            work = max(levels.values(), key=lambda lv: (lv.pulses, lv.current_ma))
+            low = self._responded.get(muscle, math.nan)
+            counted = [lv for lv in levels.values()
+                       if math.isnan(low) or not math.isfinite(lv.current_ma)
+                       or lv.current_ma >= low - 1e-9]
+            out[muscle] = MuscleMWave(
+                muscle=muscle, records=sum(lv.records for lv in levels.values()),
+                pulses=sum(lv.pulses for lv in levels.values()),
+                no_response=sum(lv.absent for lv in counted),
+                current_ma=work.current_ma, pulse_width_us=work.pulse_width_us,
+                first_pp=work.reference(), last_pp=_weighted(work.last),
+                responded_from_ma=low)
+        return out
+
+
+def track(records: Sequence[MWave]) -> tuple[list[MWavePoint], dict[str, MuscleMWave]]:
+    """Every record of a session as a point, and the session's summary."""
+    tracker = MWaveTracker()
+    points = tracker.add(sorted(records, key=lambda r: r.sample))
+    return points, tracker.summary()
+
+
+__all__ = ["FIRST_RECORDS", "LAST_RECORDS", "MWavePoint", "MWaveTracker", "MuscleMWave",
+           "level_key", "track"]
