@@ -41,8 +41,8 @@ needs to start from a stored calibration (``emg_units``, ``signal_settings``,
 ``calibration_from``) and the gated trigger count; version 3 the evoked response
 (M-wave) of each stimulated muscle (``mwave_*`` columns of ``muscles``).
 
-Adding a measure (the effort per attempt of the clinical report, the M-wave amplitude of
-the evoked-response issue): append a migration to :data:`MIGRATIONS` (``ALTER TABLE
+Adding a measure (the effort per attempt of the clinical report, as version 3 added the
+M-wave): append a migration to :data:`MIGRATIONS` (``ALTER TABLE
 muscles ADD COLUMN effort_mean_pct_mvc REAL``, or a new table keyed by ``session_id``
 for per-attempt rows), add the field to :class:`MuscleRecord` (or a new record type),
 and a test that opens a file of the previous version. Columns are matched to fields by
