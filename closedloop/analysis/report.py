@@ -498,13 +498,13 @@ def _mwaves(session: Any, units: DisplayUnits, duration_s: float
             present=np.array([p.present for p in mine], dtype=bool),
             percent=np.array([p.percent for p in mine]), working=at_work))
         if m.no_response:
-            low = m.responded_from_ma
-            silent = [p for p in mine if not p.present and (math.isnan(low) or not math.isfinite(
-                p.current_ma) or p.current_ma >= low - 1e-9)]
+            low = m.clear_from_ma
+            silent = [p for p in mine if p.no_response]
             top = max((p.current_ma for p in mine if math.isfinite(p.current_ma)),
                       default=math.nan)
             where = (f"at any current (up to {top:g} mA)" if math.isnan(low) else
-                     f"at {low:g} mA or more, where it did respond at other times")
+                     f"at currents that gave a clear response at other times ({low:g} mA "
+                     "or more)")
             alerts.append(Alert(
                 "no evoked response", duration((silent[0].sample - first) / fs),
                 f"{muscle}: no M-wave {where} in {m.no_response} of {m.records} "
@@ -516,8 +516,8 @@ def _mwaves(session: Any, units: DisplayUnits, duration_s: float
             "and last three measurements at the current the muscle was stimulated at most; "
             "the last in % of the first is the fatigue over the session (each measurement "
             "is compared with the first trains at its own current). No response: "
-            "measurements without an M-wave at a current that gave one (or at any current, "
-            "when none did).")
+            "measurements without an M-wave at a current that gave a clear one at other "
+            "times (or at any current, when none did).")
     if not units.is_voltage:
         note += " The source is not in a voltage unit: amplitudes are as the source reports them."
     return rows, series, alerts, note

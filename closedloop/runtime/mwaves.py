@@ -18,10 +18,16 @@ Outcome`) or from a whole recording (report), the same way in both:
   its first trains' amplitude, its last trains' (the pulse-weighted mean of its last
   :data:`LAST_RECORDS` records) and the drop between them, in %: the fatigue over the
   session.
-* **No response** (electrodes off or dry, a dead channel, a current below the motor
-  threshold): a record without a response counts when its current is at or above the
-  lowest current at which the muscle did respond (before any response: every record),
-  so the ramp steps below the motor threshold are not counted against the electrodes.
+* **No response** (electrodes off or dry, a dead channel): a record without a response
+  counts when a response is expected at its level: at a level whose first trains gave a
+  clear response (at least :data:`CLEAR_FRACTION` of the muscle's largest first-trains
+  amplitude), or at a level without first trains whose current is at or above the
+  lowest current of such a level; and, before the muscle ever responded, at every
+  level (a detached electrode from the start). Ramp steps below the motor threshold,
+  and levels near it where the response comes and goes, are not counted against the
+  electrodes. A record whose noise is not known yet (a single pulse before any group of
+  several pulses on that channel: the first ramp steps of a session) says neither: its
+  ``present`` is False for want of a noise figure, not for want of a response.
 
 Pure Python on the records' numbers, constant memory per level: no I/O, no clock.
 """
@@ -31,7 +37,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from closedloop.core.evoked import MWave
 
@@ -39,6 +45,9 @@ from closedloop.core.evoked import MWave
 FIRST_RECORDS = 3
 #: Records of the working level that make its last trains.
 LAST_RECORDS = 3
+#: A level's response is clear at this fraction of the muscle's largest first trains (the
+#: recruitment a clinician calls the motor threshold: the first visible twitch).
+CLEAR_FRACTION = 0.05
 
 
 def level_key(current_ma: float, pulse_width_us: float) -> tuple[float, float]:
@@ -66,7 +75,10 @@ class MWavePoint:
     percent : float
         % of the level's first trains (NaN before the level has them).
     no_response : bool
-        No response at a current at which one is expected.
+        No response where one is expected (as far as the records so far tell).
+    known : bool
+        The record's noise was known (a record without it is neither a response nor
+        a missing one).
     """
 
     muscle: str
@@ -78,6 +90,7 @@ class MWavePoint:
     present: bool
     percent: float
     no_response: bool
+    known: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,15 +103,15 @@ class MuscleMWave:
     records, pulses : int
         M-wave records and the pulses they averaged.
     no_response : int
-        Records without a response at a current at which one is expected.
+        Records without a response where one is expected (module docstring).
     current_ma, pulse_width_us : float
         The working level (most pulses).
     first_pp : float
         Peak-to-peak of the working level's first trains (NaN: it never responded).
     last_pp : float
         Peak-to-peak of its last trains.
-    responded_from_ma : float
-        Lowest current that gave a response (NaN: none did).
+    clear_from_ma : float
+        Lowest current that gave a clear response (NaN: none did).
     """
 
     muscle: str
@@ -109,7 +122,7 @@ class MuscleMWave:
     pulse_width_us: float
     first_pp: float
     last_pp: float
-    responded_from_ma: float
+    clear_from_ma: float
 
     @property
     def drop_pct(self) -> float:
@@ -149,7 +162,6 @@ class MWaveTracker:
 
     def __init__(self) -> None:
         self._levels: dict[str, dict[tuple[float, float], _Level]] = {}
-        self._responded: dict[str, float] = {}  # lowest current with a response
 
     @property
     def muscles(self) -> list[str]:
@@ -167,55 +179,75 @@ class MWaveTracker:
                 lv = levels[key] = _Level(r.current_ma, r.pulse_width_us)
             n = max(int(r.n_pulses), 1)
             pp = float(r.peak_to_peak)
+            known = bool(r.present) or math.isfinite(r.noise)
             lv.pulses += n
             lv.records += 1
             lv.last.append((pp, n))
-            if r.present:
-                if len(lv.first) < FIRST_RECORDS:
-                    lv.first.append((pp, n))
-                if math.isfinite(r.current_ma):
-                    low = self._responded.get(r.muscle, math.inf)
-                    self._responded[r.muscle] = min(low, float(r.current_ma))
-            else:
+            if r.present and len(lv.first) < FIRST_RECORDS:
+                lv.first.append((pp, n))
+            elif known and not r.present:
                 lv.absent += 1
             ref = lv.reference()
-            out.append(MWavePoint(
+            point = MWavePoint(
                 muscle=r.muscle, sample=int(r.sample), time=float(r.time),
                 current_ma=float(r.current_ma), pulse_width_us=float(r.pulse_width_us),
                 peak_to_peak=pp, present=bool(r.present),
-                percent=100.0 * pp / ref if ref > 0 else math.nan,
-                no_response=not r.present and self._expected(r.muscle, r.current_ma)))
+                percent=100.0 * pp / ref if ref > 0 else math.nan, no_response=False,
+                known=known)
+            out.append(replace(point, no_response=self.counts(point)))
         return out
 
-    def _expected(self, muscle: str, current_ma: float) -> bool:
-        low = self._responded.get(muscle)
-        return low is None or not math.isfinite(current_ma) or current_ma >= low - 1e-9
+    def clear_from(self, muscle: str) -> float:
+        """The lowest current of a level of ``muscle`` with a clear response (NaN:
+        none yet)."""
+        levels = self._levels.get(muscle, {})
+        refs = [(lv.current_ma, lv.reference()) for lv in levels.values()]
+        top = max((ref for _, ref in refs if ref > 0), default=math.nan)
+        clear = [cur for cur, ref in refs
+                 if ref >= CLEAR_FRACTION * top and math.isfinite(cur)]
+        return min(clear, default=math.nan)
+
+    def expected(self, muscle: str, current_ma: float, pulse_width_us: float) -> bool:
+        """Whether a response is expected at this level (module docstring)."""
+        levels = self._levels.get(muscle, {})
+        refs = {k: lv.reference() for k, lv in levels.items()}
+        top = max((ref for ref in refs.values() if ref > 0), default=math.nan)
+        if math.isnan(top):
+            return True  # it never responded
+        ref = refs.get(level_key(current_ma, pulse_width_us), math.nan)
+        if ref > 0:
+            return ref >= CLEAR_FRACTION * top
+        low = self.clear_from(muscle)
+        return not math.isfinite(current_ma) or current_ma >= low - 1e-9
+
+    def counts(self, point: MWavePoint) -> bool:
+        """Whether ``point`` is a missing response by what the records so far tell."""
+        return (not point.present and point.known
+                and self.expected(point.muscle, point.current_ma, point.pulse_width_us))
 
     def summary(self) -> dict[str, MuscleMWave]:
         """Each muscle's summary so far (module docstring)."""
         out = {}
         for muscle, levels in self._levels.items():
             work = max(levels.values(), key=lambda lv: (lv.pulses, lv.current_ma))
-            low = self._responded.get(muscle, math.nan)
-            counted = [lv for lv in levels.values()
-                       if math.isnan(low) or not math.isfinite(lv.current_ma)
-                       or lv.current_ma >= low - 1e-9]
             out[muscle] = MuscleMWave(
                 muscle=muscle, records=sum(lv.records for lv in levels.values()),
                 pulses=sum(lv.pulses for lv in levels.values()),
-                no_response=sum(lv.absent for lv in counted),
+                no_response=sum(lv.absent for lv in levels.values()
+                                if self.expected(muscle, lv.current_ma, lv.pulse_width_us)),
                 current_ma=work.current_ma, pulse_width_us=work.pulse_width_us,
                 first_pp=work.reference(), last_pp=_weighted(work.last),
-                responded_from_ma=low)
+                clear_from_ma=self.clear_from(muscle))
         return out
 
 
 def track(records: Sequence[MWave]) -> tuple[list[MWavePoint], dict[str, MuscleMWave]]:
-    """Every record of a session as a point, and the session's summary."""
+    """Every record of a session as a point, and the session's summary; a point's
+    ``no_response`` as the whole session tells (the summary's count is theirs)."""
     tracker = MWaveTracker()
     points = tracker.add(sorted(records, key=lambda r: r.sample))
-    return points, tracker.summary()
+    return [replace(p, no_response=tracker.counts(p)) for p in points], tracker.summary()
 
 
-__all__ = ["FIRST_RECORDS", "LAST_RECORDS", "MWavePoint", "MWaveTracker", "MuscleMWave",
-           "level_key", "track"]
+__all__ = ["CLEAR_FRACTION", "FIRST_RECORDS", "LAST_RECORDS", "MWavePoint", "MWaveTracker",
+           "MuscleMWave", "level_key", "track"]

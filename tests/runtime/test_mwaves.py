@@ -77,10 +77,9 @@ def test_steps_below_the_motor_threshold_are_not_counted_as_no_response(tiring):
     points, summary = track(records)
     below = [p for p in points if p.current_ma == 1.0]
     assert below and not any(p.present for p in below)  # no M-wave at 1 mA
-    assert summary["biceps"].responded_from_ma == 12.0
+    assert summary["biceps"].clear_from_ma == 12.0
     assert summary["biceps"].no_response == 0
-    # live, only the very first step could count (nothing had responded yet)
-    assert sum(p.no_response for p in points) <= 1
+    assert not any(p.no_response for p in points)
 
 
 def test_a_detached_electrode_counts_every_record_and_has_no_amplitude():
@@ -90,7 +89,7 @@ def test_a_detached_electrode_counts_every_record_and_has_no_amplitude():
     m = summary["biceps"]
     assert m.records == len(s.records) > 10
     assert m.no_response == m.records and all(p.no_response for p in points)
-    assert math.isnan(m.first_pp) and math.isnan(m.drop_pct) and math.isnan(m.responded_from_ma)
+    assert math.isnan(m.first_pp) and math.isnan(m.drop_pct) and math.isnan(m.clear_from_ma)
     assert all(math.isnan(p.percent) for p in points)
 
 
@@ -116,3 +115,34 @@ def test_a_grown_response_is_a_negative_drop():
     t.add([replace(mwave(k), current_ma=20.0) for k in range(8)])
     m = t.summary()["biceps"]
     assert m.first_pp < m.last_pp and m.drop_pct < 0
+
+
+def test_a_record_whose_noise_is_not_known_yet_is_not_a_missing_response():
+    """The first single-pulse ramp steps of a session have no noise figure (no group of
+    several pulses before them): not present, but not "no response" either."""
+    from tests.io.test_mwave_stream import mwave
+
+    first = replace(mwave(0, present=False), n_pulses=1, noise=math.nan, current_ma=12.0)
+    known = replace(mwave(1, present=False), current_ma=12.0)
+    t = MWaveTracker()
+    points = t.add([first, known])
+    assert [p.no_response for p in points] == [False, True]
+    assert t.summary()["biceps"].no_response == 1
+
+
+def test_an_electrode_that_comes_off_mid_session_counts_where_the_muscle_responded(tiring):
+    """From 60 s on the records show nothing (as a detached electrode's do): those at
+    12 and 30 mA count, those at 1 mA (never a response there) do not."""
+    off = [r if r.sample < 60 * FS else replace(r, present=False, peak_to_peak=5e-6,
+                                                   latency_s=math.nan, end_s=math.nan)
+           for r in tiring.records]
+    points, summary = track(off)
+    late = [p for p in points if p.sample >= 60 * FS]
+    assert summary["biceps"].no_response == sum(p.current_ma > 1.0 for p in late) > 10
+    assert all(p.no_response == (p.current_ma > 1.0) for p in late)
+    assert not any(p.no_response for p in points if p.sample < 60 * FS)
+    # live, the first silent plateau record is flagged as it comes
+    t = MWaveTracker()
+    live = t.add(off)
+    first_off = next(p for p in live if p.sample >= 60 * FS and p.current_ma == 30.0)
+    assert first_off.no_response and first_off.percent < 1.0
