@@ -7,7 +7,8 @@ session, and did the muscle respond at all. :class:`MWaveTracker` answers from t
 records as they come (live view, the session's :class:`~closedloop.runtime.outcome.
 Outcome`) or from a whole recording (report), the same way in both:
 
-* **The first trains** of a level are its first :data:`FIRST_RECORDS` records that show
+* **The first trains** of a level (a current to :data:`CURRENT_STEP_MA`, a pulse width
+  to :data:`WIDTH_STEP_US`) are its first :data:`FIRST_RECORDS` records that show
   a response (``present``); their peak-to-peak, averaged with the pulses as weights, is
   the level's reference. The M-wave grows with the current (recruitment), so a record
   is compared with the first trains *of its own level*: a ramp step with the same ramp
@@ -50,11 +51,20 @@ LAST_RECORDS = 3
 CLEAR_FRACTION = 0.05
 
 
+#: A level is a current to this step (mA) and a pulse width to this step (µs): records
+#: within one step are of the same level (a proportional protocol's current changes
+#: continuously; a muscle has at most a few hundred levels).
+CURRENT_STEP_MA = 0.5
+WIDTH_STEP_US = 10.0
+
+
 def level_key(current_ma: float, pulse_width_us: float) -> tuple[float, float]:
-    """A level as a dict key: current to 0.01 mA, width to 0.1 µs (a ramp step's current
-    is computed anew in every repetition)."""
-    return (round(current_ma, 2) if math.isfinite(current_ma) else -1.0,
-            round(pulse_width_us, 1) if math.isfinite(pulse_width_us) else -1.0)
+    """A level as a dict key: the current to :data:`CURRENT_STEP_MA`, the width to
+    :data:`WIDTH_STEP_US` (-1 when not known)."""
+    return (round(current_ma / CURRENT_STEP_MA) * CURRENT_STEP_MA
+            if math.isfinite(current_ma) else -1.0,
+            round(pulse_width_us / WIDTH_STEP_US) * WIDTH_STEP_US
+            if math.isfinite(pulse_width_us) else -1.0)
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,7 @@ class _Level:
     records: int = 0
     absent: int = 0
     first: list[tuple[float, int]] = field(default_factory=list)  # (pp, pulses), present
+    ref: float = math.nan  # the first trains' amplitude
     last: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=LAST_RECORDS))
 
     def reference(self) -> float:
@@ -162,6 +173,11 @@ class MWaveTracker:
 
     def __init__(self) -> None:
         self._levels: dict[str, dict[tuple[float, float], _Level]] = {}
+        # per muscle, recomputed when a level's first trains change (at most
+        # FIRST_RECORDS times per level): its largest first trains, the lowest current
+        # of a level with a clear response
+        self._top: dict[str, float] = {}
+        self._clear_from: dict[str, float] = {}
 
     @property
     def muscles(self) -> list[str]:
@@ -185,40 +201,42 @@ class MWaveTracker:
             lv.last.append((pp, n))
             if r.present and len(lv.first) < FIRST_RECORDS:
                 lv.first.append((pp, n))
+                lv.ref = lv.reference()
+                self._refresh(r.muscle)
             elif known and not r.present:
                 lv.absent += 1
-            ref = lv.reference()
             point = MWavePoint(
                 muscle=r.muscle, sample=int(r.sample), time=float(r.time),
                 current_ma=float(r.current_ma), pulse_width_us=float(r.pulse_width_us),
                 peak_to_peak=pp, present=bool(r.present),
-                percent=100.0 * pp / ref if ref > 0 else math.nan, no_response=False,
+                percent=100.0 * pp / lv.ref if lv.ref > 0 else math.nan, no_response=False,
                 known=known)
             out.append(replace(point, no_response=self.counts(point)))
         return out
 
+    def _refresh(self, muscle: str) -> None:
+        levels = self._levels[muscle].values()
+        top = max((lv.ref for lv in levels if lv.ref > 0), default=math.nan)
+        self._top[muscle] = top
+        self._clear_from[muscle] = min(
+            (lv.current_ma for lv in levels
+             if lv.ref >= CLEAR_FRACTION * top and math.isfinite(lv.current_ma)),
+            default=math.nan)
+
     def clear_from(self, muscle: str) -> float:
         """The lowest current of a level of ``muscle`` with a clear response (NaN:
         none yet)."""
-        levels = self._levels.get(muscle, {})
-        refs = [(lv.current_ma, lv.reference()) for lv in levels.values()]
-        top = max((ref for _, ref in refs if ref > 0), default=math.nan)
-        clear = [cur for cur, ref in refs
-                 if ref >= CLEAR_FRACTION * top and math.isfinite(cur)]
-        return min(clear, default=math.nan)
+        return self._clear_from.get(muscle, math.nan)
 
     def expected(self, muscle: str, current_ma: float, pulse_width_us: float) -> bool:
         """Whether a response is expected at this level (module docstring)."""
-        levels = self._levels.get(muscle, {})
-        refs = {k: lv.reference() for k, lv in levels.items()}
-        top = max((ref for ref in refs.values() if ref > 0), default=math.nan)
+        top = self._top.get(muscle, math.nan)
         if math.isnan(top):
             return True  # it never responded
-        ref = refs.get(level_key(current_ma, pulse_width_us), math.nan)
-        if ref > 0:
-            return ref >= CLEAR_FRACTION * top
-        low = self.clear_from(muscle)
-        return not math.isfinite(current_ma) or current_ma >= low - 1e-9
+        lv = self._levels[muscle].get(level_key(current_ma, pulse_width_us))
+        if lv is not None and lv.ref > 0:
+            return lv.ref >= CLEAR_FRACTION * top
+        return not math.isfinite(current_ma) or current_ma >= self.clear_from(muscle) - 1e-9
 
     def counts(self, point: MWavePoint) -> bool:
         """Whether ``point`` is a missing response by what the records so far tell."""
@@ -236,7 +254,7 @@ class MWaveTracker:
                 no_response=sum(lv.absent for lv in levels.values()
                                 if self.expected(muscle, lv.current_ma, lv.pulse_width_us)),
                 current_ma=work.current_ma, pulse_width_us=work.pulse_width_us,
-                first_pp=work.reference(), last_pp=_weighted(work.last),
+                first_pp=work.ref, last_pp=_weighted(work.last),
                 clear_from_ma=self.clear_from(muscle))
         return out
 
@@ -249,5 +267,5 @@ def track(records: Sequence[MWave]) -> tuple[list[MWavePoint], dict[str, MuscleM
     return [replace(p, no_response=tracker.counts(p)) for p in points], tracker.summary()
 
 
-__all__ = ["CLEAR_FRACTION", "FIRST_RECORDS", "LAST_RECORDS", "MWavePoint", "MWaveTracker",
-           "MuscleMWave", "level_key", "track"]
+__all__ = ["CLEAR_FRACTION", "CURRENT_STEP_MA", "FIRST_RECORDS", "LAST_RECORDS", "MWavePoint",
+           "MWaveTracker", "MuscleMWave", "WIDTH_STEP_US", "level_key", "track"]

@@ -147,7 +147,8 @@ class Outcome:
     books with :meth:`finish`. ``mwave`` is each stimulated muscle's evoked response
     over the session (:class:`~closedloop.runtime.mwaves.MuscleMWave`: its first and
     last trains and the fatigue between them), from the records handed to
-    :meth:`add_mwaves`; empty when the session measured none.
+    :meth:`add_mwaves`, summed up by :meth:`finish`; empty when the session measured
+    none.
     """
 
     reason: str = ""
@@ -234,14 +235,14 @@ class Outcome:
         keep_last(self.commands, self.history)
 
     def add_mwaves(self, records: Sequence[MWave]) -> None:
-        """Evoked-response records (in the order they were decided): :attr:`mwave`
-        follows them (constant memory per muscle and level, whatever ``history``)."""
+        """Evoked-response records (in the order they were decided), for :attr:`mwave`
+        (summed up by :meth:`finish`; constant memory per muscle and level, whatever
+        ``history``)."""
         if not records:
             return
         if self._mwaves is None:
             self._mwaves = MWaveTracker()
         self._mwaves.add(records)
-        self.mwave = self._mwaves.summary()
 
     def add_latencies(self, ms: Iterable[float]) -> None:
         """Arrival -> command latencies (ms) of on-commands."""
@@ -270,6 +271,8 @@ class Outcome:
             self.trials = trials
         if self._tally is not None:
             self.stim_seconds = self._tally.seconds(samples)
+        if self._mwaves is not None:
+            self.mwave = self._mwaves.summary()
         if self.history is not None:
             for items in (self.events, self.commands, self.arrival_to_command_ms, self.issues,
                           self.violations):
