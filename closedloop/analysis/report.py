@@ -699,6 +699,11 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     if lat.size:
         key.append(("Onset to stimulation", _ms(np.median(lat)),
                     f"median over {lat.size}; longest {_ms(np.max(lat))}"))
+    if mwave_rows:  # muscle, ..., first trains [3], ..., last in % of first [5]
+        key.append(("M-wave at the end", ", ".join(
+            f"{r.cells[0]} {r.cells[5]}" if r.cells[5] != "-" else
+            f"{r.cells[0]} no response" if r.cells[3] == "-" else f"{r.cells[0]} -"
+            for r in mwave_rows), "in % of the first trains: fatigue over the session"))
     stim_rows = [Row([s.muscle, str(s.channel), str(s.stimulations), duration(s.on_s),
                       f"{number(100 * s.on_s / limit)} %" if limit else "-",
                       f"{s.max_ma:g} mA", f"{s.pulse_width_us:g} µs",

@@ -475,6 +475,8 @@ def test_the_evoked_response_section_recruitment_and_fatigue_in_clinical_units(s
     t = summary["triceps"]
     assert t.no_response == t.records > 0
     assert f"triceps {t.records} 25 mA - " in words  # no first trains: it never responded
+    assert (f"M-wave at the end biceps {number(100 - b.drop_pct)} %, triceps no response "
+            "in % of the first trains") in words
     # one figure, two panels: recruitment (µV against mA) and fatigue (% of first trains)
     fig = section(page, "results").split('id="mwave-plot"')[1].split("</figure>")[0]
     assert "<svg" in fig and "recruitment: M-wave against current" in fig
@@ -500,3 +502,30 @@ def test_a_muscle_without_a_response_while_stimulated_is_a_warning_at_the_top(st
 def test_a_session_without_m_waves_has_no_such_section(built):
     _, page = built
     assert "Evoked response (M-wave)" not in page and 'id="mwave' not in page
+
+
+def test_the_m_waves_of_a_recorded_file_reach_the_report(stimulated, tmp_path):
+    """Through a real XDF file: SessionOutlets publish the records on the session's
+    MWave stream, load_session reads them back, the report shows them."""
+    from closedloop.core.stream import SourceInfo
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.io.xdf import load_session
+    from closedloop.io.xdfwrite import SessionFile
+
+    source, _ = stimulated
+    path = tmp_path / "recorded.xdf"
+    info = SourceInfo("amp", source.fs, source.channels, "V", "sim")
+    with SessionFile(path) as file:
+        out = SessionOutlets("P02", info, outlet_factory=file.outlet, with_envelope=False,
+                             config_text=MWAVE_CONFIG)
+        n, step = source.samples.shape[0], 1000
+        for a in range(0, n, step):
+            out.push_emg(source.samples[a:a + step], source.timestamps[a:a + step], start=a)
+            out.push_commands([c for c in source.commands if a <= c.sample < a + step])
+            out.push_mwaves([m for m in source.mwaves if a <= m.sample < a + step])
+    recorded = load_session(path)
+    assert len(recorded.mwaves) == len(source.mwaves)
+    page = report.report_html(recorded)
+    assert text(section(page, "results")) == text(section(report.report_html(source),
+                                                           "results"))
+    assert "Evoked response (M-wave)" in page and "no evoked response" in page
