@@ -12,9 +12,12 @@ trend (first to last session that has it). Two views of it:
 
 The measures: repetitions (triggers), success rate (protocols that can miss), effort in
 % MVC, the detector's on-threshold, the stimulation dose (seconds against the session
-limit), and the M-wave amplitude. Effort and M-wave come from columns a later schema
-adds (:data:`EFFORT_FIELD`, :data:`MWAVE_FIELD` on a muscle row; see "Adding a measure"
-in :mod:`closedloop.io.records`); until a session stores them they show as not recorded.
+limit), and the evoked response (M-wave) of each stimulated muscle: its amplitude at the
+session's first trains (µV, at the current the muscle was stimulated at most) and its
+drop to the last trains (fatigue within the session, %). The M-wave columns came with
+schema version 3 (:data:`MWAVE_FIELD`); effort comes from a column a later schema adds
+(:data:`EFFORT_FIELD`; see "Adding a measure" in :mod:`closedloop.io.records`). A
+measure no session stored shows as not recorded.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from datetime import datetime
 
 from closedloop.io.records import MuscleRecord, SessionRecord
 
-#: The muscle-row fields a later schema adds (None until then).
+#: The muscle-row field a later schema adds (None until then).
 EFFORT_FIELD = "effort_mean_pct_mvc"
-MWAVE_FIELD = "mwave_pp_uv"
+#: The muscle-row fields of the M-wave (schema version 3): first trains' amplitude and
+#: the drop to the last trains.
+MWAVE_FIELD = "mwave_first_uv"
+MWAVE_DROP_FIELD = "mwave_drop_pct"
 
 #: Widest line of :func:`terminal_lines`.
 WIDTH = 100
@@ -90,8 +96,13 @@ METRICS: tuple[Metric, ...] = (
            "no onset was detected, or the EMG units were not a voltage"),
     Metric("dose", "Stimulation dose", "% of session limit", True, _dose, 1,
            "these sessions did not stimulate"),
-    Metric("mwave", "M-wave amplitude", "µV", True,
-           lambda _s, m: getattr(m, MWAVE_FIELD, None), 0, _LATER),
+    Metric("mwave", "M-wave amplitude (first trains)", "µV", True,
+           lambda _s, m: getattr(m, MWAVE_FIELD, None), 0,
+           "no evoked response was measured (no stimulation, or recorded before closedloop "
+           "measured it)"),
+    Metric("mwave_drop", "M-wave drop over the session", "%", True,
+           lambda _s, m: getattr(m, MWAVE_DROP_FIELD, None), 0,
+           "no evoked response was measured"),
 )
 
 
@@ -280,12 +291,16 @@ SESSION_NOTE = ("reps: repetitions (triggers or trials); min: minutes of EMG; st
                 "*: started from a stored calibration")
 
 
+#: Headers of the per-muscle columns of measures a session may not have.
+COLUMNS = {"effort": "effort % MVC", "mwave": "M-wave µV", "mwave_drop": "M-drop %"}
+
+
 def muscle_rows(h: History) -> tuple[list[str], list[list[str]]]:
     """Per session and muscle: onsets, thresholds, stimulation, dose (and effort and
     M-wave when recorded)."""
     headers = ["#", "muscle", "onsets", "on-thr µV", "off-thr µV", "stim s", "dose %"]
-    extra = [m for m in h.recorded if m.key in ("effort", "mwave")]
-    headers += [f"{m.key} {m.unit}" for m in extra]
+    extra = [m for m in h.recorded if m.key in COLUMNS]
+    headers += [COLUMNS[m.key] for m in extra]
     rows = []
     for i, r in enumerate(h.runs, 1):
         for name in h.muscles:
@@ -450,6 +465,6 @@ def render_html(h: History, *, generated: str | None = None) -> str:
         not_recorded=[(m.label, m.missing) for m in h.not_recorded])
 
 
-__all__ = ["EFFORT_FIELD", "METRICS", "MWAVE_FIELD", "WIDTH", "Chart", "History", "Metric",
-           "Series", "Trend", "Week", "build_history", "chart", "render_html",
-           "terminal_lines"]
+__all__ = ["COLUMNS", "EFFORT_FIELD", "METRICS", "MWAVE_DROP_FIELD", "MWAVE_FIELD", "WIDTH",
+           "Chart", "History", "Metric", "Series", "Trend", "Week", "build_history", "chart",
+           "render_html", "terminal_lines"]

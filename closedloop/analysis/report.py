@@ -18,7 +18,11 @@ the top:
    of every attempt (peak and mean EMG during the attempt, in µV and in % of the
    maximal voluntary contraction when a calibration exists) and its trend over the
    session, and the latency from the EMG onset to the stimulation (the first pulse: the
-   command's effective sample).
+   command's effective sample); when the session measured it, the **evoked response
+   (M-wave)** of each stimulated muscle: recruitment (amplitude against current) and
+   fatigue (amplitude over the session, in % of the first trains at the same current;
+   :mod:`closedloop.runtime.mwaves`), and a warning at the top when a muscle gave no
+   response while it was stimulated (electrodes).
 4. **The session over time**: each muscle's envelope against its threshold, with the
    stimulation and the onsets.
 5. **Appendix** (engineering): the file, its streams and samples, the processing
@@ -127,6 +131,9 @@ class Page:
     issues: list[Row]
     generated: str
     notes: list[str] = field(default_factory=list)
+    mwave: list[Row] = field(default_factory=list)
+    mwave_note: str = ""
+    mwave_svg: str = ""
 
 
 # -- reading the recording ---------------------------------------------------------------------
@@ -456,6 +463,66 @@ def _effort(rep: Replayed, units: DisplayUnits, duration_s: float):
     return rows, series, unit
 
 
+def _mwaves(session: Any, units: DisplayUnits, duration_s: float
+            ) -> tuple[list[Row], list[Any], list[Alert], str]:
+    """The evoked response (M-wave) the session recorded: a row per muscle, the plots'
+    series, the "no response" warnings and the note (all empty without records)."""
+    from closedloop.analysis.report_plots import MWaveSeries
+    from closedloop.runtime.mwaves import level_key, track
+
+    records = sorted(getattr(session, "mwaves", None) or (), key=lambda r: r.sample)
+    if not records:
+        return [], [], [], ""
+    fs, first = float(session.fs), _first_sample(session)
+    points, summary = track(records)
+    f, unit = units.emg_factor, units.emg_unit
+    rows, series, alerts = [], [], []
+    for muscle, m in summary.items():
+        mine = [p for p in points if p.muscle == muscle]
+        recs = [r for r in records if r.muscle == muscle]
+        work = level_key(m.current_ma, m.pulse_width_us)
+        at_work = np.array([level_key(p.current_ma, p.pulse_width_us) == work for p in mine])
+        lat = [1000.0 * r.latency_s for r, w in zip(recs, at_work, strict=True)
+               if w and r.present and math.isfinite(r.latency_s)]
+        kept = 100.0 - m.drop_pct
+        rows.append(Row([
+            muscle, str(m.records), f"{m.current_ma:g} mA",
+            with_unit_or_dash(m.first_pp * f, unit), with_unit_or_dash(m.last_pp * f, unit),
+            f"{number(kept)} %" if math.isfinite(kept) else "-",
+            f"{number(float(np.median(lat)))} ms" if lat else "-",
+            str(m.no_response)]))
+        series.append(MWaveSeries(
+            muscle, time=np.array([(p.sample - first) / fs for p in mine]),
+            current_ma=np.array([p.current_ma for p in mine]),
+            amplitude=np.array([p.peak_to_peak * f for p in mine]),
+            present=np.array([p.present for p in mine], dtype=bool),
+            percent=np.array([p.percent for p in mine]), working=at_work))
+        if m.no_response:
+            low = m.clear_from_ma
+            silent = [p for p in mine if p.no_response]
+            top = max((p.current_ma for p in mine if math.isfinite(p.current_ma)),
+                      default=math.nan)
+            where = (f"at any current (up to {top:g} mA)" if math.isnan(low) else
+                     f"at currents that gave a clear response at other times ({low:g} mA "
+                     "or more)")
+            alerts.append(Alert(
+                "no evoked response", duration((silent[0].sample - first) / fs),
+                f"{muscle}: no M-wave {where} in {m.no_response} of {m.records} "
+                "measurements while it was stimulated: check the electrodes (placement, skin "
+                "contact, cable) and the stimulation channel"))
+    note = ("The muscle's compound response to the stimulation pulses (M-wave), averaged "
+            "over each half second of a train and measured from the raw EMG before the "
+            "pulses are blanked: peak-to-peak amplitude. First and last trains: the first "
+            "and last three measurements at the current the muscle was stimulated at most; "
+            "the last in % of the first is the fatigue over the session (each measurement "
+            "is compared with the first trains at its own current). No response: "
+            "measurements without an M-wave at a current that gave a clear one at other "
+            "times (or at any current, when none did).")
+    if not units.is_voltage:
+        note += " The source is not in a voltage unit: amplitudes are as the source reports them."
+    return rows, series, alerts, note
+
+
 def with_unit_or_dash(x: float, unit: str) -> str:
     """``number(x) unit``, or ``-`` when not finite."""
     return "-" if not math.isfinite(x) else f"{number(x)} {unit}".rstrip()
@@ -589,6 +656,8 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     checklist, checklist_note = _checklist(meta)
     calibration, calibration_note = _calibration(cfg, meta, units)
     warnings, issue_rows, issue_origin = _warnings(session, rep, cfg_note)
+    mwave_rows, mwave_series, mwave_alerts, mwave_note = _mwaves(session, units, duration_s)
+    warnings = mwave_alerts + warnings  # what to do now (the electrodes) first
 
     recorded = [e for e in session.events if e.kind == ONSET]
     onsets = recorded or [e for e in rep.outcome.events if e.kind == ONSET]
@@ -630,6 +699,11 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     if lat.size:
         key.append(("Onset to stimulation", _ms(np.median(lat)),
                     f"median over {lat.size}; longest {_ms(np.max(lat))}"))
+    if mwave_rows:  # muscle, ..., first trains [3], ..., last in % of first [5]
+        key.append(("M-wave at the end", ", ".join(
+            f"{r.cells[0]} {r.cells[5]}" if r.cells[5] != "-" else
+            f"{r.cells[0]} no response" if r.cells[3] == "-" else f"{r.cells[0]} -"
+            for r in mwave_rows), "in % of the first trains: fatigue over the session"))
     stim_rows = [Row([s.muscle, str(s.channel), str(s.stimulations), duration(s.on_s),
                       f"{number(100 * s.on_s / limit)} %" if limit else "-",
                       f"{s.max_ma:g} mA", f"{s.pulse_width_us:g} µs",
@@ -686,6 +760,9 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
                        "through the same pipeline), against its on-threshold."),
         appendix=appendix, markers=marker_rows, issues=issue_rows,
         generated=generated or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
+        mwave=mwave_rows, mwave_note=mwave_note,
+        mwave_svg=(plots.mwaves(mwave_series, units.emg_unit, duration_s) if mwave_series
+                   else ""),
     )
 
 
@@ -796,7 +873,8 @@ def render(page: Page) -> str:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     # the figures are markup matplotlib wrote (their text escaped there)
     return env.get_template("report.html").render(
-        p=page, timeline=Markup(page.timeline_svg), effort=Markup(page.effort_svg))
+        p=page, timeline=Markup(page.timeline_svg), effort=Markup(page.effort_svg),
+        mwave=Markup(page.mwave_svg))
 
 
 def report_html(session: Any, *, generated: str | None = None) -> str:

@@ -157,4 +157,79 @@ def effort(series: Sequence[EffortSeries], duration_s: float, unit: str) -> str:
         return _svg(fig)
 
 
-__all__ = ["COLOURS", "PAGE_WIDTH_IN", "EffortSeries", "Lane", "effort", "timeline"]
+@dataclass
+class MWaveSeries:
+    """One muscle's M-wave measurements (display units).
+
+    Attributes
+    ----------
+    name : str
+    time : ndarray
+        When each was decided, s from the start.
+    current_ma : ndarray
+    amplitude : ndarray
+        Peak-to-peak (µV).
+    present : ndarray of bool
+        A response was there.
+    percent : ndarray
+        % of the first trains at the same current (NaN: none yet).
+    working : ndarray of bool
+        At the muscle's working level (the current it got most pulses at).
+    """
+
+    name: str
+    time: np.ndarray
+    current_ma: np.ndarray
+    amplitude: np.ndarray
+    present: np.ndarray
+    percent: np.ndarray
+    working: np.ndarray
+
+
+def mwaves(series: Sequence[MWaveSeries], unit: str, duration_s: float) -> str:
+    """Two panels side by side. Recruitment: the M-wave amplitude of every measurement
+    against its current (filled where a response was there, a cross where none was).
+    Fatigue: the amplitude at each muscle's working current over the session, in % of
+    its first trains (100 %: as at the start)."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        fig = _figure(2.1)
+        rec, fat = fig.subplots(1, 2)
+        div, tunit = _time_axis(duration_s)
+        top = 110.0
+        for i, s in enumerate(series):
+            colour = COLOURS[i % len(COLOURS)]
+            ok = s.present
+            if ok.any():
+                rec.plot(s.current_ma[ok], s.amplitude[ok], "o", ms=3.0, color=colour,
+                         label=s.name)
+            if (~ok).any():
+                rec.plot(s.current_ma[~ok], s.amplitude[~ok], "x", ms=4, mew=1.0,
+                         color=colour, label=f"{s.name}: no response")
+            w = s.working & np.isfinite(s.percent)
+            if not w.any():
+                continue
+            t, pct = s.time[w] / div, s.percent[w]
+            fat.plot(t, pct, "o-", ms=2.6, lw=0.8, color=colour)
+            bad = ~s.present[w]
+            if bad.any():
+                fat.plot(t[bad], pct[bad], "x", ms=4, mew=1.0, color=colour)
+            top = max(top, float(np.nanmax(pct)) * 1.05)
+        rec.set_xlim(left=0)
+        rec.set_ylim(bottom=0)
+        rec.set_xlabel("current (mA)")
+        rec.set_ylabel(f"peak-to-peak ({unit})" if unit else "peak-to-peak")
+        rec.set_title("recruitment: M-wave against current")
+        rec.legend(loc="upper left", frameon=False)
+        fat.axhline(100.0, color="0.6", lw=0.8, ls="--")
+        fat.set_xlim(0, duration_s / div)
+        fat.set_ylim(0, top)
+        fat.set_xlabel(f"time ({tunit})")
+        fat.set_ylabel("% of the first trains")
+        fat.set_title("fatigue: M-wave at the working current")
+        return _svg(fig)
+
+
+__all__ = ["COLOURS", "PAGE_WIDTH_IN", "EffortSeries", "Lane", "MWaveSeries", "effort",
+           "mwaves", "timeline"]

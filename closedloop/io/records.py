@@ -38,10 +38,11 @@ Schema versions (``PRAGMA user_version``): :data:`MIGRATIONS` holds, for each ve
 an older file applies the missing ones in one transaction (a newer file is refused:
 update closedloop). Version 1 had sessions and muscles; version 2 added what a session
 needs to start from a stored calibration (``emg_units``, ``signal_settings``,
-``calibration_from``) and the gated trigger count.
+``calibration_from``) and the gated trigger count; version 3 the evoked response
+(M-wave) of each stimulated muscle (``mwave_*`` columns of ``muscles``).
 
-Adding a measure (the effort per attempt of the clinical report, the M-wave amplitude of
-the evoked-response issue): append a migration to :data:`MIGRATIONS` (``ALTER TABLE
+Adding a measure (the effort per attempt of the clinical report, as version 3 added the
+M-wave): append a migration to :data:`MIGRATIONS` (``ALTER TABLE
 muscles ADD COLUMN effort_mean_pct_mvc REAL``, or a new table keyed by ``session_id``
 for per-attempt rows), add the field to :class:`MuscleRecord` (or a new record type),
 and a test that opens a file of the previous version. Columns are matched to fields by
@@ -119,8 +120,16 @@ _V2 = (
     "ALTER TABLE sessions ADD COLUMN calibration_from INTEGER REFERENCES sessions (id)",
 )
 
+_V3 = (
+    "ALTER TABLE muscles ADD COLUMN mwave_current_ma REAL",
+    "ALTER TABLE muscles ADD COLUMN mwave_first_uv REAL",
+    "ALTER TABLE muscles ADD COLUMN mwave_last_uv REAL",
+    "ALTER TABLE muscles ADD COLUMN mwave_drop_pct REAL",
+    "ALTER TABLE muscles ADD COLUMN mwave_no_response INTEGER",
+)
+
 #: ``MIGRATIONS[v]``: the statements from schema version ``v`` to ``v + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -145,6 +154,17 @@ class MuscleRecord:
         The calibration: envelope at rest (mean, SD) and at maximal voluntary
         contraction, µV. A calibrate row holds what it measured; a run row the
         calibration it ran with.
+    mwave_current_ma : float or None
+        The current the muscle was stimulated at most (its working level), mA; the
+        M-wave figures are of that level (:mod:`closedloop.runtime.mwaves`).
+    mwave_first_uv, mwave_last_uv : float or None
+        M-wave peak-to-peak of the session's first and last trains at that level, µV.
+    mwave_drop_pct : float or None
+        Fall from the first to the last trains, % of the first (fatigue; negative: it
+        grew).
+    mwave_no_response : int or None
+        M-wave measurements without a response at a current that should give one
+        (electrodes, a dead channel).
     """
 
     muscle: str
@@ -155,6 +175,11 @@ class MuscleRecord:
     rest_mean_uv: float | None = None
     rest_sd_uv: float | None = None
     mvc_uv: float | None = None
+    mwave_current_ma: float | None = None
+    mwave_first_uv: float | None = None
+    mwave_last_uv: float | None = None
+    mwave_drop_pct: float | None = None
+    mwave_no_response: int | None = None
 
 
 @dataclass(frozen=True)

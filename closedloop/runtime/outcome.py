@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from closedloop.core.events import Event
+from closedloop.core.evoked import MWave
 from closedloop.errors import EXIT_CODES, ClosedLoopError, exit_code
+from closedloop.runtime.mwaves import MuscleMWave, MWaveTracker
 from closedloop.stim.commands import StimCommand
 
 #: The summary's sentence for the reasons that carry no message of their own.
@@ -142,7 +144,11 @@ class Outcome:
     :attr:`LoopOptions.history`); ``n_events``, ``n_commands``, ``n_issues`` and
     ``n_violations`` count the whole session, and so do ``onsets`` and
     ``stim_seconds``. The loop adds to them with the ``add_*`` methods and closes the
-    books with :meth:`finish`.
+    books with :meth:`finish`. ``mwave`` is each stimulated muscle's evoked response
+    over the session (:class:`~closedloop.runtime.mwaves.MuscleMWave`: its first and
+    last trains and the fatigue between them), from the records handed to
+    :meth:`add_mwaves`, summed up by :meth:`finish`; empty when the session measured
+    none.
     """
 
     reason: str = ""
@@ -167,8 +173,10 @@ class Outcome:
     off_wall: float = math.nan  # perf_counter when stop_all() returned
     error: BaseException | None = None  # the unexpected exception (reason "error")
     stopped_by: Any = None  # who sent the STOP (a ControlSender), reason "stop_button"
+    mwave: dict[str, MuscleMWave] = field(default_factory=dict, compare=False)
     history: int | None = field(default=None, repr=False, compare=False)
     _tally: StimTally | None = field(default=None, init=False, repr=False, compare=False)
+    _mwaves: MWaveTracker | None = field(default=None, init=False, repr=False, compare=False)
     _last_counter: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -226,6 +234,16 @@ class Outcome:
             self._tally.add(commands)
         keep_last(self.commands, self.history)
 
+    def add_mwaves(self, records: Sequence[MWave]) -> None:
+        """Evoked-response records (in the order they were decided), for :attr:`mwave`
+        (summed up by :meth:`finish`; constant memory per muscle and level, whatever
+        ``history``)."""
+        if not records:
+            return
+        if self._mwaves is None:
+            self._mwaves = MWaveTracker()
+        self._mwaves.add(records)
+
     def add_latencies(self, ms: Iterable[float]) -> None:
         """Arrival -> command latencies (ms) of on-commands."""
         self.arrival_to_command_ms.extend(ms)
@@ -253,6 +271,8 @@ class Outcome:
             self.trials = trials
         if self._tally is not None:
             self.stim_seconds = self._tally.seconds(samples)
+        if self._mwaves is not None:
+            self.mwave = self._mwaves.summary()
         if self.history is not None:
             for items in (self.events, self.commands, self.arrival_to_command_ms, self.issues,
                           self.violations):

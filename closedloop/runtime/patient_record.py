@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from closedloop.io.records import (
     SessionRecord,
     microvolts_per,
 )
+from closedloop.runtime.mwaves import MuscleMWave
 from closedloop.runtime.outcome import Outcome
 
 
@@ -209,8 +211,11 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
 
     Repetitions come from the protocol's counts; the success rate only where the
     protocol can miss (cued trials: hits / trials); thresholds are those in force at
-    the session's onsets (a calibrated muscle: its fixed ones); values in µV when the
-    source's units are a voltage (None otherwise).
+    the session's onsets (a calibrated muscle: its fixed ones); the evoked response
+    (M-wave) of each muscle that had one measured (``out.mwave``: its working
+    current, first and last trains, the drop between them and the measurements
+    without a response); values in µV when the source's units are a voltage (None
+    otherwise).
     """
     uv = microvolts_per(units)
     t = out.trials or {}
@@ -225,6 +230,7 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
                 and isinstance(config.detector, DetectorSettings)):
             on, off = m.calibration.thresholds(config.detector)
         cal = m.calibration
+        mw = out.mwave.get(m.name)
         muscles.append(MuscleRecord(
             muscle=m.name,
             onsets=out.onsets.get(m.name, 0),
@@ -233,6 +239,7 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
             rest_mean_uv=_uv(cal.rest_mean, uv) if cal else None,
             rest_sd_uv=_uv(cal.rest_sd, uv) if cal else None,
             mvc_uv=_uv(cal.mvc, uv) if cal and cal.mvc is not None else None,
+            **_mwave_fields(mw, uv),
         ))
     return SessionRecord(
         kind="run", patient=config.patient or "", started=started,
@@ -245,6 +252,17 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
         calibration_from=calibration_from, closedloop_version=closedloop.__version__,
         muscles=tuple(muscles),
     )
+
+
+def _mwave_fields(mw: MuscleMWave | None, uv: float | None) -> dict[str, Any]:
+    """The ``mwave_*`` fields of a muscle row (empty: no M-wave measured)."""
+    if mw is None:
+        return {}
+    drop = mw.drop_pct
+    return {"mwave_current_ma": mw.current_ma if math.isfinite(mw.current_ma) else None,
+            "mwave_first_uv": _uv(mw.first_pp, uv), "mwave_last_uv": _uv(mw.last_pp, uv),
+            "mwave_drop_pct": drop if math.isfinite(drop) else None,
+            "mwave_no_response": mw.no_response}
 
 
 def calibration_muscles(calibrations: dict[str, Calibration], config: Config,

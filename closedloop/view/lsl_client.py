@@ -42,7 +42,14 @@ What is derived here (not in the GUI thread)
   ``trigger``, ``done``... with ``trial`` and ``muscle`` fields);
 * the **channel quality** from the raw EMG, and from ``input_issue`` markers (fields
   ``kind``: ``flat``/``saturated``/``mains``, ``channel``, ``message``), which a session
-  may publish on its markers stream from its input monitor.
+  may publish on its markers stream from its input monitor;
+* the **evoked response** (M-wave) of each stimulated muscle, from the session's
+  ``<session>-MWave`` stream when it has one: the latest measurement, its % of the
+  first trains at the same current and whether it is a "no response"
+  (:class:`~closedloop.runtime.mwaves.MWaveTracker`). The first trains are the
+  session's when the view saw every stimulation train of the muscle (its counts equal
+  the session's published totals); a view opened later compares with the first trains
+  it saw (:attr:`Snapshot.mwave_from_start`).
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from closedloop.core.filters import FilterBank
 from closedloop.errors import ClosedLoopError
 from closedloop.io import outlets as lo
 from closedloop.io.outlets import SessionTally
+from closedloop.runtime.mwaves import MWavePoint, MWaveTracker
 from closedloop.view.buffers import (
     NO_DATA,
     ChannelQuality,
@@ -139,6 +147,10 @@ class Snapshot:
     position: int = 0
     quality: dict[str, ChannelQuality] = field(default_factory=dict)
     markers: list[tuple[float, str]] = field(default_factory=list)
+    #: each muscle's latest M-wave measurement (muscles with none are absent)
+    mwave: dict[str, MWavePoint] = field(default_factory=dict)
+    #: per muscle: the view saw every train, so ``percent`` is of the session's first trains
+    mwave_from_start: dict[str, bool] = field(default_factory=dict)
     samples: int = 0
     config: Config | None = None
     metadata: dict = field(default_factory=dict)
@@ -305,6 +317,8 @@ class SessionClient:
             out.stim_params = dict(self._stim.params)
             out.trial = self._trials.snapshot()
             out.markers = self._markers.since(t_from)
+            out.mwave = dict(self._mwave_last)
+            out.mwave_from_start = {m: self._saw_every_train(m) for m in self._mwave_last}
             out.position = self._position
             out.elapsed_s = self._position / s.fs if self._position else math.nan
             if self._counts is not None:
@@ -312,6 +326,13 @@ class SessionClient:
             else:
                 out.counts, out.counts_complete = self._seen.copy(), False
             return out
+
+    def _saw_every_train(self, muscle: str) -> bool:
+        """Whether the view saw every stimulation train of ``muscle`` (lock held)."""
+        if self._counts is None:
+            return False
+        seen, total = self._seen.stim.get(muscle), self._counts.stim.get(muscle)
+        return seen is not None and total is not None and seen.trains == total.trains
 
     # -- background thread ----------------------------------------------------------------------
     def _has_data(self) -> bool:
@@ -456,6 +477,8 @@ class SessionClient:
             self._pending: dict[str, deque] = {
                 r: deque(maxlen=20000) for r in (lo.ROLE_EVENTS, lo.ROLE_STIM, lo.ROLE_MARKERS)
             }
+            self._mwave = MWaveTracker()
+            self._mwave_last: dict[str, MWavePoint] = {}
             self._qual = QualityTracker(
                 channels, fs, mains_hz=filters.notch_hz if filters.notch_hz > 0 else 50.0
             )
@@ -562,6 +585,7 @@ class SessionClient:
             (lo.ROLE_STIM, self._on_command),
             (lo.ROLE_MARKERS, self._on_marker),
             (lo.ROLE_SESSION, self._on_session),
+            (lo.ROLE_MWAVE, self._on_mwave),
         ):
             if role not in inlets:
                 continue
@@ -608,6 +632,10 @@ class SessionClient:
         self._stim.add(cmd.muscle, cmd.stream_time, cmd.current_ma, cmd.pulse_width_us,
                        cmd.frequency_hz)
         self._count(lo.ROLE_STIM, seq, cmd)
+
+    def _on_mwave(self, text: str) -> None:
+        _, record = lo.decode_mwave(text)
+        self._mwave_last[record.muscle] = self._mwave.add([record])[-1]
 
     def _on_marker(self, text: str) -> None:
         seq, m = lo.decode_marker(text)

@@ -16,7 +16,10 @@ edge instead of flattening the trace. Left of the plots, per muscle: the signal
 quality (ok, flat, saturated, mains hum; "starting" and "settling" while the filters
 and the detector's rest level settle, in grey: nothing is wrong yet), the envelope now
 (and in % of maximal voluntary contraction when the session's config has a
-calibration), and the stimulation under way (mA, µs, Hz). Above: the session panel
+calibration), the stimulation under way (mA, µs, Hz) and, for a stimulated muscle of a
+session that measures it, its evoked response (M-wave: the latest peak-to-peak in µV and
+its % of the first trains at the same current; "no response" in red while the muscle is
+stimulated and gives none: check the electrodes). Above: the session panel
 (patient, elapsed and remaining time; triggers, stimulation trains, stimulation time
 and dose against the session limit; for cued trials the cue, trial, hits and misses),
 counted from the session's start even when the view opened late, and a large STOP
@@ -113,6 +116,11 @@ POINTS_PER_PIXEL = 2
 PANEL_LINES = 8
 #: Stretches after a stimulation left out of the scale fitting, s (filter ringing).
 AFTER_STIM_S = 0.05
+#: An M-wave measurement older than this (stream time) is not the stimulation under
+#: way (a stimulated muscle gets one every half second).
+MWAVE_FRESH_S = 2.0
+#: The colour of a warning in a muscle's label.
+WARNING = "#c62828"
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -724,7 +732,8 @@ class SessionWindow(QtWidgets.QMainWindow):
                                          if math.isfinite(x)]
             stim_txt = (f"<br><span style='color:#8d6e00'><b>STIM {' · '.join(parts)}"
                         "</b></span>")
-        html_ = f"<b>{html.escape(name)}</b><br>{quality}{detail}{state}{env_txt}{stim_txt}"
+        html_ = (f"<b>{html.escape(name)}</b><br>{quality}{detail}{state}{env_txt}{stim_txt}"
+                 f"{mwave_text(snap, name)}")
         self._set_text(("label", k), self.channel_labels[k].setText, html_)
         note, color = ("settling", QtGui.QColor(NEUTRAL)) if settling else ("", None)
         for lanes in (self.emg, self.env):
@@ -781,6 +790,32 @@ def clock(seconds: float) -> str:
     h, rest = divmod(s, 3600)
     m, sec = divmod(rest, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def mwave_text(snap: Snapshot, name: str) -> str:
+    """The M-wave line of a muscle's label ("" without a measurement): the latest
+    peak-to-peak and its % of the first trains at the same current (of the first trains
+    the view saw, when it opened after the muscle's first train); while the muscle is
+    stimulated and its latest measurement has no response where one is expected, "no
+    response" in the warning colour."""
+    p = snap.mwave.get(name)
+    if p is None:
+        return ""
+    stimulated = snap.stim_now.get(name, 0.0) > 0
+    now = not (math.isfinite(p.time) and math.isfinite(snap.now)) or \
+        p.time >= snap.now - MWAVE_FRESH_S
+    if p.no_response and stimulated and now:
+        return (f"<br><span style='color:{WARNING}'><b>M-wave: no response</b> at "
+                f"{p.current_ma:g} mA: check the electrodes</span>")
+    d = snap.display
+    text = f"M-wave {fmt_value(p.peak_to_peak * d.emg_factor)} {d.emg_unit}".rstrip()
+    if math.isfinite(p.percent):
+        of = "first trains" if snap.mwave_from_start.get(name) else "first seen"
+        text += f" · {p.percent:.0f} % of {of}"
+    if not p.present:
+        text += " (no response)"
+    colour = "#37474f" if stimulated and now else NEUTRAL  # grey: of the last train
+    return f"<br><small><span style='color:{colour}'>{text}</span></small>"
 
 
 def panel_text(snap: Snapshot) -> tuple[str, list[str]]:

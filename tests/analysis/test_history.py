@@ -54,7 +54,7 @@ def test_sessions_in_time_order_with_weeks_and_trends():
     assert trends["triggers", ""].text() == "10 -> 30 (+20 over 3 sessions)"
     assert trends["threshold", "biceps"].text() == "7.0 -> 5.0 µV (-2.0 over 3 sessions)"
     assert trends["dose", "triceps"].last == pytest.approx(100 * 91 / 1800)
-    assert {m.key for m in h.not_recorded} == {"success", "effort", "mwave"}
+    assert {m.key for m in h.not_recorded} == {"success", "effort", "mwave", "mwave_drop"}
     assert h.period == "2026-03-01 to 2026-03-09"
 
 
@@ -109,3 +109,38 @@ def test_the_page_escapes_what_it_shows_and_plots_every_session():
     # one point per session and series: triggers 1 series, thresholds and dose 2 each
     assert page.count('<circle class="point"') == 3 * (1 + 2 + 2)
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', page)  # nothing to fetch
+
+
+def test_the_m_wave_of_each_stimulated_muscle_over_the_sessions(tmp_path):
+    """Stored by schema version 3 (read back from a real file): the first trains'
+    amplitude in µV and the drop to the last trains in %, in the per-muscle table, the
+    trends and the page's charts; a muscle that was not stimulated has none."""
+    from closedloop.io.records import Records
+
+    runs = []
+    for i, r in enumerate(sorted(RUNS, key=lambda r: r.started)):
+        biceps = replace(r.muscles[0], mwave_current_ma=20.0, mwave_first_uv=1800.0 + 100 * i,
+                         mwave_last_uv=1500.0, mwave_drop_pct=30.0 - 5 * i,
+                         mwave_no_response=0)
+        runs.append(replace(r, id=None, calibration_from=None, muscles=(biceps, r.muscles[1])))
+    with Records(tmp_path / "p.db") as db:
+        for r in runs:
+            db.add(r)
+        h = build_history(db.sessions("P01"), "P01")
+    assert {"mwave", "mwave_drop"} <= {m.key for m in h.recorded}
+    text = "\n".join(terminal_lines(h))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    header = next(line for line in lines if "on-thr µV" in line and "muscle" in line)
+    assert "M-wave µV" in header and "M-drop %" in header
+    biceps_rows = [line.split() for line in lines if re.match(r"^\s+\d\s+biceps\s", line)]
+    assert [row[-2:] for row in biceps_rows] == [["1800", "30"], ["1900", "25"], ["2000", "20"]]
+    triceps_rows = [line.split() for line in lines if re.match(r"^\s+\d\s+triceps\s", line)]
+    assert all(row[-2:] == ["-", "-"] for row in triceps_rows)
+    assert "M-wave amplitude (first trains), biceps  1800 -> 2000 µV (+200 over 3 sessions)" \
+        in text
+    assert "M-wave drop over the session, biceps" in text and "30 -> 20 %" in text
+    page = render_html(h, generated="now")
+    charts = re.findall(r'<svg class="chart" data-metric="(\w+)"', page)
+    assert charts == ["triggers", "threshold", "dose", "mwave", "mwave_drop"]
+    assert "M-wave amplitude (first trains) (µV)" in page

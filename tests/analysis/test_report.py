@@ -28,6 +28,7 @@ from closedloop.runtime.checklist import answers_from
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, PatientSettings, SimulatedPatient
 from closedloop.stim.commands import StimCommand
+from closedloop.units import number
 from tests.conftest import CONFIGS
 from tests.helpers import ArraySource
 from tests.runtime.conftest import sim_session
@@ -415,3 +416,123 @@ def test_the_trend_of_a_steady_effort_is_0_not_minus_0():
     assert report._trend(t, 20.0 - 0.0005 * t) == "0 % over the session"
     assert report._trend(t, 20.0 - 0.2 * t) == "-9 % over the session"
     assert report._trend(t[:2], t[:2]) == "- (fewer than 3 attempts)"
+
+
+# -- the evoked response (M-wave) ----------------------------------------------------------------
+MWAVE_CONFIG = """
+name = "arm_mwave"
+[session]
+source = "sim"
+stimulator = "sim"
+[[muscles]]
+name = "biceps"
+channel = "biceps"
+[[muscles]]
+name = "triceps"
+channel = "triceps"
+"""
+
+
+@pytest.fixture(scope="module")
+def stimulated(tmp_path_factory):
+    """60 s on the simulated patient: the biceps tires over 6 repetitions (a staircase
+    up to 30 mA), the triceps is stimulated at 25 mA with its electrode detached; the
+    M-wave records measured from the raw EMG, as the session records them."""
+    from closedloop.core.evoked import EvokedSettings
+    from closedloop.sim.patient import FatigueModel, MWaveModel
+    from tests.core.stimulated import FS as SFS
+    from tests.core.stimulated import Command, stimulate
+    from tests.runtime.test_mwaves import repetitions
+
+    schedule = repetitions(6) + [c for k in range(3) for c in (
+        Command(int((6.0 + 20 * k) * SFS), "triceps", 25.0),
+        Command(int((9.0 + 20 * k) * SFS), "triceps", 0.0))]
+    run = stimulate(schedule, 60.0, chunks=(500,), evoked=EvokedSettings(),
+                    mwave=MWaveModel(), detached={"triceps": "nothing"},
+                    fatigue=FatigueModel(fatigue_s=20.0, recovery_s=200.0))
+    channel = {"biceps": 1, "triceps": 2}
+    commands = [StimCommand(c.muscle, channel[c.muscle], c.current_ma, c.pulse_width_us,
+                            c.frequency_hz, c.sample - 1, T0 + c.sample / SFS,
+                            "plateau" if c.current_ma else "off", effective_sample=c.sample)
+                for c in sorted(schedule, key=lambda c: c.sample)]
+    n = run.raw.shape[0]
+    session = Session(
+        path=tmp_path_factory.mktemp("mwave") / "s.xdf", name="P02-EMG", fs=SFS,
+        channels=("biceps", "triceps"), units="V", samples=run.raw,
+        timestamps=T0 + np.arange(n) / SFS, counter=np.arange(n), events=[],
+        commands=commands, markers=[], config_text=MWAVE_CONFIG, mwaves=run.records,
+        metadata={"session": "P02", "patient": "P02"})
+    return session, report.report_html(session)
+
+
+def test_the_evoked_response_section_recruitment_and_fatigue_in_clinical_units(stimulated):
+    from closedloop.runtime.mwaves import track
+
+    session, page = stimulated
+    _, summary = track(session.mwaves)
+    b = summary["biceps"]
+    words = text(section(page, "results"))
+    assert "Evoked response (M-wave)" in words
+    # per muscle: measurements, working current, first and last trains in µV, last in %
+    # of first, latency, no response
+    assert (f"biceps {b.records} 30 mA {number(1e6 * b.first_pp)} µV "
+            f"{number(1e6 * b.last_pp)} µV {number(100 - b.drop_pct)} % ") in words
+    assert 5 < b.drop_pct < 60 and b.no_response == 0
+    assert re.search(r"biceps \d+ 30 mA [\d.]+ µV [\d.]+ µV [\d.]+ % [\d.]+ ms 0 ", words)
+    t = summary["triceps"]
+    assert t.no_response == t.records > 0
+    assert f"triceps {t.records} 25 mA - " in words  # no first trains: it never responded
+    assert (f"M-wave at the end biceps {number(100 - b.drop_pct)} %, triceps no response "
+            "in % of the first trains") in words
+    # one figure, two panels: recruitment (µV against mA) and fatigue (% of first trains)
+    fig = section(page, "results").split('id="mwave-plot"')[1].split("</figure>")[0]
+    assert "<svg" in fig and "recruitment: M-wave against current" in fig
+    assert "current (mA)" in fig and "peak-to-peak (µV)" in fig
+    assert "% of the first trains" in fig and "triceps: no response" in fig
+    # no engineer's numbers: no exponents, no volts
+    assert not re.search(r"\d[eE][-+]?\d", words) and " V " not in words
+
+
+def test_a_muscle_without_a_response_while_stimulated_is_a_warning_at_the_top(stimulated):
+    session, page = stimulated
+    assert page.index('id="warnings"') < page.index('id="results"')
+    warnings = text(section(page, "warnings"))
+    first = min(r.sample for r in session.mwaves if r.muscle == "triceps") / session.fs
+    assert re.search(r"no evoked response (\d+\.\d) s triceps: no M-wave at any current "
+                     r"\(up to 25 mA\) in \d+ of \d+ measurements while it was stimulated: "
+                     r"check the electrodes", warnings)
+    when = float(re.search(r"no evoked response (\d+\.\d) s", warnings).group(1))
+    assert when == pytest.approx(first, abs=0.05)
+    assert "biceps: no M-wave" not in warnings  # its sub-threshold steps do not count
+
+
+def test_a_session_without_m_waves_has_no_such_section(built):
+    _, page = built
+    assert "Evoked response (M-wave)" not in page and 'id="mwave' not in page
+
+
+def test_the_m_waves_of_a_recorded_file_reach_the_report(stimulated, tmp_path):
+    """Through a real XDF file: SessionOutlets publish the records on the session's
+    MWave stream, load_session reads them back, the report shows them."""
+    from closedloop.core.stream import SourceInfo
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.io.xdf import load_session
+    from closedloop.io.xdfwrite import SessionFile
+
+    source, _ = stimulated
+    path = tmp_path / "recorded.xdf"
+    info = SourceInfo("amp", source.fs, source.channels, "V", "sim")
+    with SessionFile(path) as file:
+        out = SessionOutlets("P02", info, outlet_factory=file.outlet, with_envelope=False,
+                             config_text=MWAVE_CONFIG)
+        n, step = source.samples.shape[0], 1000
+        for a in range(0, n, step):
+            out.push_emg(source.samples[a:a + step], source.timestamps[a:a + step], start=a)
+            out.push_commands([c for c in source.commands if a <= c.sample < a + step])
+            out.push_mwaves([m for m in source.mwaves if a <= m.sample < a + step])
+    recorded = load_session(path)
+    assert len(recorded.mwaves) == len(source.mwaves)
+    page = report.report_html(recorded)
+    assert text(section(page, "results")) == text(section(report.report_html(source),
+                                                           "results"))
+    assert "Evoked response (M-wave)" in page and "no evoked response" in page

@@ -46,7 +46,9 @@ def run(started: str, n: int = 1, **kw) -> SessionRecord:
         gated=1, dose_limit_s=1800.0, recording="/clinic/s1.xdf", emg_units="V",
         signal_settings='{"filters": {}}', closedloop_version="0.1.0",
         muscles=(MuscleRecord("biceps", onsets=10 * n, stim_s=30.0 * n, on_threshold_uv=7.5,
-                              off_threshold_uv=5.0),
+                              off_threshold_uv=5.0, mwave_current_ma=20.0,
+                              mwave_first_uv=1850.0, mwave_last_uv=1480.0, mwave_drop_pct=20.0,
+                              mwave_no_response=0),
                  MuscleRecord("triceps", onsets=0, stim_s=0.0)))
     return replace(base, **kw)
 
@@ -188,7 +190,7 @@ def test_a_version_1_file_is_migrated_and_keeps_its_sessions(tmp_path):
     con.executescript(V1)
     con.close()
     with Records(db) as r:
-        assert r.schema_version == SCHEMA_VERSION == 2
+        assert r.schema_version == SCHEMA_VERSION == 3
         old = r.sessions("P01")
         assert [(s.id, s.kind, s.triggers, s.operator) for s in old] == [
             (1, "calibrate", None, None), (2, "run", 42, "A. Nurse")]
@@ -198,8 +200,50 @@ def test_a_version_1_file_is_migrated_and_keeps_its_sessions(tmp_path):
         sid = r.add(run("2026-01-12T09:30:00+01:00", calibration_from=1))
         assert r.get(sid).calibration_from == 1
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
     con.close()
+    assert integrity(db) == "ok"
+
+
+#: What version 2 added to version 1 (a frozen copy), and a run of that version.
+V2 = V1.replace("PRAGMA user_version = 1;", "") + """
+ALTER TABLE sessions ADD COLUMN gated INTEGER;
+ALTER TABLE sessions ADD COLUMN emg_units TEXT;
+ALTER TABLE sessions ADD COLUMN signal_settings TEXT;
+ALTER TABLE sessions ADD COLUMN calibration_from INTEGER REFERENCES sessions (id);
+INSERT INTO sessions VALUES (3, 'run', 'P01', '2026-01-06T09:30:00+01:00', 1200.0,
+    'biceps_triceps', '/c/p.toml', 'A. Nurse', 'duration', 0, 'duration reached', 40, 40, 0,
+    NULL, 1800.0, '/c/s2.xdf', '0.1.0', 2, 'V', '{"filters": {}}', 1);
+INSERT INTO muscles VALUES (3, 'biceps', 40, 120.0, 7.0, 5.0, 3.0, 0.5, 60.0);
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_file_gets_the_m_wave_columns_and_keeps_its_sessions(tmp_path):
+    db = tmp_path / "v2.db"
+    con = sqlite3.connect(db)
+    con.executescript(V2)
+    con.close()
+    with Records(db) as r:
+        assert r.schema_version == SCHEMA_VERSION == 3
+        old = r.sessions("P01", "run")
+        assert [(s.id, s.triggers, s.gated, s.calibration_from) for s in old] == [
+            (2, 42, None, None), (3, 40, 2, 1)]
+        biceps = old[1].muscle("biceps")
+        assert biceps.stim_s == 120.0 and biceps.mvc_uv == 60.0
+        # added in v3: not measured by the older sessions
+        assert (biceps.mwave_current_ma, biceps.mwave_first_uv, biceps.mwave_last_uv,
+                biceps.mwave_drop_pct, biceps.mwave_no_response) == (None,) * 5
+        new = run("2026-01-12T09:30:00+01:00")
+        sid = r.add(new)
+        assert r.get(sid).muscle("biceps") == new.muscle("biceps")
+        assert r.get(sid).muscle("biceps").mwave_first_uv == 1850.0
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    cols = [row[1] for row in con.execute("PRAGMA table_info(muscles)")]
+    con.close()
+    assert cols[-5:] == ["mwave_current_ma", "mwave_first_uv", "mwave_last_uv",
+                         "mwave_drop_pct", "mwave_no_response"]
     assert integrity(db) == "ok"
 
 

@@ -230,3 +230,37 @@ def test_a_detector_without_envelope_thresholds_is_stored_with_rest_and_mvc(tmp_
         out = run_loop(started, src, stim, options=LoopOptions(duration_s=5.0, history=None))
     row = session_record(out, started, started=WHEN, units="V")
     assert [m.rest_mean_uv for m in row.muscles] == [pytest.approx(3.0)] * 2
+
+
+def test_the_row_holds_each_muscle_s_m_wave_in_microvolts(tmp_path, patient_config):
+    """The evoked response the session measured (Outcome.add_mwaves, as the loop hands
+    it the records) is stored per muscle: working current, first and last trains in µV,
+    the drop between them, the measurements without a response; a muscle without
+    records stores none."""
+    from closedloop.core.evoked import EvokedSettings
+    from closedloop.runtime.outcome import Outcome
+    from closedloop.sim.patient import FatigueModel, MWaveModel
+    from tests.runtime.test_mwaves import FS, repetitions, stimulate
+
+    s = stimulate(repetitions(6), 60.0, chunks=(500,), evoked=EvokedSettings(),
+                  mwave=MWaveModel(), fatigue=FatigueModel(fatigue_s=20.0, recovery_s=200.0))
+    out = Outcome.start(patient_config.muscle_names, FS, history=None)
+    out.add_mwaves(s.records)
+    out.finish(int(60 * FS), FS)
+    row = session_record(out, patient_config, started=WHEN, units="V")
+    biceps, triceps = row.muscle("biceps"), row.muscle("triceps")
+    m = out.mwave["biceps"]
+    assert biceps.mwave_current_ma == 30.0
+    assert biceps.mwave_first_uv == pytest.approx(1e6 * m.first_pp)
+    assert biceps.mwave_last_uv == pytest.approx(1e6 * m.last_pp)
+    assert 500.0 < biceps.mwave_last_uv < biceps.mwave_first_uv < 5000.0  # µV, not volts
+    assert biceps.mwave_drop_pct == pytest.approx(m.drop_pct) and biceps.mwave_drop_pct > 5
+    assert biceps.mwave_no_response == 0
+    assert (triceps.mwave_first_uv, triceps.mwave_no_response) == (None, None)
+    with Records(tmp_path / "m.db") as r:
+        back = r.get(r.add(row))
+    assert replace(back, id=None) == row
+    # a source not in volts: no µV figures, the counts still
+    other = session_record(out, patient_config, started=WHEN, units="a.u.")
+    assert other.muscle("biceps").mwave_first_uv is None
+    assert other.muscle("biceps").mwave_no_response == 0
