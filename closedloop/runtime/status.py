@@ -81,9 +81,9 @@ class StatusLine:
         suspended ("" when it is not: :attr:`InputStage.why`)."""
         names = block.channels
         self._judged.update(name for name, w in zip(names, why, strict=True) if not w)
-        states = [self._state(name, w, float(block.on_threshold[c]))
-                  for c, (name, w) in enumerate(zip(names, why, strict=True))]
         env = block.envelope[-1] if block.n else block.on_threshold * math.nan
+        states = [self._state(name, w, float(block.on_threshold[c]), float(env[c]))
+                  for c, (name, w) in enumerate(zip(names, why, strict=True))]
         head = [f"t {duration((block.start + block.n) / self.fs)}", *self._counts(protocol)]
         on = self._on(stimulator)
         stim, long_stim = ([], []) if stimulator is None else ([_stim(on, hz=False)],
@@ -123,15 +123,18 @@ class StatusLine:
                              + (f", +{k} more" if k else "")])
             if len(line) <= width:
                 return line
-        # narrower still: a suspended muscle first, then a stimulated one, in few words
-        first = [f"{names[i]} {states[i].split(' (')[0]}" for i in range(len(names))
-                 if states[i][:1].isupper()]
-        first += [f"{name} stim {o.current_ma:.0f} mA" for name, o in on]
-        rest = len(items) - len(first)
-        for tail in ([f"+{rest} more"] if rest > 0 else [], []):
-            line = SEP.join([*head, ", ".join(first + tail)])
-            if len(line) <= width:
-                return line
+        # narrower still: a suspended muscle first (with why, then without), then a
+        # stimulated one, in few words
+        suspended = [i for i in range(len(names)) if states[i][:1].isupper()]
+        stimulated = [f"{name} stim {o.current_ma:.0f} mA" for name, o in on]
+        for why in (True, False):
+            first = [f"{names[i]} {states[i] if why else states[i].split(' (')[0]}"
+                     for i in suspended] + stimulated
+            rest = len(items) - len(first)
+            for tail in ([f"+{rest} more"] if rest > 0 else [], []):
+                line = SEP.join([*head, ", ".join(first + tail)])
+                if len(line) <= width:
+                    return line
         return line[: width - 1] + ELLIPSIS
 
     # -- parts ------------------------------------------------------------------------------
@@ -157,7 +160,7 @@ class StatusLine:
         return [f"trials {c.trials}: {c.hits} hit{'s' * (c.hits != 1)}, {c.misses} "
                 f"miss{'es' * (c.misses != 1)}{gated}"]
 
-    def _state(self, name: str, why: str, threshold: float) -> str:
+    def _state(self, name: str, why: str, threshold: float, value: float = 0.0) -> str:
         """A word on a muscle that is not detecting ("" when it is)."""
         if why == "impulse":  # the impulse gate holds it: no new onset for a moment
             return "HELD (" + _WHY[why] + ")"
@@ -165,8 +168,8 @@ class StatusLine:
             return "settling"  # the start of the session: nothing is wrong
         if why:
             return "SUSPENDED (" + _WHY.get(why, why) + ")"
-        if not math.isfinite(threshold):
-            return "settling (learning rest)"
+        if not (math.isfinite(threshold) and math.isfinite(value)):
+            return "settling (learning rest)"  # no threshold, or no statistic yet
         return ""
 
     def _long(self, name: str, env: float, thr: float, state: str) -> str:

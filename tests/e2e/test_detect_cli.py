@@ -128,9 +128,10 @@ def test_npz_input_and_console_script(tmp_path):
 def test_bad_input_gets_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad.txt"
     bad.write_text("1.0\n2.0\nnan\n3.0\n")
-    assert main(["detect", str(bad), "--fs", "1000", "--out", str(tmp_path / "o.csv")]) == 1
+    # unusable input: exit 7, as from every command (closedloop.errors)
+    assert main(["detect", str(bad), "--fs", "1000", "--out", str(tmp_path / "o.csv")]) == 7
     assert "NaN" in capsys.readouterr().err
-    assert main(["detect", str(bad), "--out", str(tmp_path / "o.csv")]) == 1
+    assert main(["detect", str(bad), "--out", str(tmp_path / "o.csv")]) == 7
     assert "--fs" in capsys.readouterr().err
 
 
@@ -147,11 +148,12 @@ def test_config_channels_are_mapped_by_label_or_index_with_clear_errors(tmp_path
     assert [r["channel"] for r in _events(out)][:1] == ["triceps"]
     cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = "EMG7"\n')
     again = ["--out", str(out), "--overwrite"]  # the first run's events file exists
-    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 1
+    # a config that does not fit the file: exit 2 (a config error), as from every command
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 2
     err = capsys.readouterr().err
     assert "EMG7" in err and "EMG1, EMG2" in err and "c.toml" in err
     cfg.write_text('[[muscles]]\nname = "triceps"\nchannel = 5\n')
-    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 1
+    assert main(["detect", str(tmp_path / "x.npz"), "--config", str(cfg), *again]) == 2
     assert "has 2 channels" in capsys.readouterr().err
 
 

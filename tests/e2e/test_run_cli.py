@@ -247,7 +247,7 @@ def test_bad_config_exit_2(tmp_path):
 def test_source_stalls_exit_4(streamer):
     run = Run("--source", f"lsl:name={streamer.name}", "--no-outlets", "--json")
     try:
-        run.wait_for("t=")  # samples are flowing
+        run.wait_for("| triggers ")  # samples are flowing (the status line)
         streamer.send("stall")
         code, summary, _ = run.finish()
     finally:
@@ -261,7 +261,7 @@ def test_source_stalls_exit_4(streamer):
 def test_source_lost_ends_non_zero(streamer):
     run = Run("--source", f"lsl:name={streamer.name}", "--no-outlets", "--json")
     try:
-        run.wait_for("t=")
+        run.wait_for("| triggers ")
         streamer.proc.kill()  # the amplifier application crashes
         code, summary, _ = run.finish()
     finally:

@@ -24,6 +24,32 @@ FS = 2000.0
 SCRIPT = [Attempt("biceps", 2.0, 1.5, 1.0, 0.04), Attempt("triceps", 9.0, 1.0, 1.0, 0.04)]
 
 
+def with_detector(config, kind: str):
+    """``config`` with another ``[detector] kind`` (its defaults)."""
+    from closedloop.config import loads_config
+
+    text = config.text
+    a, b = text.index("[detector]"), text.index("[[muscles]]")
+    return loads_config(text[:a] + f'[detector]\nkind = "{kind}"\n\n' + text[b:],
+                        source=f"{config.name} ({kind})")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped config as it is (its detector: cusum)."""
+    from closedloop.config import load_config
+    from tests.conftest import CONFIGS
+
+    return load_config(CONFIGS / "biceps_triceps.toml")
+
+
+@pytest.fixture(scope="module")
+def config(config):
+    """The shipped config with the envelope threshold detector: the status line shows
+    the envelope in µV against its threshold (the other detectors are tested below)."""
+    return with_detector(config, "threshold")
+
+
 @pytest.fixture(scope="module")
 def clean(config):
     """A clean simulated session (stimulation and its artefacts included) with a status
@@ -55,6 +81,21 @@ def test_a_clean_session_starts_settling_not_suspended(clean):
     assert "biceps settling" in status[0] and "triceps settling" in status[0]
     # settled within the first seconds: then the envelope against its threshold
     assert "settling" not in status[len(status) // 4]
+
+
+def test_a_cusum_session_settles_then_shows_its_evidence(shipped):
+    """The shipped detector (cusum): "settling" while it learns the rest (never "-" or
+    "nan"), then its statistic against its threshold, on an 80-column line."""
+    assert shipped.detector_kind == "cusum"
+    src, stim = sim_session(shipped, SCRIPT, chunk=20)
+    lines: list[str] = []
+    run_loop(shipped, src, stim, status=lines.append,
+             options=LoopOptions(duration_s=4.0, watchdog_s=5.0, status_every_s=0.0))
+    status = status_lines(lines)
+    assert "biceps settling" in status[0] and "triceps settling" in status[0]
+    for ln in status:
+        assert "nan" not in ln.lower() and "-/" not in ln and len(ln) <= 79, ln
+    assert re.search(r"biceps \d+(\.\d)?/\d+", status[-1]), status[-1]
 
 
 def test_every_status_line_fits_and_carries_its_units(clean):
