@@ -1,0 +1,267 @@
+"""Proportional stimulation: the current follows the patient's own voluntary effort.
+
+``kind = "proportional"`` (:class:`~closedloop.config.stimulation.ProportionalSettings`).
+Triggered protocols give a fixed ramp-plateau-ramp once an onset is detected; here the
+onset only starts a *repetition*, during which the current follows the voluntary EMG
+measured between the pulses (:class:`~closedloop.core.effort.EffortEstimator`, on the
+block as ``effort`` in µV or ``effort_mvc`` in % MVC), so the patient stays in charge
+of the movement (MeCFES: Dohring & Daly 2008, Thorsen et al. 2013; IVES/HANDS: Muraoka
+2002, Fujiwara et al. 2009).
+
+Every ``ramp_step_s`` from the onset sample (the *updates*), with ``e`` the effort at
+that sample (unknown counts as none)::
+
+    I_want = clip(I_min + gain (e - threshold), I_min, I_max x fatigue scale)
+    I_s    = I_s + alpha (I_want - I_s)              smoothing, alpha = 1 - exp(-step/smooth_s)
+    I      = floor_res(min(I_s, I_prev + rise))     rise = min(slew x step, max_step_ma)
+
+so the current never rises faster than the slew nor by more than the channel's
+``max_step_ma`` per update (the guard would clip it), falls at once when the effort
+falls, and is a multiple of ``resolution_ma``. ``I_max`` is the muscle's
+``[muscles.stim] current_ma``. A repetition starts from 0 and rises to ``I_min`` at the
+slew. When the effort has been at or below the threshold for ``stop_hold_s`` (the
+patient stopped trying) and the repetition has lasted ``min_on_s``, the current ramps
+down to off in ``stop_ramp_s`` (steps of ``ramp_step_s``); a repetition that reaches
+``max_on_s`` ramps down so as to be off by then. After the off, onsets are ignored for
+the muscle's ``rest_time_s``. A suspended agonist (bad input) switches off at once.
+
+M-wave notices (:mod:`closedloop.stim.mwave_rules`, given with :meth:`Proportional.notify`
+before the block they fall in): fatigue with ``lower`` scales the muscle's ``I_max``
+down (never up again), with ``end`` ramps the running repetition down.
+
+Everything is on the sample clock (updates on a grid from the onset sample, effort read
+at the update's sample), so any chunking gives the same commands at the same samples.
+Every command still goes through the safety guard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from closedloop.config.stimulation import MuscleStim, ProportionalSettings, ProtocolSettings
+from closedloop.core.events import ONSET, SUSPEND, Block, Event
+from closedloop.errors import ConfigError, InputError
+from closedloop.stim.commands import StimCommand
+from closedloop.stim.mwave_rules import Notice
+from closedloop.stim.protocol import (
+    _NEVER,
+    ABORTED,
+    EARLY_STOP,
+    GATED,
+    IGNORED,
+    TRIGGER,
+    Protocol,
+)
+
+
+class Proportional(Protocol):
+    """An agonist onset starts a repetition whose current follows the agonist's effort
+    (see the module docstring)."""
+
+    kind = "proportional"
+    settings_type: ClassVar[type[ProtocolSettings]] = ProportionalSettings
+    uses_effort: ClassVar[bool] = True
+
+    def __init__(self, settings: ProtocolSettings, muscles: Mapping[str, MuscleStim],
+                 fs: float) -> None:
+        if not isinstance(settings, ProportionalSettings):
+            raise ConfigError(f"protocol 'proportional' needs ProportionalSettings, got "
+                              f"{type(settings).__name__}")
+        super().__init__(settings, muscles, fs)
+        s = self.p = settings
+        m = self._m[self.agonist]
+        w = m.stim.where or f"muscle {self.agonist!r} [stim]"
+        wl = m.limits.where or f"muscle {self.agonist!r} [limits]"
+        if s.min_current_ma > m.stim.current_ma:
+            raise ConfigError(f"[protocol] min_current_ma = {s.min_current_ma:g} mA is above "
+                              f"{w}.current_ma = {m.stim.current_ma:g} mA (the most the "
+                              "proportional current may reach); lower min_current_ma")
+        if s.max_on_s > m.limits.max_on_time_s + 1e-9:
+            raise ConfigError(f"[protocol] max_on_s = {s.max_on_s:g} s is longer than "
+                              f"{wl}.max_on_time_s = {m.limits.max_on_time_s:g} s; use "
+                              f"max_on_s <= {m.limits.max_on_time_s:g}")
+        self._rise = min(s.slew_ma_per_s * s.ramp_step_s, m.limits.max_step_ma)
+        if self._rise < s.resolution_ma - 1e-9:
+            raise ConfigError(
+                f"[protocol] slew_ma_per_s x ramp_step_s = {s.slew_ma_per_s * s.ramp_step_s:g}"
+                f" mA (at most max_step_ma = {m.limits.max_step_ma:g} mA) per update is "
+                f"smaller than resolution_ma = {s.resolution_ma:g} mA: the current could "
+                "never rise; raise the slew or lower the resolution")
+        self._max_on = int(math.floor(s.max_on_s * self.fs + 1e-9))
+        self._min_on = int(round(s.min_on_s * self.fs))
+        self._hold = int(round(s.stop_hold_s * self.fs))
+        self._n_down = max(1, int(round(s.stop_ramp_s / s.ramp_step_s)))
+        self._alpha = 1.0 - math.exp(-s.ramp_step_s / s.smooth_s) if s.smooth_s > 0 else 1.0
+        self._scale = 1.0  # fatigue: I_max is scaled down, never up
+        self._notices: list[Notice] = []
+        self._rep: int | None = None  # onset sample of the running repetition
+        self._next = _NEVER  # next update
+        self._down: list[tuple[int, float, str]] = []  # the ramp down, once it started
+        self._smooth = 0.0
+        self._below: int | None = None  # first sample of the current stretch at/below
+        self._level[self.agonist] = 0.0
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True while a repetition runs."""
+        return self._rep is not None
+
+    def notify(self, notices: Iterable[Notice]) -> None:
+        """M-wave notices decided in the next block (acted on at their samples)."""
+        self._notices += [n for n in notices if n.action and n.muscle == self.agonist]
+
+    def step(self, block: Block) -> list[StimCommand]:
+        """Process one block; return the commands wanted (see the module docstring)."""
+        if self._next_start is not None and block.start < self._next_start:
+            raise InputError(
+                f"protocol: block starting at sample {block.start} overlaps the previous "
+                f"one (which ended before {self._next_start}); feed blocks in order")
+        self._next_start = block.stop
+        if block.n == 0:
+            return []
+        if block.effort is None:
+            raise InputError("protocol 'proportional': the block carries no effort (run it "
+                             "in the loop, whose chain measures the effort)")
+        values = block.effort.get(self.p.effort_unit)
+        fast = block.effort.get(self.p.effort_unit, fast=True)
+        col = block.channels.index(self.agonist)
+        events = sorted((e for e in block.events if e.channel == self.agonist
+                         and e.kind in (ONSET, SUSPEND)), key=lambda e: e.sample)
+        notices = sorted((n for n in self._notices if n.sample < block.stop),
+                         key=lambda n: n.sample)
+        self._notices = [n for n in self._notices if n.sample >= block.stop]
+        self._block = block
+        self._trues = None
+        if self.settings.co_contraction_gate:
+            gcol = self._column(block, self.antagonist)
+            self._trues = np.flatnonzero(np.asarray(block.above)[:, gcol])
+        out: list[StimCommand] = []
+        i = j = 0
+        try:
+            while True:
+                t_n = notices[j].sample if j < len(notices) else _NEVER
+                t_e = events[i].sample if i < len(events) else _NEVER
+                t = min(t_n, t_e, self._next)
+                if t >= block.stop:
+                    break
+                if t_n == t:
+                    self._notice(notices[j], out)
+                    j += 1
+                elif t_e == t:
+                    self._event_at(events[i], out)
+                    i += 1
+                else:
+                    k = t - block.start
+                    self._update(t, float(values[k, col]), float(fast[k, col]), out)
+        finally:
+            if self._trues is not None and self._trues.size:
+                self._last_above = block.start + int(self._trues[-1])
+            self._block = None
+        return out
+
+    # -- the repetition -----------------------------------------------------------------
+    def _event_at(self, e: Event, out: list[StimCommand]) -> None:
+        if e.kind == SUSPEND:
+            if self._rep is not None:
+                if self._level[self.agonist] > 0:
+                    self._emit(out, self._at(e.sample), 0.0, "off")
+                self._end(self._at(e.sample))
+                self._log(ABORTED, e.sample)
+            return
+        if self._rep is not None or e.sample < self._refractory_until:
+            self._log(IGNORED, e.sample)
+        elif not self._gate_ok(e.sample):
+            self._log(GATED, e.sample)
+        else:
+            self._log(TRIGGER, e.sample)
+            self._counts["trials"] += 1
+            self._counts["hits"] += 1
+            self._rep, self._next = e.sample, e.sample
+            self._smooth, self._below, self._down = self.p.min_current_ma, None, []
+
+    def _notice(self, n: Notice, out: list[StimCommand]) -> None:
+        if n.action == "lower":
+            self._scale *= 1.0 - self.settings.mwave.lower_percent / 100.0
+        elif n.action == "end" and self._rep is not None and not self._down:
+            self._begin_down(self._at(n.sample), out)
+            self._log(EARLY_STOP, n.sample)
+
+    def _update(self, t: int, effort: float, quick: float, out: list[StimCommand]) -> None:
+        s, t = self.p, self._at(t)
+        if self._down:
+            self._next_down(out)
+            return
+        assert self._rep is not None
+        d = self._d
+        below = not effort > s.threshold  # NaN (unknown) is no effort
+        stopped = not quick > s.threshold
+        if not stopped:
+            self._below = None
+        elif self._below is None:
+            self._below = t
+        on_for = t - self._rep
+        if on_for + d + (self._n_down - 1) * d > self._max_on:
+            self._begin_down(t, out)  # the next update would be too late to be off in time
+            return
+        if (self._below is not None and t - self._below >= self._hold
+                and on_for >= self._min_on):
+            self._begin_down(t, out)
+            self._log(EARLY_STOP, t)
+            return
+        top = self._m[self.agonist].stim.current_ma * self._scale
+        want = s.min_current_ma if below else s.min_current_ma + s.gain * (effort - s.threshold)
+        if stopped:
+            want = s.min_current_ma
+        want = min(max(want, s.min_current_ma), top)
+        self._smooth += self._alpha * (want - self._smooth)
+        level = self._level[self.agonist]
+        new = self._quantize(min(self._smooth, level + self._rise, top))
+        if new != level:
+            self._emit(out, t, new, "ramp_up" if level == 0 else "follow")
+        self._next = t + d
+
+    def _begin_down(self, t: int, out: list[StimCommand]) -> None:
+        level, n = self._level[self.agonist], self._n_down
+        self._down = [(t + (k - 1) * self._d, self._quantize(level * (n - k) / n),
+                       "ramp_down" if k < n else "off") for k in range(1, n + 1)]
+        self._next_down(out)
+
+    def _next_down(self, out: list[StimCommand]) -> None:
+        t, level, phase = self._down.pop(0)
+        t = self._at(t)
+        if level != self._level[self.agonist] or phase == "off":
+            if phase == "off" and self._level[self.agonist] == 0:
+                pass  # already off (a repetition that never rose)
+            else:
+                self._emit(out, t, level, phase)
+        if phase == "off":
+            self._end(t)
+        else:
+            self._next = self._down[0][0]
+
+    def _end(self, t: int) -> None:
+        self._rep, self._next, self._down = None, _NEVER, []
+        self._level[self.agonist] = 0.0
+        self._refractory_until = t + int(round(self._m[self.agonist].stim.rest_time_s
+                                               * self.fs))
+
+    def _quantize(self, current: float) -> float:
+        r = self.p.resolution_ma
+        return max(0.0, round(math.floor(current / r + 1e-9) * r, 6))
+
+    def _emit(self, out: list[StimCommand], t: int, level: float, phase: str) -> None:
+        p = self._m[self.agonist].stim
+        out.append(StimCommand(
+            muscle=self.agonist, channel=p.channel, current_ma=level,
+            pulse_width_us=p.pulse_width_us, frequency_hz=p.frequency_hz,
+            sample=t, stream_time=self._time(t), phase=phase))
+        self._level[self.agonist] = level
+        self._stage[self.agonist] = phase
+
+
+__all__ = ["Proportional"]
