@@ -164,6 +164,10 @@ class Proportional(Protocol):
             self._block = None
         return out
 
+    def _check_train(self, muscle: str) -> None:
+        """A repetition lasts at most ``max_on_s`` (checked against ``max_on_time_s`` in
+        ``__init__``), not a triggered ramp-plateau-ramp."""
+
     # -- the repetition -----------------------------------------------------------------
     def _event_at(self, e: Event, out: list[StimCommand]) -> None:
         if e.kind == SUSPEND:
@@ -221,6 +225,9 @@ class Proportional(Protocol):
         self._smooth += self._alpha * (want - self._smooth)
         level = self._level[self.agonist]
         new = self._quantize(min(self._smooth, level + self._rise, top))
+        if new == 0 < level:  # the law asks for less than the resolution: end it, an off
+            self._begin_down(t, out)  # mid-repetition would break the channel's rest
+            return
         if new != level:
             self._emit(out, t, new, "ramp_up" if level == 0 else "follow")
         self._next = t + d
