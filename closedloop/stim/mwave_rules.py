@@ -10,7 +10,8 @@ muscle, level and half second of stimulation). Two rules read those records
   records stay without one from its first absent pulse for ``no_response_s``, the
   safety guard stops that channel for the rest of the session (a :class:`ChannelStop`
   for :meth:`~closedloop.stim.guard.SafetyGuard.filter`). A present record ends the
-  stretch; a record whose noise is unknown (too few pulses yet) says nothing.
+  stretch; a record of fewer than :data:`MIN_PULSES` pulses, or whose noise is unknown,
+  says nothing.
 * **fatigue**: the first present record of each level (current and pulse width) is that
   level's reference; a later one below ``fatigue_percent`` of it warns once per
   repetition (a stretch of records without a pause of more than 1 s) and, with
@@ -31,6 +32,9 @@ from closedloop.config.stimulation import MWaveRules
 from closedloop.core.evoked import MWave
 
 NO_RESPONSE, FATIGUE = "no_response", "fatigue"
+#: A record of fewer pulses says nothing about a missing response: its noise is too
+#: uncertain (one pulse at the motor threshold can read as absent).
+MIN_PULSES = 3
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ class ResponseRules:
         if r.present:
             m.absent_since, m.warned = None, False
             return
-        if not math.isfinite(r.noise):
+        if r.n_pulses < MIN_PULSES or not math.isfinite(r.noise):
             return  # too few pulses to tell
         if m.absent_since is None:
             m.absent_since = r.first_sample
