@@ -416,6 +416,11 @@ class ProportionalSettings(ProtocolSettings):
     resolution_ma : float
         Currents are multiples of this (rounded down): a stimulator's resolution, and
         repeated levels let the M-wave be averaged per level.
+    reciprocal_effort : bool
+        Reciprocal use: the antagonist's own onset (while the agonist is not stimulated)
+        starts a repetition of the antagonist that follows the antagonist's effort, by
+        the same law (its ``current_ma`` as its ``I_max``). Never both at once unless
+        ``co_stimulation``. Needs ``antagonist``.
     """
 
     effort_unit: EffortUnit = "uv"
@@ -431,6 +436,7 @@ class ProportionalSettings(ProtocolSettings):
     min_on_s: Annotated[float, Range(0.0, 10.0)] = 0.25
     max_on_s: OnTime = 8.0
     resolution_ma: Annotated[float, Range(0.1, 5.0)] = 1.0
+    reciprocal_effort: Flag = False
 
     @model_validator(mode="after")
     def _check_times(self) -> Self:
@@ -438,7 +444,17 @@ class ProportionalSettings(ProtocolSettings):
             raise invalid("max_on_s", self.max_on_s,
                           f"a number >= min_on_s + stop_ramp_s = "
                           f"{self.min_on_s + self.stop_ramp_s:g} s")
+        if self.reciprocal_effort and self.antagonist is None:
+            raise invalid("antagonist", None, "a muscle name: reciprocal_effort = true needs "
+                          "an antagonist")
         return self
+
+    @property
+    def stimulated(self) -> tuple[str, ...]:
+        """Muscles this protocol may stimulate, in order."""
+        if self.reciprocal_effort and self.antagonist:
+            return (self.agonist, self.antagonist)
+        return (self.agonist,)
 
 
 @settings

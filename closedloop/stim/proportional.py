@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -58,9 +59,24 @@ from closedloop.stim.protocol import (
 )
 
 
+@dataclass
+class _Rep:
+    """One muscle's repetition state."""
+
+    rise: float  # largest rise per update, mA
+    scale: float = 1.0  # fatigue: I_max is scaled down, never up
+    start: int | None = None  # onset sample of the running repetition
+    next: int = _NEVER  # next update
+    down: list[tuple[int, float, str]] = field(default_factory=list)  # the ramp down
+    smooth: float = 0.0
+    below: int | None = None  # first sample of the current stretch at/below the threshold
+    rest_until: int = -_NEVER
+
+
 class Proportional(Protocol):
     """An agonist onset starts a repetition whose current follows the agonist's effort
-    (see the module docstring)."""
+    (see the module docstring); with ``reciprocal_effort`` the antagonist's own onset
+    starts one of the antagonist, following its own effort."""
 
     kind = "proportional"
     settings_type: ClassVar[type[ProtocolSettings]] = ProportionalSettings
@@ -73,47 +89,46 @@ class Proportional(Protocol):
                               f"{type(settings).__name__}")
         super().__init__(settings, muscles, fs)
         s = self.p = settings
-        m = self._m[self.agonist]
-        w = m.stim.where or f"muscle {self.agonist!r} [stim]"
-        wl = m.limits.where or f"muscle {self.agonist!r} [limits]"
-        if s.min_current_ma > m.stim.current_ma:
-            raise ConfigError(f"[protocol] min_current_ma = {s.min_current_ma:g} mA is above "
-                              f"{w}.current_ma = {m.stim.current_ma:g} mA (the most the "
-                              "proportional current may reach); lower min_current_ma")
-        if s.max_on_s > m.limits.max_on_time_s + 1e-9:
-            raise ConfigError(f"[protocol] max_on_s = {s.max_on_s:g} s is longer than "
-                              f"{wl}.max_on_time_s = {m.limits.max_on_time_s:g} s; use "
-                              f"max_on_s <= {m.limits.max_on_time_s:g}")
-        self._rise = min(s.slew_ma_per_s * s.ramp_step_s, m.limits.max_step_ma)
-        if self._rise < s.resolution_ma - 1e-9:
-            raise ConfigError(
-                f"[protocol] slew_ma_per_s x ramp_step_s = {s.slew_ma_per_s * s.ramp_step_s:g}"
-                f" mA (at most max_step_ma = {m.limits.max_step_ma:g} mA) per update is "
-                f"smaller than resolution_ma = {s.resolution_ma:g} mA: the current could "
-                "never rise; raise the slew or lower the resolution")
+        self._reps: dict[str, _Rep] = {}
+        for name in self.stimulated:
+            m = self._m[name]
+            w = m.stim.where or f"muscle {name!r} [stim]"
+            wl = m.limits.where or f"muscle {name!r} [limits]"
+            if s.min_current_ma > m.stim.current_ma:
+                raise ConfigError(
+                    f"[protocol] min_current_ma = {s.min_current_ma:g} mA is above "
+                    f"{w}.current_ma = {m.stim.current_ma:g} mA (the most the proportional "
+                    "current may reach); lower min_current_ma")
+            if s.max_on_s > m.limits.max_on_time_s + 1e-9:
+                raise ConfigError(f"[protocol] max_on_s = {s.max_on_s:g} s is longer than "
+                                  f"{wl}.max_on_time_s = {m.limits.max_on_time_s:g} s; use "
+                                  f"max_on_s <= {m.limits.max_on_time_s:g}")
+            rise = min(s.slew_ma_per_s * s.ramp_step_s, m.limits.max_step_ma)
+            if rise < s.resolution_ma - 1e-9:
+                raise ConfigError(
+                    f"[protocol] slew_ma_per_s x ramp_step_s = "
+                    f"{s.slew_ma_per_s * s.ramp_step_s:g} mA (at most {wl}.max_step_ma = "
+                    f"{m.limits.max_step_ma:g} mA) per update is smaller than resolution_ma "
+                    f"= {s.resolution_ma:g} mA: the current could never rise; raise the "
+                    "slew or lower the resolution")
+            self._reps[name] = _Rep(rise)
+            self._level[name] = 0.0
         self._max_on = int(math.floor(s.max_on_s * self.fs + 1e-9))
         self._min_on = int(round(s.min_on_s * self.fs))
         self._hold = int(round(s.stop_hold_s * self.fs))
         self._n_down = max(1, int(round(s.stop_ramp_s / s.ramp_step_s)))
         self._alpha = 1.0 - math.exp(-s.ramp_step_s / s.smooth_s) if s.smooth_s > 0 else 1.0
-        self._scale = 1.0  # fatigue: I_max is scaled down, never up
         self._notices: list[Notice] = []
-        self._rep: int | None = None  # onset sample of the running repetition
-        self._next = _NEVER  # next update
-        self._down: list[tuple[int, float, str]] = []  # the ramp down, once it started
-        self._smooth = 0.0
-        self._below: int | None = None  # first sample of the current stretch at/below
-        self._level[self.agonist] = 0.0
 
     # -- public -------------------------------------------------------------------------
     @property
     def active(self) -> bool:
         """True while a repetition runs."""
-        return self._rep is not None
+        return any(r.start is not None for r in self._reps.values())
 
     def notify(self, notices: Iterable[Notice]) -> None:
         """M-wave notices decided in the next block (acted on at their samples)."""
-        self._notices += [n for n in notices if n.action and n.muscle == self.agonist]
+        self._notices += [n for n in notices if n.action and n.muscle in self._reps]
 
     def step(self, block: Block) -> list[StimCommand]:
         """Process one block; return the commands wanted (see the module docstring)."""
@@ -129,8 +144,8 @@ class Proportional(Protocol):
                              "in the loop, whose chain measures the effort)")
         values = block.effort.get(self.p.effort_unit)
         fast = block.effort.get(self.p.effort_unit, fast=True)
-        col = block.channels.index(self.agonist)
-        events = sorted((e for e in block.events if e.channel == self.agonist
+        cols = {m: block.channels.index(m) for m in self._reps}
+        events = sorted((e for e in block.events if e.channel in self._reps
                          and e.kind in (ONSET, SUSPEND)), key=lambda e: e.sample)
         notices = sorted((n for n in self._notices if n.sample < block.stop),
                          key=lambda n: n.sample)
@@ -146,7 +161,9 @@ class Proportional(Protocol):
             while True:
                 t_n = notices[j].sample if j < len(notices) else _NEVER
                 t_e = events[i].sample if i < len(events) else _NEVER
-                t = min(t_n, t_e, self._next)
+                m_u, t_u = min(((m, r.next) for m, r in self._reps.items()),
+                               key=lambda x: x[1])
+                t = min(t_n, t_e, t_u)
                 if t >= block.stop:
                     break
                 if t_n == t:
@@ -156,8 +173,8 @@ class Proportional(Protocol):
                     self._event_at(events[i], out)
                     i += 1
                 else:
-                    k = t - block.start
-                    self._update(t, float(values[k, col]), float(fast[k, col]), out)
+                    k, c = t - block.start, cols[m_u]
+                    self._update(m_u, t, float(values[k, c]), float(fast[k, c]), out)
         finally:
             if self._trues is not None and self._trues.size:
                 self._last_above = block.start + int(self._trues[-1])
@@ -170,105 +187,111 @@ class Proportional(Protocol):
 
     # -- the repetition -----------------------------------------------------------------
     def _event_at(self, e: Event, out: list[StimCommand]) -> None:
-        if e.kind == SUSPEND:
-            if self._rep is not None:
-                if self._level[self.agonist] > 0:
-                    self._emit(out, self._at(e.sample), 0.0, "off")
-                self._end(self._at(e.sample))
+        m, r = e.channel, self._reps[e.channel]
+        if e.kind == SUSPEND:  # the agonist's input went bad: everything off
+            hit = list(self._reps) if m == self.agonist else [m]
+            running = [x for x in hit if self._reps[x].start is not None]
+            for x in running:
+                if self._level[x] > 0:
+                    self._emit(out, x, self._at(e.sample), 0.0, "off")
+                self._end(x, self._at(e.sample))
+            if running:
                 self._log(ABORTED, e.sample)
             return
-        if self._rep is not None or e.sample < self._refractory_until:
-            self._log(IGNORED, e.sample)
-        elif not self._gate_ok(e.sample):
+        others = [x for x in self._reps if x != m]
+        busy = any(self._reps[x].start is not None or self._level[x] > 0 for x in others)
+        if r.start is not None or e.sample < r.rest_until or (busy and not
+                                                              self.settings.co_stimulation):
+            if m == self.agonist:
+                self._log(IGNORED, e.sample)
+        elif m == self.agonist and not self._gate_ok(e.sample):
             self._log(GATED, e.sample)
         else:
             self._log(TRIGGER, e.sample)
             self._counts["trials"] += 1
             self._counts["hits"] += 1
-            self._rep, self._next = e.sample, e.sample
-            self._smooth, self._below, self._down = self.p.min_current_ma, None, []
+            r.start, r.next = e.sample, e.sample
+            r.smooth, r.below, r.down = self.p.min_current_ma, None, []
 
     def _notice(self, n: Notice, out: list[StimCommand]) -> None:
+        r = self._reps[n.muscle]
         if n.action == "lower":
-            self._scale *= 1.0 - self.settings.mwave.lower_percent / 100.0
-        elif n.action == "end" and self._rep is not None and not self._down:
-            self._begin_down(self._at(n.sample), out)
+            r.scale *= 1.0 - self.settings.mwave.lower_percent / 100.0
+        elif n.action == "end" and r.start is not None and not r.down:
+            self._begin_down(n.muscle, self._at(n.sample), out)
             self._log(EARLY_STOP, n.sample)
 
-    def _update(self, t: int, effort: float, quick: float, out: list[StimCommand]) -> None:
-        s, t = self.p, self._at(t)
-        if self._down:
-            self._next_down(out)
+    def _update(self, m: str, t: int, effort: float, quick: float,
+                out: list[StimCommand]) -> None:
+        s, r, t = self.p, self._reps[m], self._at(t)
+        if r.down:
+            self._next_down(m, out)
             return
-        assert self._rep is not None
+        assert r.start is not None
         d = self._d
         below = not effort > s.threshold  # NaN (unknown) is no effort
         stopped = not quick > s.threshold
         if not stopped:
-            self._below = None
-        elif self._below is None:
-            self._below = t
-        on_for = t - self._rep
+            r.below = None
+        elif r.below is None:
+            r.below = t
+        on_for = t - r.start
         if on_for + d + (self._n_down - 1) * d > self._max_on:
-            self._begin_down(t, out)  # the next update would be too late to be off in time
+            self._begin_down(m, t, out)  # the next update would be too late to be off in time
             return
-        if (self._below is not None and t - self._below >= self._hold
-                and on_for >= self._min_on):
-            self._begin_down(t, out)
+        if r.below is not None and t - r.below >= self._hold and on_for >= self._min_on:
+            self._begin_down(m, t, out)
             self._log(EARLY_STOP, t)
             return
-        top = self._m[self.agonist].stim.current_ma * self._scale
+        top = self._m[m].stim.current_ma * r.scale
         want = s.min_current_ma if below else s.min_current_ma + s.gain * (effort - s.threshold)
         if stopped:
             want = s.min_current_ma
         want = min(max(want, s.min_current_ma), top)
-        self._smooth += self._alpha * (want - self._smooth)
-        level = self._level[self.agonist]
-        new = self._quantize(min(self._smooth, level + self._rise, top))
+        r.smooth += self._alpha * (want - r.smooth)
+        level = self._level[m]
+        new = self._quantize(min(r.smooth, level + r.rise, top))
         if new == 0 < level:  # the law asks for less than the resolution: end it, an off
-            self._begin_down(t, out)  # mid-repetition would break the channel's rest
+            self._begin_down(m, t, out)  # mid-repetition would break the channel's rest
             return
         if new != level:
-            self._emit(out, t, new, "ramp_up" if level == 0 else "follow")
-        self._next = t + d
+            self._emit(out, m, t, new, "ramp_up" if level == 0 else "follow")
+        r.next = t + d
 
-    def _begin_down(self, t: int, out: list[StimCommand]) -> None:
-        level, n = self._level[self.agonist], self._n_down
-        self._down = [(t + (k - 1) * self._d, self._quantize(level * (n - k) / n),
-                       "ramp_down" if k < n else "off") for k in range(1, n + 1)]
-        self._next_down(out)
+    def _begin_down(self, m: str, t: int, out: list[StimCommand]) -> None:
+        level, n = self._level[m], self._n_down
+        self._reps[m].down = [(t + (k - 1) * self._d, self._quantize(level * (n - k) / n),
+                               "ramp_down" if k < n else "off") for k in range(1, n + 1)]
+        self._next_down(m, out)
 
-    def _next_down(self, out: list[StimCommand]) -> None:
-        t, level, phase = self._down.pop(0)
+    def _next_down(self, m: str, out: list[StimCommand]) -> None:
+        r = self._reps[m]
+        t, level, phase = r.down.pop(0)
         t = self._at(t)
-        if level != self._level[self.agonist] or phase == "off":
-            if phase == "off" and self._level[self.agonist] == 0:
-                pass  # already off (a repetition that never rose)
-            else:
-                self._emit(out, t, level, phase)
+        if level != self._level[m] or (phase == "off" and self._level[m] > 0):
+            self._emit(out, m, t, level, phase)
         if phase == "off":
-            self._end(t)
+            self._end(m, t)
         else:
-            self._next = self._down[0][0]
+            r.next = r.down[0][0]
 
-    def _end(self, t: int) -> None:
-        self._rep, self._next, self._down = None, _NEVER, []
-        self._level[self.agonist] = 0.0
-        self._refractory_until = t + int(round(self._m[self.agonist].stim.rest_time_s
-                                               * self.fs))
+    def _end(self, m: str, t: int) -> None:
+        r = self._reps[m]
+        r.start, r.next, r.down = None, _NEVER, []
+        self._level[m] = 0.0
+        r.rest_until = t + int(round(self._m[m].stim.rest_time_s * self.fs))
 
     def _quantize(self, current: float) -> float:
-        r = self.p.resolution_ma
-        return max(0.0, round(math.floor(current / r + 1e-9) * r, 6))
+        q = self.p.resolution_ma
+        return max(0.0, round(math.floor(current / q + 1e-9) * q, 6))
 
-    def _emit(self, out: list[StimCommand], t: int, level: float, phase: str) -> None:
-        p = self._m[self.agonist].stim
+    def _emit(self, out: list[StimCommand], m: str, t: int, level: float, phase: str) -> None:
+        p = self._m[m].stim
         out.append(StimCommand(
-            muscle=self.agonist, channel=p.channel, current_ma=level,
-            pulse_width_us=p.pulse_width_us, frequency_hz=p.frequency_hz,
-            sample=t, stream_time=self._time(t), phase=phase))
-        self._level[self.agonist] = level
-        self._stage[self.agonist] = phase
+            muscle=m, channel=p.channel, current_ma=level, pulse_width_us=p.pulse_width_us,
+            frequency_hz=p.frequency_hz, sample=t, stream_time=self._time(t), phase=phase))
+        self._level[m] = level
+        self._stage[m] = phase
 
 
 __all__ = ["Proportional"]

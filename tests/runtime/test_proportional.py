@@ -291,3 +291,18 @@ def test_the_guard_never_had_to_step_in(program):
     out, cap, _, _ = run(program, modulated(60.0, np.random.default_rng(9)), 60.0)
     assert out.n_violations == 0
     assert len(cap.commands) > 200
+
+
+def test_reciprocal_use_follows_each_muscle_on_its_own(program):
+    """``reciprocal_effort``: the triceps' own attempts get their own proportional
+    repetitions, never while the biceps is stimulated."""
+    config = replace(program, protocol=replace(program.protocol, reciprocal_effort=True))
+    script = [Attempt("biceps", 2.0, 3.0, 0.9, 0.04), Attempt("triceps", 9.0, 3.0, 0.5, 0.04),
+              Attempt("triceps", 16.0, 3.0, 1.0, 0.04)]
+    out, cap, drive, _ = run(config, script, 21.0)
+    assert out.n_violations == 0 and out.trials["trials"] == 3
+    bi = current(cap.commands, "biceps", drive.shape[0])
+    tri = current(cap.commands, "triceps", drive.shape[0])
+    assert not (bi * tri).any()  # never both at once
+    weak, strong = tri[int(10 * FS) : int(11.5 * FS)], tri[int(17 * FS) : int(18.5 * FS)]
+    assert weak.min() > 0 and strong.mean() > weak.mean() + 4.0

@@ -30,19 +30,22 @@ CH = ("biceps", "triceps")
 
 def muscles(current=20.0, max_current=40.0, max_step=2.0, max_on=10.0, min_rest=2.0,
             rest=3.0) -> dict[str, MuscleStim]:
+    limits = ChannelLimits(max_current_ma=max_current, max_step_ma=max_step,
+                           max_on_time_s=max_on, min_rest_s=min_rest)
     return {
-        "biceps": MuscleStim("biceps", StimParams(channel=1, current_ma=current,
-                                                  rest_time_s=rest),
-                             ChannelLimits(max_current_ma=max_current, max_step_ma=max_step,
-                                           max_on_time_s=max_on, min_rest_s=min_rest),
-                             "triceps"),
+        name: MuscleStim(name, StimParams(channel=ch, current_ma=current, rest_time_s=rest),
+                         limits, other)
+        for name, ch, other in (("biceps", 1, "triceps"), ("triceps", 2, "biceps"))
     }
 
 
 def block(start: int, effort: np.ndarray, fs: float, events=()) -> Block:
     n = effort.shape[0]
     e = np.zeros((n, 2))
-    e[:, 0] = effort
+    if effort.ndim == 1:
+        e[:, 0] = effort
+    else:
+        e[:] = effort
     z = np.zeros((n, 2))
     return Block(start=start, timestamps=(start + np.arange(n)) / fs, filtered=z, envelope=z,
                  above=np.zeros((n, 2), dtype=bool), on_threshold=np.ones(2),
@@ -50,8 +53,8 @@ def block(start: int, effort: np.ndarray, fs: float, events=()) -> Block:
                  effort=Effort(e, e, e, e))
 
 
-def onset(sample: int, fs: float, kind: str = ONSET) -> Event:
-    return Event(sample, sample / fs, "biceps", kind)
+def onset(sample: int, fs: float, kind: str = ONSET, muscle: str = "biceps") -> Event:
+    return Event(sample, sample / fs, muscle, kind)
 
 
 def drive(protocol, effort: np.ndarray, fs: float, onsets=(), size=100, notices=()):
@@ -117,6 +120,33 @@ def test_a_suspended_agonist_switches_off_at_once():
     cmds = drive(p, np.full(3000, 20.0), fs, onsets=[100, onset(1500, fs, SUSPEND)])
     assert cmds[-1].sample == 1500 and cmds[-1].current_ma == 0.0
     assert [te.kind for te in p.trial_events] == ["trigger", "aborted"]
+
+
+def test_reciprocal_use_drives_the_antagonist_from_its_own_effort_never_both():
+    fs = 1000.0
+    s = ProportionalSettings(kind="proportional", agonist="biceps", antagonist="triceps",
+                             reciprocal_effort=True, smooth_s=0.0, threshold=5.0, gain=1.0,
+                             min_current_ma=6.0)
+    assert s.stimulated == ("biceps", "triceps")
+    m = muscles(current=20.0)
+    p = make_protocol(s, m, fs)
+    effort = np.zeros((12000, 2))
+    effort[1000:3000, 0] = 15.0  # biceps tries
+    effort[2000:2500, 1] = 30.0  # triceps co-contracts meanwhile: no stimulation for it
+    effort[6000:9000, 1] = 12.0  # then triceps tries on its own
+    events = [onset(1000, fs), onset(2000, fs, muscle="triceps"),
+              onset(6000, fs, muscle="triceps")]
+    cmds = drive(p, effort, fs, onsets=events)
+    tri = [c for c in cmds if c.muscle == "triceps"]
+    bi = [c for c in cmds if c.muscle == "biceps"]
+    assert bi and tri and min(c.sample for c in tri) == 6000
+    assert max(c.current_ma for c in tri) == 13.0  # 6 + 1 x (12 - 5)
+    assert max(c.sample for c in bi) < 6000
+    guard = SafetyGuard.from_muscles(m, SafetySettings(), fs, protocol=s)
+    guard.filter(cmds)
+    assert guard.violations == ()  # the interlock never had to act
+    with pytest.raises(ConfigError, match="antagonist"):
+        ProportionalSettings(kind="proportional", agonist="biceps", reciprocal_effort=True)
 
 
 def test_fatigue_notices_lower_or_end_never_raise():
