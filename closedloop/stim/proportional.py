@@ -25,6 +25,12 @@ down to off in ``stop_ramp_s`` (steps of ``ramp_step_s``); a repetition that rea
 ``max_on_s`` ramps down so as to be off by then. After the off, onsets are ignored for
 the muscle's ``rest_time_s``. A suspended agonist (bad input) switches off at once.
 
+Reciprocal use (``reciprocal_effort``): the antagonist's own onset, while the agonist is
+neither stimulated nor in a repetition (unless ``co_stimulation``), starts a repetition
+of the antagonist that follows the antagonist's effort by the same law (its own
+``current_ma`` as ``I_max``); the agonist's onset waits in the same way for the
+antagonist. The co-contraction gate applies to the agonist's onsets.
+
 M-wave notices (:mod:`closedloop.stim.mwave_rules`, given with :meth:`Proportional.notify`
 before the block they fall in): fatigue with ``lower`` scales the muscle's ``I_max``
 down (never up again), with ``end`` ramps the running repetition down.
