@@ -281,7 +281,9 @@ class ProtocolSettings:
         ``triggered_assist``: an agonist onset triggers one ramp-plateau-ramp of the
         agonist. ``reciprocal``: the same, followed (after ``reciprocal.gap_s``) by one of
         the antagonist. ``cued_trials``: cues on a work/rest cycle; an onset within the
-        response window triggers ``trials.pattern``.
+        response window triggers ``trials.pattern``. ``proportional``: an onset starts a
+        repetition whose current follows the patient's effort
+        (:class:`ProportionalSettings`).
     agonist : str
         Muscle whose onset triggers (and which is stimulated first); one of the config's
         ``[[muscles]]``.
