@@ -27,6 +27,7 @@ def test_a_recorded_proportional_session_replays_exactly(tmp_path):
     program = ROOT / "configs" / "programs" / "proportional_assist.toml"
     r = cl("run", "--config", program, "--duration", 20, "--record", "F.xdf", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "biceps up to 25 mA following the effort" in r.stdout + r.stderr  # not a plateau
     session = load_session(tmp_path / "F.xdf")
     follow = [c for c in session.commands if c.phase == "follow"]
     assert len(follow) > 20  # the current followed the effort
