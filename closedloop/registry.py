@@ -165,6 +165,7 @@ PROTOCOLS = Registry(
         "triggered_assist": "closedloop.stim.protocol:TriggeredAssist",
         "reciprocal": "closedloop.stim.protocol:Reciprocal",
         "cued_trials": "closedloop.stim.protocol:CuedTrials",
+        "proportional": "closedloop.stim.proportional:Proportional",
     },
     interface="closedloop.stim.protocol:Protocol",
 )

@@ -121,6 +121,9 @@ class Processed:
                  source_counter: Any = False) -> None:
         """The raw samples: not kept (the recording has them)."""
 
+    def push_mwaves(self, records: Sequence[Any]) -> None:
+        """The evoked-response (M-wave) records: not kept (the recording has them)."""
+
     def push_commands(self, commands: Sequence[Any]) -> None:
         """The commands handed to the stimulator: their pulses are blanked from their
         effective sample (the final offs of the session carry none, and change none)."""

@@ -131,6 +131,11 @@ def _stimulation_program(config: Config | None) -> str:
     35 Hz, 5 s on``."""
     if config is None or not config.stimulates:
         return ""
+    if config.protocol is not None and config.protocol.kind == "proportional":
+        return "; ".join(f"{m.name} up to {m.stim.current_ma:g} mA following the effort, "
+                         f"{m.stim.pulse_width_us:g} µs, {m.stim.frequency_hz:g} Hz"
+                         for m in config.muscles
+                         if m.stim is not None and m.name in config.protocol.stimulated)
     return "; ".join(f"{m.name} {m.stim.current_ma:g} mA, {m.stim.pulse_width_us:g} µs, "
                      f"{m.stim.frequency_hz:g} Hz, {m.stim.on_time_s:g} s plateau"
                      for m in config.muscles if m.stim is not None)

@@ -227,6 +227,50 @@ class TrialSettings:
         return self
 
 
+FatigueAction = Literal["warn", "lower", "end"]
+
+
+@settings
+class MWaveRules:
+    """``[protocol.mwave]``: what the loop does with the evoked response (M-wave) it
+    measures on every stimulated muscle (:mod:`closedloop.stim.mwave_rules`). Both rules
+    are off by default: a program that stimulates below the motor threshold (sensory)
+    has no M-wave by design.
+
+    Parameters
+    ----------
+    no_response_s : float or None
+        A channel stimulated at ``no_response_min_ma`` or more whose M-wave stays absent
+        for this long is stopped by the safety guard for the rest of the session ("no
+        evoked response at this current: check the electrodes"; the warning comes with
+        the first absent record). None: off.
+    no_response_min_ma : float
+        Records at lower currents (below the motor threshold found with ``stim-test``)
+        neither count as absent nor as present.
+    fatigue_percent : float or None
+        An M-wave amplitude below this % of the session's first record at the same
+        level (current and pulse width) is fatigue: warn, and ``fatigue_action``.
+        None: off.
+    fatigue_action : str
+        ``warn`` only; ``lower``: the protocol lowers that muscle's current by
+        ``lower_percent`` (each time, never raising it again); ``end``: the protocol
+        ends the running repetition (ramps down).
+    lower_percent : float
+        How much ``lower`` takes off, % of the current.
+    """
+
+    no_response_s: Annotated[float, Range(0.5, 60.0)] | None = None
+    no_response_min_ma: Annotated[float, Range(0.0, ceilings.MAX_CURRENT_MA)] = 0.0
+    fatigue_percent: Annotated[float, Range(10.0, 100.0, lo_open=True)] | None = None
+    fatigue_action: FatigueAction = "warn"
+    lower_percent: Annotated[float, Range(1.0, 50.0)] = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any rule is on."""
+        return self.no_response_s is not None or self.fatigue_percent is not None
+
+
 @settings(kw_only=True)
 class ProtocolSettings:
     """``[protocol]``: what triggers stimulation and in which pattern.
@@ -237,7 +281,9 @@ class ProtocolSettings:
         ``triggered_assist``: an agonist onset triggers one ramp-plateau-ramp of the
         agonist. ``reciprocal``: the same, followed (after ``reciprocal.gap_s``) by one of
         the antagonist. ``cued_trials``: cues on a work/rest cycle; an onset within the
-        response window triggers ``trials.pattern``.
+        response window triggers ``trials.pattern``. ``proportional``: an onset starts a
+        repetition whose current follows the patient's effort
+        (:class:`ProportionalSettings`).
     agonist : str
         Muscle whose onset triggers (and which is stimulated first); one of the config's
         ``[[muscles]]``.
@@ -259,6 +305,8 @@ class ProtocolSettings:
         Interval between two current steps of a ramp, s.
     reciprocal : ReciprocalSettings
     trials : TrialSettings
+    mwave : MWaveRules
+        What the measured M-wave may do (off by default).
 
     Attributes
     ----------
@@ -276,6 +324,7 @@ class ProtocolSettings:
     ramp_step_s: Annotated[float, Range(0.01, 0.5)] = 0.05
     reciprocal: ReciprocalSettings = field(default_factory=ReciprocalSettings)
     trials: TrialSettings = field(default_factory=TrialSettings)
+    mwave: MWaveRules = field(default_factory=MWaveRules)
     where: ClassVar[str] = ""
 
     @model_validator(mode="after")
@@ -317,6 +366,95 @@ class ProtocolSettings:
             self.kind == "cued_trials" and self.trials.pattern == "reciprocal"
         )
         if both and self.antagonist:
+            return (self.agonist, self.antagonist)
+        return (self.agonist,)
+
+
+EffortUnit = Literal["uv", "mvc"]
+
+
+@settings(kw_only=True)
+class ProportionalSettings(ProtocolSettings):
+    """``[protocol]`` of ``kind = "proportional"``: the current follows the patient's
+    voluntary effort (:class:`closedloop.stim.proportional.Proportional`).
+
+    An agonist onset starts a repetition; every ``ramp_step_s`` the current is
+    ``I = min_current_ma + gain x (effort - threshold)``, clipped to
+    ``[min_current_ma, I_max]`` (``I_max``: the muscle's ``[muscles.stim] current_ma``),
+    smoothed over ``smooth_s``, rising by at most ``slew_ma_per_s`` (and the channel's
+    ``max_step_ma`` per update), in steps of ``resolution_ma``. Effort at or below the
+    threshold for ``stop_hold_s`` (the patient stopped trying) ramps the current down
+    to off in ``stop_ramp_s`` (once ``min_on_s`` is over); a repetition ends by
+    ``max_on_s`` at the latest.
+
+    Parameters
+    ----------
+    effort_unit : str
+        ``uv``: effort, threshold and gain in µV (RMS of the filtered EMG between the
+        pulses); ``mvc``: in % of the calibrated range (needs ``mvc`` in every
+        stimulated muscle's ``[muscles.calibration]``).
+    effort_tau_s : float
+        Time constant of the effort estimate (the exponential RMS between the pulses,
+        :class:`~closedloop.core.effort.EffortSettings`): longer is steadier and slower.
+    stop_tau_s : float
+        The same for the stop rule only (stopped trying is seen this fast, whatever
+        ``effort_tau_s``).
+    threshold : float
+        Effort below which the patient is not trying, in ``effort_unit``.
+    gain : float
+        mA per ``effort_unit`` above the threshold.
+    min_current_ma : float
+        The current at the threshold (``I_min``), at most each muscle's ``current_ma``.
+    smooth_s : float
+        Time constant of the smoothing of the wanted current (0: none).
+    slew_ma_per_s : float
+        Fastest rise of the current; a fall is never slowed (lowering is always safe).
+    stop_hold_s, stop_ramp_s : float
+        Stopped trying: effort at or below the threshold this long; then off within
+        ``stop_ramp_s``.
+    min_on_s, max_on_s : float
+        Shortest and longest repetition (``max_on_s`` at most each muscle's
+        ``max_on_time_s``; the ramp down is inside it).
+    resolution_ma : float
+        Currents are multiples of this (rounded down): a stimulator's resolution, and
+        repeated levels let the M-wave be averaged per level.
+    reciprocal_effort : bool
+        Reciprocal use: the antagonist's own onset (while the agonist is not stimulated)
+        starts a repetition of the antagonist that follows the antagonist's effort, by
+        the same law (its ``current_ma`` as its ``I_max``). Never both at once unless
+        ``co_stimulation``. Needs ``antagonist``.
+    """
+
+    effort_unit: EffortUnit = "uv"
+    effort_tau_s: Annotated[float, Range(0.02, 1.0)] = 0.1
+    stop_tau_s: Annotated[float, Range(0.02, 1.0)] = 0.1
+    threshold: Annotated[float, Range(0.0, 1e4)] = 5.0
+    gain: Annotated[float, Range(0.0, 100.0, lo_open=True)] = 1.5
+    min_current_ma: Annotated[float, Range(0.0, ceilings.MAX_CURRENT_MA)] = 8.0
+    smooth_s: Annotated[float, Range(0.0, 2.0)] = 0.05
+    slew_ma_per_s: Annotated[float, Range(0.0, 1000.0, lo_open=True)] = 40.0
+    stop_hold_s: Annotated[float, Range(0.0, 1.0)] = 0.05
+    stop_ramp_s: Annotated[float, Range(0.0, 2.0)] = 0.2
+    min_on_s: Annotated[float, Range(0.0, 10.0)] = 0.25
+    max_on_s: OnTime = 8.0
+    resolution_ma: Annotated[float, Range(0.1, 5.0)] = 1.0
+    reciprocal_effort: Flag = False
+
+    @model_validator(mode="after")
+    def _check_times(self) -> Self:
+        if self.min_on_s + self.stop_ramp_s > self.max_on_s:
+            raise invalid("max_on_s", self.max_on_s,
+                          f"a number >= min_on_s + stop_ramp_s = "
+                          f"{self.min_on_s + self.stop_ramp_s:g} s")
+        if self.reciprocal_effort and self.antagonist is None:
+            raise invalid("antagonist", None, "a muscle name: reciprocal_effort = true needs "
+                          "an antagonist")
+        return self
+
+    @property
+    def stimulated(self) -> tuple[str, ...]:
+        """Muscles this protocol may stimulate, in order."""
+        if self.reciprocal_effort and self.antagonist:
             return (self.agonist, self.antagonist)
         return (self.agonist,)
 

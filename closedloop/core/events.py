@@ -44,6 +44,36 @@ class Event:
     threshold: float = float("nan")
 
 
+@dataclass(frozen=True)
+class Effort:
+    """Voluntary effort between the stimulation pulses over one block
+    (:class:`~closedloop.core.effort.EffortEstimator`), each shape (n, n_channels), NaN
+    where unknown.
+
+    Attributes
+    ----------
+    uv : ndarray
+        In µV (in the source's units when they are not a voltage).
+    mvc : ndarray
+        In % of the calibrated range (0 at rest, 100 at maximal voluntary effort); NaN
+        in the columns of channels without an ``mvc`` calibration.
+    fast_uv, fast_mvc : ndarray
+        The same with a shorter time constant, for quick decisions (the patient
+        stopped trying).
+    """
+
+    uv: np.ndarray
+    mvc: np.ndarray
+    fast_uv: np.ndarray
+    fast_mvc: np.ndarray
+
+    def get(self, unit: str, *, fast: bool = False) -> np.ndarray:
+        """The effort in ``unit`` (``"uv"`` or ``"mvc"``)."""
+        if unit == "mvc":
+            return self.fast_mvc if fast else self.mvc
+        return self.fast_uv if fast else self.uv
+
+
 @dataclass
 class Block:
     """The signal core's output for one chunk of samples.
@@ -69,6 +99,9 @@ class Block:
         Onsets and offsets decided in this chunk, in sample order.
     channels : tuple of str
         Channel names, in column order.
+    effort : Effort or None
+        Voluntary effort between the stimulation pulses, when measured (a protocol
+        that follows the patient's effort).
     """
 
     start: int
@@ -80,6 +113,7 @@ class Block:
     off_threshold: np.ndarray
     events: list[Event] = field(default_factory=list)
     channels: tuple[str, ...] = ()
+    effort: Effort | None = None
 
     @property
     def n(self) -> int:

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from closedloop.core.events import Block
     from closedloop.core.stream import Chunk
     from closedloop.runtime.control import ControlCommand
+    from closedloop.stim.mwave_rules import Notice as MNotice
     from closedloop.stim.protocol import Protocol as StimProtocol
 
 #: ``effective_sample(command, chunk_stop) -> sample``: where a command takes effect.
@@ -171,6 +172,11 @@ def run_loop(
 
                 # 6. publish
                 _publish(pub, seg, block, safe, chain.protocol)
+                if chain.mwaves:  # the evoked responses decided in this segment
+                    out.add_mwaves(chain.mwaves)  # the session's summary, the patient record
+                    pub.push_mwaves(chain.mwaves)
+                    chain.mwaves = []
+                _warn(out, chain.pop_notices(), say, pub)
                 if chain.guard is not None and chain.guard.stop_violation is not None:
                     raise SafetyError(chain.guard.stop_violation.message)
             _tell(out, chain.inputs.pop_notices(), say, pub)
@@ -260,6 +266,18 @@ def _tell(out: Outcome, notices: list[Notice], say: Callable[[str], None],
         with contextlib.suppress(Exception):  # a failing outlet must not stop the loop
             pub.push_marker("input_issue", notice.time, sample=notice.sample,
                             kind=notice.kind, channel=notice.channel, message=notice.message)
+
+
+def _warn(out: Outcome, notices: list[MNotice], say: Callable[[str], None],
+          pub: Publisher) -> None:
+    """What the M-wave rules said (no response, fatigue): to the summary, the status
+    line and the recording (an ``mwave_warning`` marker at its sample)."""
+    for n in notices:
+        out.add_issue(n.message)
+        say(f"m-wave: {n.message}")
+        with contextlib.suppress(Exception):  # a failing outlet must not stop the loop
+            pub.push_marker("mwave_warning", n.time, sample=n.sample, kind=n.kind,
+                            muscle=n.muscle, action=n.action, message=n.message)
 
 
 def _publish(pub: Publisher, seg: Segment, block: Block, commands: list[StimCommand],

@@ -23,6 +23,10 @@ rule                what happens                                     severity
                     at the exact sample the limit is reached
 ``min_rest``        on-command less than ``min_rest_s`` after the    LIMIT
                     channel went off: refused (channel stays off)
+``no_response``     the M-wave rules found no evoked response        LIMIT
+                    (:mod:`~closedloop.stim.mwave_rules`): that
+                    channel off at that sample, every later
+                    on-command for it refused (the others go on)
 ==================  ===============================================  ==========
 
 ``LIMIT`` is a normal limitation: the guard shaped the output and the session goes on.
@@ -88,6 +92,7 @@ from closedloop.config.stimulation import (
 from closedloop.core.events import Block
 from closedloop.errors import ConfigError, SafetyError
 from closedloop.stim.commands import StimCommand
+from closedloop.stim.mwave_rules import ChannelStop
 
 #: Increases this small above the allowed step are float noise: clipped, not reported.
 _STEP_EPS_MA = 1e-9
@@ -117,6 +122,7 @@ class Rule(str, Enum):
     UNKNOWN_CHANNEL = "unknown_channel"
     INVALID = "invalid"
     STOPPED = "stopped"
+    NO_RESPONSE = "no_response"
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,7 @@ class _State:
     dose_samples: int = 0  # completed on-stretches
     charge_uc: float = 0.0  # completed segments
     antagonists: set[str] = field(default_factory=set)
+    disabled: bool = False  # stopped for the session (no evoked response)
 
     @property
     def charge_rate(self) -> float:
@@ -357,7 +364,8 @@ class SafetyGuard:
 
     # -- the filter ---------------------------------------------------------------------
     def filter(
-        self, commands: Iterable[StimCommand], block: Block | None = None
+        self, commands: Iterable[StimCommand], block: Block | None = None,
+        stops: Iterable[ChannelStop] = (),
     ) -> list[StimCommand]:
         """Run commands through every check; return what may be sent, in sample order.
 
@@ -371,6 +379,9 @@ class SafetyGuard:
             forced offs (on-time, dose) up to ``block.stop - 1`` and stamps them with the
             block's timestamps. Without it, forced offs are found only up to the last
             command's sample and their stream times are extrapolated.
+        stops : iterable of ChannelStop
+            Channels to stop for the rest of the session (the M-wave's "no response"
+            rule), each at its sample, in order with the commands (as an off).
 
         Returns
         -------
@@ -386,11 +397,19 @@ class SafetyGuard:
         """
         self._block = block
         try:
+            items: list[StimCommand | ChannelStop] = [*commands, *stops]
             order = sorted(
-                enumerate(commands), key=lambda ic: (ic[1].sample, ic[1].current_ma > 0, ic[0])
+                enumerate(items),
+                key=lambda ic: (ic[1].sample, isinstance(ic[1], StimCommand)
+                                and ic[1].current_ma > 0, ic[0])
             )
             out: list[StimCommand] = []
             for _, cmd in order:
+                if isinstance(cmd, ChannelStop):
+                    self._expire(cmd.sample - 1, out)
+                    self._disable(cmd, out)
+                    self._now = max(self._now, cmd.sample)
+                    continue
                 if cmd.sample < self._now:
                     raise SafetyError(
                         f"stimulation command for {cmd.muscle!r} at sample {cmd.sample} is "
@@ -588,6 +607,19 @@ class SafetyGuard:
                 f"all stimulation switched off, the session is over",
             )
 
+    def _disable(self, stop: ChannelStop, out: list[StimCommand]) -> None:
+        """Stop ``stop.muscle``'s channel at ``stop.sample`` for the rest of the session."""
+        st = self._by_muscle.get(stop.muscle)
+        if st is None or st.disabled:
+            return
+        st.disabled = True
+        s = max(stop.sample, self._now)
+        if st.on:
+            self._turn_off(st, s)
+            out.append(self._off_command(st, s, stop.stream_time, "stop"))
+        self._violate(s, stop.stream_time, st, Rule.NO_RESPONSE, 0.0, 0.0, "mA",
+                      Severity.LIMIT, stop.message)
+
     def _one(self, cmd: StimCommand, out: list[StimCommand]) -> None:
         s, t = cmd.sample, cmd.stream_time
         st = self._by_channel.get(cmd.channel)
@@ -632,6 +664,8 @@ class SafetyGuard:
                 f"{name}: refused, stimulation was stopped at sample {self._stop.sample} "
                 f"({self._stop.rule.value})",
             )
+            return
+        if st.disabled:  # said once, when it was stopped
             return
         level_checks = (
             (Rule.CURRENT, cmd.current_ma, min(lim.max_current_ma, ceilings.MAX_CURRENT_MA), "mA",

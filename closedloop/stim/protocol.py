@@ -44,7 +44,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +54,7 @@ from closedloop.config.stimulation import MuscleStim, ProtocolSettings
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Block, Event
 from closedloop.errors import ConfigError, InputError
 from closedloop.stim.commands import StimCommand
+from closedloop.stim.mwave_rules import Notice
 
 _NEVER = 2**62
 #: Trial events a protocol keeps for :attr:`trial_events` (an hour-long session must
@@ -129,6 +130,9 @@ class Protocol:
     kind: ClassVar[str] = ""
     #: The settings class of its ``[protocol]`` table (ProtocolSettings or a subclass).
     settings_type: ClassVar[type[ProtocolSettings]] = ProtocolSettings
+    #: Whether :meth:`step` reads the block's voluntary effort (``Block.effort``); the
+    #: chain then measures it with the comb on every channel.
+    uses_effort: ClassVar[bool] = False
 
     def __init__(
         self, settings: ProtocolSettings, muscles: Mapping[str, MuscleStim], fs: float
@@ -196,6 +200,11 @@ class Protocol:
         """Trial events since the last call."""
         out, self._pending = self._pending, []
         return out
+
+    def notify(self, notices: Iterable[Notice]) -> None:
+        """M-wave notices (:mod:`closedloop.stim.mwave_rules`) decided in the next block.
+        The triggered protocols take them as warnings only; a protocol that can lower
+        its current or end a repetition overrides this."""
 
     def train_samples(self, muscle: str) -> int:
         """Samples from a muscle's first step to its off (its on-time per train)."""

@@ -308,6 +308,9 @@ class Capture:
     def push_commands(self, commands) -> None:
         self.commands += list(commands)
 
+    def push_mwaves(self, records) -> None:
+        """Not needed here."""
+
     def push_marker(self, label, time, *, sample=None, **fields) -> None:
         self.markers.append(Marker(label, time, sample, fields))
 
