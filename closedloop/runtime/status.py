@@ -127,8 +127,8 @@ class StatusLine:
         # stimulated one, in few words
         suspended = [i for i in range(len(names)) if states[i][:1].isupper()]
         stimulated = [f"{name} stim {o.current_ma:.0f} mA" for name, o in on]
-        for why in (True, False):
-            first = [f"{names[i]} {states[i] if why else states[i].split(' (')[0]}"
+        for reason in (True, False):
+            first = [f"{names[i]} {states[i] if reason else states[i].split(' (')[0]}"
                      for i in suspended] + stimulated
             rest = len(items) - len(first)
             for tail in ([f"+{rest} more"] if rest > 0 else [], []):
