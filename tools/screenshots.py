@@ -33,7 +33,7 @@ REPORT_CONFIG = ROOT / "configs" / "biceps_triceps.toml"
 REPORT_SECONDS = 30.0
 REPORT_SEED = 1
 #: Chromium's window for the report's picture (CSS pixels): the first A4 page and more.
-REPORT_WINDOW = (1000, 1400)
+REPORT_WINDOW = (1000, 2000)
 
 #: The calibration dialog, run on the simulated patient (as fast as it computes) with a
 #: short schedule, grabbed when it shows its results. argv: config, picture, folder.

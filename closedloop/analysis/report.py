@@ -497,7 +497,12 @@ def _mwaves(session: Any, units: DisplayUnits, duration_s: float
             amplitude=np.array([p.peak_to_peak * f for p in mine]),
             present=np.array([p.present for p in mine], dtype=bool),
             percent=np.array([p.percent for p in mine]), working=at_work))
-        if m.no_response:
+        # a warning when the muscle never answered, or when silent measurements are not
+        # isolated ones (at least 3, and 10 % of the muscle's): a single average near the
+        # noise in a ramp is in the section's table, not a fault
+        never = math.isnan(m.clear_from_ma)
+        if m.no_response and (never or (m.no_response >= 3
+                                        and m.no_response >= 0.1 * m.records)):
             low = m.clear_from_ma
             silent = [p for p in mine if p.no_response]
             top = max((p.current_ma for p in mine if math.isfinite(p.current_ma)),

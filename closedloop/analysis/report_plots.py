@@ -136,7 +136,7 @@ def effort(series: Sequence[EffortSeries], duration_s: float, unit: str) -> str:
     import matplotlib
 
     with matplotlib.rc_context(_RC):
-        fig = _figure(2.0)
+        fig = _figure(1.8)
         ax = fig.subplots()
         div, tunit = _time_axis(duration_s)
         for i, s in enumerate(series):
@@ -194,7 +194,7 @@ def mwaves(series: Sequence[MWaveSeries], unit: str, duration_s: float) -> str:
     import matplotlib
 
     with matplotlib.rc_context(_RC):
-        fig = _figure(2.1)
+        fig = _figure(1.5)
         rec, fat = fig.subplots(1, 2)
         div, tunit = _time_axis(duration_s)
         top = 110.0

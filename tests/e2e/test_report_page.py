@@ -78,7 +78,7 @@ def test_the_rendered_page_says_what_a_clinician_needs_in_clinical_units(made):
     assert " V " not in clinical and "Warnings and faults" not in text  # a clean session
     # the figures are inline, each with its drawing (nothing to fetch)
     svgs = re.findall(r"<svg\b[^>]*>.*?</svg>", dom, re.S)
-    assert len(svgs) == 2
+    assert len(svgs) == 3  # the timeline, the effort, the evoked response (M-wave)
     assert all(s.count("<path") + s.count("<use") > 10 for s in svgs)  # lines and markers
     assert not re.search(r'(src|href)="(?!data:|#)', dom.split("<svg")[0])
 
