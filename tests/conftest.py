@@ -24,6 +24,33 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 CONFIGS = ROOT / "configs"
 
+#: Test folders of whole processes, real-time streams, devices and faults: marked ``slow``,
+#: left out of the default run (``python -m pytest``, a few minutes) and run by ``.ci/run``
+#: (``python -m pytest -m slow``).
+SLOW_FOLDERS = ("e2e", "faults", "view")
+#: Other test files whose tests run for seconds each (minutes of simulated sessions,
+#: real-time LSL streams, processes): ``slow`` too (measured with ``--durations``).
+SLOW_FILES = (
+    "core/test_effort.py", "core/test_evoked.py", "core/test_sim_detection.py",
+    "io/test_outfile.py", "io/test_recording.py", "io/test_xdf_damage.py",
+    "io/test_xdf_reader.py", "runtime/test_artifacts.py", "runtime/test_batch.py",
+    "runtime/test_cusum_live.py", "runtime/test_input_edges.py",
+    "runtime/test_proportional.py", "sources/test_lsl.py", "sources/test_replay.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test in :data:`SLOW_FOLDERS` and :data:`SLOW_FILES` ``slow``."""
+    tests = ROOT / "tests"
+    for item in items:
+        path = Path(str(item.fspath))
+        if not path.is_relative_to(tests):
+            continue
+        rel = path.relative_to(tests)
+        if rel.parts[0] in SLOW_FOLDERS or rel.as_posix() in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
 #: Folders tools write into a checkout by themselves (Python, pytest, hypothesis, ruff, mypy,
 #: pip's egg-info): not a test writing into the tree.
 TOOL_CACHES = ("__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", ".mypy_cache")
