@@ -528,17 +528,19 @@ def _calibrated(text: str, cals: dict[str, Calibration], stimulator: str | None 
 
 
 def limits_lines(config: Config) -> list[str]:
-    """The stimulation settings and limits the clinician must confirm, one per muscle."""
+    """The stimulation settings and limits the clinician must confirm, one line per
+    stimulated muscle, in mA, µs, Hz and seconds (each limit in brackets); the terminal,
+    the calibration dialog and the patient config's header say the same."""
     out = []
     for m in config.muscles:
-        if m.stim is None:
+        if m.stim is None or m.limits is None:
             continue
         s, lim = m.stim, m.limits
         out.append(
-            f"{m.name}: channel {s.channel}, {s.current_ma:g} mA (limit {lim.max_current_ma:g} "
-            f"mA), {s.pulse_width_us:g} us (limit {lim.max_pulse_width_us:g}), "
-            f"{s.frequency_hz:g} Hz (limit {lim.max_frequency_hz:g}), on {s.on_time_s:g} s "
-            f"(limit {lim.max_on_time_s:g} s)"
+            f"{m.name} (stimulator channel {s.channel}): {s.current_ma:g} mA "
+            f"({lim.max_current_ma:g} mA), pulses of {s.pulse_width_us:g} µs "
+            f"({lim.max_pulse_width_us:g} µs) at {s.frequency_hz:g} Hz "
+            f"({lim.max_frequency_hz:g} Hz), on for {s.on_time_s:g} s ({lim.max_on_time_s:g} s)"
         )
     return out
 

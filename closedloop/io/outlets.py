@@ -403,8 +403,9 @@ class SessionTally:
 
     # -- reading --------------------------------------------------------------------------------
     def stim_seconds(self, upto: int | None = None) -> dict[str, float]:
-        """Seconds each muscle was stimulated (a running train up to sample ``upto``)."""
-        return {m: st.on_seconds(self.fs, upto) for m, st in self.stim.items()}
+        """Seconds each muscle was stimulated (a running train up to sample ``upto``);
+        a muscle only ever switched off is not listed, as in the session's outcome."""
+        return {m: st.on_seconds(self.fs, upto) for m, st in self.stim.items() if st.trains}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form published on the session stream."""

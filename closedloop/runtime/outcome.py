@@ -299,9 +299,11 @@ class StimTally:
         self._total: dict[str, float] = {}
 
     def add(self, commands: Iterable[StimCommand]) -> None:
-        """Count the stimulation time of these commands, per muscle."""
+        """Count the stimulation time of these commands, per muscle (a muscle that was
+        only ever switched off, as by the session's final all-off, is not counted)."""
         for c in commands:
-            self._total.setdefault(c.muscle, 0.0)
+            if c.is_on:
+                self._total.setdefault(c.muscle, 0.0)
             if c.is_on and c.muscle not in self._on_since:
                 self._on_since[c.muscle] = c.sample
             elif not c.is_on and c.muscle in self._on_since:

@@ -127,7 +127,7 @@ class CalibrationDialog(QtWidgets.QDialog):
         )
         intro.setWordWrap(True)
         v.addWidget(intro)
-        lines = clinical_limits(self.config)
+        lines = limits_lines(self.config)
         self.confirm = QtWidgets.QCheckBox(
             "I confirm these stimulation settings and limits are right for this patient"
         )
@@ -302,23 +302,6 @@ class CalibrationDialog(QtWidgets.QDialog):
             self._thread.join(timeout=2.0)
         self.timer.stop()
         super().closeEvent(event)
-
-
-def clinical_limits(config: Config) -> list[str]:
-    """The stimulation settings and limits to confirm, one line per stimulated muscle,
-    in mA, µs, Hz and seconds."""
-    out = []
-    for m in config.muscles:
-        if m.stim is None:
-            continue
-        s, lim = m.stim, m.limits
-        out.append(
-            f"{m.name} (stimulator channel {s.channel}): {s.current_ma:g} mA "
-            f"({lim.max_current_ma:g} mA), pulses of {s.pulse_width_us:g} µs "
-            f"({lim.max_pulse_width_us:g} µs) at {s.frequency_hz:g} Hz "
-            f"({lim.max_frequency_hz:g} Hz), on for {s.on_time_s:g} s ({lim.max_on_time_s:g} s)"
-        )
-    return out
 
 
 def result_html(m: MuscleResult, units: str) -> str:
