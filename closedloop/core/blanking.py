@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.signal import lfilter as _lfilter
 
 from closedloop.config.signal import ArtifactSettings
 
@@ -272,8 +273,8 @@ class ArtifactRemover:
 
     def _follow(self, x: np.ndarray, a: int, b: int, start: int) -> None:
         """Samples ``a:b`` are not blanked: each teaches the hum average of its phase
-        (``hum += weight * (x - hum)``, one mains period after the other, as the
-        recurrence it is) and the residual ``x - hum`` keeps the last 5 ms."""
+        (``hum = (1 - weight) * hum + weight * x``, one mains period after the other, as
+        the recurrence it is) and the residual ``x - hum`` keeps the last 5 ms."""
         hum, p = self._hum, self._hum.shape[1]
         d = np.empty((x.shape[0], b - a))
         i = a if self.mains_period else b
@@ -289,28 +290,26 @@ class ArtifactRemover:
                 np.subtract(x[:, i - p : i], self._last_hum, out=d[:, i - a - p : i - a])
                 continue
             phase = slice(ph0, ph0 + j - i)
-            piece = np.subtract(x[:, i:j], hum[:, phase], out=d[:, i - a : j - a])
-            if self.mains_period:
-                hum[:, phase] += _HUM_WEIGHT * piece
+            np.subtract(x[:, i:j], hum[:, phase], out=d[:, i - a : j - a])
+            if self.mains_period:  # the same arithmetic as _periods' lfilter
+                hum[:, phase] = (1.0 - _HUM_WEIGHT) * hum[:, phase] + _HUM_WEIGHT * x[:, i:j]
             i = j
         k = self._resid.shape[1]
         self._resid = np.concatenate((self._resid, d[:, -k:]), axis=1)[:, -k:]
 
     def _periods(self, x: np.ndarray) -> None:
-        """Whole mains periods of ``x`` (n_channels, m * period) from phase 0 through the
-        hum average, one period per step (three in-place ufuncs on every phase of every
-        channel); :attr:`_last_hum` is the average before the last period."""
-        hum, p = self._hum, self._hum.shape[1]
-        step = np.empty_like(hum)
-        periods = x.reshape(x.shape[0], -1, p).transpose(1, 0, 2)  # (m, n_channels, p)
-        for xk in periods[:-1]:
-            np.subtract(xk, hum, out=step)
-            step *= _HUM_WEIGHT
-            hum += step
-        self._last_hum = hum.copy()
-        np.subtract(periods[-1], hum, out=step)
-        step *= _HUM_WEIGHT
-        hum += step
+        """Whole mains periods of ``x`` (n_channels, m * period, m >= 2) from phase 0
+        through the hum average: per phase, one period after the other, ``hum = (1 - w)
+        * hum + w * x`` (:func:`scipy.signal.lfilter` along the periods evaluates exactly
+        that, element by element, so a piece at a time in :meth:`_follow` gives the same
+        bits); :attr:`_last_hum` is the average before the last period."""
+        nch, p = self._hum.shape
+        w = _HUM_WEIGHT
+        periods = x.reshape(nch, -1, p)
+        zi = ((1.0 - w) * self._hum)[:, None, :]
+        after, _ = _lfilter([w], [1.0, -(1.0 - w)], periods, axis=1, zi=zi)
+        self._last_hum = after[:, -2].copy()
+        self._hum[...] = after[:, -1]  # in place: _follow holds it
 
     def comb_inplace(self, y: np.ndarray, start: int) -> np.ndarray:
         """Stage 2 on filtered ``y`` (n_channels, n), in place, on stimulated channels."""

@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.signal import lfilter as _lfilter
 
 from closedloop.core.blanking import ArtifactRemover, mains_period
 
@@ -279,7 +280,11 @@ class EvokedResponse:
         lag of half a period). It learns only where neither the sample nor the period
         before it is inside a pulse's window, so it is frozen while a train runs (the
         M-wave never enters it, and phases the windows cover are not learned apart from
-        the others). In sample order, as one pass: chunk-invariant.
+        the others). Per phase, in sample order, each learning sample ``t`` moves the
+        template to ``(1 - w) * hum + w * t``, always in that form, whether one sample
+        is learnt at a time or a run of whole mains periods at once (there through
+        :func:`scipy.signal.lfilter` along the periods, which evaluates the same
+        recurrence element by element): the same bits in any chunking.
         """
         x = np.array(raw, dtype=np.float64)
         n = x.shape[1]
@@ -301,17 +306,47 @@ class EvokedResponse:
         reach = self.window + 2 + p
         for f in self._windows:
             learn[max(f - start, 0) : max(f + reach - start, 0)] = False
-        cuts = set(range(-(-start // p) * p - start, n, p))
-        cuts |= {int(i) for i in np.flatnonzero(learn[1:] != learn[:-1]) + 1}
-        bounds = sorted({0, n, *(c for c in cuts if 0 < c < n)})
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            ph0 = (start + a) % p
-            phase = slice(ph0, ph0 + b - a)
-            hum = self._hum[:, phase].copy()
+        target = x - running / p  # what the template learns, before x loses its hum
+        edges = [0, *(np.flatnonzero(learn[1:] != learn[:-1]) + 1).tolist(), n]
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
             if learn[a]:
-                self._hum[:, phase] += _HUM_WEIGHT * (x[:, a:b] - running[:, a:b] / p - hum)
-            x[:, a:b] -= hum
+                self._learn_run(x, target, start, a, b)
+            else:  # frozen: the template as it stands
+                phases = (start + np.arange(a, b)) % p
+                x[:, a:b] -= self._hum[:, phases]
         return x
+
+    def _learn_run(self, x: np.ndarray, target: np.ndarray, start: int, a: int,
+                   b: int) -> None:
+        """Take the hum out of ``x[:, a:b]`` while the template learns ``target`` there:
+        the part of a mains period before the run's first whole period, the whole
+        periods (all phases at once, along the periods), the part after."""
+        p = self.mains_period
+        w = _HUM_WEIGHT
+        head = min((-(start + a)) % p, b - a)
+        if head:
+            self._step(x, target, a, a + head, (start + a) % p)
+        a += head
+        whole = (b - a) // p
+        if whole:
+            c = a + whole * p
+            shape = (x.shape[0], whole, p)
+            t = target[:, a:c].reshape(shape)
+            zi = ((1.0 - w) * self._hum)[:, None, :]
+            after, _ = _lfilter([w], [1.0, -(1.0 - w)], t, axis=1, zi=zi)
+            before = np.concatenate((self._hum[:, None, :], after[:, :-1]), axis=1)
+            x[:, a:c] -= before.reshape(x.shape[0], -1)
+            self._hum = after[:, -1].copy()
+            a = c
+        if b > a:
+            self._step(x, target, a, b, 0)
+
+    def _step(self, x: np.ndarray, target: np.ndarray, a: int, b: int, ph0: int) -> None:
+        """One learning step of the phases ``ph0 .. ph0 + b - a`` (within one period)."""
+        phase = slice(ph0, ph0 + b - a)
+        hum = self._hum[:, phase].copy()
+        self._hum[:, phase] = (1.0 - _HUM_WEIGHT) * hum + _HUM_WEIGHT * target[:, a:b]
+        x[:, a:b] -= hum
 
     def _add(self, p: _Pending, ext: np.ndarray, base: int) -> None:
         row = ext[p.column]

@@ -166,3 +166,41 @@ def test_chunks_must_follow_each_other_and_settings_are_checked():
     for bad in (dict(skip_ms=30.0), dict(every_s=0.0), dict(end_fraction=1.0)):
         with pytest.raises(ValueError, match="EvokedSettings"):
             EvokedSettings(**bad)
+
+
+
+def _dehummed(raw: np.ndarray, fs: float, chunk: int) -> tuple[np.ndarray, int]:
+    names = [f"m{k}" for k in range(raw.shape[0])]
+    ev = EvokedResponse(EvokedSettings(), fs, names,
+                        ArtifactRemover(ArtifactSettings(), fs, names, 50.0), mains_hz=50.0)
+    n = raw.shape[1]
+    parts = [ev._dehum(raw[:, i : i + chunk], i) for i in range(0, n, chunk)]
+    return np.concatenate(parts, axis=1), ev.mains_period
+
+
+@pytest.mark.parametrize("chunk", [7, 10000])
+def test_the_hum_template_is_the_documented_recurrence_to_the_bit(chunk):
+    """Without pulses every sample teaches its phase ``(1 - w) * hum + w * t``, ``t`` the
+    sample minus the mean of the last mains period; the output is the sample minus the
+    template before it learnt. Whole periods at once (large chunks, along the periods)
+    give the same bits as one sample at a time."""
+    from closedloop.core.evoked import _HUM_WEIGHT
+    w = _HUM_WEIGHT
+
+    fs, n = 2000.0, 12345
+    rng = np.random.default_rng(3)
+    t = np.arange(n) / fs
+    raw = (rng.standard_normal((2, n)) * 1e-5 + 3e-5 * np.sin(2 * np.pi * 50 * t)
+           + np.array([[1e-3], [-2e-4]]))
+    one, p = _dehummed(raw, fs, 1)
+    got, _ = _dehummed(raw, fs, chunk)
+    np.testing.assert_array_equal(got, one)
+    hum, want = np.zeros((2, p)), np.empty_like(raw)
+    window = np.repeat(raw[:, :1], p, axis=1)  # the last period (the first sample before)
+    for i in range(n):
+        window = np.concatenate((window[:, 1:], raw[:, i : i + 1]), axis=1)
+        ph = i % p
+        want[:, i] = raw[:, i] - hum[:, ph]
+        hum[:, ph] = (1.0 - w) * hum[:, ph] + w * (raw[:, i] - window.sum(axis=1) / p)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    assert np.std(got[:, -4000:], axis=1).max() < 1.2e-5  # the hum is gone, noise and DC stay
