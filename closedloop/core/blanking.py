@@ -42,9 +42,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.signal import lfilter as _lfilter
 
 from closedloop.config.signal import ArtifactSettings
+from closedloop.core.sos import exponential_average
 
 
 @dataclass
@@ -300,16 +300,16 @@ class ArtifactRemover:
     def _periods(self, x: np.ndarray) -> None:
         """Whole mains periods of ``x`` (n_channels, m * period, m >= 2) from phase 0
         through the hum average: per phase, one period after the other, ``hum = (1 - w)
-        * hum + w * x`` (:func:`scipy.signal.lfilter` along the periods evaluates exactly
+        * hum + w * x`` (:func:`~closedloop.core.sos.exponential_average` evaluates exactly
         that, element by element, so a piece at a time in :meth:`_follow` gives the same
         bits); :attr:`_last_hum` is the average before the last period."""
         nch, p = self._hum.shape
         w = _HUM_WEIGHT
-        periods = x.reshape(nch, -1, p)
-        zi = ((1.0 - w) * self._hum)[:, None, :]
-        after, _ = _lfilter([w], [1.0, -(1.0 - w)], periods, axis=1, zi=zi)
-        self._last_hum = after[:, -2].copy()
-        self._hum[...] = after[:, -1]  # in place: _follow holds it
+        m = x.shape[1] // p
+        along = x.reshape(nch, m, p).transpose(0, 2, 1).reshape(nch * p, m)
+        after = exponential_average(along, self._hum.ravel(), w).reshape(nch, p, m)
+        self._last_hum = after[:, :, -2].copy()
+        self._hum[...] = after[:, :, -1]  # in place: _follow holds it
 
     def comb_inplace(self, y: np.ndarray, start: int) -> np.ndarray:
         """Stage 2 on filtered ``y`` (n_channels, n), in place, on stimulated channels."""

@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.signal import lfilter as _lfilter
 
 from closedloop.core.blanking import ArtifactRemover, mains_period
+from closedloop.core.sos import exponential_average
 
 #: Weight of one mains period in the hum template: slower than the blanking's (1/16),
 #: since at a pulse rate locked to the mains the template's own noise does not average
@@ -283,8 +283,9 @@ class EvokedResponse:
         the others). Per phase, in sample order, each learning sample ``t`` moves the
         template to ``(1 - w) * hum + w * t``, always in that form, whether one sample
         is learnt at a time or a run of whole mains periods at once (there through
-        :func:`scipy.signal.lfilter` along the periods, which evaluates the same
-        recurrence element by element): the same bits in any chunking.
+        :func:`~closedloop.core.sos.exponential_average` along the periods, which
+        evaluates the same recurrence element by element): the same bits in any
+        chunking.
         """
         x = np.array(raw, dtype=np.float64)
         n = x.shape[1]
@@ -330,12 +331,12 @@ class EvokedResponse:
         whole = (b - a) // p
         if whole:
             c = a + whole * p
-            shape = (x.shape[0], whole, p)
-            t = target[:, a:c].reshape(shape)
-            zi = ((1.0 - w) * self._hum)[:, None, :]
-            after, _ = _lfilter([w], [1.0, -(1.0 - w)], t, axis=1, zi=zi)
+            nch = x.shape[0]
+            t = target[:, a:c].reshape(nch, whole, p).transpose(0, 2, 1)  # (nch, p, whole)
+            after = exponential_average(t.reshape(nch * p, whole), self._hum.ravel(), w)
+            after = after.reshape(nch, p, whole).transpose(0, 2, 1)  # (nch, whole, p)
             before = np.concatenate((self._hum[:, None, :], after[:, :-1]), axis=1)
-            x[:, a:c] -= before.reshape(x.shape[0], -1)
+            x[:, a:c] -= before.reshape(nch, -1)
             self._hum = after[:, -1].copy()
             a = c
         if b > a:
