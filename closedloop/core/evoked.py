@@ -222,6 +222,19 @@ class EvokedResponse:
         self._sigma: dict[tuple[int, int], float] = {}  # (column, length) -> per-pulse noise
         self._position = 0
 
+    def restart_channel(self, column: int, level: float) -> None:
+        """Forget what one channel's raw signal taught the hum template, as the
+        pipeline's filters and blanking do when the channel comes back after bad data
+        (:meth:`Pipeline.restart_channel <closedloop.core.pipeline.Pipeline.restart_channel>`):
+        an impulse of huge values would otherwise stay in the template (and as a
+        rounding residue in the running mean) for tens of seconds, and every M-wave read
+        on that channel meanwhile would be the impulse's echo. The template restarts
+        empty and the running mean at ``level``; call between chunks."""
+        self._hum[column] = 0.0
+        if self._started:
+            self._ma_hist[column] = float(level)
+            self._ma_sum[column] = float(level) * self.mains_period
+
     # -- the levels --------------------------------------------------------------------
     def command(self, channel: int, current_ma: float, pulse_width_us: float,
                 effective_sample: int) -> None:

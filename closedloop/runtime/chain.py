@@ -123,9 +123,11 @@ class Chain:
             pipeline.detector.hold(c, held)
         for c, suspend in seg.changes:
             ended += pipeline.detector.suspend(c, suspend, seg.start, float(seg.timestamps[0]))
+        stim = self.stim
         for c in seg.restarts:  # good data again: restart the filters, no ringing from the step
             pipeline.restart_channel(c, seg.samples[0, c])
-        stim = self.stim
+            if stim is not None and stim.evoked is not None:
+                stim.evoked.restart_channel(c, seg.samples[0, c])
         if stim is not None and stim.evoked is not None:  # the raw pulses, before blanking
             self.mwaves = stim.evoked.process(seg.samples.T, pipeline.position, seg.timestamps)
         block = pipeline.process(seg.samples, seg.timestamps)

@@ -204,3 +204,30 @@ def test_the_hum_template_is_the_documented_recurrence_to_the_bit(chunk):
         hum[:, ph] = (1.0 - w) * hum[:, ph] + w * (raw[:, i] - window.sum(axis=1) / p)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
     assert np.std(got[:, -4000:], axis=1).max() < 1.2e-5  # the hum is gone, noise and DC stay
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_a_restart_forgets_an_impulse_the_hum_template_learnt(restart):
+    """A knock of 1 V on one channel (the input gate holds the detector and restarts the
+    channel after it): with the restart the hum-free signal there is back to the
+    noise's size at once; without it, the template gives the knock's echo every mains
+    period for tens of seconds, which an M-wave window would read as a response."""
+    fs, n = 2000.0, 20000
+    rng = np.random.default_rng(5)
+    t = np.arange(n) / fs
+    raw = rng.standard_normal((2, n)) * 1e-5 + 3e-5 * np.sin(2 * np.pi * 50 * t)
+    raw[0, 4000:4010] = 1.0  # the knock, 5 ms
+    names = ["m0", "m1"]
+    ev = EvokedResponse(EvokedSettings(), fs, names,
+                        ArtifactRemover(ArtifactSettings(), fs, names, 50.0), mains_hz=50.0)
+    before = ev._dehum(raw[:, :4200], 0)
+    assert np.abs(before[0, 4000:4010]).min() > 0.5  # the knock went through
+    if restart:  # the chain restarts the channel once the gate let it go
+        ev.restart_channel(0, float(raw[0, 4200]))
+    after = ev._dehum(raw[:, 4200:], 4200)
+    late = np.abs(after[0, 2000:])  # from 1 s after the knock on
+    if restart:
+        assert late.max() < 2e-4  # noise and the hum being learnt again, nothing more
+        np.testing.assert_array_equal(after[1], _dehummed(raw[1:], fs, n)[0][0, 4200:])
+    else:
+        assert late.max() > 1e-3  # the echo, 100 x the noise (what the restart is for)

@@ -146,3 +146,28 @@ def test_an_electrode_that_comes_off_mid_session_counts_where_the_muscle_respond
     live = t.add(off)
     first_off = next(p for p in live if p.sample >= 60 * FS and p.current_ma == 30.0)
     assert first_off.no_response and first_off.percent < 1.0
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_the_chain_restarts_the_mwave_reader_with_the_filters(config, restart):
+    """When the input checks restart a channel (good data again after a knock), the
+    chain restarts the M-wave reader's hum template with the pipeline's filters: what
+    the knock taught it is gone."""
+    from closedloop.core.stream import SourceInfo
+    from closedloop.runtime.chain import build_chain
+    from closedloop.runtime.inputs import Segment
+
+    names = tuple(config.muscle_names)
+    chain = build_chain(config, SourceInfo("t", FS, names), stimulating=True)
+    assert chain.stim is not None and chain.stim.evoked is not None
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2000, len(names))) * 1e-5
+    x[500:510, 0] = 1.0  # the knock
+    ts = np.arange(2020) / FS
+    chain.process(Segment(0, x, ts[:2000]))
+    knocked = np.abs(chain.stim.evoked._hum[0]).max()
+    y = rng.standard_normal((20, len(names))) * 1e-5
+    chain.process(Segment(2000, y, ts[2000:], restarts=(0,) if restart else ()))
+    left = np.abs(chain.stim.evoked._hum[0]).max()
+    assert knocked > 1e-3
+    assert (left < 1e-5) if restart else (left > 1e-3)
