@@ -257,6 +257,15 @@ class MWaveRules:
         ends the running repetition (ramps down).
     lower_percent : float
         How much ``lower`` takes off, % of the current.
+    skip_ms, window_ms, baseline_ms, every_s, present_snr : float
+        How the M-wave is measured, for every stimulating session (rules on or off;
+        :class:`closedloop.core.evoked.EvokedSettings`, whose defaults these are): the
+        window from ``skip_ms`` after each pulse (the stimulus artifact comes first) to
+        ``window_ms`` (or the next pulse), the level over ``baseline_ms`` before the
+        pulse subtracted, one averaged record per muscle and level every ``every_s``,
+        and a response present when its peak-to-peak is ``present_snr`` times the
+        noise of the average. A distal muscle or a long nerve path answers later:
+        widen ``window_ms``.
     """
 
     no_response_s: Annotated[float, Range(0.5, 60.0)] | None = None
@@ -264,6 +273,19 @@ class MWaveRules:
     fatigue_percent: Annotated[float, Range(10.0, 100.0, lo_open=True)] | None = None
     fatigue_action: FatigueAction = "warn"
     lower_percent: Annotated[float, Range(1.0, 50.0)] = 10.0
+    skip_ms: Annotated[float, Range(0.0, 20.0)] = 2.0
+    window_ms: Annotated[float, Range(2.0, 100.0)] = 25.0
+    baseline_ms: Annotated[float, Range(0.5, 20.0)] = 2.0
+    every_s: Annotated[float, Range(0.1, 60.0)] = 0.5
+    present_snr: Annotated[float, Range(2.0, 1000.0)] = 15.0
+
+    @model_validator(mode="after")
+    def _check_window(self) -> Self:
+        if self.skip_ms >= self.window_ms:
+            raise invalid("skip_ms", self.skip_ms,
+                          f"a number below window_ms = {self.window_ms:g} (the window "
+                          "starts skip_ms after the pulse and ends at window_ms)")
+        return self
 
     @property
     def enabled(self) -> bool:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from closedloop.config import Config
-from closedloop.config.stimulation import MuscleStim, ProtocolSettings
+from closedloop.config.stimulation import MuscleStim, MWaveRules, ProtocolSettings
 from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.effort import EffortEstimator, EffortSettings
 from closedloop.core.events import Block, Effort
@@ -203,8 +203,8 @@ def build_chain(config: Config, info: SourceInfo, *, stimulating: bool,
         stim = Stimulation(proto, SafetyGuard.from_muscles(muscles, safety, fs,
                                                            protocol=protocol), blanking)
         if blanking.enabled:  # the M-wave is read where the pulses are blanked
-            stim.evoked = EvokedResponse(EvokedSettings(), fs, names, blanking,
-                                         config.filters.notch_hz)
+            stim.evoked = EvokedResponse(evoked_settings(protocol.mwave), fs, names,
+                                         blanking, config.filters.notch_hz)
             if protocol.mwave.enabled:
                 stim.rules = ResponseRules(protocol.mwave, fs)
         if proto.uses_effort:
@@ -251,3 +251,10 @@ def _effort(config: Config, info: SourceInfo, remover: ArtifactRemover,
 
 
 __all__ = ["Chain", "EffortMeasure", "ProtocolFactory", "Stimulation", "build_chain"]
+
+
+def evoked_settings(mwave: MWaveRules) -> EvokedSettings:
+    """How the config's ``[protocol.mwave]`` says the M-wave is measured."""
+    return EvokedSettings(skip_ms=mwave.skip_ms, window_ms=mwave.window_ms,
+                          baseline_ms=mwave.baseline_ms, every_s=mwave.every_s,
+                          present_snr=mwave.present_snr)

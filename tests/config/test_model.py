@@ -113,8 +113,14 @@ def test_settings_built_in_code_are_checked_like_a_file():
          "muscles[1].limits.max_current_ma is missing; it is required"),
         (lambda d: d["detector"].update(k_of=1, min_onms=2),
          "detector: unknown key(s) k_of, min_onms; known keys here: baseline, block_ms"),
+        (lambda d: d["protocol"].setdefault("mwave", {}).update(skip_ms=10.0, window_ms=8.0),
+         "protocol.mwave.skip_ms = 10.0 is not allowed; expected a number below window_ms = "
+         "8 (the window starts skip_ms after the pulse and ends at window_ms)"),
+        (lambda d: d["protocol"].setdefault("mwave", {}).update(window_ms=500.0),
+         "protocol.mwave.window_ms = 500.0 is not allowed; expected a number >= 2 and <= 100"),
     ],
-    ids=["path", "text", "where", "choice", "no-muscles", "ceiling", "missing", "typos"],
+    ids=["path", "text", "where", "choice", "no-muscles", "ceiling", "missing", "typos",
+         "mwave-window", "mwave-range"],
 )
 def test_messages_name_the_key_and_everything_allowed(change, said):
     data = json.loads(json.dumps(load_config(SHIPPED).resolved))

@@ -171,3 +171,23 @@ def test_the_chain_restarts_the_mwave_reader_with_the_filters(config, restart):
     left = np.abs(chain.stim.evoked._hum[0]).max()
     assert knocked > 1e-3
     assert (left < 1e-5) if restart else (left > 1e-3)
+
+
+def test_the_config_says_how_the_mwave_is_measured(config, tmp_path):
+    """``[protocol.mwave]`` window and record period reach the M-wave reader a session
+    builds: a wider window reads more samples after each pulse, a shorter period
+    averages fewer pulses per record (the defaults without the keys)."""
+    from dataclasses import replace as dc_replace
+
+    from closedloop.core.stream import SourceInfo
+    from closedloop.runtime.chain import build_chain
+
+    names = tuple(config.muscle_names)
+    info = SourceInfo("t", FS, names)
+    default = build_chain(config, info, stimulating=True).stim.evoked
+    mwave = dc_replace(config.protocol.mwave, window_ms=40.0, every_s=0.25)
+    wide = dc_replace(config, protocol=dc_replace(config.protocol, mwave=mwave))
+    evoked = build_chain(wide, info, stimulating=True).stim.evoked
+    assert (default.settings.window_ms, default.settings.every_s) == (25.0, 0.5)
+    assert (evoked.settings.window_ms, evoked.settings.every_s) == (40.0, 0.25)
+    assert evoked.window > default.window and evoked.span < default.span
