@@ -343,6 +343,26 @@ class StimCount:
         return (self.on_samples + live) / fs
 
 
+def count_stimulation(counts: dict[str, StimCount], commands: Iterable[StimCommand]) -> bool:
+    """Fold commands into per-muscle counts, on the sample clock: a train starts at a
+    muscle's first non-zero command and ends at its next off (a muscle only ever
+    switched off, as by a session's final all-off, gets a count with no train). The
+    one rule for the session's outcome (:class:`closedloop.runtime.outcome.StimTally`)
+    and the published running totals (:class:`SessionTally`). True if a count changed."""
+    changed = False
+    for c in commands:
+        st = counts.setdefault(c.muscle, StimCount())
+        if c.is_on and st.on_since is None:
+            st.trains += 1
+            st.on_since = int(c.sample)
+            changed = True
+        elif not c.is_on and st.on_since is not None:
+            st.on_samples += max(0, int(c.sample) - st.on_since)
+            st.on_since = None
+            changed = True
+    return changed
+
+
 class SessionTally:
     """A session's running totals, folded from what it publishes.
 
@@ -381,17 +401,10 @@ class SessionTally:
         self.seq[ROLE_EVENTS] += len(events)
 
     def add_commands(self, commands: Sequence[StimCommand]) -> None:
-        """Trains start at a muscle's first non-zero command and end at its next off."""
-        for c in commands:
-            st = self.stim.setdefault(c.muscle, StimCount())
-            if c.is_on and st.on_since is None:
-                st.trains += 1
-                st.on_since = int(c.sample)
-                self.changed = True
-            elif not c.is_on and st.on_since is not None:
-                st.on_samples += max(0, int(c.sample) - st.on_since)
-                st.on_since = None
-                self.changed = True
+        """Trains start at a muscle's first non-zero command and end at its next off
+        (:func:`count_stimulation`)."""
+        if count_stimulation(self.stim, commands):
+            self.changed = True
         self.seq[ROLE_STIM] += len(commands)
 
     def add_marker(self, label: str) -> None:

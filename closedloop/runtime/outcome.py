@@ -21,6 +21,7 @@ import numpy as np
 from closedloop.core.events import Event
 from closedloop.core.evoked import MWave
 from closedloop.errors import EXIT_CODES, ClosedLoopError, exit_code
+from closedloop.io.outlets import StimCount, count_stimulation
 from closedloop.runtime.mwaves import MuscleMWave, MWaveTracker
 from closedloop.stim.commands import StimCommand
 
@@ -290,31 +291,24 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 
 class StimTally:
-    """Seconds each muscle was stimulated, summed command by command on the sample
-    clock (constant memory, so a bounded command history does not lose the dose)."""
+    """Seconds each muscle was stimulated, counted command by command on the sample
+    clock (constant memory, so a bounded command history does not lose the dose), by
+    the same rule as the running totals the session publishes
+    (:func:`closedloop.io.outlets.count_stimulation`)."""
 
     def __init__(self, fs: float) -> None:
         self.fs = float(fs)
-        self._on_since: dict[str, int] = {}
-        self._total: dict[str, float] = {}
+        self._counts: dict[str, StimCount] = {}
 
     def add(self, commands: Iterable[StimCommand]) -> None:
-        """Count the stimulation time of these commands, per muscle (a muscle that was
-        only ever switched off, as by the session's final all-off, is not counted)."""
-        for c in commands:
-            if c.is_on:
-                self._total.setdefault(c.muscle, 0.0)
-            if c.is_on and c.muscle not in self._on_since:
-                self._on_since[c.muscle] = c.sample
-            elif not c.is_on and c.muscle in self._on_since:
-                self._total[c.muscle] += (c.sample - self._on_since.pop(c.muscle)) / self.fs
+        """Count the stimulation time of these commands, per muscle."""
+        count_stimulation(self._counts, commands)
 
     def seconds(self, end: int) -> dict[str, float]:
-        """Totals, a channel still on counted up to sample ``end``."""
-        total = dict(self._total)
-        for m, s in self._on_since.items():
-            total[m] += (end - s) / self.fs
-        return total
+        """Totals, a channel still on counted up to sample ``end`` (a muscle that was
+        only ever switched off, as by the session's final all-off, is not listed)."""
+        return {m: st.on_seconds(self.fs, end) for m, st in self._counts.items()
+                if st.trains}
 
 
 def stim_seconds(commands: list[StimCommand], fs: float, end: int) -> dict[str, float]:
