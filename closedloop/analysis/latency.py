@@ -40,17 +40,23 @@ import sys
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from closedloop.config import Config
+
 #: The bench config: the shipped biceps/triceps pair, with short low-current trains and
-#: rests so the biceps can be triggered every two seconds.
+#: rests so the biceps can be triggered every two seconds; ``{detector}`` is the detector
+#: measured (:func:`latency_config`).
 BENCH_CONFIG = """
 name = "latency_bench"
 description = "closedloop bench --latency: biceps triggered assist, short trains"
 [session]
 watchdog_ms = 100.0
 [detector]
+kind = "{detector}"
 baseline = "adaptive"
 [[muscles]]
 name = "biceps"
@@ -85,6 +91,16 @@ co_contraction_gate = true
 [safety]
 session_dose_s = 3600.0
 """
+
+
+def latency_config(detector: str | None = None) -> Config:
+    """The bench config (:data:`BENCH_CONFIG`) with ``detector`` (a registered kind;
+    default: the built-in default detector) as its ``[detector] kind``."""
+    from closedloop.config import loads_config
+    from closedloop.config.model import DEFAULT_DETECTOR
+
+    return loads_config(BENCH_CONFIG.format(detector=detector or DEFAULT_DETECTOR),
+                        source="<latency bench config>")
 
 
 # -- the streamer (its own process) -------------------------------------------------------
@@ -225,18 +241,18 @@ def _pct(x) -> dict[str, float]:
 
 def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 10.0,
                 chunk_ms: float = 5.0, seed: int = 0, outlets: bool = False,
-                view: bool = False) -> dict:
+                view: bool = False, detector: str | None = None) -> dict:
     """Run the benchmark (see the module docstring); return the figures.
 
     ``outlets`` publishes the session's LSL streams as ``closedloop run`` does; ``view``
     also attaches a live view (``closedloop view``, its own process, offscreen when
-    there is no display), to measure whether watching a session slows the loop.
+    there is no display), to measure whether watching a session slows the loop;
+    ``detector`` is the detector kind the session runs (default: the built-in default).
     """
-    from closedloop.config import loads_config
     from closedloop.runtime.outcome import LoopOptions
     from closedloop.runtime.session import Session, SessionPlan
 
-    config = loads_config(BENCH_CONFIG, source="<latency bench config>")
+    config = latency_config(detector)
     name = f"closedloop-latency-{uuid.uuid4().hex[:8]}"
     with Streamer(name, "--seconds", f"{seconds + 5:g}", "--every", f"{every_s:g}",
                   "--snr-db", f"{snr_db:g}", "--chunk-ms", f"{chunk_ms:g}",
@@ -274,6 +290,7 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
     p, o = _pct(processing), _pct(total)
     return {
         "seconds": seconds, "fs": fs, "snr_db": snr_db, "chunk_ms": chunk_ms,
+        "detector": config.detector_kind,
         "commands": len(handed), "onsets": n_onsets, "triggered": len(total),
         "arrival_to_command_p50_ms": p["p50"], "arrival_to_command_p95_ms": p["p95"],
         "arrival_to_command_p99_ms": p["p99"],

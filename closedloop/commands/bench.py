@@ -57,14 +57,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _latency(args: argparse.Namespace) -> int:
-    """``closedloop bench --latency [--seconds S] [--outlets] [--with-view] [--json]``."""
+    """``closedloop bench --latency [--seconds S] [--detector KIND] [--outlets] [--with-view]
+    [--json]``."""
     view = bool(getattr(args, "with_view", False))
     outlets = bool(getattr(args, "outlets", False)) or view
-    r: dict[str, Any] = run_latency(args.seconds, outlets=outlets, view=view)
+    r: dict[str, Any] = run_latency(args.seconds, outlets=outlets, view=view,
+                                    detector=getattr(args, "detector", None))
     r["outlets"], r["view"] = outlets, view
-    print(f"closedloop bench --latency: {r['seconds']:g} s of simulated EMG at {r['fs']:g} Hz, "
-          f"{r['snr_db']:g} dB, over LSL on loopback in {r['chunk_ms']:g} ms chunks; "
-          "sim stimulator" + ("; LSL outlets on" if r["outlets"] else "")
+    print(f"closedloop bench --latency: detector {r['detector']}, {r['seconds']:g} s of simulated "
+          f"EMG at {r['fs']:g} Hz, {r['snr_db']:g} dB, over LSL on loopback in "
+          f"{r['chunk_ms']:g} ms chunks; sim stimulator"
+          + ("; LSL outlets on" if r["outlets"] else "")
           + ("; live view attached" if r["view"] else ""))
     print(f"  arrival -> command (processing): p50 {r['arrival_to_command_p50_ms']:.3f} ms, "
           f"p95 {r['arrival_to_command_p95_ms']:.3f} ms, "

@@ -72,3 +72,25 @@ def test_bench_without_detector_measures_the_built_in_default():
     assert f"detector {DEFAULT_DETECTOR}" in r.stdout.splitlines()[0]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["detector"] == DEFAULT_DETECTOR and got["chunk20_p50_us"] > 0
+
+
+@pytest.mark.parametrize("detector", [None, "cusum", "threshold"])
+def test_latency_bench_runs_the_detector_it_names(detector):
+    from closedloop.analysis.latency import latency_config
+    from closedloop.config.model import DEFAULT_DETECTOR
+
+    config = latency_config(detector)
+    assert config.detector_kind == (detector or DEFAULT_DETECTOR)
+
+
+@pytest.mark.slow
+def test_latency_bench_command_measures_cusum_when_asked():
+    # the documented closed-loop figure of cusum (docs/detection.md) comes from this path
+    r = subprocess.run(
+        ["closedloop", "bench", "--latency", "--seconds", "5", "--detector", "cusum", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "detector cusum" in r.stdout.splitlines()[0]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["detector"] == "cusum" and out["triggered"] >= 1
