@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           hi=1e6), default=10000, help="large chunk size, samples")
     b.add_argument("--detector",
                    help=f"detector to measure (a [detector] kind: {_registered('detector')}; "
-                        "default: the built-in default, threshold)")
+                        "default: the built-in default, cusum; --replay: threshold)")
     b.add_argument("--latency", action="store_true", help="end-to-end latency over LSL loopback")
     b.add_argument("--seconds", type=SECONDS, default=60.0, help="--latency: how long to stream")
     b.add_argument("--json", action="store_true", help="last line: one JSON object")

@@ -29,8 +29,8 @@ from closedloop.config.schema import Check, Flag, Range, Text, dump, missing, pa
 from closedloop.config.signal import (
     ArtifactSettings,
     Calibration,
+    CusumSettings,
     DetectorBase,
-    DetectorSettings,
     EnvelopeSettings,
     FilterSettings,
 )
@@ -128,9 +128,9 @@ class MuscleConfig:
 
 
 #: The detector of a ``[detector]`` table without ``kind`` (and of :func:`default_config`):
-#: the envelope threshold detector, for now (docs/detection.md says why, with the table:
-#: ``cusum`` makes far fewer false detections on the benchmark, but is not yet the default).
-DEFAULT_DETECTOR = "threshold"
+#: the sequential likelihood-ratio detector, chosen by ``closedloop evaluate --splice``
+#: (the README's detectors section gives the table and why).
+DEFAULT_DETECTOR = "cusum"
 
 
 @settings(kw_only=True)
@@ -151,7 +151,7 @@ class Config:
     sim: SimSettings = field(default_factory=SimSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
     envelope: EnvelopeSettings = field(default_factory=EnvelopeSettings)
-    detector: DetectorBase = field(default_factory=DetectorSettings)
+    detector: DetectorBase = field(default_factory=CusumSettings)
     #: ``[detector] kind``: which registered detector ``detector`` configures.
     detector_kind: Text = field(default=DEFAULT_DETECTOR, metadata={"toml": False})
     artifacts: ArtifactSettings = field(default_factory=ArtifactSettings)

@@ -11,7 +11,7 @@ from closedloop.errors import ConfigError
 
 #: The detector of recordings whose config does not name one: before ``[detector] kind``
 #: was recorded, every session ran the envelope threshold detector (the default then;
-#: and the default may change, which would then not read their ``[detector]`` keys).
+#: the default is now ``cusum``, which would not read their ``[detector]`` keys).
 LEGACY_DETECTOR = "threshold"
 
 

@@ -181,4 +181,12 @@ def test_a_cusum_config_loads():
     with pytest.raises(ConfigError, match="kind"):
         loads_config(text.replace('"cusum"', '"cusm"'), source="c.toml")
     plain = loads_config('[[muscles]]\nname = "a"\n', source="p.toml")
-    assert plain.detector_kind == "threshold" and plain.resolved["detector"]["kind"] == "threshold"
+    assert plain.detector_kind == "cusum" and plain.resolved["detector"]["kind"] == "cusum"
+    # a kind-less [detector] table written for the threshold detector says what to add
+    with pytest.raises(ConfigError) as err:
+        loads_config('[detector]\nk_on = 5.0\n[[muscles]]\nname = "a"\n', source="o.toml")
+    assert str(err.value).endswith(
+        "These are keys of kind = 'threshold'; the [detector] table has no kind, so it is "
+        "the default 'cusum': add kind = 'threshold' to keep that detector")
+    old = loads_config('[detector]\nkind = "threshold"\nk_on = 5.0\n[[muscles]]\nname = "a"\n')
+    assert old.detector_kind == "threshold" and old.detector.k_on == 5.0

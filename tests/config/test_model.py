@@ -18,7 +18,7 @@ import pytest
 import closedloop.config.model as model
 from closedloop.config import default_config, load_config, loads_config, parse_config
 from closedloop.config.schema import Range, settings
-from closedloop.config.signal import DetectorSettings
+from closedloop.config.signal import CusumSettings, DetectorSettings
 from closedloop.config.stimulation import ProtocolSettings, StimParams
 from closedloop.errors import ConfigError
 
@@ -112,7 +112,7 @@ def test_settings_built_in_code_are_checked_like_a_file():
         (lambda d: d["muscles"][1]["limits"].pop("max_current_ma"),
          "muscles[1].limits.max_current_ma is missing; it is required"),
         (lambda d: d["detector"].update(k_of=1, min_onms=2),
-         "detector: unknown key(s) k_of, min_onms; known keys here: baseline, block_ms"),
+         "detector: unknown key(s) k_of, min_onms; known keys here: ar_loading, ar_order"),
         (lambda d: d["protocol"].setdefault("mwave", {}).update(skip_ms=10.0, window_ms=8.0),
          "protocol.mwave.skip_ms = 10.0 is not allowed; expected a number below window_ms = "
          "8 (the window starts skip_ms after the pulse and ends at window_ms)"),
@@ -151,7 +151,7 @@ class BoostedProtocol(ProtocolSettings):
 
 
 @settings
-class OtherDetectorSettings(DetectorSettings):
+class OtherDetectorSettings(CusumSettings):
     """A detector with one more setting, as a registered detector might have."""
 
     smoothing: Annotated[int, Range(1, 9)] = 3
@@ -160,7 +160,7 @@ class OtherDetectorSettings(DetectorSettings):
 def test_protocol_and_detector_settings_come_from_the_per_kind_functions(monkeypatch):
     text = SHIPPED.read_text()
     boosted = text.replace('kind = "triggered_assist"', 'kind = "triggered_assist"\nboost = 0.7')
-    smoothed = boosted.replace("k_on = 6.0", "k_on = 6.0\nsmoothing = 5")
+    smoothed = boosted.replace("h_nats = 18.0", "h_nats = 18.0\nsmoothing = 5")
     with pytest.raises(ConfigError, match="protocol: unknown key.*boost"):
         loads_config(boosted)
     kinds = []
@@ -169,7 +169,7 @@ def test_protocol_and_detector_settings_come_from_the_per_kind_functions(monkeyp
     monkeypatch.setattr(model, "detector_settings_for",
                         lambda kind: kinds.append(kind) or OtherDetectorSettings)
     config = loads_config(smoothed, source="p.toml")
-    assert kinds == ["threshold", "triggered_assist"]
+    assert kinds == ["cusum", "triggered_assist"]
     assert config.protocol.boost == 0.7 and config.detector.smoothing == 5
     assert config.resolved["protocol"]["boost"] == 0.7
     assert config.resolved["detector"]["smoothing"] == 5

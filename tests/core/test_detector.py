@@ -10,7 +10,7 @@ from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_scr
 
 
 def threshold_config(muscles):
-    """The default config with the threshold detector (whatever the built-in default)."""
+    """The default config with the threshold detector (the built-in default is cusum)."""
     from dataclasses import replace
 
     from closedloop.config import default_config

@@ -104,7 +104,7 @@ def test_evaluate_a_folder_of_recordings_to_csv_markdown_json(recorded: Path, tm
 
 def test_replay_compares_configs_side_by_side(recorded: Path, tmp_path) -> None:
     k3 = tmp_path / "k3.toml"
-    k3.write_text(Path(CONFIG).read_text().replace("k_on = 6.0", "k_on = 3.0"))
+    k3.write_text(Path(CONFIG).read_text().replace("h_nats = 18.0", "h_nats = 9.0"))
     out = tmp_path / "replay.json"
     r = cl("replay", recorded, SHIPPED, "--config", "recorded", "--config", k3, "--out", out)
     assert r.returncode == 0, r.stderr

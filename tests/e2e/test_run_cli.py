@@ -230,7 +230,7 @@ def test_ctrl_c_exit_130_and_the_device_is_off(emulator):
 
 def test_bad_config_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text(Path(CONFIG).read_text().replace("k_on = 6.0", "k_on = -1.0"))
+    bad.write_text(Path(CONFIG).read_text().replace("h_nats = 18.0", "h_nats = -1.0"))
     proc = subprocess.run(
         [sys.executable, "-m", "closedloop", "run", "--config", str(bad), "--json"],
         cwd=ROOT,
@@ -240,7 +240,7 @@ def test_bad_config_exit_2(tmp_path):
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "detector.k_on = -1.0" in proc.stdout
+    assert "detector.h_nats = -1.0" in proc.stdout
 
 
 # -- the source ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ def test_replay_check_passes_with_the_recorded_config(capsys):
 def test_replay_check_fails_with_another_config(tmp_path, capsys):
     cfg = (ROOT / "configs" / "biceps_triceps.toml").read_text()
     changed = tmp_path / "k5.toml"
-    changed.write_text(cfg.replace("k_on = 6.0", "k_on = 3.0"))
+    changed.write_text(cfg.replace("h_nats = 18.0", "h_nats = 9.0"))
     assert main(["replay", str(REC), "--check", "--quiet", "--config", str(changed)]) == 8
     assert "CHECK FAILED" in capsys.readouterr().out
 

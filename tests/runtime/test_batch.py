@@ -83,7 +83,7 @@ def test_dask_batch_equals_the_local_batch(cluster, tmp_path, capsys) -> None:
     inputs = [str(files[0]), str(bad), str(files[1]), str(files[2])]
     k5 = tmp_path / "k5.toml"
     k5.write_text((ROOT / "configs" / "biceps_triceps.toml").read_text()
-                  .replace("k_on = 6.0", "k_on = 5.0"))
+                  .replace("h_nats = 18.0", "h_nats = 9.0"))
     argv = ["replay", *inputs, "--check", "--quiet", "--config", "recorded", "--config", str(k5)]
     out = {}
     for how, extra in (("local", ["--jobs", "2"]), ("dask", ["--cluster", cluster])):

@@ -36,11 +36,11 @@ def with_detector(config, kind: str):
 
 @pytest.fixture(scope="module")
 def shipped():
-    """The shipped config with the cusum detector."""
+    """The shipped config as it is (its detector: cusum)."""
     from closedloop.config import load_config
     from tests.conftest import CONFIGS
 
-    return with_detector(load_config(CONFIGS / "biceps_triceps.toml"), "cusum")
+    return load_config(CONFIGS / "biceps_triceps.toml")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_a_clean_session_starts_settling_not_suspended(clean):
 
 
 def test_a_cusum_session_settles_then_shows_its_evidence(shipped):
-    """The cusum detector: "settling" while it learns the rest (never "-" or
+    """The shipped detector (cusum): "settling" while it learns the rest (never "-" or
     "nan"), then its statistic against its threshold, on an 80-column line."""
     assert shipped.detector_kind == "cusum"
     src, stim = sim_session(shipped, SCRIPT, chunk=20)
