@@ -58,17 +58,43 @@ def test_biosppy_clear_bursts(shared_data, tmp_path):
     assert len(onsets) >= 5
 
 
+def _periods(rows, channel=None):
+    """(onset, offset) sample pairs of one channel (offset None: still active at the end)."""
+    out, on = [], None
+    for r in rows:
+        if channel is not None and r["channel"] != channel:
+            continue
+        if r["kind"] == "onset":
+            on = int(r["sample"])
+        elif on is not None:
+            out.append((on, int(r["sample"])))
+            on = None
+    return out + ([(on, None)] if on is not None else [])
+
+
 def test_biosppy_low_snr_activity_found_in_its_window(shared_data, tmp_path):
+    """The weak activity at 38-58 s is found (most of what BioSPPy's offline detector
+    marks there lies inside a detected activation) and few onsets fall on rest (away
+    from the window and from every stretch BioSPPy marks). Counted as activations, not
+    onsets: one sustained activation covers the activity as well as many short ones.
+    The default detector (cusum) covers 97 of 98 of BioSPPy's crossings there with 2
+    onsets on rest; the threshold detector covers 60 with 8 (docs/detection.md)."""
     out = tmp_path / "ev.csv"
     assert (
         main(["detect", str(shared_data / "biosppy_emg.txt"), "--fs", "1000", "--out", str(out)])
         == 0
     )
-    onsets = np.array([int(r["sample"]) for r in _events(out) if r["kind"] == "onset"]) / 1000.0
-    inside = ((onsets >= 35) & (onsets <= 58)).sum()
-    assert inside >= 5
-    # most detections fall in the documented activity window (38-58 s)
-    assert inside > len(onsets) / 2
+    rows = _events(out)
+    ref = np.array(json.loads((shared_data / "reference_outputs.json").read_text())[
+        "biosppy_emg.txt"]["biosppy_emg_default"]["crossings (onsets and offsets interleaved)"])
+    marked = ref[(ref >= 38000) & (ref <= 58000)]
+    active = _periods(rows)
+    covered = sum(any(a <= x <= (b if b is not None else np.inf) for a, b in active)
+                  for x in marked)
+    assert covered >= 0.6 * marked.size, (covered, marked.size, active)
+    onsets = np.array([int(r["sample"]) for r in rows if r["kind"] == "onset"])
+    on_rest = [o for o in onsets if not 35000 <= o <= 58000 and np.abs(ref - o).min() > 1000]
+    assert len(on_rest) <= 4, on_rest
 
 
 def test_uci_lower_limb_hamstrings_active_before_knee_flexion(shared_data, tmp_path):
@@ -82,10 +108,13 @@ def test_uci_lower_limb_hamstrings_active_before_knee_flexion(shared_data, tmp_p
     moving = np.abs(knee - np.median(knee[:500])) > 10
     starts = np.flatnonzero(moving[1:] & ~moving[:-1]) + 1
     assert len(starts) >= 2
-    bf = sorted(int(r["sample"]) for r in rows if r["kind"] == "onset" and r["channel"] == "ch1")
-    # the biceps femoris (agonist of knee flexion) is detected before or around each movement
+    bf = _periods(rows, "ch1")
+    # the biceps femoris (agonist of knee flexion) is detected active before or around
+    # each movement: active at some time from 1.5 s before the movement's start to 200 ms
+    # after it (a new onset there, or one activation over two movements whose short
+    # pause the detector did not take for rest)
     for s in starts:
-        assert any(s - 1500 <= o <= s + 200 for o in bf), (s, bf)
+        assert any(a <= s + 200 and (b is None or b >= s - 1500) for a, b in bf), (s, bf)
 
 
 def test_uci_gestures_multichannel_text_with_header(shared_data, tmp_path):
