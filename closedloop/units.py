@@ -6,7 +6,7 @@ everything a clinician reads (the status line, the summary, the report) shows a 
 in µV and anything else as the source names it (closedloop does not know an amplifier's
 gain). A detector's statistic is shown in the unit it has (:func:`display_units`), as the
 detector declares it (:class:`Statistic`, the
-:attr:`~closedloop.core.detectors.base.Detector.statistic` of its class): an envelope in
+:attr:`~closedloop.core.detectors.base.Detector.statistic_info` of its class): an envelope in
 the EMG's unit, the Teager-Kaiser energy in its square, CUSUM's log-likelihood ratio in
 nats, Bonato's test statistic without one.
 """
@@ -67,6 +67,13 @@ class Statistic:
         thresholds are EMG levels: µV for a voltage source)."""
         return self.unit == EMG
 
+    @property
+    def of_emg(self) -> bool:
+        """The statistic is the EMG's envelope or energy (in the EMG's unit or its
+        square): it shows the muscle's activity itself. Displays show the EMG level
+        beside a statistic that is not (cusum's)."""
+        return self.unit in (EMG, EMG_SQUARED)
+
 
 #: The statistic of the envelope threshold detector (the default).
 ENVELOPE = Statistic("envelope", EMG, "env")
@@ -75,7 +82,7 @@ ENVELOPE = Statistic("envelope", EMG, "env")
 def builtin_statistic(detector_kind: str) -> Statistic:
     """What the built-in detectors' statistics were shown as before detectors declared
     theirs (a caller that knows only a kind; prefer the detector class's
-    :attr:`~closedloop.core.detectors.base.Detector.statistic`)."""
+    :attr:`~closedloop.core.detectors.base.Detector.statistic_info`)."""
     if detector_kind in ENVELOPE_DETECTORS:
         return ENVELOPE
     if detector_kind == "tkeo":

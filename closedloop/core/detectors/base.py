@@ -34,7 +34,7 @@ A detector
   from the signal must not learn it from the blanking's fill or a train's M-waves;
 * may say what its rest learning found (:meth:`Detector.pop_notes`, as
   :class:`RestNote` records the session shows and records);
-* declares what its statistic is (:attr:`Detector.statistic`: name, unit, whether its
+* declares what its statistic is (:attr:`Detector.statistic_info`: name, unit, whether its
   offsets are decided on it), so the view, the status line, the report and the patient
   record show it in its own unit (:func:`statistic_of`).
 
@@ -134,7 +134,7 @@ class Detector(ABC):
     wants_raw: ClassVar[bool] = False
     #: What :attr:`Detection.statistic` and the thresholds are, for the displays (name,
     #: unit, whether offsets are decided on it): by default a statistic without a unit.
-    statistic: ClassVar[Statistic] = Statistic("detector statistic")
+    statistic_info: ClassVar[Statistic] = Statistic("detector statistic")
 
     def __init__(self, settings: Any, fs: float, channels: Sequence[str],
                  calibrations: Sequence[Calibration | None] | None = None) -> None:
@@ -208,7 +208,7 @@ class Detector(ABC):
 
 def statistic_of(kind: str) -> Statistic:
     """What the statistic of detector ``kind`` (a config's ``[detector] kind``) is, as
-    its class declares (:attr:`Detector.statistic`); for a kind that cannot be loaded
+    its class declares (:attr:`Detector.statistic_info`); for a kind that cannot be loaded
     here (a recording of another installation's add-on), a statistic named after it,
     without a unit."""
     from closedloop.registry import DETECTORS
@@ -217,10 +217,10 @@ def statistic_of(kind: str) -> Statistic:
         cls = DETECTORS.load(kind or "threshold")
     except (ClosedLoopError, ImportError):
         return Statistic(f"{kind} statistic")
-    stat = getattr(cls, "statistic", None)
+    stat = getattr(cls, "statistic_info", None)
     if not isinstance(stat, Statistic):
         return Statistic(f"{kind} statistic")
-    if stat == Detector.statistic:  # the base's default: name it after the kind
+    if stat == Detector.statistic_info:  # the base's default: name it after the kind
         return Statistic(f"{kind} statistic", stat.unit, stat.short, stat.offsets_on_it)
     return stat
 

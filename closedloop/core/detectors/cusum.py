@@ -169,7 +169,7 @@ class CusumDetector(Detector):
     settings_type = CusumSettings
     wants_raw = True
     #: Displays: the onset CUSUM in nats; offsets are decided on the offset CUSUM.
-    statistic = Statistic("cusum statistic", "nats", "stat", offsets_on_it=False)
+    statistic_info = Statistic("cusum statistic", "nats", "stat", offsets_on_it=False)
 
     def __init__(
         self,

@@ -547,7 +547,7 @@ class ThresholdDetector(Detector):
 
     kind = "threshold"
     settings_type = DetectorSettings
-    statistic = ENVELOPE
+    statistic_info = ENVELOPE
 
     def __init__(self, settings: DetectorSettings, fs: float, channels: Sequence[str],
                  calibrations: Sequence[Calibration | None] | None = None, *,
@@ -626,7 +626,7 @@ class TkeoDetector(ThresholdDetector):
 
     kind = "tkeo"
     settings_type = TkeoSettings
-    statistic = Statistic("TKEO energy", EMG_SQUARED, "tkeo")
+    statistic_info = Statistic("TKEO energy", EMG_SQUARED, "tkeo")
 
     def __init__(self, settings: TkeoSettings, fs: float, channels: Sequence[str],
                  calibrations: Sequence[Calibration | None] | None = None, *,
