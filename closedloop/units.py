@@ -4,9 +4,11 @@ Sources report their samples in their own units (:attr:`SourceInfo.units
 <closedloop.core.stream.SourceInfo.units>`: ``"V"``, ``"mV"``, ``"uV"``, ``"counts"``...);
 everything a clinician reads (the status line, the summary, the report) shows a voltage
 in µV and anything else as the source names it (closedloop does not know an amplifier's
-gain). A detector's statistic is shown in the unit it has: an envelope in the EMG's
-unit, the Teager-Kaiser energy in its square, and CUSUM's or Bonato's test statistic
-without one (:func:`display_units`).
+gain). A detector's statistic is shown in the unit it has (:func:`display_units`), as the
+detector declares it (:class:`Statistic`, the
+:attr:`~closedloop.core.detectors.base.Detector.statistic_info` of its class): an envelope in
+the EMG's unit, the Teager-Kaiser energy in its square, CUSUM's log-likelihood ratio in
+nats, Bonato's test statistic without one.
 """
 
 from __future__ import annotations
@@ -23,10 +25,69 @@ MICROVOLTS_PER = {"v": 1e6, "volt": 1e6, "volts": 1e6, "mv": 1e3, "millivolts": 
 #: Detectors whose statistic is an envelope of the EMG (in the EMG's unit).
 ENVELOPE_DETECTORS = ("threshold", "")
 
+#: :attr:`Statistic.unit` of a statistic in the EMG's own unit (an amplitude envelope).
+EMG = "emg"
+#: :attr:`Statistic.unit` of a statistic in the square of the EMG's unit (an energy).
+EMG_SQUARED = "emg^2"
+
 
 def microvolts_per(units: str | None) -> float | None:
     """Microvolts per unit of ``units`` (``"V"`` -> 1e6), or None when not a voltage."""
     return MICROVOLTS_PER.get((units or "").strip().lower())
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """What a detector's statistic (the values it compares with its thresholds) is, for
+    whatever shows it: the live view, the status line, the report, the patient record.
+
+    Attributes
+    ----------
+    name : str
+        What it is called: ``envelope``, ``TKEO energy``, ``cusum statistic``.
+    unit : str
+        :data:`EMG` (an amplitude in the EMG's own unit: µV for a voltage source),
+        :data:`EMG_SQUARED` (its square), or a unit of its own (``nats``; ``""``: none).
+    short : str
+        Its short name for a narrow line: ``env``, ``tkeo``, ``stat``.
+    offsets_on_it : bool
+        Offsets are decided on this statistic against the off-threshold. False when
+        they are decided on another one (cusum's offset CUSUM): displays then draw no
+        off-threshold line and do not place an offset at its event's value.
+    """
+
+    name: str
+    unit: str = ""
+    short: str = "stat"
+    offsets_on_it: bool = True
+
+    @property
+    def is_amplitude(self) -> bool:
+        """The statistic is an amplitude envelope of the EMG, in the EMG's unit (its
+        thresholds are EMG levels: µV for a voltage source)."""
+        return self.unit == EMG
+
+    @property
+    def of_emg(self) -> bool:
+        """The statistic is the EMG's envelope or energy (in the EMG's unit or its
+        square): it shows the muscle's activity itself. Displays show the EMG level
+        beside a statistic that is not (cusum's)."""
+        return self.unit in (EMG, EMG_SQUARED)
+
+
+#: The statistic of the envelope threshold detector (the default).
+ENVELOPE = Statistic("envelope", EMG, "env")
+
+
+def builtin_statistic(detector_kind: str) -> Statistic:
+    """What the built-in detectors' statistics were shown as before detectors declared
+    theirs (a caller that knows only a kind; prefer the detector class's
+    :attr:`~closedloop.core.detectors.base.Detector.statistic_info`)."""
+    if detector_kind in ENVELOPE_DETECTORS:
+        return ENVELOPE
+    if detector_kind == "tkeo":
+        return Statistic("TKEO energy", EMG_SQUARED, "tkeo")
+    return Statistic(f"{detector_kind} statistic")
 
 
 @dataclass(frozen=True)
@@ -44,6 +105,8 @@ class DisplayUnits:
         What the statistic is called: ``envelope``, ``TKEO energy``, ``cusum statistic``.
     stat_short : str
         Its short name for a narrow line: ``env``, ``tkeo``, ``stat``.
+    statistic : Statistic
+        What the detector declared about it.
     """
 
     emg_factor: float = 1.0
@@ -52,6 +115,7 @@ class DisplayUnits:
     stat_unit: str = ""
     stat_name: str = "envelope"
     stat_short: str = "env"
+    statistic: Statistic = ENVELOPE
 
     @property
     def is_voltage(self) -> bool:
@@ -67,17 +131,22 @@ class DisplayUnits:
         return with_unit(value * self.stat_factor, self.stat_unit)
 
 
-def display_units(units: str | None, detector_kind: str = "threshold") -> DisplayUnits:
-    """The :class:`DisplayUnits` of a source reporting ``units`` and a detector of
-    ``detector_kind`` (a config's ``[detector] kind``)."""
+def display_units(units: str | None,
+                  detector: Statistic | str = "threshold") -> DisplayUnits:
+    """The :class:`DisplayUnits` of a source reporting ``units`` and a detector whose
+    statistic is ``detector`` (what its class declares,
+    :func:`closedloop.core.detectors.base.statistic_of`; a config's ``[detector] kind``
+    gives :func:`builtin_statistic`)."""
+    stat = builtin_statistic(detector) if isinstance(detector, str) else detector
     k = microvolts_per(units)
     emg_f, emg_u = (k, "µV") if k is not None else (1.0, (units or "").strip())
-    if detector_kind in ENVELOPE_DETECTORS:
-        return DisplayUnits(emg_f, emg_u, emg_f, emg_u, "envelope", "env")
-    if detector_kind == "tkeo":
-        return DisplayUnits(emg_f, emg_u, emg_f**2, f"{emg_u}²" if emg_u else "",
-                            "TKEO energy", "tkeo")
-    return DisplayUnits(emg_f, emg_u, 1.0, "", f"{detector_kind} statistic", "stat")
+    if stat.unit == EMG:
+        f, u = emg_f, emg_u
+    elif stat.unit == EMG_SQUARED:
+        f, u = emg_f**2, f"{emg_u}²" if emg_u else ""
+    else:
+        f, u = 1.0, stat.unit
+    return DisplayUnits(emg_f, emg_u, f, u, stat.name, stat.short, stat)
 
 
 def number(x: float) -> str:
@@ -116,5 +185,6 @@ def duration(seconds: float) -> str:
     return f"{h} h {rest // 60:02d} min"
 
 
-__all__ = ["MICROVOLTS_PER", "DisplayUnits", "display_units", "duration", "microvolts_per",
-           "number", "with_unit"]
+__all__ = ["EMG", "EMG_SQUARED", "ENVELOPE", "MICROVOLTS_PER", "DisplayUnits", "Statistic",
+           "builtin_statistic", "display_units", "duration", "microvolts_per", "number",
+           "with_unit"]

@@ -93,7 +93,8 @@ METRICS: tuple[Metric, ...] = (
            lambda _s, m: getattr(m, EFFORT_FIELD, None), 0, _LATER),
     Metric("threshold", "Detector on-threshold", "µV", True,
            lambda _s, m: m.on_threshold_uv if m else None, 1,
-           "no onset was detected, or the EMG units were not a voltage"),
+           "no onset was detected, the EMG units were not a voltage, or the detector's "
+           "thresholds are not EMG levels (cusum: nats)"),
     Metric("dose", "Stimulation dose", "% of session limit", True, _dose, 1,
            "these sessions did not stimulate"),
     Metric("mwave", "M-wave amplitude (first trains)", "µV", True,
@@ -295,10 +296,17 @@ SESSION_NOTE = ("reps: repetitions (triggers or trials); min: minutes of EMG; st
 COLUMNS = {"effort": "effort % MVC", "mwave": "M-wave µV", "mwave_drop": "M-drop %"}
 
 
+#: What the per-muscle table's thresholds are.
+MUSCLE_NOTE = ("detector: the one that decided the onsets; thresholds: of the EMG envelope "
+               "in µV, in force at the session's onsets (none for a detector whose statistic "
+               "is not an EMG level: cusum decides on a log-likelihood ratio in nats)")
+
+
 def muscle_rows(h: History) -> tuple[list[str], list[list[str]]]:
-    """Per session and muscle: onsets, thresholds, stimulation, dose (and effort and
-    M-wave when recorded)."""
-    headers = ["#", "muscle", "onsets", "on-thr µV", "off-thr µV", "stim s", "dose %"]
+    """Per session and muscle: the detector that decided, onsets, thresholds,
+    stimulation, dose (and effort and M-wave when recorded)."""
+    headers = ["#", "muscle", "detector", "onsets", "on-thr µV", "off-thr µV", "stim s",
+               "dose %"]
     extra = [m for m in h.recorded if m.key in COLUMNS]
     headers += [COLUMNS[m.key] for m in extra]
     rows = []
@@ -307,7 +315,8 @@ def muscle_rows(h: History) -> tuple[list[str], list[list[str]]]:
             m = r.muscle(name)
             if m is None:
                 continue
-            rows.append([str(i), name, _f(m.onsets, 0), _f(m.on_threshold_uv),
+            rows.append([str(i), name, (r.detector or DASH)[:16], _f(m.onsets, 0),
+                         _f(m.on_threshold_uv),
                          _f(m.off_threshold_uv), _f(m.stim_s), _f(_dose(r, m))]
                         + [_f(x.value(r, m), x.digits) for x in extra])
     return headers, rows
@@ -355,8 +364,9 @@ def terminal_lines(h: History) -> list[str]:
         lines += ["", "Sessions"] + _table(SESSION_HEADERS, session_rows(h), left=4)
         lines += [_wrap(SESSION_NOTE, "  ")]
         headers, rows = muscle_rows(h)
-        lines += ["", "Per muscle (# as above; thresholds of the envelope)"]
-        lines += _table(headers, rows, left=2)
+        lines += ["", "Per muscle (# as above)"]
+        lines += _table(headers, rows, left=3)
+        lines += [_wrap(MUSCLE_NOTE, "  ")]
         lines += ["", "Weeks"] + _table(WEEK_HEADERS, week_rows(h), left=2)
         trends = trend_rows(h)
         if trends:
@@ -461,7 +471,7 @@ def render_html(h: History, *, generated: str | None = None) -> str:
         week_headers=WEEK_HEADERS, week_rows=week_rows(h),
         calibration_headers=CALIBRATION_HEADERS, calibration_rows=calibration_rows(h),
         trends=trend_rows(h),
-        session_note=SESSION_NOTE,
+        session_note=SESSION_NOTE, muscle_note=MUSCLE_NOTE,
         not_recorded=[(m.label, m.missing) for m in h.not_recorded])
 
 

@@ -8,6 +8,9 @@ publishes) and keeps, in constant memory whatever the session's length:
   stimulation pulses were blanked, as the lowest and highest value in each of about
   :data:`BINS` bins over the session, with the on-threshold in force at each bin's end:
   enough to draw an hour at a page's resolution;
+* for a detector whose statistic is not an EMG amplitude (cusum: nats), each muscle's
+  **EMG level** likewise: the amplitude envelope of the same filtered, blanked EMG
+  (:func:`~closedloop.core.envelope.level_settings`), in the source's units;
 * the **voluntary effort of every attempt**, from each onset to the muscle's offset (at
   most :data:`MAX_ATTEMPT_S`): the mean (RMS of the filtered EMG over the samples that
   were not blanked, nor within the effort guard after a blanked stretch) and the peak
@@ -31,7 +34,9 @@ import numpy as np
 
 from closedloop.config import Config
 from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.detectors.base import statistic_of
 from closedloop.core.effort import EffortEstimator, EffortSettings
+from closedloop.core.envelope import Envelope, level_settings
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Block
 
 #: About this many bins over the session for the envelope plot (a page's width).
@@ -105,6 +110,14 @@ class Processed:
         self.env_min = np.full((n_bins, k), np.inf)
         self.env_max = np.full((n_bins, k), -np.inf)
         self.on_threshold = np.full((n_bins, k), np.nan)
+        #: The EMG level's bins (None when the detector's statistic is that level).
+        self.level_min: np.ndarray | None = None
+        self.level_max: np.ndarray | None = None
+        self._level: Envelope | None = None
+        if not statistic_of(config.detector_kind).of_emg:
+            self._level = Envelope(level_settings(config.envelope), self.fs, k)
+            self.level_min = np.full((n_bins, k), np.inf)
+            self.level_max = np.full((n_bins, k), -np.inf)
         self.processed = 0  # samples the loop processed
         self.markers: list[Marker] = []
         self.attempts: list[Attempt] = []
@@ -171,13 +184,19 @@ class Processed:
         first, last = a // b, (a + m - 1) // b
         edges = np.arange(first + 1, last + 1) * b - a  # block rows where a new bin starts
         starts = np.r_[0, edges].astype(np.intp)
-        env = np.asarray(block.envelope, dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            lo = np.fmin.reduceat(env, starts, axis=0)
-            hi = np.fmax.reduceat(env, starts, axis=0)
         rows = slice(first, last + 1)
-        self.env_min[rows] = np.fmin(self.env_min[rows], lo)
-        self.env_max[rows] = np.fmax(self.env_max[rows], hi)
+        series = [(block.envelope, self.env_min, self.env_max)]
+        if self._level is not None and self.level_min is not None \
+                and self.level_max is not None:
+            series.append((self._level.process(block.filtered), self.level_min,
+                           self.level_max))
+        for values, low, high in series:
+            x = np.asarray(values, dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                lo = np.fmin.reduceat(x, starts, axis=0)
+                hi = np.fmax.reduceat(x, starts, axis=0)
+            low[rows] = np.fmin(low[rows], lo)
+            high[rows] = np.fmax(high[rows], hi)
         self.on_threshold[rows] = block.on_threshold  # in force at the block's end
 
     def _measure(self, c: int, lo: int, hi: int, a: int, effort: np.ndarray,

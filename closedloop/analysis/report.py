@@ -24,7 +24,10 @@ the top:
    :mod:`closedloop.runtime.mwaves`), and a warning at the top when a muscle gave no
    response while it was stimulated (electrodes).
 4. **The session over time**: each muscle's envelope against its threshold, with the
-   stimulation and the onsets.
+   stimulation and the onsets; for a detector whose statistic is not an EMG amplitude
+   (cusum: a log-likelihood ratio in nats, which rests at 0 while the muscle is active),
+   each muscle's EMG level in µV above its statistic against its threshold, each in its
+   own unit.
 5. **Appendix** (engineering): the file, its streams and samples, the processing
    settings, the replay's agreement with the recording, processing latency, detection
    against the simulated truth.
@@ -69,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from closedloop.analysis.processed import Processed
+from closedloop.core.detectors.base import statistic_of
 from closedloop.core.events import ONSET
 from closedloop.units import DisplayUnits, display_units, duration, number
 
@@ -305,14 +309,15 @@ def _checklist(meta: dict) -> tuple[list[tuple[str, str]], str]:
 
 def _calibration(cfg, meta: dict, units: DisplayUnits) -> tuple[list[Row], str]:
     rows = []
+    # the calibration gives on-thresholds only to a detector deciding on the EMG envelope
+    # (or its energy); another (cusum) takes the rest level from it and has thresholds
+    # of its own statistic, not EMG levels
+    envelope = units.statistic.of_emg
     for m in cfg.muscles:
         cal = m.calibration
         if cal is None:
             continue
-        try:
-            on, _ = cal.thresholds(cfg.detector)
-        except AttributeError:  # a detector without envelope thresholds
-            on = math.nan
+        on = cal.thresholds(cfg.detector)[0] if envelope else math.nan
         rows.append(Row([m.name, units.emg(cal.rest_mean), units.emg(cal.rest_sd),
                          units.emg(cal.mvc) if cal.mvc is not None else "not measured",
                          units.stat(on) if math.isfinite(on) else "-"]))
@@ -325,6 +330,11 @@ def _calibration(cfg, meta: dict, units: DisplayUnits) -> tuple[list[Row], str]:
                 f"{c.get('calibrated')})")
     else:
         note = "from the session's config"
+    if not envelope:
+        unit = f" in {units.stat_unit}" if units.stat_unit else ""
+        note += (f"; the {cfg.detector_kind} detector takes the rest level from it and "
+                 f"decides on its {units.stat_name}{unit}, not on an EMG level: no "
+                 "on-threshold in µV (its threshold is shown in The session over time)")
     return rows, note
 
 
@@ -655,7 +665,7 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     cfg, cfg_note = _config(session)
     rep = _replay(session, cfg)
     cfg = rep.config
-    units = display_units(session.units, cfg.detector_kind)
+    units = display_units(session.units, statistic_of(cfg.detector_kind))
     duration_s = n / fs
     title, header = _header(session, cfg, meta)
     checklist, checklist_note = _checklist(meta)
@@ -740,13 +750,21 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     for c, name in enumerate(cfg.muscle_names):
         low = np.where(np.isfinite(pr.env_min[:, c]), pr.env_min[:, c], np.nan)
         high = np.where(np.isfinite(pr.env_max[:, c]), pr.env_max[:, c], np.nan)
-        lane = plots.Lane(name, low * units.stat_factor, high * units.stat_factor,
-                          pr.on_threshold[:, c] * units.stat_factor)
-        for s in stims:
-            if s.muscle == name:
-                lane.stimulation += [(a / fs, b / fs, ma) for a, b, ma in s.spans]
-        lane.onsets = [(e.sample - first) / fs for e in onsets if e.channel == name]
-        lanes.append(lane)
+        muscle = [plots.Lane(name, low * units.stat_factor, high * units.stat_factor,
+                             pr.on_threshold[:, c] * units.stat_factor)]
+        if pr.level_min is not None and pr.level_max is not None:
+            # the muscle's activity in µV above the statistic the detector decided on
+            lo, hi = pr.level_min[:, c], pr.level_max[:, c]
+            muscle.insert(0, plots.Lane(
+                name, np.where(np.isfinite(lo), lo, np.nan) * units.emg_factor,
+                np.where(np.isfinite(hi), hi, np.nan) * units.emg_factor,
+                np.full(lo.shape, np.nan), what="EMG level", unit=units.emg_unit))
+        for lane in muscle:
+            for s in stims:
+                if s.muscle == name:
+                    lane.stimulation += [(a / fs, b / fs, ma) for a, b, ma in s.spans]
+            lane.onsets = [(e.sample - first) / fs for e in onsets if e.channel == name]
+        lanes += muscle
     timeline_svg = plots.timeline(lanes, pr.bin_size / fs, duration_s, units.stat_name,
                                   units.stat_unit)
 
@@ -760,15 +778,27 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
         key=key, stimulation=stim_rows, effort_unit=effort_unit, effort=effort_rows,
         effort_note=_effort_note(effort_unit, units), effort_svg=effort_svg,
         latency=lat_rows, latency_note=lat_note, timeline_svg=timeline_svg,
-        timeline_note=(f"The {units.stat_name} each muscle's detector saw (stimulation "
-                       "pulses blanked, as the session processed them: the recording replayed "
-                       "through the same pipeline), against its on-threshold."),
+        timeline_note=_timeline_note(units),
         appendix=appendix, markers=marker_rows, issues=issue_rows,
         generated=generated or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
         mwave=mwave_rows, mwave_note=mwave_note,
         mwave_svg=(plots.mwaves(mwave_series, units.emg_unit, duration_s) if mwave_series
                    else ""),
     )
+
+
+def _timeline_note(units: DisplayUnits) -> str:
+    how = ("(stimulation pulses blanked, as the session processed them: the recording "
+           "replayed through the same pipeline)")
+    if units.statistic.of_emg:
+        return f"The {units.stat_name} each muscle's detector saw {how}, against its on-threshold."
+    unit = f" ({units.stat_unit})" if units.stat_unit else ""
+    level = f" ({units.emg_unit})" if units.emg_unit else ""
+    return (f"Per muscle, its EMG level{level} and below it the {units.stat_name}{unit} its "
+            f"detector decided on {how}, against its on-threshold. The EMG level is the "
+            f"amplitude envelope of the same EMG; the {units.stat_name} is the evidence that "
+            "a contraction began: it rises to the threshold at the onset and rests at 0 while "
+            "the muscle is active.")
 
 
 def _ms(x: float) -> str:

@@ -41,6 +41,9 @@ class Lane:
         When the muscle was stimulated, and the highest current of each stimulation.
     onsets : list of float
         Onset times, s.
+    what, unit : str or None
+        What the lane draws and its unit (None: the figure's statistic and unit); a
+        lane without a threshold (all NaN) draws no threshold line.
     """
 
     name: str
@@ -49,6 +52,8 @@ class Lane:
     threshold: np.ndarray
     stimulation: list[tuple[float, float, float]] = field(default_factory=list)
     onsets: list[float] = field(default_factory=list)
+    what: str | None = None
+    unit: str | None = None
 
 
 def _svg(fig) -> str:
@@ -86,11 +91,15 @@ def timeline(lanes: Sequence[Lane], bin_s: float, duration_s: float, stat_name: 
             t = (np.arange(n) + 0.5) * bin_s / div
             finite = np.isfinite(lane.high)
             top = _top(lane.high[finite], lane.threshold)
+            what = stat_name if lane.what is None else lane.what
+            lane_unit = unit if lane.unit is None else lane.unit
             ax.fill_between(t, np.where(finite, lane.low, np.nan),
                             np.where(finite, np.minimum(lane.high, top * 1.08), np.nan),
-                            color="0.35", lw=0.4, step="mid", label=stat_name)
-            ax.step(t, lane.threshold, where="post", color="#d62728", lw=0.9,
-                    label="on-threshold")
+                            color="0.35" if lane.what is None else "#1f77b4", lw=0.4,
+                            step="mid", label=what)
+            if np.isfinite(lane.threshold).any():
+                ax.step(t, lane.threshold, where="post", color="#d62728", lw=0.9,
+                        label="on-threshold")
             peak_ma = 0.0
             for a, b, ma in lane.stimulation:
                 ax.axvspan(a / div, b / div, color="#1f77b4", alpha=0.18, lw=0)
@@ -99,12 +108,17 @@ def timeline(lanes: Sequence[Lane], bin_s: float, duration_s: float, stat_name: 
                 ax.plot(np.asarray(lane.onsets) / div, np.full(len(lane.onsets), top * 1.12),
                         "|", color="#2ca02c", ms=5, mew=1.2, label="onset")
             ax.set_ylim(0, top * 1.18)
-            ax.set_ylabel(f"{lane.name}\n{unit}" if unit else lane.name)
+            ax.set_ylabel(f"{lane.name}\n{lane_unit}" if lane_unit else lane.name)
             if peak_ma:
                 ax.text(1.0, 1.0, f"stimulated up to {peak_ma:g} mA", transform=ax.transAxes,
                         ha="right", va="bottom", fontsize=6.5, color="#1f77b4")
             ax.margins(x=0)
-        axes[0].legend(loc="upper left", bbox_to_anchor=(0.0, 1.32), ncol=3, frameon=False)
+        handles: dict[str, Any] = {}  # every lane's kinds, once (e.g. EMG level, statistic)
+        for ax in axes:
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, h)
+        axes[0].legend(list(handles.values()), list(handles), loc="upper left",
+                       bbox_to_anchor=(0.0, 1.32), ncol=min(4, len(handles)), frameon=False)
         axes[-1].set_xlabel(f"time ({tunit}); shaded: stimulation")
         axes[-1].set_xlim(0, duration_s / div)
         return _svg(fig)

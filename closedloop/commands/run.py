@@ -30,6 +30,7 @@ from dataclasses import asdict
 import numpy as np
 
 from closedloop.config import Config
+from closedloop.core.detectors.base import statistic_of
 from closedloop.errors import ClosedLoopError
 from closedloop.io.records import resolve_path
 from closedloop.runtime.outcome import LoopOptions, Outcome, StopRequest
@@ -121,7 +122,8 @@ def _thresholds(out: Outcome, config: Config | None, units: str) -> str:
             if e.kind == "onset" and math.isfinite(e.threshold)}
     if not last:
         return ""
-    u = display_units(units, config.detector_kind if config is not None else "threshold")
+    u = display_units(units, statistic_of(config.detector_kind if config is not None
+                                          else "threshold"))
     return ", ".join(f"{m} {u.stat(v)}" for m, v in last.items()) + f" ({u.stat_name}, at " \
         "the last onset)"
 

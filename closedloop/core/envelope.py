@@ -86,3 +86,20 @@ class Envelope:
         """Envelope of (n, n_channels) samples; returns (n, n_channels)."""
         x = np.array(filtered.T, dtype=np.float64, order="C")
         return self.process_inplace(x).T
+
+
+def level_settings(settings: EnvelopeSettings) -> EnvelopeSettings:
+    """The envelope that shows a muscle's activity as an EMG amplitude (in the EMG's
+    unit) whatever the detector decides on: the config's ``[envelope]`` when it is an
+    amplitude (``rms``, ``lowpass``: what a calibration measures, so a level in % MVC
+    means what it says), else a moving RMS over its window.
+
+    For the displays of a detector whose statistic is not an amplitude (cusum's
+    log-likelihood ratio in nats): the view, the status line and the report show this
+    level beside it.
+    """
+    if settings.kind in ("rms", "lowpass"):
+        return settings
+    from dataclasses import replace
+
+    return replace(settings, kind="rms")

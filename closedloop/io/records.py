@@ -39,7 +39,9 @@ an older file applies the missing ones in one transaction (a newer file is refus
 update closedloop). Version 1 had sessions and muscles; version 2 added what a session
 needs to start from a stored calibration (``emg_units``, ``signal_settings``,
 ``calibration_from``) and the gated trigger count; version 3 the evoked response
-(M-wave) of each stimulated muscle (``mwave_*`` columns of ``muscles``).
+(M-wave) of each stimulated muscle (``mwave_*`` columns of ``muscles``); version 4 the
+detector that decided (``sessions.detector``: its thresholds are in µV only when its
+statistic is an EMG amplitude).
 
 Adding a measure (the effort per attempt of the clinical report, as version 3 added the
 M-wave): append a migration to :data:`MIGRATIONS` (``ALTER TABLE
@@ -128,8 +130,12 @@ _V3 = (
     "ALTER TABLE muscles ADD COLUMN mwave_no_response INTEGER",
 )
 
+_V4 = (
+    "ALTER TABLE sessions ADD COLUMN detector TEXT",
+)
+
 #: ``MIGRATIONS[v]``: the statements from schema version ``v`` to ``v + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -149,7 +155,8 @@ class MuscleRecord:
     on_threshold_uv, off_threshold_uv : float or None
         Detector thresholds in force at the onsets (a calibrated muscle: its fixed
         ones; an adaptive one: the median over the session's last onsets), µV of
-        envelope.
+        envelope; None for a detector whose statistic is not an EMG amplitude (cusum:
+        nats).
     rest_mean_uv, rest_sd_uv, mvc_uv : float or None
         The calibration: envelope at rest (mean, SD) and at maximal voluntary
         contraction, µV. A calibrate row holds what it measured; a run row the
@@ -220,6 +227,9 @@ class SessionRecord:
     calibration_from : int or None
         Id of the calibrate row this run started from (None: the config's own, or the
         adaptive baseline).
+    detector : str or None
+        The detector that decided (a config's ``[detector] kind``; None: recorded
+        before schema version 4).
     closedloop_version : str or None
         Version that wrote the row.
     muscles : tuple of MuscleRecord
@@ -249,6 +259,7 @@ class SessionRecord:
     signal_settings: str | None = None
     calibration_from: int | None = None
     closedloop_version: str | None = None
+    detector: str | None = None
     muscles: tuple[MuscleRecord, ...] = field(default=())
     id: int | None = None
 

@@ -25,6 +25,7 @@ import numpy as np
 import closedloop
 from closedloop.config import Config, parse_config
 from closedloop.config.signal import Calibration, DetectorSettings
+from closedloop.core.detectors.base import statistic_of
 from closedloop.errors import ConfigError, RecordError
 from closedloop.io.records import (
     MuscleRecord,
@@ -210,14 +211,17 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
     """The patient-record row of a finished session (``config.patient`` must be set).
 
     Repetitions come from the protocol's counts; the success rate only where the
-    protocol can miss (cued trials: hits / trials); thresholds are those in force at
-    the session's onsets (a calibrated muscle: its fixed ones); the evoked response
+    protocol can miss (cued trials: hits / trials); the detector that decided;
+    thresholds are those in force at the session's onsets (a calibrated muscle: its
+    fixed ones), stored in µV only for a detector whose statistic is an EMG amplitude
+    (the cusum statistic's nats are not µV: none are stored); the evoked response
     (M-wave) of each muscle that had one measured (``out.mwave``: its working
     current, first and last trains, the drop between them and the measurements
     without a response); values in µV when the source's units are a voltage (None
     otherwise).
     """
     uv = microvolts_per(units)
+    amplitude = statistic_of(config.detector_kind).is_amplitude
     t = out.trials or {}
     kind = getattr(config.protocol, "kind", None)
     success = None
@@ -225,8 +229,8 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
         success = t.get("hits", 0) / t["trials"]
     muscles = []
     for m in config.muscles:
-        on, off = _thresholds(out, m.name)
-        if (m.calibration is not None and math.isnan(on)
+        on, off = _thresholds(out, m.name) if amplitude else (math.nan, math.nan)
+        if (amplitude and m.calibration is not None and math.isnan(on)
                 and isinstance(config.detector, DetectorSettings)):
             on, off = m.calibration.thresholds(config.detector)
         cal = m.calibration
@@ -250,7 +254,7 @@ def session_record(out: Outcome, config: Config, *, started: str, units: str,
         dose_limit_s=getattr(config.safety, "session_dose_s", None),
         recording=_abs(recording), emg_units=units, signal_settings=signal_settings(config),
         calibration_from=calibration_from, closedloop_version=closedloop.__version__,
-        muscles=tuple(muscles),
+        detector=config.detector_kind or "threshold", muscles=tuple(muscles),
     )
 
 

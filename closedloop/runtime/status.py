@@ -15,7 +15,11 @@ repetitions and stimulation always stay.
 
 EMG is shown in µV when the source reports a voltage (V, mV, uV), as the source names
 it otherwise (``counts``), a detector's statistic in its own unit
-(:func:`closedloop.units.display_units`). While the filters settle at the start of a
+(:func:`closedloop.units.display_units`: cusum's in nats). A detector whose statistic is
+not an EMG level (cusum: it rests at 0 while the muscle is active) gets the muscle's EMG
+level beside it where the line has room (``biceps EMG 12 µV, cusum statistic 0.4 nats,
+on above 18 nats``): the RMS of the EMG the detector saw over the last
+``[envelope] window_ms``. While the filters settle at the start of a
 session (the input checks have not yet judged a channel usable; the adaptive baseline
 is still learning the rest level) a muscle reads ``settling``: nothing is wrong. A
 muscle whose input goes bad later reads ``SUSPENDED`` with the reason, one the impulse
@@ -28,6 +32,9 @@ import math
 import shutil
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
+from closedloop.core.detectors.base import statistic_of
 from closedloop.core.events import Block
 from closedloop.core.stream import SourceInfo
 from closedloop.stim.base import ChannelOutput, Stimulator
@@ -65,7 +72,10 @@ class StatusLine:
     def __init__(self, config, info: SourceInfo, *,
                  width: int | Callable[[], int] | None = None) -> None:
         self.fs = float(info.fs)
-        self.units = display_units(info.units, config.detector_kind)
+        self.units = display_units(info.units, statistic_of(config.detector_kind))
+        #: Samples of the EMG level shown beside a statistic that is not one (0: none).
+        self.level_n = 0 if self.units.statistic.of_emg else max(
+            1, int(round(config.envelope.window_ms * self.fs / 1000.0)))
         self.stim_names = {m.stim.channel: m.name for m in config.muscles if m.stim is not None}
         self._width = terminal_width if width is None else width
         self._judged: set[str] = set()  # muscles judged usable once: their start is over
@@ -82,6 +92,10 @@ class StatusLine:
         names = block.channels
         self._judged.update(name for name, w in zip(names, why, strict=True) if not w)
         env = block.envelope[-1] if block.n else block.on_threshold * math.nan
+        level = [""] * len(names)
+        if self.level_n and block.n:
+            rms = np.sqrt(np.mean(np.square(block.filtered[-self.level_n:]), axis=0))
+            level = [f"EMG {self.units.emg(float(v))}" for v in rms]
         states = [self._state(name, w, float(block.on_threshold[c]), float(env[c]))
                   for c, (name, w) in enumerate(zip(names, why, strict=True))]
         head = [f"t {duration((block.start + block.n) / self.fs)}", *self._counts(protocol)]
@@ -92,10 +106,11 @@ class StatusLine:
         u = self.units
         for parts in (
             [*head, *long_stim,
-             *(self._long(n, float(e), float(t), s) for n, e, t, s
-               in zip(names, env, block.on_threshold, states, strict=True))],
-            [*head, *stim, *(self._short(n, float(e), float(t), s) for n, e, t, s
-                             in zip(names, env, block.on_threshold, states, strict=True))],
+             *(self._long(n, float(e), float(t), s, lv) for n, e, t, s, lv
+               in zip(names, env, block.on_threshold, states, level, strict=True))],
+            [*head, *stim, *(self._short(n, float(e), float(t), s, lv) for n, e, t, s, lv
+                             in zip(names, env, block.on_threshold, states, level,
+                                    strict=True))],
         ):
             line = SEP.join(parts)
             if len(line) <= width:
@@ -172,16 +187,20 @@ class StatusLine:
             return "settling (learning rest)"  # no threshold, or no statistic yet
         return ""
 
-    def _long(self, name: str, env: float, thr: float, state: str) -> str:
+    def _long(self, name: str, env: float, thr: float, state: str, level: str = "") -> str:
         u = self.units
         value = f"{name} {u.stat_name} {u.stat(env)}"
-        return f"{value}, {state}" if state else f"{value}, on above {u.stat(thr)}"
+        if state:
+            return f"{value}, {state}"
+        lv = f"{level}, " if level else ""
+        return f"{name} {lv}{u.stat_name} {u.stat(env)}, on above {u.stat(thr)}"
 
-    def _short(self, name: str, env: float, thr: float, state: str) -> str:
+    def _short(self, name: str, env: float, thr: float, state: str, level: str = "") -> str:
         u = self.units
         if state:
             return f"{name} {_brief_state(state)}"
-        return f"{name} {u.stat_short} {u.stat(env)} / thr {u.stat(thr)}"
+        lv = f"{level} " if level else ""
+        return f"{name} {lv}{u.stat_short} {u.stat(env)} / thr {u.stat(thr)}"
 
 
 def _stim(on: list, *, hz: bool) -> str:

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from closedloop.io.records import microvolts_per
+from closedloop.core.detectors.base import statistic_of
+from closedloop.units import ENVELOPE, Statistic
+from closedloop.units import display_units as clinical_units
 
 
 # -- ring buffer --------------------------------------------------------------------------
@@ -289,9 +291,14 @@ class DisplayUnits:
         The EMG (µV when the stream's unit is a voltage; else as the stream says).
     env_factor, env_unit : float, str
         The detector's statistic: µV for an RMS envelope, µV² for the Teager-Kaiser
-        energy, no unit for a statistic without one (CUSUM, Bonato's test).
+        energy, nats for CUSUM's log-likelihood ratio, no unit for a statistic without
+        one (Bonato's test).
     env_name : str
         What that statistic is called on screen.
+    statistic : Statistic
+        What the detector declared about it (:attr:`Statistic.is_amplitude`: it is the
+        muscle's EMG level itself; :attr:`Statistic.offsets_on_it`: its offsets are
+        decided on it, against the off-threshold).
     """
 
     emg_factor: float = 1.0
@@ -299,24 +306,21 @@ class DisplayUnits:
     env_factor: float = 1.0
     env_unit: str = ""
     env_name: str = "envelope"
+    statistic: Statistic = ENVELOPE
 
 
 def display_units(units: str, detector_kind: str = "threshold") -> DisplayUnits:
-    """Units for the EMG stream's ``units`` and the detector's statistic.
+    """Units for the EMG stream's ``units`` and the statistic of the detector
+    ``detector_kind`` (as its class declares it:
+    :func:`~closedloop.core.detectors.base.statistic_of`).
 
     A voltage (V, mV, uV) is shown in µV. Anything else (``counts``, an unknown or
     empty unit) is shown as it is, named as the stream names it: closedloop does not
     know the amplifier's gain.
     """
-    k = microvolts_per(units)
-    emg_f, emg_u = (k, "µV") if k is not None else (1.0, (units or "").strip())
-    if detector_kind == "tkeo":
-        env = DisplayUnits(emg_f, emg_u, emg_f**2, f"{emg_u}²" if emg_u else "",
-                           "Teager-Kaiser energy")
-        return env
-    if detector_kind in ("threshold", ""):
-        return DisplayUnits(emg_f, emg_u, emg_f, emg_u, "envelope")
-    return DisplayUnits(emg_f, emg_u, 1.0, "", f"{detector_kind} statistic")
+    u = clinical_units(units, statistic_of(detector_kind))
+    return DisplayUnits(u.emg_factor, u.emg_unit, u.stat_factor, u.stat_unit, u.stat_name,
+                        u.statistic)
 
 
 def nice_step(x: float) -> float:

@@ -29,6 +29,10 @@ What is derived here (not in the GUI thread)
   stimulation blanking and the session's filters); for a session that does not publish
   it, the raw EMG filtered here with the session's filter settings (no blanking: the
   window says so);
+* the **EMG level** of a session whose detector decides on a statistic that is not an
+  EMG amplitude (cusum: nats): the amplitude envelope of the EMG the detector sees
+  (:func:`~closedloop.core.envelope.level_settings`, the session's ``[envelope]``), in
+  the EMG's unit, so the window shows the muscle's activity in µV beside the statistic;
 * the **peaks to draw**: the minimum and maximum of every few samples of the EMG and
   the envelope, kept as they arrive (:class:`~closedloop.view.buffers.PeakRing`), so a
   refresh copies a few thousand numbers;
@@ -68,8 +72,9 @@ import numpy as np
 import pylsl
 
 from closedloop.config import Config, loads_config
-from closedloop.config.signal import FilterSettings
+from closedloop.config.signal import EnvelopeSettings, FilterSettings
 from closedloop.core.checks import hold_nonfinite
+from closedloop.core.envelope import Envelope, level_settings
 from closedloop.core.events import Event
 from closedloop.core.filters import FilterBank
 from closedloop.errors import ClosedLoopError
@@ -133,6 +138,9 @@ class Snapshot:
     env_lo: np.ndarray = field(default_factory=_empty2)
     env_hi: np.ndarray = field(default_factory=_empty2)
     env_now: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: per channel: the EMG level now (stream units; empty when the detector's statistic
+    #: is the level itself: :attr:`env_now`)
+    level_now: np.ndarray = field(default_factory=lambda: np.zeros(0))
     thr_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
     thr_on: np.ndarray = field(default_factory=_empty2)
     thr_off: np.ndarray = field(default_factory=_empty2)
@@ -305,6 +313,8 @@ class SessionClient:
             if self._env is not None:
                 out.env_first, out.env_t, out.env_lo, out.env_hi = self._env.since(t_from)
                 out.env_now = self._env_last.copy()
+            if self._level is not None:
+                out.level_now = self._level_last.copy()
             if self._thr is not None and len(self._thr):
                 # keep the thresholds in force at the window's start too
                 t, x = self._thr.latest()
@@ -456,6 +466,11 @@ class SessionClient:
         bin_size = max(1, int(self.window_s * fs) // DISPLAY_BINS)
         n_bins = int(math.ceil((self.window_s + 2.0) * fs / bin_size)) + 2
         kind = config.detector_kind if config is not None else "threshold"
+        display = display_units(units, kind)
+        level = None
+        if not display.statistic.of_emg:
+            env = config.envelope if config is not None else EnvelopeSettings()
+            level = Envelope(level_settings(env), fs, n)
         with self._lock:
             self._inlets = inlets
             self._counter_col = counter_col
@@ -465,6 +480,8 @@ class SessionClient:
             self._emg = PeakRing(n, bin_size, n_bins)
             self._env = PeakRing(n, bin_size, n_bins) if lo.ROLE_ENVELOPE in inlets else None
             self._env_last = np.full(n, np.nan)
+            self._level = level
+            self._level_last = np.full(n, np.nan)
             self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
             self._events = TimedLog(2000)
             self._markers = TimedLog(500)
@@ -486,7 +503,7 @@ class SessionClient:
             s = self._snap
             s.status, s.session, s.session_uid = CONNECTED, name, uid
             s.channels, s.fs, s.units, s.config = channels, fs, units, config
-            s.display = display_units(units, kind)
+            s.display = display
             s.emg_from = FROM_SESSION if lo.ROLE_FILTERED in inlets else FROM_VIEW
             s.message = f"connected to {name}"
         self._connected.set()
@@ -557,6 +574,7 @@ class SessionClient:
                     self._position = int(counter) + 1
                 if filt is not None:
                     self._emg.extend(ts, filt)
+                    self._add_level(filt)
         for role in (lo.ROLE_FILTERED, lo.ROLE_ENVELOPE):
             if role not in inlets:
                 continue
@@ -570,6 +588,7 @@ class SessionClient:
             with self._lock:
                 if role == lo.ROLE_FILTERED:
                     self._emg.extend(ts, x)
+                    self._add_level(x)
                 else:
                     self._env.extend(ts, x)
                     self._env_last = x[-1].copy()
@@ -599,6 +618,11 @@ class SessionClient:
                         except (ValueError, KeyError, TypeError) as exc:
                             self._error(f"view: unreadable {role} item {row[0]!r}: {exc}")
         return got
+
+    def _add_level(self, filtered: np.ndarray) -> None:
+        """The EMG level after these filtered samples (lock held)."""
+        if self._level is not None and filtered.shape[0]:
+            self._level_last = self._level.process(filtered)[-1].copy()
 
     # -- counts: the session's last total plus what followed it (handlers hold the lock)
     def _count(self, role: str, seq: int, item: object) -> None:

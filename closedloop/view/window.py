@@ -4,26 +4,30 @@ Two plots, each with one lane per muscle (the muscle's name at the lane's top le
 
 * left, the **EMG as the detector sees it**: after the session's stimulation blanking
   and filters (the ``Filtered`` stream the session publishes), in µV;
-* right, the detector's **envelope** (µV; the statistic of detectors without a unit)
-  with the on-threshold (solid) and off-threshold (dashed), onsets (green triangles)
-  and offsets (grey).
+* right, the detector's **envelope** (µV), or the statistic it decides on in its own
+  unit (cusum: its log-likelihood ratio in nats, which rests at 0 while the muscle is
+  active), with the on-threshold (solid) and off-threshold (dashed; none for a detector
+  that decides its offsets on another statistic: cusum's offset CUSUM), onsets (green
+  triangles) and offsets (grey; on the lane's baseline when decided on another
+  statistic).
 
 Stimulation periods are shaded bands on both, labelled with their current. Every lane
 has its own amplitude scale, shown on the plot's left axis (``±v`` and ``0`` per EMG
 lane, ``0`` and ``v`` per envelope lane) and fitted to the 99.5th percentile of what is
 shown outside stimulation, so an artefact that gets through is clipped at the lane's
-edge instead of flattening the trace. Left of the plots, per muscle: the signal
-quality (ok, flat, saturated, mains hum; "starting" and "settling" while the filters
-and the detector's rest level settle, in grey: nothing is wrong yet), the envelope now
-(and in % of maximal voluntary contraction when the session's config has a
-calibration), the stimulation under way (mA, µs, Hz) and, for a stimulated muscle of a
-session that measures it, its evoked response (M-wave: the latest peak-to-peak in µV and
-its % of the first trains at the same current; "no response" in red while the muscle is
-stimulated and gives none: check the electrodes). Above: the session panel
-(patient, elapsed and remaining time; triggers, stimulation trains, stimulation time
-and dose against the session limit; for cued trials the cue, trial, hits and misses),
-counted from the session's start even when the view opened late, and a large STOP
-button.
+edge instead of flattening the trace. Left of the plots, per muscle: the signal quality
+(ok, flat, saturated, mains hum; "starting" and "settling" while the filters and the
+detector's rest level settle, in grey: nothing is wrong yet), the envelope now (and in %
+of maximal voluntary contraction when the session's config has a calibration; for a
+detector whose statistic is not the envelope, the EMG level now, in µV and % MVC, and
+the statistic and its threshold in their unit), the stimulation under way (mA, µs, Hz)
+and, for a stimulated muscle of a session that measures it, its evoked response (M-wave:
+the latest peak-to-peak in µV and its % of the first trains at the same current; "no
+response" in red while the muscle is stimulated and gives none: check the electrodes).
+Above: the session panel (patient, elapsed and remaining time; triggers, stimulation
+trains, stimulation time and dose against the session limit; for cued trials the cue,
+trial, hits and misses), counted from the session's start even when the view opened
+late, and a large STOP button.
 
 Drawing
 -------
@@ -478,7 +482,8 @@ class SessionWindow(QtWidgets.QMainWindow):
             "EMG as the detector sees it (stimulation blanked, filtered)"
             if snap.emg_from == FROM_SESSION else
             "EMG filtered by the view (this session does not publish its blanked EMG)")
-        self.env_plot.setTitle(f"{d.env_name}, on/off thresholds, onsets ▲, stimulation")
+        thresholds = "on/off thresholds" if d.statistic.offsets_on_it else "on-threshold"
+        self.env_plot.setTitle(f"{d.env_name}, {thresholds}, onsets ▲, stimulation")
         for p in (self.emg_plot, self.env_plot):
             p.setLabel("bottom", "time (s), 0 = now")
         self.emg = _Lanes(self.emg_plot, channels, self.window_s, symmetric=True,
@@ -496,7 +501,10 @@ class SessionWindow(QtWidgets.QMainWindow):
         self._channels = channels
         cfg = snap.config
         self._mvc: list[float | None] = [None] * len(channels)
-        if cfg is not None and cfg.detector_kind == "threshold":
+        # % MVC of an EMG level: the envelope of the threshold detector, or the level
+        # shown beside a statistic that is not one (cusum)
+        if cfg is not None and (cfg.detector_kind == "threshold"
+                                or not d.statistic.of_emg):
             by_name = {m.name: m.calibration for m in cfg.muscles}
             self._mvc = [getattr(by_name.get(ch), "mvc", None) for ch in channels]
 
@@ -660,11 +668,15 @@ class SessionWindow(QtWidgets.QMainWindow):
                               for k in self.rows]
         on_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
         off_lines: list[tuple[int, np.ndarray, np.ndarray]] = []
+        on_stat = snap.display.statistic.offsets_on_it
         if snap.thr_t.shape[0]:
             for k in self.rows:
                 if not self.env.scale[k] > 0:
                     continue
-                for vals, out in ((snap.thr_on[:, k], on_lines), (snap.thr_off[:, k], off_lines)):
+                lines = [(snap.thr_on[:, k], on_lines)]
+                if on_stat:  # an off-threshold on another statistic is not drawn here
+                    lines.append((snap.thr_off[:, k], off_lines))
+                for vals, out in lines:
                     tt, v = _steps(snap.thr_t, vals, self.env.scale[k] * 0.005)
                     x, y = step_xy(tt - now, v, 0.0, -w)
                     out.extend((k, *run) for run in _finite_runs(x, self.env.y(k, y)))
@@ -677,7 +689,9 @@ class SessionWindow(QtWidgets.QMainWindow):
                 continue
             xs, ys = pts[e.kind == ONSET]
             xs.append(e.time - now)
-            y = float(self.env.y(k, np.array([_finite(e.envelope)]))[0])
+            # an offset decided on another statistic: its value means nothing here
+            value = _finite(e.envelope) if e.kind == ONSET or on_stat else 0.0
+            y = float(self.env.y(k, np.array([value]))[0])
             ys.append(min(y, self.env.n - k - 0.12))  # the triangle stays in its lane
         self.env.painter.onsets = (np.array(pts[True][0]), np.array(pts[True][1]))
         self.env.painter.offsets = (np.array(pts[False][0]), np.array(pts[False][1]))
@@ -715,11 +729,17 @@ class SessionWindow(QtWidgets.QMainWindow):
         else:
             state = ""
         env_txt = ""
+        mvc = self._mvc[k] if k < len(self._mvc) else None
+        if snap.level_now.shape[0] > k and math.isfinite(snap.level_now[k]):
+            # the muscle's EMG level beside a statistic that is not one (cusum)
+            v = snap.level_now[k]
+            env_txt = f"<br>EMG level {fmt_value(v * d.emg_factor)} {d.emg_unit}".rstrip()
+            if mvc:
+                env_txt += f" ({100.0 * v / mvc:.0f} % MVC)"
         if snap.env_now.shape[0] > k and math.isfinite(snap.env_now[k]):
             v = snap.env_now[k]
-            env_txt = f"<br>{d.env_name} {fmt_value(v * d.env_factor)} {d.env_unit}".rstrip()
-            mvc = self._mvc[k] if k < len(self._mvc) else None
-            if mvc:
+            env_txt += f"<br>{d.env_name} {fmt_value(v * d.env_factor)} {d.env_unit}".rstrip()
+            if mvc and d.statistic.is_amplitude:
                 env_txt += f" ({100.0 * v / mvc:.0f} % MVC)"
             if snap.thr_on.shape[0] and np.isfinite(snap.thr_on[-1, k]):
                 env_txt += (f"<br><small>on above {fmt_value(snap.thr_on[-1, k] * d.env_factor)}"

@@ -539,3 +539,65 @@ def test_the_m_waves_of_a_recorded_file_reach_the_report(stimulated, tmp_path):
     assert text(section(page, "results")) == text(section(report.report_html(source),
                                                            "results"))
     assert "Evoked response (M-wave)" in page and "no evoked response" in page
+
+
+# -- a session the cusum detector decided ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def cusum_live(tmp_path_factory):
+    """The live loop on the simulated patient with ``kind = "cusum"``, calibrated with
+    the patient's true rest (the rest variance cusum takes) and an MVC, captured as a
+    recording would hold it."""
+    from tests.runtime.test_cusum_live import _rest_calibration
+
+    text = (CONFIGS / "biceps_triceps.toml").read_text(encoding="utf-8")
+    a, b = text.index("[detector]"), text.index("[[muscles]]")
+    cfg = loads_config(text[:a] + '[detector]\nkind = "cusum"\n\n'
+                       + text[b:], source="biceps_triceps (cusum)")
+    rest = _rest_calibration(cfg, 1.0)
+    cal = replace(rest, mvc=10 * rest.rest_mean)
+    cfg = cfg.with_calibrations({"biceps": cal, "triceps": cal}).with_patient("P08", where="test")
+    src, stim = sim_session(cfg, SCRIPT, chunk=20)
+    cap = Capture()
+    out = run_loop(cfg, src, stim, outlets=cap, options=LoopOptions(duration_s=40.0))
+    assert out.reason == "duration" and out.trials["trials"] >= 3
+    x = np.vstack(cap.emg)
+    session = Session(
+        path=tmp_path_factory.mktemp("cusum") / "cusum.xdf", name="P08-EMG", fs=2000.0,
+        channels=cfg.muscle_names, units="V", samples=x, timestamps=np.concatenate(cap.ts),
+        counter=np.arange(x.shape[0]), events=cap.events, commands=cap.commands,
+        markers=cap.markers, config_text=cfg.text,
+        metadata={"resolved_config": cfg.resolved, "patient": "P08",
+                  "stimulator": "SimStimulator"})
+    return session, np.vstack(cap.envelope), cal, report.report_html(session)
+
+
+def test_a_cusum_session_shows_the_emg_level_in_microvolts_and_its_statistic_in_nats(
+        cusum_live):
+    """The cusum statistic (nats) rests at 0 while the muscle is active: the timeline
+    shows each muscle's EMG level in µV (the amplitude envelope of the EMG the detector
+    saw) above its statistic in nats against its threshold; the calibration table shows
+    rest and MVC in µV and no on-threshold (the calibration's envelope threshold, in
+    volts, once stood there without a unit: 0.0000071)."""
+    session, statistic, cal, page = cusum_live
+    rep = report._replay(session, report._config(session)[0])
+    assert rep.difference is None
+    pr: Processed = rep.processed
+    assert pr.level_max is not None and pr.level_min is not None
+    attempts = [int(round((2.0 + 10 * i) * 2000 / pr.bin_size)) for i in range(4)]
+    during = np.r_[tuple(np.arange(k + 2, k + 10) for k in attempts)]  # 0.25..1.25 s in
+    rest = np.arange(int(0.5 * 2000 / pr.bin_size), attempts[0] - 2)
+    level = np.nanmedian(pr.level_max[during, 0]) / np.nanmedian(pr.level_max[rest, 0])
+    assert level > 2.0  # the biceps' attempts stand out in µV ...
+    assert np.nanmedian(pr.env_max[during, 0]) == 0.0  # ... where the statistic rests at 0
+    assert np.isfinite(pr.on_threshold[rest, 0]).all()
+    assert 1e-6 < np.nanmedian(pr.level_max[rest, 0]) < 3 * cal.rest_mean  # volts at rest
+    timeline = section(page, "timeline")
+    for words in ("EMG level", "cusum statistic", "on-threshold", "nats", "µV"):
+        assert words in timeline, words
+    assert "rests at 0 while the muscle is active" in text(timeline)
+    head = text(section(page, "header"))
+    uv = report.number(cal.rest_mean * 1e6)
+    assert re.search(rf"biceps {re.escape(uv)} µV [\d.]+ µV [\d.]+ µV - ", head), head
+    assert "decides on its cusum statistic in nats, not on an EMG level" in head
+    clinical = text(page)[: text(page).index("Appendix: engineering detail")]
+    assert not re.search(r"\b0\.0000\d", clinical)

@@ -190,7 +190,7 @@ def test_a_version_1_file_is_migrated_and_keeps_its_sessions(tmp_path):
     con.executescript(V1)
     con.close()
     with Records(db) as r:
-        assert r.schema_version == SCHEMA_VERSION == 3
+        assert r.schema_version == SCHEMA_VERSION == 4
         old = r.sessions("P01")
         assert [(s.id, s.kind, s.triggers, s.operator) for s in old] == [
             (1, "calibrate", None, None), (2, "run", 42, "A. Nurse")]
@@ -200,7 +200,7 @@ def test_a_version_1_file_is_migrated_and_keeps_its_sessions(tmp_path):
         sid = r.add(run("2026-01-12T09:30:00+01:00", calibration_from=1))
         assert r.get(sid).calibration_from == 1
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4
     con.close()
     assert integrity(db) == "ok"
 
@@ -225,7 +225,7 @@ def test_a_version_2_file_gets_the_m_wave_columns_and_keeps_its_sessions(tmp_pat
     con.executescript(V2)
     con.close()
     with Records(db) as r:
-        assert r.schema_version == SCHEMA_VERSION == 3
+        assert r.schema_version == SCHEMA_VERSION == 4
         old = r.sessions("P01", "run")
         assert [(s.id, s.triggers, s.gated, s.calibration_from) for s in old] == [
             (2, 42, None, None), (3, 40, 2, 1)]
@@ -239,11 +239,49 @@ def test_a_version_2_file_gets_the_m_wave_columns_and_keeps_its_sessions(tmp_pat
         assert r.get(sid).muscle("biceps") == new.muscle("biceps")
         assert r.get(sid).muscle("biceps").mwave_first_uv == 1850.0
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4
     cols = [row[1] for row in con.execute("PRAGMA table_info(muscles)")]
     con.close()
     assert cols[-5:] == ["mwave_current_ma", "mwave_first_uv", "mwave_last_uv",
                          "mwave_drop_pct", "mwave_no_response"]
+    assert integrity(db) == "ok"
+
+
+#: What version 3 added to version 2 (a frozen copy), and a run of that version.
+V3 = V2.replace("PRAGMA user_version = 2;", "") + """
+ALTER TABLE muscles ADD COLUMN mwave_current_ma REAL;
+ALTER TABLE muscles ADD COLUMN mwave_first_uv REAL;
+ALTER TABLE muscles ADD COLUMN mwave_last_uv REAL;
+ALTER TABLE muscles ADD COLUMN mwave_drop_pct REAL;
+ALTER TABLE muscles ADD COLUMN mwave_no_response INTEGER;
+INSERT INTO sessions VALUES (4, 'run', 'P01', '2026-01-07T09:30:00+01:00', 1200.0,
+    'biceps_triceps', '/c/p.toml', 'A. Nurse', 'duration', 0, 'duration reached', 41, 41, 0,
+    NULL, 1800.0, '/c/s3.xdf', '0.1.0', 0, 'V', '{"filters": {}}', NULL);
+INSERT INTO muscles VALUES (4, 'biceps', 41, 123.0, 7.0, 5.0, 3.0, 0.5, 60.0, 20.0, 1800.0,
+    1700.0, 5.6, 0);
+PRAGMA user_version = 3;
+"""
+
+
+def test_a_version_3_file_gets_the_detector_column_and_keeps_its_sessions(tmp_path):
+    """Version 4 records which detector decided: older rows read back without one
+    (None), a new row keeps its own."""
+    db = tmp_path / "v3.db"
+    con = sqlite3.connect(db)
+    con.executescript(V3)
+    con.close()
+    with Records(db) as r:
+        assert r.schema_version == SCHEMA_VERSION == 4
+        old = r.sessions("P01", "run")
+        assert [(s.id, s.triggers, s.detector) for s in old] == [
+            (2, 42, None), (3, 40, None), (4, 41, None)]
+        assert old[2].muscle("biceps").mwave_first_uv == 1800.0
+        sid = r.add(replace(run("2026-01-12T09:30:00+01:00"), detector="cusum"))
+        assert r.get(sid).detector == "cusum"
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert [row[1] for row in con.execute("PRAGMA table_info(sessions)")][-1] == "detector"
+    con.close()
     assert integrity(db) == "ok"
 
 

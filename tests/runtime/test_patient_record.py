@@ -5,6 +5,7 @@ thresholds come from it; the resolved settings a replay runs with hold it)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import datetime
 
@@ -162,6 +163,7 @@ def test_the_row_of_a_simulated_session(tmp_path, patient_config):
     ons = [e.threshold for e in out.events if e.channel == "biceps" and e.kind == "onset"]
     assert biceps.on_threshold_uv == pytest.approx(1e6 * float(np.median(ons)))
     assert 1.0 < biceps.on_threshold_uv < 100.0  # µV, not volts
+    assert row.detector == "threshold"
     with Records(tmp_path / "c.db") as r:
         back = r.get(r.add(row))
     assert replace(back, id=None) == row
@@ -230,6 +232,47 @@ def test_a_detector_without_envelope_thresholds_is_stored_with_rest_and_mvc(tmp_
         out = run_loop(started, src, stim, options=LoopOptions(duration_s=5.0, history=None))
     row = session_record(out, started, started=WHEN, units="V")
     assert [m.rest_mean_uv for m in row.muscles] == [pytest.approx(3.0)] * 2
+
+
+def test_a_cusum_session_stores_its_detector_and_no_nats_as_microvolts(tmp_path,
+                                                                       patient_config):
+    """A cusum session (adaptive) decides on a statistic in nats: its row says which
+    detector decided and holds no envelope thresholds in µV (once 18 nats were stored
+    as 18,000,000 µV, and ``closedloop history`` showed that as the patient's trend),
+    while a threshold session of the same patient keeps its thresholds in µV; the
+    history of both, read back from the SQLite file, shows each session's detector and
+    the trend of the µV thresholds over the threshold session only."""
+    from closedloop.analysis.history import build_history, render_html, terminal_lines
+
+    data = json.loads(json.dumps(patient_config.resolved))
+    data["detector"] = {"kind": "cusum"}
+    cusum = parse_config(data, source="cusum.toml").with_patient("P01")
+    rows = []
+    for cfg in (patient_config, cusum):
+        src, stim = sim_session(cfg)
+        with src, stim:
+            out = run_loop(cfg, src, stim, options=LoopOptions(duration_s=20.0, history=None))
+        assert out.onsets["biceps"] > 0
+        rows.append(session_record(out, cfg, started=WHEN, units="V"))
+    thr, cus = rows
+    assert (thr.detector, cus.detector) == ("threshold", "cusum")
+    assert all(1.0 < m.on_threshold_uv < 100.0 for m in thr.muscles)
+    assert all(m.on_threshold_uv is None and m.off_threshold_uv is None for m in cus.muscles)
+    db = tmp_path / "c.db"
+    add(db, thr, replace(cus, started="2026-03-03T10:00:00+01:00"))
+    with Records(db, create=False) as r:
+        back = r.sessions("P01")
+    assert [s.detector for s in back] == ["threshold", "cusum"]
+    h = build_history(back, "P01")
+    text = "\n".join(terminal_lines(h))
+    assert "18000000" not in text and "10000000" not in text
+    per_muscle = text[text.index("Per muscle"):text.index("Weeks")]
+    assert re.search(r"1 +biceps +threshold +\d+ +\d+\.\d +\d+\.\d", per_muscle), per_muscle
+    assert re.search(r"2 +biceps +cusum +\d+ +- +- ", per_muscle), per_muscle
+    trend = next(t for t in h.trends if t.metric.key == "threshold" and t.series == "biceps")
+    assert trend.n == 1 and trend.first == pytest.approx(thr.muscle("biceps").on_threshold_uv)
+    page = render_html(h, generated="now")
+    assert "18000000" not in page and "cusum" in page
 
 
 def test_the_row_holds_each_muscle_s_m_wave_in_microvolts(tmp_path, patient_config):

@@ -95,7 +95,7 @@ def test_a_cusum_session_settles_then_shows_its_evidence(shipped):
     assert "biceps settling" in status[0] and "triceps settling" in status[0]
     for ln in status:
         assert "nan" not in ln.lower() and "-/" not in ln and len(ln) <= 79, ln
-    assert re.search(r"biceps \d+(\.\d)?/\d+", status[-1]), status[-1]
+    assert re.search(r"stat/thr nats: biceps \d+(\.\d)?/\d+", status[-1]), status[-1]
 
 
 def test_every_status_line_fits_and_carries_its_units(clean):
@@ -140,10 +140,22 @@ def test_the_statistic_of_other_detectors_is_named_with_its_unit(config):
     show = StatusLine(tkeo, SourceInfo("amp", FS, ("a", "b"), units="mV"), width=200)
     line = show(_block([2e-6, 2e-6], [5e-6, 5e-6], config.muscle_names), None, None, ["", ""])
     assert "biceps TKEO energy 2 µV², on above 5 µV²" in line
+
+def test_a_cusum_session_shows_its_statistic_in_nats_and_the_emg_level_in_microvolts(config):
+    """The cusum statistic is a log-likelihood ratio in nats (once shown without a
+    unit), which rests at 0 while the muscle is active: beside it, the muscle's EMG
+    level in µV (the RMS of the EMG the detector saw over the envelope's window)."""
     cusum = replace(config, detector_kind="cusum")
     show = StatusLine(cusum, SourceInfo("amp", FS, ("a", "b"), units="V"), width=200)
-    line = show(_block([1.5, 0.2], [4.0, 4.0], config.muscle_names), None, None, ["", ""])
-    assert "biceps cusum statistic 1.5, on above 4" in line and "µV" not in line
+    block = _block([1.5, 0.2], [4.0, 4.0], config.muscle_names)
+    filtered = np.zeros((20, 2))
+    filtered[:, 0] = 12e-6 * np.where(np.arange(20) % 2, 1.0, -1.0)  # RMS 12 µV
+    filtered[-5:, 1] = 2e-6  # the triceps: RMS 1 µV over the 20 samples (the window: 30)
+    line = show(replace(block, filtered=filtered), None, None, ["", ""])
+    assert "biceps EMG 12 µV, cusum statistic 1.5 nats, on above 4 nats" in line, line
+    assert "triceps EMG 1 µV, cusum statistic 0.2 nats, on above 4 nats" in line, line
+    narrow = StatusLine(cusum, SourceInfo("amp", FS, ("a", "b"), units="V"), width=79)
+    assert "stat/thr nats: biceps 1.5/4" in narrow(block, None, None, ["", ""])
 
 
 class _Stim:

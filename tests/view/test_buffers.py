@@ -226,7 +226,8 @@ def test_units_and_scales_for_clinicians():
     tk = display_units("V", "tkeo")
     assert tk.env_factor == 1e12 and tk.env_unit == "µV²"
     cu = display_units("uV", "cusum")
-    assert cu.env_unit == "" and cu.env_factor == 1.0 and "cusum" in cu.env_name
+    assert cu.env_unit == "nats" and cu.env_factor == 1.0 and "cusum" in cu.env_name
+    assert not cu.statistic.offsets_on_it and not cu.statistic.is_amplitude
     counts = display_units("counts")
     assert counts.emg_factor == 1.0 and counts.emg_unit == "counts"
     assert [nice_step(x) for x in (0.9, 1.0, 3.7, 7.0, 19.0, 450.0)] == [

@@ -11,6 +11,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import re
 import socket
 import subprocess
 import sys
@@ -463,3 +464,68 @@ def test_panel_words_for_cued_trials_opened_between_cues():
     _, lines = panel_text(snap)
     assert lines[1] == "hits <b>…</b> · misses <b>…</b>"
     assert clock(3725.0) == "1:02:05" and clock(math.nan) == "-"
+
+
+@pytest.mark.timeout(90)
+def test_a_cusum_session_shows_its_statistic_in_nats_and_the_emg_level_in_microvolts(qtbot):
+    """A simulated session decided by the cusum detector, through the real loop and
+    outlets: the right plot is its statistic in nats against its on-threshold (no
+    off-threshold line: cusum decides offsets on another statistic, and no offset drawn
+    at that statistic's value), and each muscle's panel shows the EMG level in µV (the
+    statistic rests at 0 while the muscle is active: it cannot show the activity)."""
+    import threading
+    from dataclasses import replace
+
+    from closedloop.config import loads_config
+    from closedloop.io.outlets import SessionOutlets
+    from closedloop.runtime.loop import LoopOptions, run_loop
+    from closedloop.sim.patient import Attempt
+    from closedloop.view.window import SessionWindow
+    from tests.runtime.conftest import sim_session
+
+    config = loads_config(LATE_CONFIG.replace('[detector]\nbaseline = "adaptive"',
+                                              '[detector]\nkind = "cusum"'),
+                          source="cusum view test")
+    assert config.detector_kind == "cusum"
+    script = [Attempt("biceps", t, 0.8, 0.9, 0.05) for t in (1.5, 3.5, 5.5)]
+    src, stim = sim_session(config, script, chunk=20)
+    src.realtime = True
+    outlets = SessionOutlets(unique("cusumview"), replace(src.info, channels=config.muscle_names),
+                             config_text=config.text)
+    loop = threading.Thread(target=lambda: run_loop(
+        config, src, stim, outlets=outlets, options=LoopOptions(duration_s=8.0, watchdog_s=2.0)))
+    client = SessionClient(outlets.session_name, window_s=10.0)
+    win = SessionWindow(client, control=None)
+    qtbot.addWidget(win)
+    win.show()
+    loop.start()
+    try:
+        def offset_drawn() -> bool:
+            s = win.last_snapshot
+            return (s is not None and len(win.rows) == 2
+                    and any(e.kind == "offset" and e.channel == "biceps" for e in s.events)
+                    and win.env.painter.offsets[0].size > 0
+                    and np.isfinite(win.curve_data(0)["on"][1]).any()
+                    and "EMG level" in win.channel_labels[0].text())
+
+        assert wait_for(offset_drawn, 20.0, qtbot)
+        s = win.last_snapshot
+        label = win.channel_labels[0].text()
+        axis = win.env_plot.getAxis("left").labelText
+        title = win.env_plot.titleLabel.text
+        data = win.curve_data(0)
+        offsets_y = win.env.painter.offsets[1]
+        baseline = float(win.env.y(0, np.array([0.0]))[0])
+        offset_values = [e.envelope for e in s.events if e.kind == "offset"]
+    finally:
+        loop.join(30.0)
+        win.close()
+        outlets.close()
+    assert axis == "cusum statistic (nats)" and "on-threshold" in title and "off" not in title
+    assert re.search(r"EMG level [\d.]+ µV<br>cusum statistic [\d.]+ nats<br>"
+                     r"<small>on above 18 nats</small>", label), label
+    assert np.isfinite(s.level_now).all() and 0.5e-6 < s.level_now[0] < 100e-6  # volts
+    assert data["off"][0].size == 0  # no off-threshold line
+    # offsets on the baseline, not at the offset CUSUM's value (10 nats and more)
+    assert min(offset_values) >= 10.0
+    assert offsets_y == pytest.approx(np.full(offsets_y.size, baseline))

@@ -33,7 +33,10 @@ A detector
   the blanked samples, and the span of each train): a detector that learns its rest
   from the signal must not learn it from the blanking's fill or a train's M-waves;
 * may say what its rest learning found (:meth:`Detector.pop_notes`, as
-  :class:`RestNote` records the session shows and records).
+  :class:`RestNote` records the session shows and records);
+* declares what its statistic is (:attr:`Detector.statistic_info`: name, unit, whether its
+  offsets are decided on it), so the view, the status line, the report and the patient
+  record show it in its own unit (:func:`statistic_of`).
 
 How to add one is in ``docs/architecture.md``; the built-in ones are
 :mod:`~closedloop.core.detectors.threshold` (``threshold``, ``tkeo``),
@@ -52,6 +55,8 @@ import numpy as np
 
 from closedloop.config.signal import Calibration, DetectorBase
 from closedloop.core.events import Event
+from closedloop.errors import ClosedLoopError
+from closedloop.units import Statistic
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,9 @@ class Detector(ABC):
     #: True when :meth:`process` reads ``raw`` (the pipeline then keeps a copy of the
     #: blanked raw samples; otherwise ``raw`` may already hold the filtered samples).
     wants_raw: ClassVar[bool] = False
+    #: What :attr:`Detection.statistic` and the thresholds are, for the displays (name,
+    #: unit, whether offsets are decided on it): by default a statistic without a unit.
+    statistic_info: ClassVar[Statistic] = Statistic("detector statistic")
 
     def __init__(self, settings: Any, fs: float, channels: Sequence[str],
                  calibrations: Sequence[Calibration | None] | None = None) -> None:
@@ -196,6 +204,25 @@ class Detector(ABC):
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} kind={self.kind!r} fs={self.fs:g} "
                 f"channels={len(self.channels)}>")
+
+
+def statistic_of(kind: str) -> Statistic:
+    """What the statistic of detector ``kind`` (a config's ``[detector] kind``) is, as
+    its class declares (:attr:`Detector.statistic_info`); for a kind that cannot be loaded
+    here (a recording of another installation's add-on), a statistic named after it,
+    without a unit."""
+    from closedloop.registry import DETECTORS
+
+    try:
+        cls = DETECTORS.load(kind or "threshold")
+    except (ClosedLoopError, ImportError):
+        return Statistic(f"{kind} statistic")
+    stat = getattr(cls, "statistic_info", None)
+    if not isinstance(stat, Statistic):
+        return Statistic(f"{kind} statistic")
+    if stat == Detector.statistic_info:  # the base's default: name it after the kind
+        return Statistic(f"{kind} statistic", stat.unit, stat.short, stat.offsets_on_it)
+    return stat
 
 
 def first_run(b: np.ndarray, run0: int, need: int) -> tuple[int, int]:

@@ -100,6 +100,7 @@ from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
 from closedloop.core.detectors.base import Detection, Detector, RestNote
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 from closedloop.core.filters import FilterBank
+from closedloop.units import Statistic
 
 IDLE = 0
 ACTIVE = 1
@@ -167,6 +168,8 @@ class CusumDetector(Detector):
     kind = "cusum"
     settings_type = CusumSettings
     wants_raw = True
+    #: Displays: the onset CUSUM in nats; offsets are decided on the offset CUSUM.
+    statistic_info = Statistic("cusum statistic", "nats", "stat", offsets_on_it=False)
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ from closedloop.core.detectors.base import Detection, Detector, RestNote, first_
 from closedloop.core.envelope import Envelope
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 from closedloop.core.filters import FilterBank
+from closedloop.units import EMG_SQUARED, ENVELOPE, Statistic
 
 IDLE = 0
 ACTIVE = 1
@@ -546,6 +547,7 @@ class ThresholdDetector(Detector):
 
     kind = "threshold"
     settings_type = DetectorSettings
+    statistic_info = ENVELOPE
 
     def __init__(self, settings: DetectorSettings, fs: float, channels: Sequence[str],
                  calibrations: Sequence[Calibration | None] | None = None, *,
@@ -624,6 +626,7 @@ class TkeoDetector(ThresholdDetector):
 
     kind = "tkeo"
     settings_type = TkeoSettings
+    statistic_info = Statistic("TKEO energy", EMG_SQUARED, "tkeo")
 
     def __init__(self, settings: TkeoSettings, fs: float, channels: Sequence[str],
                  calibrations: Sequence[Calibration | None] | None = None, *,
