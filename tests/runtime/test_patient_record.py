@@ -23,14 +23,16 @@ from closedloop.runtime.patient_record import (
     signal_settings,
     start_calibration,
 )
-from tests.runtime.conftest import sim_session
+from tests.runtime.conftest import sim_session, with_detector
 
 WHEN = "2026-03-02T10:00:00+01:00"
 
 
 @pytest.fixture
 def patient_config(config):
-    return config.with_patient("P01")
+    """The shipped config with the envelope threshold detector: its thresholds are µV,
+    which the record stores (a cusum session's row has its own test below)."""
+    return with_detector(config, "threshold").with_patient("P01")
 
 
 def stored(config, when=WHEN, *, rest=3.0, mvc=60.0, muscles=None, settings=None,
@@ -181,12 +183,18 @@ def test_a_protocol_that_can_miss_stores_its_success_rate(tmp_path, config):
 
 
 def test_a_calibration_row_holds_rest_and_mvc_in_microvolts(config):
-    rows = calibration_muscles({"biceps": Calibration(3e-6, 5e-7, 6e-5)}, config, "V")
-    b, t = rows
+    """Rest and MVC in µV for every detector; the envelope threshold the calibration
+    gives only for a detector that decides on the envelope (cusum: none)."""
+    cal = Calibration(3e-6, 5e-7, 6e-5)
+    threshold = with_detector(config, "threshold")
+    b, t = calibration_muscles({"biceps": cal}, threshold, "V")
     assert (b.rest_mean_uv, b.rest_sd_uv, b.mvc_uv) == pytest.approx((3.0, 0.5, 60.0))
-    assert b.on_threshold_uv == pytest.approx(
-        1e6 * Calibration(3e-6, 5e-7, 6e-5).thresholds(config.detector)[0])
+    assert b.on_threshold_uv == pytest.approx(1e6 * cal.thresholds(threshold.detector)[0])
     assert t == MuscleRecord("triceps")
+    assert config.detector_kind == "cusum"
+    b, _ = calibration_muscles({"biceps": cal}, config, "V")
+    assert (b.rest_mean_uv, b.mvc_uv) == pytest.approx((3.0, 60.0))
+    assert b.on_threshold_uv is None
 
 
 def test_saving_never_raises(tmp_path, patient_config):
