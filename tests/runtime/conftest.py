@@ -80,3 +80,13 @@ class Capture:
     def push_tally(self, position, time, *, duration_s=None, force=False) -> bool:
         self.tallies.append(position)
         return True
+
+
+def with_detector(config, kind: str):
+    """``config`` with another ``[detector] kind`` (its defaults)."""
+    from closedloop.config import loads_config
+
+    text = config.text
+    a, b = text.index("[detector]"), text.index("[[muscles]]")
+    return loads_config(text[:a] + f'[detector]\nkind = "{kind}"\n\n' + text[b:],
+                        source=f"{config.name} ({kind})")

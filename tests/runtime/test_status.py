@@ -18,20 +18,10 @@ from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.runtime.status import StatusLine
 from closedloop.sim.patient import Attempt
 from closedloop.stim.base import ChannelOutput
-from tests.runtime.conftest import sim_session
+from tests.runtime.conftest import sim_session, with_detector
 
 FS = 2000.0
 SCRIPT = [Attempt("biceps", 2.0, 1.5, 1.0, 0.04), Attempt("triceps", 9.0, 1.0, 1.0, 0.04)]
-
-
-def with_detector(config, kind: str):
-    """``config`` with another ``[detector] kind`` (its defaults)."""
-    from closedloop.config import loads_config
-
-    text = config.text
-    a, b = text.index("[detector]"), text.index("[[muscles]]")
-    return loads_config(text[:a] + f'[detector]\nkind = "{kind}"\n\n' + text[b:],
-                        source=f"{config.name} ({kind})")
 
 
 @pytest.fixture(scope="module")
