@@ -511,8 +511,10 @@ class CusumDetector(Detector):
             self._S = np.where(done[:, None], S[:, :, -1], self._S)
             self._M = np.where(done[:, None], M[:, :, -1], self._M)
             self.statistic = np.where(done, gmax[:, -1], self.statistic)
-            for c in np.flatnonzero(done).tolist():
-                self._put(c, p0, 0, gmax[c], h[c])
+            if self._stat is not None and self._thr is not None and done.any():
+                a = p0 - self.position
+                self._stat[done, a : a + n] = gmax[done]
+                self._thr[done, a : a + n] = h[done]
             with np.errstate(invalid="ignore"):
                 self._blk_busy |= done & np.logical_or.reduce(gmax > 0.5 * h, axis=1)
             slow.extend(np.flatnonzero(crossed).tolist())
@@ -591,52 +593,34 @@ class CusumDetector(Detector):
         block_index = block_end // self.block - 1
         n = self.block
         buf = self._blk_buf
-        var = np.einsum("ij,ij->i", buf, buf) / n
+        var = self._block_var(buf[:, None, :])[:, 0]
         dd = np.add.reduce(self._blk_dd, axis=1) / n
         busy = self._blk_busy | (self.state == ACTIVE) | self._blk_stim
-        u_mean = np.add.reduce(self._blk_u, axis=1) / n
-        track: list[int] = []  # idle channels whose rest estimate takes this block
-        alphas: list[float] = []
-        for c in range(len(self.channels)):
-            if self.suspended[c]:
-                continue
-            if self.phase[c] == WARMUP:
+        ready = (self.phase == READY) & ~self.suspended
+        learning = (self.phase != READY) & ~self.suspended
+        self._low_blocks[ready & busy] = 0
+        idle = ready & ~busy
+        track = np.flatnonzero(idle)
+        relearn = np.zeros(len(self.channels), dtype=bool)
+        if track.size:
+            u_mean = np.add.reduce(self._blk_u, axis=1) / n
+            alpha, again = self._rest_step(track, u_mean[track], var[track], dd[track])
+            if again.any():
+                relearn[track[again]] = True
+                track, alpha = track[~again], alpha[~again]
+        # channel by channel, in order (the notices they issue keep that order)
+        for c in np.flatnonzero(learning | relearn).tolist():
+            if relearn[c]:
+                self._relearn(c, float(var[c]) / self._learnt_var[c], buf[c], float(dd[c]),
+                              block_end, time)
+            elif self.phase[c] == WARMUP:
                 if block_index + 1 >= self.warmup_blocks:
                     self.phase[c] = LEARNING
-                continue
-            if self.phase[c] == LEARNING:
-                if not self._blk_stim:
-                    self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end,
-                                      time)
-                continue
-            if busy[c]:
-                self._low_blocks[c] = 0
-                continue
-            um = float(u_mean[c])
-            self._n_rest[c] += 1  # a cumulative mean first, then exponential
-            alpha = max(self._alpha, 1.0 / self._n_rest[c])
-            if self.settings.dispersion:
-                z = (um - 1.0) ** 2 * self.kappa[c] * n / 2.0
-                a = self._alpha
-                self._disp_s[c] = (1.0 - a) * self._disp_s[c] + z
-                self._disp_w[c] = (1.0 - a) * self._disp_w[c] + 1.0
-                self._phi[c] = ((DISPERSION_PRIOR + self._disp_s[c])
-                                / (DISPERSION_PRIOR + self._disp_w[c]))
-            if self.adaptive[c]:
-                if var[c] < self._learnt_var[c] / self.settings.quiet_ratio:
-                    self._low_blocks[c] += 1
-                    if self._low_blocks[c] >= 2:
-                        self._relearn(c, float(var[c]) / self._learnt_var[c], buf[c],
-                                      float(dd[c]), block_end, time)
-                        continue
-                else:
-                    self._low_blocks[c] = 0
-                self._sd_d[c] = math.sqrt(
-                    self._sd_d[c] ** 2 + alpha * (float(dd[c]) - self._sd_d[c] ** 2))
-            track.append(c)
-            alphas.append(alpha)
-        if track:
-            self._track(np.array(track), np.array(alphas))
+            elif not self._blk_stim:
+                self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end,
+                                  time)
+        if track.size:
+            self._track(track, alpha)
         self._prev_buf, self._blk_buf = self._blk_buf, self._prev_buf
         self._prev_dd = dd
         self._blk_fill = 0
@@ -644,6 +628,46 @@ class CusumDetector(Detector):
         self._blk_busy.fill(False)
         self._blk_stim = False
         self._hold_ok = self.state == IDLE
+
+    @staticmethod
+    def _block_var(blocks: np.ndarray) -> np.ndarray:
+        """Mean square of each block, (c, B, block) -> (c, B); one block or many at once
+        give the same bits."""
+        return np.einsum("cbn,cbn->cb", blocks, blocks) / blocks.shape[2]
+
+    def _rest_step(self, idx: np.ndarray, u_mean: np.ndarray, var: np.ndarray,
+                   dd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scalar part of an idle block's end for channels ``idx``: the block count
+        and the weight ``alpha`` its autocorrelation gets, the dispersion, the low-block
+        test and the artefact scale. Returns ``alpha`` and where the low-block test asks
+        for the rest to be learnt again (those channels' artefact scale is not updated).
+
+        Squares are taken as Python's ``x ** 2`` (the C library's ``pow``), as this
+        update was first written, so its results stay bit for bit what they were."""
+        self._n_rest[idx] += 1  # a cumulative mean first, then exponential
+        alpha = np.maximum(self._alpha, 1.0 / self._n_rest[idx])
+        if self.settings.dispersion:
+            sq = np.array([v ** 2 for v in (u_mean - 1.0).tolist()])
+            z = sq * self.kappa[idx] * self.block / 2.0
+            a = self._alpha
+            self._disp_s[idx] = (1.0 - a) * self._disp_s[idx] + z
+            self._disp_w[idx] = (1.0 - a) * self._disp_w[idx] + 1.0
+            self._phi[idx] = ((DISPERSION_PRIOR + self._disp_s[idx])
+                              / (DISPERSION_PRIOR + self._disp_w[idx]))
+        relearn = np.zeros(idx.size, dtype=bool)
+        adaptive = self.adaptive[idx]
+        if adaptive.any():
+            low = adaptive & (var < self._learnt_var[idx] / self.settings.quiet_ratio)
+            lows = self._low_blocks[idx]
+            lows = np.where(low, lows + 1, np.where(adaptive, 0, lows))
+            self._low_blocks[idx] = lows
+            relearn = low & (lows >= 2)
+            upd = adaptive & ~relearn
+            if upd.any():
+                c = idx[upd]
+                sd2 = np.array([v ** 2 for v in self._sd_d[c].tolist()])
+                self._sd_d[c] = np.sqrt(sd2 + alpha[upd] * (dd[upd] - sd2))
+        return alpha, relearn
 
     def _learn_block(self, c: int, xb: np.ndarray, var: float, dd: float, block_end: int,
                      time: float) -> None:
@@ -692,11 +716,21 @@ class CusumDetector(Detector):
 
     def _refit(self, idx: np.ndarray) -> None:
         """Whitening filter, whitened rest variance and kappa of channels ``idx`` from
-        their rest autocorrelation (Yule-Walker with the zero lag loaded; the whitened
-        rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i - j)``)."""
-        r = self._acf[idx]  # (m, n_lags)
+        their rest autocorrelation (:meth:`_fit_rows`)."""
+        a, kappa, var_e, gain = self._fit_rows(self._acf[idx])
+        self.whitener[idx] = a
+        self.kappa[idx] = kappa
+        self.kappa_eff[idx] = np.minimum(1.0, kappa / self._phi[idx])
+        self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
+
+    def _fit_rows(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Whitener, kappa, whitened variance and whitening gain of each row of rest
+        autocorrelations ``r`` (m, n_lags) (Yule-Walker with the zero lag loaded; the
+        whitened rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i
+        - j)``). Row by row: a row's result does not depend on the others, so the rows of
+        one block or of many blocks at once give the same bits."""
         p = self.p
-        a = np.zeros((idx.size, p + 1))
+        a = np.zeros((r.shape[0], p + 1))
         a[:, 0] = 1.0
         if p:
             ok = r[:, 0] > 0.0
@@ -709,22 +743,28 @@ class CusumDetector(Detector):
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = np.where(var_e[:, None] > 0, re[:, 1:] / var_e[:, None], 0.0)
             gain = np.where(r[:, 0] > 0, var_e / r[:, 0], 1.0)
-        self.whitener[idx] = a
-        self.kappa[idx] = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
-        self.kappa_eff[idx] = np.minimum(1.0, self.kappa[idx] / self._phi[idx])
-        self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
+        kappa = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
+        return a, kappa, var_e, gain
 
     def _track(self, idx: np.ndarray, alpha: np.ndarray) -> None:
         """Fold the idle block's autocorrelation of channels ``idx`` (lags reaching into
         the block before) into their rest estimates and refit them."""
         n, m = self.block, self.n_lags - 1
-        block = self._blk_buf[idx]
-        ext = np.concatenate((self._prev_buf[idx, n - m :], block), axis=1) if m else block
-        # windows[:, j] = ext[:, j : j + n], the block shifted back by m - j samples
-        windows = np.lib.stride_tricks.sliding_window_view(ext, n, axis=1)
-        r = np.einsum("cn,ckn->ck", block, windows[:, ::-1]) / n
+        ext = np.concatenate((self._prev_buf[idx, n - m :], self._blk_buf[idx]), axis=1)
+        r = self._block_acf(ext[:, None, :])[:, 0]
         self._acf[idx] += alpha[:, None] * (r - self._acf[idx])
         self._refit(idx)
+
+    def _block_acf(self, ext: np.ndarray) -> np.ndarray:
+        """Autocorrelation, lags 0..n_lags - 1, of blocks ``ext[:, b, m:]`` (each preceded
+        by the ``m = n_lags - 1`` samples before it), shape (c, B, m + block) -> (c, B,
+        n_lags). Each block's sums run alone, so one block or many at once give the same
+        bits."""
+        n = self.block
+        m = ext.shape[2] - n
+        # windows[:, :, j] = the block shifted back by m - j samples
+        windows = np.lib.stride_tricks.sliding_window_view(ext, n, axis=2)
+        return np.einsum("cbn,cbkn->cbk", ext[:, :, m:], windows[:, :, ::-1]) / n
 
     def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
                  time: float) -> None:
