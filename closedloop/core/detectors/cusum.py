@@ -109,6 +109,28 @@ WARMUP, LEARNING, READY = 0, 1, 2
 REST_NOT_QUIET = "rest_not_quiet"
 #: Weight (in blocks) of the prior dispersion 1 in the rest energy's dispersion.
 DISPERSION_PRIOR = 20.0
+#: Whole blocks :meth:`CusumDetector._span` first tries together, and at most.
+SPAN_START, SPAN_MAX = 8, 64
+
+
+@dataclass
+class _Segment:
+    """The rest of a chunk from sample ``a`` on, prepared at once (``CusumDetector._segment``).
+
+    ``x`` the raw samples (n_channels, m); ``ext`` the ``lag`` raw samples before, then
+    ``x``; ``dd`` and ``jump`` the square and magnitude of ``x[k] - x[k - lag]``; ``xf``
+    the filtered samples and ``xfe`` the whitener's ``p`` filtered samples before, then
+    ``xf``; ``state`` the filters' state before ``xf``.
+    """
+
+    a: int
+    x: np.ndarray
+    ext: np.ndarray
+    dd: np.ndarray
+    jump: np.ndarray
+    xf: np.ndarray
+    xfe: np.ndarray
+    state: tuple[bool, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -355,7 +377,15 @@ class CusumDetector(Detector):
                 timestamps: np.ndarray) -> Detection:
         """Process one chunk of the raw EMG, channel-major ``(n_channels, n)`` (the
         pipeline's ``filtered`` is not used: see the class docstring); notices go to
-        :attr:`notices`."""
+        :attr:`notices`.
+
+        The chunk is prepared at once (:meth:`_segment`: filters, differences) and walked
+        block by block (:meth:`_fast_piece`); runs of whole blocks where nothing happens
+        are taken together (:meth:`_span`); a piece where the artefact hold may act goes
+        through the exact per-sample path (:meth:`_piece`) and the rest of the chunk is
+        prepared again after it. Every path computes the same values with the same
+        operations, so the results do not depend on which one ran (nor on the chunking).
+        """
         x = np.asarray(raw, dtype=np.float64)
         n = x.shape[1]
         start = self.position
@@ -364,16 +394,40 @@ class CusumDetector(Detector):
         blanked, stimulating = self._stim or (None, None)
         self._stim = None
         events: list[Event] = []
+        seg: _Segment | None = None
+        span, cool = SPAN_START, 0  # blocks to try together; blocks before trying again
         a = 0
         while a < n:
+            if seg is None:
+                seg = self._segment(x, a)
+            if (self._blk_fill == 0 and blanked is None and stimulating is None
+                    and n - a >= 2 * self.block and cool == 0 and self._may_span(start + a)):
+                want = min(span, (n - a) // self.block)
+                done = self._span(seg, a, want, start)
+                a += done * self.block
+                if done == want:
+                    span = min(SPAN_MAX, 2 * span)
+                    continue
+                span = max(2, done)
+                cool = 0 if done else 1
+            elif cool:
+                cool -= 1
+            if a >= n:
+                break
             b = min(n, a + self.block - self._blk_fill)
             if stimulating is not None and stimulating[a:b].any():
                 self._blk_stim = True
-            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events,
-                        None if blanked is None or not blanked[a:b].any() else blanked[a:b])
+            bl = None if blanked is None or not blanked[a:b].any() else blanked[a:b]
+            if not self._fast_piece(seg, a, b, start, timestamps, events, bl):
+                self._leave(seg, a)
+                seg = None
+                self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b],
+                            events, bl)
             a = b
             if self._blk_fill == self.block:
                 self._end_block(start + a, float(timestamps[a - 1]))
+        if seg is not None:
+            self._leave(seg, n)
         self.position = start + n
         if len(events) > 1:
             events.sort(key=lambda e: e.sample)
@@ -384,6 +438,224 @@ class CusumDetector(Detector):
         with np.errstate(invalid="ignore"):  # each sample against the threshold it met
             above = stat > thr
         return Detection(stat, above, events)
+
+    def _segment(self, x: np.ndarray, a: int) -> _Segment:
+        """Prepare samples ``a:`` of the chunk ``x`` at once, as :meth:`_piece` would
+        piece by piece while no artefact hold changes them: the ``lag``-sample
+        differences, the filtered samples (the filters' state before is kept, to go back
+        to), and the samples before each (the artefact test's and the whitener's)."""
+        if not self._started:
+            self._xlag[:] = x[:, a : a + 1]
+            self._started = True
+        xs = x[:, a:]
+        m = xs.shape[1]
+        ext = np.concatenate((self._xlag, xs), axis=1)
+        d = xs - ext[:, :m]  # x[k] - x[k - lag]
+        state = (self.filters._started, self.filters._filter.zi.copy())
+        xf = self.filters.process_inplace(np.array(xs, order="C"))
+        xfe = np.concatenate((self._xhist, xf), axis=1) if self.p else xf
+        return _Segment(a, xs, ext, d * d, np.abs(d), xf, xfe, state)
+
+    def _leave(self, seg: _Segment, a: int) -> None:
+        """Stop using ``seg`` at chunk sample ``a``: the samples before ``a`` are the
+        history, and the filters' state is the one at ``a``."""
+        j = a - seg.a
+        self._xlag = seg.ext[:, j : j + self.lag].copy()
+        if self.p:
+            self._xhist = seg.xfe[:, j : j + self.p].copy()
+        if j < seg.x.shape[1]:  # the filters ran on to the chunk's end: run them to a
+            self.filters._started, zi = seg.state
+            self.filters._filter.zi = zi.copy()
+            if j:
+                self.filters.process_inplace(np.array(seg.x[:, :j], order="C"))
+
+    def _fast_piece(self, seg: _Segment, a: int, b: int, start: int, timestamps: np.ndarray,
+                    events: list[Event], blanked: np.ndarray | None) -> bool:
+        """:meth:`_piece` over chunk samples ``a:b`` from the prepared ``seg``; False
+        (and nothing done) where the artefact hold may act: that piece needs
+        :meth:`_piece`."""
+        i0, i1 = a - seg.a, b - seg.a
+        p0 = start + a
+        ready = self.phase == READY
+        any_ready = bool(ready.any())
+        if any_ready:
+            lim = self.settings.artifact_ratio * self._sd_d  # NaN (never) while not learnt
+            with np.errstate(invalid="ignore"):
+                jump = np.max(seg.jump[:, i0:i1], axis=1) > lim
+            if (ready & (self._art_on | (jump & self._hold_ok)
+                         | (self._freeze_until > p0))).any():
+                return False
+        n = i1 - i0
+        f0 = self._blk_fill
+        self._blk_dd[:, f0 : f0 + n] = seg.dd[:, i0:i1]
+        xf = seg.xf[:, i0:i1]
+        self._blk_buf[:, f0 : f0 + n] = xf
+        self._blk_fill += n
+        if not any_ready:
+            return True
+        p = self.p
+        if p:  # e[k] = sum_j a[j] xf[k - j], as in _piece
+            e = self.whitener[:, :1] * xf
+            for j in range(1, p + 1):
+                e += self.whitener[:, j : j + 1] * seg.xfe[:, p - j + i0 : p - j + i1]
+        else:
+            e = xf.copy()
+        with np.errstate(invalid="ignore"):
+            u = np.minimum(e * e / self.sigma2[:, None], self.settings.clip)
+        np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
+        frozen = None if blanked is None else np.broadcast_to(blanked, u.shape)
+        self._detect(u, frozen, ready & ~self.suspended, p0, timestamps[a:b], events)
+        return True
+
+    def _may_span(self, p0: int) -> bool:
+        """Whether whole blocks from sample ``p0`` (a block boundary) may be taken
+        together: every channel learnt, none suspended or held, no artefact hold or
+        freeze under way."""
+        return bool((self.phase == READY).all() and not self.suspended.any()
+                    and not self.held.any() and not self._art_on.any()
+                    and (self._freeze_until <= p0).all() and self.n_lags - 1 <= self.block)
+
+    def _span(self, seg: _Segment, a: int, blocks: int, start: int) -> int:
+        """Whole blocks from chunk sample ``a`` (a block boundary) taken together, on the
+        guess that nothing happens in them: no channel's artefact test fires, no block
+        is low, no idle channel's CUSUM reaches half its threshold (so every idle block
+        teaches the rest and no onset is decided) and no active channel's offset CUSUM
+        crosses. The rest estimate's recursions run block by block (cheap), the
+        whitener, kappa and rest variance of every block are fitted in one batch, and
+        the CUSUMs run over all samples at once, with the same operations on the same
+        values as block by block. The blocks before the first where the guess fails are
+        kept (that block, and what follows, run the ordinary way); returns how many.
+        """
+        n, m, nb = self.block, self.n_lags - 1, blocks
+        nn = nb * n
+        i = a - seg.a
+        p0 = start + a
+        nch = len(self.channels)
+        st = self.settings
+        idle = self.state == IDLE
+        I = np.flatnonzero(idle)  # noqa: E741 - the idle channels
+        A = np.flatnonzero(~idle)
+        xf = seg.xf[:, i : i + nn]
+        xb = xf.reshape(nch, nb, n)
+        var = self._block_var(xb)
+        ddm = np.add.reduce(seg.dd[:, i : i + nn].reshape(nch, nb, n), axis=2) / n
+        jmax = np.max(seg.jump[:, i : i + nn].reshape(nch, nb, n), axis=2)
+        ext = np.concatenate((self._prev_buf[:, n - m :], xf), axis=1)
+        windows = np.lib.stride_tricks.sliding_window_view(ext, m + n, axis=1)[:, : nn : n]
+        fail = np.zeros(nb, dtype=bool)  # blocks where the guess fails
+        # the rest estimate of the idle channels after each block, then its fits
+        whit = np.repeat(self.whitener[:, None, :], nb, axis=1)  # in force in each block
+        sig = np.repeat(self.sigma2[:, None], nb, axis=1)
+        keff = np.repeat(self.kappa_eff[:, None], nb, axis=1)
+        ni = I.size
+        if ni:
+            r = self._block_acf(windows[I])  # (ni, nb, n_lags)
+            acf = self._acf[I].copy()
+            nrest = self._n_rest[I].copy()
+            acfs = np.empty((nb, ni, self.n_lags))
+            alphas = np.empty((nb, ni))
+            for k in range(nb):
+                nrest += 1
+                alphas[k] = np.maximum(self._alpha, 1.0 / nrest)
+                acf += alphas[k][:, None] * (r[:, k] - acf)
+                acfs[k] = acf
+            fa, fk, fv, fg = self._fit_rows(acfs.reshape(nb * ni, self.n_lags), ni == 1)
+            fa = fa.reshape(nb, ni, self.p + 1)
+            fk, fv, fg = fk.reshape(nb, ni), fv.reshape(nb, ni), fg.reshape(nb, ni)
+            fs2 = np.where(self.adaptive[I], fv, self.cal_var[I] * fg)  # (nb, ni)
+            whit[I, 1:] = fa[:-1].transpose(1, 0, 2)
+            sig[I, 1:] = fs2[:-1].T
+        # the whitened, normalised energy of every block
+        p = self.p
+        if p:
+            e = whit[:, :, :1] * xb
+            for j in range(1, p + 1):
+                e += whit[:, :, j : j + 1] * seg.xfe[:, p - j + i : p - j + i + nn].reshape(
+                    nch, nb, n)
+        else:
+            e = xb.copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = np.minimum(e * e / sig[:, :, None], st.clip)
+        if ni:
+            u_mean = np.add.reduce(u[I], axis=2) / n  # (ni, nb)
+            ad = self.adaptive[I]
+            ds, dw, phi = self._disp_s[I].copy(), self._disp_w[I].copy(), self._phi[I].copy()
+            sd = self._sd_d[I].copy()
+            low = self._learnt_var[I] / st.quiet_ratio
+            kap = np.concatenate((self.kappa[I][None], fk[:-1]))  # in force in each block
+            phis, dss, dws, sds = (np.empty((nb, ni)) for _ in range(4))
+            for k in range(nb):
+                with np.errstate(invalid="ignore"):
+                    if (jmax[I, k] > st.artifact_ratio * sd).any() or (
+                            ad & (var[I, k] < low)).any():
+                        fail[k] = True
+                        break
+                if st.dispersion:
+                    sq = np.array([v ** 2 for v in (u_mean[:, k] - 1.0).tolist()])
+                    z = sq * kap[k] * n / 2.0
+                    ds = (1.0 - self._alpha) * ds + z
+                    dw = (1.0 - self._alpha) * dw + 1.0
+                    phi = (DISPERSION_PRIOR + ds) / (DISPERSION_PRIOR + dw)
+                if ad.any():
+                    sd2 = np.array([v ** 2 for v in sd[ad].tolist()])
+                    sd = sd.copy()
+                    sd[ad] = np.sqrt(sd2 + alphas[k][ad] * (ddm[I[ad], k] - sd2))
+                phis[k], dss[k], dws[k], sds[k] = phi, ds, dw, sd
+            stop = int(np.argmax(fail)) if fail.any() else nb
+            if stop > 1:
+                keff[I, 1:stop] = np.minimum(1.0, fk[: stop - 1] / phis[: stop - 1]).T
+        else:
+            stop = nb
+        if stop == 0:
+            return 0
+        nn = stop * n  # the CUSUMs over the blocks still guessed right
+        u = u[:, :stop].reshape(nch, nn)
+        kap05 = np.repeat(keff[:, :stop] * 0.5, n, axis=1)
+        h = self._h((p0 + np.arange(nn))[None, :] - self._off_sample[:, None])
+        if ni:
+            s = kap05[I, None, :] * (self._gain * u[I, None, :] - self._lnrho)
+            s[:, :, 0] += self._S[I]
+            S = np.cumsum(s, axis=2)
+            M = np.minimum(np.minimum.accumulate(S, axis=2), self._M[I][:, :, None])
+            gmax = np.max(S - M, axis=1)  # (ni, nn)
+            with np.errstate(invalid="ignore"):
+                busy = (gmax > 0.5 * h[I]).reshape(ni, stop, n).any(axis=2).any(axis=0)
+            fail[:stop] |= busy
+        if A.size:
+            so = kap05[A] * (self._off_ln - self._off_gain * u[A])
+            so[:, 0] += self._Sd[A]
+            So = np.cumsum(so, axis=1)
+            Mo = np.minimum(np.minimum.accumulate(So, axis=1), self._Md[A][:, None])
+            off = (So - Mo > st.off_nats).reshape(A.size, stop, n).any(axis=2).any(axis=0)
+            fail[:stop] |= off
+        keep = int(np.argmax(fail[:stop])) if fail[:stop].any() else stop
+        if keep == 0:
+            return 0
+        last = keep * n - 1
+        assert self._stat is not None and self._thr is not None
+        if ni:
+            self._stat[I, a : a + last + 1] = gmax[:, : last + 1]
+            self._thr[I, a : a + last + 1] = h[I, : last + 1]
+            self._S[I], self._M[I] = S[:, :, last], M[:, :, last]
+            self.statistic[I] = gmax[:, last]
+            k = keep - 1
+            self._n_rest[I] += keep
+            self._acf[I] = acfs[k]
+            self.whitener[I] = fa[k]
+            self.kappa[I] = fk[k]
+            self.sigma2[I] = fs2[k]
+            self._phi[I], self._disp_s[I], self._disp_w[I] = phis[k], dss[k], dws[k]
+            self.kappa_eff[I] = np.minimum(1.0, fk[k] / phis[k])
+            self._sd_d[I] = sds[k]
+            self._low_blocks[I[ad]] = 0
+        if A.size:
+            self._stat[A, a : a + last + 1] = 0.0
+            self._Sd[A], self._Md[A] = So[:, last], Mo[:, last]
+            self._low_blocks[A] = 0
+        self._prev_buf[:] = xb[:, keep - 1]
+        self._prev_dd = ddm[:, keep - 1].copy()
+        self._blk_u.fill(0.0)
+        return keep
 
     def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event],
                blanked: np.ndarray | None = None) -> None:
@@ -717,18 +989,20 @@ class CusumDetector(Detector):
     def _refit(self, idx: np.ndarray) -> None:
         """Whitening filter, whitened rest variance and kappa of channels ``idx`` from
         their rest autocorrelation (:meth:`_fit_rows`)."""
-        a, kappa, var_e, gain = self._fit_rows(self._acf[idx])
+        a, kappa, var_e, gain = self._fit_rows(self._acf[idx], idx.size == 1)
         self.whitener[idx] = a
         self.kappa[idx] = kappa
         self.kappa_eff[idx] = np.minimum(1.0, kappa / self._phi[idx])
         self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
 
-    def _fit_rows(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _fit_rows(self, r: np.ndarray, alone: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray]:
         """Whitener, kappa, whitened variance and whitening gain of each row of rest
         autocorrelations ``r`` (m, n_lags) (Yule-Walker with the zero lag loaded; the
         whitened rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i
         - j)``). Row by row: a row's result does not depend on the others, so the rows of
-        one block or of many blocks at once give the same bits."""
+        one block or of many blocks at once give the same bits; ``alone``: the rows are
+        of one channel (see the kappa sum below)."""
         p = self.p
         a = np.zeros((r.shape[0], p + 1))
         a[:, 0] = 1.0
@@ -743,6 +1017,11 @@ class CusumDetector(Detector):
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = np.where(var_e[:, None] > 0, re[:, 1:] / var_e[:, None], 0.0)
             gain = np.where(r[:, 0] > 0, var_e / r[:, 0], 1.0)
+        # numpy sums the squares of one channel's row in its contiguous kernel, and of
+        # several channels' (the layout np.where gives them) lag by lag: which depends on
+        # how many channels were fitted together; kept as first written, so the results
+        # stay bit for bit what they were
+        rho = np.ascontiguousarray(rho) if alone else np.asfortranarray(rho)
         kappa = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
         return a, kappa, var_e, gain
 
