@@ -549,15 +549,43 @@ class CusumDetector(Detector):
         keff = np.repeat(self.kappa_eff[:, None], nb, axis=1)
         ni = I.size
         if ni:
-            r = self._block_acf(windows[I])  # (ni, nb, n_lags)
+            ad = self.adaptive[I]
+            # the weight each block's autocorrelation gets, and the artefact scale before
+            # each block (Python's floats and pow, as _rest_step): the artefact test of
+            # every block and the low-block test need nothing else, so the guess is cut
+            # there before anything costly
+            alphas = np.maximum(self._alpha, 1.0 / (self._n_rest[I][:, None]
+                                                    + np.arange(1, nb + 1)[None, :]))
+            sd_before = np.repeat(self._sd_d[I][:, None], nb, axis=1)  # (ni, nb)
+            sd_after = sd_before.copy()
+            for j in np.flatnonzero(ad).tolist():
+                v, out, ok = float(self._sd_d[I[j]]), [], nb
+                for k, (al, d2) in enumerate(zip(alphas[j].tolist(), ddm[I[j]].tolist())):
+                    w = v ** 2 + al * (d2 - v ** 2)
+                    if not w >= 0.0:
+                        ok = k
+                        break
+                    v = math.sqrt(w)
+                    out.append(v)
+                fail[ok:] = True
+                sd_after[j, : len(out)] = out
+                sd_before[j, 1 : len(out) + 1] = out[: nb - 1]
+            with np.errstate(invalid="ignore"):
+                fail |= (jmax[I] > st.artifact_ratio * sd_before).any(axis=0)
+                fail |= (ad[:, None] & (var[I] < (self._learnt_var[I]
+                                                  / st.quiet_ratio)[:, None])).any(axis=0)
+            nb = int(np.argmax(fail)) if fail.any() else nb
+            if nb == 0:
+                return 0
+            nn = nb * n
+            xb, fail = xb[:, :nb], fail[:nb]
+            whit, sig, keff = whit[:, :nb], sig[:, :nb], keff[:, :nb]
+            # the rest estimate after each block, then its fits in one batch
+            r = self._block_acf(windows[I, :nb])  # (ni, nb, n_lags)
             acf = self._acf[I].copy()
-            nrest = self._n_rest[I].copy()
             acfs = np.empty((nb, ni, self.n_lags))
-            alphas = np.empty((nb, ni))
             for k in range(nb):
-                nrest += 1
-                alphas[k] = np.maximum(self._alpha, 1.0 / nrest)
-                acf += alphas[k][:, None] * (r[:, k] - acf)
+                acf += alphas[:, k, None] * (r[:, k] - acf)
                 acfs[k] = acf
             fa, fk, fv, fg = self._fit_rows(acfs.reshape(nb * ni, self.n_lags), ni == 1)
             fa = fa.reshape(nb, ni, self.p + 1)
@@ -576,38 +604,30 @@ class CusumDetector(Detector):
             e = xb.copy()
         with np.errstate(invalid="ignore", divide="ignore"):
             u = np.minimum(e * e / sig[:, :, None], st.clip)
+        stop = nb
         if ni:
-            u_mean = np.add.reduce(u[I], axis=2) / n  # (ni, nb)
-            ad = self.adaptive[I]
-            ds, dw, phi = self._disp_s[I].copy(), self._disp_w[I].copy(), self._phi[I].copy()
-            sd = self._sd_d[I].copy()
-            low = self._learnt_var[I] / st.quiet_ratio
-            kap = np.concatenate((self.kappa[I][None], fk[:-1]))  # in force in each block
-            phis, dss, dws, sds = (np.empty((nb, ni)) for _ in range(4))
-            for k in range(nb):
-                with np.errstate(invalid="ignore"):
-                    if (jmax[I, k] > st.artifact_ratio * sd).any() or (
-                            ad & (var[I, k] < low)).any():
-                        fail[k] = True
-                        break
-                if st.dispersion:
-                    sq = np.array([v ** 2 for v in (u_mean[:, k] - 1.0).tolist()])
-                    z = sq * kap[k] * n / 2.0
-                    ds = (1.0 - self._alpha) * ds + z
-                    dw = (1.0 - self._alpha) * dw + 1.0
-                    phi = (DISPERSION_PRIOR + ds) / (DISPERSION_PRIOR + dw)
-                if ad.any():
-                    sd2 = np.array([v ** 2 for v in sd[ad].tolist()])
-                    sd = sd.copy()
-                    sd[ad] = np.sqrt(sd2 + alphas[k][ad] * (ddm[I[ad], k] - sd2))
-                phis[k], dss[k], dws[k], sds[k] = phi, ds, dw, sd
-            stop = int(np.argmax(fail)) if fail.any() else nb
-            if stop > 1:
-                keff[I, 1:stop] = np.minimum(1.0, fk[: stop - 1] / phis[: stop - 1]).T
-        else:
-            stop = nb
-        if stop == 0:
-            return 0
+            # the dispersion after each block (Python's floats and pow, as _rest_step)
+            phis = np.repeat(self._phi[I][:, None], nb, axis=1)  # (ni, nb)
+            dss = np.repeat(self._disp_s[I][:, None], nb, axis=1)
+            dws = np.repeat(self._disp_w[I][:, None], nb, axis=1)
+            if st.dispersion:
+                u_mean = np.add.reduce(u[I], axis=2) / n  # (ni, nb)
+                kap = np.concatenate((self.kappa[I][:, None], fk[:-1].T), axis=1)  # in force
+                sq = np.array([v ** 2 for v in (u_mean - 1.0).ravel().tolist()])
+                z = (sq.reshape(ni, nb) * kap * n / 2.0).tolist()
+                b1 = 1.0 - self._alpha
+                for j in range(ni):
+                    ds, dw = float(self._disp_s[I[j]]), float(self._disp_w[I[j]])
+                    lds, ldw, lphi = [], [], []
+                    for zk in z[j]:
+                        ds = b1 * ds + zk
+                        dw = b1 * dw + 1.0
+                        lds.append(ds)
+                        ldw.append(dw)
+                        lphi.append((DISPERSION_PRIOR + ds) / (DISPERSION_PRIOR + dw))
+                    dss[j], dws[j], phis[j] = lds, ldw, lphi
+            if nb > 1:
+                keff[I, 1:] = np.minimum(1.0, fk[:-1] / phis[:, :-1].T).T
         nn = stop * n  # the CUSUMs over the blocks still guessed right
         u = u[:, :stop].reshape(nch, nn)
         kap05 = np.repeat(keff[:, :stop] * 0.5, n, axis=1)
@@ -644,9 +664,9 @@ class CusumDetector(Detector):
             self.whitener[I] = fa[k]
             self.kappa[I] = fk[k]
             self.sigma2[I] = fs2[k]
-            self._phi[I], self._disp_s[I], self._disp_w[I] = phis[k], dss[k], dws[k]
-            self.kappa_eff[I] = np.minimum(1.0, fk[k] / phis[k])
-            self._sd_d[I] = sds[k]
+            self._phi[I], self._disp_s[I], self._disp_w[I] = phis[:, k], dss[:, k], dws[:, k]
+            self.kappa_eff[I] = np.minimum(1.0, fk[k] / phis[:, k])
+            self._sd_d[I] = sd_after[:, k]
             self._low_blocks[I[ad]] = 0
         if A.size:
             self._stat[A, a : a + last + 1] = 0.0
