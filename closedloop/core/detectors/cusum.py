@@ -517,10 +517,10 @@ class CusumDetector(Detector):
 
     def _span(self, seg: _Segment, a: int, blocks: int, start: int) -> int:
         """Whole blocks from chunk sample ``a`` (a block boundary) taken together, on the
-        guess that nothing happens in them: no channel's artefact test fires, no block
-        is low, no idle channel's CUSUM reaches half its threshold (so every idle block
-        teaches the rest and no onset is decided) and no active channel's offset CUSUM
-        crosses. The rest estimate's recursions run block by block (cheap), the
+        guess that nothing happens in them: no channel's artefact test fires, no
+        channel's rest is learnt again (a second low block in a row), no idle channel's
+        CUSUM reaches half its threshold (so every idle block teaches the rest and no
+        onset is decided) and no active channel's offset CUSUM crosses. The rest estimate's recursions run block by block (cheap), the
         whitener, kappa and rest variance of every block are fitted in one batch, and
         the CUSUMs run over all samples at once, with the same operations on the same
         values as block by block. The blocks before the first where the guess fails are
@@ -570,10 +570,13 @@ class CusumDetector(Detector):
                 fail[ok:] = True
                 sd_after[j, : len(out)] = out
                 sd_before[j, 1 : len(out) + 1] = out[: nb - 1]
+            # a low block counts; the second in a row makes the rest be learnt again
+            low = ad[:, None] & (var[I] < (self._learnt_var[I] / st.quiet_ratio)[:, None])
+            low_before = np.concatenate(((self._low_blocks[I] >= 1)[:, None], low[:, :-1]),
+                                        axis=1)
+            fail |= (low & low_before).any(axis=0)
             with np.errstate(invalid="ignore"):
                 fail |= (jmax[I] > st.artifact_ratio * sd_before).any(axis=0)
-                fail |= (ad[:, None] & (var[I] < (self._learnt_var[I]
-                                                  / st.quiet_ratio)[:, None])).any(axis=0)
             nb = int(np.argmax(fail)) if fail.any() else nb
             if nb == 0:
                 return 0
@@ -633,10 +636,17 @@ class CusumDetector(Detector):
         kap05 = np.repeat(keff[:, :stop] * 0.5, n, axis=1)
         h = self._h((p0 + np.arange(nn))[None, :] - self._off_sample[:, None])
         if ni:
-            s = kap05[I, None, :] * (self._gain * u[I, None, :] - self._lnrho)
-            s[:, :, 0] += self._S[I]
-            S = np.cumsum(s, axis=2)
-            M = np.minimum(np.minimum.accumulate(S, axis=2), self._M[I][:, :, None])
+            uI, kI = (u, kap05) if ni == nch else (u[I], kap05[I])
+            S = np.multiply(self._gain, uI[:, None, :])
+            np.subtract(S, self._lnrho, out=S)
+            np.multiply(kI[:, None, :], S, out=S)
+            S[:, :, 0] += self._S[I]
+            np.cumsum(S, axis=2, out=S)
+            # the running minimum from the one carried (min is exact in any grouping)
+            S0 = S[:, :, 0].copy()
+            S[:, :, 0] = np.minimum(S0, self._M[I])
+            M = np.minimum.accumulate(S, axis=2)
+            S[:, :, 0] = S0
             gmax = np.max(S - M, axis=1)  # (ni, nn)
             with np.errstate(invalid="ignore"):
                 busy = (gmax > 0.5 * h[I]).reshape(ni, stop, n).any(axis=2).any(axis=0)
@@ -667,7 +677,7 @@ class CusumDetector(Detector):
             self._phi[I], self._disp_s[I], self._disp_w[I] = phis[:, k], dss[:, k], dws[:, k]
             self.kappa_eff[I] = np.minimum(1.0, fk[k] / phis[:, k])
             self._sd_d[I] = sd_after[:, k]
-            self._low_blocks[I[ad]] = 0
+            self._low_blocks[I[ad]] = low[ad, k]
         if A.size:
             self._stat[A, a : a + last + 1] = 0.0
             self._Sd[A], self._Md[A] = So[:, last], Mo[:, last]
