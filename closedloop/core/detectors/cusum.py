@@ -316,8 +316,8 @@ class CusumDetector(Detector):
         """Per channel: the onset threshold (nats) in force at ``sample`` (default: the
         next sample), with the refractory rise; NaN while the channel is not ready."""
         k = self.position if sample is None else int(sample)
-        h = self._h(k - self._off_sample)
-        return np.where(self.ready, h, np.nan)
+        h = self._h_from(k, 1)
+        return np.where(self.ready, h if np.ndim(h) == 0 else h[:, 0], np.nan)
 
     def _h(self, since_off: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -394,49 +394,50 @@ class CusumDetector(Detector):
         blanked, stimulating = self._stim or (None, None)
         self._stim = None
         events: list[Event] = []
-        seg: _Segment | None = None
-        span, cool = SPAN_START, 0  # blocks to try together; blocks before trying again
-        a = 0
-        while a < n:
-            if seg is None:
-                seg = self._segment(x, a)
-            if (self._blk_fill == 0 and blanked is None and stimulating is None
-                    and n - a >= 2 * self.block and cool == 0 and self._may_span(start + a)):
-                want = min(span, (n - a) // self.block)
-                done = self._span(seg, a, want, start)
-                a += done * self.block
-                if done == want:
-                    span = min(SPAN_MAX, 2 * span)
-                    continue
-                span = max(2, done)
-                cool = 0 if done else 1
-            elif cool:
-                cool -= 1
-            if a >= n:
-                break
-            b = min(n, a + self.block - self._blk_fill)
-            if stimulating is not None and stimulating[a:b].any():
-                self._blk_stim = True
-            bl = None if blanked is None or not blanked[a:b].any() else blanked[a:b]
-            if not self._fast_piece(seg, a, b, start, timestamps, events, bl):
-                self._leave(seg, a)
-                seg = None
-                self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b],
-                            events, bl)
-            a = b
-            if self._blk_fill == self.block:
-                self._end_block(start + a, float(timestamps[a - 1]))
-        if seg is not None:
-            self._leave(seg, n)
-        self.position = start + n
-        if len(events) > 1:
-            events.sort(key=lambda e: e.sample)
-        stat, self._stat = self._stat, None
-        thr, self._thr = self._thr, None
-        self.on_threshold[:] = self.threshold()
-        self.off_threshold[:] = self.on_threshold
-        with np.errstate(invalid="ignore"):  # each sample against the threshold it met
-            above = stat > thr
+        # NaN (channels not learnt) compared with thresholds: False, quietly
+        with np.errstate(invalid="ignore"):
+            seg: _Segment | None = None
+            span, cool = SPAN_START, 0  # blocks to try together; blocks before trying again
+            a = 0
+            while a < n:
+                if seg is None:
+                    seg = self._segment(x, a)
+                if (self._blk_fill == 0 and blanked is None and stimulating is None
+                        and n - a >= 2 * self.block and cool == 0 and self._may_span(start + a)):
+                    want = min(span, (n - a) // self.block)
+                    done = self._span(seg, a, want, start)
+                    a += done * self.block
+                    if done == want:
+                        span = min(SPAN_MAX, 2 * span)
+                        continue
+                    span = max(2, done)
+                    cool = 0 if done else 1
+                elif cool:
+                    cool -= 1
+                if a >= n:
+                    break
+                b = min(n, a + self.block - self._blk_fill)
+                if stimulating is not None and stimulating[a:b].any():
+                    self._blk_stim = True
+                bl = None if blanked is None or not blanked[a:b].any() else blanked[a:b]
+                if not self._fast_piece(seg, a, b, start, timestamps, events, bl):
+                    self._leave(seg, a)
+                    seg = None
+                    self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b],
+                                events, bl)
+                a = b
+                if self._blk_fill == self.block:
+                    self._end_block(start + a, float(timestamps[a - 1]))
+            if seg is not None:
+                self._leave(seg, n)
+            self.position = start + n
+            if len(events) > 1:
+                events.sort(key=lambda e: e.sample)
+            stat, self._stat = self._stat, None
+            thr, self._thr = self._thr, None
+            self.on_threshold[:] = self.threshold()
+            self.off_threshold[:] = self.on_threshold
+            above = stat > thr  # each sample against the threshold it met
         return Detection(stat, above, events)
 
     def _segment(self, x: np.ndarray, a: int) -> _Segment:
@@ -480,8 +481,7 @@ class CusumDetector(Detector):
         any_ready = bool(ready.any())
         if any_ready:
             lim = self.settings.artifact_ratio * self._sd_d  # NaN (never) while not learnt
-            with np.errstate(invalid="ignore"):
-                jump = np.max(seg.jump[:, i0:i1], axis=1) > lim
+            jump = np.max(seg.jump[:, i0:i1], axis=1) > lim
             if (ready & (self._art_on | (jump & self._hold_ok)
                          | (self._freeze_until > p0))).any():
                 return False
@@ -500,8 +500,7 @@ class CusumDetector(Detector):
                 e += self.whitener[:, j : j + 1] * seg.xfe[:, p - j + i0 : p - j + i1]
         else:
             e = xf.copy()
-        with np.errstate(invalid="ignore"):
-            u = np.minimum(e * e / self.sigma2[:, None], self.settings.clip)
+        u = np.minimum(e * e / self.sigma2[:, None], self.settings.clip)
         np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
         frozen = None if blanked is None else np.broadcast_to(blanked, u.shape)
         self._detect(u, frozen, ready & ~self.suspended, p0, timestamps[a:b], events)
@@ -575,8 +574,7 @@ class CusumDetector(Detector):
             low_before = np.concatenate(((self._low_blocks[I] >= 1)[:, None], low[:, :-1]),
                                         axis=1)
             fail |= (low & low_before).any(axis=0)
-            with np.errstate(invalid="ignore"):
-                fail |= (jmax[I] > st.artifact_ratio * sd_before).any(axis=0)
+            fail |= (jmax[I] > st.artifact_ratio * sd_before).any(axis=0)
             nb = int(np.argmax(fail)) if fail.any() else nb
             if nb == 0:
                 return 0
@@ -634,7 +632,8 @@ class CusumDetector(Detector):
         nn = stop * n  # the CUSUMs over the blocks still guessed right
         u = u[:, :stop].reshape(nch, nn)
         kap05 = np.repeat(keff[:, :stop] * 0.5, n, axis=1)
-        h = self._h((p0 + np.arange(nn))[None, :] - self._off_sample[:, None])
+        h = self._h_from(p0, nn)
+        hI = h if np.ndim(h) == 0 else h[I]
         if ni:
             uI, kI = (u, kap05) if ni == nch else (u[I], kap05[I])
             S = np.multiply(self._gain, uI[:, None, :])
@@ -648,8 +647,7 @@ class CusumDetector(Detector):
             M = np.minimum.accumulate(S, axis=2)
             S[:, :, 0] = S0
             gmax = np.max(S - M, axis=1)  # (ni, nn)
-            with np.errstate(invalid="ignore"):
-                busy = (gmax > 0.5 * h[I]).reshape(ni, stop, n).any(axis=2).any(axis=0)
+            busy = (gmax > 0.5 * hI).reshape(ni, stop, n).any(axis=2).any(axis=0)
             fail[:stop] |= busy
         if A.size:
             so = kap05[A] * (self._off_ln - self._off_gain * u[A])
@@ -665,7 +663,7 @@ class CusumDetector(Detector):
         assert self._stat is not None and self._thr is not None
         if ni:
             self._stat[I, a : a + last + 1] = gmax[:, : last + 1]
-            self._thr[I, a : a + last + 1] = h[I, : last + 1]
+            self._thr[I, a : a + last + 1] = hI if np.ndim(hI) == 0 else hI[:, : last + 1]
             self._S[I], self._M[I] = S[:, :, last], M[:, :, last]
             self.statistic[I] = gmax[:, last]
             k = keep - 1
@@ -794,36 +792,56 @@ class CusumDetector(Detector):
         """The CUSUMs over one piece: vectorised while nothing crosses, exact per channel
         where something does."""
         n = u.shape[1]
-        kap = self.kappa_eff[:, None, None]
         idle = live & (self.state == IDLE) & ~self.held  # held: no new onset
-        since = (p0 + np.arange(n))[None, :] - self._off_sample[:, None]
-        h = self._h(since)  # (n_ch, n)
-        slow: list[int] = list(np.flatnonzero(live & (self.state == ACTIVE)))
+        h = self._h_from(p0, n)  # the threshold, or per channel and sample while it is raised
+        slow: list[int] = np.flatnonzero(live & (self.state == ACTIVE)).tolist()
         if idle.any():
-            s = kap * 0.5 * (self._gain * u[:, None, :] - self._lnrho)  # (n_ch, K, n)
+            S = np.multiply(self._gain, u[:, None, :])  # (n_ch, K, n)
+            np.subtract(S, self._lnrho, out=S)
+            np.multiply(self.kappa_eff[:, None, None] * 0.5, S, out=S)
             if frozen is not None:
-                s *= ~frozen[:, None, :]
-            s[:, :, 0] += self._S
-            S = np.cumsum(s, axis=2)
-            M = np.minimum(np.minimum.accumulate(S, axis=2), self._M[:, :, None])
+                S *= ~frozen[:, None, :]
+            S[:, :, 0] += self._S
+            np.cumsum(S, axis=2, out=S)
+            # the running minimum from the one carried (min is exact in any grouping)
+            S0 = S[:, :, 0].copy()
+            S[:, :, 0] = np.minimum(S0, self._M)
+            M = np.minimum.accumulate(S, axis=2)
+            S[:, :, 0] = S0
             gmax = np.max(S - M, axis=1)  # (n_ch, n)
-            with np.errstate(invalid="ignore"):
-                crossed = np.logical_or.reduce(gmax > h, axis=1) & idle
+            crossed = np.logical_or.reduce(gmax > h, axis=1) & idle
+            half = np.logical_or.reduce(gmax > 0.5 * h, axis=1)
             done = idle & ~crossed
-            self._S = np.where(done[:, None], S[:, :, -1], self._S)
-            self._M = np.where(done[:, None], M[:, :, -1], self._M)
-            self.statistic = np.where(done, gmax[:, -1], self.statistic)
-            if self._stat is not None and self._thr is not None and done.any():
-                a = p0 - self.position
-                self._stat[done, a : a + n] = gmax[done]
-                self._thr[done, a : a + n] = h[done]
-            with np.errstate(invalid="ignore"):
-                self._blk_busy |= done & np.logical_or.reduce(gmax > 0.5 * h, axis=1)
+            a = p0 - self.position
+            if done.all():
+                self._S, self._M, self.statistic = S[:, :, -1].copy(), M[:, :, -1].copy(), \
+                    gmax[:, -1].copy()
+                if self._stat is not None and self._thr is not None:
+                    self._stat[:, a : a + n] = gmax
+                    self._thr[:, a : a + n] = h
+            else:
+                self._S = np.where(done[:, None], S[:, :, -1], self._S)
+                self._M = np.where(done[:, None], M[:, :, -1], self._M)
+                self.statistic = np.where(done, gmax[:, -1], self.statistic)
+                if self._stat is not None and self._thr is not None and done.any():
+                    self._stat[done, a : a + n] = gmax[done]
+                    self._thr[done, a : a + n] = h if np.ndim(h) == 0 else h[done]
+            self._blk_busy |= done & half
             slow.extend(np.flatnonzero(crossed).tolist())
-        for c in sorted(slow):
-            self._blk_busy[c] = True
-            self._channel(int(c), u[c], None if frozen is None else frozen[c], h[c], p0, ts,
-                          events)
+        if slow:
+            hh = np.broadcast_to(h, u.shape)
+            for c in sorted(slow):
+                self._blk_busy[c] = True
+                self._channel(int(c), u[c], None if frozen is None else frozen[c], hh[c], p0,
+                              ts, events)
+
+    def _h_from(self, p0: int, n: int) -> float | np.ndarray:
+        """The onset threshold at samples ``p0 .. p0 + n``: ``h_nats`` when no channel's
+        is raised there, else per channel and sample (:meth:`_h`)."""
+        if (self.n_refr <= 0 or self.settings.refractory_gain == 0.0
+                or p0 - int(self._off_sample.max()) >= self.n_refr):
+            return self.settings.h_nats
+        return self._h((p0 + np.arange(n))[None, :] - self._off_sample[:, None])
 
     def _put(self, c: int, p0: int, i: int, values: np.ndarray,
              thresholds: np.ndarray | None = None) -> None:
@@ -1071,8 +1089,10 @@ class CusumDetector(Detector):
         bits."""
         n = self.block
         m = ext.shape[2] - n
-        # windows[:, :, j] = the block shifted back by m - j samples
-        windows = np.lib.stride_tricks.sliding_window_view(ext, n, axis=2)
+        # windows[:, :, j] = the block shifted back by m - j samples (a read-only view)
+        s0, s1, s2 = ext.strides
+        windows = np.lib.stride_tricks.as_strided(
+            ext, (ext.shape[0], ext.shape[1], m + 1, n), (s0, s1, s2, s2), writeable=False)
         return np.einsum("cbn,cbkn->cbk", ext[:, :, m:], windows[:, :, ::-1]) / n
 
     def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
