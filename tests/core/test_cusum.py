@@ -346,7 +346,8 @@ def stimulated():
     return stimulate(commands, 10.0, script=script).raw, commands
 
 
-def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
+def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True, path: str = "auto",
+                    taken: list | None = None):
     """The cusum pipeline with the artifact remover fed the commands before their samples
     (as the live loop does): its events, the onset statistic, sigma2 after every chunk,
     the blanked samples and where the statistic was above its threshold."""
@@ -361,6 +362,7 @@ def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
     config = replace(default_config(muscles), detector=CusumSettings(), detector_kind="cusum")
     remover = ArtifactRemover(ArtifactSettings(), STIM_FS, muscles, 50.0, comb_all=True)
     pipe = Pipeline(STIM_FS, muscles, config, artifacts=remover)
+    _force_path(pipe.detector, path, taken)
     if not hook:  # as before the hook: the detector never hears of the stimulation
         pipe.detector.stimulation = lambda blanked, stimulating: None  # type: ignore[method-assign]
     pending = sorted(commands, key=lambda c: c.sample)
@@ -425,17 +427,12 @@ _STATE = ("whitener", "sigma2", "kappa", "kappa_eff", "_acf", "_phi", "_disp_s",
           "_prev_buf", "_xlag", "_xhist")
 
 
-def _traced(x: np.ndarray, chunk: int, path: str, fs: float, channels, **params):
-    """Run the cusum pipeline over ``x`` in chunks of ``chunk`` along ``path``: "auto"
-    (as shipped), "blocks" (no run of whole blocks taken together) or "samples" (every
-    piece through :meth:`_piece`, the path with the artefact hold's per-sample loop,
-    which prepares nothing ahead).
-    Returns everything it decided and its state, and how many blocks spans took."""
-    det = make_detector("cusum", fs, channels, **params)
-    core = det.detector
-    taken = []
+def _force_path(core, path: str, taken: list[int] | None = None) -> list[int]:
+    """Make cusum detector ``core`` take ``path`` (see :func:`_traced`); returns the list
+    (``taken``, or a new one) the span path appends the blocks it took to."""
+    taken = [] if taken is None else taken
     if path in ("blocks", "samples"):
-        core._may_span = lambda p0: False  # type: ignore[method-assign]
+        core._may_span = lambda p0: False
     else:
         span = core._span
 
@@ -444,9 +441,21 @@ def _traced(x: np.ndarray, chunk: int, path: str, fs: float, channels, **params)
             taken.append(k)
             return k
 
-        core._span = counted  # type: ignore[method-assign]
+        core._span = counted
     if path == "samples":
-        core._fast_piece = lambda *args: False  # type: ignore[method-assign]
+        core._fast_piece = lambda *args: False
+    return taken
+
+
+def _traced(x: np.ndarray, chunk: int, path: str, fs: float, channels, **params):
+    """Run the cusum pipeline over ``x`` in chunks of ``chunk`` along ``path``: "auto"
+    (as shipped), "blocks" (no run of whole blocks taken together) or "samples" (every
+    piece through :meth:`_piece`, the path with the artefact hold's per-sample loop,
+    which prepares nothing ahead).
+    Returns everything it decided and its state, and how many blocks spans took."""
+    det = make_detector("cusum", fs, channels, **params)
+    core = det.detector
+    taken = _force_path(core, path)
     events, stat, above, thr = [], [], [], []
     for i in range(0, x.shape[0], chunk):
         block = det.pipeline.process(x[i : i + chunk])
@@ -531,3 +540,21 @@ def test_fits_and_autocorrelations_of_many_blocks_at_once_match_one_at_a_time():
             for got, want in zip(batch, one, strict=True):
                 np.testing.assert_array_equal(got.reshape(40, channels, *want.shape[1:])[b],
                                               want)
+
+
+def test_with_stimulation_whole_blocks_together_match_the_per_sample_path(stimulated):
+    """Stimulated chunks: the whole blocks no train or blanked sample touches are still
+    taken together, and decide as the per-sample path, to the bit."""
+    x, commands = stimulated
+    taken: list[int] = []
+    want = _stimulated_run(x, commands, [10000], path="samples")
+    got = _stimulated_run(x, commands, [10000], taken=taken)
+    assert got[0] == want[0] and [e.kind for e in want[0]].count(ONSET) == 2
+    for g, w in zip(got[1:], want[1:], strict=True):
+        if isinstance(g, list):  # sigma2 after every chunk
+            for (eg, sg), (ew, sw) in zip(g, w, strict=True):
+                assert eg == ew
+                np.testing.assert_array_equal(sg, sw)
+        else:
+            np.testing.assert_array_equal(g, w)
+    assert sum(taken) > 0.5 * x.shape[0] / 100  # most 50 ms blocks: no train touches them

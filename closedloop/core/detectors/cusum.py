@@ -398,13 +398,23 @@ class CusumDetector(Detector):
         with np.errstate(invalid="ignore"):
             seg: _Segment | None = None
             span, cool = SPAN_START, 0  # blocks to try together; blocks before trying again
+            # samples touched by stimulation: no run of blocks takes one in
+            touched = np.zeros(0, dtype=np.int64)
+            if blanked is not None or stimulating is not None:
+                touched = np.flatnonzero((np.zeros(n, dtype=bool) if blanked is None
+                                          else blanked)
+                                         | (False if stimulating is None else stimulating))
             a = 0
             while a < n:
                 if seg is None:
                     seg = self._segment(x, a)
-                if (self._blk_fill == 0 and blanked is None and stimulating is None
-                        and n - a >= 2 * self.block and cool == 0 and self._may_span(start + a)):
-                    want = min(span, (n - a) // self.block)
+                free = n  # the first sample from a on touched by stimulation
+                if touched.size:
+                    t = int(np.searchsorted(touched, a))
+                    free = int(touched[t]) if t < touched.size else n
+                if (self._blk_fill == 0 and free - a >= 2 * self.block and cool == 0
+                        and self._may_span(start + a)):
+                    want = min(span, (free - a) // self.block)
                     done = self._span(seg, a, want, start)
                     a += done * self.block
                     if done == want:
