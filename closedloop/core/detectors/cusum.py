@@ -317,7 +317,7 @@ class CusumDetector(Detector):
         next sample), with the refractory rise; NaN while the channel is not ready."""
         k = self.position if sample is None else int(sample)
         h = self._h_from(k, 1)
-        return np.where(self.ready, h if np.ndim(h) == 0 else h[:, 0], np.nan)
+        return np.where(self.ready, h[:, 0] if isinstance(h, np.ndarray) else h, np.nan)
 
     def _h(self, since_off: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -529,11 +529,12 @@ class CusumDetector(Detector):
         guess that nothing happens in them: no channel's artefact test fires, no
         channel's rest is learnt again (a second low block in a row), no idle channel's
         CUSUM reaches half its threshold (so every idle block teaches the rest and no
-        onset is decided) and no active channel's offset CUSUM crosses. The rest estimate's recursions run block by block (cheap), the
-        whitener, kappa and rest variance of every block are fitted in one batch, and
-        the CUSUMs run over all samples at once, with the same operations on the same
-        values as block by block. The blocks before the first where the guess fails are
-        kept (that block, and what follows, run the ordinary way); returns how many.
+        onset is decided) and no active channel's offset CUSUM crosses. The rest
+        estimate's recursions run block by block (cheap), the whitener, kappa and rest
+        variance of every block are fitted in one batch, and the CUSUMs run over all
+        samples at once, with the same operations on the same values as block by block.
+        The blocks before the first where the guess fails are kept (that block, and what
+        follows, run the ordinary way); returns how many.
         """
         n, m, nb = self.block, self.n_lags - 1, blocks
         nn = nb * n
@@ -569,7 +570,8 @@ class CusumDetector(Detector):
             sd_after = sd_before.copy()
             for j in np.flatnonzero(ad).tolist():
                 v, out, ok = float(self._sd_d[I[j]]), [], nb
-                for k, (al, d2) in enumerate(zip(alphas[j].tolist(), ddm[I[j]].tolist())):
+                for k, (al, d2) in enumerate(zip(alphas[j].tolist(), ddm[I[j]].tolist(),
+                                                 strict=True)):
                     w = v ** 2 + al * (d2 - v ** 2)
                     if not w >= 0.0:
                         ok = k
@@ -643,7 +645,7 @@ class CusumDetector(Detector):
         u = u[:, :stop].reshape(nch, nn)
         kap05 = np.repeat(keff[:, :stop] * 0.5, n, axis=1)
         h = self._h_from(p0, nn)
-        hI = h if np.ndim(h) == 0 else h[I]
+        hI = h[I] if isinstance(h, np.ndarray) else h
         if ni:
             uI, kI = (u, kap05) if ni == nch else (u[I], kap05[I])
             S = np.multiply(self._gain, uI[:, None, :])
@@ -673,7 +675,8 @@ class CusumDetector(Detector):
         assert self._stat is not None and self._thr is not None
         if ni:
             self._stat[I, a : a + last + 1] = gmax[:, : last + 1]
-            self._thr[I, a : a + last + 1] = hI if np.ndim(hI) == 0 else hI[:, : last + 1]
+            self._thr[I, a : a + last + 1] = (hI[:, : last + 1] if isinstance(hI, np.ndarray)
+                                                 else hI)
             self._S[I], self._M[I] = S[:, :, last], M[:, :, last]
             self.statistic[I] = gmax[:, last]
             k = keep - 1
@@ -835,7 +838,7 @@ class CusumDetector(Detector):
                 self.statistic = np.where(done, gmax[:, -1], self.statistic)
                 if self._stat is not None and self._thr is not None and done.any():
                     self._stat[done, a : a + n] = gmax[done]
-                    self._thr[done, a : a + n] = h if np.ndim(h) == 0 else h[done]
+                    self._thr[done, a : a + n] = h[done] if isinstance(h, np.ndarray) else h
             self._blk_busy |= done & half
             slow.extend(np.flatnonzero(crossed).tolist())
         if slow:
