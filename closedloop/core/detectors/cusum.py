@@ -117,15 +117,15 @@ SPAN_START, SPAN_MAX = 8, 64
 class _Segment:
     """The rest of a chunk from sample ``a`` on, prepared at once (``CusumDetector._segment``).
 
-    ``x`` the raw samples (n_channels, m); ``ext`` the ``lag`` raw samples before, then
-    ``x``; ``dd`` and ``jump`` the square and magnitude of ``x[k] - x[k - lag]``; ``xf``
-    the filtered samples and ``xfe`` the whitener's ``p`` filtered samples before, then
-    ``xf``; ``state`` the filters' state before ``xf``.
+    ``x`` the raw samples (n_channels, m); ``xlag`` the ``lag`` raw samples before; ``dd``
+    and ``jump`` the square and magnitude of ``x[k] - x[k - lag]``; ``xf`` the filtered
+    samples and ``xfe`` the whitener's ``p`` filtered samples before, then ``xf``;
+    ``state`` the filters' state before ``xf``.
     """
 
     a: int
     x: np.ndarray
-    ext: np.ndarray
+    xlag: np.ndarray
     dd: np.ndarray
     jump: np.ndarray
     xf: np.ndarray
@@ -459,19 +459,23 @@ class CusumDetector(Detector):
             self._xlag[:] = x[:, a : a + 1]
             self._started = True
         xs = x[:, a:]
-        m = xs.shape[1]
-        ext = np.concatenate((self._xlag, xs), axis=1)
-        d = xs - ext[:, :m]  # x[k] - x[k - lag]
+        m, lag = xs.shape[1], self.lag
+        d = np.empty_like(xs)  # x[k] - x[k - lag]: the samples before come from _xlag
+        k = min(m, lag)
+        np.subtract(xs[:, :k], self._xlag[:, :k], out=d[:, :k])
+        if m > lag:
+            np.subtract(xs[:, lag:], xs[:, : m - lag], out=d[:, lag:])
         state = (self.filters._started, self.filters._filter.zi.copy())
         xf = self.filters.process_inplace(np.array(xs, order="C"))
         xfe = np.concatenate((self._xhist, xf), axis=1) if self.p else xf
-        return _Segment(a, xs, ext, d * d, np.abs(d), xf, xfe, state)
+        return _Segment(a, xs, self._xlag, d * d, np.abs(d), xf, xfe, state)
 
     def _leave(self, seg: _Segment, a: int) -> None:
         """Stop using ``seg`` at chunk sample ``a``: the samples before ``a`` are the
         history, and the filters' state is the one at ``a``."""
-        j = a - seg.a
-        self._xlag = seg.ext[:, j : j + self.lag].copy()
+        j, lag = a - seg.a, self.lag
+        self._xlag = (seg.x[:, j - lag : j].copy() if j >= lag
+                      else np.concatenate((seg.xlag[:, j:], seg.x[:, :j]), axis=1))
         if self.p:
             self._xhist = seg.xfe[:, j : j + self.p].copy()
         if j < seg.x.shape[1]:  # the filters ran on to the chunk's end: run them to a
@@ -1072,7 +1076,10 @@ class CusumDetector(Detector):
             rr = r[:, : p + 1].copy()
             rr[:, 0] *= 1.0 + self.settings.ar_loading + 1e-9
             toeplitz = rr[:, self._toep]  # (m, p, p)
-            a[ok, 1:] = -np.linalg.solve(toeplitz[ok], rr[ok, 1 : p + 1, None])[:, :, 0]
+            if ok.all():
+                a[:, 1:] = -np.linalg.solve(toeplitz, rr[:, 1 : p + 1, None])[:, :, 0]
+            else:
+                a[ok, 1:] = -np.linalg.solve(toeplitz[ok], rr[ok, 1 : p + 1, None])[:, :, 0]
         re = np.einsum("ci,cj,ctij->ct", a, a, r[:, self._re_lags])  # (m, lag_max + 1)
         var_e = re[:, 0]
         with np.errstate(invalid="ignore", divide="ignore"):
