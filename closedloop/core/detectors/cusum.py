@@ -811,7 +811,8 @@ class CusumDetector(Detector):
         n = u.shape[1]
         idle = live & (self.state == IDLE) & ~self.held  # held: no new onset
         h = self._h_from(p0, n)  # the threshold, or per channel and sample while it is raised
-        slow: list[int] = np.flatnonzero(live & (self.state == ACTIVE)).tolist()
+        active = live & (self.state == ACTIVE)
+        slow: list[int] = active.nonzero()[0].tolist() if active.any() else []
         if idle.any():
             S = np.multiply(self._gain, u[:, None, :])  # (n_ch, K, n)
             np.subtract(S, self._lnrho, out=S)
@@ -844,7 +845,8 @@ class CusumDetector(Detector):
                     self._stat[done, a : a + n] = gmax[done]
                     self._thr[done, a : a + n] = h[done] if isinstance(h, np.ndarray) else h
             self._blk_busy |= done & half
-            slow.extend(np.flatnonzero(crossed).tolist())
+            if crossed.any():
+                slow.extend(crossed.nonzero()[0].tolist())
         if slow:
             hh = np.broadcast_to(h, u.shape)
             for c in sorted(slow):
@@ -856,7 +858,7 @@ class CusumDetector(Detector):
         """The onset threshold at samples ``p0 .. p0 + n``: ``h_nats`` when no channel's
         is raised there, else per channel and sample (:meth:`_h`)."""
         if (self.n_refr <= 0 or self.settings.refractory_gain == 0.0
-                or p0 - int(self._off_sample.max()) >= self.n_refr):
+                or p0 - self._off_sample.max() >= self.n_refr):
             return self.settings.h_nats
         return self._h((p0 + np.arange(n))[None, :] - self._off_sample[:, None])
 
