@@ -100,6 +100,7 @@ from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
 from closedloop.core.detectors.base import Detection, Detector, RestNote
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 from closedloop.core.filters import FilterBank
+from closedloop.core.sos import decaying_sum
 
 IDLE = 0
 ACTIVE = 1
@@ -631,18 +632,11 @@ class CusumDetector(Detector):
                 u_mean = np.add.reduce(u[I], axis=2) / n  # (ni, nb)
                 kap = np.concatenate((self.kappa[I][:, None], fk[:-1].T), axis=1)  # in force
                 sq = np.array([v ** 2 for v in (u_mean - 1.0).ravel().tolist()])
-                z = (sq.reshape(ni, nb) * kap * n / 2.0).tolist()
-                b1 = 1.0 - self._alpha
-                for j in range(ni):
-                    ds, dw = float(self._disp_s[I[j]]), float(self._disp_w[I[j]])
-                    lds, ldw, lphi = [], [], []
-                    for zk in z[j]:
-                        ds = b1 * ds + zk
-                        dw = b1 * dw + 1.0
-                        lds.append(ds)
-                        ldw.append(dw)
-                        lphi.append((DISPERSION_PRIOR + ds) / (DISPERSION_PRIOR + dw))
-                    dss[j], dws[j], phis[j] = lds, ldw, lphi
+                z = sq.reshape(ni, nb) * kap * n / 2.0
+                b1 = 1.0 - self._alpha  # (1 - a) * s + z, block after block
+                dss = decaying_sum(z, self._disp_s[I], b1)
+                dws = decaying_sum(np.ones((ni, nb)), self._disp_w[I], b1)
+                phis = (DISPERSION_PRIOR + dss) / (DISPERSION_PRIOR + dws)
             if nb > 1:
                 keff[I, 1:] = np.minimum(1.0, fk[:-1] / phis[:, :-1].T).T
         nn = stop * n  # the CUSUMs over the blocks still guessed right
