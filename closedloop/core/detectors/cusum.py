@@ -76,7 +76,11 @@ Per channel, causally, sample by sample:
 Chunking changes nothing: every state change happens at a block boundary or at a sample
 the data decide (an event, an artefact), the running sums are carried as sequential
 ``cumsum`` results and reset only there, so chunks of 1, 7 or 10,000 samples give the
-same events to the bit. No wall clock, no I/O: numpy in, events and notices out.
+same events to the bit. A large chunk is filtered at once, and runs of whole blocks where
+nothing happens are taken together (their CUSUMs over all samples at once, their rest
+fits in one batch) with the same operations on the same values as block by block, so
+the speed-up changes no bit either. No wall clock, no I/O: numpy in, events and notices
+out.
 
 References
 ----------
