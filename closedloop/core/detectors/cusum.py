@@ -519,7 +519,9 @@ class CusumDetector(Detector):
                 e += self.whitener[:, j : j + 1] * seg.xfe[:, p - j + i0 : p - j + i1]
         else:
             e = xf.copy()
-        u = np.minimum(e * e / self.sigma2[:, None], self.settings.clip)
+        u = np.multiply(e, e, out=e)
+        np.divide(u, self.sigma2[:, None], out=u)
+        np.minimum(u, self.settings.clip, out=u)
         np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
         frozen = None if blanked is None else np.broadcast_to(blanked, u.shape)
         self._detect(u, frozen, ready & ~self.suspended, p0, timestamps[a:b], events)
@@ -819,11 +821,7 @@ class CusumDetector(Detector):
                 S *= ~frozen[:, None, :]
             S[:, :, 0] += self._S
             np.cumsum(S, axis=2, out=S)
-            # the running minimum from the one carried (min is exact in any grouping)
-            S0 = S[:, :, 0].copy()
-            S[:, :, 0] = np.minimum(S0, self._M)
-            M = np.minimum.accumulate(S, axis=2)
-            S[:, :, 0] = S0
+            M = np.minimum(np.minimum.accumulate(S, axis=2), self._M[:, :, None])
             gmax = np.max(S - M, axis=1)  # (n_ch, n)
             crossed = np.logical_or.reduce(gmax > h, axis=1) & idle
             half = np.logical_or.reduce(gmax > 0.5 * h, axis=1)
