@@ -558,3 +558,17 @@ def test_with_stimulation_whole_blocks_together_match_the_per_sample_path(stimul
         else:
             np.testing.assert_array_equal(g, w)
     assert sum(taken) > 0.5 * x.shape[0] / 100  # most 50 ms blocks: no train touches them
+
+
+def test_a_block_too_short_for_its_lags_is_refused_naming_block_ms():
+    """A block must hold the rest autocorrelation's lags (10 ms plus ar_order + 1): a
+    shorter ``block_ms`` is refused with what to set (it used to fail with a numpy
+    broadcast error on the first block); the least block that does runs."""
+    from closedloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"block_ms = 5 is 5 samples at 1000 Hz.*"
+                                          r"use block_ms >= 14"):
+        make_detector("cusum", 1000.0, ["m"], block_ms=5, learn_ms=20)
+    det = make_detector("cusum", 1000.0, ["m"], block_ms=14, learn_ms=28)
+    x = np.random.default_rng(0).standard_normal((3000, 1)) * 1e-5
+    det.process(x)

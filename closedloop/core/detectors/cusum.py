@@ -105,6 +105,7 @@ from closedloop.core.detectors.base import Detection, Detector, RestNote
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 from closedloop.core.filters import FilterBank
 from closedloop.core.sos import decaying_sum
+from closedloop.errors import ConfigError
 from closedloop.units import Statistic
 
 IDLE = 0
@@ -218,6 +219,13 @@ class CusumDetector(Detector):
         self.n_art_max = int(round(s.artifact_max_ms * ms))
         self.p = s.ar_order if s.whiten else 0
         self.lag_max = max(self.p + 1, int(round(0.01 * self.fs)))
+        need = self.lag_max + self.p + 1  # the block autocorrelation's lags (n_lags)
+        if self.block < need:
+            raise ConfigError(
+                f"detector 'cusum': block_ms = {s.block_ms:g} is {self.block} samples at "
+                f"{self.fs:g} Hz, fewer than the {need} lags of the rest autocorrelation a "
+                f"block must hold (10 ms plus ar_order + 1); use block_ms >= "
+                f"{math.ceil(need / ms):g}")
         rho = np.asarray(sorted(set(s.ratios)), dtype=np.float64)
         self._gain = (1.0 - 1.0 / rho)[None, :, None]  # (1, K, 1)
         self._lnrho = np.log(rho)[None, :, None]
