@@ -111,14 +111,15 @@ def _closedloop(folder: Path, *args: str, timeout: float) -> None:
 
 
 def make_report(folder: str | Path, *, seconds: float = REPORT_SECONDS,
-                seed: int = REPORT_SEED, timeout: float = 300.0) -> Path:
+                seed: int = REPORT_SEED, timeout: float = 300.0,
+                config: str | Path = REPORT_CONFIG) -> Path:
     """A report as a clinician makes one, through the installed command in ``folder``:
     ``calibrate`` the simulated patient P01 (into ``p01.toml`` and the patient record
     ``sessions.db``), ``run`` a recorded session from that calibration
     (``session.xdf``), then ``report`` it; returns ``session.html``."""
     folder = Path(folder)
     who = ("--patient", "P01", "--operator", "A. Nurse", "--db", "sessions.db")
-    _closedloop(folder, "calibrate", "--config", str(REPORT_CONFIG), "--out", "p01.toml",
+    _closedloop(folder, "calibrate", "--config", str(config), "--out", "p01.toml",
                 "--no-gui", "--yes", "--rest-s", "3", "--mvc-reps", "2", "--mvc-s", "2",
                 *who, timeout=timeout)
     _closedloop(folder, "run", "--config", "p01.toml", "--duration", f"{seconds:g}",

@@ -69,6 +69,7 @@ from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, InputError
 from closedloop.sim.patient import Attempt
 from closedloop.sources.base import Source
+from closedloop.units import display_units, number
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -333,17 +334,28 @@ class MuscleResult:
             return None
         return Calibration(rest_mean=self.rest_mean, rest_sd=self.rest_sd, mvc=self.mvc)
 
-    def summary(self) -> str:
-        """One line: the figures, or REFUSED and why."""
+    def summary(self, units: str | None = None) -> str:
+        """One line: the figures (in µV when ``units``, the source's, is a voltage; else
+        as the source gives them), or REFUSED and why."""
         if not self.ok:
             return f"{self.muscle}: REFUSED - " + "; ".join(self.reasons)
-        reps = ", ".join(f"{r:.4g}" for r in self.reps)
-        line = (f"{self.muscle}: rest {self.rest_mean:.4g} +- {self.rest_sd:.4g}, MVC "
-                f"{self.mvc:.4g} (reps {reps})")
+        du = display_units(units)
+        if du.emg_unit == "µV":
+            def show(v: float) -> str:
+                return number(v * du.emg_factor)
+            unit = " µV"
+        else:
+            def show(v: float) -> str:
+                return f"{v:.4g}"
+            unit = f" {du.emg_unit}" if du.emg_unit else ""
+        reps = ", ".join(show(r) for r in self.reps)
+        line = (f"{self.muscle}: rest {show(self.rest_mean)} +- {show(self.rest_sd)}{unit}, "
+                f"MVC {show(self.mvc)}{unit} (reps {reps})")
         if math.isnan(self.on_threshold):  # a detector without envelope thresholds
             return line
-        return (f"{line}, on/off thresholds {self.on_threshold:.4g}/{self.off_threshold:.4g} "
-                f"({100 * self.on_fraction:.0f}% of MVC above rest)")
+        return (f"{line}, on/off thresholds {show(self.on_threshold)}/"
+                f"{show(self.off_threshold)}{unit} ({100 * self.on_fraction:.0f}% of MVC "
+                "above rest)")
 
     @property
     def on_fraction(self) -> float:
@@ -370,7 +382,7 @@ class Result:
 
     def reasons(self) -> list[str]:
         """The summary of every refused muscle."""
-        return [m.summary() for m in self.muscles if not m.ok]
+        return [m.summary(self.units) for m in self.muscles if not m.ok]
 
 
 def _best_window_mean(x: np.ndarray, n: int) -> float:
@@ -592,7 +604,7 @@ def patient_config_text(
             f"{schedule.top_s:g} s of each"
         )
     for m in result.muscles:
-        head.append(f"# {m.summary()}")
+        head.append(f"# {m.summary(result.units)}")
         head.extend(f"#   warning: {w}" for w in m.warnings)
     head.append(f"# stimulation limits: {confirmation}")
     head.extend(f"#   {line}" for line in limits_lines(config))

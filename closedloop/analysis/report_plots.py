@@ -83,7 +83,10 @@ def timeline(lanes: Sequence[Lane], bin_s: float, duration_s: float, stat_name: 
 
     with matplotlib.rc_context(_RC):
         k = max(1, len(lanes))
-        fig = _figure(min(4.8, 0.5 + 1.15 * k))
+        # the page holds two muscles' lanes at 1.15 in; a detector whose statistic is not
+        # the EMG level gives each muscle two lanes (level, statistic): thinner ones, so
+        # the report still prints on two A4 pages
+        fig = _figure(min(4.8, 0.5 + (1.15 if k <= 2 else 0.5) * k))
         axes = fig.subplots(k, 1, sharex=True, squeeze=False)[:, 0]
         div, tunit = _time_axis(duration_s)
         for ax, lane in zip(axes, lanes, strict=False):

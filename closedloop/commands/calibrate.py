@@ -170,7 +170,7 @@ def run_terminal(
         rec = acquire(source, config, steps, on_step=on_step)
     result = analyse(rec, steps, config, schedule)
     for m in result.muscles:
-        output(m.summary())
+        output(m.summary(result.units))
         for w in m.warnings:
             output(f"  warning: {w}")
     return result, steps

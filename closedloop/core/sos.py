@@ -128,3 +128,33 @@ def exponential_average(x: np.ndarray, start: np.ndarray, weight: float) -> np.n
         return y
     y, _ = signal.lfilter([weight], [1.0, -(1.0 - weight)], x, axis=-1, zi=z[:, 0, :1])
     return y
+
+
+def decaying_sum(x: np.ndarray, start: np.ndarray, decay: float) -> np.ndarray:
+    """Each row's decaying sum after every sample: ``y[n] = decay * y[n - 1] + x[n]`` from
+    ``y[-1] = start``, for ``x`` (n_rows, m).
+
+    Evaluated in exactly that form, one rounding of the product and one of the sum, so
+    it gives the bits of the same recurrence written out in Python or numpy: through the
+    compiled kernel as the section ``[1, 0, 0, 1, -decay, 0]`` (its other products are
+    by 1 and 0, exact, and so is any fused multiply-add with a zero addend), else in a
+    Python loop.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    first = decay * np.asarray(start, dtype=np.float64)  # the first product, rounded once
+    if _kernel is not None:
+        z = np.zeros((x.shape[0], 1, 2))
+        z[:, 0, 0] = first
+        y = x.copy()
+        _kernel(np.array([[1.0, 0.0, 0.0, 1.0, -decay, 0.0]]), y, z)
+        return y
+    y = np.empty_like(x)
+    for i, (row, prod) in enumerate(zip(x.tolist(), np.atleast_1d(first).tolist(),
+                                        strict=True)):
+        out = []
+        for v in row:
+            acc = v + prod
+            out.append(acc)
+            prod = decay * acc
+        y[i] = out
+    return y

@@ -48,6 +48,20 @@ def test_bench_replay_records_a_session_and_times_its_exact_replay(tmp_path):
     assert "Traceback" not in again.stderr
 
 
+def test_bench_replay_of_a_cusum_session_replays_exactly():
+    """The replay figure of cusum sessions (docs/detection.md) comes from this path: a
+    stimulated session decided by cusum, recorded, then replayed in large chunks (runs of
+    whole blocks taken together beside stimulation) with --check passing."""
+    r = subprocess.run(
+        ["closedloop", "bench", "--replay", "--minutes", "0.2", "--channels", "3",
+         "--detector", "cusum", "--json"], capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "detector cusum" in r.stdout + r.stderr  # the session's detector is named
+    last = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last["check_passed"] and last["recording_s"] == 12.0
+
+
 def test_bench_replay_takes_a_recording(tmp_path):
     from tests.conftest import ROOT
 

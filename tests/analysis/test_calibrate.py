@@ -334,3 +334,16 @@ def test_the_patient_config_carries_the_patient_id(config_path):
     config = loads_config(multi, source="multi.toml").with_patient("P09")
     assert loads_config(cal.patient_config_text(config, result, confirmation="x")).patient \
         == "P09"
+
+
+def test_the_summary_line_is_in_microvolts_for_a_voltage_source():
+    """What the terminal and the patient config's header say after a calibration: µV
+    for a source in volts, with the digits that matter (no 2.7e-06), as the source gives
+    them for one in other units."""
+    r = cal.Result(_result().muscles, "V")
+    line = r.muscles[0].summary(r.units)
+    assert line == ("biceps: rest 1.5 +- 0.2 µV, MVC 1000 µV (reps 1000), on/off thresholds "
+                    "2.7/2.1 µV (0% of MVC above rest)")
+    text = cal.patient_config_text(loads_config(CONFIG, source="arm.toml"), r, confirmation="x")
+    assert f"# {line}" in text.splitlines()  # the header says the same
+    assert r.muscles[0].summary("counts").startswith("biceps: rest 1.5e-06 +- 2e-07 counts, ")

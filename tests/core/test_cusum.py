@@ -346,7 +346,8 @@ def stimulated():
     return stimulate(commands, 10.0, script=script).raw, commands
 
 
-def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
+def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True, path: str = "auto",
+                    taken: list | None = None):
     """The cusum pipeline with the artifact remover fed the commands before their samples
     (as the live loop does): its events, the onset statistic, sigma2 after every chunk,
     the blanked samples and where the statistic was above its threshold."""
@@ -361,6 +362,7 @@ def _stimulated_run(x: np.ndarray, commands, chunks, *, hook: bool = True):
     config = replace(default_config(muscles), detector=CusumSettings(), detector_kind="cusum")
     remover = ArtifactRemover(ArtifactSettings(), STIM_FS, muscles, 50.0, comb_all=True)
     pipe = Pipeline(STIM_FS, muscles, config, artifacts=remover)
+    _force_path(pipe.detector, path, taken)
     if not hook:  # as before the hook: the detector never hears of the stimulation
         pipe.detector.stimulation = lambda blanked, stimulating: None  # type: ignore[method-assign]
     pending = sorted(commands, key=lambda c: c.sample)
@@ -417,3 +419,156 @@ def test_stimulation_teaches_no_rest_and_blanked_samples_carry_no_evidence(stimu
     assert np.all(late < 0.7 * sigma_at(0.95))
     assert np.any(np.diff(stat0[:, 0])[inside] != 0)
     assert events0 != events
+
+
+# -- the fast paths against the per-sample one, to the bit ------------------------------------
+_STATE = ("whitener", "sigma2", "kappa", "kappa_eff", "_acf", "_phi", "_disp_s", "_disp_w",
+          "_sd_d", "_S", "_M", "_Sd", "_Md", "_n_rest", "_low_blocks", "statistic",
+          "_prev_buf", "_xlag", "_xhist")
+
+
+def _force_path(core, path: str, taken: list[int] | None = None) -> list[int]:
+    """Make cusum detector ``core`` take ``path`` (see :func:`_traced`); returns the list
+    (``taken``, or a new one) the span path appends the blocks it took to."""
+    taken = [] if taken is None else taken
+    if path in ("blocks", "samples"):
+        core._may_span = lambda p0: False
+    else:
+        span = core._span
+
+        def counted(*args):
+            k = span(*args)
+            taken.append(k)
+            return k
+
+        core._span = counted
+    if path == "samples":
+        core._fast_piece = lambda *args: False
+    return taken
+
+
+def _traced(x: np.ndarray, chunk: int, path: str, fs: float, channels, **params):
+    """Run the cusum pipeline over ``x`` in chunks of ``chunk`` along ``path``: "auto"
+    (as shipped), "blocks" (no run of whole blocks taken together) or "samples" (every
+    piece through :meth:`_piece`, the path with the artefact hold's per-sample loop,
+    which prepares nothing ahead).
+    Returns everything it decided and its state, and how many blocks spans took."""
+    det = make_detector("cusum", fs, channels, **params)
+    core = det.detector
+    taken = _force_path(core, path)
+    events, stat, above, thr = [], [], [], []
+    for i in range(0, x.shape[0], chunk):
+        block = det.pipeline.process(x[i : i + chunk])
+        events += block.events
+        stat.append(block.envelope)
+        above.append(block.above)
+        thr.append(block.on_threshold)
+    out = {"events": events, "notices": list(core.notices), "stat": np.vstack(stat),
+           "above": np.vstack(above), "thr": np.vstack(thr)}
+    out.update({k: np.array(getattr(core, k)) for k in _STATE})
+    return out, sum(taken)
+
+
+def _assert_same_bits(got: dict, want: dict) -> None:
+    assert got["events"] == want["events"]
+    assert got["notices"] == want["notices"]
+    for key in ("stat", "above", "thr", *_STATE):
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def patient4():
+    """20 s of the simulated patient, 4 muscles at 2 kHz, with attempts on each."""
+    muscles = ("a", "b", "c", "d")
+    ps = PatientSettings(fs=2000.0, muscles=muscles, snr_db=10.0)
+    script = [Attempt(m, 3.0 + 4.0 * k + 0.7 * j, 1.2) for k in range(4)
+              for j, m in enumerate(muscles) if (k + j) % 2 == 0]
+    return SimulatedPatient(ps, script, seed=3).read(int(20.0 * 2000))
+
+
+@pytest.mark.parametrize("chunk", [20, 1000, 10000])
+@pytest.mark.parametrize("hair", [False, True])
+def test_whole_blocks_together_decide_as_the_per_sample_path_to_the_bit(chunk, hair):
+    """The busy two-channel signal (a contracting start that is relearnt, an artefact held,
+    bursts at several levels): runs of whole blocks taken together (large chunks), block
+    by block (the prepared per-piece path) and every piece through the per-sample path
+    give the same events, notices, statistic, thresholds and state, bit for
+    bit; and large chunks do take runs of blocks together."""
+    params = _HAIR if hair else {}
+    want, _ = _traced(_X, chunk, "samples", FS, ["a", "b"], **params)
+    got, taken = _traced(_X, chunk, "auto", FS, ["a", "b"], **params)
+    _assert_same_bits(got, want)
+    blocks, _ = _traced(_X, chunk, "blocks", FS, ["a", "b"], **params)
+    _assert_same_bits(blocks, want)
+    if chunk >= 1000:  # blocks went through the span path: most, at the default threshold
+        assert taken > (0 if hair else 0.5 * _N / 50)
+    else:
+        assert taken == 0  # a 20-sample chunk never holds two whole blocks
+
+
+@pytest.mark.parametrize("params", [{}, {"dispersion": False, "whiten": False},
+                                    {"refractory_gain": 3.0, "h_nats": 8.0}])
+def test_whole_blocks_together_on_the_simulated_patient_to_the_bit(patient4, params):
+    """Four channels at 2 kHz, some contracting while others rest (each block's fits are
+    then a batch of a few channels): the span path matches the per-sample path to the bit."""
+    muscles = ["a", "b", "c", "d"]
+    want, _ = _traced(patient4, 10000, "samples", 2000.0, muscles, **params)
+    got, taken = _traced(patient4, 10000, "auto", 2000.0, muscles, **params)
+    assert sum(e.kind == ONSET for e in want["events"]) >= 4
+    _assert_same_bits(got, want)
+    assert taken > 0.5 * patient4.shape[0] / 100
+
+
+def test_fits_and_autocorrelations_of_many_blocks_at_once_match_one_at_a_time():
+    """What lets a run of blocks be fitted in one batch: each row's whitener, kappa and
+    rest variance (fitted with the channels fitted with it per block: one, or several) and
+    each block's autocorrelation do not depend on the other rows of the batch."""
+    det = make_detector("cusum", 2000.0, ["a", "b", "c"]).detector
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 40 * det.block + det.n_lags)) * 1e-5
+    m, n = det.n_lags - 1, det.block
+    ext = np.lib.stride_tricks.sliding_window_view(x, m + n, axis=1)[:, : 40 * n : n]
+    many = det._block_acf(np.ascontiguousarray(ext))
+    for b in range(40):
+        np.testing.assert_array_equal(many[:, b], det._block_acf(ext[:, b : b + 1])[:, 0])
+    r = many.transpose(1, 0, 2)  # (blocks, channels, lags): the rows a span fits at once
+    for channels in (1, 3):
+        rows = np.ascontiguousarray(r[:, :channels]).reshape(-1, det.n_lags)
+        batch = det._fit_rows(rows, channels == 1)
+        for b in range(40):
+            one = det._fit_rows(np.ascontiguousarray(r[b, :channels]), channels == 1)
+            for got, want in zip(batch, one, strict=True):
+                np.testing.assert_array_equal(got.reshape(40, channels, *want.shape[1:])[b],
+                                              want)
+
+
+def test_with_stimulation_whole_blocks_together_match_the_per_sample_path(stimulated):
+    """Stimulated chunks: the whole blocks no train or blanked sample touches are still
+    taken together, and decide as the per-sample path, to the bit."""
+    x, commands = stimulated
+    taken: list[int] = []
+    want = _stimulated_run(x, commands, [10000], path="samples")
+    got = _stimulated_run(x, commands, [10000], taken=taken)
+    assert got[0] == want[0] and [e.kind for e in want[0]].count(ONSET) == 2
+    for g, w in zip(got[1:], want[1:], strict=True):
+        if isinstance(g, list):  # sigma2 after every chunk
+            for (eg, sg), (ew, sw) in zip(g, w, strict=True):
+                assert eg == ew
+                np.testing.assert_array_equal(sg, sw)
+        else:
+            np.testing.assert_array_equal(g, w)
+    assert sum(taken) > 0.5 * x.shape[0] / 100  # most 50 ms blocks: no train touches them
+
+
+def test_a_block_too_short_for_its_lags_is_refused_naming_block_ms():
+    """A block must hold the rest autocorrelation's lags (10 ms plus ar_order + 1): a
+    shorter ``block_ms`` is refused with what to set (it used to fail with a numpy
+    broadcast error on the first block); the least block that does runs."""
+    from closedloop.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"block_ms = 5 is 5 samples at 1000 Hz.*"
+                                          r"use block_ms >= 14"):
+        make_detector("cusum", 1000.0, ["m"], block_ms=5, learn_ms=20)
+    det = make_detector("cusum", 1000.0, ["m"], block_ms=14, learn_ms=28)
+    x = np.random.default_rng(0).standard_normal((3000, 1)) * 1e-5
+    det.process(x)

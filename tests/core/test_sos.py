@@ -64,3 +64,23 @@ def test_exponential_average_is_the_numpy_step_to_the_bit(use_kernel, monkeypatc
             y = (1.0 - w) * y + w * x[:, j]
             want[:, j] = y
         np.testing.assert_array_equal(sos.exponential_average(x, start, w), want)
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_decaying_sum_is_the_python_step_to_the_bit(use_kernel, monkeypatch):
+    """``y = decay * y + x`` through the compiled kernel and through the fallback gives,
+    bit for bit, what Python's floats give step by step (the cusum detector's dispersion
+    is computed both ways, in runs of blocks and block by block)."""
+    if not use_kernel:
+        monkeypatch.setattr(sos, "_kernel", None)
+    rng = np.random.default_rng(11)
+    for decay in (1.0 - 1.0 / 200.0, 0.9, 1.0 - 0.05 / 3.0):
+        x = np.abs(rng.standard_normal((6, 301))) * 10.0 ** rng.uniform(-3, 3, (6, 301))
+        start = np.abs(rng.standard_normal(6)) * 50.0
+        want = np.empty_like(x)
+        for i in range(x.shape[0]):
+            y = float(start[i])
+            for j in range(x.shape[1]):
+                y = decay * y + float(x[i, j])
+                want[i, j] = y
+        np.testing.assert_array_equal(sos.decaying_sum(x, start, decay), want)

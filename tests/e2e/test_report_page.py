@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from closedloop.config import load_config
 from tests.browser import A4_PT, dump_dom, pdf_pages, print_pdf
 from tests.conftest import ROOT
 
@@ -89,6 +90,23 @@ def test_it_prints_on_one_or_two_a4_pages(made):
     pages = pdf_pages(print_pdf(page, folder / "report.pdf", folder / "profile"))
     assert 1 <= len(pages) <= 2
     assert all(abs(w - A4_PT[0]) < 2 and abs(h - A4_PT[1]) < 2 for w, h in pages)
+
+
+@pytest.mark.timeout(500)
+def test_a_cusum_session_s_report_prints_on_two_a4_pages_too(tmp_path):
+    """A detector whose statistic is not the EMG level gives each muscle two lanes in the
+    timeline (EMG level in µV, statistic): the page still prints on two A4 pages."""
+    from tests.runtime.conftest import with_detector
+
+    tool = _tool()
+    config = load_config(tool.REPORT_CONFIG)
+    cusum = tmp_path / "cusum.toml"
+    cusum.write_text(with_detector(config, "cusum").text)
+    (tmp_path / "made").mkdir()
+    page = tool.make_report(tmp_path / "made", config=cusum)
+    assert "cusum statistic" in page.read_text()
+    pages = pdf_pages(print_pdf(page, tmp_path / "report.pdf", tmp_path / "profile"))
+    assert 1 <= len(pages) <= 2
 
 
 def background(img: np.ndarray) -> np.ndarray:

@@ -76,7 +76,11 @@ Per channel, causally, sample by sample:
 Chunking changes nothing: every state change happens at a block boundary or at a sample
 the data decide (an event, an artefact), the running sums are carried as sequential
 ``cumsum`` results and reset only there, so chunks of 1, 7 or 10,000 samples give the
-same events to the bit. No wall clock, no I/O: numpy in, events and notices out.
+same events to the bit. A large chunk is filtered at once, and runs of whole blocks where
+nothing happens are taken together (their CUSUMs over all samples at once, their rest
+fits in one batch) with the same operations on the same values as block by block, so
+the speed-up changes no bit either. No wall clock, no I/O: numpy in, events and notices
+out.
 
 References
 ----------
@@ -100,6 +104,8 @@ from closedloop.config.signal import Calibration, CusumSettings, FilterSettings
 from closedloop.core.detectors.base import Detection, Detector, RestNote
 from closedloop.core.events import OFFSET, ONSET, SUSPEND, Event
 from closedloop.core.filters import FilterBank
+from closedloop.core.sos import decaying_sum
+from closedloop.errors import ConfigError
 from closedloop.units import Statistic
 
 IDLE = 0
@@ -110,6 +116,28 @@ WARMUP, LEARNING, READY = 0, 1, 2
 REST_NOT_QUIET = "rest_not_quiet"
 #: Weight (in blocks) of the prior dispersion 1 in the rest energy's dispersion.
 DISPERSION_PRIOR = 20.0
+#: Whole blocks :meth:`CusumDetector._span` first tries together, and at most.
+SPAN_START, SPAN_MAX = 8, 64
+
+
+@dataclass
+class _Segment:
+    """The rest of a chunk from sample ``a`` on, prepared at once (``CusumDetector._segment``).
+
+    ``x`` the raw samples (n_channels, m); ``xlag`` the ``lag`` raw samples before; ``dd``
+    and ``jump`` the square and magnitude of ``x[k] - x[k - lag]``; ``xf`` the filtered
+    samples and ``xfe`` the whitener's ``p`` filtered samples before, then ``xf``;
+    ``state`` the filters' state before ``xf``.
+    """
+
+    a: int
+    x: np.ndarray
+    xlag: np.ndarray
+    dd: np.ndarray
+    jump: np.ndarray
+    xf: np.ndarray
+    xfe: np.ndarray
+    state: tuple[bool, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -191,6 +219,13 @@ class CusumDetector(Detector):
         self.n_art_max = int(round(s.artifact_max_ms * ms))
         self.p = s.ar_order if s.whiten else 0
         self.lag_max = max(self.p + 1, int(round(0.01 * self.fs)))
+        need = self.lag_max + self.p + 1  # the block autocorrelation's lags (n_lags)
+        if self.block < need:
+            raise ConfigError(
+                f"detector 'cusum': block_ms = {s.block_ms:g} is {self.block} samples at "
+                f"{self.fs:g} Hz, fewer than the {need} lags of the rest autocorrelation a "
+                f"block must hold (10 ms plus ar_order + 1); use block_ms >= "
+                f"{math.ceil(need / ms):g}")
         rho = np.asarray(sorted(set(s.ratios)), dtype=np.float64)
         self._gain = (1.0 - 1.0 / rho)[None, :, None]  # (1, K, 1)
         self._lnrho = np.log(rho)[None, :, None]
@@ -297,8 +332,8 @@ class CusumDetector(Detector):
         """Per channel: the onset threshold (nats) in force at ``sample`` (default: the
         next sample), with the refractory rise; NaN while the channel is not ready."""
         k = self.position if sample is None else int(sample)
-        h = self._h(k - self._off_sample)
-        return np.where(self.ready, h, np.nan)
+        h = self._h_from(k, 1)
+        return np.where(self.ready, h[:, 0] if isinstance(h, np.ndarray) else h, np.nan)
 
     def _h(self, since_off: np.ndarray) -> np.ndarray:
         s = self.settings
@@ -358,7 +393,15 @@ class CusumDetector(Detector):
                 timestamps: np.ndarray) -> Detection:
         """Process one chunk of the raw EMG, channel-major ``(n_channels, n)`` (the
         pipeline's ``filtered`` is not used: see the class docstring); notices go to
-        :attr:`notices`."""
+        :attr:`notices`.
+
+        The chunk is prepared at once (:meth:`_segment`: filters, differences) and walked
+        block by block (:meth:`_fast_piece`); runs of whole blocks where nothing happens
+        are taken together (:meth:`_span`); a piece where the artefact hold may act goes
+        through the exact per-sample path (:meth:`_piece`) and the rest of the chunk is
+        prepared again after it. Every path computes the same values with the same
+        operations, so the results do not depend on which one ran (nor on the chunking).
+        """
         x = np.asarray(raw, dtype=np.float64)
         n = x.shape[1]
         start = self.position
@@ -367,26 +410,308 @@ class CusumDetector(Detector):
         blanked, stimulating = self._stim or (None, None)
         self._stim = None
         events: list[Event] = []
-        a = 0
-        while a < n:
-            b = min(n, a + self.block - self._blk_fill)
-            if stimulating is not None and stimulating[a:b].any():
-                self._blk_stim = True
-            self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b], events,
-                        None if blanked is None or not blanked[a:b].any() else blanked[a:b])
-            a = b
-            if self._blk_fill == self.block:
-                self._end_block(start + a, float(timestamps[a - 1]))
-        self.position = start + n
-        if len(events) > 1:
-            events.sort(key=lambda e: e.sample)
-        stat, self._stat = self._stat, None
-        thr, self._thr = self._thr, None
-        self.on_threshold[:] = self.threshold()
-        self.off_threshold[:] = self.on_threshold
-        with np.errstate(invalid="ignore"):  # each sample against the threshold it met
-            above = stat > thr
+        # NaN (channels not learnt) compared with thresholds: False, quietly
+        with np.errstate(invalid="ignore"):
+            seg: _Segment | None = None
+            span, cool = SPAN_START, 0  # blocks to try together; blocks before trying again
+            # samples touched by stimulation: no run of blocks takes one in
+            touched = np.zeros(0, dtype=np.int64)
+            if blanked is not None or stimulating is not None:
+                touched = np.flatnonzero((np.zeros(n, dtype=bool) if blanked is None
+                                          else blanked)
+                                         | (False if stimulating is None else stimulating))
+            a = 0
+            while a < n:
+                if seg is None:
+                    seg = self._segment(x, a)
+                free = n  # the first sample from a on touched by stimulation
+                if touched.size:
+                    t = int(np.searchsorted(touched, a))
+                    free = int(touched[t]) if t < touched.size else n
+                if (self._blk_fill == 0 and free - a >= 2 * self.block and cool == 0
+                        and self._may_span(start + a)):
+                    want = min(span, (free - a) // self.block)
+                    done = self._span(seg, a, want, start)
+                    a += done * self.block
+                    if done == want:
+                        span = min(SPAN_MAX, 2 * span)
+                        continue
+                    span = max(2, done)
+                    cool = 0 if done else 1
+                elif cool:
+                    cool -= 1
+                if a >= n:
+                    break
+                b = min(n, a + self.block - self._blk_fill)
+                if stimulating is not None and stimulating[a:b].any():
+                    self._blk_stim = True
+                bl = None if blanked is None or not blanked[a:b].any() else blanked[a:b]
+                if not self._fast_piece(seg, a, b, start, timestamps, events, bl):
+                    self._leave(seg, a)
+                    seg = None
+                    self._piece(np.array(x[:, a:b], order="C"), start + a, timestamps[a:b],
+                                events, bl)
+                a = b
+                if self._blk_fill == self.block:
+                    self._end_block(start + a, float(timestamps[a - 1]))
+            if seg is not None:
+                self._leave(seg, n)
+            self.position = start + n
+            if len(events) > 1:
+                events.sort(key=lambda e: e.sample)
+            stat, self._stat = self._stat, None
+            thr, self._thr = self._thr, None
+            self.on_threshold[:] = self.threshold()
+            self.off_threshold[:] = self.on_threshold
+            above = stat > thr  # each sample against the threshold it met
         return Detection(stat, above, events)
+
+    def _segment(self, x: np.ndarray, a: int) -> _Segment:
+        """Prepare samples ``a:`` of the chunk ``x`` at once, as :meth:`_piece` would
+        piece by piece while no artefact hold changes them: the ``lag``-sample
+        differences, the filtered samples (the filters' state before is kept, to go back
+        to), and the samples before each (the artefact test's and the whitener's)."""
+        if not self._started:
+            self._xlag[:] = x[:, a : a + 1]
+            self._started = True
+        xs = x[:, a:]
+        m, lag = xs.shape[1], self.lag
+        d = np.empty_like(xs)  # x[k] - x[k - lag]: the samples before come from _xlag
+        k = min(m, lag)
+        np.subtract(xs[:, :k], self._xlag[:, :k], out=d[:, :k])
+        if m > lag:
+            np.subtract(xs[:, lag:], xs[:, : m - lag], out=d[:, lag:])
+        state = (self.filters._started, self.filters._filter.zi.copy())
+        xf = self.filters.process_inplace(np.array(xs, order="C"))
+        xfe = np.concatenate((self._xhist, xf), axis=1) if self.p else xf
+        return _Segment(a, xs, self._xlag, d * d, np.abs(d), xf, xfe, state)
+
+    def _leave(self, seg: _Segment, a: int) -> None:
+        """Stop using ``seg`` at chunk sample ``a``: the samples before ``a`` are the
+        history, and the filters' state is the one at ``a``."""
+        j, lag = a - seg.a, self.lag
+        self._xlag = (seg.x[:, j - lag : j].copy() if j >= lag
+                      else np.concatenate((seg.xlag[:, j:], seg.x[:, :j]), axis=1))
+        if self.p:
+            self._xhist = seg.xfe[:, j : j + self.p].copy()
+        if j < seg.x.shape[1]:  # the filters ran on to the chunk's end: run them to a
+            self.filters._started, zi = seg.state
+            self.filters._filter.zi = zi.copy()
+            if j:
+                self.filters.process_inplace(np.array(seg.x[:, :j], order="C"))
+
+    def _fast_piece(self, seg: _Segment, a: int, b: int, start: int, timestamps: np.ndarray,
+                    events: list[Event], blanked: np.ndarray | None) -> bool:
+        """:meth:`_piece` over chunk samples ``a:b`` from the prepared ``seg``; False
+        (and nothing done) where the artefact hold may act: that piece needs
+        :meth:`_piece`."""
+        i0, i1 = a - seg.a, b - seg.a
+        p0 = start + a
+        ready = self.phase == READY
+        any_ready = bool(ready.any())
+        if any_ready:
+            lim = self.settings.artifact_ratio * self._sd_d  # NaN (never) while not learnt
+            jump = np.max(seg.jump[:, i0:i1], axis=1) > lim
+            if (ready & (self._art_on | (jump & self._hold_ok)
+                         | (self._freeze_until > p0))).any():
+                return False
+        n = i1 - i0
+        f0 = self._blk_fill
+        self._blk_dd[:, f0 : f0 + n] = seg.dd[:, i0:i1]
+        xf = seg.xf[:, i0:i1]
+        self._blk_buf[:, f0 : f0 + n] = xf
+        self._blk_fill += n
+        if not any_ready:
+            return True
+        p = self.p
+        if p:  # e[k] = sum_j a[j] xf[k - j], as in _piece
+            e = self.whitener[:, :1] * xf
+            for j in range(1, p + 1):
+                e += self.whitener[:, j : j + 1] * seg.xfe[:, p - j + i0 : p - j + i1]
+        else:
+            e = xf.copy()
+        u = np.multiply(e, e, out=e)
+        np.divide(u, self.sigma2[:, None], out=u)
+        np.minimum(u, self.settings.clip, out=u)
+        np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
+        frozen = None if blanked is None else np.broadcast_to(blanked, u.shape)
+        self._detect(u, frozen, ready & ~self.suspended, p0, timestamps[a:b], events)
+        return True
+
+    def _may_span(self, p0: int) -> bool:
+        """Whether whole blocks from sample ``p0`` (a block boundary) may be taken
+        together: every channel learnt, none suspended or held, no artefact hold or
+        freeze under way."""
+        return bool((self.phase == READY).all() and not self.suspended.any()
+                    and not self.held.any() and not self._art_on.any()
+                    and (self._freeze_until <= p0).all() and self.n_lags - 1 <= self.block)
+
+    def _span(self, seg: _Segment, a: int, blocks: int, start: int) -> int:
+        """Whole blocks from chunk sample ``a`` (a block boundary) taken together, on the
+        guess that nothing happens in them: no channel's artefact test fires, no
+        channel's rest is learnt again (a second low block in a row), no idle channel's
+        CUSUM reaches half its threshold (so every idle block teaches the rest and no
+        onset is decided) and no active channel's offset CUSUM crosses. The rest
+        estimate's recursions run block by block (cheap), the whitener, kappa and rest
+        variance of every block are fitted in one batch, and the CUSUMs run over all
+        samples at once, with the same operations on the same values as block by block.
+        The blocks before the first where the guess fails are kept (that block, and what
+        follows, run the ordinary way); returns how many.
+        """
+        n, m, nb = self.block, self.n_lags - 1, blocks
+        nn = nb * n
+        i = a - seg.a
+        p0 = start + a
+        nch = len(self.channels)
+        st = self.settings
+        idle = self.state == IDLE
+        I = np.flatnonzero(idle)  # noqa: E741 - the idle channels
+        A = np.flatnonzero(~idle)
+        xf = seg.xf[:, i : i + nn]
+        xb = xf.reshape(nch, nb, n)
+        var = self._block_var(xb)
+        ddm = np.add.reduce(seg.dd[:, i : i + nn].reshape(nch, nb, n), axis=2) / n
+        jmax = np.max(seg.jump[:, i : i + nn].reshape(nch, nb, n), axis=2)
+        ext = np.concatenate((self._prev_buf[:, n - m :], xf), axis=1)
+        windows = np.lib.stride_tricks.sliding_window_view(ext, m + n, axis=1)[:, : nn : n]
+        fail = np.zeros(nb, dtype=bool)  # blocks where the guess fails
+        # the rest estimate of the idle channels after each block, then its fits
+        whit = np.repeat(self.whitener[:, None, :], nb, axis=1)  # in force in each block
+        sig = np.repeat(self.sigma2[:, None], nb, axis=1)
+        keff = np.repeat(self.kappa_eff[:, None], nb, axis=1)
+        ni = I.size
+        if ni:
+            ad = self.adaptive[I]
+            # the weight each block's autocorrelation gets, and the artefact scale before
+            # each block (Python's floats and pow, as _rest_step): the artefact test of
+            # every block and the low-block test need nothing else, so the guess is cut
+            # there before anything costly
+            alphas = np.maximum(self._alpha, 1.0 / (self._n_rest[I][:, None]
+                                                    + np.arange(1, nb + 1)[None, :]))
+            sd_before = np.repeat(self._sd_d[I][:, None], nb, axis=1)  # (ni, nb)
+            sd_after = sd_before.copy()
+            for j in np.flatnonzero(ad).tolist():
+                v, out, ok = float(self._sd_d[I[j]]), [], nb
+                for k, (al, d2) in enumerate(zip(alphas[j].tolist(), ddm[I[j]].tolist(),
+                                                 strict=True)):
+                    w = v ** 2 + al * (d2 - v ** 2)
+                    if not w >= 0.0:
+                        ok = k
+                        break
+                    v = math.sqrt(w)
+                    out.append(v)
+                fail[ok:] = True
+                sd_after[j, : len(out)] = out
+                sd_before[j, 1 : len(out) + 1] = out[: nb - 1]
+            # a low block counts; the second in a row makes the rest be learnt again
+            low = ad[:, None] & (var[I] < (self._learnt_var[I] / st.quiet_ratio)[:, None])
+            low_before = np.concatenate(((self._low_blocks[I] >= 1)[:, None], low[:, :-1]),
+                                        axis=1)
+            fail |= (low & low_before).any(axis=0)
+            fail |= (jmax[I] > st.artifact_ratio * sd_before).any(axis=0)
+            nb = int(np.argmax(fail)) if fail.any() else nb
+            if nb == 0:
+                return 0
+            nn = nb * n
+            xb, fail = xb[:, :nb], fail[:nb]
+            whit, sig, keff = whit[:, :nb], sig[:, :nb], keff[:, :nb]
+            # the rest estimate after each block, then its fits in one batch
+            r = self._block_acf(windows[I, :nb])  # (ni, nb, n_lags)
+            acf = self._acf[I].copy()
+            acfs = np.empty((nb, ni, self.n_lags))
+            for k in range(nb):
+                acf += alphas[:, k, None] * (r[:, k] - acf)
+                acfs[k] = acf
+            fa, fk, fv, fg = self._fit_rows(acfs.reshape(nb * ni, self.n_lags), ni == 1)
+            fa = fa.reshape(nb, ni, self.p + 1)
+            fk, fv, fg = fk.reshape(nb, ni), fv.reshape(nb, ni), fg.reshape(nb, ni)
+            fs2 = np.where(self.adaptive[I], fv, self.cal_var[I] * fg)  # (nb, ni)
+            whit[I, 1:] = fa[:-1].transpose(1, 0, 2)
+            sig[I, 1:] = fs2[:-1].T
+        # the whitened, normalised energy of every block
+        p = self.p
+        if p:
+            e = whit[:, :, :1] * xb
+            for j in range(1, p + 1):
+                e += whit[:, :, j : j + 1] * seg.xfe[:, p - j + i : p - j + i + nn].reshape(
+                    nch, nb, n)
+        else:
+            e = xb.copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = np.minimum(e * e / sig[:, :, None], st.clip)
+        stop = nb
+        if ni:
+            # the dispersion after each block (Python's floats and pow, as _rest_step)
+            phis = np.repeat(self._phi[I][:, None], nb, axis=1)  # (ni, nb)
+            dss = np.repeat(self._disp_s[I][:, None], nb, axis=1)
+            dws = np.repeat(self._disp_w[I][:, None], nb, axis=1)
+            if st.dispersion:
+                u_mean = np.add.reduce(u[I], axis=2) / n  # (ni, nb)
+                kap = np.concatenate((self.kappa[I][:, None], fk[:-1].T), axis=1)  # in force
+                sq = np.array([v ** 2 for v in (u_mean - 1.0).ravel().tolist()])
+                z = sq.reshape(ni, nb) * kap * n / 2.0
+                b1 = 1.0 - self._alpha  # (1 - a) * s + z, block after block
+                dss = decaying_sum(z, self._disp_s[I], b1)
+                dws = decaying_sum(np.ones((ni, nb)), self._disp_w[I], b1)
+                phis = (DISPERSION_PRIOR + dss) / (DISPERSION_PRIOR + dws)
+            if nb > 1:
+                keff[I, 1:] = np.minimum(1.0, fk[:-1] / phis[:, :-1].T).T
+        nn = stop * n  # the CUSUMs over the blocks still guessed right
+        u = u[:, :stop].reshape(nch, nn)
+        kap05 = np.repeat(keff[:, :stop] * 0.5, n, axis=1)
+        h = self._h_from(p0, nn)
+        hI = h[I] if isinstance(h, np.ndarray) else h
+        if ni:
+            uI, kI = (u, kap05) if ni == nch else (u[I], kap05[I])
+            S = np.multiply(self._gain, uI[:, None, :])
+            np.subtract(S, self._lnrho, out=S)
+            np.multiply(kI[:, None, :], S, out=S)
+            S[:, :, 0] += self._S[I]
+            np.cumsum(S, axis=2, out=S)
+            # the running minimum from the one carried (min is exact in any grouping)
+            S0 = S[:, :, 0].copy()
+            S[:, :, 0] = np.minimum(S0, self._M[I])
+            M = np.minimum.accumulate(S, axis=2)
+            S[:, :, 0] = S0
+            gmax = np.max(S - M, axis=1)  # (ni, nn)
+            busy = (gmax > 0.5 * hI).reshape(ni, stop, n).any(axis=2).any(axis=0)
+            fail[:stop] |= busy
+        if A.size:
+            so = kap05[A] * (self._off_ln - self._off_gain * u[A])
+            so[:, 0] += self._Sd[A]
+            So = np.cumsum(so, axis=1)
+            Mo = np.minimum(np.minimum.accumulate(So, axis=1), self._Md[A][:, None])
+            off = (So - Mo > st.off_nats).reshape(A.size, stop, n).any(axis=2).any(axis=0)
+            fail[:stop] |= off
+        keep = int(np.argmax(fail[:stop])) if fail[:stop].any() else stop
+        if keep == 0:
+            return 0
+        last = keep * n - 1
+        assert self._stat is not None and self._thr is not None
+        if ni:
+            self._stat[I, a : a + last + 1] = gmax[:, : last + 1]
+            self._thr[I, a : a + last + 1] = (hI[:, : last + 1] if isinstance(hI, np.ndarray)
+                                                 else hI)
+            self._S[I], self._M[I] = S[:, :, last], M[:, :, last]
+            self.statistic[I] = gmax[:, last]
+            k = keep - 1
+            self._n_rest[I] += keep
+            self._acf[I] = acfs[k]
+            self.whitener[I] = fa[k]
+            self.kappa[I] = fk[k]
+            self.sigma2[I] = fs2[k]
+            self._phi[I], self._disp_s[I], self._disp_w[I] = phis[:, k], dss[:, k], dws[:, k]
+            self.kappa_eff[I] = np.minimum(1.0, fk[k] / phis[:, k])
+            self._sd_d[I] = sd_after[:, k]
+            self._low_blocks[I[ad]] = low[ad, k]
+        if A.size:
+            self._stat[A, a : a + last + 1] = 0.0
+            self._Sd[A], self._Md[A] = So[:, last], Mo[:, last]
+            self._low_blocks[A] = 0
+        self._prev_buf[:] = xb[:, keep - 1]
+        self._prev_dd = ddm[:, keep - 1].copy()
+        self._blk_u.fill(0.0)
+        return keep
 
     def _piece(self, x: np.ndarray, p0: int, ts: np.ndarray, events: list[Event],
                blanked: np.ndarray | None = None) -> None:
@@ -495,34 +820,54 @@ class CusumDetector(Detector):
         """The CUSUMs over one piece: vectorised while nothing crosses, exact per channel
         where something does."""
         n = u.shape[1]
-        kap = self.kappa_eff[:, None, None]
         idle = live & (self.state == IDLE) & ~self.held  # held: no new onset
-        since = (p0 + np.arange(n))[None, :] - self._off_sample[:, None]
-        h = self._h(since)  # (n_ch, n)
-        slow: list[int] = list(np.flatnonzero(live & (self.state == ACTIVE)))
+        h = self._h_from(p0, n)  # the threshold, or per channel and sample while it is raised
+        active = live & (self.state == ACTIVE)
+        slow: list[int] = active.nonzero()[0].tolist() if active.any() else []
         if idle.any():
-            s = kap * 0.5 * (self._gain * u[:, None, :] - self._lnrho)  # (n_ch, K, n)
+            S = np.multiply(self._gain, u[:, None, :])  # (n_ch, K, n)
+            np.subtract(S, self._lnrho, out=S)
+            np.multiply(self.kappa_eff[:, None, None] * 0.5, S, out=S)
             if frozen is not None:
-                s *= ~frozen[:, None, :]
-            s[:, :, 0] += self._S
-            S = np.cumsum(s, axis=2)
+                S *= ~frozen[:, None, :]
+            S[:, :, 0] += self._S
+            np.cumsum(S, axis=2, out=S)
             M = np.minimum(np.minimum.accumulate(S, axis=2), self._M[:, :, None])
             gmax = np.max(S - M, axis=1)  # (n_ch, n)
-            with np.errstate(invalid="ignore"):
-                crossed = np.logical_or.reduce(gmax > h, axis=1) & idle
+            crossed = np.logical_or.reduce(gmax > h, axis=1) & idle
+            half = np.logical_or.reduce(gmax > 0.5 * h, axis=1)
             done = idle & ~crossed
-            self._S = np.where(done[:, None], S[:, :, -1], self._S)
-            self._M = np.where(done[:, None], M[:, :, -1], self._M)
-            self.statistic = np.where(done, gmax[:, -1], self.statistic)
-            for c in np.flatnonzero(done).tolist():
-                self._put(c, p0, 0, gmax[c], h[c])
-            with np.errstate(invalid="ignore"):
-                self._blk_busy |= done & np.logical_or.reduce(gmax > 0.5 * h, axis=1)
-            slow.extend(np.flatnonzero(crossed).tolist())
-        for c in sorted(slow):
-            self._blk_busy[c] = True
-            self._channel(int(c), u[c], None if frozen is None else frozen[c], h[c], p0, ts,
-                          events)
+            a = p0 - self.position
+            if done.all():
+                self._S, self._M, self.statistic = S[:, :, -1].copy(), M[:, :, -1].copy(), \
+                    gmax[:, -1].copy()
+                if self._stat is not None and self._thr is not None:
+                    self._stat[:, a : a + n] = gmax
+                    self._thr[:, a : a + n] = h
+            else:
+                self._S = np.where(done[:, None], S[:, :, -1], self._S)
+                self._M = np.where(done[:, None], M[:, :, -1], self._M)
+                self.statistic = np.where(done, gmax[:, -1], self.statistic)
+                if self._stat is not None and self._thr is not None and done.any():
+                    self._stat[done, a : a + n] = gmax[done]
+                    self._thr[done, a : a + n] = h[done] if isinstance(h, np.ndarray) else h
+            self._blk_busy |= done & half
+            if crossed.any():
+                slow.extend(crossed.nonzero()[0].tolist())
+        if slow:
+            hh = np.broadcast_to(h, u.shape)
+            for c in sorted(slow):
+                self._blk_busy[c] = True
+                self._channel(int(c), u[c], None if frozen is None else frozen[c], hh[c], p0,
+                              ts, events)
+
+    def _h_from(self, p0: int, n: int) -> float | np.ndarray:
+        """The onset threshold at samples ``p0 .. p0 + n``: ``h_nats`` when no channel's
+        is raised there, else per channel and sample (:meth:`_h`)."""
+        if (self.n_refr <= 0 or self.settings.refractory_gain == 0.0
+                or p0 - self._off_sample.max() >= self.n_refr):
+            return self.settings.h_nats
+        return self._h((p0 + np.arange(n))[None, :] - self._off_sample[:, None])
 
     def _put(self, c: int, p0: int, i: int, values: np.ndarray,
              thresholds: np.ndarray | None = None) -> None:
@@ -594,52 +939,34 @@ class CusumDetector(Detector):
         block_index = block_end // self.block - 1
         n = self.block
         buf = self._blk_buf
-        var = np.einsum("ij,ij->i", buf, buf) / n
+        var = self._block_var(buf[:, None, :])[:, 0]
         dd = np.add.reduce(self._blk_dd, axis=1) / n
         busy = self._blk_busy | (self.state == ACTIVE) | self._blk_stim
-        u_mean = np.add.reduce(self._blk_u, axis=1) / n
-        track: list[int] = []  # idle channels whose rest estimate takes this block
-        alphas: list[float] = []
-        for c in range(len(self.channels)):
-            if self.suspended[c]:
-                continue
-            if self.phase[c] == WARMUP:
+        ready = (self.phase == READY) & ~self.suspended
+        learning = (self.phase != READY) & ~self.suspended
+        self._low_blocks[ready & busy] = 0
+        idle = ready & ~busy
+        track = np.flatnonzero(idle)
+        relearn = np.zeros(len(self.channels), dtype=bool)
+        if track.size:
+            u_mean = np.add.reduce(self._blk_u, axis=1) / n
+            alpha, again = self._rest_step(track, u_mean[track], var[track], dd[track])
+            if again.any():
+                relearn[track[again]] = True
+                track, alpha = track[~again], alpha[~again]
+        # channel by channel, in order (the notices they issue keep that order)
+        for c in np.flatnonzero(learning | relearn).tolist():
+            if relearn[c]:
+                self._relearn(c, float(var[c]) / self._learnt_var[c], buf[c], float(dd[c]),
+                              block_end, time)
+            elif self.phase[c] == WARMUP:
                 if block_index + 1 >= self.warmup_blocks:
                     self.phase[c] = LEARNING
-                continue
-            if self.phase[c] == LEARNING:
-                if not self._blk_stim:
-                    self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end,
-                                      time)
-                continue
-            if busy[c]:
-                self._low_blocks[c] = 0
-                continue
-            um = float(u_mean[c])
-            self._n_rest[c] += 1  # a cumulative mean first, then exponential
-            alpha = max(self._alpha, 1.0 / self._n_rest[c])
-            if self.settings.dispersion:
-                z = (um - 1.0) ** 2 * self.kappa[c] * n / 2.0
-                a = self._alpha
-                self._disp_s[c] = (1.0 - a) * self._disp_s[c] + z
-                self._disp_w[c] = (1.0 - a) * self._disp_w[c] + 1.0
-                self._phi[c] = ((DISPERSION_PRIOR + self._disp_s[c])
-                                / (DISPERSION_PRIOR + self._disp_w[c]))
-            if self.adaptive[c]:
-                if var[c] < self._learnt_var[c] / self.settings.quiet_ratio:
-                    self._low_blocks[c] += 1
-                    if self._low_blocks[c] >= 2:
-                        self._relearn(c, float(var[c]) / self._learnt_var[c], buf[c],
-                                      float(dd[c]), block_end, time)
-                        continue
-                else:
-                    self._low_blocks[c] = 0
-                self._sd_d[c] = math.sqrt(
-                    self._sd_d[c] ** 2 + alpha * (float(dd[c]) - self._sd_d[c] ** 2))
-            track.append(c)
-            alphas.append(alpha)
-        if track:
-            self._track(np.array(track), np.array(alphas))
+            elif not self._blk_stim:
+                self._learn_block(c, buf[c].copy(), float(var[c]), float(dd[c]), block_end,
+                                  time)
+        if track.size:
+            self._track(track, alpha)
         self._prev_buf, self._blk_buf = self._blk_buf, self._prev_buf
         self._prev_dd = dd
         self._blk_fill = 0
@@ -647,6 +974,46 @@ class CusumDetector(Detector):
         self._blk_busy.fill(False)
         self._blk_stim = False
         self._hold_ok = self.state == IDLE
+
+    @staticmethod
+    def _block_var(blocks: np.ndarray) -> np.ndarray:
+        """Mean square of each block, (c, B, block) -> (c, B); one block or many at once
+        give the same bits."""
+        return np.einsum("cbn,cbn->cb", blocks, blocks) / blocks.shape[2]
+
+    def _rest_step(self, idx: np.ndarray, u_mean: np.ndarray, var: np.ndarray,
+                   dd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scalar part of an idle block's end for channels ``idx``: the block count
+        and the weight ``alpha`` its autocorrelation gets, the dispersion, the low-block
+        test and the artefact scale. Returns ``alpha`` and where the low-block test asks
+        for the rest to be learnt again (those channels' artefact scale is not updated).
+
+        Squares are taken as Python's ``x ** 2`` (the C library's ``pow``), as this
+        update was first written, so its results stay bit for bit what they were."""
+        self._n_rest[idx] += 1  # a cumulative mean first, then exponential
+        alpha = np.maximum(self._alpha, 1.0 / self._n_rest[idx])
+        if self.settings.dispersion:
+            sq = np.array([v ** 2 for v in (u_mean - 1.0).tolist()])
+            z = sq * self.kappa[idx] * self.block / 2.0
+            a = self._alpha
+            self._disp_s[idx] = (1.0 - a) * self._disp_s[idx] + z
+            self._disp_w[idx] = (1.0 - a) * self._disp_w[idx] + 1.0
+            self._phi[idx] = ((DISPERSION_PRIOR + self._disp_s[idx])
+                              / (DISPERSION_PRIOR + self._disp_w[idx]))
+        relearn = np.zeros(idx.size, dtype=bool)
+        adaptive = self.adaptive[idx]
+        if adaptive.any():
+            low = adaptive & (var < self._learnt_var[idx] / self.settings.quiet_ratio)
+            lows = self._low_blocks[idx]
+            lows = np.where(low, lows + 1, np.where(adaptive, 0, lows))
+            self._low_blocks[idx] = lows
+            relearn = low & (lows >= 2)
+            upd = adaptive & ~relearn
+            if upd.any():
+                c = idx[upd]
+                sd2 = np.array([v ** 2 for v in self._sd_d[c].tolist()])
+                self._sd_d[c] = np.sqrt(sd2 + alpha[upd] * (dd[upd] - sd2))
+        return alpha, relearn
 
     def _learn_block(self, c: int, xb: np.ndarray, var: float, dd: float, block_end: int,
                      time: float) -> None:
@@ -695,39 +1062,67 @@ class CusumDetector(Detector):
 
     def _refit(self, idx: np.ndarray) -> None:
         """Whitening filter, whitened rest variance and kappa of channels ``idx`` from
-        their rest autocorrelation (Yule-Walker with the zero lag loaded; the whitened
-        rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i - j)``)."""
-        r = self._acf[idx]  # (m, n_lags)
+        their rest autocorrelation (:meth:`_fit_rows`)."""
+        a, kappa, var_e, gain = self._fit_rows(self._acf[idx], idx.size == 1)
+        self.whitener[idx] = a
+        self.kappa[idx] = kappa
+        self.kappa_eff[idx] = np.minimum(1.0, kappa / self._phi[idx])
+        self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
+
+    def _fit_rows(self, r: np.ndarray, alone: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray]:
+        """Whitener, kappa, whitened variance and whitening gain of each row of rest
+        autocorrelations ``r`` (m, n_lags) (Yule-Walker with the zero lag loaded; the
+        whitened rest's autocorrelation follows exactly: ``r_e(t) = sum_ij a_i a_j r(t + i
+        - j)``). Row by row: a row's result does not depend on the others, so the rows of
+        one block or of many blocks at once give the same bits; ``alone``: the rows are
+        of one channel (see the kappa sum below)."""
         p = self.p
-        a = np.zeros((idx.size, p + 1))
+        a = np.zeros((r.shape[0], p + 1))
         a[:, 0] = 1.0
         if p:
             ok = r[:, 0] > 0.0
             rr = r[:, : p + 1].copy()
             rr[:, 0] *= 1.0 + self.settings.ar_loading + 1e-9
             toeplitz = rr[:, self._toep]  # (m, p, p)
-            a[ok, 1:] = -np.linalg.solve(toeplitz[ok], rr[ok, 1 : p + 1, None])[:, :, 0]
+            if ok.all():
+                a[:, 1:] = -np.linalg.solve(toeplitz, rr[:, 1 : p + 1, None])[:, :, 0]
+            else:
+                a[ok, 1:] = -np.linalg.solve(toeplitz[ok], rr[ok, 1 : p + 1, None])[:, :, 0]
         re = np.einsum("ci,cj,ctij->ct", a, a, r[:, self._re_lags])  # (m, lag_max + 1)
         var_e = re[:, 0]
         with np.errstate(invalid="ignore", divide="ignore"):
             rho = np.where(var_e[:, None] > 0, re[:, 1:] / var_e[:, None], 0.0)
             gain = np.where(r[:, 0] > 0, var_e / r[:, 0], 1.0)
-        self.whitener[idx] = a
-        self.kappa[idx] = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
-        self.kappa_eff[idx] = np.minimum(1.0, self.kappa[idx] / self._phi[idx])
-        self.sigma2[idx] = np.where(self.adaptive[idx], var_e, self.cal_var[idx] * gain)
+        # numpy sums the squares of one channel's row in its contiguous kernel, and of
+        # several channels' (the layout np.where gives them) lag by lag: which depends on
+        # how many channels were fitted together; kept as first written, so the results
+        # stay bit for bit what they were
+        rho = np.ascontiguousarray(rho) if alone else np.asfortranarray(rho)
+        kappa = 1.0 / (1.0 + 2.0 * np.einsum("ct,ct->c", rho, rho))
+        return a, kappa, var_e, gain
 
     def _track(self, idx: np.ndarray, alpha: np.ndarray) -> None:
         """Fold the idle block's autocorrelation of channels ``idx`` (lags reaching into
         the block before) into their rest estimates and refit them."""
         n, m = self.block, self.n_lags - 1
-        block = self._blk_buf[idx]
-        ext = np.concatenate((self._prev_buf[idx, n - m :], block), axis=1) if m else block
-        # windows[:, j] = ext[:, j : j + n], the block shifted back by m - j samples
-        windows = np.lib.stride_tricks.sliding_window_view(ext, n, axis=1)
-        r = np.einsum("cn,ckn->ck", block, windows[:, ::-1]) / n
+        ext = np.concatenate((self._prev_buf[idx, n - m :], self._blk_buf[idx]), axis=1)
+        r = self._block_acf(ext[:, None, :])[:, 0]
         self._acf[idx] += alpha[:, None] * (r - self._acf[idx])
         self._refit(idx)
+
+    def _block_acf(self, ext: np.ndarray) -> np.ndarray:
+        """Autocorrelation, lags 0..n_lags - 1, of blocks ``ext[:, b, m:]`` (each preceded
+        by the ``m = n_lags - 1`` samples before it), shape (c, B, m + block) -> (c, B,
+        n_lags). Each block's sums run alone, so one block or many at once give the same
+        bits."""
+        n = self.block
+        m = ext.shape[2] - n
+        # windows[:, :, j] = the block shifted back by m - j samples (a read-only view)
+        s0, s1, s2 = ext.strides
+        windows = np.lib.stride_tricks.as_strided(
+            ext, (ext.shape[0], ext.shape[1], m + 1, n), (s0, s1, s2, s2), writeable=False)
+        return np.einsum("cbn,cbkn->cbk", ext[:, :, m:], windows[:, :, ::-1]) / n
 
     def _relearn(self, c: int, um: float, xb: np.ndarray, dd: float, block_end: int,
                  time: float) -> None:
