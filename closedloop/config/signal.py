@@ -274,9 +274,9 @@ class CusumSettings(DetectorBase):
     """
 
     h_nats: Annotated[float, Range(0.5, 1000.0)] = 18.0
-    ratios: Annotated[tuple[Ratio, ...], Check(lambda r: len(r) >= 1,
-                                               "at least one variance ratio above 1")] = (
-        2.0, 4.0, 8.0)
+    ratios: Annotated[tuple[Ratio, ...], Check(
+        lambda r: 1 <= len(r) == len(set(r)),
+        "at least one variance ratio above 1, each once")] = (2.0, 4.0, 8.0)
     clip: Annotated[float, Range(2.0, 1e9)] = 15.0
     dispersion: Flag = True
     whiten: Flag = True

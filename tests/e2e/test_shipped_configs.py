@@ -73,8 +73,9 @@ def test_resolved_settings_give_the_same_config_whatever_the_defaults(path):
     assert _unresolved(config, resolved) == []
     # the check sees a setting left to its default
     trimmed = json.loads(json.dumps(resolved))
-    del trimmed["detector"]["h_nats"], trimmed["muscles"][0]["placement"]
-    assert _unresolved(config, trimmed) == ["detector.h_nats", "muscles[0].placement"]
+    key = {"cusum": "h_nats", "threshold": "k_on"}[config.detector_kind]
+    del trimmed["detector"][key], trimmed["muscles"][0]["placement"]
+    assert _unresolved(config, trimmed) == [f"detector.{key}", "muscles[0].placement"]
     again = parse_config(resolved, source="recorded", text=config.text)
     assert dataclasses.replace(again, path=config.path) == config
     assert again.resolved == resolved

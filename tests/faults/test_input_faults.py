@@ -28,7 +28,7 @@ from tests.faults.conftest import (
     replaced,
     run_recorded,
 )
-from tests.runtime.conftest import assert_all_off, sim_session
+from tests.runtime.conftest import assert_all_off, sim_session, with_detector
 
 FS = 2000.0
 CHUNK = 20  # 10 ms
@@ -232,10 +232,11 @@ def _held5_session(config, cfg):
 def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
     """A stream that repeats every value 5 times (upsampled by repetition) teaches the
     held-value check a hold of 4 repeats, so it needs 9 before it marks: without the
-    impulse gate (``impulse_ratio = 0``) the rail step decides an onset first. Whatever
-    it triggered is switched off at the sample the channel is suspended, and never
-    gets beyond the first ramp steps."""
-    cfg = replace(config, artifacts=replace(config.artifacts, impulse_ratio=0.0))
+    impulse gate (``impulse_ratio = 0``) the threshold detector's envelope decides an
+    onset on the rail step first. Whatever it triggered is switched off at the sample
+    the channel is suspended, and never gets beyond the first ramp steps."""
+    threshold = with_detector(config, "threshold")
+    cfg = replace(threshold, artifacts=replace(config.artifacts, impulse_ratio=0.0))
     out, stim = _held5_session(config, cfg)
     assert out.exit_code == 0 and out.all_off
     assert_all_off(stim)
@@ -251,6 +252,23 @@ def test_a_rail_step_the_held_check_cannot_see_in_time_stops_at_once(config):
     assert offs and offs[0].sample == s0  # off at once, not ramped
     limits = config.muscle("biceps").limits
     assert max(c.current_ma for c in on) <= limits.max_step_ma
+
+
+def test_cusum_holds_a_rail_step_itself_even_without_the_impulse_gate(config):
+    """The default detector (cusum) holds an impulsive step of its raw input before its
+    filters: the same rail step without the input's impulse gate starts no onset and no
+    stimulation; the held-value check still suspends the channel 9 samples in."""
+    assert config.detector_kind == "cusum"
+    cfg = replace(config, artifacts=replace(config.artifacts, impulse_ratio=0.0))
+    out, stim = _held5_session(config, cfg)
+    assert out.exit_code == 0 and out.all_off and not stim.any_on
+    fault = at(6.0) * CHUNK
+    assert not [e for e in out.events if e.kind == "onset" and e.channel == "biceps"
+                and e.sample >= fault]
+    assert not [c for c in out.commands if c.is_on and c.muscle == "biceps"]
+    suspend = [e.sample for e in out.events
+               if e.kind == "suspend" and e.channel == "biceps" and e.sample >= fault]
+    assert suspend[:1] == [fault + 9]
 
 
 def test_the_impulse_gate_holds_a_rail_step_from_its_first_sample(config):
