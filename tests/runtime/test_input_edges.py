@@ -23,7 +23,13 @@ from closedloop.sim.patient import Attempt, SimulatedPatient
 from closedloop.sources.lsl import LslSource
 from closedloop.sources.sim import patient_settings
 from tests.faults.conftest import FaultySource, on_samples, replaced
-from tests.runtime.conftest import ArraySource, Capture, assert_all_off, sim_session
+from tests.runtime.conftest import (
+    ArraySource,
+    Capture,
+    assert_all_off,
+    sim_session,
+    with_detector,
+)
 
 FS = 2000.0
 CHUNK = 20  # 10 ms
@@ -391,19 +397,29 @@ def test_a_source_below_200_hz_is_refused(config, fs):
 
 
 # -- (e) contracting while rest is learnt -------------------------------------------------------
+@pytest.mark.parametrize("detector", ["cusum", "threshold"])
 @pytest.mark.parametrize(("level", "ramp"), [(1.0, 0.3), (1.0, 0.02), (0.6, 0.3)])
 def test_contracting_while_rest_is_learnt_gives_a_warning_not_a_blind_session(
-        config, level, ramp):
+        config, level, ramp, detector):
     """The patient holds the biceps from the very start for 3 s, then relaxes: before
     the fix that contraction was learnt as rest and the next attempts went unnoticed,
     silently. Now the channel says what it learnt was not quiet, learns rest again,
-    and the attempts 1.5 s and 4 s after relaxing trigger."""
+    and the attempts 1.5 s and 4 s after relaxing trigger. The threshold detector
+    waits for quiet rest and says when it is ready; cusum learns again at once from the
+    quiet blocks that showed it, and says so in the same notice."""
+    config = with_detector(config, detector)
     script = [Attempt("biceps", 0.0, 3.0, level, ramp), Attempt("biceps", 4.5, 1.0, 1.0, 0.04),
               Attempt("biceps", 7.0, 1.0, 1.0, 0.04)]
     out, stim, lines, outlets = stimulated_session(config, script, {}, 8.5)
     assert out.exit_code == 0 and out.all_off
     assert_all_off(stim)
     assert onsets(out) == pytest.approx([4.5, 7.0], abs=0.1)
+    if detector == "cusum":
+        message = assert_told(out, lines, outlets, r"channel biceps: rest was not quiet",
+                              "rest", "biceps")
+        assert "(the muscle was active then)" in message
+        assert "rest learnt again from the quiet signal" in message
+        return
     message = assert_told(out, lines, outlets, r"channel biceps: what it learnt as rest at "
                           r"sample \d+ was not quiet", "rest", "biceps")
     assert "the patient was contracting" in message and "Learning rest again" in message
