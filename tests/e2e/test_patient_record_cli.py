@@ -72,7 +72,11 @@ def test_three_sessions_show_in_the_history_and_its_page(tmp_path):
         triggers = [s.triggers for s in rec.sessions("P01")]
     assert re.search(rf"Repetitions \(triggers\)\s+{triggers[0]} -> {triggers[-1]} "
                      rf"\([+-]\d+ over 3 sessions\)", r.stdout)
-    assert re.search(r"Detector on-threshold, biceps\s+[\d.]+ -> [\d.]+ µV", r.stdout)
+    # the shipped config's detector (cusum) decides on nats, not on an EMG level: the
+    # record says which detector decided and keeps no µV thresholds for it
+    assert re.search(r"^\s+1\s+biceps\s+cusum\s+\d+\s+-\s+-\s", r.stdout, re.M), r.stdout
+    assert "thresholds are not EMG levels (cusum: nats)" in " ".join(r.stdout.split())
+    assert re.search(r"M-wave amplitude \(first trains\), biceps\s+\d+ -> \d+ µV", r.stdout)
     assert re.search(r"Stimulation dose, biceps\s+[\d.]+ -> [\d.]+ % of session limit", r.stdout)
 
     page = tmp_path / "history.html"
@@ -89,7 +93,7 @@ def test_three_sessions_show_in_the_history_and_its_page(tmp_path):
     dom = dump_dom(page, tmp_path / "profile")
     assert len(re.findall(r'<tr class="session">', dom)) == 3
     charts = re.findall(r'<svg class="chart" data-metric="(\w+)"', dom)
-    assert {"triggers", "threshold", "dose"} <= set(charts)
+    assert {"triggers", "dose", "mwave"} <= set(charts) and "threshold" not in charts  # cusum
     triggers_svg = dom.split('data-metric="triggers"')[1].split("</svg>")[0]
     assert triggers_svg.count('<circle class="point"') == 3
     assert "Patient P01: progress over sessions" in dom
