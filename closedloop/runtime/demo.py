@@ -43,8 +43,9 @@ _NORMAL_ENDS = ("duration", "ended", "stop_button")
 
 def demo_config_text(muscles: tuple[str, ...], fs: float, cue_every_s: float,
                      window_s: float, n_trials: int, *, chunk_ms: float = 10.0,
-                     seed: int = 0) -> str:
-    """A cued-trials config for the demo's muscles (stimulating the first one).
+                     seed: int = 0, detector: str | None = None) -> str:
+    """A cued-trials config for the demo's muscles (stimulating the first one), with
+    the ``detector`` kind named (default: the built-in default).
 
     Its watchdog is generous (1 s): the demo shares its process with the window it
     feeds, and a slow frame must not end it as a stalled amplifier would.
@@ -69,6 +70,8 @@ def demo_config_text(muscles: tuple[str, ...], fs: float, cue_every_s: float,
         "rest_s = 2.0",
         f"response_window_s = {window_s!r}",
     ]
+    if detector is not None:
+        lines += ["[detector]", f'kind = "{detector}"']
     for k, m in enumerate(muscles):
         lines += ["[[muscles]]", f'name = "{m}"', f'placement = "demo electrodes on {m}"']
         if k == 0:
@@ -139,6 +142,7 @@ class DemoSession:
         response_window_s: float = 3.0,
         n_trials: int = 60,
         seed: int = 0,
+        detector: str | None = None,
     ) -> None:
         if not 1 <= n_channels <= len(DEMO_MUSCLES):
             raise InputError(f"n_channels = {n_channels}: the demo has 1..{len(DEMO_MUSCLES)}")
@@ -153,7 +157,7 @@ class DemoSession:
         self.seed = int(seed)
         self.config_text = demo_config_text(
             self.muscles, self.fs, self.cue_every_s, self.window_s, self.n_trials,
-            chunk_ms=1000.0 * self.chunk / self.fs, seed=self.seed,
+            chunk_ms=1000.0 * self.chunk / self.fs, seed=self.seed, detector=detector,
         )
         self.config = loads_config(self.config_text, source="<closedloop view demo>")
         self.session: Session | None = None

@@ -46,6 +46,15 @@ def demo():
     d.close()
 
 
+@pytest.fixture
+def threshold_demo():
+    """The demo with the envelope threshold detector (on/off thresholds in µV)."""
+    d = DemoSession(unique("viewtest"), n_channels=3, response_window_s=1.5,
+                    detector="threshold").start()
+    yield d
+    d.close()
+
+
 def wait_for(cond, timeout: float, qtbot=None) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -77,7 +86,8 @@ def test_client_sees_every_stream(demo):
     assert all(q.status == "ok" for q in s.quality.values()), s.quality
 
 
-def test_window_draws_moves_and_stop_reaches_the_loop(qtbot, demo, tmp_path):
+def test_window_draws_moves_and_stop_reaches_the_loop(qtbot, threshold_demo, tmp_path):
+    demo = threshold_demo
     from closedloop.view.window import SessionWindow
 
     stops = []
@@ -299,14 +309,17 @@ def test_the_view_flags_a_channel_the_session_suspended():
 
 
 # -- units, the session panel, no calibration during a session --------------------------------
-def test_axes_show_amplitude_scales_in_microvolts_and_no_calibrate_button(qtbot, demo):
+def test_axes_show_amplitude_scales_in_microvolts_and_no_calibrate_button(qtbot,
+                                                                          threshold_demo):
     """The demo streams volts: both plots' left axes are labelled in µV and carry a
     scale per lane (-v, 0, +v on the EMG; 0, v on the envelope), in µV, not in
-    scientific notation; the channel panel speaks µV; no Calibrate button."""
+    scientific notation; the channel panel speaks µV; no Calibrate button (the
+    threshold detector's envelope; a cusum session's axes: the test below)."""
     from PySide6 import QtWidgets
 
     from closedloop.view.window import SessionWindow
 
+    demo = threshold_demo
     client = SessionClient(demo.session_name, window_s=5.0)
     win = SessionWindow(client, control=None)
     qtbot.addWidget(win)
