@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from closedloop.core.detectors.base import statistic_of
-from closedloop.units import ENVELOPE, Statistic
+from closedloop.units import DisplayUnits
 from closedloop.units import display_units as clinical_units
 
 
@@ -281,34 +281,6 @@ def regroup(first: int, t: np.ndarray, lo: np.ndarray, hi: np.ndarray, factor: i
 
 
 # -- units and scales -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class DisplayUnits:
-    """How a session's numbers are shown: ``value * factor`` in ``unit``.
-
-    Attributes
-    ----------
-    emg_factor, emg_unit : float, str
-        The EMG (µV when the stream's unit is a voltage; else as the stream says).
-    env_factor, env_unit : float, str
-        The detector's statistic: µV for an RMS envelope, µV² for the Teager-Kaiser
-        energy, nats for CUSUM's log-likelihood ratio, no unit for a statistic without
-        one (Bonato's test).
-    env_name : str
-        What that statistic is called on screen.
-    statistic : Statistic
-        What the detector declared about it (:attr:`Statistic.is_amplitude`: it is the
-        muscle's EMG level itself; :attr:`Statistic.offsets_on_it`: its offsets are
-        decided on it, against the off-threshold).
-    """
-
-    emg_factor: float = 1.0
-    emg_unit: str = ""
-    env_factor: float = 1.0
-    env_unit: str = ""
-    env_name: str = "envelope"
-    statistic: Statistic = ENVELOPE
-
-
 def display_units(units: str, detector_kind: str = "threshold") -> DisplayUnits:
     """Units for the EMG stream's ``units`` and the statistic of the detector
     ``detector_kind`` (as its class declares it:
@@ -318,9 +290,7 @@ def display_units(units: str, detector_kind: str = "threshold") -> DisplayUnits:
     empty unit) is shown as it is, named as the stream names it: closedloop does not
     know the amplifier's gain.
     """
-    u = clinical_units(units, statistic_of(detector_kind))
-    return DisplayUnits(u.emg_factor, u.emg_unit, u.stat_factor, u.stat_unit, u.stat_name,
-                        u.statistic)
+    return clinical_units(units, statistic_of(detector_kind))
 
 
 def nice_step(x: float) -> float:

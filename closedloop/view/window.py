@@ -483,13 +483,13 @@ class SessionWindow(QtWidgets.QMainWindow):
             if snap.emg_from == FROM_SESSION else
             "EMG filtered by the view (this session does not publish its blanked EMG)")
         thresholds = "on/off thresholds" if d.statistic.offsets_on_it else "on-threshold"
-        self.env_plot.setTitle(f"{d.env_name}, {thresholds}, onsets ▲, stimulation")
+        self.env_plot.setTitle(f"{d.stat_name}, {thresholds}, onsets ▲, stimulation")
         for p in (self.emg_plot, self.env_plot):
             p.setLabel("bottom", "time (s), 0 = now")
         self.emg = _Lanes(self.emg_plot, channels, self.window_s, symmetric=True,
                           pen=EMG_PEN, factor=d.emg_factor, unit=d.emg_unit, name="EMG")
         self.env = _Lanes(self.env_plot, channels, self.window_s, symmetric=False,
-                          pen=ENV_PEN, factor=d.env_factor, unit=d.env_unit, name=d.env_name)
+                          pen=ENV_PEN, factor=d.stat_factor, unit=d.stat_unit, name=d.stat_name)
         for ch in channels:
             lab = QtWidgets.QLabel(ch)
             lab.setTextFormat(QtCore.Qt.TextFormat.RichText)
@@ -738,12 +738,12 @@ class SessionWindow(QtWidgets.QMainWindow):
                 env_txt += f" ({100.0 * v / mvc:.0f} % MVC)"
         if snap.env_now.shape[0] > k and math.isfinite(snap.env_now[k]):
             v = snap.env_now[k]
-            env_txt += f"<br>{d.env_name} {fmt_value(v * d.env_factor)} {d.env_unit}".rstrip()
+            env_txt += f"<br>{d.stat_name} {fmt_value(v * d.stat_factor)} {d.stat_unit}".rstrip()
             if mvc and d.statistic.is_amplitude:
                 env_txt += f" ({100.0 * v / mvc:.0f} % MVC)"
             if snap.thr_on.shape[0] and np.isfinite(snap.thr_on[-1, k]):
-                env_txt += (f"<br><small>on above {fmt_value(snap.thr_on[-1, k] * d.env_factor)}"
-                            f" {d.env_unit}</small>")
+                env_txt += (f"<br><small>on above {fmt_value(snap.thr_on[-1, k] * d.stat_factor)}"
+                            f" {d.stat_unit}</small>")
         stim = snap.stim_now.get(name, 0.0)
         stim_txt = ""
         if stim > 0:

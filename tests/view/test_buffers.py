@@ -222,11 +222,11 @@ def test_regroup_aligns_groups_to_bin_numbers():
 
 def test_units_and_scales_for_clinicians():
     assert display_units("V") .emg_factor == 1e6 and display_units("V").emg_unit == "µV"
-    assert display_units("mV").env_factor == 1e3 and display_units("uV").env_unit == "µV"
+    assert display_units("mV").stat_factor == 1e3 and display_units("uV").stat_unit == "µV"
     tk = display_units("V", "tkeo")
-    assert tk.env_factor == 1e12 and tk.env_unit == "µV²"
+    assert tk.stat_factor == 1e12 and tk.stat_unit == "µV²"
     cu = display_units("uV", "cusum")
-    assert cu.env_unit == "nats" and cu.env_factor == 1.0 and "cusum" in cu.env_name
+    assert cu.stat_unit == "nats" and cu.stat_factor == 1.0 and "cusum" in cu.stat_name
     assert not cu.statistic.offsets_on_it and not cu.statistic.is_amplitude
     counts = display_units("counts")
     assert counts.emg_factor == 1.0 and counts.emg_unit == "counts"
