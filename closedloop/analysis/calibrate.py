@@ -336,18 +336,14 @@ class MuscleResult:
 
     def summary(self, units: str | None = None) -> str:
         """One line: the figures (in µV when ``units``, the source's, is a voltage; else
-        as the source gives them), or REFUSED and why."""
+        in the source's units), never with an exponent, or REFUSED and why."""
         if not self.ok:
             return f"{self.muscle}: REFUSED - " + "; ".join(self.reasons)
         du = display_units(units)
-        if du.emg_unit == "µV":
-            def show(v: float) -> str:
-                return number(v * du.emg_factor)
-            unit = " µV"
-        else:
-            def show(v: float) -> str:
-                return f"{v:.4g}"
-            unit = f" {du.emg_unit}" if du.emg_unit else ""
+        unit = f" {du.emg_unit}" if du.emg_unit else ""
+
+        def show(v: float) -> str:
+            return number(v * du.emg_factor)
         reps = ", ".join(show(r) for r in self.reps)
         line = (f"{self.muscle}: rest {show(self.rest_mean)} +- {show(self.rest_sd)}{unit}, "
                 f"MVC {show(self.mvc)}{unit} (reps {reps})")

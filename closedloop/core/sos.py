@@ -109,52 +109,35 @@ class SosFilter:
         return x
 
 
-def exponential_average(x: np.ndarray, start: np.ndarray, weight: float) -> np.ndarray:
-    """Each row's exponential average after every sample: ``y[n] = (1 - weight) *
-    y[n - 1] + weight * x[n]`` from ``y[-1] = start``, for ``x`` (n_rows, m).
+def one_pole(x: np.ndarray, start: np.ndarray, gain: float, decay: float) -> np.ndarray:
+    """Each row's one-pole recurrence after every sample: ``y[n] = decay * y[n - 1] +
+    gain * x[n]`` from ``y[-1] = start``, for ``x`` (n_rows, m).
 
-    Evaluated in exactly that form (one rounding of the product with ``1 - weight``,
-    one of the sum; exact in ``weight * x`` for a power-of-two weight), so a caller that
-    computes a few steps itself with numpy gets the same bits: through the compiled
-    kernel as a one-pole section (about 20 times faster than :func:`scipy.signal.lfilter`
-    on short rows), else through ``lfilter``, which evaluates the same recurrence.
+    Evaluated in exactly that form (one rounding of each product, one of the sum), so a
+    caller that computes a few steps itself with numpy or Python gets the same bits:
+    through the compiled kernel as the section ``[gain, 0, 0, 1, -decay, 0]`` (its other
+    products are by 0, exact), about 20 times faster than :func:`scipy.signal.lfilter` on
+    short rows; else through ``lfilter``, which evaluates the same recurrence.
     """
     x = np.ascontiguousarray(x, dtype=np.float64)
     z = np.zeros((x.shape[0], 1, 2))
-    z[:, 0, 0] = (1.0 - weight) * np.asarray(start, dtype=np.float64)
+    z[:, 0, 0] = decay * np.asarray(start, dtype=np.float64)  # the first product
     if _kernel is not None:
         y = x.copy()
-        _kernel(np.array([[weight, 0.0, 0.0, 1.0, -(1.0 - weight), 0.0]]), y, z)
+        _kernel(np.array([[gain, 0.0, 0.0, 1.0, -decay, 0.0]]), y, z)
         return y
-    y, _ = signal.lfilter([weight], [1.0, -(1.0 - weight)], x, axis=-1, zi=z[:, 0, :1])
+    y, _ = signal.lfilter([gain], [1.0, -decay], x, axis=-1, zi=z[:, 0, :1])
     return y
+
+
+def exponential_average(x: np.ndarray, start: np.ndarray, weight: float) -> np.ndarray:
+    """Each row's exponential average after every sample, ``y[n] = (1 - weight) *
+    y[n - 1] + weight * x[n]`` (:func:`one_pole`; exact in ``weight * x`` for a
+    power-of-two weight, as the hum templates use)."""
+    return one_pole(x, start, weight, 1.0 - weight)
 
 
 def decaying_sum(x: np.ndarray, start: np.ndarray, decay: float) -> np.ndarray:
-    """Each row's decaying sum after every sample: ``y[n] = decay * y[n - 1] + x[n]`` from
-    ``y[-1] = start``, for ``x`` (n_rows, m).
-
-    Evaluated in exactly that form, one rounding of the product and one of the sum, so
-    it gives the bits of the same recurrence written out in Python or numpy: through the
-    compiled kernel as the section ``[1, 0, 0, 1, -decay, 0]`` (its other products are
-    by 1 and 0, exact, and so is any fused multiply-add with a zero addend), else in a
-    Python loop.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    first = decay * np.asarray(start, dtype=np.float64)  # the first product, rounded once
-    if _kernel is not None:
-        z = np.zeros((x.shape[0], 1, 2))
-        z[:, 0, 0] = first
-        y = x.copy()
-        _kernel(np.array([[1.0, 0.0, 0.0, 1.0, -decay, 0.0]]), y, z)
-        return y
-    y = np.empty_like(x)
-    for i, (row, prod) in enumerate(zip(x.tolist(), np.atleast_1d(first).tolist(),
-                                        strict=True)):
-        out = []
-        for v in row:
-            acc = v + prod
-            out.append(acc)
-            prod = decay * acc
-        y[i] = out
-    return y
+    """Each row's decaying sum after every sample, ``y[n] = decay * y[n - 1] + x[n]``
+    (:func:`one_pole` with gain 1: its product by 1 is exact)."""
+    return one_pole(x, start, 1.0, decay)

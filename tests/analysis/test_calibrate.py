@@ -346,4 +346,5 @@ def test_the_summary_line_is_in_microvolts_for_a_voltage_source():
                     "2.7/2.1 µV (0% of MVC above rest)")
     text = cal.patient_config_text(loads_config(CONFIG, source="arm.toml"), r, confirmation="x")
     assert f"# {line}" in text.splitlines()  # the header says the same
-    assert r.muscles[0].summary("counts").startswith("biceps: rest 1.5e-06 +- 2e-07 counts, ")
+    assert r.muscles[0].summary("counts").startswith("biceps: rest 0.0000015 +- 0.0000002 "
+                                                     "counts, ")

@@ -184,11 +184,16 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_version_1_file_is_migrated_and_keeps_its_sessions(tmp_path):
-    db = tmp_path / "old.db"
+def older_file(db, script: str):
+    """A record file as an older closedloop left it (its schema and rows)."""
     con = sqlite3.connect(db)
-    con.executescript(V1)
+    con.executescript(script)
     con.close()
+    return db
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_sessions(tmp_path):
+    db = older_file(tmp_path / "old.db", V1)
     with Records(db) as r:
         assert r.schema_version == SCHEMA_VERSION == 4
         old = r.sessions("P01")
@@ -220,10 +225,7 @@ PRAGMA user_version = 2;
 
 
 def test_a_version_2_file_gets_the_m_wave_columns_and_keeps_its_sessions(tmp_path):
-    db = tmp_path / "v2.db"
-    con = sqlite3.connect(db)
-    con.executescript(V2)
-    con.close()
+    db = older_file(tmp_path / "v2.db", V2)
     with Records(db) as r:
         assert r.schema_version == SCHEMA_VERSION == 4
         old = r.sessions("P01", "run")
@@ -266,10 +268,7 @@ PRAGMA user_version = 3;
 def test_a_version_3_file_gets_the_detector_column_and_keeps_its_sessions(tmp_path):
     """Version 4 records which detector decided: older rows read back without one
     (None), a new row keeps its own."""
-    db = tmp_path / "v3.db"
-    con = sqlite3.connect(db)
-    con.executescript(V3)
-    con.close()
+    db = older_file(tmp_path / "v3.db", V3)
     with Records(db) as r:
         assert r.schema_version == SCHEMA_VERSION == 4
         old = r.sessions("P01", "run")
