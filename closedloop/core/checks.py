@@ -98,9 +98,17 @@ ABSURD_LIMIT = 1e100
 RATE_SLACK = 0.06
 
 
+def absurd_limit(dtype: np.dtype) -> float:
+    """:data:`ABSURD_LIMIT` for samples of ``dtype``: infinity for a float type that cannot
+    reach it (float32: comparing with 1e100 would overflow in the cast; finite is usable)."""
+    if dtype.kind == "f" and float(np.finfo(dtype).max) < ABSURD_LIMIT:
+        return math.inf
+    return ABSURD_LIMIT
+
+
 def usable(x: np.ndarray) -> np.ndarray:
     """Where ``x`` is finite and within ``±ABSURD_LIMIT`` (NaN compares False)."""
-    return np.abs(x) < ABSURD_LIMIT
+    return np.abs(x) < absurd_limit(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -522,7 +530,7 @@ class InputMonitor:
                 return None
         # -- values ---------------------------------------------------------------------
         if np.count_nonzero(self._active) or not (
-                np.maximum.reduce(np.abs(x), axis=None) < ABSURD_LIMIT):  # NaN: False
+                np.maximum.reduce(np.abs(x), axis=None) < absurd_limit(x.dtype)):  # NaN: False
             return None
         tail = None
         rep_in = x[1:] == x[:-1]  # value equal to the one before

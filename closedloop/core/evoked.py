@@ -28,6 +28,9 @@ amplitude, area, onset latency, end, the noise of the average and whether a resp
 is present. The noise is the standard error of the average, from the spread across
 the averaged pulses (from the last group that had several pulses when there is only
 one); a response is present when the peak-to-peak is ``present_snr`` times that noise.
+A pulse within half a sample of a change of its channel's current or pulse width is
+left out: which of the two levels it carried is decided by how two clocks round (the
+stimulator's and the sample clock), so averaging it could mix two levels' waves.
 
 Pure and chunk-invariant: the same samples and schedule in chunks of any size give the
 same records, decided at the same samples (a record for the clock period ``[g * span,
@@ -54,6 +57,8 @@ from closedloop.core.sos import exponential_average
 _HUM_WEIGHT = 1.0 / 32.0
 #: Variance of the template's noise relative to the signal's (exponential average).
 _HUM_NOISE = _HUM_WEIGHT / (2.0 - _HUM_WEIGHT)
+#: A pulse this close (samples) to a change of its channel's level is not averaged.
+_TIE = 0.5
 
 
 @dataclass(frozen=True)
@@ -165,8 +170,6 @@ class _Pending:
     channel: int
     column: int
     length: int  # window samples
-    current_ma: float
-    pulse_width_us: float
 
 
 @dataclass
@@ -243,14 +246,26 @@ class EvokedResponse:
         levels = self._levels.setdefault(int(channel), [])
         levels.append((int(effective_sample), float(current_ma), float(pulse_width_us)))
 
-    def _level(self, channel: int, sample: int) -> tuple[float, float]:
-        """The level in force at ``sample`` (asked in sample order per channel)."""
+    def _level(self, channel: int, position: float) -> tuple[float, float] | None:
+        """The level a pulse at ``position`` carried (NaN: never commanded; None: two
+        levels that pulse changed between within :data:`_TIE` samples, so either). Off
+        (0 mA) gives no pulse: a pulse at a train's start carries the train's level."""
         levels = self._levels.get(channel, [])
-        i = bisect.bisect_right(levels, (sample, math.inf, math.inf)) - 1
-        if i < 0:
+        i = bisect.bisect_right(levels, (position - _TIE, math.inf, math.inf)) - 1
+        j = bisect.bisect_right(levels, (position + _TIE, math.inf, math.inf)) - 1
+        if j < 0:
             return math.nan, math.nan
-        del levels[:i]  # later pulses of this channel never ask for an earlier level
-        return levels[0][1], levels[0][2]
+        near = {lv[1:] for lv in levels[max(i, 0) : j + 1] if lv[1] > 0}
+        if len(near) > 1:
+            return None
+        return near.pop() if near else (levels[j][1], levels[j][2])
+
+    def _forget_levels(self, before: float) -> None:
+        """Drop the levels that ended before sample ``before`` (no pulse asks)."""
+        for levels in self._levels.values():
+            i = bisect.bisect_right(levels, (before - _TIE, math.inf, math.inf)) - 1
+            if i > 0:
+                del levels[:i]
 
     # -- the samples -------------------------------------------------------------------
     def process(self, raw: np.ndarray, start: int,
@@ -273,15 +288,18 @@ class EvokedResponse:
             # up to the sample before the next pulse's (interpolation reads one more)
             length = min(self.window, int(math.floor(period)) - 2) - self.skip + 1
             if col >= 0 and length >= 2:
-                cur, pw = self._level(ch, first)
-                self._pending.append(_Pending(pos, first, ch, col, length, cur, pw))
+                self._pending.append(_Pending(pos, first, ch, col, length))
         x = self._dehum(raw, start)
         ext = np.concatenate((self._hist, x), axis=1)
         base = start - self._hist.shape[1]
         done = [p for p in self._pending if p.first + self.skip + p.length <= stop - 1]
         self._pending = [p for p in self._pending if p.first + self.skip + p.length > stop - 1]
         for p in done:  # in pulse order: the sums add up the same in any chunking
-            self._add(p, ext, base)
+            # every command acting before ``stop`` is known by now (see :meth:`command`)
+            level = self._level(p.channel, p.position)
+            if level is not None:
+                self._add(p, level, ext, base)
+        self._forget_levels(min([p.position for p in self._pending], default=stop))
         self._hist = ext[:, -self._keep :]
         return self._decide(stop, start, timestamps)
 
@@ -362,18 +380,20 @@ class EvokedResponse:
         self._hum[:, phase] = (1.0 - _HUM_WEIGHT) * hum + _HUM_WEIGHT * target[:, a:b]
         x[:, a:b] -= hum
 
-    def _add(self, p: _Pending, ext: np.ndarray, base: int) -> None:
+    def _add(self, p: _Pending, stim: tuple[float, float], ext: np.ndarray,
+             base: int) -> None:
+        """Add pulse ``p``, given at level ``stim`` (current, pulse width), to its group."""
         row = ext[p.column]
         b0 = max(p.first - self.n_baseline - base, 0)
         b1 = p.first - base
-        level = float(np.mean(row[b0:b1])) if b1 > b0 else 0.0
+        baseline = float(np.mean(row[b0:b1])) if b1 > b0 else 0.0
         frac = p.position - p.first
         i = p.first + self.skip - base
         a = row[i : i + p.length]
         b = row[i + 1 : i + p.length + 1]
-        wave = (1.0 - frac) * a + frac * b - level
-        key = (p.first // self.span, p.column, p.channel, _key(p.current_ma),
-               _key(p.pulse_width_us), p.length)
+        wave = (1.0 - frac) * a + frac * b - baseline
+        key = (p.first // self.span, p.column, p.channel, _key(stim[0]),
+               _key(stim[1]), p.length)
         g = self._groups.get(key)
         if g is None:
             g = self._groups[key] = _Group(first=p.first, s1=np.zeros(p.length),

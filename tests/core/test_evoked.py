@@ -117,6 +117,27 @@ def test_each_level_has_its_own_records_on_the_recruitment_curve():
     assert np.all(np.diff(pp) > 0)
 
 
+@pytest.mark.parametrize("chunks", [(1,), (7,), (20,), (10000,)])
+def test_a_pulse_at_a_change_of_level_is_left_out_and_a_train_start_counts(chunks):
+    """25 Hz is 80 samples a pulse: the change to 20 mA at sample 4800 falls on a pulse,
+    which either level may have carried (the stimulator's and the sample clock round
+    apart), so no record averages it; the change to 25 mA at 5130 falls between pulses;
+    the train's first pulse, on its switch-on sample, counts at the train's level."""
+    commands = [Command(4000, "biceps", 30.0, 25.0), Command(4800, "biceps", 20.0, 25.0),
+                Command(5130, "biceps", 25.0, 25.0), Command(6000, "biceps", 0.0, 25.0)]
+    s = stimulate(commands, 3.5, chunks=chunks, evoked=EvokedSettings(), mwave=MWAVE)
+    got = [(r.current_ma, r.first_sample, r.last_sample, r.n_pulses) for r in s.records]
+    assert got == [(20.0, 4880, 4960, 2), (30.0, 4000, 4720, 10),
+                   (20.0, 5040, 5120, 2), (25.0, 5200, 5920, 10)]
+    delivered = sorted(np.floor(p.time * FS + 1e-6) for p in s.pulses if p.muscle == "biceps")
+    assert 4800 in delivered and len(delivered) == 25  # every pulse was given, one left out
+    for r in s.records:  # every averaged pulse was given at its record's level
+        mine = [p for p in s.pulses if p.muscle == "biceps"
+                and r.first_sample <= np.floor(p.time * FS + 1e-6) <= r.last_sample
+                and np.floor(p.time * FS + 1e-6) != 4800]
+        assert {p.current_ma for p in mine} == {r.current_ma}
+
+
 def test_the_wave_end_tells_whether_the_blanking_covers_it():
     blank = ArtifactSettings().blank_ms / 1000
     short = stimulate(train("biceps", 1.0, 3.0, 30.0), 3.5, evoked=EvokedSettings(),
