@@ -191,3 +191,13 @@ def test_the_config_says_how_the_mwave_is_measured(config, tmp_path):
     assert (default.settings.window_ms, default.settings.every_s) == (25.0, 0.5)
     assert (evoked.settings.window_ms, evoked.settings.every_s) == (40.0, 0.25)
     assert evoked.window > default.window and evoked.span < default.span
+
+
+def test_the_config_s_mwave_defaults_are_the_reader_s():
+    """The M-wave measurement's defaults are declared twice: in ``[protocol.mwave]``
+    (with their ranges, what a config without the keys gets) and in the core's
+    ``EvokedSettings`` (a pure core has no config to read): they must agree."""
+    from closedloop.config.stimulation import MWaveRules
+    from closedloop.runtime.chain import evoked_settings
+
+    assert evoked_settings(MWaveRules()) == EvokedSettings()
