@@ -28,9 +28,9 @@ amplitude, area, onset latency, end, the noise of the average and whether a resp
 is present. The noise is the standard error of the average, from the spread across
 the averaged pulses (from the last group that had several pulses when there is only
 one); a response is present when the peak-to-peak is ``present_snr`` times that noise.
-A pulse within half a sample of a change of its channel's current or pulse width is
-left out: which of the two levels it carried is decided by how two clocks round (the
-stimulator's and the sample clock), so averaging it could mix two levels' waves.
+A pulse on the very sample where its channel's level changes carries the new level (as
+the simulated stimulator gives it), even when rounding puts its computed place a hair
+before that sample.
 
 Pure and chunk-invariant: the same samples and schedule in chunks of any size give the
 same records, decided at the same samples (a record for the clock period ``[g * span,
@@ -57,8 +57,9 @@ from closedloop.core.sos import exponential_average
 _HUM_WEIGHT = 1.0 / 32.0
 #: Variance of the template's noise relative to the signal's (exponential average).
 _HUM_NOISE = _HUM_WEIGHT / (2.0 - _HUM_WEIGHT)
-#: A pulse this close (samples) to a change of its channel's level is not averaged.
-_TIE = 0.5
+#: A pulse this little (samples) before a change of its channel's level is at it: the
+#: pulse grid and the change's sample round apart (the simulated stimulator's rule too).
+_TIE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -246,24 +247,17 @@ class EvokedResponse:
         levels = self._levels.setdefault(int(channel), [])
         levels.append((int(effective_sample), float(current_ma), float(pulse_width_us)))
 
-    def _level(self, channel: int, position: float) -> tuple[float, float] | None:
-        """The level a pulse at ``position`` carried (NaN: never commanded; None: two
-        levels that pulse changed between within :data:`_TIE` samples, so either). Off
-        (0 mA) gives no pulse: a pulse at a train's start carries the train's level."""
+    def _level(self, channel: int, position: float) -> tuple[float, float]:
+        """The level a pulse at ``position`` carried (NaN: never commanded): the one in
+        force from a change at or before it, a change :data:`_TIE` after it included."""
         levels = self._levels.get(channel, [])
-        i = bisect.bisect_right(levels, (position - _TIE, math.inf, math.inf)) - 1
-        j = bisect.bisect_right(levels, (position + _TIE, math.inf, math.inf)) - 1
-        if j < 0:
-            return math.nan, math.nan
-        near = {lv[1:] for lv in levels[max(i, 0) : j + 1] if lv[1] > 0}
-        if len(near) > 1:
-            return None
-        return near.pop() if near else (levels[j][1], levels[j][2])
+        i = bisect.bisect_right(levels, (position + _TIE, math.inf, math.inf)) - 1
+        return (math.nan, math.nan) if i < 0 else (levels[i][1], levels[i][2])
 
     def _forget_levels(self, before: float) -> None:
         """Drop the levels that ended before sample ``before`` (no pulse asks)."""
         for levels in self._levels.values():
-            i = bisect.bisect_right(levels, (before - _TIE, math.inf, math.inf)) - 1
+            i = bisect.bisect_right(levels, (before, math.inf, math.inf)) - 1
             if i > 0:
                 del levels[:i]
 
@@ -296,9 +290,7 @@ class EvokedResponse:
         self._pending = [p for p in self._pending if p.first + self.skip + p.length > stop - 1]
         for p in done:  # in pulse order: the sums add up the same in any chunking
             # every command acting before ``stop`` is known by now (see :meth:`command`)
-            level = self._level(p.channel, p.position)
-            if level is not None:
-                self._add(p, level, ext, base)
+            self._add(p, self._level(p.channel, p.position), ext, base)
         self._forget_levels(min([p.position for p in self._pending], default=stop))
         self._hist = ext[:, -self._keep :]
         return self._decide(stop, start, timestamps)

@@ -118,24 +118,26 @@ def test_each_level_has_its_own_records_on_the_recruitment_curve():
 
 
 @pytest.mark.parametrize("chunks", [(1,), (7,), (20,), (10000,)])
-def test_a_pulse_at_a_change_of_level_is_left_out_and_a_train_start_counts(chunks):
-    """25 Hz is 80 samples a pulse: the change to 20 mA at sample 4800 falls on a pulse,
-    which either level may have carried (the stimulator's and the sample clock round
-    apart), so no record averages it; the change to 25 mA at 5130 falls between pulses;
-    the train's first pulse, on its switch-on sample, counts at the train's level."""
-    commands = [Command(4000, "biceps", 30.0, 25.0), Command(4800, "biceps", 20.0, 25.0),
-                Command(5130, "biceps", 25.0, 25.0), Command(6000, "biceps", 0.0, 25.0)]
+def test_a_pulse_on_the_sample_of_a_change_carries_the_new_level(chunks):
+    """At 35 Hz from sample 4020 the 15th pulse lands on sample 4820, where the current
+    changes to 20 mA: its computed time (2.01 + 14 / 35 = 2.4099999999999997 s) rounds a
+    hair before the change (2.41 s). The simulated stimulator gives it at 20 mA and the
+    M-wave reader averages it at 20 mA: every record averages only pulses given at its
+    level, whichever way the clocks round, in any chunking."""
+    commands = [Command(4020, "biceps", 30.0), Command(4820, "biceps", 20.0),
+                Command(5130, "biceps", 25.0), Command(6020, "biceps", 0.0)]
     s = stimulate(commands, 3.5, chunks=chunks, evoked=EvokedSettings(), mwave=MWAVE)
-    got = [(r.current_ma, r.first_sample, r.last_sample, r.n_pulses) for r in s.records]
-    assert got == [(20.0, 4880, 4960, 2), (30.0, 4000, 4720, 10),
-                   (20.0, 5040, 5120, 2), (25.0, 5200, 5920, 10)]
-    delivered = sorted(np.floor(p.time * FS + 1e-6) for p in s.pulses if p.muscle == "biceps")
-    assert 4800 in delivered and len(delivered) == 25  # every pulse was given, one left out
-    for r in s.records:  # every averaged pulse was given at its record's level
-        mine = [p for p in s.pulses if p.muscle == "biceps"
-                and r.first_sample <= np.floor(p.time * FS + 1e-6) <= r.last_sample
-                and np.floor(p.time * FS + 1e-6) != 4800]
-        assert {p.current_ma for p in mine} == {r.current_ma}
+    given = {int(np.floor(p.time * FS + 1e-6)): p.current_ma
+             for p in s.pulses if p.muscle == "biceps"}
+    assert given[4020] == 30.0 and given[4820] == 20.0  # the stimulator's side
+    assert len(given) == 35
+    averaged = 0
+    for r in s.records:
+        mine = {k: c for k, c in given.items() if r.first_sample <= k <= r.last_sample}
+        assert set(mine.values()) == {r.current_ma} and len(mine) == r.n_pulses
+        averaged += r.n_pulses
+    assert averaged == len(given)  # every pulse in one record
+    assert [r.first_sample for r in s.records if r.current_ma == 20.0][0] == 4820
 
 
 def test_the_wave_end_tells_whether_the_blanking_covers_it():

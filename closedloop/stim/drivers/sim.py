@@ -9,7 +9,9 @@ Pulse timing: a channel switched on at stream time ``T0`` pulses at ``T0 + k / f
 (k = 0, 1, ...) while it stays on. ``T0`` is the value of the injected ``clock()``
 when :meth:`~SimStimulator.apply` is called, or, without a clock, the command's
 ``stream_time``. A change of current or pulse width keeps the pulse grid (a pulse from
-the change on carries the new level); a change of frequency starts the new grid at the
+the change on carries the new level; one less than :data:`TIE_S` before it is taken as
+at it, since the grid ``T0 + k / f`` and the change's time round apart: 2.01 + 14 / 35
+is 2.4099999999999997, not 2.41); a change of frequency starts the new grid at the
 first pulse of the old grid at or after the change, so no two pulses come closer than
 the old period. Switching off at ``T1`` ends the train: pulses at or after ``T1`` are
 not delivered.
@@ -32,6 +34,8 @@ from closedloop.errors import ConfigError, StimulatorError
 from closedloop.stim.base import ChannelOutput, Stimulator, StimulatorContext
 from closedloop.stim.commands import StimCommand
 
+#: A pulse this little (s) before a change of its channel's output is at the change.
+TIE_S = 1e-9
 #: Record layout of :meth:`SimStimulator.pulses`.
 PULSE_DTYPE = np.dtype(
     [("time", "f8"), ("channel", "i4"), ("current_ma", "f8"), ("pulse_width_us", "f8")]
@@ -169,7 +173,9 @@ class SimStimulator(Stimulator):
         return [a.command for a in self._log]
 
     def pulses(self, t_start: float, t_end: float) -> np.ndarray:
-        """Pulses delivered in stream time ``[t_start, t_end)``.
+        """Pulses delivered in stream time ``[t_start, t_end)`` (a pulse less than
+        :data:`TIE_S` before ``t_end`` is at it: in the next range, after the commands
+        acting at ``t_end`` were applied).
 
         Returns
         -------
@@ -178,8 +184,9 @@ class SimStimulator(Stimulator):
             time, then channel. Adjacent half-open ranges never share or lose a pulse.
         """
         parts = []
+        t_start, t_end = t_start - TIE_S, t_end - TIE_S  # a pulse a hair before t is at t
         for seg in self._segments:
-            lo, hi = max(seg.start, t_start), min(seg.end, t_end)
+            lo, hi = max(seg.start - TIE_S, t_start), min(seg.end - TIE_S, t_end)
             f = seg.frequency_hz
             if not lo < hi or not f > 0 or not seg.current_ma > 0:
                 continue
