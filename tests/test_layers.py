@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "closedloop"
 #: bottom to top; packages in one entry are the same layer but may not import each other
 LAYERS: list[tuple[str, ...]] = [
     ("closedloop.errors",),
-    ("closedloop.device", "closedloop.registry", "closedloop.units", "closedloop.identity"),
+    ("closedloop.device", "closedloop.registry", "closedloop.units", "closedloop.identity",
+     "closedloop.children"),
     ("closedloop.config",),
     ("closedloop.core", "closedloop.sim"),
     ("closedloop.stim",),

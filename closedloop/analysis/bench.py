@@ -230,21 +230,20 @@ def run_replay_bench(path: str | Path) -> dict[str, float]:
         The check did not pass (the replay is not exact) or the replay failed: the
         message has what it printed.
     """
-    import os
     import subprocess
-    import sys
+
+    from closedloop.children import python_command
 
     path = Path(path)
-    env = {**os.environ}
+    argv, env = python_command("-m", "closedloop", "replay", str(path), "--check", "--quiet")
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "closedloop", "replay", str(path), "--check",
-                        "--quiet"], capture_output=True, text=True, env=env)
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if r.returncode != 0 or "check passed" not in r.stdout:
         raise InputError(f"closedloop replay {path} --check did not pass (exit "
                          f"{r.returncode}), so its time means nothing:\n{r.stdout}{r.stderr}")
-    r = subprocess.run([sys.executable, "-c", _REPLAY_CHILD, str(path)], capture_output=True,
-                       text=True, env=env)
+    argv, env = python_command("-c", _REPLAY_CHILD, str(path))
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise InputError(f"timing the parts of the replay of {path} failed:\n{r.stderr}")
     imports, load, replay, n, fs, same = r.stdout.split()

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from closedloop.children import python_command
+
 if TYPE_CHECKING:
     from closedloop.config import Config
 
@@ -175,10 +177,10 @@ class Streamer:
 
     def __init__(self, name: str, *args: str) -> None:
         self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "closedloop.analysis.latency", "serve", "--name", name, *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+        argv, env = python_command("-m", "closedloop.analysis.latency", "serve", "--name",
+                                   name, *args)
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line:
             self.close()

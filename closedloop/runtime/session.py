@@ -50,6 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from closedloop.children import python_command
 from closedloop.config import Config, load_config
 from closedloop.core.stream import SourceInfo
 from closedloop.errors import SafetyError
@@ -525,8 +526,9 @@ def open_view(session_name: str, *, offscreen: bool = False,
             return None
         env["QT_QPA_PLATFORM"] = "offscreen"
     output = subprocess.DEVNULL if offscreen else None  # a window's messages: the session's
-    return subprocess.Popen([sys.executable, "-m", "closedloop", "view", "--session",
-                             session_name], env=env, stdout=output, stderr=output)
+    argv, env = python_command("-m", "closedloop", "view", "--session", session_name,
+                               env=env)
+    return subprocess.Popen(argv, env=env, stdout=output, stderr=output)
 
 
 def muscle_info(config: Config, info: SourceInfo) -> SourceInfo:

@@ -108,3 +108,19 @@ def test_latency_bench_command_measures_cusum_when_asked():
     assert "detector cusum" in r.stdout.splitlines()[0]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["detector"] == "cusum" and out["triggered"] >= 1
+
+
+def test_bench_replay_times_this_closedloop_from_a_folder_holding_another(tmp_path):
+    """Run from a checkout of another closedloop, ``bench --replay`` times the installed
+    one (its timed child processes used to import the folder's)."""
+    from tests.conftest import ROOT
+    from tests.test_children import other_closedloop
+
+    other_closedloop(tmp_path)
+    r = subprocess.run(
+        ["closedloop", "bench", "--replay", "--file",
+         str(ROOT / "recordings" / "sim_biceps_triceps.xdf"), "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["check_passed"]
