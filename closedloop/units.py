@@ -90,6 +90,20 @@ def builtin_statistic(detector_kind: str) -> Statistic:
     return Statistic(f"{detector_kind} statistic")
 
 
+def recorded_unit(statistic: Statistic, emg_unit: str | None) -> str:
+    """The unit a recording gives the values of ``statistic`` (its envelope and
+    thresholds streams) when the EMG is in ``emg_unit`` (the source's own unit, as its
+    EMG stream says: ``"V"``, ``"microvolts"``): the EMG's unit for an amplitude, its
+    square (``"V^2"``) for an energy, else the statistic's own unit (``"nats"``; ``""``:
+    none). Plain ASCII, for any tool that reads the file."""
+    emg = (emg_unit or "").strip()
+    if statistic.unit == EMG:
+        return emg
+    if statistic.unit == EMG_SQUARED:
+        return f"{emg}^2" if emg else ""
+    return statistic.unit
+
+
 @dataclass(frozen=True)
 class DisplayUnits:
     """How a session's numbers are shown: ``value * factor``, followed by ``unit``.
@@ -187,4 +201,4 @@ def duration(seconds: float) -> str:
 
 __all__ = ["EMG", "EMG_SQUARED", "ENVELOPE", "MICROVOLTS_PER", "DisplayUnits", "Statistic",
            "builtin_statistic", "display_units", "duration", "microvolts_per", "number",
-           "with_unit"]
+           "recorded_unit", "with_unit"]

@@ -168,6 +168,7 @@ def record_simulated_session(path: str | Path, config_text: str, minutes: float,
     from dataclasses import replace
 
     from closedloop.config import loads_config
+    from closedloop.core.detectors.base import statistic_of
     from closedloop.identity import SessionId
     from closedloop.io.outlets import SessionOutlets
     from closedloop.io.xdfwrite import SessionFile
@@ -190,7 +191,8 @@ def record_simulated_session(path: str | Path, config_text: str, minutes: float,
                 metadata={"source": info.name, "resolved_config": config.resolved,
                           "sim_seed": seed, "benchmark": "closedloop bench --replay"},
                 session_uid=ident.uid, truth=source.true_onsets_between,
-                outlet_factory=file.outlet, with_filtered=False)  # display only: not recorded
+                outlet_factory=file.outlet, with_filtered=False,  # display only: not recorded
+                statistic=statistic_of(config.detector_kind))
             outlets.announce(source.now())
             out = run_loop(config, source, stim, outlets=outlets,
                            options=LoopOptions(duration_s=minutes * 60.0,

@@ -10,7 +10,9 @@ publishes) and keeps, in constant memory whatever the session's length:
   enough to draw an hour at a page's resolution;
 * for a detector whose statistic is not an EMG amplitude (cusum: nats), each muscle's
   **EMG level** likewise: the amplitude envelope of the same filtered, blanked EMG
-  (:func:`~closedloop.core.envelope.level_settings`), in the source's units;
+  (:func:`~closedloop.core.envelope.level_settings`), in the source's units,
+  restarted where the pipeline restarted the channel after a bad stretch
+  (:attr:`Block.restarts <closedloop.core.events.Block.restarts>`);
 * the **voluntary effort of every attempt**, from each onset to the muscle's offset (at
   most :data:`MAX_ATTEMPT_S`): the mean (RMS of the filtered EMG over the samples that
   were not blanked, nor within the effort guard after a blanked stretch) and the peak
@@ -188,6 +190,8 @@ class Processed:
         series = [(block.envelope, self.env_min, self.env_max)]
         if self._level is not None and self.level_min is not None \
                 and self.level_max is not None:
+            for c in block.restarts:  # after a bad stretch, as the core's own envelope
+                self._level.restart_channel(c)
             series.append((self._level.process(block.filtered), self.level_min,
                            self.level_max))
         for values, low, high in series:

@@ -102,6 +102,12 @@ class Block:
     effort : Effort or None
         Voluntary effort between the stimulation pulses, when measured (a protocol
         that follows the patient's effort).
+    restarts : tuple of int
+        Columns of the channels whose filters and detector state restarted at the
+        block's first sample (after a bad stretch:
+        :meth:`~closedloop.core.pipeline.Pipeline.restart_channel`). Whatever else
+        conditions these samples (the report's EMG level) restarts there too, or a
+        huge bad value would echo in it.
     """
 
     start: int
@@ -114,6 +120,7 @@ class Block:
     events: list[Event] = field(default_factory=list)
     channels: tuple[str, ...] = ()
     effort: Effort | None = None
+    restarts: tuple[int, ...] = ()
 
     @property
     def n(self) -> int:

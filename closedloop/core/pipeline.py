@@ -64,6 +64,7 @@ class Pipeline:
         self.filters = FilterBank(self.config.filters, self.fs, n)
         self.detector = build_detector(self.config, self.fs, self.channels)
         self.artifacts = artifacts
+        self._restarted: set[int] = set()  # since the last block (Block.restarts)
 
     def restart_channel(self, channel: int, level: float) -> None:
         """Restart one channel's filters as if its input had always been ``level``.
@@ -79,8 +80,11 @@ class Pipeline:
         values would otherwise leave a rounding residue in the moving RMS's running sum
         for the rest of the session) and the stimulation-blanking template restarts at
         ``level`` (it must not fill a later blanked stretch with what it learnt from the
-        bad one).
+        bad one). The next block names the channel in its
+        :attr:`~closedloop.core.events.Block.restarts`, for what conditions its samples
+        outside the core (the report's EMG level).
         """
+        self._restarted.add(int(channel))
         self.filters.restart_channel(channel, level)
         self.detector.restart_channel(channel, level)
         if self.artifacts is not None:
@@ -116,6 +120,7 @@ class Pipeline:
         if self.artifacts is not None:
             self.artifacts.comb_inplace(filtered, start)
         d = self.detector.process(filtered, raw, timestamps)
+        restarts, self._restarted = tuple(sorted(self._restarted)), set()
         return Block(
             start=start,
             timestamps=timestamps,
@@ -126,6 +131,7 @@ class Pipeline:
             off_threshold=self.detector.off_threshold.copy(),
             events=d.events,
             channels=self.channels,
+            restarts=restarts,
         )
 
 

@@ -14,10 +14,13 @@ name                type            content
                                     source's own format, float32 or double64: see
                                     :attr:`SourceInfo.sample_format`; nominal rate), one
                                     channel per muscle plus a last channel ``counter``
-``S-Envelope``      ``Envelope``    the envelope per muscle plus ``counter`` (optional;
-                                    float32: for viewing, nothing decides from it)
+``S-Envelope``      ``Envelope``    the detector's statistic per muscle plus ``counter``
+                                    (optional; float32: for viewing, nothing decides from
+                                    it): an envelope for the threshold detector, CUSUM's
+                                    log-likelihood ratio for cusum (see *Units* below)
 ``S-Thresholds``    ``Thresholds``  irregular: ``<m>_on``, ``<m>_off`` per muscle, ``sample``
-                                    (index they were in force at), ``counter`` (optional)
+                                    (index they were in force at), ``counter`` (optional);
+                                    in the statistic's unit
 ``S-Events``        ``Markers``     detector events, JSON
 ``S-Stim``          ``Markers``     stimulation commands, JSON of every StimCommand field
                                     and the ``session`` uid
@@ -43,6 +46,19 @@ Every stream's ``source_id`` is ``closedloop.U.<role>``, unique per session;
 ``desc`` has ``<closedloop>`` with ``session``, ``session_uid``, ``role`` and
 ``version``; numeric streams list their channels (``label``, ``type``, ``unit``) in
 ``desc/channels``.
+
+Units
+-----
+The EMG and filtered EMG channels carry the source's unit (``V``, ``microvolts``...).
+The envelope and thresholds streams carry the detector's statistic, in the unit its
+class declares (:attr:`~closedloop.core.detectors.base.Detector.statistic_info`, given as
+``statistic``; :func:`closedloop.units.recorded_unit`): the EMG's unit for an envelope
+(``threshold``), its square (``V^2``) for the Teager-Kaiser energy (``tkeo``), ``nats``
+for CUSUM's log-likelihood ratio (``cusum``), none (``""``) for a statistic without one.
+Their ``desc/closedloop/statistic`` says the same (``name``, ``unit``), and the channel
+``type`` of a statistic that is not an envelope is its name (``cusum statistic``).
+Recordings made before this carry the EMG's unit there whatever the detector, and no
+``statistic``: :func:`closedloop.io.xdf.statistic_unit` reads either.
 
 Proving that nothing was lost
 -----------------------------
@@ -103,6 +119,7 @@ from closedloop.core.evoked import MWave
 from closedloop.core.stream import Chunk, SourceInfo
 from closedloop.errors import ConfigError, InputError
 from closedloop.stim.commands import StimCommand
+from closedloop.units import ENVELOPE, Statistic, recorded_unit
 
 ROLE_EMG = "emg"
 ROLE_ENVELOPE = "envelope"
@@ -508,6 +525,13 @@ class SessionOutlets:
         ``outlet_factory(info)`` makes each stream's outlet (default
         ``pylsl.StreamOutlet``); :meth:`closedloop.io.xdfwrite.SessionFile.outlet` writes
         the streams straight into an XDF file, as LabRecorder would record them.
+    statistic : Statistic, optional
+        What the detector's statistic is (what the envelope and thresholds streams
+        carry): its class's declared
+        :attr:`~closedloop.core.detectors.base.Detector.statistic_info`
+        (:func:`closedloop.core.detectors.base.statistic_of` of the config's detector
+        kind). It gives those streams' units (module docstring). Default: an amplitude
+        envelope of the EMG (the threshold detector's).
 
     Raises
     ------
@@ -535,6 +559,7 @@ class SessionOutlets:
         session_uid: str | None = None,
         truth: Callable[[int, int], Sequence[tuple[int, str]]] | None = None,
         outlet_factory: Callable[[pylsl.StreamInfo], Any] | None = None,
+        statistic: Statistic = ENVELOPE,
     ) -> None:
         if not session_name or any(c in session_name for c in "'\"<>&"):
             raise ConfigError(
@@ -568,6 +593,10 @@ class SessionOutlets:
         self._last_source_counter: int | None | str = "unset"
         labels = list(source_info.channels)
         unit = source_info.units
+        self.statistic = statistic
+        #: unit and channel type of the envelope and thresholds streams' values
+        stat_unit = recorded_unit(statistic, unit)
+        stat_type = "Envelope" if statistic.is_amplitude else statistic.name
         fs = float(source_info.fs)
         # the EMG in the source's own format (nothing widened, nothing rounded); the
         # envelope, which nothing reads back to decide, in float32
@@ -587,17 +616,19 @@ class SessionOutlets:
                 len(labels) + 1,
                 fs,
                 _CF[self._formats[ROLE_ENVELOPE]],
-                channels=[(lab, "Envelope", unit) for lab in labels]
+                channels=[(lab, stat_type, stat_unit) for lab in labels]
                 + [(COUNTER_LABEL, COUNTER_LABEL, "samples")],
+                statistic=(statistic.name, stat_unit),
             )
             self._create(
                 ROLE_THRESHOLDS,
                 2 * len(labels) + 2,
                 pylsl.IRREGULAR_RATE,
                 pylsl.cf_double64,
-                channels=[(f"{lab}_on", "Threshold", unit) for lab in labels]
-                + [(f"{lab}_off", "Threshold", unit) for lab in labels]
+                channels=[(f"{lab}_on", "Threshold", stat_unit) for lab in labels]
+                + [(f"{lab}_off", "Threshold", stat_unit) for lab in labels]
                 + [("sample", "sample", "samples"), (COUNTER_LABEL, COUNTER_LABEL, "samples")],
+                statistic=(statistic.name, stat_unit),
             )
             if with_filtered:
                 self._create(
@@ -622,6 +653,7 @@ class SessionOutlets:
         *,
         channels: Sequence[tuple[str, str, str]] | None = None,
         session: bool = False,
+        statistic: tuple[str, str] | None = None,
     ) -> None:
         suffix, typ = STREAMS[role]
         name = f"{self.session_name}-{suffix}"
@@ -641,6 +673,10 @@ class SessionOutlets:
         cl.append_child_value("role", role)
         if fmt == pylsl.cf_string:
             cl.append_child_value("format", MARKER_FORMAT)
+        if statistic is not None:  # what the values are (module docstring: Units)
+            st = cl.append_child("statistic")
+            st.append_child_value("name", statistic[0])
+            st.append_child_value("unit", statistic[1])
         if session:
             cl.append_child_value("config", self.config_text)
             cl.append_child_value("metadata", json.dumps(self.metadata, default=str))

@@ -25,6 +25,23 @@ def with_legacy_kind(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def recorded_detector_kind(config_text: str | None, metadata: Mapping[str, Any]) -> str:
+    """The detector kind a recording's session ran, from what its session stream holds
+    (the resolved config in its metadata, else its config text; :data:`LEGACY_DETECTOR`
+    when neither names one), as :func:`recorded_config` reads it; without parsing the
+    rest of the config."""
+    resolved = metadata.get("resolved_config")
+    data: Any = resolved if isinstance(resolved, Mapping) else {}
+    if not data and config_text:
+        try:
+            data = tomllib.loads(config_text)
+        except tomllib.TOMLDecodeError:
+            data = {}
+    detector = with_legacy_kind(data).get("detector")
+    kind = detector.get("kind") if isinstance(detector, Mapping) else None
+    return str(kind) if kind else LEGACY_DETECTOR
+
+
 def loads_recorded(text: str, source: str) -> Config:
     """A config recorded as TOML text (older recordings), read as the session ran it."""
     try:
@@ -49,4 +66,5 @@ def recorded_config(session: Any, config_path: str | None = None) -> Config:
     return default_config(session.channels)
 
 
-__all__ = ["LEGACY_DETECTOR", "loads_recorded", "recorded_config", "with_legacy_kind"]
+__all__ = ["LEGACY_DETECTOR", "loads_recorded", "recorded_config", "recorded_detector_kind",
+           "with_legacy_kind"]

@@ -66,8 +66,10 @@ from closedloop.io.outlets import (
     restore_timestamps,
     unwrap_counter,
 )
+from closedloop.io.recorded import recorded_detector_kind
 from closedloop.io.xdfreader import CORRUPT, TRUNCATED, Damage, StreamLayout, XdfLayout
 from closedloop.stim.commands import StimCommand
+from closedloop.units import recorded_unit
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -285,6 +287,28 @@ def channel_fields(stream: Mapping[str, Any], key: str) -> list[str]:
         v = _first(ch, key, "") if isinstance(ch, Mapping) else ""
         out.append("" if v is None or isinstance(v, Mapping) else str(v))
     return out
+
+
+def statistic_unit(stream: Mapping[str, Any], detector_kind: str) -> str:
+    """The unit of the values of a closedloop envelope or thresholds stream: the
+    detector's statistic (:mod:`closedloop.io.outlets`, *Units*).
+
+    A recording made now says it (``desc/closedloop/statistic/unit``). Older ones
+    labelled those channels with the EMG's unit whatever the detector (a cusum
+    session's nats as ``V``): for them it is the unit of the statistic that
+    ``detector_kind`` declares (the recording's detector,
+    :func:`~closedloop.io.recorded.recorded_detector_kind`) with that EMG unit.
+    """
+    from closedloop.core.detectors.base import statistic_of
+
+    cl = _first(_desc(stream), "closedloop")
+    stat = _first(cl, "statistic") if isinstance(cl, Mapping) else None
+    if isinstance(stat, Mapping):
+        unit = _first(stat, "unit", "")
+        return "" if unit is None or isinstance(unit, Mapping) else str(unit)
+    emg = {u for u, lab in zip(channel_fields(stream, "unit"), channel_fields(stream, "label"),
+                                strict=False) if lab not in (COUNTER_LABEL, "sample")}
+    return recorded_unit(statistic_of(detector_kind), emg.pop() if len(emg) == 1 else "")
 
 
 def describe(stream: Mapping[str, Any]) -> str:
@@ -628,12 +652,15 @@ def load_session(
     samples = raw if clean else hold_nonfinite(raw)
     fs = float(_first(emg["info"], "nominal_srate", 0.0))
     config_text, metadata = _session_info(own_heads.get(ROLE_SESSION))
+    unit = (unit_set.pop() if len(unit_set) == 1 else "mixed") or "unknown"
+    if stream_role(emg) in _NOT_LOADED:  # a session's statistic picked as the "EMG"
+        unit = statistic_unit(emg, recorded_detector_kind(config_text, metadata)) or "unknown"
     return Session(
         path=xdf.path,
         name=stream_name(emg),
         fs=fs,
         channels=tuple(labels[k] for k in cols),
-        units=(unit_set.pop() if len(unit_set) == 1 else "mixed") or "unknown",
+        units=unit,
         samples=samples,
         timestamps=ts,
         counter=counter,

@@ -296,6 +296,7 @@ class Session:
 
     def _outlets(self, config: Config, source: Source,
                  stim: Stimulator | None) -> SessionOutlets:
+        from closedloop.core.detectors.base import statistic_of
         from closedloop.io.outlets import SessionOutlets
 
         sim = source if isinstance(source, SimSource) else None
@@ -314,6 +315,8 @@ class Session:
             session_uid=self.ident.uid,
             # the simulated patient's true onsets, recorded as truth markers
             truth=sim.true_onsets_between if sim is not None else None,
+            # the envelope and thresholds streams' units: what the detector decides on
+            statistic=statistic_of(config.detector_kind),
         )
 
     # -- run ----------------------------------------------------------------------------------

@@ -9,8 +9,11 @@ with each block. The widest form::
 
 When that does not fit the terminal, the same facts in fewer words (``biceps env 3.1 µV
 / thr 6.2 µV``), then one legend for all muscles with the stimulation beside the muscle
-it stimulates (``env/thr µV: biceps 3.1/6.2 stim 20 mA, triceps 3.8/7.3``), then muscles
-left out (``+2 more``): quiet ones first, a suspended or stimulated one last. Time,
+it stimulates (``env/thr µV: biceps 3.1/6.2 stim 20 mA, triceps 3.8/7.3``; beside a
+statistic that is not an EMG level, each muscle's level first, with its unit: ``stat/thr
+nats: biceps 12 µV 1.5/18, triceps 3.0 µV 0.2/18``, then, narrower, level and statistic
+without the threshold: ``µV/nats: biceps 12/1.5, triceps 3.0/0.2``), then muscles left
+out (``+2 more``): quiet ones first, a suspended or stimulated one last. Time,
 repetitions and stimulation always stay.
 
 EMG is shown in µV when the source reports a voltage (V, mV, uV), as the source names
@@ -93,9 +96,13 @@ class StatusLine:
         self._judged.update(name for name, w in zip(names, why, strict=True) if not w)
         env = block.envelope[-1] if block.n else block.on_threshold * math.nan
         level = [""] * len(names)
+        brief_level = [""] * len(names)  # "12 µV": in the legend form
         if self.level_n and block.n:
             rms = np.sqrt(np.mean(np.square(block.filtered[-self.level_n:]), axis=0))
             level = [f"EMG {self.units.emg(float(v))}" for v in rms]
+            emg_unit = f" {self.units.emg_unit}" if self.units.emg_unit else ""
+            brief_level = [f"{_brief(float(v) * self.units.emg_factor)}{emg_unit} "
+                           for v in rms]
         states = [self._state(name, w, float(block.on_threshold[c]), float(env[c]))
                   for c, (name, w) in enumerate(zip(names, why, strict=True))]
         head = [f"t {duration((block.start + block.n) / self.fs)}", *self._counts(protocol)]
@@ -118,26 +125,37 @@ class StatusLine:
         # one legend, the stimulation beside its muscle; then muscles left out, the
         # quiet ones first (from the last), a suspended or stimulated one last
         current = {name: o.current_ma for name, o in on}
-        items, weight = [], []
-        for n, e, t, s in zip(names, env, block.on_threshold, states, strict=True):
-            text = (f"{n} {_brief_state(s)}" if s else
-                    f"{n} {_brief(float(e) * u.stat_factor)}/{_brief(float(t) * u.stat_factor)}")
+        # each muscle in the legend form: with the threshold and, beside a statistic that
+        # is not an EMG level, that level with its unit; then (that statistic only)
+        # level/statistic under one legend of both units, the threshold left out
+        items, terse, weight = [], [], []
+        for c, (n, s) in enumerate(zip(names, states, strict=True)):
+            e, t = _brief(float(env[c]) * u.stat_factor), \
+                _brief(float(block.on_threshold[c]) * u.stat_factor)
+            text = f"{n} {_brief_state(s)}" if s else f"{n} {brief_level[c]}{e}/{t}"
+            short = (f"{n} {_brief_state(s)}" if s else
+                     f"{n} {brief_level[c].split(' ')[0]}/{e}")
             if n in current:
-                text += f" stim {current.pop(n):.0f} mA"
+                stim_text = f" stim {current.pop(n):.0f} mA"
+                text, short = text + stim_text, short + stim_text
             items.append(text)
+            terse.append(short)
             weight.append(2 if n in dict(on) or s[:1].isupper() else 1 if s else 0)
         other = [f"stim {name} {ma:.0f} mA" for name, ma in current.items()]  # no EMG of it
         if stimulator is not None and not on:
             other = ["stim off"]
         head = [head[0], *self._counts(protocol, brief=True)]
-        legend = f"{u.stat_short}/thr{' ' + u.stat_unit if u.stat_unit else ''}: "
+        forms = [(f"{u.stat_short}/thr{' ' + u.stat_unit if u.stat_unit else ''}: ", items)]
+        if self.level_n and block.n:
+            forms.append((f"{u.emg_unit or 'EMG'}/{u.stat_unit or u.stat_short}: ", terse))
         drop = sorted(range(len(items)), key=lambda i: (weight[i], -i))
         for k in range(len(items) - weight.count(2) + 1):
             kept = sorted(drop[k:])
-            line = SEP.join([*head, *other, legend + ", ".join(items[i] for i in kept)
-                             + (f", +{k} more" if k else "")])
-            if len(line) <= width:
-                return line
+            for legend, texts in forms:
+                line = SEP.join([*head, *other, legend + ", ".join(texts[i] for i in kept)
+                                 + (f", +{k} more" if k else "")])
+                if len(line) <= width:
+                    return line
         # narrower still: a suspended muscle first (with why, then without), then a
         # stimulated one, in few words
         suspended = [i for i in range(len(names)) if states[i][:1].isupper()]

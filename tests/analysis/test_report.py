@@ -601,3 +601,49 @@ def test_a_cusum_session_shows_the_emg_level_in_microvolts_and_its_statistic_in_
     assert "decides on its cusum statistic in nats, not on an EMG level" in head
     clinical = text(page)[: text(page).index("Appendix: engineering detail")]
     assert not re.search(r"\b0\.0000\d", clinical)
+
+
+# -- a bad stretch: the EMG level restarts with the channel ----------------------------------------
+KNOCK_CONFIG = """
+name = "knock"
+[session]
+source = "sim"
+[envelope]
+kind = "{envelope}"
+[detector]
+kind = "cusum"
+[[muscles]]
+name = "biceps"
+[[muscles]]
+name = "triceps"
+"""
+
+
+@pytest.mark.parametrize("envelope, value", [("rms", 1e10), ("lowpass", 1.0),
+                                             ("lowpass", 1e10)])
+def test_the_emg_level_is_back_at_rest_right_after_a_bad_stretch(envelope, value):
+    """5 ms of a knock (1 V, or absurd 1e10 from a driver) on the biceps at rest: the
+    input checks restart the channel after it, and so does the EMG level the report
+    draws. Before, a lowpass level rang for a second after it (negative, then 1000 x
+    rest) and a moving RMS kept a rounding residue that held it at 0 for the rest of the
+    session."""
+    cfg = loads_config(KNOCK_CONFIG.format(envelope=envelope), source="knock")
+    fs, n, knock = 2000.0, 40_000, 20_000
+    x = np.random.default_rng(4).normal(0.0, 3e-6, (n, 2))
+    x[knock : knock + 10, 0] = value
+    session = Session(
+        path=Path("knock.xdf"), name="K-EMG", fs=fs, channels=cfg.muscle_names, units="V",
+        samples=x, timestamps=T0 + np.arange(n) / fs, counter=np.arange(n), events=[],
+        commands=[], markers=[], config_text=cfg.text,
+        metadata={"resolved_config": cfg.resolved})
+    rep = report._replay(session, cfg)
+    pr: Processed = rep.processed
+    assert rep.note == "" and pr.level_max is not None
+    assert any(m.label == "input_issue" and m.sample is not None and m.sample >= knock
+               for m in pr.markers)  # the input checks saw it
+    b = pr.bin_size
+    rest = np.nanmedian(pr.level_max[: knock // b - 1, 0])
+    after = pr.level_max[(knock + 20) // b + 1 : (knock + 6000) // b, 0] / rest  # 3 s
+    assert after.size > 100 and (0.3 < after).all() and (after < 3.0).all(), after[:20]
+    triceps = pr.level_max[:, 1] / np.nanmedian(pr.level_max[:, 1])  # untouched
+    assert (0.3 < triceps[1:]).all() and (triceps < 3.0).all()

@@ -85,7 +85,10 @@ def test_a_cusum_session_settles_then_shows_its_evidence(shipped):
     assert "biceps settling" in status[0] and "triceps settling" in status[0]
     for ln in status:
         assert "nan" not in ln.lower() and "-/" not in ln and len(ln) <= 79, ln
-    assert re.search(r"stat/thr nats: biceps \d+(\.\d)?/\d+", status[-1]), status[-1]
+    # both muscles, each with its EMG level in µV beside its statistic in nats
+    number = r"\d+(\.\d)?"
+    assert re.search(rf"µV/nats: biceps {number}/{number}( stim \d+ mA)?, triceps "
+                     rf"{number}/{number}$", status[-1]), status[-1]
 
 
 def test_every_status_line_fits_and_carries_its_units(clean):
@@ -145,7 +148,56 @@ def test_a_cusum_session_shows_its_statistic_in_nats_and_the_emg_level_in_microv
     assert "biceps EMG 12 µV, cusum statistic 1.5 nats, on above 4 nats" in line, line
     assert "triceps EMG 1 µV, cusum statistic 0.2 nats, on above 4 nats" in line, line
     narrow = StatusLine(cusum, SourceInfo("amp", FS, ("a", "b"), units="V"), width=79)
-    assert "stat/thr nats: biceps 1.5/4" in narrow(block, None, None, ["", ""])
+    assert narrow(replace(block, filtered=filtered), None, None, ["", ""]) == (
+        "t 10.0 s | stat/thr nats: biceps 12 µV 1.5/4.0, triceps 1.0 µV 0.2/4.0")
+
+
+class _Assist:
+    kind = "triggered_assist"
+    counts = SimpleNamespace(trials=14, hits=0, misses=0, gated=0)
+
+
+@pytest.mark.parametrize("names", [
+    ("biceps", "triceps"),
+    ("biceps", "triceps", "wrist_flexor", "wrist_extensor"),
+])
+def test_an_80_column_cusum_line_shows_the_emg_level_beside_the_statistic(
+        config, names, monkeypatch):
+    """On an 80-column terminal a cusum session's line once showed only nats (0 while
+    the muscle is active): it shows each muscle's EMG level too, abbreviated (``µV/nats:
+    biceps 12/1.5``), whole numbers only, never wider than the terminal; a muscle that
+    does not fit is counted (``+2 more``), the stimulated one stays."""
+    monkeypatch.setenv("COLUMNS", "80")
+    cusum = replace(config, detector_kind="cusum")
+    show = StatusLine(cusum, SourceInfo("amp", FS, names, units="V"))  # the terminal's
+    levels_uv = [12.4, 103.0, 3.1, 0.8][: len(names)]
+    sign = np.where(np.arange(40) % 2, 1.0, -1.0)[:, None]
+    block = replace(_block([17.25, 0.0, 2.5, 0.0][: len(names)], [18.0] * len(names), names),
+                    timestamps=np.arange(40) / FS, envelope=np.zeros((40, len(names))),
+                    above=np.zeros((40, len(names)), dtype=bool),
+                    filtered=sign * np.array(levels_uv) * 1e-6)
+    block.envelope[:] = [17.25, 0.0, 2.5, 0.0][: len(names)]
+    for stim in (_Stim(), None):  # stimulating the biceps, and a session without stimulator
+        line = show(block, stim, _Assist(), [""] * len(names))
+        assert len(line) <= 79 and not line.endswith("…"), line
+        legend = line.split(" | ")[-1]
+        num = r"\d+(?:\.\d)?"
+        if legend.startswith("µV/nats: "):  # level/statistic
+            shown = re.findall(rf"(\w+) ({num})/({num})(?=$|,| stim)", legend)
+        else:  # level, statistic/threshold
+            assert legend.startswith("stat/thr nats: "), line
+            shown = re.findall(rf"(\w+) ({num}) µV ({num})/18(?=$|,| stim)", legend)
+        more = re.search(r", \+(\d) more$", legend)
+        assert len(shown) + (int(more.group(1)) if more else 0) == len(names), line
+        if len(names) == 2:
+            assert not more, line  # two muscles fit whole
+        for name, level, stat in shown:  # every number whole, as StatusLine rounds it
+            c = names.index(name)
+            assert float(level) == pytest.approx(levels_uv[c], abs=0.51), line
+            assert float(stat) == pytest.approx(block.envelope[-1, c], abs=0.51), line
+        assert ("biceps", "12", "17") in shown, line  # the stimulated (or first) one stays
+        if stim is not None:
+            assert re.search(r"biceps 12\S*( µV 17/18)? stim 18 mA", line), line
 
 
 class _Stim:
