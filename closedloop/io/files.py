@@ -106,7 +106,7 @@ def load_npz(path: str | Path) -> EmgData:
     if names is None:
         chans = [f"ch{i}" for i in range(emg.shape[1])]
     else:
-        if names.ndim != 1 or not (names.dtype.kind in "US"):
+        if names.ndim != 1 or names.dtype.kind not in "US":
             raise InputError(f"{p}: 'channels' has shape {names.shape} of {names.dtype}; "
                              "expected one name (text) per column of 'emg'")
         chans = [str(c) for c in names]
