@@ -263,9 +263,15 @@ def write_sim_recording(
 
 
 def read_labels(
-    path: str | Path, *, fs: float, channels: Sequence[str], file: str | None = None
+    path: str | Path, *, fs: float, channels: Sequence[str], file: str | None = None,
+    n_samples: int | None = None,
 ) -> tuple[tuple[int, str], ...]:
-    """Reference onsets from a labels CSV (format in the module docstring)."""
+    """Reference onsets from a labels CSV (format in the module docstring).
+
+    Every onset must lie in the recording: a sample index from 0 (and below
+    ``n_samples``, when given), a finite time; anything else is an
+    :class:`~closedloop.errors.InputError` naming the file and line.
+    """
     p = Path(path)
     try:
         with open(p, newline="", encoding="utf-8") as f:
@@ -274,6 +280,9 @@ def read_labels(
             header = [h.strip() for h in (reader.fieldnames or [])]
     except OSError as exc:
         raise InputError(f"{p}: cannot read the labels file ({exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{p}: not a labels CSV (UTF-8 text with a header line such as "
+                         f"'sample,channel'): {exc}") from None
     if "channel" not in header or not ({"sample", "time_s"} & set(header)):
         raise InputError(
             f"{p}: a labels CSV needs a header with 'sample,channel' or 'time_s,channel' "
@@ -291,9 +300,19 @@ def read_labels(
                 f"{', '.join(channels)}; use {ANY!r} for any channel)"
             )
         try:
-            s = int(row["sample"]) if row.get("sample") else int(round(float(row["time_s"]) * fs))
+            if row.get("sample"):
+                s = int(row["sample"])
+            else:
+                t = float(row["time_s"])
+                s = int(round(t * fs)) if math.isfinite(t) else -1
         except (KeyError, ValueError):
             raise InputError(f"{p}:{i}: not a sample index or time in seconds: {row}") from None
+        if s < 0 or (n_samples is not None and s >= n_samples):
+            allowed = ("from 0" if n_samples is None else
+                       f"from 0 to {n_samples - 1} (time_s 0 to {(n_samples - 1) / fs:g} s)")
+            raise InputError(
+                f"{p}:{i}: onset {row.get('sample') or row.get('time_s')} is outside the "
+                f"recording; expected a sample index {allowed}")
         out.append((s, ch))
     return tuple(sorted(out))
 
@@ -355,17 +374,39 @@ def load_recording(
         if p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 if "truth_samples" in z and "truth_channels" in z:
-                    ref = tuple(sorted(
-                        (int(s), str(c))
-                        for s, c in zip(z["truth_samples"], z["truth_channels"], strict=True)
-                    ))
+                    ref = _npz_truth(p, z["truth_samples"], z["truth_channels"], data)
                     note = "ground truth stored with the simulated recording"
         rec = Recording(p.name, data.samples, data.fs, data.channels, ref, note=note)
     if labels is not None:
-        ref = read_labels(labels, fs=rec.fs, channels=rec.channels, file=p.name)
+        ref = read_labels(labels, fs=rec.fs, channels=rec.channels, file=p.name,
+                          n_samples=len(rec.samples))
         note = f"labels: {Path(labels).name}"
         rec = Recording(**{**_fields(rec), "reference": ref, "note": note})
     return rec
+
+
+def _npz_truth(path: Path, samples: np.ndarray, channels: np.ndarray,
+               data: Any) -> tuple[tuple[int, str], ...]:
+    """The ground truth an ``.npz`` stores (``truth_samples``, ``truth_channels``),
+    checked: two 1-D arrays of one length, integer samples within the recording,
+    channels of the recording (or ``*``)."""
+    if not (samples.ndim == channels.ndim == 1 and len(samples) == len(channels)
+            and samples.dtype.kind in "iu" and channels.dtype.kind in "US"):
+        raise InputError(
+            f"{path}: 'truth_samples' ({samples.dtype}, shape {samples.shape}) and "
+            f"'truth_channels' ({channels.dtype}, shape {channels.shape}) must be two 1-D "
+            "arrays of one length: onset sample indices (integers) and channel names")
+    n = len(data.samples)
+    ref = []
+    for k, (sample, ch) in enumerate(zip(samples.tolist(), channels.tolist(), strict=True)):
+        if not 0 <= sample < n:
+            raise InputError(f"{path}: truth_samples[{k}] = {sample} is outside the recording; "
+                             f"expected a sample index from 0 to {n - 1}")
+        if ch != ANY and ch not in data.channels:
+            raise InputError(f"{path}: truth_channels[{k}] = {ch!r} is not a channel of the "
+                             f"recording ({', '.join(data.channels)}, or {ANY!r})")
+        ref.append((int(sample), str(ch)))
+    return tuple(sorted(ref))
 
 
 def _fields(rec: Recording) -> dict[str, Any]:

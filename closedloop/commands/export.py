@@ -87,6 +87,9 @@ def main(args) -> int:
                 print(res.detail, file=sys.stderr)
             continue
         e = res.value
+        if e.damage:  # a crashed session's intact part is worth exporting, but it must say so
+            print(f"{arg}: WARNING: {e.damage}\nOnly the intact part was exported.",
+                  file=sys.stderr)
         pad = f", last record padded with {e.padded} samples" if e.padded else ""
         print(f"{arg}: {e.channels} channel(s), {e.duration_s:.1f} s at {e.fs:g} Hz, "
               f"{e.events} events -> {task.target.path('emg.bdf')}{pad} "

@@ -25,7 +25,17 @@ from typing import Annotated, Any
 from pydantic import Field, model_validator
 from typing_extensions import Self
 
-from closedloop.config.schema import Check, Flag, Range, Text, dump, missing, parse_table, settings
+from closedloop.config.schema import (
+    Check,
+    Flag,
+    Range,
+    Text,
+    dump,
+    invalid,
+    missing,
+    parse_table,
+    settings,
+)
 from closedloop.config.signal import (
     ArtifactSettings,
     Calibration,
@@ -75,6 +85,15 @@ class SimSettings:
     attempt_s: tuple[Seconds, Seconds] = (1.0, 3.0)
     artifacts: Flag = True
     seed: Annotated[int, Range(0)] = 0
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Self:
+        for key in ("gap_s", "attempt_s"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                raise invalid(key, [lo, hi], "[shortest, longest]: the first number at most "
+                              "the second")
+        return self
 
 
 def _is_name(name: str) -> bool:

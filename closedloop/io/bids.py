@@ -155,6 +155,9 @@ class Exported:
     events: int = 0
     padded: int = 0
     seconds: float = 0.0  # wall time of the export
+    #: what is damaged in a cut-short or corrupt recording (only its intact part is
+    #: exported); empty for a whole one
+    damage: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -391,6 +394,7 @@ def export_recording(task: ExportTask) -> Exported:
     _refuse_existing(task.target)
     session = load_session(task.path, emg_stream=task.stream)
     out = export_session(session, task)
+    out.damage = str(getattr(session, "damage_report", "") or "") if session.damage else ""
     out.seconds = time.perf_counter() - t0
     return out
 

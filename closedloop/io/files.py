@@ -21,12 +21,15 @@ Every problem is an :class:`~closedloop.errors.InputError` that says what to do.
 
 from __future__ import annotations
 
+import math
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from closedloop.config.signal import FS_RANGE
 from closedloop.errors import InputError
 
 _SPLIT = re.compile(r"[,\t; ]+")
@@ -59,6 +62,10 @@ def _is_number(tok: str) -> bool:
 def _check(samples: np.ndarray, path: str) -> None:
     if samples.ndim != 2 or samples.shape[0] < 2 or samples.shape[1] < 1:
         raise InputError(f"{path}: expected samples x channels, got shape {samples.shape}")
+    if samples.shape[1] > samples.shape[0]:
+        raise InputError(f"{path}: {samples.shape[1]} channels of {samples.shape[0]} samples "
+                         "each: the array looks transposed; store it as samples x channels "
+                         "(one row per sample)")
     bad = ~np.isfinite(samples)
     if bad.any():
         r, c = np.argwhere(bad)[0]
@@ -69,26 +76,70 @@ def _check(samples: np.ndarray, path: str) -> None:
 
 
 def load_npz(path: str | Path) -> EmgData:
-    """EMG from an ``.npz`` file (arrays ``emg`` and ``fs``, optionally ``channels``)."""
+    """EMG from an ``.npz`` file (arrays ``emg`` and ``fs``, optionally ``channels``).
+
+    ``emg`` is real numbers (integer ADC counts or floats; not complex, boolean, text or
+    objects), samples x channels (a 1-D array is one channel); ``fs`` one number in the
+    range the filters support; ``channels`` one distinct name per column.
+    """
     p = str(path)
     try:
         with np.load(p, allow_pickle=False) as z:
             if "emg" not in z or "fs" not in z:
                 raise InputError(f"{p}: an .npz input needs arrays 'emg' and 'fs'; it has "
                                  f"{sorted(z.files)}")
-            emg = np.asarray(z["emg"], dtype=np.float64)
-            fs = float(z["fs"])
-            chans = [str(c) for c in z["channels"]] if "channels" in z else None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{p}: cannot read as .npz ({exc})") from None
+            emg, fs_array = z["emg"], z["fs"]
+            names = z["channels"] if "channels" in z else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{p}: cannot read as .npz ({exc or type(exc).__name__}); save it "
+                         "with numpy.savez(path, emg=samples, fs=rate)") from None
+    if not (np.issubdtype(emg.dtype, np.integer) or np.issubdtype(emg.dtype, np.floating)):
+        raise InputError(f"{p}: 'emg' holds {emg.dtype} values; expected real numbers "
+                         "(integers or floats), samples x channels")
+    emg = np.asarray(emg, dtype=np.float64)
     if emg.ndim == 1:
         emg = emg[:, None]
-    if chans is None:
+    if emg.ndim != 2:
+        raise InputError(f"{p}: 'emg' has shape {emg.shape}; expected samples x channels "
+                         "(2-D, or 1-D for one channel)")
+    fs = _npz_rate(fs_array, p)
+    if names is None:
         chans = [f"ch{i}" for i in range(emg.shape[1])]
+    else:
+        if names.ndim != 1 or names.dtype.kind not in "US":
+            raise InputError(f"{p}: 'channels' has shape {names.shape} of {names.dtype}; "
+                             "expected one name (text) per column of 'emg'")
+        chans = [str(c) for c in names]
     if len(chans) != emg.shape[1]:
         raise InputError(f"{p}: {len(chans)} channel names for {emg.shape[1]} columns")
+    _check_names(chans, p)
     _check(emg, p)
     return EmgData(emg, fs, tuple(chans), p)
+
+
+def _npz_rate(value: np.ndarray, path: str) -> float:
+    """The sampling rate stored as ``fs``: one real number in :data:`FS_RANGE`."""
+    ok = value.size == 1 and (np.issubdtype(value.dtype, np.integer)
+                              or np.issubdtype(value.dtype, np.floating))
+    fs = float(value.reshape(-1)[0]) if ok else math.nan
+    if not FS_RANGE[0] <= fs <= FS_RANGE[1]:
+        shown = (f"= {value.reshape(-1)[0].item()!r}" if value.size == 1
+                 else f"is an array of shape {value.shape}")
+        raise InputError(f"{path}: 'fs' {shown}, not a sampling rate; expected one number "
+                         f"of Hz from {FS_RANGE[0]:g} to {FS_RANGE[1]:g}")
+    return fs
+
+
+def _check_names(chans: list[str], path: str) -> None:
+    """Channel names that can name a channel: not empty, each once."""
+    empty = [i for i, c in enumerate(chans) if not c.strip()]
+    if empty:
+        raise InputError(f"{path}: channel {empty[0]} has an empty name; give every channel "
+                         "a name")
+    seen = {c for c in chans if chans.count(c) > 1}
+    if seen:
+        raise InputError(f"{path}: channel name(s) {', '.join(sorted(seen))} appear more "
+                         "than once; give every channel its own name")
 
 
 def load_text(path: str | Path, fs: float, columns: list[int] | None = None) -> EmgData:
@@ -127,6 +178,7 @@ def load_text(path: str | Path, fs: float, columns: list[int] | None = None) -> 
         if not 0 <= c < width:
             raise InputError(f"{p}: column {c} does not exist; the file has columns 0..{width - 1}")
     chans = [names[c] if names else f"ch{c}" for c in columns]
+    _check_names(chans, p)
     samples = np.ascontiguousarray(data[:, columns])
     _check(samples, p)
     return EmgData(samples, float(fs), tuple(chans), p)

@@ -338,6 +338,7 @@ class Records:
                 _create_file(self.path)
             self._con = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
                                         isolation_level=None, check_same_thread=False)
+            self._refuse_foreign(create)
             self._con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             self._con.execute("PRAGMA foreign_keys = ON")
             self._con.execute("PRAGMA journal_mode = WAL")
@@ -371,6 +372,28 @@ class Records:
         return self._con
 
     # -- schema ------------------------------------------------------------------------------
+    def _refuse_foreign(self, create: bool) -> None:
+        """Before anything is written: a file without closedloop's schema is turned into a
+        patient record only when it is empty and ``create`` allows it; another
+        program's database is never written into, and a reader never writes."""
+        # one statement, one snapshot: another process may be creating this record now
+        version, names = self.connection.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), (SELECT group_concat(name, "
+            "',') FROM (SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name))"
+        ).fetchone()
+        if version > 0:
+            return
+        tables = names.split(",") if names else []
+        if tables:
+            raise RecordError(
+                f"patient record {self.path} is another program's database (tables "
+                f"{', '.join(tables[:5])}{' ...' if len(tables) > 5 else ''}; no closedloop "
+                "schema); closedloop leaves it as it is: choose another file with --db")
+        if not create:
+            raise RecordError(
+                f"patient record {self.path} is empty: it holds no session yet (a session "
+                "run with --patient fills it), or give the right one with --db")
+
     def _migrate(self) -> int:
         con = self.connection
         version = _user_version(con)

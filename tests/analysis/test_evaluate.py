@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,49 @@ def test_shared_real_recordings(shared_data):
     assert {r.group for r in rows} == {
         "real: peers' consensus onsets", "real: movement onsets (knee angle)",
         "real: rest only"}
+
+
+#: labels CSV text -> words of the refusal (the recording: 20000 samples of a, b at 2 kHz)
+BAD_LABELS = {
+    "sample,channel\n-5,a\n": "onset -5 is outside the recording",
+    "sample,channel\n20000,a\n": "from 0 to 19999",
+    "sample,channel\n" + "9" * 40 + ",a\n": "outside the recording",
+    "time_s,channel\ninf,a\n": "onset inf is outside",
+    "time_s,channel\nnan,a\n": "onset nan is outside",
+    "time_s,channel\n-0.5,b\n": "outside the recording",
+    b"sample,channel\n5000,b\xed\n": "not a labels CSV",
+    b"\x89PNG\r\n\x1a\n\x00\x00": "not a labels CSV",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_LABELS), ids=range(len(BAD_LABELS)))
+def test_labels_outside_the_recording_or_not_text_are_refused(tmp_path, text):
+    np.savez(tmp_path / "emg.npz", emg=np.random.default_rng(1).normal(0, 1, (20000, 2)),
+             fs=FS, channels=np.array(["a", "b"]))
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(InputError) as info:
+        load_recording(tmp_path / "emg.npz", labels=labels)
+    assert BAD_LABELS[text] in str(info.value) and "labels.csv" in str(info.value)
+
+
+#: truth arrays stored in an .npz -> words of the refusal
+BAD_TRUTH = {
+    "negative": ({"truth_samples": [-4], "truth_channels": ["a"]}, "truth_samples[0] = -4"),
+    "beyond the end": ({"truth_samples": [2**62], "truth_channels": ["a"]}, "from 0 to 19999"),
+    "NaN": ({"truth_samples": [np.nan], "truth_channels": ["a"]}, "sample indices (integers)"),
+    "lengths differ": ({"truth_samples": [1, 2], "truth_channels": ["a"]}, "of one length"),
+    "2-d": ({"truth_samples": [[1]], "truth_channels": [["a"]]}, "two 1-D arrays"),
+    "unknown channel": ({"truth_samples": [5], "truth_channels": ["zz"]},
+                        "truth_channels[0] = 'zz' is not a channel"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TRUTH))
+def test_a_stored_truth_that_cannot_be_meant_is_refused(tmp_path, case):
+    arrays, words = BAD_TRUTH[case]
+    np.savez(tmp_path / "emg.npz", emg=np.random.default_rng(1).normal(0, 1, (20000, 2)),
+             fs=FS, channels=np.array(["a", "b"]),
+             **{k: np.array(v) for k, v in arrays.items()})
+    with pytest.raises(InputError, match=re.escape(words)):
+        load_recording(tmp_path / "emg.npz")

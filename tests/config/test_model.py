@@ -118,9 +118,14 @@ def test_settings_built_in_code_are_checked_like_a_file():
          "8 (the window starts skip_ms after the pulse and ends at window_ms)"),
         (lambda d: d["protocol"].setdefault("mwave", {}).update(window_ms=500.0),
          "protocol.mwave.window_ms = 500.0 is not allowed; expected a number >= 2 and <= 100"),
+        (lambda d: d.setdefault("sim", {}).update(gap_s=[8.0, 4.0]),
+         "sim.gap_s = [8.0, 4.0] is not allowed; expected [shortest, longest]: the first "
+         "number at most the second"),
+        (lambda d: d.setdefault("sim", {}).update(attempt_s=[3.0, 1.0]),
+         "sim.attempt_s = [3.0, 1.0] is not allowed; expected [shortest, longest]"),
     ],
     ids=["path", "text", "where", "choice", "no-muscles", "ceiling", "missing", "typos",
-         "mwave-window", "mwave-range"],
+         "mwave-window", "mwave-range", "sim-gap-order", "sim-attempt-order"],
 )
 def test_messages_name_the_key_and_everything_allowed(change, said):
     data = json.loads(json.dumps(load_config(SHIPPED).resolved))

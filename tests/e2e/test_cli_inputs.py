@@ -35,6 +35,16 @@ def _inputs(d):
                                           desc=channels_desc(("a", "b"))))
         w.samples(1, rng.normal(0, 1e-5, (2000, 2)).astype(np.float32), stamps)
     shutil.copy(ROOT / "recordings" / "sim_biceps_triceps.xdf", d / "session.xdf")
+    (d / "zero.npz").write_bytes(b"")
+    np.savez(d / "fs_array.npz", emg=rng.normal(0, 1e-5, (2000, 2)), fs=np.ones(3))
+    np.savez(d / "scalar.npz", emg=np.array(1.0), fs=2000.0)
+    np.savez(d / "two.npz", emg=rng.normal(0, 1e-5, (2000, 2)), fs=2000.0,
+             channels=np.array(["a", "b"]))
+    (d / "huge_onset.csv").write_text("sample,channel\n" + "9" * 40 + ",a\n")
+    (d / "gap_reversed.toml").write_text(
+        (CONFIGS / "biceps_triceps.toml").read_text().replace("gap_s = [4.0, 8.0]",
+                                                               "gap_s = [8.0, 4.0]"))
+    (d / "empty.db").write_bytes(b"")
 
 
 CASES = {
@@ -58,6 +68,17 @@ CASES = {
     "lsl resolve_timeout=-1": ([*RUN, "--source", "lsl:name=nobody?resolve_timeout=-1"],
                                "resolve_timeout='-1' must be a number > 0"),
     "an empty --source": ([*RUN, "--source", "", "--duration", "1"], "is empty"),
+    "detect a zero-byte .npz": (["detect", "zero.npz", "--out", "e.csv"],
+                                "cannot read as .npz"),
+    "detect an .npz whose fs is an array": (["detect", "fs_array.npz", "--out", "e.csv"],
+                                            "'fs' is an array of shape (3,)"),
+    "detect a 0-d emg": (["detect", "scalar.npz", "--out", "e.csv"], "'emg' has shape ()"),
+    "evaluate a 40-digit onset": (["evaluate", "two.npz", "--labels", "huge_onset.csv",
+                                   "--detector", "threshold", "--jobs", "1"],
+                                  "is outside the recording"),
+    "[sim] gap_s reversed": ([*RUN[:1], "--config", "gap_reversed.toml", *RUN[3:],
+                              "--duration", "1"], "sim.gap_s = [8.0, 4.0] is not allowed"),
+    "history of an empty file": (["history", "P01", "--db", "empty.db"], "is empty"),
 }
 
 

@@ -143,3 +143,14 @@ def test_an_existing_foreign_description_is_refused(tmp_path) -> None:
     with pytest.raises(InputError, match="not a BIDS dataset description"):
         prepare_dataset(tmp_path, "01")
     assert (tmp_path / "dataset_description.json").read_text() == '{"Name": "not bids"}'
+
+
+def test_a_cut_short_recording_is_exported_saying_what_is_damaged(tmp_path) -> None:
+    cut = tmp_path / "cut.xdf"
+    whole = SHIPPED.read_bytes()
+    cut.write_bytes(whole[:len(whole) // 3])
+    out = export_recording(ExportTask(str(cut), BidsTarget(str(tmp_path / "bids"), "01", "t")))
+    assert "TRUNCATED" in out.damage and "intact" in out.damage
+    whole_out = export_recording(ExportTask(str(SHIPPED), BidsTarget(str(tmp_path / "b2"), "01",
+                                                                     "t")))
+    assert whole_out.damage == "" and out.samples < whole_out.samples

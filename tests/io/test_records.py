@@ -156,6 +156,29 @@ def test_a_reader_never_creates_a_file(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
+def test_a_reader_leaves_an_empty_file_empty(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(RecordError, match="is empty: it holds no session yet"):
+        Records(empty, create=False)
+    assert empty.read_bytes() == b""
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.db"]  # no -wal, no -shm
+
+
+@pytest.mark.parametrize("create", [False, True], ids=["reader", "writer"])
+def test_another_programs_database_is_never_written_into(tmp_path, create):
+    other = tmp_path / "contacts.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE contacts (name TEXT)")
+    con.execute("INSERT INTO contacts VALUES ('someone')")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    with pytest.raises(RecordError, match="another program's database .tables contacts"):
+        Records(other, create=create)
+    assert other.read_bytes() == before
+
+
 # -- versions ----------------------------------------------------------------------------------
 #: The schema as version 1 wrote it (a frozen copy: the migration must keep reading it).
 V1 = """
