@@ -288,7 +288,7 @@ def read_labels(
             f"{p}: a labels CSV needs a header with 'sample,channel' or 'time_s,channel' "
             f"(and optionally 'file'); it has {header}"
         )
-    out = []
+    lines: dict[tuple[int, str], int] = {}  # each onset -> its line
     for i, row in enumerate(rows, start=2):
         row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
         if file is not None and row.get("file") and Path(row["file"]).name != Path(file).name:
@@ -313,8 +313,11 @@ def read_labels(
             raise InputError(
                 f"{p}:{i}: onset {row.get('sample') or row.get('time_s')} is outside the "
                 f"recording; expected a sample index {allowed}")
-        out.append((s, ch))
-    return tuple(sorted(out))
+        if (s, ch) in lines:  # counted twice, a detector could only ever hit one of them
+            raise InputError(f"{p}:{i}: the onset at sample {s} on {ch!r} is already on line "
+                             f"{lines[s, ch]}; list each onset once")
+        lines[s, ch] = i
+    return tuple(sorted(lines))
 
 
 def _xdf_recording(path: Path, truth_label: str = "truth") -> Recording:

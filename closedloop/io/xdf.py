@@ -459,6 +459,11 @@ class Session:
         )
 
 
+#: How to name the EMG stream: the commands' option, and the reader's argument.
+_PICK = ("pick one by its name or type with --stream NAME (closedloop replay, detect, export; "
+         "in Python: load_session(path, emg_stream=NAME))")
+
+
 def _pick_emg(streams: Sequence[dict[str, Any]], emg_stream: str | None, path: Path) -> dict:
     listing = "\n  ".join(describe(s) for s in streams) or "(no streams)"
     numeric = [s for s in streams if _first(s["info"], "channel_format") != "string"]
@@ -477,12 +482,12 @@ def _pick_emg(streams: Sequence[dict[str, Any]], emg_stream: str | None, path: P
     if not cands:
         raise InputError(
             f"{str(path)!r}: no numeric stream {what}. Streams in the file:\n  {listing}\n"
-            "pick one with emg_stream=NAME"
+            f"{_PICK}"
         )
     names = ", ".join(repr(stream_name(s)) for s in cands)
     raise InputError(
         f"{str(path)!r}: {len(cands)} streams {what} ({names}). Streams in the file:\n  "
-        f"{listing}\npick one with emg_stream=NAME"
+        f"{listing}\n{_PICK}"
     )
 
 

@@ -243,6 +243,9 @@ BAD_LABELS = {
     "time_s,channel\n-0.5,b\n": "outside the recording",
     b"sample,channel\n5000,b\xed\n": "not a labels CSV",
     b"\x89PNG\r\n\x1a\n\x00\x00": "not a labels CSV",
+    "sample,channel\n100,a\n900,b\n100,a\n": "labels.csv:4: the onset at sample 100 on 'a' "
+                                               "is already on line 2",
+    "time_s,channel\n0.05,a\n0.0500,a\n": "already on line 2",
 }
 
 

@@ -199,7 +199,8 @@ def test_other_tools_streams_by_name_or_type(recorded: Recorded) -> None:
     np.testing.assert_allclose(s.samples, recorded.samples.astype(np.float32), rtol=0, atol=0)
     s2 = load_session(recorded.path, emg_stream=f2)
     assert s2.channels == ("EMG1", "EMG2")
-    with pytest.raises(InputError, match=f"(?s)3 streams named or typed 'EMG'.*{f1}.*pick one"):
+    with pytest.raises(InputError,
+                       match=f"(?s)3 streams named or typed 'EMG'.*{f1}.*pick one.*--stream NAME"):
         load_session(recorded.path, emg_stream="EMG")
     with pytest.raises(InputError, match="(?s)no numeric stream named or typed 'ECG'.*samples="):
         load_session(recorded.path, emg_stream="ECG")
