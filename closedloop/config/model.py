@@ -229,6 +229,14 @@ class Config:
                     f"{source_name!r} does not have (its channels: {', '.join(labels)}); set "
                     "channel to one of those labels or to a 0-based index"
                 )
+        for i, c in enumerate(cols):  # one electrode cannot tell two muscles apart
+            if c in cols[:i]:
+                first = self.muscles[cols.index(c)]
+                raise ConfigError(
+                    f"{self.path}: muscles {first.name!r} and {self.muscles[i].name!r} both "
+                    f"read channel {labels[c]!r} of {source_name!r}; every muscle needs its "
+                    "own EMG channel (set each muscle's channel to its own electrode's label "
+                    "or 0-based index)")
         return cols
 
     def calibrations(self) -> list[Calibration | None]:

@@ -185,3 +185,17 @@ def test_protocol_and_detector_settings_come_from_the_per_kind_functions(monkeyp
         loads_config(smoothed.replace("boost = 0.7", "boost = 7"), source="p.toml")
     assert str(err.value) == ("p.toml: protocol.boost = 7 is not allowed; expected a number "
                               ">= 0 and <= 1")
+
+
+@pytest.mark.parametrize("triceps", ['"biceps"', "0"])
+def test_two_muscles_on_one_emg_channel_are_refused(triceps):
+    """One electrode cannot tell two muscles apart (the co-contraction gate would see the
+    agonist's own EMG as its antagonist's): by label or by index, it is refused naming both
+    muscles and the channel."""
+    config = loads_config(SHIPPED.read_text().replace('channel = "triceps"',
+                                                      f"channel = {triceps}", 1),
+                          source="c.toml")
+    assert load_config(SHIPPED).columns(["triceps", "biceps"], "amp") == [1, 0]
+    with pytest.raises(ConfigError) as err:
+        config.columns(["biceps", "triceps"], "amp")
+    assert "muscles 'biceps' and 'triceps' both read channel 'biceps' of 'amp'" in str(err.value)
