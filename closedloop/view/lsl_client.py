@@ -32,7 +32,11 @@ What is derived here (not in the GUI thread)
 * the **EMG level** of a session whose detector decides on a statistic that is not an
   EMG amplitude (cusum: nats): the amplitude envelope of the EMG the detector sees
   (:func:`~closedloop.core.envelope.level_settings`, the session's ``[envelope]``), in
-  the EMG's unit, so the window shows the muscle's activity in µV beside the statistic;
+  the EMG's unit, so the window shows the muscle's activity in µV beside the statistic.
+  It restarts where the session restarted the channel after a bad stretch (a
+  ``recovered`` input issue, see :meth:`SessionClient._restart_level`), as the session's
+  report does: 5 ms of 1e10 would otherwise leave a moving RMS's running sum a rounding
+  residue far above any EMG for the rest of the session;
 * the **peaks to draw**: the minimum and maximum of every few samples of the EMG and
   the envelope, kept as they arrive (:class:`~closedloop.view.buffers.PeakRing`), so a
   refresh copies a few thousand numbers;
@@ -73,7 +77,7 @@ import pylsl
 
 from closedloop.config import Config, loads_config
 from closedloop.config.signal import EnvelopeSettings, FilterSettings
-from closedloop.core.checks import hold_nonfinite
+from closedloop.core.checks import IssueKind, hold_nonfinite
 from closedloop.core.envelope import Envelope, level_settings
 from closedloop.core.events import Event
 from closedloop.core.filters import FilterBank
@@ -103,6 +107,12 @@ RESOLVING, CONNECTED, LOST, CLOSED = "resolving", "connected", "lost", "closed"
 DISPLAY_BINS = 2048
 #: Where the EMG drawn comes from.
 FROM_SESSION, FROM_VIEW = "session", "view"
+#: Filtered samples kept to run a channel's EMG level again from the sample where the
+#: session restarted the channel, when the marker saying so comes after those samples
+#: (the view pulls up to ``LEVEL_LAG`` filtered samples a round before the markers, and
+#: the two streams travel apart), plus this many seconds.
+LEVEL_KEEP_S = 2.0
+LEVEL_LAG = 8192
 
 
 def _empty2() -> np.ndarray:
@@ -141,6 +151,8 @@ class Snapshot:
     #: per channel: the EMG level now (stream units; empty when the detector's statistic
     #: is the level itself: :attr:`env_now`)
     level_now: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the session's index of the filtered sample after the last one in :attr:`level_now`
+    level_position: int = 0
     thr_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
     thr_on: np.ndarray = field(default_factory=_empty2)
     thr_off: np.ndarray = field(default_factory=_empty2)
@@ -315,6 +327,7 @@ class SessionClient:
                 out.env_now = self._env_last.copy()
             if self._level is not None:
                 out.level_now = self._level_last.copy()
+                out.level_position = self._level_next
             if self._thr is not None and len(self._thr):
                 # keep the thresholds in force at the window's start too
                 t, x = self._thr.latest()
@@ -468,9 +481,9 @@ class SessionClient:
         kind = config.detector_kind if config is not None else "threshold"
         display = display_units(units, kind)
         level = None
-        if not display.statistic.of_emg:
-            env = config.envelope if config is not None else EnvelopeSettings()
-            level = Envelope(level_settings(env), fs, n)
+        if not display.statistic.of_emg:  # one per channel: each restarts on its own
+            env = level_settings(config.envelope if config is not None else EnvelopeSettings())
+            level = [Envelope(env, fs, 1) for _ in range(n)]
         with self._lock:
             self._inlets = inlets
             self._counter_col = counter_col
@@ -482,6 +495,10 @@ class SessionClient:
             self._env_last = np.full(n, np.nan)
             self._level = level
             self._level_last = np.full(n, np.nan)
+            # the filtered samples the level took, stamped with their sample index
+            self._level_kept = RingBuffer(n, int(math.ceil(LEVEL_KEEP_S * fs)) + LEVEL_LAG)
+            self._level_next = 0  # index after the last filtered sample the level took
+            self._level_due: list[tuple[int, int]] = []  # (column, sample): restarts to come
             self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
             self._events = TimedLog(2000)
             self._markers = TimedLog(500)
@@ -588,7 +605,7 @@ class SessionClient:
             with self._lock:
                 if role == lo.ROLE_FILTERED:
                     self._emg.extend(ts, x)
-                    self._add_level(x)
+                    self._add_level(x, None if self._counter_col is None else pulled[0][:, -1])
                 else:
                     self._env.extend(ts, x)
                     self._env_last = x[-1].copy()
@@ -619,10 +636,54 @@ class SessionClient:
                             self._error(f"view: unreadable {role} item {row[0]!r}: {exc}")
         return got
 
-    def _add_level(self, filtered: np.ndarray) -> None:
-        """The EMG level after these filtered samples (lock held)."""
-        if self._level is not None and filtered.shape[0]:
-            self._level_last = self._level.process(filtered)[-1].copy()
+    def _add_level(self, filtered: np.ndarray, index: np.ndarray | None = None) -> None:
+        """The EMG level after these filtered samples (lock held); ``index``: their
+        sample indices in the session (its Filtered stream's counter), so the level can
+        restart where the session restarted a channel (None: the view's own filtering,
+        whose filters do not restart, so neither does the level)."""
+        if self._level is None or not filtered.shape[0]:
+            return
+        for c, env in enumerate(self._level):
+            self._level_last[c] = env.process(filtered[:, c : c + 1])[-1, 0]
+        if index is not None:
+            self._level_kept.extend(index, filtered)
+            self._level_next = int(index[-1]) + 1
+            self._restart_levels()
+
+    def _restart_level(self, channel: str, sample: int) -> None:
+        """Restart ``channel``'s EMG level at ``sample`` once the filtered stream has
+        reached it, whichever of the marker and the samples came first (lock held).
+
+        A ``recovered`` input issue at sample ``s`` says the session restarted the
+        channel's filters at ``s`` (the first good sample after a flat, saturated, held,
+        NaN or hummed stretch) or at ``s + 1`` (after an impulse-gate stretch whose last,
+        still dirty sample is ``s``). The level restarts at ``s + 1``: from there on it
+        takes only samples the session filtered after its restart, whichever it was.
+        """
+        if self._level is None or self._snap.emg_from != FROM_SESSION \
+                or channel not in self._snap.channels:
+            return
+        self._level_due.append((self._snap.channels.index(channel), sample))
+        self._restart_levels()
+
+    def _restart_levels(self) -> None:
+        """Restart the levels whose restart sample the filtered stream has reached and
+        run them again over the kept samples from there (the same values as a restart
+        between two chunks: the envelope is chunk-invariant)."""
+        reached: dict[int, int] = {}  # column -> its latest restart reached (it forgets
+        for c, k in self._level_due:  # everything before it, earlier restarts included)
+            if k < self._level_next:
+                reached[c] = max(k, reached.get(c, k))
+        if not reached or self._level is None:
+            return
+        self._level_due = [(c, k) for c, k in self._level_due if k >= self._level_next]
+        index, x = self._level_kept.latest()
+        for c, k in reached.items():
+            env = self._level[c]
+            env.restart_channel(0)
+            i = int(np.searchsorted(index, k))  # older than what is kept: all of it
+            if i < index.shape[0]:
+                self._level_last[c] = env.process(x[i:, c : c + 1])[-1, 0]
 
     # -- counts: the session's last total plus what followed it (handlers hold the lock)
     def _count(self, role: str, seq: int, item: object) -> None:
@@ -671,6 +732,9 @@ class SessionClient:
                 None if ch is None else str(ch), str(m.fields.get("kind", "")), m.time,
                 str(m.fields.get("message", "")),
             )
+            if m.fields.get("kind") == IssueKind.RECOVERED.value and ch is not None \
+                    and m.sample is not None:
+                self._restart_level(str(ch), m.sample + 1)
         else:
             self._trials.add(m.label, m.time, m.fields)
 
