@@ -96,13 +96,12 @@ class StatusLine:
         self._judged.update(name for name, w in zip(names, why, strict=True) if not w)
         env = block.envelope[-1] if block.n else block.on_threshold * math.nan
         level = [""] * len(names)
-        brief_level = [""] * len(names)  # "12 µV": in the legend form
+        level_num = [""] * len(names)  # "12": the EMG level in the legend forms
         if self.level_n and block.n:
             rms = np.sqrt(np.mean(np.square(block.filtered[-self.level_n:]), axis=0))
             level = [f"EMG {self.units.emg(float(v))}" for v in rms]
-            emg_unit = f" {self.units.emg_unit}" if self.units.emg_unit else ""
-            brief_level = [f"{_brief(float(v) * self.units.emg_factor)}{emg_unit} "
-                           for v in rms]
+            level_num = [_brief(float(v) * self.units.emg_factor) for v in rms]
+        emg_unit = f" {self.units.emg_unit}" if self.units.emg_unit else ""
         states = [self._state(name, w, float(block.on_threshold[c]), float(env[c]))
                   for c, (name, w) in enumerate(zip(names, why, strict=True))]
         head = [f"t {duration((block.start + block.n) / self.fs)}", *self._counts(protocol)]
@@ -132,9 +131,10 @@ class StatusLine:
         for c, (n, s) in enumerate(zip(names, states, strict=True)):
             e, t = _brief(float(env[c]) * u.stat_factor), \
                 _brief(float(block.on_threshold[c]) * u.stat_factor)
-            text = f"{n} {_brief_state(s)}" if s else f"{n} {brief_level[c]}{e}/{t}"
+            lv = f"{level_num[c]}{emg_unit} " if level_num[c] else ""
+            text = f"{n} {_brief_state(s)}" if s else f"{n} {lv}{e}/{t}"
             short = (f"{n} {_brief_state(s)}" if s else
-                     f"{n} {brief_level[c].split(' ')[0]}/{e}")
+                     f"{n} {level_num[c]}/{e}")
             if n in current:
                 stim_text = f" stim {current.pop(n):.0f} mA"
                 text, short = text + stim_text, short + stim_text

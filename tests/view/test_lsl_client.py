@@ -20,19 +20,8 @@ from closedloop.config import loads_config
 from closedloop.io.outlets import SessionOutlets
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.view.lsl_client import FROM_SESSION, SessionClient
+from tests.analysis.test_report import KNOCK_CONFIG  # a resting pair, cusum
 from tests.helpers import ArraySource
-
-KNOCK_CONFIG = """
-name = "knock"
-[session]
-source = "sim"
-[detector]
-kind = "cusum"
-[[muscles]]
-name = "biceps"
-[[muscles]]
-name = "triceps"
-"""
 
 
 class Tape:
@@ -80,7 +69,7 @@ def knocked(request):
     the channel is back at its first good sample, where the session restarts it.
     ``over``: 100 ms of +-1e10: the impulse gate says so at the stretch's last (still
     dirty) sample, and the session restarts the channel one sample later."""
-    config = loads_config(KNOCK_CONFIG, source="knock view test")
+    config = loads_config(KNOCK_CONFIG.format(envelope="rms"), source="knock view test")
     fs, n, knock = 2000.0, 10_000, 6000
     x = np.random.default_rng(7).normal(0.0, 3e-6, (n, 2))
     length = 10 if request.param == "held" else 200
