@@ -288,7 +288,7 @@ class CusumSettings(DetectorBase):
     refractory_gain: Annotated[float, Range(0.0, 100.0)] = 1.0
     block_ms: Annotated[float, Range(5.0, 1000.0)] = 50.0
     warmup_ms: Annotated[float, Range(0.0, 10000.0)] = 100.0
-    learn_ms: Annotated[float, Range(20.0, 60000.0)] = 250.0
+    learn_ms: Annotated[float, Range(20.0, 60000.0)] = 200.0
     quiet_ratio: Annotated[float, Range(1.5, 1000.0)] = 4.0
     history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
     artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 50.0

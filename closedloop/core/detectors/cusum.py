@@ -63,7 +63,7 @@ Per channel, causally, sample by sample:
    constant of ``history_s`` once that many blocks were seen (symmetric: an average that
    falls faster than it rises sits below the mean, and a rest variance biased low is a
    positive drift of the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted
-   again from it. So the first quarter second (which can hold the filters' ringing on
+   again from it. So the first fifth of a second (which can hold the filters' ringing on
    the stream's start, or an electrode settling) does not decide the whole session: on
    the simulated patient, fitting once on it gave a median decision 15 ms later. The
    tracking pauses while the channel is active. If two idle blocks in a row fall below
