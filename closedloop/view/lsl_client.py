@@ -510,7 +510,7 @@ class SessionClient:
             self._level_kept = RingBuffer(n, int(math.ceil(LEVEL_KEEP_S * fs)) + LEVEL_LAG)
             self._level_next = 0  # index after the last filtered sample the level took
             self._level_due: list[tuple[int, int]] = []  # (column, sample): restarts to come
-            # restart the level on channel_restart markers (else: recovered + 1)
+            # the session marks its restarts: recovered issues do not restart the level
             self._restarts_marked = restarts_marked
             self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
             self._events = TimedLog(2000)
@@ -744,7 +744,7 @@ class SessionClient:
         self._count(lo.ROLE_MARKERS, seq, m.label)
         if m.label == lo.CHANNEL_RESTART:
             muscle = m.fields.get("muscle")
-            if self._restarts_marked and muscle is not None and m.sample is not None:
+            if muscle is not None and m.sample is not None:
                 self._restart_level(str(muscle), m.sample)
         elif m.label == "input_issue":
             ch = m.fields.get("channel")
