@@ -51,8 +51,9 @@ Onsets are ``sample / fs`` from the first sample of the file (``sample`` is that
   ``current_ma``, ``pulse_width_us``, ``frequency_hz``, ``phase`` and the stimulator
   ``channel``; a ``stim_on`` lasts (``duration``) until its muscle's ``stim_off``;
 * the session's markers under their own label: ``trigger``, ``cue``, ``hit``,
-  ``miss``, ``truth`` (simulated true onsets), ``input_issue``, ``stop_request``...,
-  with their other fields as JSON in ``details``;
+  ``miss``, ``truth`` (simulated true onsets), ``input_issue``, ``channel_restart``
+  (a muscle's channel restarted after a bad stretch), ``stop_request``..., with their
+  other fields as JSON in ``details``;
 * ``BAD_ACQ_SKIP``: the padding of the last data record, if any.
 
 ``value`` is ``trial_type/muscle`` (or ``trial_type``), the text of the matching BDF+
@@ -324,6 +325,9 @@ EVENTS_JSON: dict[str, Any] = {
             "miss": "A cued trial ended without an onset.",
             "truth": "A true movement-attempt onset of the simulated patient.",
             "input_issue": "The input checks found a problem (details: kind, message).",
+            "channel_restart": "The session restarted a muscle's channel (its filters and "
+                               "the detector's conditioning) after a bad stretch, just "
+                               "before this sample.",
             "stop_request": "A STOP request arrived (details: who sent it).",
             "BAD_ACQ_SKIP": "Padding of the last data record (not recorded data).",
         },

@@ -27,6 +27,9 @@ name                type            content
 ``S-Markers``       ``Markers``     trial and cue markers, JSON; ``input_issue`` markers:
                                     what the input checks said (``kind``, ``channel``,
                                     ``message``), at the sample it concerns;
+                                    ``channel_restart`` markers: where the session
+                                    restarted a muscle's channel after a bad stretch
+                                    (``sample``, ``muscle``; see *Channel restarts*);
                                     ``source_counter`` markers: the source's own
                                     counter where it does not continue (see
                                     :meth:`SessionOutlets.push_emg`); ``truth``
@@ -90,6 +93,24 @@ when a count changed and at least once per second of samples): onsets per muscle
 markers by label, stimulation trains and on-time per muscle, the planned duration, and
 how many events, commands and markers the totals include (their ``seq``), so a reader
 adds exactly the items that came after (:class:`SessionTally`).
+
+Channel restarts
+----------------
+After a bad stretch (flat, saturated, held, NaN, mains hum, an impulse or absurd values,
+a break in the stream) the session restarts the channel's filters and the detector's
+conditioning at the first sample it processes after the stretch
+(:meth:`Pipeline.restart_channel <closedloop.core.pipeline.Pipeline.restart_channel>`,
+named in :attr:`Block.restarts <closedloop.core.events.Block.restarts>`). The loop marks
+each restart with a ``channel_restart`` marker (:data:`CHANNEL_RESTART`) whose ``sample``
+is that first sample and ``muscle`` the muscle, so a live view can restart what it
+derives from the filtered EMG (its EMG level) at the same sample. The sample is decided
+on the sample clock: the same in any chunking, live and in a replay. The ``input_issue``
+markers do not say it: a ``recovered`` issue need not come with a restart (another check
+may still hold the channel bad) and a short impulse is restarted after without one. The
+markers stream of a session that marks its restarts says so in its header
+(``desc/closedloop/restart_marker`` = ``channel_restart``); one recorded or published
+before has neither. The markers are for display and analysis: nothing in the session
+reads them.
 
 Timestamps 0.0 and -1.0
 -----------------------
@@ -157,6 +178,10 @@ _CF = {FLOAT32: pylsl.cf_float32, DOUBLE64: pylsl.cf_double64}
 SOURCE_COUNTER = "source_counter"
 #: Label of the markers that record a true onset (simulated sessions).
 TRUTH = "truth"
+#: Label of the markers that record where the session restarted a muscle's channel
+#: after a bad stretch (``sample``: the first sample processed after the restart,
+#: ``muscle``); see the module docstring, *Channel restarts*.
+CHANNEL_RESTART = "channel_restart"
 MARKER_FORMAT = "closedloop-json-1"
 
 _ZERO_SUB = float(np.nextafter(0.0, 1.0))
@@ -673,6 +698,8 @@ class SessionOutlets:
         cl.append_child_value("role", role)
         if fmt == pylsl.cf_string:
             cl.append_child_value("format", MARKER_FORMAT)
+        if role == ROLE_MARKERS:  # every channel restart is marked (module docstring)
+            cl.append_child_value("restart_marker", CHANNEL_RESTART)
         if statistic is not None:  # what the values are (module docstring: Units)
             st = cl.append_child("statistic")
             st.append_child_value("name", statistic[0])

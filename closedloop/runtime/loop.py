@@ -12,7 +12,8 @@ Read :func:`run_loop` top to bottom; it is the whole product in one function:
    stop); the stimulator gets exactly that, stamped with wall times for latency and
    with the sample at which it takes effect (the first sample after this chunk);
 6. publish everything (a :class:`~closedloop.runtime.publisher.Publisher`: the LSL
-   outlets, which LabRecorder records);
+   outlets, which LabRecorder records), with a ``channel_restart`` marker where the
+   core restarted a channel after a bad stretch;
 7. stop when the duration (in samples) is reached, the source ends, or a stop is
    requested (SIGINT/Ctrl-C, SIGTERM, SIGHUP, SIGQUIT: :mod:`~closedloop.runtime.signals`;
    the STOP button).
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from closedloop.config import Config
 from closedloop.errors import EXIT_CODES, InputError, SafetyError, StallError
+from closedloop.io.outlets import CHANNEL_RESTART
 from closedloop.runtime.chain import Chain, ProtocolFactory, build_chain
 from closedloop.runtime.inputs import Notice, Segment
 from closedloop.runtime.outcome import MESSAGES, LoopOptions, Outcome, StopRequest
@@ -282,8 +284,13 @@ def _warn(out: Outcome, notices: list[MNotice], say: Callable[[str], None],
 
 def _publish(pub: Publisher, seg: Segment, block: Block, commands: list[StimCommand],
              protocol: StimProtocol | None) -> None:
-    """Push one segment's samples, its block (envelope, thresholds, events), the
-    commands handed to the stimulator and the protocol's trial markers."""
+    """Push where the core restarted a channel (a ``channel_restart`` marker at the
+    block's first sample, for the live view's EMG level), one segment's samples, its
+    block (envelope, thresholds, events), the commands handed to the stimulator and
+    the protocol's trial markers."""
+    for c in block.restarts:
+        pub.push_marker(CHANNEL_RESTART, float(block.timestamps[0]), sample=block.start,
+                        muscle=block.channels[c])
     pub.push_emg(seg.received, seg.timestamps, start=seg.start,  # NaN/inf as they came
                  source_counter=seg.counter)
     pub.push_block(block)

@@ -41,7 +41,7 @@ class Publisher(Protocol):
     def push_marker(self, label: str, time: float, *, sample: int | None = None,
                     **fields: Any) -> None:
         """A marker at stream time ``time`` (``cue``, ``hit``, ``input_issue``,
-        ``stop_request``, ...)."""
+        ``channel_restart``, ``stop_request``, ...)."""
 
     def push_mwaves(self, records: Sequence[MWave]) -> None:
         """Evoked-response records (M-waves) as the loop measured them."""

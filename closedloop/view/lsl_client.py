@@ -33,10 +33,14 @@ What is derived here (not in the GUI thread)
   EMG amplitude (cusum: nats): the amplitude envelope of the EMG the detector sees
   (:func:`~closedloop.core.envelope.level_settings`, the session's ``[envelope]``), in
   the EMG's unit, so the window shows the muscle's activity in µV beside the statistic.
-  It restarts where the session restarted the channel after a bad stretch (a
-  ``recovered`` input issue, see :meth:`SessionClient._restart_level`), as the session's
-  report does: 5 ms of 1e10 would otherwise leave a moving RMS's running sum a rounding
-  residue far above any EMG for the rest of the session;
+  It restarts exactly where the session restarted the channel after a bad stretch, and
+  only there (the session's ``channel_restart`` markers, see
+  :meth:`SessionClient._restart_level`), as the session's report does: 5 ms of 1e10
+  would otherwise leave a moving RMS's running sum a rounding residue far above any EMG
+  for the rest of the session. A session from before those markers (its markers stream
+  does not declare them) is restarted one sample after each ``recovered`` input issue
+  instead, which misses the restart after a short impulse and restarts the level for
+  nothing where the channel was not restarted;
 * the **peaks to draw**: the minimum and maximum of every few samples of the EMG and
   the envelope, kept as they arrive (:class:`~closedloop.view.buffers.PeakRing`), so a
   refresh copies a few thousand numbers;
@@ -453,12 +457,19 @@ class SessionClient:
                     config = loads_config(text, source=f"{name} session config")
                 except ClosedLoopError as exc:
                     self._error(f"view: cannot read the session's config ({exc})")
-        self._setup(uid, name, channels, counter_col, fs, _units(full), config, inlets)
+        marked = False  # the session marks its channel restarts (io.outlets: Channel restarts)
+        if lo.ROLE_MARKERS in inlets:
+            marks = inlets[lo.ROLE_MARKERS].info(timeout=2.0)
+            marked = _xml_text(marks.desc(), ("closedloop", "restart_marker")) \
+                == lo.CHANNEL_RESTART
+        self._setup(uid, name, channels, counter_col, fs, _units(full), config, inlets,
+                    restarts_marked=marked)
         self._set(metadata=metadata)
 
     def _setup(
         self, uid: str, name: str, channels: tuple[str, ...], counter_col: int | None,
         fs: float, units: str, config: Config | None, inlets: dict[str, pylsl.StreamInlet],
+        *, restarts_marked: bool = False,
     ) -> None:
         n = len(channels)
         filters = config.filters if config is not None else FilterSettings()
@@ -499,6 +510,8 @@ class SessionClient:
             self._level_kept = RingBuffer(n, int(math.ceil(LEVEL_KEEP_S * fs)) + LEVEL_LAG)
             self._level_next = 0  # index after the last filtered sample the level took
             self._level_due: list[tuple[int, int]] = []  # (column, sample): restarts to come
+            # the session marks its restarts: recovered issues do not restart the level
+            self._restarts_marked = restarts_marked
             self._thr = RingBuffer(2 * n, 4096) if lo.ROLE_THRESHOLDS in inlets else None
             self._events = TimedLog(2000)
             self._markers = TimedLog(500)
@@ -654,11 +667,14 @@ class SessionClient:
         """Restart ``channel``'s EMG level at ``sample`` once the filtered stream has
         reached it, whichever of the marker and the samples came first (lock held).
 
-        A ``recovered`` input issue at sample ``s`` says the session restarted the
-        channel's filters at ``s`` (the first good sample after a flat, saturated, held,
-        NaN or hummed stretch) or at ``s + 1`` (after an impulse-gate stretch whose last,
-        still dirty sample is ``s``). The level restarts at ``s + 1``: from there on it
-        takes only samples the session filtered after its restart, whichever it was.
+        A ``channel_restart`` marker at sample ``s`` says the session restarted the
+        channel's filters just before it processed ``s``: the level restarts at ``s``.
+        A session from before those markers says only ``recovered`` input issues: at
+        ``s`` for the first good sample after a flat, saturated, held, NaN or hummed
+        stretch (restarted at ``s`` if no other check still held the channel bad), at
+        the last, still dirty sample of an impulse-gate stretch (restarted at
+        ``s + 1``). Its level restarts at ``s + 1``: from there on it takes only samples
+        the session filtered after its restart, when there was one.
         """
         if self._level is None or self._snap.emg_from != FROM_SESSION \
                 or channel not in self._snap.channels:
@@ -726,14 +742,18 @@ class SessionClient:
         seq, m = lo.decode_marker(text)
         self._markers.add(m.time, m.label)
         self._count(lo.ROLE_MARKERS, seq, m.label)
-        if m.label == "input_issue":
+        if m.label == lo.CHANNEL_RESTART:
+            muscle = m.fields.get("muscle")
+            if muscle is not None and m.sample is not None:
+                self._restart_level(str(muscle), m.sample)
+        elif m.label == "input_issue":
             ch = m.fields.get("channel")
             self._qual.report(
                 None if ch is None else str(ch), str(m.fields.get("kind", "")), m.time,
                 str(m.fields.get("message", "")),
             )
-            if m.fields.get("kind") == IssueKind.RECOVERED.value and ch is not None \
-                    and m.sample is not None:
+            if not self._restarts_marked and m.fields.get("kind") == IssueKind.RECOVERED.value \
+                    and ch is not None and m.sample is not None:  # a session from before
                 self._restart_level(str(ch), m.sample + 1)
         else:
             self._trials.add(m.label, m.time, m.fields)

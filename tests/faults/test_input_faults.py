@@ -17,8 +17,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from closedloop.io.outlets import CHANNEL_RESTART
+from closedloop.io.recorded import recorded_config
 from closedloop.runtime.loop import LoopOptions, run_loop
-from closedloop.runtime.replay import check, replay_file
+from closedloop.runtime.replay import check, replay_file, replay_session
 from closedloop.sim.patient import Attempt
 from tests.faults.conftest import (
     FaultySource,
@@ -28,7 +30,7 @@ from tests.faults.conftest import (
     replaced,
     run_recorded,
 )
-from tests.runtime.conftest import assert_all_off, sim_session, with_detector
+from tests.runtime.conftest import Capture, assert_all_off, sim_session, with_detector
 
 FS = 2000.0
 CHUNK = 20  # 10 ms
@@ -186,6 +188,31 @@ def test_replay_reproduces_the_faulty_session(session):
     rec, _ = session
     recorded, _, out = replay_file(str(rec.path))
     assert check(recorded, out) is None
+
+
+def test_the_recording_and_its_replay_restart_the_same_channels_at_the_same_samples(session):
+    """Where the live session restarted a channel after a bad stretch is in the
+    recording (a ``channel_restart`` marker at the first sample processed after it,
+    which the live view restarts its EMG level on), and a replay of the file, in chunks
+    of 16384 samples where the session read 10 ms ones, marks the same channels at the
+    same samples: after the knock, the absurd values, the NaN and inf bursts, the lost
+    and the repeated chunk (every channel) and the flat stretch."""
+    rec, _ = session
+    s = rec.session()
+    live = [(m.sample, m.fields["muscle"], m.time) for m in s.markers
+            if m.label == CHANNEL_RESTART]
+    cap = Capture()
+    replay_session(s, recorded_config(s), outlets=cap)
+    replayed = [(f["sample"], f["muscle"], t) for label, t, f in cap.markers
+                if label == CHANNEL_RESTART]
+    assert replayed == live
+    for a, b, muscle in [(14000, 14400, "biceps"), (15000, 15400, "triceps"),
+                         (16100, 16800, "biceps"), (17020, 17800, "triceps"),
+                         (18000, 18400, "biceps"), (18000, 18400, "triceps"),
+                         (19000, 19400, "biceps"), (19000, 19400, "triceps"),
+                         (22000, 23400, "triceps")]:
+        assert any(a <= k < b and m == muscle for k, m, _ in live), (a, b, muscle, live)
+    assert all(t == s.timestamps[k] for k, _, t in live)  # stamped with their sample
 
 
 def test_a_channel_pinned_at_its_rail_does_not_stimulate(config):

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from closedloop.core.stream import Chunk
+from closedloop.io.outlets import CHANNEL_RESTART
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt, SimulatedPatient
 from closedloop.sources.lsl import LslSource
@@ -179,15 +180,22 @@ def test_sharp_genuine_attempts_trigger_as_without_the_gate(config, seed):
 
 
 # -- chunking changes nothing ------------------------------------------------------------------
-def run_array(cfg, x, sizes=(CHUNK,), *, timestamps=None, counter=True, fs=FS):
+def run_array(cfg, x, sizes=(CHUNK,), *, timestamps=None, counter=True, fs=FS,
+              outlets=None):
     lines: list[str] = []
     src = ArraySource(x, fs, cfg.muscle_names, sizes, timestamps=timestamps)
     if not counter:
         src = _NoCounter(src)
     src.open()
-    out = run_loop(cfg, src, None, status=lines.append,
+    out = run_loop(cfg, src, None, status=lines.append, outlets=outlets,
                    options=LoopOptions(watchdog_s=5.0, status_every_s=0.0, history=None))
     return out, lines
+
+
+def restarts(cap: Capture) -> list[tuple[int, str]]:
+    """``(sample, muscle)`` of the ``channel_restart`` markers the loop published."""
+    return [(f["sample"], f["muscle"]) for label, _, f in cap.markers
+            if label == CHANNEL_RESTART]
 
 
 class _NoCounter(FaultySource):
@@ -215,25 +223,31 @@ def _edgy_emg(config) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def edgy(config):
-    """The edgy EMG and what the loop decides on it in 10 ms chunks."""
+    """The edgy EMG, what the loop decides on it in 10 ms chunks and where it restarts
+    a channel."""
     cfg = replace(config, protocol=None)
     x = _edgy_emg(config)
-    ref, _ = run_array(cfg, x)
+    cap = Capture()
+    ref, _ = run_array(cfg, x, outlets=cap)
     assert len(onsets(ref)) == 2 and len(onsets(ref, "triceps")) == 1
     assert said(ref, "biceps: impulsive artefact") and said(ref, "triceps: absurd values")
     assert said(ref, "triceps: its level jumped") and said(ref, "biceps: NaN/inf")
-    return cfg, x, ref
+    assert {m for _, m in restarts(cap)} == {"biceps", "triceps"}
+    return cfg, x, ref, restarts(cap)
 
 
 @settings(max_examples=6, deadline=None)
 @given(sizes=st.lists(st.integers(1, 450), min_size=1, max_size=6))
 def test_edges_are_chunk_invariant(edgy, sizes):
     """Impulse, absurd values, a level shift and NaN in random chunkings: the same
-    events, to the sample, and the same messages."""
-    cfg, x, ref = edgy
-    got, _ = run_array(cfg, x, sizes)
+    events, to the sample, the same messages and the same channel restarts (the
+    ``channel_restart`` markers the live view restarts its EMG level on)."""
+    cfg, x, ref, ref_restarts = edgy
+    cap = Capture()
+    got, _ = run_array(cfg, x, sizes, outlets=cap)
     assert got.events == ref.events
     assert sorted(got.issues) == sorted(ref.issues)
+    assert restarts(cap) == ref_restarts
 
 
 # -- (c) timestamps: jitter and rates ----------------------------------------------------------
