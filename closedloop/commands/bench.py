@@ -141,8 +141,9 @@ def _check_recording_file(path: Path) -> None:
         held = sorted(p.name for p in path.glob("*.xdf") if p.is_file())
         inside = (f" (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
                   if held else " (it holds no .xdf file)")
+        example = path / held[0] if held else Path(path, "session.xdf")
         raise InputError(f"--file {str(path)!r} is a folder{inside}; give one recording "
-                         "file (.xdf), e.g. --file FOLDER/session.xdf")
+                         f"file (.xdf), e.g. --file {example}")
     if not path.is_file():
-        raise InputError(f"--file {str(path)!r}: no such recording; give one recording "
-                         "file (.xdf), e.g. one closedloop run --record wrote")
+        raise InputError(f"--file {str(path)!r}: no such recording; give the path of an "
+                         "existing recording file (.xdf)")
