@@ -101,6 +101,19 @@ def output_dir(value: str) -> str:
     return value
 
 
+def replay_speed(value: str) -> str:
+    """An argparse type: a replay speed (:func:`closedloop.sources.replay.parse_speed`),
+    checked before any recording is read; kept as given."""
+    from closedloop.errors import ConfigError
+    from closedloop.sources.replay import parse_speed
+
+    try:
+        parse_speed(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def bids_label(value: str) -> str:
     """An argparse type: a BIDS label (letters and digits only, as BIDS requires)."""
     if not (value.isascii() and value.isalnum() and len(value) <= 64):
@@ -310,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                     type=input_file,
                     help="config to replay with (default: the one stored in the recording, "
                          "also named 'recorded'); repeat to compare configs side by side")
-    rp.add_argument("--speed", default="fast", help="realtime | fast | a factor such as 2")
+    rp.add_argument("--speed", default="fast", type=replay_speed,
+                    help="fast (default) | realtime | a factor of real time from 0.01 (100 "
+                         "times slower) upward, such as 2")
     rp.add_argument("--stream", help="EMG stream name or type (recordings by other LSL tools)")
     rp.add_argument(
         "--check",

@@ -24,7 +24,7 @@ from closedloop.config.model import DEFAULT_DETECTOR
 from closedloop.config.signal import FilterSettings
 from closedloop.core.filters import effective_band
 from closedloop.core.pipeline import detector_pipeline
-from closedloop.errors import InputError
+from closedloop.errors import InputError, RecordingDamagedError
 from closedloop.sim.patient import PatientSettings, SimulatedPatient, random_script
 
 if TYPE_CHECKING:
@@ -228,6 +228,9 @@ def run_replay_bench(path: str | Path) -> dict[str, float]:
 
     Raises
     ------
+    RecordingDamagedError
+        The recording is cut short or corrupt (``closedloop replay`` refuses it, exit 9):
+        the message has what replay said of the damage.
     InputError
         The check did not pass (the replay is not exact) or the replay failed: the
         message has what it printed.
@@ -241,6 +244,11 @@ def run_replay_bench(path: str | Path) -> dict[str, float]:
     t0 = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
+    if r.returncode == RecordingDamagedError.exit_code:  # as replay says it, and exits
+        raise RecordingDamagedError(
+            f"{path} is damaged, so it is not timed (its replay would stop at the damage): "
+            "give a complete recording. What closedloop replay says of it:\n"
+            f"{r.stdout}{r.stderr}".rstrip())
     if r.returncode != 0 or "check passed" not in r.stdout:
         raise InputError(f"closedloop replay {path} --check did not pass (exit "
                          f"{r.returncode}), so its time means nothing:\n{r.stdout}{r.stderr}")

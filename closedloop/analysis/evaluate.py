@@ -24,7 +24,8 @@ Inputs and where their references come from
   columns ``sample,channel`` (0-based sample index from the first sample of the file)
   or ``time_s,channel`` (seconds from the first sample; converted with the file's
   rate), and optionally ``file`` (the input's file name; rows for other files are
-  skipped, so one labels file can serve many inputs). ``channel`` is a channel name of
+  skipped, so one labels file can serve many inputs, but labels whose every row names
+  another file than the inputs are refused). ``channel`` is a channel name of
   the file, or ``*`` for "any channel": the onsets of all channels are fused (the first
   onset of a cluster, later onsets within ``fuse_gap_s`` = 1 s dropped) before scoring.
 * **closedloop XDF recordings** (``.xdf``, read with
@@ -262,16 +263,9 @@ def write_sim_recording(
     return p if p.suffix == ".npz" else p.with_name(p.name + ".npz")
 
 
-def read_labels(
-    path: str | Path, *, fs: float, channels: Sequence[str], file: str | None = None,
-    n_samples: int | None = None,
-) -> tuple[tuple[int, str], ...]:
-    """Reference onsets from a labels CSV (format in the module docstring).
-
-    Every onset must lie in the recording: a sample index from 0 (and below
-    ``n_samples``, when given), a finite time; anything else is an
-    :class:`~closedloop.errors.InputError` naming the file and line.
-    """
+def _label_rows(path: str | Path) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a labels CSV with their line numbers, keys and values stripped, after
+    checking the header (``sample`` or ``time_s``, and ``channel``)."""
     p = Path(path)
     try:
         with open(p, newline="", encoding="utf-8") as f:
@@ -288,17 +282,51 @@ def read_labels(
             f"{p}: a labels CSV needs a header with 'sample,channel' or 'time_s,channel' "
             f"(and optionally 'file'); it has {header}"
         )
+    return [(i, {k.strip(): (v or "").strip() for k, v in row.items() if k})
+            for i, row in enumerate(rows, start=2)]
+
+
+def labelled_files(path: str | Path) -> list[str] | None:
+    """The file names a labels CSV's ``file`` column gives, in order of first mention;
+    None when a row gives none (that row is for every recording)."""
+    named = [row.get("file", "") for _, row in _label_rows(path)]
+    if not all(named):
+        return None
+    return list(dict.fromkeys(Path(f).name for f in named))
+
+
+def _reference(where: str, sample: int, channel: str, *, shown: tuple[str, str],
+               n: int | None, fs: float, channels: Sequence[str]) -> tuple[int, str]:
+    """One reference onset, checked: ``channel`` is a channel of the recording (or ``*``)
+    and ``sample`` lies in it (from 0, below ``n`` when known). ``where`` names the file
+    (and line), ``shown`` how the file gives the onset and the channel; the messages are
+    the same for a labels CSV and an ``.npz`` truth."""
+    if channel != ANY and channel not in channels:
+        raise InputError(f"{where}: {shown[1]} is not a channel of the recording (its "
+                         f"channels: {', '.join(channels)}; or {ANY!r} for any channel)")
+    if sample < 0 or (n is not None and sample >= n):
+        allowed = ("from 0" if n is None else
+                   f"from 0 to {n - 1} (0 to {(n - 1) / fs:g} s at {fs:g} Hz)")
+        raise InputError(f"{where}: {shown[0]} is outside the recording; expected a sample "
+                         f"index {allowed}")
+    return sample, channel
+
+
+def read_labels(
+    path: str | Path, *, fs: float, channels: Sequence[str], file: str | None = None,
+    n_samples: int | None = None,
+) -> tuple[tuple[int, str], ...]:
+    """Reference onsets from a labels CSV (format in the module docstring).
+
+    Every onset must lie in the recording: a sample index from 0 (and below
+    ``n_samples``, when given), a finite time; anything else is an
+    :class:`~closedloop.errors.InputError` naming the file and line.
+    """
+    p = Path(path)
     lines: dict[tuple[int, str], int] = {}  # each onset -> its line
-    for i, row in enumerate(rows, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+    for i, row in _label_rows(p):
         if file is not None and row.get("file") and Path(row["file"]).name != Path(file).name:
             continue
-        ch = row["channel"]
-        if ch != ANY and ch not in channels:
-            raise InputError(
-                f"{p}:{i}: channel {ch!r} is not in the recording (its channels: "
-                f"{', '.join(channels)}; use {ANY!r} for any channel)"
-            )
         try:
             if row.get("sample"):
                 s = int(row["sample"])
@@ -307,12 +335,9 @@ def read_labels(
                 s = int(round(t * fs)) if math.isfinite(t) else -1
         except (KeyError, ValueError):
             raise InputError(f"{p}:{i}: not a sample index or time in seconds: {row}") from None
-        if s < 0 or (n_samples is not None and s >= n_samples):
-            allowed = ("from 0" if n_samples is None else
-                       f"from 0 to {n_samples - 1} (time_s 0 to {(n_samples - 1) / fs:g} s)")
-            raise InputError(
-                f"{p}:{i}: onset {row.get('sample') or row.get('time_s')} is outside the "
-                f"recording; expected a sample index {allowed}")
+        ch = row["channel"]
+        _reference(f"{p}:{i}", s, ch, n=n_samples, fs=fs, channels=channels,
+                   shown=(f"onset {row.get('sample') or row.get('time_s')}", f"channel {ch!r}"))
         if (s, ch) in lines:  # counted twice, a detector could only ever hit one of them
             raise InputError(f"{p}:{i}: the onset at sample {s} on {ch!r} is already on line "
                              f"{lines[s, ch]}; list each onset once")
@@ -399,16 +424,11 @@ def _npz_truth(path: Path, samples: np.ndarray, channels: np.ndarray,
             f"{path}: 'truth_samples' ({samples.dtype}, shape {samples.shape}) and "
             f"'truth_channels' ({channels.dtype}, shape {channels.shape}) must be two 1-D "
             "arrays of one length: onset sample indices (integers) and channel names")
-    n = len(data.samples)
-    ref = []
-    for k, (sample, ch) in enumerate(zip(samples.tolist(), channels.tolist(), strict=True)):
-        if not 0 <= sample < n:
-            raise InputError(f"{path}: truth_samples[{k}] = {sample} is outside the recording; "
-                             f"expected a sample index from 0 to {n - 1}")
-        if ch != ANY and ch not in data.channels:
-            raise InputError(f"{path}: truth_channels[{k}] = {ch!r} is not a channel of the "
-                             f"recording ({', '.join(data.channels)}, or {ANY!r})")
-        ref.append((int(sample), str(ch)))
+    ref = [_reference(str(path), int(sample), str(ch), n=len(data.samples), fs=data.fs,
+                      channels=data.channels,
+                      shown=(f"truth_samples[{k}] = {sample}", f"truth_channels[{k}] = {ch!r}"))
+           for k, (sample, ch) in enumerate(zip(samples.tolist(), channels.tolist(),
+                                                strict=True))]
     return tuple(sorted(ref))
 
 
@@ -811,6 +831,34 @@ def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "
     return [FileSpec(str(p), fs, lab, truth_label)]
 
 
+def _check_labels_name_a_recording(labels: str | Path, recs: Sequence[Any]) -> None:
+    """Refuse a labels CSV that can give no recording its onsets: its ``file`` column
+    names none of the recording files given (or none is given: labels are for files),
+    which would score every detector against no reference at all.
+
+    Raises
+    ------
+    InputError
+        Listing the files the labels name and the recording files given.
+    """
+    given = list(dict.fromkeys(Path(r.path).name for r in recs if isinstance(r, FileSpec)))
+    named = labelled_files(labels)
+    if given and (not named or set(named) & set(given)):  # None: rows for every file
+        return
+    if not named:  # every row is for every file, and no file is given
+        raise InputError(f"{labels}: --labels gives the onsets of recording files, and none "
+                         "is given (simulated and shared recordings bring their own "
+                         "references); give the recording files the labels are for")
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if names[10:] else "")
+
+    raise InputError(
+        f"{labels}: its 'file' column names {some(named)}: none of the recordings given "
+        f"({some(given) or 'no recording file'}), so no recording would get "
+        "a reference onset; give the recordings it names, or correct its 'file' column "
+        "(the file names of the inputs, e.g. session.xdf)")
+
+
 def _spec_name(spec: Any) -> str:
     if isinstance(spec, Recording):
         return spec.name
@@ -879,6 +927,8 @@ def evaluate(
             for s in _as_spec(item, fs=fs, labels=labels, truth_label=truth_label)]
     if not recs:
         raise InputError("no recordings given")
+    if labels is not None:
+        _check_labels_name_a_recording(labels, recs)
     if cluster:  # the workers open the files themselves: absolute paths
         recs = [FileSpec(str(Path(r.path).resolve()), r.fs,
                          None if r.labels is None else str(Path(r.labels).resolve()),

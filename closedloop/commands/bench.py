@@ -106,8 +106,8 @@ def _replay(args: argparse.Namespace) -> int:
             record_simulated_session(
                 path, bench_config_text(args.channels, args.fs, detector=detector), minutes)
             made = time.perf_counter() - t0
-        elif not path.is_file():
-            raise InputError(f"--file {str(path)!r}: no such recording")
+        else:
+            _check_recording_file(path)
         r = run_replay_bench(path)
     if made is not None:
         r["recorded_in_s"] = made
@@ -126,3 +126,24 @@ def _replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r))
     return 0 if r["check_passed"] else 1
+
+
+def _check_recording_file(path: Path) -> None:
+    """Refuse a ``--file`` that is not one recording file: a folder (naming a few of the
+    recordings it holds) or nothing at all.
+
+    Raises
+    ------
+    InputError
+        ``path`` is a folder, or does not exist.
+    """
+    if path.is_dir():
+        held = sorted(p.name for p in path.glob("*.xdf") if p.is_file())
+        inside = (f" (it holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''})"
+                  if held else " (it holds no .xdf file)")
+        example = path / held[0] if held else Path(path, "session.xdf")
+        raise InputError(f"--file {str(path)!r} is a folder{inside}; give one recording "
+                         f"file (.xdf), e.g. --file {example}")
+    if not path.is_file():
+        raise InputError(f"--file {str(path)!r}: no such recording; give the path of an "
+                         "existing recording file (.xdf)")

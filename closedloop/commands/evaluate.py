@@ -73,8 +73,12 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({"rows": [r.as_dict() for r in rows]}))
     sys.stdout.flush()
     failed = [r for r in rows if r.error]
+    # a recording refused (unreadable, bad labels) fails every detector alike: said once
+    detectors: dict[tuple[str, str], list[str]] = {}
     for r in failed:
-        print(f"closedloop evaluate: {r.recording} ({r.detector}) failed: {r.error}",
+        detectors.setdefault((r.recording, r.error), []).append(r.detector)
+    for (recording, error), names in detectors.items():
+        print(f"closedloop evaluate: {recording} ({', '.join(names)}) failed: {error}",
               file=sys.stderr)
     return 1 if failed else 0
 

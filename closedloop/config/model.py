@@ -146,6 +146,17 @@ class MuscleConfig:
         return self
 
 
+#: What a config's ``name`` must be, as its error states it.
+NAME_RULE = ("a name with at least one character that is not a space (a session's streams, "
+             "recordings and patient records are named after it), e.g. name = \"biceps_triceps\"")
+
+
+
+def _blank(name: str) -> str:
+    """What is wrong with a blank name."""
+    return "it is empty" if not name else "it is only white space"
+
+
 #: The detector of a ``[detector]`` table without ``kind`` (and of :func:`default_config`):
 #: the sequential likelihood-ratio detector, chosen by ``closedloop evaluate --splice``
 #: (the README's detectors section gives the table and why).
@@ -160,7 +171,8 @@ class Config:
     recordings); they are not keys of the file.
     """
 
-    name: Text
+    #: The program's name: a session's streams, recordings and records are named after it.
+    name: Annotated[Text, Check(lambda v: bool(v.strip()), NAME_RULE, why=_blank)]
     description: Text = ""
     #: The patient's pseudonymous id (None: a config not tied to a patient, such as a
     #: shipped program); see :func:`closedloop.identity.check_patient_id`.

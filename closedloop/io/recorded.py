@@ -25,6 +25,21 @@ def with_legacy_kind(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The name a recorded config without one is read with: configs named ``""`` were
+#: accepted before names were checked, and their sessions were named so then
+#: (:meth:`closedloop.identity.SessionId.new`).
+LEGACY_NAME = "session"
+
+
+def _as_recorded(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config's data as the session ran it: :func:`with_legacy_kind`, and a
+    blank name read as :data:`LEGACY_NAME` (the recording stays replayable)."""
+    out = with_legacy_kind(data)
+    if isinstance(out.get("name"), str) and not out["name"].strip():
+        out["name"] = LEGACY_NAME
+    return out
+
+
 def recorded_detector_kind(config_text: str | None, metadata: Mapping[str, Any]) -> str:
     """The detector kind a recording's session ran, from what its session stream holds
     (the resolved config in its metadata, else its config text; :data:`LEGACY_DETECTOR`
@@ -48,7 +63,7 @@ def loads_recorded(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return parse_config(with_legacy_kind(data), source=source, text=text)
+    return parse_config(_as_recorded(data), source=source, text=text)
 
 
 def recorded_config(session: Any, config_path: str | None = None) -> Config:
@@ -59,12 +74,12 @@ def recorded_config(session: Any, config_path: str | None = None) -> Config:
     meta = getattr(session, "metadata", {}) or {}
     source = f"{session.path} (recorded config)"
     if isinstance(meta.get("resolved_config"), dict):
-        return parse_config(with_legacy_kind(meta["resolved_config"]), source=source,
+        return parse_config(_as_recorded(meta["resolved_config"]), source=source,
                             text=session.config_text or "")
     if session.config_text:
         return loads_recorded(session.config_text, source)
     return default_config(session.channels)
 
 
-__all__ = ["LEGACY_DETECTOR", "loads_recorded", "recorded_config", "recorded_detector_kind",
-           "with_legacy_kind"]
+__all__ = ["LEGACY_DETECTOR", "LEGACY_NAME", "loads_recorded", "recorded_config",
+           "recorded_detector_kind", "with_legacy_kind"]

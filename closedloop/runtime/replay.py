@@ -43,6 +43,9 @@ from closedloop.sources.base import Source
 
 EXIT_MISMATCH = 8
 EXIT_DAMAGED = RecordingDamagedError.exit_code  # 9
+#: How long a replay may go without a chunk before it is called a stall, s (the slowest
+#: speed, :data:`closedloop.sources.replay.MIN_SPEED`, keeps a chunk's wait within it).
+WATCHDOG_S = 5.0
 #: Samples per chunk of a replay at full speed (``speed="fast"``): large enough that the
 #: per-chunk work is small beside the per-sample work, small enough to stay in the cache.
 FAST_CHUNK = 16384
@@ -135,7 +138,7 @@ def replay_session(session, config, *, speed: str = "fast", stream: str | None =
                 def status(_line: str) -> None:
                     progress(source.position, session.n)
             return run_loop(config, source, stim,
-                            options=LoopOptions(watchdog_s=5.0, read_timeout_s=0.05,
+                            options=LoopOptions(watchdog_s=WATCHDOG_S, read_timeout_s=0.05,
                                                 status_every_s=0.25, history=None),
                             status=status, effective_sample=RecordedEffect(live),
                             outlets=outlets)

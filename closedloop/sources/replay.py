@@ -29,14 +29,24 @@ from closedloop.errors import ConfigError, RecordingDamagedError
 from closedloop.io.xdf import Session, load_session
 from closedloop.sources.base import Source
 
+#: The slowest replay: 100 times slower than real time. A chunk of the default 20 ms of
+#: samples then waits 2 s, within the 5 s watchdog of ``closedloop replay``
+#: (:data:`closedloop.runtime.replay.WATCHDOG_S`), and a minute of recording takes 100
+#: minutes; slower, a replay would be called a stall or take absurdly long.
+MIN_SPEED = 0.01
+#: What a replay speed may be, as every message and ``--help`` say it.
+SPEED_RULE = (f"'fast', 'realtime' or a factor of real time from {MIN_SPEED:g} (100 times "
+              "slower) upward, e.g. 2")
+
 
 def parse_speed(speed: str | float) -> float:
-    """``"fast"`` -> inf, ``"realtime"`` -> 1.0, a positive number -> itself.
+    """``"fast"`` (or infinity) -> inf, ``"realtime"`` -> 1.0, a number from
+    :data:`MIN_SPEED` -> itself.
 
     Raises
     ------
     ConfigError
-        Anything else.
+        Anything else: not a number, not above 0, NaN, or below :data:`MIN_SPEED`.
     """
     if isinstance(speed, str):
         text = speed.strip().lower()
@@ -50,11 +60,12 @@ def parse_speed(speed: str | float) -> float:
             value = math.nan
     else:
         value = float(speed)
-    if not (value > 0) or math.isnan(value):
-        raise ConfigError(
-            f"replay speed {speed!r} is not allowed; expected 'fast', 'realtime' or a "
-            "positive number (times real time)"
-        )
+    if not value >= MIN_SPEED:  # NaN too
+        why = (f": slower than {MIN_SPEED:g}, a replay waits so long for each chunk that "
+               "its watchdog calls it a stall (or it takes absurdly long: at "
+               f"{MIN_SPEED:g} a minute of recording replays in {1 / MIN_SPEED:g} minutes)"
+               if 0 < value < MIN_SPEED else "")
+        raise ConfigError(f"replay speed {speed!r} is not allowed{why}; expected {SPEED_RULE}")
     return value
 
 

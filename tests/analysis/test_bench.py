@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from closedloop.analysis.bench import run_bench
+from closedloop.errors import InputError, RecordingDamagedError
 
 
 @pytest.mark.parametrize("detector", ["threshold", "cusum"])
@@ -124,3 +125,35 @@ def test_bench_replay_times_this_closedloop_from_a_folder_holding_another(tmp_pa
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["check_passed"]
+
+
+def test_bench_replay_file_refuses_a_folder_saying_to_give_one_recording(tmp_path):
+    """``--file FOLDER`` is not "no such recording": it is a folder, and the message says
+    to give one .xdf file (naming what the folder holds)."""
+    (tmp_path / "monday.xdf").write_bytes(b"")
+    r = subprocess.run(["closedloop", "bench", "--replay", "--file", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == InputError.exit_code, r.stderr
+    assert "is a folder" in r.stderr and "give one recording file (.xdf)" in r.stderr
+    assert "monday.xdf" in r.stderr and "no such" not in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_bench_replay_of_a_damaged_recording_exits_as_replay_does(tmp_path):
+    """A cut-short recording: ``closedloop replay`` refuses it with exit 9 (damaged), and
+    ``bench --replay --file`` exits 9 too, saying it is damaged (TRUNCATED, with what
+    replay says of it), not 7 as if the file could not be read."""
+    from tests.conftest import ROOT
+
+    whole = (ROOT / "recordings" / "sim_biceps_triceps.xdf").read_bytes()
+    cut = tmp_path / "cut.xdf"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    replay = subprocess.run(["closedloop", "replay", str(cut)], capture_output=True,
+                            text=True, timeout=120)
+    bench = subprocess.run(["closedloop", "bench", "--replay", "--file", str(cut)],
+                           capture_output=True, text=True, timeout=120)
+    assert replay.returncode == RecordingDamagedError.exit_code, replay.stdout + replay.stderr
+    assert bench.returncode == replay.returncode, bench.stderr
+    for said in (replay.stdout + replay.stderr, bench.stderr):
+        assert "TRUNCATED" in said and "Traceback" not in said
+    assert "is damaged" in bench.stderr and "give a complete recording" in bench.stderr

@@ -1,13 +1,16 @@
 """``closedloop evaluate`` as a command: the table and its JSON line, a failing file
-reported while the others are scored, and the ``--seeds`` of ``--splice``."""
+reported while the others are scored (once, whatever the number of detectors), labels
+that name none of the recordings given, and the ``--seeds`` of ``--splice``."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import subprocess
 from argparse import Namespace
 
+import numpy as np
 import pytest
 
 from closedloop.analysis import evaluate as ev
@@ -67,3 +70,76 @@ def test_seeds():
         parse_seeds("a-b")
     with pytest.raises(InputError, match="seeds"):
         parse_seeds("5-2")
+
+
+def closedloop(cwd, *args: str) -> subprocess.CompletedProcess:
+    """The installed command, output to a pipe."""
+    return subprocess.run(["closedloop", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def two_channels(path, **arrays) -> None:
+    """An .npz recording of channels a, b: 24000 samples at 2 kHz (12 s)."""
+    np.savez(path, emg=np.random.default_rng(1).normal(0, 1, (24000, 2)), fs=2000.0,
+             channels=np.array(["a", "b"]), **{k: np.array(v) for k, v in arrays.items()})
+
+
+def test_labels_that_name_none_of_the_recordings_given_are_refused(tmp_path):
+    """Labels whose 'file' column names other recordings gave every detector 0 references
+    and exit 0, in silence: refused (exit 7, as unusable input), listing what the labels
+    name and what was given; labels without a 'file' column for simulated recordings
+    only (which bring their own references) too."""
+    two_channels(tmp_path / "monday.npz")
+    (tmp_path / "labels.csv").write_text(
+        "sample,channel,file\n1000,a,tuesday.npz\n5000,b,wednesday.npz\n")
+    r = closedloop(tmp_path, "evaluate", "monday.npz", "--labels", "labels.csv", "--jobs", "1",
+                   "--detector", "threshold")
+    assert r.returncode == InputError.exit_code, r.stdout + r.stderr
+    assert "its 'file' column names tuesday.npz, wednesday.npz: none of the recordings " \
+           "given (monday.npz)" in r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    (tmp_path / "any.csv").write_text("sample,channel\n1000,biceps\n")
+    r = closedloop(tmp_path, "evaluate", "--simulate", "10", "--minutes", "0.1", "--labels",
+                   "any.csv", "--jobs", "1", "--detector", "threshold")
+    assert r.returncode == InputError.exit_code, r.stdout + r.stderr
+    assert "any.csv: --labels gives the onsets of recording files, and none is given" in \
+        r.stderr and r.stdout == ""
+    # the labels name one of the recordings: both scored, the other with no reference
+    two_channels(tmp_path / "tuesday.npz")
+    r = closedloop(tmp_path, "evaluate", "monday.npz", "tuesday.npz", "--labels", "labels.csv",
+                   "--jobs", "1", "--detector", "reference", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    refs = {row["recording"]: row["n_reference"] for row in csv.DictReader(io.StringIO(r.stdout))}
+    assert refs["monday.npz"] == "0" and refs["tuesday.npz"] == "1"
+
+
+def test_a_refused_recording_is_said_once_whatever_the_number_of_detectors(tmp_path):
+    two_channels(tmp_path / "monday.npz")
+    (tmp_path / "labels.csv").write_text("sample,channel\n99999999,a\n")
+    r = closedloop(tmp_path, "evaluate", "monday.npz", "--labels", "labels.csv", "--jobs", "1",
+                   "--detector", "threshold", "--detector", "tkeo", "--detector", "cusum")
+    assert r.returncode == 1, r.stderr  # the run failed: a recording could not be scored
+    assert r.stderr.count("onset 99999999 is outside the recording") == 1, r.stderr
+    assert "monday.npz (threshold, tkeo, cusum) failed: labels.csv:2: onset 99999999" in \
+        r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"), [("sample", ("onset 24000", "truth_samples[0] = 24000")),
+                       ("channel", ("channel 'zz'", "truth_channels[0] = 'zz'"))])
+def test_labels_and_a_stored_truth_are_refused_in_the_same_words(tmp_path, bad, shown):
+    """An onset beyond the end (or on a channel the recording lacks) in a labels CSV and in
+    an .npz's stored truth: one check, so one sentence but for how each file gives it."""
+    sample, channel = (24000, "a") if bad == "sample" else (100, "zz")
+    two_channels(tmp_path / "labelled.npz")
+    (tmp_path / "labels.csv").write_text(f"sample,channel\n{sample},{channel}\n")
+    two_channels(tmp_path / "stored.npz", truth_samples=[sample], truth_channels=[channel])
+    said = []
+    for args in (["labelled.npz", "--labels", "labels.csv"], ["stored.npz"]):
+        r = closedloop(tmp_path, "evaluate", *args, "--jobs", "1", "--detector", "threshold")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        said.append(r.stderr.strip().splitlines()[-1].split(" failed: ", 1)[1])
+    expected = ("is outside the recording; expected a sample index from 0 to 23999 (0 to "
+                "11.9995 s at 2000 Hz)" if bad == "sample" else
+                "is not a channel of the recording (its channels: a, b; or '*' for any channel)")
+    assert said == [f"labels.csv:2: {shown[0]} {expected}", f"stored.npz: {shown[1]} {expected}"]

@@ -199,3 +199,42 @@ def test_two_muscles_on_one_emg_channel_are_refused(triceps):
     with pytest.raises(ConfigError) as err:
         config.columns(["biceps", "triceps"], "amp")
     assert "muscles 'biceps' and 'triceps' both read channel 'biceps' of 'amp'" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"], ids=["empty", "spaces", "tab"])
+def test_a_blank_config_name_is_refused_at_load_by_the_command(tmp_path, name):
+    """``name = ""`` (or only white space) names no program: the installed command refuses
+    the config before anything runs, naming the file, the key and what is expected."""
+    import subprocess
+
+    text = SHIPPED.read_text().replace('name = "biceps_triceps"', f"name = {json.dumps(name)}",
+                                       1)
+    assert text != SHIPPED.read_text()
+    path = tmp_path / "blank.toml"
+    path.write_text(text)
+    r = subprocess.run(["closedloop", "run", "--config", str(path), "--no-gui", "--no-outlets",
+                        "--quiet", "--duration", "1"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    said = r.stdout + r.stderr
+    assert r.returncode == ConfigError.exit_code, said
+    assert f"blank.toml: name = {name!r} is not allowed" in said, said
+    assert "at least one character that is not a space" in said and words_of_closedloop(said)
+    assert not list(tmp_path.glob("*.xdf"))  # nothing ran, nothing was recorded
+
+
+def test_a_recording_made_with_a_blank_name_still_reads_its_config():
+    """Configs named "" were accepted before names were checked: their recordings' configs
+    (resolved, or as TOML text in older recordings) still read, named 'session' as their
+    sessions were, so those recordings stay replayable."""
+    from types import SimpleNamespace
+
+    from closedloop.io.recorded import LEGACY_NAME, recorded_config
+
+    resolved = json.loads(json.dumps(load_config(SHIPPED).resolved))
+    text = SHIPPED.read_text().replace('name = "biceps_triceps"', 'name = " "', 1)
+    for metadata, config_text in (({"resolved_config": {**resolved, "name": ""}}, ""),
+                                  ({}, text)):
+        old = SimpleNamespace(path=Path("old.xdf"), metadata=metadata, config_text=config_text)
+        config = recorded_config(old)
+        assert config.name == LEGACY_NAME == "session"
+        assert config.muscle_names == ("biceps", "triceps")

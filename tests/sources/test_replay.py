@@ -130,7 +130,7 @@ def test_bad_arguments() -> None:
     assert parse_speed("realtime") == 1.0
     assert parse_speed("2.5") == 2.5
     for bad in ("slow", "0", "-1", "nan"):
-        with pytest.raises(ConfigError, match="fast', 'realtime' or a positive number"):
+        with pytest.raises(ConfigError, match="fast', 'realtime' or a factor of real time"):
             parse_speed(bad)
     with pytest.raises(ConfigError, match="chunk_size"):
         ReplaySource("x.xdf", chunk_size=0)
