@@ -151,7 +151,6 @@ NAME_RULE = ("a name with at least one character that is not a space (a session'
              "recordings and patient records are named after it), e.g. name = \"biceps_triceps\"")
 
 
-
 def _blank(name: str) -> str:
     """What is wrong with a blank name."""
     return "it is empty" if not name else "it is only white space"
