@@ -29,10 +29,9 @@ from closedloop.errors import ConfigError, RecordingDamagedError
 from closedloop.io.xdf import Session, load_session
 from closedloop.sources.base import Source
 
-#: The slowest replay: 100 times slower than real time. A chunk of the default 20 ms of
-#: samples then waits 2 s, within the 5 s watchdog of ``closedloop replay``
-#: (:data:`closedloop.runtime.replay.WATCHDOG_S`), and a minute of recording takes 100
-#: minutes; slower, a replay would be called a stall or take absurdly long.
+#: The slowest replay: 100 times slower than real time, where a minute of recording takes
+#: 100 minutes. Slower is not a replay anyone means, and far slower (1e-300) no sample
+#: would fall due before the watchdog called the replay a stall.
 MIN_SPEED = 0.01
 #: What a replay speed may be, as every message and ``--help`` say it.
 SPEED_RULE = (f"'fast', 'realtime' or a factor of real time from {MIN_SPEED:g} (100 times "
@@ -61,9 +60,9 @@ def parse_speed(speed: str | float) -> float:
     else:
         value = float(speed)
     if not value >= MIN_SPEED:  # NaN too
-        why = (f": slower than {MIN_SPEED:g}, a replay waits so long for each chunk that "
-               "its watchdog calls it a stall (or it takes absurdly long: at "
-               f"{MIN_SPEED:g} a minute of recording replays in {1 / MIN_SPEED:g} minutes)"
+        why = (f": slower than {MIN_SPEED:g} a replay takes absurdly long (at {MIN_SPEED:g} a "
+               f"minute of recording replays in {1 / MIN_SPEED:g} minutes), and far slower "
+               "no sample falls due before its watchdog calls it a stall"
                if 0 < value < MIN_SPEED else "")
         raise ConfigError(f"replay speed {speed!r} is not allowed{why}; expected {SPEED_RULE}")
     return value
@@ -195,10 +194,14 @@ class ReplaySource(Source):
         return self._pos
 
     def read(self, timeout: float) -> Chunk | None:
-        """Next chunk, or None if none is due within ``timeout`` or the file is done.
+        """Next chunk, or None if no sample is due within ``timeout`` or the file is done.
 
-        At the end of the recording it waits ``timeout`` (interruptibly) and returns
-        None; check :attr:`exhausted`.
+        Paced (a finite speed), a chunk is delivered when its last sample is due; when
+        that is more than ``timeout`` away (a slow replay), the samples due by the end
+        of ``timeout`` are delivered then, as an amplifier delivers what it has: the
+        loop sees data as often as its watchdog needs, and the decisions, which do not
+        depend on the chunking, are the same. At the end of the recording it waits
+        ``timeout`` (interruptibly) and returns None; check :attr:`exhausted`.
         """
         if not self.is_open or self.session is None:
             raise RuntimeError(f"ReplaySource {self.path.name}: open() it before read()")
@@ -213,12 +216,15 @@ class ReplaySource(Source):
                 self._t_start = now
             due = self._t_start + stop / (s.fs * self.speed)
             wait = due - now
-            if wait > 0:
-                if wait > timeout:
-                    self._stop.wait(max(0.0, timeout))
+            if wait > timeout:  # not all due in time: what is due by then
+                if self._stop.wait(max(0.0, timeout)):
                     return None
-                if self._stop.wait(wait):
+                due_n = (time.perf_counter() - self._t_start) * s.fs * self.speed
+                stop = min(stop, int(math.floor(due_n)))
+                if stop <= self._pos:
                     return None
+            elif wait > 0 and self._stop.wait(wait):
+                return None
         start, self._pos = self._pos, stop
         counter = _counter(s, start, stop)
         return Chunk(
