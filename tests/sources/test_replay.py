@@ -118,11 +118,14 @@ def test_realtime_pacing_follows_the_clock(live: Live) -> None:
     assert got == n
     assert min(lags) > -0.005
     assert elapsed == pytest.approx(n / (live.fs * speed), abs=0.08)
-    # a short timeout returns None instead of waiting past it
+    # a short timeout does not wait past it: it gives the samples due by then, in order
     with ReplaySource(live.path, speed="realtime", chunk_size=250) as slow:
         t = time.perf_counter()
-        assert slow.read(0.05) is None
-        assert time.perf_counter() - t < 0.2
+        part = slow.read(0.05)
+        waited = time.perf_counter() - t
+        assert part is not None and 0 < part.n < 250 and waited < 0.2
+        assert part.n <= (waited + 0.005) * live.fs  # none before it is due
+        assert np.array_equal(part.samples, live.samples[: part.n], equal_nan=True)
 
 
 def test_bad_arguments() -> None:
