@@ -297,6 +297,19 @@ def _header_ceil(v: float) -> float:
     raise InputError(f"a sample of {v:g} uV is too large for a BDF header (at most 9999999)")
 
 
+def _peaks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of ``x`` (n, n_channels; uV): ``max|x|`` (NaN if a NaN is there), and
+    whether every sample is plausible by the quick test (finite, no wider than
+    ``PLAUSIBLE_FLOOR_UV`` peak to peak, within ``HEADER_MAX_UV``): two reductions."""
+    lo, hi = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for k in range(x.shape[1]):  # a column at a time: twice as fast as along axis 0
+        col = np.ascontiguousarray(x[:, k])
+        lo[k], hi[k] = col.min(), col.max()  # NaN where a NaN is
+    with np.errstate(invalid="ignore"):
+        peak = np.maximum(hi, -lo)
+        return peak, (hi - lo <= PLAUSIBLE_FLOOR_UV) & (peak <= HEADER_MAX_UV)
+
+
 def plausible(x: np.ndarray, path: Any = "", labels: Sequence[str] = ()) -> np.ndarray:
     """Where the samples ``x`` (n, n_channels; microvolts) are plausible EMG: finite, within
     ``HEADER_MAX_UV``, and within ``max(PLAUSIBLE_MADS * MAD, PLAUSIBLE_FLOOR_UV)`` of their
@@ -310,11 +323,8 @@ def plausible(x: np.ndarray, path: Any = "", labels: Sequence[str] = ()) -> np.n
         them, are beyond what a BDF holds (the stream's unit is wrong, most likely).
     """
     x = np.asarray(x, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.min(x, axis=0), np.max(x, axis=0)  # NaN where a NaN is
-        quick = (hi - lo <= PLAUSIBLE_FLOOR_UV) & (np.maximum(hi, -lo) <= HEADER_MAX_UV)
     ok = np.ones(x.shape, dtype=bool)
-    for c in np.flatnonzero(~quick):  # the usual case (every |x| < 0.1 V) skips this
+    for c in np.flatnonzero(~_peaks(x)[1]):  # the usual case (every |x| < 0.1 V) skips this
         col = x[:, c]
         fin = np.isfinite(col)
         if not fin.any():
@@ -580,19 +590,24 @@ def export_session(session: Any, task: ExportTask) -> Exported:
     if session.received is not session.samples:
         with np.errstate(over="ignore", invalid="ignore"):
             raw = np.asarray(session.received, dtype=np.float64) * scale
-    ok = plausible(raw, task.path, session.channels)
-    nonfinite = ~np.isfinite(raw)
-    clipped = ~ok & ~nonfinite
-    tops = []
-    for k in range(nch):
-        good = x[:, k] if ok[:, k].all() else x[ok[:, k], k]
-        tops.append(_header_ceil(float(np.max(np.abs(good), initial=0.0)) * (1 + 1e-9)))
-    replaced = [Replaced(labels[k], int(np.count_nonzero(clipped[:, k])),
-                         int(np.count_nonzero(nonfinite[:, k])), tops[k])
-                for k in range(nch) if not ok[:, k].all()]
-    if replaced:  # what the BDF can hold: NaN/inf held, the implausible values clipped
+    peaks, clean = _peaks(raw)
+    replaced: list[Replaced] = []
+    bad: list[dict[str, Any]] = []  # the BAD_nonfinite and BAD_clipped events
+    if clean.all():  # the usual case: no mask of the whole recording
+        tops = [_header_ceil(float(p) * (1 + 1e-9)) for p in peaks]
+    else:
+        ok = plausible(raw, task.path, session.channels)
+        nonfinite = ~np.isfinite(raw)
+        clipped = ~ok & ~nonfinite
+        tops = [_header_ceil(float(np.max(np.abs(x[ok[:, k], k]), initial=0.0)) * (1 + 1e-9))
+                for k in range(nch)]
+        replaced = [Replaced(labels[k], int(np.count_nonzero(clipped[:, k])),
+                             int(np.count_nonzero(nonfinite[:, k])), tops[k])
+                    for k in range(nch) if not ok[:, k].all()]
+        # what the BDF can hold: NaN/inf held, the implausible values clipped
         top = np.asarray(tops)
         x = np.where(ok, x, np.clip(np.where(nonfinite, x, raw), -top, top))
+        bad = _bad_stretches(raw, x, nonfinite, clipped, session.channels, fs)
     first = int(session.counter[0]) if session.counter is not None and len(session.counter) else 0
     rec_s = _record_duration(fs)
     per_record = int(round(rec_s * fs))
@@ -606,9 +621,8 @@ def export_session(session: Any, task: ExportTask) -> Exported:
             physical_dimension="uV", physical_range=(-tops[k], tops[k]),
             digital_range=(_DMIN, _DMAX)))
     events = session_events(session, first, n, fs)
-    if replaced:
-        events += _bad_stretches(raw, x, nonfinite, clipped, session.channels, fs)
-        events.sort(key=event_order)
+    if bad:
+        events = sorted(events + bad, key=event_order)
     if pad:
         events.append({"onset": n / fs, "duration": pad / fs, "trial_type": "BAD_ACQ_SKIP",
                        "value": "BAD_ACQ_SKIP", "sample": n})
