@@ -40,12 +40,12 @@ recording holds; where it holds what no BDF can (a broken amplifier's NaN, ±inf
 * a finite sample is **implausible** when it lies farther from its channel's median
   than ``PLAUSIBLE_MADS`` (1e5) times the channel's median absolute deviation, and
   farther than ``PLAUSIBLE_FLOOR_UV`` (100 mV), or beyond what a BDF header can hold
-  (±9999999 uV): a knock of 1e10, a driver's garbage. It does not set the range (a
-  single 1e10 would leave the real EMG a resolution of 1e3 V) and is written clipped to
-  the range (the BDF's own way of saying "beyond": the digital minimum or maximum).
-  Real EMG, electrode knocks of millivolts and stimulation artifacts of hundreds of
-  millivolts stay far inside: in the public recordings in ``shared/data`` and the
-  shipped one, no sample lies beyond 115 median deviations. At worst a plausible
+  (±9999999 uV): a knock of 1e10 V, a driver's garbage. It does not set the range (a
+  single 1e10 V, could a header hold it, would leave the real EMG a resolution of
+  1000 V) and is written clipped to the range's limits, with its sign. Real EMG,
+  electrode knocks of millivolts and stimulation artifacts stay inside (anything within
+  100 mV of the median always does): in the public recordings in ``shared/data`` and
+  the shipped one, no sample lies beyond 115 median deviations. At worst a plausible
   sample at the bound sets a resolution of 1/80 of the channel's median deviation.
 
 Each such stretch (one channel, one kind, consecutive samples) is an event
