@@ -3,7 +3,8 @@
 Parse, plan where each recording goes (:class:`~closedloop.io.bids.BidsTarget`), refuse
 before writing anything if a target file exists, write the dataset-level files, export
 every recording through :func:`closedloop.runtime.batch.run_batch` (all local cores, or
-``--cluster``) and print one line per recording, in input order. Several recordings of
+``--cluster``) and print one line per recording, in input order (and one more per
+channel whose NaN/inf or implausible samples the BDF holds filled or clipped). Several recordings of
 one subject, session and task get runs 1, 2, ... (or from ``--run``). A recording that
 fails is reported; the others are still exported, and the exit code is the worst
 failure's (:data:`closedloop.errors.EXIT_CODES`: 7 a recording that cannot be read, 9 a
@@ -94,4 +95,6 @@ def main(args) -> int:
         print(f"{arg}: {e.channels} channel(s), {e.duration_s:.1f} s at {e.fs:g} Hz, "
               f"{e.events} events -> {task.target.path('emg.bdf')}{pad} "
               f"({e.duration_s / e.seconds:.0f}x real time)")
+        for r in e.replaced:  # what the BDF could not hold as recorded
+            print(f"  {r.label}: {r.describe()}")
     return rc

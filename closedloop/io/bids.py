@@ -28,16 +28,38 @@ opens the path itself and is fed sample blocks channel by channel).
 
 Samples and resolution
 ----------------------
-Each channel's physical range is symmetric, ``±max|x|`` rounded up to what the 8
-characters of the header can hold, so no sample is clipped; a value is stored to
-``2 max|x| / (2**24 - 1)`` (e.g. 0.0002 uV for a channel peaking at 2 mV) and read back
-within half of that. The samples are the ones the live detector saw (NaN/inf held at
-the channel's last finite value, as the input checks did; the recording's
-``input_issue`` markers, exported as events, say where). Data records last 1 s (or the
-shortest whole number of seconds holding a whole number of samples); a recording that
-does not fill its last record is padded with its last values, and an event
-``BAD_ACQ_SKIP`` marks the padding (MNE's convention), so the first ``n`` samples are
-exactly the recording and ``RecordingDuration`` is its true length.
+Each channel's physical range is symmetric, ``±max|x|`` over its **plausible** samples,
+rounded up to what the 8 characters of the header can hold, so no plausible sample is
+clipped; a value is stored to ``2 max|x| / (2**24 - 1)`` (e.g. 0.0002 uV for a channel
+peaking at 2 mV) and read back within half of that. The samples are the ones the
+recording holds; where it holds what no BDF can (a broken amplifier's NaN, ±inf or
+1e10), the export writes something else and says so:
+
+* **NaN and ±inf** (non-finite) are written as the channel's last finite value (0
+  before the first), as the session's input checks held them for the detectors;
+* a finite sample is **implausible** when it lies farther from its channel's median
+  than ``PLAUSIBLE_MADS`` (1e5) times the channel's median absolute deviation, and
+  farther than ``PLAUSIBLE_FLOOR_UV`` (100 mV), or beyond what a BDF header can hold
+  (±9999999 uV): a knock of 1e10 V, a driver's garbage. It does not set the range (a
+  single 1e10 V, could a header hold it, would leave the real EMG a resolution of
+  1000 V) and is written clipped to the range's limits, with its sign. Real EMG,
+  electrode knocks of millivolts and stimulation artifacts stay inside (anything within
+  100 mV of the median always does): in the public recordings in ``shared/data`` and
+  the shipped one, no sample lies beyond 115 median deviations. At worst a plausible
+  sample at the bound sets a resolution of 1/80 of the channel's median deviation.
+
+Each such stretch (one channel, one kind, consecutive samples) is an event
+``BAD_nonfinite`` or ``BAD_clipped`` (MNE leaves annotations starting with ``BAD_`` out
+of its analyses) whose ``details`` say what was there (how many NaN, +inf, -inf; the
+smallest and largest value, in uV) and what was written; ``*_emg.json``
+(``ReplacedSamples``), ``*_channels.tsv`` (``status_description``) and the export's
+printed line give the counts per channel. A recording without such samples is
+exported exactly as before: none of these appear. The recording's ``input_issue``
+markers, exported as events, say what the session's checks made of them. Data records
+last 1 s (or the shortest whole number of seconds holding a whole number of samples); a
+recording that does not fill its last record is padded with its last values, and an
+event ``BAD_ACQ_SKIP`` marks the padding (MNE's convention), so the first ``n`` samples
+are exactly the recording and ``RecordingDuration`` is its true length.
 
 Events
 ------
@@ -54,6 +76,8 @@ Onsets are ``sample / fs`` from the first sample of the file (``sample`` is that
   ``miss``, ``truth`` (simulated true onsets), ``input_issue``, ``channel_restart``
   (a muscle's channel restarted after a bad stretch), ``stop_request``..., with their
   other fields as JSON in ``details``;
+* ``BAD_nonfinite``, ``BAD_clipped``: samples the BDF could not hold as recorded
+  (above);
 * ``BAD_ACQ_SKIP``: the padding of the last data record, if any.
 
 ``value`` is ``trial_type/muscle`` (or ``trial_type``), the text of the matching BDF+
@@ -91,6 +115,13 @@ _DMIN, _DMAX = -(2**23), 2**23 - 1
 UNIT_SCALE = {"v": 1e6, "volt": 1e6, "volts": 1e6, "mv": 1e3, "millivolt": 1e3,
               "uv": 1.0, "µv": 1.0, "μv": 1.0, "microvolt": 1.0, "microvolts": 1.0}
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+#: A finite sample farther than this many median absolute deviations from its channel's
+#: median (and farther than :data:`PLAUSIBLE_FLOOR_UV`) is not EMG (module docstring).
+PLAUSIBLE_MADS = 1e5
+#: Within this many microvolts of its channel's median a sample is always plausible.
+PLAUSIBLE_FLOOR_UV = 1e5
+#: The largest magnitude (uV) whose range still fits the 8 characters of a BDF header.
+HEADER_MAX_UV = 9_999_998.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +175,39 @@ class ExportTask:
     emg_units: str | None = None
 
 
+@dataclass(frozen=True)
+class Replaced:
+    """Samples of one channel the BDF could not hold as recorded (module docstring).
+
+    Attributes
+    ----------
+    label : str
+        The BDF channel label.
+    clipped : int
+        Implausible finite samples, written clipped to the physical range.
+    filled : int
+        NaN/inf samples, written as the last finite value.
+    limit_uv : float
+        The channel's physical range is ``±limit_uv``.
+    """
+
+    label: str
+    clipped: int
+    filled: int
+    limit_uv: float
+
+    def describe(self) -> str:
+        """What was written instead, for a person (channels.tsv, the printed line)."""
+        parts = []
+        if self.clipped:
+            parts.append(f"{self.clipped} sample(s) beyond the plausible range clipped to "
+                         f"±{self.limit_uv:g} uV (BAD_clipped events)")
+        if self.filled:
+            parts.append(f"{self.filled} NaN/inf sample(s) written as the last finite value "
+                         "(BAD_nonfinite events)")
+        return "; ".join(parts)
+
+
 @dataclass
 class Exported:
     """What :func:`export_recording` wrote."""
@@ -159,6 +223,8 @@ class Exported:
     #: what is damaged in a cut-short or corrupt recording (only its intact part is
     #: exported); empty for a whole one
     damage: str = ""
+    #: channels with samples the BDF could not hold as recorded (module docstring)
+    replaced: list[Replaced] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -231,6 +297,83 @@ def _header_ceil(v: float) -> float:
     raise InputError(f"a sample of {v:g} uV is too large for a BDF header (at most 9999999)")
 
 
+def _peaks(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel of ``x`` (n, n_channels; uV): ``max|x|`` (NaN if a NaN is there), and
+    whether every sample is plausible by the quick test (finite, no wider than
+    ``PLAUSIBLE_FLOOR_UV`` peak to peak, within ``HEADER_MAX_UV``): two reductions."""
+    lo, hi = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for k in range(x.shape[1]):  # a column at a time: twice as fast as along axis 0
+        col = np.ascontiguousarray(x[:, k])
+        lo[k], hi[k] = col.min(), col.max()  # NaN where a NaN is
+    with np.errstate(invalid="ignore"):
+        peak = np.maximum(hi, -lo)
+        return peak, (hi - lo <= PLAUSIBLE_FLOOR_UV) & (peak <= HEADER_MAX_UV)
+
+
+def plausible(x: np.ndarray, path: Any = "", labels: Sequence[str] = ()) -> np.ndarray:
+    """Where the samples ``x`` (n, n_channels; microvolts) are plausible EMG: finite, within
+    ``HEADER_MAX_UV``, and within ``max(PLAUSIBLE_MADS * MAD, PLAUSIBLE_FLOOR_UV)`` of their
+    channel's median (MAD: the median absolute deviation from it; both over the finite
+    samples). The module docstring says why.
+
+    Raises
+    ------
+    InputError
+        Most of a channel's finite samples are implausible: its values, not a few of
+        them, are beyond what a BDF holds (the stream's unit is wrong, most likely).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ok = np.ones(x.shape, dtype=bool)
+    for c in np.flatnonzero(~_peaks(x)[1]):  # the usual case (every |x| < 0.1 V) skips this
+        col = x[:, c]
+        fin = np.isfinite(col)
+        if not fin.any():
+            ok[:, c] = False
+            continue
+        med = float(np.median(col[fin]))
+        bound = max(PLAUSIBLE_MADS * float(np.median(np.abs(col[fin] - med))),
+                    PLAUSIBLE_FLOOR_UV)
+        with np.errstate(invalid="ignore"):
+            ok[:, c] = (np.abs(col - med) <= bound) & (np.abs(col) <= HEADER_MAX_UV)
+        if 2 * np.count_nonzero(ok[:, c]) < np.count_nonzero(fin):
+            name = labels[c] if c < len(labels) else f"column {c}"
+            raise InputError(
+                f"{path}: channel {name}: most of its values (median {med:g} uV) are beyond "
+                f"what a BDF can hold (±{HEADER_MAX_UV:.0f} uV): the stream's unit is "
+                "probably wrong; give it with --emg-units V|mV|uV")
+    return ok
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of True in the 1-d ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def _bad_stretches(raw: np.ndarray, written: np.ndarray, nonfinite: np.ndarray,
+                   clipped: np.ndarray, channels: Sequence[str],
+                   fs: float) -> list[dict[str, Any]]:
+    """The ``BAD_nonfinite`` and ``BAD_clipped`` events (module docstring): one per
+    channel, kind and run of consecutive samples; ``raw`` what was recorded (uV),
+    ``written`` what the BDF holds."""
+    rows: list[dict[str, Any]] = []
+    for c, muscle in enumerate(channels):
+        for kind, mask in (("BAD_nonfinite", nonfinite[:, c]), ("BAD_clipped", clipped[:, c])):
+            for a, b in _runs(mask):
+                seen = raw[a:b, c]
+                if kind == "BAD_nonfinite":
+                    what = {"nan": int(np.count_nonzero(np.isnan(seen))),
+                            "+inf": int(np.count_nonzero(np.isposinf(seen))),
+                            "-inf": int(np.count_nonzero(np.isneginf(seen)))}
+                else:
+                    what = {"min_uv": float(seen.min()), "max_uv": float(seen.max())}
+                what["written_uv"] = sorted({float(v) for v in written[a:b, c]})
+                rows.append({"onset": a / fs, "duration": (b - a) / fs, "trial_type": kind,
+                             "value": f"{kind}/{muscle}", "sample": a, "muscle": muscle,
+                             "details": json.dumps(what, sort_keys=True)})
+    return rows
+
+
 def _record_duration(fs: float) -> int:
     """Seconds per data record: the fewest (1-10) holding a whole number of samples."""
     for d in range(1, 11):
@@ -300,8 +443,14 @@ def session_events(session: Any, first: int, n: int, fs: float) -> list[dict[str
         muscle = str(fields.pop("muscle", "") or "")
         add(m.label, sample, muscle,
             details=json.dumps(fields, sort_keys=True, default=str) if fields else None)
-    rows.sort(key=lambda r: (r["sample"], r["trial_type"], r["value"]))
+    rows.sort(key=event_order)
     return rows
+
+
+def event_order(row: dict[str, Any]) -> tuple[int, float, str, str]:
+    """Rows of ``events.tsv`` in order of sample, then duration (the order MNE gives
+    the BDF+ annotations), then kind."""
+    return row["sample"], row["duration"], row["trial_type"], row["value"]
 
 
 EVENTS_JSON: dict[str, Any] = {
@@ -329,6 +478,11 @@ EVENTS_JSON: dict[str, Any] = {
                                "the detector's conditioning) after a bad stretch, just "
                                "before this sample.",
             "stop_request": "A STOP request arrived (details: who sent it).",
+            "BAD_nonfinite": "The recording holds NaN/inf here (details: how many of "
+                             "each); the BDF holds the channel's last finite value.",
+            "BAD_clipped": "The recording holds values beyond the channel's plausible "
+                           "range here (details: the smallest and largest, in uV); the "
+                           "BDF holds them clipped to its physical range.",
             "BAD_ACQ_SKIP": "Padding of the last data record (not recorded data).",
         },
     },
@@ -424,28 +578,51 @@ def export_session(session: Any, task: ExportTask) -> Exported:
     if not fs > 0:
         raise InputError(f"{task.path}: the EMG stream has no nominal rate; BDF needs one")
     scale = microvolts_per_unit(session.units, task.path, task.emg_units)
-    x = np.asarray(session.samples, dtype=np.float64) * scale
-    n, nch = x.shape
+    x = np.asarray(session.samples, dtype=np.float64) * scale  # NaN/inf held (as the
+    n, nch = x.shape                                            # detectors saw them)
     if n == 0:
         raise InputError(f"{task.path}: the EMG stream holds no samples")
+    labels = [f"EMG {c}"[:16] for c in session.channels]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"{task.path}: channel names {session.channels} are not unique in the "
+                         "16 characters of a BDF label; rename them in the config")
+    raw = x  # what the recording holds (NaN/inf included), when it differs
+    if session.received is not session.samples:
+        with np.errstate(over="ignore", invalid="ignore"):
+            raw = np.asarray(session.received, dtype=np.float64) * scale
+    peaks, clean = _peaks(raw)
+    replaced: list[Replaced] = []
+    bad: list[dict[str, Any]] = []  # the BAD_nonfinite and BAD_clipped events
+    if clean.all():  # the usual case: no mask of the whole recording
+        tops = [_header_ceil(float(p) * (1 + 1e-9)) for p in peaks]
+    else:
+        ok = plausible(raw, task.path, session.channels)
+        nonfinite = ~np.isfinite(raw)
+        clipped = ~ok & ~nonfinite
+        tops = [_header_ceil(float(np.max(np.abs(x[ok[:, k], k]), initial=0.0)) * (1 + 1e-9))
+                for k in range(nch)]
+        replaced = [Replaced(labels[k], int(np.count_nonzero(clipped[:, k])),
+                             int(np.count_nonzero(nonfinite[:, k])), tops[k])
+                    for k in range(nch) if not ok[:, k].all()]
+        # what the BDF can hold: NaN/inf held, the implausible values clipped
+        top = np.asarray(tops)
+        x = np.where(ok, x, np.clip(np.where(nonfinite, x, raw), -top, top))
+        bad = _bad_stretches(raw, x, nonfinite, clipped, session.channels, fs)
     first = int(session.counter[0]) if session.counter is not None and len(session.counter) else 0
     rec_s = _record_duration(fs)
     per_record = int(round(rec_s * fs))
     pad = (-n) % per_record
     data = np.pad(x, ((0, pad), (0, 0)), mode="edge") if pad else x
-    labels = [f"EMG {c}"[:16] for c in session.channels]
-    if len(set(labels)) != len(labels):
-        raise InputError(f"{task.path}: channel names {session.channels} are not unique in the "
-                         "16 characters of a BDF label; rename them in the config")
     muscles = {m.name: m for m in config.muscles}
     signals = []
     for k in range(nch):
-        top = _header_ceil(float(np.max(np.abs(x[:, k]))) * (1 + 1e-9))
         signals.append(edfio.BdfSignal(
             data[:, k], fs, label=labels[k], transducer_type="surface EMG electrodes",
-            physical_dimension="uV", physical_range=(-top, top),
+            physical_dimension="uV", physical_range=(-tops[k], tops[k]),
             digital_range=(_DMIN, _DMAX)))
     events = session_events(session, first, n, fs)
+    if bad:
+        events = sorted(events + bad, key=event_order)
     if pad:
         events.append({"onset": n / fs, "duration": pad / fs, "trial_type": "BAD_ACQ_SKIP",
                        "value": "BAD_ACQ_SKIP", "sample": n})
@@ -458,11 +635,12 @@ def export_session(session: Any, task: ExportTask) -> Exported:
     buf = io.BytesIO()
     bdf.write(buf)
     out = Exported(source=str(task.path), channels=nch, samples=n, fs=fs, events=len(events),
-                   padded=pad)
+                   padded=pad, replaced=replaced)
     written = [(tgt.path("emg.bdf"), buf.getvalue()),
                (tgt.path("emg.json"), json.dumps(_sidecar(session, config, tgt, n, fs,
-                                                          muscles), indent=2) + "\n"),
-               (tgt.path("channels.tsv"), _channels_tsv(session, labels, muscles, fs)),
+                                                          muscles, replaced), indent=2) + "\n"),
+               (tgt.path("channels.tsv"), _channels_tsv(session, labels, muscles, fs,
+                                                        replaced)),
                (tgt.path("events.tsv"), _tsv(events, EVENT_COLUMNS)),
                (tgt.path("events.json"), json.dumps(EVENTS_JSON, indent=2) + "\n")]
     for path, content in written:
@@ -473,7 +651,7 @@ def export_session(session: Any, task: ExportTask) -> Exported:
 
 
 def _sidecar(session: Any, config: Config, tgt: BidsTarget, n: int, fs: float,
-             muscles: dict[str, Any]) -> dict[str, Any]:
+             muscles: dict[str, Any], replaced: Sequence[Replaced] = ()) -> dict[str, Any]:
     placed = [muscles[c].placement for c in session.channels
               if c in muscles and muscles[c].placement]
     meta = getattr(session, "metadata", {}) or {}
@@ -500,6 +678,14 @@ def _sidecar(session: Any, config: Config, tgt: BidsTarget, n: int, fs: float,
         d["SubjectArtefactDescription"] = (
             "electrical stimulation artifacts and M-waves while stimulating: see the stim_on,"
             " stim_change and stim_off events")
+    if replaced:  # not a BIDS field (sidecars may hold others): what the BDF does not hold
+        d["ReplacedSamples"] = {r.label: {"clipped": r.clipped, "filled": r.filled}
+                                for r in replaced}
+        d["ReplacedSamplesDescription"] = (
+            "Per channel, samples the BDF does not hold as recorded: 'clipped' values beyond "
+            "the channel's plausible range, written clipped to its physical range "
+            "(BAD_clipped events); 'filled' NaN/inf, written as the channel's last finite "
+            "value (BAD_nonfinite events).")
     return d
 
 
@@ -509,7 +695,8 @@ CHANNEL_COLUMNS = ["name", "type", "units", "description", "sampling_frequency",
 
 
 def _channels_tsv(session: Any, labels: Sequence[str], muscles: dict[str, Any],
-                  fs: float) -> str:
+                  fs: float, replaced: Sequence[Replaced] = ()) -> str:
+    said = {r.label: r.describe() for r in replaced}
     rows = []
     for label, ch in zip(labels, session.channels, strict=True):
         m = muscles.get(ch)
@@ -520,9 +707,9 @@ def _channels_tsv(session: Any, labels: Sequence[str], muscles: dict[str, Any],
             "placement_scheme": "other" if m and m.placement else None,
             "placement_description": m.placement if m and m.placement else None,
             "reference": None, "low_cutoff": None, "high_cutoff": None, "notch": None,
-            "status": None,
+            "status": None, "status_description": said.get(label),
         })
-    return _tsv(rows, CHANNEL_COLUMNS)
+    return _tsv(rows, CHANNEL_COLUMNS + (["status_description"] if said else []))
 
 
 def prepare_dataset(root: str | Path, subject: str, *, name: str = "closedloop EMG") -> list[str]:
@@ -578,6 +765,6 @@ def prepare_dataset(root: str | Path, subject: str, *, name: str = "closedloop E
     return done
 
 
-__all__ = ["BIDS_VERSION", "BidsTarget", "ExportTask", "Exported", "check_label",
+__all__ = ["BIDS_VERSION", "BidsTarget", "ExportTask", "Exported", "Replaced", "check_label",
            "export_recording", "export_session", "microvolts_per_unit", "planned_files",
-           "prepare_dataset", "require_writer", "session_events", "task_label"]
+           "plausible", "prepare_dataset", "require_writer", "session_events", "task_label"]

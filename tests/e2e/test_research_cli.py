@@ -221,3 +221,117 @@ def test_detect_on_xdf_equals_detect_on_the_same_samples_as_npz(tmp_path) -> Non
     # never replaced without --overwrite
     r = cl("detect", SHIPPED, "--config", CONFIG, "--out", a)
     assert r.returncode == ConfigError.exit_code and "already exists" in r.stderr  # as run
+
+
+#: Where the amplifier of :func:`faulty` misbehaves: (channel, first sample, samples,
+#: what it sent, what the export calls it)
+FAULTS = [(0, 14000, 10, "knock", "BAD_clipped"),  # +-1e10 alternating, 5 ms
+          (1, 12000, 1, "absurd", "BAD_clipped"),  # one sample of 1e10
+          (0, 16000, 100, "nan", "BAD_nonfinite"),
+          (1, 17005, 15, "+inf", "BAD_nonfinite"),
+          (1, 18000, 3, "-inf", "BAD_nonfinite")]
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A session recorded by the installed command (``closedloop run --source
+    replay:amp.xdf --record``) from another tool's amplifier recording whose stream
+    holds a +-1e10 knock, a single 1e10, and NaN, +inf and -inf bursts (the first 10 s
+    of the shipped recording's EMG otherwise). Returns the recording and the clean EMG
+    (volts)."""
+    from closedloop.io.xdfwrite import XdfWriter, channels_desc, stream_header_xml
+
+    d = tmp_path_factory.mktemp("faulty")
+    clean = load_session(SHIPPED).samples[:20000].astype(np.float32)
+    x = clean.copy()
+    bad = {"knock": 1e10 * np.where(np.arange(10) % 2, 1.0, -1.0), "absurd": 1e10,
+           "nan": np.nan, "+inf": np.inf, "-inf": -np.inf}
+    for ch, at, n, what, _ in FAULTS:
+        x[at:at + n, ch] = bad[what]
+    stamps = 1000.0 + np.arange(len(x)) / 2000.0
+    with XdfWriter(d / "amp.xdf") as w:
+        w.add_stream(1, stream_header_xml("amp", "EMG", 2, 2000.0, "float32", desc=channels_desc(
+            ("biceps", "triceps"), "EMG", "V")))
+        for k in range(0, len(x), 1000):  # what LabRecorder's 0.5 s pulls would hold
+            w.samples(1, x[k:k + 1000], stamps[k:k + 1000])
+    path = d / "session.xdf"
+    r = cl("run", "--config", CONFIG, "--source", f"replay:{d / 'amp.xdf'}?speed=fast",
+           "--record", path, "--no-gui", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return path, clean.astype(np.float64)
+
+
+def test_export_of_a_session_with_absurd_and_nonfinite_values(faulty, tmp_path) -> None:
+    """The session's amplifier sent a +-1e10 knock, a single 1e10, NaN and +-inf: the
+    export works; every other sample keeps its value to the resolution of the real EMG
+    (the absurd values do not set the BDF's range); the absurd ones are written clipped
+    to the range, the NaN/inf as the last finite value, and each stretch is a BAD_ event
+    (BDF+ annotation and events.tsv) at its samples that MNE leaves out; the sidecars
+    and the printed output say how many samples of which channel."""
+    mne = pytest.importorskip("mne")
+    path, clean = faulty
+    s = load_session(path)
+    assert np.isnan(s.received[16000, 0]) and s.received[12000, 1] == np.float32(1e10)
+    root = tmp_path / "bids"
+    r = cl("export", path, "--bids", root, "--subject", "01")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    emg = root / "sub-01" / "emg"
+    stem = "sub-01_task-bicepstriceps_"
+    raw = mne.io.read_raw_bdf(emg / f"{stem}emg.bdf", preload=True, verbose="error")
+    got = raw.get_data().T[: s.n] * 1e6
+    want = clean * 1e6
+    bad = np.zeros(want.shape, dtype=bool)
+    for ch, at, n, _, _ in FAULTS:
+        bad[at:at + n, ch] = True
+    top = np.abs(want).max(axis=0)  # the real EMG's peak sets the range
+    resolution = 2 * top / (2**24 - 1)
+    for ch in range(2):
+        good = ~bad[:, ch]
+        assert np.all(np.abs(got[good, ch] - want[good, ch]) <= resolution[ch] / 2 * (1 + 1e-6))
+    # absurd values clipped to the range, NaN/inf written as the last finite value
+    knock = np.where(np.arange(10) % 2, 1.0, -1.0)
+    assert np.allclose(got[14000:14010, 0], knock * top[0], rtol=1e-6)
+    assert got[12000, 1] == pytest.approx(top[1], rel=1e-6)
+    assert np.all(got[16000:16100, 0] == got[15999, 0])
+    assert np.all(got[17005:17020, 1] == got[17004, 1])
+    assert np.all(got[18000:18003, 1] == got[17999, 1])
+    # BAD_ stretches, in events.tsv and as annotations, at their samples
+    events = read_tsv(emg / f"{stem}events.tsv")
+    marked = [(e["trial_type"], e["muscle"], int(e["sample"]),
+               round(float(e["duration"]) * s.fs)) for e in events
+              if e["trial_type"].startswith("BAD_") and e["trial_type"] != "BAD_ACQ_SKIP"]
+    assert sorted(marked) == sorted((kind, s.channels[ch], at, n)
+                                    for ch, at, n, _, kind in FAULTS)
+    details = {(e["muscle"], int(e["sample"])): json.loads(e["details"]) for e in events
+               if e["trial_type"] in ("BAD_clipped", "BAD_nonfinite")}
+    assert details[("biceps", 14000)]["min_uv"] == -1e16  # what was there, in uV
+    assert details[("biceps", 14000)]["max_uv"] == 1e16
+    assert details[("biceps", 16000)]["nan"] == 100
+    assert details[("triceps", 17005)]["+inf"] == 15
+    assert details[("triceps", 18000)]["-inf"] == 3
+    ann = raw.annotations
+    assert list(ann.description) == [e["value"] for e in events]
+    assert np.allclose(ann.onset, [float(e["onset"]) for e in events], atol=1e-6)
+    assert np.allclose(ann.duration, [float(e["duration"]) for e in events], atol=1e-6)
+    assert "BAD_clipped/biceps" in ann.description
+    kept = raw.get_data(reject_by_annotation="omit").shape[1]  # MNE leaves them out
+    skipped = raw.n_times - s.n
+    assert kept == raw.n_times - skipped - int(np.count_nonzero(bad.any(axis=1)))
+    # the events of the session are still right
+    kinds = [e["trial_type"] for e in events]
+    assert [int(e["sample"]) for e in events if e["trial_type"] == "emg_onset"] == \
+        [e.sample for e in s.events if e.kind == "onset"]
+    assert kinds.count("input_issue") == sum(m.label == "input_issue" for m in s.markers) >= 4
+    assert "stim_on" in kinds
+    # how many samples, of which channel: the sidecar, channels.tsv and the printed line
+    sidecar = json.loads((emg / f"{stem}emg.json").read_text())
+    assert sidecar["ReplacedSamples"] == {"EMG biceps": {"clipped": 10, "filled": 100},
+                                          "EMG triceps": {"clipped": 1, "filled": 18}}
+    chans = {c["name"]: c for c in read_tsv(emg / f"{stem}channels.tsv")}
+    assert "10 sample(s)" in chans["EMG biceps"]["status_description"]
+    assert "100 NaN/inf" in chans["EMG biceps"]["status_description"]
+    assert "18 NaN/inf" in chans["EMG triceps"]["status_description"]
+    out = r.stdout
+    assert "EMG biceps: 10 sample(s) beyond" in out and "100 NaN/inf" in out, out
+    assert "EMG triceps: 1 sample(s) beyond" in out and "18 NaN/inf" in out, out

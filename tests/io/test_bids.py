@@ -154,3 +154,90 @@ def test_a_cut_short_recording_is_exported_saying_what_is_damaged(tmp_path) -> N
     whole_out = export_recording(ExportTask(str(SHIPPED), BidsTarget(str(tmp_path / "b2"), "01",
                                                                      "t")))
     assert whole_out.damage == "" and out.samples < whole_out.samples
+
+
+def test_plausible_samples() -> None:
+    """What the BDF's range is made of: real EMG, a stimulation artifact of 50 mV and a
+    DC offset of 200 mV are plausible; a 1e10 is not, wherever it is, even on a channel
+    that is flat otherwise; a stream whose values are mostly beyond any BDF is refused
+    naming the channel and --emg-units."""
+    from closedloop.io.bids import plausible
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, 3.0, (20000, 3))  # uV
+    x[5000, 0] = 5e4  # a stimulation artifact
+    x[:, 1] += 2e5 + np.linspace(0.0, 1e4, 20000)  # a DC offset, drifting
+    x[:, 2] = 0.0  # a flat channel with one blip
+    x[7000, 2] = 5.0
+    assert plausible(x).all()
+    y = x.copy()
+    y[[0, 9000], 0] = [1e16, -1e16]
+    y[10, 1] = 1e10
+    y[3, 2] = 1e16
+    y[4, 2] = np.nan
+    ok = plausible(y)
+    assert sorted(zip(*np.nonzero(~ok), strict=True)) == [(0, 0), (3, 2), (4, 2), (10, 1),
+                                                          (9000, 0)]
+    with pytest.raises(InputError, match=r"f\.xdf: channel b: .*--emg-units"):
+        plausible(x * 1e3, "f.xdf", ("a", "b", "c"))  # microvolts declared as millivolts
+
+
+def test_absurd_and_nonfinite_samples_anywhere(tmp_path) -> None:
+    """A 1e10 at the very first sample (before the session's checks had learnt
+    anything), NaN before a channel's first finite value and -inf at the last sample:
+    exported, the range set by the rest, the 1e10 clipped, the NaN written as 0, the
+    -inf held (and the padding after it), each marked BAD_ at its samples."""
+    mne = pytest.importorskip("mne")
+    from closedloop.core.checks import hold_nonfinite
+
+    s = load_session(SHIPPED)
+    clean = s.samples.astype(np.float64)
+    raw = clean.copy()
+    raw[0, 0] = 1e10
+    raw[100:103, 0] = np.nan
+    raw[:5, 1] = np.nan
+    raw[-1, 1] = -np.inf
+    faulty = replace(s, samples=hold_nonfinite(raw), raw=raw)
+    target = BidsTarget(str(tmp_path), "01", "t")
+    out = export_session(faulty, ExportTask("f.xdf", target))
+    assert [(r.label, r.clipped, r.filled) for r in out.replaced] == [
+        ("EMG biceps", 1, 3), ("EMG triceps", 0, 6)]
+    bdf = mne.io.read_raw_bdf(target.path("emg.bdf"), preload=True, verbose="error")
+    got = bdf.get_data().T * 1e6
+    want = clean * 1e6
+    top = np.abs(want[1:]).max(axis=0)
+    good = np.isfinite(raw) & (np.abs(raw) < 1)
+    res = 2 * top / (2**24 - 1)
+    assert np.all(np.abs(got[: s.n] - want)[good] <= np.broadcast_to(res / 2 * (1 + 1e-6),
+                                                                    want.shape)[good])
+    assert got[0, 0] == pytest.approx(top[0], rel=1e-6)
+    assert np.all(got[100:103, 0] == got[99, 0])
+    assert np.all(np.abs(got[:5, 1]) <= res[1] / 2 * (1 + 1e-6))  # 0 before the first finite
+    assert np.all(got[s.n - 1:, 1] == got[s.n - 2, 1])
+    bad = [(a["description"], round(a["onset"] * s.fs), round(a["duration"] * s.fs))
+           for a in bdf.annotations if a["description"].startswith("BAD_")]
+    assert bad == [("BAD_clipped/biceps", 0, 1), ("BAD_nonfinite/triceps", 0, 5),
+                   ("BAD_nonfinite/biceps", 100, 3), ("BAD_nonfinite/triceps", s.n - 1, 1)]
+
+
+def test_a_recording_without_faults_exports_as_before(dataset) -> None:
+    """Every sample plausible: each channel's range is ±max|x| (rounded up to what the
+    header holds) as it always was, and no BAD_ stretch, status_description or
+    ReplacedSamples appears."""
+    edfio = pytest.importorskip("edfio")
+    from closedloop.io.bids import _header_ceil
+
+    _, target = dataset
+    s = load_session(SHIPPED)
+    bdf = edfio.read_bdf(target.path("emg.bdf"))
+    for k, sig in enumerate(bdf.signals):
+        x = s.samples[:, k] * 1e6
+        top = _header_ceil(float(np.abs(x).max()) * (1 + 1e-9))
+        same = edfio.BdfSignal(x, s.fs, physical_range=(-top, top),
+                               digital_range=(-(2**23), 2**23 - 1))
+        assert (sig.physical_min, sig.physical_max) == (same.physical_min, same.physical_max)
+        assert top - float(np.abs(x).max()) < 0.01
+    kinds = {e["trial_type"] for e in read_tsv(target.path("events.tsv"))}
+    assert not {"BAD_clipped", "BAD_nonfinite"} & kinds
+    assert "status_description" not in read_tsv(target.path("channels.tsv"))[0]
+    assert "ReplacedSamples" not in json.loads(target.path("emg.json").read_text())
