@@ -739,6 +739,9 @@ class Row:
     ci_n: int = 0
     error: str = ""
     units: tuple[Score, ...] = field(default=(), repr=False, compare=False)
+    #: A failed row's exit code: its error's (:mod:`closedloop.errors`; 7 for a recording
+    #: that cannot be read), 1 for an unexpected one; 0 for a scored row.
+    exit_code: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Flat: every field but the score, each interval as ``<metric>_ci_low/_high``."""
@@ -951,7 +954,8 @@ def evaluate(
                 raise res.exception
             raise RuntimeError(f"{res.error}\n{res.detail}")
         failed.append(Row(_spec_name(rec_spec), det.label, "failed", None, None, None, None,
-                          None, None, None, 0, 0.0, error=str(res.error)))
+                          None, None, None, 0, 0.0, error=str(res.error),
+                          exit_code=max(1, getattr(res.exception, "exit_code", 1))))
     out = rows + overall_rows(rows, [d.label for d in specs])
     add_intervals(out, bootstrap if bootstrap is not None else Bootstrap())
     return out + failed

@@ -5,8 +5,10 @@ score every detector with :func:`closedloop.analysis.evaluate.evaluate` (all loc
 cores, or ``--cluster``), print the table and write it when asked: ``--format`` to the
 terminal, ``--out FILE`` to a file that is never replaced without ``--overwrite``;
 ``--json`` adds the rows as one JSON object on the last line. ``--splice`` scores the
-spliced trials of :func:`~closedloop.analysis.evaluate.splice_evaluate` instead. The
-exit code is 1 when a recording could not be scored (the others still are).
+spliced trials of :func:`~closedloop.analysis.evaluate.splice_evaluate` instead. A
+recording that cannot be scored is reported and the others still are; the exit code is
+then the worst failure's, as ``replay`` and ``export`` do (7 for a recording or labels
+that cannot be read, 1 for an unexpected error).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from closedloop.errors import InputError
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``closedloop evaluate``; returns the exit code (0; 1 when a recording failed).
+    """Run ``closedloop evaluate``; returns the exit code (0; the worst failed recording's).
 
     ``args`` attributes: ``inputs`` (paths), ``detectors`` (specs; default every built-in
     detector), ``labels``, ``fs``, ``jobs``, ``json``, ``simulate`` (SNRs in dB,
@@ -80,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     for (recording, error), names in detectors.items():
         print(f"closedloop evaluate: {recording} ({', '.join(names)}) failed: {error}",
               file=sys.stderr)
-    return 1 if failed else 0
+    return max((r.exit_code for r in failed), default=0)
 
 
 def parse_seeds(text: str | Sequence[int] | None) -> tuple[int, ...]:

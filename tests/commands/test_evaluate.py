@@ -49,7 +49,8 @@ def test_folder_inputs_and_a_failing_file_reported(tmp_path, capsys) -> None:
     args = Namespace(inputs=[str(d)], detectors=["reference"], labels=None, fs=None, jobs=1,
                      json=False, simulate=None, minutes=None, seed=None, format="csv",
                      out=None, bootstrap=100)
-    assert cmd.main(args) == 1  # the broken file fails the run, the others are scored
+    # the broken file fails the run with its code (unreadable: 7), the others are scored
+    assert cmd.main(args) == InputError.exit_code
     captured = capsys.readouterr()
     table = list(csv.DictReader(io.StringIO(captured.out)))
     assert [(r["recording"], r["group"]) for r in table] == [
@@ -118,7 +119,7 @@ def test_a_refused_recording_is_said_once_whatever_the_number_of_detectors(tmp_p
     (tmp_path / "labels.csv").write_text("sample,channel\n99999999,a\n")
     r = closedloop(tmp_path, "evaluate", "monday.npz", "--labels", "labels.csv", "--jobs", "1",
                    "--detector", "threshold", "--detector", "tkeo", "--detector", "cusum")
-    assert r.returncode == 1, r.stderr  # the run failed: a recording could not be scored
+    assert r.returncode == InputError.exit_code, r.stderr  # its labels cannot be used
     assert r.stderr.count("onset 99999999 is outside the recording") == 1, r.stderr
     assert "monday.npz (threshold, tkeo, cusum) failed: labels.csv:2: onset 99999999" in \
         r.stderr and "Traceback" not in r.stderr
@@ -137,9 +138,22 @@ def test_labels_and_a_stored_truth_are_refused_in_the_same_words(tmp_path, bad, 
     said = []
     for args in (["labelled.npz", "--labels", "labels.csv"], ["stored.npz"]):
         r = closedloop(tmp_path, "evaluate", *args, "--jobs", "1", "--detector", "threshold")
-        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == InputError.exit_code and "Traceback" not in r.stderr, r.stderr
         said.append(r.stderr.strip().splitlines()[-1].split(" failed: ", 1)[1])
     expected = ("is outside the recording; expected a sample index from 0 to 23999 (0 to "
                 "11.9995 s at 2000 Hz)" if bad == "sample" else
                 "is not a channel of the recording (its channels: a, b; or '*' for any channel)")
     assert said == [f"labels.csv:2: {shown[0]} {expected}", f"stored.npz: {shown[1]} {expected}"]
+
+
+def test_a_batch_with_an_unreadable_recording_exits_with_its_code_and_scores_the_rest(tmp_path):
+    """As ``replay`` and ``export`` do (docs/safety.md): the good recording is scored, the
+    broken one said, and the exit code is the broken one's (7: it cannot be read), not 1."""
+    two_channels(tmp_path / "good.npz")
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    r = closedloop(tmp_path, "evaluate", "good.npz", "broken.npz", "--jobs", "1",
+                   "--detector", "threshold", "--format", "csv")
+    assert r.returncode == InputError.exit_code, r.stdout + r.stderr
+    rows = {row["recording"]: row for row in csv.DictReader(io.StringIO(r.stdout))}
+    assert rows["good.npz"]["error"] == "" and rows["broken.npz"]["error"] != ""
+    assert r.stderr.count("broken.npz (threshold) failed: ") == 1 and "Traceback" not in r.stderr
