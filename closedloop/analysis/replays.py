@@ -252,8 +252,10 @@ def failed_row(task: ReplayTask, error: str, exit_code: int = 1) -> ReplayRow:
     """The row of a task that raised (a bad file, a bad config; ``exit_code`` the error's
     own, e.g. 9 for a damaged recording)."""
     name = task.name or task.path
+    base = f"{Path(str(name)).name}: "  # an error that names the file itself: once is enough
+    said = error[len(base):] if error.startswith(base) else error
     return ReplayRow(recording=name, config=_label(task.config), group="failed",
-                     exit_code=max(1, exit_code), error=error, lines=[f"{name}: {error}"])
+                     exit_code=max(1, exit_code), error=error, lines=[f"{name}: {said}"])
 
 
 def replay_table(rows: Sequence[ReplayRow], boot: Bootstrap) -> list[ReplayRow]:

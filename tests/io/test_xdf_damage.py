@@ -253,6 +253,7 @@ def test_replay_refuses_a_damaged_recording_and_replays_its_intact_part(tmp_path
     assert out.returncode == 9, out.stdout + out.stderr
     assert "CHECK FAILED" not in out.stdout and "check passed" not in out.stdout
     assert "TRUNCATED" in out.stdout and "intact:" in out.stdout and "--partial" in out.stdout
+    assert out.stdout.startswith(f"{cut}: the recording is TRUNCATED"), out.stdout  # named once
     out = closedloop("replay", str(cut), "--check", "--quiet", "--partial")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "PARTIAL: the recording is TRUNCATED" in out.stdout
