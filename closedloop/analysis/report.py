@@ -861,7 +861,7 @@ def _appendix(session: Any, rep: Replayed, cfg, meta: dict, counts: Counter,
             f"{c.muscle} (channel {c.channel})" for c in at_end)
     rows = [
         ("File", f"{getattr(session, 'path', '')} ({state})"),
-        ("Streams", ", ".join(getattr(session, "stream_names", ())) or "-"),
+        ("Streams", ", ".join(sorted(getattr(session, "stream_names", ()))) or "-"),
         ("EMG", f"{getattr(session, 'name', '')}: {n} samples at {fs:g} Hz, channels "
                 f"{', '.join(session.channels)} ({session.units}); {samples}"),
         ("Muscles", ", ".join(f"{m.name} <- {m.channel}" for m in cfg.muscles)),
