@@ -17,7 +17,8 @@ What a row holds
   ``events_matched`` of ``events_recorded`` events and ``commands_matched`` of
   ``commands_recorded`` commands found identical (sample, channel, kind; every decided
   field of a command), as multisets, and ``identical`` (the ``--check`` verdict: same
-  events and commands in the same order), with the ``first_difference``;
+  events and commands in the same order, and the same channel restarts when the recording
+  marks them), with the ``first_difference``;
 * detection against the truth, when the recording has ``truth`` markers (every
   simulated session records them): sensitivity, precision, F1, false detections per
   minute and latency of the replayed onsets, with intervals, scored as ``evaluate``
@@ -243,8 +244,11 @@ def replay_task(task: ReplayTask) -> ReplayRow:
         row.exit_code = EXIT_MISMATCH
         row.lines.append(f"{name}: CHECK FAILED: {row.first_difference}")
     else:
-        row.lines.append(f"{name}: check passed: {len(out.events)} events and "
-                         f"{len(out.commands)} commands identical to the recording")
+        what = f"{len(out.events)} events and {len(out.commands)} commands"
+        if session.restarts_marked:
+            what = (f"{len(out.events)} events, {len(out.commands)} commands and "
+                    f"{len(out.restarts)} channel restarts")
+        row.lines.append(f"{name}: check passed: {what} identical to the recording")
     return row
 
 

@@ -86,7 +86,10 @@ def _latency(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     """``closedloop bench --replay [--file F | --minutes M --channels N --fs HZ [--keep F]]
-    [--json]``: record (or take) a session, time its replay; exit 1 if the check failed."""
+    [--json]``: record (or take) a session, time its replay. A replay whose check does
+    not pass is not timed (its time would mean nothing): exit 7 with what ``replay`` said
+    (9 for a damaged recording, as ``replay``); exit 1 if only the timed parts' own check
+    failed."""
     minutes = 60.0 if args.minutes is None else args.minutes
     # the replay machinery's speed: the cheapest detector unless another is named
     detector = getattr(args, "detector", None) or "threshold"

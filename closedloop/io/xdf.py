@@ -48,6 +48,7 @@ from closedloop.core.stream import SourceInfo, sample_format
 from closedloop.errors import InputError, RecordingDamagedError
 from closedloop.io import xdfreader
 from closedloop.io.outlets import (
+    CHANNEL_RESTART,
     COUNTER_LABEL,
     ROLE_EMG,
     ROLE_ENVELOPE,
@@ -408,6 +409,11 @@ class Session:
     sample_format : str
         How the EMG was recorded (``"float32"`` or ``"double64"``; see
         :func:`closedloop.core.stream.sample_format`): a replay's source delivers it so.
+    restarts_marked : bool
+        The session marked where it restarted a channel (its Markers stream's header
+        declares ``channel_restart`` markers, :data:`closedloop.io.outlets.CHANNEL_RESTART`;
+        sessions recorded before they did, and other tools' recordings, do not), so
+        :attr:`markers` holds every restart and ``replay --check`` compares them.
     """
 
     path: Path
@@ -432,6 +438,7 @@ class Session:
     damage: tuple[Damage, ...] = ()
     damage_report: str = ""
     sample_format: str = "double64"
+    restarts_marked: bool = False
 
     @property
     def state(self) -> str:
@@ -686,6 +693,8 @@ def load_session(
                                      pos[emg_sid], n, len(events), len(commands),
                                      len(markers)) if damage else "",
         sample_format=sample_format(fmt),
+        restarts_marked=ROLE_MARKERS in own_heads and closedloop_field(
+            own_heads[ROLE_MARKERS], "restart_marker") == CHANNEL_RESTART,
     )
 
 

@@ -144,12 +144,14 @@ class Outcome:
     hold the latest ``history`` items (all of them when it is None: see
     :attr:`LoopOptions.history`); ``n_events``, ``n_commands``, ``n_issues`` and
     ``n_violations`` count the whole session, and so do ``onsets`` and
-    ``stim_seconds``. The loop adds to them with the ``add_*`` methods and closes the
-    books with :meth:`finish`. ``mwave`` is each stimulated muscle's evoked response
-    over the session (:class:`~closedloop.runtime.mwaves.MuscleMWave`: its first and
-    last trains and the fatigue between them), from the records handed to
-    :meth:`add_mwaves`, summed up by :meth:`finish`; empty when the session measured
-    none.
+    ``stim_seconds``. ``restarts`` are where the core restarted a channel after a bad
+    stretch, ``(sample, muscle)`` in order (the session's ``channel_restart`` markers;
+    ``replay --check`` compares them with a recording's). The loop adds to them with
+    the ``add_*`` methods and closes the books with :meth:`finish`. ``mwave`` is each
+    stimulated muscle's evoked response over the session
+    (:class:`~closedloop.runtime.mwaves.MuscleMWave`: its first and last trains and the
+    fatigue between them), from the records handed to :meth:`add_mwaves`, summed up by
+    :meth:`finish`; empty when the session measured none.
     """
 
     reason: str = ""
@@ -165,6 +167,7 @@ class Outcome:
     violations: list[str] = field(default_factory=list)
     samples_lost: int = 0
     arrival_to_command_ms: list[float] = field(default_factory=list)
+    restarts: list[tuple[int, str]] = field(default_factory=list)
     n_events: int = 0
     n_commands: int = 0
     n_issues: int = 0
@@ -234,6 +237,12 @@ class Outcome:
         if self._tally is not None:
             self._tally.add(commands)
         keep_last(self.commands, self.history)
+
+    def add_restarts(self, sample: int, muscles: Sequence[str]) -> None:
+        """The channels the core restarted at ``sample`` (the history)."""
+        if muscles:
+            self.restarts.extend((sample, m) for m in muscles)
+            keep_last(self.restarts, self.history)
 
     def add_mwaves(self, records: Sequence[MWave]) -> None:
         """Evoked-response records (in the order they were decided), for :attr:`mwave`

@@ -7,7 +7,9 @@ The recorded EMG (with its recorded timestamps) goes through the same
 :func:`~closedloop.runtime.loop.run_loop` as a live session: signal core, protocol and
 safety guard, with the simulated stimulator standing in for the device. ``--check``
 compares the events and stimulation commands it derives with the ones the recording
-holds and exits non-zero at the first difference, which it prints. A recording replayed
+holds (and where it restarted a channel after a bad stretch, when the recording marks
+that: its ``channel_restart`` markers) and exits non-zero at the first difference, which
+it prints. A recording replayed
 with its own config (the default: the config stored in the file, every setting as the
 session resolved it, so a default changed since changes nothing) must match exactly,
 whatever the chunk sizes, because every stage decides on the sample clock. At full
@@ -38,6 +40,7 @@ import numpy as np
 
 from closedloop.core.stream import Chunk
 from closedloop.errors import RecordingDamagedError
+from closedloop.io.outlets import CHANNEL_RESTART
 from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sources.base import Source
 
@@ -229,12 +232,26 @@ def _part(chunk: Chunk, a: int, b: int) -> Chunk:
                  None if chunk.counter is None else chunk.counter[a:b], chunk.arrival_wall)
 
 
+def recorded_restarts(session) -> list[tuple[int, str]]:
+    """Where the recorded session restarted a channel, ``(sample, muscle)`` in order
+    (its ``channel_restart`` markers)."""
+    return [(int(m.sample), str(m.fields.get("muscle", ""))) for m in session.markers
+            if m.label == CHANNEL_RESTART and m.sample is not None]
+
+
 def check(session, out) -> str | None:
-    """First difference in events, then in commands; None when identical."""
+    """First difference in events, then in commands, then (when the recording marks
+    them, :attr:`~closedloop.io.xdf.Session.restarts_marked`) in where a channel was
+    restarted after a bad stretch; None when identical."""
     diff = first_difference(session.events, out.events, _event_key, "event")
     if diff:
         return diff
-    return first_difference(session.commands, out.commands, lambda c: c.decision_key(), "command")
+    diff = first_difference(session.commands, out.commands, lambda c: c.decision_key(),
+                            "command")
+    if diff or not session.restarts_marked:
+        return diff
+    return first_difference(recorded_restarts(session), out.restarts, lambda r: r,
+                            "channel restart (sample, muscle)")
 
 
 def check_intact(session, out) -> tuple[str | None, str]:
@@ -258,4 +275,12 @@ def check_intact(session, out) -> tuple[str | None, str]:
     note = (f"checked on the intact part only: {n_ev} events before sample {h_ev} and "
             f"{n_cmd} commands before sample {h_cmd}; {left_ev} derived events and "
             f"{left_cmd} commands after those samples could not be checked")
-    return d_ev or d_cmd, note
+    d_rs = None
+    if session.restarts_marked:  # the Markers stream is intact up to its last marker
+        marked = [m.sample for m in session.markers if m.sample is not None]
+        h_rs = min(session.n, marked[-1]) if marked else 0
+        rec = [r for r in recorded_restarts(session) if r[0] < h_rs]
+        der = [r for r in out.restarts if r[0] < h_rs]
+        d_rs = first_difference(rec, der, lambda r: r, "channel restart (sample, muscle)")
+        note += f"; {len(rec)} channel restarts before sample {h_rs}"
+    return d_ev or d_cmd or d_rs, note

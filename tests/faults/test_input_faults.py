@@ -383,3 +383,44 @@ def test_the_report_lists_what_the_live_checks_said(session):
     for words in ("channel biceps: NaN/inf from sample 16000", "counter went back from 19019",
                   "channel triceps: flat (identical values)", "effective rate 21"):
         assert words in page, words
+
+
+def test_replay_check_compares_where_channels_were_restarted(session):
+    """The recording marks its channel restarts (its Markers stream's header declares
+    them), so ``replay --check`` compares them too: the faulty session replays with the
+    same restarts; a recording whose restart markers say otherwise (one lost, or one at
+    another sample) fails the check, naming the restart; one that does not declare them
+    (recorded before sessions marked restarts) is checked on events and commands only."""
+    rec, _ = session
+    recorded, _, out = replay_file(str(rec.path))
+    assert recorded.restarts_marked
+    restarts = [(m.sample, m.fields["muscle"]) for m in recorded.markers
+                if m.label == CHANNEL_RESTART]
+    assert len(restarts) >= 9 and out.restarts == restarts
+    assert check(recorded, out) is None
+    first = next(i for i, m in enumerate(recorded.markers) if m.label == CHANNEL_RESTART)
+    lost = replace(recorded, markers=recorded.markers[:first] + recorded.markers[first + 1:])
+    assert check(lost, out) == (
+        f"channel restart (sample, muscle) #0 differs: recorded {restarts[1]}, "
+        f"replay {restarts[0]}")
+    moved = list(recorded.markers)
+    moved[first] = replace(moved[first], sample=moved[first].sample + 1)
+    diff = check(replace(recorded, markers=moved), out)
+    assert diff is not None and diff.startswith("channel restart (sample, muscle) #0 differs")
+    assert check(replace(lost, restarts_marked=False), out) is None
+
+
+def test_the_installed_replay_check_says_it_compared_the_restarts(session):
+    """``closedloop replay FILE --check``, as a user types it: the faulty session's
+    restarts are part of what the check vouches for, and it says so."""
+    import shutil
+    import subprocess
+
+    rec, _ = session
+    exe = shutil.which("closedloop")
+    assert exe, "the closedloop command is not installed (pip install -e .)"
+    r = subprocess.run([exe, "replay", str(rec.path), "--check"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n = sum(m.label == CHANNEL_RESTART for m in rec.session().markers)
+    assert f" commands and {n} channel restarts identical to the recording" in r.stdout
