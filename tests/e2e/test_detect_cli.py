@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -201,3 +202,34 @@ def test_a_cusum_config_detects_the_bmc_bursts(shared_data, tmp_path):
     consensus = [395, 1384, 2405]  # the offline peers' consensus onsets
     assert len(onsets) == 3
     assert all(0 <= got - want <= 40 for got, want in zip(onsets, consensus, strict=True))
+
+
+def test_an_exported_bdf_detects_as_its_recording(tmp_path):
+    """A recorded session exported to EMG-BIDS (``closedloop export --bids``: BDF+, 24
+    bit, µV) and detected from its BDF gives the events file ``detect`` writes from the
+    XDF itself, byte for byte (the same samples, decisions and channel names), with the
+    default settings and with the session's config; through the installed command,
+    output to a pipe."""
+    pytest.importorskip("edfio")
+    from tests.conftest import CONFIGS, ROOT
+
+    xdf = ROOT / "recordings" / "sim_biceps_triceps.xdf"
+    exe = shutil.which("closedloop")
+    cl = [exe] if exe else [sys.executable, "-m", "closedloop"]
+
+    def run(*args):
+        r = subprocess.run([*cl, *map(str, args)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        return r
+
+    run("export", xdf, "--bids", "bids", "--subject", "01")
+    bdf = tmp_path / "bids" / "sub-01" / "emg" / "sub-01_task-bicepstriceps_emg.bdf"
+    for extra in ([], ["--config", CONFIGS / "biceps_triceps.toml"]):
+        tag = "config" if extra else "default"
+        run("detect", xdf, "--out", f"xdf_{tag}.csv", *extra)
+        r = run("detect", bdf, "--out", f"bdf_{tag}.csv", *extra)
+        assert "2 channel(s), 20.0 s at 2000 Hz" in r.stderr
+        from_xdf = (tmp_path / f"xdf_{tag}.csv").read_bytes()
+        assert sum(row["kind"] == "onset" for row in _events(tmp_path / f"xdf_{tag}.csv")) >= 3
+        assert (tmp_path / f"bdf_{tag}.csv").read_bytes() == from_xdf, tag
