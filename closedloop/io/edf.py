@@ -187,7 +187,7 @@ def _read(path: str, edfio: Any) -> Any:
         size = p.stat().st_size
         with open(p, "rb") as f:
             head = f.read(256)
-            fmt, n_header, n_records, _ = _header(path, head)
+            fmt, n_header, n_records, duration = _header(path, head)
             head += f.read(n_header - 256)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
@@ -205,6 +205,11 @@ def _read(path: str, edfio: Any) -> Any:
             f"record(s) of {record_bytes} bytes, it holds {whole} whole record(s)"
             f"{f' and {extra} bytes of the next' if extra else ''} ({size} of "
             f"{n_header + n_records * record_bytes} bytes); copy it again from the original")
+    if extra and n_records < 0:  # the count unknown (-1): a partial record is the end cut
+        raise RecordingDamagedError(
+            f"{path}: the {fmt} file is cut short: it ends {extra} bytes into a data record "
+            f"of {record_bytes} bytes, after {whole} whole record(s); copy it again from "
+            "the original")
     if extra or (n_records >= 0 and whole != n_records):
         raise InputError(
             f"{path}: the {fmt} file is corrupt: {data} bytes of data after its header are "
@@ -212,6 +217,10 @@ def _read(path: str, edfio: Any) -> Any:
             f"of {record_bytes} bytes its header describes")
     if whole == 0:
         raise InputError(f"{path}: the {fmt} file holds no data records (no samples)")
+    if not duration > 0:
+        raise InputError(f"{path}: its {fmt} header gives data records of {duration:g} s, so "
+                         "its signals have no sampling rate (a corrupt header, or a file of "
+                         "annotations only)")
     read = edfio.read_bdf if fmt == "BDF" else edfio.read_edf
     try:
         with warnings.catch_warnings():  # the sizes edfio would warn about are checked
@@ -390,7 +399,8 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EdfEmg:
                          ) from None
     samples = np.column_stack(cols)
     n = _trailing_skip(rec, fs, samples.shape[0])
-    left = [s.describe() for s in sigs if s not in chosen]
+    picked = {s.index for s in chosen}
+    left = [s.describe() for s in sigs if s.index not in picked]
     notes = []
     if left:
         notes.append(f"not EMG: {', '.join(left)}")

@@ -186,6 +186,8 @@ BROKEN = {
     "a header number that is not": (lambda raw: raw[:236] + b"x" * 8 + raw[244:],
                                     "header is corrupt"),
     "bytes beyond the records": (lambda raw: raw + b"\0" * 10, "is corrupt"),
+    "records of no duration": (lambda raw: raw[:244] + b"0".ljust(8) + raw[252:],
+                               "data records of 0 s"),
     "a discontinuous EDF+D": (lambda raw: raw[:192] + b"EDF+D".ljust(44) + raw[236:],
                               "discontinuous"),
 }
@@ -210,3 +212,17 @@ def test_without_edfio_the_message_says_how_to_install_it(tmp_path, monkeypatch)
     with pytest.raises(InputError, match=r"pip install 'closedloop\[bids\]'") as info:
         load_emg(path)
     assert str(path) in str(info.value)
+
+
+def test_a_record_count_of_minus_one_is_read_from_the_file_size(tmp_path):
+    """EDF allows -1 data records (still recording when the header was written): the
+    whole records the file holds are the data; a partial one is damage."""
+    whole = tmp_path / "whole.edf"
+    write_edf(whole)
+    raw = whole.read_bytes()
+    unknown = tmp_path / "unknown.edf"
+    unknown.write_bytes(raw[:236] + b"-1".ljust(8) + raw[244:])
+    np.testing.assert_array_equal(load_emg(unknown).samples, load_emg(whole).samples)
+    unknown.write_bytes(raw[:236] + b"-1".ljust(8) + raw[244:-10])
+    with pytest.raises(RecordingDamagedError, match="cut short: it ends 8212 bytes into"):
+        load_emg(unknown)
