@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="run the onset detector offline over a file")
     d.add_argument(
         "input", type=input_file,
-        help=".npz (emg, fs[, channels]), .xdf (the EMG stream; --stream), BrainFlow file "
-        "(--board), or text/CSV (--fs)",
+        help=".npz (emg, fs[, channels]), .xdf (the EMG stream; --stream), .edf/.bdf "
+        "(EDF/BDF, EDF+/BDF+: rate, names and units from the file; pip install "
+        "'closedloop[bids]'), BrainFlow file (--board), or text/CSV (--fs)",
     )
     d.add_argument("--config", type=input_file,
                    help="TOML config (default: default settings on every channel); its "
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite(d, "the events file")
     d.add_argument("--fs", type=HERTZ, help="sampling rate of a text/CSV input, Hz")
     d.add_argument("--columns", type=columns,
-                   help="text input: comma-separated 0-based columns to use")
+                   help="comma-separated 0-based columns to use (text), or channels (.xdf) "
+                        "or signals (.edf/.bdf; default: the EMG)")
     d.add_argument("--board", help="the input is a BrainFlow file of this board (e.g. synthetic)")
     d.add_argument("--stream", help=".xdf input: name or type of the EMG stream (default: the "
                    "closedloop EMG stream, or the only stream of type EMG)")
@@ -345,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(module="closedloop.commands.replay")
     ev = sub.add_parser("evaluate", help="score detectors against reference onsets on recordings")
     ev.add_argument("inputs", nargs="*", type=input_file,
-                    help=".npz/.xdf/text files, folders of them, or the shared data folder")
+                    help=".npz/.xdf/.edf/.bdf/text files, folders of them (an EMG-BIDS "
+                         "dataset too), or the shared data folder")
     ev.add_argument(
         "--detector",
         action="append",

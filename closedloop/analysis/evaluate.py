@@ -33,6 +33,13 @@ Inputs and where their references come from
   ``truth`` (fields ``muscle`` or ``channel``; ``sample`` from the marker, else from its
   time), which a simulated session records for each scripted attempt; or a labels CSV.
   The pseudo-detector ``recorded`` scores the events the live session decided.
+* **EDF/BDF files** (``.edf``, ``.bdf``; an EMG-BIDS dataset's ``*_emg.bdf``, read with
+  :func:`closedloop.io.files.load_emg`): references are the rows of the BIDS
+  ``*_events.tsv`` beside the file whose ``trial_type`` is ``truth_label`` (default
+  ``truth``: what ``closedloop export --bids`` writes for a simulated session's true
+  onsets), on the channel their ``muscle`` (or ``channel``) names; its
+  ``emg_onset``/``emg_offset`` rows are the ``recorded`` pseudo-detector's events (the
+  live session's decisions, as in the XDF); or a labels CSV.
 * **The shared real recordings** (give the data folder, the one holding
   ``reference_outputs.json``, as an input). See :func:`shared_recordings`. They are
   reported in their own groups, never pooled with simulated data:
@@ -61,11 +68,13 @@ Inputs and where their references come from
   The gestures file is left out: its labels follow the protocol cue, not the
   physiological onset, and new values arrive at only ~110 Hz.
 
-* **A folder of one's own recordings**: every ``.xdf`` and ``.npz`` file under it
-  (sorted, sub-folders included; text files too when ``--fs`` is given), each with its
-  references as above: ``truth`` markers (or the markers named by ``truth_label``, e.g.
-  the ``cue`` markers of cued trials) in closedloop recordings, the stored truth of
-  simulated ``.npz`` files, or a labels CSV whose ``file`` column names the files.
+* **A folder of one's own recordings**: every ``.xdf``, ``.npz``, ``.edf`` and ``.bdf``
+  file under it (sorted, sub-folders included, so an EMG-BIDS dataset's root too; text
+  files too when ``--fs`` is given), each with its references as above: ``truth``
+  markers (or the markers named by ``truth_label``, e.g. the ``cue`` markers of cued
+  trials) in closedloop recordings, ``truth`` rows of a BIDS ``*_events.tsv``, the
+  stored truth of simulated ``.npz`` files, or a labels CSV whose ``file`` column names
+  the files.
   Recordings are named by their path inside the folder.
 
 The pseudo-detector ``reference`` returns the reference onsets themselves (sensitivity 1,
@@ -395,6 +404,8 @@ def load_recording(
     p = Path(path)
     if p.suffix.lower() == ".xdf":
         rec = _xdf_recording(p, truth_label)
+    elif p.suffix.lower() in (".edf", ".bdf"):
+        rec = _edf_recording(p, truth_label)
     else:
         data = load_emg(p, fs=fs)
         ref = None
@@ -411,6 +422,48 @@ def load_recording(
         note = f"labels: {Path(labels).name}"
         rec = Recording(**{**_fields(rec), "reference": ref, "note": note})
     return rec
+
+
+def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
+    """An EDF/BDF file (:func:`closedloop.io.files.load_emg`) with the onsets of the BIDS
+    ``*_events.tsv`` beside it, if any: rows whose ``trial_type`` is ``truth_label`` are
+    the references (their ``sample``, else ``onset`` times the rate; their ``muscle``, or
+    ``channel``, when it names a channel of the file, else any channel), rows
+    ``emg_onset``/``emg_offset``/``emg_suspend`` (what closedloop's export writes for the
+    live detector's decisions) the ``recorded`` pseudo-detector's events."""
+    from closedloop.io.edf import read_tsv, sidecar
+    from closedloop.io.files import load_emg
+
+    data = load_emg(path)
+    tsv = sidecar(path, "events.tsv")
+    if tsv is None:
+        return Recording(path.name, data.samples, data.fs, data.channels, None,
+                         note="no reference (no BIDS events.tsv beside the file)")
+    ref: list[tuple[int, str]] = []
+    recorded: list[Event] = []
+    for line, row in read_tsv(tsv, ("onset", "trial_type")):
+        kind = row["trial_type"]
+        if kind != truth_label and kind not in ("emg_onset", "emg_offset", "emg_suspend"):
+            continue
+        try:
+            sample = (int(row["sample"]) if row.get("sample")
+                      else int(round(float(row["onset"]) * data.fs)))
+        except ValueError:
+            raise InputError(f"{tsv}:{line}: not an onset in seconds or a sample index: "
+                             f"onset {row['onset']!r}, sample {row.get('sample')!r}") from None
+        named = [row.get(c, "") for c in ("muscle", "channel")]
+        channel = next((c for c in named if c in data.channels), ANY)
+        if kind == truth_label:
+            ref.append(_reference(f"{tsv}:{line}", sample, channel, n=len(data.samples),
+                                  fs=data.fs, channels=data.channels,
+                                  shown=(f"onset {row['onset']}", f"channel {channel!r}")))
+        elif channel != ANY:
+            recorded.append(Event(sample, sample / data.fs, channel, kind[4:]))
+    note = (f"references: {truth_label!r} rows of {tsv.name}" if ref
+            else f"no {truth_label!r} rows in {tsv.name}")
+    return Recording(path.name, data.samples, data.fs, data.channels,
+                     tuple(sorted(ref)) if ref else None,
+                     recorded=tuple(sorted(recorded, key=lambda e: e.sample)), note=note)
 
 
 def _npz_truth(path: Path, samples: np.ndarray, channels: np.ndarray,
@@ -793,7 +846,7 @@ def _task(task: tuple[Any, DetectorSpec, float]) -> tuple[Row, str]:
 
 
 #: Files a folder input contributes (text files only with a rate, see folder_files).
-FOLDER_SUFFIXES = (".xdf", ".npz")
+FOLDER_SUFFIXES = (".xdf", ".npz", ".edf", ".bdf")
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
 
 

@@ -23,7 +23,9 @@ def main(args: argparse.Namespace) -> int:
 
     ``args`` attributes: ``input``, ``out``, ``overwrite``, ``config`` (None: default
     settings on every channel), ``fs`` (text input), ``columns`` (list of 0-based
-    columns, or their text form ``"0,2"``), ``board`` (BrainFlow file), ``stream`` (XDF).
+    columns, or their text form ``"0,2"``; text, XDF, EDF/BDF), ``board`` (BrainFlow
+    file), ``stream`` (XDF). A note of the reader (signals of an EDF/BDF file that are
+    not EMG) ends the summary line.
     """
     columns = args.columns
     if isinstance(columns, str):  # called as a library with the text form
@@ -43,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     n_on = sum(e.kind == "onset" for e in events)
     print(
         f"{data.source}: {data.samples.shape[1]} channel(s), {data.duration_s:.1f} s at "
-        f"{data.fs:g} Hz -> {n_on} onset(s), {len(events) - n_on} offset(s) in {args.out}",
+        f"{data.fs:g} Hz -> {n_on} onset(s), {len(events) - n_on} offset(s) in {args.out}"
+        + (f" ({data.note})" if data.note else ""),
         file=sys.stderr,
     )
     return 0

@@ -10,6 +10,12 @@ Formats:
   another LSL tool's, read with :func:`closedloop.io.xdf.load_session`. The samples
   are what a live session's detector saw (NaN/inf held at the channel's last finite
   value; the recording keeps them as received), sample 0 is the stream's first;
+* EDF and BDF files (``.edf``, ``.bdf``; EDF+/BDF+ too), read with
+  :func:`closedloop.io.edf.load_edf` (needs the ``bids`` extra, edfio): the rate, channel
+  names and units from the file, samples in volts; the EMG signals are ``columns``
+  (0-based), else the ``type`` EMG rows of a BIDS ``*_channels.tsv`` beside the file,
+  else the voltage signals at the highest rate (an annotations signal, a slower
+  accelerometer are not EMG);
 * plain text / CSV (one or more numeric columns, comma, tab or space separated) with
   ``fs`` given. Leading lines that are not numbers are skipped (``#`` headers such as
   OpenSignals', or a line of column names, which then names the channels). ``columns``
@@ -38,12 +44,14 @@ _NON_CHANNEL = {"time", "time_s", "t", "timestamp", "class", "label", "labels"}
 
 @dataclass(frozen=True)
 class EmgData:
-    """EMG samples (n, n_channels) with their rate and channel names."""
+    """EMG samples (n, n_channels) with their rate and channel names; ``note`` says what
+    the reader left out of the file (signals that are not EMG), for a person."""
 
     samples: np.ndarray
     fs: float
     channels: tuple[str, ...]
     source: str = ""
+    note: str = ""
 
     @property
     def duration_s(self) -> float:
@@ -230,6 +238,20 @@ def load_xdf(path: str | Path, stream: str | None = None,
     return EmgData(samples, s.fs, tuple(chans), str(path))
 
 
+def load_edf(path: str | Path, columns: list[int] | None = None) -> EmgData:
+    """The EMG of an EDF/BDF file (see the module docstring)."""
+    from closedloop.io.edf import load_edf as read
+
+    d = read(path, columns)
+    _check_names(list(d.channels), str(path))
+    _check(d.samples, str(path))
+    return EmgData(d.samples, d.fs, d.channels, str(path), d.note)
+
+
+#: Suffixes of the files :func:`load_edf` reads.
+EDF_SUFFIXES = (".edf", ".bdf")
+
+
 def load_emg(
     path: str | Path,
     *,
@@ -246,6 +268,8 @@ def load_emg(
         return load_npz(p)
     if p.suffix.lower() == ".xdf":
         return load_xdf(p, stream, columns)
+    if p.suffix.lower() in EDF_SUFFIXES:
+        return load_edf(p, columns)
     if board is not None:
         return load_brainflow(p, board)
     if fs is None:

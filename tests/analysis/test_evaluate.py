@@ -135,6 +135,43 @@ def test_csv_labels_give_the_same_figures_as_the_stored_truth(tmp_path):
         evaluate([txt], ["threshold"], labels=bad, fs=FS, jobs=1)
 
 
+def test_a_bids_dataset_of_bdf_files_is_scored_against_its_events_tsv(tmp_path):
+    """Another lab's EMG-BIDS dataset (BDF in mV, channels named without a type prefix,
+    true onsets as ``onset`` rows of events.tsv giving only their time and channel):
+    the dataset's folder scores as the simulated recording it holds does against its
+    stored truth, with ``truth_label='onset'``."""
+    edfio = pytest.importorskip("edfio")
+    npz = write_sim_recording(tmp_path / "short.npz", 20.0, minutes=0.5, seed=8)
+    rec = load_recording(npz)
+    root = tmp_path / "ds"
+    emg = root / "sub-07" / "emg"
+    emg.mkdir(parents=True)
+    mv = rec.samples * 1e3
+    top = float(np.abs(mv).max()) * 1.01
+    edfio.Bdf([edfio.BdfSignal(mv[:, k], FS, label=c, physical_dimension="mV",
+                               physical_range=(-top, top))
+               for k, c in enumerate(rec.channels)]).write(emg / "sub-07_task-reach_emg.bdf")
+    events = emg / "sub-07_task-reach_events.tsv"
+    rows = [f"{s / FS:.4f}\t0.5\tonset\t{c}\n" for s, c in rec.reference]
+    rows.insert(1, "3.0\tn/a\tcue\tn/a\n")  # another kind of row: not a reference
+    events.write_text("onset\tduration\ttrial_type\tchannel\n" + "".join(rows))
+    truth = _by(evaluate([npz], ["threshold"], jobs=1), npz.name, "threshold")
+    name = "sub-07/emg/sub-07_task-reach_emg.bdf"
+    got = _by(evaluate([root], ["threshold"], truth_label="onset", jobs=1), name, "threshold")
+    assert got.n_reference == truth.n_reference >= 2 and "events.tsv" in got.note
+    assert (got.hits, got.false_detections) == (truth.hits, truth.false_detections)
+    assert got.latency_median_ms == pytest.approx(truth.latency_median_ms)
+    # the default label ('truth') finds no reference rows here: detections only counted
+    plain = _by(evaluate([root], ["threshold"], jobs=1), name, "threshold")
+    assert plain.n_reference is None and "no 'truth' rows" in plain.note
+    events.write_text("onset\tduration\ttrial_type\tchannel\nsoon\t0\tonset\tbiceps\n")
+    with pytest.raises(InputError, match=r"_events.tsv:2: not an onset"):
+        load_recording(emg / "sub-07_task-reach_emg.bdf", truth_label="onset")
+    events.write_text("onset\tduration\ttrial_type\tchannel\n99\t0\tonset\tbiceps\n")
+    with pytest.raises(InputError, match=r"_events.tsv:2: onset 99 is outside the recording"):
+        load_recording(emg / "sub-07_task-reach_emg.bdf", truth_label="onset")
+
+
 def test_parallel_jobs_give_the_same_table(sim_files):
     inputs = [sim_files[20.0], sim_files[10.0], SimSpec(0.0, minutes=1.0, seed=1)]
     specs = ["threshold", "double_threshold", "tkeo:k_on=8"]

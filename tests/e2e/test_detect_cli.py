@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -201,3 +202,61 @@ def test_a_cusum_config_detects_the_bmc_bursts(shared_data, tmp_path):
     consensus = [395, 1384, 2405]  # the offline peers' consensus onsets
     assert len(onsets) == 3
     assert all(0 <= got - want <= 40 for got, want in zip(onsets, consensus, strict=True))
+
+
+def test_an_exported_bdf_detects_as_its_recording(tmp_path):
+    """A recorded session exported to EMG-BIDS (``closedloop export --bids``: BDF+, 24
+    bit, µV) and detected from its BDF gives the events file ``detect`` writes from the
+    XDF itself, byte for byte (the same samples, decisions and channel names), with the
+    default settings and with the session's config; through the installed command,
+    output to a pipe."""
+    pytest.importorskip("edfio")
+    from tests.conftest import CONFIGS, ROOT
+
+    xdf = ROOT / "recordings" / "sim_biceps_triceps.xdf"
+    exe = shutil.which("closedloop")
+    cl = [exe] if exe else [sys.executable, "-m", "closedloop"]
+
+    def run(*args):
+        r = subprocess.run([*cl, *map(str, args)], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        return r
+
+    run("export", xdf, "--bids", "bids", "--subject", "01")
+    bdf = tmp_path / "bids" / "sub-01" / "emg" / "sub-01_task-bicepstriceps_emg.bdf"
+    for extra in ([], ["--config", CONFIGS / "biceps_triceps.toml"]):
+        tag = "config" if extra else "default"
+        run("detect", xdf, "--out", f"xdf_{tag}.csv", *extra)
+        r = run("detect", bdf, "--out", f"bdf_{tag}.csv", *extra)
+        assert "2 channel(s), 20.0 s at 2000 Hz" in r.stderr
+        from_xdf = (tmp_path / f"xdf_{tag}.csv").read_bytes()
+        assert sum(row["kind"] == "onset" for row in _events(tmp_path / f"xdf_{tag}.csv")) >= 3
+        assert (tmp_path / f"bdf_{tag}.csv").read_bytes() == from_xdf, tag
+
+
+def test_a_cut_or_garbage_edf_gets_a_message_not_a_traceback(tmp_path):
+    """Through the installed command, output to a pipe: a BDF cut in half exits 9 (a
+    damaged recording) and bytes that are no EDF at all exit 7 (unusable input), each
+    with one message naming the file and what is wrong; no events file is left."""
+    edfio = pytest.importorskip("edfio")
+    x = np.random.default_rng(0).normal(0, 20.0, (6000, 2))
+    whole = tmp_path / "whole.bdf"
+    edfio.Bdf([edfio.BdfSignal(x[:, k], 2000.0, label=f"EMG m{k}", physical_dimension="uV")
+               for k in range(2)]).write(whole)
+    cut, garbage = tmp_path / "cut.bdf", tmp_path / "garbage.edf"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    garbage.write_bytes(np.random.default_rng(1).bytes(4096))
+    exe = shutil.which("closedloop")
+    cl = [exe] if exe else [sys.executable, "-m", "closedloop"]
+    for path, code, words in ((cut, 9, "cut short"), (garbage, 7, "not an EDF or BDF file")):
+        out = tmp_path / f"{path.stem}.csv"
+        r = subprocess.run([*cl, "detect", str(path), "--out", str(out)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == code, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert str(path) in r.stderr and words in r.stderr
+        assert not out.exists()
+    r = subprocess.run([*cl, "detect", str(whole), "--out", str(tmp_path / "ok.csv")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "2 channel(s), 3.0 s at 2000 Hz" in r.stderr, r.stderr

@@ -198,6 +198,39 @@ def test_export_to_emg_bids_reads_back_in_mne(recorded: Path, tmp_path) -> None:
     assert r.returncode != 0 and "letters and digits" in r.stderr
 
 
+def test_an_exported_dataset_is_detected_and_scored_as_its_recording(recorded: Path,
+                                                                     tmp_path) -> None:
+    """The recorded session exported to EMG-BIDS: ``detect`` on its BDF writes the events
+    file ``detect`` writes from the XDF, byte for byte (its last data record is padded:
+    the trailing BAD_ACQ_SKIP is left out, as the summary line says), and ``evaluate``
+    on the dataset folder scores it as it scores the XDF: references from the truth
+    rows of its events.tsv, the live decisions (``recorded``) from its emg_onset rows,
+    every figure equal."""
+    pytest.importorskip("edfio")
+    root = tmp_path / "bids"
+    assert cl("export", recorded, "--bids", root, "--subject", "01").returncode == 0
+    bdf = root / "sub-01" / "emg" / "sub-01_task-bicepstriceps_emg.bdf"
+    a, b = tmp_path / "xdf.csv", tmp_path / "bdf.csv"
+    assert cl("detect", recorded, "--out", a).returncode == 0
+    r = cl("detect", bdf, "--out", b)
+    assert r.returncode == 0, r.stderr
+    assert f"{DURATION_S:.1f} s at 2000 Hz" in r.stderr and "1000 padding sample(s)" in r.stderr
+    assert sum(row["kind"] == "onset" for row in csv.DictReader(a.open(newline=""))) >= 2
+    assert b.read_bytes() == a.read_bytes()
+    scored = {}
+    for name, where in (("xdf", recorded), ("bids", root)):
+        r = cl("evaluate", where, "--detector", "recorded", "--detector", "cusum",
+               "--format", "json")
+        assert r.returncode == 0, r.stderr
+        scored[name] = [{k: v for k, v in row.items() if k not in ("recording", "note")}
+                        for row in json.loads(r.stdout)["rows"]]
+    n_truth = sum(m.label == "truth" for m in load_session(recorded).markers)
+    live = scored["bids"][0]
+    assert live["detector"] == "recorded" and live["n_reference"] == n_truth >= 2
+    assert live["sensitivity"] == 1.0 and live["n_detected"] >= n_truth
+    assert scored["bids"] == scored["xdf"]
+
+
 def test_detect_on_xdf_equals_detect_on_the_same_samples_as_npz(tmp_path) -> None:
     s = load_session(SHIPPED)
     npz = tmp_path / "same.npz"

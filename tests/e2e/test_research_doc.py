@@ -42,3 +42,18 @@ def test_the_worked_example_runs_as_written(tmp_path) -> None:
         "sub-01_ses-1_task-bicepstriceps_run-1_emg.bdf",
         "sub-01_ses-1_task-bicepstriceps_run-2_emg.bdf"]
     assert json.loads((tmp_path / "bids" / "dataset_description.json").read_text())["Name"]
+    # the dataset read back: detect on a BDF gives the events of its recording, and
+    # evaluate on the dataset the figures of the two recordings, row for row
+    r = subprocess.run(["closedloop", "detect", "sessions/s1.xdf", "--out", "s1_xdf.csv"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s1_events.csv").read_bytes() == (tmp_path / "s1_xdf.csv").read_bytes()
+
+    def figures(md: str) -> list[list[str]]:
+        """The table rows of a results page, without the recording's name."""
+        return [line.split("|")[2:] for line in md.splitlines()
+                if line.startswith("| ") and not line.startswith("| recording")]
+
+    bids_md = (tmp_path / "bids_results.md").read_text()
+    assert "| sub-01/ses-1/emg/sub-01_ses-1_task-bicepstriceps_run-2_emg.bdf | tkeo |" in bids_md
+    assert len(figures(md)) == 6 and figures(bids_md) == figures(md)
