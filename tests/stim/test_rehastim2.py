@@ -431,6 +431,58 @@ def test_a_device_that_stays_busy_is_given_up_after_busy_timeout(make_driver, em
     assert emulator.running_channels == {} and not driver.any_on
 
 
+# --- damaged and lost packets: not executed, so sent again (DOC2 5.3) ---------------------------
+
+
+@pytest.mark.timeout(10)
+def test_a_damaged_command_is_sent_again_and_executed_once(driver, emulator):
+    """A packet that reaches the device damaged gets its Ack with -1 (transfer error) and
+    is not executed; the PC sends it again. A damaged Stop must not leave it running."""
+    driver.apply([cmd(1, 10.0)])
+    emulator.damage_next()
+    driver.apply([cmd(1, 20.0)])  # returns normally: sent again, executed once
+    assert results(emulator, sm.Command.START_CHANNEL_LIST_MODE) == [0, 0]
+    assert sum("checksum mismatch in StartChannelListMode" in e for e in emulator.events) == 1
+    assert emulator.channels[1].current_ma == 20 and driver.outputs[1].current_ma == 20.0
+    driver.check()  # nothing stored: the session goes on
+    emulator.damage_next()
+    driver.stop_all()
+    assert sum("checksum mismatch in StopChannelListMode" in e for e in emulator.events) == 1
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_link_that_damages_every_packet_is_given_up_after_busy_timeout(make_driver,
+                                                                          emulator):
+    driver = make_driver(busy_timeout=0.2)
+    driver.apply([cmd(1, 10.0)])
+    emulator.damage_next(1000)
+    with pytest.raises(StimulatorError, match=r"transfer error \(-1\) to StartChannelListMode "
+                       r"\d+ times.*check the USB cable"):
+        driver.apply([cmd(1, 20.0)])
+    assert emulator.channels[1].current_ma == 10
+    emulator.damage_next(0)
+    driver.stop_all()
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_lost_stop_is_sent_again(make_driver, emulator):
+    """A Stop lost on the way gets no answer: it is sent once more, and the device stops
+    (without this, it would run on until the driver closed and its 1.2 s watchdog)."""
+    driver = make_driver(response_timeout=0.1)
+    driver.apply([cmd(1, 20.0)])
+    emulator.lose_next()
+    t0 = time.monotonic()
+    driver.stop_all()  # confirmed by the second Stop
+    assert time.monotonic() - t0 < 0.1 + 0.3
+    assert emulator.running_channels == {} and not driver.any_on
+    assert results(emulator, sm.Command.STOP_CHANNEL_LIST_MODE) == [0]  # the one that came
+    assert any("lost on the way" in e and "StopChannelListMode" in e for e in emulator.events)
+    with pytest.raises(DeviceLostError, match="did not answer StopChannelListMode.*refuses"):
+        driver.apply([cmd(1, 20.0)])  # a packet was lost: the link is not trusted again
+
+
 # --- the port is exclusive -----------------------------------------------------------------------
 
 
@@ -480,7 +532,7 @@ def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator
         driver.apply([cmd(1, 25.0)])
     t0 = time.monotonic()
     with pytest.raises(DeviceLostError, match="did not answer StopChannelListMode"):
-        driver.stop_all()
+        driver.stop_all()  # sent twice: a lost Stop is sent once more
     assert time.monotonic() - t0 < 0.5
     assert not driver.any_on
     with pytest.raises(DeviceLostError):
@@ -488,7 +540,7 @@ def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator
     assert not driver.is_open
     driver.close()  # twice is fine
     stop = emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE)
-    assert len(stop) == 2 and all(r.note == "ignored: silent" for r in stop)
+    assert len(stop) == 4 and all(r.note == "ignored: silent" for r in stop)
 
 
 @pytest.mark.timeout(10)

@@ -43,12 +43,19 @@ How it works
   result: no answer -> :class:`~closedloop.errors.DeviceLostError`, a non-zero result ->
   :class:`~closedloop.errors.StimulatorError` naming the command and what the code means.
 * Busy (-8) is not a refusal: the device "is still processing the previous command" and
-  did not execute this one (DOC2 section 5.2: wait, then send again). The command is sent
+  did not execute this one (DOC2 section 5.2: wait, then send again). Nor is a transfer
+  error (-1): the packet reached the device damaged (checksum or length) and was not
+  executed; DOC2 section 5.3 has the PC send the command again. The command is sent
   again, as a new packet (the packet number goes on by one), after 5, 10, 20, 40, 50 ...
   ms, for up to ``busy_timeout`` (0.2 s: twice the device's longest response time, inside
   the loop's backstop watchdog and the device's own 1.2 s). Each command is therefore
-  executed exactly once, in order. A device still busy after that raises
-  :class:`~closedloop.errors.StimulatorError` saying so and what to do.
+  executed exactly once, in order. A device still busy (or still receiving damaged
+  packets) after that raises :class:`~closedloop.errors.StimulatorError` saying so and
+  what to do.
+* StopChannelListMode that gets no answer at all (the packet was lost on the way, or the
+  answer was) is sent once more before the driver gives up (DOC2 section 5.3: "sends the
+  command again"; a Stop is safe to repeat), so one lost packet does not leave the device
+  stimulating until its own watchdog.
 * Stimulation runs in the channel list mode, which has one main frequency for all
   channels. :meth:`RehaStim2.apply` initialises it lazily (InitChannelListMode with every
   configured channel) when something is first switched on, then sends
@@ -143,6 +150,21 @@ class _Pending:
     done: threading.Event
     reply: sm.Packet | None = None
     error: BaseException | None = None
+
+
+class _NoAnswerError(DeviceLostError):
+    """No acknowledgement within ``response_timeout`` (the port itself still works)."""
+
+
+#: Ack results that mean "not executed, send it again" (DOC2 sections 5.2-5.3).
+_SEND_AGAIN = {
+    sm.RESULT_BUSY: ("busy (-8)", "it is still processing an earlier command and takes no "
+                     "new one. The session stops stimulation; switch the stimulator off and "
+                     "on before the next session, and have it serviced if this happens again"),
+    sm.RESULT_TRANSFER_ERROR: ("transfer error (-1)", "the packets reach it damaged (checksum "
+                               "or length). The session stops stimulation; check the USB "
+                               "cable and that no other program uses the port"),
+}
 
 
 class RehaStim2(Stimulator):
@@ -570,7 +592,14 @@ class RehaStim2(Stimulator):
         return sm.StimulationMode(ack.data[1])
 
     def _stop_channel_list(self) -> None:
-        self._transact(sm.stop_channel_list_mode)
+        try:
+            self._transact(sm.stop_channel_list_mode)
+        except _NoAnswerError as exc:
+            # DOC2 5.3: no answer within the response time -> send the command again. A
+            # Stop is safe to repeat; one lost packet must not leave the device running.
+            logger.warning("RehaStim2 on %s: %s; sending StopChannelListMode again",
+                           self.port, exc)
+            self._transact(sm.stop_channel_list_mode)
         with self._state_lock:
             self._mode, self._main_code = sm.StimulationMode.START, None
             self._outputs = self._all_off()
@@ -586,22 +615,23 @@ class RehaStim2(Stimulator):
     def _transact(self, build: Callable[[int], sm.Packet]) -> sm.Packet:
         """Send one command and return its Ack; the caller holds ``_txn_lock``.
 
-        A busy answer (-8: not executed, the device is still processing) sends the
+        An answer saying the command was not executed -- busy (-8: the device is still
+        processing) or transfer error (-1: the packet arrived damaged) -- sends the
         command again as a new packet, after a pause that doubles from
         :data:`BUSY_FIRST_RETRY_S` to :data:`BUSY_MAX_RETRY_S`, until ``busy_timeout``.
 
         Raises DeviceLostError when no Ack comes within ``response_timeout`` (the link is
-        then considered lost) and StimulatorError when the Ack's result is not 0 (busy:
-        still busy after ``busy_timeout``).
+        then considered lost) and StimulatorError when the Ack's result is not 0 (busy or
+        transfer error: still so after ``busy_timeout``).
         """
         started = time.monotonic()
-        pause, busy = BUSY_FIRST_RETRY_S, 0
+        pause, again = BUSY_FIRST_RETRY_S, 0
         while True:
             packet, reply = self._exchange(build)
             result = sm.to_int8(reply.data[0]) if reply.data else None
             if result == 0:
                 return reply
-            if result != sm.RESULT_BUSY:
+            if result not in _SEND_AGAIN:
                 meaning = ("empty Ack" if result is None
                            else f"{result}, {sm.result_meaning(result)}")
                 with self._state_lock:  # e.g. -3 because an electrode error stopped it
@@ -611,18 +641,16 @@ class RehaStim2(Stimulator):
                     f"RehaStim2 refused {packet.name} (packet {packet.pkt_no}): result "
                     f"{meaning}{cause}"
                 )
-            busy += 1
+            again += 1
+            what, advice = _SEND_AGAIN[result]
             left = started + self.busy_timeout - time.monotonic()
             if left <= 0:
                 raise StimulatorError(
-                    f"the RehaStim2 on {self.port} answered busy (-8) to {packet.name} {busy} "
-                    f"times over {1000 * (time.monotonic() - started):.0f} ms: it is still "
-                    "processing an earlier command and takes no new one. The session stops "
-                    "stimulation; switch the stimulator off and on before the next session, "
-                    "and have it serviced if this happens again."
+                    f"the RehaStim2 on {self.port} answered {what} to {packet.name} {again} "
+                    f"times over {1000 * (time.monotonic() - started):.0f} ms: {advice}."
                 )
-            logger.info("RehaStim2 on %s busy on %s (%d); sending it again in %.0f ms",
-                        self.port, packet.name, busy, 1000 * min(pause, left))
+            logger.info("RehaStim2 on %s answered %s to %s (%d); sending it again in %.0f ms",
+                        self.port, what, packet.name, again, 1000 * min(pause, left))
             time.sleep(min(pause, left))
             pause = min(2 * pause, BUSY_MAX_RETRY_S)
 
@@ -651,7 +679,7 @@ class RehaStim2(Stimulator):
             raise pending.error
         if not answered or pending.reply is None:
             seen = f"; packets it could not match: {unmatched}" if unmatched else ""
-            lost = DeviceLostError(
+            lost = _NoAnswerError(
                 f"RehaStim2 on {self.port} did not answer {packet.name} (packet "
                 f"{packet.pkt_no}) within {self.response_timeout * 1000:.0f} ms{seen}. Check "
                 "that it is switched on and the cable is connected."

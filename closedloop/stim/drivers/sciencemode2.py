@@ -115,6 +115,9 @@ class PulseMode(enum.IntEnum):
 #: Ack result "busy": the device is still processing the previous command and did not
 #: execute this one; the host waits and sends it again (DOC2 section 5.2).
 RESULT_BUSY = -8
+#: Ack result "transfer error": the packet arrived damaged (checksum or length did not
+#: match) and was not executed; the host sends the command again (DOC2 sections 5.2-5.3).
+RESULT_TRANSFER_ERROR = -1
 
 #: Meaning of the int8 result in an acknowledgement (DOC2 sections 5.1-5.2).
 RESULT_MEANINGS: dict[int, str] = {
