@@ -99,6 +99,22 @@ def test_handshake_with_the_device_init_interval():
         assert emu.violations == []
 
 
+@pytest.mark.timeout(15)
+def test_a_device_answering_at_its_max_response_time_is_not_lost():
+    """DOC2 Table 7: the device may take up to MaxResponseTime (100 ms) to answer a
+    command, counted from when it has the packet; the driver's default wait (what the
+    command line uses) must leave room for the link's latency on top."""
+    with RehaStim2Emulator(init_interval_s=0.1, response_delay_s=0.1) as emu:
+        with RehaStim2(emu.path, channels=(1, 2)) as driver:
+            driver.apply([cmd(1, 20.0)])
+            driver.apply([cmd(1, 30.0), cmd(2, 10.0)])
+            time.sleep(0.7)  # a plateau: the mode probe meets the slow device too
+            driver.check()
+            assert {ch: s.current_ma for ch, s in emu.running_channels.items()} == {1: 30, 2: 10}
+        assert emu.running_channels == {} and emu.violations == []
+        assert all(r.result == 0 for r in emu.received if r.answer)
+
+
 @pytest.mark.timeout(10)
 def test_handshake_line_settings_and_mode_check(driver, emulator):
     assert driver.is_open and emulator.connected

@@ -120,6 +120,15 @@ except ImportError:  # Windows
 logger = logging.getLogger(__name__)
 
 BAUDRATE = 460800
+#: What the link adds to the device's MaxResponseTime before an answer is read: the
+#: USB-serial chip holds a short answer for its latency timer (16 ms by default; DOC2 2.1
+#: asks for 1 ms, which a driver cannot set without privileges), plus USB frames and
+#: thread scheduling.
+LINK_LATENCY_S = 0.05
+#: Default wait for an acknowledgement, from the write: the device may answer as late as
+#: its MaxResponseTime after it has the packet (DOC2 Table 7), so waiting exactly that
+#: long from the PC's side would call a device that keeps its specification lost.
+RESPONSE_TIMEOUT_S = sm.MAX_RESPONSE_TIME_S + LINK_LATENCY_S
 #: First pause before a command answered busy (-8) is sent again; it doubles up to the next.
 BUSY_FIRST_RETRY_S = 0.005
 #: Longest pause between two sends of a command answered busy.
@@ -178,7 +187,8 @@ class RehaStim2(Stimulator):
         The channels (1-based, 1..8) this session may use; all are put in the channel
         list, so switching any of them on or off needs no re-initialisation.
     response_timeout : float
-        Seconds to wait for each acknowledgement (the device's MaxResponseTime is 0.1 s).
+        Seconds to wait for each acknowledgement after the write: the device's
+        MaxResponseTime (0.1 s) plus :data:`LINK_LATENCY_S` by default.
     keepalive_s : float
         Send a Watchdog whenever this many seconds pass with nothing sent; at most 1.0 s
         (the device resets after 1.2 s without a valid packet).
@@ -224,7 +234,7 @@ class RehaStim2(Stimulator):
         port: str,
         *,
         channels: Sequence[int] = (1, 2),
-        response_timeout: float = 0.1,
+        response_timeout: float = RESPONSE_TIMEOUT_S,
         keepalive_s: float = 0.5,
         probe_s: float = 0.5,
         busy_timeout: float = 0.2,

@@ -50,6 +50,9 @@ MAX_FRAME_CONTENT = 4 + 2 * (2 + MAX_DATA_BYTES)
 # --- device ranges (DOC2 section 4.3) ------------------------------------------------------
 
 N_CHANNELS = 8
+#: The longest the device takes to answer a command it has received (DOC2 Table 7,
+#: MaxResponseTime; on average under 20 ms).
+MAX_RESPONSE_TIME_S = 0.1
 MAIN_INTERVAL_MIN_MS = 8.0
 MAIN_INTERVAL_MAX_MS = 1025.0
 INTER_PULSE_INTERVAL_MIN_MS = 8.0  # "minimum 8 ms in the current software version" (coded 13)
