@@ -21,9 +21,12 @@ What it does, as the device would
 * Checks framing, CRC and LEN (a bad CRC or LEN gets the command's own Ack with -1 if the
   command byte can be read), and accepts ``81 xx`` as an escape of any byte.
 * Runs the mode state machine start -> initialized -> started: a command not allowed in
-  the current mode gets -3; a value out of range, a wrong number of parameters or an
-  inter-pulse interval below 8 ms gets -2. Unknown command numbers (including the XORed,
-  unescaped command bytes of pyScienceMode, e.g. 0x5F) get UnknownCommand.
+  the current mode gets -3; a value out of range, a wrong number of parameters, an
+  inter-pulse interval below 8 ms per stimulation module the channel list uses (16 ms
+  with channels on both 1-4 and 5-8: DOC2 Table 2 "8 ms per stimulation module", the
+  modules processed one after the other) or a main interval shorter than it gets -2.
+  Unknown command numbers (including the XORed, unescaped command bytes of
+  pyScienceMode, e.g. 0x5F) get UnknownCommand.
 * After ``watchdog_s`` (1.2 s) without a valid packet it stops stimulation, resets its
   modes and sends Init again.
 * Answers each command ``response_delay_s`` after receiving it (default at once; the
@@ -599,11 +602,17 @@ class RehaStim2Emulator:
             raise _RefusedError(-2, f"InitChannelListMode needs 7 data bytes, got {len(data)}")
         lf, active, lf_channels, ipi, main_msb, main_lsb, execution = data
         main = main_msb << 8 | main_lsb
+        modules = bool(active & 0x0F) + bool(active & 0xF0)  # A: channels 1-4, B: 5-8
+        min_ipi = round((8.0 * max(modules, 1) - 1.5) * 2)  # 13 (8 ms) or 29 (16 ms)
         problems = [
             f"low frequency factor {lf} > 7" if lf > 7 else "",
             "no active channel" if not active else "",
             "low-frequency channels not all active" if lf_channels & ~active else "",
-            f"inter-pulse interval code {ipi} < 13 (8 ms)" if ipi < 13 else "",
+            f"inter-pulse interval code {ipi} < {min_ipi} (8 ms per stimulation module, "
+            f"{modules} used)" if ipi < min_ipi else "",
+            f"main interval code {main} ({main * 0.5 + 1} ms) shorter than the inter-pulse "
+            f"interval ({ipi * 0.5 + 1.5} ms)" if main and main * 0.5 + 1 < ipi * 0.5 + 1.5
+            else "",
             f"main interval code {main} not 0 or 14..2048"
             if main != 0 and not 14 <= main <= 2048
             else "",

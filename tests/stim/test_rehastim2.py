@@ -247,6 +247,28 @@ def test_levels_are_rounded_down_and_period_up(driver, emulator):
 
 
 @pytest.mark.timeout(10)
+def test_channels_on_both_stimulation_modules_get_16_ms_between_pulse_groups(make_driver,
+                                                                             emulator):
+    """DOC2 Table 2: the inter-pulse interval is at least 8 ms per stimulation module
+    (channels 1-4 and 5-8, processed one after the other), and the main interval at
+    least that: a list on both modules is initialised with 16 ms and runs <= 62.5 Hz."""
+    driver = make_driver(channels=(1, 5))
+    driver.apply([cmd(1, 20.0, hz=50.0), cmd(5, 10.0, hz=50.0)])
+    init = emulator.commands(sm.Command.INIT_CHANNEL_LIST_MODE)[-1]
+    assert init.data == bytes((0, 0b0001_0001, 0, 29, 0, 38, 0))  # 16 ms, 20 ms
+    assert init.result == 0 and emulator.running_channels.keys() == {1, 5}
+    sent = len(driver.sent_packets)
+    with pytest.raises(StimulatorError, match=r"at most 62.5 Hz.*one module"):
+        driver.apply([cmd(1, 20.0, hz=80.0)])  # 12.5 ms < 16 ms: refused before sending
+    assert all(p.cmd == sm.Command.WATCHDOG for p in driver.sent_packets[sent:])
+    driver.apply([cmd(1, 20.0, hz=62.5)])  # 16 ms: re-initialised at the new frequency
+    assert emulator.main_interval_ms == 16.0 and emulator.running_channels.keys() == {1, 5}
+    assert driver.delivered_hz(62.5) == 62.5 and driver.delivered_hz(80.0) == 80.0
+    one_module = RehaStim2(emulator.path, channels=(5, 6, 7, 8))  # not opened
+    assert one_module.min_interval_ms == 8.0 and one_module.delivered_hz(125.0) == 125.0
+
+
+@pytest.mark.timeout(10)
 def test_frequency_change_stops_reinitialises_and_restarts(driver, emulator):
     driver.apply([cmd(1, 20.0, 200.0, 50.0)])
     before = len(stimulating(emulator))
@@ -722,6 +744,24 @@ def test_emulator_is_strict_about_modes_ranges_and_framing(raw):
     client.send(sm.watchdog(20).encode())  # skips 15..19
     assert emu.wait_until(lambda e: e.violations, timeout=1.0)
     assert "packet number 20, expected 15" in emu.violations[0]
+
+
+@pytest.mark.timeout(10)
+def test_emulator_wants_8_ms_between_pulse_groups_per_stimulation_module(raw):
+    emu, client = raw
+    client.connect()
+
+    def result(packet: sm.Packet) -> int:
+        client.send(packet.encode())
+        return sm.to_int8(client.next_packet().data[0])
+
+    both = 0b0001_0001  # channels 1 and 5: modules A and B
+    assert result(sm.Packet(0, 30, bytes((0, both, 0, 13, 0, 38, 0)))) == -2  # t2 8 ms
+    assert result(sm.Packet(1, 30, bytes((0, both, 0, 29, 0, 28, 0)))) == -2  # t1 15 < 16 ms
+    assert result(sm.Packet(2, 30, bytes((0, 0b1111, 0, 13, 0, 14, 0)))) == 0  # 1-4: 8 ms
+    assert result(sm.stop_channel_list_mode(3)) == 0
+    assert result(sm.Packet(4, 30, bytes((0, both, 0, 29, 0, 30, 0)))) == 0  # 16 ms, 16 ms
+    assert emu.violations == []
 
 
 @pytest.mark.timeout(10)

@@ -73,6 +73,10 @@ How it works
   Values the device would reject or change (pulse width below 20 us with current on,
   above 500 us, current above 130 mA, frequency outside 0.98..125 Hz, a channel not
   configured) raise :class:`~closedloop.errors.StimulatorError` and nothing is sent.
+* The channel list is initialised with the inter-pulse interval its channels need: 8 ms
+  per stimulation module used (DOC2 Table 2), i.e. 16 ms when the session's channels are
+  on both modules (1-4 and 5-8). The main interval may not be shorter (t1 >= t2), so
+  such a session runs at most 62.5 Hz; a faster command is refused before sending.
 
 Faults the link thread sees
 ---------------------------
@@ -268,6 +272,9 @@ class RehaStim2(Stimulator):
             raise ConfigError(f"rehastim2 probe_s={probe_s!r}: must be in [0, 10] s (0: off)")
         self.port = port
         self.channels: tuple[int, ...] = tuple(sorted(chans))
+        #: Shortest main interval the channel list allows: 8 ms per stimulation module
+        #: its channels use (the inter-pulse interval it is initialised with).
+        self.min_interval_ms = sm.min_inter_pulse_interval_ms(self.channels)
         self.response_timeout = float(response_timeout)
         self.keepalive_s = float(keepalive_s)
         self.probe_s = float(probe_s)
@@ -569,9 +576,10 @@ class RehaStim2(Stimulator):
         (35 Hz -> 29 ms -> 34.48 Hz). A rate it cannot run is returned as asked
         (:meth:`apply` refuses it)."""
         try:
-            return 1000.0 / sm.main_interval_for_frequency(frequency_hz)
+            interval = sm.main_interval_for_frequency(frequency_hz)
         except StimulatorError:
             return frequency_hz
+        return frequency_hz if interval < self.min_interval_ms else 1000.0 / interval
 
     def check(self) -> None:
         """Raise the next fault the link thread has seen and not yet reported."""
@@ -906,6 +914,14 @@ class RehaStim2(Stimulator):
                 f"RehaStim2's range {sm.PULSE_WIDTH_MIN_US}..{sm.PULSE_WIDTH_MAX_US} us"
             )
         interval = sm.main_interval_for_frequency(cmd.frequency_hz)
+        if interval < self.min_interval_ms:
+            raise StimulatorError(
+                f"{cmd.frequency_hz:g} Hz on channel {ch} is faster than the RehaStim2 runs "
+                f"channels {self.channels}: with channels on both stimulation modules (1-4 "
+                f"and 5-8) its main interval is at least {self.min_interval_ms:g} ms, at most "
+                f"{1000.0 / self.min_interval_ms:g} Hz. Lower the frequency, or use channels "
+                "of one module only"
+            )
         return (
             ChannelOutput(float(current), float(pw), 1000.0 / interval),
             sm.code_main_interval(interval),
