@@ -564,6 +564,31 @@ def test_unknown_command_answer_is_a_stored_fault(driver, emulator):
 
 
 @pytest.mark.timeout(10)
+def test_after_a_fault_the_keepalive_stops_so_the_device_stops_by_itself(driver, emulator):
+    """A driver that has seen a fault keeps the device alive no longer: if nothing stops
+    it (the loop stuck, a stop that fails), the RehaStim2's own 1.2 s watchdog does."""
+    driver.apply([cmd(1, 20.0)])
+    driver._send(lambda n: sm.Packet(n, 99))  # UnknownCommand: a fault; the device runs on
+    wait_for_fault(driver, StimulatorError, timeout=2.0)
+    assert emulator.running_channels.keys() == {1}
+    t0 = time.monotonic()
+    assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, timeout=3.0)
+    assert emulator.running_channels == {} and time.monotonic() - t0 < 1.2 + 0.3
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_the_device_refuses_leaves_it_to_its_own_watchdog(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    emulator.answer_with(-2)  # not an answer DOC2 lists for Stop (0 / -1): not executed
+    with pytest.raises(StimulatorError, match="refused StopChannelListMode"):
+        driver.stop_all()
+    assert not driver.any_on and emulator.running_channels.keys() == {1}
+    t0 = time.monotonic()
+    assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, timeout=3.0)
+    assert emulator.running_channels == {} and time.monotonic() - t0 < 1.2 + 0.3
+
+
+@pytest.mark.timeout(10)
 def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator):
     driver = make_driver(response_timeout=0.1)
     driver.apply([cmd(1, 20.0)])

@@ -33,7 +33,11 @@ How it works
 * The link thread reads and decodes everything the device sends, hands each
   acknowledgement to the command waiting for it (matched by packet number and command),
   and sends a Watchdog whenever ``keepalive_s`` passes with nothing sent (the device
-  stops and resets after 1200 ms without a valid packet).
+  stops and resets after 1200 ms without a valid packet) -- except between a fault (or
+  a StopChannelListMode that was not confirmed) and the next confirmed stop: then it
+  keeps the device alive no longer, so a device that nothing else stops (the loop
+  stuck, the stop refused) stops itself within 1.2 s, its own watchdog being the last
+  line of defence. A device confirmed off is kept connected, so closing confirms again.
 * While a channel is on, a probe thread asks GetStimulationMode whenever ``probe_s``
   passes without an acknowledgement (a plateau sends no commands for seconds; the
   Watchdog has no answer), never while a command is outstanding: a device gone silent,
@@ -300,6 +304,7 @@ class RehaStim2(Stimulator):
         self._sent: deque[SentPacket] = deque(maxlen=history)
         self._pending: _Pending | None = None
         self._fault: BaseException | None = None  # first fault: apply() refuses after it
+        self._keep_alive = True  # False from a fault until the device confirms a stop
         self._unreported: deque[BaseException] = deque()  # for check()
         self._unmatched: list[sm.Packet] = []
         self._mode = sm.StimulationMode.START
@@ -409,6 +414,7 @@ class RehaStim2(Stimulator):
         with self._state_lock:
             self._pending = None
             self._fault = None
+            self._keep_alive = True
             self._unreported.clear()
             self._unmatched.clear()
             self._mode = sm.StimulationMode.START
@@ -542,7 +548,8 @@ class RehaStim2(Stimulator):
         Tries even when a fault is pending; does nothing on a closed driver. Raises
         (:class:`~closedloop.errors.DeviceLostError` or
         :class:`~closedloop.errors.StimulatorError`) only after marking all channels off,
-        when the device could not be told or did not confirm.
+        when the device could not be told or did not confirm; the link thread then sends
+        no more Watchdogs, so the device's own watchdog stops it within 1.2 s.
         """
         if self._serial is None:
             with self._state_lock:
@@ -571,6 +578,8 @@ class RehaStim2(Stimulator):
             self._outputs = self._all_off()
             self._mode, self._main_code = sm.StimulationMode.START, None
         if error is not None:
+            # not confirmed: stop the keep-alive, so the device's own watchdog stops it
+            self._record_fault(error, outputs_off=True, report=False)
             raise error
 
     def delivered_hz(self, frequency_hz: float) -> float:
@@ -623,6 +632,7 @@ class RehaStim2(Stimulator):
         with self._state_lock:
             self._mode, self._main_code = sm.StimulationMode.START, None
             self._outputs = self._all_off()
+            self._keep_alive = True  # confirmed off: keeping the link costs nothing
 
     def _send(self, build: Callable[[int], sm.Packet]) -> sm.Packet:
         """Number, encode and write one packet made by ``build(pkt_no)``."""
@@ -750,7 +760,9 @@ class RehaStim2(Stimulator):
                     return
                 for item in self._decoder.feed(data):
                     self._dispatch(item)
-                if time.monotonic() - self._last_sent >= self.keepalive_s:
+                with self._state_lock:
+                    keep_alive = self._keep_alive
+                if keep_alive and time.monotonic() - self._last_sent >= self.keepalive_s:
                     try:
                         self._send(sm.watchdog)
                     except DeviceLostError as exc:
@@ -855,6 +867,7 @@ class RehaStim2(Stimulator):
         with self._state_lock:
             if self._fault is None:
                 self._fault = exc
+            self._keep_alive = False  # until a stop is confirmed: the device's watchdog
             if report:
                 self._unreported.append(exc)
             if outputs_off:
