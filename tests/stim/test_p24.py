@@ -412,6 +412,22 @@ def test_a_lost_stop_is_sent_again(make_driver, emulator):
     assert emulator.running_channels == {} and emulator.level == "none" and not driver.any_on
 
 
+@pytest.mark.timeout(10)
+def test_a_stop_the_p24_refuses_leaves_it_to_its_own_timeout(make_driver, emulator):
+    """After a stop that was not confirmed the driver keeps the P24 alive no longer: it
+    stops itself 2 s after the last keep-alive."""
+    driver = make_driver(keepalive_s=0.25)
+    driver.apply([cmd(1, 20.0)])
+    emulator.answer_with(2)  # Ml_stop refused: not executed, the channel runs on
+    with pytest.raises(P24Error, match="refused Ml_stop"):
+        driver.stop_all()
+    assert not driver.any_on and emulator.running_channels.keys() == {1}
+    alive = len(emulator.commands(emu_mod.ML_GET_CURRENT_DATA))
+    assert emulator.wait_until(lambda e: e.keepalive_timeouts == 1, 3.0)
+    assert len(emulator.commands(emu_mod.ML_GET_CURRENT_DATA)) == alive  # none since
+    assert emulator.running_channels == {}
+
+
 @pytest.mark.timeout(15)
 def test_a_p24_answering_after_switching_its_high_voltage_is_not_lost():
     """Ml_init switches the 150 V supply on (2 x 40 ms [CLIB]) before it answers; the

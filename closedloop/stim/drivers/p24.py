@@ -558,7 +558,8 @@ class P24(Stimulator):
         Tries even when a fault is pending; does nothing on a closed driver. Raises
         (:class:`~closedloop.errors.DeviceLostError` or
         :class:`~closedloop.errors.StimulatorError`) only after marking all channels off,
-        when the device could not be told or did not confirm.
+        when the device could not be told or did not confirm; the keep-alive then stops,
+        so the P24 stops itself 2 s after the last one.
         """
         if self._serial is None or self._loop is None:
             with self._state_lock:
@@ -574,6 +575,8 @@ class P24(Stimulator):
             error = exc
         with self._state_lock:
             self._set_pulses({})
+            if error is not None and self._fault is None:
+                self._fault = error  # no more keep-alives: the P24 stops itself in 2 s
         if error is not None:
             raise error
 
