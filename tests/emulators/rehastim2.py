@@ -37,11 +37,7 @@ What it checks beyond the device (for tests)
 The device's reaction to these is not specified, so they are recorded, not answered:
 :attr:`~RehaStim2Emulator.violations` lists PC packet numbers that do not increment by 1
 mod 256, Watchdogs with data, InitAcks in mid-session; each :class:`Received` record says
-whether its stuffing was the canonical one (only F0, 0F, 81 escaped). A current that is
-not a multiple of the output stage's 2 mA steps (HASOMED: "0 - 126 mA (2 mA steps)",
-"0-130 mA in 65 steps") is accepted, as the protocol's whole-mA field allows, and kept as
-sent, but recorded: how the firmware rounds it (possibly up, above what was asked) is
-not documented. A command sent
+whether its stuffing was the canonical one (only F0, 0F, 81 escaped). A command sent
 again after a damaged packet (Ack -1) may carry the damaged packet's number or the next
 one (DOC2 5.3 says "sends the command again", not with which number).
 
@@ -644,9 +640,6 @@ class RehaStim2Emulator:
             if mode > 2 or pw > 500 or current > 130:
                 raise _RefusedError(-2, f"channel {ch}: mode {mode}, {pw} us, {current} mA")
             new[ch] = ChannelState(current, max(pw, 20), mode)  # firmware: pw < 20 -> 20
-            if current % 2:
-                self._violation(f"StartChannelListMode: channel {ch} current {current} mA is "
-                                "not on the output stage's 2 mA steps")
         main_ms = sm.decode_main_interval(self._config["main"])
         n_pulses = 1 + max(s.pulse_mode for s in new.values())
         ipi_ms = sm.decode_inter_pulse_interval(self._config["ipi"])
@@ -674,9 +667,6 @@ class RehaStim2Emulator:
         channel, pw, current = data[0], data[1] << 8 | data[2], data[3]
         if channel > 7 or pw > 500 or current > 130:
             raise _RefusedError(-2, f"SinglePulse channel index {channel}, {pw} us, {current} mA")
-        if current % 2:
-            self._violation(f"SinglePulse: current {current} mA is not on the output "
-                            "stage's 2 mA steps")
         self._single_pulses.append((channel + 1, max(pw, 20), current))
         return b""
 

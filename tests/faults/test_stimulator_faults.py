@@ -144,7 +144,7 @@ def handed_sequence(commands) -> list:
     handed = [c for c in commands if math.isfinite(c.handed_wall)]
     for _, group in itertools.groupby(handed, key=lambda c: c.handed_wall):
         for c in group:
-            levels[c.channel] = 2 * math.floor(c.current_ma / 2 + 1e-6)  # 2 mA steps
+            levels[c.channel] = math.floor(c.current_ma + 1e-6)
         state = (levels[1], levels[2])
         if any(state):
             if not seq or seq[-1] != state:

@@ -195,10 +195,10 @@ def test_init_start_update_stop_sequence(driver, emulator):
     assert driver.outputs[1] == ChannelOutput(20.0, 200.0, 50.0)
     assert driver.any_on
 
-    driver.apply([cmd(1, 24.0, 250.0), cmd(2, 10.0, 300.0)])  # update: no re-init
+    driver.apply([cmd(1, 25.0, 250.0), cmd(2, 10.0, 300.0)])  # update: no re-init
     running = emulator.running_channels
     assert {ch: (s.current_ma, s.pulse_width_us) for ch, s in running.items()} == {
-        1: (24, 250),
+        1: (25, 250),
         2: (10, 300),
     }
     driver.apply([cmd(1, 0.0)])  # one channel off: an update with 0 mA
@@ -233,22 +233,16 @@ def test_repeated_identical_levels_send_nothing_new(driver, emulator):
 
 @pytest.mark.timeout(10)
 def test_levels_are_rounded_down_and_period_up(driver, emulator):
-    driver.apply([cmd(1, 13.9, 250.9, 30.0)])  # current in the output stage's 2 mA steps
+    driver.apply([cmd(1, 12.7, 250.9, 30.0)])
     state = emulator.channels[1]
     assert (state.current_ma, state.pulse_width_us) == (12, 250)
     assert emulator.main_interval_ms == 33.5
     assert driver.outputs[1] == ChannelOutput(12.0, 250.0, 1000.0 / 33.5)
-    driver.apply([cmd(1, 15.0, 250.9, 30.0)])
-    assert emulator.channels[1].current_ma == 14 and driver.outputs[1].current_ma == 14.0
-    driver.apply([cmd(1, 15.9999999, 250.9, 30.0)])  # 16 within rounding noise
-    assert emulator.channels[1].current_ma == 16
-    assert all(r.data[3] % 2 == 0
-               for r in emulator.commands(sm.Command.START_CHANNEL_LIST_MODE))
     # what the loop records and blanks by: the rate the emulated device runs at
     assert driver.delivered_hz(30.0) == 1000.0 / emulator.main_interval_ms
     assert driver.delivered_hz(35.0) == 1000.0 / 29.0 and driver.delivered_hz(50.0) == 50.0
     assert driver.delivered_hz(500.0) == 500.0  # out of range: apply() refuses it
-    driver.apply([cmd(1, 1.9, 250.0, 30.0)])  # rounds to 0 mA: off, and stops
+    driver.apply([cmd(1, 0.6, 250.0, 30.0)])  # rounds to 0 mA: off, and stops
     assert emulator.running_channels == {} and not driver.any_on
 
 
@@ -278,7 +272,7 @@ def test_channels_on_both_stimulation_modules_get_16_ms_between_pulse_groups(mak
 def test_frequency_change_stops_reinitialises_and_restarts(driver, emulator):
     driver.apply([cmd(1, 20.0, 200.0, 50.0)])
     before = len(stimulating(emulator))
-    driver.apply([cmd(2, 16.0, 300.0, 40.0)])
+    driver.apply([cmd(2, 15.0, 300.0, 40.0)])
     assert stimulating(emulator)[before:] == [
         "StopChannelListMode",
         "InitChannelListMode",
@@ -287,7 +281,7 @@ def test_frequency_change_stops_reinitialises_and_restarts(driver, emulator):
     assert emulator.main_interval_ms == 25.0
     assert set(emulator.running_channels) == {1, 2}
     assert driver.outputs[1] == ChannelOutput(20.0, 200.0, 40.0)  # follows the new frequency
-    assert driver.outputs[2] == ChannelOutput(16.0, 300.0, 40.0)
+    assert driver.outputs[2] == ChannelOutput(15.0, 300.0, 40.0)
 
 
 @pytest.mark.timeout(10)
@@ -296,7 +290,7 @@ def test_frequency_change_stops_reinitialises_and_restarts(driver, emulator):
     [
         ([cmd(1, 10.0, 19.0)], "pulse width 19 us"),
         ([cmd(1, 10.0, 501.0)], "pulse width 501 us"),
-        ([cmd(1, 132.0)], "132 mA"),
+        ([cmd(1, 131.0)], "131 mA"),
         ([cmd(1, float("nan"))], "invalid"),
         ([cmd(1, 10.0, hz=200.0)], "frequency 200 Hz"),
         ([cmd(3, 10.0)], "channel 3"),
@@ -423,14 +417,14 @@ def results(emu: RehaStim2Emulator, command: int) -> list[int | None]:
 @pytest.mark.parametrize("k", [1, 3])
 def test_busy_answers_are_sent_again_and_each_command_executed_once_in_order(driver, emulator,
                                                                             k):
-    driver.apply([cmd(1, 6.0)])
-    for level in (10.0, 16.0, 20.0):
+    driver.apply([cmd(1, 5.0)])
+    for level in (10.0, 15.0, 20.0):
         emulator.answer_busy(k)
         driver.apply([cmd(1, level)])  # returns normally: busy is not a refusal
         assert emulator.channels[1].current_ma == level
     starts = emulator.commands(sm.Command.START_CHANNEL_LIST_MODE)
     assert [r.result for r in starts] == [0] + ([-8] * k + [0]) * 3
-    assert [r.data[3] for r in starts if r.result == 0] == [6, 10, 16, 20]  # in order, once
+    assert [r.data[3] for r in starts if r.result == 0] == [5, 10, 15, 20]  # in order, once
     numbers = [r.pkt_no for r in starts[1:]]  # every send is a new packet
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     assert driver.outputs[1].current_ma == 20.0
@@ -545,8 +539,8 @@ def test_a_port_in_use_is_refused_before_anything_is_sent(driver, emulator):
     time.sleep(0.3)
     assert emulator.received[:len(before)] == before
     assert all(r.cmd == sm.Command.WATCHDOG for r in emulator.received[len(before):])
-    driver.apply([cmd(1, 24.0)])  # the first session goes on: its Acks were not taken
-    assert emulator.channels[1].current_ma == 24
+    driver.apply([cmd(1, 25.0)])  # the first session goes on: its Acks were not taken
+    assert emulator.channels[1].current_ma == 25
     driver.check()
     driver.close()
     assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, 3.0)  # device resets

@@ -70,11 +70,9 @@ How it works
   every channel that stays on switches to the new frequency, and all channels pause for
   the few milliseconds of the three round trips.** One :meth:`apply` call asking for two
   different frequencies is refused.
-* Levels are sent as the device runs them: current in the output stage's 2 mA steps
-  (HASOMED: "2 mA steps", "65 steps"; the protocol's field is whole mA, but how the
-  firmware rounds an odd value is not documented) and pulse width in whole microseconds,
-  both rounded *down* (the driver never outputs more than the safety guard approved); the
-  main interval is 1000/f rounded *up* to 0.5 ms (never faster than asked).
+* Levels are sent as the device takes them: current in whole mA and pulse width in whole
+  microseconds, both rounded *down* (the driver never outputs more than the safety guard
+  approved); the main interval is 1000/f rounded *up* to 0.5 ms (never faster than asked).
   :attr:`RehaStim2.outputs` holds these sent values, with the frequency the device runs at.
   Values the device would reject or change (pulse width below 20 us with current on,
   above 500 us, current above 130 mA, frequency outside 0.98..125 Hz, a channel not
@@ -914,8 +912,7 @@ class RehaStim2(Stimulator):
         values = (cmd.current_ma, cmd.pulse_width_us, cmd.frequency_hz)
         if not all(math.isfinite(v) for v in values) or cmd.current_ma < 0:
             raise StimulatorError(f"channel {ch}: invalid stimulation values {values}")
-        step = sm.CURRENT_STEP_MA
-        current = step * math.floor(cmd.current_ma / step + _ROUND_TOL)
+        current = math.floor(cmd.current_ma + _ROUND_TOL)
         if current <= 0:
             return ChannelOutput(), None
         if current > sm.CURRENT_MAX_MA:

@@ -63,13 +63,6 @@ LOW_FREQUENCY_FACTOR_MAX = 7
 PULSE_WIDTH_MIN_US = 20
 PULSE_WIDTH_MAX_US = 500
 CURRENT_MAX_MA = 130
-#: The output stage's current resolution. The protocol takes whole mA (DOC2 4.3: [0,
-#: 130] mA), but HASOMED gives the RehaStim2's current as "0 - 126 mA (2 mA steps)"
-#: (ScienceMode2 summary, github.com/ScienceMode/ScienceMode2 README) and "0-130 mA in 65
-#: steps" (RehaStim2 user manual 2.5c, part 1, technical data). How the firmware maps an
-#: odd value onto its 2 mA steps is not documented (down, nearest or up), so a driver
-#: sends even values only, rounded down: no rounding of the device's can raise them.
-CURRENT_STEP_MA = 2
 #: Highest and lowest continuous stimulation frequency (main interval 8 ms and 1025 ms).
 FREQUENCY_MAX_HZ = 1000.0 / MAIN_INTERVAL_MIN_MS
 FREQUENCY_MIN_HZ = 1000.0 / MAIN_INTERVAL_MAX_MS
