@@ -9,8 +9,8 @@ describe the device; a driver opens the slave side by its path, as it would open
 The script prints the pty path as its first line on stdout, rewrites ``--state`` (JSON,
 see :meth:`P24Emulator.snapshot`) whenever its state changes, and takes fault injections
 as lines on stdin (``electrode N``, ``channel_error N STATE``, ``hv``, ``silent``,
-``vanish``, ``answer CODE``, ``garble``, ``damage``, ``quit``). It stops on ``quit``,
-SIGTERM or SIGINT.
+``vanish``, ``answer CODE``, ``garble``, ``damage [N]``, ``lose [N]``, ``quit``). It stops
+on ``quit``, SIGTERM or SIGINT.
 
 Written from [IFU] HASOMED, *P24 Science & P24 Module, Instructions for use* v1.1
 (tables 1-27) and [CLIB] HASOMED's ScienceMode4 C library (``smpt_packet_internal.c``
@@ -34,6 +34,9 @@ What it does, as the device would
   command before ``Ml_init`` (or with the low level initialised) -> result 7.
 * The keep-alive: without ``Ml_update`` or ``Ml_get_current_data`` for ``keepalive_s``
   (2 s) it stops stimulating (the mid level stays initialised; an ``Ml_update`` restarts).
+* Switching the 150 V supply takes time before the answer: ``Ml_init`` 2 x 40 ms,
+  ``Ml_stop`` 40 ms ([CLIB] ``smpt_ml_client.h`` "execution duration"); every answer
+  comes ``response_delay_s`` after that (default at once).
 
 What it checks beyond the device (for tests)
 --------------------------------------------
@@ -86,6 +89,9 @@ OK, TRANSFER_ERROR, PARAMETER_ERROR, NOT_INITIALIZED, HV_ERROR = 0, 1, 2, 7, 8
 INVALID_CMD = 11
 # per-channel error states in Ml_get_current_data_ack [IFU table 26]
 ELECTRODE, PULSE_TIMEOUT, LOW_CURRENT = 1, 2, 3
+# execution before the answer: the 150 V supply on (2 x 40 ms) or off (40 ms)
+# [CLIB smpt_ml_client.h, smpt_ll_client.h]
+EXECUTION_S = {ML_INIT: 0.08, ML_STOP: 0.04, LL_INIT: 0.04, LL_STOP: 0.04}
 
 
 def crc_ccitt(data: bytes) -> int:
@@ -258,13 +264,16 @@ class P24Emulator:
     keepalive_s : float
         Time without ``Ml_update`` / ``Ml_get_current_data`` after which it stops
         stimulating (device: 2 s).
+    response_delay_s : float
+        Time from receiving a command (and executing it) to answering it.
     state_path : str or Path, optional
         JSON file rewritten with :meth:`snapshot` whenever the state changes.
     """
 
-    def __init__(self, *, keepalive_s: float = KEEPALIVE_S,
+    def __init__(self, *, keepalive_s: float = KEEPALIVE_S, response_delay_s: float = 0.0,
                  state_path: str | Path | None = None) -> None:
         self.keepalive_s = keepalive_s
+        self.response_delay_s = response_delay_s
         self.state_path = Path(state_path) if state_path is not None else None
         self.path = ""
         self._lock = threading.RLock()
@@ -283,7 +292,9 @@ class P24Emulator:
         self._silent = False
         self._vanish_requested = False
         self._garble_requested = False
-        self._damage_next = False
+        self._damage = 0  # packets from the PC still to damage on the way
+        self._lose = 0  # packets from the PC still to lose on the way
+        self._outbox: list[tuple[float, bytes]] = []  # (due, frame) of answers
         self._received: list[Received] = []
         self._events: list[str] = []
         self._violations: list[str] = []
@@ -466,11 +477,16 @@ class P24Emulator:
             self._silent = True
             self._event("silent: hears and answers nothing")
 
-    def damage_next(self) -> None:
-        """The next packet arrives damaged (as line noise would): it is answered with
-        ``General_error`` 1 (transfer error) and not executed."""
+    def damage_next(self, n: int = 1) -> None:
+        """The next ``n`` packets arrive damaged (as line noise would): each is answered
+        with ``General_error`` 1 (transfer error) and not executed."""
         with self._lock:
-            self._damage_next = True
+            self._damage = n
+
+    def lose_next(self, n: int = 1) -> None:
+        """The next ``n`` packets from the PC are lost on the way: not seen, not answered."""
+        with self._lock:
+            self._lose = n
 
     def garble(self) -> None:
         """Send one damaged packet (a flipped bit after its checksum was computed)."""
@@ -504,7 +520,10 @@ class P24Emulator:
                         frame[-2] ^= 0x01
                         self._write(bytes(frame))
                         self._event("sent a damaged packet")
-                readable, _, _ = select.select([self._master], [], [], _POLL_S)
+                with self._lock:
+                    due = self._outbox[0][0] - time.monotonic() if self._outbox else _POLL_S
+                readable, _, _ = select.select([self._master], [], [], min(max(due, 0.0),
+                                                                           _POLL_S))
                 data = b""
                 if readable:
                     try:
@@ -538,6 +557,8 @@ class P24Emulator:
                 self._event("the program closed the port")
 
     def _on_timers(self, now: float) -> None:
+        while self._outbox and self._outbox[0][0] <= time.monotonic():
+            self._write(self._outbox.pop(0)[1])
         d = self._dev
         if (any(s.running for s in d.channels.values())
                 and now - self._last_alive >= self.keepalive_s):
@@ -554,8 +575,14 @@ class P24Emulator:
         if self._silent:
             self._received.append(replace(record, note="lost: silent"))
             return
-        if self._damage_next and not frame.error:
-            self._damage_next = False
+        if self._lose:
+            self._lose -= 1
+            self._event(f"lost on the way (injected): {record.name} (packet {frame.pkt_no})")
+            if frame.pkt_no is not None and self._expected_pkt is not None:
+                self._expected_pkt = (frame.pkt_no + 1) % 64  # the gap is the wire's
+            return
+        if self._damage and not frame.error:
+            self._damage -= 1
             frame = replace(frame, error="damaged on the way (injected)")
         if not frame.canonical:
             self._violation(f"{record.name} (packet {frame.pkt_no}) is not stuffed canonically")
@@ -591,7 +618,8 @@ class P24Emulator:
             result, extra, note = OK, handler(frame.data, now), ""
         except _RefusedError as refusal:
             result, extra, note = refusal.result, self._refused_data(frame.cmd), refusal.note
-        self._send(frame.pkt_no, frame.cmd + 1, bytes((result,)) + extra)
+        execution = EXECUTION_S.get(frame.cmd, 0.0) if result == OK else 0.0
+        self._send(frame.pkt_no, frame.cmd + 1, bytes((result,)) + extra, execution)
         self._received.append(replace(record, result=result, note=note,
                                       answer=NAMES[frame.cmd] + "_ack"))
 
@@ -749,8 +777,14 @@ class P24Emulator:
                 d.channels[ch] = replace(s, running=False)
         self._dirty = True
 
-    def _send(self, pkt_no: int, cmd: int, data: bytes) -> None:
-        self._write(encode(pkt_no, cmd, data))
+    def _send(self, pkt_no: int, cmd: int, data: bytes, execution_s: float = 0.0) -> None:
+        """Answer, ``execution_s + response_delay_s`` from now (answers keep their order)."""
+        delay = execution_s + self.response_delay_s
+        if delay <= 0 and not self._outbox:
+            self._write(encode(pkt_no, cmd, data))
+            return
+        due = max(time.monotonic() + delay, self._outbox[-1][0] if self._outbox else 0.0)
+        self._outbox.append((due, encode(pkt_no, cmd, data)))
 
     def _write(self, frame: bytes) -> None:
         if self._silent or self._master < 0:
@@ -793,8 +827,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, help="JSON state file, rewritten on every change")
     parser.add_argument("--keepalive", type=float, default=KEEPALIVE_S,
                         help="keep-alive timeout, s (device: 2)")
+    parser.add_argument("--response-delay", type=float, default=0.0,
+                        help="seconds from a command (and its execution) to its answer")
     args = parser.parse_args(argv)
-    emulator = P24Emulator(keepalive_s=args.keepalive, state_path=args.state)
+    emulator = P24Emulator(keepalive_s=args.keepalive, response_delay_s=args.response_delay,
+                           state_path=args.state)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(emulator.start(), flush=True)
     try:
@@ -809,15 +846,18 @@ def main(argv: list[str] | None = None) -> int:
                     emulator.channel_error(int(rest[0]), int(rest[1]))
                 elif word == "answer" and rest:
                     emulator.answer_with(int(rest[0]))
-                elif word in ("hv", "silent", "vanish", "garble", "damage"):
+                elif word in ("damage", "lose"):
+                    n = int(rest[0]) if rest else 1
+                    (emulator.damage_next if word == "damage" else emulator.lose_next)(n)
+                elif word in ("hv", "silent", "vanish", "garble"):
                     {"hv": emulator.hv_fault, "silent": emulator.go_silent,
-                     "vanish": emulator.vanish, "garble": emulator.garble,
-                     "damage": emulator.damage_next}[word]()
+                     "vanish": emulator.vanish, "garble": emulator.garble}[word]()
                 elif word:
                     raise ValueError(word)
             except ValueError:
                 print(f"unknown control {line.strip()!r}; use electrode N, channel_error N S, "
-                      "hv, silent, vanish, garble, damage, answer CODE, quit", file=sys.stderr)
+                      "hv, silent, vanish, garble, damage [N], lose [N], answer CODE, quit",
+                      file=sys.stderr)
         while True:  # stdin closed: run until a signal
             signal.pause()
     except KeyboardInterrupt:

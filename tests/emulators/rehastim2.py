@@ -11,7 +11,8 @@ The script prints the pty path (e.g. ``/dev/pts/7``) as its first line on stdout
 ``--state`` (JSON, see :meth:`RehaStim2Emulator.snapshot`) whenever its state changes,
 and takes fault injections as lines on stdin (``emergency``, ``electrode``, ``module``,
 ``silent``, ``vanish``, ``answer -2``, ``busy 3``, ``busy always``, ``busy 0``,
-``quit``). It stops on ``quit``, SIGTERM or SIGINT; end of stdin does not stop it.
+``lose N``, ``damage N``, ``quit``). It stops on ``quit``, SIGTERM or SIGINT; end of
+stdin does not stop it.
 
 What it does, as the device would
 ---------------------------------
@@ -20,18 +21,30 @@ What it does, as the device would
 * Checks framing, CRC and LEN (a bad CRC or LEN gets the command's own Ack with -1 if the
   command byte can be read), and accepts ``81 xx`` as an escape of any byte.
 * Runs the mode state machine start -> initialized -> started: a command not allowed in
-  the current mode gets -3; a value out of range, a wrong number of parameters or an
-  inter-pulse interval below 8 ms gets -2. Unknown command numbers (including the XORed,
-  unescaped command bytes of pyScienceMode, e.g. 0x5F) get UnknownCommand.
+  the current mode gets -3; a value out of range, a wrong number of parameters, an
+  inter-pulse interval below 8 ms per stimulation module the channel list uses (16 ms
+  with channels on both 1-4 and 5-8: DOC2 Table 2 "8 ms per stimulation module", the
+  modules processed one after the other) or a main interval shorter than it gets -2.
+  Unknown command numbers (including the XORed, unescaped command bytes of
+  pyScienceMode, e.g. 0x5F) get UnknownCommand.
 * After ``watchdog_s`` (1.2 s) without a valid packet it stops stimulation, resets its
   modes and sends Init again.
+* Answers each command ``response_delay_s`` after receiving it (default at once; the
+  device may take up to MaxResponseTime, 100 ms, DOC2 Table 7).
 
 What it checks beyond the device (for tests)
 --------------------------------------------
 The device's reaction to these is not specified, so they are recorded, not answered:
 :attr:`~RehaStim2Emulator.violations` lists PC packet numbers that do not increment by 1
 mod 256, Watchdogs with data, InitAcks in mid-session; each :class:`Received` record says
-whether its stuffing was the canonical one (only F0, 0F, 81 escaped).
+whether its stuffing was the canonical one (only F0, 0F, 81 escaped). A command sent
+again after a damaged packet (Ack -1) may carry the damaged packet's number or the next
+one (DOC2 5.3 says "sends the command again", not with which number).
+
+Lost packets are injected with :meth:`~RehaStim2Emulator.lose_next`: the next packets
+from the PC vanish on the way (a start byte destroyed by noise: the device sees no frame
+and answers nothing, DOC2 5.2). :meth:`~RehaStim2Emulator.damage_next` damages the next
+packets on the way (their checksum no longer matches: Ack -1, not executed).
 
 Busy (-8) is injected with :meth:`~RehaStim2Emulator.answer_busy`: the device is "still
 processing the previous command", so it answers -8 and does not execute the command, on
@@ -130,6 +143,9 @@ class RehaStim2Emulator:
         Protocol version sent in Init.
     send_init : bool
         False makes a port where nothing ever answers (no device).
+    response_delay_s : float
+        Time between receiving a command and sending its Ack (the device: up to
+        MaxResponseTime, 0.1 s; on average under 20 ms).
     state_path : str or Path, optional
         JSON file rewritten with :meth:`snapshot` whenever the state changes.
     """
@@ -141,9 +157,11 @@ class RehaStim2Emulator:
         watchdog_s: float = WATCHDOG_S,
         version: int = 1,
         send_init: bool = True,
+        response_delay_s: float = 0.0,
         state_path: str | Path | None = None,
     ) -> None:
         self.init_interval_s = init_interval_s
+        self.response_delay_s = response_delay_s
         self.watchdog_s = watchdog_s
         self.version = version
         self.send_init = send_init
@@ -167,10 +185,14 @@ class RehaStim2Emulator:
         self._next_init_at = 0.0
         self._last_valid_at = 0.0
         self._expected_pkt: int | None = None
+        self._resent_pkt: int | None = None  # a damaged packet's number, may come again
+        self._outbox: list[tuple[float, bytes]] = []  # (due, frame) of delayed Acks
         # fault injection
         self._forced_result: int | None = None
         self._busy_left: int | None = 0  # busy answers still to give (None: until cleared)
         self._silent = False
+        self._lose = 0  # PC packets still to lose on the way
+        self._damage = 0  # PC packets still to damage on the way
         self._vanish_requested = False
         # records for tests
         self._received: list[Received] = []
@@ -358,6 +380,19 @@ class RehaStim2Emulator:
         with self._lock:
             self._forced_result = result
 
+    def lose_next(self, n: int = 1) -> None:
+        """Lose the next ``n`` packets from the PC on the way (not seen, not answered)."""
+        with self._changed:
+            self._lose = n
+            self._event(f"lose: the next {n} packet(s) from the PC are lost")
+
+    def damage_next(self, n: int = 1) -> None:
+        """Damage the next ``n`` packets from the PC on the way (a flipped checksum bit:
+        the device answers the command's Ack with -1 and does not execute it)."""
+        with self._changed:
+            self._damage = n
+            self._event(f"damage: the next {n} packet(s) from the PC arrive damaged")
+
     def answer_busy(self, n: int | None) -> None:
         """Answer the next ``n`` commands that can be busy with -8 (not executed);
         ``None``: every one until ``answer_busy(0)``. StopChannelListMode is never busy
@@ -424,6 +459,8 @@ class RehaStim2Emulator:
             self._write_state(force=True)
 
     def _time_to_next_timer(self, now: float) -> float:
+        if self._outbox:
+            return min(max(self._outbox[0][0] - now, 0.0), _POLL_S)
         if self._silent:
             return _POLL_S
         if not self._connected:
@@ -433,6 +470,8 @@ class RehaStim2Emulator:
         return min(max(due - now, 0.0), _POLL_S)
 
     def _on_timers(self, now: float) -> None:
+        while self._outbox and self._outbox[0][0] <= now:
+            self._write(self._outbox.pop(0)[1])
         if self._silent:
             return
         if not self._connected:
@@ -450,6 +489,20 @@ class RehaStim2Emulator:
             self._next_init_at = now  # Init again at once, then every init_interval_s
 
     def _on_item(self, item: sm.Packet | sm.FrameError, now: float) -> None:
+        junk = isinstance(item, sm.FrameError) and item.kind is sm.FrameErrorKind.JUNK
+        if self._lose and not junk:
+            self._lose -= 1
+            what = item.name if isinstance(item, sm.Packet) else str(item)
+            self._event(f"lost on the way (injected): {what} (packet {item.pkt_no})")
+            if item.pkt_no is not None and self._expected_pkt is not None:
+                # the PC did number it: the gap is the wire's, not a numbering error
+                self._expected_pkt = (item.pkt_no + 1) & 0xFF
+            return
+        if self._damage and isinstance(item, sm.Packet):
+            self._damage -= 1
+            wire = bytearray(item.encode())
+            wire[2] ^= 0x01  # the escaped checksum byte
+            item = sm.FrameError(sm.FrameErrorKind.CRC, bytes(wire), item.pkt_no, item.cmd)
         if isinstance(item, sm.FrameError):
             self._event(f"frame error: {item}")
             if self._silent or not self._connected:
@@ -458,6 +511,8 @@ class RehaStim2Emulator:
                 ack = sm.ACK_OF.get(item.cmd) if item.cmd in set(sm.Command) else None
                 if ack is not None:
                     self._send(sm.Packet(item.pkt_no, ack, bytes((-1 & 0xFF,))))
+                if item.pkt_no is not None:  # its number was used; it may come again
+                    self._resent_pkt, self._expected_pkt = item.pkt_no, (item.pkt_no + 1) & 0xFF
             return
         record = Received(
             now - self._t0,
@@ -473,7 +528,8 @@ class RehaStim2Emulator:
             self._received.append(self._on_unconnected(record, now))
             return
         self._last_valid_at = now
-        if self._expected_pkt is not None and item.pkt_no != self._expected_pkt:
+        resent, self._resent_pkt = self._resent_pkt, None
+        if self._expected_pkt is not None and item.pkt_no not in (self._expected_pkt, resent):
             self._violation(
                 f"{record.name} has packet number {item.pkt_no}, expected {self._expected_pkt}"
             )
@@ -491,7 +547,7 @@ class RehaStim2Emulator:
             )
         self._connected = True
         self._last_valid_at = now
-        self._expected_pkt = None
+        self._expected_pkt = self._resent_pkt = None
         self._event("connected")
         return replace(record, note="connected")
 
@@ -546,11 +602,17 @@ class RehaStim2Emulator:
             raise _RefusedError(-2, f"InitChannelListMode needs 7 data bytes, got {len(data)}")
         lf, active, lf_channels, ipi, main_msb, main_lsb, execution = data
         main = main_msb << 8 | main_lsb
+        modules = bool(active & 0x0F) + bool(active & 0xF0)  # A: channels 1-4, B: 5-8
+        min_ipi = round((8.0 * max(modules, 1) - 1.5) * 2)  # 13 (8 ms) or 29 (16 ms)
         problems = [
             f"low frequency factor {lf} > 7" if lf > 7 else "",
             "no active channel" if not active else "",
             "low-frequency channels not all active" if lf_channels & ~active else "",
-            f"inter-pulse interval code {ipi} < 13 (8 ms)" if ipi < 13 else "",
+            f"inter-pulse interval code {ipi} < {min_ipi} (8 ms per stimulation module, "
+            f"{modules} used)" if ipi < min_ipi else "",
+            f"main interval code {main} ({main * 0.5 + 1} ms) shorter than the inter-pulse "
+            f"interval ({ipi * 0.5 + 1.5} ms)" if main and main * 0.5 + 1 < ipi * 0.5 + 1.5
+            else "",
             f"main interval code {main} not 0 or 14..2048"
             if main != 0 and not 14 <= main <= 2048
             else "",
@@ -618,17 +680,26 @@ class RehaStim2Emulator:
 
     def _send_unsolicited(self, cmd: int, data: bytes) -> int:
         pkt_no, self._dev_pkt = self._dev_pkt, (self._dev_pkt + 1) & 0xFF
-        self._send(sm.Packet(pkt_no, cmd, data))
+        self._write(sm.Packet(pkt_no, cmd, data).encode())
         self._dirty = True
         return pkt_no
 
     def _send(self, packet: sm.Packet) -> None:
+        """Answer a command, ``response_delay_s`` after it came (answers keep their order)."""
+        if self.response_delay_s <= 0 and not self._outbox:
+            self._write(packet.encode())
+            return
+        due = max(time.monotonic() + self.response_delay_s,
+                  self._outbox[-1][0] if self._outbox else 0.0)
+        self._outbox.append((due, packet.encode()))
+
+    def _write(self, frame: bytes) -> None:
         if self._silent or self._master < 0:
             return
         try:
-            os.write(self._master, packet.encode())
+            os.write(self._master, frame)
         except BlockingIOError:
-            self._event(f"output dropped (nobody reading): {packet}")
+            self._event(f"output dropped (nobody reading): {frame.hex(' ')}")
         except OSError as exc:
             self._event(f"write failed: {exc}")
 
@@ -664,11 +735,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-interval", type=float, default=INIT_INTERVAL_S)
     parser.add_argument("--watchdog", type=float, default=WATCHDOG_S)
     parser.add_argument("--no-init", action="store_true", help="never send Init (no device)")
+    parser.add_argument("--response-delay", type=float, default=0.0,
+                        help="seconds from a command to its Ack (device: at most 0.1)")
     args = parser.parse_args(argv)
     emulator = RehaStim2Emulator(
         init_interval_s=args.init_interval,
         watchdog_s=args.watchdog,
         send_init=not args.no_init,
+        response_delay_s=args.response_delay,
         state_path=args.state,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -689,12 +763,16 @@ def main(argv: list[str] | None = None) -> int:
                 emulator.answer_with(int(rest[0]))
             elif word == "busy" and rest:
                 emulator.answer_busy(None if rest[0] == "always" else int(rest[0]))
+            elif word == "lose" and rest:
+                emulator.lose_next(int(rest[0]))
+            elif word == "damage" and rest:
+                emulator.damage_next(int(rest[0]))
             elif word in actions:
                 actions[word]()
             elif word:
                 print(
                     f"unknown control {word!r}; use one of {sorted(actions)}, answer N, "
-                    "busy N|always, quit",
+                    "busy N|always, lose N, damage N, quit",
                     file=sys.stderr,
                 )
         while True:  # stdin closed: run until a signal

@@ -342,7 +342,7 @@ def test_other_channel_errors_are_typed_errors(driver, emulator, state, code, wo
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(("code", "words"), [
-    (1, "transfer error"), (2, "parameter error"), (4, "internal stimulation timeout"),
+    (2, "parameter error"), (4, "internal stimulation timeout"),
     (7, "not initialised"), (8, "high-voltage fault"), (10, "electrode error"),
     (16, "pulse timeout"), (21, "busy"), (28, "pulse low current"),
     (5, "EMG timeout (not expected from a P24)"),
@@ -361,15 +361,89 @@ def test_every_result_code_is_a_typed_error(driver, emulator, code, words):
     assert emulator.channels[1].current_ma == 30.0
 
 
+def damaged(emu: P24Emulator) -> list[str]:
+    """Names of the packets the emulator received damaged, in order."""
+    return [r.name for r in emu.received if r.note.startswith("damaged")]
+
+
 @pytest.mark.timeout(10)
-def test_a_damaged_packet_is_answered_with_general_error(driver, emulator):
+def test_a_damaged_command_is_sent_again_and_a_damaged_stop_still_stops(make_driver,
+                                                                        emulator):
+    """A transfer error (result 1: checksum or length did not match) means the P24 did
+    not execute the command: it is sent again. A damaged Ml_stop must not leave the
+    device stimulating until its 2 s timeout."""
+    driver = make_driver(keepalive_s=1.0)  # no keep-alive in between
     emulator.damage_next()
+    driver.apply([cmd(1, 10.0)])  # Ml_init answered General_error 1: sent again
+    assert emulator.running_channels.keys() == {1}
+    emulator.answer_with(1)  # a transfer error in the acknowledgement itself
+    driver.apply([cmd(1, 20.0)])
+    assert emulator.channels[1].current_ma == 20.0 and driver.outputs[1].current_ma == 20.0
+    driver.check()  # nothing stored
+    emulator.damage_next()
+    driver.stop_all()
+    assert damaged(emulator) == ["Ml_init", "Ml_stop"]
+    assert emulator.running_channels == {} and emulator.level == "none" and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_link_that_damages_every_packet_is_given_up_after_three_sends(make_driver,
+                                                                        emulator):
+    driver = make_driver(keepalive_s=1.0)
+    emulator.damage_next(10)
     with pytest.raises(P24Error, match="Ml_init with General_error: result 1, transfer error") \
             as info:
         driver.apply([cmd(1, 10.0)])
-    assert info.value.code == 1
-    driver.apply([cmd(1, 10.0)])
+    assert info.value.code == 1 and damaged(emulator) == ["Ml_init"] * 3
+    emulator.damage_next(0)
+    driver.apply([cmd(1, 10.0)])  # the link is back: the next command works
     assert emulator.running_channels.keys() == {1}
+
+
+@pytest.mark.timeout(10)
+def test_a_lost_stop_is_sent_again(make_driver, emulator):
+    driver = make_driver(response_timeout=0.1, keepalive_s=1.0)
+    driver.apply([cmd(1, 20.0)])
+    emulator.lose_next()
+    t0 = time.monotonic()
+    driver.stop_all()  # no answer to the first Ml_stop: sent once more, confirmed
+    assert time.monotonic() - t0 < 2 * (0.1 + 0.04) + 0.2
+    assert any("lost on the way (injected): Ml_stop" in e for e in emulator.events)
+    assert emulator.running_channels == {} and emulator.level == "none" and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_the_p24_refuses_leaves_it_to_its_own_timeout(make_driver, emulator):
+    """After a stop that was not confirmed the driver keeps the P24 alive no longer: it
+    stops itself 2 s after the last keep-alive."""
+    driver = make_driver(keepalive_s=0.25)
+    driver.apply([cmd(1, 20.0)])
+    emulator.answer_with(2)  # Ml_stop refused: not executed, the channel runs on
+    with pytest.raises(P24Error, match="refused Ml_stop"):
+        driver.stop_all()
+    assert not driver.any_on and emulator.running_channels.keys() == {1}
+    alive = len(emulator.commands(emu_mod.ML_GET_CURRENT_DATA))
+    assert emulator.wait_until(lambda e: e.keepalive_timeouts == 1, 3.0)
+    assert len(emulator.commands(emu_mod.ML_GET_CURRENT_DATA)) == alive  # none since
+    assert emulator.running_channels == {}
+
+
+@pytest.mark.timeout(15)
+def test_a_p24_answering_after_switching_its_high_voltage_is_not_lost():
+    """Ml_init switches the 150 V supply on (2 x 40 ms [CLIB]) before it answers; the
+    driver's response time (its default, as the command line uses it) counts after
+    that. Here every answer also comes 30 ms late."""
+    with P24Emulator(response_delay_s=0.03) as emu:
+        with P24(emu.path, channels=(1, 2)) as driver:
+            driver.apply([cmd(1, 20.0)])
+            driver.apply([cmd(1, 25.0), cmd(2, 10.0)])
+            time.sleep(0.4)  # keep-alives
+            driver.check()
+            assert {ch: s.current_ma for ch, s in emu.running_channels.items()} == {
+                1: 25.0, 2: 10.0}
+        assert emu.running_channels == {} and emu.level == "none" and emu.violations == []
+        latency = dict(driver.ack_latencies_ms)
+        assert latency["Ml_init"] >= 80 + 30 and latency["Ml_stop"] >= 40 + 30
 
 
 @pytest.mark.timeout(10)

@@ -99,6 +99,22 @@ def test_handshake_with_the_device_init_interval():
         assert emu.violations == []
 
 
+@pytest.mark.timeout(15)
+def test_a_device_answering_at_its_max_response_time_is_not_lost():
+    """DOC2 Table 7: the device may take up to MaxResponseTime (100 ms) to answer a
+    command, counted from when it has the packet; the driver's default wait (what the
+    command line uses) must leave room for the link's latency on top."""
+    with RehaStim2Emulator(init_interval_s=0.1, response_delay_s=0.1) as emu:
+        with RehaStim2(emu.path, channels=(1, 2)) as driver:
+            driver.apply([cmd(1, 20.0)])
+            driver.apply([cmd(1, 30.0), cmd(2, 10.0)])
+            time.sleep(0.7)  # a plateau: the mode probe meets the slow device too
+            driver.check()
+            assert {ch: s.current_ma for ch, s in emu.running_channels.items()} == {1: 30, 2: 10}
+        assert emu.running_channels == {} and emu.violations == []
+        assert all(r.result == 0 for r in emu.received if r.answer)
+
+
 @pytest.mark.timeout(10)
 def test_handshake_line_settings_and_mode_check(driver, emulator):
     assert driver.is_open and emulator.connected
@@ -228,6 +244,28 @@ def test_levels_are_rounded_down_and_period_up(driver, emulator):
     assert driver.delivered_hz(500.0) == 500.0  # out of range: apply() refuses it
     driver.apply([cmd(1, 0.6, 250.0, 30.0)])  # rounds to 0 mA: off, and stops
     assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_channels_on_both_stimulation_modules_get_16_ms_between_pulse_groups(make_driver,
+                                                                             emulator):
+    """DOC2 Table 2: the inter-pulse interval is at least 8 ms per stimulation module
+    (channels 1-4 and 5-8, processed one after the other), and the main interval at
+    least that: a list on both modules is initialised with 16 ms and runs <= 62.5 Hz."""
+    driver = make_driver(channels=(1, 5))
+    driver.apply([cmd(1, 20.0, hz=50.0), cmd(5, 10.0, hz=50.0)])
+    init = emulator.commands(sm.Command.INIT_CHANNEL_LIST_MODE)[-1]
+    assert init.data == bytes((0, 0b0001_0001, 0, 29, 0, 38, 0))  # 16 ms, 20 ms
+    assert init.result == 0 and emulator.running_channels.keys() == {1, 5}
+    sent = len(driver.sent_packets)
+    with pytest.raises(StimulatorError, match=r"at most 62.5 Hz.*one module"):
+        driver.apply([cmd(1, 20.0, hz=80.0)])  # 12.5 ms < 16 ms: refused before sending
+    assert all(p.cmd == sm.Command.WATCHDOG for p in driver.sent_packets[sent:])
+    driver.apply([cmd(1, 20.0, hz=62.5)])  # 16 ms: re-initialised at the new frequency
+    assert emulator.main_interval_ms == 16.0 and emulator.running_channels.keys() == {1, 5}
+    assert driver.delivered_hz(62.5) == 62.5 and driver.delivered_hz(80.0) == 80.0
+    one_module = RehaStim2(emulator.path, channels=(5, 6, 7, 8))  # not opened
+    assert one_module.min_interval_ms == 8.0 and one_module.delivered_hz(125.0) == 125.0
 
 
 @pytest.mark.timeout(10)
@@ -431,6 +469,58 @@ def test_a_device_that_stays_busy_is_given_up_after_busy_timeout(make_driver, em
     assert emulator.running_channels == {} and not driver.any_on
 
 
+# --- damaged and lost packets: not executed, so sent again (DOC2 5.3) ---------------------------
+
+
+@pytest.mark.timeout(10)
+def test_a_damaged_command_is_sent_again_and_executed_once(driver, emulator):
+    """A packet that reaches the device damaged gets its Ack with -1 (transfer error) and
+    is not executed; the PC sends it again. A damaged Stop must not leave it running."""
+    driver.apply([cmd(1, 10.0)])
+    emulator.damage_next()
+    driver.apply([cmd(1, 20.0)])  # returns normally: sent again, executed once
+    assert results(emulator, sm.Command.START_CHANNEL_LIST_MODE) == [0, 0]
+    assert sum("checksum mismatch in StartChannelListMode" in e for e in emulator.events) == 1
+    assert emulator.channels[1].current_ma == 20 and driver.outputs[1].current_ma == 20.0
+    driver.check()  # nothing stored: the session goes on
+    emulator.damage_next()
+    driver.stop_all()
+    assert sum("checksum mismatch in StopChannelListMode" in e for e in emulator.events) == 1
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_link_that_damages_every_packet_is_given_up_after_busy_timeout(make_driver,
+                                                                          emulator):
+    driver = make_driver(busy_timeout=0.2)
+    driver.apply([cmd(1, 10.0)])
+    emulator.damage_next(1000)
+    with pytest.raises(StimulatorError, match=r"transfer error \(-1\) to StartChannelListMode "
+                       r"\d+ times.*check the USB cable"):
+        driver.apply([cmd(1, 20.0)])
+    assert emulator.channels[1].current_ma == 10
+    emulator.damage_next(0)
+    driver.stop_all()
+    assert emulator.running_channels == {} and not driver.any_on
+
+
+@pytest.mark.timeout(10)
+def test_a_lost_stop_is_sent_again(make_driver, emulator):
+    """A Stop lost on the way gets no answer: it is sent once more, and the device stops
+    (without this, it would run on until the driver closed and its 1.2 s watchdog)."""
+    driver = make_driver(response_timeout=0.1)
+    driver.apply([cmd(1, 20.0)])
+    emulator.lose_next()
+    t0 = time.monotonic()
+    driver.stop_all()  # confirmed by the second Stop
+    assert time.monotonic() - t0 < 0.1 + 0.3
+    assert emulator.running_channels == {} and not driver.any_on
+    assert results(emulator, sm.Command.STOP_CHANNEL_LIST_MODE) == [0]  # the one that came
+    assert any("lost on the way" in e and "StopChannelListMode" in e for e in emulator.events)
+    with pytest.raises(DeviceLostError, match="did not answer StopChannelListMode.*refuses"):
+        driver.apply([cmd(1, 20.0)])  # a packet was lost: the link is not trusted again
+
+
 # --- the port is exclusive -----------------------------------------------------------------------
 
 
@@ -468,6 +558,31 @@ def test_unknown_command_answer_is_a_stored_fault(driver, emulator):
 
 
 @pytest.mark.timeout(10)
+def test_after_a_fault_the_keepalive_stops_so_the_device_stops_by_itself(driver, emulator):
+    """A driver that has seen a fault keeps the device alive no longer: if nothing stops
+    it (the loop stuck, a stop that fails), the RehaStim2's own 1.2 s watchdog does."""
+    driver.apply([cmd(1, 20.0)])
+    driver._send(lambda n: sm.Packet(n, 99))  # UnknownCommand: a fault; the device runs on
+    wait_for_fault(driver, StimulatorError, timeout=2.0)
+    assert emulator.running_channels.keys() == {1}
+    t0 = time.monotonic()
+    assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, timeout=3.0)
+    assert emulator.running_channels == {} and time.monotonic() - t0 < 1.2 + 0.3
+
+
+@pytest.mark.timeout(10)
+def test_a_stop_the_device_refuses_leaves_it_to_its_own_watchdog(driver, emulator):
+    driver.apply([cmd(1, 20.0)])
+    emulator.answer_with(-2)  # not an answer DOC2 lists for Stop (0 / -1): not executed
+    with pytest.raises(StimulatorError, match="refused StopChannelListMode"):
+        driver.stop_all()
+    assert not driver.any_on and emulator.running_channels.keys() == {1}
+    t0 = time.monotonic()
+    assert emulator.wait_until(lambda e: e.watchdog_expiries == 1, timeout=3.0)
+    assert emulator.running_channels == {} and time.monotonic() - t0 < 1.2 + 0.3
+
+
+@pytest.mark.timeout(10)
 def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator):
     driver = make_driver(response_timeout=0.1)
     driver.apply([cmd(1, 20.0)])
@@ -480,7 +595,7 @@ def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator
         driver.apply([cmd(1, 25.0)])
     t0 = time.monotonic()
     with pytest.raises(DeviceLostError, match="did not answer StopChannelListMode"):
-        driver.stop_all()
+        driver.stop_all()  # sent twice: a lost Stop is sent once more
     assert time.monotonic() - t0 < 0.5
     assert not driver.any_on
     with pytest.raises(DeviceLostError):
@@ -488,7 +603,7 @@ def test_silent_device_is_lost_within_the_response_timeout(make_driver, emulator
     assert not driver.is_open
     driver.close()  # twice is fine
     stop = emulator.commands(sm.Command.STOP_CHANNEL_LIST_MODE)
-    assert len(stop) == 2 and all(r.note == "ignored: silent" for r in stop)
+    assert len(stop) == 4 and all(r.note == "ignored: silent" for r in stop)
 
 
 @pytest.mark.timeout(10)
@@ -654,6 +769,24 @@ def test_emulator_is_strict_about_modes_ranges_and_framing(raw):
     client.send(sm.watchdog(20).encode())  # skips 15..19
     assert emu.wait_until(lambda e: e.violations, timeout=1.0)
     assert "packet number 20, expected 15" in emu.violations[0]
+
+
+@pytest.mark.timeout(10)
+def test_emulator_wants_8_ms_between_pulse_groups_per_stimulation_module(raw):
+    emu, client = raw
+    client.connect()
+
+    def result(packet: sm.Packet) -> int:
+        client.send(packet.encode())
+        return sm.to_int8(client.next_packet().data[0])
+
+    both = 0b0001_0001  # channels 1 and 5: modules A and B
+    assert result(sm.Packet(0, 30, bytes((0, both, 0, 13, 0, 38, 0)))) == -2  # t2 8 ms
+    assert result(sm.Packet(1, 30, bytes((0, both, 0, 29, 0, 28, 0)))) == -2  # t1 15 < 16 ms
+    assert result(sm.Packet(2, 30, bytes((0, 0b1111, 0, 13, 0, 14, 0)))) == 0  # 1-4: 8 ms
+    assert result(sm.stop_channel_list_mode(3)) == 0
+    assert result(sm.Packet(4, 30, bytes((0, both, 0, 29, 0, 30, 0)))) == 0  # 16 ms, 16 ms
+    assert emu.violations == []
 
 
 @pytest.mark.timeout(10)

@@ -282,8 +282,20 @@ def test_init_channel_list_mode_range_errors(kwargs, match):
 def test_init_channel_list_mode_low_frequency_fields():
     packet = sm.init_channel_list_mode(
         1, (1, 3, 8), 25.0, low_frequency_factor=7, low_frequency_channels=(8,)
-    )
-    assert packet.data == bytes((7, 0b1000_0101, 0b1000_0000, 13, 0, 48, 0))
+    )  # channels on both modules: 16 ms between pulse groups (coded 29)
+    assert packet.data == bytes((7, 0b1000_0101, 0b1000_0000, 29, 0, 48, 0))
+
+
+def test_inter_pulse_interval_is_8_ms_per_stimulation_module():
+    assert sm.min_inter_pulse_interval_ms((1, 2, 3, 4)) == 8.0
+    assert sm.min_inter_pulse_interval_ms((5, 8)) == 8.0
+    assert sm.min_inter_pulse_interval_ms((4, 5)) == 16.0
+    assert sm.init_channel_list_mode(1, (2,), 20.0).data[3] == 13
+    assert sm.init_channel_list_mode(1, (2, 7), 20.0).data[3] == 29
+    with pytest.raises(StimulatorError, match="below the 16 ms that channels"):
+        sm.init_channel_list_mode(1, (2, 7), 20.0, inter_pulse_interval_ms=8.0)
+    with pytest.raises(StimulatorError, match="shorter than the inter-pulse interval 16"):
+        sm.init_channel_list_mode(1, (2, 7), 12.0)
 
 
 @pytest.mark.parametrize(

@@ -38,11 +38,17 @@ How it works
 * Every call from another thread (:meth:`apply`, :meth:`stop_all`) is handed to the event
   loop with ``asyncio.run_coroutine_threadsafe`` and waited for with a timeout; the loop
   runs one command at a time. Each command waits ``response_timeout`` for its
-  acknowledgement (matched by command and packet number): no answer ->
-  :class:`~closedloop.errors.DeviceLostError`; a non-zero result, ``General_error`` or
-  ``Unknown_cmd`` -> :class:`P24Error` (a :class:`~closedloop.errors.StimulatorError`)
-  carrying the code, the command and the channel, whose message says what the code
-  means and what to check.
+  acknowledgement (matched by command and packet number), after the time the device
+  needs to execute it (``Ml_init`` switches the 150 V supply on: 2 x 40 ms; ``Ml_stop``
+  off: 40 ms [CLIB]): no answer -> :class:`~closedloop.errors.DeviceLostError`; a
+  non-zero result, ``General_error`` or ``Unknown_cmd`` -> :class:`P24Error` (a
+  :class:`~closedloop.errors.StimulatorError`) carrying the code, the command and the
+  channel, whose message says what the code means and what to check.
+* A transfer error (result 1, in the acknowledgement or a ``General_error``: the packet
+  reached the device damaged and was not executed) sends the command again as a new
+  packet, up to three times in all. An ``Ml_stop`` that gets no answer at all (lost on
+  the way) is sent once more before the driver gives up: a stop is safe to repeat, and a
+  lost one would leave the device stimulating until its 2 s timeout.
 * The port is read by an event-loop reader callback, so a vanished USB device (the read
   fails at once) is found within milliseconds, and acknowledgements are handled as they
   arrive (no polling).
@@ -163,6 +169,10 @@ class P24Error(StimulatorError):
 
 class _DriverStuckError(DeviceLostError):
     """The driver thread did not finish a call in time."""
+
+
+class _NoAnswerError(DeviceLostError):
+    """No acknowledgement in time (the port itself still works)."""
 
 
 @functools.cache
@@ -539,7 +549,7 @@ class P24(Stimulator):
             new = dict(self._pulses)
         new.update(levels)
         sm4.check_duty({ch: p for ch, p in new.items() if p is not None})
-        budget = 3 * self.response_timeout + self.write_timeout + 0.2
+        budget = 2 * sm4.TRANSFER_ATTEMPTS * self._longest_wait_s + self.write_timeout + 0.2
         self._call(self._apply(new), budget, "a stimulation command")
 
     def stop_all(self) -> None:
@@ -548,14 +558,15 @@ class P24(Stimulator):
         Tries even when a fault is pending; does nothing on a closed driver. Raises
         (:class:`~closedloop.errors.DeviceLostError` or
         :class:`~closedloop.errors.StimulatorError`) only after marking all channels off,
-        when the device could not be told or did not confirm.
+        when the device could not be told or did not confirm; the keep-alive then stops,
+        so the P24 stops itself 2 s after the last one.
         """
         if self._serial is None or self._loop is None:
             with self._state_lock:
                 self._set_pulses({})
             return
         error: BaseException | None = None
-        budget = 2 * self.response_timeout + self.write_timeout + 0.5
+        budget = 2 * sm4.TRANSFER_ATTEMPTS * self._longest_wait_s + self.write_timeout + 0.5
         try:
             self._call(self._stop(), budget, "Ml_stop")
         except _DriverStuckError as exc:  # the driver thread is stuck: send it anyway
@@ -564,6 +575,8 @@ class P24(Stimulator):
             error = exc
         with self._state_lock:
             self._set_pulses({})
+            if error is not None and self._fault is None:
+                self._fault = error  # no more keep-alives: the P24 stops itself in 2 s
         if error is not None:
             raise error
 
@@ -599,6 +612,11 @@ class P24(Stimulator):
             raise StimulatorError("P24.stim_status() on a driver that is not open")
         return self._call(self._locked(self._get_stim_status()), 3 * self.response_timeout
                           + 0.5, "GetStimStatus")
+
+    @property
+    def _longest_wait_s(self) -> float:
+        """The longest one command waits for its answer (execution + response time)."""
+        return self.response_timeout + max(sm4.EXECUTION_S.values())
 
     @property
     def ack_latencies_ms(self) -> list[tuple[str, float]]:
@@ -694,8 +712,15 @@ class P24(Stimulator):
                 await self._ml_stop()
 
     async def _ml_stop(self) -> None:
-        """Ml_stop; "not initialised" (7) also means nothing runs."""
-        ans = await self._transact(self._lib.Stop(), "Ml_stop")
+        """Ml_stop, sent once more if it gets no answer; "not initialised" (7) also
+        means nothing runs."""
+        try:
+            ans = await self._transact(self._lib.Stop(), "Ml_stop")
+        except _NoAnswerError as exc:
+            # a stop lost on the way must not leave the device stimulating until its 2 s
+            # timeout; sending it again is safe (a second one answers 0 or 7)
+            logger.warning("P24 on %s: %s; sending Ml_stop again", self.port, exc)
+            ans = await self._transact(self._lib.Stop(), "Ml_stop")
         if int(ans.ack.result_error) not in (0, 7):
             self._check_result(ans, "Ml_stop")
         self._mid = False
@@ -784,13 +809,37 @@ class P24(Stimulator):
     # --- the driver thread: one command on the wire -------------------------------------------
 
     async def _transact(self, packet: Any, name: str, *, record: bool = True) -> _Answer:
+        """Send one command and return its acknowledgement; a transfer error (result 1 in
+        it, or General_error 1: not executed) sends it again as a new packet, up to
+        :data:`~closedloop.stim.drivers.sciencemode4.TRANSFER_ATTEMPTS` sends.
+
+        Raises as :meth:`_exchange`; after the last attempt a transfer error is returned
+        (acknowledgement) or raised (General_error) as it came.
+        """
+        for attempt in range(1, sm4.TRANSFER_ATTEMPTS + 1):
+            try:
+                answer = await self._exchange(packet, name, record=record)
+            except P24Error as exc:
+                if exc.code != sm4.RESULT_TRANSFER_ERROR or attempt == sm4.TRANSFER_ATTEMPTS:
+                    raise
+            else:
+                if (answer.data[:1] != bytes((sm4.RESULT_TRANSFER_ERROR,))
+                        or attempt == sm4.TRANSFER_ATTEMPTS):
+                    return answer
+            logger.warning("P24 on %s: %s arrived damaged (transfer error); sending it again",
+                           self.port, name)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _exchange(self, packet: Any, name: str, *, record: bool = True) -> _Answer:
         """Number, frame and write one packet; return its acknowledgement.
 
-        Raises DeviceLostError when the write fails or no answer comes within
-        ``response_timeout`` (recorded as a fault unless ``record`` is False), and
-        P24Error for General_error / Unknown_cmd.
+        Waits ``response_timeout`` after the command's execution time
+        (:data:`~closedloop.stim.drivers.sciencemode4.EXECUTION_S`). Raises
+        DeviceLostError when the write fails or no answer comes in time (recorded as a
+        fault unless ``record`` is False), and P24Error for General_error / Unknown_cmd.
         """
         loop = asyncio.get_running_loop()
+        wait_s = self.response_timeout + sm4.EXECUTION_S.get(name, 0.0)
         packet.number = self._numbers.get_next_number()
         frame = self._lib.Protocol.packet_to_bytes(packet)
         pending = _Pending((int(packet.command) + 1, packet.number), name, loop.create_future())
@@ -804,13 +853,13 @@ class P24(Stimulator):
                     self._record_fault(exc, outputs_off=True, report=False)
                 raise
             try:
-                answer = await asyncio.wait_for(pending.future, self.response_timeout)
+                answer = await asyncio.wait_for(pending.future, wait_s)
             except asyncio.TimeoutError:
                 unmatched = list(self._unmatched)
                 seen = f"; answers it could not match: {unmatched}" if unmatched else ""
-                lost = DeviceLostError(
+                lost = _NoAnswerError(
                     f"the P24 on {self.port} did not answer {name} (packet {packet.number}) "
-                    f"within {self.response_timeout * 1000:.0f} ms{seen}. Check that it is "
+                    f"within {wait_s * 1000:.0f} ms{seen}. Check that it is "
                     "plugged in and its lamp lights; it stops by itself 2 s after the last "
                     "keep-alive.")
                 if record:

@@ -33,7 +33,11 @@ How it works
 * The link thread reads and decodes everything the device sends, hands each
   acknowledgement to the command waiting for it (matched by packet number and command),
   and sends a Watchdog whenever ``keepalive_s`` passes with nothing sent (the device
-  stops and resets after 1200 ms without a valid packet).
+  stops and resets after 1200 ms without a valid packet) -- except between a fault (or
+  a StopChannelListMode that was not confirmed) and the next confirmed stop: then it
+  keeps the device alive no longer, so a device that nothing else stops (the loop
+  stuck, the stop refused) stops itself within 1.2 s, its own watchdog being the last
+  line of defence. A device confirmed off is kept connected, so closing confirms again.
 * While a channel is on, a probe thread asks GetStimulationMode whenever ``probe_s``
   passes without an acknowledgement (a plateau sends no commands for seconds; the
   Watchdog has no answer), never while a command is outstanding: a device gone silent,
@@ -43,12 +47,19 @@ How it works
   result: no answer -> :class:`~closedloop.errors.DeviceLostError`, a non-zero result ->
   :class:`~closedloop.errors.StimulatorError` naming the command and what the code means.
 * Busy (-8) is not a refusal: the device "is still processing the previous command" and
-  did not execute this one (DOC2 section 5.2: wait, then send again). The command is sent
+  did not execute this one (DOC2 section 5.2: wait, then send again). Nor is a transfer
+  error (-1): the packet reached the device damaged (checksum or length) and was not
+  executed; DOC2 section 5.3 has the PC send the command again. The command is sent
   again, as a new packet (the packet number goes on by one), after 5, 10, 20, 40, 50 ...
   ms, for up to ``busy_timeout`` (0.2 s: twice the device's longest response time, inside
   the loop's backstop watchdog and the device's own 1.2 s). Each command is therefore
-  executed exactly once, in order. A device still busy after that raises
-  :class:`~closedloop.errors.StimulatorError` saying so and what to do.
+  executed exactly once, in order. A device still busy (or still receiving damaged
+  packets) after that raises :class:`~closedloop.errors.StimulatorError` saying so and
+  what to do.
+* StopChannelListMode that gets no answer at all (the packet was lost on the way, or the
+  answer was) is sent once more before the driver gives up (DOC2 section 5.3: "sends the
+  command again"; a Stop is safe to repeat), so one lost packet does not leave the device
+  stimulating until its own watchdog.
 * Stimulation runs in the channel list mode, which has one main frequency for all
   channels. :meth:`RehaStim2.apply` initialises it lazily (InitChannelListMode with every
   configured channel) when something is first switched on, then sends
@@ -66,6 +77,10 @@ How it works
   Values the device would reject or change (pulse width below 20 us with current on,
   above 500 us, current above 130 mA, frequency outside 0.98..125 Hz, a channel not
   configured) raise :class:`~closedloop.errors.StimulatorError` and nothing is sent.
+* The channel list is initialised with the inter-pulse interval its channels need: 8 ms
+  per stimulation module used (DOC2 Table 2), i.e. 16 ms when the session's channels are
+  on both modules (1-4 and 5-8). The main interval may not be shorter (t1 >= t2), so
+  such a session runs at most 62.5 Hz; a faster command is refused before sending.
 
 Faults the link thread sees
 ---------------------------
@@ -113,6 +128,15 @@ except ImportError:  # Windows
 logger = logging.getLogger(__name__)
 
 BAUDRATE = 460800
+#: What the link adds to the device's MaxResponseTime before an answer is read: the
+#: USB-serial chip holds a short answer for its latency timer (16 ms by default; DOC2 2.1
+#: asks for 1 ms, which a driver cannot set without privileges), plus USB frames and
+#: thread scheduling.
+LINK_LATENCY_S = 0.05
+#: Default wait for an acknowledgement, from the write: the device may answer as late as
+#: its MaxResponseTime after it has the packet (DOC2 Table 7), so waiting exactly that
+#: long from the PC's side would call a device that keeps its specification lost.
+RESPONSE_TIMEOUT_S = sm.MAX_RESPONSE_TIME_S + LINK_LATENCY_S
 #: First pause before a command answered busy (-8) is sent again; it doubles up to the next.
 BUSY_FIRST_RETRY_S = 0.005
 #: Longest pause between two sends of a command answered busy.
@@ -145,6 +169,21 @@ class _Pending:
     error: BaseException | None = None
 
 
+class _NoAnswerError(DeviceLostError):
+    """No acknowledgement within ``response_timeout`` (the port itself still works)."""
+
+
+#: Ack results that mean "not executed, send it again" (DOC2 sections 5.2-5.3).
+_SEND_AGAIN = {
+    sm.RESULT_BUSY: ("busy (-8)", "it is still processing an earlier command and takes no "
+                     "new one. The session stops stimulation; switch the stimulator off and "
+                     "on before the next session, and have it serviced if this happens again"),
+    sm.RESULT_TRANSFER_ERROR: ("transfer error (-1)", "the packets reach it damaged (checksum "
+                               "or length). The session stops stimulation; check the USB "
+                               "cable and that no other program uses the port"),
+}
+
+
 class RehaStim2(Stimulator):
     """Hasomed RehaStim2 on a serial port, in the ScienceMode2 channel list mode.
 
@@ -156,7 +195,8 @@ class RehaStim2(Stimulator):
         The channels (1-based, 1..8) this session may use; all are put in the channel
         list, so switching any of them on or off needs no re-initialisation.
     response_timeout : float
-        Seconds to wait for each acknowledgement (the device's MaxResponseTime is 0.1 s).
+        Seconds to wait for each acknowledgement after the write: the device's
+        MaxResponseTime (0.1 s) plus :data:`LINK_LATENCY_S` by default.
     keepalive_s : float
         Send a Watchdog whenever this many seconds pass with nothing sent; at most 1.0 s
         (the device resets after 1.2 s without a valid packet).
@@ -202,7 +242,7 @@ class RehaStim2(Stimulator):
         port: str,
         *,
         channels: Sequence[int] = (1, 2),
-        response_timeout: float = 0.1,
+        response_timeout: float = RESPONSE_TIMEOUT_S,
         keepalive_s: float = 0.5,
         probe_s: float = 0.5,
         busy_timeout: float = 0.2,
@@ -236,6 +276,9 @@ class RehaStim2(Stimulator):
             raise ConfigError(f"rehastim2 probe_s={probe_s!r}: must be in [0, 10] s (0: off)")
         self.port = port
         self.channels: tuple[int, ...] = tuple(sorted(chans))
+        #: Shortest main interval the channel list allows: 8 ms per stimulation module
+        #: its channels use (the inter-pulse interval it is initialised with).
+        self.min_interval_ms = sm.min_inter_pulse_interval_ms(self.channels)
         self.response_timeout = float(response_timeout)
         self.keepalive_s = float(keepalive_s)
         self.probe_s = float(probe_s)
@@ -259,6 +302,7 @@ class RehaStim2(Stimulator):
         self._sent: deque[SentPacket] = deque(maxlen=history)
         self._pending: _Pending | None = None
         self._fault: BaseException | None = None  # first fault: apply() refuses after it
+        self._keep_alive = True  # False from a fault until the device confirms a stop
         self._unreported: deque[BaseException] = deque()  # for check()
         self._unmatched: list[sm.Packet] = []
         self._mode = sm.StimulationMode.START
@@ -368,6 +412,7 @@ class RehaStim2(Stimulator):
         with self._state_lock:
             self._pending = None
             self._fault = None
+            self._keep_alive = True
             self._unreported.clear()
             self._unmatched.clear()
             self._mode = sm.StimulationMode.START
@@ -501,7 +546,8 @@ class RehaStim2(Stimulator):
         Tries even when a fault is pending; does nothing on a closed driver. Raises
         (:class:`~closedloop.errors.DeviceLostError` or
         :class:`~closedloop.errors.StimulatorError`) only after marking all channels off,
-        when the device could not be told or did not confirm.
+        when the device could not be told or did not confirm; the link thread then sends
+        no more Watchdogs, so the device's own watchdog stops it within 1.2 s.
         """
         if self._serial is None:
             with self._state_lock:
@@ -530,6 +576,8 @@ class RehaStim2(Stimulator):
             self._outputs = self._all_off()
             self._mode, self._main_code = sm.StimulationMode.START, None
         if error is not None:
+            # not confirmed: stop the keep-alive, so the device's own watchdog stops it
+            self._record_fault(error, outputs_off=True, report=False)
             raise error
 
     def delivered_hz(self, frequency_hz: float) -> float:
@@ -537,9 +585,10 @@ class RehaStim2(Stimulator):
         (35 Hz -> 29 ms -> 34.48 Hz). A rate it cannot run is returned as asked
         (:meth:`apply` refuses it)."""
         try:
-            return 1000.0 / sm.main_interval_for_frequency(frequency_hz)
+            interval = sm.main_interval_for_frequency(frequency_hz)
         except StimulatorError:
             return frequency_hz
+        return frequency_hz if interval < self.min_interval_ms else 1000.0 / interval
 
     def check(self) -> None:
         """Raise the next fault the link thread has seen and not yet reported."""
@@ -570,10 +619,18 @@ class RehaStim2(Stimulator):
         return sm.StimulationMode(ack.data[1])
 
     def _stop_channel_list(self) -> None:
-        self._transact(sm.stop_channel_list_mode)
+        try:
+            self._transact(sm.stop_channel_list_mode)
+        except _NoAnswerError as exc:
+            # DOC2 5.3: no answer within the response time -> send the command again. A
+            # Stop is safe to repeat; one lost packet must not leave the device running.
+            logger.warning("RehaStim2 on %s: %s; sending StopChannelListMode again",
+                           self.port, exc)
+            self._transact(sm.stop_channel_list_mode)
         with self._state_lock:
             self._mode, self._main_code = sm.StimulationMode.START, None
             self._outputs = self._all_off()
+            self._keep_alive = True  # confirmed off: keeping the link costs nothing
 
     def _send(self, build: Callable[[int], sm.Packet]) -> sm.Packet:
         """Number, encode and write one packet made by ``build(pkt_no)``."""
@@ -586,22 +643,23 @@ class RehaStim2(Stimulator):
     def _transact(self, build: Callable[[int], sm.Packet]) -> sm.Packet:
         """Send one command and return its Ack; the caller holds ``_txn_lock``.
 
-        A busy answer (-8: not executed, the device is still processing) sends the
+        An answer saying the command was not executed -- busy (-8: the device is still
+        processing) or transfer error (-1: the packet arrived damaged) -- sends the
         command again as a new packet, after a pause that doubles from
         :data:`BUSY_FIRST_RETRY_S` to :data:`BUSY_MAX_RETRY_S`, until ``busy_timeout``.
 
         Raises DeviceLostError when no Ack comes within ``response_timeout`` (the link is
-        then considered lost) and StimulatorError when the Ack's result is not 0 (busy:
-        still busy after ``busy_timeout``).
+        then considered lost) and StimulatorError when the Ack's result is not 0 (busy or
+        transfer error: still so after ``busy_timeout``).
         """
         started = time.monotonic()
-        pause, busy = BUSY_FIRST_RETRY_S, 0
+        pause, again = BUSY_FIRST_RETRY_S, 0
         while True:
             packet, reply = self._exchange(build)
             result = sm.to_int8(reply.data[0]) if reply.data else None
             if result == 0:
                 return reply
-            if result != sm.RESULT_BUSY:
+            if result not in _SEND_AGAIN:
                 meaning = ("empty Ack" if result is None
                            else f"{result}, {sm.result_meaning(result)}")
                 with self._state_lock:  # e.g. -3 because an electrode error stopped it
@@ -611,18 +669,16 @@ class RehaStim2(Stimulator):
                     f"RehaStim2 refused {packet.name} (packet {packet.pkt_no}): result "
                     f"{meaning}{cause}"
                 )
-            busy += 1
+            again += 1
+            what, advice = _SEND_AGAIN[result]
             left = started + self.busy_timeout - time.monotonic()
             if left <= 0:
                 raise StimulatorError(
-                    f"the RehaStim2 on {self.port} answered busy (-8) to {packet.name} {busy} "
-                    f"times over {1000 * (time.monotonic() - started):.0f} ms: it is still "
-                    "processing an earlier command and takes no new one. The session stops "
-                    "stimulation; switch the stimulator off and on before the next session, "
-                    "and have it serviced if this happens again."
+                    f"the RehaStim2 on {self.port} answered {what} to {packet.name} {again} "
+                    f"times over {1000 * (time.monotonic() - started):.0f} ms: {advice}."
                 )
-            logger.info("RehaStim2 on %s busy on %s (%d); sending it again in %.0f ms",
-                        self.port, packet.name, busy, 1000 * min(pause, left))
+            logger.info("RehaStim2 on %s answered %s to %s (%d); sending it again in %.0f ms",
+                        self.port, what, packet.name, again, 1000 * min(pause, left))
             time.sleep(min(pause, left))
             pause = min(2 * pause, BUSY_MAX_RETRY_S)
 
@@ -651,7 +707,7 @@ class RehaStim2(Stimulator):
             raise pending.error
         if not answered or pending.reply is None:
             seen = f"; packets it could not match: {unmatched}" if unmatched else ""
-            lost = DeviceLostError(
+            lost = _NoAnswerError(
                 f"RehaStim2 on {self.port} did not answer {packet.name} (packet "
                 f"{packet.pkt_no}) within {self.response_timeout * 1000:.0f} ms{seen}. Check "
                 "that it is switched on and the cable is connected."
@@ -702,7 +758,9 @@ class RehaStim2(Stimulator):
                     return
                 for item in self._decoder.feed(data):
                     self._dispatch(item)
-                if time.monotonic() - self._last_sent >= self.keepalive_s:
+                with self._state_lock:
+                    keep_alive = self._keep_alive
+                if keep_alive and time.monotonic() - self._last_sent >= self.keepalive_s:
                     try:
                         self._send(sm.watchdog)
                     except DeviceLostError as exc:
@@ -807,6 +865,7 @@ class RehaStim2(Stimulator):
         with self._state_lock:
             if self._fault is None:
                 self._fault = exc
+            self._keep_alive = False  # until a stop is confirmed: the device's watchdog
             if report:
                 self._unreported.append(exc)
             if outputs_off:
@@ -868,6 +927,14 @@ class RehaStim2(Stimulator):
                 f"RehaStim2's range {sm.PULSE_WIDTH_MIN_US}..{sm.PULSE_WIDTH_MAX_US} us"
             )
         interval = sm.main_interval_for_frequency(cmd.frequency_hz)
+        if interval < self.min_interval_ms:
+            raise StimulatorError(
+                f"{cmd.frequency_hz:g} Hz on channel {ch} is faster than the RehaStim2 runs "
+                f"channels {self.channels}: with channels on both stimulation modules (1-4 "
+                f"and 5-8) its main interval is at least {self.min_interval_ms:g} ms, at most "
+                f"{1000.0 / self.min_interval_ms:g} Hz. Lower the frequency, or use channels "
+                "of one module only"
+            )
         return (
             ChannelOutput(float(current), float(pw), 1000.0 / interval),
             sm.code_main_interval(interval),

@@ -50,9 +50,14 @@ MAX_FRAME_CONTENT = 4 + 2 * (2 + MAX_DATA_BYTES)
 # --- device ranges (DOC2 section 4.3) ------------------------------------------------------
 
 N_CHANNELS = 8
+#: The longest the device takes to answer a command it has received (DOC2 Table 7,
+#: MaxResponseTime; on average under 20 ms).
+MAX_RESPONSE_TIME_S = 0.1
 MAIN_INTERVAL_MIN_MS = 8.0
 MAIN_INTERVAL_MAX_MS = 1025.0
 INTER_PULSE_INTERVAL_MIN_MS = 8.0  # "minimum 8 ms in the current software version" (coded 13)
+#: The two stimulation modules (current sources) and their channels (DOC2 1.2, Table 3).
+MODULE_CHANNELS = ((1, 2, 3, 4), (5, 6, 7, 8))
 INTER_PULSE_INTERVAL_MAX_MS = 129.0
 LOW_FREQUENCY_FACTOR_MAX = 7
 PULSE_WIDTH_MIN_US = 20
@@ -115,6 +120,9 @@ class PulseMode(enum.IntEnum):
 #: Ack result "busy": the device is still processing the previous command and did not
 #: execute this one; the host waits and sends it again (DOC2 section 5.2).
 RESULT_BUSY = -8
+#: Ack result "transfer error": the packet arrived damaged (checksum or length did not
+#: match) and was not executed; the host sends the command again (DOC2 sections 5.2-5.3).
+RESULT_TRANSFER_ERROR = -1
 
 #: Meaning of the int8 result in an acknowledgement (DOC2 sections 5.1-5.2).
 RESULT_MEANINGS: dict[int, str] = {
@@ -442,6 +450,23 @@ def decode_inter_pulse_interval(code: int) -> float:
     return code * 0.5 + 1.5
 
 
+def min_inter_pulse_interval_ms(channels: Iterable[int]) -> float:
+    """The shortest inter-pulse interval t2 a channel list may have: 8 ms for each
+    stimulation module it uses (16 ms with channels on both 1-4 and 5-8).
+
+    DOC2 Table 2: "The minimum inter pulse interval is 8 ms per stimulation module (4 x
+    1.5 ms for each channel + 2 ms communication buffer)", and the two modules are
+    processed one after the other (DOC2 1.3, Figure 3). Public drivers (the RS C++
+    driver, pyScienceMode) send 8 ms whatever the channels; this follows the
+    specification's words, the stricter reading, which a device may enforce with a
+    parameter error (-2). Since the main interval t1 must be at least t2 (DOC2 Table 2,
+    single pulses), it bounds the frequency too: at most 62.5 Hz on both modules.
+    """
+    chans = set(channels)
+    used = sum(1 for module in MODULE_CHANNELS if chans & set(module))
+    return INTER_PULSE_INTERVAL_MIN_MS * max(used, 1)
+
+
 def main_interval_for_frequency(frequency_hz: float) -> float:
     """The main interval (ms, 0.5 ms steps) for a frequency, never faster than asked.
 
@@ -505,7 +530,7 @@ def init_channel_list_mode(
     channels: Iterable[int],
     main_interval_ms: float,
     *,
-    inter_pulse_interval_ms: float = INTER_PULSE_INTERVAL_MIN_MS,
+    inter_pulse_interval_ms: float | None = None,
     low_frequency_factor: int = 0,
     low_frequency_channels: Iterable[int] = (),
     fast_execution: bool = False,
@@ -519,10 +544,12 @@ def init_channel_list_mode(
     channels : iterable of int
         Active channels, 1-based (1..8), at least one.
     main_interval_ms : float
-        Main stimulation interval t1 (1 / frequency), 8..1025 ms in 0.5 ms steps.
-    inter_pulse_interval_ms : float
+        Main stimulation interval t1 (1 / frequency), 8..1025 ms in 0.5 ms steps, at
+        least the inter-pulse interval.
+    inter_pulse_interval_ms : float, optional
         Interval t2 between the pulses of a doublet or triplet, 8..129 ms in 0.5 ms
-        steps (the current firmware's minimum is 8 ms).
+        steps, at least :func:`min_inter_pulse_interval_ms` of the channels (8 ms per
+        stimulation module used); default: that minimum.
     low_frequency_factor : int
         Main periods skipped by the low-frequency channels, 0..7.
     low_frequency_channels : iterable of int
@@ -549,8 +576,17 @@ def init_channel_list_mode(
         raise StimulatorError(
             f"low frequency factor {low_frequency_factor} is outside 0..{LOW_FREQUENCY_FACTOR_MAX}"
         )
+    least = min_inter_pulse_interval_ms(mask_channels(active))
+    if inter_pulse_interval_ms is None:
+        inter_pulse_interval_ms = least
     main = code_main_interval(main_interval_ms)
     ipi = code_inter_pulse_interval(inter_pulse_interval_ms)
+    if inter_pulse_interval_ms < least:
+        raise StimulatorError(
+            f"inter-pulse interval {inter_pulse_interval_ms} ms is below the {least:g} ms "
+            f"that channels {mask_channels(active)} need (8 ms per stimulation module: "
+            "channels 1-4 and 5-8)"
+        )
     if main_interval_ms < inter_pulse_interval_ms:
         raise StimulatorError(
             f"main stimulation interval {main_interval_ms} ms is shorter than the "

@@ -57,6 +57,16 @@ DUTY_LIMIT_MS_PER_S = 1000.0
 KEEPALIVE_TIMEOUT_S = 2.0
 #: Serial settings [IFU table 1] (a USB CDC port: the line settings do not limit speed).
 BAUDRATE = 3_000_000
+#: Commands that switch the 150 V supply take this long to execute before they are
+#: answered [CLIB ``smpt_ml_client.h``: Ml_init "execution duration 2 x 40 ms", Ml_stop
+#: 40 ms; ``smpt_ll_client.h``: Ll_init and Ll_stop 40 ms]; a driver's wait for the
+#: answer counts its response time on top.
+EXECUTION_S = {"Ml_init": 0.08, "Ml_stop": 0.04, "Ll_init": 0.04, "Ll_stop": 0.04}
+#: Result "transfer error" [IFU table 27]: the packet's checksum or length did not match,
+#: so the device did not execute it; the command is sent again, at most
+#: :data:`TRANSFER_ATTEMPTS` times in all.
+RESULT_TRANSFER_ERROR = 1
+TRANSFER_ATTEMPTS = 3
 
 #: ``Ml_get_current_data`` data selection 4: all errors of all channels [IFU table 25].
 DATA_SELECTION_ALL_CHANNELS = 4
