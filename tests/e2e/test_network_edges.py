@@ -276,3 +276,60 @@ def test_a_stop_from_the_network_says_who_sent_it(tmp_path):
     recorded = [m for m in load_session(path).markers if m.label == "stop_request"]
     assert len(recorded) == 1
     assert {k: recorded[0].fields[k] for k in sender} == sender
+
+
+# -- a hostile control stream --------------------------------------------------------------------
+#: What a careless or hostile program sends on a stream named like the session's control
+#: stream: words and JSON that look like starting or raising stimulation, binary, a very
+#: long string, and JSON nested deeper than Python's parser goes (it raised RecursionError
+#: in the session's control thread, which then never read the view's STOP).
+HOSTILE = ["start", "START", '{"command": "start"}', "raise current",
+           '{"command": "raise", "muscle": "biceps", "current_ma": 100}',
+           '{"command": ["stop"]}', "\x00\x01\x02\xff", "x" * 1_000_000,
+           '{"command": ' + "[" * 100_000 + "]" * 100_000 + "}", "[" * 5000]
+
+
+@pytest.mark.timeout(240)
+def test_a_hostile_control_stream_never_stimulates_and_never_blocks_stop(tmp_path):
+    path = tmp_path / "hostile.xdf"
+    run, name = session(120, "--record", str(path), stimulator="sim")
+    halt = threading.Event()
+    try:
+        info = pylsl.StreamInfo(f"{name}-Control", "Markers", 1, pylsl.IRREGULAR_RATE,
+                                pylsl.cf_string, f"closedloop-control.hostile{os.getpid()}")
+        hostile = pylsl.StreamOutlet(info)
+        deadline = time.monotonic() + 30
+        while not hostile.have_consumers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hostile.have_consumers(), "the session does not listen to control streams"
+
+        def flood() -> None:
+            while not halt.is_set():
+                for text in HOSTILE:
+                    hostile.push_sample([text])
+                halt.wait(0.02)
+
+        threading.Thread(target=flood, daemon=True).start()
+        time.sleep(3.0)  # the flood runs while the simulated patient tries to move
+        assert run.proc.poll() is None, "".join(run.lines + run.errors)
+        with ControlOutlet(name, origin="ward-view@test") as ctl:  # subscribed after it
+            while not ctl.has_listener() and time.monotonic() < deadline + 30:
+                time.sleep(0.05)
+            ctl.stop()
+            sent = time.monotonic()
+            while run.proc.poll() is None and time.monotonic() < sent + 10:
+                ctl.tick()
+                time.sleep(0.05)
+        assert run.proc.wait(timeout=60) == 3, "".join(run.lines + run.errors)
+    finally:
+        halt.set()
+        run.stop()
+    time.sleep(0.2)  # the reader threads take the last lines
+    summary = json.loads(run.lines[-1])
+    assert summary["stopped_by"]["origin"] == "ward-view@test" and summary["all_off"] is True
+    assert "Traceback" not in "".join(run.errors)
+    # every command the session sent came from the EMG alone: a replay of the recording
+    # derives exactly the same ones
+    check = subprocess.run([CLOSEDLOOP, "replay", str(path), "--check", "--jobs", "1"],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "check passed" in check.stdout, check.stdout + check.stderr
