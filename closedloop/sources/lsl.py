@@ -297,6 +297,13 @@ class LslSource(Source):
                 raise ConfigError(
                     f"LSL stream {name!r} has no channel(s) {missing}; its channels are {labels}"
                 )
+            twice = sorted({c for c in self.channels_wanted if labels.count(c) > 1})
+            if twice:
+                raise ConfigError(
+                    f"LSL stream {name!r} has several channels labelled {twice}; which one "
+                    f"is meant cannot be told (its channels are {labels}). Give the stream's "
+                    "channels labels of their own, or leave channels= out and name each "
+                    "muscle's channel by its 0-based index in the config")
             cols = [labels.index(c) for c in self.channels_wanted]
         else:
             cols = [k for k in range(n) if k != counter_col]

@@ -30,7 +30,9 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 
+import numpy as np
 import pylsl
 import pytest
 
@@ -333,3 +335,54 @@ def test_a_hostile_control_stream_never_stimulates_and_never_blocks_stop(tmp_pat
     check = subprocess.run([CLOSEDLOOP, "replay", str(path), "--check", "--jobs", "1"],
                            env=ENV, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and "check passed" in check.stdout, check.stdout + check.stderr
+
+
+# -- an amplifier whose channel labels repeat --------------------------------------------------
+class FakeAmplifier(threading.Thread):
+    """An LSL EMG outlet (float32, 2 kHz, paced by the clock) with the given labels."""
+
+    def __init__(self, labels: list[str], name: str) -> None:
+        super().__init__(daemon=True)
+        info = pylsl.StreamInfo(name, "EMG", len(labels), 2000.0, pylsl.cf_float32,
+                                f"{name}-sid")
+        chans = info.desc().append_child("channels")
+        for label in labels:
+            ch = chans.append_child("channel")
+            ch.append_child_value("label", label)
+            ch.append_child_value("unit", "V")
+        self.outlet = pylsl.StreamOutlet(info)
+        self.n = len(labels)
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(0)
+        t0, sent = time.monotonic(), 0
+        while not self.halt.is_set():
+            due = int((time.monotonic() - t0) * 2000)
+            if due > sent:
+                x = rng.normal(0.0, 1e-5, (due - sent, self.n)).astype(np.float32)
+                self.outlet.push_chunk(x.tolist())
+                sent = due
+            self.halt.wait(0.005)
+
+
+@pytest.mark.timeout(120)
+def test_an_amplifier_with_a_label_on_two_channels_is_refused_not_guessed():
+    """The config's biceps reads channel 'biceps'; the amplifier labels two channels so.
+    Which electrode is the biceps cannot be told: the session refuses before anything is
+    stimulated (it stimulated from the first one), and says how to choose."""
+    name = f"amp-twice-{uuid.uuid4().hex[:8]}"
+    amp = FakeAmplifier(["biceps", "biceps", "triceps"], name)
+    try:
+        run = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--no-outlets",
+                   "--duration", "3", "--source", f"lsl:name={name}")
+        code = run.proc.wait(timeout=90)
+    finally:
+        amp.halt.set()
+        run.stop()
+    time.sleep(0.2)
+    said = "".join(run.lines + run.errors)
+    assert code == 2, said
+    assert "has 2 channels labelled so (0-based 0, 1)" in said and "0-based index" in said
+    assert "Traceback" not in said and "onsets detected : \n" in said  # nothing ran
