@@ -386,3 +386,31 @@ def test_an_amplifier_with_a_label_on_two_channels_is_refused_not_guessed():
     assert code == 2, said
     assert "has 2 channels labelled so (0-based 0, 1)" in said and "0-based index" in said
     assert "Traceback" not in said and "onsets detected : \n" in said  # nothing ran
+
+
+@pytest.mark.timeout(120)
+def test_an_amplifier_that_never_sends_leaves_a_readable_recording(tmp_path):
+    """The stream is found and then stays silent: the session stops as a stall before its
+    first sample. The offs it records then have no stream time yet; they were stamped
+    NaN, which made the recording CORRUPT (replay refused it, exit 9)."""
+    name = f"amp-silent-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EMG", 2, 2000.0, pylsl.cf_float32, f"{name}-sid")
+    chans = info.desc().append_child("channels")
+    for label in ("biceps", "triceps"):
+        chans.append_child("channel").append_child_value("label", label)
+    outlet = pylsl.StreamOutlet(info)  # noqa: F841 - visible, silent
+    path = tmp_path / "silent.xdf"
+    run = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--duration", "10",
+               "--record", str(path), "--source", f"lsl:name={name}")
+    try:
+        code = run.proc.wait(timeout=90)
+    finally:
+        run.stop()
+    time.sleep(0.2)
+    said = "".join(run.lines + run.errors)
+    assert code == 4 and "all channels off: yes" in said, said
+    assert "recording silent.xdf: complete" in said, said
+    check = subprocess.run([CLOSEDLOOP, "replay", str(path), "--check", "--jobs", "1"],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "check passed" in check.stdout, check.stdout + check.stderr
