@@ -414,3 +414,24 @@ def test_an_amplifier_that_never_sends_leaves_a_readable_recording(tmp_path):
                            env=ENV, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "check passed" in check.stdout, check.stdout + check.stderr
+
+
+@pytest.mark.timeout(180)
+def test_closing_the_receivers_terminal_switches_it_off_and_says_so():
+    """SIGHUP (its terminal closed) killed the receiver on the spot: no ALL OFF line for
+    the program following its output. Now it ends as Ctrl-C and SIGTERM do."""
+    run, name = session(60)
+    rx = None
+    try:
+        rx, _ = receiver(name)
+        time.sleep(0.5)
+        rx.proc.send_signal(signal.SIGHUP)
+        code = rx.proc.wait(timeout=10)
+    finally:
+        for p in (run, rx):
+            if p is not None:
+                p.stop()
+    time.sleep(0.2)
+    last = actions(rx)[-1]
+    assert code == 129, "".join(rx.lines + rx.errors)
+    assert last["action"] == "all_off" and last["why"] == "sighup", last

@@ -354,3 +354,30 @@ def test_the_checklist_answered_on_the_terminal_still_runs(emulator):
         os.close(master)
     said = shown.decode(errors="replace")
     assert rc == 0 and "all confirmed" in said and "duration reached" in said, said
+
+
+# -- commands that do not stimulate ----------------------------------------------------------------
+@pytest.mark.parametrize(("sig", "code", "words"), [
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", id="SIGTERM"),
+    pytest.param(signal.SIGHUP, 129, "hung up (SIGHUP: the terminal was closed)", id="SIGHUP"),
+    pytest.param(signal.SIGINT, 130, "interrupted", id="SIGINT"),
+])
+def test_a_signal_during_calibration_says_so_and_leaves_no_empty_patient_config(tmp_path, sig,
+                                                                               code, words):
+    """SIGTERM or SIGHUP killed calibrate on the spot: no word, and the patient config it
+    had claimed stayed behind empty, so the next calibration was refused ('already
+    exists'). Now every stop signal ends it as Ctrl-C did."""
+    out = tmp_path / "patient.toml"
+    cal = Command("calibrate", "--config", CONFIG, "--out", str(out), "--no-gui", "--yes")
+    try:
+        deadline = time.monotonic() + 60
+        while not any("REST" in line for line in cal.out) and time.monotonic() < deadline:
+            time.sleep(0.05)  # calibrating: the rest phase has begun
+        assert out.exists(), "the patient config is claimed while calibrating"
+        cal.signal(sig)
+        rc, said, err = cal.finish(timeout=20)
+    finally:
+        cal.kill()
+    assert rc == code, said + err
+    assert f"closedloop calibrate: {words}" in err and "Traceback" not in err, err
+    assert not out.exists()
