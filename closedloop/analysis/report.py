@@ -936,9 +936,9 @@ def report_html(session: Any, *, generated: str | None = None) -> str:
 def build_report(session: Any, out_path: str | Path) -> Path:
     """Write the HTML report of ``session`` (a :class:`closedloop.io.xdf.Session` or an
     object with the same attributes) to ``out_path``; returns the path."""
-    p = Path(out_path)
-    p.write_text(report_html(session), encoding="utf-8")
-    return p
+    from closedloop.io.outfile import write_whole
+
+    return write_whole(out_path, report_html(session), what="report")
 
 
 __all__ = ["TRIAL_LABELS", "WARNING_WORDS", "Page", "analyse", "build_report", "render",
