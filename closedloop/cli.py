@@ -64,10 +64,16 @@ def text(value: str) -> str:
 
 
 def input_file(value: str) -> str:
-    """An argparse type for a file a command reads: a name the system can look up. A
-    missing file is left to the command, which says what it expected there."""
+    """An argparse type for a file a command reads: a name the system can look up, and
+    a file or a folder where it exists (reading a named pipe waits for a writer for
+    ever, a device never ends). A missing file is left to the command, which says what
+    it expected there."""
     value = text(value)
     _lookup(value)
+    if os.path.exists(value) and not (os.path.isfile(value) or os.path.isdir(value)):
+        raise argparse.ArgumentTypeError(
+            f"{value[:80]!r} is not a regular file (a device, a named pipe or a socket); "
+            "give the file itself")
     return value
 
 

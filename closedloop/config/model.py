@@ -464,6 +464,9 @@ def _check_stimulation(config: Config, source: str) -> None:
 def load_config(path: str | Path) -> Config:
     """Load and validate a TOML config file (UTF-8, without a byte-order mark)."""
     p = Path(path)
+    if p.exists() and not (p.is_file() or p.is_dir()):  # a pipe would wait for ever
+        raise ConfigError(f"{p}: is not a regular file (a device, a named pipe or a "
+                          "socket); give the .toml file itself")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

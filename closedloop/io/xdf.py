@@ -140,6 +140,9 @@ def _scan(path: str | Path) -> XdfLayout:
         raise InputError(f"recording {str(p)!r} does not exist")
     if p.is_dir():
         raise InputError(f"recording {str(p)!r} is a directory; give an .xdf file")
+    if not p.is_file():  # a named pipe would be waited on for ever, a device never ends
+        raise InputError(f"recording {str(p)!r} is not a regular file (a device, a named "
+                         "pipe or a socket); give the .xdf file itself")
     try:
         return xdfreader.scan(p)
     except ValueError as exc:

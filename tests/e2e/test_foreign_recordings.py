@@ -100,3 +100,31 @@ def test_a_foreign_recording_gets_one_clear_outcome(files, case):
     assert "Traceback" not in said, said
     assert r.returncode == code, said
     assert words in said, said
+
+
+#: (command, exit code, words): a named pipe where a file is read waited for a writer for
+#: ever; the config's did not even end on SIGTERM (the read is resumed after the handler)
+PIPES = {
+    "run --config PIPE": (["run", "--config", "pipe", "--no-gui", "--no-outlets",
+                           "--duration", "1"], 2, "'pipe' is not a regular file"),
+    "run --source replay:PIPE": (["run", "--config", CONFIG, "--source", "replay:pipe",
+                                  "--no-gui", "--no-outlets", "--quiet"], 7,
+                                 "is not a regular file (a device, a named pipe or a socket)"),
+    "replay PIPE": (["replay", "pipe", "--jobs", "1"], 2, "'pipe' is not a regular file"),
+    "detect PIPE": (["detect", "pipe", "--out", "p.csv", "--fs", "1000"], 2,
+                    "'pipe' is not a regular file"),
+}
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("case", list(PIPES))
+def test_a_named_pipe_read_as_a_file_is_refused_not_waited_on(tmp_path, case):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    argv, code, words = PIPES[case]
+    r = subprocess.run([CLOSEDLOOP, *argv], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    said = r.stdout + r.stderr
+    assert "Traceback" not in said and r.returncode == code, said
+    assert words in said, said
