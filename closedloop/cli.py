@@ -19,12 +19,15 @@ Every command that writes a file refuses to replace an existing one unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from closedloop.config.signal import FS_RANGE
 from closedloop.errors import EXIT_CODES, ClosedLoopError
@@ -61,10 +64,16 @@ def text(value: str) -> str:
 
 
 def input_file(value: str) -> str:
-    """An argparse type for a file a command reads: a name the system can look up. A
-    missing file is left to the command, which says what it expected there."""
+    """An argparse type for a file a command reads: a name the system can look up, and
+    a file or a folder where it exists (reading a named pipe waits for a writer for
+    ever, a device never ends). A missing file is left to the command, which says what
+    it expected there."""
     value = text(value)
     _lookup(value)
+    if os.path.exists(value) and not (os.path.isfile(value) or os.path.isdir(value)):
+        raise argparse.ArgumentTypeError(
+            f"{value[:80]!r} is not a regular file (a device, a named pipe or a socket); "
+            "give the file itself")
     return value
 
 
@@ -471,19 +480,66 @@ def _patient_args(p: argparse.ArgumentParser, what: str) -> None:
                         f"{_db_default()})")
 
 
+class _Terminated(BaseException):
+    """SIGTERM, SIGHUP or SIGQUIT outside a session (which handles its own: the
+    commands that stimulate): raised in the main thread, as Ctrl-C raises
+    KeyboardInterrupt, so the command unwinds (its output claim released: no empty file
+    left to refuse the next run) and ends with the signal's message and code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+#: The stop signals besides Ctrl-C: (name, reason in EXIT_CODES, what is said).
+_TERMINATING = (("SIGTERM", "sigterm", "terminated (SIGTERM)"),
+                ("SIGHUP", "sighup", "hung up (SIGHUP: the terminal was closed)"),
+                ("SIGQUIT", "sigquit", "quit (SIGQUIT, Ctrl-\\)"))
+
+
+@contextlib.contextmanager
+def _unwind_on_stop_signals() -> Iterator[None]:
+    """While the command runs, a stop signal whose handler is still the default (it
+    killed the process on the spot) raises :class:`_Terminated` instead. One that is
+    ignored (``nohup``) stays ignored; a command may install its own inside."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name, reason, message in _TERMINATING:
+            number = getattr(signal, name, None)
+            if number is not None and signal.getsignal(number) is signal.SIG_DFL:
+                previous[number] = signal.signal(number, _raiser(reason, message))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _raiser(reason: str, message: str) -> Callable[[int, object], None]:
+    def handle(_signum: int, _frame: object) -> None:
+        raise _Terminated(reason, message)
+
+    return handle
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns its exit code (argparse exits 2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(args.module)
     try:
-        return int(module.main(args) or 0)
+        with _unwind_on_stop_signals():
+            return int(module.main(args) or 0)
     except ClosedLoopError as exc:
         print(f"closedloop {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"closedloop {args.command}: interrupted", file=sys.stderr)
         return EXIT_CODES["interrupt"]
+    except _Terminated as exc:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"closedloop {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_CODES[exc.reason]
     except Exception:  # a bug: say so, and keep what a developer needs to fix it
         print(f"closedloop {args.command}: internal error - this is a bug in closedloop, not "
               "a problem with your input. Please report it with the lines below.",

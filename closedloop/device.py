@@ -6,14 +6,28 @@ support. ``close()`` must be safe to call twice and after a failed ``open()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 
+def _never() -> bool:
+    return False
+
+
 class Device:
-    """Base class of every EMG source and stimulator."""
+    """Base class of every EMG source and stimulator.
+
+    Attributes
+    ----------
+    cancelled : callable
+        Asked during a long wait in :meth:`open` (a stream that has not appeared yet):
+        True means give up, because the session was asked to stop while it opened (a
+        signal). The session sets it; by default it never is.
+    """
 
     def __init__(self) -> None:
         self._is_open = False
+        self.cancelled: Callable[[], bool] = _never
 
     @property
     def is_open(self) -> bool:

@@ -49,7 +49,6 @@ written either way.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
@@ -626,12 +625,10 @@ def _comment_safe(line: str) -> str:
 
 
 def write_patient_config(path: str | Path, text: str) -> Path:
-    """Write atomically (temporary file, then rename)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    """Write atomically (temporary file, then rename; a full disk writes nothing)."""
+    from closedloop.io.outfile import write_whole
+
+    return write_whole(path, text, what="patient config")
 
 
 # -- sources ----------------------------------------------------------------------------------

@@ -221,6 +221,8 @@ def _replay(session: Any, config) -> Replayed:
                                  outlets=processed)
             break
         except ConfigError as exc:  # the config's muscles are not the recorded channels
+            if attempt is None:  # not even the defaults fit the recorded channels
+                raise
             note = (f"the recorded config does not fit the recording ({exc}); every channel "
                     "was processed with default settings")
     processed.finish()
@@ -747,7 +749,7 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     # the timeline, what the detector saw
     pr = rep.processed
     lanes = []
-    for c, name in enumerate(cfg.muscle_names):
+    for c, name in enumerate(cfg.muscle_names[:MAX_TIMELINE_MUSCLES]):
         low = np.where(np.isfinite(pr.env_min[:, c]), pr.env_min[:, c], np.nan)
         high = np.where(np.isfinite(pr.env_max[:, c]), pr.env_max[:, c], np.nan)
         muscle = [plots.Lane(name, low * units.stat_factor, high * units.stat_factor,
@@ -778,13 +780,27 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
         key=key, stimulation=stim_rows, effort_unit=effort_unit, effort=effort_rows,
         effort_note=_effort_note(effort_unit, units), effort_svg=effort_svg,
         latency=lat_rows, latency_note=lat_note, timeline_svg=timeline_svg,
-        timeline_note=_timeline_note(units),
+        timeline_note=_timeline_note(units) + _timeline_cut(cfg.muscle_names),
         appendix=appendix, markers=marker_rows, issues=issue_rows,
         generated=generated or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
         mwave=mwave_rows, mwave_note=mwave_note,
         mwave_svg=(plots.mwaves(mwave_series, units.emg_unit, duration_s) if mwave_series
                    else ""),
     )
+
+
+#: Muscles drawn in the timeline: a session stimulates at most 8; another tool's
+#: recording of many channels (a 64-channel grid) would make lanes too thin to read, and
+#: matplotlib's layout of many shared axes takes minutes (64 lanes: 40 s, 256: more than 5
+#: minutes).
+MAX_TIMELINE_MUSCLES = 16
+
+
+def _timeline_cut(names: Sequence[str]) -> str:
+    if len(names) <= MAX_TIMELINE_MUSCLES:
+        return ""
+    return (f" The recording has {len(names)} channels; the first {MAX_TIMELINE_MUSCLES} "
+            f"({names[0]} to {names[MAX_TIMELINE_MUSCLES - 1]}) are drawn.")
 
 
 def _timeline_note(units: DisplayUnits) -> str:
@@ -920,9 +936,9 @@ def report_html(session: Any, *, generated: str | None = None) -> str:
 def build_report(session: Any, out_path: str | Path) -> Path:
     """Write the HTML report of ``session`` (a :class:`closedloop.io.xdf.Session` or an
     object with the same attributes) to ``out_path``; returns the path."""
-    p = Path(out_path)
-    p.write_text(report_html(session), encoding="utf-8")
-    return p
+    from closedloop.io.outfile import write_whole
+
+    return write_whole(out_path, report_html(session), what="report")
 
 
 __all__ = ["TRIAL_LABELS", "WARNING_WORDS", "Page", "analyse", "build_report", "render",

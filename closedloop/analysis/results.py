@@ -350,15 +350,11 @@ def write_output(text: str, path: str | Path, *, overwrite: bool = False,
         The file exists (and ``overwrite`` is False), is an input, is locked or cannot be
         written; the message says what to do.
     """
-    from closedloop.io.outfile import claim_output
+    from closedloop.io.outfile import claim_output, write_whole
 
     p = Path(path)
     with claim_output(p, overwrite=overwrite, inputs=inputs, what=what):
-        try:
-            with open(p, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        write_whole(p, text, what=what)
     return p
 
 

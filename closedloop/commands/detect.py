@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from closedloop.analysis.detect import detect, events_csv, select_channels
 from closedloop.config import default_config, load_config
 from closedloop.io.files import load_emg
-from closedloop.io.outfile import claim_output
+from closedloop.io.outfile import claim_output, write_whole
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             config = default_config(data.channels)
         events = detect(data, config)
-        Path(args.out).write_text(events_csv(events), encoding="utf-8", newline="")
+        write_whole(args.out, events_csv(events), what="events file")
     n_on = sum(e.kind == "onset" for e in events)
     print(
         f"{data.source}: {data.samples.shape[1]} channel(s), {data.duration_s:.1f} s at "

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from closedloop.analysis.report import build_report
+from closedloop.core.pipeline import check_rate
 from closedloop.errors import InputError
 from closedloop.io.outfile import claim_output
 from closedloop.io.xdf import load_session
@@ -33,6 +34,10 @@ def main(args: argparse.Namespace) -> int:
                 f"{args.input}: the EMG stream {session.name!r} has an irregular rate (no "
                 "nominal sampling rate), and closedloop's filters and detector need a fixed "
                 "one; a report needs EMG recorded from a stream with a nominal rate")
+        try:
+            check_rate(session.fs)
+        except InputError as exc:
+            raise InputError(f"{args.input}: {exc}") from None
         path = build_report(session, out)
         if session.damage:  # a crashed session is worth a report, but it must say so
             print(f"{args.input}: WARNING: {session.damage_report}\nThe report covers the "

@@ -33,7 +33,7 @@ from closedloop.config import Config
 from closedloop.core.detectors.base import statistic_of
 from closedloop.errors import ClosedLoopError
 from closedloop.io.records import resolve_path
-from closedloop.runtime.outcome import LoopOptions, Outcome, StopRequest
+from closedloop.runtime.outcome import LoopOptions, Outcome, StoppedWhileOpeningError, StopRequest
 from closedloop.runtime.session import Session, SessionPlan
 from closedloop.runtime.signals import say, stop_on_signals
 from closedloop.runtime.status import terminal_width
@@ -164,7 +164,7 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
     session = Session(plan_from_args(args), tell=_tell)
     out = Outcome()
     try:
-        session.open()
+        session.open(stop)
         _say_started(session)
         assert session.config is not None  # loaded by open()
         out = session.run(
@@ -172,7 +172,8 @@ def _main(args: argparse.Namespace, stop: StopRequest) -> int:
                         watchdog_s=session.config.session.watchdog_ms / 1000.0),
             stop=stop, status=None if args.quiet else _printer())
     except ClosedLoopError as exc:  # before the loop started (the loop reports its own)
-        out = Outcome.failed(exc)
+        # a signal while opening cut a wait short (a stream not yet there): it is why
+        out = Outcome.failed(StoppedWhileOpeningError(stop.reason) if stop.is_set() else exc)
     finally:
         closed = session.close(out)
     record_id, record = session.save_record(out, recorded=closed.recorded is not None)

@@ -4,8 +4,8 @@ It locks onto one session's stimulator stream and prints what a stimulator follo
 it would apply, one line per action, until it switches everything off: when the
 session ends (exit 0), its heartbeats stop or its stream is lost (exit 4), a message
 breaks the rule (another session id, a ``seq`` that does not continue, an unreadable
-message: exit 6), or on Ctrl-C (130) / SIGTERM (143). Every way out prints an explicit
-``ALL OFF`` line. It never follows another session by itself. The rule is in
+message: exit 6), or on Ctrl-C (130) / SIGTERM (143) / SIGHUP (129). Every way out
+prints an explicit ``ALL OFF`` line. It never follows another session by itself. The rule is in
 ``docs/stim-receiver.md``; the code in :mod:`closedloop.stim.receiver`.
 """
 
@@ -17,6 +17,7 @@ import sys
 
 from closedloop.stim.receiver import (
     EXIT_CODES,
+    HUNG_UP,
     INTERRUPTED,
     TERMINATED,
     Action,
@@ -40,6 +41,9 @@ def main(args) -> int:
         signal.SIGINT: signal.signal(signal.SIGINT, lambda *_: asked.append(INTERRUPTED)),
         signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: asked.append(TERMINATED)),
     }
+    hup = getattr(signal, "SIGHUP", None)  # the terminal closed (not on Windows)
+    if hup is not None:
+        previous[hup] = signal.signal(hup, lambda *_: asked.append(HUNG_UP))
     try:
         while receiver.rule.off is None:
             if asked:

@@ -233,7 +233,15 @@ class Config:
                     )
                 cols.append(m.channel)
             elif m.channel in labels:
-                cols.append(list(labels).index(m.channel))
+                same = [k for k, label in enumerate(labels) if label == m.channel]
+                if len(same) > 1:  # which electrode is the muscle's cannot be told
+                    raise ConfigError(
+                        f"{self.path}: muscle {m.name!r} uses channel {m.channel!r}, but "
+                        f"{source_name!r} has {len(same)} channels labelled so (0-based "
+                        f"{', '.join(map(str, same))}); set the muscle's channel to the "
+                        "0-based index of its electrode, or give the source's channels "
+                        "labels of their own")
+                cols.append(same[0])
             else:
                 raise ConfigError(
                     f"{self.path}: muscle {m.name!r} uses channel {m.channel!r}, which "
@@ -268,11 +276,25 @@ class Config:
 
 
 def default_config(channels: list[str] | tuple[str, ...]) -> Config:
-    """Detection-only config with default settings for the given channel names."""
-    return Config(
-        name="defaults",
-        muscles=tuple(MuscleConfig(name=c, channel=c) for c in channels),
-    )
+    """Detection-only config with default settings for the given channel names.
+
+    Every channel is a muscle of its own. A label that several channels carry (another
+    tool's recording) names none of them: each is taken by its position, as the muscle
+    ``<label>_<k>`` (``k`` its 1-based position).
+    """
+    repeated = {c for c in channels if list(channels).count(c) > 1}
+    used = set(channels) - repeated
+    muscles = []
+    for k, c in enumerate(channels):
+        if c not in repeated:
+            muscles.append(MuscleConfig(name=c, channel=c))
+            continue
+        name = f"{c}_{k + 1}"
+        while name in used:
+            name += "_"
+        used.add(name)
+        muscles.append(MuscleConfig(name=name, channel=k))
+    return Config(name="defaults", muscles=tuple(muscles))
 
 
 # -- the settings class of each kind ----------------------------------------------------------
@@ -442,6 +464,9 @@ def _check_stimulation(config: Config, source: str) -> None:
 def load_config(path: str | Path) -> Config:
     """Load and validate a TOML config file (UTF-8, without a byte-order mark)."""
     p = Path(path)
+    if p.exists() and not (p.is_file() or p.is_dir()):  # a pipe would wait for ever
+        raise ConfigError(f"{p}: is not a regular file (a device, a named pipe or a "
+                          "socket); give the .toml file itself")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

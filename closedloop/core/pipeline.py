@@ -12,16 +12,19 @@ and the pulse-locked residual is cancelled after them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from closedloop.config import Config, default_config
+from closedloop.config.signal import FS_RANGE
 from closedloop.core.blanking import ArtifactRemover
 from closedloop.core.detectors.base import Detector
 from closedloop.core.events import Block
 from closedloop.core.filters import FilterBank
+from closedloop.errors import InputError
 from closedloop.registry import DETECTORS
 
 
@@ -30,6 +33,25 @@ def build_detector(config: Config, fs: float, channels: Sequence[str]) -> Detect
     ``channels`` with the config's settings and calibrations."""
     cls = DETECTORS.load(config.detector_kind)
     return cls.from_config(config, fs, channels)
+
+
+def check_rate(fs: float) -> float:
+    """``fs`` as a float, if the signal core works at it (:data:`FS_RANGE`).
+
+    Raises
+    ------
+    InputError
+        An irregular (0 Hz), non-finite or out-of-range rate: before anything is
+        allocated (at 1e12 Hz a 15 ms window alone would need 224 GB).
+    """
+    rate = float(fs)
+    if math.isfinite(rate) and FS_RANGE[0] <= rate <= FS_RANGE[1]:
+        return rate
+    what = ("declares no regular sampling rate (0 Hz: an irregular stream)" if rate == 0
+            else f"is sampled at {rate:g} Hz")
+    raise InputError(f"the EMG {what}; closedloop's signal core works at "
+                     f"{FS_RANGE[0]:g}-{FS_RANGE[1]:g} Hz (surface EMG: 1 kHz or more, 2 kHz "
+                     "recommended). Give a recording, stream or file sampled at such a rate")
 
 
 class Pipeline:
@@ -57,7 +79,7 @@ class Pipeline:
         *,
         artifacts: ArtifactRemover | None = None,
     ) -> None:
-        self.fs = float(fs)
+        self.fs = check_rate(fs)
         self.channels = tuple(channels)
         self.config = config if config is not None else default_config(self.channels)
         n = len(self.channels)

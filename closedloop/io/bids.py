@@ -89,6 +89,7 @@ written, and each is created exclusively.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -519,15 +520,32 @@ def _tsv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def _write_new(path: Path, data: str | bytes) -> None:
-    """Create ``path``; never replace an existing file."""
+    """Create ``path``; never replace an existing file. A file that cannot be written
+    whole (a full disk) is not left in part.
+
+    Raises
+    ------
+    InputError
+        The file exists.
+    ConfigError
+        It could not be written (the message says why and what to do).
+    """
     mode = "xb" if isinstance(data, bytes) else "x"
+    created = False
     try:
         with open(path, mode, **({} if isinstance(data, bytes) else
                                  {"encoding": "utf-8", "newline": ""})) as f:
+            created = True
             f.write(data)
     except FileExistsError:
         raise InputError(f"{path} already exists: closedloop export never overwrites; choose "
                          "another --session or --run, or another --bids folder") from None
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); free disk space, or "
+                          "give a --bids folder you can write to") from None
 
 
 def planned_files(target: BidsTarget) -> list[Path]:
@@ -643,9 +661,15 @@ def export_session(session: Any, task: ExportTask) -> Exported:
                                                         replaced)),
                (tgt.path("events.tsv"), _tsv(events, EVENT_COLUMNS)),
                (tgt.path("events.json"), json.dumps(EVENTS_JSON, indent=2) + "\n")]
-    for path, content in written:
-        _write_new(path, content)
-        out.files.append(str(path))
+    try:
+        for path, content in written:
+            _write_new(path, content)
+            out.files.append(str(path))
+    except ConfigError:  # a recording is exported whole or not at all
+        for path in out.files:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+        raise
     out.seconds = time.perf_counter() - t0
     return out
 

@@ -264,6 +264,9 @@ def load_emg(
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file")
+    if not p.is_file():  # a folder; a named pipe would be waited on for ever
+        raise InputError(f"{p}: is not a regular file (a folder, a device, a named pipe or a "
+                         "socket); give the EMG file itself")
     if p.suffix.lower() == ".npz":
         return load_npz(p)
     if p.suffix.lower() == ".xdf":

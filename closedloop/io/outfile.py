@@ -9,7 +9,8 @@ with :func:`claim_output` before it opens a device or starts any work:
 * the output may never be one of the command's inputs (the config, the recording, the
   EMG file), not even with ``--overwrite``: the same path, a symlink or a hard link;
 * a folder, an empty name or a place that cannot be written is refused with what to do;
-  missing parent folders are created;
+  missing parent folders are created; so is a device, a pipe or a socket (``/dev/full``;
+  opening a pipe waits for a reader for ever);
 * the claim holds an exclusive lock (``fcntl.flock``) on the file for as long as the
   command writes it, so a second session naming the same file refuses at its start
   while the first goes on. The lock is on the file itself, not on a side file, so there
@@ -19,15 +20,18 @@ with :func:`claim_output` before it opens a device or starts any work:
 The claim never truncates: an existing file is replaced only when the command really
 writes it. A file the claim created and nothing was written into is removed when the
 claim is released, so a command refused later (a bad source, a failed calibration)
-leaves no empty file behind.
+leaves no empty file behind. :func:`write_whole` writes a claimed file completely or not
+at all (a full disk leaves no part of a file).
 
 On a system without ``fcntl`` (Windows) the lock is not taken; the other rules hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +161,14 @@ def claim_output(
     if os.path.isdir(p) or text.endswith(("/", os.sep)):
         raise ConfigError(f"the {what} {text!r} is a folder; give a file name in it, e.g. "
                           f"{str(p / _EXAMPLES.get(what, 'out'))!r}")
+    try:
+        mode = os.stat(p).st_mode
+    except (OSError, ValueError):
+        mode = None  # nothing there (or a dangling link: refused below as existing)
+    if mode is not None and not stat.S_ISREG(mode):  # opening a FIFO waits for a reader
+        raise ConfigError(f"the {what} {text!r} is not a regular file (a device, a pipe or "
+                          f"a socket); give the name of a file to write, e.g. "
+                          f"{_EXAMPLES.get(what, 'out')!r}")
     for role, other in inputs:
         if other is not None and str(other) and same_file(p, other):
             raise ConfigError(
@@ -196,6 +208,37 @@ def claim_output(
                       "another name")
 
 
+def write_whole(path: str | Path, data: str | bytes, *, what: str = "output file") -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` completely or not at all.
+
+    The data go to a temporary file beside ``path``, which then replaces it: a failure
+    (the disk full, the folder made read-only) leaves ``path`` as it was (the empty file
+    of a claim, which releasing it removes, or the file ``--overwrite`` was to replace)
+    and no part of a file behind. Call it on a path claimed with :func:`claim_output`
+    (which refuses devices and pipes: they are never replaced).
+
+    Raises
+    ------
+    ConfigError
+        The file could not be written; the message names it, says why and what to do.
+    """
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ConfigError(f"cannot write the {what} {str(p)!r} ({_why(exc)}); nothing of it "
+                          "was written. Free disk space, or choose a folder you can write "
+                          "to") from None
+    return p
+
+
 def _lock(fd: int) -> bool:
     """Take an exclusive, non-blocking lock; False when another process holds one."""
     if fcntl is None:  # pragma: no cover - Windows
@@ -225,4 +268,4 @@ _EXAMPLES = {"recording": "session.xdf", "report": "report.html", "events file":
              "patient config": "patient.toml", "screenshot": "view.png"}
 
 
-__all__ = ["OVERWRITE_FLAG", "OutputClaim", "claim_output", "same_file"]
+__all__ = ["OVERWRITE_FLAG", "OutputClaim", "claim_output", "same_file", "write_whole"]

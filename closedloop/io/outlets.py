@@ -227,6 +227,8 @@ def restore_timestamps(ts: np.ndarray) -> np.ndarray:
 
 def _safe_time(t: float) -> float:
     t = float(t)
+    if not math.isfinite(t):  # never in a recording: a NaN timestamp makes it corrupt
+        return _ZERO_SUB
     return _ZERO_SUB if t == 0.0 else _MINUS_ONE_SUB if t == -1.0 else t
 
 

@@ -141,6 +141,9 @@ def _scan(path: str | Path) -> XdfLayout:
         raise InputError(f"recording {str(p)!r} does not exist")
     if p.is_dir():
         raise InputError(f"recording {str(p)!r} is a directory; give an .xdf file")
+    if not p.is_file():  # a named pipe would be waited on for ever, a device never ends
+        raise InputError(f"recording {str(p)!r} is not a regular file (a device, a named "
+                         "pipe or a socket); give the .xdf file itself")
     try:
         return xdfreader.scan(p)
     except ValueError as exc:
@@ -471,6 +474,11 @@ _PICK = ("pick one by its name or type with --stream NAME (closedloop replay, de
          "in Python: load_session(path, emg_stream=NAME))")
 
 
+#: Most channels of an EMG stream read back (high-density grids have 64-256; a header
+#: declaring billions, read as it says, takes all memory).
+MAX_EMG_CHANNELS = 4096
+
+
 def _pick_emg(streams: Sequence[dict[str, Any]], emg_stream: str | None, path: Path) -> dict:
     listing = "\n  ".join(describe(s) for s in streams) or "(no streams)"
     numeric = [s for s in streams if _first(s["info"], "channel_format") != "string"]
@@ -485,6 +493,13 @@ def _pick_emg(streams: Sequence[dict[str, Any]], emg_stream: str | None, path: P
             cands = [s for s in numeric if stream_type(s).upper() == "EMG"]
         what = "of type EMG"
     if len(cands) == 1:
+        nch = int(_first(cands[0]["info"], "channel_count", 0))
+        if nch > MAX_EMG_CHANNELS:  # a damaged header: every channel costs memory and time
+            raise InputError(
+                f"{str(path)!r}: the stream {stream_name(cands[0])!r} declares {nch:,} "
+                f"channels; closedloop reads EMG streams of up to {MAX_EMG_CHANNELS:,}: its "
+                f"header is damaged, or it is not an EMG stream. Streams in the file:\n  "
+                f"{listing}\n{_PICK}")
         return cands[0]
     if not cands:
         raise InputError(

@@ -601,7 +601,8 @@ def _numeric_positions(s: StreamLayout, u8: np.ndarray, buf: Any
             q = p[:m]
             f = u8.take(q, mode="clip")
             steps[i, :m] = f
-            q += rec + f
+            q += f  # (rec + f would be uint8: a record of 255 bytes or more overflows)
+            q += rec
         lane_flags = np.ascontiguousarray(steps.T)  # (chunks, samples): in sample order
         del steps
         lane_pos = np.cumsum(lane_flags, axis=1, dtype=np.int64)
@@ -847,8 +848,9 @@ def read(lay: XdfLayout, select: Iterable[int] | Callable[[StreamLayout], bool] 
         info = dict(s.info)
         info["stream_id"] = sid
         n = ts.size
-        info["effective_srate"] = (
-            (n - 1) / (ts[-1] - ts[0]) if s.srate != 0 and n > 1 else 0.0)
+        span = float(ts[-1] - ts[0]) if n > 1 else 0.0
+        info["effective_srate"] = (  # 0.0 too for stamps that never advance (or NaN)
+            (n - 1) / span if s.srate != 0 and span > 0 and math.isfinite(span) else 0.0)
         info["segments"] = [(0, n - 1)] if n else []
         info["clock_segments"] = []
         stream: dict[str, Any] = {"info": info}

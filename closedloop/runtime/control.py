@@ -80,14 +80,41 @@ def control_predicate(session_name: str) -> str:
     )
 
 
+#: Longest control marker read (characters); a command is a few dozen. Anything longer
+#: is not a command and is not parsed (a flood of megabytes of JSON would cost the
+#: control thread the time it needs to pass a STOP on).
+MAX_MARKER_CHARS = 65536
+
+
+def _json_object(text: str) -> dict | None:
+    """``text`` as a JSON object, or None: not JSON, not an object, too long, or nested
+    deeper than the parser goes (RecursionError: a hostile sender must not be able to
+    make the control thread fail, which would keep it from reading a STOP)."""
+    if len(text) > MAX_MARKER_CHARS:
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def decode_command(text: str) -> str | None:
-    """The command in one control marker (JSON or a bare word), or None if unknown."""
+    """The command in one control marker (JSON or a bare word), or None if unknown.
+
+    Only :data:`COMMANDS` are known; anything else (other words, other JSON, binary,
+    very long or deeply nested text) is None, never an exception.
+    """
     text = text.strip()
+    if len(text) > MAX_MARKER_CHARS:
+        return None
     cmd: object = text
     if text.startswith("{"):
-        try:
-            cmd = json.loads(text).get("command")
-        except (ValueError, AttributeError):
+        msg = _json_object(text)
+        if msg is None:
+            return None
+        cmd = msg.get("command")
+        if not isinstance(cmd, str):
             return None
     cmd = str(cmd).strip().lower()
     return cmd if cmd in COMMANDS else None
@@ -115,11 +142,20 @@ class ControlSender:
         return cls(info.hostname(), info.source_id(), info.uid(), info.name(), origin, address)
 
     def describe(self) -> str:
-        """One phrase for the session summary."""
-        at = f" ({self.address})" if self.address else ""
-        who = f"{self.origin} " if self.origin else ""
-        return (f"{who}on host {self.host}{at}, control stream source_id {self.source_id}, "
-                f"stream uid {self.uid}")
+        """One phrase for the session summary (every field is the sender's own text:
+        characters that are not printable, a line break included, are shown as ``?``, so
+        a sender cannot write lines of its own into the summary)."""
+        host, address, origin, source_id, uid = (
+            _printable(v) for v in (self.host, self.address, self.origin, self.source_id,
+                                    self.uid))
+        at = f" ({address})" if address else ""
+        who = f"{origin} " if origin else ""
+        return (f"{who}on host {host}{at}, control stream source_id {source_id}, "
+                f"stream uid {uid}")
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +168,8 @@ class ControlCommand:
 
 def decode_origin(text: str) -> str:
     """The ``origin`` a JSON control marker declares ('' when none)."""
-    try:
-        origin = json.loads(text).get("origin", "")
-    except (ValueError, AttributeError):
-        return ""
+    msg = _json_object(text.strip())
+    origin = "" if msg is None else msg.get("origin", "")
     return origin if isinstance(origin, str) else ""
 
 
@@ -340,13 +374,16 @@ class ControlInlet:
                 self._error(f"pull from {sid} failed", exc)
                 del inlets[sid]
                 continue
-            for row in texts:
-                text = str(row[0])
-                cmd = decode_command(text)
-                if cmd is not None:
-                    sender = dataclasses.replace(senders[sid], origin=decode_origin(text))
-                    self._queue.put(ControlCommand(cmd, sender))
-                    got = True
+            for row in texts:  # one bad marker must never cost the ones after it
+                try:
+                    text = str(row[0])
+                    cmd = decode_command(text)
+                    if cmd is not None:
+                        sender = dataclasses.replace(senders[sid], origin=decode_origin(text))
+                        self._queue.put(ControlCommand(cmd, sender))
+                        got = True
+                except Exception as exc:  # noqa: BLE001 - keep reading: a STOP may follow
+                    self._error(f"unreadable marker from {sid}", exc)
         return got
 
     def _run(self) -> None:

@@ -352,7 +352,9 @@ def _all_off(out: Outcome, stimulator: Stimulator | None, chain: Chain, last_tim
         if out.reason in ("", "duration", "ended"):
             out.reason = "device"
     if chain.guard is not None:
-        offs = chain.guard.all_off(max(chain.pipeline.position - 1, 0), last_time)
+        # before the first sample there is no stream time yet: 0.0, as for a STOP then
+        offs = chain.guard.all_off(max(chain.pipeline.position - 1, 0),
+                                   last_time if math.isfinite(last_time) else 0.0)
         out.add_commands(offs)
         with contextlib.suppress(Exception):  # publishing must not hide the stop
             pub.push_commands(offs)

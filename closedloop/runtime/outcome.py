@@ -33,6 +33,22 @@ MESSAGES = {
     "sigquit": "quit (SIGQUIT, Ctrl-\\)",
 }
 
+class StoppedWhileOpeningError(ClosedLoopError):
+    """A stop was requested (a signal) while the session was still opening: it ends
+    with the request's reason and exit code, before anything was stimulated.
+
+    Attributes
+    ----------
+    stop_reason : str
+        The request's reason (``sigterm``...).
+    """
+
+    def __init__(self, stop_reason: str) -> None:
+        super().__init__(f"{MESSAGES.get(stop_reason, stop_reason)} while the session was "
+                         "starting; nothing was stimulated")
+        self.stop_reason = stop_reason
+
+
 #: How often :meth:`StopRequest.wait` looks for a request made by a signal handler.
 SIGNAL_POLL_S = 0.01
 
@@ -294,6 +310,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
     carries (:data:`~closedloop.errors.EXIT_CODES`), Ctrl-C, or an unexpected error."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupt", MESSAGES["interrupt"]
+    if isinstance(exc, StoppedWhileOpeningError):
+        return exc.stop_reason, str(exc)
     if isinstance(exc, ClosedLoopError):
         return exc.reason, exc.summary()
     return "error", f"unexpected {type(exc).__name__}: {exc}"
@@ -334,4 +352,4 @@ def keep_last(items: list[Any], n: int | None) -> None:
 
 
 __all__ = ["EXIT_CODES", "MESSAGES", "SIGNAL_POLL_S", "LoopOptions", "Outcome", "StimTally",
-           "StopRequest", "classify", "keep_last", "stim_seconds"]
+           "StopRequest", "StoppedWhileOpeningError", "classify", "keep_last", "stim_seconds"]

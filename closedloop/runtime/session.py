@@ -57,7 +57,7 @@ from closedloop.errors import SafetyError
 from closedloop.identity import UID_HEX, SessionId, check_operator
 from closedloop.io.records import now_iso, resolve_path
 from closedloop.runtime.devices import check_input, make_source, make_stimulator
-from closedloop.runtime.outcome import LoopOptions, Outcome, StopRequest
+from closedloop.runtime.outcome import LoopOptions, Outcome, StoppedWhileOpeningError, StopRequest
 from closedloop.sim.patient import Attempt
 from closedloop.sources.base import Source
 from closedloop.sources.sim import SimSource
@@ -216,6 +216,7 @@ class Session:
         self.view: subprocess.Popen[bytes] | None = None
         self.recorder: XdfRecorder | None = None
         self._closed: Closed | None = None
+        self._stop: StopRequest | None = None
 
     @property
     def name(self) -> str:
@@ -223,9 +224,15 @@ class Session:
         return self.ident.name if self.ident is not None else ""
 
     # -- open ---------------------------------------------------------------------------------
-    def open(self) -> Session:
+    def open(self, stop: StopRequest | None = None) -> Session:
         """Build and open everything, in order (module docstring); on any failure close
         what was opened and raise.
+
+        ``stop`` (the request a signal sets, :func:`~closedloop.runtime.signals.stop_on_signals`)
+        is looked at between the steps and during the waits that can be long (a stream
+        that has not appeared yet, the checklist's questions): a request made meanwhile
+        ends the opening at once with :class:`~closedloop.runtime.outcome.StoppedWhileOpeningError`,
+        what was opened closed, nothing stimulated.
 
         Raises
         ------
@@ -236,13 +243,24 @@ class Session:
             The checklist was not confirmed; the source is another session's stream.
         DeviceError, InputError
             A device could not be opened.
+        StoppedWhileOpeningError
+            ``stop`` was requested.
         """
+        self._stop = stop
         try:
             self._open()
         except BaseException:
             self._shut()
             raise
         return self
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def _halt(self) -> None:
+        """Between two steps of opening: end it if a stop was requested."""
+        if self._stop is not None and self._stop.is_set():
+            raise StoppedWhileOpeningError(self._stop.reason)
 
     def _open(self) -> None:
         plan = self.plan
@@ -261,13 +279,19 @@ class Session:
             plan.source if isinstance(plan.source, Source)
             else make_source(config, plan.source, seed=plan.seed, realtime=plan.realtime,
                              stimulator=stim, script=plan.script))
+        source.cancelled = self._stopped  # a stream awaited: a signal ends the wait
+        self._halt()
         if stim is not None:
             stim.open()
             if isinstance(stim, SimStimulator) and stim.clock is None \
                     and isinstance(source, SimSource):
                 stim.follow(source.now)  # pulses start at the next sample
-        self.checklist = checklist_for(stim, confirmed=plan.confirm_checklist)
+        self._halt()
+        self.checklist = checklist_for(stim, confirmed=plan.confirm_checklist,
+                                       stop=self._stop)
+        self._halt()
         source.open()
+        self._halt()
         note = check_input(source, stim)
         if note:
             self.tell(note)
@@ -284,6 +308,7 @@ class Session:
             from closedloop.runtime.control import ControlInlet
 
             self.control = ControlInlet(self.name)
+        self._halt()
         if plan.view:
             self.view = open_view(self.name, offscreen=plan.view_offscreen, tell=self.tell)
         if plan.record is not None and self.outlets is not None:
@@ -477,13 +502,15 @@ def _claim_recording(plan: SessionPlan) -> OutputClaim:
                         what="recording")
 
 
-def checklist_for(stimulator: Stimulator | None, *, confirmed: bool) -> dict[str, Any]:
+def checklist_for(stimulator: Stimulator | None, *, confirmed: bool,
+                  stop: StopRequest | None = None) -> dict[str, Any]:
     """The pre-stimulation safety checklist, as recorded in the session metadata.
 
     Required before a real stimulator is used: asked on the terminal, or confirmed with
     ``--confirm-checklist`` (``confirmed``) for scripted use. A session without a
     stimulator, or with the simulated one (no patient attached), records why it was not
-    asked.
+    asked. While a question waits for its answer, a ``stop`` request (Ctrl-C: the
+    session's signal handlers only record it) ends the checklist at once.
 
     Raises
     ------
@@ -506,7 +533,11 @@ def checklist_for(stimulator: Stimulator | None, *, confirmed: bool) -> dict[str
             "closedloop run in a terminal to answer it, or pass --confirm-checklist once "
             "it has been checked"
         )
-    return ask_checklist().to_dict()
+    if stop is None:
+        return ask_checklist().to_dict()
+    from closedloop.runtime.signals import stoppable_input
+
+    return ask_checklist(input=stoppable_input(stop)).to_dict()
 
 
 def has_display() -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO
 
-from closedloop.runtime.outcome import StopRequest
+from closedloop.runtime.outcome import SIGNAL_POLL_S, StoppedWhileOpeningError, StopRequest
 
 #: A Python signal handler (what :func:`signal.signal` installs besides SIG_DFL/SIG_IGN).
 Handler = Callable[[int, FrameType | None], Any]
@@ -69,6 +70,47 @@ def _handler(stop: StopRequest, reason: str) -> Handler:
     return handle
 
 
+def stoppable_input(stop: StopRequest, *, stdin: TextIO | None = None,
+                    stdout: TextIO | None = None) -> Callable[[str], str]:
+    """An ``input()`` for questions asked while the stop signals are handled.
+
+    The handlers only record a request, and ``input()`` goes on waiting after one (the
+    system call is resumed): Ctrl-C at a question did nothing until every question was
+    answered. This one waits for the line in short slices and ends as soon as ``stop``
+    is requested, raising :class:`~closedloop.runtime.outcome.StoppedWhileOpeningError`. End
+    of input raises EOFError, as ``input()`` does. Lines typed ahead are kept for the
+    next question. Where a terminal cannot be waited on in slices (Windows), it is
+    ``input()``.
+    """
+    if os.name != "posix":  # pragma: no cover - select() takes no console there
+        return input
+    pending = bytearray()
+
+    def read(prompt: str) -> str:
+        out, inp = stdout or sys.stdout, stdin or sys.stdin
+        out.write(prompt)
+        out.flush()
+        fd = inp.fileno()
+        while b"\n" not in pending:
+            if stop.is_set():
+                out.write("\n")  # what follows starts on a line of its own
+                out.flush()
+                raise StoppedWhileOpeningError(stop.reason)
+            ready, _, _ = select.select([fd], [], [], SIGNAL_POLL_S)
+            if ready:
+                got = os.read(fd, 1024)
+                if not got:
+                    if pending:
+                        break
+                    raise EOFError
+                pending.extend(got)
+        line, _, rest = bytes(pending).partition(b"\n")
+        pending[:] = rest
+        return line.decode(errors="replace").rstrip("\r")
+
+    return read
+
+
 def say(text: str = "", *, file: TextIO | None = None, end: str = "\n") -> bool:
     """Print ``text`` to ``file`` (stdout by default) and flush; False if it is gone.
 
@@ -95,4 +137,4 @@ def _to_null(stream: TextIO) -> None:
             os.close(null)
 
 
-__all__ = ["STOP_SIGNALS", "say", "stop_on_signals"]
+__all__ = ["STOP_SIGNALS", "say", "stop_on_signals", "stoppable_input"]

@@ -43,6 +43,7 @@ The inlet is created with ``recover=False``, so a vanished outlet raises liblsl'
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -72,6 +73,13 @@ def _choice(info: pylsl.StreamInfo, among: list[pylsl.StreamInfo]) -> str | None
             encoded = value.replace("%", "%25").replace("?", "%3F").replace("&", "%26")
             return shlex.quote(f"lsl:{prop}={encoded}")
     return None
+
+
+#: How often the wait for a stream looks for it (and for a stop request), seconds.
+RESOLVE_POLL_S = 0.05
+#: After the first matching stream answered, how long the others get to answer too
+#: (several matching streams are refused: which one is meant cannot be told), seconds.
+RESOLVE_MORE_S = 0.5
 
 
 class LslSource(Source):
@@ -201,11 +209,9 @@ class LslSource(Source):
         # a source_id names one stream deliberately; name= and type= never pick one of
         # closedloop's own streams (a session's re-published EMG is not an amplifier)
         pred = match if self.prop == "source_id" else f"{match} and not({OWN_STREAM_XPATH})"
-        found = pylsl.resolve_bypred(pred, 1, self.resolve_timeout)
+        found = self._resolve(pred)
         if not found:
             raise DeviceLostError(self._not_found(match))
-        # liblsl returns as soon as one stream answered: look again briefly for the others
-        found = pylsl.resolve_bypred(pred, 1000, 0.5) or found
         if len(found) > 1:
             raise ConfigError(self._ambiguous(found))
         inlet = pylsl.StreamInlet(
@@ -234,6 +240,36 @@ class LslSource(Source):
         self._last_sample_wall = time.perf_counter()
         self._delivered = 0
         super().open()
+
+    def _resolve(self, pred: str) -> list[pylsl.StreamInfo]:
+        """Every stream matching ``pred``, waiting up to ``resolve_timeout`` for the
+        first; [] when none appeared.
+
+        A background resolver is asked every :data:`RESOLVE_POLL_S`, so a stop asked for
+        meanwhile (:attr:`cancelled`) ends the wait at once (a ``resolve_bypred`` call
+        cannot be interrupted, and now and then takes seconds longer than its timeout).
+        Once one stream answered, others get :data:`RESOLVE_MORE_S` to answer too.
+
+        Raises
+        ------
+        DeviceLostError
+            The wait was cancelled.
+        """
+        resolver = pylsl.ContinuousResolver(pred=pred)
+        start = time.monotonic()
+        found: list[pylsl.StreamInfo] = []
+        first = math.inf
+        while True:
+            now = time.monotonic()
+            found = resolver.results() or found
+            if found and first == math.inf:
+                first = now
+            if now - first >= RESOLVE_MORE_S or (not found and now - start >= self.resolve_timeout):
+                return found
+            if self.cancelled():
+                raise DeviceLostError(f"stopped while waiting for the LSL stream "
+                                      f"{self.selector}")
+            time.sleep(RESOLVE_POLL_S)
 
     def _not_found(self, match: str) -> str:
         """Why nothing matched: the streams visible, and closedloop's own that matched."""
@@ -297,6 +333,13 @@ class LslSource(Source):
                 raise ConfigError(
                     f"LSL stream {name!r} has no channel(s) {missing}; its channels are {labels}"
                 )
+            twice = sorted({c for c in self.channels_wanted if labels.count(c) > 1})
+            if twice:
+                raise ConfigError(
+                    f"LSL stream {name!r} has several channels labelled {twice}; which one "
+                    f"is meant cannot be told (its channels are {labels}). Give the stream's "
+                    "channels labels of their own, or leave channels= out and name each "
+                    "muscle's channel by its 0-based index in the config")
             cols = [labels.index(c) for c in self.channels_wanted]
         else:
             cols = [k for k in range(n) if k != counter_col]

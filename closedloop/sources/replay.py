@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from closedloop.core.stream import Chunk
-from closedloop.errors import ConfigError, RecordingDamagedError
+from closedloop.errors import ConfigError, InputError, RecordingDamagedError
 from closedloop.io.xdf import Session, load_session
 from closedloop.sources.base import Source
 
@@ -167,9 +167,10 @@ class ReplaySource(Source):
                 f"{s.damage_report}\nNot replayed: replay its intact part with "
                 "'closedloop replay --partial'")
         if not (s.fs > 0):
-            raise ConfigError(
-                f"{self.path.name}: stream {s.name!r} has no nominal rate; it cannot be "
-                "replayed as EMG"
+            raise InputError(
+                f"{self.path.name}: stream {s.name!r} has no nominal rate (an irregular "
+                "stream); it cannot be replayed as EMG: pick the EMG stream with --stream "
+                "NAME, or record the amplifier from a stream with a nominal rate"
             )
         self.chunk_size = self._chunk_size_arg or max(1, round(0.02 * s.fs))
         self._info = s.source_info

@@ -49,11 +49,11 @@ DEFAULT_TIMEOUT_S = 0.15
 #: Why the receiver switched off, and the exit code ``closedloop stim-receiver`` gives:
 #: the session's own codes (:data:`closedloop.errors.EXIT_CODES`) for the same causes
 #: (heartbeats lost: a stall; an untrusted sender: a safety stop).
-ENDED, LOST, UNTRUSTED, INTERRUPTED, TERMINATED = (
-    "ended", "lost", "untrusted", "interrupt", "sigterm")
+ENDED, LOST, UNTRUSTED, INTERRUPTED, TERMINATED, HUNG_UP = (
+    "ended", "lost", "untrusted", "interrupt", "sigterm", "sighup")
 EXIT_CODES = {ENDED: SESSION_CODES["ended"], LOST: SESSION_CODES["stall"],
               UNTRUSTED: SESSION_CODES["safety"], INTERRUPTED: SESSION_CODES["interrupt"],
-              TERMINATED: SESSION_CODES["sigterm"]}
+              TERMINATED: SESSION_CODES["sigterm"], HUNG_UP: SESSION_CODES["sighup"]}
 
 
 @dataclass(frozen=True)

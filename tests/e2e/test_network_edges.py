@@ -30,7 +30,9 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 
+import numpy as np
 import pylsl
 import pytest
 
@@ -276,3 +278,160 @@ def test_a_stop_from_the_network_says_who_sent_it(tmp_path):
     recorded = [m for m in load_session(path).markers if m.label == "stop_request"]
     assert len(recorded) == 1
     assert {k: recorded[0].fields[k] for k in sender} == sender
+
+
+# -- a hostile control stream --------------------------------------------------------------------
+#: What a careless or hostile program sends on a stream named like the session's control
+#: stream: words and JSON that look like starting or raising stimulation, binary, a very
+#: long string, and JSON nested deeper than Python's parser goes (it raised RecursionError
+#: in the session's control thread, which then never read the view's STOP).
+HOSTILE = ["start", "START", '{"command": "start"}', "raise current",
+           '{"command": "raise", "muscle": "biceps", "current_ma": 100}',
+           '{"command": ["stop"]}', "\x00\x01\x02\xff", "x" * 1_000_000,
+           '{"command": ' + "[" * 100_000 + "]" * 100_000 + "}", "[" * 5000]
+
+
+@pytest.mark.timeout(240)
+def test_a_hostile_control_stream_never_stimulates_and_never_blocks_stop(tmp_path):
+    path = tmp_path / "hostile.xdf"
+    run, name = session(120, "--record", str(path), stimulator="sim")
+    halt = threading.Event()
+    try:
+        info = pylsl.StreamInfo(f"{name}-Control", "Markers", 1, pylsl.IRREGULAR_RATE,
+                                pylsl.cf_string, f"closedloop-control.hostile{os.getpid()}")
+        hostile = pylsl.StreamOutlet(info)
+        deadline = time.monotonic() + 30
+        while not hostile.have_consumers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hostile.have_consumers(), "the session does not listen to control streams"
+
+        def flood() -> None:
+            while not halt.is_set():
+                for text in HOSTILE:
+                    hostile.push_sample([text])
+                halt.wait(0.02)
+
+        threading.Thread(target=flood, daemon=True).start()
+        time.sleep(3.0)  # the flood runs while the simulated patient tries to move
+        assert run.proc.poll() is None, "".join(run.lines + run.errors)
+        with ControlOutlet(name, origin="ward-view@test") as ctl:  # subscribed after it
+            while not ctl.has_listener() and time.monotonic() < deadline + 30:
+                time.sleep(0.05)
+            ctl.stop()
+            sent = time.monotonic()
+            while run.proc.poll() is None and time.monotonic() < sent + 10:
+                ctl.tick()
+                time.sleep(0.05)
+        assert run.proc.wait(timeout=60) == 3, "".join(run.lines + run.errors)
+    finally:
+        halt.set()
+        run.stop()
+    time.sleep(0.2)  # the reader threads take the last lines
+    summary = json.loads(run.lines[-1])
+    assert summary["stopped_by"]["origin"] == "ward-view@test" and summary["all_off"] is True
+    assert "Traceback" not in "".join(run.errors)
+    # every command the session sent came from the EMG alone: a replay of the recording
+    # derives exactly the same ones
+    check = subprocess.run([CLOSEDLOOP, "replay", str(path), "--check", "--jobs", "1"],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "check passed" in check.stdout, check.stdout + check.stderr
+
+
+# -- an amplifier whose channel labels repeat --------------------------------------------------
+class FakeAmplifier(threading.Thread):
+    """An LSL EMG outlet (float32, 2 kHz, paced by the clock) with the given labels."""
+
+    def __init__(self, labels: list[str], name: str) -> None:
+        super().__init__(daemon=True)
+        info = pylsl.StreamInfo(name, "EMG", len(labels), 2000.0, pylsl.cf_float32,
+                                f"{name}-sid")
+        chans = info.desc().append_child("channels")
+        for label in labels:
+            ch = chans.append_child("channel")
+            ch.append_child_value("label", label)
+            ch.append_child_value("unit", "V")
+        self.outlet = pylsl.StreamOutlet(info)
+        self.n = len(labels)
+        self.halt = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        rng = np.random.default_rng(0)
+        t0, sent = time.monotonic(), 0
+        while not self.halt.is_set():
+            due = int((time.monotonic() - t0) * 2000)
+            if due > sent:
+                x = rng.normal(0.0, 1e-5, (due - sent, self.n)).astype(np.float32)
+                self.outlet.push_chunk(x.tolist())
+                sent = due
+            self.halt.wait(0.005)
+
+
+@pytest.mark.timeout(120)
+def test_an_amplifier_with_a_label_on_two_channels_is_refused_not_guessed():
+    """The config's biceps reads channel 'biceps'; the amplifier labels two channels so.
+    Which electrode is the biceps cannot be told: the session refuses before anything is
+    stimulated (it stimulated from the first one), and says how to choose."""
+    name = f"amp-twice-{uuid.uuid4().hex[:8]}"
+    amp = FakeAmplifier(["biceps", "biceps", "triceps"], name)
+    try:
+        run = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--no-outlets",
+                   "--duration", "3", "--source", f"lsl:name={name}")
+        code = run.proc.wait(timeout=90)
+    finally:
+        amp.halt.set()
+        run.stop()
+    time.sleep(0.2)
+    said = "".join(run.lines + run.errors)
+    assert code == 2, said
+    assert "has 2 channels labelled so (0-based 0, 1)" in said and "0-based index" in said
+    assert "Traceback" not in said and "onsets detected : \n" in said  # nothing ran
+
+
+@pytest.mark.timeout(120)
+def test_an_amplifier_that_never_sends_leaves_a_readable_recording(tmp_path):
+    """The stream is found and then stays silent: the session stops as a stall before its
+    first sample. The offs it records then have no stream time yet; they were stamped
+    NaN, which made the recording CORRUPT (replay refused it, exit 9)."""
+    name = f"amp-silent-{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(name, "EMG", 2, 2000.0, pylsl.cf_float32, f"{name}-sid")
+    chans = info.desc().append_child("channels")
+    for label in ("biceps", "triceps"):
+        chans.append_child("channel").append_child_value("label", label)
+    outlet = pylsl.StreamOutlet(info)  # noqa: F841 - visible, silent
+    path = tmp_path / "silent.xdf"
+    run = Proc("run", "--config", CONFIG, "--no-gui", "--quiet", "--duration", "10",
+               "--record", str(path), "--source", f"lsl:name={name}")
+    try:
+        code = run.proc.wait(timeout=90)
+    finally:
+        run.stop()
+    time.sleep(0.2)
+    said = "".join(run.lines + run.errors)
+    assert code == 4 and "all channels off: yes" in said, said
+    assert "recording silent.xdf: complete" in said, said
+    check = subprocess.run([CLOSEDLOOP, "replay", str(path), "--check", "--jobs", "1"],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "check passed" in check.stdout, check.stdout + check.stderr
+
+
+@pytest.mark.timeout(180)
+def test_closing_the_receivers_terminal_switches_it_off_and_says_so():
+    """SIGHUP (its terminal closed) killed the receiver on the spot: no ALL OFF line for
+    the program following its output. Now it ends as Ctrl-C and SIGTERM do."""
+    run, name = session(60)
+    rx = None
+    try:
+        rx, _ = receiver(name)
+        time.sleep(0.5)
+        rx.proc.send_signal(signal.SIGHUP)
+        code = rx.proc.wait(timeout=10)
+    finally:
+        for p in (run, rx):
+            if p is not None:
+                p.stop()
+    time.sleep(0.2)
+    last = actions(rx)[-1]
+    assert code == 129, "".join(rx.lines + rx.errors)
+    assert last["action"] == "all_off" and last["why"] == "sighup", last

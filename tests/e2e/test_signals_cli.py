@@ -256,3 +256,128 @@ def test_a_second_session_on_the_port_is_refused_and_the_first_goes_on(emulator,
     state = emulator.wait(all_off, timeout=5)
     assert state["violations"] == []  # packet numbers ran on: only one session sent
     assert sum(r["name"] == "InitAck" for r in state["received"]) == 1
+
+
+# -- a signal while the session is still starting ---------------------------------------------
+@pytest.mark.parametrize(("sig", "code", "reason", "words"), SIGNALS)
+def test_a_signal_while_waiting_for_the_amplifier_ends_run_at_once(tmp_path, emulator, sig,
+                                                                    code, reason, words):
+    """The amplifier's stream is not there yet (resolve_timeout=60): the signal was only
+    recorded, and the session waited the full minute, then ended as 'no LSL stream'
+    (exit 5). Now it ends at once with the signal's code, the device closed, and the
+    claimed recording (nothing recorded yet) is not left behind as an empty file."""
+    xdf = tmp_path / "never.xdf"
+    run = Command(*run_args(emulator, "--json", "--quiet", "--record", str(xdf), "--source",
+                            f"lsl:name=nobody-{tmp_path.name}?resolve_timeout=60"))
+    try:
+        emulator.wait(lambda s: any("connected" in e for e in s["events"]), timeout=60)
+        time.sleep(1.0)  # the session is waiting for the stream
+        run.signal(sig)
+        rc, out, err = run.finish(timeout=15)
+    finally:
+        run.kill()
+    summary = json.loads(out.splitlines()[-1])
+    assert rc == code and summary["reason"] == reason, out + err
+    assert out.startswith(f"session ended: {words} while the session was starting; nothing "
+                          "was stimulated"), out
+    assert summary["all_off"] is True and summary["commands"] == 0
+    assert emulator.state()["received"] == [] or all(
+        r["name"] != "StartChannelListMode" for r in emulator.state()["received"])
+    assert not xdf.exists()
+
+
+def test_ctrl_c_at_the_checklist_ends_run_at_once(emulator):
+    """Ctrl-C while the safety checklist waits for an answer: the handler only recorded
+    it and the question went on waiting (the session then started once every question
+    was answered, and stopped). Now the checklist ends at once, nothing stimulated."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop", "run", "--config", CONFIG,
+         "--no-gui", "--stimulator", f"rehastim2:{emulator.pty}"],  # no --confirm-checklist
+        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    shown = bytearray()
+
+    def read_until(word: bytes, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while word not in shown and time.monotonic() < end:
+            if select.select([master], [], [], 0.05)[0]:
+                try:
+                    shown.extend(os.read(master, 4096))
+                except OSError:
+                    break
+        return word in shown
+
+    try:
+        assert read_until(b"[y/n]", 60), bytes(shown)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole job
+        rc = proc.wait(timeout=10)
+        read_until(b"patient record", 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    said = shown.decode(errors="replace")
+    assert rc == 130, said
+    assert "interrupted (Ctrl-C) while the session was starting; nothing was stimulated" in said
+    assert "Traceback" not in said
+    assert all(r["name"] != "StartChannelListMode" for r in emulator.state()["received"])
+
+
+def test_the_checklist_answered_on_the_terminal_still_runs(emulator):
+    """The answers typed ahead in one go (as a paste) are each taken by their question."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop", "run", "--config", CONFIG,
+         "--no-gui", "--quiet", "--no-outlets", "--duration", "1", "--stimulator",
+         f"rehastim2:{emulator.pty}"],
+        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    shown = bytearray()
+    try:
+        end = time.monotonic() + 60
+        while b"[y/n]" not in shown and time.monotonic() < end:
+            if select.select([master], [], [], 0.05)[0]:
+                shown.extend(os.read(master, 4096))
+        os.write(master, b"y\n" * 20)
+        rc = proc.wait(timeout=60)
+        while select.select([master], [], [], 0.2)[0]:
+            try:
+                shown.extend(os.read(master, 4096))
+            except OSError:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        os.close(master)
+    said = shown.decode(errors="replace")
+    assert rc == 0 and "all confirmed" in said and "duration reached" in said, said
+
+
+# -- commands that do not stimulate ----------------------------------------------------------------
+@pytest.mark.parametrize(("sig", "code", "words"), [
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", id="SIGTERM"),
+    pytest.param(signal.SIGHUP, 129, "hung up (SIGHUP: the terminal was closed)", id="SIGHUP"),
+    pytest.param(signal.SIGINT, 130, "interrupted", id="SIGINT"),
+])
+def test_a_signal_during_calibration_says_so_and_leaves_no_empty_patient_config(tmp_path, sig,
+                                                                               code, words):
+    """SIGTERM or SIGHUP killed calibrate on the spot: no word, and the patient config it
+    had claimed stayed behind empty, so the next calibration was refused ('already
+    exists'). Now every stop signal ends it as Ctrl-C did."""
+    out = tmp_path / "patient.toml"
+    cal = Command("calibrate", "--config", CONFIG, "--out", str(out), "--no-gui", "--yes")
+    try:
+        deadline = time.monotonic() + 60
+        while not any("REST" in line for line in cal.out) and time.monotonic() < deadline:
+            time.sleep(0.05)  # calibrating: the rest phase has begun
+        assert out.exists(), "the patient config is claimed while calibrating"
+        cal.signal(sig)
+        rc, said, err = cal.finish(timeout=20)
+    finally:
+        cal.kill()
+    assert rc == code, said + err
+    assert f"closedloop calibrate: {words}" in err and "Traceback" not in err, err
+    assert not out.exists()
