@@ -616,17 +616,27 @@ class DetectorSpec:
 
 
 def _value(text: str) -> Any:
+    """A spec's value: a boolean, a number, a list ``a/b/c`` or text (what is not
+    allowed is refused by the detector's settings, naming the key)."""
     t = text.strip()
+    if "/" in t:
+        return [_number(v) for v in t.split("/")]
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
-    if "/" in t:
-        return [float(v) for v in t.split("/")]
     for conv in (int, float):
         try:
             return conv(t)
         except ValueError:
             pass
     return t
+
+
+def _number(text: str) -> Any:
+    """A list item: a float, else the text as given."""
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
 
 
 def parse_detector_spec(text: str | DetectorSpec) -> DetectorSpec:
@@ -665,7 +675,11 @@ def parse_detector_spec(text: str | DetectorSpec) -> DetectorSpec:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
-            raise ConfigError(f"detector spec {s!r}: {item!r} is not key=value")
+            raise ConfigError(f"detector spec {s!r}: {item!r} is not key=value (a list is "
+                              "written a/b/c, e.g. ratios=2/4/8)")
+        if key.strip() in dict(params):
+            raise ConfigError(f"detector spec {s!r}: {key.strip()!r} is given twice; give "
+                              "it once")
         params.append((key.strip(), _value(val)))
     spec = DetectorSpec(label=s, name=name, params=tuple(params))
     if name not in PSEUDO:

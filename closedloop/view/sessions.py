@@ -96,8 +96,10 @@ def _header(info: pylsl.StreamInfo, timeout: float) -> tuple[dict, str]:
     if text:
         try:
             meta = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             meta = {}
+    if not isinstance(meta, dict):  # another program's stream, or a broken one
+        meta = {}
     try:
         program = str(tomllib.loads(cl.child_value("config")).get("name") or "")
     except (tomllib.TOMLDecodeError, TypeError):

@@ -79,6 +79,11 @@ CASES = {
     "[sim] gap_s reversed": ([*RUN[:1], "--config", "gap_reversed.toml", *RUN[3:],
                               "--duration", "1"], "sim.gap_s = [8.0, 4.0] is not allowed"),
     "history of an empty file": (["history", "P01", "--db", "empty.db"], "is empty"),
+    "--detector with a word in a list": (["evaluate", "two.npz", "--detector",
+                                          "cusum:ratios=2/abc"],
+                                         "ratios = [2.0, 'abc'] is not allowed"),
+    "--detector with a key twice": (["evaluate", "two.npz", "--detector",
+                                     "cusum:h_nats=10,h_nats=20"], "'h_nats' is given twice"),
 }
 
 

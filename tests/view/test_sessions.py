@@ -121,3 +121,23 @@ def test_the_view_process_yields_the_processor_to_the_loop():
     finally:
         proc.wait(timeout=30)
     assert seen == {min(mine + 5, 19)}, seen
+
+
+def test_a_stream_with_metadata_that_is_not_an_object_is_listed_not_a_crash():
+    """Another program's stream shaped like a session's, whose metadata is JSON but not
+    an object: 'closedloop view' (listing the sessions) ended in an AttributeError."""
+    import pylsl
+
+    uid = uuid.uuid4().hex[:12]
+    info = pylsl.StreamInfo(f"odd-{uid}-Session", "SessionInfo", 1, pylsl.IRREGULAR_RATE,
+                            pylsl.cf_string, f"closedloop.{uid}.session")
+    cl = info.desc().append_child("closedloop")
+    cl.append_child_value("role", "session")
+    cl.append_child_value("metadata", "[1, 2]")
+    cl.append_child_value("config", "name = 3")
+    outlet = pylsl.StreamOutlet(info)
+    try:
+        found = {s.uid: s for s in running_sessions(timeout=3.0)}
+    finally:
+        del outlet
+    assert found[uid].patient == "" and found[uid].name == f"odd-{uid}"
