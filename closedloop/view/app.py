@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 # -- the application --------------------------------------------------------------------------
@@ -98,9 +99,15 @@ def run_view(
         QtCore.QTimer.singleShot(int(screenshot_after_s * 1000), try_screenshot)
     if duration_s is not None:
         QtCore.QTimer.singleShot(int(duration_s * 1000), win.close)
-    # let Ctrl-C in the terminal close the window (Python handles signals between events)
-    old = signal.signal(signal.SIGINT, lambda *_: win.close()) \
-        if threading.current_thread() is threading.main_thread() else None
+    # let Ctrl-C in the terminal, and SIGTERM/SIGHUP/SIGQUIT (a session closing its view,
+    # the terminal closed), close the window: Python handles signals between events, and
+    # an exception raised there would only be printed by Qt, not end the view
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
+            number = getattr(signal, name, None)
+            if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
+                old[number] = signal.signal(number, lambda *_: win.close())
     keepalive = QtCore.QTimer()
     keepalive.start(200)
     keepalive.timeout.connect(lambda: None)
@@ -108,8 +115,8 @@ def run_view(
         app.exec()
     finally:
         keepalive.stop()
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
+        for number, handler in old.items():
+            signal.signal(number, handler)
         win.timer.stop()
         client.close()
         _dispose(app, win)

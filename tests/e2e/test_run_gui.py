@@ -81,3 +81,38 @@ def test_real_stimulator_needs_the_checklist():
     proc = _start("--no-gui", "--duration", "1", "--stimulator", "lsl", "--confirm-checklist")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_view_attached_to_a_session_ends_on_sigterm_without_a_traceback(tmp_path):
+    """A session ends its live view with SIGTERM (and a closed terminal sends SIGHUP):
+    the view's window closes and the process ends at once, quietly. Raised from the
+    signal handler inside Qt's event loop, the stop was printed by Qt as a traceback and
+    swallowed, and the view went on showing a finished session."""
+    import shutil
+    import signal
+
+    exe = shutil.which("closedloop")
+    assert exe, "the closedloop command is not installed (pip install -e .)"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    run = subprocess.Popen([exe, "run", "--config", os.path.abspath(CONFIG),
+                            "--duration", "40", "--no-gui"], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3.0)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGTERM):
+            view = subprocess.Popen([exe, "view"], cwd=tmp_path, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(5.0)  # attached, its window drawing
+            view.send_signal(sig)
+            try:
+                _, err = view.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                view.kill()
+                pytest.fail(f"closedloop view did not end within 15 s of {sig.name}")
+            assert "Traceback" not in err, err
+            assert view.returncode == 0, err
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(timeout=30)
