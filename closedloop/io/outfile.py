@@ -161,10 +161,13 @@ def claim_output(
     if os.path.isdir(p) or text.endswith(("/", os.sep)):
         raise ConfigError(f"the {what} {text!r} is a folder; give a file name in it, e.g. "
                           f"{str(p / _EXAMPLES.get(what, 'out'))!r}")
+    if os.path.islink(p) and not os.path.exists(p):
+        raise ConfigError(f"the {what} {text!r} is a symbolic link to {os.readlink(p)!r}, which "
+                          "does not exist; give another name, or remove the link")
     try:
         mode = os.stat(p).st_mode
     except (OSError, ValueError):
-        mode = None  # nothing there (or a dangling link: refused below as existing)
+        mode = None  # nothing there
     if mode is not None and not stat.S_ISREG(mode):  # opening a FIFO waits for a reader
         raise ConfigError(f"the {what} {text!r} is not a regular file (a device, a pipe or "
                           f"a socket); give the name of a file to write, e.g. "
