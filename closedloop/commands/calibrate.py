@@ -52,8 +52,10 @@ def main(args: argparse.Namespace) -> int:
     The output is claimed first (:func:`~closedloop.io.outfile.claim_output`): an existing
     file needs ``--overwrite``, and the template config itself is never overwritten.
     """
+    inputs = [("config", args.config),
+              ("patient record", resolve_path(getattr(args, "db", None)))]
     with claim_output(args.out, overwrite=bool(getattr(args, "overwrite", False)),
-                      inputs=[("config", args.config)], what="patient config"):
+                      inputs=inputs, what="patient config"):
         return _calibrate(args)
 
 

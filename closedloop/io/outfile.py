@@ -211,6 +211,21 @@ def claim_output(
                       "another name")
 
 
+def files_of(role: str, paths: Iterable[str | Path | None]
+             ) -> list[tuple[str, str | Path | None]]:
+    """``(role, file)`` for :func:`claim_output`'s ``inputs``: each path, and every file
+    inside a path that is a folder (an output inside an input folder may be one of the
+    recordings the command reads)."""
+    out: list[tuple[str, str | Path | None]] = []
+    for p in paths:
+        if p is None:
+            continue
+        out.append((role, p))
+        if os.path.isdir(p):
+            out += [(role, f) for f in Path(p).rglob("*") if f.is_file()]
+    return out
+
+
 def write_whole(path: str | Path, data: str | bytes, *, what: str = "output file") -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` completely or not at all.
 
@@ -271,4 +286,5 @@ _EXAMPLES = {"recording": "session.xdf", "report": "report.html", "events file":
              "patient config": "patient.toml", "screenshot": "view.png"}
 
 
-__all__ = ["OVERWRITE_FLAG", "OutputClaim", "claim_output", "same_file", "write_whole"]
+__all__ = ["OVERWRITE_FLAG", "OutputClaim", "claim_output", "files_of", "same_file",
+           "write_whole"]

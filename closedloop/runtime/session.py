@@ -493,7 +493,8 @@ def _claim_recording(plan: SessionPlan) -> OutputClaim:
 
     assert plan.record is not None
     config = plan.config.path if isinstance(plan.config, Config) else plan.config
-    inputs: list[tuple[str, str | Path | None]] = [("config", config)]
+    inputs: list[tuple[str, str | Path | None]] = [
+        ("config", config), ("patient record", resolve_path(plan.patient_db))]
     if isinstance(plan.source, str):
         kind, params = parse_source_spec(plan.source)
         if kind == "replay":
