@@ -499,6 +499,8 @@ def _claim_recording(plan: SessionPlan) -> OutputClaim:
         kind, params = parse_source_spec(plan.source)
         if kind == "replay":
             inputs.append(("replayed recording", params["path"]))
+        if params.get("file"):  # a BrainFlow playback file
+            inputs.append(("played-back file", params["file"]))
     return claim_output(plan.record, overwrite=plan.overwrite, inputs=inputs,
                         what="recording")
 

@@ -4,7 +4,8 @@ Each case ran through the installed ``closedloop`` script and replaced the input
 output: the recording or the config with a results table (``replay``, ``evaluate``),
 a recording inside an evaluated folder, the labels, and the patient record (all
 sessions of all patients) with a patient config (``calibrate``) or a recording
-(``run``). Now each is refused before any work, exit 2, and the input is unchanged.
+(``run``), and the file a BrainFlow playback board reads. Now each is refused before
+any work, exit 2, and the input is unchanged.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ CASES = {
                                          "--quiet", "--duration", "1", "--patient", "P01",
                                          "--db", "sessions.db", "--record", "sessions.db"],
                                         "sessions.db"),
+    "run --record its BrainFlow playback file": (
+        ["run", "--config", "by_index.toml", "--no-gui", "--quiet", "--duration", "1",
+         "--source", "brainflow:playback?file=playback.csv&master_board=synthetic",
+         "--record", "playback.csv"], "playback.csv"),
 }
 
 
@@ -57,6 +62,12 @@ def folder(tmp_path):
     (tmp_path / "data").mkdir()
     shutil.copy(tmp_path / "emg.npz", tmp_path / "data" / "emg.npz")
     (tmp_path / "labels.csv").write_text("sample,channel\n100,biceps\n")
+    (tmp_path / "by_index.toml").write_text(  # the synthetic board's channels by index
+        (CONFIGS / "biceps_triceps.toml").read_text()
+        .replace('channel = "biceps"', "channel = 0").replace('channel = "triceps"',
+                                                               "channel = 1"))
+    (tmp_path / "playback.csv").write_text("\n".join("\t".join(["0.0"] * 32)
+                                                     for _ in range(2000)) + "\n")
     r = subprocess.run([CLOSEDLOOP, "run", "--config", "config.toml", "--no-gui", "--quiet",
                         "--no-outlets", "--duration", "1", "--patient", "P01", "--db",
                         "sessions.db"], cwd=tmp_path, capture_output=True, text=True,
