@@ -31,7 +31,7 @@ from closedloop.analysis.evaluate import (
     splice_evaluate,
 )
 from closedloop.analysis.results import Bootstrap, choose_format
-from closedloop.errors import InputError
+from closedloop.errors import ConfigError, InputError
 from closedloop.io.outfile import claim_output, files_of, write_whole
 
 
@@ -46,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
     """
     inputs: list[Any] = list(getattr(args, "inputs", None) or [])
     if getattr(args, "splice", None) is not None:
+        if getattr(args, "out", None) or getattr(args, "format", None):
+            raise ConfigError("--splice prints its own table: --out and --format do not "
+                              "apply to it (use --json for the rows, or redirect the output "
+                              "to a file)")
         return _splice(args, inputs)
     minutes = float(getattr(args, "minutes", None) or 5.0)
     seed = int(getattr(args, "seed", None) or 0)
