@@ -749,7 +749,9 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     # the timeline, what the detector saw
     pr = rep.processed
     lanes = []
-    for c, name in enumerate(cfg.muscle_names[:MAX_TIMELINE_MUSCLES]):
+    per_muscle = 1 if pr.level_min is None else 2  # the statistic's lane, the level's
+    drawn = cfg.muscle_names[:MAX_TIMELINE_LANES // per_muscle]
+    for c, name in enumerate(drawn):
         low = np.where(np.isfinite(pr.env_min[:, c]), pr.env_min[:, c], np.nan)
         high = np.where(np.isfinite(pr.env_max[:, c]), pr.env_max[:, c], np.nan)
         muscle = [plots.Lane(name, low * units.stat_factor, high * units.stat_factor,
@@ -780,7 +782,7 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
         key=key, stimulation=stim_rows, effort_unit=effort_unit, effort=effort_rows,
         effort_note=_effort_note(effort_unit, units), effort_svg=effort_svg,
         latency=lat_rows, latency_note=lat_note, timeline_svg=timeline_svg,
-        timeline_note=_timeline_note(units) + _timeline_cut(cfg.muscle_names),
+        timeline_note=_timeline_note(units) + _timeline_cut(cfg.muscle_names, len(drawn)),
         appendix=appendix, markers=marker_rows, issues=issue_rows,
         generated=generated or datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
         mwave=mwave_rows, mwave_note=mwave_note,
@@ -789,18 +791,19 @@ def analyse(session: Any, *, generated: str | None = None) -> Page:
     )
 
 
-#: Muscles drawn in the timeline: a session stimulates at most 8; another tool's
-#: recording of many channels (a 64-channel grid) would make lanes too thin to read, and
-#: matplotlib's layout of many shared axes takes minutes (64 lanes: 40 s, 256: more than 5
-#: minutes).
-MAX_TIMELINE_MUSCLES = 16
+#: Lanes drawn in the timeline (a muscle has one, or two when its detector's statistic
+#: is not the EMG level): 8 muscles, as many as a stimulator has channels. Another
+#: tool's recording of many channels (a 64-channel grid) would make lanes too thin to
+#: read, and matplotlib's layout of many shared axes takes minutes (64 lanes: 40 s, 256:
+#: more than 5 minutes).
+MAX_TIMELINE_LANES = 16
 
 
-def _timeline_cut(names: Sequence[str]) -> str:
-    if len(names) <= MAX_TIMELINE_MUSCLES:
+def _timeline_cut(names: Sequence[str], drawn: int) -> str:
+    if len(names) <= drawn:
         return ""
-    return (f" The recording has {len(names)} channels; the first {MAX_TIMELINE_MUSCLES} "
-            f"({names[0]} to {names[MAX_TIMELINE_MUSCLES - 1]}) are drawn.")
+    return (f" The recording has {len(names)} channels; the first {drawn} "
+            f"({names[0]} to {names[drawn - 1]}) are drawn.")
 
 
 def _timeline_note(units: DisplayUnits) -> str:

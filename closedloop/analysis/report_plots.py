@@ -123,7 +123,7 @@ def timeline(lanes: Sequence[Lane], bin_s: float, duration_s: float, stat_name: 
         axes[0].legend(list(handles.values()), list(handles), loc="upper left",
                        bbox_to_anchor=(0.0, 1.32), ncol=min(4, len(handles)), frameon=False)
         axes[-1].set_xlabel(f"time ({tunit}); shaded: stimulation")
-        axes[-1].set_xlim(0, duration_s / div)
+        axes[-1].set_xlim(0, max(duration_s, 1e-3) / div)  # a recording of no samples too
         return _svg(fig)
 
 
@@ -166,7 +166,7 @@ def effort(series: Sequence[EffortSeries], duration_s: float, unit: str) -> str:
             if ok.sum() >= 3:
                 slope, icpt = np.polyfit(t[ok], s.mean[ok], 1)
                 ax.plot(t[ok], icpt + slope * t[ok], "-", color=colour, lw=1)
-        ax.set_xlim(0, duration_s / div)
+        ax.set_xlim(0, max(duration_s, 1e-3) / div)
         ax.set_ylim(bottom=0)
         ax.set_xlabel(f"time of the attempt ({tunit})")
         ax.set_ylabel(unit)
@@ -240,7 +240,7 @@ def mwaves(series: Sequence[MWaveSeries], unit: str, duration_s: float) -> str:
         rec.set_title("recruitment: M-wave against current")
         rec.legend(loc="upper left", frameon=False)
         fat.axhline(100.0, color="0.6", lw=0.8, ls="--")
-        fat.set_xlim(0, duration_s / div)
+        fat.set_xlim(0, max(duration_s, 1e-3) / div)
         fat.set_ylim(0, top)
         fat.set_xlabel(f"time ({tunit})")
         fat.set_ylabel("% of the first trains")

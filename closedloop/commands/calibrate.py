@@ -52,8 +52,14 @@ def main(args: argparse.Namespace) -> int:
     The output is claimed first (:func:`~closedloop.io.outfile.claim_output`): an existing
     file needs ``--overwrite``, and the template config itself is never overwritten.
     """
+    from closedloop.sources.spec import files_read
+
+    inputs = [("config", args.config),
+              ("patient record", resolve_path(getattr(args, "db", None)))]
+    if getattr(args, "source", None):
+        inputs += files_read(args.source)
     with claim_output(args.out, overwrite=bool(getattr(args, "overwrite", False)),
-                      inputs=[("config", args.config)], what="patient config"):
+                      inputs=inputs, what="patient config"):
         return _calibrate(args)
 
 

@@ -30,8 +30,9 @@ from closedloop.analysis.evaluate import (
     render,
     splice_evaluate,
 )
-from closedloop.analysis.results import Bootstrap, choose_format, write_output
-from closedloop.errors import InputError
+from closedloop.analysis.results import Bootstrap, choose_format
+from closedloop.errors import ConfigError, InputError
+from closedloop.io.outfile import claim_output, files_of, write_whole
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
     """
     inputs: list[Any] = list(getattr(args, "inputs", None) or [])
     if getattr(args, "splice", None) is not None:
+        if getattr(args, "out", None) or getattr(args, "format", None):
+            raise ConfigError("--splice prints its own table: --out and --format do not "
+                              "apply to it (use --json for the rows, or redirect the output "
+                              "to a file)")
         return _splice(args, inputs)
     minutes = float(getattr(args, "minutes", None) or 5.0)
     seed = int(getattr(args, "seed", None) or 0)
@@ -54,6 +59,20 @@ def main(args: argparse.Namespace) -> int:
                          "shared data folder, or --simulate SNR[,SNR...]")
     out = getattr(args, "out", None)
     fmt = choose_format(getattr(args, "format", None), out)
+    if not out:
+        return _evaluate(args, inputs, fmt, None)
+    # claimed before anything is scored: never one of the inputs, even with --overwrite
+    detectors = [d for d in (getattr(args, "detectors", None) or []) if isinstance(d, str)
+                 and d.strip().lower().endswith(".toml")]
+    claimed = (files_of("recording", [i for i in inputs if isinstance(i, (str, Path))])
+               + files_of("labels", [getattr(args, "labels", None)])
+               + files_of("detector config", detectors))
+    with claim_output(out, overwrite=bool(getattr(args, "overwrite", False)), inputs=claimed,
+                      what="results file"):
+        return _evaluate(args, inputs, fmt, out)
+
+
+def _evaluate(args: argparse.Namespace, inputs: list[Any], fmt: str, out: str | None) -> int:
     boot = Bootstrap(int(getattr(args, "bootstrap", None) if getattr(args, "bootstrap", None)
                          is not None else 2000),
                      int(getattr(args, "bootstrap_seed", None) or 0))
@@ -64,8 +83,7 @@ def main(args: argparse.Namespace) -> int:
                     truth_label=getattr(args, "truth_label", None) or "truth",
                     on_error="report")
     if out:
-        write_output(render(rows, fmt, boot), out,
-                     overwrite=bool(getattr(args, "overwrite", False)))
+        write_whole(out, render(rows, fmt, boot), what="results file")
         print(format_table(rows))
         print(f"closedloop evaluate: {len(rows)} rows written to {out} ({fmt})",
               file=sys.stderr)

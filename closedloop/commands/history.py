@@ -10,12 +10,12 @@ session of the patient, 10 a record that cannot be read.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from closedloop.analysis.history import build_history, render_html, terminal_lines
-from closedloop.errors import ConfigError, InputError
+from closedloop.errors import InputError
 from closedloop.identity import check_patient_id
+from closedloop.io.outfile import claim_output, write_whole
 from closedloop.io.records import Records, resolve_path
 
 
@@ -23,9 +23,17 @@ def main(args) -> int:
     """Run ``closedloop history``; returns the exit code (0)."""
     patient = check_patient_id(args.patient, where="PATIENT")
     db = resolve_path(args.db)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise ConfigError(f"{out} exists; choose another --out file or add --overwrite")
+    if args.out is None:
+        return _history(patient, db, None)
+    # claimed first, as every command's output: never over the patient record itself
+    # (not even with --overwrite: that replaced the record with the page), never over an
+    # existing file without --overwrite, written whole or not at all
+    with claim_output(args.out, overwrite=bool(args.overwrite),
+                      inputs=[("patient record", db)], what="history page"):
+        return _history(patient, db, Path(args.out))
+
+
+def _history(patient: str, db: Path, out: Path | None) -> int:
     with Records(db, create=False) as records:
         rows = records.sessions(patient)
         if not rows:
@@ -39,23 +47,6 @@ def main(args) -> int:
     for line in terminal_lines(history):
         print(line)
     if out is not None:
-        _write(out, render_html(history), overwrite=args.overwrite)
+        write_whole(out, render_html(history), what="history page")
         print(f"closedloop history: wrote {out}")
     return 0
-
-
-def _write(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write ``text``: a new file only (``overwrite``: replace it atomically)."""
-    try:
-        if overwrite:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        else:
-            with open(path, "x", encoding="utf-8") as f:
-                f.write(text)
-    except FileExistsError:
-        raise ConfigError(f"{path} exists; choose another --out file or add --overwrite") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path} ({exc.strerror or exc}); check the "
-                          "folder") from None

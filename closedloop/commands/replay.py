@@ -21,16 +21,30 @@ from closedloop.analysis.replays import (
     replay_table,
     replay_task,
 )
-from closedloop.analysis.results import Bootstrap, choose_format, write_output
+from closedloop.analysis.results import Bootstrap, choose_format
+from closedloop.io.outfile import claim_output, files_of, write_whole
 from closedloop.runtime.batch import run_batch
 
 
 def main(args) -> int:
-    """Run ``closedloop replay``; returns the exit code (the worst task's)."""
+    """Run ``closedloop replay``; returns the exit code (the worst task's).
+
+    ``--out`` is claimed before anything is replayed: never one of the recordings or
+    configs (not even with ``--overwrite``), never an existing file without it.
+    """
     configs = [None if c in (None, RECORDED) else c for c in (args.configs or [None])]
-    cluster = getattr(args, "cluster", None)
     out = getattr(args, "out", None)
     fmt = choose_format(getattr(args, "format", None), out)
+    if not out:
+        return _main(args, configs, fmt, None)
+    inputs = files_of("recording", args.inputs) + files_of("config", configs)
+    with claim_output(out, overwrite=bool(args.overwrite), inputs=inputs,
+                      what="results file"):
+        return _main(args, configs, fmt, out)
+
+
+def _main(args, configs: list[str | None], fmt: str, out: str | None) -> int:
+    cluster = getattr(args, "cluster", None)
     boot = Bootstrap(int(getattr(args, "bootstrap", 2000)), int(getattr(args, "bootstrap_seed", 0)))
     single = len(args.inputs) * len(configs) == 1
 
@@ -56,7 +70,7 @@ def main(args) -> int:
             print(line)
     table = replay_table(rows, boot)
     if out:
-        write_output(render(table, fmt, boot), out, overwrite=bool(args.overwrite))
+        write_whole(out, render(table, fmt, boot), what="results file")
         print(f"closedloop replay: {len(table)} rows written to {out} ({fmt})", file=sys.stderr)
     elif fmt != "text" or len(configs) > 1:
         print(render(table, fmt, boot), end="")

@@ -161,10 +161,13 @@ def claim_output(
     if os.path.isdir(p) or text.endswith(("/", os.sep)):
         raise ConfigError(f"the {what} {text!r} is a folder; give a file name in it, e.g. "
                           f"{str(p / _EXAMPLES.get(what, 'out'))!r}")
+    if os.path.islink(p) and not os.path.exists(p):
+        raise ConfigError(f"the {what} {text!r} is a symbolic link to {os.readlink(p)!r}, which "
+                          "does not exist; give another name, or remove the link")
     try:
         mode = os.stat(p).st_mode
     except (OSError, ValueError):
-        mode = None  # nothing there (or a dangling link: refused below as existing)
+        mode = None  # nothing there
     if mode is not None and not stat.S_ISREG(mode):  # opening a FIFO waits for a reader
         raise ConfigError(f"the {what} {text!r} is not a regular file (a device, a pipe or "
                           f"a socket); give the name of a file to write, e.g. "
@@ -206,6 +209,21 @@ def claim_output(
         os.close(fd)  # the file was removed or replaced before the lock: take the new one
     raise ConfigError(f"the {what} {text!r} keeps being replaced by another program; give "
                       "another name")
+
+
+def files_of(role: str, paths: Iterable[str | Path | None]
+             ) -> list[tuple[str, str | Path | None]]:
+    """``(role, file)`` for :func:`claim_output`'s ``inputs``: each path, and every file
+    inside a path that is a folder (an output inside an input folder may be one of the
+    recordings the command reads)."""
+    out: list[tuple[str, str | Path | None]] = []
+    for p in paths:
+        if p is None:
+            continue
+        out.append((role, p))
+        if os.path.isdir(p):
+            out += [(role, f) for f in Path(p).rglob("*") if f.is_file()]
+    return out
 
 
 def write_whole(path: str | Path, data: str | bytes, *, what: str = "output file") -> Path:
@@ -268,4 +286,5 @@ _EXAMPLES = {"recording": "session.xdf", "report": "report.html", "events file":
              "patient config": "patient.toml", "screenshot": "view.png"}
 
 
-__all__ = ["OVERWRITE_FLAG", "OutputClaim", "claim_output", "same_file", "write_whole"]
+__all__ = ["OVERWRITE_FLAG", "OutputClaim", "claim_output", "files_of", "same_file",
+           "write_whole"]

@@ -50,7 +50,7 @@ def recorded_detector_kind(config_text: str | None, metadata: Mapping[str, Any])
     if not data and config_text:
         try:
             data = tomllib.loads(config_text)
-        except tomllib.TOMLDecodeError:
+        except (tomllib.TOMLDecodeError, RecursionError):
             data = {}
     detector = with_legacy_kind(data).get("detector")
     kind = detector.get("kind") if isinstance(detector, Mapping) else None
@@ -63,6 +63,9 @@ def loads_recorded(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not a usable config: values are nested too deeply; "
+                          "replay it with another --config") from None
     return parse_config(_as_recorded(data), source=source, text=text)
 
 

@@ -543,7 +543,9 @@ def _decode_prefix(stream: dict | None, upto: int, positions: Mapping[int, np.nd
     for i, text in enumerate(marker_texts(stream)[:upto]):
         try:
             seq, item = decode(text)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            # (AttributeError: JSON that is not an object; RecursionError: nested deeper
+            # than the parser goes)
             damage.append(Damage(CORRUPT, int(pos[i]), f"{what} marker #{i} at byte "
                                  f"{int(pos[i])} is unreadable ({exc}): {text[:60]!r}",
                                  sids=(sid,)))
@@ -741,8 +743,10 @@ def _session_info(head: dict | None) -> tuple[str | None, dict[str, Any]]:
     if meta_text:
         try:
             metadata = json.loads(meta_text)
-        except ValueError:
-            metadata = {"unreadable": meta_text}
+        except (ValueError, RecursionError):  # (nested deeper than the parser goes)
+            metadata = {"unreadable": meta_text[:200]}
+        if not isinstance(metadata, dict):  # JSON, but not what a session writes
+            metadata = {"unreadable": meta_text[:200]}
     return closedloop_field(head, "config") or "", metadata
 
 

@@ -489,15 +489,14 @@ def _claim_recording(plan: SessionPlan) -> OutputClaim:
     replayed recording, never over an existing file without ``overwrite``, never while
     another session writes it."""
     from closedloop.io.outfile import claim_output
-    from closedloop.sources.spec import parse_source_spec
+    from closedloop.sources.spec import files_read
 
     assert plan.record is not None
     config = plan.config.path if isinstance(plan.config, Config) else plan.config
-    inputs: list[tuple[str, str | Path | None]] = [("config", config)]
+    inputs: list[tuple[str, str | Path | None]] = [
+        ("config", config), ("patient record", resolve_path(plan.patient_db))]
     if isinstance(plan.source, str):
-        kind, params = parse_source_spec(plan.source)
-        if kind == "replay":
-            inputs.append(("replayed recording", params["path"]))
+        inputs += files_read(plan.source)
     return claim_output(plan.record, overwrite=plan.overwrite, inputs=inputs,
                         what="recording")
 

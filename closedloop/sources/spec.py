@@ -132,9 +132,26 @@ def parse_source_spec(spec: str) -> tuple[str, dict[str, str]]:
                      else msg) from None
 
 
-#: Longest wait for an LSL stream to appear, s: liblsl's wait cannot be interrupted, so
-#: Ctrl-C during it is only seen when it ends.
+#: Longest wait for an LSL stream to appear, s.
 MAX_RESOLVE_S = 60.0
+
+
+def files_read(spec: str) -> list[tuple[str, str]]:
+    """``(role, path)`` of the files a source spec reads (a replayed recording, a
+    BrainFlow playback file), which no output of the command may replace.
+
+    Raises
+    ------
+    ConfigError
+        Malformed spec (as :func:`parse_source_spec`).
+    """
+    kind, params = parse_source_spec(spec)
+    out = []
+    if kind == "replay" and params.get("path"):
+        out.append(("replayed recording", params["path"]))
+    if params.get("file"):
+        out.append(("played-back file", params["file"]))
+    return out
 
 
 def number(spec: str, key: str, value: str, cast: type = float, *,

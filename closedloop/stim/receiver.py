@@ -137,8 +137,9 @@ class ReceiverRule:
             session, seq, kind = msg["session"], msg["seq"], msg["kind"]
             if not isinstance(seq, int) or isinstance(seq, bool):
                 raise TypeError("seq is not an integer")
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._off(now, UNTRUSTED, f"unreadable message {text[:80]!r} ({exc})")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            return self._off(now, UNTRUSTED, f"unreadable message {text[:80]!r} "
+                                             f"({str(exc)[:200]})")
         if session != self.session_uid:
             return self._off(now, UNTRUSTED, f"the session id changed from {self.session_uid} "
                                              f"to {session!r}")

@@ -450,8 +450,9 @@ class SessionClient:
             session_info = inlets[lo.ROLE_SESSION].info(timeout=2.0)
             desc = session_info.desc()
             text = _xml_text(desc, ("closedloop", "config"))
-            with contextlib.suppress(ValueError, TypeError):
-                metadata = dict(json.loads(_xml_text(desc, ("closedloop", "metadata")) or "{}"))
+            with contextlib.suppress(ValueError, TypeError, RecursionError):
+                found = json.loads(_xml_text(desc, ("closedloop", "metadata")) or "{}")
+                metadata = found if isinstance(found, dict) else {}
             if text.strip():
                 try:
                     config = loads_config(text, source=f"{name} session config")

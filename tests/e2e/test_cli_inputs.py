@@ -82,6 +82,8 @@ CASES = {
     "--detector with a word in a list": (["evaluate", "two.npz", "--detector",
                                           "cusum:ratios=2/abc"],
                                          "ratios = [2.0, 'abc'] is not allowed"),
+    "evaluate --splice --out": (["evaluate", "--splice", "--out", "splice.csv"],
+                                "--out and --format do not apply to it"),
     "--detector with a key twice": (["evaluate", "two.npz", "--detector",
                                      "cusum:h_nats=10,h_nats=20"], "'h_nats' is given twice"),
 }

@@ -79,3 +79,16 @@ def test_an_output_that_is_not_a_file_is_refused_even_with_overwrite(tmp_path, i
     said = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in said, said
     assert "is not a regular file (a device, a pipe or a socket)" in said, said
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_an_output_that_is_a_dangling_link_is_refused_saying_so(tmp_path, inputs, overwrite):
+    """It was 'already exists' (there is nothing), and with --overwrite 'keeps being
+    replaced by another program'."""
+    link = tmp_path / "r.html"
+    link.symlink_to(tmp_path / "gone" / "r.html")
+    r = _closedloop(["report", "session.xdf", "--out", str(link), *overwrite], inputs)
+    said = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in said, said
+    assert "is a symbolic link to" in said and "which does not exist" in said, said
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

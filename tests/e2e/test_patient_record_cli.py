@@ -85,7 +85,7 @@ def test_three_sessions_show_in_the_history_and_its_page(tmp_path):
     first = page.read_bytes()
     r = closedloop("history", "P01", "--db", str(db), "--out", str(page))
     assert r.returncode == ConfigError.exit_code  # refused as by every command: 2
-    assert "exists; choose another --out file or add --overwrite" in r.stderr
+    assert "already exists; give another name, or --overwrite to replace it" in r.stderr
     assert page.read_bytes() == first  # not overwritten
     assert closedloop("history", "P01", "--db", str(db), "--out", str(page),
                       "--overwrite").returncode == 0
@@ -110,6 +110,22 @@ def test_three_sessions_show_in_the_history_and_its_page(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_the_history_page_never_replaces_the_patient_record(tmp_path):
+    """--out naming the record itself (or a link to it), even with --overwrite: it
+    replaced the record, every session of every patient, with the page."""
+    db = tmp_path / "sessions.db"
+    assert run_session(db, duration=1.0).returncode == 0
+    kept = db.read_bytes()
+    (tmp_path / "link.html").symlink_to(db)
+    for out in (db, tmp_path / "link.html"):
+        r = closedloop("history", "P01", "--db", str(db), "--out", str(out), "--overwrite")
+        assert r.returncode == ConfigError.exit_code, r.stderr
+        assert "is the patient record" in r.stderr and "would destroy" in r.stderr, r.stderr
+        assert db.read_bytes() == kept
+    with Records(db) as rec:
+        assert len(rec.sessions("P01")) == 1
+
+
 def test_a_run_starts_from_the_stored_calibration_and_records_it(tmp_path):
     db = tmp_path / "c.db"
     patient_config = tmp_path / "p02.toml"

@@ -95,6 +95,8 @@ def test_no_heartbeat_for_longer_than_the_timeout_switches_off():
         (lambda s: s.beat() if setattr(s, "seq", s.seq - 1) is None else "", "went back"),
         (lambda s: s.beat() if setattr(s, "seq", s.seq + 1) is None else "", "1 message"),
         (lambda s: "not json", "unreadable"),
+        (lambda s: "[" * 100_000, "unreadable"),  # deeper than the parser goes
+        (lambda s: "[1, 2]", "unreadable"),
         (lambda s: json.dumps({"kind": "command", "seq": s.seq}), "unreadable"),
         (lambda s: s._msg("start", channel=1), "unknown message kind"),
         (lambda s: s.command(9, 5.0), "invalid command"),
