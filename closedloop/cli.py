@@ -516,7 +516,13 @@ def _unwind_on_stop_signals() -> Iterator[None]:
 
 
 def _raiser(reason: str, message: str) -> Callable[[int, object], None]:
-    def handle(_signum: int, _frame: object) -> None:
+    owner = os.getpid()
+
+    def handle(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a forked worker (replay --jobs): ends as it always did
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise _Terminated(reason, message)
 
     return handle

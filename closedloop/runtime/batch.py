@@ -135,15 +135,24 @@ def run_batch(
     with ProcessPoolExecutor(max_workers=n) as pool:
         futures: dict[Future, int] = {pool.submit(_call, fn, i, item): i
                                       for i, item in enumerate(todo)}
-        for done, fut in enumerate(as_completed(futures), start=1):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: a worker died
-                results[i] = TaskResult(i, None, f"the worker process ended without a "
-                                                 f"result ({type(exc).__name__}: {exc})")
-            if progress is not None:
-                progress(done, len(todo))
+        try:
+            for done, fut in enumerate(as_completed(futures), start=1):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - BrokenProcessPool: a worker died
+                    results[i] = TaskResult(i, None, f"the worker process ended without a "
+                                                     f"result ({type(exc).__name__}: {exc})")
+                if progress is not None:
+                    progress(done, len(todo))
+        except BaseException:  # Ctrl-C, SIGTERM: no task goes on, none starts
+            # (the executor has no public way to stop a running task: its workers are
+            # ours, and end as SIGTERM always ended them)
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.terminate()
+            raise
     return [r for r in results if r is not None]
 
 

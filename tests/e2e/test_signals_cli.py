@@ -381,3 +381,39 @@ def test_a_signal_during_calibration_says_so_and_leaves_no_empty_patient_config(
     assert rc == code, said + err
     assert f"closedloop calibrate: {words}" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("sig", "code", "words", "group"), [
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", False, id="SIGTERM"),
+    pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", True, id="SIGTERM-group"),
+    pytest.param(signal.SIGINT, 130, "interrupted", True, id="Ctrl-C"),
+])
+def test_a_signal_ends_a_replay_batch_at_once_without_its_workers(tmp_path, sig, code, words,
+                                                                   group):
+    """replay of many files on worker processes: the signal waited for every queued
+    replay to run (Ctrl-C: 15 s on 12 files here), and the workers, which inherit the
+    handlers, printed tracebacks. Now the batch ends at once and the workers with it."""
+    import shutil
+
+    first = tmp_path / "r0.xdf"
+    shutil.copy(ROOT / "recordings" / "sim_biceps_triceps.xdf", first)
+    files = [first]
+    for k in range(1, 400):  # a minute or two of replays on two workers
+        files.append(tmp_path / f"r{k}.xdf")
+        os.link(first, files[-1])
+    rp = Command("replay", *map(str, files), "--jobs", "2", "--quiet", "--check")
+    try:
+        time.sleep(6.0)  # started (a few seconds), replaying
+        assert rp.proc.poll() is None, "".join(rp.err)
+        if group:
+            rp.signal(sig)  # as a terminal does: the workers get it too
+        else:
+            rp.proc.send_signal(sig)
+        rc, out, err = rp.finish(timeout=20)
+    finally:
+        rp.kill()
+    assert rc == code, err
+    assert f"closedloop replay: {words}" in err and "Traceback" not in err, err
+    assert out.count("check passed") < 400
+    ps = subprocess.run(["pgrep", "-g", str(rp.proc.pid)], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", f"workers left: {ps.stdout}"
