@@ -152,7 +152,8 @@ def run_loop(
                 block = chain.process(seg)
                 last_time = float(block.timestamps[-1])
                 out.add_events(block.events)
-                out.add_restarts(block.start, [block.channels[c] for c in block.restarts])
+                if block.restarts:  # rare: no list built per chunk
+                    out.add_restarts(block.start, [block.channels[c] for c in block.restarts])
 
                 # 4-5. protocol -> guard -> stimulator (and the blanking schedule)
                 safe: list[StimCommand] = []
