@@ -26,6 +26,11 @@ from tests.analysis.test_report import KNOCK_CONFIG  # a resting pair, cusum
 from tests.helpers import ArraySource
 
 FS, N, KNOCK = 2000.0, 10_000, 6000
+#: The loop over the whole array. Its backstop watchdog reads the wall clock (its job):
+#: 0.25 s without a chunk ends a session, and a long test process's garbage collection
+#: or a loaded machine can take that long, ending the tape early and the test with it
+#: (seen in two CI runs, 1600 slow tests in one process). Offline, as a replay does, it gets 5 s.
+OFFLINE = LoopOptions(duration_s=N / FS, watchdog_s=5.0)
 
 
 class Tape:
@@ -99,7 +104,8 @@ def taped(request):
     config = loads_config(KNOCK_CONFIG.format(envelope="rms"), source="knock view test")
     src = ArraySource(_emg(request.param), FS, config.muscle_names, sizes=(20,))
     tape = Tape()
-    run_loop(config, src, None, outlets=tape, options=LoopOptions(duration_s=N / FS))
+    out = run_loop(config, src, None, outlets=tape, options=OFFLINE)
+    assert out.reason == "duration", (out.reason, out.message)  # the whole array was taped
     return request.param, config, src.info, tape.calls
 
 
@@ -250,7 +256,8 @@ def test_a_session_from_before_restart_markers_restarts_the_level_on_recovered(c
     config = loads_config(KNOCK_CONFIG.format(envelope="rms"), source="old session test")
     src = ArraySource(_emg(case), FS, config.muscle_names, sizes=(20,))
     tape = Tape()
-    run_loop(config, src, None, outlets=tape, options=LoopOptions(duration_s=N / FS))
+    out = run_loop(config, src, None, outlets=tape, options=OFFLINE)
+    assert out.reason == "duration", (out.reason, out.message)  # the whole array was taped
     calls = [c for c in tape.calls if not is_marker(c, CHANNEL_RESTART)]  # not published then
     end = KNOCK + (10 if case == "held" else 200)
     outlets = SessionOutlets(f"oldview-{uuid.uuid4().hex[:8]}",
