@@ -69,13 +69,17 @@ Inputs and where their references come from
   physiological onset, and new values arrive at only ~110 Hz.
 
 * **A folder of one's own recordings**: every ``.xdf``, ``.npz``, ``.edf`` and ``.bdf``
-  file under it (sorted, sub-folders included, so an EMG-BIDS dataset's root too; text
-  files too when ``--fs`` is given), each with its references as above: ``truth``
+  file under it (sorted, sub-folders included; text files too when ``--fs`` is given),
+  each with its references as above: ``truth``
   markers (or the markers named by ``truth_label``, e.g. the ``cue`` markers of cued
   trials) in closedloop recordings, ``truth`` rows of a BIDS ``*_events.tsv``, the
   stored truth of simulated ``.npz`` files, or a labels CSV whose ``file`` column names
   the files.
-  Recordings are named by their path inside the folder.
+  Recordings are named by their path inside the folder. In an EMG-BIDS dataset (a
+  folder at or below a ``dataset_description.json``) the recordings are the
+  ``*_emg.edf``/``*_emg.bdf`` files, outside ``sourcedata`` and ``derivatives``. BIDS
+  tables (``participants.tsv``, ``*_channels.tsv``, ``*_events.tsv``...) are never read
+  as text recordings, ``--fs`` or not.
 
 The pseudo-detector ``reference`` returns the reference onsets themselves (sensitivity 1,
 latency 0): a check of the labels and the matching, not of a detector.
@@ -438,12 +442,17 @@ def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
     tsv = sidecar(path, "events.tsv")
     if tsv is None:
         return Recording(path.name, data.samples, data.fs, data.channels, None,
-                         note="no reference (no BIDS events.tsv beside the file)")
+                         note=_notes("no reference (no BIDS events.tsv beside the file)",
+                                     data.note))
     ref: list[tuple[int, str]] = []
     recorded: list[Event] = []
+    dropped = 0
     for line, row in read_tsv(tsv, ("onset", "trial_type")):
         kind = row["trial_type"]
         if kind != truth_label and kind not in ("emg_onset", "emg_offset", "emg_suspend"):
+            continue
+        if {row.get("muscle", ""), row.get("channel", "")} & set(data.left_out):
+            dropped += kind == truth_label  # a channel marked bad: not scored
             continue
         try:
             sample = (int(row["sample"]) if row.get("sample")
@@ -461,9 +470,17 @@ def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
             recorded.append(Event(sample, sample / data.fs, channel, kind[4:]))
     note = (f"references: {truth_label!r} rows of {tsv.name}" if ref
             else f"no {truth_label!r} rows in {tsv.name}")
+    if dropped:
+        note += f" ({dropped} on channels marked bad left out)"
     return Recording(path.name, data.samples, data.fs, data.channels,
                      tuple(sorted(ref)) if ref else None,
-                     recorded=tuple(sorted(recorded, key=lambda e: e.sample)), note=note)
+                     recorded=tuple(sorted(recorded, key=lambda e: e.sample)),
+                     note=_notes(note, data.note))
+
+
+def _notes(*notes: str) -> str:
+    """Notes for one recording, the empty ones left out."""
+    return "; ".join(n for n in notes if n)
 
 
 def _npz_truth(path: Path, samples: np.ndarray, channels: np.ndarray,
@@ -864,18 +881,42 @@ FOLDER_SUFFIXES = (".xdf", ".npz", ".edf", ".bdf")
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
 
 
+#: Folders of a BIDS dataset that hold no raw data of it (BIDS: sourcedata, derivatives).
+BIDS_NOT_RAW = ("sourcedata", "derivatives")
+#: BIDS tables: never EMG, wherever they are (a text recording may be a ``.tsv``).
+BIDS_TABLES = ("participants.tsv", "_channels.tsv", "_events.tsv", "_electrodes.tsv",
+               "_scans.tsv", "_sessions.tsv")
+
+
+def bids_root(folder: str | Path) -> Path | None:
+    """The BIDS dataset ``folder`` is in (the nearest folder, itself or above, holding a
+    ``dataset_description.json``), or None."""
+    d = Path(folder).resolve()
+    return next((p for p in (d, *d.parents) if (p / "dataset_description.json").is_file()),
+                None)
+
+
 def folder_files(folder: str | Path, *, text: bool = False,
                  skip: Sequence[str | Path] = ()) -> list[Path]:
     """The recordings in a folder and its sub-folders, sorted by path (module docstring).
 
     ``text``: also the text/CSV files (when their rate is known); ``skip``: files that
-    are not recordings (the labels file).
+    are not recordings (the labels file). BIDS tables (``participants.tsv``,
+    ``*_channels.tsv``, ``*_events.tsv``...) are never recordings. In a BIDS dataset the
+    recordings are its EMG data files (``*_emg.edf|.bdf``) outside ``sourcedata`` and
+    ``derivatives``: the source files and derived data of its recordings would count
+    them twice.
     """
     d = Path(folder)
-    suffixes = FOLDER_SUFFIXES + (TEXT_SUFFIXES if text else ())
     skipped = {Path(s).resolve() for s in skip}
+    if bids_root(d) is not None:
+        return sorted(p for p in d.rglob("*_emg.*") if p.is_file()
+                      and p.suffix.lower() in (".edf", ".bdf") and p.resolve() not in skipped
+                      and not set(p.relative_to(d).parts[:-1]) & set(BIDS_NOT_RAW))
+    suffixes = FOLDER_SUFFIXES + (TEXT_SUFFIXES if text else ())
     return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and p.resolve() not in skipped and not p.name.startswith("."))
+                  and p.resolve() not in skipped and not p.name.startswith(".")
+                  and not p.name.lower().endswith(BIDS_TABLES))
 
 
 def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "truth"
@@ -888,6 +929,11 @@ def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "
         if (p / "reference_outputs.json").is_file():
             return [SharedSpec(str(p), n) for n in SHARED_NAMES]
         files = folder_files(p, text=fs is not None, skip=[labels] if labels else [])
+        if not files and bids_root(p) is not None:
+            raise InputError(
+                f"{p}: no EMG data file in this BIDS dataset folder (looked for *_emg.edf "
+                f"and *_emg.bdf, sub-folders included, {' and '.join(BIDS_NOT_RAW)} left "
+                "out); give the folder of the dataset's EMG, or the files")
         if not files:
             raise InputError(
                 f"{p}: no recordings in this folder (looked for "

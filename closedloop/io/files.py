@@ -45,13 +45,15 @@ _NON_CHANNEL = {"time", "time_s", "t", "timestamp", "class", "label", "labels"}
 @dataclass(frozen=True)
 class EmgData:
     """EMG samples (n, n_channels) with their rate and channel names; ``note`` says what
-    the reader left out of the file (signals that are not EMG), for a person."""
+    the reader left out of the file (signals that are not EMG), for a person;
+    ``left_out`` names the EMG channels it left out as marked bad."""
 
     samples: np.ndarray
     fs: float
     channels: tuple[str, ...]
     source: str = ""
     note: str = ""
+    left_out: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -245,7 +247,7 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EmgData:
     d = read(path, columns)
     _check_names(list(d.channels), str(path))
     _check(d.samples, str(path))
-    return EmgData(d.samples, d.fs, d.channels, str(path), d.note)
+    return EmgData(d.samples, d.fs, d.channels, str(path), d.note, d.left_out)
 
 
 #: Suffixes of the files :func:`load_edf` reads.
