@@ -429,53 +429,70 @@ def load_recording(
 
 
 def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
-    """An EDF/BDF file (:func:`closedloop.io.files.load_emg`) with the onsets of the BIDS
-    ``*_events.tsv`` beside it, if any: rows whose ``trial_type`` is ``truth_label`` are
-    the references (their ``sample``, else ``onset`` times the rate; their ``muscle``, or
-    ``channel``, when it names a channel of the file, else any channel), rows
-    ``emg_onset``/``emg_offset``/``emg_suspend`` (what closedloop's export writes for the
-    live detector's decisions) the ``recorded`` pseudo-detector's events."""
+    """An EDF/BDF file (:func:`closedloop.io.files.load_emg`) with its marks: the rows of
+    the BIDS ``*_events.tsv`` beside it, else the file's own EDF+/BDF+ annotations
+    (``kind`` or ``kind/muscle``, as ``closedloop export --bids`` writes both). Marks
+    whose kind is ``truth_label`` are the references (the row's ``sample``, else
+    ``onset`` times the rate; its ``muscle``, or ``channel``, when it names a channel of
+    the file, else any channel); ``emg_onset``/``emg_offset``/``emg_suspend`` marks (the
+    live detector's decisions) the ``recorded`` pseudo-detector's events. Marks on a
+    channel left out as marked bad are left out too."""
     from closedloop.io.edf import read_tsv, sidecar
     from closedloop.io.files import load_emg
 
     data = load_emg(path)
     tsv = sidecar(path, "events.tsv")
-    if tsv is None:
-        return Recording(path.name, data.samples, data.fs, data.channels, None,
-                         note=_notes("no reference (no BIDS events.tsv beside the file)",
-                                     data.note))
+    # (where, kind, sample or "", onset in s, names of its channel)
+    marks: list[tuple[str, str, str, str, list[str]]]
+    if tsv is not None:
+        marks = [(f"{tsv}:{line}", row["trial_type"], row.get("sample", ""), row["onset"],
+                  [row.get("muscle", ""), row.get("channel", "")])
+                 for line, row in read_tsv(tsv, ("onset", "trial_type"))]
+        found = f"{truth_label!r} rows of {tsv.name}"
+        none = f"no {truth_label!r} rows in {tsv.name}"
+    else:
+        marks = []
+        for onset_s, text in data.annotations:
+            kind, channel = _kind_and_channel(text)
+            marks.append((f"{path}: annotation {text!r} at {onset_s:g} s", kind, "",
+                          repr(onset_s), [channel]))
+        found = f"{truth_label!r} annotations of the file"
+        none = f"no reference (no BIDS events.tsv beside the file, no {truth_label!r} annotation)"
     ref: list[tuple[int, str]] = []
     recorded: list[Event] = []
     dropped = 0
-    for line, row in read_tsv(tsv, ("onset", "trial_type")):
-        kind = row["trial_type"]
+    for where, kind, sample_text, onset, names in marks:
         if kind != truth_label and kind not in ("emg_onset", "emg_offset", "emg_suspend"):
             continue
-        if {row.get("muscle", ""), row.get("channel", "")} & set(data.left_out):
+        if set(names) & set(data.left_out):
             dropped += kind == truth_label  # a channel marked bad: not scored
             continue
         try:
-            sample = (int(row["sample"]) if row.get("sample")
-                      else int(round(float(row["onset"]) * data.fs)))
+            sample = int(sample_text) if sample_text else int(round(float(onset) * data.fs))
         except ValueError:
-            raise InputError(f"{tsv}:{line}: not an onset in seconds or a sample index: "
-                             f"onset {row['onset']!r}, sample {row.get('sample')!r}") from None
-        named = [row.get(c, "") for c in ("muscle", "channel")]
-        channel = next((c for c in named if c in data.channels), ANY)
+            raise InputError(f"{where}: not an onset in seconds or a sample index: "
+                             f"onset {onset!r}, sample {sample_text!r}") from None
+        channel = next((c for c in names if c in data.channels), ANY)
         if kind == truth_label:
-            ref.append(_reference(f"{tsv}:{line}", sample, channel, n=len(data.samples),
-                                  fs=data.fs, channels=data.channels,
-                                  shown=(f"onset {row['onset']}", f"channel {channel!r}")))
+            ref.append(_reference(where, sample, channel, n=len(data.samples), fs=data.fs,
+                                  channels=data.channels,
+                                  shown=(f"onset {onset}", f"channel {channel!r}")))
         elif channel != ANY:
             recorded.append(Event(sample, sample / data.fs, channel, kind[4:]))
-    note = (f"references: {truth_label!r} rows of {tsv.name}" if ref
-            else f"no {truth_label!r} rows in {tsv.name}")
+    note = f"references: {found}" if ref else none
     if dropped:
         note += f" ({dropped} on channels marked bad left out)"
     return Recording(path.name, data.samples, data.fs, data.channels,
                      tuple(sorted(ref)) if ref else None,
                      recorded=tuple(sorted(recorded, key=lambda e: e.sample)),
                      note=_notes(note, data.note))
+
+
+def _kind_and_channel(text: str) -> tuple[str, str]:
+    """An annotation's kind and channel: ``kind/muscle`` (what closedloop's export
+    writes), or a bare ``kind`` (no channel)."""
+    kind, _, channel = text.partition("/")
+    return kind.strip(), channel.strip()
 
 
 def _notes(*notes: str) -> str:

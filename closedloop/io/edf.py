@@ -83,6 +83,9 @@ class EdfEmg:
         trailing padding); empty when nothing was.
     left_out : tuple of str
         The EMG channels left out as marked bad, named as ``channels`` would name them.
+    annotations : tuple of (float, str)
+        The EDF+/BDF+ annotations within the samples (onset in s, text), in file order,
+        the ``BAD_ACQ_SKIP`` padding mark left out.
     """
 
     samples: np.ndarray
@@ -91,6 +94,7 @@ class EdfEmg:
     labels: tuple[str, ...]
     note: str = ""
     left_out: tuple[str, ...] = ()
+    annotations: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -361,12 +365,17 @@ def _check_signals(chosen: list[_Signal], path: str, how: str) -> float:
     return fs
 
 
-def _trailing_skip(rec: Any, fs: float, n: int) -> int:
-    """Samples before a ``BAD_ACQ_SKIP`` annotation that lasts to the end (``n``: none)."""
+def _annotations(rec: Any) -> list[Any]:
+    """The file's EDF+/BDF+ annotations (none when it has none, or they are unreadable:
+    they are not EMG)."""
     try:
-        annotations = rec.annotations
+        return list(rec.annotations)
     except Exception:  # noqa: BLE001 - an unreadable annotations signal is not EMG
-        return n
+        return []
+
+
+def _trailing_skip(annotations: list[Any], fs: float, n: int) -> int:
+    """Samples before a ``BAD_ACQ_SKIP`` annotation that lasts to the end (``n``: none)."""
     keep = n
     for a in annotations:
         if not str(a.text).startswith("BAD_ACQ_SKIP") or a.duration is None:
@@ -410,7 +419,8 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EdfEmg:
         raise InputError(f"{p}: its samples cannot be read ({exc or type(exc).__name__})"
                          ) from None
     samples = np.column_stack(cols)
-    n = _trailing_skip(rec, fs, samples.shape[0])
+    annotations = _annotations(rec)
+    n = _trailing_skip(annotations, fs, samples.shape[0])
     picked = {s.index for s in chosen + bad}
     left = [s.describe() for s in sigs if s.index not in picked]
     notes = []
@@ -425,7 +435,10 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EdfEmg:
     labels = [s.label for s in chosen]
     return EdfEmg(np.ascontiguousarray(samples[:n]), fs, tuple(_names(labels)),
                   tuple(labels), "; ".join(notes),
-                  tuple(name for s in bad for name in _names([s.label])))
+                  tuple(name for s in bad for name in _names([s.label])),
+                  tuple((float(a.onset), str(a.text)) for a in annotations
+                        if not str(a.text).startswith("BAD_ACQ_SKIP")
+                        and 0 <= round(a.onset * fs) < n))
 
 
 __all__ = ["BDF_VERSION", "EDF_VERSION", "EdfEmg", "load_edf", "read_tsv", "require_reader",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,21 +137,29 @@ def test_csv_labels_give_the_same_figures_as_the_stored_truth(tmp_path):
         evaluate([txt], ["threshold"], labels=bad, fs=FS, jobs=1)
 
 
-def _bids_dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """A simulated recording (``.npz``, with its truth) and an EMG-BIDS dataset of it as
-    another lab writes one: BDF in mV, channels named without a type prefix, the true
-    onsets as ``onset`` rows of events.tsv (time and channel only) beside a ``cue`` row."""
+def _bdf(rec: Recording, path: Path, annotations: Sequence[tuple[float, str]] = ()) -> None:
+    """``rec`` as another lab writes it: BDF in mV, channels named without a type prefix,
+    with these EDF+ annotations (onset in s, text)."""
     edfio = pytest.importorskip("edfio")
+    mv = rec.samples * 1e3
+    top = float(np.abs(mv).max()) * 1.01
+    edfio.Bdf([edfio.BdfSignal(mv[:, k], FS, label=c, physical_dimension="mV",
+                               physical_range=(-top, top))
+               for k, c in enumerate(rec.channels)],
+              annotations=[edfio.EdfAnnotation(t, None, text) for t, text in annotations]
+              ).write(path)
+
+
+def _bids_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A simulated recording (``.npz``, with its truth) and an EMG-BIDS dataset of it
+    (:func:`_bdf`), the true onsets as ``onset`` rows of events.tsv (time and channel
+    only) beside a ``cue`` row."""
     npz = write_sim_recording(tmp_path / "short.npz", 20.0, minutes=0.5, seed=8)
     rec = load_recording(npz)
     root = tmp_path / "ds"
     emg = root / "sub-07" / "emg"
     emg.mkdir(parents=True)
-    mv = rec.samples * 1e3
-    top = float(np.abs(mv).max()) * 1.01
-    edfio.Bdf([edfio.BdfSignal(mv[:, k], FS, label=c, physical_dimension="mV",
-                               physical_range=(-top, top))
-               for k, c in enumerate(rec.channels)]).write(emg / "sub-07_task-reach_emg.bdf")
+    _bdf(rec, emg / "sub-07_task-reach_emg.bdf")
     rows = [f"{s / FS:.4f}\t0.5\tonset\t{c}\n" for s, c in rec.reference]
     rows.insert(1, "3.0\tn/a\tcue\tn/a\n")  # another kind of row: not a reference
     (emg / "sub-07_task-reach_events.tsv").write_text(
@@ -181,6 +190,35 @@ def test_a_bids_dataset_of_bdf_files_is_scored_against_its_events_tsv(tmp_path):
     events.write_text("onset\tduration\ttrial_type\tchannel\n99\t0\tonset\tbiceps\n")
     with pytest.raises(InputError, match=r"_events.tsv:2: onset 99 is outside the recording"):
         load_recording(emg / "sub-07_task-reach_emg.bdf", truth_label="onset")
+
+
+def test_a_bdf_alone_is_scored_against_its_own_annotations(tmp_path):
+    """A BDF+ without a BIDS events.tsv beside it (a file sent alone): its annotations
+    ``kind/muscle`` (what the export writes in both) or a bare ``kind`` (any channel) are
+    the marks, scored as the same marks in an events.tsv are."""
+    npz = write_sim_recording(tmp_path / "short.npz", 20.0, minutes=0.5, seed=8)
+    rec = load_recording(npz)
+    truth = _by(evaluate([npz], ["threshold"], jobs=1), npz.name, "threshold")
+    marks = [(s / FS, f"onset/{c}") for s, c in rec.reference] + [(3.0, "cue")]
+    _bdf(rec, tmp_path / "alone.bdf", marks)
+    got = _by(evaluate([tmp_path / "alone.bdf"], ["threshold"], truth_label="onset", jobs=1),
+              "alone.bdf", "threshold")
+    assert got.n_reference == truth.n_reference >= 2
+    assert (got.hits, got.false_detections) == (truth.hits, truth.false_detections)
+    assert got.latency_median_ms == pytest.approx(truth.latency_median_ms)
+    assert got.note.startswith("references: 'onset' annotations of the file")
+    assert load_recording(tmp_path / "alone.bdf", truth_label="onset").reference == tuple(
+        sorted(rec.reference))
+    plain = _by(evaluate([tmp_path / "alone.bdf"], ["threshold"], jobs=1), "alone.bdf",
+                "threshold")
+    assert plain.n_reference is None and plain.note.startswith(
+        "no reference (no BIDS events.tsv beside the file, no 'truth' annotation)")
+    _bdf(rec, tmp_path / "bare.bdf", [(s / FS, "onset") for s, _ in rec.reference])
+    bare = load_recording(tmp_path / "bare.bdf", truth_label="onset")
+    assert bare.reference == tuple(sorted((s, ANY) for s, _ in rec.reference))
+    _bdf(rec, tmp_path / "deltoid.bdf", [(1.0, "onset/deltoid")])  # no such channel: any
+    assert load_recording(tmp_path / "deltoid.bdf", truth_label="onset").reference == (
+        (int(FS), ANY),)
 
 
 def test_a_bids_dataset_is_its_emg_files_only(tmp_path):
