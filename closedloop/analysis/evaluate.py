@@ -905,12 +905,18 @@ BIDS_TABLES = ("participants.tsv", "_channels.tsv", "_events.tsv", "_electrodes.
                "_scans.tsv", "_sessions.tsv")
 
 
-def bids_root(folder: str | Path) -> Path | None:
-    """The BIDS dataset ``folder`` is in (the nearest folder, itself or above, holding a
-    ``dataset_description.json``), or None."""
+def in_bids_raw(folder: str | Path) -> bool:
+    """True when ``folder`` is a BIDS dataset's root or one of its raw-data folders (the
+    nearest folder at or above it holding a ``dataset_description.json`` is the root,
+    and ``folder`` is not in its ``sourcedata`` or ``derivatives``, which hold files of
+    other kinds: the recordings as recorded, results)."""
     d = Path(folder).resolve()
-    return next((p for p in (d, *d.parents) if (p / "dataset_description.json").is_file()),
+    root = next((p for p in (d, *d.parents) if (p / "dataset_description.json").is_file()),
                 None)
+    if root is None:
+        return False
+    top = d.relative_to(root).parts[:1]
+    return not top or top[0] not in BIDS_NOT_RAW
 
 
 def folder_files(folder: str | Path, *, text: bool = False,
@@ -919,14 +925,14 @@ def folder_files(folder: str | Path, *, text: bool = False,
 
     ``text``: also the text/CSV files (when their rate is known); ``skip``: files that
     are not recordings (the labels file). BIDS tables (``participants.tsv``,
-    ``*_channels.tsv``, ``*_events.tsv``...) are never recordings. In a BIDS dataset the
-    recordings are its EMG data files (``*_emg.edf|.bdf``) outside ``sourcedata`` and
-    ``derivatives``: the source files and derived data of its recordings would count
-    them twice.
+    ``*_channels.tsv``, ``*_events.tsv``...) are never recordings. In a BIDS dataset's
+    raw data (:func:`in_bids_raw`) the recordings are its EMG data files
+    (``*_emg.edf|.bdf``) outside ``sourcedata`` and ``derivatives``: the source files and
+    derived data of its recordings would count them twice.
     """
     d = Path(folder)
     skipped = {Path(s).resolve() for s in skip}
-    if bids_root(d) is not None:
+    if in_bids_raw(d):
         return sorted(p for p in d.rglob("*_emg.*") if p.is_file()
                       and p.suffix.lower() in (".edf", ".bdf") and p.resolve() not in skipped
                       and not set(p.relative_to(d).parts[:-1]) & set(BIDS_NOT_RAW))
@@ -946,7 +952,7 @@ def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "
         if (p / "reference_outputs.json").is_file():
             return [SharedSpec(str(p), n) for n in SHARED_NAMES]
         files = folder_files(p, text=fs is not None, skip=[labels] if labels else [])
-        if not files and bids_root(p) is not None:
+        if not files and in_bids_raw(p):
             raise InputError(
                 f"{p}: no EMG data file in this BIDS dataset folder (looked for *_emg.edf "
                 f"and *_emg.bdf, sub-folders included, {' and '.join(BIDS_NOT_RAW)} left "

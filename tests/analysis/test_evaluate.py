@@ -268,9 +268,13 @@ def test_a_bids_dataset_is_its_emg_files_only(tmp_path):
     assert biceps.n_reference == whole.n_reference - on_triceps
     assert f"({on_triceps} on channels marked bad left out)" in biceps.note
     assert "EMG marked bad, left out: 'triceps'" in biceps.note
-    # given itself, the derivatives folder is what is asked for
+    # given itself, the derivatives (or sourcedata) folder is what is asked for, with
+    # its files of every kind (a sourcedata folder holds the recordings as recorded)
+    shutil.copy(npz, root / "sourcedata" / "sub-07" / "sub-07_task-reach.npz")
     assert [r["recording"] for r in table([root / "derivatives"])] == [
         "sub-07/sub-07_task-reach_emg.bdf", "overall"]
+    assert [r["recording"] for r in table([root / "sourcedata"])] == [
+        "sub-07/sub-07_task-reach.npz", "sub-07/sub-07_task-reach_emg.bdf", "overall"]
     (root / "phenotype").mkdir()
     (root / "phenotype" / "fugl_meyer.tsv").write_text("participant_id\tscore\nsub-07\t31\n")
     with pytest.raises(InputError, match="no EMG data file in this BIDS dataset folder"):
