@@ -69,13 +69,17 @@ Inputs and where their references come from
   physiological onset, and new values arrive at only ~110 Hz.
 
 * **A folder of one's own recordings**: every ``.xdf``, ``.npz``, ``.edf`` and ``.bdf``
-  file under it (sorted, sub-folders included, so an EMG-BIDS dataset's root too; text
-  files too when ``--fs`` is given), each with its references as above: ``truth``
+  file under it (sorted, sub-folders included; text files too when ``--fs`` is given),
+  each with its references as above: ``truth``
   markers (or the markers named by ``truth_label``, e.g. the ``cue`` markers of cued
   trials) in closedloop recordings, ``truth`` rows of a BIDS ``*_events.tsv``, the
   stored truth of simulated ``.npz`` files, or a labels CSV whose ``file`` column names
   the files.
-  Recordings are named by their path inside the folder.
+  Recordings are named by their path inside the folder. In an EMG-BIDS dataset (a
+  folder at or below a ``dataset_description.json``) the recordings are the
+  ``*_emg.edf``/``*_emg.bdf`` files, outside ``sourcedata`` and ``derivatives``. BIDS
+  tables (``participants.tsv``, ``*_channels.tsv``, ``*_events.tsv``...) are never read
+  as text recordings, ``--fs`` or not.
 
 The pseudo-detector ``reference`` returns the reference onsets themselves (sensitivity 1,
 latency 0): a check of the labels and the matching, not of a detector.
@@ -425,45 +429,75 @@ def load_recording(
 
 
 def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
-    """An EDF/BDF file (:func:`closedloop.io.files.load_emg`) with the onsets of the BIDS
-    ``*_events.tsv`` beside it, if any: rows whose ``trial_type`` is ``truth_label`` are
-    the references (their ``sample``, else ``onset`` times the rate; their ``muscle``, or
-    ``channel``, when it names a channel of the file, else any channel), rows
-    ``emg_onset``/``emg_offset``/``emg_suspend`` (what closedloop's export writes for the
-    live detector's decisions) the ``recorded`` pseudo-detector's events."""
+    """An EDF/BDF file (:func:`closedloop.io.files.load_emg`) with its marks: the rows of
+    the BIDS ``*_events.tsv`` beside it, else the file's own EDF+/BDF+ annotations
+    (``kind`` or ``kind/muscle``, as ``closedloop export --bids`` writes both). Marks
+    whose kind is ``truth_label`` are the references (the row's ``sample``, else
+    ``onset`` times the rate; its ``muscle``, or ``channel``, when it names a channel of
+    the file, else any channel); ``emg_onset``/``emg_offset``/``emg_suspend`` marks (the
+    live detector's decisions) the ``recorded`` pseudo-detector's events. Marks on a
+    channel left out as marked bad are left out too."""
     from closedloop.io.edf import read_tsv, sidecar
     from closedloop.io.files import load_emg
 
     data = load_emg(path)
     tsv = sidecar(path, "events.tsv")
-    if tsv is None:
-        return Recording(path.name, data.samples, data.fs, data.channels, None,
-                         note="no reference (no BIDS events.tsv beside the file)")
+    # (where, kind, sample or "", onset in s, names of its channel)
+    marks: list[tuple[str, str, str, str, list[str]]]
+    if tsv is not None:
+        marks = [(f"{tsv}:{line}", row["trial_type"], row.get("sample", ""), row["onset"],
+                  [row.get("muscle", ""), row.get("channel", "")])
+                 for line, row in read_tsv(tsv, ("onset", "trial_type"))]
+        found = f"{truth_label!r} rows of {tsv.name}"
+        none = f"no {truth_label!r} rows in {tsv.name}"
+    else:
+        marks = []
+        for onset_s, text in data.annotations:
+            kind, channel = _kind_and_channel(text)
+            marks.append((f"{path}: annotation {text!r} at {onset_s:g} s", kind, "",
+                          repr(onset_s), [channel]))
+        found = f"{truth_label!r} annotations of the file"
+        none = f"no reference (no BIDS events.tsv beside the file, no {truth_label!r} annotation)"
     ref: list[tuple[int, str]] = []
     recorded: list[Event] = []
-    for line, row in read_tsv(tsv, ("onset", "trial_type")):
-        kind = row["trial_type"]
+    dropped = 0
+    for where, kind, sample_text, onset, names in marks:
         if kind != truth_label and kind not in ("emg_onset", "emg_offset", "emg_suspend"):
             continue
+        if set(names) & set(data.left_out):
+            dropped += kind == truth_label  # a channel marked bad: not scored
+            continue
         try:
-            sample = (int(row["sample"]) if row.get("sample")
-                      else int(round(float(row["onset"]) * data.fs)))
+            sample = int(sample_text) if sample_text else int(round(float(onset) * data.fs))
         except ValueError:
-            raise InputError(f"{tsv}:{line}: not an onset in seconds or a sample index: "
-                             f"onset {row['onset']!r}, sample {row.get('sample')!r}") from None
-        named = [row.get(c, "") for c in ("muscle", "channel")]
-        channel = next((c for c in named if c in data.channels), ANY)
+            raise InputError(f"{where}: not an onset in seconds or a sample index: "
+                             f"onset {onset!r}, sample {sample_text!r}") from None
+        channel = next((c for c in names if c in data.channels), ANY)
         if kind == truth_label:
-            ref.append(_reference(f"{tsv}:{line}", sample, channel, n=len(data.samples),
-                                  fs=data.fs, channels=data.channels,
-                                  shown=(f"onset {row['onset']}", f"channel {channel!r}")))
+            ref.append(_reference(where, sample, channel, n=len(data.samples), fs=data.fs,
+                                  channels=data.channels,
+                                  shown=(f"onset {onset}", f"channel {channel!r}")))
         elif channel != ANY:
             recorded.append(Event(sample, sample / data.fs, channel, kind[4:]))
-    note = (f"references: {truth_label!r} rows of {tsv.name}" if ref
-            else f"no {truth_label!r} rows in {tsv.name}")
+    note = f"references: {found}" if ref else none
+    if dropped:
+        note += f" ({dropped} on channels marked bad left out)"
     return Recording(path.name, data.samples, data.fs, data.channels,
                      tuple(sorted(ref)) if ref else None,
-                     recorded=tuple(sorted(recorded, key=lambda e: e.sample)), note=note)
+                     recorded=tuple(sorted(recorded, key=lambda e: e.sample)),
+                     note=_notes(note, data.note))
+
+
+def _kind_and_channel(text: str) -> tuple[str, str]:
+    """An annotation's kind and channel: ``kind/muscle`` (what closedloop's export
+    writes), or a bare ``kind`` (no channel)."""
+    kind, _, channel = text.partition("/")
+    return kind.strip(), channel.strip()
+
+
+def _notes(*notes: str) -> str:
+    """Notes for one recording, the empty ones left out."""
+    return "; ".join(n for n in notes if n)
 
 
 def _npz_truth(path: Path, samples: np.ndarray, channels: np.ndarray,
@@ -864,18 +898,48 @@ FOLDER_SUFFIXES = (".xdf", ".npz", ".edf", ".bdf")
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv")
 
 
+#: Folders of a BIDS dataset that hold no raw data of it (BIDS: sourcedata, derivatives).
+BIDS_NOT_RAW = ("sourcedata", "derivatives")
+#: BIDS tables: never EMG, wherever they are (a text recording may be a ``.tsv``).
+BIDS_TABLES = ("participants.tsv", "_channels.tsv", "_events.tsv", "_electrodes.tsv",
+               "_scans.tsv", "_sessions.tsv")
+
+
+def in_bids_raw(folder: str | Path) -> bool:
+    """True when ``folder`` is a BIDS dataset's root or one of its raw-data folders (the
+    nearest folder at or above it holding a ``dataset_description.json`` is the root,
+    and ``folder`` is not in its ``sourcedata`` or ``derivatives``, which hold files of
+    other kinds: the recordings as recorded, results)."""
+    d = Path(folder).resolve()
+    root = next((p for p in (d, *d.parents) if (p / "dataset_description.json").is_file()),
+                None)
+    if root is None:
+        return False
+    top = d.relative_to(root).parts[:1]
+    return not top or top[0] not in BIDS_NOT_RAW
+
+
 def folder_files(folder: str | Path, *, text: bool = False,
                  skip: Sequence[str | Path] = ()) -> list[Path]:
     """The recordings in a folder and its sub-folders, sorted by path (module docstring).
 
     ``text``: also the text/CSV files (when their rate is known); ``skip``: files that
-    are not recordings (the labels file).
+    are not recordings (the labels file). BIDS tables (``participants.tsv``,
+    ``*_channels.tsv``, ``*_events.tsv``...) are never recordings. In a BIDS dataset's
+    raw data (:func:`in_bids_raw`) the recordings are its EMG data files
+    (``*_emg.edf|.bdf``) outside ``sourcedata`` and ``derivatives``: the source files and
+    derived data of its recordings would count them twice.
     """
     d = Path(folder)
-    suffixes = FOLDER_SUFFIXES + (TEXT_SUFFIXES if text else ())
     skipped = {Path(s).resolve() for s in skip}
+    if in_bids_raw(d):
+        return sorted(p for p in d.rglob("*_emg.*") if p.is_file()
+                      and p.suffix.lower() in (".edf", ".bdf") and p.resolve() not in skipped
+                      and not set(p.relative_to(d).parts[:-1]) & set(BIDS_NOT_RAW))
+    suffixes = FOLDER_SUFFIXES + (TEXT_SUFFIXES if text else ())
     return sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and p.resolve() not in skipped and not p.name.startswith("."))
+                  and p.resolve() not in skipped and not p.name.startswith(".")
+                  and not p.name.lower().endswith(BIDS_TABLES))
 
 
 def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "truth"
@@ -888,6 +952,11 @@ def _as_spec(item, *, fs: float | None, labels: str | None, truth_label: str = "
         if (p / "reference_outputs.json").is_file():
             return [SharedSpec(str(p), n) for n in SHARED_NAMES]
         files = folder_files(p, text=fs is not None, skip=[labels] if labels else [])
+        if not files and in_bids_raw(p):
+            raise InputError(
+                f"{p}: no EMG data file in this BIDS dataset folder (looked for *_emg.edf "
+                f"and *_emg.bdf, sub-folders included, {' and '.join(BIDS_NOT_RAW)} left "
+                "out); give the folder of the dataset's EMG, or the files")
         if not files:
             raise InputError(
                 f"{p}: no recordings in this folder (looked for "

@@ -14,7 +14,8 @@ precedence:
 1. the signals ``columns`` names (0-based, counting the file's signals without its
    annotations signal, the order EDFbrowser and MNE show them);
 2. else, when a BIDS ``*_channels.tsv`` lies beside the file, its rows of ``type``
-   ``EMG``, by ``name`` (the signal's label);
+   ``EMG``, by ``name`` (the signal's label), but those of ``status`` ``bad`` (left out
+   and said; ``columns`` reads them);
 3. else, the signals whose physical dimension is a voltage (V, mV, uV) at the highest
    rate among them; when some are labelled ``EMG ...`` (EDF+'s label convention: the
    signal type, a space, the rest), only those.
@@ -78,8 +79,13 @@ class EdfEmg:
     labels : tuple of str
         The labels as the file gives them.
     note : str
-        What was left out, for a person (signals that are not EMG, trailing padding);
-        empty when nothing was.
+        What was left out, for a person (signals that are not EMG, EMG marked bad,
+        trailing padding); empty when nothing was.
+    left_out : tuple of str
+        The EMG channels left out as marked bad, named as ``channels`` would name them.
+    annotations : tuple of (float, str)
+        The EDF+/BDF+ annotations within the samples (onset in s, text), in file order,
+        the ``BAD_ACQ_SKIP`` padding mark left out.
     """
 
     samples: np.ndarray
@@ -87,6 +93,8 @@ class EdfEmg:
     channels: tuple[str, ...]
     labels: tuple[str, ...]
     note: str = ""
+    left_out: tuple[str, ...] = ()
+    annotations: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,35 +289,43 @@ def read_tsv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str,
                  for k, v in row.items() if k}) for i, row in enumerate(rows, start=2)]
 
 
-def _tsv_emg_names(tsv: Path) -> list[str]:
-    """The ``name`` of every row of ``type`` EMG in a BIDS channels table."""
-    return [r["name"] for _, r in read_tsv(tsv, ("name", "type")) if r["type"].upper() == "EMG"]
+def _tsv_emg_names(tsv: Path) -> tuple[list[str], list[str]]:
+    """The ``name`` of every row of ``type`` EMG in a BIDS channels table: those of
+    ``status`` ``bad``, and the others."""
+    rows = [r for _, r in read_tsv(tsv, ("name", "type")) if r["type"].upper() == "EMG"]
+    bad = [r["name"] for r in rows if r.get("status", "").lower() == "bad"]
+    return [r["name"] for r in rows if r["name"] not in bad], bad
 
 
-def _pick(sigs: list[_Signal], path: str, columns: list[int] | None) -> tuple[list[_Signal],
-                                                                              str]:
-    """The EMG signals (module docstring) and where the choice came from."""
+def _pick(sigs: list[_Signal], path: str, columns: list[int] | None
+          ) -> tuple[list[_Signal], str, list[_Signal]]:
+    """The EMG signals (module docstring), where the choice came from, and the EMG
+    signals left out as marked bad (``status`` in a BIDS channels table)."""
     listing = ", ".join(f"{s.index}: {s.describe()}" for s in sigs)
     if columns is not None:
         for c in columns:
             if not 0 <= c < len(sigs):
                 raise InputError(f"{path}: column {c} does not exist; the file's signals are "
                                  f"{listing}")
-        return [sigs[c] for c in columns], "--columns"
+        return [sigs[c] for c in columns], "--columns", []
     tsv = sidecar(path, "channels.tsv")
     if tsv is not None:
-        names = _tsv_emg_names(tsv)
+        names, bad = _tsv_emg_names(tsv)
+        if not names and bad:
+            raise InputError(f"{tsv}: every EMG channel ({', '.join(map(repr, bad))}) has "
+                             "status 'bad', so none is read; to read them anyway, give their "
+                             f"columns (0-based) with --columns: {listing}")
         if not names:
             raise InputError(f"{tsv}: no channel of type EMG; give the EMG signals' columns "
                              f"(0-based) with --columns: {listing}")
         by_label = {s.label: s for s in sigs}
-        missing = [n for n in names if n not in by_label]
+        missing = [n for n in names + bad if n not in by_label]
         if missing:
             raise InputError(f"{path}: {tsv.name} lists EMG channel(s) "
                              f"{', '.join(map(repr, missing))} that the file does not hold "
                              f"(its signals: {listing}); correct the table, or give the "
                              "columns with --columns")
-        return [by_label[n] for n in names], tsv.name
+        return [by_label[n] for n in names], tsv.name, [by_label[n] for n in bad]
     volts = [s for s in sigs if microvolts_per(s.dimension) is not None]
     if not volts:
         raise InputError(f"{path}: no signal is in volts (V, mV or uV), so none is read as "
@@ -317,7 +333,7 @@ def _pick(sigs: list[_Signal], path: str, columns: list[int] | None) -> tuple[li
     typed = [s for s in volts if s.label.upper().startswith(EMG_PREFIX)]
     volts = typed or volts
     top = max(s.fs for s in volts)
-    return [s for s in volts if s.fs == top], ""
+    return [s for s in volts if s.fs == top], "", []
 
 
 def _check_signals(chosen: list[_Signal], path: str, how: str) -> float:
@@ -349,12 +365,17 @@ def _check_signals(chosen: list[_Signal], path: str, how: str) -> float:
     return fs
 
 
-def _trailing_skip(rec: Any, fs: float, n: int) -> int:
-    """Samples before a ``BAD_ACQ_SKIP`` annotation that lasts to the end (``n``: none)."""
+def _annotations(rec: Any) -> list[Any]:
+    """The file's EDF+/BDF+ annotations (none when it has none, or they are unreadable:
+    they are not EMG)."""
     try:
-        annotations = rec.annotations
+        return list(rec.annotations)
     except Exception:  # noqa: BLE001 - an unreadable annotations signal is not EMG
-        return n
+        return []
+
+
+def _trailing_skip(annotations: list[Any], fs: float, n: int) -> int:
+    """Samples before a ``BAD_ACQ_SKIP`` annotation that lasts to the end (``n``: none)."""
     keep = n
     for a in annotations:
         if not str(a.text).startswith("BAD_ACQ_SKIP") or a.duration is None:
@@ -387,7 +408,7 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EdfEmg:
     edfio = require_reader(p)
     rec = _read(p, edfio)
     sigs = _signals(rec, p)
-    chosen, how = _pick(sigs, p, columns)
+    chosen, how, bad = _pick(sigs, p, columns)
     fs = _check_signals(chosen, p, how)
     try:
         with warnings.catch_warnings():
@@ -398,10 +419,13 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EdfEmg:
         raise InputError(f"{p}: its samples cannot be read ({exc or type(exc).__name__})"
                          ) from None
     samples = np.column_stack(cols)
-    n = _trailing_skip(rec, fs, samples.shape[0])
-    picked = {s.index for s in chosen}
+    annotations = _annotations(rec)
+    n = _trailing_skip(annotations, fs, samples.shape[0])
+    picked = {s.index for s in chosen + bad}
     left = [s.describe() for s in sigs if s.index not in picked]
     notes = []
+    if bad:
+        notes.append(f"EMG marked bad, left out: {', '.join(s.describe() for s in bad)}")
     if left:
         notes.append(f"not EMG: {', '.join(left)}")
     if n < samples.shape[0]:
@@ -410,7 +434,11 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EdfEmg:
         notes.append(f"EMG channels from {how}")
     labels = [s.label for s in chosen]
     return EdfEmg(np.ascontiguousarray(samples[:n]), fs, tuple(_names(labels)),
-                  tuple(labels), "; ".join(notes))
+                  tuple(labels), "; ".join(notes),
+                  tuple(name for s in bad for name in _names([s.label])),
+                  tuple((float(a.onset), str(a.text)) for a in annotations
+                        if not str(a.text).startswith("BAD_ACQ_SKIP")
+                        and 0 <= round(a.onset * fs) < n))
 
 
 __all__ = ["BDF_VERSION", "EDF_VERSION", "EdfEmg", "load_edf", "read_tsv", "require_reader",

@@ -45,13 +45,17 @@ _NON_CHANNEL = {"time", "time_s", "t", "timestamp", "class", "label", "labels"}
 @dataclass(frozen=True)
 class EmgData:
     """EMG samples (n, n_channels) with their rate and channel names; ``note`` says what
-    the reader left out of the file (signals that are not EMG), for a person."""
+    the reader left out of the file (signals that are not EMG), for a person;
+    ``left_out`` names the EMG channels it left out as marked bad; ``annotations`` are
+    the file's own marks, (onset in s, text), for the formats that hold them (EDF+/BDF+)."""
 
     samples: np.ndarray
     fs: float
     channels: tuple[str, ...]
     source: str = ""
     note: str = ""
+    left_out: tuple[str, ...] = ()
+    annotations: tuple[tuple[float, str], ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -245,7 +249,8 @@ def load_edf(path: str | Path, columns: list[int] | None = None) -> EmgData:
     d = read(path, columns)
     _check_names(list(d.channels), str(path))
     _check(d.samples, str(path))
-    return EmgData(d.samples, d.fs, d.channels, str(path), d.note)
+    return EmgData(d.samples, d.fs, d.channels, str(path), d.note, d.left_out,
+                   d.annotations)
 
 
 #: Suffixes of the files :func:`load_edf` reads.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,26 +137,44 @@ def test_csv_labels_give_the_same_figures_as_the_stored_truth(tmp_path):
         evaluate([txt], ["threshold"], labels=bad, fs=FS, jobs=1)
 
 
-def test_a_bids_dataset_of_bdf_files_is_scored_against_its_events_tsv(tmp_path):
-    """Another lab's EMG-BIDS dataset (BDF in mV, channels named without a type prefix,
-    true onsets as ``onset`` rows of events.tsv giving only their time and channel):
-    the dataset's folder scores as the simulated recording it holds does against its
-    stored truth, with ``truth_label='onset'``."""
+def _bdf(rec: Recording, path: Path, annotations: Sequence[tuple[float, str]] = ()) -> None:
+    """``rec`` as another lab writes it: BDF in mV, channels named without a type prefix,
+    with these EDF+ annotations (onset in s, text)."""
     edfio = pytest.importorskip("edfio")
+    mv = rec.samples * 1e3
+    top = float(np.abs(mv).max()) * 1.01
+    edfio.Bdf([edfio.BdfSignal(mv[:, k], FS, label=c, physical_dimension="mV",
+                               physical_range=(-top, top))
+               for k, c in enumerate(rec.channels)],
+              annotations=[edfio.EdfAnnotation(t, None, text) for t, text in annotations]
+              ).write(path)
+
+
+def _bids_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A simulated recording (``.npz``, with its truth) and an EMG-BIDS dataset of it
+    (:func:`_bdf`), the true onsets as ``onset`` rows of events.tsv (time and channel
+    only) beside a ``cue`` row."""
     npz = write_sim_recording(tmp_path / "short.npz", 20.0, minutes=0.5, seed=8)
     rec = load_recording(npz)
     root = tmp_path / "ds"
     emg = root / "sub-07" / "emg"
     emg.mkdir(parents=True)
-    mv = rec.samples * 1e3
-    top = float(np.abs(mv).max()) * 1.01
-    edfio.Bdf([edfio.BdfSignal(mv[:, k], FS, label=c, physical_dimension="mV",
-                               physical_range=(-top, top))
-               for k, c in enumerate(rec.channels)]).write(emg / "sub-07_task-reach_emg.bdf")
-    events = emg / "sub-07_task-reach_events.tsv"
+    _bdf(rec, emg / "sub-07_task-reach_emg.bdf")
     rows = [f"{s / FS:.4f}\t0.5\tonset\t{c}\n" for s, c in rec.reference]
     rows.insert(1, "3.0\tn/a\tcue\tn/a\n")  # another kind of row: not a reference
-    events.write_text("onset\tduration\ttrial_type\tchannel\n" + "".join(rows))
+    (emg / "sub-07_task-reach_events.tsv").write_text(
+        "onset\tduration\ttrial_type\tchannel\n" + "".join(rows))
+    return npz, root
+
+
+def test_a_bids_dataset_of_bdf_files_is_scored_against_its_events_tsv(tmp_path):
+    """Another lab's EMG-BIDS dataset (BDF in mV, channels named without a type prefix,
+    true onsets as ``onset`` rows of events.tsv giving only their time and channel):
+    the dataset's folder scores as the simulated recording it holds does against its
+    stored truth, with ``truth_label='onset'``."""
+    npz, root = _bids_dataset(tmp_path)
+    emg = root / "sub-07" / "emg"
+    events = emg / "sub-07_task-reach_events.tsv"
     truth = _by(evaluate([npz], ["threshold"], jobs=1), npz.name, "threshold")
     name = "sub-07/emg/sub-07_task-reach_emg.bdf"
     got = _by(evaluate([root], ["threshold"], truth_label="onset", jobs=1), name, "threshold")
@@ -170,6 +190,95 @@ def test_a_bids_dataset_of_bdf_files_is_scored_against_its_events_tsv(tmp_path):
     events.write_text("onset\tduration\ttrial_type\tchannel\n99\t0\tonset\tbiceps\n")
     with pytest.raises(InputError, match=r"_events.tsv:2: onset 99 is outside the recording"):
         load_recording(emg / "sub-07_task-reach_emg.bdf", truth_label="onset")
+
+
+def test_a_bdf_alone_is_scored_against_its_own_annotations(tmp_path):
+    """A BDF+ without a BIDS events.tsv beside it (a file sent alone): its annotations
+    ``kind/muscle`` (what the export writes in both) or a bare ``kind`` (any channel) are
+    the marks, scored as the same marks in an events.tsv are."""
+    npz = write_sim_recording(tmp_path / "short.npz", 20.0, minutes=0.5, seed=8)
+    rec = load_recording(npz)
+    truth = _by(evaluate([npz], ["threshold"], jobs=1), npz.name, "threshold")
+    marks = [(s / FS, f"onset/{c}") for s, c in rec.reference] + [(3.0, "cue")]
+    _bdf(rec, tmp_path / "alone.bdf", marks)
+    got = _by(evaluate([tmp_path / "alone.bdf"], ["threshold"], truth_label="onset", jobs=1),
+              "alone.bdf", "threshold")
+    assert got.n_reference == truth.n_reference >= 2
+    assert (got.hits, got.false_detections) == (truth.hits, truth.false_detections)
+    assert got.latency_median_ms == pytest.approx(truth.latency_median_ms)
+    assert got.note.startswith("references: 'onset' annotations of the file")
+    assert load_recording(tmp_path / "alone.bdf", truth_label="onset").reference == tuple(
+        sorted(rec.reference))
+    plain = _by(evaluate([tmp_path / "alone.bdf"], ["threshold"], jobs=1), "alone.bdf",
+                "threshold")
+    assert plain.n_reference is None and plain.note.startswith(
+        "no reference (no BIDS events.tsv beside the file, no 'truth' annotation)")
+    _bdf(rec, tmp_path / "bare.bdf", [(s / FS, "onset") for s, _ in rec.reference])
+    bare = load_recording(tmp_path / "bare.bdf", truth_label="onset")
+    assert bare.reference == tuple(sorted((s, ANY) for s, _ in rec.reference))
+    _bdf(rec, tmp_path / "deltoid.bdf", [(1.0, "onset/deltoid")])  # no such channel: any
+    assert load_recording(tmp_path / "deltoid.bdf", truth_label="onset").reference == (
+        (int(FS), ANY),)
+
+
+def test_a_bids_dataset_is_its_emg_files_only(tmp_path):
+    """In a BIDS dataset (a ``dataset_description.json`` at its root) the recordings are
+    its ``*_emg.bdf|edf`` files: with ``--fs`` its tables (participants.tsv, channels.tsv,
+    events.tsv) were each read as a text recording and failed, and a copy of the data
+    under ``derivatives`` or ``sourcedata`` would be scored twice. A channel the channels
+    table marks bad is left out, with its reference rows, and the note says so."""
+    npz, root = _bids_dataset(tmp_path)
+    emg = root / "sub-07" / "emg"
+    name = "sub-07/emg/sub-07_task-reach_emg.bdf"
+
+    def table(inputs, **kw) -> list[dict]:
+        return [r.as_dict() for r in evaluate(inputs, ["threshold"], truth_label="onset",
+                                              jobs=1, **kw)]
+
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-07\t61\n")
+    (emg / "sub-07_task-reach_channels.tsv").write_text(
+        "name\ttype\tunits\tstatus\nbiceps\tEMG\tmV\tgood\ntriceps\tEMG\tmV\tn/a\n")
+    for extra in ("derivatives", "sourcedata"):
+        (root / extra / "sub-07").mkdir(parents=True)
+        shutil.copy(emg / "sub-07_task-reach_emg.bdf", root / extra / "sub-07")
+    # without dataset_description.json, a folder of files: the tables are still no text
+    # recordings, and nothing says the copies are not recordings of their own
+    plain = table([root], fs=FS)
+    assert [r["recording"] for r in plain] == [
+        "derivatives/sub-07/sub-07_task-reach_emg.bdf",
+        "sourcedata/sub-07/sub-07_task-reach_emg.bdf", name, "overall"]
+    (root / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    rows = table([root], fs=FS)
+    assert [r["recording"] for r in rows] == [name, "overall"] and not rows[0]["error"]
+    assert table([root]) == rows
+    assert [r["recording"] for r in table([root / "sub-07"], fs=FS)] == [
+        "emg/sub-07_task-reach_emg.bdf", "overall"]
+    whole = _by(evaluate([root], ["threshold"], truth_label="onset", jobs=1), name,
+                "threshold")
+    assert "EMG channels from sub-07_task-reach_channels.tsv" in whole.note
+    # the triceps marked bad: its onsets are neither detected nor references
+    (emg / "sub-07_task-reach_channels.tsv").write_text(
+        "name\ttype\tunits\tstatus\nbiceps\tEMG\tmV\tgood\ntriceps\tEMG\tmV\tbad\n")
+    ev._load_cached.cache_clear()  # the same file, read again
+    rec = load_recording(npz)
+    on_triceps = sum(c == "triceps" for _, c in rec.reference)
+    assert 0 < on_triceps < len(rec.reference)
+    biceps = _by(evaluate([root], ["threshold"], truth_label="onset", jobs=1), name,
+                 "threshold")
+    assert biceps.n_reference == whole.n_reference - on_triceps
+    assert f"({on_triceps} on channels marked bad left out)" in biceps.note
+    assert "EMG marked bad, left out: 'triceps'" in biceps.note
+    # given itself, the derivatives (or sourcedata) folder is what is asked for, with
+    # its files of every kind (a sourcedata folder holds the recordings as recorded)
+    shutil.copy(npz, root / "sourcedata" / "sub-07" / "sub-07_task-reach.npz")
+    assert [r["recording"] for r in table([root / "derivatives"])] == [
+        "sub-07/sub-07_task-reach_emg.bdf", "overall"]
+    assert [r["recording"] for r in table([root / "sourcedata"])] == [
+        "sub-07/sub-07_task-reach.npz", "sub-07/sub-07_task-reach_emg.bdf", "overall"]
+    (root / "phenotype").mkdir()
+    (root / "phenotype" / "fugl_meyer.tsv").write_text("participant_id\tscore\nsub-07\t31\n")
+    with pytest.raises(InputError, match="no EMG data file in this BIDS dataset folder"):
+        evaluate([root / "phenotype"], ["threshold"], fs=FS, jobs=1)
 
 
 def test_parallel_jobs_give_the_same_table(sim_files):

@@ -286,39 +286,57 @@ def test_a_signal_while_waiting_for_the_amplifier_ends_run_at_once(tmp_path, emu
     assert not xdf.exists()
 
 
+class _Terminal:
+    """``python -m closedloop ARGS`` with a pty as its controlling terminal; what it writes
+    is gathered in :attr:`shown`, and :meth:`write` types on its keyboard."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop", *args],
+            cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        os.close(slave)
+        self.shown = bytearray()
+
+    def read_until(self, word: bytes | None, timeout: float) -> bool:
+        """Gather output until ``word`` shows (None: until the terminal is quiet for
+        ``timeout``, or closes); True when it showed."""
+        end = time.monotonic() + timeout
+        while word is None or (word not in self.shown and time.monotonic() < end):
+            if select.select([self.master], [], [], 0.05 if word else timeout)[0]:
+                try:
+                    self.shown.extend(os.read(self.master, 4096))
+                except OSError:
+                    break
+            elif word is None:
+                break
+        return word is not None and word in self.shown
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> str:
+        """End the process if it is still running; what the terminal showed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        os.close(self.master)
+        return self.shown.decode(errors="replace")
+
+
 def test_ctrl_c_at_the_checklist_ends_run_at_once(emulator):
     """Ctrl-C while the safety checklist waits for an answer: the handler only recorded
     it and the question went on waiting (the session then started once every question
     was answered, and stopped). Now the checklist ends at once, nothing stimulated."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop", "run", "--config", CONFIG,
-         "--no-gui", "--stimulator", f"rehastim2:{emulator.pty}"],  # no --confirm-checklist
-        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    shown = bytearray()
-
-    def read_until(word: bytes, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while word not in shown and time.monotonic() < end:
-            if select.select([master], [], [], 0.05)[0]:
-                try:
-                    shown.extend(os.read(master, 4096))
-                except OSError:
-                    break
-        return word in shown
-
+    term = _Terminal("run", "--config", CONFIG, "--no-gui", "--stimulator",
+                     f"rehastim2:{emulator.pty}")  # no --confirm-checklist
     try:
-        assert read_until(b"[y/n]", 60), bytes(shown)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole job
-        rc = proc.wait(timeout=10)
-        read_until(b"patient record", 5)
+        assert term.read_until(b"[y/n]", 60), bytes(term.shown)
+        os.killpg(term.proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole job
+        rc = term.proc.wait(timeout=10)
+        term.read_until(b"patient record", 5)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        os.close(master)
-    said = shown.decode(errors="replace")
+        said = term.close()
     assert rc == 130, said
     assert "interrupted (Ctrl-C) while the session was starting; nothing was stimulated" in said
     assert "Traceback" not in said
@@ -327,32 +345,15 @@ def test_ctrl_c_at_the_checklist_ends_run_at_once(emulator):
 
 def test_the_checklist_answered_on_the_terminal_still_runs(emulator):
     """The answers typed ahead in one go (as a paste) are each taken by their question."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop", "run", "--config", CONFIG,
-         "--no-gui", "--quiet", "--no-outlets", "--duration", "1", "--stimulator",
-         f"rehastim2:{emulator.pty}"],
-        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    shown = bytearray()
+    term = _Terminal("run", "--config", CONFIG, "--no-gui", "--quiet", "--no-outlets",
+                     "--duration", "1", "--stimulator", f"rehastim2:{emulator.pty}")
     try:
-        end = time.monotonic() + 60
-        while b"[y/n]" not in shown and time.monotonic() < end:
-            if select.select([master], [], [], 0.05)[0]:
-                shown.extend(os.read(master, 4096))
-        os.write(master, b"y\n" * 20)
-        rc = proc.wait(timeout=60)
-        while select.select([master], [], [], 0.2)[0]:
-            try:
-                shown.extend(os.read(master, 4096))
-            except OSError:
-                break
+        term.read_until(b"[y/n]", 60)
+        term.write(b"y\n" * 20)
+        rc = term.proc.wait(timeout=60)
+        term.read_until(None, 0.2)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        os.close(master)
-    said = shown.decode(errors="replace")
+        said = term.close()
     assert rc == 0 and "all confirmed" in said and "duration reached" in said, said
 
 

@@ -148,6 +148,30 @@ def test_a_bids_channels_table_names_the_emg(tmp_path):
     assert load_emg(path, columns=[0, 1]).channels == ("biceps", "ecg")  # columns win
 
 
+def test_emg_the_channels_table_marks_bad_is_left_out_and_said(tmp_path):
+    """A BIDS channels table's ``status`` column: an EMG channel marked ``bad`` (a lost
+    electrode) is not read, and the note says so; every one bad is refused, saying how to
+    read them anyway; ``columns`` reads them."""
+    path = tmp_path / "sub-01_task-x_emg.bdf"
+    write_edf(path, bdf=True)
+    tsv = tmp_path / "sub-01_task-x_channels.tsv"
+    tsv.write_text("name\ttype\tunits\tstatus\nEMG biceps\tEMG\tuV\tgood\n"
+                   "EMG triceps\tEMG\tuV\tn/a\n")
+    assert load_emg(path).channels == ("biceps", "triceps")
+    tsv.write_text("name\ttype\tunits\tstatus\nEMG biceps\tEMG\tuV\tgood\n"
+                   "EMG triceps\tEMG\tuV\tBAD\n")
+    got = load_emg(path)
+    assert got.channels == ("biceps",) and got.left_out == ("triceps",)
+    assert np.array_equal(got.samples[:, 0], load_emg(path, columns=[0]).samples[:, 0])
+    assert got.note.startswith("EMG marked bad, left out: 'EMG triceps' (2000 Hz, uV); "
+                               "not EMG: 'ACC x' (100 Hz, g);")  # triceps is EMG, not 'not EMG'
+    tsv.write_text("name\ttype\tstatus\nEMG biceps\tEMG\tbad\nEMG triceps\tEMG\tbad\n")
+    with pytest.raises(InputError, match=r"every EMG channel \('EMG biceps', 'EMG triceps'\) "
+                                         r"has status 'bad'.*--columns"):
+        load_emg(path)
+    assert load_emg(path, columns=[0, 1]).channels == ("biceps", "triceps")
+
+
 def test_a_trailing_bad_acq_skip_is_padding_not_data(tmp_path):
     """closedloop's export pads its last data record and marks it BAD_ACQ_SKIP."""
     path = tmp_path / "rec.bdf"
