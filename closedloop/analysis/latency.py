@@ -314,9 +314,8 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
 @contextlib.contextmanager
 def _collections() -> Iterator[list[tuple[int, float]]]:
     """The garbage collector's collections in this process while a session's loop runs
-    in the block (the heap frozen, :func:`~closedloop.runtime.heap.frozen_heap`; the
-    collection that precedes the freeze is not the loop's), as ``(generation, pause in
-    ms)``: the pauses of every thread, the loop's among them."""
+    in the block (the loop freezes the heap: :mod:`closedloop.runtime.loop`), as
+    ``(generation, pause in ms)``: the pauses of every thread, the loop's among them."""
     pauses: list[tuple[int, float]] = []
     started: list[float] = []
 

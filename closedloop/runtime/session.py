@@ -355,18 +355,14 @@ class Session:
         """Run the loop (:func:`~closedloop.runtime.loop.run_loop`) on the opened
         session: its devices, its outlets, its recorder checked after every chunk, and
         its STOP inlet (``control`` replaces it: a tool that also wants a call per
-        chunk calls :meth:`poll` itself). The heap is frozen while the loop runs
-        (:func:`~closedloop.runtime.heap.frozen_heap`: no garbage-collector pause of the
-        start-up's objects in the loop)."""
-        from closedloop.runtime.heap import frozen_heap
+        chunk calls :meth:`poll` itself)."""
         from closedloop.runtime.loop import run_loop
 
         if self.source is None or self.config is None:
             raise RuntimeError("Session.run() before open()")
-        with frozen_heap():
-            return run_loop(self.config, self.source, self.stimulator, options=options,
-                            stop=stop, outlets=self.outlets, recorder=self.recorder,
-                            status=status, control=control or self.poll)
+        return run_loop(self.config, self.source, self.stimulator, options=options,
+                        stop=stop, outlets=self.outlets, recorder=self.recorder,
+                        status=status, control=control or self.poll)
 
     # -- after ------------------------------------------------------------------------------
     def save_record(self, out: Outcome, *, recorded: bool) -> tuple[int | None, str | None]:
