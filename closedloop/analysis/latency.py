@@ -33,6 +33,8 @@ Nothing here is asserted: the figures are measured, and printed by
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import subprocess
@@ -40,6 +42,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -263,7 +266,7 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
         plan = SessionPlan(config, source=f"lsl:name={name}?resolve_timeout=10",
                            stimulator="sim", name=f"{name}-session",
                            publish=outlets or view, view=view, view_offscreen=True)
-        with Session(plan).open() as session:
+        with Session(plan).open() as session, _collections() as pauses:
             assert session.source is not None
             fs = session.source.info.fs
             offset = _clock_offset()
@@ -301,8 +304,32 @@ def run_latency(seconds: float = 60.0, *, every_s: float = 2.0, snr_db: float = 
         "detection_p50_ms": _pct(detection)["p50"], "delivery_p50_ms": _pct(delivery)["p50"],
         "delivery_p99_ms": _pct(delivery)["p99"],
         "trigger_processing_p50_ms": _pct(trig_proc)["p50"],
+        "arrival_to_command_max_ms": max(processing, default=float("nan")),
+        "gc_collections": len(pauses), "gc_full_collections": sum(g == 2 for g, _ in pauses),
+        "gc_longest_ms": max((ms for _, ms in pauses), default=0.0),
         "samples_lost": out.samples_lost, "clock_offset_s": offset,
     }
+
+
+@contextlib.contextmanager
+def _collections() -> Iterator[list[tuple[int, float]]]:
+    """The garbage collector's collections in this process while a session's loop runs
+    in the block (the loop freezes the heap: :mod:`closedloop.runtime.loop`), as
+    ``(generation, pause in ms)``: the pauses of every thread, the loop's among them."""
+    pauses: list[tuple[int, float]] = []
+    started: list[float] = []
+
+    def note(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()] if gc.get_freeze_count() else []
+        elif started:
+            pauses.append((int(info["generation"]), 1000 * (time.perf_counter() - started[0])))
+
+    gc.callbacks.append(note)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(note)
 
 
 def _serve_main(argv: list[str]) -> int:

@@ -78,6 +78,9 @@ def _latency(args: argparse.Namespace) -> int:
     print(f"    of which detection p50 {r['detection_p50_ms']:.1f} ms, delivery (chunking + LSL) "
           f"p50 {r['delivery_p50_ms']:.2f} ms, processing p50 "
           f"{r['trigger_processing_p50_ms']:.3f} ms")
+    print(f"  longest arrival -> command: {r['arrival_to_command_max_ms']:.3f} ms; garbage "
+          f"collections during the session: {r['gc_collections']} "
+          f"({r['gc_full_collections']} full), the longest {r['gc_longest_ms']:.2f} ms")
     print(f"  samples lost: {r['samples_lost']}")
     if args.json:
         print(json.dumps(r))

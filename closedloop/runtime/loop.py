@@ -27,6 +27,15 @@ Every way out goes through one ``finally``: all channels off, the guard told, th
 off-commands published. Decisions use only the samples and their timestamps; the wall
 clock is read for latency stamps, for the stall watchdog and for the status line.
 
+While the loop runs, the objects that existed when it started are frozen
+(:func:`gc.freeze`, undone at the end): Python's garbage collector then never walks them
+in the loop. Its occasional full collection walks every object it tracks, about 90,000
+after a session's start-up (numpy, scipy, pydantic, pylsl, devices, outlets); in a
+default ``closedloop run`` one such collection stopped the loop for 60-65 ms in its first
+minute (a trigger decided then reached the stimulator that much later), and in a process
+with a larger heap it outlasts the backstop watchdog. ``closedloop bench --latency``
+prints the collections during its session's loop and the longest.
+
 The exit code follows from how the session ended, through the one table of
 :mod:`closedloop.errors` (:data:`~closedloop.errors.EXIT_CODES`): 0 a normal end
 (duration reached, recording ended), 1 an unexpected error, 2 a bad config, 3 stopped
@@ -38,6 +47,7 @@ closed), 130 Ctrl-C, 131 SIGQUIT, 143 SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -122,6 +132,7 @@ def run_loop(
     show = StatusLine(config, source.info)  # the live status line
     watchdog = Watchdog(max(2 * opts.watchdog_s, 0.25), lambda: _emergency_off(stimulator, stop))
     watchdog.start()
+    gc.freeze()  # the heap so far, out of the garbage collector's walks (module docstring)
     try:
         while True:
             # 1. read (short timeout: stop requests and stalls are seen at once)
@@ -201,6 +212,7 @@ def run_loop(
         out.end_with(exc)
     finally:
         watchdog.stop()
+        gc.unfreeze()
         _all_off(out, stimulator, chain, last_time, pub)
         _tell(out, chain.inputs.finish(), say, pub)  # nothing the checks found goes unsaid
         out.stop_wall = stop.wall

@@ -109,6 +109,9 @@ def test_latency_bench_command_measures_cusum_when_asked():
     assert "detector cusum" in r.stdout.splitlines()[0]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["detector"] == "cusum" and out["triggered"] >= 1
+    # the garbage collector's pauses in the loop are measured and printed
+    assert out["gc_collections"] >= out["gc_full_collections"] >= 0
+    assert f"garbage collections during the session: {out['gc_collections']} " in r.stdout
 
 
 def test_bench_replay_times_this_closedloop_from_a_folder_holding_another(tmp_path):
