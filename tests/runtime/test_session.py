@@ -194,4 +194,3 @@ def test_a_session_from_the_config_file_and_specs_as_closedloop_run_builds_it():
         assert session.name.startswith("closedloop-biceps_triceps-")
         out = session.run(LoopOptions(duration_s=1.0))
     assert out.reason == "duration" and not session.stimulator.is_open
-
