@@ -274,6 +274,7 @@ class CusumSettings(DetectorBase):
     """
 
     h_nats: Annotated[float, Range(0.5, 1000.0)] = 18.0
+    highpass_hz: Annotated[float, Range(0.0, 10000.0)] = 30.0
     ratios: Annotated[tuple[Ratio, ...], Check(
         lambda r: 1 <= len(r) == len(set(r)),
         "at least one variance ratio above 1, each once")] = (2.0, 4.0, 8.0)

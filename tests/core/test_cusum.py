@@ -55,7 +55,7 @@ def test_the_statistic_is_pages_cusum_of_the_likelihood_ratio():
     core = det.detector
     assert core.ready[0] and det.params["whiten"] is False
     # reference: filter the whole signal at once, then Page's recursion sample by sample
-    xf = FilterBank(det.filter_settings, FS, 1).process(x)[:, 0]
+    xf = FilterBank(core.filters.settings, FS, 1).process(x)[:, 0]  # the detector's own band
     s = det.detector.settings
     first = None
     g = dict.fromkeys(s.ratios, 0.0)
@@ -80,12 +80,58 @@ def test_the_statistic_is_pages_cusum_of_the_likelihood_ratio():
     assert _onsets(events)[0] == first
 
 
+def test_the_detectors_band_starts_at_highpass_hz():
+    """The detector's own band-pass starts at ``highpass_hz`` (30 Hz) unless ``[filters]``
+    starts higher; 0 keeps ``[filters]``; the display's band stays the config's; an edge
+    that does not fit below the band's top is refused, naming the setting."""
+    det = make_detector("cusum", FS, ["m"])
+    assert det.detector.filters.settings.bandpass_hz == (30.0, 450.0)
+    assert det.filter_settings.bandpass_hz == (20.0, 450.0)  # what the pipeline shows
+    assert make_detector("cusum", FS, ["m"], bandpass_hz=[50, 450]).detector.filters \
+        .settings.bandpass_hz == (50.0, 450.0)
+    assert make_detector("cusum", FS, ["m"], highpass_hz=0).detector.filters \
+        .settings.bandpass_hz == (20.0, 450.0)
+    with pytest.raises(ConfigError,
+                       match=r"highpass_hz = 95 Hz is not below .* \(90 Hz at 200 Hz\)"):
+        make_detector("cusum", 200.0, ["m"], highpass_hz=95)
+
+
+def test_a_slow_deflection_rarely_triggers_but_a_contraction_does():
+    """A 60 ms swing at 22 Hz of 4.5 rest SDs (a cable or electrode movement, like the
+    slow deflections of real rest) on ten noise seeds: through a 20 Hz edge the CUSUM
+    crosses its threshold on at least 9, through the default 30 Hz edge on at most 3;
+    a 10 dB contraction is found on every seed through both, at most 5 ms apart."""
+    t = np.arange(60) / FS
+    swings = {0: 0, 30: 0}
+    for seed in range(10):
+        rest = _rest(6.0, seed)
+        swing = rest.copy()
+        swing[3000:3060] += 4.5 * REST_SD * np.sin(2 * np.pi * 22.0 * t) * np.hanning(60)
+        contraction = rest.copy()
+        contraction[3000:4000] += _burst(1000, 10.0, seed + 10)
+        first = {}
+        for hp in (0, 30):
+            det = make_detector("cusum", FS, ["m"], highpass_hz=hp)
+            on = _onsets(_run(det, swing[:, None], 20))
+            assert all(3000 <= k < 3150 for k in on)
+            swings[hp] += bool(on)
+            det = make_detector("cusum", FS, ["m"], highpass_hz=hp)
+            on = _onsets(_run(det, contraction[:, None], 20))
+            assert len(on) == 1 and 3000 <= on[0] < 3100
+            first[hp] = on[0]
+        assert abs(first[30] - first[0]) <= 5
+    print(f"swings found: 20 Hz edge {swings[0]} of 10, 30 Hz edge {swings[30]} of 10")
+    assert swings[0] >= 9 and swings[30] <= 3
+
+
 def test_kappa_counts_independent_samples():
     """White rest: about one independent sample per sample; strongly coloured rest left
     unwhitened: far fewer, so the same threshold needs more samples of evidence."""
-    white = make_detector("cusum", FS, ["m"], whiten=False, bandpass_hz=[20, 450], notch_hz=0)
+    white = make_detector("cusum", FS, ["m"], whiten=False, bandpass_hz=[20, 450], notch_hz=0,
+                          highpass_hz=0)
     white.process(_rest(1.0)[:, None])
-    coloured = make_detector("cusum", FS, ["m"], whiten=False, bandpass_hz=[20, 60], notch_hz=0)
+    coloured = make_detector("cusum", FS, ["m"], whiten=False, bandpass_hz=[20, 60], notch_hz=0,
+                             highpass_hz=0)
     coloured.process(_rest(1.0)[:, None])
     assert white.detector.ready[0] and coloured.detector.ready[0]
     print(f"kappa white-ish {white.detector.kappa[0]:.2f}, "
@@ -93,7 +139,8 @@ def test_kappa_counts_independent_samples():
     assert white.detector.kappa[0] > 0.5
     assert coloured.detector.kappa[0] < 0.5 * white.detector.kappa[0]
     # whitening learnt at rest gives back most of the independent samples
-    whitened = make_detector("cusum", FS, ["m"], bandpass_hz=[20, 60], notch_hz=0, ar_order=6)
+    whitened = make_detector("cusum", FS, ["m"], bandpass_hz=[20, 60], notch_hz=0, ar_order=6,
+                             highpass_hz=0)
     whitened.process(_rest(1.0)[:, None])
     assert whitened.detector.kappa[0] > coloured.detector.kappa[0]
 
