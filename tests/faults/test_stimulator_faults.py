@@ -205,3 +205,30 @@ def test_a_device_that_stays_busy_ends_the_session_all_off(tmp_path, config, emu
     assert emulator.running_channels == {} and emulator.watchdog_expiries == 0
     assert rec.report.ok, rec.report.summary()
     assert_recording_ends_off(rec.session())
+
+
+def test_a_device_at_its_max_response_time_keeps_a_session_with_the_run_watchdog(config):
+    """A compliant RehaStim2 may take its MaxResponseTime (100 ms, DOC2 Table 7) for every
+    answer; the first stimulation of an attempt then blocks the loop for two transactions
+    (InitChannelListMode, StartChannelListMode), every later level for one. With the
+    watchdog ``closedloop run`` uses (the config's ``watchdog_ms``, its backstop 0.25 s)
+    the session still runs to its end, stimulating, and stops all off: a slow device is
+    not taken for a hung loop. (A third transaction, the stop before a new frequency, never
+    comes: closedloop refuses programs with two rates for the RehaStim2.)"""
+    from closedloop.runtime.loop import run_loop
+
+    emu = RehaStim2Emulator(init_interval_s=0.1, response_delay_s=sm.MAX_RESPONSE_TIME_S)
+    emu.start()
+    try:
+        src, _ = sim_session(config, SCRIPT, artifacts=False)
+        src.realtime = True
+        with RehaStim2(emu.path, channels=(1, 2)) as driver:  # the command line's waits
+            out = run_loop(config, src, driver, options=LoopOptions(
+                duration_s=4.0, watchdog_s=config.session.watchdog_ms / 1000.0))
+        assert (out.reason, out.exit_code) == ("duration", 0), out.message
+        assert sum(c.is_on for c in out.commands) >= 5 and out.all_off
+        assert emu.violations == [] and emu.running_channels == {}
+        inits = [r for r in emu.received if r.cmd == sm.Command.INIT_CHANNEL_LIST_MODE]
+        assert inits and all(r.result == 0 for r in emu.received if r.answer)
+    finally:
+        emu.stop()
