@@ -100,6 +100,7 @@ from __future__ import annotations
 import csv
 import functools
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -621,7 +622,10 @@ def shared_recordings(data_dir: str | Path) -> list[Recording]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(spec: SimSpec | FileSpec | SharedSpec) -> Recording:
+def _load_cached(spec: SimSpec | FileSpec | SharedSpec, call: str) -> Recording:
+    """``spec`` loaded once per :func:`evaluate` call (``call``, its token) in each process
+    that runs its tasks: its detectors share one reading, and a later call reads the file
+    again (it, or a sidecar beside it, may have changed; a Dask worker lives on)."""
     if isinstance(spec, SimSpec):
         return simulated_recording(spec.snr_db, spec.minutes, spec.seed)
     if isinstance(spec, SharedSpec):
@@ -631,8 +635,8 @@ def _load_cached(spec: SimSpec | FileSpec | SharedSpec) -> Recording:
     return rec if spec.name is None else Recording(**{**_fields(rec), "name": spec.name})
 
 
-def _load(spec: Recording | SimSpec | FileSpec | SharedSpec) -> Recording:
-    return spec if isinstance(spec, Recording) else _load_cached(spec)
+def _load(spec: Recording | SimSpec | FileSpec | SharedSpec, call: str) -> Recording:
+    return spec if isinstance(spec, Recording) else _load_cached(spec, call)
 
 
 # -- detector specs ------------------------------------------------------------------------
@@ -883,9 +887,9 @@ def _row(recording: str, detector: str, group: str, score: Score | None, n_detec
     )
 
 
-def _task(task: tuple[Any, DetectorSpec, float]) -> tuple[Row, str]:
-    rec_spec, det_spec, chunk_s = task
-    rec = _load(rec_spec)
+def _task(task: tuple[Any, DetectorSpec, float, str]) -> tuple[Row, str]:
+    rec_spec, det_spec, chunk_s, call = task
+    rec = _load(rec_spec, call)
     events = run_detector(det_spec, rec, chunk_s=chunk_s)
     n_on = sum(e.kind == ONSET for e in events)
     score = score_recording(rec, events)
@@ -1077,11 +1081,12 @@ def evaluate(
                 if isinstance(r, SharedSpec) else r for r in recs]
     from closedloop.runtime.batch import run_batch
 
-    tasks = [(r, d, chunk_s) for r in recs for d in specs]
+    call = os.urandom(8).hex()  # this call's readings (see _load_cached)
+    tasks = [(r, d, chunk_s, call) for r in recs for d in specs]
     results = run_batch(_task, tasks, jobs=jobs, cluster=cluster, progress=progress)
     rows: list[Row] = []
     failed: list[Row] = []
-    for (rec_spec, det, _), res in zip(tasks, results, strict=True):
+    for (rec_spec, det, _, _), res in zip(tasks, results, strict=True):
         if res.ok:
             rows.append(res.value[0])
             continue

@@ -259,7 +259,7 @@ def test_a_bids_dataset_is_its_emg_files_only(tmp_path):
     # the triceps marked bad: its onsets are neither detected nor references
     (emg / "sub-07_task-reach_channels.tsv").write_text(
         "name\ttype\tunits\tstatus\nbiceps\tEMG\tmV\tgood\ntriceps\tEMG\tmV\tbad\n")
-    ev._load_cached.cache_clear()  # the same file, read again
+    # the same file, read again by the next evaluate() in this process (no stale copy)
     rec = load_recording(npz)
     on_triceps = sum(c == "triceps" for _, c in rec.reference)
     assert 0 < on_triceps < len(rec.reference)
