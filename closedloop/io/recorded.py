@@ -25,6 +25,23 @@ def with_legacy_kind(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The cusum band-pass edge of recordings whose ``[detector]`` does not name one: before
+#: ``highpass_hz`` existed, cusum ran the ``[filters]`` band as it was (``highpass_hz = 0``;
+#: the default is now 30 Hz, which would decide some onsets a sample or more apart).
+LEGACY_CUSUM_HIGHPASS_HZ = 0.0
+
+
+def with_legacy_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`with_legacy_kind`, and a cusum ``[detector]`` without ``highpass_hz`` given
+    :data:`LEGACY_CUSUM_HIGHPASS_HZ` (see there)."""
+    out = with_legacy_kind(data)
+    detector = out.get("detector")
+    if (isinstance(detector, Mapping) and detector.get("kind") == "cusum"
+            and "highpass_hz" not in detector):
+        out["detector"] = {**detector, "highpass_hz": LEGACY_CUSUM_HIGHPASS_HZ}
+    return out
+
+
 #: The name a recorded config without one is read with: configs named ``""`` were
 #: accepted before names were checked, and their sessions were named so then
 #: (:meth:`closedloop.identity.SessionId.new`).
@@ -32,9 +49,9 @@ LEGACY_NAME = "session"
 
 
 def _as_recorded(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A recorded config's data as the session ran it: :func:`with_legacy_kind`, and a
-    blank name read as :data:`LEGACY_NAME` (the recording stays replayable)."""
-    out = with_legacy_kind(data)
+    """A recorded config's data as the session ran it: :func:`with_legacy_settings`, and
+    a blank name read as :data:`LEGACY_NAME` (the recording stays replayable)."""
+    out = with_legacy_settings(data)
     if isinstance(out.get("name"), str) and not out["name"].strip():
         out["name"] = LEGACY_NAME
     return out
@@ -84,5 +101,6 @@ def recorded_config(session: Any, config_path: str | None = None) -> Config:
     return default_config(session.channels)
 
 
-__all__ = ["LEGACY_DETECTOR", "LEGACY_NAME", "loads_recorded", "recorded_config",
-           "recorded_detector_kind", "with_legacy_kind"]
+__all__ = ["LEGACY_CUSUM_HIGHPASS_HZ", "LEGACY_DETECTOR", "LEGACY_NAME", "loads_recorded",
+           "recorded_config", "recorded_detector_kind", "with_legacy_kind",
+           "with_legacy_settings"]

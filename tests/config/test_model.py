@@ -238,3 +238,29 @@ def test_a_recording_made_with_a_blank_name_still_reads_its_config():
         config = recorded_config(old)
         assert config.name == LEGACY_NAME == "session"
         assert config.muscle_names == ("biceps", "triceps")
+
+
+def test_a_cusum_recording_made_before_highpass_hz_reads_the_band_it_ran():
+    """Before ``highpass_hz`` existed, cusum ran the ``[filters]`` band: a recorded cusum
+    config without it (resolved, or TOML text) reads as ``highpass_hz = 0``; a recorded
+    config with it, and a config file the user gives, keep theirs (30 Hz by default)."""
+    from types import SimpleNamespace
+
+    from closedloop.io.recorded import LEGACY_CUSUM_HIGHPASS_HZ, recorded_config
+
+    config = load_config(SHIPPED)
+    assert config.detector_kind == "cusum" and config.detector.highpass_hz == 30.0
+    resolved = json.loads(json.dumps(config.resolved))
+    before = {**resolved, "detector": {k: v for k, v in resolved["detector"].items()
+                                       if k != "highpass_hz"}}
+    text = SHIPPED.read_text()
+    old_text = "\n".join(line for line in text.splitlines()
+                         if not line.startswith("highpass_hz"))
+    cases = (({"resolved_config": before}, "", LEGACY_CUSUM_HIGHPASS_HZ),
+             ({}, old_text, LEGACY_CUSUM_HIGHPASS_HZ),
+             ({"resolved_config": resolved}, "", 30.0),
+             ({}, text, 30.0))
+    for metadata, config_text, hz in cases:
+        rec = SimpleNamespace(path=Path("r.xdf"), metadata=metadata, config_text=config_text)
+        assert recorded_config(rec).detector.highpass_hz == hz
+    assert LEGACY_CUSUM_HIGHPASS_HZ == 0.0

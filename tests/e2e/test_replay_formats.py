@@ -54,3 +54,22 @@ def test_both_formats_replay_the_same_in_any_chunks(new_recording, which, chunk)
     assert check(session, small) is None and check(session, large) is None
     assert [(e.sample, e.kind) for e in small.events] == [(e.sample, e.kind)
                                                           for e in large.events]
+
+
+#: A cusum session recorded (30 s, the shipped biceps/triceps config, seed 0) by
+#: closedloop at fffcf55, before cusum had ``highpass_hz``: its recorded config names none.
+CUSUM_BEFORE = ROOT / "tests" / "data" / "cusum_before_highpass.xdf"
+
+
+def test_a_cusum_recording_made_before_the_30_hz_edge_replays_exactly(tmp_path, capsys):
+    """It replays with the band it ran (``--check`` passes); the same recording under
+    today's shipped config (30 Hz edge) decides differently, so the legacy reading is
+    what makes the check pass."""
+    session = load_session(CUSUM_BEFORE)
+    assert "highpass_hz" not in session.metadata["resolved_config"]["detector"]
+    assert session.metadata["resolved_config"]["detector"]["kind"] == "cusum"
+    assert main(["replay", str(CUSUM_BEFORE), "--check", "--quiet"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    _, _, today = replay_file(str(CUSUM_BEFORE), config_path=str(
+        ROOT / "configs" / "biceps_triceps.toml"), session=session)
+    assert check(session, today) is not None
