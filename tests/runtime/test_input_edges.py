@@ -94,10 +94,13 @@ def test_10_ms_of_absurd_values_then_an_attempt_1_s_later(config, value):
     clean, *_ = stimulated_session(config, script, {}, 6.5)
     assert out.exit_code == 0 and out.all_off
     assert_all_off(stim)
-    # the attempt, and only it, triggers: as early as without the stretch
-    assert onsets(out) == onsets(clean) and onsets(out) == pytest.approx([5.01], abs=0.06)
-    assert [s / FS for s in on_samples(out.commands)] == \
-        [s / FS for s in on_samples(clean.commands)]
+    # the attempt, and only it, triggers: as early as without the stretch, to within a
+    # sample (the suspended blocks stay out of the detector's rest estimate, and a rest
+    # estimate of fewer blocks can move the crossing by a sample)
+    assert onsets(out) == pytest.approx(onsets(clean), abs=1.01 / FS)
+    assert onsets(out) == pytest.approx([5.01], abs=0.06)
+    assert len(on_samples(out.commands)) == len(on_samples(clean.commands)) == 1
+    assert abs(on_samples(out.commands)[0] - on_samples(clean.commands)[0]) <= 1
     if value in (np.inf, 1e300):
         words, kind = r"channel biceps: (NaN/inf|values beyond ±1e\+100) .*from sample 8000", \
             "nonfinite"
