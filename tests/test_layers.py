@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "closedloop"
 LAYERS: list[tuple[str, ...]] = [
     ("closedloop.errors",),
     ("closedloop.device", "closedloop.registry", "closedloop.units", "closedloop.identity",
-     "closedloop.children"),
+     "closedloop.children", "closedloop.discovery"),
     ("closedloop.config",),
     ("closedloop.core", "closedloop.sim"),
     ("closedloop.stim",),

@@ -1,8 +1,9 @@
 """What is on the LSL network, and what a stream says about itself.
 
-The discovery helpers every layer from :mod:`closedloop.io` up shares: a one-line
-description of a stream (:func:`describe_stream`), the list of every visible stream
-(:func:`list_streams`, printed when a stream a user asked for is missing), the
+The discovery helpers every layer from :mod:`closedloop.io` up shares: the streams
+matching a predicate (:func:`~closedloop.discovery.find_streams`, re-exported), a
+one-line description of a stream (:func:`describe_stream`), the list of every visible
+stream (:func:`list_streams`, printed when a stream a user asked for is missing), the
 channel fields of a stream's description (:func:`channel_field`) and the session a
 closedloop stream belongs to (:func:`own_session`). The EMG source
 (:mod:`closedloop.sources.lsl`) and the recorder (:mod:`closedloop.io.recorder`) both
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import pylsl
 
+from closedloop.discovery import find_streams
+
+__all__ = ["channel_field", "describe_stream", "find_streams", "list_streams", "own_session"]
 
 def describe_stream(info: pylsl.StreamInfo) -> str:
     """One line naming a stream: name, type, source_id, channels, rate, host."""
@@ -26,7 +30,7 @@ def describe_stream(info: pylsl.StreamInfo) -> str:
 
 def list_streams(wait: float = 1.0) -> list[str]:
     """Describe every LSL stream visible within ``wait`` seconds."""
-    return [describe_stream(i) for i in pylsl.resolve_streams(wait)]
+    return [describe_stream(i) for i in find_streams(None, wait)]
 
 
 def channel_field(info: pylsl.StreamInfo, field: str) -> list[str]:

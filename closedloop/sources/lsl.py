@@ -43,7 +43,6 @@ The inlet is created with ``recover=False``, so a vanished outlet raises liblsl'
 
 from __future__ import annotations
 
-import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -56,7 +55,13 @@ from pylsl.util import TimeoutError as LslTimeoutError
 from closedloop.core.stream import Chunk, SourceInfo, sample_format
 from closedloop.errors import ConfigError, DeviceLostError
 from closedloop.identity import OWN_STREAM_XPATH, xpath_literal
-from closedloop.io.lsl import channel_field, describe_stream, list_streams, own_session
+from closedloop.io.lsl import (
+    channel_field,
+    describe_stream,
+    find_streams,
+    list_streams,
+    own_session,
+)
 from closedloop.sources.base import Source
 
 #: Label of the channel that carries a sample counter instead of EMG.
@@ -243,41 +248,29 @@ class LslSource(Source):
 
     def _resolve(self, pred: str) -> list[pylsl.StreamInfo]:
         """Every stream matching ``pred``, waiting up to ``resolve_timeout`` for the
-        first; [] when none appeared.
+        first; [] when none appeared (:func:`~closedloop.discovery.find_streams`).
 
-        A background resolver is asked every :data:`RESOLVE_POLL_S`, so a stop asked for
-        meanwhile (:attr:`cancelled`) ends the wait at once (a ``resolve_bypred`` call
-        cannot be interrupted, and now and then takes seconds longer than its timeout).
-        Once one stream answered, others get :data:`RESOLVE_MORE_S` to answer too.
+        A stop asked for meanwhile (:attr:`cancelled`) ends the wait at once. Once one
+        stream answered, others get :data:`RESOLVE_MORE_S` to answer too.
 
         Raises
         ------
         DeviceLostError
             The wait was cancelled.
         """
-        resolver = pylsl.ContinuousResolver(pred=pred)
-        start = time.monotonic()
-        found: list[pylsl.StreamInfo] = []
-        first = math.inf
-        while True:
-            now = time.monotonic()
-            found = resolver.results() or found
-            if found and first == math.inf:
-                first = now
-            if now - first >= RESOLVE_MORE_S or (not found and now - start >= self.resolve_timeout):
-                return found
-            if self.cancelled():
-                raise DeviceLostError(f"stopped while waiting for the LSL stream "
-                                      f"{self.selector}")
-            time.sleep(RESOLVE_POLL_S)
+        found = find_streams(pred, self.resolve_timeout, settle=RESOLVE_MORE_S,
+                             stop=self.cancelled)
+        if self.cancelled():
+            raise DeviceLostError(f"stopped while waiting for the LSL stream {self.selector}")
+        return found
 
     def _not_found(self, match: str) -> str:
         """Why nothing matched: the streams visible, and closedloop's own that matched."""
         others = list_streams(1.0)
         listing = "\n  ".join(others) if others else "(no LSL stream at all)"
         msg = f"no LSL stream with {self.selector} within {self.resolve_timeout:g} s. "
-        own = [] if self.prop == "source_id" else pylsl.resolve_bypred(
-            f"{match} and {OWN_STREAM_XPATH}", 1000, 0.5)
+        own = [] if self.prop == "source_id" else find_streams(
+            f"{match} and {OWN_STREAM_XPATH}", 0.5)
         if own:
             msg += (
                 f"{len(own)} stream(s) with {self.selector} are closedloop sessions' own "

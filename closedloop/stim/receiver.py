@@ -38,6 +38,7 @@ from typing import Any
 
 import pylsl
 
+from closedloop.discovery import find_streams
 from closedloop.errors import EXIT_CODES as SESSION_CODES
 from closedloop.errors import ConfigError, DeviceLostError
 from closedloop.identity import xpath_literal
@@ -282,16 +283,15 @@ class StimReceiver:
             receiver understands.
         """
         pred = stimulator_predicate(self.session)
-        found = pylsl.resolve_bypred(pred, 1, self.wait_s)
+        # once one answered, look briefly for others: two streams claiming one session
+        # are one too many (a copy, or an impostor): follow neither
+        found = find_streams(pred, self.wait_s, settle=0.5)
         if not found:
             who = f"of session {self.session!r}" if self.session else "at all"
             raise DeviceLostError(
                 f"no closedloop stimulator stream {who} within {self.wait_s:g} s; start the "
                 "session with --stimulator lsl, and check the session name it printed"
             )
-        # liblsl returns as soon as one answered: look briefly for others. Two streams
-        # claiming one session are one too many (a copy, or an impostor): follow neither.
-        found = pylsl.resolve_bypred(pred, 1000, 0.5) or found
         if len(found) > 1:
             listing = "\n  ".join(
                 f"stream {i.name()!r} on host {i.hostname()!r}, source_id "

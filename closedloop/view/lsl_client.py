@@ -85,6 +85,7 @@ from closedloop.core.checks import IssueKind, hold_nonfinite
 from closedloop.core.envelope import Envelope, level_settings
 from closedloop.core.events import Event
 from closedloop.core.filters import FilterBank
+from closedloop.discovery import find_streams
 from closedloop.errors import ClosedLoopError
 from closedloop.io import outlets as lo
 from closedloop.io.outlets import SessionTally
@@ -418,17 +419,17 @@ class SessionClient:
         newest = max(infos, key=lambda i: i.created_at())
         return _uid(newest.source_id())
 
-    def _resolve_role(self, uid: str, role: str, timeout: float) -> pylsl.StreamInfo | None:
-        found = pylsl.resolve_bypred(f"source_id='closedloop.{uid}.{role}'", 1, timeout)
-        return found[0] if found else None
-
     def _subscribe(self, uid: str) -> None:
-        emg_info = self._resolve_role(uid, lo.ROLE_EMG, 2.0)
-        if emg_info is None:
+        # every stream of the session in one look (a missing role costs no timeout)
+        found = find_streams(f"starts-with(source_id,'closedloop.{uid}.')", 2.0,
+                             minimum=len(lo.STREAMS), settle=0.5, stop=self._stop.is_set)
+        by_role = {i.source_id().split(".", 2)[2]: i for i in found
+                   if i.source_id().count(".") >= 2}
+        if lo.ROLE_EMG not in by_role:
             raise ClosedLoopError(f"the EMG stream of session {uid} disappeared")
         inlets: dict[str, pylsl.StreamInlet] = {}
         for role in lo.STREAMS:
-            info = emg_info if role == lo.ROLE_EMG else self._resolve_role(uid, role, 0.5)
+            info = by_role.get(role)
             if info is None:
                 continue
             # buffer: 30 s of a regular stream, 3000 samples of a marker stream

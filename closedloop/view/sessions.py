@@ -25,6 +25,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from closedloop.discovery import find_streams
 from closedloop.errors import ConfigError
 from closedloop.io import outlets as lo
 
@@ -116,7 +117,7 @@ def running_sessions(timeout: float = 1.5) -> list[RunningSession]:
         Seconds to look for them (LSL answers within a fraction of a second on one
         computer; a network may take longer).
     """
-    found = pylsl.resolve_bypred(SESSION_PREDICATE, 0, timeout)
+    found = find_streams(SESSION_PREDICATE, timeout)
     out = []
     for info in sorted(found, key=lambda i: i.created_at()):
         parts = info.source_id().split(".")
