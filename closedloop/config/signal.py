@@ -294,6 +294,7 @@ class CusumSettings(DetectorBase):
     history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
     artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 50.0
     artifact_max_ms: Annotated[float, Range(0.0, 1000.0)] = 20.0
+    rest_skips_ringing: Flag = True
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -30,15 +30,23 @@ def with_legacy_kind(data: Mapping[str, Any]) -> dict[str, Any]:
 #: the default is now 30 Hz, which would decide some onsets a sample or more apart).
 LEGACY_CUSUM_HIGHPASS_HZ = 0.0
 
+#: What cusum did before each of these keys existed, for a recorded ``[detector]`` that
+#: does not name it (a default that changes decisions would otherwise replay an earlier
+#: session differently from how it ran): ``highpass_hz`` (above); ``rest_skips_ringing``:
+#: the block after an artefact hold, where the band-pass rings, entered the rest estimate.
+LEGACY_CUSUM: dict[str, Any] = {
+    "highpass_hz": LEGACY_CUSUM_HIGHPASS_HZ,
+    "rest_skips_ringing": False,
+}
+
 
 def with_legacy_settings(data: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`with_legacy_kind`, and a cusum ``[detector]`` without ``highpass_hz`` given
-    :data:`LEGACY_CUSUM_HIGHPASS_HZ` (see there)."""
+    """:func:`with_legacy_kind`, and a cusum ``[detector]`` given the :data:`LEGACY_CUSUM`
+    value of every key it does not name (see there)."""
     out = with_legacy_kind(data)
     detector = out.get("detector")
-    if (isinstance(detector, Mapping) and detector.get("kind") == "cusum"
-            and "highpass_hz" not in detector):
-        out["detector"] = {**detector, "highpass_hz": LEGACY_CUSUM_HIGHPASS_HZ}
+    if isinstance(detector, Mapping) and detector.get("kind") == "cusum":
+        out["detector"] = {**LEGACY_CUSUM, **detector}
     return out
 
 

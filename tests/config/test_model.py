@@ -264,3 +264,31 @@ def test_a_cusum_recording_made_before_highpass_hz_reads_the_band_it_ran():
         rec = SimpleNamespace(path=Path("r.xdf"), metadata=metadata, config_text=config_text)
         assert recorded_config(rec).detector.highpass_hz == hz
     assert LEGACY_CUSUM_HIGHPASS_HZ == 0.0
+
+
+def test_a_cusum_recording_made_before_rest_skips_ringing_reads_it_off():
+    """Before ``rest_skips_ringing`` existed, the block after an artefact hold entered the
+    rest estimate: a recorded cusum config without the key (resolved, or TOML text) reads
+    it as false; one with it, and a config file the user gives, keep theirs (true by
+    default)."""
+    from types import SimpleNamespace
+
+    from closedloop.io.recorded import LEGACY_CUSUM, recorded_config
+
+    config = load_config(SHIPPED)
+    assert config.detector_kind == "cusum" and config.detector.rest_skips_ringing is True
+    resolved = json.loads(json.dumps(config.resolved))
+    assert resolved["detector"]["rest_skips_ringing"] is True
+    before = {**resolved, "detector": {k: v for k, v in resolved["detector"].items()
+                                       if k != "rest_skips_ringing"}}
+    text = SHIPPED.read_text()
+    assert "rest_skips_ringing" not in text  # the default: older texts read as before
+    off = {**resolved, "detector": {**resolved["detector"], "rest_skips_ringing": False}}
+    cases = (({"resolved_config": before}, "", False),
+             ({}, text, False),
+             ({"resolved_config": resolved}, "", True),
+             ({"resolved_config": off}, "", False))
+    for metadata, config_text, skips in cases:
+        rec = SimpleNamespace(path=Path("r.xdf"), metadata=metadata, config_text=config_text)
+        assert recorded_config(rec).detector.rest_skips_ringing is skips
+    assert LEGACY_CUSUM["rest_skips_ringing"] is False

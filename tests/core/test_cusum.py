@@ -252,6 +252,25 @@ def test_an_impulsive_artefact_does_not_trigger(ms, height):
     assert len(ons) == 1 and 5000 <= ons[0] <= 5060
 
 
+def test_the_ringing_after_a_hold_stays_out_of_the_rest_estimate():
+    """The evidence stays frozen for 50 ms after an artefact hold while the band-pass rings
+    on its edges; with ``rest_skips_ringing`` the blocks those 50 ms touch stay out of the
+    rest estimate too (here the hold's block and the next), without it only the hold's."""
+    x = _rest(8.0, 4)
+    knocked = x.copy()
+    n = 5  # a 5 ms knock from 4.0 s: held within block 80, rings into block 81 (50 ms each)
+    knocked[4000 : 4000 + n] += 300 * REST_SD * np.hanning(n + 2)[1:-1]
+    rested = {}
+    for skips in (True, False):
+        for name, sig in (("clean", x), ("knock", knocked)):
+            det = make_detector("cusum", FS, ["m"], rest_skips_ringing=skips)
+            assert _onsets(_run(det, sig[:, None], 7)) == []
+            rested[skips, name] = int(det.detector._n_rest[0])
+    assert rested[True, "clean"] == rested[False, "clean"]
+    assert rested[True, "clean"] - rested[True, "knock"] == 2
+    assert rested[False, "clean"] - rested[False, "knock"] == 1
+
+
 def test_a_strong_sharp_contraction_is_not_held_as_an_artefact():
     """A contraction whose first samples jump far above rest is let through after at
     most artifact_max_ms: found, at most that much later."""

@@ -73,3 +73,27 @@ def test_a_cusum_recording_made_before_the_30_hz_edge_replays_exactly(tmp_path, 
     _, _, today = replay_file(str(CUSUM_BEFORE), config_path=str(
         ROOT / "configs" / "biceps_triceps.toml"), session=session)
     assert check(session, today) is not None
+
+
+#: A cusum session with knocks (``tests/data/make_cusum_knocks.py ... 100 gate-off``, 30 s)
+#: recorded by closedloop at 5825859, before ``rest_skips_ringing``: the block after each
+#: artefact hold, where the band-pass rings, entered its rest estimate.
+KNOCKS_BEFORE = ROOT / "tests" / "data" / "cusum_knocks_before_ringing.xdf"
+
+
+def test_a_cusum_recording_made_before_rest_skips_ringing_replays_exactly(tmp_path, capsys):
+    """It replays as it ran (``--check`` passes); its own config with today's
+    ``rest_skips_ringing = true`` decides an onset a sample apart, so the legacy reading is
+    what makes the check pass."""
+    session = load_session(KNOCKS_BEFORE)
+    detector = session.metadata["resolved_config"]["detector"]
+    assert detector["kind"] == "cusum" and "rest_skips_ringing" not in detector
+    assert main(["replay", str(KNOCKS_BEFORE), "--check", "--quiet"]) == 0
+    assert "check passed" in capsys.readouterr().out
+    text = session.config_text
+    assert text.count("[detector]") == 1
+    today = tmp_path / "today.toml"
+    today.write_text(text.replace("[detector]", "[detector]\nrest_skips_ringing = true", 1))
+    _, config, out = replay_file(str(KNOCKS_BEFORE), config_path=str(today), session=session)
+    assert config.detector.rest_skips_ringing
+    assert check(session, out) is not None

@@ -17,7 +17,9 @@ Per channel, causally, sample by sample:
    sample-and-hold of the value before it, which lasts while the signal stays that far
    from the held value, so the band-pass never rings on it; the evidence (steps 5-6) is
    frozen during the hold and for 50 ms after it, while the filters ring on its edges (the
-   band-pass's 20 Hz edge rings for about one period). Holds lasting ``artifact_max_ms``
+   band-pass's 30 Hz edge rings for about one period); with ``rest_skips_ringing`` (the
+   default) the blocks those 50 ms touch stay out of the rest estimate too, as the hold's
+   own blocks do (step 8). Holds lasting ``artifact_max_ms``
    in all (holds that start while the evidence is still frozen continue the same
    episode) are given up: the signal is let through and no new
    hold starts for as long again, because what lasts that long is not an impulse and a
@@ -66,11 +68,11 @@ Per channel, causally, sample by sample:
    a time, until it is quiet. The window gives the rest's autocorrelation (of the
    filtered signal, up to the whitener's order plus 10 ms of lags), from which the
    whitener, ``kappa`` and ``sigma2`` follow. After that, every idle block (no activity,
-   no artefact, the CUSUM below half its threshold) adds its autocorrelation to that
-   estimate: a running mean of all of them at first, an exponential average with a time
-   constant of ``history_s`` once that many blocks were seen (symmetric: an average that
-   falls faster than it rises sits below the mean, and a rest variance biased low is a
-   positive drift of the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted
+   no artefact hold nor its ringing, the CUSUM below half its threshold) adds its
+   autocorrelation to that estimate: a running mean of all of them at first, an
+   exponential average with a time constant of ``history_s`` once that many blocks were
+   seen (symmetric: an average that falls faster than it rises sits below the mean, and
+   a rest variance biased low is a positive drift of the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted
    again from it. So the first fifth of a second (which can hold the filters' ringing on
    the stream's start, or an electrode settling) does not decide the whole session: on
    the simulated patient, fitting once on it gave a median decision 15 ms later. The
@@ -757,6 +759,8 @@ class CusumDetector(Detector):
             self._xlag[:] = x[:, :1]
             self._started = True
         frozen = self._artifacts(x, p0, ready) if ready.any() else None
+        if frozen is not None and self.settings.rest_skips_ringing:
+            self._blk_busy |= np.logical_or.reduce(frozen, axis=1)  # held, or ringing
         if blanked is not None:  # every channel alike (frozen[c] is read per channel)
             frozen = np.broadcast_to(blanked, x.shape) | (False if frozen is None else frozen)
         ext = np.concatenate((self._xlag, x), axis=1)
