@@ -61,29 +61,28 @@ Per channel, causally, sample by sample:
    refractory_gain)``, falling linearly back to ``h_nats`` over ``refractory_ms``, so the
    tail of a contraction does not re-trigger while a new contraction still can.
 8. **Rest**: learnt from the first ``learn_ms`` after ``warmup_ms`` (filters settling),
-   in blocks of ``block_ms`` aligned to absolute sample indices. The window must be
-   quiet: its block variances within a factor ``quiet_ratio`` of each other (and, with a
-   calibration, its variance at most ``quiet_ratio`` times the calibrated rest);
-   otherwise a ``rest_not_quiet`` notice is issued and the window slides on, one block at
-   a time, until it is quiet. The window gives the rest's autocorrelation (of the
-   filtered signal, up to the whitener's order plus 10 ms of lags), from which the
-   whitener, ``kappa`` and ``sigma2`` follow. After that, every idle block (no activity,
-   no artefact hold nor its ringing, the CUSUM below half its threshold) adds its
-   autocorrelation to that estimate: a running mean of all of them at first, an
-   exponential average with a time constant of ``history_s`` once that many blocks were
-   seen (symmetric: an average that falls faster than it rises sits below the mean, and
-   a rest variance biased low is a positive drift of the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted
-   again from it. So the first fifth of a second (which can hold the filters' ringing on
-   the stream's start, or an electrode settling) does not decide the whole session: on
-   the simulated patient, fitting once on it gave a median decision 15 ms later. The
-   tracking pauses while the channel is active. If two idle blocks in a row fall below
-   ``1 / quiet_ratio`` of the rest variance first learnt, the rest that was learnt was
-   not rest (the patient was contracting when the session began): a ``rest_not_quiet``
-   notice is issued and rest is learnt again. A **calibrated** channel uses the
-   calibration's rest variance (kept fixed) and learns only the spectrum shape (the
-   whitener, ``kappa``) from the signal. (The calibration measures rest on ``[filters]``'s
-   band; real rest has 2-6 % less variance from 30 Hz, so a calibrated channel counts a
-   hair less evidence than an adaptive one.)
+   in blocks of ``block_ms`` aligned to absolute sample indices. The window must be quiet:
+   its block variances within a factor ``quiet_ratio`` of each other (and, with a
+   calibration, its variance at most ``quiet_ratio`` times the calibrated rest); otherwise a
+   ``rest_not_quiet`` notice is issued and the window slides on, one block at a time, until
+   it is quiet. The window gives the rest's autocorrelation (of the filtered signal, up to
+   the whitener's order plus 10 ms of lags), from which the whitener, ``kappa`` and
+   ``sigma2`` follow. After that, every idle block (no activity, no artefact hold nor its
+   ringing, the CUSUM below half its threshold) adds its autocorrelation to that estimate: a
+   running mean of all of them at first, an exponential average with a time constant of
+   ``history_s`` once that many blocks were seen (symmetric: an average that falls faster
+   than it rises sits below the mean, and a rest variance biased low is a positive drift of
+   the CUSUM), and the whitener, ``kappa`` and ``sigma2`` are fitted again from it. So the
+   first fifth of a second (which can hold the filters' ringing on the stream's start, or an
+   electrode settling) does not decide the whole session: on the simulated patient, fitting
+   once on it gave a median decision 15 ms later. The tracking pauses while the channel is
+   active. If two idle blocks in a row fall below ``1 / quiet_ratio`` of the rest variance
+   first learnt, the rest that was learnt was not rest (the patient was contracting when the
+   session began): a ``rest_not_quiet`` notice is issued and rest is learnt again. A
+   **calibrated** channel uses the calibration's rest variance (kept fixed) and learns only
+   the spectrum shape (the whitener, ``kappa``) from the signal. (The calibration measures
+   rest on ``[filters]``'s band; real rest has 2-6 % less variance from 30 Hz, so a
+   calibrated channel counts a hair less evidence than an adaptive one.)
 
 Chunking changes nothing: every state change happens at a block boundary or at a sample
 the data decide (an event, an artefact), the running sums are carried as sequential
