@@ -435,9 +435,10 @@ def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
     (``kind`` or ``kind/muscle``, as ``closedloop export --bids`` writes both). Marks
     whose kind is ``truth_label`` are the references (the row's ``sample``, else
     ``onset`` times the rate; its ``muscle``, or ``channel``, when it names a channel of
-    the file, else any channel); ``emg_onset``/``emg_offset``/``emg_suspend`` marks (the
-    live detector's decisions) the ``recorded`` pseudo-detector's events. Marks on a
-    channel left out as marked bad are left out too."""
+    the file, else any channel, and the note says how many named none of them);
+    ``emg_onset``/``emg_offset``/``emg_suspend`` marks (the live detector's decisions)
+    the ``recorded`` pseudo-detector's events. Marks on a channel left out as marked bad
+    are left out too."""
     from closedloop.io.edf import read_tsv, sidecar
     from closedloop.io.files import load_emg
 
@@ -462,6 +463,7 @@ def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
     ref: list[tuple[int, str]] = []
     recorded: list[Event] = []
     dropped = 0
+    unnamed: list[str] = []  # what the references named that is no channel of the file
     for where, kind, sample_text, onset, names in marks:
         if kind != truth_label and kind not in ("emg_onset", "emg_offset", "emg_suspend"):
             continue
@@ -474,6 +476,8 @@ def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
             raise InputError(f"{where}: not an onset in seconds or a sample index: "
                              f"onset {onset!r}, sample {sample_text!r}") from None
         channel = next((c for c in names if c in data.channels), ANY)
+        if kind == truth_label and channel == ANY and any(names):
+            unnamed.append(next(c for c in names if c))  # a muscle, not a channel name?
         if kind == truth_label:
             ref.append(_reference(where, sample, channel, n=len(data.samples), fs=data.fs,
                                   channels=data.channels,
@@ -483,6 +487,11 @@ def _edf_recording(path: Path, truth_label: str = "truth") -> Recording:
     note = f"references: {found}" if ref else none
     if dropped:
         note += f" ({dropped} on channels marked bad left out)"
+    if unnamed:
+        shown = ", ".join(repr(c) for c in sorted(set(unnamed))[:3])
+        more = ", ..." if len(set(unnamed)) > 3 else ""
+        note += (f"; {len(unnamed)} of them name no channel of the file ({shown}{more}; its "
+                 f"channels: {', '.join(data.channels)}): scored against any channel")
     return Recording(path.name, data.samples, data.fs, data.channels,
                      tuple(sorted(ref)) if ref else None,
                      recorded=tuple(sorted(recorded, key=lambda e: e.sample)),

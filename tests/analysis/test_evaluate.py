@@ -217,8 +217,12 @@ def test_a_bdf_alone_is_scored_against_its_own_annotations(tmp_path):
     bare = load_recording(tmp_path / "bare.bdf", truth_label="onset")
     assert bare.reference == tuple(sorted((s, ANY) for s, _ in rec.reference))
     _bdf(rec, tmp_path / "deltoid.bdf", [(1.0, "onset/deltoid")])  # no such channel: any
-    assert load_recording(tmp_path / "deltoid.bdf", truth_label="onset").reference == (
-        (int(FS), ANY),)
+    deltoid = load_recording(tmp_path / "deltoid.bdf", truth_label="onset")
+    assert deltoid.reference == ((int(FS), ANY),)
+    # and it says so: a misspelt channel would otherwise pass unnoticed
+    assert ("1 of them name no channel of the file ('deltoid'; its channels: "
+            f"{', '.join(rec.channels)}): scored against any channel") in deltoid.note
+    assert "name no channel" not in got.note and "name no channel" not in bare.note
 
 
 def test_a_bids_dataset_is_its_emg_files_only(tmp_path):
