@@ -50,6 +50,16 @@ SIGNALS = [
 ]
 
 
+def as_a_shell_starts_a_foreground_job() -> None:
+    """In the child before it runs closedloop: Ctrl-C and Ctrl-\\ at their defaults, as a
+    shell starts a foreground job. A suite started in the background by a script has
+    them ignored (POSIX), the children inherit that, and Python then leaves Ctrl-C
+    ignored (as it must under ``nohup`` or ``&``): calibrate and replay, which end on
+    Ctrl-C as Python's KeyboardInterrupt, would not see the signal these tests send."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Command:
     """``closedloop ARGS`` as a process group of its own (a terminal's foreground job);
     stdout and stderr are collected."""
@@ -58,6 +68,7 @@ class Command:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "closedloop", *args], cwd=ROOT, env=ENV,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=as_a_shell_starts_a_foreground_job,
         )
         self.out: list[str] = []
         self.err: list[str] = []
@@ -189,7 +200,8 @@ def test_closing_the_terminal_stops_run_and_finishes_the_recording(tmp_path, emu
     proc = subprocess.Popen(
         [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop",
          *run_args(emulator, "--record", str(xdf))],  # status lines on the terminal
-        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        preexec_fn=as_a_shell_starts_a_foreground_job)
     os.close(slave)
     shown: list[bytes] = []
     closing = threading.Event()
@@ -294,7 +306,8 @@ class _Terminal:
         self.master, slave = os.openpty()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _ON_A_TERMINAL, "-m", "closedloop", *args],
-            cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+            cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            preexec_fn=as_a_shell_starts_a_foreground_job)
         os.close(slave)
         self.shown = bytearray()
 
