@@ -423,6 +423,8 @@ class SessionClient:
         # every stream of the session in one look (a missing role costs no timeout)
         found = find_streams(f"starts-with(source_id,'closedloop.{uid}.')", 2.0,
                              minimum=len(lo.STREAMS), settle=0.5, stop=self._stop.is_set)
+        if self._stop.is_set():
+            return  # closed while looking: nothing to subscribe to (_pump returns at once)
         by_role = {i.source_id().split(".", 2)[2]: i for i in found
                    if i.source_id().count(".") >= 2}
         if lo.ROLE_EMG not in by_role:
