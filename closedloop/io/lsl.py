@@ -18,6 +18,7 @@ from closedloop.discovery import find_streams
 
 __all__ = ["channel_field", "describe_stream", "find_streams", "list_streams", "own_session"]
 
+
 def describe_stream(info: pylsl.StreamInfo) -> str:
     """One line naming a stream: name, type, source_id, channels, rate, host."""
     rate = info.nominal_srate()

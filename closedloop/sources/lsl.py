@@ -80,8 +80,6 @@ def _choice(info: pylsl.StreamInfo, among: list[pylsl.StreamInfo]) -> str | None
     return None
 
 
-#: How often the wait for a stream looks for it (and for a stop request), seconds.
-RESOLVE_POLL_S = 0.05
 #: After the first matching stream answered, how long the others get to answer too
 #: (several matching streams are refused: which one is meant cannot be told), seconds.
 RESOLVE_MORE_S = 0.5
