@@ -87,6 +87,7 @@ from closedloop.core.events import Event
 from closedloop.core.filters import FilterBank
 from closedloop.discovery import find_streams
 from closedloop.errors import ClosedLoopError
+from closedloop.identity import xpath_literal
 from closedloop.io import outlets as lo
 from closedloop.io.outlets import SessionTally
 from closedloop.runtime.mwaves import MWavePoint, MWaveTracker
@@ -421,7 +422,8 @@ class SessionClient:
 
     def _subscribe(self, uid: str) -> None:
         # every stream of the session in one look (a missing role costs no timeout)
-        found = find_streams(f"starts-with(source_id,'closedloop.{uid}.')", 2.0,
+        prefix = xpath_literal(f"closedloop.{uid}.")  # the uid came over the network
+        found = find_streams(f"starts-with(source_id,{prefix})", 2.0,
                              minimum=len(lo.STREAMS), settle=0.5, stop=self._stop.is_set)
         if self._stop.is_set():
             return  # closed while looking: nothing to subscribe to (_pump returns at once)

@@ -284,3 +284,19 @@ def test_a_session_from_before_restart_markers_restarts_the_level_on_recovered(c
     assert biceps.size > 30 and (0.3 < biceps).all() and (biceps < 3.0).all(), biceps
     triceps = level[at > 1000, 1] / rest[1]  # untouched
     assert (0.3 < triceps).all() and (triceps < 3.0).all(), triceps
+
+
+def test_a_stream_whose_source_id_breaks_a_query_is_still_shown():
+    """The session's uid comes over the network, inside the stream's ``source_id``: one
+    with a quote in it made the query for its streams invalid XPath, and the view never
+    connected (retrying every second). It is quoted now."""
+    name = f"quote{uuid.uuid4().hex[:8]}"
+    info = pylsl.StreamInfo(f"{name}-EMG", "EMG", 2, 1000.0, pylsl.cf_float32,
+                            f"closedloop.it's{uuid.uuid4().hex[:6]}.emg")
+    outlet = pylsl.StreamOutlet(info)
+    with SessionClient(name, window_s=5.0) as client:
+        assert client.wait_connected(10.0), client.errors
+        snap = client.snapshot()
+        assert snap.session == name and snap.channels == ("ch1", "ch2")
+        assert client.errors == []
+    del outlet
