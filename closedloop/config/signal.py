@@ -294,7 +294,10 @@ class CusumSettings(DetectorBase):
     history_s: Annotated[float, Range(0.5, 600.0)] = 10.0
     artifact_ratio: Annotated[float, Range(5.0, 1e9)] = 50.0
     artifact_max_ms: Annotated[float, Range(0.0, 1000.0)] = 20.0
+    artifact_ring_ms: Annotated[float, Range(0.0, 1000.0)] = 100.0
     rest_skips_ringing: Flag = True
+    artifact_mains_lag: Flag = True
+    hold_resets_evidence: Flag = True
 
     @model_validator(mode="after")
     def _check(self) -> Self:

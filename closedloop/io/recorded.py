@@ -33,10 +33,16 @@ LEGACY_CUSUM_HIGHPASS_HZ = 0.0
 #: What cusum did before each of these keys existed, for a recorded ``[detector]`` that
 #: does not name it (a default that changes decisions would otherwise replay an earlier
 #: session differently from how it ran): ``highpass_hz`` (above); ``rest_skips_ringing``:
-#: the block after an artefact hold, where the band-pass rings, entered the rest estimate.
+#: the block after an artefact hold, where the band-pass rings, entered the rest estimate;
+#: ``artifact_mains_lag``, ``hold_resets_evidence``, ``artifact_ring_ms``: the artefact
+#: test compared samples 5 ms apart, the evidence of a knock's rise stayed, and the
+#: evidence was frozen 50 ms after a hold.
 LEGACY_CUSUM: dict[str, Any] = {
     "highpass_hz": LEGACY_CUSUM_HIGHPASS_HZ,
     "rest_skips_ringing": False,
+    "artifact_mains_lag": False,
+    "hold_resets_evidence": False,
+    "artifact_ring_ms": 50.0,
 }
 
 

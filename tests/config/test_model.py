@@ -266,29 +266,35 @@ def test_a_cusum_recording_made_before_highpass_hz_reads_the_band_it_ran():
     assert LEGACY_CUSUM_HIGHPASS_HZ == 0.0
 
 
-def test_a_cusum_recording_made_before_rest_skips_ringing_reads_it_off():
+@pytest.mark.parametrize(("key", "before_value"), [
+    ("rest_skips_ringing", False), ("artifact_mains_lag", False),
+    ("hold_resets_evidence", False), ("artifact_ring_ms", 50.0)])
+def test_a_cusum_recording_made_before_a_key_reads_what_cusum_did_then(key, before_value):
     """Before ``rest_skips_ringing`` existed, the block after an artefact hold entered the
-    rest estimate: a recorded cusum config without the key (resolved, or TOML text) reads
-    it as false; one with it, and a config file the user gives, keep theirs (true by
-    default)."""
+    rest estimate; before ``artifact_mains_lag``, ``hold_resets_evidence`` and
+    ``artifact_ring_ms``, the artefact test compared samples 5 ms apart, kept the evidence
+    the rise gave and froze it 50 ms after the hold. A recorded cusum config without the
+    key (resolved, or TOML text) reads what cusum did then; one with it, and a config file
+    the user gives, keep theirs (the default)."""
     from types import SimpleNamespace
 
     from closedloop.io.recorded import LEGACY_CUSUM, recorded_config
 
     config = load_config(SHIPPED)
-    assert config.detector_kind == "cusum" and config.detector.rest_skips_ringing is True
+    default = getattr(config.detector, key)
+    assert config.detector_kind == "cusum" and default != before_value
     resolved = json.loads(json.dumps(config.resolved))
-    assert resolved["detector"]["rest_skips_ringing"] is True
+    assert resolved["detector"][key] == default
     before = {**resolved, "detector": {k: v for k, v in resolved["detector"].items()
-                                       if k != "rest_skips_ringing"}}
+                                       if k != key}}
     text = SHIPPED.read_text()
-    assert "rest_skips_ringing" not in text  # the default: older texts read as before
-    off = {**resolved, "detector": {**resolved["detector"], "rest_skips_ringing": False}}
-    cases = (({"resolved_config": before}, "", False),
-             ({}, text, False),
-             ({"resolved_config": resolved}, "", True),
-             ({"resolved_config": off}, "", False))
-    for metadata, config_text, skips in cases:
+    assert key not in text  # the default: older texts read as before
+    set_so = {**resolved, "detector": {**resolved["detector"], key: before_value}}
+    cases = (({"resolved_config": before}, "", before_value),
+             ({}, text, before_value),
+             ({"resolved_config": resolved}, "", default),
+             ({"resolved_config": set_so}, "", before_value))
+    for metadata, config_text, value in cases:
         rec = SimpleNamespace(path=Path("r.xdf"), metadata=metadata, config_text=config_text)
-        assert recorded_config(rec).detector.rest_skips_ringing is skips
-    assert LEGACY_CUSUM["rest_skips_ringing"] is False
+        assert getattr(recorded_config(rec).detector, key) == value
+    assert LEGACY_CUSUM[key] == before_value

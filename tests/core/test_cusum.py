@@ -253,9 +253,10 @@ def test_an_impulsive_artefact_does_not_trigger(ms, height):
 
 
 def test_the_ringing_after_a_hold_stays_out_of_the_rest_estimate():
-    """The evidence stays frozen for 50 ms after an artefact hold while the band-pass rings
-    on its edges; with ``rest_skips_ringing`` the blocks those 50 ms touch stay out of the
-    rest estimate too (here the hold's block and the next), without it only the hold's."""
+    """The evidence stays frozen for ``artifact_ring_ms`` after an artefact hold while the
+    band-pass rings on its edges; with ``rest_skips_ringing`` the blocks those ms touch stay
+    out of the rest estimate too (here, with 50 ms, the hold's block and the next), without
+    it only the hold's."""
     x = _rest(8.0, 4)
     knocked = x.copy()
     n = 5  # a 5 ms knock from 4.0 s: held within block 80, rings into block 81 (50 ms each)
@@ -263,12 +264,54 @@ def test_the_ringing_after_a_hold_stays_out_of_the_rest_estimate():
     rested = {}
     for skips in (True, False):
         for name, sig in (("clean", x), ("knock", knocked)):
-            det = make_detector("cusum", FS, ["m"], rest_skips_ringing=skips)
+            det = make_detector("cusum", FS, ["m"], rest_skips_ringing=skips,
+                                artifact_ring_ms=50.0)
             assert _onsets(_run(det, sig[:, None], 7)) == []
             rested[skips, name] = int(det.detector._n_rest[0])
     assert rested[True, "clean"] == rested[False, "clean"]
     assert rested[True, "clean"] - rested[True, "knock"] == 2
     assert rested[False, "clean"] - rested[False, "knock"] == 1
+
+
+#: What cusum's artefact hold did before the keys of the tests below (as
+#: io.recorded.LEGACY_CUSUM reads a recording made then).
+HOLD_BEFORE = {"artifact_mains_lag": False, "hold_resets_evidence": False,
+               "artifact_ring_ms": 50.0}
+
+
+def _knocked_rest(size: float) -> tuple[float, np.ndarray]:
+    """16 s of the simulated patient's rest (10 dB, with its 10 uV of mains hum) with a
+    5 ms half-sine knock of ``size`` x its voluntary EMG RMS every 2 s from 2.3 s."""
+    fs = 2000.0
+    ps = PatientSettings(fs=fs, muscles=("m",), snr_db=10.0)
+    x = SimulatedPatient(ps, (), seed=5).read(int(16.0 * fs))[:, 0]
+    voluntary = ps.noise_rms * 10 ** (ps.snr_db / 20.0)
+    n = int(0.005 * fs)
+    knock = size * voluntary * np.sin(np.pi * (np.arange(n) + 0.5) / n)
+    for k in range(int(2.3 * fs), x.size - int(fs), int(2.0 * fs)):
+        x[k : k + n] += knock
+    return fs, x[:, None]
+
+
+@pytest.mark.parametrize("size", [30.0, 40.0, 100.0])
+def test_knocks_far_above_the_voluntary_emg_start_nothing_on_a_humming_rest(size):
+    """Knocks of 30, 40 and 100 x the voluntary EMG RMS on rest, in 7-sample chunks: no
+    onset. As cusum did before (a 5 ms lag, whose difference keeps the hum and put the
+    hold's limit above 40 x; a 50 ms freeze after it): an onset on most knocks."""
+    fs, x = _knocked_rest(size)
+    assert _onsets(_run(make_detector("cusum", fs, ["m"]), x, 7)) == []
+    assert len(_onsets(_run(make_detector("cusum", fs, ["m"], **HOLD_BEFORE), x, 7))) >= 4
+
+
+@pytest.mark.parametrize("key", sorted(HOLD_BEFORE))
+def test_each_part_of_the_artefact_hold_keeps_30x_knocks_from_deciding_onsets(key):
+    """At 30 x, each key as before alone lets some knocks through: the test on a mains
+    period's difference (the hum cancels: the limit falls below 30 x), the evidence of
+    the rise before the hold reset when it starts, the 100 ms freeze after it (the
+    filters ring on the edges the hold let in)."""
+    fs, x = _knocked_rest(30.0)
+    det = make_detector("cusum", fs, ["m"], **{key: HOLD_BEFORE[key]})
+    assert _onsets(_run(det, x, 7))
 
 
 def test_a_strong_sharp_contraction_is_not_held_as_an_artefact():
@@ -583,6 +626,21 @@ def test_whole_blocks_together_on_the_simulated_patient_to_the_bit(patient4, par
     assert sum(e.kind == ONSET for e in want["events"]) >= 4
     _assert_same_bits(got, want)
     assert taken > 0.5 * patient4.shape[0] / 100
+
+
+@pytest.mark.parametrize("chunk", [7, 10000])
+def test_knocks_held_and_their_evidence_reset_decide_alike_in_every_chunking(chunk):
+    """Knocks of 25 x on a humming rest (holds, resets of the evidence the rise gave,
+    freezes, and onsets where a knock still gets through): every path decides to the bit
+    as the per-sample one, and 7-sample chunks as one of 10,000."""
+    fs, x = _knocked_rest(25.0)
+    want, _ = _traced(x, chunk, "samples", fs, ["m"])
+    assert want["events"]  # some knocks of this size do decide onsets
+    _assert_same_bits(_traced(x, chunk, "auto", fs, ["m"])[0], want)
+    _assert_same_bits(_traced(x, chunk, "blocks", fs, ["m"])[0], want)
+    other, _ = _traced(x, 10007 - chunk, "auto", fs, ["m"])
+    assert other["events"] == want["events"]
+    np.testing.assert_array_equal(other["stat"], want["stat"])
 
 
 def test_fits_and_autocorrelations_of_many_blocks_at_once_match_one_at_a_time():

@@ -12,14 +12,24 @@ reveal first.
 
 Per channel, causally, sample by sample:
 
-1. **Impulsive artefacts out** (raw samples, before filtering): a move of the raw signal
-   by more than ``artifact_ratio`` rest SDs of its 5 ms difference, within 5 ms, starts a
-   sample-and-hold of the value before it, which lasts while the signal stays that far
-   from the held value, so the band-pass never rings on it; the evidence (steps 5-6) is
-   frozen during the hold and for 50 ms after it, while the filters ring on its edges (the
-   band-pass's 30 Hz edge rings for about one period); with ``rest_skips_ringing`` (the
-   default) the blocks those 50 ms touch stay out of the rest estimate too, as the hold's
-   own blocks do (step 8). Holds lasting ``artifact_max_ms``
+1. **Impulsive artefacts out** (raw samples, before filtering): a raw sample more than
+   ``artifact_ratio`` rest SDs of the raw signal's difference over one mains period
+   (``[filters] notch_hz``; with ``artifact_mains_lag``, the default: the hum cancels in
+   that difference, as do offset and drift, so the limit stands on the noise and the EMG
+   alone; 5 ms, a quarter period that keeps the hum, without it or without a notch) away
+   from the sample that period before starts a sample-and-hold of that earlier value,
+   which lasts while the signal stays that far from the held value, so the band-pass
+   never rings on the knock itself. The evidence (steps 5-6) is frozen during the hold
+   and for ``artifact_ring_ms`` (100 ms, at least one period) after it, while the filters
+   ring on the edges the hold let in; with ``hold_resets_evidence`` the evidence the
+   knock's rise gave before the hold started is dropped when it starts (the CUSUM
+   restarts from 0), and during the freeze a new hold is judged against the level held,
+   not against the knock's own flanks one period before. On the simulated patient at 10
+   dB (10 uV of hum), 5 ms knocks of 30 x its voluntary EMG RMS and more decide no onset
+   (``tests/core/test_cusum.py``); before these keys, knocks up to about 100 x did; smaller
+   knocks are the size of strong EMG and still can (``docs/safety.md``). With
+   ``rest_skips_ringing`` (the default) the blocks the freeze touches stay out of the rest
+   estimate too, as the hold's own blocks do (step 8). Holds lasting ``artifact_max_ms``
    in all (holds that start while the evidence is still frozen continue the same
    episode) are given up: the signal is let through and no new
    hold starts for as long again, because what lasts that long is not an impulse and a
@@ -293,8 +303,11 @@ class CusumDetector(Detector):
         self.sigma2 = np.full(n, np.nan)
         #: Per channel: effective independent samples per sample of the whitened rest.
         self.kappa = np.ones(n)
-        #: Samples between the raw values the artefact test compares (5 ms).
-        self.lag = max(1, int(round(0.005 * self.fs)))
+        #: Samples between the raw values the artefact test compares: one period of the
+        #: mains (``[filters] notch_hz``) with ``artifact_mains_lag``, else 5 ms (docstring 1).
+        mains = (filters or FilterSettings()).notch_hz
+        lag_s = 1.0 / mains if s.artifact_mains_lag and mains > 0 else 0.005
+        self.lag = max(1, int(round(lag_s * self.fs)))
         self._sd_d = np.full(n, np.nan)  # rest SD of x[k] - x[k - lag]
         self._xlag = np.zeros((n, self.lag))  # last `lag` raw samples (after the hold)
         self._started = False
@@ -303,7 +316,11 @@ class CusumDetector(Detector):
         self._art_start = np.zeros(n, dtype=np.int64)
         self._art_quiet_until = np.zeros(n, dtype=np.int64)
         self._freeze_until = np.zeros(n, dtype=np.int64)
-        self.n_ring = int(round(0.05 * self.fs))  # evidence frozen after a hold, 50 ms
+        #: Samples the evidence stays frozen after a hold, at least ``lag`` (the artefact
+        #: test looks back that far: until then it sees the hold's edges).
+        self.n_ring = max(self.lag, int(round(s.artifact_ring_ms * ms)))
+        #: Piece sample: the channels whose hold starts there (``hold_resets_evidence``).
+        self._hold_starts: dict[int, list[int]] = {}
         self._xhist = np.zeros((n, self.p))  # last p filtered samples
         k = rho.size
         self._S = np.zeros((n, k))  # bank running sums since the last reset
@@ -757,6 +774,7 @@ class CusumDetector(Detector):
         if not self._started:
             self._xlag[:] = x[:, :1]
             self._started = True
+        self._hold_starts = {}  # filled by _artifacts
         frozen = self._artifacts(x, p0, ready) if ready.any() else None
         if frozen is not None and self.settings.rest_skips_ringing:
             self._blk_busy |= np.logical_or.reduce(frozen, axis=1)  # held, or ringing
@@ -788,16 +806,29 @@ class CusumDetector(Detector):
             self._blk_busy |= self._art_on
         np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
         live = ready & ~self.suspended
-        self._detect(u, frozen, live, p0, ts, events)
+        a = 0
+        for k, chans in sorted(self._hold_starts.items()):  # hold_resets_evidence
+            if k > a:
+                self._detect(u[:, a:k], None if frozen is None else frozen[:, a:k], live,
+                             p0 + a, ts[a:k], events)
+            for c in chans:
+                if self.state[c] == IDLE:  # what the rise before the hold gave goes
+                    self._S[c] = 0.0
+                    self._M[c] = 0.0
+                    self.statistic[c] = 0.0
+            a = k
+        self._detect(u[:, a:], None if frozen is None else frozen[:, a:], live, p0 + a,
+                     ts[a:], events)
 
     def _artifacts(self, x: np.ndarray, p0: int, ready: np.ndarray) -> np.ndarray | None:
         """Sample-and-hold over impulsive artefacts, in place on raw ``x`` (docstring 1).
 
         A hold starts where the raw signal moved more than ``artifact_ratio`` rest SDs of
-        its ``lag``-sample difference (5 ms) away from where it was ``lag`` samples
-        before, and holds that earlier value. Returns where the evidence is frozen (during
-        a hold and for ``ring`` samples after it, while the band-pass rings on the hold's
-        edges), or None when nowhere."""
+        its ``lag``-sample difference (a mains period, or 5 ms) away from where it was
+        ``lag`` samples before (during a freeze: from the level held), and holds that
+        earlier value. Returns where the evidence is frozen (during a hold and for
+        ``n_ring`` samples after it, while the band-pass rings on the hold's edges), or
+        None when nowhere; :attr:`_hold_starts` gets where holds started."""
         lag = self.lag
         n = x.shape[1]
         lim = self.settings.artifact_ratio * self._sd_d  # NaN (never) while not learnt
@@ -811,6 +842,8 @@ class CusumDetector(Detector):
         if not cand.any():
             return None
         frozen = np.zeros(x.shape, dtype=bool)
+        resets = self.settings.hold_resets_evidence
+        echo_free = self.settings.artifact_mains_lag
         for c in np.flatnonzero(cand).tolist():
             freeze_until = int(self._freeze_until[c])
             held = float(self._art_held[c])
@@ -833,15 +866,22 @@ class CusumDetector(Detector):
                     else:
                         row[lag + k] = held
                         self._blk_busy[c] = True
-                elif may_start and k_abs >= quiet_until and abs(v - row[k]) > limit:
-                    if k_abs >= freeze_until:
-                        start = k_abs  # a new episode (holds within a freeze continue one)
-                    if k_abs - start >= self.n_art_max:
-                        freeze_until, quiet_until = k_abs, k_abs + self.n_art_max
-                    else:
-                        on, held = True, float(row[k])
-                        row[lag + k] = held
-                        self._blk_busy[c] = True
+                else:
+                    # where the signal was: ``lag`` samples before; within an episode's
+                    # freeze (echo_free) the level held, not the flanks of the knock a lag
+                    # before (which would start a hold again one lag after it)
+                    was = held if echo_free and k_abs < freeze_until else float(row[k])
+                    if may_start and k_abs >= quiet_until and abs(v - was) > limit:
+                        if k_abs >= freeze_until:
+                            start = k_abs  # a new episode (holds within a freeze continue one)
+                        if k_abs - start >= self.n_art_max:
+                            freeze_until, quiet_until = k_abs, k_abs + self.n_art_max
+                        else:
+                            on, held = True, was
+                            row[lag + k] = held
+                            self._blk_busy[c] = True
+                            if resets:  # the rise before it gave evidence: it goes
+                                self._hold_starts.setdefault(k, []).append(c)
                 frozen[c, k] = on or k_abs < freeze_until
             x[c] = row[lag:]
             self._freeze_until[c] = freeze_until
