@@ -59,6 +59,10 @@ class _Array(Source):
         self._info = SourceInfo("bench", fs, tuple(channels))
 
     @property
+    def position(self) -> int:
+        return self._pos
+
+    @property
     def exhausted(self) -> bool:
         return self._pos >= self.x.shape[0]
 
