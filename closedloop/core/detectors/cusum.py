@@ -319,8 +319,6 @@ class CusumDetector(Detector):
         #: Samples the evidence stays frozen after a hold, at least ``lag`` (the artefact
         #: test looks back that far: until then it sees the hold's edges).
         self.n_ring = max(self.lag, int(round(s.artifact_ring_ms * ms)))
-        #: Piece sample: the channels whose hold starts there (``hold_resets_evidence``).
-        self._hold_starts: dict[int, list[int]] = {}
         self._xhist = np.zeros((n, self.p))  # last p filtered samples
         k = rho.size
         self._S = np.zeros((n, k))  # bank running sums since the last reset
@@ -774,8 +772,7 @@ class CusumDetector(Detector):
         if not self._started:
             self._xlag[:] = x[:, :1]
             self._started = True
-        self._hold_starts = {}  # filled by _artifacts
-        frozen = self._artifacts(x, p0, ready) if ready.any() else None
+        frozen, starts = self._artifacts(x, p0, ready) if ready.any() else (None, {})
         if frozen is not None and self.settings.rest_skips_ringing:
             self._blk_busy |= np.logical_or.reduce(frozen, axis=1)  # held, or ringing
         if blanked is not None:  # every channel alike (frozen[c] is read per channel)
@@ -807,7 +804,7 @@ class CusumDetector(Detector):
         np.copyto(self._blk_u[:, f0 : f0 + n], u, where=ready[:, None])
         live = ready & ~self.suspended
         a = 0
-        for k, chans in sorted(self._hold_starts.items()):  # hold_resets_evidence
+        for k, chans in sorted(starts.items()):  # hold_resets_evidence
             if k > a:
                 self._detect(u[:, a:k], None if frozen is None else frozen[:, a:k], live,
                              p0 + a, ts[a:k], events)
@@ -820,7 +817,8 @@ class CusumDetector(Detector):
         self._detect(u[:, a:], None if frozen is None else frozen[:, a:], live, p0 + a,
                      ts[a:], events)
 
-    def _artifacts(self, x: np.ndarray, p0: int, ready: np.ndarray) -> np.ndarray | None:
+    def _artifacts(self, x: np.ndarray, p0: int,
+                   ready: np.ndarray) -> tuple[np.ndarray | None, dict[int, list[int]]]:
         """Sample-and-hold over impulsive artefacts, in place on raw ``x`` (docstring 1).
 
         A hold starts where the raw signal moved more than ``artifact_ratio`` rest SDs of
@@ -828,7 +826,8 @@ class CusumDetector(Detector):
         ``lag`` samples before (during a freeze: from the level held), and holds that
         earlier value. Returns where the evidence is frozen (during a hold and for
         ``n_ring`` samples after it, while the band-pass rings on the hold's edges), or
-        None when nowhere; :attr:`_hold_starts` gets where holds started."""
+        None when nowhere, and where holds started with ``hold_resets_evidence``
+        (piece sample: the channels whose hold starts there)."""
         lag = self.lag
         n = x.shape[1]
         lim = self.settings.artifact_ratio * self._sd_d  # NaN (never) while not learnt
@@ -839,8 +838,9 @@ class CusumDetector(Detector):
         # a very strong contraction must not be chopped into holds
         cand = ready & (self._art_on | (np.logical_or.reduce(jump, axis=1) & self._hold_ok)
                         | (self._freeze_until > p0))
+        starts: dict[int, list[int]] = {}
         if not cand.any():
-            return None
+            return None, starts
         frozen = np.zeros(x.shape, dtype=bool)
         resets = self.settings.hold_resets_evidence
         echo_free = self.settings.artifact_mains_lag
@@ -881,7 +881,7 @@ class CusumDetector(Detector):
                             row[lag + k] = held
                             self._blk_busy[c] = True
                             if resets:  # the rise before it gave evidence: it goes
-                                self._hold_starts.setdefault(k, []).append(c)
+                                starts.setdefault(k, []).append(c)
                 frozen[c, k] = on or k_abs < freeze_until
             x[c] = row[lag:]
             self._freeze_until[c] = freeze_until
@@ -889,7 +889,7 @@ class CusumDetector(Detector):
             self._art_held[c] = held
             self._art_start[c] = start
             self._art_quiet_until[c] = quiet_until
-        return frozen
+        return frozen, starts
 
     def _detect(self, u: np.ndarray, frozen: np.ndarray | None, live: np.ndarray, p0: int, ts,
                 events) -> None:
