@@ -61,26 +61,33 @@ def _view(args: argparse.Namespace, screenshot: str | None) -> int:
     demo_n = getattr(args, "demo", None)
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if not demo_n and session is None:
+        session = _pick_session()  # may ask in the terminal, where Ctrl-C ends the command
     # imported after the platform is chosen: Qt reads QT_QPA_PLATFORM when it starts
     from closedloop.runtime.demo import DemoSession
+    from closedloop.runtime.signals import stop_on_signals
     from closedloop.view.app import run_view
 
+    # Until the window takes them, a stop signal (the session that opened this view
+    # closing it, Ctrl-C) is only noted, and the window then closes at once: raised as an
+    # exception inside Qt's import it aborted the interpreter ("Fatal Python error:
+    # libshiboken/signature: could not initialize part 2") into the session's output.
     demo = None
-    if demo_n:
-        session = session or "demo"
-        demo = DemoSession(session, n_channels=int(demo_n)).start()
-    elif session is None:
-        session = _pick_session()
-    try:
-        code = run_view(
-            session,
-            on_stop=demo.stop_stimulation if demo is not None else None,
-            duration_s=getattr(args, "duration", None),
-            screenshot=screenshot,
-        )
-    finally:
-        if demo is not None:
-            demo.close()
+    with stop_on_signals() as stop:
+        try:
+            if demo_n:
+                session = session or "demo"
+                demo = DemoSession(session, n_channels=int(demo_n)).start()
+            code = run_view(
+                session,
+                on_stop=demo.stop_stimulation if demo is not None else None,
+                duration_s=getattr(args, "duration", None),
+                screenshot=screenshot,
+                stopped=stop.is_set,
+            )
+        finally:
+            if demo is not None:
+                demo.close()
     if demo is not None and demo.error is not None:
         raise ClosedLoopError(f"the demo session failed: {demo.error!r}")
     return code

@@ -40,6 +40,7 @@ def run_view(
     screenshot_after_s: float = 4.0,
     window_s: float = 10.0,
     size: tuple[int, int] | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> int:
     """Show the live view of a session until the window closes; returns an exit code.
 
@@ -59,6 +60,10 @@ def run_view(
         Seconds of signal shown.
     size : (int, int), optional
         Window size in pixels.
+    stopped : callable, optional
+        Whether a stop signal came while the view was opening (the caller noted it,
+        :func:`~closedloop.runtime.signals.stop_on_signals`): the window then closes at
+        once, as it does for one that comes while it is shown.
 
     Returns
     -------
@@ -108,6 +113,8 @@ def run_view(
             number = getattr(signal, name, None)
             if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
                 old[number] = signal.signal(number, lambda *_: win.close())
+    if stopped is not None and stopped():  # asked before the handlers above were in place
+        QtCore.QTimer.singleShot(0, win.close)
     keepalive = QtCore.QTimer()
     keepalive.start(200)
     keepalive.timeout.connect(lambda: None)

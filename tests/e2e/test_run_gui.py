@@ -116,3 +116,44 @@ def test_a_view_attached_to_a_session_ends_on_sigterm_without_a_traceback(tmp_pa
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=30)
+
+
+#: ``closedloop view`` with a stop signal sent to itself as Python starts importing the
+#: module named in argv[1] (the moment a short session, ending, closes the view it opened
+#: while the view is still importing Qt: seconds on a busy machine).
+_SIGNAL_DURING_IMPORT = """
+import os, signal, sys
+module, signame = sys.argv[1], sys.argv[2]
+class Knock:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), getattr(signal, signame))
+        return None
+sys.meta_path.insert(0, Knock())
+from closedloop.cli import main
+sys.exit(main(["view", "--session", "closedloop-nobody-here", "--duration", "60"]))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("module,signame", [("PySide6", "SIGTERM"),
+                                            ("shiboken6.Shiboken", "SIGTERM"),
+                                            ("pyqtgraph", "SIGINT"), ("PySide6", "SIGHUP")])
+def test_a_view_stopped_while_it_imports_qt_ends_quietly(module, signame):
+    """A stop signal while the view is still importing Qt (a 3 s session ending: its
+    view starts after it) ends the view at once, quietly, with code 0, as one that comes
+    while the window is shown. Raised as an exception during the import it ended the view
+    with "terminated" or, in CI, where it came within shiboken's own start, aborted the
+    interpreter ("Fatal Python error: libshiboken/signature: could not initialize part
+    2") with a traceback into the session's output."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_IMPORT, module, signame],
+                       env=env, capture_output=True, text=True, timeout=90)
+    took = time.monotonic() - t0
+    said = f"exit {r.returncode} after {took:.1f} s\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    assert "Traceback" not in r.stderr and "Fatal Python error" not in r.stderr, said
+    assert "terminated" not in r.stderr and "interrupt" not in r.stderr.lower(), said
+    assert r.returncode == 0, said
+    assert took < 45, said  # closed at once, not after --duration 60
