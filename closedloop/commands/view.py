@@ -18,6 +18,8 @@ from pathlib import Path
 
 from closedloop.errors import ClosedLoopError
 from closedloop.io.outfile import claim_output
+from closedloop.runtime.outcome import StoppedWhileOpeningError, StopRequest
+from closedloop.runtime.signals import stop_on_signals, stoppable_input
 
 
 def main(args: argparse.Namespace) -> int:
@@ -28,24 +30,37 @@ def main(args: argparse.Namespace) -> int:
     optionally, ``demo`` (int: also start a simulated session with that many muscles,
     named ``--session`` or ``demo``).
     """
-    screenshot = getattr(args, "screenshot", None)
-    claim = contextlib.nullcontext() if not screenshot else claim_output(
-        screenshot, overwrite=bool(getattr(args, "overwrite", False)), what="screenshot")
-    with claim:
-        code = _view(args, screenshot)
-        if screenshot and not (Path(screenshot).is_file() and Path(screenshot).stat().st_size):
-            return 1  # nothing written (the claim removes the empty file)
-        return code
+    # From the start, a stop signal (the session that opened this view closing it, Ctrl-C,
+    # a closed terminal) is only noted, and the view then ends at once, quietly: raised as
+    # an exception while the view was still opening (importing Qt takes seconds on a busy
+    # machine) it ended the view with "terminated", or aborted the interpreter inside
+    # Qt's import ("Fatal Python error: libshiboken/signature: could not initialize part
+    # 2") with a traceback into the session's output. The window, once shown, closes on one.
+    with stop_on_signals() as stop:
+        screenshot = getattr(args, "screenshot", None)
+        claim = contextlib.nullcontext() if not screenshot else claim_output(
+            screenshot, overwrite=bool(getattr(args, "overwrite", False)), what="screenshot")
+        with claim:
+            code = _view(args, screenshot, stop)
+            if screenshot and not (Path(screenshot).is_file()
+                                   and Path(screenshot).stat().st_size):
+                return 1  # nothing written (the claim removes the empty file)
+            return code
 
 
-def _pick_session() -> str | None:
+def _pick_session(stop: StopRequest) -> str | None:
     """``view`` without ``--session``: the only running session; with several, the one
     chosen in the terminal (without a terminal: refused, with the list); with none,
-    None (the window waits for one). See :mod:`closedloop.view.sessions`."""
+    None (the window waits for one), as after a stop signal at the question. See
+    :mod:`closedloop.view.sessions`."""
     from closedloop.view.sessions import choose_session, running_sessions
 
     sessions = running_sessions()
-    chosen = choose_session(sessions, interactive=sys.stdin.isatty())
+    try:
+        chosen = choose_session(sessions, interactive=sys.stdin.isatty(),
+                                ask=stoppable_input(stop))
+    except StoppedWhileOpeningError:
+        return None  # a stop signal at the question: the view ends (``_view`` sees it)
     if chosen is None:
         print("closedloop view: no session is running yet; waiting for one", file=sys.stderr)
         return None
@@ -53,7 +68,7 @@ def _pick_session() -> str | None:
     return chosen.name
 
 
-def _view(args: argparse.Namespace, screenshot: str | None) -> int:
+def _view(args: argparse.Namespace, screenshot: str | None, stop: StopRequest) -> int:
     from closedloop.view import yield_to_the_loop
 
     yield_to_the_loop()  # before any thread: the loop gets the processor first
@@ -62,32 +77,28 @@ def _view(args: argparse.Namespace, screenshot: str | None) -> int:
     if screenshot and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     if not demo_n and session is None:
-        session = _pick_session()  # may ask in the terminal, where Ctrl-C ends the command
+        session = _pick_session(stop)
     # imported after the platform is chosen: Qt reads QT_QPA_PLATFORM when it starts
     from closedloop.runtime.demo import DemoSession
-    from closedloop.runtime.signals import stop_on_signals
     from closedloop.view.app import run_view
 
-    # Until the window takes them, a stop signal (the session that opened this view
-    # closing it, Ctrl-C) is only noted, and the window then closes at once: raised as an
-    # exception inside Qt's import it aborted the interpreter ("Fatal Python error:
-    # libshiboken/signature: could not initialize part 2") into the session's output.
     demo = None
-    with stop_on_signals() as stop:
-        try:
-            if demo_n:
-                session = session or "demo"
-                demo = DemoSession(session, n_channels=int(demo_n)).start()
-            code = run_view(
-                session,
-                on_stop=demo.stop_stimulation if demo is not None else None,
-                duration_s=getattr(args, "duration", None),
-                screenshot=screenshot,
-                stopped=stop.is_set,
-            )
-        finally:
-            if demo is not None:
-                demo.close()
+    if stop.is_set():
+        return 0
+    try:
+        if demo_n:
+            session = session or "demo"
+            demo = DemoSession(session, n_channels=int(demo_n)).start()
+        code = run_view(
+            session,
+            on_stop=demo.stop_stimulation if demo is not None else None,
+            duration_s=getattr(args, "duration", None),
+            screenshot=screenshot,
+            stopped=stop.is_set,
+        )
+    finally:
+        if demo is not None:
+            demo.close()
     if demo is not None and demo.error is not None:
         raise ClosedLoopError(f"the demo session failed: {demo.error!r}")
     return code
