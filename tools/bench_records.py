@@ -59,6 +59,9 @@ def main() -> None:
     p.add_argument("--muscles", type=int, default=2)
     p.add_argument("--dir", help="folder for the database (default: a temporary one)")
     a = p.parse_args()
+    if a.dir is not None and not Path(a.dir).is_dir():
+        p.error(f"--dir {a.dir}: no such folder (give one that exists: the database is "
+                "written in a temporary folder inside it)")
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         db = Path(tmp) / "closedloop.db"
         start = datetime(2026, 1, 5, 9, 0).astimezone()
