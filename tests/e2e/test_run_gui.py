@@ -144,10 +144,11 @@ sys.exit(main(["view", "--session", "closedloop-nobody-here", "--duration", "60"
 def test_a_view_stopped_while_it_opens_ends_quietly(module, signame):
     """A stop signal while the view is still opening (a 3 s session ending: its view
     starts after it; importing Qt takes seconds on a busy machine) ends the view at once,
-    quietly, with code 0, as one that comes while the window is shown. Raised as an exception during the import it ended the view
-    with "terminated" or, in CI, where it came within shiboken's own start, aborted the
-    interpreter ("Fatal Python error: libshiboken/signature: could not initialize part
-    2") with a traceback into the session's output."""
+    quietly, with code 0, as one that comes while the window is shown. Raised as an
+    exception while the view opened it ended the view with "terminated" or, in CI, where it
+    came within shiboken's own start, aborted the interpreter ("Fatal Python error:
+    libshiboken/signature: could not initialize part 2") with a traceback into the
+    session's output."""
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-c", _SIGNAL_DURING_IMPORT, module, signame],
