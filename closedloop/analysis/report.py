@@ -62,6 +62,7 @@ anything whose label contains ``warn``, ``issue``, ``electrode``, ``stall``,
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -836,6 +837,22 @@ def _effort_note(unit: str, units: DisplayUnits) -> str:
                    "values are as the source reports them.")
 
 
+def stream_list(names: Sequence[str]) -> str:
+    """The recording's stream names, sorted, with the part they share written once:
+    ``closedloop-biceps_triceps-e693176541df-{EMG, Envelope, Events}``. The session's
+    random id is in every name; written seven times its letters and digits (not equally
+    wide) wrapped the row differently from session to session and moved what follows."""
+    names = sorted(names)
+    if not names:
+        return "-"
+    shared = names[0][: len(os.path.commonprefix(names)) if len(names) > 1 else 0]
+    shared = shared[: shared.rfind("-") + 1]
+    rest = [n[len(shared):] for n in names]
+    if not shared or not all(rest):
+        return ", ".join(names)
+    return f"{shared}{{{', '.join(rest)}}}"
+
+
 def _appendix(session: Any, rep: Replayed, cfg, meta: dict, counts: Counter,
               onsets: Sequence[Any]) -> tuple[list[tuple[str, str]], list[Row]]:
     from closedloop.analysis.scoring import score_onsets
@@ -880,7 +897,7 @@ def _appendix(session: Any, rep: Replayed, cfg, meta: dict, counts: Counter,
             f"{c.muscle} (channel {c.channel})" for c in at_end)
     rows = [
         ("File", f"{getattr(session, 'path', '')} ({state})"),
-        ("Streams", ", ".join(sorted(getattr(session, "stream_names", ()))) or "-"),
+        ("Streams", stream_list(getattr(session, "stream_names", ()))),
         ("EMG", f"{getattr(session, 'name', '')}: {n} samples at {fs:g} Hz, channels "
                 f"{', '.join(session.channels)} ({session.units}); {samples}"),
         ("Muscles", ", ".join(f"{m.name} <- {m.channel}" for m in cfg.muscles)),

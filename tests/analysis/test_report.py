@@ -203,10 +203,23 @@ def test_warnings_are_at_the_top_and_only_real_ones(built):
     assert "LEFT ON" not in page
 
 
+@pytest.mark.parametrize(("names", "shown"), [
+    (("s-a1f-EMG", "s-a1f-Stim", "s-a1f-Events"), "s-a1f-{EMG, Events, Stim}"),
+    (("s-1-EMG", "s-1-EMG2"), "s-1-{EMG, EMG2}"),  # the shared part ends at a dash
+    (("P01-EMG",), "P01-EMG"),
+    (("EMG", "Markers"), "EMG, Markers"),  # nothing shared
+    (("lab-EMG", "lab-"), "lab-, lab-EMG"),  # a name that is all shared part
+    ((), "-"),
+])
+def test_the_streams_are_listed_with_their_shared_part_once(names, shown):
+    assert report.stream_list(names) == shown
+
+
 def test_the_appendix_holds_the_engineering_detail(built):
     _, page = built
     appendix = text(section(page, "appendix"))
     assert "60000 samples at 1000 Hz" in appendix
+    assert "Streams P01-{EMG, Events, Markers, Session, Stim}" in appendix
     assert "every sample present (the counter runs without gaps)" in appendix
     assert "biceps <- EMG1, triceps <- EMG2" in appendix
     assert "identical: the replay made the recorded" in appendix
