@@ -845,7 +845,7 @@ def stream_list(names: Sequence[str]) -> str:
     names = sorted(names)
     if not names:
         return "-"
-    shared = names[0][: len(os.path.commonprefix(names)) if len(names) > 1 else 0]
+    shared = os.path.commonprefix(names) if len(names) > 1 else ""
     shared = shared[: shared.rfind("-") + 1]
     rest = [n[len(shared):] for n in names]
     if not shared or not all(rest):
