@@ -840,7 +840,7 @@ def _effort_note(unit: str, units: DisplayUnits) -> str:
 def stream_list(names: Sequence[str]) -> str:
     """The recording's stream names, sorted, with the part they share written once:
     ``closedloop-biceps_triceps-e693176541df-{EMG, Envelope, Events}``. The session's
-    random id is in every name; written seven times its letters and digits (not equally
+    random id is in every name; written in each, its letters and digits (not equally
     wide) wrapped the row differently from session to session and moved what follows."""
     names = sorted(names)
     if not names:
