@@ -20,7 +20,7 @@ Layout of a config file and where each section is declared::
     [protocol]   ProtocolSettings     kind, agonist, antagonist, gate, co_stimulation, ...
       [protocol.reciprocal]  ReciprocalSettings   gap_s
       [protocol.trials]      TrialSettings        n_trials, work_s, rest_s, ...
-    [safety]     SafetySettings       session_dose_s, session_charge_mc
+    [safety]     SafetySettings       session_dose_s, session_charge_mc, wait_for_rate
 
 Modules:
 

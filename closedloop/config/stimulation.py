@@ -200,7 +200,9 @@ class TrialSettings:
     n_trials : int
         Number of cues.
     first_cue_s : float
-        Delay from the first block the protocol sees to the first cue, s.
+        Delay from the first block the protocol sees to the first cue, s. Onsets in the
+        stream's first 2 s start nothing (``[safety] wait_for_rate``), so a cue sooner
+        than that has a shorter response window in practice.
     work_s, rest_s : float
         Work period (starts with the cue) and rest period, s. One trial lasts
         ``work_s + rest_s``.
@@ -494,12 +496,23 @@ class SafetySettings:
     session_charge_mc : float or None
         Optional: largest cumulative delivered charge of any one channel (mC, one phase
         per pulse). ``None`` (absent) disables this check; the time dose still applies.
+    wait_for_rate : bool
+        No stimulation starts before the EMG stream's true sample rate has been checked
+        against the one it declares, over its first 2 s of samples
+        (:data:`closedloop.core.checks.RATE_MEASURE_S`): a stream that declares the wrong
+        rate puts every time on the sample clock (ramps, on-times, rests) off by as much,
+        and is stopped at that check before it could stimulate. Onsets before then start
+        no trial (the protocol logs them ``ignored``) and the guard refuses any
+        on-command (``rate_unchecked``, a limit: the channel stays off). Default true;
+        recordings made before the setting existed are replayed with it false, as they
+        ran. (``stim-test``, which reads no EMG, does not wait.)
     """
 
     session_dose_s: Annotated[float, Range(0.0, ceilings.MAX_SESSION_DOSE_S, lo_open=True,
                                            limit="ceiling")] = 1800.0
     session_charge_mc: Annotated[float, Range(0.0, ceilings.MAX_SESSION_CHARGE_MC,
                                               lo_open=True, limit="ceiling")] | None = None
+    wait_for_rate: Flag = True
 
 
 @dataclass(frozen=True)

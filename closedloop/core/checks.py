@@ -96,6 +96,16 @@ ABSURD_LIMIT = 1e100
 #: How much slower than declared the timestamps may run without false gaps (the gap
 #: check's clock rises at most this much faster than the nominal one).
 RATE_SLACK = 0.06
+#: Seconds of samples (from a stream's first) over which its true rate is measured and
+#: checked against the declared one (:meth:`InputMonitor._measure_rate`); a session's
+#: guard lets no stimulation start before they are checked (``[safety] wait_for_rate``).
+RATE_MEASURE_S = 2.0
+
+
+def rate_samples(fs: float, seconds: float = RATE_MEASURE_S) -> int:
+    """How many samples from a stream's first its true rate is measured over, at ``fs``
+    (0: it is not measured); when the rate is wrong, the check of the last one raises."""
+    return max(0, round(seconds * fs))
 
 
 def absurd_limit(dtype: np.dtype) -> float:
@@ -320,7 +330,7 @@ class InputMonitor:
         rate_window_seconds: float = 5.0,
         rate_check_seconds: float = 1.0,
         rate_tolerance: float = 0.02,
-        rate_measure_seconds: float = 2.0,
+        rate_measure_seconds: float = RATE_MEASURE_S,
         rate_stop: float = 0.05,
         report_holdoff_seconds: float = 1.0,
         fast_path: bool = True,
@@ -341,7 +351,7 @@ class InputMonitor:
         self._hold = nonfinite == "hold"
         self._jitter0 = max(gap_tolerance / fs, jitter_seconds)
         self._u_step = (1.0 + RATE_SLACK) / fs
-        self._rate_n = max(0, round(rate_measure_seconds * fs))
+        self._rate_n = rate_samples(fs, rate_measure_seconds)
         self._rate_stop = rate_stop
         self._flat_n = max(2, round(flat_seconds * fs))
         self._sat_n = max(2, round(saturation_seconds * fs))

@@ -56,6 +56,22 @@ def with_legacy_settings(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: What ``[safety]`` did before each of these keys existed, for a recorded config of a
+#: stimulating session (one with ``[protocol]``) that does not name it:
+#: ``wait_for_rate``: stimulation could start before the stream's rate was checked.
+LEGACY_SAFETY: dict[str, Any] = {"wait_for_rate": False}
+
+
+def with_legacy_safety(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config's data with its ``[safety]`` given the :data:`LEGACY_SAFETY`
+    value of every key it does not name, when it has a ``[protocol]`` (see there)."""
+    out = dict(data)
+    safety = out.get("safety", {})
+    if "protocol" in out and isinstance(safety, Mapping):
+        out["safety"] = {**LEGACY_SAFETY, **safety}
+    return out
+
+
 #: The name a recorded config without one is read with: configs named ``""`` were
 #: accepted before names were checked, and their sessions were named so then
 #: (:meth:`closedloop.identity.SessionId.new`).
@@ -63,9 +79,10 @@ LEGACY_NAME = "session"
 
 
 def _as_recorded(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A recorded config's data as the session ran it: :func:`with_legacy_settings`, and
-    a blank name read as :data:`LEGACY_NAME` (the recording stays replayable)."""
-    out = with_legacy_settings(data)
+    """A recorded config's data as the session ran it: :func:`with_legacy_settings`,
+    :func:`with_legacy_safety`, and a blank name read as :data:`LEGACY_NAME` (the
+    recording stays replayable)."""
+    out = with_legacy_safety(with_legacy_settings(data))
     if isinstance(out.get("name"), str) and not out["name"].strip():
         out["name"] = LEGACY_NAME
     return out
@@ -115,6 +132,6 @@ def recorded_config(session: Any, config_path: str | None = None) -> Config:
     return default_config(session.channels)
 
 
-__all__ = ["LEGACY_CUSUM_HIGHPASS_HZ", "LEGACY_DETECTOR", "LEGACY_NAME", "loads_recorded",
-           "recorded_config", "recorded_detector_kind", "with_legacy_kind",
-           "with_legacy_settings"]
+__all__ = ["LEGACY_CUSUM_HIGHPASS_HZ", "LEGACY_DETECTOR", "LEGACY_NAME", "LEGACY_SAFETY",
+           "loads_recorded", "recorded_config", "recorded_detector_kind", "with_legacy_kind",
+           "with_legacy_safety", "with_legacy_settings"]

@@ -32,6 +32,7 @@ import numpy as np
 from closedloop.config import Config
 from closedloop.config.stimulation import MuscleStim, MWaveRules, ProtocolSettings
 from closedloop.core.blanking import ArtifactRemover
+from closedloop.core.checks import rate_samples
 from closedloop.core.effort import EffortEstimator, EffortSettings
 from closedloop.core.events import Block, Effort
 from closedloop.core.evoked import EvokedResponse, EvokedSettings, MWave
@@ -200,8 +201,13 @@ def build_chain(config: Config, info: SourceInfo, *, stimulating: bool,
         proto = (protocol_factory or make_protocol)(protocol, muscles, fs)
         blanking = ArtifactRemover(config.artifacts, fs, names, config.filters.notch_hz,
                                    comb_all=proto.uses_effort)
-        stim = Stimulation(proto, SafetyGuard.from_muscles(muscles, safety, fs,
-                                                           protocol=protocol), blanking)
+        # no trial starts, and no stimulation, before the input checks have checked the
+        # stream's true rate (a wrong one stops the session there)
+        first = rate_samples(fs) if safety.wait_for_rate else 0
+        proto.first_sample = first
+        guard = SafetyGuard.from_muscles(muscles, safety, fs, protocol=protocol,
+                                         first_sample=first)
+        stim = Stimulation(proto, guard, blanking)
         if blanking.enabled:  # the M-wave is read where the pulses are blanked
             stim.evoked = EvokedResponse(evoked_settings(protocol.mwave), fs, names,
                                          blanking, config.filters.notch_hz)

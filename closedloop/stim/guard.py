@@ -23,6 +23,11 @@ rule                what happens                                     severity
                     at the exact sample the limit is reached
 ``min_rest``        on-command less than ``min_rest_s`` after the    LIMIT
                     channel went off: refused (channel stays off)
+``rate_unchecked``  on-command before the EMG stream's rate is       LIMIT
+                    checked (its first 2 s of samples, ``[safety]
+                    wait_for_rate``): refused, and the rest of that
+                    train too (the channel stays off until the
+                    protocol's off-command)
 ``no_response``     the M-wave rules found no evoked response        LIMIT
                     (:mod:`~closedloop.stim.mwave_rules`): that
                     channel off at that sample, every later
@@ -123,6 +128,7 @@ class Rule(str, Enum):
     INVALID = "invalid"
     STOPPED = "stopped"
     NO_RESPONSE = "no_response"
+    RATE_UNCHECKED = "rate_unchecked"
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ class _State:
     charge_uc: float = 0.0  # completed segments
     antagonists: set[str] = field(default_factory=set)
     disabled: bool = False  # stopped for the session (no evoked response)
+    waiting: bool = False  # a train refused before ``first_sample``, until its off
 
     @property
     def charge_rate(self) -> float:
@@ -221,6 +228,13 @@ class SafetyGuard:
         EMG sampling rate in Hz (the sample clock).
     co_stimulation : bool
         Allow antagonists to be on at once (disables the interlock).
+    first_sample : int
+        On-commands before this sample are refused (``rate_unchecked``): a session
+        passes the sample at which its input checks have checked the EMG stream's true
+        rate (:func:`~closedloop.core.checks.rate_samples`, when ``[safety]
+        wait_for_rate``), so a stream that declares a wrong rate is stopped before it
+        could stimulate. 0 (the default): no such wait (a test train on the device's
+        own clock, ``stim-test``).
 
     Raises
     ------
@@ -235,6 +249,7 @@ class SafetyGuard:
         fs: float,
         *,
         co_stimulation: bool = False,
+        first_sample: int = 0,
     ) -> None:
         if not (math.isfinite(fs) and fs > 0):
             raise ConfigError(f"SafetyGuard: fs = {fs!r} Hz must be a positive number")
@@ -264,6 +279,7 @@ class SafetyGuard:
                 if other in self._by_muscle and other != st.cfg.muscle:
                     st.antagonists.add(other)
                     self._by_muscle[other].antagonists.add(st.cfg.muscle)
+        self._first = max(0, int(first_sample))
         dose_s = min(safety.session_dose_s, ceilings.MAX_SESSION_DOSE_S)
         self._dose_samples = _floor_samples(dose_s, fs)
         self._dose_charge_uc = (
@@ -285,6 +301,7 @@ class SafetyGuard:
         fs: float,
         *,
         protocol: ProtocolSettings | None = None,
+        first_sample: int = 0,
     ) -> SafetyGuard:
         """Build the guard from the config's stimulated muscles.
 
@@ -302,7 +319,7 @@ class SafetyGuard:
             for name, m in muscles.items()
         ]
         co = protocol.co_stimulation if protocol is not None else False
-        return cls(chans, safety, fs, co_stimulation=co)
+        return cls(chans, safety, fs, co_stimulation=co, first_sample=first_sample)
 
     # -- what the loop reads ------------------------------------------------------------
     @property
@@ -643,6 +660,7 @@ class SafetyGuard:
             self._stop_all(s, t, out)
             return
         if not cmd.current_ma > 0:
+            st.waiting = False
             if st.on:
                 self._turn_off(st, s)
             lim = st.cfg.limits
@@ -697,6 +715,18 @@ class SafetyGuard:
                 )
                 self._stop_all(s, t, out)
                 return
+        if st.waiting:  # the rest of a train refused below: said once, at its start
+            return
+        if s < self._first:
+            st.waiting = True
+            self._violate(
+                s, t, st, Rule.RATE_UNCHECKED, s / self.fs, self._first / self.fs, "s",
+                Severity.LIMIT,
+                f"{name}: refused at {s / self.fs:g} s, before the EMG stream's sample rate "
+                f"is checked (its first {self._first / self.fs:g} s, [safety] "
+                "wait_for_rate); the channel stays off until the protocol ends this train",
+            )
+            return
         if not st.on and st.off_since is not None and s < st.off_since + st.min_rest:
             rested = (s - st.off_since) / self.fs
             self._violate(

@@ -206,8 +206,8 @@ class Proportional(Protocol):
             return
         others = [x for x in self._reps if x != m]
         busy = any(self._reps[x].start is not None or self._level[x] > 0 for x in others)
-        if r.start is not None or e.sample < r.rest_until or (busy and not
-                                                              self.settings.co_stimulation):
+        if (r.start is not None or e.sample < max(r.rest_until, self.first_sample)
+                or (busy and not self.settings.co_stimulation)):
             if m == self.agonist:
                 self._log(IGNORED, e.sample)
         elif m == self.agonist and not self._gate_ok(e.sample):

@@ -78,7 +78,8 @@ class TrialEvent:
         triggered stimulation), ``miss`` (window ended without one), ``trigger`` (an
         onset triggered stimulation, assist and reciprocal), ``gated`` (an onset
         rejected by the co-contraction gate), ``ignored`` (an onset during stimulation,
-        rest, or outside a response window), ``early_stop`` (agonist offset ramped the
+        rest, outside a response window, or before the stream's rate was checked:
+        ``first_sample``), ``early_stop`` (agonist offset ramped the
         stimulation down early), ``done`` (all cued trials are over), ``aborted`` (the
         agonist's input went bad: everything switched off at once, nothing more planned).
     sample : int
@@ -147,6 +148,11 @@ class Protocol:
             )
         self.settings = settings
         self.fs = float(fs)
+        #: Onsets before this sample start nothing (logged ``ignored``): a session's
+        #: chain sets it to the sample at which its input checks have checked the EMG
+        #: stream's true rate (``[safety] wait_for_rate``; the guard refuses any
+        #: on-command before it too), so no trial starts on a clock that may be wrong.
+        self.first_sample = 0
         self.agonist = settings.agonist
         self.antagonist = settings.antagonist
         self._m = {name: muscles[name] for name in settings.stimulated}
@@ -433,7 +439,10 @@ class Protocol:
         if e.kind == SUSPEND:
             self._abort(e.sample)
         elif e.kind == ONSET:
-            self._on_onset(e)
+            if e.sample < self.first_sample:  # the stream's rate is not checked yet
+                self._log(IGNORED, e.sample)
+            else:
+                self._on_onset(e)
         elif (
             self.settings.end_on_offset
             and self._plan

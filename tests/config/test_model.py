@@ -298,3 +298,39 @@ def test_a_cusum_recording_made_before_a_key_reads_what_cusum_did_then(key, befo
         rec = SimpleNamespace(path=Path("r.xdf"), metadata=metadata, config_text=config_text)
         assert getattr(recorded_config(rec).detector, key) == value
     assert LEGACY_CUSUM[key] == before_value
+
+
+def test_a_recording_made_before_wait_for_rate_replays_without_the_wait():
+    """Before ``[safety] wait_for_rate`` existed, stimulation could start in the stream's
+    first 2 s: a recorded stimulating config without the key (resolved, or TOML text)
+    reads ``wait_for_rate = false``, so its replay decides as it ran; one with it, and a
+    config file the user gives, keep theirs (true by default). A config that does not
+    stimulate gets no ``[safety]``."""
+    from types import SimpleNamespace
+
+    from closedloop.io.recorded import LEGACY_SAFETY, recorded_config
+
+    config = load_config(SHIPPED)
+    assert config.safety is not None and config.safety.wait_for_rate is True
+    resolved = json.loads(json.dumps(config.resolved))
+    assert resolved["safety"]["wait_for_rate"] is True
+    before = {**resolved, "safety": {k: v for k, v in resolved["safety"].items()
+                                     if k != "wait_for_rate"}}
+    text = SHIPPED.read_text()
+    assert "\nwait_for_rate = true " in text  # the shipped configs say it
+    old_text = "\n".join(line for line in text.splitlines()
+                         if not line.startswith("wait_for_rate"))
+    cases = (({"resolved_config": before}, "", False),
+             ({"resolved_config": {k: v for k, v in before.items() if k != "safety"}}, "",
+              False),
+             ({}, old_text, False),
+             ({}, text, True),
+             ({"resolved_config": resolved}, "", True))
+    for metadata, config_text, value in cases:
+        rec = SimpleNamespace(path=Path("r.xdf"), metadata=metadata, config_text=config_text)
+        assert recorded_config(rec).safety.wait_for_rate is value
+    quiet = {k: v for k, v in before.items() if k not in ("protocol", "safety")}
+    rec = SimpleNamespace(path=Path("r.xdf"), metadata={"resolved_config": quiet},
+                          config_text="")
+    assert recorded_config(rec).safety is None
+    assert LEGACY_SAFETY == {"wait_for_rate": False}

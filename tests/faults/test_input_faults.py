@@ -350,7 +350,7 @@ def test_replay_reproduces_a_session_whose_source_has_no_counter(tmp_path, confi
     gives its checks no counter either: the same breaks, the same decisions."""
     from closedloop.core.stream import Chunk
 
-    src, stim = sim_session(config, [Attempt("biceps", 1.5, 1.0, 1.0, 0.04),
+    src, stim = sim_session(config, [Attempt("biceps", 2.2, 1.0, 1.0, 0.04),
                                      Attempt("biceps", 5.0, 0.8, 1.0, 0.04)], chunk=CHUNK)
 
     def bare(c, shift=0.0, nan=False):
@@ -372,8 +372,8 @@ def test_replay_reproduces_a_session_whose_source_has_no_counter(tmp_path, confi
     recorded, _, out = replay_file(str(rec.path))
     assert check(recorded, out) is None
     onsets = [e.sample / FS for e in out.events if e.kind == "onset"]
-    assert onsets == pytest.approx([1.5, 5.0], abs=0.1)  # the attempts, nothing else
-    assert [s / FS for s in on_samples(out.commands)] == pytest.approx([1.5], abs=0.1)
+    assert onsets == pytest.approx([2.2, 5.0], abs=0.1)  # the attempts, nothing else
+    assert [s / FS for s in on_samples(out.commands)] == pytest.approx([2.2], abs=0.1)
 
 
 def test_the_report_lists_what_the_live_checks_said(session):

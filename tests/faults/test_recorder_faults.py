@@ -28,7 +28,8 @@ from tests.conftest import CONFIGS, ROOT
 from tests.faults.conftest import assert_prefix, assert_recording_ends_off, run_recorded
 from tests.runtime.conftest import assert_all_off, sim_session
 
-SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
+#: From 2.2 s: no trial starts in the stream's first 2 s (``[safety] wait_for_rate``).
+SCRIPT = [Attempt("biceps", 2.2, 1.5, 1.0, 0.04)]
 
 
 def test_labrecorder_dies_mid_session(tmp_path, config):
@@ -37,18 +38,18 @@ def test_labrecorder_dies_mid_session(tmp_path, config):
 
     def killer(recorder):
         def control():
-            if src.position >= 2.0 * src.settings.fs and recorder.alive:
+            if src.position >= 2.7 * src.settings.fs and recorder.alive:
                 os.kill(recorder.pid, signal.SIGKILL)
             return []
         return {"control": control}
 
     rec = run_recorded(tmp_path, config, src, stim, with_recorder=killer,
-                       options=LoopOptions(duration_s=6.0, watchdog_s=2.0))
+                       options=LoopOptions(duration_s=7.0, watchdog_s=2.0))
     out = rec.out
     assert (out.reason, out.exit_code) == ("device", 5)
     assert "LabRecorderCLI died (exit code -9)" in out.message
     assert "the file may be cut short (read it with closedloop.io.xdf.read_xdf)" in out.message
-    assert 2.0 <= out.seconds < 2.5  # stopped at once
+    assert 2.7 <= out.seconds < 3.2  # stopped at once
     assert stim.commands[0].is_on  # it was stimulating
     assert_all_off(stim)
     assert out.all_off

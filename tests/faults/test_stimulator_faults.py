@@ -28,7 +28,8 @@ from tests.runtime.conftest import sim_session
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a POSIX pty")
 
-SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
+#: From 2.5 s: no trial starts in the stream's first 2 s (``[safety] wait_for_rate``).
+SCRIPT = [Attempt("biceps", 2.5, 1.5, 1.0, 0.04)]
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_stimulator_fault_while_stimulating(tmp_path, config, emulator, fault, w
     out = rec.out
     assert (out.reason, out.exit_code) == ("device", 5), out.message
     assert words in out.message
-    assert out.seconds < 3.0  # ended at the fault, not at the duration
+    assert out.seconds < 4.5  # ended at the fault, not at the duration
     assert not driver.any_on  # the driver holds every channel off
     assert out.all_off == confirmed
     if confirmed:  # the device heard the stop: nothing runs
@@ -184,7 +185,7 @@ def test_a_few_busy_answers_do_not_end_the_session(tmp_path, config, emulator):
     """Busy (-8) means "still processing, not executed": the driver sends the command
     again, the session goes on to its end, and the device executes every level the loop
     decided, in order, exactly once."""
-    rec = run_busy(tmp_path, config, emulator, 3, duration_s=6.0)
+    rec = run_busy(tmp_path, config, emulator, 3, duration_s=7.5)
     out = rec.out
     assert (out.reason, out.exit_code) == ("duration", 0), out.message
     assert emulator.busy_answers == 3 and emulator.violations == []
@@ -200,7 +201,7 @@ def test_a_device_that_stays_busy_ends_the_session_all_off(tmp_path, config, emu
     assert (out.reason, out.exit_code) == ("device", 5), out.message
     assert "answered busy (-8)" in out.message
     assert "switch the stimulator off and on" in out.message
-    assert out.seconds < 3.0
+    assert out.seconds < 4.5
     assert out.all_off  # StopChannelListMode is never busy: the device confirmed the stop
     assert emulator.running_channels == {} and emulator.watchdog_expiries == 0
     assert rec.report.ok, rec.report.summary()
@@ -224,7 +225,7 @@ def test_a_device_at_its_max_response_time_keeps_a_session_with_the_run_watchdog
         src.realtime = True
         with RehaStim2(emu.path, channels=(1, 2)) as driver:  # the command line's waits
             out = run_loop(config, src, driver, options=LoopOptions(
-                duration_s=4.0, watchdog_s=config.session.watchdog_ms / 1000.0))
+                duration_s=5.5, watchdog_s=config.session.watchdog_ms / 1000.0))
         assert (out.reason, out.exit_code) == ("duration", 0), out.message
         assert sum(c.is_on for c in out.commands) >= 5 and out.all_off
         assert emu.violations == [] and emu.running_channels == {}

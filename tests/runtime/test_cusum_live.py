@@ -191,11 +191,11 @@ def stimulated_live(config):
     """Live, attempts on both muscles; the first starts a train whose pulses the
     patient's EMG carries (the next waits for the protocol's rest time)."""
     cfg = cusum(config)
-    script = [Attempt("biceps", 1.5, 1.0, 1.0, 0.04), Attempt("triceps", 3.2, 1.0, 1.0, 0.04),
-              Attempt("biceps", 5.0, 0.6, 1.0, 0.04)]
+    script = [Attempt("biceps", 2.2, 1.0, 1.0, 0.04), Attempt("triceps", 3.9, 1.0, 1.0, 0.04),
+              Attempt("biceps", 5.7, 0.6, 1.0, 0.04)]  # nothing starts in the first 2 s
     src, stim = sim_session(cfg, script, chunk=CHUNK)
     cap = Capture()
-    out = run_loop(cfg, src, stim, outlets=cap, options=LoopOptions(duration_s=6.5))
+    out = run_loop(cfg, src, stim, outlets=cap, options=LoopOptions(duration_s=7.2))
     return cfg, out, cap
 
 
@@ -207,7 +207,7 @@ def test_a_stimulated_session_replays_to_the_same_decisions(stimulated_live, siz
     cfg, out, cap = stimulated_live
     assert out.exit_code == 0 and out.all_off
     assert {e.channel for e in out.events if e.kind == "onset"} == {"biceps", "triceps"}
-    assert trains(out) == pytest.approx([1.5], abs=0.1)  # stimulated: the replay blanks it too
+    assert trains(out) == pytest.approx([2.2], abs=0.1)  # stimulated: the replay blanks it too
 
     x = np.vstack(cap.emg)
     rec = [c for c in cap.commands if c.effective_sample >= 0]

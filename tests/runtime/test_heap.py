@@ -14,7 +14,7 @@ from closedloop.runtime.loop import LoopOptions, run_loop
 from closedloop.sim.patient import Attempt
 from tests.runtime.conftest import assert_all_off, sim_session
 
-SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
+SCRIPT = [Attempt("biceps", 2.5, 1.5, 1.0, 0.04)]  # no trial starts in the first 2 s
 
 
 def in_generations(obj) -> bool:

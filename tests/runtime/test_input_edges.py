@@ -137,12 +137,12 @@ def test_a_10_ms_transient_far_above_any_voluntary_level_does_not_trigger(
         x[:, 0] += size * VOLUNTARY * SHAPES[shape]
         return [replaced(chunk, x)]
 
-    # the first attempt's train is over at 5 s, and the biceps may be stimulated again
-    # from 10 s (rest_time_s = 5)
-    attempts = [1.0, 10.5] if before else [10.5]
+    # the first attempt (after the stream's first 2 s, where nothing starts) has its train
+    # over at 6.2 s, and the biceps may be stimulated again from 11.2 s (rest_time_s = 5)
+    attempts = [2.2, 11.7] if before else [11.7]
     out, stim, lines, outlets = stimulated_session(
         config, [Attempt("biceps", t, 1.0, 1.0, 0.02) for t in attempts], {at(6.5): knock},
-        12.0)
+        13.2)
     assert out.exit_code == 0 and out.all_off
     assert_all_off(stim)
     assert [s / FS for s in on_samples(out.commands)] == pytest.approx(attempts, abs=0.05)
@@ -304,6 +304,35 @@ def test_a_stream_10_percent_off_its_declared_rate_is_stopped_naming_both(config
     assert f"advance at {FS * rate:.1f} samples per second" in out.message
     assert "declares 2000 Hz (10.0% " in out.message and "nominal_srate" in out.message
     assert out.samples < 2 * FS + CHUNK
+
+
+@pytest.mark.parametrize("rate", [1.1, 2.0])
+def test_a_stream_off_its_declared_rate_never_stimulates(config, rate):
+    """The patient tries at 1 s on a stream that declares 2000 Hz but delivers 2200 or
+    4000 samples per second (so ramps, on-times and rests on the sample clock last 1.1 x
+    or 2 x longer than set): no trial starts and the guard lets nothing on before the
+    stream's first 2 s are checked (``[safety] wait_for_rate``), and the check stops the
+    session there. With the wait switched off, the same stream stimulates until that
+    stop. (A stream more than 6 % slower than it declares shows as gaps from the start:
+    its channels are suspended and nothing is detected.)"""
+    script = [Attempt("biceps", 1.0, 2.0, 1.0, 0.04)]
+    x = SimulatedPatient(patient_settings(config), script, seed=2).read(int(4.0 * FS))
+    ts = 100.0 + np.arange(x.shape[0]) / (FS * rate)
+    ran = {}
+    for wait in (True, False):
+        cfg = replace(config, safety=replace(config.safety, wait_for_rate=wait))
+        _, stim = sim_session(cfg, [], chunk=CHUNK)  # only for its stimulator
+        arr = ArraySource(x, FS, cfg.muscle_names, (CHUNK,), timestamps=ts)
+        arr.open()
+        out = run_loop(cfg, _NoCounter(arr), stim, options=LoopOptions(watchdog_s=0.1))
+        assert (out.reason, out.exit_code, out.all_off) == ("input", 7, True)
+        assert out.samples < 2 * FS + CHUNK and "declares 2000 Hz" in out.message
+        assert onsets(out) == pytest.approx([1.0], abs=0.1)  # the attempt was seen
+        ran[wait] = ([a.command for a in stim.log if a.command.is_on], out)
+    on, out = ran[True]
+    assert on == [] and out.trials["trials"] == 0 and out.n_violations == 0
+    on, out = ran[False]
+    assert on and on[0].sample < 1.1 * FS and out.trials["trials"] == 1
 
 
 def _send(name: str, x: np.ndarray, declared: float, true_rate: float, jitter_s: float,

@@ -12,7 +12,8 @@ from closedloop.runtime.publisher import NullPublisher, Publisher
 from closedloop.sim.patient import Attempt
 from tests.runtime.conftest import Capture, sim_session
 
-SCRIPT = [Attempt("biceps", 1.0, 1.0, 1.0, 0.04), Attempt("triceps", 3.0, 1.0, 1.0, 0.04)]
+#: From 2.2 s: no trial starts in the stream's first 2 s (``[safety] wait_for_rate``).
+SCRIPT = [Attempt("biceps", 2.2, 1.0, 1.0, 0.04), Attempt("triceps", 4.2, 1.0, 1.0, 0.04)]
 
 
 def test_the_session_outlets_the_default_and_a_test_capture_are_publishers(config):
@@ -30,7 +31,7 @@ def test_without_outlets_the_loop_decides_exactly_what_it_publishes_with_them(co
         cap = Capture()
         outlets = {"none": None, "null": NullPublisher(), "capture": cap}[how]
         out = run_loop(config, src, stim, outlets=outlets,
-                       options=LoopOptions(duration_s=5.0, history=None))
+                       options=LoopOptions(duration_s=6.2, history=None))
         runs[how] = (out, cap)
     base, cap = runs["capture"]
     assert base.reason == "duration" and base.trials["trials"] == 1 and base.n_commands > 2

@@ -14,15 +14,16 @@ from closedloop.stim.drivers.sim import SimStimulator
 from tests.runtime.conftest import ArraySource, Capture, sim_session
 
 FS = 2000.0
-SCRIPT = [Attempt("biceps", 1.0, 1.0, 1.0, 0.04), Attempt("triceps", 2.6, 1.0, 1.0, 0.04),
-          Attempt("biceps", 3.9, 0.5, 1.0, 0.04)]
+#: From 2.2 s: the guard lets no stimulation start in the stream's first 2 s.
+SCRIPT = [Attempt("biceps", 2.2, 1.0, 1.0, 0.04), Attempt("triceps", 3.8, 1.0, 1.0, 0.04),
+          Attempt("biceps", 5.1, 0.5, 1.0, 0.04)]
 
 
 @pytest.fixture(scope="module")
 def live(config):
     src, stim = sim_session(config, SCRIPT, chunk=20)
     cap = Capture()
-    out = run_loop(config, src, stim, outlets=cap, options=LoopOptions(duration_s=7.0))
+    out = run_loop(config, src, stim, outlets=cap, options=LoopOptions(duration_s=8.2))
     assert out.reason == "duration" and out.trials["trials"] == 1
     return out, cap
 
@@ -79,10 +80,10 @@ COARSE = {35.0: 1000.0 / 29.0}  # a RehaStim2 runs 35 Hz with a 29 ms period (34
 def coarse(config):
     """One long biceps train (4 s, ~140 pulses) from a device 1.5 % slower than asked:
     pulses blanked at the commanded rate would drift out of their windows within 1 s."""
-    src, stim = sim_session(config, [Attempt("biceps", 1.0, 1.0, 1.0, 0.04)], chunk=20,
+    src, stim = sim_session(config, [Attempt("biceps", 2.2, 1.0, 1.0, 0.04)], chunk=20,
                             rates=COARSE)
     cap = Capture()
-    out = run_loop(config, src, stim, outlets=cap, options=LoopOptions(duration_s=6.5))
+    out = run_loop(config, src, stim, outlets=cap, options=LoopOptions(duration_s=7.7))
     return out, cap, stim
 
 

@@ -22,7 +22,7 @@ from closedloop.stim.commands import StimCommand
 from closedloop.stim.drivers.sim import SimStimulator
 from tests.conftest import ROOT
 
-SCRIPT = [Attempt("biceps", 1.0, 1.0, 1.0, 0.04)]
+SCRIPT = [Attempt("biceps", 2.2, 1.0, 1.0, 0.04)]  # no trial starts in the first 2 s
 
 
 def unique(prefix: str) -> str:

@@ -27,9 +27,10 @@ from closedloop.sources.base import Source
 from closedloop.stim.protocol import make_protocol
 from tests.runtime.conftest import Capture, assert_all_off, sim_session
 
-#: The biceps tries at 1.0 s: stimulation is on from ~1.03 s to ~5 s.
-SCRIPT = [Attempt("biceps", 1.0, 1.5, 1.0, 0.04)]
-FAST = LoopOptions(duration_s=8.0, watchdog_s=2.0)
+#: The biceps tries at 2.5 s (after the stream's first 2 s, before which the guard lets
+#: no stimulation start): stimulation is on from ~2.53 s to ~6.5 s.
+SCRIPT = [Attempt("biceps", 2.5, 1.5, 1.0, 0.04)]
+FAST = LoopOptions(duration_s=9.5, watchdog_s=2.0)
 
 
 def when_stimulating(stim, action):
@@ -47,9 +48,9 @@ def when_stimulating(stim, action):
 
 def test_duration_reached_exit_0(config):
     src, stim = sim_session(config, SCRIPT)
-    out = run_loop(config, src, stim, options=LoopOptions(duration_s=2.0))
+    out = run_loop(config, src, stim, options=LoopOptions(duration_s=3.0))
     assert (out.reason, out.exit_code) == ("duration", 0)
-    assert out.samples == 4000  # exactly the duration, on the sample clock
+    assert out.samples == 6000  # exactly the duration, on the sample clock
     assert out.trials["trials"] == 1 and stim.commands[0].is_on  # it was stimulating
     assert_all_off(stim)
     assert out.all_off and out.message == "duration reached"
@@ -65,13 +66,13 @@ def test_stop_button_exit_3_says_who_sent_it(config):
                    control=when_stimulating(stim, lambda: [ControlCommand("stop", sender),
                                                            ControlCommand("stop", other)]))
     assert (out.reason, out.exit_code) == ("stop_button", 3)
-    assert out.samples < 3 * 2000
+    assert out.samples < 4 * 2000
     assert_all_off(stim)
     assert out.stopped_by == sender  # the first STOP stopped it
     assert out.message == ("stopped with STOP from view@ward-pc on host ward-pc, control "
                            "stream source_id closedloop-control.abc, stream uid uid-1")
     ((kind, t, fields),) = [m for m in outlets.markers if m[0] == "stop_request"]
-    assert fields["sample"] < out.samples and t > 1.0
+    assert fields["sample"] < out.samples and t > 2.5
     assert {k: v for k, v in fields.items() if k != "sample"} == asdict(sender)
 
 
@@ -114,7 +115,7 @@ def test_each_stop_signal_ends_the_loop_all_off_with_its_exit_code(config, sig, 
     assert signal.getsignal(sig) is before  # restored
     assert (out.reason, out.exit_code) == (reason, code)
     assert out.message == MESSAGES[reason]
-    assert out.samples < 3 * 2000  # at once, not at the duration
+    assert out.samples < 4 * 2000  # at once, not at the duration
     assert_all_off(stim)
     assert np.isfinite(out.stop_to_off_ms)
 
@@ -188,11 +189,11 @@ class Failing(Source):
 ])
 def test_source_failures_while_stimulating(config, exc, reason, code, words):
     src, stim = sim_session(config, SCRIPT)
-    failing = Failing(src, fail_at=120, exc=exc)  # 120 chunks of 10 ms: at 1.2 s
+    failing = Failing(src, fail_at=270, exc=exc)  # 270 chunks of 10 ms: at 2.7 s
     out = run_loop(config, failing, stim, options=replace(FAST, watchdog_s=0.1))
     assert (out.reason, out.exit_code) == (reason, code)
     assert words in out.message
-    assert 1.1 * 2000 < out.samples < 1.3 * 2000
+    assert 2.6 * 2000 < out.samples < 2.8 * 2000
     assert stim.commands[0].is_on  # stimulation was on when it failed
     assert_all_off(stim)
     if exc is not None and code == 1:
@@ -261,7 +262,7 @@ def test_unusable_input_exit_7(config):
                 return Chunk(chunk.samples[:, :1], chunk.timestamps, chunk.counter)
             return chunk
 
-    out = run_loop(config, WrongShape(src, 120, None), stim, options=FAST)
+    out = run_loop(config, WrongShape(src, 270, None), stim, options=FAST)
     assert (out.reason, out.exit_code) == ("input", 7)
     assert_all_off(stim)
 

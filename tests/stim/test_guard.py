@@ -210,6 +210,48 @@ def test_min_rest_refuses_until_rest_is_over():
     assert s == 2
 
 
+# -- nothing starts before the stream's rate is checked --------------------------------------
+def test_before_first_sample_a_train_is_refused_to_its_off_and_the_next_one_passes():
+    """A session's guard waits for the input checks to check the stream's rate
+    (``first_sample``): an on-command before it is refused and so is the rest of that
+    train (a ramp that reaches past the wait does not start half-way), said once; the
+    protocol's off ends the refusal and the next train passes, ramp limits as ever."""
+    chans = [GuardChannel("biceps", 1, LIM, ("triceps",)), GuardChannel("triceps", 2, LIM)]
+    g = SafetyGuard(chans, SafetySettings(), FS, first_sample=2000)
+    assert g.filter([cmd("biceps", 1990, 2.0, phase="ramp_up")]) == []
+    (v,) = g.pop_violations()
+    assert (v.rule, v.severity, v.sample, v.allowed) == (Rule.RATE_UNCHECKED, Severity.LIMIT,
+                                                         1990, 2.0)
+    assert "before the EMG stream's sample rate is checked" in v.message and not g.must_stop
+    assert g.filter([cmd("biceps", 2000, 4.0, phase="ramp_up"),  # past the wait, same train
+                     cmd("biceps", 2010, 6.0, phase="plateau")]) == []
+    assert g.pop_violations() == [] and g.level("biceps") == 0.0
+    (off,) = g.filter([cmd("biceps", 5000, 0.0, phase="off")])
+    assert off.current_ma == 0.0
+    assert g.filter([cmd("triceps", 5000, 2.0)])[0].current_ma == 2.0  # another channel
+    g.filter([cmd("triceps", 5100, 0.0, phase="off")])
+    new = g.filter([cmd("biceps", 6000, 2.0, phase="ramp_up"), cmd("biceps", 6001, 9.0)])
+    assert [c.current_ma for c in new] == [2.0, 4.0]  # the next train, its step clipped
+    assert [v.rule for v in g.violations] == [Rule.RATE_UNCHECKED, Rule.RAMP_STEP]
+
+
+def test_a_protocol_error_before_first_sample_still_stops():
+    chans = [GuardChannel("biceps", 1, LIM)]
+    g = SafetyGuard(chans, SafetySettings(), FS, first_sample=2000)
+    assert g.filter([cmd("biceps", 10, 41.0)]) == []
+    assert g.must_stop and g.stop_violation.rule is Rule.CURRENT
+
+
+def test_from_muscles_passes_first_sample_and_stim_test_waits_for_nothing():
+    m = {"biceps": MuscleStim("biceps", StimParams(1, 10.0), LIM)}
+    g = SafetyGuard.from_muscles(m, SafetySettings(), FS, first_sample=500)
+    assert g.filter([cmd("biceps", 499, 2.0)]) == []
+    assert g.violations[-1].rule is Rule.RATE_UNCHECKED
+    # without first_sample (stim-test's guard, on the device's own clock): no wait
+    g = SafetyGuard.from_muscles(m, SafetySettings(), FS)
+    assert g.filter([cmd("biceps", 0, 2.0)])[0].current_ma == 2.0
+
+
 # -- antagonist interlock -------------------------------------------------------------------
 def test_interlock_first_on_wins_and_session_stops():
     g = make_guard()

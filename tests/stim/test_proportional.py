@@ -113,6 +113,24 @@ def test_the_current_follows_the_law_and_stops_when_the_effort_goes():
     assert not p.active
 
 
+def test_no_repetition_starts_before_first_sample():
+    """Neither the agonist's onset nor (``reciprocal_effort``) the antagonist's own starts
+    a repetition before ``first_sample`` (where a session's input checks have checked the
+    stream's rate); the first onsets from it do."""
+    fs = 1000.0
+    s = ProportionalSettings(kind="proportional", agonist="biceps", antagonist="triceps",
+                             reciprocal_effort=True)
+    early = [onset(500, fs), onset(1200, fs, muscle="triceps")]
+    p = make_protocol(s, muscles(), fs)
+    p.first_sample = 2000
+    cmds = drive(p, np.full((6000, 2), 20.0), fs, onsets=[*early, onset(2000, fs)])
+    assert cmds and min(c.sample for c in cmds) == 2000 and cmds[0].muscle == "biceps"
+    assert [(te.kind, te.sample) for te in p.trial_events][:2] == [("ignored", 500),
+                                                                  ("trigger", 2000)]
+    q = make_protocol(s, muscles(), fs)  # without the wait: from the first onset
+    assert min(c.sample for c in drive(q, np.full((6000, 2), 20.0), fs, onsets=early)) == 500
+
+
 def test_a_suspended_agonist_switches_off_at_once():
     fs = 1000.0
     s = ProportionalSettings(kind="proportional", agonist="biceps")

@@ -113,6 +113,24 @@ def test_assist_ignores_onsets_during_stimulation_and_rest():
     assert p.pop_trial_events()[0].kind == "trigger" and p.pop_trial_events() == []
 
 
+@pytest.mark.parametrize("kind", ["triggered_assist", "reciprocal"])
+@pytest.mark.parametrize("size", [1, 7, 10000])
+def test_no_trial_starts_before_first_sample(kind, size):
+    """A session's chain sets ``first_sample`` to where its input checks have checked the
+    stream's rate: an onset before it is ignored (logged), so no train starts, nor the
+    antagonist's phase of a reciprocal trial; the first onset from it triggers."""
+    p = make_protocol(settings(kind=kind), MUSCLES, FS)
+    p.first_sample = 2000
+    cmds = Recording(12000, [(1000, ONSET), (1999, ONSET), (2000, ONSET)]).run(p, size)
+    assert {c.sample for c in cmds if c.is_on} and min(c.sample for c in cmds) == 2000
+    assert [(e.kind, e.sample) for e in p.trial_events] == [
+        ("ignored", 1000), ("ignored", 1999), ("trigger", 2000)]
+    assert p.counts == TrialCounts(trials=1, hits=1, ignored=2)
+    # the same onsets without the wait: the train starts at the first
+    q = make_protocol(settings(kind=kind), MUSCLES, FS)
+    assert min(c.sample for c in Recording(12000, [(1000, ONSET)]).run(q, size)) == 1000
+
+
 def test_the_trial_event_history_is_bounded_and_nothing_is_lost_to_pop(monkeypatch):
     import closedloop.stim.protocol as protocol
 
