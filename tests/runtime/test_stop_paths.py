@@ -251,6 +251,35 @@ def test_safety_violation_stops_with_exit_6(config, field, excess):
     assert not stim.any_on
 
 
+def test_a_protocol_that_does_not_wait_for_the_rate_check_is_held_by_the_guard(config):
+    """A researcher's protocol that ignores ``first_sample`` starts a train at an onset in
+    the stream's first 2 s: the session's guard refuses that train to its end (a limit,
+    ``rate_unchecked``: the session goes on), nothing reaches the stimulator before
+    then, and the next attempt, after the protocol's rest, stimulates."""
+
+    def eager(settings, muscles, fs):
+        proto = make_protocol(settings, muscles, fs)
+        step = proto.step
+
+        def step_at_once(block):
+            proto.first_sample = 0  # it does not wait
+            return step(block)
+
+        proto.step = step_at_once
+        return proto
+
+    script = [Attempt("biceps", 1.0, 1.0, 1.0, 0.04), Attempt("biceps", 10.5, 1.0, 1.0, 0.04)]
+    src, stim = sim_session(config, script)
+    out = run_loop(config, src, stim, options=LoopOptions(duration_s=12.0, watchdog_s=2.0),
+                   protocol_factory=eager)
+    assert (out.reason, out.exit_code) == ("duration", 0) and out.trials["trials"] == 2
+    (refused,) = out.violations
+    assert "refused at 1.0" in refused and "[safety] wait_for_rate" in refused
+    on = [a.command for a in stim.log if a.command.is_on]
+    assert on and on[0].sample / 2000 == pytest.approx(10.5, abs=0.1)
+    assert_all_off(stim)
+
+
 def test_unusable_input_exit_7(config):
     src, stim = sim_session(config, SCRIPT)
 
