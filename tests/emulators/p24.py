@@ -288,7 +288,7 @@ class P24Emulator:
         self._last_alive = 0.0
         self._expected_pkt: int | None = None
         self._host_open = False
-        self._forced: int | None = None
+        self._forced: tuple[int, str | None] | None = None  # (result, only this command)
         self._silent = False
         self._vanish_requested = False
         self._garble_requested = False
@@ -465,10 +465,12 @@ class P24Emulator:
             self._event("high-voltage fault")
             self._changed.notify_all()
 
-    def answer_with(self, result: int) -> None:
-        """Answer the next command with ``result`` (not executed if it is not 0)."""
+    def answer_with(self, result: int, command: str | None = None) -> None:
+        """Answer the next command (the next ``command``, say ``"Ml_update"``, when given:
+        the driver's keep-alive runs beside its commands) with ``result`` (not executed if
+        it is not 0)."""
         with self._lock:
-            self._forced = result
+            self._forced = (result, command)
 
     def go_silent(self) -> None:
         """The link dies: nothing it receives arrives, nothing is answered; the firmware
@@ -611,7 +613,9 @@ class P24Emulator:
             self._received.append(replace(record, result=INVALID_CMD, answer="Unknown_cmd",
                                           note="unknown command"))
             return
-        forced, self._forced = self._forced, None
+        forced = None
+        if self._forced is not None and self._forced[1] in (None, NAMES[frame.cmd]):
+            (forced, _), self._forced = self._forced, None
         try:
             if forced:
                 raise _RefusedError(forced, f"forced result {forced}")

@@ -45,6 +45,7 @@ def emulator():
 @pytest.mark.parametrize(("fault", "words", "confirmed"), [
     ("go_silent", "did not answer", False),
     ("answer_error", "refused Ml_update: result 2, parameter error", True),
+    ("keepalive_error", "refused Ml_get_current_data: result 2, parameter error", True),
     ("electrode_error", "channel 1 (biceps, yellow cable): electrode error", True),
     ("hv_fault", "high-voltage fault", True),
     ("garble", "corrupted data", True),
@@ -63,7 +64,10 @@ def test_p24_fault_while_stimulating(tmp_path, config, emulator, fault, words, c
         if driver.any_on and not injected:
             injected.append(True)
             if fault == "answer_error":
-                emulator.answer_with(2)  # the next command is refused: parameter error
+                # the next update is refused (parameter error), not the keep-alive beside it
+                emulator.answer_with(2, "Ml_update")
+            elif fault == "keepalive_error":  # the keep-alive's probe is refused instead
+                emulator.answer_with(2, "Ml_get_current_data")
             elif fault == "electrode_error":
                 emulator.electrode_error(1)
             else:
