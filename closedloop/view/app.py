@@ -105,19 +105,29 @@ def run_view(
     if duration_s is not None:
         QtCore.QTimer.singleShot(int(duration_s * 1000), win.close)
     # let Ctrl-C in the terminal, and SIGTERM/SIGHUP/SIGQUIT (a session closing its view,
-    # the terminal closed), close the window: Python handles signals between events, and
-    # an exception raised there would only be printed by Qt, not end the view
+    # the terminal closed), close the window. Python runs a handler at the next bytecode of
+    # whatever the main thread is doing, say the window copying data under the client's
+    # lock: closing there (which closes the client, taking that lock) would hang the view
+    # for good, and an exception raised there would only be printed by Qt. So the handler
+    # only notes the signal; the timer below, run by the event loop, closes the window.
+    asked: list[int] = []
     old: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"):
             number = getattr(signal, name, None)
             if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
-                old[number] = signal.signal(number, lambda *_: win.close())
+                old[number] = signal.signal(number, lambda signum, _: asked.append(signum))
     if stopped is not None and stopped():  # asked before the handlers above were in place
-        QtCore.QTimer.singleShot(0, win.close)
-    keepalive = QtCore.QTimer()
+        asked.append(0)
+
+    def close_when_asked() -> None:
+        if asked and win.isVisible():
+            win.close()
+
+    keepalive = QtCore.QTimer()  # also lets Python run its signal handlers between events
+    keepalive.timeout.connect(close_when_asked)
     keepalive.start(200)
-    keepalive.timeout.connect(lambda: None)
+    QtCore.QTimer.singleShot(0, close_when_asked)
     try:
         app.exec()
     finally:

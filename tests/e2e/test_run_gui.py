@@ -159,3 +159,44 @@ def test_a_view_stopped_while_it_opens_ends_quietly(module, signame):
     assert "terminated" not in r.stderr and "interrupt" not in r.stderr.lower(), said
     assert r.returncode == 0, said
     assert took < 45, said  # closed at once, not after --duration 60
+
+
+#: ``closedloop view`` with a stop signal sent to itself while the window's update holds
+#: the LSL client's lock (the handler runs at the next bytecode, inside that lock).
+_SIGNAL_UNDER_THE_LOCK = """
+import os, signal, sys
+from closedloop.view import lsl_client
+snapshot = lsl_client.SessionClient.snapshot
+sent = []
+def knocked(self, *args, **kwargs):
+    with self._lock:
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+            sum(range(1000))  # Python runs the handler here, with the lock held
+    return snapshot(self, *args, **kwargs)
+lsl_client.SessionClient.snapshot = knocked
+from closedloop.cli import main
+sys.exit(main(["view", "--session", "closedloop-nobody-here", "--duration", "60"]))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_view_stopped_while_it_reads_its_streams_ends_at_once(signame):
+    """A stop signal can come while the window copies the session's data out of the LSL
+    client (holding the client's lock). Closing the window from inside the signal handler
+    closed the client there, which waits for that same lock: the view hung for good (seen
+    in CI: "did not end within 15 s of SIGHUP"). The handler now only notes the signal and
+    the event loop closes the window."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "-c", _SIGNAL_UNDER_THE_LOCK, signame],
+                           env=env, capture_output=True, text=True, timeout=40)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"closedloop view did not end within 40 s of {signame}: {exc.stderr!r}")
+    took = time.monotonic() - t0
+    said = f"exit {r.returncode} after {took:.1f} s\n--- stdout\n{r.stdout}\n--- stderr\n{r.stderr}"
+    assert "Traceback" not in r.stderr, said
+    assert r.returncode == 0, said
