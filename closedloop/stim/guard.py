@@ -20,9 +20,13 @@ rule                what happens                                     severity
 ``ramp_step``       increase above ``max_step_ma``: clipped to       LIMIT
                     previous level + ``max_step_ma``
 ``max_on_time``     on longer than ``max_on_time_s``: forced off     LIMIT
-                    at the exact sample the limit is reached
+                    at the exact sample the limit is reached; the
+                    rest of that train is refused (the channel
+                    stays off until the protocol's off-command)
 ``min_rest``        on-command less than ``min_rest_s`` after the    LIMIT
-                    channel went off: refused (channel stays off)
+                    channel went off: refused, and the rest of that
+                    train too (the channel stays off until the
+                    protocol's off-command)
 ``rate_unchecked``  on-command before the EMG stream's rate is       LIMIT
                     checked (its first 2 s of samples, ``[safety]
                     wait_for_rate``): refused, and the rest of that
@@ -35,6 +39,9 @@ rule                what happens                                     severity
 ==================  ===============================================  ==========
 
 ``LIMIT`` is a normal limitation: the guard shaped the output and the session goes on.
+A train the guard refused or cut off (``max_on_time``, ``min_rest``, ``rate_unchecked``)
+stays off to its end, so it never starts late and half-way, away from the onset that
+asked for it: stimulation that comes late teaches the wrong thing.
 ``STOP`` means the protocol or the config is wrong, or the session dose is spent: the
 guard refuses the command, switches every channel off at that sample and refuses every
 later on-command (it latches); the loop must end the session (:attr:`must_stop`).
@@ -198,7 +205,7 @@ class _State:
     charge_uc: float = 0.0  # completed segments
     antagonists: set[str] = field(default_factory=set)
     disabled: bool = False  # stopped for the session (no evoked response)
-    waiting: bool = False  # a train refused before ``first_sample``, until its off
+    refused: bool = False  # a train refused or cut off by a limit, until its off
 
     @property
     def charge_rate(self) -> float:
@@ -602,12 +609,14 @@ class SafetyGuard:
             if why == "on_time":
                 on_s = (e - st.on_since) / self.fs
                 self._turn_off(st, e)
+                st.refused = True
                 out.append(self._off_command(st, e, t, "stop"))
                 self._violate(
                     e, t, st, Rule.MAX_ON_TIME, on_s, st.cfg.limits.max_on_time_s, "s",
                     Severity.LIMIT,
-                    f"{name} was on for {on_s:g} s = max_on_time_s: switched off; it must "
-                    f"rest {st.cfg.limits.min_rest_s:g} s",
+                    f"{name} was on for {on_s:g} s = max_on_time_s: switched off; it stays "
+                    f"off until the protocol ends this train, then rests "
+                    f"{st.cfg.limits.min_rest_s:g} s",
                 )
                 continue
             if why == "dose_s":
@@ -660,7 +669,7 @@ class SafetyGuard:
             self._stop_all(s, t, out)
             return
         if not cmd.current_ma > 0:
-            st.waiting = False
+            st.refused = False
             if st.on:
                 self._turn_off(st, s)
             lim = st.cfg.limits
@@ -715,10 +724,10 @@ class SafetyGuard:
                 )
                 self._stop_all(s, t, out)
                 return
-        if st.waiting:  # the rest of a train refused below: said once, at its start
+        if st.refused:  # the rest of a train refused or cut off: said once, at the time
             return
         if s < self._first:
-            st.waiting = True
+            st.refused = True
             self._violate(
                 s, t, st, Rule.RATE_UNCHECKED, s / self.fs, self._first / self.fs, "s",
                 Severity.LIMIT,
@@ -728,11 +737,13 @@ class SafetyGuard:
             )
             return
         if not st.on and st.off_since is not None and s < st.off_since + st.min_rest:
+            st.refused = True
             rested = (s - st.off_since) / self.fs
             self._violate(
                 s, t, st, Rule.MIN_REST, rested, lim.min_rest_s, "s", Severity.LIMIT,
                 f"{name}: refused, off for only {rested:g} s of min_rest_s = "
-                f"{lim.min_rest_s:g} s",
+                f"{lim.min_rest_s:g} s; the channel stays off until the protocol ends "
+                "this train",
             )
             return
         prev = st.level if st.on else 0.0

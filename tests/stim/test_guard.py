@@ -157,9 +157,23 @@ def test_max_on_time_forces_off_at_exact_sample_and_then_rest():
     assert (v.rule, v.severity, v.sample, v.requested) == (
         Rule.MAX_ON_TIME, Severity.LIMIT, 11000, 10.0)
     assert not g.must_stop
-    # then the channel must rest min_rest_s = 3 s
+    assert "stays off until the protocol ends this train" in v.message
+    # the rest of the train it cut stays off, past the rest too: no late, half-way start
+    assert g.filter([cmd("biceps", 12000, 2.0), cmd("biceps", 14500, 2.0)]) == []
+    assert len(g.violations) == 1  # said once, at the cut
+    # after the protocol's off, the channel must rest min_rest_s = 3 s from the forced off
+    g.filter([cmd("biceps", 14600, 0.0, phase="off")])
+    assert g.filter([cmd("biceps", 15000, 2.0)])[0].current_ma == 2.0
+
+
+def test_max_on_time_then_min_rest_counts_from_the_forced_off():
+    g = make_guard()
+    g.filter([cmd("biceps", 1000, 2.0)], block=block(1000, 1001))
+    g.filter([cmd("biceps", 11500, 0.0, phase="off")], block=block(1001, 11600))
+    assert [v.rule for v in g.violations] == [Rule.MAX_ON_TIME]
     assert g.filter([cmd("biceps", 13999, 2.0)]) == []
     assert g.violations[-1].rule is Rule.MIN_REST
+    g.filter([cmd("biceps", 14000, 0.0, phase="off")])
     assert g.filter([cmd("biceps", 14000, 2.0)])[0].current_ma == 2.0
 
 
@@ -169,7 +183,8 @@ def test_max_on_time_found_by_next_command_without_block():
     out = g.filter([cmd("biceps", 12000, 2.0)])  # later, nothing in between
     assert [(c.current_ma, c.sample) for c in out] == [(0.0, 10000)]
     assert out[0].stream_time == pytest.approx(10.0)  # extrapolated
-    assert [r for r, _ in rules(g)] == [Rule.MAX_ON_TIME, Rule.MIN_REST]
+    # the command at 12000 belongs to the train cut at 10000: refused with it
+    assert [r for r, _ in rules(g)] == [Rule.MAX_ON_TIME]
 
 
 def test_protocol_off_exactly_at_max_on_time_is_not_a_violation():
@@ -206,8 +221,13 @@ def test_min_rest_refuses_until_rest_is_over():
     assert (v.rule, v.severity, v.requested, v.allowed) == (
         Rule.MIN_REST, Severity.LIMIT, pytest.approx(2.999), 3.0)
     assert g.rest_until("biceps") == 3100
-    assert g.filter([cmd("biceps", 3100, 2.0)])[0].current_ma == 2.0
     assert s == 2
+    # the rest of the refused train stays off, past the rest: it never starts half-way
+    assert g.filter([cmd("biceps", 3100, 4.0), cmd("biceps", 3500, 6.0)]) == []
+    assert len(g.violations) == 1  # said once, at its start
+    # the protocol's off ends it; the next train passes, from its first step
+    g.filter([cmd("biceps", 3600, 0.0, phase="off")])
+    assert g.filter([cmd("biceps", 3700, 2.0)])[0].current_ma == 2.0
 
 
 # -- nothing starts before the stream's rate is checked --------------------------------------
