@@ -12,6 +12,7 @@ import time
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import serial
@@ -636,6 +637,34 @@ def test_close_leaves_every_channel_off(driver, emulator):
     driver.stop_all()  # safe on a closed driver
     with pytest.raises(StimulatorError, match="not open"):
         driver.apply([cmd(1, 5.0)])
+
+
+@pytest.mark.timeout(10)
+def test_a_port_without_a_latency_setting_keeps_its_own(driver, emulator):
+    """A pseudo-terminal has no serial settings to ask for (TIOCGSERIAL fails): the
+    driver goes on with the port as it is, says so, and the session works."""
+    assert driver.is_open and driver.low_latency is False
+    driver.apply([cmd(1, 10.0)])
+    assert emulator.wait_until(lambda e: 1 in e.running_channels, 1.0)
+
+
+@pytest.mark.timeout(10)
+def test_the_driver_asks_the_usb_serial_chip_for_its_1_ms_latency_timer(emulator):
+    """DOC2 2.1 asks for a 1 ms latency timer (an FTDI chip holds answers 16 ms by
+    default): on Linux pyserial's set_low_latency_mode (TIOCSSERIAL, ASYNC_LOW_LATENCY),
+    which ftdi_sio turns into 1 ms. A pty cannot take it, so the call is recorded here."""
+    from closedloop.stim.drivers.rehastim2 import ask_low_latency
+
+    asked = []
+    port = serial.Serial(emulator.path, timeout=0.1)
+    try:
+        assert ask_low_latency(port) is False  # the real pty: refused, kept as it is
+        port.set_low_latency_mode = asked.append  # a port whose driver takes it
+        assert ask_low_latency(port) is True and asked == [True]
+    finally:
+        port.close()
+    windows_port = SimpleNamespace(port="COM3")  # pyserial has no such call off Linux
+    assert ask_low_latency(windows_port) is False  # type: ignore[arg-type]
 
 
 @pytest.mark.timeout(10)

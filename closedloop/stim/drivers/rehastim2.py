@@ -184,6 +184,33 @@ _SEND_AGAIN = {
 }
 
 
+def ask_low_latency(port: serial.Serial) -> bool:
+    """Ask the USB-serial driver to pass answers on at once; True when it took the request.
+
+    Every command waits for its acknowledgement, and the RehaStim2's FTDI chip holds a
+    short answer for its latency timer, 16 ms by default, before the PC sees it: up to
+    16 ms of every ramp step spent waiting. DOC2 2.1 asks for 1 ms. On Linux the
+    ``ASYNC_LOW_LATENCY`` flag (pyserial's ``set_low_latency_mode``, the ``TIOCSSERIAL``
+    ioctl; ``setserial PORT low_latency`` does the same) makes ``ftdi_sio`` set its timer
+    to 1 ms, and an unprivileged user may set it, unlike the sysfs ``latency_timer`` file.
+    A port whose driver has no such setting (a pseudo-terminal, Windows and macOS, where
+    the FTDI driver's own settings hold) keeps what it has: the answer is waited for
+    :data:`LINK_LATENCY_S` longer than the device's own time either way, so nothing
+    depends on this, it only makes each command return sooner.
+    """
+    setter = getattr(port, "set_low_latency_mode", None)  # pyserial has it on Linux only
+    if setter is None:
+        return False
+    try:
+        setter(True)
+    except (ValueError, OSError) as exc:  # pyserial reports a refused ioctl as ValueError
+        logger.info("%s keeps its own latency timer (%s); see DOC2 2.1 for setting 1 ms",
+                    port.port, exc)
+        return False
+    logger.info("%s: low-latency mode on (FTDI latency timer 1 ms)", port.port)
+    return True
+
+
 class RehaStim2(Stimulator):
     """Hasomed RehaStim2 on a serial port, in the ScienceMode2 channel list mode.
 
@@ -287,6 +314,8 @@ class RehaStim2(Stimulator):
         self.write_timeout = float(write_timeout)
         #: Protocol version the device announced in its Init (None before open()).
         self.device_version: int | None = None
+        #: Whether the serial driver took the 1 ms latency timer (:func:`ask_low_latency`).
+        self.low_latency = False
 
         self._serial: serial.Serial | None = None
         self._decoder = sm.Decoder()
@@ -384,7 +413,7 @@ class RehaStim2(Stimulator):
             write_timeout=self.write_timeout,
         )
         try:
-            return open_port(parity=serial.PARITY_EVEN)
+            port = open_port(parity=serial.PARITY_EVEN)
         except _TERMIOS_ERROR as exc:
             # A Linux pty (the emulator) has no parity: the kernel drops PARENB, and when
             # that is the only change asked for (a pty opened before) refuses with EINVAL.
@@ -392,7 +421,9 @@ class RehaStim2(Stimulator):
             if not (exc.args and exc.args[0] == errno.EINVAL and _is_pseudo_terminal(self.port)):
                 raise
             logger.info("%s is a pseudo-terminal without parity: opening it 8N1", self.port)
-            return open_port(parity=serial.PARITY_NONE)
+            port = open_port(parity=serial.PARITY_NONE)
+        self.low_latency = ask_low_latency(port)
+        return port
 
     def close(self) -> None:
         """Stop all channels, stop the link thread and close the port (idempotent).
