@@ -188,7 +188,7 @@ class RehaStim2Emulator:
         self._resent_pkt: int | None = None  # a damaged packet's number, may come again
         self._outbox: list[tuple[float, bytes]] = []  # (due, frame) of delayed Acks
         # fault injection
-        self._forced_result: int | None = None
+        self._forced_result: tuple[int, str | None] | None = None  # (result, only this command)
         self._busy_left: int | None = 0  # busy answers still to give (None: until cleared)
         self._silent = False
         self._lose = 0  # PC packets still to lose on the way
@@ -375,10 +375,12 @@ class RehaStim2Emulator:
             self._silent = True
             self._event("silent: stops answering")
 
-    def answer_with(self, result: int) -> None:
-        """Answer the next command that has an Ack with ``result`` (not executed if != 0)."""
+    def answer_with(self, result: int, command: str | None = None) -> None:
+        """Answer the next command that has an Ack (the next ``command``, say
+        ``"StopChannelListMode"``, when given: the driver's mode probe runs beside its
+        commands) with ``result`` (not executed if != 0)."""
         with self._lock:
-            self._forced_result = result
+            self._forced_result = (result, command)
 
     def lose_next(self, n: int = 1) -> None:
         """Lose the next ``n`` packets from the PC on the way (not seen, not answered)."""
@@ -571,7 +573,10 @@ class RehaStim2Emulator:
             self._send(sm.Packet(record.pkt_no, sm.Command.UNKNOWN_COMMAND, bytes((cmd,))))
             return replace(record, answer="UnknownCommand", note="unknown command")
         ack = sm.ACK_OF[sm.Command(cmd)]
-        forced, self._forced_result = self._forced_result, None
+        forced = None
+        wanted = self._forced_result
+        if wanted is not None and wanted[1] in (None, record.name):
+            (forced, _), self._forced_result = wanted, None
         extra, note = b"", ""
         try:
             if forced:

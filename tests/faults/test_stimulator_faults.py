@@ -57,7 +57,8 @@ def test_stimulator_fault_while_stimulating(tmp_path, config, emulator, fault, w
         if driver.any_on and not injected:
             injected.append(True)
             if fault == "answer_error":
-                emulator.answer_with(-2)  # the next command is refused: parameter error
+                # the next Start is refused (parameter error), not a mode probe beside it
+                emulator.answer_with(-2, "StartChannelListMode")
             else:
                 getattr(emulator, fault)()
         return []

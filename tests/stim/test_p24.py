@@ -350,7 +350,7 @@ def test_other_channel_errors_are_typed_errors(driver, emulator, state, code, wo
 def test_every_result_code_is_a_typed_error(driver, emulator, code, words):
     driver.apply([cmd(2, 5.0)])  # running: the next change is one Ml_update
     levels = driver.outputs
-    emulator.answer_with(code)
+    emulator.answer_with(code, "Ml_update")  # not a keep-alive that comes first
     with pytest.raises(P24Error, match=re.escape(f"refused Ml_update: result {code}, {words}")) \
             as info:
         driver.apply([cmd(1, 30.0)])
@@ -418,7 +418,7 @@ def test_a_stop_the_p24_refuses_leaves_it_to_its_own_timeout(make_driver, emulat
     stops itself 2 s after the last keep-alive."""
     driver = make_driver(keepalive_s=0.25)
     driver.apply([cmd(1, 20.0)])
-    emulator.answer_with(2)  # Ml_stop refused: not executed, the channel runs on
+    emulator.answer_with(2, "Ml_stop")  # refused: not executed, the channel runs on
     with pytest.raises(P24Error, match="refused Ml_stop"):
         driver.stop_all()
     assert not driver.any_on and emulator.running_channels.keys() == {1}

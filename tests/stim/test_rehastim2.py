@@ -395,7 +395,7 @@ def test_a_refusal_after_a_stimulation_error_names_the_error(driver, emulator):
 def test_negative_ack_raises_stimulator_error(driver, emulator, result, command, match):
     if command == "StartChannelListMode":
         driver.apply([cmd(2, 5.0)])  # running: the next level change is only a Start
-    emulator.answer_with(result)
+    emulator.answer_with(result, command)  # not a mode probe that comes first
     levels = driver.outputs
     with pytest.raises(StimulatorError, match=match):
         driver.apply([cmd(1, 30.0)])
@@ -445,7 +445,8 @@ def test_busy_on_init_probe_and_stop_is_sent_again_too(make_driver, emulator):
         lambda e: len(e.commands(sm.Command.GET_STIMULATION_MODE)) >= probes + 4, 3.0)
     assert results(emulator, sm.Command.GET_STIMULATION_MODE)[probes:probes + 3] == [-8, -8, 0]
     driver.check()  # no fault: a busy device is not a lost one
-    emulator.answer_with(-8)  # the spec lists only 0/-1 for Stop; the driver retries anyway
+    # the spec lists only 0/-1 for Stop; the driver retries anyway
+    emulator.answer_with(-8, "StopChannelListMode")
     driver.stop_all()
     assert results(emulator, sm.Command.STOP_CHANNEL_LIST_MODE) == [-8, 0]
     assert emulator.running_channels == {} and not driver.any_on
@@ -574,7 +575,8 @@ def test_after_a_fault_the_keepalive_stops_so_the_device_stops_by_itself(driver,
 @pytest.mark.timeout(10)
 def test_a_stop_the_device_refuses_leaves_it_to_its_own_watchdog(driver, emulator):
     driver.apply([cmd(1, 20.0)])
-    emulator.answer_with(-2)  # not an answer DOC2 lists for Stop (0 / -1): not executed
+    # not an answer DOC2 lists for Stop (0 / -1): not executed
+    emulator.answer_with(-2, "StopChannelListMode")
     with pytest.raises(StimulatorError, match="refused StopChannelListMode"):
         driver.stop_all()
     assert not driver.any_on and emulator.running_channels.keys() == {1}
