@@ -187,8 +187,8 @@ def test_a_view_stopped_while_it_reads_its_streams_ends_at_once(signame):
     """A stop signal can come while the window copies the session's data out of the LSL
     client (holding the client's lock). Closing the window from inside the signal handler
     closed the client there, which waits for that same lock: the view hung for good (seen
-    in CI: "did not end within 15 s of SIGHUP"). The handler now only notes the signal and
-    the event loop closes the window."""
+    in a full run of the suite: "did not end within 15 s of SIGHUP"). The handler now
+    only notes the signal and the event loop closes the window."""
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     t0 = time.monotonic()
     try:
